@@ -1,0 +1,308 @@
+"""GPT-2: parameters, forward, backward and AdamW over one backend's kernels.
+
+The model is backend-agnostic, like llm.c's train_gpt2.c is one file whose layers call kernels: it
+holds five flat float32 buffers (parameters, gradients, AdamW m and v, activations, and a second
+activation buffer for their gradients), hands views of them to the kernels of `numbagpt.cpu` or
+`numbagpt.cuda`, and never touches the numbers itself. The legend (B, T, C, NH, L, V, Vp, maxT) is in
+`numbagpt/__init__.py`; docs/kernels.md gives each kernel's contract.
+"""
+import importlib
+import math
+
+import numpy as np
+
+from . import formats
+from .config import GPT2Config, preset
+from .layout import activation_layout, parameter_layout
+
+BACKENDS = ("cpu", "cuda")
+
+
+def get_backend(name):
+    """The kernel package for `name` ("cpu" or "cuda"); imported only when asked for."""
+    if not isinstance(name, str):
+        return name
+    if name not in BACKENDS:
+        raise ValueError(f"unknown device {name!r}; choose one of {', '.join(BACKENDS)}")
+    backend = importlib.import_module(f"numbagpt.{name}")
+    check = getattr(backend, "check_available", None)
+    if check is not None:
+        check()
+    return backend
+
+
+def _layer(view, l, size):
+    """Layer l's slice of a per-layer stacked tensor whose layers hold `size` elements each."""
+    return view[l * size:(l + 1) * size]
+
+
+class GPT2:
+    """A GPT-2 model on one backend.
+
+    `params`, `grads`, `m`, `v` are dicts of flat views, by the 16 llm.c tensor names; `acts` and
+    `grads_acts` are dicts of flat views of the activations of the last forward's (B, T).
+    Gradient and optimizer buffers are allocated on first use, activations on the first forward and
+    again only when a larger batch comes.
+    """
+
+    def __init__(self, config: GPT2Config, backend="cpu"):
+        self.config = config
+        self.backend = get_backend(backend)
+        self.param_layout = parameter_layout(config)
+        self.num_parameters = self.param_layout.total
+        self.params_flat = self.backend.zeros(self.num_parameters)
+        self.params = self.param_layout.views(self.params_flat)
+        self.grads_flat = self.m_flat = self.v_flat = None
+        self.grads = self.m = self.v = None
+        self.acts_flat = self.grads_acts_flat = None
+        self.act_capacity = 0   # elements of the activation buffers
+        self.B = self.T = 0     # shape of the last forward
+        self.has_targets = False
+
+    # ---------------------------------------------------------------- construction, files
+
+    @classmethod
+    def from_preset(cls, name, seed=1337, backend="cpu", vocab_size=None):
+        config = preset(name) if vocab_size is None else preset(name, vocab_size)
+        model = cls(config, backend)
+        model.init_weights(seed)
+        return model
+
+    @classmethod
+    def from_file(cls, path, backend="cpu"):
+        config, params = formats.read_model(path)
+        model = cls(config, backend)
+        model.load_parameters(params)
+        return model
+
+    def save(self, path):
+        formats.write_model(path, self.config, self.parameters_host())
+
+    def init_weights(self, seed):
+        """llm.c's from-scratch init, seeded: weights N(0, 0.02), the two residual projections
+        N(0, 0.02/sqrt(2L)), biases 0, layernorm weights 1, wpe N(0, 0.02), wte padding rows 0."""
+        cfg = self.config
+        rng = np.random.default_rng(seed)
+        host = np.zeros(self.num_parameters, dtype=np.float32)
+        views = self.param_layout.host_views(host)
+        residual_std = 0.02 / math.sqrt(2 * cfg.num_layers)
+        for name, view in views.items():
+            if name in ("ln1w", "ln2w", "lnfw"):
+                view[...] = 1.0
+            elif name in ("attprojw", "fcprojw"):
+                view[...] = rng.normal(0.0, residual_std, view.shape)
+            elif name in ("wte", "wpe", "qkvw", "fcw"):
+                view[...] = rng.normal(0.0, 0.02, view.shape)
+        views["wte"][cfg.vocab_size:] = 0.0
+        self.load_parameters(host)
+
+    def load_parameters(self, host_flat):
+        host_flat = np.ascontiguousarray(host_flat, dtype=np.float32).reshape(-1)
+        if host_flat.size != self.num_parameters:
+            raise ValueError(f"got {host_flat.size} parameters, the model has {self.num_parameters}")
+        self.backend.copy_to_device(self.params_flat, host_flat)
+
+    def parameters_host(self):
+        return np.array(self.backend.to_host(self.params_flat), copy=True)
+
+    def grads_host(self):
+        return np.array(self.backend.to_host(self.grads_flat), copy=True)
+
+    # ---------------------------------------------------------------- memory
+
+    def _ensure_activations(self, B, T):
+        layout = activation_layout(self.config, B, T)
+        if layout.total > self.act_capacity:
+            self.acts_flat = self.backend.zeros(layout.total)
+            self.grads_acts_flat = None
+            self.act_capacity = layout.total
+        self.act_layout = layout
+        self.acts = layout.views(self.acts_flat[:layout.total])
+        if self.grads_acts_flat is not None:
+            self.grads_acts = layout.views(self.grads_acts_flat[:layout.total])
+
+    def _ensure_grads(self):
+        if self.grads_flat is None:
+            self.grads_flat = self.backend.zeros(self.num_parameters)
+            self.grads = self.param_layout.views(self.grads_flat)
+        if self.grads_acts_flat is None:
+            self.grads_acts_flat = self.backend.zeros(self.act_capacity)
+            self.grads_acts = self.act_layout.views(self.grads_acts_flat[:self.act_layout.total])
+
+    def _ensure_optimizer(self):
+        if self.m_flat is None:
+            self.m_flat = self.backend.zeros(self.num_parameters)
+            self.v_flat = self.backend.zeros(self.num_parameters)
+
+    def memory_bytes(self, B, T, training=True):
+        """{buffer: bytes} this model needs for batches of (B, T)."""
+        n = 4 * self.num_parameters
+        acts = activation_layout(self.config, B, T).nbytes
+        sizes = {"parameters": n, "activations": acts}
+        if training:
+            sizes.update(gradients=n, adamw_m=n, adamw_v=n, activation_grads=acts)
+        return sizes
+
+    # ---------------------------------------------------------------- forward
+
+    def forward(self, inputs, targets=None):
+        """inputs, targets: int32 (B, T) host arrays. Computes logits (B, T, Vp) into acts["logits"];
+        with targets also the per-position losses, and returns their mean (a float), else None."""
+        cfg, k = self.config, self.backend
+        inputs = np.ascontiguousarray(inputs, dtype=np.int32)
+        if inputs.ndim != 2:
+            raise ValueError(f"inputs must be (B, T), got shape {inputs.shape}")
+        B, T = inputs.shape
+        V, Vp, L, NH, C = cfg.vocab_size, cfg.padded_vocab_size, cfg.num_layers, cfg.num_heads, cfg.channels
+        if T > cfg.max_seq_len:
+            raise ValueError(f"sequence length T={T} exceeds the model's max_seq_len {cfg.max_seq_len}")
+        self._check_tokens(inputs, "inputs")
+        if targets is not None:
+            targets = np.ascontiguousarray(targets, dtype=np.int32)
+            if targets.shape != inputs.shape:
+                raise ValueError(f"targets shape {targets.shape} differs from inputs shape {inputs.shape}")
+            self._check_tokens(targets, "targets")
+        self._ensure_activations(B, T)
+        self.B, self.T = B, T
+        self.inputs = k.to_device(inputs.reshape(-1))
+        self.targets = k.to_device(targets.reshape(-1)) if targets is not None else None
+        self.has_targets = targets is not None
+        p, a = self.params, self.acts
+        BTC = B * T * C
+
+        k.encoder_forward(a["encoded"], self.inputs, p["wte"], p["wpe"], B, T, C)
+        for l in range(L):
+            residual = a["encoded"] if l == 0 else _layer(a["residual3"], l - 1, BTC)
+            ln1, ln1_mean, ln1_rstd = _layer(a["ln1"], l, BTC), _layer(a["ln1_mean"], l, B * T), _layer(a["ln1_rstd"], l, B * T)
+            qkv, atty = _layer(a["qkv"], l, 3 * BTC), _layer(a["atty"], l, BTC)
+            preatt, att = _layer(a["preatt"], l, B * NH * T * T), _layer(a["att"], l, B * NH * T * T)
+            attproj, residual2 = _layer(a["attproj"], l, BTC), _layer(a["residual2"], l, BTC)
+            ln2, ln2_mean, ln2_rstd = _layer(a["ln2"], l, BTC), _layer(a["ln2_mean"], l, B * T), _layer(a["ln2_rstd"], l, B * T)
+            fch, fch_gelu = _layer(a["fch"], l, 4 * BTC), _layer(a["fch_gelu"], l, 4 * BTC)
+            fcproj, residual3 = _layer(a["fcproj"], l, BTC), _layer(a["residual3"], l, BTC)
+
+            k.layernorm_forward(ln1, ln1_mean, ln1_rstd, residual, _layer(p["ln1w"], l, C), _layer(p["ln1b"], l, C), B, T, C)
+            k.matmul_forward(qkv, ln1, _layer(p["qkvw"], l, 3 * C * C), _layer(p["qkvb"], l, 3 * C), B, T, C, 3 * C)
+            k.attention_forward(atty, preatt, att, qkv, B, T, C, NH)
+            k.matmul_forward(attproj, atty, _layer(p["attprojw"], l, C * C), _layer(p["attprojb"], l, C), B, T, C, C)
+            k.residual_forward(residual2, residual, attproj, BTC)
+            k.layernorm_forward(ln2, ln2_mean, ln2_rstd, residual2, _layer(p["ln2w"], l, C), _layer(p["ln2b"], l, C), B, T, C)
+            k.matmul_forward(fch, ln2, _layer(p["fcw"], l, 4 * C * C), _layer(p["fcb"], l, 4 * C), B, T, C, 4 * C)
+            k.gelu_forward(fch_gelu, fch, 4 * BTC)
+            k.matmul_forward(fcproj, fch_gelu, _layer(p["fcprojw"], l, 4 * C * C), _layer(p["fcprojb"], l, C), B, T, 4 * C, C)
+            k.residual_forward(residual3, residual2, fcproj, BTC)
+
+        residual = _layer(a["residual3"], L - 1, BTC)
+        k.layernorm_forward(a["lnf"], a["lnf_mean"], a["lnf_rstd"], residual, p["lnfw"], p["lnfb"], B, T, C)
+        k.matmul_forward(a["logits"], a["lnf"], p["wte"], None, B, T, C, Vp)
+        if targets is None:
+            return None
+        k.crossentropy_forward(a["losses"], a["logits"], self.targets, B, T, V, Vp)
+        # The only device-to-host copy of a step: B*T floats, summed in float64 on the host.
+        return float(np.mean(k.to_host(a["losses"]), dtype=np.float64))
+
+    def _check_tokens(self, tokens, what):
+        V = self.config.vocab_size
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= V):
+            bad = tokens[(tokens < 0) | (tokens >= V)][0]
+            raise ValueError(f"{what}: token id {bad} out of range [0, {V})")
+
+    def logits_host(self):
+        """(B, T, Vp) logits of the last forward, as a NumPy array."""
+        return self.backend.to_host(self.acts["logits"]).reshape(self.B, self.T, self.config.padded_vocab_size)
+
+    # ---------------------------------------------------------------- backward
+
+    def zero_grad(self):
+        self._ensure_grads()
+        self.backend.fill_zero(self.grads_flat)
+
+    def backward(self):
+        """Gradients of the mean loss of the last forward, added to `grads` (zero_grad first)."""
+        if not self.has_targets:
+            raise RuntimeError("backward() needs a forward() with targets first")
+        cfg, k = self.config, self.backend
+        self._ensure_grads()
+        B, T = self.B, self.T
+        V, Vp, L, NH, C = cfg.vocab_size, cfg.padded_vocab_size, cfg.num_layers, cfg.num_heads, cfg.channels
+        BTC = B * T * C
+        p, g, a, ga = self.params, self.grads, self.acts, self.grads_acts
+        # Activation grads are accumulated into by the kernels, so they start from zero every step.
+        k.fill_zero(self.grads_acts_flat[:self.act_layout.total])
+        dlosses = ga["losses"]  # d(mean loss)/d(losses[b,t]) = 1/(B*T)
+        k.copy_to_device(dlosses, np.full(B * T, 1.0 / (B * T), dtype=np.float32))
+
+        # The logits buffer is overwritten by dlogits: the two are never needed at once.
+        k.crossentropy_backward(a["logits"], dlosses, a["logits"], self.targets, B, T, V, Vp)
+        dlogits = a["logits"]
+        k.matmul_backward(ga["lnf"], g["wte"], None, dlogits, a["lnf"], p["wte"], B, T, C, Vp)
+        residual = _layer(a["residual3"], L - 1, BTC)
+        dresidual = _layer(ga["residual3"], L - 1, BTC)
+        k.layernorm_backward(dresidual, g["lnfw"], g["lnfb"], ga["lnf"], residual, p["lnfw"], a["lnf_mean"], a["lnf_rstd"], B, T, C)
+
+        for l in reversed(range(L)):
+            residual = a["encoded"] if l == 0 else _layer(a["residual3"], l - 1, BTC)
+            dresidual = ga["encoded"] if l == 0 else _layer(ga["residual3"], l - 1, BTC)
+            ln1, ln1_mean, ln1_rstd = _layer(a["ln1"], l, BTC), _layer(a["ln1_mean"], l, B * T), _layer(a["ln1_rstd"], l, B * T)
+            qkv, atty, att = _layer(a["qkv"], l, 3 * BTC), _layer(a["atty"], l, BTC), _layer(a["att"], l, B * NH * T * T)
+            residual2 = _layer(a["residual2"], l, BTC)
+            ln2, ln2_mean, ln2_rstd = _layer(a["ln2"], l, BTC), _layer(a["ln2_mean"], l, B * T), _layer(a["ln2_rstd"], l, B * T)
+            fch, fch_gelu = _layer(a["fch"], l, 4 * BTC), _layer(a["fch_gelu"], l, 4 * BTC)
+            dln1, dqkv, datty = _layer(ga["ln1"], l, BTC), _layer(ga["qkv"], l, 3 * BTC), _layer(ga["atty"], l, BTC)
+            dpreatt, datt = _layer(ga["preatt"], l, B * NH * T * T), _layer(ga["att"], l, B * NH * T * T)
+            dattproj, dresidual2 = _layer(ga["attproj"], l, BTC), _layer(ga["residual2"], l, BTC)
+            dln2, dfch, dfch_gelu = _layer(ga["ln2"], l, BTC), _layer(ga["fch"], l, 4 * BTC), _layer(ga["fch_gelu"], l, 4 * BTC)
+            dfcproj, dresidual3 = _layer(ga["fcproj"], l, BTC), _layer(ga["residual3"], l, BTC)
+
+            k.residual_backward(dresidual2, dfcproj, dresidual3, BTC)
+            k.matmul_backward(dfch_gelu, _layer(g["fcprojw"], l, 4 * C * C), _layer(g["fcprojb"], l, C), dfcproj,
+                              fch_gelu, _layer(p["fcprojw"], l, 4 * C * C), B, T, 4 * C, C)
+            k.gelu_backward(dfch, dfch_gelu, fch, 4 * BTC)
+            k.matmul_backward(dln2, _layer(g["fcw"], l, 4 * C * C), _layer(g["fcb"], l, 4 * C), dfch,
+                              ln2, _layer(p["fcw"], l, 4 * C * C), B, T, C, 4 * C)
+            k.layernorm_backward(dresidual2, _layer(g["ln2w"], l, C), _layer(g["ln2b"], l, C), dln2,
+                                 residual2, _layer(p["ln2w"], l, C), ln2_mean, ln2_rstd, B, T, C)
+            k.residual_backward(dresidual, dattproj, dresidual2, BTC)
+            k.matmul_backward(datty, _layer(g["attprojw"], l, C * C), _layer(g["attprojb"], l, C), dattproj,
+                              atty, _layer(p["attprojw"], l, C * C), B, T, C, C)
+            k.attention_backward(dqkv, dpreatt, datt, datty, qkv, att, B, T, C, NH)
+            k.matmul_backward(dln1, _layer(g["qkvw"], l, 3 * C * C), _layer(g["qkvb"], l, 3 * C), dqkv,
+                              ln1, _layer(p["qkvw"], l, 3 * C * C), B, T, C, 3 * C)
+            k.layernorm_backward(dresidual, _layer(g["ln1w"], l, C), _layer(g["ln1b"], l, C), dln1,
+                                 residual, _layer(p["ln1w"], l, C), ln1_mean, ln1_rstd, B, T, C)
+
+        k.encoder_backward(g["wte"], g["wpe"], ga["encoded"], self.inputs, B, T, C)
+        # The logits now hold dlogits: a later logits_host() would be wrong, so forget the targets.
+        self.has_targets = False
+
+    def generate(self, prompt, max_new_tokens, rng, temperature=1.0):
+        """Sample `max_new_tokens` tokens after `prompt` (a list of ids), one forward of batch 1 per
+        token over the last maxT tokens of the context; `rng` is a numpy Generator. Returns the new ids."""
+        cfg = self.config
+        tokens = list(prompt)
+        for _ in range(max_new_tokens):
+            context = np.array(tokens[-cfg.max_seq_len:], dtype=np.int32)[None, :]
+            self.forward(context)
+            logits = self.logits_host()[0, -1, :cfg.vocab_size].astype(np.float64) / temperature
+            probs = np.exp(logits - logits.max())
+            probs /= probs.sum()
+            tokens.append(int(rng.choice(cfg.vocab_size, p=probs)))
+        return tokens[len(prompt):]
+
+    # ---------------------------------------------------------------- optimizer
+
+    def grad_norm(self):
+        """The global L2 norm of the gradients."""
+        out = self.backend.zeros(1)
+        self.backend.global_norm_squared(out, self.grads_flat, self.num_parameters)
+        return math.sqrt(float(self.backend.to_host(out)[0]))
+
+    def update(self, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, t=1, grad_scale=1.0,
+               start=0, end=None):
+        """One AdamW step (t counts from 1) on parameters [start, end) — all of them by default;
+        a ZeRO-1 rank updates only its own shard."""
+        self._ensure_optimizer()
+        end = self.num_parameters if end is None else end
+        self.backend.adamw_update(self.params_flat[start:end], self.m_flat[start:end], self.v_flat[start:end],
+                                  self.grads_flat[start:end], lr, beta1, beta2, eps, weight_decay, grad_scale,
+                                  t, end - start)

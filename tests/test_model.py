@@ -1,0 +1,171 @@
+"""The whole model on the CPU backend against a float64 NumPy GPT-2 built from tests/reference.py:
+logits and loss of the forward, and every gradient tensor against central finite differences of the
+float64 loss (sampled entries of all 16 tensors), plus AdamW steps and the model's input checks."""
+import numpy as np
+import pytest
+from reference import (attention_forward_ref, crossentropy_forward_ref, encoder_forward_ref,
+                       gelu_forward_ref, layernorm_forward_ref, matmul_forward_ref)
+
+from numbagpt.config import GPT2Config
+from numbagpt.layout import PARAMETER_NAMES, parameter_layout
+from numbagpt.model import GPT2
+
+CFG = GPT2Config(max_seq_len=8, vocab_size=37, num_layers=2, num_heads=2, channels=12, padded_vocab_size=48)
+B, T = 2, 7
+
+
+def reference_forward(cfg, flat, x):
+    """float64 logits (B, T, Vp) of the parameters `flat` on tokens x (B, T)."""
+    p = parameter_layout(cfg).host_views(np.asarray(flat, dtype=np.float64))
+    h = encoder_forward_ref(x, p["wte"], p["wpe"])
+    for l in range(cfg.num_layers):
+        ln1 = layernorm_forward_ref(h, p["ln1w"][l], p["ln1b"][l])[0]
+        qkv = matmul_forward_ref(ln1, p["qkvw"][l], p["qkvb"][l])
+        atty = attention_forward_ref(qkv, cfg.num_heads)[0]
+        h = h + matmul_forward_ref(atty, p["attprojw"][l], p["attprojb"][l])
+        ln2 = layernorm_forward_ref(h, p["ln2w"][l], p["ln2b"][l])[0]
+        fch = gelu_forward_ref(matmul_forward_ref(ln2, p["fcw"][l], p["fcb"][l]))
+        h = h + matmul_forward_ref(fch, p["fcprojw"][l], p["fcprojb"][l])
+    lnf = layernorm_forward_ref(h, p["lnfw"], p["lnfb"])[0]
+    return matmul_forward_ref(lnf, p["wte"])
+
+
+def reference_loss(cfg, flat, x, y):
+    return float(crossentropy_forward_ref(reference_forward(cfg, flat, x), y, cfg.vocab_size).mean())
+
+
+@pytest.fixture(scope="module")
+def batch():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, CFG.vocab_size, (B, T)).astype(np.int32)
+    y = rng.integers(0, CFG.vocab_size, (B, T)).astype(np.int32)
+    return x, y
+
+
+def random_model(seed=1):
+    """A model whose biases and layernorm parameters are random too, so every gradient path is live."""
+    model = GPT2(CFG)
+    rng = np.random.default_rng(seed)
+    flat = (rng.standard_normal(model.num_parameters) * 0.3).astype(np.float32)
+    views = model.param_layout.host_views(flat)
+    for name in ("ln1w", "ln2w", "lnfw"):
+        views[name] += 1.0
+    views["wte"][CFG.vocab_size:] = 0.0
+    model.load_parameters(flat)
+    return model, flat
+
+
+def test_forward_matches_float64_reference(batch):
+    x, y = batch
+    model, flat = random_model()
+    loss = model.forward(x, y)
+    ref_logits = reference_forward(CFG, flat, x)
+    np.testing.assert_allclose(model.logits_host(), ref_logits, atol=2e-5, rtol=1e-5)
+    assert loss == pytest.approx(reference_loss(CFG, flat, x, y), abs=1e-5)
+    assert model.forward(x) is None  # without targets: logits only
+
+
+def test_gradients_match_finite_differences(batch):
+    x, y = batch
+    model, flat = random_model()
+    model.forward(x, y)
+    model.zero_grad()
+    model.backward()
+    grads = model.param_layout.views(model.grads_host())
+    layout = model.param_layout
+    rng = np.random.default_rng(2)
+    base = flat.astype(np.float64)
+    h = 1e-5
+    for name in PARAMETER_NAMES:
+        size = layout.sizes[name]
+        # wte rows of real tokens only: padding rows have a zero gradient, checked below.
+        limit = CFG.vocab_size * CFG.channels if name == "wte" else size
+        for i in rng.choice(limit, size=min(6, limit), replace=False):
+            plus, minus = base.copy(), base.copy()
+            plus[layout.offsets[name] + i] += h
+            minus[layout.offsets[name] + i] -= h
+            numeric = (reference_loss(CFG, plus, x, y) - reference_loss(CFG, minus, x, y)) / (2 * h)
+            assert grads[name][i] == pytest.approx(numeric, abs=2e-6, rel=1e-3), f"d{name}[{i}]"
+    assert not np.any(grads["wte"][CFG.vocab_size * CFG.channels:])
+
+
+def test_backward_accumulates_only_after_zero_grad(batch):
+    x, y = batch
+    model, _ = random_model()
+    model.forward(x, y)
+    model.zero_grad()
+    model.backward()
+    once = model.grads_host()
+    model.forward(x, y)
+    model.backward()  # no zero_grad: gradients add up
+    np.testing.assert_allclose(model.grads_host(), 2 * once, rtol=1e-5, atol=1e-7)
+    model.forward(x, y)
+    model.zero_grad()
+    model.backward()
+    np.testing.assert_allclose(model.grads_host(), once, rtol=1e-6, atol=1e-8)
+
+
+def test_training_steps_lower_the_loss(batch):
+    x, y = batch
+    model = GPT2(CFG)
+    model.init_weights(seed=3)
+    losses = []
+    for step in range(1, 21):
+        losses.append(model.forward(x, y))
+        model.zero_grad()
+        model.backward()
+        model.update(lr=1e-2, t=step)
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_init_weights_is_seeded_and_llmc_shaped():
+    a, b, c = GPT2(CFG), GPT2(CFG), GPT2(CFG)
+    a.init_weights(7)
+    b.init_weights(7)
+    c.init_weights(8)
+    pa = a.parameters_host()
+    np.testing.assert_array_equal(pa, b.parameters_host())
+    assert not np.array_equal(pa, c.parameters_host())
+    v = a.param_layout.host_views(pa)
+    assert np.all(v["ln1w"] == 1) and np.all(v["lnfb"] == 0) and np.all(v["qkvb"] == 0)
+    assert np.all(v["wte"][CFG.vocab_size:] == 0)
+    assert v["qkvw"].std() == pytest.approx(0.02, rel=0.1)
+    assert v["fcprojw"].std() == pytest.approx(0.02 / np.sqrt(2 * CFG.num_layers), rel=0.1)
+
+
+def test_save_and_load_round_trip(tmp_path, batch):
+    x, y = batch
+    model, flat = random_model()
+    path = tmp_path / "model.bin"
+    model.save(str(path))
+    again = GPT2.from_file(str(path))
+    assert again.config == CFG
+    np.testing.assert_array_equal(again.parameters_host(), flat)
+    assert again.forward(x, y) == model.forward(x, y)
+
+
+def test_bad_inputs_are_refused(batch):
+    x, y = batch
+    model, _ = random_model()
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model.forward(np.zeros((1, CFG.max_seq_len + 1), dtype=np.int32))
+    with pytest.raises(ValueError, match="out of range"):
+        model.forward(np.full((1, 3), CFG.vocab_size, dtype=np.int32))
+    with pytest.raises(ValueError, match="out of range"):
+        model.forward(x, np.full_like(y, -1))
+    with pytest.raises(ValueError, match="shape"):
+        model.forward(x, y[:, :3])
+    with pytest.raises(RuntimeError, match="targets"):
+        model.forward(x)
+        model.backward()
+
+
+def test_smaller_batch_after_larger_reuses_buffers(batch):
+    x, y = batch
+    model, _ = random_model()
+    full = model.forward(x, y)
+    model.forward(x[:1, :3], y[:1, :3])
+    assert model.forward(x, y) == full
+    logits = model.logits_host()
+    model.forward(x[1:2, :4])
+    np.testing.assert_allclose(model.logits_host()[0], logits[1, :4], rtol=1e-5, atol=1e-6)
