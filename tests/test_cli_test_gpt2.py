@@ -1,0 +1,85 @@
+"""bin/test_gpt2 against the committed PyTorch fixture (tests/fixtures/README.md): it passes with the
+stated tolerances, and it fails when one gradient value, one logit or one expected loss is off."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from numbagpt import formats
+from numbagpt.cli import test as test_gpt2
+from numbagpt.layout import parameter_layout
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+MODEL = os.path.join(FIXTURES, "micro_model.bin")
+STATE = os.path.join(FIXTURES, "micro_debug_state.bin")
+LOSSES = os.path.join(FIXTURES, "micro_losses.txt")
+
+
+def run(capsys, *args):
+    code = test_gpt2.main(list(args))
+    return code, capsys.readouterr().out
+
+
+def test_fixture_passes_with_tight_tolerances(capsys):
+    code, out = run(capsys, "-e", MODEL, "-s", STATE, "--expected-losses", LOSSES)
+    assert code == 0, out
+    assert "overall okay: 1" in out
+    assert out.count(" OK") == 2 + 16 + 10 and "NOT OK" not in out
+    for name in ("logits", "loss", "dwte", "dlnfb", "step  9"):
+        assert name in out
+    assert max(test_gpt2.TOLERANCES.values()) <= 1e-4
+
+
+def _corrupted_state(tmp_path, tensor, index, delta):
+    """A copy of the fixture state with one gradient value of `tensor` moved by `delta`."""
+    config, _ = formats.read_model(MODEL)
+    state = formats.read_debug_state(STATE, config)
+    grads = np.array(state["grads"], dtype=np.float32)
+    layout = parameter_layout(config)
+    grads[layout.offsets[tensor] + index] += delta
+    path = str(tmp_path / "corrupt_state.bin")
+    formats.write_debug_state(path, state["B"], state["T"], state["x"], state["y"], state["logits"],
+                              state["loss"], grads)
+    return path
+
+
+def test_one_corrupted_gradient_fails(tmp_path, capsys):
+    path = _corrupted_state(tmp_path, "qkvw", 5, 1e-3)
+    code, out = run(capsys, "-e", MODEL, "-s", path, "--expected-losses", LOSSES)
+    assert code == 1
+    assert "overall okay: 0" in out
+    bad = [line for line in out.splitlines() if "NOT OK" in line]
+    assert len(bad) == 1 and bad[0].startswith("dqkvw")
+
+
+def test_one_corrupted_expected_loss_fails(tmp_path, capsys):
+    losses = [float(x) for x in open(LOSSES)]
+    losses[4] += 1e-3
+    path = tmp_path / "losses.txt"
+    path.write_text("".join(f"{x:.8f}\n" for x in losses))
+    code, out = run(capsys, "-e", MODEL, "-s", STATE, "--expected-losses", str(path))
+    assert code == 1
+    assert [line.split(":")[0] for line in out.splitlines() if "NOT OK" in line] == ["step  4"]
+
+
+def test_without_losses_file_prints_ten_steps(capsys):
+    code, out = run(capsys, "-e", MODEL, "-s", STATE)
+    assert code == 0
+    assert sum(line.startswith("step ") for line in out.splitlines()) == 10
+    assert "not compared" in out
+
+
+def test_bad_files_give_clear_errors(tmp_path, capsys):
+    bad = tmp_path / "model.bin"
+    shutil.copy(MODEL, bad)
+    with open(bad, "r+b") as f:
+        f.write(np.int32(1234).tobytes())
+    code = test_gpt2.main(["-e", str(bad), "-s", STATE])
+    err = capsys.readouterr().err
+    assert code == 1 and "magic" in err and "model.bin" in err
+    truncated = tmp_path / "state.bin"
+    truncated.write_bytes(open(STATE, "rb").read()[:-4])
+    code = test_gpt2.main(["-e", MODEL, "-s", str(truncated)])
+    err = capsys.readouterr().err
+    assert code == 1 and "state.bin" in err

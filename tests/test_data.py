@@ -1,0 +1,190 @@
+"""DataLoader (shift, advance, shards, wrap-around, ranks, shuffle, resume), the built-in corpus, prepare."""
+import os
+import time
+
+import numpy as np
+import pytest
+
+from numbagpt.cli.prepare import main as prepare_main
+from numbagpt.data import DataLoader, builtin_text, ensure_builtin_data, prepare
+from numbagpt.formats import FormatError, open_shard, read_shard_header, read_tokenizer_file, write_shard
+from numbagpt.tokenizer import CharTokenizer, GPT2Tokenizer, load_tokenizer
+
+
+def _shards(tmp_path, sizes, start=0):
+    """Shards of consecutive token values (mod 60000), so every token says where it came from."""
+    paths, n = [], start
+    for i, size in enumerate(sizes):
+        p = tmp_path / f"d_train_{i:06d}.bin"
+        write_shard(p, np.arange(n, n + size) % 60000)
+        n += size
+        paths.append(p)
+    return str(tmp_path / "d_train_*.bin"), paths
+
+
+def _epoch(loader):
+    return [loader.next_batch() for _ in range(loader.batches_per_epoch)]
+
+
+def test_shift_advance_and_wrap(tmp_path):
+    pattern, _ = _shards(tmp_path, [50, 41])      # windows of 2*4=8: (50-1)//8 = 6 and (41-1)//8 = 5
+    dl = DataLoader(pattern, B=2, T=4)
+    assert dl.batches_per_epoch == 11
+    x, y = dl.next_batch()
+    assert x.dtype == np.int32 and y.dtype == np.int32 and x.shape == (2, 4) and y.shape == (2, 4)
+    assert x.flags.c_contiguous and y.flags.c_contiguous
+    assert np.array_equal(x.ravel(), np.arange(0, 8)) and np.array_equal(y.ravel(), np.arange(1, 9))
+    x, y = dl.next_batch()
+    assert np.array_equal(x.ravel(), np.arange(8, 16))
+    starts = [8 * i for i in range(2, 6)] + [50 + 8 * i for i in range(5)]   # then the second shard
+    for s in starts:
+        x, y = dl.next_batch()
+        assert np.array_equal(x.ravel(), np.arange(s, s + 8)) and np.array_equal(y.ravel(), x.ravel() + 1)
+    assert dl.get_state() == dict(shard_index=1, sample_index=5, epoch=0)
+    x, _ = dl.next_batch()                         # wrap around to the start: epoch 1
+    assert np.array_equal(x.ravel(), np.arange(0, 8))
+    assert dl.get_state() == dict(shard_index=0, sample_index=1, epoch=1)
+    dl.reset()
+    assert np.array_equal(dl.next_batch()[0].ravel(), np.arange(0, 8))
+
+
+def test_ranks_split_the_single_process_batch(tmp_path):
+    pattern, _ = _shards(tmp_path, [200, 150, 90])
+    B, T, R = 2, 5, 2
+    for shuffle in (False, True):
+        one = DataLoader(pattern, B=R * B, T=T, shuffle=shuffle, seed=7)
+        ranks = [DataLoader(pattern, B=B, T=T, rank=r, world_size=R, shuffle=shuffle, seed=7) for r in range(R)]
+        assert one.batches_per_epoch == ranks[0].batches_per_epoch
+        for _ in range(2 * one.batches_per_epoch + 3):          # across shards and epochs
+            x1, y1 = one.next_batch()
+            parts = [dl.next_batch() for dl in ranks]
+            assert np.array_equal(np.concatenate([p[0] for p in parts]), x1)
+            assert np.array_equal(np.concatenate([p[1] for p in parts]), y1)
+            assert not set(parts[0][0].ravel()) & set(parts[1][0].ravel())
+
+
+def test_shuffle(tmp_path):
+    pattern, _ = _shards(tmp_path, [300, 250, 200, 170])
+    plain = _epoch(DataLoader(pattern, B=2, T=8))
+    dl = DataLoader(pattern, B=2, T=8, shuffle=True, seed=3)
+    e0, e1 = _epoch(dl), _epoch(dl)
+    key = lambda batches: sorted(int(x[0, 0]) for x, _ in batches)   # noqa: E731
+    # each epoch reads every window exactly once, in a different order each epoch
+    assert key(e0) == key(plain) == key(e1)
+    order = lambda batches: [int(x[0, 0]) for x, _ in batches]       # noqa: E731
+    assert order(e0) != order(plain) and order(e0) != order(e1)
+    for x, y in e0:
+        assert np.array_equal(y.ravel(), x.ravel() + 1)
+    # the same seed gives the same order; another seed another
+    assert order(_epoch(DataLoader(pattern, B=2, T=8, shuffle=True, seed=3))) == order(e0)
+    assert order(_epoch(DataLoader(pattern, B=2, T=8, shuffle=True, seed=4))) != order(e0)
+
+
+def test_resume_state(tmp_path):
+    pattern, _ = _shards(tmp_path, [120, 100])
+    dl = DataLoader(pattern, B=1, T=6, shuffle=True, seed=5)
+    for _ in range(dl.batches_per_epoch + 4):
+        dl.next_batch()
+    state = dl.get_state()
+    expected = [dl.next_batch()[0] for _ in range(30)]
+    fresh = DataLoader(pattern, B=1, T=6, shuffle=True, seed=5)
+    fresh.set_state(**state)
+    assert all(np.array_equal(fresh.next_batch()[0], e) for e in expected)
+    with pytest.raises(ValueError, match="shard_index 2"):
+        fresh.set_state(2, 0)
+
+
+def test_loader_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no data shard matches"):
+        DataLoader(str(tmp_path / "missing_*.bin"), B=1, T=4)
+    pattern, paths = _shards(tmp_path, [40, 16])
+    with pytest.raises(FormatError, match=r"d_train_000001\.bin: data shard too small: 16 tokens.*2\*2\*4\+1 = 17"):
+        DataLoader(pattern, B=2, T=4, world_size=2)
+    write_shard(paths[1], [1, 2, 3, 99, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16])
+    dl = DataLoader(pattern, B=2, T=4, vocab_size=60)   # the first shard checks fine
+    with pytest.raises(FormatError, match=r"d_train_000001\.bin.*position 3 is 99, expected < vocab size 60"):
+        for _ in range(dl.batches_per_epoch):
+            dl.next_batch()
+    with pytest.raises(ValueError, match="rank 2"):
+        DataLoader(pattern, B=1, T=4, rank=2, world_size=2)
+
+
+# -------------------------------------------------------------------------------- built-in text
+
+@pytest.fixture(scope="module")
+def shakespeare():
+    return builtin_text()
+
+
+def test_builtin_text_looks_like_a_play(shakespeare):
+    text = shakespeare
+    assert 4_000_000 < len(text) < 6_000_000
+    assert "\nHAMLET:\n" in text and "\nFirst Citizen:\n" in text
+    assert "To be, or not to be: that is the question:" in text
+    for bad in ("**", "_", "#", "\\", "[", "  \n", "\n\n\n"):
+        assert bad not in text, bad
+    assert text.isascii()
+    speeches = text.split("\n\n")
+    assert len(speeches) > 30_000
+    for s in speeches[:: 997]:
+        name, _, body = s.partition("\n")
+        assert name.endswith(":") and body.strip(), s
+    assert builtin_text() == text                     # deterministic
+
+
+# --------------------------------------------------------------------------------------- prepare
+
+def test_prepare_text_gpt2(tmp_path):
+    text = "A:\nHello world.\n\nB:\nGood night, sweet prince.\n"
+    paths = prepare(tmp_path, text, tokenizer="gpt2", val_fraction=0.25, name="t", doc_per_paragraph=True,
+                    verbose=False)
+    assert paths == {k: str(tmp_path / f"t_{k}.bin") for k in ("train", "val", "tokenizer")}
+    tok = GPT2Tokenizer()
+    docs = ["A:\nHello world.\n\n", "B:\nGood night, sweet prince.\n"]
+    expected = [t for d in docs for t in [50256] + tok.encode(d)]
+    val, train = open_shard(paths["val"]), open_shard(paths["train"])
+    assert val.size == round(0.25 * len(expected))
+    assert list(val) + list(train) == expected
+    assert isinstance(load_tokenizer(paths["tokenizer"]), GPT2Tokenizer)
+    assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
+
+
+def test_prepare_files_char_and_cli(tmp_path, capsys):
+    f1, f2 = tmp_path / "a.txt", tmp_path / "b.txt"
+    f1.write_text("to be or not to be\n" * 5)
+    f2.write_text("that is the question\n" * 5)
+    out = tmp_path / "out"
+    assert prepare_main(["--tokenizer", "char", "-o", str(out), str(f1), str(f2)]) == 0
+    assert "train:" in capsys.readouterr().out
+    tok = load_tokenizer(out / "a_tokenizer.bin")
+    assert isinstance(tok, CharTokenizer)
+    tokens = list(open_shard(out / "a_val.bin")) + list(open_shard(out / "a_train.bin"))
+    eot = tok.eot_token
+    assert tokens[0] == eot and tokens.count(eot) == 2          # one document per file
+    assert tok.decode(tokens).replace("<|endoftext|>", "") == f1.read_text() + f2.read_text()
+    with pytest.raises(SystemExit, match="not found: .*nope.txt"):
+        prepare_main(["-o", str(out), str(tmp_path / "nope.txt")])
+    with pytest.raises(SystemExit, match="val-fraction"):
+        prepare_main(["--val-fraction", "1.5", str(f1)])
+
+
+def test_ensure_builtin_data_gpt2(tmp_path, shakespeare):
+    t0 = time.time()
+    train, val, tok_path = ensure_builtin_data(cache_dir=tmp_path, tokenizer="gpt2", verbose=False)
+    first = time.time() - t0
+    assert os.path.dirname(train).startswith(str(tmp_path)) and train.endswith("shakespeare_train.bin")
+    ntrain, nval = read_shard_header(train), read_shard_header(val)
+    assert 1_000_000 < ntrain + nval < 2_000_000
+    assert abs(nval - 0.1 * (ntrain + nval)) <= 1
+    table, eot = read_tokenizer_file(tok_path)
+    assert len(table) == 50257 and eot == 50256
+    v = open_shard(val, vocab_size=50257)
+    assert v[0] == 50256
+    assert GPT2Tokenizer().decode(v[1:40]).startswith(shakespeare[:20])
+    mtime = os.path.getmtime(train)
+    t0 = time.time()
+    assert ensure_builtin_data(cache_dir=tmp_path, tokenizer="gpt2", verbose=False) == (train, val, tok_path)
+    assert os.path.getmtime(train) == mtime and time.time() - t0 < min(1.0, first)
+    dl = DataLoader(train, B=4, T=64, vocab_size=50257)
+    x, y = dl.next_batch()
+    assert x.shape == (4, 64) and x.max() < 50257

@@ -1,0 +1,262 @@
+"""Round trips of every llm.c file format, and a helpful FormatError for each kind of bad file."""
+import numpy as np
+import pytest
+
+from numbagpt.config import GPT2Config
+from numbagpt.formats import (
+    HEADER_BYTES, FormatError, open_shard, read_debug_state, read_model, read_shard_header, read_state,
+    read_tokenizer_file, write_debug_state, write_model, write_shard, write_state, write_tokenizer_file)
+from numbagpt.layout import num_parameters
+
+CONFIG = GPT2Config(max_seq_len=8, vocab_size=50, num_layers=2, num_heads=2, channels=8)
+
+
+def _header(*values):
+    h = np.zeros(256, dtype="<i4")
+    h[:len(values)] = values
+    return h.tobytes()
+
+
+def _patch_int(path, slot, value):
+    with open(path, "r+b") as f:
+        f.seek(4 * slot)
+        f.write(np.array([value], dtype="<i4").tobytes())
+
+
+def _append(path, data=b"\0\0\0\0"):
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+def _truncate(path, nbytes=4):
+    with open(path, "r+b") as f:
+        f.seek(0, 2)
+        f.truncate(f.tell() - nbytes)
+
+
+def _params(seed=0):
+    return np.random.default_rng(seed).standard_normal(num_parameters(CONFIG)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------- model
+
+def test_model_v3_round_trip_bit_exact(tmp_path):
+    p = tmp_path / "m.bin"
+    params = _params()
+    write_model(p, CONFIG, params)
+    assert p.stat().st_size == HEADER_BYTES + 4 * params.size
+    config, got = read_model(p)
+    assert config == CONFIG and config.padded_vocab_size == 128
+    assert got.dtype == np.float32 and got.shape == params.shape
+    assert np.array_equal(got.view(np.uint32), params.view(np.uint32))
+
+
+def test_model_v5_bf16(tmp_path):
+    p = tmp_path / "m5.bin"
+    params = _params(1)
+    upper = (params.view(np.uint32) >> 16).astype("<u2")
+    with open(p, "wb") as f:
+        f.write(_header(20240326, 5, 8, 50, 2, 2, 8, 128))
+        f.write(upper.tobytes())
+    config, got = read_model(p)
+    assert config == CONFIG
+    expected = (params.view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32)
+    assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))
+    assert np.allclose(got, params, rtol=1e-2, atol=0)
+
+
+def test_model_errors(tmp_path):
+    p = tmp_path / "m.bin"
+    write_model(p, CONFIG, _params())
+    _patch_int(p, 0, 12345)
+    with pytest.raises(FormatError, match=r"m\.bin.*magic.*expected 20240326, found 12345"):
+        read_model(p)
+    write_model(p, CONFIG, _params())
+    _patch_int(p, 1, 4)
+    with pytest.raises(FormatError, match=r"version: expected 3 or 5, found 4"):
+        read_model(p)
+    write_model(p, CONFIG, _params())
+    _truncate(p)
+    n = HEADER_BYTES + 4 * num_parameters(CONFIG)
+    with pytest.raises(FormatError, match=rf"truncated model file.*expected {n} bytes.*found {n - 4}"):
+        read_model(p)
+    write_model(p, CONFIG, _params())
+    _append(p)
+    with pytest.raises(FormatError, match=rf"too long.*expected {n} bytes.*found {n + 4}"):
+        read_model(p)
+    write_model(p, CONFIG, _params())
+    _patch_int(p, 5, 3)      # NH=3 does not divide C=8
+    with pytest.raises(FormatError, match="bad model header.*not divisible"):
+        read_model(p)
+    write_model(p, CONFIG, _params())
+    _patch_int(p, 7, 40)     # Vp < V
+    with pytest.raises(FormatError, match="bad model header"):
+        read_model(p)
+    p.write_bytes(b"\0" * 100)
+    with pytest.raises(FormatError, match="header alone is 1024 bytes, the file has 100"):
+        read_model(p)
+    with pytest.raises(FileNotFoundError, match="nope.bin"):
+        read_model(tmp_path / "nope.bin")
+    with pytest.raises(ValueError, match="params has"):
+        write_model(p, CONFIG, _params()[:-1])
+
+
+# ---------------------------------------------------------------------------------- debug state
+
+def test_debug_state_round_trip(tmp_path):
+    p = tmp_path / "d.bin"
+    rng = np.random.default_rng(2)
+    B, T, V = 2, 3, CONFIG.vocab_size
+    x = rng.integers(0, V, (B, T)).astype(np.int32)
+    y = rng.integers(0, V, (B, T)).astype(np.int32)
+    logits = rng.standard_normal((B, T, V)).astype(np.float32)
+    grads = _params(3)
+    write_debug_state(p, B, T, x, y, logits, 3.25, grads)
+    d = read_debug_state(p, CONFIG)
+    assert (d["B"], d["T"]) == (B, T)
+    assert np.array_equal(d["x"], x) and np.array_equal(d["y"], y)
+    assert d["logits"].shape == (B, T, V) and np.array_equal(d["logits"], logits)
+    assert d["loss"] == 3.25
+    assert np.array_equal(d["grads"], grads)
+    _patch_int(p, 1, 1)
+    with pytest.raises(FormatError, match="debug state file version: expected 2, found 1"):
+        read_debug_state(p, CONFIG)
+    write_debug_state(p, B, T, x, y, logits, 3.25, grads)
+    _append(p)
+    with pytest.raises(FormatError, match="too long debug state"):
+        read_debug_state(p, CONFIG)
+    other = GPT2Config(max_seq_len=8, vocab_size=60, num_layers=2, num_heads=2, channels=8)
+    write_debug_state(p, B, T, x, y, logits, 3.25, grads)
+    with pytest.raises(FormatError, match="debug state"):
+        read_debug_state(p, other)
+
+
+# ------------------------------------------------------------------------------------ tokenizer
+
+def test_tokenizer_file_round_trip(tmp_path):
+    p = tmp_path / "t.bin"
+    table = [b"a", b"bc", "é".encode(), bytes(range(1, 256)), b"<|endoftext|>"]
+    write_tokenizer_file(p, table, 4)
+    assert read_tokenizer_file(p) == (table, 4)
+    # version 1 has no EOT slot: llm.c assumes 50256, only for the GPT-2 vocabulary
+    _patch_int(p, 1, 1)
+    assert read_tokenizer_file(p) == (table, None)
+    with open(p, "wb") as f:
+        f.write(_header(20240328, 1, 50257))
+        f.write(b"\x01x" * 50257)
+    toks, eot = read_tokenizer_file(p)
+    assert len(toks) == 50257 and eot == 50256
+
+
+def test_tokenizer_file_errors(tmp_path):
+    p = tmp_path / "t.bin"
+    table = [b"a", b"bc", b"<|endoftext|>"]
+    write_tokenizer_file(p, table, 2)
+    _patch_int(p, 0, 20240326)
+    with pytest.raises(FormatError, match="magic number for a tokenizer file: expected 20240328, found 20240326"):
+        read_tokenizer_file(p)
+    write_tokenizer_file(p, table, 2)
+    _patch_int(p, 1, 3)
+    with pytest.raises(FormatError, match="version: expected 1 or 2, found 3"):
+        read_tokenizer_file(p)
+    write_tokenizer_file(p, table, 2)
+    _truncate(p, 1)
+    with pytest.raises(FormatError, match="truncated tokenizer file: token 2 needs 13 bytes, 12 are left"):
+        read_tokenizer_file(p)
+    write_tokenizer_file(p, table, 2)
+    _append(p, b"\x01z")
+    with pytest.raises(FormatError, match="tokenizer file too long"):
+        read_tokenizer_file(p)
+    write_tokenizer_file(p, table, 2)
+    _patch_int(p, 2, 4)
+    with pytest.raises(FormatError, match="header says 4 tokens"):
+        read_tokenizer_file(p)
+    with pytest.raises(ValueError, match="token 1 is 0 bytes"):
+        write_tokenizer_file(p, [b"a", b""], 0)
+    with pytest.raises(ValueError, match="token 0 is 256 bytes"):
+        write_tokenizer_file(p, [b"a" * 256], 0)
+
+
+# --------------------------------------------------------------------------------------- shards
+
+def test_shard_round_trip(tmp_path):
+    p = tmp_path / "s.bin"
+    tokens = np.array([0, 1, 50256, 65535, 7], dtype=np.int64)
+    write_shard(p, tokens)
+    assert p.stat().st_size == HEADER_BYTES + 2 * tokens.size
+    assert read_shard_header(p) == 5
+    mm = open_shard(p)
+    assert isinstance(mm, np.memmap) and mm.dtype == np.uint16
+    assert np.array_equal(mm, tokens)
+    write_shard(p, [])
+    assert read_shard_header(p) == 0 and open_shard(p, vocab_size=10).size == 0
+    with pytest.raises(ValueError, match="65536 does not fit"):
+        write_shard(p, [1, 65536])
+    with pytest.raises(ValueError, match="-1 does not fit"):
+        write_shard(p, [-1, 2])
+
+
+def test_shard_errors(tmp_path):
+    p = tmp_path / "s.bin"
+    tokens = np.arange(100) % 50
+    write_shard(p, tokens)
+    _patch_int(p, 0, 20240326)
+    with pytest.raises(FormatError, match=r"s\.bin: bad magic number for a data shard: expected 20240520"):
+        read_shard_header(p)
+    write_shard(p, tokens)
+    _patch_int(p, 1, 2)
+    with pytest.raises(FormatError, match="data shard version: expected 1, found 2"):
+        open_shard(p)
+    write_shard(p, tokens)
+    _truncate(p, 2)
+    with pytest.raises(FormatError, match=r"truncated data shard \(100 tokens\): expected 1224 bytes.*found 1222"):
+        open_shard(p)
+    write_shard(p, tokens)
+    _append(p, b"\0\0")
+    with pytest.raises(FormatError, match="too long data shard.*found 1226"):
+        read_shard_header(p)
+    bad = tokens.copy()
+    bad[37] = 50
+    write_shard(p, bad)
+    assert open_shard(p, vocab_size=51).size == 100
+    with pytest.raises(FormatError, match=r"s\.bin: corrupt data shard: token at position 37 is 50, expected < vocab size 50"):
+        open_shard(p, vocab_size=50)
+
+
+def test_llama3_shard_readable(tmp_path):
+    p = tmp_path / "l3.bin"
+    tokens = np.array([5, 128000, 70000], dtype="<u4")
+    with open(p, "wb") as f:
+        f.write(_header(20240801, 7, 3))
+        f.write(tokens.tobytes())
+    mm = open_shard(p)
+    assert mm.dtype == np.uint32 and np.array_equal(mm, tokens)
+
+
+# ---------------------------------------------------------------------------------- train state
+
+def test_state_round_trip(tmp_path):
+    p = tmp_path / "state_00000100_00001.bin"
+    rng = np.random.default_rng(4)
+    m = rng.standard_normal(1000).astype(np.float32)
+    v = rng.random(1000).astype(np.float32)
+    big = 2 ** 40 + 12345
+    write_state(p, 100, 4, 1, m, v, rng_state=big, shard_index=3, sample_index=2 ** 33 + 1,
+                shuffle=True, epoch=2, seed=1337)
+    s = read_state(p)
+    assert (s["step"], s["world_size"], s["rank"], s["use_master_weights"], s["shuffle"]) == (100, 4, 1, 0, True)
+    assert s["rng_state"] == big and s["rng_state_last_update"] == big
+    assert (s["shard_index"], s["sample_index"], s["epoch"], s["seed"]) == (3, 2 ** 33 + 1, 2, 1337)
+    assert np.array_equal(s["m"], m) and np.array_equal(s["v"], v)
+    header = np.fromfile(p, dtype="<i4", count=256)
+    assert header[0] == 20240527 and header[1] == 1 and header[10] == 100
+    assert int(header[20:22].view("<u8")[0]) == big and int(header[30:32].view("<u8")[0]) == 3
+    assert read_state(p, num_parameters=1000)["m"].size == 1000
+    with pytest.raises(FormatError, match="truncated train state"):
+        read_state(p, num_parameters=1001)
+    _append(p, b"\0\0")
+    with pytest.raises(FormatError, match="expected 2 float32 arrays of equal length"):
+        read_state(p)
+    _patch_int(p, 0, 7)
+    with pytest.raises(FormatError, match="expected 20240527, found 7"):
+        read_state(p)
