@@ -34,15 +34,15 @@ def latest_step(out_dir):
     return max(steps) if steps else None
 
 
-def save(out_dir, step, model, world, loader, seed, shard):
-    """Every rank writes its state file; rank 0 the model file and then, after all are written, DONE."""
-    start, end = shard
+def save(out_dir, step, model, world, loader, seed):
+    """Every rank writes its state file (the AdamW moments of its optimizer shard); rank 0 the model
+    file and then, after all are written, DONE."""
     if world.is_master:
         model.save(model_path(out_dir, step))
     b = model.backend
     pos = loader.get_state()
     formats.write_state(state_path(out_dir, step, world.rank), step, world.size, world.rank,
-                        b.to_host(model.m_flat[start:end]), b.to_host(model.v_flat[start:end]),
+                        b.to_host(model.m_flat), b.to_host(model.v_flat),
                         rng_state=seed, shard_index=pos["shard_index"], sample_index=pos["sample_index"],
                         shuffle=loader.shuffle, epoch=pos["epoch"], seed=seed)
     world.barrier()
@@ -50,9 +50,9 @@ def save(out_dir, step, model, world, loader, seed, shard):
         open(done_path(out_dir, step), "w").close()
 
 
-def load_state(out_dir, step, model, world, loader, shard):
+def load_state(out_dir, step, model, world, loader):
     """Restore this rank's AdamW moments and data position from the checkpoint at `step`."""
-    start, end = shard
+    start, end = model.optimizer_shard
     path = state_path(out_dir, step, world.rank)
     state = formats.read_state(path)
     if state["world_size"] != world.size or state["rank"] != world.rank:
@@ -64,7 +64,7 @@ def load_state(out_dir, step, model, world, loader, shard):
                          f"with another --zero-stage (resume with the same -z and number of processes)")
     model._ensure_optimizer()
     b = model.backend
-    b.copy_to_device(model.m_flat[start:end], np.ascontiguousarray(state["m"]))
-    b.copy_to_device(model.v_flat[start:end], np.ascontiguousarray(state["v"]))
+    b.copy_to_device(model.m_flat, np.ascontiguousarray(state["m"]))
+    b.copy_to_device(model.v_flat, np.ascontiguousarray(state["v"]))
     loader.set_state(state["shard_index"], state["sample_index"], state["epoch"])
     return state["step"]

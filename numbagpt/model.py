@@ -53,6 +53,9 @@ class GPT2:
         self.params_flat = self.backend.zeros(self.num_parameters)
         self.params = self.param_layout.views(self.params_flat)
         self.grads_flat = self.m_flat = self.v_flat = None
+        # The parameters [start, end) whose AdamW moments this process keeps and updates: all of them,
+        # or a ZeRO-1 rank's shard (set_optimizer_shard), so m and v take only the shard's memory.
+        self.optimizer_shard = (0, self.num_parameters)
         self.grads = self.m = self.v = None
         self.acts_flat = self.grads_acts_flat = None
         self.act_capacity = 0   # elements of the activation buffers
@@ -129,18 +132,28 @@ class GPT2:
             self.grads_acts_flat = self.backend.zeros(self.act_capacity)
             self.grads_acts = self.act_layout.views(self.grads_acts_flat[:self.act_layout.total])
 
+    def set_optimizer_shard(self, start, end):
+        """Keep AdamW moments for, and update, only parameters [start, end) (a ZeRO-1 shard)."""
+        if self.m_flat is not None:
+            raise RuntimeError("set_optimizer_shard() must come before the first update()")
+        if not 0 <= start <= end <= self.num_parameters:
+            raise ValueError(f"bad optimizer shard [{start}, {end}) of {self.num_parameters} parameters")
+        self.optimizer_shard = (start, end)
+
     def _ensure_optimizer(self):
         if self.m_flat is None:
-            self.m_flat = self.backend.zeros(self.num_parameters)
-            self.v_flat = self.backend.zeros(self.num_parameters)
+            start, end = self.optimizer_shard
+            self.m_flat = self.backend.zeros(end - start)
+            self.v_flat = self.backend.zeros(end - start)
 
     def memory_bytes(self, B, T, training=True):
         """{buffer: bytes} this model needs for batches of (B, T)."""
         n = 4 * self.num_parameters
+        shard = 4 * (self.optimizer_shard[1] - self.optimizer_shard[0])
         acts = activation_layout(self.config, B, T).nbytes
         sizes = {"parameters": n, "activations": acts}
         if training:
-            sizes.update(gradients=n, adamw_m=n, adamw_v=n, activation_grads=acts)
+            sizes.update(gradients=n, adamw_m=shard, adamw_v=shard, activation_grads=acts)
         return sizes
 
     # ---------------------------------------------------------------- forward
@@ -297,12 +310,10 @@ class GPT2:
         self.backend.global_norm_squared(out, self.grads_flat, self.num_parameters)
         return math.sqrt(float(self.backend.to_host(out)[0]))
 
-    def update(self, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, t=1, grad_scale=1.0,
-               start=0, end=None):
-        """One AdamW step (t counts from 1) on parameters [start, end) — all of them by default;
-        a ZeRO-1 rank updates only its own shard."""
+    def update(self, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, t=1, grad_scale=1.0):
+        """One AdamW step (t counts from 1) of the optimizer shard's parameters (all by default),
+        on the gradients times grad_scale (clipping, averaging over ranks)."""
         self._ensure_optimizer()
-        end = self.num_parameters if end is None else end
-        self.backend.adamw_update(self.params_flat[start:end], self.m_flat[start:end], self.v_flat[start:end],
-                                  self.grads_flat[start:end], lr, beta1, beta2, eps, weight_decay, grad_scale,
-                                  t, end - start)
+        start, end = self.optimizer_shard
+        self.backend.adamw_update(self.params_flat[start:end], self.m_flat, self.v_flat, self.grads_flat[start:end],
+                                  lr, beta1, beta2, eps, weight_decay, grad_scale, t, end - start)

@@ -169,3 +169,22 @@ def test_smaller_batch_after_larger_reuses_buffers(batch):
     logits = model.logits_host()
     model.forward(x[1:2, :4])
     np.testing.assert_allclose(model.logits_host()[0], logits[1, :4], rtol=1e-5, atol=1e-6)
+
+
+def test_optimizer_shard_updates_only_its_range_and_matches_the_full_update(batch):
+    x, y = batch
+    full, flat = random_model()
+    shard, _ = random_model()
+    start, end = 1000, 3000
+    shard.set_optimizer_shard(start, end)
+    for step in (1, 2):
+        for m in (full, shard):
+            m.forward(x, y)
+            m.zero_grad()
+            m.backward()
+            m.update(lr=1e-2, weight_decay=0.1, t=step)
+    assert shard.m_flat.size == end - start
+    after, sharded = full.parameters_host(), shard.parameters_host()
+    np.testing.assert_array_equal(sharded[start:end], after[start:end])
+    np.testing.assert_array_equal(np.delete(sharded, np.s_[start:end]), np.delete(flat, np.s_[start:end]))
+    assert not np.array_equal(after[start:end], flat[start:end])

@@ -37,6 +37,15 @@ def build_parser():
     p.add_argument("-g", "--gen-tokens", type=int, default=64, help="tokens per sample (0: no sampling)")
     p.add_argument("--seed", type=int, default=1337, help="seed of the init, the data order and sampling")
     p.add_argument("--shuffle", type=int, choices=(0, 1), default=1, help="shuffle the train windows")
+    p.add_argument("-n", "--checkpoint-every", type=int, default=0,
+                   help="write model_N.bin, state_N_RANK.bin and DONE_N to the output dir every N steps (0: never)")
+    p.add_argument("-y", "--resume", type=int, choices=(0, 1), default=0,
+                   help="resume from the latest complete checkpoint (one with a DONE file) in the output dir")
+    p.add_argument("-z", "--zero-stage", type=int, choices=(0, 1), default=0,
+                   help="0: every rank keeps all AdamW state; 1: each rank keeps and updates 1/N of it (ZeRO-1)")
+    p.add_argument("--expect-world-size", type=int, default=None,
+                   help="fail unless the job has exactly this many processes (default: check against "
+                        "the launcher's SLURM_NTASKS / OMPI_COMM_WORLD_SIZE / PMI_SIZE)")
     p.add_argument("--tokenizer", default=None, help="llm.c tokenizer .bin to decode samples "
                    "(default: the one next to the built-in data, else GPT-2 BPE)")
     return p
@@ -59,6 +68,8 @@ def check_args(args):
             raise SystemExit(f"train_gpt2: --{name.replace('_', '-')} must be positive")
     if args.omp_threads is not None and args.omp_threads <= 0:
         raise SystemExit("train_gpt2: --omp-threads must be positive")
+    if args.expect_world_size is not None and args.expect_world_size <= 0:
+        raise SystemExit("train_gpt2: --expect-world-size must be positive")
 
 
 def main(argv=None):
@@ -67,46 +78,124 @@ def main(argv=None):
     if args.omp_threads is not None:
         # Numba reads this once, at import: it caps what set_num_threads may ask for.
         os.environ["NUMBA_NUM_THREADS"] = str(max(args.omp_threads, int(os.environ.get("NUMBA_NUM_THREADS", 0))))
+    from numbagpt import dist  # imports mpi4py only under an MPI launcher; numba not yet
     try:
-        return train(args)
-    except (ValueError, OSError, RuntimeError) as e:
-        print(f"train_gpt2: error: {e}", file=sys.stderr)
+        world = dist.init_world(expect_size=args.expect_world_size)
+    except dist.WorldSizeError as e:  # every rank found the same: rank 0 says it, all exit
+        if e.rank == 0:
+            print(f"train_gpt2: error: {e}", file=sys.stderr)
         return 1
+    try:
+        return train(args, world)
+    except dist.CollectiveError as e:
+        # Every rank detected it at the same step (e.g. a NaN mean loss): stop together, exit normally.
+        if world.is_master:
+            print(f"train_gpt2: error: {e}", file=sys.stderr)
+        return 1
+    except BaseException as e:
+        if world.size > 1:
+            # This rank alone failed; the others would wait for it in the next collective forever.
+            world.abort(e)  # prints "train_gpt2: rank R: error: ..." and ends every rank of the job
+        if isinstance(e, (ValueError, OSError, RuntimeError)):
+            print(f"train_gpt2: error: {e}", file=sys.stderr)
+            return 1
+        raise
 
 
-def train(args):
+def warm_up_kernels(device):
+    """Compile (or load from Numba's cache) every kernel a step runs: one forward, backward, norm
+    and update of a throwaway micro model. The kernels' argument types don't depend on the sizes."""
+    import numpy as np
+
+    from numbagpt.config import GPT2Config
+    from numbagpt.model import GPT2
+    cfg = GPT2Config(max_seq_len=4, vocab_size=8, num_layers=1, num_heads=1, channels=4, padded_vocab_size=8)
+    model = GPT2(cfg, backend=device)
+    model.init_weights(0)
+    tokens = np.zeros((1, 4), dtype=np.int32)
+    model.forward(tokens, tokens)
+    model.zero_grad()
+    model.backward()
+    model.grad_norm()
+    model.update(1e-3, t=1)
+    model.backend.synchronize()
+
+
+def describe_ranks(world, threads, say):
+    """One line per rank (gathered to rank 0), and a warning for hosts running more threads than cores."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    rows = world.gather((world.rank, world.host, world.local_rank, threads, cores, world.device))
+    if not world.is_master:
+        return
+    for rank, host, local_rank, t, c, device in rows:
+        say(f"  rank {rank}: host {host} | local rank {local_rank} | threads {t} (of {c} usable cores) | {device}")
+    by_host = {}
+    for _, host, _, t, c, _ in rows:
+        used, _ = by_host.get(host, (0, c))
+        by_host[host] = (used + t, c)
+    for host, (used, c) in by_host.items():
+        if used > c:
+            say(f"warning: {host} runs {used} threads on {c} cores: ranks x --omp-threads should not "
+                f"exceed the cores (check the launcher's binding too; see docs/distributed.md)")
+
+
+def train(args, world):
+    import math
+
     import numba
     import numpy as np
 
-    from numbagpt import data, tokenizer
+    from numbagpt import checkpoint, data, tokenizer
     from numbagpt.config import PRESETS
-    from numbagpt.dist import init_world
+    from numbagpt.dist import CollectiveError, DataParallel
     from numbagpt.layout import num_parameters
     from numbagpt.model import GPT2
 
-    world = init_world()
-    say = print if world.is_master else (lambda *a, **k: None)
-    threads = args.omp_threads or max(1, numba.config.NUMBA_NUM_THREADS // world.size)
+    # Only rank 0 prints, flushing every line: under a launcher stdout is a pipe, block-buffered.
+    say = (lambda *a, **k: print(*a, **k, flush=True)) if world.is_master else (lambda *a, **k: None)
+    # Threads per rank: --omp-threads, else this host's cores shared by the ranks running on it.
+    threads = args.omp_threads or max(1, numba.config.NUMBA_NUM_THREADS // world.local_size)
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    world.setup_device(args.device)  # CUDA: this rank's GPU, before anything is allocated on it
     say(f"numbagpt | device {args.device} | processes {world.size} | threads/process {numba.get_num_threads()}")
+    if world.size > 1:
+        say(f"MPI: {world.describe_mpi()} | ZeRO stage {args.zero_stage} | buffers: {world.transport}")
+        describe_ranks(world, numba.get_num_threads(), say)
+        # Numba's on-disk cache (cache=True) is shared by the ranks. Rank 0 compiles every kernel
+        # first; the others wait at a barrier, then load the compiled code from the cache, instead
+        # of compiling the same functions N times at once and racing to write the same cache files.
+        with world.rank0_first():
+            warm_up_kernels(args.device)
 
     # Data: the built-in Shakespeare unless shards are given.
     tok_path = args.tokenizer
     train_glob, val_glob = args.train_data, args.val_data
     if train_glob is None:
-        if world.is_master:
-            builtin = data.ensure_builtin_data()
-        world.barrier()
-        builtin = data.ensure_builtin_data()
+        # Rank 0 prepares the data once; the others wait, then find it in the cache.
+        with world.rank0_first():
+            builtin = data.ensure_builtin_data(verbose=world.is_master)
         train_glob = builtin[0]
         val_glob = val_glob or builtin[1]
         tok_path = tok_path or builtin[2]
 
-    # Model: a preset from scratch (same seed on every rank) or a checkpoint.
-    if args.model in PRESETS:
+    # Model: a preset from scratch (same seed on every rank), a model file, or the latest checkpoint.
+    resume_step = checkpoint.latest_step(args.output_dir) if args.resume and args.output_dir else None
+    resume_step = world.bcast(resume_step)  # rank 0's view of the output dir decides, for every rank
+    if args.resume and resume_step is None:
+        say(f"no complete checkpoint (DONE_* file) in {args.output_dir!r}: starting from -e {args.model}")
+    if resume_step is not None:
+        model = GPT2.from_file(checkpoint.model_path(args.output_dir, resume_step), backend=args.device)
+    elif args.model in PRESETS:
         model = GPT2.from_preset(args.model, seed=args.seed, backend=args.device)
     else:
         model = GPT2.from_file(args.model, backend=args.device)
+    dp = DataParallel(world, model, args.zero_stage)
+    dp.broadcast_parameters()  # every rank starts from rank 0's weights, whatever it initialised or loaded
+    shard = dp.shard  # the parameters whose AdamW moments and update this rank owns
+    model.set_optimizer_shard(*shard)
     cfg = model.config
     B, T = args.batch_size, args.seq_len
     if T > cfg.max_seq_len:
@@ -115,6 +204,8 @@ def train(args):
     mem = model.memory_bytes(B, T)
     say("memory: " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in mem.items())
         + f" | total {sum(mem.values()) / 2**20:.1f} MiB")
+    say(f"optimizer: ZeRO-{args.zero_stage} | AdamW m+v of {shard[1] - shard[0]:,} parameters per rank: "
+        f"{dp.optimizer_bytes() / 2**20:.1f} MiB")
 
     train_loader = data.DataLoader(train_glob, B, T, rank=world.rank, world_size=world.size,
                                    shuffle=bool(args.shuffle), seed=args.seed, vocab_size=cfg.vocab_size)
@@ -125,10 +216,16 @@ def train(args):
     tok = tokenizer.load_tokenizer(tok_path) if tok_path else None
     say(f"train: {train_glob} | val: {val_glob} | B={B} T={T} | tokens/step {world.size * B * T:,}")
 
+    start_step = 0
+    if resume_step is not None:
+        start_step = checkpoint.load_state(args.output_dir, resume_step, model, world, train_loader)
+        say(f"resumed from step {start_step} of {args.output_dir}")
+
     log = None
-    if args.output_dir and world.is_master:
+    if args.output_dir:
         os.makedirs(args.output_dir, exist_ok=True)
-        log = open(os.path.join(args.output_dir, "main.log"), "w")
+    if args.output_dir and world.is_master:
+        log = open(os.path.join(args.output_dir, "main.log"), "a" if resume_step is not None else "w")
 
     def evaluate(step):
         val_loader.reset()
@@ -149,7 +246,7 @@ def train(args):
         say(f"--- sample at step {step} ---\n{tok.decode(ids)}\n---")
 
     t_start = time.perf_counter()
-    for step in range(args.max_steps + 1):
+    for step in range(start_step, args.max_steps + 1):
         last = step == args.max_steps
         if val_loader and (step % args.val_every == 0 or last):
             evaluate(step)
@@ -162,19 +259,26 @@ def train(args):
         loss = model.forward(inputs, targets)
         model.zero_grad()
         model.backward()
-        world.allreduce_mean_(model.grads_flat, model.backend)
-        norm = model.grad_norm()
+        norm = dp.reduce_gradients()  # sums the ranks' gradients (ZeRO-1: only this rank's shard); norm of their mean
+        loss = world.mean(loss)
+        if not (math.isfinite(loss) and math.isfinite(norm)):  # the same numbers on every rank: all stop here
+            raise CollectiveError(f"step {step + 1}: loss {loss}, gradient norm {norm}: training diverged "
+                                  f"(lower the learning rate -l, check the data and the model file)")
         scale = args.grad_clip / norm if args.grad_clip > 0 and norm > args.grad_clip else 1.0
         lr = lr_at(step, args)
-        model.update(lr, weight_decay=args.weight_decay, t=step + 1, grad_scale=scale)
+        # grad_scale also divides by the world size: the summed gradient becomes the mean one.
+        model.update(lr, weight_decay=args.weight_decay, t=step + 1, grad_scale=scale / world.size)
+        dp.gather_parameters()  # ZeRO-1: every rank's updated shard to every rank
         model.backend.synchronize()
-        loss = world.mean(loss)
         dt = time.perf_counter() - t0
         say(f"step {step + 1:4d}/{args.max_steps} | loss {loss:.4f} | lr {lr:.2e} | norm {norm:.2f} | "
-            f"{dt * 1000:.0f} ms | {world.size * B * T / dt:.0f} tok/s")
+            f"{dt * 1000:.0f} ms | {world.size} proc | {world.size * B * T / dt:.0f} tok/s")
         if log:
             log.write(f"s:{step} trl:{loss:.4f} lr:{lr:.6f} norm:{norm:.2f}\n")
             log.flush()
+        if args.output_dir and args.checkpoint_every > 0 and (step + 1) % args.checkpoint_every == 0:
+            checkpoint.save(args.output_dir, step + 1, model, world, train_loader, args.seed)
+            say(f"checkpoint at step {step + 1} in {args.output_dir}")
 
     if args.output_dir and world.is_master:
         path = os.path.join(args.output_dir, f"model_{args.max_steps:08d}.bin")

@@ -1,0 +1,257 @@
+"""Data-parallel training (numbagpt.dist, bin/train_gpt2 under mpiexec).
+
+In-process: the decision logic (world-size guard, CUDA-aware MPI, shards) and that ranks never read
+the same tokens. Under the venv's mpiexec (skipped when mpi4py or mpiexec is missing), on the micro
+model of tests/fixtures and tiny random shards, 3 steps of -b 2 -t 8:
+  - 2 ranks with batch B end with the parameters of 1 process with batch 2B (shuffle off and on),
+    and log the same losses;
+  - ZeRO-1 (-z 1) ends with the parameters of -z 0, writes shard-sized state files, and resuming
+    from its step-2 checkpoint gives exactly the uninterrupted run's parameters;
+  - a rank that fails alone (its state file is truncated) ends the whole job quickly, with its message;
+  - a NaN loss stops every rank at the same step; the world-size guard fires;
+  - the buffer collectives on 3 ranks (NumPy in place) and on CUDA-simulator arrays (host staging).
+"""
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from numbagpt import dist
+from numbagpt.data import DataLoader
+from numbagpt.formats import read_model, write_model, write_shard
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(ROOT, "bin", "train_gpt2")
+MICRO = os.path.join(ROOT, "tests", "fixtures", "micro_model.bin")  # V=97, L=2, C=32, maxT=16
+MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+TIMEOUT = 300  # seconds for any one subprocess (a cold Numba cache compiles every kernel first)
+
+try:
+    import mpi4py  # noqa: F401
+    HAVE_MPI = os.access(MPIEXEC, os.X_OK)
+except ImportError:
+    HAVE_MPI = False
+needs_mpi = pytest.mark.skipif(not HAVE_MPI, reason=f"needs mpi4py and {MPIEXEC}")
+
+
+# ----------------------------------------------------------------------------------------------
+# in-process: decision logic
+
+def test_partition():
+    assert dist.partition(10, 1) == [(0, 10)]
+    assert dist.partition(11, 3) == [(0, 4), (4, 8), (8, 11)]
+    for n in (0, 1, 7, 30080):
+        for parts in (1, 2, 3, 8):
+            shards = dist.partition(n, parts)
+            sizes = [e - s for s, e in shards]
+            assert shards[0][0] == 0 and shards[-1][1] == n and max(sizes) - min(sizes) <= 1
+            assert all(shards[i][1] == shards[i + 1][0] for i in range(parts - 1))
+
+
+def test_world_size_guard():
+    dist.check_world_size(2, environ={"PMI_SIZE": "2", "SLURM_NTASKS": "2"})
+    dist.check_world_size(1, environ={})
+    with pytest.raises(dist.WorldSizeError, match="rank 0 of 1.*OMPI_COMM_WORLD_SIZE=4|OMPI_COMM_WORLD_SIZE=4.*rank 0 of 1"):
+        dist.check_world_size(1, environ={"OMPI_COMM_WORLD_SIZE": "4"})
+    with pytest.raises(dist.WorldSizeError, match="SLURM_NTASKS=8"):
+        dist.check_world_size(1, environ={"SLURM_NTASKS": "8"})
+    # --expect-world-size, when given, alone decides (a single process in a multi-task allocation)
+    dist.check_world_size(1, expect=1, environ={"SLURM_NTASKS": "8"})
+    with pytest.raises(dist.WorldSizeError, match="--expect-world-size=2"):
+        dist.check_world_size(1, expect=2, environ={})
+    assert dist.launched_by_mpi({"PMI_SIZE": "2"}) and dist.launcher_sizes({"PMI_SIZE": "2", "X": "1"}) == {"PMI_SIZE": 2}
+
+
+def test_cuda_aware_decision():
+    never = lambda: pytest.fail("must not query the library")  # noqa: E731
+    assert dist.cuda_aware_mpi({"NUMBAGPT_CUDA_AWARE_MPI": "1"}, query=never) == (True, "NUMBAGPT_CUDA_AWARE_MPI=1")
+    assert dist.cuda_aware_mpi({"NUMBAGPT_CUDA_AWARE_MPI": "0"}, query=never)[0] is False
+    with pytest.raises(ValueError, match="must be 0 or 1"):
+        dist.cuda_aware_mpi({"NUMBAGPT_CUDA_AWARE_MPI": "yes"}, query=never)
+    assert dist.cuda_aware_mpi({}, query=never, simulator=True) == (False, "CUDA simulator")
+    assert dist.cuda_aware_mpi({}, query=lambda: 1) == (True, "MPIX_Query_cuda_support() = 1")
+    assert dist.cuda_aware_mpi({}, query=lambda: 0)[0] is False
+    assert dist.cuda_aware_mpi({}, query=lambda: None)[0] is False
+
+
+def test_single_process_world_is_a_no_op():
+    world = dist.World(None)
+    buf = np.arange(5, dtype=np.float32)
+    from numbagpt import cpu as backend
+    world.allreduce_sum_(buf, backend)
+    world.reduce_scatter_sum_(buf, backend, [(0, 5)])
+    world.allgather_(buf, backend, [(0, 5)])
+    world.broadcast_(buf, backend)
+    assert buf.tolist() == [0, 1, 2, 3, 4] and world.mean(3.0) == 3.0 and world.gather(7) == [7]
+    with world.rank0_first():
+        pass
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_ranks_never_read_the_same_tokens(tmp_path, shuffle):
+    """Shards whose token i is its position: at every step the R ranks' windows are disjoint and
+    together are exactly what one process with batch R*B reads (across shards and epochs)."""
+    for k, n in enumerate((333, 257)):
+        write_shard(tmp_path / f"s{k}.bin", np.arange(n) + 1000 * k)
+    B, T, R = 2, 4, 3
+    one = DataLoader(str(tmp_path / "s*.bin"), R * B, T, shuffle=shuffle, seed=5)
+    ranks = [DataLoader(str(tmp_path / "s*.bin"), B, T, rank=r, world_size=R, shuffle=shuffle, seed=5)
+             for r in range(R)]
+    for _ in range(3 * one.batches_per_epoch):
+        x, y = one.next_batch()
+        parts = [dl.next_batch() for dl in ranks]
+        seen = [set(px.ravel().tolist()) for px, _ in parts]
+        assert sum(map(len, seen)) == len(set().union(*seen)) == R * B * T   # disjoint
+        np.testing.assert_array_equal(np.concatenate([px for px, _ in parts]), x)
+        np.testing.assert_array_equal(np.concatenate([py for _, py in parts]), y)
+
+
+# ----------------------------------------------------------------------------------------------
+# under mpiexec
+
+def run(args, nprocs=None, env=None, timeout=TIMEOUT):
+    """Run bin/train_gpt2 (or a script) in 1 process or under mpiexec -n nprocs; returns
+    (CompletedProcess, seconds)."""
+    cmd = [sys.executable] + args
+    if nprocs is not None:
+        cmd = [MPIEXEC, "-n", str(nprocs)] + cmd
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    return proc, time.perf_counter() - t0
+
+
+def check(proc):
+    assert proc.returncode == 0, f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dist_data")
+    rng = np.random.default_rng(0)
+    write_shard(d / "train.bin", rng.integers(0, 97, 1500))
+    write_shard(d / "val.bin", rng.integers(0, 97, 400))
+    return d
+
+
+def train_args(shards, out, B, shuffle=1, zero=0, extra=()):
+    return [TRAIN, "-e", MICRO, "-i", str(shards / "train.bin"), "-j", str(shards / "val.bin"),
+            "-b", str(B), "-t", "8", "-x", "3", "-v", "3", "-m", "2", "-s", "0", "-g", "0",
+            "--omp-threads", "1", "--shuffle", str(shuffle), "-z", str(zero), "-o", str(out), *extra]
+
+
+def final_params(out):
+    return read_model(os.path.join(out, "model_00000003.bin"))[1]
+
+
+def train_losses(out):
+    with open(os.path.join(out, "main.log")) as f:
+        return [line.split()[1] for line in f if "trl:" in line]
+
+
+def assert_close(a, b):
+    """Parameters equal within float32 rounding: 1e-5 of the largest parameter."""
+    assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max(), np.abs(a - b).max()
+
+
+@pytest.fixture(scope="module")
+def runs(shards, tmp_path_factory):
+    """Training runs, each done once, by (processes, B, shuffle, zero): the output directory."""
+    done = {}
+
+    def get(nprocs, B, shuffle, zero=0):
+        key = (nprocs, B, shuffle, zero)
+        if key not in done:
+            out = tmp_path_factory.mktemp(f"run_{nprocs}x{B}_s{shuffle}_z{zero}")
+            extra = ("-n", "2") if zero else ()   # ZeRO-1 runs also write a checkpoint at step 2
+            proc, _ = run(train_args(shards, out, B, shuffle, zero, extra), nprocs=None if nprocs == 1 else nprocs)
+            done[key] = (str(out), check(proc))
+        return done[key]
+    return get
+
+
+@needs_mpi
+@pytest.mark.parametrize("shuffle", [0, 1])
+def test_two_ranks_equal_one_process_with_twice_the_batch(runs, shuffle):
+    one, _ = runs(1, 4, shuffle)
+    two, proc = runs(2, 2, shuffle)
+    assert "processes 2" in proc.stdout and "| 2 proc |" in proc.stdout
+    assert proc.stdout.count("step    3/3") == 1 and proc.stdout.count("\n  rank ") == 2  # rank 0 prints, one line per rank
+    # same tokens read (the logged mean loss of the ranks is the loss of the 2B batch), same parameters
+    assert train_losses(two) == train_losses(one)
+    assert_close(final_params(one), final_params(two))
+    start = read_model(MICRO)[1]
+    assert np.abs(final_params(two) - start).max() > 1e-4   # it did train
+
+
+@needs_mpi
+def test_zero1_equals_zero0_and_resumes(runs, shards, tmp_path):
+    z0, _ = runs(2, 2, 1)
+    z1, proc = runs(2, 2, 1, zero=1)
+    assert "ZeRO stage 1" in proc.stdout and "m+v of 15,040 parameters per rank" in proc.stdout
+    assert_close(final_params(z0), final_params(z1))
+    # each rank wrote the m and v of its own shard: 1024-byte header + 2 x 15,040 floats
+    for r in (0, 1):
+        assert os.path.getsize(os.path.join(z1, f"state_00000002_{r:05d}.bin")) == 1024 + 2 * 4 * 15040
+    # resuming from step 2 gives exactly the uninterrupted run's parameters
+    resume = tmp_path / "resume"
+    resume.mkdir()
+    for name in ("model_00000002.bin", "state_00000002_00000.bin", "state_00000002_00001.bin", "DONE_00000002"):
+        shutil.copy(os.path.join(z1, name), resume / name)
+    proc, _ = run(train_args(shards, resume, 2, zero=1, extra=("-y", "1")), nprocs=2)
+    assert "resumed from step 2" in check(proc).stdout
+    np.testing.assert_array_equal(final_params(resume), final_params(z1))
+
+
+@needs_mpi
+def test_one_failing_rank_ends_the_job(runs, shards, tmp_path):
+    """Rank 1's state file is truncated: only rank 1 fails (in checkpoint.load_state) while rank 0
+    goes on into the first step's collectives; the job must still end, with rank 1's message."""
+    z1, _ = runs(2, 2, 1, zero=1)
+    for name in ("model_00000002.bin", "state_00000002_00000.bin", "state_00000002_00001.bin", "DONE_00000002"):
+        shutil.copy(os.path.join(z1, name), tmp_path / name)
+    with open(tmp_path / "state_00000002_00001.bin", "r+b") as f:
+        f.truncate(5000)
+    proc, seconds = run(train_args(shards, tmp_path, 2, zero=1, extra=("-y", "1")), nprocs=2, timeout=60)
+    assert proc.returncode != 0
+    assert "rank 1: error:" in proc.stderr and "state_00000002_00001.bin" in proc.stderr, proc.stderr
+    assert "rank 0: error" not in proc.stderr
+    assert seconds < 60
+
+
+@needs_mpi
+def test_nan_loss_stops_every_rank(shards, tmp_path):
+    config, params = read_model(MICRO)
+    params = params.copy()
+    params[100] = np.nan   # in wte: the loss is NaN on every rank at step 1
+    write_model(tmp_path / "nan.bin", config, params)
+    args = train_args(shards, tmp_path / "out", 2)
+    args[args.index(MICRO)] = str(tmp_path / "nan.bin")
+    proc, seconds = run(args, nprocs=2, timeout=60)
+    assert proc.returncode != 0 and seconds < 60
+    assert proc.stderr.count("step 1: loss nan") == 1, proc.stderr   # said once, by rank 0
+    assert "Abort" not in proc.stderr   # every rank stopped by itself, nobody had to be killed
+
+
+@needs_mpi
+def test_world_size_guard_fires():
+    proc, _ = run([TRAIN, "--expect-world-size", "2", "-x", "1"], timeout=60)
+    assert proc.returncode != 0 and "world of 1 process, but --expect-world-size=2" in proc.stderr
+    # mpirun of another MPI (here: Open MPI's variable) starting a process whose mpi4py uses MPICH
+    proc, _ = run([TRAIN, "-x", "1"], env={"OMPI_COMM_WORLD_SIZE": "2"}, timeout=60)
+    assert proc.returncode != 0 and "rank 0 of 1" in proc.stderr and "OMPI_COMM_WORLD_SIZE=2" in proc.stderr
+    proc, _ = run([TRAIN, "--expect-world-size", "3", "-x", "1"], nprocs=2, timeout=60)
+    assert proc.returncode != 0 and proc.stderr.count("world of 2 processes") == 1
+
+
+@needs_mpi
+@pytest.mark.parametrize("device,nprocs", [("cpu", 3), ("cuda", 2)])
+def test_buffer_collectives(device, nprocs):
+    script = os.path.join(ROOT, "tests", "mpi", "collectives.py")
+    proc, _ = run(["-m", "mpi4py", script, device], nprocs=nprocs, env={"NUMBA_ENABLE_CUDASIM": "1"})
+    assert check(proc).stdout.count(" ok (") == nprocs
