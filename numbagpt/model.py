@@ -146,16 +146,6 @@ class GPT2:
             self.m_flat = self.backend.zeros(end - start)
             self.v_flat = self.backend.zeros(end - start)
 
-    def memory_bytes(self, B, T, training=True):
-        """{buffer: bytes} this model needs for batches of (B, T)."""
-        n = 4 * self.num_parameters
-        shard = 4 * (self.optimizer_shard[1] - self.optimizer_shard[0])
-        acts = activation_layout(self.config, B, T).nbytes
-        sizes = {"parameters": n, "activations": acts}
-        if training:
-            sizes.update(gradients=n, adamw_m=shard, adamw_v=shard, activation_grads=acts)
-        return sizes
-
     # ---------------------------------------------------------------- forward
 
     def forward(self, inputs, targets=None):

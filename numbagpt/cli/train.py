@@ -153,6 +153,7 @@ def train(args, world):
     from numbagpt.dist import CollectiveError, DataParallel
     from numbagpt.layout import num_parameters
     from numbagpt.model import GPT2
+    from numbagpt.profiler import format_memory, memory_estimate
 
     # Only rank 0 prints, flushing every line: under a launcher stdout is a pipe, block-buffered.
     say = (lambda *a, **k: print(*a, **k, flush=True)) if world.is_master else (lambda *a, **k: None)
@@ -201,9 +202,8 @@ def train(args, world):
     if T > cfg.max_seq_len:
         raise ValueError(f"--seq-len {T} exceeds the model's max_seq_len {cfg.max_seq_len}")
     say(f"model: {args.model} | {cfg.describe()} | parameters {num_parameters(cfg):,}")
-    mem = model.memory_bytes(B, T)
-    say("memory: " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in mem.items())
-        + f" | total {sum(mem.values()) / 2**20:.1f} MiB")
+    # Before the gradients, AdamW moments and activations are allocated: the bulk of the memory.
+    say(format_memory(memory_estimate(cfg, B, T, optimizer_params=shard[1] - shard[0])))
     say(f"optimizer: ZeRO-{args.zero_stage} | AdamW m+v of {shard[1] - shard[0]:,} parameters per rank: "
         f"{dp.optimizer_bytes() / 2**20:.1f} MiB")
 

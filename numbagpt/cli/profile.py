@@ -1,0 +1,123 @@
+"""bin/profile_gpt2: where a GPT-2 training step's time, FLOPs and memory go, kernel by kernel.
+
+Builds a model (a preset from scratch, or a model file), draws seeded random tokens, runs warm-up steps
+(the first compiles every kernel; its time is reported apart), then timed steps — forward, zero_grad,
+backward, grad norm, AdamW update, as bin/train_gpt2 takes them — with every kernel call timed through
+numbagpt.profiler.TimingBackend. docs/profiling.md explains the columns and the formulas.
+"""
+import argparse
+import os
+import sys
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="profile_gpt2",
+        description="Profile GPT-2 training steps kernel by kernel: calls, time, FLOPs, bytes, GFLOP/s, "
+                    "GB/s per kernel and phase; step time, tokens/s, model FLOPs per token, MFU against a "
+                    "measured peak; and memory (parameters, gradients, AdamW state, activations) next to "
+                    "the measured RSS. See docs/profiling.md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-e", "--model", default="tiny",
+                   help="model .bin file, or a preset built from scratch: tiny, d12, d24, d36, d48")
+    p.add_argument("-b", "--batch-size", type=int, default=8, help="B, sequences per step")
+    p.add_argument("-t", "--seq-len", type=int, default=256, help="T, tokens per sequence")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="backend that runs the kernels")
+    p.add_argument("--omp-threads", type=int, default=None, help="Numba threads (default: all cores)")
+    p.add_argument("--steps", type=int, default=3, help="timed training steps")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="warm-up steps before the timed ones (>= 1: the first compiles)")
+    p.add_argument("--baseline-steps", type=int, default=None,
+                   help="steps without the timing proxy, interleaved with the timed ones, to measure the "
+                        "proxy's cost and the unprofiled tokens/s (default: --steps; 0: none)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the whole profile as JSON here")
+    p.add_argument("--peak-gflops", type=float, default=None,
+                   help="peak GFLOP/s for the MFU (default: measured with numbagpt's own matmul_forward)")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="skip the peak calibration matmuls (no MFU unless --peak-gflops is given)")
+    p.add_argument("--seed", type=int, default=1337, help="seed of the init and of the random tokens")
+    return p
+
+
+def check_args(args):
+    for name in ("batch_size", "seq_len", "steps", "warmup"):
+        if getattr(args, name) <= 0:
+            raise SystemExit(f"profile_gpt2: error: --{name.replace('_', '-')} must be positive, "
+                             f"got {getattr(args, name)}")
+    if args.omp_threads is not None and args.omp_threads <= 0:
+        raise SystemExit(f"profile_gpt2: error: --omp-threads must be positive, got {args.omp_threads}")
+    if args.baseline_steps is not None and args.baseline_steps < 0:
+        raise SystemExit(f"profile_gpt2: error: --baseline-steps must be >= 0, got {args.baseline_steps}")
+    if args.peak_gflops is not None and not args.peak_gflops > 0:
+        raise SystemExit(f"profile_gpt2: error: --peak-gflops must be positive, got {args.peak_gflops}")
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    if args.omp_threads is not None:
+        # Numba reads this once, at import: it caps what set_num_threads may ask for.
+        os.environ["NUMBA_NUM_THREADS"] = str(max(args.omp_threads, int(os.environ.get("NUMBA_NUM_THREADS", 0))))
+    try:
+        return run(args)
+    except (ValueError, OSError, RuntimeError, ImportError) as e:
+        print(f"profile_gpt2: error: {e}", file=sys.stderr)
+        return 1
+
+
+def run(args):
+    import numba
+
+    from numbagpt import formats, profiler
+    from numbagpt.config import PRESETS, preset
+    from numbagpt.model import GPT2, get_backend
+
+    if args.omp_threads is not None:
+        numba.set_num_threads(min(args.omp_threads, numba.config.NUMBA_NUM_THREADS))
+    rss_before = profiler.process_memory()["rss_bytes"]
+
+    backend = get_backend(args.device)
+    missing = [n for n in list(profiler.KERNEL_COSTS) + list(profiler.HELPERS) + ["synchronize"]
+               if not hasattr(backend, n)]
+    if missing:
+        raise RuntimeError(f"the {args.device} backend (numbagpt.{args.device}) lacks {', '.join(missing)}")
+    proxy = profiler.TimingBackend(backend)
+
+    if args.model in PRESETS:
+        config, params = preset(args.model), None
+    elif os.path.exists(args.model):
+        config, params = formats.read_model(args.model)
+    else:
+        raise ValueError(f"-e {args.model!r}: neither a preset ({', '.join(PRESETS)}) nor an existing model file")
+    if args.seq_len > config.max_seq_len:
+        raise ValueError(f"--seq-len {args.seq_len} exceeds the model's max_seq_len {config.max_seq_len}")
+
+    est = profiler.memory_estimate(config, args.batch_size, args.seq_len)
+    print(f"profile_gpt2: {args.model} ({config.describe()}), B={args.batch_size} T={args.seq_len}, "
+          f"device {args.device}, {numba.get_num_threads()} threads")
+    print(profiler.format_memory(est))
+    print(f"warm-up {args.warmup} step(s), the first compiles; then {args.steps} timed step(s)...", flush=True)
+
+    model = GPT2(config, backend=proxy)
+    if params is None:
+        model.init_weights(args.seed)
+    else:
+        model.load_parameters(params)
+        del params
+
+    report = profiler.profile_model(
+        model, proxy, args.batch_size, args.seq_len, steps=args.steps, warmup=args.warmup,
+        baseline_steps=args.baseline_steps, seed=args.seed, peak_gflops=args.peak_gflops,
+        calibrate=not args.no_calibrate, model_name=args.model, rss_before=rss_before)
+    print()
+    print(profiler.format_report(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(profiler.report_to_json(report))
+            f.write("\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,337 @@
+"""numbagpt.profiler and bin/profile_gpt2: FLOP and byte counts of every kernel against formulas written
+out here by hand, memory accounting against the buffers a GPT2 really allocates, a profile of a micro
+model (every kernel family timed, totals consistent), the JSON schema, and the command line."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import numbagpt.cpu as cpu
+from numbagpt import formats, profiler
+from numbagpt.config import GPT2Config
+from numbagpt.model import GPT2
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CFG = GPT2Config(max_seq_len=16, vocab_size=97, num_layers=2, num_heads=2, channels=32)
+B, T = 2, 8
+FAMILIES = {"encoder", "layernorm", "matmul", "attention", "gelu", "residual", "crossentropy", "adamw"}
+
+
+# ------------------------------------------------------------------------------ FLOP and byte counts
+
+def test_kernel_costs_match_hand_formulas():
+    C, NH, V, Vp, OC = 32, 2, 97, 128, 96
+    hs = C // NH                      # 16
+    BT = B * T                        # 16
+    BTC = BT * C                      # 512
+    pairs = B * NH * (T * (T + 1) // 2)   # 2·2·36 = 144 causal (query, key) pairs
+    N = 1000
+    x = object()   # the cost functions look at sizes only (and at whether bias/dbias is None)
+    cost = profiler.kernel_cost
+    expect = {
+        # name: (call, flops, bytes)
+        "matmul_forward": (cost("matmul_forward", x, x, x, x, B, T, C, OC),
+                           2 * B * T * C * OC + B * T * OC, 4 * (BTC + OC * C + OC + BT * OC)),
+        "matmul_forward/nobias": (cost("matmul_forward", x, x, x, None, B, T, C, OC),
+                                  2 * B * T * C * OC, 4 * (BTC + OC * C + BT * OC)),
+        "matmul_backward": (cost("matmul_backward", x, x, x, x, x, x, B, T, C, OC),
+                            2 * BT * OC * C + 2 * OC * BT * C + BT * OC,
+                            4 * (BT * OC + BTC + OC * C + 2 * BTC + 2 * OC * C + 2 * OC)),
+        "matmul_backward/nobias": (cost("matmul_backward", x, x, None, x, x, x, B, T, C, OC),
+                                   4 * BT * C * OC, 4 * (BT * OC + 3 * BTC + 3 * OC * C)),
+        "encoder_forward": (cost("encoder_forward", x, x, x, x, B, T, C),
+                            BTC, 4 * (BT + BTC + T * C + BTC)),
+        "encoder_backward": (cost("encoder_backward", x, x, x, x, B, T, C),
+                             2 * BTC, 4 * (BTC + BT + 2 * BTC + 2 * T * C)),
+        "layernorm_forward": (cost("layernorm_forward", x, x, x, x, x, x, B, T, C),
+                              8 * BTC, 4 * (BTC + C + C + BTC + BT + BT)),
+        "layernorm_backward": (cost("layernorm_backward", x, x, x, x, x, x, x, x, B, T, C),
+                               14 * BTC, 4 * (BTC + BTC + C + BT + BT + 2 * BTC + 2 * C + 2 * C)),
+        "attention_forward": (cost("attention_forward", x, x, x, x, B, T, C, NH),
+                              pairs * (4 * hs + 5), 4 * (3 * BTC + pairs + B * NH * T * T + BTC)),
+        "attention_backward": (cost("attention_backward", x, x, x, x, x, x, B, T, C, NH),
+                               pairs * (8 * hs + 5), 4 * (BTC + 3 * BTC + pairs + 2 * 3 * BTC + 2 * pairs)),
+        "gelu_forward": (cost("gelu_forward", x, x, N), 9 * N, 4 * 2 * N),
+        "gelu_backward": (cost("gelu_backward", x, x, x, N), 19 * N, 4 * (N + N + 2 * N)),
+        "residual_forward": (cost("residual_forward", x, x, x, N), N, 4 * 3 * N),
+        "residual_backward": (cost("residual_backward", x, x, x, N), 2 * N, 4 * (N + 4 * N)),
+        "crossentropy_forward": (cost("crossentropy_forward", x, x, x, B, T, V, Vp),
+                                 3 * BT * V, 4 * (BT * V + BT + BT)),
+        "crossentropy_backward": (cost("crossentropy_backward", x, x, x, x, B, T, V, Vp),
+                                  5 * BT * V, 4 * (BT * V + BT + BT + BT * Vp)),
+        "adamw_update": (cost("adamw_update", x, x, x, x, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1.0, 1, N),
+                         17 * N, 4 * (N + 6 * N)),
+        "global_norm_squared": (cost("global_norm_squared", x, x, N), 2 * N, 4 * (N + 1)),
+    }
+    for name, (got, flops, nbytes) in expect.items():
+        assert got == (flops, nbytes), name
+    # every kernel of the contract is covered
+    assert {n.split("/")[0] for n in expect} == set(profiler.KERNEL_COSTS)
+    # a few numbers by hand, as a check on the formulas above
+    assert cost("matmul_forward", x, x, x, None, 2, 8, 32, 96) == (98304, 4 * (512 + 3072 + 1536))
+    assert cost("attention_forward", x, x, x, x, 2, 8, 32, 2)[0] == 144 * 69
+
+
+def test_helper_costs_count_bytes_moved():
+    a = np.zeros(10, dtype=np.float32)
+    assert profiler.kernel_cost("fill_zero", a) == (0, 40)
+    assert profiler.kernel_cost("copy_to_device", a, a) == (0, 80)
+    assert profiler.kernel_cost("to_device", np.zeros(3, dtype=np.int32)) == (0, 24)
+    assert profiler.kernel_cost("zeros", 5) == (0, 20)
+
+
+def test_model_flops_per_token_formulas():
+    L, C, maxT, Vp = 2, 32, 16, 128
+    n_all = Vp * C + maxT * C + L * (12 * C * C + 13 * C) + 2 * C
+    f = profiler.model_flops_per_token(CFG, T)
+    assert f["llmc_N"] == n_all == 30080
+    assert f["palm_N"] == n_all - maxT * C
+    assert f["palm"] == 6 * (n_all - maxT * C) + 12 * L * C * T
+    assert f["llmc"] == 6 * n_all + 6 * L * C * T
+
+
+# ------------------------------------------------------------------------------ memory accounting
+
+def test_memory_estimate_matches_allocated_buffers():
+    model = GPT2(CFG, backend="cpu")
+    model.init_weights(0)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, CFG.vocab_size, (B, T)).astype(np.int32)
+    model.forward(x, x)
+    model.zero_grad()
+    model.backward()
+    model.update(1e-3, t=1)
+    est = profiler.memory_estimate(CFG, B, T, training=True)
+    n = model.num_parameters
+    assert est["num_parameters"] == n
+    assert est["parameters"] == model.params_flat.nbytes == 4 * n
+    assert est["gradients"] == model.grads_flat.nbytes
+    assert est["adamw_m"] == model.m_flat.nbytes
+    assert est["adamw_v"] == model.v_flat.nbytes
+    assert est["activations"] == model.acts_flat.nbytes
+    assert est["activation_grads"] == model.grads_acts_flat.nbytes
+    assert est["tokens"] == model.inputs.nbytes + model.targets.nbytes
+    assert est["total"] == sum(est[k] for k in ("parameters", "gradients", "adamw_m", "adamw_v",
+                                                "activations", "activation_grads", "tokens"))
+    assert sum(est["activation_tensors"].values()) == est["activations"]
+    assert sum(est["parameter_tensors"].values()) == est["parameters"]
+    # attention's (B, NH, T, T) per layer, by hand
+    assert est["activation_tensors"]["att"] == 4 * CFG.num_layers * B * CFG.num_heads * T * T
+    assert profiler.allocated_bytes(model) == {k: est[k] for k in profiler.allocated_bytes(model)}
+    # a ZeRO-1 shard's moments
+    shard = GPT2(CFG, backend="cpu")
+    shard.set_optimizer_shard(100, 1100)
+    shard.update(1e-3, t=1)
+    est_shard = profiler.memory_estimate(CFG, B, T, optimizer_params=1000)
+    assert est_shard["adamw_m"] == shard.m_flat.nbytes == 4000
+
+    inference = profiler.memory_estimate(CFG, B, T, training=False)
+    assert set(inference) >= {"parameters", "activations", "tokens", "total"}
+    assert "gradients" not in inference and "adamw_m" not in inference
+    line = profiler.format_memory(est)
+    assert "\n" not in line and "MiB" in line and "activations" in line
+
+
+# ------------------------------------------------------------------------------ a profile
+
+@pytest.fixture(scope="module")
+def report():
+    proxy = profiler.TimingBackend(cpu)
+    model = GPT2(CFG, backend=proxy)
+    model.init_weights(1)
+    return profiler.profile_model(model, proxy, B, T, steps=2, warmup=1, baseline_steps=1,
+                                  calibration_shape=(64, 64, 64), model_name="micro")
+
+
+def test_profile_times_every_kernel_family(report):
+    rows = {(k["name"], k["phase"]): k for k in report["kernels"]}
+    assert {profiler.family(name) for name, _ in rows} >= FAMILIES
+    for name in profiler.KERNEL_COSTS:
+        phases = [p for (n, p) in rows if n == name]
+        assert phases, f"{name} never called"
+    for k in report["kernels"]:
+        if k["name"] in profiler.KERNEL_COSTS:
+            assert k["ms"] > 0, k
+            assert k["flops"] > 0 and k["bytes"] > 0, k
+    L = CFG.num_layers
+    assert rows[("matmul_forward", "forward")]["calls"] == 4 * L + 1
+    assert rows[("matmul_backward", "backward")]["calls"] == 4 * L + 1
+    assert rows[("layernorm_forward", "forward")]["calls"] == 2 * L + 1
+    assert rows[("attention_backward", "backward")]["calls"] == L
+    assert rows[("adamw_update", "update")]["calls"] == 1
+    assert rows[("fill_zero", "zero_grad")]["calls"] == 1
+
+
+def test_profile_totals_are_consistent(report):
+    r = report
+    assert len(r["step_ms_all"]) == 2 and len(r["kernel_ms_all"]) == 2
+    for step, kernels in zip(r["step_ms_all"], r["kernel_ms_all"]):
+        assert 0 < kernels <= step
+    assert r["kernel_ms"] == pytest.approx(sum(k["ms"] for k in r["kernels"]))
+    assert r["kernel_ms"] <= r["step_ms"]
+    assert r["host_ms"] == pytest.approx(r["step_ms"] - r["kernel_ms"])
+    assert sum(k["pct"] for k in r["kernels"]) == pytest.approx(100 * r["kernel_ms"] / r["step_ms"])
+    assert r["step_ms_unprofiled"] > 0 and len(r["step_ms_unprofiled_all"]) == 1
+    assert r["tokens_per_s"] == pytest.approx(B * T / (r["step_ms_unprofiled"] / 1e3))
+    assert r["compile_ms"] == r["warmup_ms"][0] > 0
+    assert r["peak_gflops"] > 0 and r["mfu"] > 0
+    assert r["mfu"] == pytest.approx(r["flops_per_token"] * r["tokens_per_s"] / 1e9 / r["peak_gflops"])
+    assert r["overhead"]["proxy_ns_per_call"] >= 0
+    assert all(math.isfinite(x) for x in r["losses"])
+    # The matmuls' counted FLOPs are the 6·N of the matmul weights (and biases) per token: a check
+    # that ties the per-call counts to the model-level formula.
+    C, L, Vp = CFG.channels, CFG.num_layers, CFG.padded_vocab_size
+    mm = sum(k["flops"] for k in r["kernels"] if k["name"].startswith("matmul_"))
+    weights = L * (3 * C * C + C * C + 4 * C * C + 4 * C * C) + Vp * C
+    biases = L * (3 * C + C + 4 * C + C)
+    assert mm == 6 * weights * B * T + 2 * biases * B * T
+    text = profiler.format_report(r)
+    for word in ("matmul_forward", "attention_backward", "sum of kernels", "host / Python gap", "MFU",
+                 "tokens/s", "peak", "activation_grads"):
+        assert word in text
+
+
+REPORT_KEYS = {
+    "schema", "model", "config", "num_parameters", "batch", "device", "device_name", "timer", "threads",
+    "threading_layer", "load_average", "warmup", "steps", "compile_ms", "warmup_ms", "compile_by_kernel",
+    "step_ms", "step_ms_all", "step_ms_unprofiled", "step_ms_unprofiled_all", "kernel_ms", "kernel_ms_all",
+    "host_ms", "tokens_per_s", "tokens_per_s_basis", "flops_per_token", "flops_per_token_formula",
+    "flops_per_token_llmc", "flops_per_token_llmc_formula", "kernel_flops_per_token", "achieved_gflops",
+    "peak_gflops", "peak_source", "calibration_shape", "reference_peaks", "mfu", "mfu_llmc", "overhead",
+    "losses", "kernels", "families", "memory"}
+KERNEL_KEYS = {"name", "phase", "calls", "ms", "pct", "flops", "bytes", "gflops", "gbps"}
+
+
+def test_json_schema_is_stable(report):
+    data = json.loads(profiler.report_to_json(report))
+    assert set(data) == REPORT_KEYS
+    assert set(data) == set(profiler.REPORT_KEYS)
+    for k in data["kernels"]:
+        assert set(k) == KERNEL_KEYS
+    assert set(data["config"]) == {"max_seq_len", "vocab_size", "num_layers", "num_heads", "channels",
+                                   "padded_vocab_size"}
+    assert set(data["batch"]) == {"B", "T", "tokens"}
+    assert set(data["overhead"]) == {"proxy_ns_per_call", "calls_per_step", "estimated_ms_per_step",
+                                     "measured_ms_per_step"}
+    assert set(data["memory"]) == {"estimate", "allocated", "measured"}
+    assert set(data["memory"]["measured"]) == {"rss_before_model_bytes", "rss_bytes", "peak_rss_bytes",
+                                               "peak_rss_source", "device_used_bytes", "device_total_bytes"}
+    assert data["memory"]["measured"]["peak_rss_bytes"] > 0
+    assert {f["family"] for f in data["families"]} >= FAMILIES
+
+
+# ------------------------------------------------------------------------------ the proxy itself
+
+def test_proxy_passes_through_and_records_only_in_a_phase():
+    proxy = profiler.TimingBackend(cpu)
+    assert proxy.NAME == "cpu" and proxy.synchronize is cpu.synchronize
+    a = np.ones(8, dtype=np.float32)
+    out = np.zeros(8, dtype=np.float32)
+    proxy.residual_forward(out, a, a, 8)          # no phase: not recorded
+    assert proxy.stats == {} and np.all(out == 2)
+    proxy.phase = "forward"
+    proxy.residual_forward(out, a, out, 8)
+    proxy.residual_forward(out, a, out, 8)
+    calls, ns, flops, nbytes = proxy.stats[("residual_forward", "forward")]
+    assert (calls, flops, nbytes) == (2, 16, 2 * 4 * 3 * 8) and ns > 0
+    assert np.all(out == 4)
+    with pytest.raises(ValueError):
+        profiler.TimingBackend(cpu, timer="sundial")
+    overhead = profiler.measure_proxy_overhead(n=2000)
+    assert 0 <= overhead < 1e5   # ns per call
+
+
+def test_gpu_timers_with_a_fake_device():
+    """The CUDA paths without a GPU: 'sync' synchronizes around each call; 'events' records an event
+    pair per call and reads them in collect(), after one synchronize, then reuses them."""
+    import types
+    log = []
+
+    class FakeEvent:
+        def __init__(self):
+            self.t = None
+
+        def record(self, stream=0):
+            log.append("record")
+            self.t = len(log)
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, end):
+            return 0.5 * (end.t - self.t)   # ms
+
+    def kernel(out, inp1, inp2, N):
+        log.append("launch")
+
+    fake = types.SimpleNamespace(NAME="cuda", SIMULATOR=False, residual_forward=kernel,
+                                 synchronize=lambda: log.append("sync"))
+    assert profiler.TimingBackend(fake).timer == "events"
+    fake.SIMULATOR = True
+    assert profiler.TimingBackend(fake).timer == "sync"
+
+    proxy = profiler.TimingBackend(fake, timer="sync")
+    proxy.phase = "forward"
+    proxy.residual_forward(None, None, None, 4)
+    assert log == ["sync", "launch", "sync"]
+    assert proxy.stats[("residual_forward", "forward")][:1] == [1]
+
+    log.clear()
+    proxy = profiler.TimingBackend(fake, timer="events")
+    proxy._event = FakeEvent
+    proxy.phase = "backward"
+    proxy.residual_forward(None, None, None, 4)
+    proxy.residual_forward(None, None, None, 4)
+    assert log == ["record", "launch", "record"] * 2   # no synchronize between kernels
+    assert proxy.stats[("residual_forward", "backward")][1] == 0   # not read yet
+    assert proxy.total_ns() == 2 * 1_000_000          # 2 calls x 1 ms (end.t - start.t = 2)
+    assert log[-1] == "sync" and proxy._pending == [] and len(proxy._events) == 4
+
+
+# ------------------------------------------------------------------------------ the command line
+
+def test_cli_prints_the_table_and_writes_json(tmp_path, capsys, report):
+    from numbagpt.cli.profile import main
+    model_file = tmp_path / "micro.bin"
+    formats.write_model(model_file, CFG, GPT2(CFG, backend="cpu").parameters_host())
+    out_json = tmp_path / "profile.json"
+    rc = main(["-e", str(model_file), "-b", "2", "-t", "8", "--steps", "1", "--warmup", "1",
+               "--baseline-steps", "0", "--no-calibrate", "--peak-gflops", "10", "--json", str(out_json)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "kernel" in text and "matmul_backward" in text and "sum of kernels" in text
+    assert "memory (MiB):" in text
+    data = json.loads(out_json.read_text())
+    assert set(data) == REPORT_KEYS
+    assert data["peak_gflops"] == 10.0 and data["step_ms_unprofiled"] is None
+    assert data["tokens_per_s_basis"] == "profiled step"
+    assert data["batch"] == {"B": 2, "T": 8, "tokens": 16}
+
+
+def test_cli_bad_arguments_give_clear_errors(tmp_path, capsys):
+    from numbagpt.cli.profile import main
+    with pytest.raises(SystemExit) as e:
+        main(["-b", "0"])
+    assert "--batch-size must be positive" in str(e.value)
+    with pytest.raises(SystemExit) as e:
+        main(["--steps", "-1"])
+    assert "--steps must be positive" in str(e.value)
+    with pytest.raises(SystemExit):
+        main(["--device", "tpu"])
+    assert "invalid choice" in capsys.readouterr().err
+    assert main(["-e", str(tmp_path / "nope.bin")]) == 1
+    assert "neither a preset" in capsys.readouterr().err
+    model_file = tmp_path / "micro.bin"
+    formats.write_model(model_file, CFG, np.zeros(30080, dtype=np.float32))
+    assert main(["-e", str(model_file), "-t", "17"]) == 1
+    assert "exceeds the model's max_seq_len 16" in capsys.readouterr().err
+
+
+def test_bin_wrapper_runs():
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "bin", "profile_gpt2"), "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "--peak-gflops" in res.stdout
