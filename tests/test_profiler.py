@@ -125,6 +125,9 @@ def test_memory_estimate_matches_allocated_buffers():
     # a ZeRO-1 shard's moments
     shard = GPT2(CFG, backend="cpu")
     shard.set_optimizer_shard(100, 1100)
+    shard.forward(x, x)
+    shard.zero_grad()
+    shard.backward()
     shard.update(1e-3, t=1)
     est_shard = profiler.memory_estimate(CFG, B, T, optimizer_params=1000)
     assert est_shard["adamw_m"] == shard.m_flat.nbytes == 4000
