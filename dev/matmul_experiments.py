@@ -1,0 +1,456 @@
+"""Kernel experiments behind numbagpt/cpu/matmul.py: the variants tried, and a driver that times
+them side by side (round-robin, best of N, CPU time of this process, so that load from other
+processes on the 2 shared cores distorts less) against np.dot (OpenBLAS) and the production kernel.
+
+    python dev/matmul_experiments.py [--threads 1] [--rounds 5] [--which fwd,dinp,dweight]
+
+Variants (all GF/s below: 1 thread, CPU time, best of 4-5, next to OpenBLAS 1 thread in the same
+run; the 2 cores are shared with other jobs, so absolute numbers swing by +-30% between runs and
+only same-run ratios mean much):
+
+  dot4x4 (stage 1)   dot-product form: a 4x4 block of outputs in 16 scalar accumulators, the C loop
+                     innermost and contiguous in both operands; LLVM vectorises it as 16 lane-wise
+                     reductions (fastmath 'reassoc') and pays a horizontal sum per output.
+  bcMRxNR (stage 1)  broadcast / outer-product form, MR*NR named scalar accumulators, hoping LLVM's
+                     SLP vectoriser packs them into vectors. It does not: Numba runs with SLP
+                     vectorisation off (NUMBA_SLP_VECTORIZE=0); with 'reassoc' the loop vectoriser
+                     turns the C loop into MR*NR gathered reductions instead (22-33 GF/s at 2
+                     threads), without it the code stays scalar (6-8 GF/s).
+  dotgemm            the dot form as a tiled GEMM for all three products (tiles MT x NT of Y, KT
+                     reduction chunks, transposed operands packed per task) -- the first
+                     production version; its forward is the production forward.
+  prod               numbagpt.cpu.matmul: dot form forward, register-blocked axpy backward (dinp in
+                     the dot form on a transposed weight when C <= 256 and OC >= 256).
+
+Findings
+  * Index arithmetic matters most: arr[base + k] on a flat array keeps Numba's negative-index
+    wraparound (a select per element), so LLVM emits gathers: dot4x4 ran 20 GF/s (2 threads) that
+    way, 75-93 GF/s with row views (X[i, c], or X[i, k0:k1][k]). All kernels index slices with a
+    loop index that starts at 0.
+  * Forward (dot form, K = C): 2048x128x6288: 45-48 GF/s (BLAS 88-97); 256x768x6288: 52-62 (BLAS
+    ~120). Micro-block shapes 4x4, 4x3, 8x2, 6x4, 4x6, 5x5 are within noise; 2x8, 3x8 worse. Tile
+    sizes (MT 64-1024, NT 32-128, KT 256-1024) change < 10%. At K = 128 the horizontal sums cost
+    ~30-40% (hence 45 vs 60 at K = 768).
+  * Forward in the axpy form (W^T tile packed per task): 22 GF/s with MT = 64 (the scattered-store
+    packing dominates), 39 with MT = 256, 48 with MT = BT = 2048 (= dot form) at C = 128; 43 vs 58
+    (dot) at C = 768. Not used.
+  * dinp / dweight in the dot form need W^T / dout^T packed: 41-42 / 29-52 GF/s, against 57-61 /
+    58-62 with the operand pre-transposed outside the timing: packing (scalar scattered stores, or
+    gathers) costs ~30%.
+  * The register-blocked axpy form needs no transpose: acc(4, NT) += 16 broadcast A scalars x 4 rows
+    of B. First 35-65 GF/s; then
+      - c[j] += (p0*w0 + ... + p3*w3) compiles to mul + 3 fma + add per row; writing
+        c[j] = c[j] + p0*w0 + ... gives 4 chained FMAs: +15-20%.
+      - dweight read dout^T in place: 4 floats from each of 4 rows OC floats apart per step, a new
+        page each (TLB misses); copying each chunk's (KT, MT) block of dout densely first (row runs,
+        vectorised copy): tiny dweight 31-35 -> 39-45 GF/s; the same copy for dinp's A block: +0-15%.
+      - NT = all of N (<= 1024) and MT = 128 were best (NT 256 -> 512 where N > 256: +5-15%).
+    Now: dinp 2048x128x6288 35-48, 256x768x6288 42-51, 256x3072x768 49-60; dweight 40-45, 55-61,
+    58-64 (BLAS 95-130).
+  * dinp at C <= 256 in the dot form on a transposed copy of W (K = OC long, so the horizontal sums
+    are amortised): 2048x128x25152 37.5 (axpy) -> 52-62 GF/s (tiles MT,NT,KT = 256,128,1024 best),
+    2048x128x512 43 -> 67, 2048x128x384 50 -> 69; the NumPy transpose of W costs 1-5% there. At
+    BT = 256 (d12) the transpose costs as much as it saves (2·BT flops per copied float) and at
+    OC = 128 the dot form loses (51 vs 68: short K), hence the rule C <= 256 and OC >= 256. Full
+    shapes, production, 1 thread: tiny LM-head dinp 43 -> 62, qkv 30 -> 72, fc 31 -> 74 GF/s.
+  * The axpy micro-kernel in isolation (data in L1/L2), nn = width of the j loop: 4 rows x 4 k:
+    32-44 / 42-54 / 45-55 / 55-60 GF/s at nn = 128 / 256 / 512 / 768 -- each pass over j costs ~100
+    instructions of runtime alias checks (LLVM cannot prove acc and B rows disjoint) plus 16
+    broadcasts, paid per 4 k; 4 rows x 8 k: 49 / 62 / 73 / 74 in isolation, but no faster (10%
+    slower) inside the full kernel, so 4x4 stays.
+  * NUMBA_CPU_FEATURES=<host features>,-prefer-256-bit (512-bit vectors): dot4x4 +15-30% in
+    isolation, the production kernels +0-15% (ratio to BLAS 0.41-0.59 -> 0.48-0.70 in one run,
+    nothing in another). A process-wide setting, read before Numba compiles anything: not set by
+    the library.
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+from numba import njit, prange
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_FM_DOT = {"reassoc", "contract"}
+_FM_AXPY = {"contract"}
+
+
+# ---------------------------------------------------------------- stage 1: forward micro-kernels
+@njit(parallel=True, fastmath=_FM_DOT)
+def fwd_dot4x4(out, inp, weight, BT, C, OC):
+    """Dot-product form: 4x4 block of outputs, C innermost; prange over 64-row W tiles."""
+    OT = 64
+    X = inp.reshape(BT, C)
+    W = weight.reshape(OC, C)
+    ntile = (OC + OT - 1) // OT
+    for t in prange(ntile):
+        o0 = t * OT
+        o1 = min(o0 + OT, OC)
+        for i in range(0, BT - 3, 4):
+            for j in range(o0, o1 - 3, 4):
+                a00 = a01 = a02 = a03 = np.float32(0)
+                a10 = a11 = a12 = a13 = np.float32(0)
+                a20 = a21 = a22 = a23 = np.float32(0)
+                a30 = a31 = a32 = a33 = np.float32(0)
+                for c in range(C):
+                    i0 = X[i, c]
+                    i1 = X[i + 1, c]
+                    i2 = X[i + 2, c]
+                    i3 = X[i + 3, c]
+                    v0 = W[j, c]
+                    v1 = W[j + 1, c]
+                    v2 = W[j + 2, c]
+                    v3 = W[j + 3, c]
+                    a00 += i0 * v0
+                    a01 += i0 * v1
+                    a02 += i0 * v2
+                    a03 += i0 * v3
+                    a10 += i1 * v0
+                    a11 += i1 * v1
+                    a12 += i1 * v2
+                    a13 += i1 * v3
+                    a20 += i2 * v0
+                    a21 += i2 * v1
+                    a22 += i2 * v2
+                    a23 += i2 * v3
+                    a30 += i3 * v0
+                    a31 += i3 * v1
+                    a32 += i3 * v2
+                    a33 += i3 * v3
+                r = i * OC + j
+                out[r] = a00
+                out[r + 1] = a01
+                out[r + 2] = a02
+                out[r + 3] = a03
+                r += OC
+                out[r] = a10
+                out[r + 1] = a11
+                out[r + 2] = a12
+                out[r + 3] = a13
+                r += OC
+                out[r] = a20
+                out[r + 1] = a21
+                out[r + 2] = a22
+                out[r + 3] = a23
+                r += OC
+                out[r] = a30
+                out[r + 1] = a31
+                out[r + 2] = a32
+                out[r + 3] = a33
+
+
+def gen_bcast(MR, NR, name, fastmath=frozenset(_FM_DOT)):
+    """Broadcast (outer-product) micro-kernel over a packed W^T tile (C, NR), MR rows of inp,
+    NR named scalar accumulators per row, hoping LLVM's SLP vectoriser packs them."""
+    L = []
+    L.append(f"@njit(parallel=True, fastmath=FM_)")
+    L.append(f"def {name}(out, inp, weight, BT, C, OC):")
+    L.append(f"    NR = {NR}")
+    L.append(f"    MR = {MR}")
+    L.append(f"    ntile = OC // NR")
+    L.append(f"    X = inp.reshape(BT, C)")
+    L.append(f"    Y = out.reshape(BT, OC)")
+    L.append(f"    for t in prange(ntile):")
+    L.append(f"        o0 = t * NR")
+    L.append(f"        wt = np.empty((C, NR), dtype=np.float32)")
+    L.append(f"        for c in range(C):")
+    L.append(f"            for j in range(NR):")
+    L.append(f"                wt[c, j] = weight[(o0 + j) * C + c]")
+    L.append(f"        for i in range(0, BT - MR + 1, MR):")
+    for r in range(MR):
+        L.append("            " + " = ".join(f"a{r}_{j}" for j in range(NR)) + " = np.float32(0)")
+    L.append(f"            for c in range(C):")
+    for r in range(MR):
+        L.append(f"                x{r} = X[i + {r}, c]")
+    for j in range(NR):
+        L.append(f"                w{j} = wt[c, {j}]")
+    for r in range(MR):
+        for j in range(NR):
+            L.append(f"                a{r}_{j} += x{r} * w{j}")
+    for r in range(MR):
+        L.append(f"            yr = Y[i + {r}, o0:o0 + NR]")
+        for j in range(NR):
+            L.append(f"            yr[{j}] = a{r}_{j}")
+    src = "\n".join(L)
+    g = {"njit": njit, "prange": prange, "np": np, "FM_": set(fastmath)}
+    exec(src, g)
+    return g[name]
+
+
+
+# ---------------------------------------------------------------- dot-product GEMM (first version)
+@njit(fastmath=_FM_DOT)
+def _generic(Y, yi, mr, yj, nr, A, ai, ak, Bm, bj, bk, kn, init, bias, has_bias):
+    """The ragged edges: Y[yi:yi+mr, yj:yj+nr] (=|+=) A[ai:ai+mr, ak:ak+kn] · Bm[bj:bj+nr, bk:bk+kn]ᵀ,
+    one plain dot product per output (used only where M or N is not a multiple of 4)."""
+    for r in range(mr):
+        ar = A[ai + r, ak:ak + kn]
+        y = Y[yi + r]
+        for q in range(nr):
+            bq = Bm[bj + q, bk:bk + kn]
+            s = np.float32(0.0)
+            for k in range(kn):
+                s += ar[k] * bq[k]
+            if init:
+                if has_bias:
+                    s += bias[yj + q]
+                y[yj + q] = s
+            else:
+                y[yj + q] += s
+
+
+@njit(fastmath=_FM_DOT)
+def _strip(Y, yi, mr, yj0, yj1, A, ai, ak, Bm, bj0, bk, kn, init, bias, has_bias):
+    """One strip of <= 4 rows of Y against a run of its columns, over one reduction chunk:
+
+        Y[yi+r, yj] (=|+=) Σ_{k<kn} A[ai+r, ak+k] · Bm[bj0+yj-yj0, bk+k]   (+ bias[yj] if init)
+
+    for r < mr <= 4, yj0 <= yj < yj1. Y, A, Bm are 2-D C-contiguous views. init: overwrite Y and add
+    the bias (first chunk of a forward); otherwise accumulate. The micro-kernel is the 4×4 block:
+    16 accumulators in registers, k innermost and contiguous in both operands, so per k it loads
+    4 + 4 values for 16 FMAs; LLVM vectorises the k loop (lane-wise partial sums, 'reassoc').
+    """
+    if mr < 4:
+        _generic(Y, yi, mr, yj0, yj1 - yj0, A, ai, ak, Bm, bj0, bk, kn, init, bias, has_bias)
+        return
+    # Row slices starting at the chunk: the index k below is then provably >= 0, so Numba's
+    # negative-index wraparound folds away and the loads stay contiguous (indexing a flat array
+    # with base + k instead produced gathers and ran ~4x slower).
+    a0 = A[ai, ak:ak + kn]
+    a1 = A[ai + 1, ak:ak + kn]
+    a2 = A[ai + 2, ak:ak + kn]
+    a3 = A[ai + 3, ak:ak + kn]
+    y0 = Y[yi]
+    y1 = Y[yi + 1]
+    y2 = Y[yi + 2]
+    y3 = Y[yi + 3]
+    jend = yj0 + (yj1 - yj0) // 4 * 4
+    for j in range(yj0, jend, 4):
+        bj = bj0 + (j - yj0)
+        b0 = Bm[bj, bk:bk + kn]
+        b1 = Bm[bj + 1, bk:bk + kn]
+        b2 = Bm[bj + 2, bk:bk + kn]
+        b3 = Bm[bj + 3, bk:bk + kn]
+        s00 = s01 = s02 = s03 = np.float32(0.0)
+        s10 = s11 = s12 = s13 = np.float32(0.0)
+        s20 = s21 = s22 = s23 = np.float32(0.0)
+        s30 = s31 = s32 = s33 = np.float32(0.0)
+        for k in range(kn):
+            x0 = a0[k]
+            x1 = a1[k]
+            x2 = a2[k]
+            x3 = a3[k]
+            w0 = b0[k]
+            w1 = b1[k]
+            w2 = b2[k]
+            w3 = b3[k]
+            s00 += x0 * w0
+            s01 += x0 * w1
+            s02 += x0 * w2
+            s03 += x0 * w3
+            s10 += x1 * w0
+            s11 += x1 * w1
+            s12 += x1 * w2
+            s13 += x1 * w3
+            s20 += x2 * w0
+            s21 += x2 * w1
+            s22 += x2 * w2
+            s23 += x2 * w3
+            s30 += x3 * w0
+            s31 += x3 * w1
+            s32 += x3 * w2
+            s33 += x3 * w3
+        if init:
+            c0 = c1 = c2 = c3 = np.float32(0.0)
+            if has_bias:
+                c0 = bias[j]
+                c1 = bias[j + 1]
+                c2 = bias[j + 2]
+                c3 = bias[j + 3]
+            y0[j] = c0 + s00
+            y0[j + 1] = c1 + s01
+            y0[j + 2] = c2 + s02
+            y0[j + 3] = c3 + s03
+            y1[j] = c0 + s10
+            y1[j + 1] = c1 + s11
+            y1[j + 2] = c2 + s12
+            y1[j + 3] = c3 + s13
+            y2[j] = c0 + s20
+            y2[j + 1] = c1 + s21
+            y2[j + 2] = c2 + s22
+            y2[j + 3] = c3 + s23
+            y3[j] = c0 + s30
+            y3[j + 1] = c1 + s31
+            y3[j + 2] = c2 + s32
+            y3[j + 3] = c3 + s33
+        else:
+            y0[j] += s00
+            y0[j + 1] += s01
+            y0[j + 2] += s02
+            y0[j + 3] += s03
+            y1[j] += s10
+            y1[j + 1] += s11
+            y1[j + 2] += s12
+            y1[j + 3] += s13
+            y2[j] += s20
+            y2[j + 1] += s21
+            y2[j + 2] += s22
+            y2[j + 3] += s23
+            y3[j] += s30
+            y3[j + 1] += s31
+            y3[j + 2] += s32
+            y3[j + 3] += s33
+    if jend < yj1:
+        _generic(Y, yi, 4, jend, yj1 - jend, A, ai, ak, Bm, bj0 + (jend - yj0), bk, kn, init, bias, has_bias)
+
+
+@njit(parallel=True, fastmath=_FM_DOT)
+def _gemm_nt(Y, A, Bm, bias, M, N, K, a_trans, b_trans, accumulate, has_bias, MT, NT, KT):
+    """Y (M,N) = [Y +] [bias (N)] + op(A) (M,K) · op(B) (N,K)ᵀ, all flat float32.
+
+    op(A) = A viewed (M,K), or, if a_trans, A stored (K,M) and read transposed; same for B with
+    b_trans and (N,K) / (K,N). accumulate: add into Y (backward); else overwrite it, adding bias if
+    has_bias (forward). One prange task per (MT × NT) tile of Y; the reduction runs in KT chunks.
+    """
+    Y2 = Y.reshape(M, N)
+    if a_trans:
+        A2 = A.reshape(K, M)
+    else:
+        A2 = A.reshape(M, K)
+    if b_trans:
+        B2 = Bm.reshape(K, N)
+    else:
+        B2 = Bm.reshape(N, K)
+    nmt = (M + MT - 1) // MT
+    nnt = (N + NT - 1) // NT
+    for t in prange(nmt * nnt):
+        # consecutive tasks share the same A strip (m0) and walk along N; each task owns its tile
+        m0 = (t // nnt) * MT
+        n0 = (t % nnt) * NT
+        m1 = min(m0 + MT, M)
+        n1 = min(n0 + NT, N)
+        # per-task scratch for the transposed operands: the packed tile, contiguous in k
+        ap = np.empty((MT if a_trans else 0, KT), dtype=np.float32)
+        bp = np.empty((NT if b_trans else 0, KT), dtype=np.float32)
+        for k0 in range(0, K, KT):
+            kn = min(KT, K - k0)
+            if a_trans:
+                # ap[r, k] = A[k0 + k, m0 + r]: read rows of the stored (K,M) array contiguously
+                for k in range(kn):
+                    src = A2[k0 + k, m0:m1]
+                    for r in range(m1 - m0):
+                        ap[r, k] = src[r]
+            if b_trans:
+                for k in range(kn):
+                    src = B2[k0 + k, n0:n1]
+                    for q in range(n1 - n0):
+                        bp[q, k] = src[q]
+            init = (k0 == 0) and not accumulate
+            # one call site (each would inline its own copy of the micro-kernel: compile time)
+            Au = ap if a_trans else A2
+            Bu = bp if b_trans else B2
+            ar0 = m0 if a_trans else 0
+            ak0 = 0 if a_trans else k0
+            br0 = n0 if b_trans else 0
+            bk0 = 0 if b_trans else k0
+            for i in range(m0, m1, 4):
+                _strip(Y2, i, min(4, m1 - i), n0, n1, Au, i - ar0, ak0, Bu, n0 - br0, bk0, kn,
+                       init, bias, has_bias)
+
+
+@njit(parallel=True)
+def _transpose(dst, src, R, Cn):
+    """dst (Cn, R) = src (R, Cn)ᵀ; prange over 32-row blocks of dst (reads 128-byte runs of src)."""
+    S = src.reshape(R, Cn)
+    D = dst.reshape(Cn, R)
+    for t in prange((Cn + 31) // 32):
+        c0 = t * 32
+        c1 = min(c0 + 32, Cn)
+        for r in range(R):
+            row = S[r, c0:c1]
+            for c in range(c1 - c0):
+                D[c0 + c, r] = row[c]
+
+
+
+# ---------------------------------------------------------------- driver
+
+def dotgemm(op, Y, X, W, D, BT, C, OC, MT=256, NT=64, KT=512):
+    """The three products through the dot-form _gemm_nt (packing transposed operands)."""
+    none = np.zeros(1, np.float32)
+    if op == "fwd":
+        _gemm_nt(Y, X, W, none, BT, OC, C, False, False, False, False, MT, NT, KT)  # = production
+    elif op == "dinp":
+        _gemm_nt(Y, D, W, none, BT, C, OC, False, True, True, False, MT, NT, KT)
+    else:
+        xt = np.empty(C * BT, np.float32)
+        _transpose(xt, X, BT, C)
+        _gemm_nt(Y, D, xt, none, OC, C, BT, True, False, True, False, 64, C, KT)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--which", default="fwd,dinp,dweight")
+    ap.add_argument("--stage1", action="store_true", help="also time dot4x4 and the bcast variants")
+    args = ap.parse_args()
+    os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)
+    import numba
+    numba.set_num_threads(args.threads)
+    from numbagpt.cpu import matmul as mm
+
+    clock = time.process_time
+
+    def rr(fns, flop):
+        best = {k: 1e9 for k in fns}
+        for f in fns.values():
+            f()
+        for _ in range(args.rounds):
+            for k, f in fns.items():
+                t0 = clock()
+                f()
+                best[k] = min(best[k], clock() - t0)
+        # CPU time of all threads: GF/s per thread-second times threads = wall-clock equivalent
+        print("   " + "  ".join(f"{k}: {flop / best[k] / 1e9 * args.threads:5.1f}" for k in fns), flush=True)
+
+    rng = np.random.default_rng(0)
+    shapes = [(2048, 128, 50304 // 8), (256, 768, 50304 // 8), (2048, 128, 512), (2048, 512, 128),
+              (256, 768, 2304), (256, 3072, 768)]
+    for BT, C, OC in shapes:
+        x = rng.standard_normal(BT * C, dtype=np.float32)
+        w = rng.standard_normal(OC * C, dtype=np.float32)
+        d = rng.standard_normal(BT * OC, dtype=np.float32)
+        y = np.empty(BT * OC, np.float32)
+        dx = np.zeros(BT * C, np.float32)
+        dw = np.zeros(OC * C, np.float32)
+        X, W, D = x.reshape(BT, C), w.reshape(OC, C), d.reshape(BT, OC)
+        flop = 2.0 * BT * C * OC
+        print(f"BT={BT} C={C} OC={OC}   GF/s")
+        if "fwd" in args.which:
+            fns = {"blas": lambda: np.dot(X, W.T),
+                   "dotgemm": lambda: dotgemm("fwd", y, x, w, d, BT, C, OC),
+                   "prod": lambda: mm.matmul_forward(y, x, w, None, 1, BT, C, OC)}
+            if args.stage1:
+                fns["dot4x4"] = lambda: fwd_dot4x4(y, x, w, BT, C, OC)
+                for mr, nr in [(4, 16), (6, 16)]:
+                    f = gen_bcast(mr, nr, f"bc{mr}x{nr}", fastmath={"contract"})
+                    fns[f"bc{mr}x{nr}"] = (lambda f=f: f(y, x, w, BT, C, OC))
+            print("  forward")
+            rr(fns, flop)
+        if "dinp" in args.which:
+            print("  dinp")
+            rr({"blas": lambda: np.dot(D, W),
+                "dotgemm": lambda: dotgemm("dinp", dx, x, w, d, BT, C, OC),
+                "prod": lambda: mm._backward_dinp(dx, d, w, BT, C, OC)}, flop)
+        if "dweight" in args.which:
+            print("  dweight")
+            rr({"blas": lambda: np.dot(D.T, X),
+                "dotgemm": lambda: dotgemm("dw", dw, x, w, d, BT, C, OC),
+                "prod": lambda: mm._backward_dweight(dw, d, x, BT, C, OC)}, flop)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""numbagpt.cpu.matmul against float64 NumPy (tests/reference.py) and against finite differences.
+
+The shapes straddle every blocking of the kernels (see numbagpt/cpu/matmul.py): 4-row / 4-column
+micro-blocks (BT, OC, C not multiples of 4), the 4-long k groups of the backward (C, OC, BT mod 4),
+the reduction chunks (forward C > 512, backward K > 256, dot-form dinp OC > 1024), the task tiles
+(forward 256 rows × 64 columns, backward up to 128 rows and N > 1024 split into 512-wide tiles),
+both dinp paths (axpy; dot form on a transposed weight when C <= 256 and OC >= 256), and C = 1.
+"""
+import numpy as np
+import pytest
+
+from numbagpt.cpu.matmul import matmul_backward, matmul_forward
+from reference import matmul_backward_ref, matmul_forward_ref
+
+SHAPES = [  # (B, T, C, OC)
+    (2, 5, 13, 7),       # the brief's small odd shape: ragged rows, columns and k groups
+    (1, 3, 1, 5),        # C = 1: a single term per output
+    (1, 4, 8, 4),        # everything a multiple of 4: no ragged paths at all
+    (3, 7, 33, 70),      # OC > 64: two forward column tiles, the second ragged
+    (2, 150, 530, 70),   # BT = 300 > 256 rows; C = 530 > 512 (forward) and > 256 (dinp/dweight chunks)
+    (1, 10, 1030, 9),    # C > 1024: backward column tiles of 512 (+ a ragged 6)
+    (3, 7, 33, 257),     # dinp through the dot form on a transposed weight (C <= 256, OC >= 256)
+    (4, 64, 32, 1100),   # a narrow "LM head": OC ≫ C; dot-form dinp with two 1024-long chunks
+]
+
+
+def _data(rng, B, T, C, OC):
+    # weights ~ 1/sqrt(C) so that outputs are O(1) and an absolute tolerance means the same everywhere
+    x = rng.standard_normal((B, T, C)).astype(np.float32)
+    w = (rng.standard_normal((OC, C)) / np.sqrt(C)).astype(np.float32)
+    b = rng.standard_normal(OC).astype(np.float32)
+    return x, w, b
+
+
+def _ids(s):
+    return "B{}T{}C{}OC{}".format(*s)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
+def test_matmul_forward(shape, with_bias):
+    B, T, C, OC = shape
+    rng = np.random.default_rng(0)
+    x, w, b = _data(rng, B, T, C, OC)
+    bias = b if with_bias else None
+    out = np.full(B * T * OC, np.nan, dtype=np.float32)  # written, never read: NaN must disappear
+    matmul_forward(out, x.reshape(-1), w.reshape(-1), bias, B, T, C, OC)
+    ref = matmul_forward_ref(x, w, bias)
+    np.testing.assert_allclose(out.reshape(B, T, OC), ref, rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("with_dbias", [True, False])
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
+def test_matmul_backward_accumulates(shape, with_dbias):
+    B, T, C, OC = shape
+    rng = np.random.default_rng(1)
+    x, w, _ = _data(rng, B, T, C, OC)
+    dout = (rng.standard_normal((B, T, OC)) / np.sqrt(OC)).astype(np.float32)
+    # pre-filled gradients: the kernel must add to them (llm.c's +=)
+    dx0 = rng.standard_normal(B * T * C).astype(np.float32)
+    dw0 = rng.standard_normal(OC * C).astype(np.float32)
+    db0 = rng.standard_normal(OC).astype(np.float32)
+    dx, dw, db = dx0.copy(), dw0.copy(), db0.copy()
+    w_before, x_before, dout_before = w.copy(), x.copy(), dout.copy()
+    matmul_backward(dx, dw, db if with_dbias else None, dout.reshape(-1), x.reshape(-1), w.reshape(-1),
+                    B, T, C, OC)
+    rdx, rdw, rdb = matmul_backward_ref(dout, x, w)
+    # dweight reduces over B·T terms of size ~|x|·|dout|: scale the tolerance with sqrt(BT)
+    np.testing.assert_allclose(dx.reshape(B, T, C), dx0.reshape(B, T, C) + rdx, rtol=1e-5, atol=2e-5)
+    np.testing.assert_allclose(dw.reshape(OC, C), dw0.reshape(OC, C) + rdw, rtol=1e-5,
+                               atol=2e-5 * max(1.0, np.sqrt(B * T / OC)))
+    if with_dbias:
+        np.testing.assert_allclose(db, db0 + rdb, rtol=1e-5, atol=2e-5)
+    else:
+        np.testing.assert_array_equal(db, db0)  # untouched (it was not even passed)
+    # inputs are read-only
+    np.testing.assert_array_equal(w, w_before)
+    np.testing.assert_array_equal(x, x_before)
+    np.testing.assert_array_equal(dout, dout_before)
+
+
+def test_matmul_on_views_of_big_buffers():
+    """The model passes flat views at odd offsets into big parameter / activation / grad buffers."""
+    B, T, C, OC = 2, 9, 21, 35
+    rng = np.random.default_rng(2)
+    x, w, b = _data(rng, B, T, C, OC)
+    dout = rng.standard_normal((B, T, OC)).astype(np.float32)
+    params = rng.standard_normal(3 + OC * C + OC + 5).astype(np.float32)
+    params[3:3 + OC * C] = w.reshape(-1)
+    params[3 + OC * C:3 + OC * C + OC] = b
+    acts = rng.standard_normal(7 + B * T * C + B * T * OC + 2).astype(np.float32)
+    acts[7:7 + B * T * C] = x.reshape(-1)
+    grads = np.zeros_like(params)
+    dacts = np.zeros_like(acts)
+    guard_p, guard_a = params.copy(), acts.copy()
+    wv, bv = params[3:3 + OC * C], params[3 + OC * C:3 + OC * C + OC]
+    xv, outv = acts[7:7 + B * T * C], acts[7 + B * T * C:7 + B * T * C + B * T * OC]
+    matmul_forward(outv, xv, wv, bv, B, T, C, OC)
+    np.testing.assert_allclose(outv.reshape(B, T, OC), matmul_forward_ref(x, w, b), rtol=1e-5, atol=2e-5)
+    # nothing outside `out` was written
+    np.testing.assert_array_equal(acts[:7 + B * T * C], guard_a[:7 + B * T * C])
+    np.testing.assert_array_equal(acts[7 + B * T * C + B * T * OC:], guard_a[7 + B * T * C + B * T * OC:])
+    np.testing.assert_array_equal(params, guard_p)
+
+    dacts[7 + B * T * C:7 + B * T * C + B * T * OC] = dout.reshape(-1)
+    dxv = dacts[7:7 + B * T * C]
+    dwv, dbv = grads[3:3 + OC * C], grads[3 + OC * C:3 + OC * C + OC]
+    matmul_backward(dxv, dwv, dbv, dacts[7 + B * T * C:7 + B * T * C + B * T * OC], xv, wv, B, T, C, OC)
+    rdx, rdw, rdb = matmul_backward_ref(dout, x, w)
+    np.testing.assert_allclose(dxv.reshape(B, T, C), rdx, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(dwv.reshape(OC, C), rdw, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(dbv, rdb, rtol=1e-5, atol=1e-4)
+    assert not grads[:3].any() and not grads[3 + OC * C + OC:].any()
+    assert not dacts[:7].any() and not dacts[7 + B * T * C + B * T * OC:].any()
+
+
+def test_matmul_backward_matches_finite_differences_of_forward():
+    """The kernels' own forward and backward agree: L = Σ g·out(x, W, b) (summed in float64).
+
+    L is linear in each of x, W, b, so central differences with a large step (h = 0.5, exact in
+    float32) are exact up to the float32 rounding of `out`; this checks the backward against the
+    forward kernel with no reference implementation in between.
+    """
+    B, T, C, OC = 2, 3, 6, 5
+    rng = np.random.default_rng(3)
+    x, w, b = _data(rng, B, T, C, OC)
+    g = rng.standard_normal((B, T, OC)).astype(np.float32)
+
+    def loss(x_, w_, b_):
+        out = np.empty(B * T * OC, dtype=np.float32)
+        matmul_forward(out, x_.reshape(-1), w_.reshape(-1), b_, B, T, C, OC)
+        return float(np.dot(out.astype(np.float64), g.reshape(-1).astype(np.float64)))
+
+    def fd(arr, f, h=0.5):
+        grad = np.zeros(arr.size)
+        flat = arr.reshape(-1)
+        for i in range(arr.size):
+            old = flat[i]
+            flat[i] = old + h
+            fp = f()
+            flat[i] = old - h
+            fm = f()
+            flat[i] = old
+            grad[i] = (fp - fm) / (2 * h)
+        return grad.reshape(arr.shape)
+
+    num_dx = fd(x, lambda: loss(x, w, b))
+    num_dw = fd(w, lambda: loss(x, w, b))
+    num_db = fd(b, lambda: loss(x, w, b))
+    dx = np.zeros(B * T * C, np.float32)
+    dw = np.zeros(OC * C, np.float32)
+    db = np.zeros(OC, np.float32)
+    matmul_backward(dx, dw, db, g.reshape(-1), x.reshape(-1), w.reshape(-1), B, T, C, OC)
+    np.testing.assert_allclose(dx.reshape(x.shape), num_dx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dw.reshape(w.shape), num_dw, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(db, num_db, rtol=1e-4, atol=1e-4)
