@@ -1,0 +1,90 @@
+"""bin/train_gpt2 end to end on a small char-level corpus and a micro model: the loss falls, main.log is
+in llm.c's format, the written model is a valid llm.c v3 file, samples are decoded text, checkpoints
+resume, and bad input gives a clear error."""
+import re
+
+import numpy as np
+import pytest
+
+from numbagpt import data, formats
+from numbagpt.cli import train
+from numbagpt.config import GPT2Config
+from numbagpt.model import GPT2
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Char-level shards of a repetitive play text, and a micro model file sized for its vocabulary."""
+    d = tmp_path_factory.mktemp("corpus")
+    text = "".join(f"KING:\nMy lord, the {w} is come.\n\nQUEEN:\nThen let it in.\n\n"
+                   for w in ("night", "day", "morning", "evening") * 60)
+    paths = data.prepare(str(d), text, tokenizer="char", val_fraction=0.1, name="play", verbose=False)
+    vocab = len(formats.read_tokenizer_file(paths["tokenizer"])[0])
+    cfg = GPT2Config(max_seq_len=32, vocab_size=vocab, num_layers=2, num_heads=2, channels=32)
+    model = GPT2(cfg)
+    model.init_weights(0)
+    model_path = str(d / "micro.bin")
+    model.save(model_path)
+    return paths, model_path
+
+
+def run(capsys, corpus, out_dir, *extra):
+    paths, model_path = corpus
+    argv = ["-i", paths["train"], "-j", paths["val"], "--tokenizer", paths["tokenizer"], "-e", model_path,
+            "-o", str(out_dir), "-b", "4", "-t", "16", "-l", "1e-2", "-u", "2", "--omp-threads", "1",
+            "-g", "12"] + list(extra)
+    code = train.main(argv)
+    return code, capsys.readouterr()
+
+
+def test_training_lowers_the_loss_and_writes_llmc_files(tmp_path, capsys, corpus):
+    code, cap = run(capsys, corpus, tmp_path, "-x", "40", "-v", "20", "-m", "2", "-s", "20")
+    assert code == 0, cap.err
+    log = (tmp_path / "main.log").read_text().splitlines()
+    train_lines = [line for line in log if " trl:" in line]
+    val_lines = [line for line in log if " tel:" in line]
+    assert len(train_lines) == 40 and len(val_lines) == 3
+    for line in train_lines:
+        assert re.fullmatch(r"s:\d+ trl:\d+\.\d{4} lr:\d+\.\d{6} norm:\d+\.\d{2}", line), line
+    for line in val_lines:
+        assert re.fullmatch(r"s:\d+ tel:\d+\.\d{4}", line), line
+    val = [float(line.split("tel:")[1]) for line in val_lines]
+    assert val[-1] < 0.6 * val[0]
+    cfg, params = formats.read_model(str(tmp_path / "model_00000040.bin"))
+    assert cfg.num_layers == 2 and params.dtype == np.float32 and np.all(np.isfinite(params))
+    assert "--- sample at step 40 ---" in cap.out
+    assert re.search(r"step   40/40 \| loss \d+\.\d+ .* tok/s", cap.out)
+    assert "parameters" in cap.out and "memory (MiB)" in cap.out
+
+
+def test_checkpoint_and_resume_continue_the_same_run(tmp_path, capsys, corpus):
+    straight = tmp_path / "straight"
+    code, cap = run(capsys, corpus, straight, "-x", "6", "-v", "0", "-g", "0")
+    assert code == 0, cap.err
+    resumed = tmp_path / "resumed"
+    code, cap = run(capsys, corpus, resumed, "-x", "6", "-v", "0", "-g", "0", "-n", "3")
+    assert code == 0, cap.err
+    assert sorted(p.name for p in resumed.glob("DONE_*")) == ["DONE_00000003", "DONE_00000006"]
+    # drop the last checkpoint, resume from step 3, and land where the uninterrupted run did
+    for p in resumed.glob("*00000006*"):
+        p.unlink()
+    code, cap = run(capsys, corpus, resumed, "-x", "6", "-v", "0", "-g", "0", "-y", "1")
+    assert code == 0, cap.err
+    assert "resumed from step 3" in cap.out
+    _, a = formats.read_model(str(straight / "model_00000006.bin"))
+    _, b = formats.read_model(str(resumed / "model_00000006.bin"))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_bad_input_gives_clear_errors(tmp_path, capsys, corpus):
+    code, cap = run(capsys, corpus, tmp_path, "-x", "1", "-t", "64")
+    assert code == 1 and "max_seq_len" in cap.err
+    paths, model_path = corpus
+    code = train.main(["-i", str(tmp_path / "nothing_*.bin"), "-e", model_path, "-o", "", "-x", "1", "-t", "16"])
+    assert code == 1 and "nothing_" in capsys.readouterr().err
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(b"\0" * 100)
+    code = train.main(["-i", paths["train"], "-e", str(bad), "-o", "", "-x", "1", "-t", "16"])
+    assert code == 1 and "bad.bin" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.main(["-b", "0"])
