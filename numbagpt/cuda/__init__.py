@@ -1,0 +1,87 @@
+"""The CUDA backend: llm.c's kernels as Numba `@cuda.jit` kernels over flat float32 device arrays.
+
+Same file names, function names and argument order as `numbagpt.cpu` (the contract: docs/kernels.md);
+launch configurations and costs: docs/cuda.md. Each function launches on the default stream and returns
+without synchronising; nothing is copied to the host.
+
+Importing this package never touches the GPU; the memory helpers call `require()`, which raises a
+RuntimeError with instructions when there is no usable GPU/driver (unless NUMBA_ENABLE_CUDASIM=1 was set
+before Python started, which runs everything in Numba's CUDA simulator).
+"""
+import numpy as np
+
+from .adamw import adamw_update, global_norm_squared
+from .attention import attention_backward, attention_forward
+from .crossentropy import crossentropy_backward, crossentropy_forward
+from .encoder import encoder_backward, encoder_forward
+from .gelu import gelu_backward, gelu_forward
+from .layernorm import layernorm_backward, layernorm_forward
+from .matmul import matmul_backward, matmul_forward
+from .residual import residual_backward, residual_forward
+from .runtime import BLOCK_FILL as _BLOCK_FILL
+from .runtime import SIMULATOR, available, cuda, fill_zero_kernel, require
+from .runtime import cdiv as _cdiv
+
+NAME = "cuda"
+
+# numbagpt.model.get_backend calls this when the backend is chosen: fail early, with instructions.
+check_available = require
+
+__all__ = [
+    "NAME", "SIMULATOR", "available", "require", "check_available",
+    "zeros", "to_device", "to_host", "copy_to_device", "fill_zero", "synchronize",
+    "encoder_forward", "encoder_backward", "layernorm_forward", "layernorm_backward",
+    "matmul_forward", "matmul_backward", "attention_forward", "attention_backward",
+    "gelu_forward", "gelu_backward", "residual_forward", "residual_backward",
+    "crossentropy_forward", "crossentropy_backward", "adamw_update", "global_norm_squared",
+]
+
+
+def zeros(n, dtype=np.float32):
+    """A zero-filled 1-D device array of n elements."""
+    require()
+    arr = cuda.device_array(int(n), dtype=dtype)
+    fill_zero(arr)
+    return arr
+
+
+def to_device(host_array):
+    """A device copy of a host array (flattened to 1-D)."""
+    require()
+    return cuda.to_device(np.ascontiguousarray(host_array).reshape(-1))
+
+
+def to_host(array):
+    """A NumPy copy of a device array (synchronous)."""
+    require()
+    return array.copy_to_host()
+
+
+def copy_to_device(dst, host_array):
+    """Copy a host array into the existing device array `dst` (same number of elements)."""
+    require()
+    src = np.ascontiguousarray(host_array, dtype=dst.dtype).reshape(-1)
+    if src.size != dst.size:
+        raise ValueError(f"copy_to_device: {src.size} host elements into a device array of {dst.size}")
+    dst.copy_to_device(src)
+
+
+def fill_zero(array):
+    """Zero a (contiguous 1-D) device array, or a view of one, with a kernel on the default stream.
+
+    Under the simulator the zeros are written from the host instead (the kernel, tested on its own in
+    tests/test_cuda_kernels.py, would cost one Python thread per element there)."""
+    require()
+    n = array.size
+    if n == 0:
+        return
+    if SIMULATOR:
+        array.copy_to_device(np.zeros(n, dtype=array.dtype))
+    else:
+        fill_zero_kernel[_cdiv(n, _BLOCK_FILL), _BLOCK_FILL](array, np.int64(n))
+
+
+def synchronize():
+    """Wait for all queued kernels on the device."""
+    require()
+    cuda.synchronize()

@@ -1,0 +1,152 @@
+"""Causal multi-head self-attention as CUDA kernels: llm.c's unfused path (preatt/att buffers), with the
+four batched products as tiled GEMMs (`matmul.make_gemm`, one batch per (b, h) on blockIdx.z) and the
+softmax and its backward as one-warp-per-row kernels.
+
+Shapes (row-major, flat), hs = C/NH, scale = 1/sqrt(hs):
+    inp, dinp (B, T, 3C) rows [q | k | v]    preatt, att, dpreatt, datt (B, NH, T, T)    out, dout (B, T, C)
+
+forward (3 launches):
+    preatt[t, t2] = scale·q_t·k_t2        GEMM, M=N=T, K=hs, causal: tiles above the diagonal skip,
+                                           only t2 ≤ t written
+    att = causal softmax(preatt)           one warp per row (B·NH·T rows, 4 per 128-thread block);
+                                           att[t, t2 > t] = 0 written
+    out_t = Σ_t2 att[t, t2]·v_t2           GEMM, M=T, N=hs, K=T, K loop stops at the diagonal
+backward (5 launches; dinp accumulates, datt/dpreatt are scratch, written here for t2 ≤ t):
+    datt[t, t2] = dout_t·v_t2              GEMM (as preatt, written, causal)
+    dv_t2 += Σ_t att[t, t2]·dout_t         GEMM, A = attᵀ, K loop starts at the diagonal
+    dpreatt = att·(datt − Σ att·datt)      one warp per row; dpreatt[t, t2 > t] = 0 written
+    dq_t += scale·Σ_t2 dpreatt[t, t2]·k_t2 GEMM, K loop stops at the diagonal
+    dk_t2 += scale·Σ_t dpreatt[t, t2]·q_t  GEMM, A = dpreattᵀ, K loop starts at the diagonal
+The q, k, v (and dq, dk, dv) operands are read in place from the (B, T, 3C) buffers with row stride 3C.
+"""
+import math
+
+import numpy as np
+
+from .matmul import (CAUSAL_K_LOWER, CAUSAL_K_UPPER, CAUSAL_OUT, GEMM_SIGNATURE, launch_gemm,
+                     make_gemm)
+from .runtime import F32A, I64, cdiv, cuda, i64, warp_max, warp_sum
+
+WARPS = 4
+ROW_BLOCK = 32 * WARPS
+
+_ZERO = np.float32(0.0)
+_ONE = np.float32(1.0)
+_NEG_INF = np.float32(-np.inf)
+
+# preatt = scale·q·kᵀ (write, t2 ≤ t) and datt = dout·vᵀ (write, t2 ≤ t): A M×K, B N×K storage
+att_scores_gemm = make_gemm(a_km=False, b_nk=True, causal=CAUSAL_OUT, has_bias=False, accumulate=False)
+# out = att·v (write): A = att (M×K), B = v (K×N storage), att[t, t2 > t] = 0
+att_values_gemm = make_gemm(a_km=False, b_nk=False, causal=CAUSAL_K_UPPER, has_bias=False, accumulate=False)
+# dq += scale·dpreatt·k: as att_values_gemm, accumulating
+att_dq_gemm = make_gemm(a_km=False, b_nk=False, causal=CAUSAL_K_UPPER, has_bias=False, accumulate=True)
+# dv += attᵀ·dout and dk += scale·dpreattᵀ·q: A stored K×M (A[m=t2, k=t] = att[t, t2])
+att_dkv_gemm = make_gemm(a_km=True, b_nk=False, causal=CAUSAL_K_LOWER, has_bias=False, accumulate=True)
+
+
+@cuda.jit(fastmath=False)
+def softmax_forward_kernel(att, preatt, B, NH, T):
+    """att[row, t2] = exp(preatt − max)/Σ over t2 ≤ t (t = row % T); 0 for t2 > t. One warp per row."""
+    lane = cuda.threadIdx.x % 32
+    row = cuda.blockIdx.x * WARPS + cuda.threadIdx.x // 32
+    if row < B * NH * T:
+        t = row % T
+        base = row * T
+        m = _NEG_INF
+        for t2 in range(lane, t + 1, 32):
+            x = preatt[base + t2]
+            if x > m:
+                m = x
+        m = warp_max(m)
+        s = _ZERO
+        for t2 in range(lane, t + 1, 32):
+            s += math.exp(preatt[base + t2] - m)
+        s = warp_sum(s)
+        inv = _ONE / s  # s ≥ exp(0) = 1: the diagonal is always present
+        for t2 in range(lane, T, 32):
+            if t2 <= t:
+                att[base + t2] = math.exp(preatt[base + t2] - m) * inv
+            else:
+                att[base + t2] = _ZERO
+
+
+@cuda.jit(fastmath=False)
+def softmax_backward_kernel(dpreatt, datt, att, B, NH, T):
+    """dpreatt[row, t2] = att·(datt − Σ_{t3 ≤ t} att·datt) for t2 ≤ t, 0 beyond. One warp per row."""
+    lane = cuda.threadIdx.x % 32
+    row = cuda.blockIdx.x * WARPS + cuda.threadIdx.x // 32
+    if row < B * NH * T:
+        t = row % T
+        base = row * T
+        s = _ZERO
+        for t2 in range(lane, t + 1, 32):
+            s += att[base + t2] * datt[base + t2]
+        s = warp_sum(s)
+        for t2 in range(lane, T, 32):
+            if t2 <= t:
+                dpreatt[base + t2] = att[base + t2] * (datt[base + t2] - s)
+            else:
+                dpreatt[base + t2] = _ZERO
+
+
+SIGNATURES = {
+    "att_scores_gemm": [GEMM_SIGNATURE],
+    "att_values_gemm": [GEMM_SIGNATURE],
+    "att_dq_gemm": [GEMM_SIGNATURE],
+    "att_dkv_gemm": [GEMM_SIGNATURE],
+    "softmax_forward_kernel": [(F32A, F32A, I64, I64, I64)],
+    "softmax_backward_kernel": [(F32A, F32A, F32A, I64, I64, I64)],
+}
+
+
+def _layout(B, T, C, NH):
+    hs = C // NH
+    C3 = 3 * C
+    # per-(b, h) strides of the (B, T, 3C) qkv buffer, the (B, T, C) out buffer and the (B, NH, T, T) maps
+    return hs, C3, dict(sb=T * C3, sh=hs), dict(sb=T * C, sh=hs), dict(sb=NH * T * T, sh=T * T)
+
+
+def attention_forward(out, preatt, att, inp, B, T, C, NH):
+    """out (B,T,C), preatt, att (B,NH,T,T) from qkv inp (B,T,3C); causal, scale 1/sqrt(C/NH)."""
+    if B * T * C == 0:
+        return
+    hs, C3, qkv, o, maps = _layout(B, T, C, NH)
+    scale = 1.0 / math.sqrt(hs)
+    nb = B * NH
+    # preatt[t, t2] = scale·q_t·k_t2
+    launch_gemm(att_scores_gemm, preatt, inp, inp, None, T, T, hs, lda=C3, ldb=C3, ldc=T,
+                a_off=0, a_sb=qkv["sb"], a_sh=qkv["sh"], b_off=C, b_sb=qkv["sb"], b_sh=qkv["sh"],
+                c_off=0, c_sb=maps["sb"], c_sh=maps["sh"], batches=nb, NH=NH, alpha=scale)
+    rows = B * NH * T
+    softmax_forward_kernel[cdiv(rows, WARPS), ROW_BLOCK](att, preatt, i64(B), i64(NH), i64(T))
+    # out_t = Σ_t2 att[t, t2]·v_t2
+    launch_gemm(att_values_gemm, out, att, inp, None, T, hs, T, lda=T, ldb=C3, ldc=C,
+                a_off=0, a_sb=maps["sb"], a_sh=maps["sh"], b_off=2 * C, b_sb=qkv["sb"], b_sh=qkv["sh"],
+                c_off=0, c_sb=o["sb"], c_sh=o["sh"], batches=nb, NH=NH, alpha=1.0)
+
+
+def attention_backward(dinp, dpreatt, datt, dout, inp, att, B, T, C, NH):
+    """dinp (B,T,3C) += the attention gradients; dpreatt, datt (B,NH,T,T) are scratch."""
+    if B * T * C == 0:
+        return
+    hs, C3, qkv, o, maps = _layout(B, T, C, NH)
+    scale = 1.0 / math.sqrt(hs)
+    nb = B * NH
+    # datt[t, t2] = dout_t·v_t2 (t2 ≤ t)
+    launch_gemm(att_scores_gemm, datt, dout, inp, None, T, T, hs, lda=C, ldb=C3, ldc=T,
+                a_off=0, a_sb=o["sb"], a_sh=o["sh"], b_off=2 * C, b_sb=qkv["sb"], b_sh=qkv["sh"],
+                c_off=0, c_sb=maps["sb"], c_sh=maps["sh"], batches=nb, NH=NH, alpha=1.0)
+    # dv_t2 += Σ_t att[t, t2]·dout_t
+    launch_gemm(att_dkv_gemm, dinp, att, dout, None, T, hs, T, lda=T, ldb=C, ldc=C3,
+                a_off=0, a_sb=maps["sb"], a_sh=maps["sh"], b_off=0, b_sb=o["sb"], b_sh=o["sh"],
+                c_off=2 * C, c_sb=qkv["sb"], c_sh=qkv["sh"], batches=nb, NH=NH, alpha=1.0)
+    rows = B * NH * T
+    softmax_backward_kernel[cdiv(rows, WARPS), ROW_BLOCK](dpreatt, datt, att, i64(B), i64(NH), i64(T))
+    # dq_t += scale·Σ_t2 dpreatt[t, t2]·k_t2
+    launch_gemm(att_dq_gemm, dinp, dpreatt, inp, None, T, hs, T, lda=T, ldb=C3, ldc=C3,
+                a_off=0, a_sb=maps["sb"], a_sh=maps["sh"], b_off=C, b_sb=qkv["sb"], b_sh=qkv["sh"],
+                c_off=0, c_sb=qkv["sb"], c_sh=qkv["sh"], batches=nb, NH=NH, alpha=scale)
+    # dk_t2 += scale·Σ_t dpreatt[t, t2]·q_t
+    launch_gemm(att_dkv_gemm, dinp, dpreatt, inp, None, T, hs, T, lda=T, ldb=C3, ldc=C3,
+                a_off=0, a_sb=maps["sb"], a_sh=maps["sh"], b_off=0, b_sb=qkv["sb"], b_sh=qkv["sh"],
+                c_off=C, c_sb=qkv["sb"], c_sh=qkv["sh"], batches=nb, NH=NH, alpha=scale)

@@ -1,0 +1,115 @@
+"""Softmax + cross-entropy over the first V of Vp logit columns, fused, without a probs buffer.
+
+Shapes (row-major, flat): logits, dlogits (B, T, Vp) float32; targets (B, T) int32; losses, dlosses (B, T).
+
+Both kernels: one block of 256 threads per (b, t) row, grid B·T. Each thread makes one pass over its
+strided share of the row (coalesced) keeping an *online* max m and rescaled sum s = Σ exp(z − m)
+(one exp per element); the 8 warps' (m, s) pairs are combined with warp shuffles and then through
+shared memory in a fixed order, so every thread holds the row's max M and S = Σ_{i<V} exp(z_i − M).
+    forward:  losses[b,t] = log S + M − z_target.      Reads 4·B·T·V bytes, ~B·T·V exps.
+    backward: dlogits[b,t,i] = (exp(z_i − M)/S − [i = target])·dlosses[b,t] for i < V, 0 for
+              V ≤ i < Vp. WRITES (=). In place (dlogits is logits) is safe: every thread reads all the
+              elements it will overwrite before the block-wide reduction barrier, and in the writing
+              pass reads element i only to overwrite that same element.
+              Reads 2·4·B·T·V bytes, writes 4·B·T·Vp.
+"""
+import math
+
+import numpy as np
+
+from .runtime import F32A, I32A, I64, cuda, i64
+
+BLOCK = 256
+NWARPS = BLOCK // 32
+
+_ZERO = np.float32(0.0)
+_ONE = np.float32(1.0)
+_LOWEST = np.float32(-3.0e38)  # finite "minus infinity": exp(_LOWEST − _LOWEST) = 1 but s = 0 there
+_FULL = 0xFFFFFFFF
+
+
+@cuda.jit(device=True, inline=True)
+def _combine(m1, s1, m2, s2):
+    if m2 > m1:
+        return m2, s1 * math.exp(m1 - m2) + s2
+    return m1, s1 + s2 * math.exp(m2 - m1)
+
+
+@cuda.jit(device=True, inline=True)
+def _row_max_sum(logits, row, V, sm_m, sm_s):
+    """(M, S) of logits[row : row + V] for the calling block; every thread gets the result."""
+    tid = cuda.threadIdx.x
+    m = _LOWEST
+    s = _ZERO
+    for i in range(tid, V, BLOCK):
+        z = logits[row + i]
+        if z > m:
+            s = s * math.exp(m - z) + _ONE
+            m = z
+        else:
+            s += math.exp(z - m)
+    off = 16
+    while off > 0:
+        m2 = cuda.shfl_xor_sync(_FULL, m, off)
+        s2 = cuda.shfl_xor_sync(_FULL, s, off)
+        m, s = _combine(m, s, m2, s2)
+        off //= 2
+    if tid % 32 == 0:
+        sm_m[tid // 32] = m
+        sm_s[tid // 32] = s
+    cuda.syncthreads()
+    m = sm_m[0]
+    s = sm_s[0]
+    for w in range(1, NWARPS):
+        m, s = _combine(m, s, sm_m[w], sm_s[w])
+    return m, s
+
+
+@cuda.jit(fastmath=False)
+def crossentropy_forward_kernel(losses, logits, targets, B, T, V, Vp):
+    sm_m = cuda.shared.array(NWARPS, np.float32)
+    sm_s = cuda.shared.array(NWARPS, np.float32)
+    bt = cuda.blockIdx.x
+    row = bt * Vp
+    m, s = _row_max_sum(logits, row, V, sm_m, sm_s)
+    if cuda.threadIdx.x == 0:
+        losses[bt] = math.log(s) + m - logits[row + targets[bt]]
+
+
+@cuda.jit(fastmath=False)
+def crossentropy_backward_kernel(dlogits, dlosses, logits, targets, B, T, V, Vp):
+    sm_m = cuda.shared.array(NWARPS, np.float32)
+    sm_s = cuda.shared.array(NWARPS, np.float32)
+    bt = cuda.blockIdx.x
+    row = bt * Vp
+    m, s = _row_max_sum(logits, row, V, sm_m, sm_s)
+    dloss = dlosses[bt]
+    scale = dloss / s
+    target = targets[bt]
+    for i in range(cuda.threadIdx.x, Vp, BLOCK):
+        d = _ZERO
+        if i < V:
+            d = math.exp(logits[row + i] - m) * scale
+            if i == target:
+                d -= dloss
+        dlogits[row + i] = d
+
+
+SIGNATURES = {
+    "crossentropy_forward_kernel": [(F32A, F32A, I32A, I64, I64, I64, I64)],
+    "crossentropy_backward_kernel": [(F32A, F32A, F32A, I32A, I64, I64, I64, I64)],
+}
+
+
+def crossentropy_forward(losses, logits, targets, B, T, V, Vp):
+    """losses (B,T) = logsumexp(logits[b,t,:V]) − logits[b,t,target]."""
+    if B * T > 0:
+        crossentropy_forward_kernel[B * T, BLOCK](losses, logits, targets, i64(B), i64(T), i64(V), i64(Vp))
+
+
+def crossentropy_backward(dlogits, dlosses, logits, targets, B, T, V, Vp):
+    """dlogits (B,T,Vp) = (softmax − onehot)·dlosses over the first V columns, 0 in the padding.
+    Writes (=); dlogits may be logits (in place)."""
+    if B * T > 0:
+        crossentropy_backward_kernel[B * T, BLOCK](dlogits, dlosses, logits, targets,
+                                                   i64(B), i64(T), i64(V), i64(Vp))

@@ -1,0 +1,140 @@
+"""LayerNorm over the last axis as CUDA kernels.
+
+Shapes (row-major, flat): inp, out, dinp, dout (B, T, C); weight, bias, dweight, dbias (C);
+mean, rstd (B, T). eps 1e-5, biased variance; N = B·T rows.
+
+    forward   (layernorm_forward_kernel): one warp per row, 4 warps (128 threads) per block,
+              grid ceil(N/4). Two passes over the row for mean and centred variance (no E[x²]−E[x]²
+              cancellation), warp-shuffle reductions, then the normalised output; the row is re-read
+              from L1/L2. Bytes: ~12·N·C read (3 passes, 1 from DRAM) + 4·N·C written.
+    backward  dinp (layernorm_backward_dinp_kernel): one warp per row as above; two warp-reduced
+              means (dnorm, dnorm·norm), then dinp += ... (accumulates).
+              dweight/dbias (layernorm_backward_dwdb_kernel): a column reduction over the N rows,
+              block (32 columns × 8 row-lanes = 256 threads), grid (ceil(C/32), R) with
+              R = min(ceil(N/256), 64) row chunks. Each block sums its chunk per column in registers,
+              combines its 8 row-lanes in shared memory in a fixed order, and adds the result to
+              dweight/dbias with a float32 `cuda.atomic.add`. Race-free always; deterministic when
+              R = 1 (N ≤ 256 rows), otherwise the order of the R atomic adds per column varies
+              (last-bit differences only).
+"""
+import math
+
+import numpy as np
+
+from .runtime import F32A, I64, cdiv, cuda, i64, warp_sum
+
+WARPS = 4                 # rows (warps) per block in the row kernels
+ROW_BLOCK = 32 * WARPS
+COLS = 32                 # columns per block in the column reduction
+ROW_LANES = 8             # row-lanes per block in the column reduction (COLS·ROW_LANES threads)
+ROWS_PER_CHUNK = 256      # target rows per block-chunk in the column reduction
+MAX_CHUNKS = 64
+
+_EPS = np.float32(1e-5)
+_ZERO = np.float32(0.0)
+_ONE = np.float32(1.0)
+
+
+@cuda.jit(fastmath=False)
+def layernorm_forward_kernel(out, mean, rstd, inp, weight, bias, B, T, C):
+    lane = cuda.threadIdx.x % 32
+    row = cuda.blockIdx.x * WARPS + cuda.threadIdx.x // 32
+    if row < B * T:  # uniform across the warp
+        x = row * C
+        fC = np.float32(C)
+        s = _ZERO
+        for i in range(lane, C, 32):
+            s += inp[x + i]
+        m = warp_sum(s) / fC
+        v = _ZERO
+        for i in range(lane, C, 32):
+            d = inp[x + i] - m
+            v += d * d
+        var = warp_sum(v) / fC
+        r = _ONE / math.sqrt(var + _EPS)
+        for i in range(lane, C, 32):
+            out[x + i] = (inp[x + i] - m) * r * weight[i] + bias[i]
+        if lane == 0:
+            mean[row] = m
+            rstd[row] = r
+
+
+@cuda.jit(fastmath=False)
+def layernorm_backward_dinp_kernel(dinp, dout, inp, weight, mean, rstd, B, T, C):
+    lane = cuda.threadIdx.x % 32
+    row = cuda.blockIdx.x * WARPS + cuda.threadIdx.x // 32
+    if row < B * T:
+        x = row * C
+        fC = np.float32(C)
+        m = mean[row]
+        r = rstd[row]
+        a = _ZERO
+        b = _ZERO
+        for i in range(lane, C, 32):
+            n = (inp[x + i] - m) * r
+            dn = weight[i] * dout[x + i]
+            a += dn
+            b += dn * n
+        dnorm_mean = warp_sum(a) / fC
+        dnorm_norm_mean = warp_sum(b) / fC
+        for i in range(lane, C, 32):
+            n = (inp[x + i] - m) * r
+            dn = weight[i] * dout[x + i]
+            dinp[x + i] += (dn - dnorm_mean - n * dnorm_norm_mean) * r
+
+
+@cuda.jit(fastmath=False)
+def layernorm_backward_dwdb_kernel(dweight, dbias, dout, inp, mean, rstd, B, T, C, chunk):
+    sw = cuda.shared.array((ROW_LANES, COLS), np.float32)
+    sb = cuda.shared.array((ROW_LANES, COLS), np.float32)
+    tx = cuda.threadIdx.x % COLS
+    ty = cuda.threadIdx.x // COLS
+    c = cuda.blockIdx.x * COLS + tx
+    N = B * T
+    r0 = cuda.blockIdx.y * chunk
+    r1 = min(r0 + chunk, N)
+    dw = _ZERO
+    db = _ZERO
+    if c < C:
+        for row in range(r0 + ty, r1, ROW_LANES):
+            d = dout[row * C + c]
+            db += d
+            dw += (inp[row * C + c] - mean[row]) * rstd[row] * d
+    sw[ty, tx] = dw
+    sb[ty, tx] = db
+    cuda.syncthreads()
+    if ty == 0 and c < C:
+        for j in range(1, ROW_LANES):
+            dw += sw[j, tx]
+            db += sb[j, tx]
+        cuda.atomic.add(dweight, c, dw)
+        cuda.atomic.add(dbias, c, db)
+
+
+SIGNATURES = {
+    "layernorm_forward_kernel": [(F32A, F32A, F32A, F32A, F32A, F32A, I64, I64, I64)],
+    "layernorm_backward_dinp_kernel": [(F32A, F32A, F32A, F32A, F32A, F32A, I64, I64, I64)],
+    "layernorm_backward_dwdb_kernel": [(F32A, F32A, F32A, F32A, F32A, F32A, I64, I64, I64, I64)],
+}
+
+
+def layernorm_forward(out, mean, rstd, inp, weight, bias, B, T, C):
+    """out (B,T,C) = (inp − mean)·rstd·weight + bias; writes mean, rstd (B,T)."""
+    N = B * T
+    if N > 0:
+        layernorm_forward_kernel[cdiv(N, WARPS), ROW_BLOCK](out, mean, rstd, inp, weight, bias,
+                                                            i64(B), i64(T), i64(C))
+
+
+def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, B, T, C):
+    """dinp (B,T,C), dweight, dbias (C) += the LayerNorm gradients (accumulate)."""
+    N = B * T
+    if N <= 0:
+        return
+    layernorm_backward_dinp_kernel[cdiv(N, WARPS), ROW_BLOCK](dinp, dout, inp, weight, mean, rstd,
+                                                              i64(B), i64(T), i64(C))
+    nchunks = max(1, min(cdiv(N, ROWS_PER_CHUNK), MAX_CHUNKS))
+    chunk = cdiv(N, nchunks)
+    nchunks = cdiv(N, chunk)
+    layernorm_backward_dwdb_kernel[(cdiv(C, COLS), nchunks), COLS * ROW_LANES](
+        dweight, dbias, dout, inp, mean, rstd, i64(B), i64(T), i64(C), i64(chunk))

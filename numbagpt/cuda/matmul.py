@@ -1,0 +1,284 @@
+"""Matrix multiplication (a Linear layer) as tiled CUDA GEMMs, and the generic GEMM the attention uses.
+
+Shapes (row-major, flat): inp (B, T, C), weight (OC, C) (PyTorch Linear layout), bias (OC),
+out/dout (B, T, OC); M = B·T rows.
+
+    matmul_forward:  out = inp · weightᵀ + bias                        (M×OC, K = C)
+    matmul_backward: dinp    += dout · weight                          (M×C,  K = OC)
+                     dweight += doutᵀ · inp                            (OC×C, K = M)
+                     dbias   += Σ_rows dout                            (column reduction)
+
+The GEMM kernels (`make_gemm`): block tile BM×BN = 64×64, K step BK = 16, 64 threads per block, each
+computing a TM×TN = 8×8 register block (rows ty + 8i, columns tx + 8j: conflict-free shared-memory reads
+and 32-byte-segment output writes). Per K step a block loads a 64×16 tile of A and of B from global
+memory into shared memory (coalesced along whichever dimension is contiguous in memory: the transposed
+layouts are chosen at compile time, so every operand layout is read coalesced), synchronises, and each
+thread does 16·64 FMAs from 16·16 shared-memory reads. Edges (any M, N, K) are handled by zero-filling
+out-of-range loads and bounds-checking stores. Grid (ceil(N/64), ceil(M/64), batches); batches
+(attention's B·NH heads) index operand offsets by blockIdx.z. FLOPs 2·M·N·K; DRAM bytes ≈ 4·(M·K·⌈N/64⌉ +
+K·N·⌈M/64⌉ + M·N) with L2 absorbing much of the re-reads.
+
+dbias (matmul_backward_dbias_kernel): block (32 columns × 8 row-lanes), grid (ceil(OC/32), R) with
+R = min(ceil(M/256), 64); per-block shared-memory combine in a fixed order, then a float32
+`cuda.atomic.add` per column (deterministic when R = 1, i.e. M ≤ 256).
+"""
+import numpy as np
+
+from .runtime import F32, F32A, I64, cdiv, cuda, f32, float32, i64, sm_count
+
+BM = 64          # block tile rows (M)
+BN = 64          # block tile columns (N)
+BK = 16          # K step
+TM = 8           # rows per thread
+TN = 8           # columns per thread
+TX = BN // TN    # threads along N
+TY = BM // TM    # threads along M
+THREADS = TX * TY
+PAD = 2          # shared-memory row padding: row stride ≡ 2 (mod 32 banks) makes the transposing
+                 # tile stores conflict-free
+AS_W = BM + PAD  # shared tile row lengths (must be plain constants for cuda.shared.array)
+BS_W = BN + PAD
+A_LOADS = BM * BK // THREADS
+B_LOADS = BN * BK // THREADS
+
+# causal modes for square (T×T) batched products in the attention
+CAUSAL_NONE = 0
+CAUSAL_OUT = 1      # only c[m, n] with n ≤ m is computed/written; tiles fully above the diagonal exit
+CAUSAL_K_UPPER = 2  # A[m, k] = 0 for k > m: the K loop stops at m0 + BM
+CAUSAL_K_LOWER = 3  # A[m, k] = 0 for k < m: the K loop starts at m0
+
+_ZERO = np.float32(0.0)
+
+
+def make_gemm(a_km, b_nk, causal, has_bias, accumulate, split_k=False):
+    """A GEMM kernel  c[m, n] (+)= alpha·Σ_k A[m, k]·B[k, n] (+ bias[n])  for one operand layout.
+
+    a_km: A is stored K×M (A[m, k] = a[k·lda + m]); else M×K (A[m, k] = a[m·lda + k]).
+    b_nk: B is stored N×K (B[k, n] = b[n·ldb + k]); else K×N (B[k, n] = b[k·ldb + n]).
+    Operand z of a batch (blockIdx.z) starts at off + (z // NH)·sb + (z % NH)·sh for each of a, b, c.
+    split_k (accumulating, unbatched kernels only): blockIdx.z is instead a slice of K of `kchunk`
+    elements, and each block adds its partial tile into c with float32 atomics.
+    The flags are compile-time constants of the returned kernel (closure variables).
+    """
+    if split_k and not (accumulate and causal == CAUSAL_NONE and not has_bias):
+        raise ValueError("split_k needs an accumulating, non-causal GEMM without bias")
+
+    def gemm(c, a, b, bias, M, N, K, lda, ldb, ldc,
+             a_off, a_sb, a_sh, b_off, b_sb, b_sh, c_off, c_sb, c_sh, NH, kchunk, alpha):
+        As = cuda.shared.array((BK, AS_W), float32)
+        Bs = cuda.shared.array((BK, BS_W), float32)
+        tid = cuda.threadIdx.x
+        tx = tid % TX
+        ty = tid // TX
+        n0 = cuda.blockIdx.x * BN
+        m0 = cuda.blockIdx.y * BM
+        if causal == CAUSAL_OUT:
+            if n0 > m0 + BM - 1:
+                return  # whole block: the tile is above the diagonal
+        z = cuda.blockIdx.z
+        if split_k:
+            zb = 0
+            zh = 0
+        else:
+            zb = z // NH
+            zh = z - zb * NH
+        abase = a_off + zb * a_sb + zh * a_sh
+        bbase = b_off + zb * b_sb + zh * b_sh
+        cbase = c_off + zb * c_sb + zh * c_sh
+
+        k_begin = 0
+        k_end = K
+        if split_k:
+            k_begin = z * kchunk
+            k_end = min(K, k_begin + kchunk)
+        if causal == CAUSAL_K_UPPER:
+            k_end = min(K, m0 + BM)
+        if causal == CAUSAL_K_LOWER:
+            k_begin = m0
+
+        acc = cuda.local.array((TM, TN), float32)
+        for i in range(TM):
+            for j in range(TN):
+                acc[i, j] = _ZERO
+        ar = cuda.local.array(TM, float32)
+        br = cuda.local.array(TN, float32)
+
+        for k0 in range(k_begin, k_end, BK):
+            for l in range(A_LOADS):
+                e = tid + l * THREADS
+                if a_km:
+                    mm = e % BM
+                    kk = e // BM
+                else:
+                    mm = e // BK
+                    kk = e % BK
+                gm = m0 + mm
+                gk = k0 + kk
+                val = _ZERO
+                if gm < M and gk < k_end:
+                    if a_km:
+                        val = a[abase + gk * lda + gm]
+                    else:
+                        val = a[abase + gm * lda + gk]
+                As[kk, mm] = val
+            for l in range(B_LOADS):
+                e = tid + l * THREADS
+                if b_nk:
+                    nn = e // BK
+                    kk = e % BK
+                else:
+                    nn = e % BN
+                    kk = e // BN
+                gn = n0 + nn
+                gk = k0 + kk
+                val = _ZERO
+                if gn < N and gk < k_end:
+                    if b_nk:
+                        val = b[bbase + gn * ldb + gk]
+                    else:
+                        val = b[bbase + gk * ldb + gn]
+                Bs[kk, nn] = val
+            cuda.syncthreads()
+            for kk in range(BK):
+                for i in range(TM):
+                    ar[i] = As[kk, ty + TY * i]
+                for j in range(TN):
+                    br[j] = Bs[kk, tx + TX * j]
+                for i in range(TM):
+                    for j in range(TN):
+                        acc[i, j] += ar[i] * br[j]
+            cuda.syncthreads()
+
+        for i in range(TM):
+            gm = m0 + ty + TY * i
+            if gm < M:
+                for j in range(TN):
+                    gn = n0 + tx + TX * j
+                    write = gn < N
+                    if causal == CAUSAL_OUT:
+                        write = write and gn <= gm
+                    if write:
+                        val = alpha * acc[i, j]
+                        if has_bias:
+                            val += bias[gn]
+                        idx = cbase + gm * ldc + gn
+                        if split_k:
+                            cuda.atomic.add(c, idx, val)
+                        elif accumulate:
+                            c[idx] += val
+                        else:
+                            c[idx] = val
+
+    return cuda.jit(fastmath=False)(gemm)
+
+
+GEMM_SIGNATURE = (F32A, F32A, F32A, F32A) + (I64,) * 17 + (F32,)
+
+# split-K: used by the accumulating (backward) GEMMs when the output tiles alone cannot fill the GPU,
+# e.g. dinp of the vocab projection (M = B·T, N = C, K = Vp = 50304): without it, 64-128 blocks would
+# each walk 3144 K steps while most SMs idle.
+SPLIT_MIN_K = 256        # at least this many K per split (16 K steps)
+MAX_SPLITS = 64
+BLOCKS_PER_SM = 4        # the tile count regarded as "filling" an SM
+
+
+def split_k_count(M, N, K):
+    """How many K slices an accumulating GEMM of this shape is split into (1: no split)."""
+    tiles = cdiv(M, BM) * cdiv(N, BN)
+    target = BLOCKS_PER_SM * sm_count()
+    if tiles >= target or K < 2 * SPLIT_MIN_K:
+        return 1
+    return max(1, min(cdiv(target, tiles), K // SPLIT_MIN_K, MAX_SPLITS))
+
+
+def launch_gemm(kernel, c, a, b, bias, M, N, K, lda, ldb, ldc,
+                a_off=0, a_sb=0, a_sh=0, b_off=0, b_sb=0, b_sh=0, c_off=0, c_sb=0, c_sh=0,
+                batches=1, NH=1, alpha=1.0, splits=1):
+    """Launch a `make_gemm` kernel on grid (ceil(N/BN), ceil(M/BM), batches or splits), THREADS
+    threads. `splits` > 1 only for kernels made with split_k=True (and batches = 1)."""
+    if M <= 0 or N <= 0 or batches <= 0:
+        return
+    if bias is None:
+        bias = c  # unused by kernels made with has_bias=False
+    kchunk = K
+    if splits > 1:
+        kchunk = cdiv(cdiv(K, splits), BK) * BK
+        splits = cdiv(K, kchunk)
+        batches = splits
+    grid = (cdiv(N, BN), cdiv(M, BM), int(batches))
+    kernel[grid, THREADS](c, a, b, bias, i64(M), i64(N), i64(K), i64(lda), i64(ldb), i64(ldc),
+                          i64(a_off), i64(a_sb), i64(a_sh), i64(b_off), i64(b_sb), i64(b_sh),
+                          i64(c_off), i64(c_sb), i64(c_sh), i64(NH), i64(kchunk), f32(alpha))
+
+
+# out = inp·Wᵀ (+ bias): A = inp (M×K), B[k, n] = W[n, k] (N×K storage)
+gemm_forward_bias = make_gemm(a_km=False, b_nk=True, causal=CAUSAL_NONE, has_bias=True, accumulate=False)
+gemm_forward_nobias = make_gemm(a_km=False, b_nk=True, causal=CAUSAL_NONE, has_bias=False, accumulate=False)
+# dinp += dout·W: A = dout (M×OC), B = W (OC×C, K×N storage)
+gemm_backward_dinp = make_gemm(a_km=False, b_nk=False, causal=CAUSAL_NONE, has_bias=False, accumulate=True)
+gemm_backward_dinp_splitk = make_gemm(a_km=False, b_nk=False, causal=CAUSAL_NONE, has_bias=False,
+                                      accumulate=True, split_k=True)
+# dweight += doutᵀ·inp: A[m=oc, k=bt] = dout[bt, oc] (K×M storage), B = inp (K×N storage)
+gemm_backward_dweight = make_gemm(a_km=True, b_nk=False, causal=CAUSAL_NONE, has_bias=False, accumulate=True)
+gemm_backward_dweight_splitk = make_gemm(a_km=True, b_nk=False, causal=CAUSAL_NONE, has_bias=False,
+                                         accumulate=True, split_k=True)
+
+COLS = 32
+ROW_LANES = 8
+ROWS_PER_CHUNK = 256
+MAX_CHUNKS = 64
+
+
+@cuda.jit(fastmath=False)
+def matmul_backward_dbias_kernel(dbias, dout, M, OC, chunk):
+    sm = cuda.shared.array((ROW_LANES, COLS), float32)
+    tx = cuda.threadIdx.x % COLS
+    ty = cuda.threadIdx.x // COLS
+    c = cuda.blockIdx.x * COLS + tx
+    r0 = cuda.blockIdx.y * chunk
+    r1 = min(r0 + chunk, M)
+    s = _ZERO
+    if c < OC:
+        for row in range(r0 + ty, r1, ROW_LANES):
+            s += dout[row * OC + c]
+    sm[ty, tx] = s
+    cuda.syncthreads()
+    if ty == 0 and c < OC:
+        for j in range(1, ROW_LANES):
+            s += sm[j, tx]
+        cuda.atomic.add(dbias, c, s)
+
+
+SIGNATURES = {
+    "gemm_forward_bias": [GEMM_SIGNATURE],
+    "gemm_forward_nobias": [GEMM_SIGNATURE],
+    "gemm_backward_dinp": [GEMM_SIGNATURE],
+    "gemm_backward_dinp_splitk": [GEMM_SIGNATURE],
+    "gemm_backward_dweight": [GEMM_SIGNATURE],
+    "gemm_backward_dweight_splitk": [GEMM_SIGNATURE],
+    "matmul_backward_dbias_kernel": [(F32A, F32A, I64, I64, I64)],
+}
+
+
+def matmul_forward(out, inp, weight, bias, B, T, C, OC):
+    """out (B,T,OC) = inp (B,T,C) · weight (OC,C)ᵀ + bias (OC); bias may be None."""
+    M = B * T
+    kern = gemm_forward_nobias if bias is None else gemm_forward_bias
+    launch_gemm(kern, out, inp, weight, bias, M, OC, C, lda=C, ldb=C, ldc=OC)
+
+
+def matmul_backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC):
+    """dinp += dout·weight; dweight += doutᵀ·inp; dbias += Σ dout (dbias may be None). Accumulates."""
+    M = B * T
+    s = split_k_count(M, C, OC)
+    launch_gemm(gemm_backward_dinp_splitk if s > 1 else gemm_backward_dinp,
+                dinp, dout, weight, None, M, C, OC, lda=OC, ldb=C, ldc=C, splits=s)
+    s = split_k_count(OC, C, M)
+    launch_gemm(gemm_backward_dweight_splitk if s > 1 else gemm_backward_dweight,
+                dweight, dout, inp, None, OC, C, M, lda=OC, ldb=C, ldc=C, splits=s)
+    if dbias is not None and M > 0 and OC > 0:
+        nchunks = max(1, min(cdiv(M, ROWS_PER_CHUNK), MAX_CHUNKS))
+        chunk = cdiv(M, nchunks)
+        nchunks = cdiv(M, chunk)
+        matmul_backward_dbias_kernel[(cdiv(OC, COLS), nchunks), COLS * ROW_LANES](
+            dbias, dout, i64(M), i64(OC), i64(chunk))

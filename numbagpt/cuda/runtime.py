@@ -1,0 +1,210 @@
+"""The one place that imports Numba's CUDA target, plus what every CUDA kernel file shares.
+
+- `cuda`: `numba.cuda` (provided by the numba-cuda package). Kernel files do `from .runtime import cuda`
+  and always write `cuda.xxx` inside kernels (the simulator swaps module globals that *are* `numba.cuda`).
+- `SIMULATOR`: True when `NUMBA_ENABLE_CUDASIM=1` was set before numba.cuda was first imported.
+- `available()` / `require()`: is there a usable GPU (or the simulator)? `require` raises a RuntimeError
+  that says what to do.
+- Launch helpers (`cdiv`, `i64`, `f32`) and shared device functions (warp reductions).
+- Under the simulator, warp shuffles (`cuda.shfl_xor_sync`, `shfl_down_sync`, `shfl_sync`) and
+  `cuda.syncwarp` are missing; `_install_simulator_warp_intrinsics` adds faithful emulations (a per-warp
+  barrier and value exchange), so the kernels that use them run unchanged under the simulator.
+"""
+import threading
+
+import numpy as np
+from numba import cuda, float32, int32, int64  # noqa: F401  (re-exported for kernel files)
+
+try:
+    from numba.cuda.core import config as _cuda_config
+    SIMULATOR = bool(_cuda_config.ENABLE_CUDASIM)
+except Exception:  # older numba-cuda layouts
+    import os
+    SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+# Argument types of the kernels as the launchers call them, for the per-module SIGNATURES tables
+# (used by tests/test_cuda_ptx.py to compile every kernel to PTX): flat C-contiguous float32 / int32
+# arrays, int64 sizes and float32 scalars (launchers convert with `i64` / `f32`).
+F32A = float32[::1]
+I32A = int32[::1]
+I64 = int64
+F32 = float32
+
+FULL_MASK = 0xFFFFFFFF
+WARP = 32
+
+_checked = None
+
+
+def available():
+    """True if kernels can run: the CUDA simulator is on, or a CUDA driver and a GPU are present."""
+    global _checked
+    if SIMULATOR:
+        return True
+    if _checked is None:
+        try:
+            _checked = bool(cuda.is_available()) and len(cuda.gpus) > 0
+        except Exception:
+            _checked = False
+    return _checked
+
+
+def require():
+    """Raise a RuntimeError with an actionable message unless `available()`."""
+    if available():
+        return
+    reason = ""
+    try:
+        cuda.current_context()  # raises with the driver's own explanation
+    except Exception as e:  # depends on the machine
+        reason = " (" + " ".join(f"{type(e).__name__}: {e}".split()) + ")"
+    raise RuntimeError(
+        "numbagpt.cuda: no usable CUDA GPU/driver found" + reason + ". "
+        "Run on a machine with an NVIDIA GPU and driver (check `nvidia-smi` and "
+        "`python -c 'from numba import cuda; cuda.detect()'`), install numba-cuda with the CUDA "
+        "toolkit wheels (`pip install \"numba-cuda[cu12]\"` or `[cu13]`), "
+        "use the CPU backend (backend='cpu'), or set NUMBA_ENABLE_CUDASIM=1 before starting Python "
+        "to run the CUDA kernels in Numba's (very slow) simulator.")
+
+
+_sm_count = None
+
+
+def sm_count():
+    """Streaming multiprocessors of the current GPU (1 under the simulator), for grid heuristics."""
+    global _sm_count
+    if _sm_count is None:
+        n = 1
+        if not SIMULATOR:
+            try:
+                n = int(cuda.get_current_device().MULTIPROCESSOR_COUNT)
+            except Exception:
+                n = 1
+        _sm_count = max(1, n)
+    return _sm_count
+
+
+def cdiv(a, b):
+    """Ceiling division for grid sizes."""
+    return (int(a) + int(b) - 1) // int(b)
+
+
+def i64(x):
+    """A size argument as the int64 the kernels are compiled for."""
+    return np.int64(x)
+
+
+def f32(x):
+    """A float argument as float32: a Python float would make Numba type it (and the math) float64."""
+    return np.float32(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared device functions
+
+@cuda.jit(device=True, inline=True)
+def warp_sum(v):
+    """Butterfly sum over the 32 lanes of a warp; every lane gets the total. All lanes must call it."""
+    off = 16
+    while off > 0:
+        v += cuda.shfl_xor_sync(FULL_MASK, v, off)
+        off //= 2
+    return v
+
+
+@cuda.jit(device=True, inline=True)
+def warp_max(v):
+    """Butterfly max over the 32 lanes of a warp; every lane gets the result."""
+    off = 16
+    while off > 0:
+        o = cuda.shfl_xor_sync(FULL_MASK, v, off)
+        if o > v:
+            v = o
+        off //= 2
+    return v
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory helper kernel
+
+BLOCK_FILL = 256
+
+
+@cuda.jit(fastmath=False)
+def fill_zero_kernel(arr, n):
+    """arr[:n] = 0 (any numeric dtype; one thread per element)."""
+    i = cuda.grid(1)
+    if i < n:
+        arr[i] = 0
+
+
+SIGNATURES = {
+    "fill_zero_kernel": [(F32A, I64), (I32A, I64)],
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Simulator support: warp intrinsics
+
+_sim_lock = threading.Lock()
+
+
+def _sim_warp_exchange(value):
+    """All lanes of the calling thread's warp deposit `value`; every lane gets the list of 32 values."""
+    th = threading.current_thread()
+    mgr = th._manager
+    tid = th.thread_id
+    w, lane = divmod(tid, WARP)
+    with _sim_lock:
+        state = mgr.__dict__.setdefault("_numbagpt_warps", {})
+        if w not in state:
+            nthreads = int(np.prod(mgr._block_dim))
+            parties = min(WARP, nthreads - WARP * w)
+            state[w] = (threading.Barrier(parties, timeout=120.0), [None] * WARP)
+        barrier, slots = state[w]
+    slots[lane] = value
+    barrier.wait()
+    vals = list(slots)
+    barrier.wait()
+    return vals, lane
+
+
+def _sim_shfl_xor_sync(self, mask, value, lane_mask):
+    vals, lane = _sim_warp_exchange(value)
+    src = lane ^ int(lane_mask)
+    return vals[src] if src < WARP and vals[src] is not None else value
+
+
+def _sim_shfl_down_sync(self, mask, value, delta):
+    vals, lane = _sim_warp_exchange(value)
+    src = lane + int(delta)
+    return vals[src] if src < WARP and vals[src] is not None else value
+
+
+def _sim_shfl_up_sync(self, mask, value, delta):
+    vals, lane = _sim_warp_exchange(value)
+    src = lane - int(delta)
+    return vals[src] if src >= 0 and vals[src] is not None else value
+
+
+def _sim_shfl_sync(self, mask, value, src_lane):
+    vals, lane = _sim_warp_exchange(value)
+    src = int(src_lane) % WARP
+    return vals[src] if vals[src] is not None else value
+
+
+def _sim_syncwarp(self, mask=FULL_MASK):
+    _sim_warp_exchange(None)
+
+
+def _install_simulator_warp_intrinsics():
+    from numba.cuda.simulator.kernelapi import FakeCUDAModule
+    for name, fn in (("shfl_xor_sync", _sim_shfl_xor_sync), ("shfl_down_sync", _sim_shfl_down_sync),
+                     ("shfl_up_sync", _sim_shfl_up_sync), ("shfl_sync", _sim_shfl_sync),
+                     ("syncwarp", _sim_syncwarp)):
+        if not hasattr(FakeCUDAModule, name):
+            setattr(FakeCUDAModule, name, fn)
+
+
+if SIMULATOR:
+    _install_simulator_warp_intrinsics()
