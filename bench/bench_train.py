@@ -93,7 +93,7 @@ def main():
             tms = 1000 * time_steps(pytorch, args.steps)
             theirs, ratio = f"{tms:11.0f}", f"{ms / tms:7.2f}"
         print(f"{name:<6} {B:>3} {T:>4} {ms:12.0f} {B * T / ms * 1000:8.0f} {theirs:>11} {ratio:>7}", flush=True)
-        del model
+
     print("ratio = numbagpt step time / PyTorch step time (lower is better, 1.0 = parity)")
 
 

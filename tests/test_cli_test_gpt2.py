@@ -4,7 +4,6 @@ import os
 import shutil
 
 import numpy as np
-import pytest
 
 from numbagpt import formats
 from numbagpt.cli import test as test_gpt2

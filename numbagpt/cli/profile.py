@@ -9,6 +9,8 @@ import argparse
 import os
 import sys
 
+from numbagpt.cli import reserve_threads, use_threads
+
 
 def build_parser():
     p = argparse.ArgumentParser(
@@ -55,9 +57,7 @@ def check_args(args):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     check_args(args)
-    if args.omp_threads is not None:
-        # Numba reads this once, at import: it caps what set_num_threads may ask for.
-        os.environ["NUMBA_NUM_THREADS"] = str(max(args.omp_threads, int(os.environ.get("NUMBA_NUM_THREADS", 0))))
+    reserve_threads(args.omp_threads)
     try:
         return run(args)
     except (ValueError, OSError, RuntimeError, ImportError) as e:
@@ -73,7 +73,7 @@ def run(args):
     from numbagpt.model import GPT2, get_backend
 
     if args.omp_threads is not None:
-        numba.set_num_threads(min(args.omp_threads, numba.config.NUMBA_NUM_THREADS))
+        use_threads(args.omp_threads)
     rss_before = profiler.process_memory()["rss_bytes"]
 
     backend = get_backend(args.device)

@@ -5,8 +5,9 @@ on x/y and compares, then runs AdamW steps on the same batch (llm.c's test setti
 step's loss with the expected losses, when given.
 """
 import argparse
-import os
 import sys
+
+from numbagpt.cli import reserve_threads, use_threads
 
 # The tolerances, max absolute difference, in one place. llm.c's own test accepts 1e-2 on logits and
 # loss and 2e-2 on gradients; float32 kernels land far closer to PyTorch, so numbagpt asks for that.
@@ -58,8 +59,7 @@ def read_losses(path):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.omp_threads is not None:
-        os.environ["NUMBA_NUM_THREADS"] = str(args.omp_threads)
+    reserve_threads(args.omp_threads)
     try:
         return run(args)
     except (ValueError, OSError, RuntimeError) as e:
@@ -74,6 +74,8 @@ def run(args):
     from numbagpt.layout import PARAMETER_NAMES
     from numbagpt.model import GPT2
 
+    if args.omp_threads is not None:
+        use_threads(args.omp_threads)
     expected = read_losses(args.expected_losses) if args.expected_losses else None
     model = GPT2.from_file(args.model, backend=args.device)
     cfg = model.config

@@ -5,6 +5,8 @@ With no data flags it trains the `tiny` preset on the built-in Shakespeare (prep
 import argparse
 import os
 import sys
+
+from numbagpt.cli import reserve_threads, use_threads
 import time
 
 
@@ -75,9 +77,7 @@ def check_args(args):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     check_args(args)
-    if args.omp_threads is not None:
-        # Numba reads this once, at import: it caps what set_num_threads may ask for.
-        os.environ["NUMBA_NUM_THREADS"] = str(max(args.omp_threads, int(os.environ.get("NUMBA_NUM_THREADS", 0))))
+    reserve_threads(args.omp_threads)
     from numbagpt import dist  # imports mpi4py only under an MPI launcher; numba not yet
     try:
         world = dist.init_world(expect_size=args.expect_world_size)
@@ -159,7 +159,7 @@ def train(args, world):
     say = (lambda *a, **k: print(*a, **k, flush=True)) if world.is_master else (lambda *a, **k: None)
     # Threads per rank: --omp-threads, else this host's cores shared by the ranks running on it.
     threads = args.omp_threads or max(1, numba.config.NUMBA_NUM_THREADS // world.local_size)
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    use_threads(threads)
     world.setup_device(args.device)  # CUDA: this rank's GPU, before anything is allocated on it
     say(f"numbagpt | device {args.device} | processes {world.size} | threads/process {numba.get_num_threads()}")
     if world.size > 1:
