@@ -100,3 +100,15 @@ if RUN_HERE:
             np.testing.assert_allclose(p_g[signal], p_c[signal], rtol=0, atol=2e-6,
                                        err_msg=f"step {step}: parameters after AdamW")
             assert np.all(np.abs(p_g - p_c) <= 2.01 * lr * step)
+
+    def test_test_gpt2_on_the_device_passes_the_pytorch_nano_fixture(capsys):
+        """bin/test_gpt2 --device cuda on tests/fixtures/nano_* (a PyTorch dump small enough for the
+        simulator): logits, loss, all 16 gradients and 2 AdamW step losses within the CLI's tolerances."""
+        from numbagpt.cli import test as test_gpt2
+        fixtures = os.path.join(ROOT, "tests", "fixtures")
+        code = test_gpt2.main(["--device", "cuda", "-e", os.path.join(fixtures, "nano_model.bin"),
+                               "-s", os.path.join(fixtures, "nano_debug_state.bin"),
+                               "--expected-losses", os.path.join(fixtures, "nano_losses.txt")])
+        out = capsys.readouterr().out
+        assert code == 0, out
+        assert "overall okay: 1" in out and "NOT OK" not in out and "device cuda" in out
