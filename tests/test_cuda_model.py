@@ -11,47 +11,14 @@ failure; run it directly with  NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/tes
 On a machine with a GPU the test also runs directly on the GPU in this process.
 """
 import os
-import subprocess
-import sys
 
 import numpy as np
-import pytest
-
-SIM = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _gpu_present():
-    try:
-        from numba import cuda
-        return bool(cuda.is_available())
-    except Exception:
-        return False
-
-
-# The tests below run in this process under the simulator, or directly on a real GPU when there is one.
-RUN_HERE = SIM or _gpu_present()
+from simulator import ROOT, RUN_HERE, SIM, run_module_under_simulator
 
 if not SIM:
 
     def test_cuda_model_under_simulator():
-        env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-        # faulthandler dumps every thread's stack if one test runs over 5 minutes (a hang)
-        cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider",
-               "-o", "faulthandler_timeout=300", os.path.join("tests", "test_cuda_model.py")]
-        rerun = f"rerun: NUMBA_ENABLE_CUDASIM=1 {sys.executable} -m pytest tests/test_cuda_model.py"
-        try:
-            proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
-        except subprocess.TimeoutExpired as e:
-            out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-            err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
-            pytest.fail(f"CUDA model test under the simulator timed out after {e.timeout} s ({rerun})\n"
-                        + out[-30000:] + "\n" + err[-30000:], pytrace=False)
-        if proc.returncode != 0:
-            pytest.fail(f"CUDA model test under the simulator failed ({rerun})\n"
-                        + proc.stdout[-30000:] + "\n" + proc.stderr[-5000:], pytrace=False)
-        print(proc.stdout[-2000:])
+        run_module_under_simulator("test_cuda_model.py", "CUDA model test")
 
 if RUN_HERE:
     from numbagpt.config import GPT2Config

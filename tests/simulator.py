@@ -1,0 +1,48 @@
+"""Run a CUDA test module in Numba's CUDA simulator, from a normal pytest run.
+
+The simulator must be switched on (NUMBA_ENABLE_CUDASIM=1) before numba.cuda is first imported, but the
+main pytest process keeps the real CUDA target (tests/test_cuda_ptx.py compiles to PTX with it). So a
+CUDA test module holds one outer test that re-runs the module in a subprocess with the simulator on, and
+its real tests only where the simulator is on (that subprocess) or a GPU is present.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+
+SIM = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def gpu_present():
+    try:
+        from numba import cuda
+        return bool(cuda.is_available())
+    except Exception:
+        return False
+
+
+# A CUDA module's real tests run in this process under the simulator, or directly on a real GPU.
+RUN_HERE = SIM or gpu_present()
+
+
+def run_module_under_simulator(module, what):
+    """pytest tests/<module> in a subprocess with NUMBA_ENABLE_CUDASIM=1; fail with its output."""
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    # faulthandler dumps every thread's stack if one test runs over 5 minutes (a hang)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider",
+           "-o", "faulthandler_timeout=300", os.path.join("tests", module)]
+    rerun = f"rerun: NUMBA_ENABLE_CUDASIM=1 {sys.executable} -m pytest tests/{module}"
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        pytest.fail(f"{what} under the simulator timed out after {e.timeout} s ({rerun})\n"
+                    + out[-30000:] + "\n" + err[-30000:], pytrace=False)
+    if proc.returncode != 0:
+        pytest.fail(f"{what} under the simulator failed ({rerun})\n"
+                    + proc.stdout[-30000:] + "\n" + proc.stderr[-5000:], pytrace=False)
+    print(proc.stdout[-2000:])
