@@ -1,4 +1,5 @@
 """Command-line entry points (bin/* are thin wrappers around these)."""
+import argparse
 import os
 import sys
 
@@ -18,3 +19,12 @@ def use_threads(n):
     import numba
     numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
     return numba.get_num_threads()
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none (None) or the help already says it."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)

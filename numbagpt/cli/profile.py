@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from numbagpt.cli import reserve_threads, use_threads
+from numbagpt.cli import HelpFormatter, reserve_threads, use_threads
 
 
 def build_parser():
@@ -19,7 +19,7 @@ def build_parser():
                     "GB/s per kernel and phase; step time, tokens/s, model FLOPs per token, MFU against a "
                     "measured peak; and memory (parameters, gradients, AdamW state, activations) next to "
                     "the measured RSS. See docs/profiling.md.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("-e", "--model", default="tiny",
                    help="model .bin file, or a preset built from scratch: tiny, d12, d24, d36, d48")
     p.add_argument("-b", "--batch-size", type=int, default=8, help="B, sequences per step")

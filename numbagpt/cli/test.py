@@ -7,7 +7,7 @@ step's loss with the expected losses, when given.
 import argparse
 import sys
 
-from numbagpt.cli import reserve_threads, use_threads
+from numbagpt.cli import HelpFormatter, reserve_threads, use_threads
 
 # The tolerances, max absolute difference, in one place. llm.c's own test accepts 1e-2 on logits and
 # loss and 2e-2 on gradients; float32 kernels land far closer to PyTorch, so numbagpt asks for that.
@@ -24,7 +24,7 @@ def build_parser():
                     f"{tol['logits']:g}, {tol['loss']:g}), each of the 16 gradient tensors (<= {tol['grads']:g}) "
                     f"and the losses of AdamW steps on the same batch (<= {tol['step_loss']:g}; AdamW lr 1e-4, "
                     "betas 0.9/0.999, eps 1e-8, weight decay 0.01). Exits 1 when anything is off.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("-e", "--model", required=True, help="llm.c model file (.bin, v3 or v5)")
     p.add_argument("-s", "--state", required=True, help="llm.c debug state file (magic 20240327, v2)")
     p.add_argument("--expected-losses", default=None,

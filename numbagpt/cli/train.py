@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from numbagpt.cli import reserve_threads, use_threads
+from numbagpt.cli import HelpFormatter, reserve_threads, use_threads
 import time
 
 
@@ -15,12 +15,12 @@ def build_parser():
         prog="train_gpt2",
         description="Train GPT-2 with numbagpt. With no -i/-j it prepares the built-in Shakespeare "
                     "(GPT-2 BPE, cached) and trains the `tiny` preset from scratch.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="backend that runs the kernels")
     p.add_argument("--omp-threads", type=int, default=None,
                    help="Numba threads per process (default: all cores, divided among the ranks)")
     p.add_argument("-i", "--train-data", default=None, help="glob of train shards (.bin); default: built-in Shakespeare")
-    p.add_argument("-j", "--val-data", default=None, help="glob of val shards; default: built-in Shakespeare val")
+    p.add_argument("-j", "--val-data", default=None, help="glob of val shards; default: the built-in Shakespeare val split when -i is not given, else no val")
     p.add_argument("-e", "--model", default="tiny",
                    help="model .bin file to start from, or a preset: tiny, d12, d24, d36, d48")
     p.add_argument("-o", "--output-dir", default="out", help="where main.log and the model files go ('' for none)")
