@@ -123,7 +123,11 @@ class _Writer:
             self.f.flush()
             os.fsync(self.f.fileno())
             _crash(crash[1])
-        self.f.write(mv)
+        try:
+            self.f.write(mv)
+        except OSError:
+            self.written = os.fstat(self.f.fileno()).st_size  # what reached the file before the error
+            raise
         self.written += len(mv)
 
 
