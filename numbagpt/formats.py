@@ -1,4 +1,4 @@
-"""llm.c's binary file formats (see shared/FORMATS.md): model, debug state, tokenizer, data shards, train state.
+"""llm.c's binary file formats (docs/formats.md): model, debug state, tokenizer, data shards, train state.
 
 Every file is little-endian and starts with a header of 256 int32 (1024 bytes); unused slots are 0.
 Readers check the magic number, the version and that the file is exactly as long as the header says;
