@@ -12,6 +12,7 @@
 import errno
 import fcntl
 import os
+import signal
 import socket
 import time
 
@@ -113,7 +114,7 @@ RUN_FIELDS = {
     "B": "-b", "T": "-t", "total_batch": "total batch (-d)", "seed": "--seed", "train_data": "-i",
     "val_data": "-j", "world_size": "number of processes", "zero_stage": "-z", "shuffle": "--shuffle",
     "lr": "-l", "warmup": "-u", "max_steps": "-x", "final_lr_frac": "-q", "schedule": "lr schedule",
-    "weight_decay": "-c", "grad_clip": "--grad-clip", "model": "-e",
+    "weight_decay": "-c", "grad_clip": "--grad-clip",
 }
 # A resume can't honour these however it is told to: each rank's state holds its shard of AdamW state.
 HARD_FIELDS = ("world_size", "zero_stage")
@@ -186,3 +187,95 @@ def keep_log_until(path, step):
     if len(kept) != len(lines):
         atomic.write_text(path, "".join(kept))
     return len(lines) - len(kept)
+
+
+# ----------------------------------------------------------------------------------------------
+# a run's start in its output directory, on every rank
+
+def open_run(out_dir, resume, overwrite, record, allow_changes, world, say):
+    """Rank 0 locks `out_dir` for the run, removes killed writers' temporaries and picks the
+    checkpoint to resume from (the newest that verifies, saying why it skipped newer ones, whose DONE
+    files it removes so they are rewritten), then checks its run record against `record`; a fresh run
+    refuses (or, with `overwrite`, clears) an earlier run's files. Every rank gets the outcome:
+    (lock or None, resume step or None), or the same RunDirError."""
+    outcome, lock = None, None
+    if world.is_master:
+        try:
+            lock = lock_dir(out_dir)
+            atomic.remove_stale_temps(out_dir)
+            outcome = ("ok", _pick(out_dir, resume, overwrite, record, allow_changes, say))
+        except (RunDirError, OSError) as e:
+            if lock:
+                lock.release()
+            outcome = ("error", str(e))
+    outcome = world.bcast(outcome)
+    if outcome[0] == "error":
+        raise RunDirError(outcome[1])
+    return lock, outcome[1]
+
+
+def _pick(out_dir, resume, overwrite, record, allow_changes, say):
+    if not resume:
+        removed = check_fresh(out_dir, overwrite)
+        if removed:
+            say(f"--overwrite: removed {len(removed)} files of an earlier run from {out_dir}")
+        return None
+    step, header, notes = checkpoint.select(out_dir)
+    for line in notes:
+        say(line)
+    for s in checkpoint.done_steps(out_dir):
+        if step is None or s > step:
+            checkpoint.discard(out_dir, s)   # broken: its files are rewritten when the run gets there
+    if step is None:
+        return None
+    changes = check_resume(header.get("run"), record, allow_changes, checkpoint.state_path(out_dir, step, 0))
+    for line in changes:
+        say(f"warning: resuming with a change (--allow-changes): {line}")
+    if notes:
+        say(f"resuming from the checkpoint at step {step} instead")
+    return step
+
+
+# ----------------------------------------------------------------------------------------------
+# Ctrl-C
+
+class Progress:
+    """Where a run is, for the line Ctrl-C ends it with."""
+
+    def __init__(self):
+        self.step = None          # steps completed
+        self.checkpoint = None    # the newest complete checkpoint's step
+
+    def interrupted_line(self):
+        step = "start-up" if self.step is None else f"step {self.step}"
+        ckpt = "none" if self.checkpoint is None else f"step {self.checkpoint}"
+        return f"interrupted at {step}; last complete checkpoint: {ckpt}"
+
+
+class StopRequest:
+    """With several ranks, Ctrl-C must stop them all at the same step, not each inside a different
+    collective: the first SIGINT only sets a flag that `requested(world)` combines over the ranks once
+    a step; a second one interrupts at once."""
+
+    def __init__(self, world):
+        self.world = world
+        self.flag = False
+        self.previous = None
+        if world.size > 1:
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+
+    def _handler(self, signum, frame):
+        if self.flag:
+            raise KeyboardInterrupt
+        self.flag = True
+
+    def requested(self):
+        """True on every rank alike when any rank got Ctrl-C (one tiny allreduce per step)."""
+        if self.world.size == 1:
+            return False
+        return self.world.mean(1.0 if self.flag else 0.0) > 0
+
+    def close(self):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
