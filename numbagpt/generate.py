@@ -142,12 +142,17 @@ def sample_next(logits, rng, temperature=1.0, top_k=None, top_p=None):
     B, V = z.shape
     out = np.empty(B, dtype=np.int64)
     for b in range(B):
-        order = np.argsort(-z[b], kind="stable")
-        if top_k:
-            order = order[:top_k]
-        p = np.exp(z[b, order] - z[b, order[0]])
+        zb = z[b]
+        if top_k and top_k < V:  # the k largest, then in descending order
+            part = np.argpartition(-zb, top_k - 1)[:top_k]
+            order = part[np.argsort(-zb[part], kind="stable")]
+        elif top_p is not None and top_p < 1.0:
+            order = np.argsort(-zb, kind="stable")
+        else:
+            order = np.arange(V)
+        p = np.exp(zb[order] - zb[order].max())
         p /= p.sum()
-        if top_p is not None and top_p < 1.0:
+        if top_p is not None and top_p < 1.0:  # order is descending here
             keep = int(np.searchsorted(np.cumsum(p), top_p)) + 1
             p = p[:keep] / p[:keep].sum()
         cdf = np.cumsum(p)
