@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from .backend import BUFFERS, KERNELS
+from .backend import BUFFERS, TRAINING_KERNELS
 from .layout import F32, memory_estimate, mib, parameter_shapes
 from .step import train_step
 
@@ -148,7 +148,7 @@ KERNEL_COSTS = {
     "adamw_update": _adamw_update, "global_norm_squared": _global_norm_squared,
 }
 
-assert set(KERNEL_COSTS) == set(KERNELS)
+assert set(KERNEL_COSTS) == set(TRAINING_KERNELS)   # the kernels a training step runs
 
 # The backends' buffer helpers (docs/kernels.md, "Memory helpers"): timed too, with 0 FLOPs and the
 # bytes they move.
