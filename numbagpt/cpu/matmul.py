@@ -18,15 +18,22 @@ All three products are one GEMM, Y (M,N) [+]= op(A) (M,K) · op(B) (K,N), Y row-
 
 written in the GotoBLAS/BLIS structure (loops from the outside in):
 
-    for jc in N by NC:                       a column panel of Y
-      for pc in K by KC:                     a reduction block
-        pack B[pc:pc+KC, jc:jc+NC]  -> Bp    shared by all threads: NR-wide strips, each KC × NR
-                                             contiguous (zero-padded past N), packed in parallel
-        prange over tasks (MC-row blocks of Y × parts of the panel's strips, split evenly):
-          pack A[ic:ic+MC, pc:pc+KC] -> Ap   the thread's own slot: MR-row panels, each KC × MR
-          for each NR strip of the part:     (the strip, KC·NR·4 = 32 KiB, stays in L1)
-            for each MR panel of the block:  (the block, MC·KC·4 ≈ 150 KiB, stays in L2)
-              micro-kernel: the MR × NR tile of Y += Ap panel · Bp strip
+    prange over tasks, one per thread: Y cut into mparts × nparts equal rectangles (in whole
+                                       micro-tiles), split along N or M, whichever packs less
+      for jc in the task's columns by NC:
+        for pc in K by KC:                     a reduction block
+          pack B[pc:pc+KC, jc:jc+NC] -> Bp     NR-wide strips, each KC × NR contiguous, zero-padded
+          for ic in the task's rows by MC:
+            pack A[ic:ic+MC, pc:pc+KC] -> Ap   MR-row panels, each KC × MR contiguous, zero-padded
+            for each NR strip:                 (a strip, KC·NR·4 = 32 KiB, is reused from L1/L2)
+              for each MR panel:               (the block, MC·KC·4 ≈ 150 KiB, stays in L2)
+                micro-kernel: the MR × NR tile of Y (+)= Ap panel · Bp strip
+
+The packing buffers are allocated once per process (a slot per thread, `_Gemm`). Unlike BLIS, the
+B panel is not shared between threads: with one task per thread and no barrier inside a call, a
+thread that the OS deschedules on a shared machine delays only its own rectangle (a barrier per
+(jc, pc) block, as BLIS has, made the 2-thread GEMM several times slower here under load); the cost
+is that a split along M packs B once per row part (the split is chosen to pack least).
 
 The micro-kernel (`_microkernel_source`) keeps the MR × NR tile in MR·NR/L vector registers for the
 whole KC loop: per k it loads NR/L vectors of the B strip, broadcasts MR values of the A panel and
@@ -68,11 +75,11 @@ from . import matmul_portable
 from .simd import vector_ops
 
 # Blocking per kernel: lanes L, micro-tile MR × NR, and the cache blocks. KC·NR·4 bytes (the B
-# strip) fit L1 and MC·KC·4 (the A block) L2; NC·KC·4 (the shared B panel) a share of L3.
+# strip) fit L1 and MC·KC·4 (the A block) L2; NC·KC·4 (a thread's B panel) its share of L3.
 # Measured in dev/matmul/ (micro-tiles 8×32, 12×32, 6×64, 14×32; KC 192-512; NC 1024-8192).
 _BLOCKING = {
-    "avx512": dict(lanes=16, MR=12, NR=32, MC=144, KC=256, NC=4096),
-    "avx2": dict(lanes=8, MR=6, NR=16, MC=96, KC=256, NC=4096),
+    "avx512": dict(lanes=16, MR=12, NR=32, MC=144, KC=256, NC=2048),
+    "avx2": dict(lanes=8, MR=6, NR=16, MC=96, KC=256, NC=2048),
 }
 # Micro-kernel modes: how the tile meets Y.
 _ACCUMULATE, _OVERWRITE, _BIAS = 0, 1, 2
@@ -168,42 +175,48 @@ def _edge(Y, y0, ldy, mr, nr, tile, t0, NR, mode, bias, n0):
 
 # The GEMM core, instantiated per kernel (UK its micro-kernel, MR × NR its tile). Arguments:
 # Y (M,N) row-major; A, B and their layouts (a_kmaj: A[m·K + k], else A[k·M + m]; b_kmaj:
-# B[n·K + k], else B[k·N + n]); bias (N) for mode 2; Ap, Bp, tile the packing buffers; MC (a
-# multiple of MR), npart (strip parts per row block), KC, NC the blocking.
+# B[n·K + k], else B[k·N + n]); bias (N) for mode 2; Ap, Bp, tile the per-thread packing buffers;
+# mparts × nparts the task grid; MC, KC, NC the blocking. One parallel region per call: each task
+# owns a rectangle of Y and runs the whole blocked loop nest on it with its own buffers, so the
+# threads never wait on each other inside a call (a barrier per block costs dearly when the cores
+# are shared and a thread gets descheduled).
 _CORE_SOURCE = '''
-def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, MC, npart, KC, NC):
+def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, mparts, nparts, MC, KC, NC):
     lda = K if a_kmaj else M
     ldb = K if b_kmaj else N
-    mb = (M + MC - 1) // MC
-    for jc in range(0, N, NC):
-        nc = min(NC, N - jc)
-        nstrips = (nc + NR - 1) // NR
-        for pc in range(0, K, KC):
-            kc = min(KC, K - pc)
-            blockmode = mode if pc == 0 else 0
-            for s in prange(nstrips):
-                n0 = jc + s * NR
-                pack_cols(Bp, s * KC * NR, NR, B, b_kmaj, ldb, n0, min(NR, N - n0), pc, kc)
-            for t in prange(mb * npart):
-                ib = t // npart
-                part = t - ib * npart
-                m0 = ib * MC
-                mc = min(MC, M - m0)
-                npan = (mc + MR - 1) // MR
-                tid = numba.get_thread_id()
-                a0 = tid * MC * KC
-                t0 = tid * MR * NR
-                pack_cols(Ap, a0, MR, A, a_kmaj, lda, m0, mc, pc, kc)
-                for s in range(part * nstrips // npart, (part + 1) * nstrips // npart):
-                    n0 = jc + s * NR
-                    nr = min(NR, N - n0)
-                    for p in range(npan):
-                        mr = min(MR, mc - p * MR)
-                        full = mr == MR and nr == NR
-                        Yt, yt, ldt, tmode = (Y, (m0 + p * MR) * N + n0, N, blockmode) if full else (tile, t0, NR, 1)
-                        UK(kc, Ap, a0 + p * MR * kc, Bp, s * KC * NR, Yt, yt, ldt, tmode, bias, n0)
-                        if not full:
-                            edge(Y, (m0 + p * MR) * N + n0, N, mr, nr, tile, t0, NR, blockmode, bias, n0)
+    mu = (M + MR - 1) // MR  # rows and columns in units of the micro-tile, split evenly
+    nu = (N + NR - 1) // NR
+    for t in prange(mparts * nparts):
+        tid = numba.get_thread_id()
+        a0 = tid * MC * KC
+        b0 = tid * NC * KC
+        t0 = tid * MR * NR
+        im = t // nparts
+        jn = t - im * nparts
+        mlo = min(M, mu * im // mparts * MR)
+        mhi = min(M, mu * (im + 1) // mparts * MR)
+        nlo = min(N, nu * jn // nparts * NR)
+        nhi = min(N, nu * (jn + 1) // nparts * NR)
+        for jc in range(nlo, nhi, NC):
+            nc = min(NC, nhi - jc)
+            for pc in range(0, K, KC):
+                kc = min(KC, K - pc)
+                blockmode = mode if pc == 0 else 0
+                pack(Bp, b0, NR, B, b_kmaj, ldb, jc, nc, pc, kc)
+                for ic in range(mlo, mhi, MC):
+                    mc = min(MC, mhi - ic)
+                    pack(Ap, a0, MR, A, a_kmaj, lda, ic, mc, pc, kc)
+                    for s in range((nc + NR - 1) // NR):
+                        n0 = jc + s * NR
+                        nr = min(NR, N - n0)
+                        for p in range((mc + MR - 1) // MR):
+                            mr = min(MR, mc - p * MR)
+                            y0 = (ic + p * MR) * N + n0
+                            if mr == MR and nr == NR:
+                                UK(kc, Ap, a0 + p * MR * kc, Bp, b0 + s * NR * kc, Y, y0, N, blockmode, bias, n0)
+                            else:
+                                UK(kc, Ap, a0 + p * MR * kc, Bp, b0 + s * NR * kc, tile, t0, NR, 1, bias, 0)
+                                edge(Y, y0, N, mr, nr, tile, t0, NR, blockmode, bias, n0)
 '''
 
 
@@ -212,7 +225,7 @@ def _compile(isa):
     compiled under this file's name, so Numba's on-disk cache (keyed on this file) keeps them."""
     b = _BLOCKING[isa]
     ops = vector_ops(b["lanes"])
-    env = dict(numba=numba, prange=prange, pack_cols=_pack_cols, edge=_edge, MR=b["MR"], NR=b["NR"],
+    env = dict(numba=numba, prange=prange, pack=_pack_cols, edge=_edge, MR=b["MR"], NR=b["NR"],
                load=ops.load, store=ops.store, bcast=ops.bcast, fma=ops.fma, add=ops.add, zero=ops.zero,
                __name__=__name__)
     uk, core = f"_microkernel_{isa}", f"_gemm_{isa}"
@@ -223,36 +236,39 @@ def _compile(isa):
 
 
 class _Gemm:
-    """One kernel's GEMM with its packing buffers (allocated once per process, for every thread
-    Numba may start, and reused by every call)."""
+    """One kernel's GEMM with its packing buffers (allocated once per process, a slot for every
+    thread Numba may start, and reused by every call)."""
 
     def __init__(self, isa):
         self.isa = isa
-        self.b = _BLOCKING[isa]
+        self.b = b = _BLOCKING[isa]
         self.microkernel, self.core = _compile(isa)
-        b, nt = self.b, numba.config.NUMBA_NUM_THREADS
+        nt = numba.config.NUMBA_NUM_THREADS
         self.Ap = np.empty(nt * b["MC"] * b["KC"], np.float32)
-        self.Bp = np.empty(_ceil(b["NC"], b["NR"]) * b["NR"] * b["KC"], np.float32)
+        self.Bp = np.empty(nt * b["NC"] * b["KC"], np.float32)
         self.tile = np.empty(nt * b["MR"] * b["NR"], np.float32)
 
     def __call__(self, Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode):
-        MC, npart = self.split(M, N)
+        mparts, nparts = self.split(M, N)
+        b = self.b
         self.core(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, self.Ap, self.Bp, self.tile,
-                  MC, npart, self.b["KC"], self.b["NC"])
+                  mparts, nparts, b["MC"], b["KC"], b["NC"])
 
     def split(self, M, N):
-        """(MC, npart): row blocks of at most MC rows (a multiple of MR), as many as needed to give
-        every thread the same number of blocks when there are few, and, when there are fewer
-        blocks than threads, each block's strips cut into npart parts."""
-        MR, NR, nt = self.b["MR"], self.b["NR"], numba.get_num_threads()
-        mb = _ceil(M, self.b["MC"])
-        if mb < 4 * nt:
-            mb = _ceil(mb, nt) * nt
-        MC = min(self.b["MC"], _ceil(_ceil(M, mb), MR) * MR)
-        mb = _ceil(M, MC)
-        nstrips = _ceil(min(N, self.b["NC"]), NR)
-        npart = min(nstrips, _ceil(nt, mb)) if mb < nt else 1
-        return MC, npart
+        """The task grid (mparts, nparts), one task per thread: of the ways to factor the thread
+        count, the one that packs least (each row part packs its own copy of B, each column part
+        its own copy of A), among those that give every task at least one micro-tile row/column."""
+        nt = numba.get_num_threads()
+        mu, nu = _ceil(M, self.b["MR"]), _ceil(N, self.b["NR"])
+        best = None
+        for mp in range(1, nt + 1):
+            if nt % mp:
+                continue
+            np_ = nt // mp
+            cost = (N * mp + M * np_, mp > mu or np_ > nu)
+            if best is None or (cost[1], cost[0]) < (best[0][1], best[0][0]):
+                best = (cost, mp, np_)
+        return best[1], best[2]
 
 
 def _ceil(a, b):
