@@ -5,8 +5,19 @@ It keeps the last `window` values (128, llm.c's window). update(x) pushes x and 
 is still filling, 0 when the window is constant. Running sums in float64, as llm.c, so they don't drift.
 """
 import math
+from typing import NamedTuple
 
 WINDOW = 128
+
+
+class Skip(NamedTuple):
+    """Why a step's update was skipped: `what` ("loss" or "grad norm") had z-score `z` > `threshold`."""
+    what: str
+    z: float
+    threshold: float
+
+    def __str__(self):
+        return f"{self.what} z-score of {self.z:.2f} (> {self.threshold:g})"
 
 
 class OutlierDetector:
@@ -60,15 +71,17 @@ class SpikeGuard:
         self.loss_z, self.grad_z = loss_z, grad_z
         self.loss = OutlierDetector(window)
         self.grad = OutlierDetector(window)
+        self.zloss = self.zgrad = math.nan
 
     def check(self, loss, norm):
-        """(zloss, zgrad, reason): reason is None to apply the step, else why it is skipped."""
-        zloss, zgrad = self.loss.update(loss), self.grad.update(norm)
-        if self.loss_z and math.isfinite(zloss) and zloss > self.loss_z:
-            return zloss, zgrad, f"loss z-score {zloss:.2f} > {self.loss_z:g}"
-        if self.grad_z and math.isfinite(zgrad) and zgrad > self.grad_z:
-            return zloss, zgrad, f"grad norm z-score {zgrad:.2f} > {self.grad_z:g}"
-        return zloss, zgrad, None
+        """None to apply the step, else a Skip saying which z-score exceeded its threshold. The
+        step's z-scores stay in `zloss` and `zgrad` (NaN while the window fills)."""
+        self.zloss, self.zgrad = self.loss.update(loss), self.grad.update(norm)
+        if self.loss_z and math.isfinite(self.zloss) and self.zloss > self.loss_z:
+            return Skip("loss", self.zloss, self.loss_z)
+        if self.grad_z and math.isfinite(self.zgrad) and self.zgrad > self.grad_z:
+            return Skip("grad norm", self.zgrad, self.grad_z)
+        return None
 
     def describe(self):
         def one(name, z):

@@ -45,8 +45,11 @@ def test_planted_loss_spike_is_skipped_and_only_it():
     guard = SpikeGuard(loss_z=3.0, window=32)
     losses = 4.0 + 0.01 * rng.standard_normal(80)
     losses[60] = 6.0  # the spike
-    skipped = [i for i, loss in enumerate(losses) if guard.check(loss, 1.0)[2] is not None]
-    assert skipped == [60]
+    skips = [(i, guard.check(loss, 1.0)) for i, loss in enumerate(losses)]
+    skipped = [(i, s) for i, s in skips if s is not None]
+    assert [i for i, _ in skipped] == [60]
+    what, z, threshold = skipped[0][1]
+    assert what == "loss" and z > 3.0 and threshold == 3.0 and str(skipped[0][1]).startswith("loss z-score of ")
 
 
 def test_planted_grad_spike_and_thresholds_off():
@@ -54,16 +57,24 @@ def test_planted_grad_spike_and_thresholds_off():
     norms = 1.0 + 0.05 * rng.standard_normal(80)
     norms[50] = 10.0
     on, off = SpikeGuard(grad_z=3.0, window=32), SpikeGuard(window=32)
-    reasons = [on.check(2.0, n)[2] for n in norms]
-    assert [i for i, r in enumerate(reasons) if r] == [50] and "grad norm z-score" in reasons[50]
-    assert all(off.check(2.0, n)[2] is None for n in norms)
+    reasons = [on.check(2.0, n) for n in norms]
+    assert [i for i, r in enumerate(reasons) if r] == [50] and reasons[50].what == "grad norm"
+    assert all(off.check(2.0, n) is None for n in norms)
 
 
 def test_no_skip_while_the_window_fills():
     guard = SpikeGuard(loss_z=1.0, grad_z=1.0, window=8)
-    assert all(guard.check(v, v)[2] is None for v in [1, 1, 1, 100, 1, 1, 1, 1])
+    assert all(guard.check(v, v) is None for v in [1, 1, 1, 100, 1, 1, 1, 1])
 
 
 def test_bad_thresholds():
     with pytest.raises(ValueError, match="z-score thresholds"):
         SpikeGuard(loss_z=-1)
+
+
+def test_lone_spike_in_a_flat_window_scores_sqrt_window_minus_one():
+    # window of n-1 values c and one x: mean c + (x-c)/n, std |x-c| sqrt(n-1)/n, so z = sqrt(n-1)
+    det = OutlierDetector()
+    for _ in range(WINDOW):
+        det.update(2.0)
+    assert det.update(7.0) == pytest.approx(math.sqrt(WINDOW - 1))
