@@ -4,8 +4,11 @@ Step level: the gradient summed over n micro-batches of B, divided by n, against
 batch of n·B, to float32 rounding of the sum order. Command level (--shuffle 0, the micro model of
 tests/fixtures, 3 steps): `-b 2 -d 64` (4 micro-steps of 2x8 tokens) ends with the parameters and
 logs the losses of `-b 8` alone, in 1 process, under `mpiexec -n 2` (2 micro-steps per rank) and with
-ZeRO-1 (-z 1). Bound, measured on these runs: the parameters agree within 1e-6 of the largest one
-(the tests allow 1e-5, the bound of tests/test_dist.py's 2-rank equality).
+ZeRO-1 (-z 1). Bounds measured here: the accumulated gradient is within 4.3e-7 of the largest
+gradient element of the big batch's (2, 4 or 8 micro-steps); after the 3 steps the parameters are
+within 3.1e-7 of the largest parameter (1 process 2.6e-7, 2 ranks 3.1e-7, 2 ranks with -z 1 3.0e-7,
+for updates of up to 1.8e-3), and the logged losses are the same to their 4 decimals. The tests
+allow 1e-6 for both.
 """
 import os
 import subprocess
@@ -91,7 +94,7 @@ def runs(shards, tmp_path_factory):
 
 def assert_same_run(a, b):
     assert a[1] == b[1]  # the logged mean losses, to the 4 printed decimals
-    assert max_rel_diff(a[0], b[0]) <= 1e-5
+    assert max_rel_diff(a[0], b[0]) <= 1e-6
 
 
 def test_one_process_accumulation(runs):
