@@ -39,7 +39,7 @@ LOCAL = re.compile(r"\.local\b")
 
 KERNEL_FUNCTIONS = [
     "encoder_forward", "encoder_backward", "layernorm_forward", "layernorm_backward",
-    "matmul_forward", "matmul_backward", "attention_forward", "attention_backward",
+    "matmul_forward", "matmul_backward", "attention_forward", "attention_backward", "attention_forward_cached",
     "gelu_forward", "gelu_backward", "residual_forward", "residual_backward",
     "crossentropy_forward", "crossentropy_backward", "adamw_update", "global_norm_squared",
 ]

@@ -5,7 +5,7 @@ See docs/kernels.md for the contract shared with `numbagpt.cuda`.
 import numpy as np
 
 from .adamw import adamw_update, global_norm_squared
-from .attention import attention_backward, attention_forward
+from .attention import attention_backward, attention_forward, attention_forward_cached
 from .crossentropy import crossentropy_backward, crossentropy_forward
 from .encoder import encoder_backward, encoder_forward
 from .gelu import gelu_backward, gelu_forward

@@ -11,7 +11,7 @@ before Python started, which runs everything in Numba's CUDA simulator).
 import numpy as np
 
 from .adamw import adamw_update, global_norm_squared
-from .attention import attention_backward, attention_forward
+from .attention import attention_backward, attention_forward, attention_forward_cached
 from .crossentropy import crossentropy_backward, crossentropy_forward
 from .encoder import encoder_backward, encoder_forward
 from .gelu import gelu_backward, gelu_forward
@@ -31,7 +31,7 @@ __all__ = [
     "NAME", "SIMULATOR", "available", "require", "check_available",
     "zeros", "to_device", "to_host", "copy_to_device", "fill_zero", "synchronize",
     "encoder_forward", "encoder_backward", "layernorm_forward", "layernorm_backward",
-    "matmul_forward", "matmul_backward", "attention_forward", "attention_backward",
+    "matmul_forward", "matmul_backward", "attention_forward", "attention_backward", "attention_forward_cached",
     "gelu_forward", "gelu_backward", "residual_forward", "residual_backward",
     "crossentropy_forward", "crossentropy_backward", "adamw_update", "global_norm_squared",
 ]
