@@ -61,3 +61,18 @@ def test_d12_saving():
 def test_bad_recompute():
     with pytest.raises(ValueError, match="recompute must be 0, 1 or 2"):
         GPT2(CFG, recompute=3)
+
+
+def test_startup_lines_show_the_saving(capsys):
+    """bin/profile_gpt2 prints the estimate for -r and the saving against -r 0 (train_gpt2 prints the
+    same estimate, tested in tests/test_cli_features.py)."""
+    import re
+
+    from numbagpt.cli import profile
+    B, T, L, C = 4, 32, 4, 128  # the tiny preset: 1.5 MiB less with -r 1, 2.25 with -r 2
+    for r, saved in ((0, 0), (1, 2 * (L - 1) * B * T * 4 * C * 4), (2, 2 * (L - 1) * B * T * 6 * C * 4)):
+        assert profile.main(["-e", "tiny", "-b", str(B), "-t", str(T), "--steps", "1", "--baseline-steps", "0",
+                             "--no-calibrate", "--omp-threads", "1", "-r", str(r)]) == 0
+        out = capsys.readouterr().out
+        m = re.search(rf"-r {r}: (\d+\.\d) MiB less than -r 0", out)
+        assert m and float(m.group(1)) == round(saved / 2**20, 1), out[:500]
