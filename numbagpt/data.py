@@ -93,10 +93,6 @@ class DataLoader:
         """Steps in one pass over all shards."""
         return sum(self.nwindows)
 
-    @property
-    def num_tokens(self):
-        return sum(self.ntokens)
-
     def get_state(self):
         """dict(shard_index, sample_index, epoch): where the next batch will be read from."""
         return dict(shard_index=self.shard_index, sample_index=self.sample_index, epoch=self.epoch)
