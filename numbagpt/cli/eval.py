@@ -48,14 +48,16 @@ def run(args, world):
     import numba
 
     from numbagpt import hellaswag
+    from numbagpt.backend import get_backend
     from numbagpt.cli.sample import resolve_model
     from numbagpt.model import GPT2
 
     use_threads(args.omp_threads or max(1, numba.config.NUMBA_NUM_THREADS // world.local_size))
-    world.setup_device(args.device)
+    backend = get_backend(args.device)
+    world.setup_device(backend)  # a GPU: this rank's, before anything is allocated on it
     examples = hellaswag.read_eval_file(args.hellaswag)
     path = resolve_model(args.model)
-    model = GPT2.from_file(path, backend=args.device)
+    model = GPT2.from_file(path, backend=backend)
     say = (lambda *a, **k: print(*a, **k, flush=True)) if world.is_master else (lambda *a, **k: None)
     say(f"model {path} | {model.config.describe()} | {len(examples)} examples | {world.size} processes",
         file=sys.stderr)
