@@ -8,7 +8,9 @@ import os
 import sys
 import time
 
-from numbagpt.cli import HelpFormatter, reserve_threads, use_threads
+from numbagpt.cli import HelpFormatter, check_range, error_text, reserve_threads, use_threads
+
+PROG = "train_gpt2"
 
 
 def build_parser():
@@ -51,6 +53,14 @@ def build_parser():
                         "the launcher's SLURM_NTASKS / OMPI_COMM_WORLD_SIZE / PMI_SIZE)")
     p.add_argument("--tokenizer", default=None, help="llm.c tokenizer .bin to decode samples "
                    "(default: the one next to the built-in data, else GPT-2 BPE)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let a fresh run (no -y 1) delete an earlier run's checkpoints and models in the "
+                        "output dir (without it, such a dir is refused)")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="resume even where B, T, the data, the seed or the schedule differ from the "
+                        "checkpoint's run (each difference is printed)")
+    p.add_argument("--no-memory-check", action="store_true",
+                   help="allocate even when the memory estimate exceeds the memory available")
     return p
 
 
@@ -65,54 +75,108 @@ def lr_at(step, args):
 
 
 def check_args(args):
-    for name in ("batch_size", "seq_len", "max_steps"):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"train_gpt2: --{name.replace('_', '-')} must be positive")
-    if args.omp_threads is not None and args.omp_threads <= 0:
-        raise SystemExit("train_gpt2: --omp-threads must be positive")
-    if args.expect_world_size is not None and args.expect_world_size <= 0:
-        raise SystemExit("train_gpt2: --expect-world-size must be positive")
+    """Every flag's range, each message naming its flag (docs/reliability.md has the table)."""
+    for value, flag in ((args.batch_size, "-b"), (args.seq_len, "-t"), (args.max_steps, "-x"),
+                        (args.omp_threads, "--omp-threads"), (args.expect_world_size, "--expect-world-size")):
+        check_range(PROG, value, flag, 0, low_open=True)
+    for value, flag in ((args.lr, "-l"), (args.warmup_iters, "-u"), (args.weight_decay, "-c"),
+                        (args.grad_clip, "--grad-clip"), (args.val_every, "-v"), (args.val_batches, "-m"),
+                        (args.sample_every, "-s"), (args.gen_tokens, "-g"), (args.seed, "--seed"),
+                        (args.checkpoint_every, "-n")):
+        check_range(PROG, value, flag, 0)
+    check_range(PROG, args.final_lr_frac, "-q", 0, 1)
+    if not args.output_dir and args.checkpoint_every > 0:
+        raise SystemExit(f"{PROG}: error: -n {args.checkpoint_every} writes checkpoints to the output dir, "
+                         f"but -o is '' (none)")
+    if not args.output_dir and args.resume:
+        raise SystemExit(f"{PROG}: error: -y 1 resumes from the output dir, but -o is '' (none)")
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     check_args(args)
     reserve_threads(args.omp_threads)
-    from numbagpt import dist  # imports mpi4py only under an MPI launcher; numba not yet
+    from numbagpt import dist, rundir  # dist imports mpi4py only under an MPI launcher; numba not yet
+    progress = rundir.Progress()
+    world = None
     try:
-        world = dist.init_world(expect_size=args.expect_world_size)
-    except dist.WorldSizeError as e:  # every rank found the same: rank 0 says it, all exit
-        if e.rank == 0:
-            print(f"train_gpt2: error: {e}", file=sys.stderr)
-        return 1
-    try:
-        return train(args, world)
-    except dist.CollectiveError as e:
-        # Every rank detected it at the same step (e.g. a NaN mean loss): stop together, exit normally.
+        try:
+            world = dist.init_world(expect_size=args.expect_world_size)
+        except dist.WorldSizeError as e:  # every rank found the same: rank 0 says it, all exit
+            if e.rank == 0:
+                print(f"{PROG}: error: {e}", file=sys.stderr)
+            return 1
+        return train(args, world, progress)
+    except KeyboardInterrupt:
+        # Ctrl-C: one line, no traceback (with several ranks, every rank stops after the same step)
+        if world is None or world.is_master:
+            if progress.checkpoint is None and args.output_dir:
+                from numbagpt import checkpoint
+                progress.checkpoint = checkpoint.select(args.output_dir)[0]
+            print(progress.interrupted_line(), file=sys.stderr, flush=True)
+        return 130
+    except (dist.CollectiveError, rundir.RunDirError) as e:
+        # Every rank detected it alike (a NaN mean loss, rank 0's verdict on the output dir):
+        # stop together, exit normally.
         if world.is_master:
-            print(f"train_gpt2: error: {e}", file=sys.stderr)
+            print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
     except BaseException as e:
-        if world.size > 1:
+        if world is not None and world.size > 1:
             # This rank alone failed; the others would wait for it in the next collective forever.
             world.abort(e)  # prints "train_gpt2: rank R: error: ..." and ends every rank of the job
         if isinstance(e, (ValueError, OSError, RuntimeError)):
-            print(f"train_gpt2: error: {e}", file=sys.stderr)
+            print(f"{PROG}: error: {error_text(e)}", file=sys.stderr)
             return 1
         raise
 
 
-def train(args, world):
-    """Set up (device, data, model, ranks), then the loop: eval, sample, step, log, checkpoint."""
-    import numpy as np
-
-    from numbagpt import checkpoint, data
-    from numbagpt.step import train_step
+def train(args, world, progress):
+    """Set up (output dir, device, data, model, ranks), then the loop: eval, sample, step, log,
+    checkpoint. `progress` (rundir.Progress) keeps the step and the last checkpoint for Ctrl-C."""
+    from numbagpt import rundir
 
     say = printer(world)
-    backend = setup_device(args, world, say)
-    train_glob, val_glob, tok_path = data_paths(args, world)
-    model, dp, resume_step = load_model(args, world, backend, say)
+    stop = rundir.StopRequest(world)
+    lock = None
+    try:
+        train_glob, val_glob, tok_path = data_paths(args, world)
+        record = run_record(args, world, train_glob, val_glob)
+        resume_step = None
+        if args.output_dir:  # the lock first: a second run on the dir is refused before any work
+            lock, resume_step = rundir.open_run(args.output_dir, args.resume, args.overwrite, record,
+                                                args.allow_changes, world, say)
+            if args.resume and resume_step is None:
+                say(f"no complete checkpoint in {args.output_dir!r}: starting from -e {args.model}")
+        progress.checkpoint = resume_step
+        backend = setup_device(args, world, say)
+        return train_loop(args, world, progress, stop, say, backend, (train_glob, val_glob, tok_path),
+                          record, resume_step)
+    finally:
+        stop.close()
+        if lock:
+            lock.release()
+
+
+def run_record(args, world, train_glob, val_glob):
+    """What this run is, kept in every train state header; a resume compares it (rundir.RUN_FIELDS)."""
+    from numbagpt import rundir
+    return rundir.run_record(
+        B=args.batch_size, T=args.seq_len, total_batch=world.size * args.batch_size * args.seq_len,
+        seed=args.seed, train_data=str(train_glob), val_data=str(val_glob or ""), world_size=world.size,
+        zero_stage=args.zero_stage, shuffle=args.shuffle, lr=args.lr, warmup=args.warmup_iters,
+        max_steps=args.max_steps, final_lr_frac=args.final_lr_frac, schedule="cosine",
+        weight_decay=args.weight_decay, grad_clip=args.grad_clip)
+
+
+def train_loop(args, world, progress, stop, say, backend, paths, record, resume_step):
+    import numpy as np
+
+    from numbagpt import checkpoint
+    from numbagpt.step import train_step
+
+    train_glob, val_glob, tok_path = paths
+    model, dp = load_model(args, world, backend, say, resume_step)
     B, T = args.batch_size, args.seq_len
     train_loader, val_loader, tok = open_data(args, world, model.config, train_glob, val_glob, tok_path)
     say(f"train: {train_glob} | val: {val_glob} | B={B} T={T} | tokens/step {world.size * B * T:,}")
@@ -120,7 +184,8 @@ def train(args, world):
     if resume_step is not None:
         start_step = checkpoint.load_state(args.output_dir, resume_step, model, world, train_loader)
         say(f"resumed from step {start_step} of {args.output_dir}")
-    log = open_log(args, world, append=resume_step is not None)
+    progress.step = start_step
+    log = open_log(args, world, resume_step=start_step if resume_step is not None else None)
     rng = np.random.default_rng(args.seed)
 
     t_start = time.perf_counter()
@@ -138,14 +203,17 @@ def train(args, world):
                             grad_clip=args.grad_clip, weight_decay=args.weight_decay)
         dt = time.perf_counter() - t0
         log_step(result, step, args.max_steps, dt, world.size * B * T, world.size, log, say)
+        progress.step = step + 1
         if args.output_dir and args.checkpoint_every > 0 and (step + 1) % args.checkpoint_every == 0:
-            checkpoint.save(args.output_dir, step + 1, model, world, train_loader, args.seed)
-            say(f"checkpoint at step {step + 1} in {args.output_dir}")
+            if checkpoint.save(args.output_dir, step + 1, model, world, train_loader, args.seed, run=record):
+                say(f"checkpoint at step {step + 1} in {args.output_dir}")
+            progress.checkpoint = step + 1
+        if stop.requested():  # Ctrl-C on some rank: every rank stops here, after the same step
+            raise KeyboardInterrupt
 
     if args.output_dir and world.is_master:
-        path = os.path.join(args.output_dir, f"model_{args.max_steps:08d}.bin")
-        model.save(path)
-        say(f"wrote {path}")
+        path, written = checkpoint.save_final(args.output_dir, args.max_steps, model)
+        say(f"wrote {path}" if written else f"final model: {path} (the checkpoint at step {args.max_steps})")
     if log:
         log.close()
     say(f"done in {time.perf_counter() - t_start:.1f} s")
@@ -219,38 +287,52 @@ def data_paths(args, world):
     return train_glob, args.val_data or val_glob, args.tokenizer or tok_path
 
 
-def load_model(args, world, backend, say):
-    """The model (a preset from scratch, a model file, or the latest checkpoint), on every rank
-    rank 0's weights, with this rank's optimizer shard. Returns (model, DataParallel, resume step)."""
-    from numbagpt import checkpoint
-    from numbagpt.config import PRESETS
-    from numbagpt.dist import DataParallel
-    from numbagpt.layout import format_memory, memory_estimate
+def load_model(args, world, backend, say, resume_step):
+    """The model (a preset from scratch, a model file, or the checkpoint at `resume_step`), on every
+    rank rank 0's weights, with this rank's optimizer shard, once the memory check has passed.
+    Returns (model, DataParallel)."""
+    from numbagpt import checkpoint, formats
+    from numbagpt.config import PRESETS, preset
+    from numbagpt.dist import DataParallel, partition
+    from numbagpt.layout import format_memory, memory_estimate, num_parameters
     from numbagpt.model import GPT2
 
-    resume_step = checkpoint.latest_step(args.output_dir) if args.resume and args.output_dir else None
-    resume_step = world.bcast(resume_step)  # rank 0's view of the output dir decides, for every rank
-    if args.resume and resume_step is None:
-        say(f"no complete checkpoint (DONE_* file) in {args.output_dir!r}: starting from -e {args.model}")
-    if resume_step is not None:
-        model = GPT2.from_file(checkpoint.model_path(args.output_dir, resume_step), backend=backend)
-    elif args.model in PRESETS:
+    path = checkpoint.model_path(args.output_dir, resume_step) if resume_step is not None else args.model
+    cfg = preset(args.model) if resume_step is None and args.model in PRESETS else formats.read_model_header(path)[0]
+    if args.seq_len > cfg.max_seq_len:
+        raise ValueError(f"-t {args.seq_len} exceeds the model's max_seq_len {cfg.max_seq_len}")
+    n = num_parameters(cfg)
+    start, end = partition(n, world.size)[world.rank] if args.zero_stage == 1 else (0, n)
+    estimate = memory_estimate(cfg, args.batch_size, args.seq_len, optimizer_params=end - start)
+    say(f"model: {args.model} | {cfg.describe()} | parameters {n:,}")
+    say(format_memory(estimate))
+    if not args.no_memory_check:  # before anything big is allocated
+        check_memory(args, world, cfg, end - start)
+    if resume_step is None and args.model in PRESETS:
         model = GPT2.from_preset(args.model, seed=args.seed, backend=backend)
     else:
-        model = GPT2.from_file(args.model, backend=backend)
+        model = GPT2.from_file(path, backend=backend)
     dp = DataParallel(world, model, args.zero_stage)
     dp.broadcast_parameters()  # every rank starts from rank 0's weights, whatever it initialised or loaded
-    start, end = dp.shard      # the parameters whose AdamW moments and update this rank owns
-    model.set_optimizer_shard(start, end)
-    cfg = model.config
-    if args.seq_len > cfg.max_seq_len:
-        raise ValueError(f"--seq-len {args.seq_len} exceeds the model's max_seq_len {cfg.max_seq_len}")
-    say(f"model: {args.model} | {cfg.describe()} | parameters {model.num_parameters:,}")
-    # Before the gradients, AdamW moments and activations are allocated: the bulk of the memory.
-    say(format_memory(memory_estimate(cfg, args.batch_size, args.seq_len, optimizer_params=end - start)))
+    model.set_optimizer_shard(*dp.shard)   # the parameters whose AdamW moments and update this rank owns
     say(f"optimizer: ZeRO-{args.zero_stage} | AdamW m+v of {end - start:,} parameters per rank: "
         f"{dp.optimizer_bytes() / 2**20:.1f} MiB")
-    return model, dp, resume_step
+    return model, dp
+
+
+def check_memory(args, world, cfg, optimizer_params):
+    """Refuse (memory.MemoryCheckError) when the buffers of this host's ranks exceed the memory
+    available, naming the largest -b that fits."""
+    from numbagpt import memory
+    from numbagpt.layout import memory_estimate
+
+    if args.device != "cpu":  # the estimate is of device memory; the host's is not the limit
+        return
+
+    def need(b):
+        return world.local_size * memory_estimate(cfg, b, args.seq_len, optimizer_params=optimizer_params)["total"]
+    ranks = f" x {world.local_size} ranks on this host" if world.local_size > 1 else ""
+    memory.check_fits(need, args.batch_size, f"{args.model} with B={args.batch_size} T={args.seq_len}{ranks}")
 
 
 def open_data(args, world, cfg, train_glob, val_glob, tok_path):
@@ -268,14 +350,17 @@ def open_data(args, world, cfg, train_glob, val_glob, tok_path):
     return train_loader, val_loader, tok
 
 
-def open_log(args, world, append):
-    """main.log in the output dir (rank 0; appended to when resuming), or None."""
-    if not args.output_dir:
+def open_log(args, world, resume_step):
+    """main.log in the output dir (rank 0), or None. Resuming, it keeps the lines before `resume_step`
+    (a killed run's later lines are written again by this one) and appends."""
+    from numbagpt import rundir
+
+    if not args.output_dir or not world.is_master:
         return None
-    os.makedirs(args.output_dir, exist_ok=True)
-    if not world.is_master:
-        return None
-    return open(os.path.join(args.output_dir, "main.log"), "a" if append else "w")
+    path = os.path.join(args.output_dir, "main.log")
+    if resume_step is not None:
+        rundir.keep_log_until(path, resume_step)
+    return open(path, "a" if resume_step is not None else "w")
 
 
 # ---------------------------------------------------------------------------------------------- the loop
