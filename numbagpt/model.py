@@ -254,20 +254,6 @@ class GPT2:
         # The logits now hold dlogits: a later logits_host() would be wrong, so forget the targets.
         self.has_targets = False
 
-    def generate(self, prompt, max_new_tokens, rng, temperature=1.0):
-        """Sample `max_new_tokens` tokens after `prompt` (a list of ids), one forward of batch 1 per
-        token over the last maxT tokens of the context; `rng` is a numpy Generator. Returns the new ids."""
-        cfg = self.config
-        tokens = list(prompt)
-        for _ in range(max_new_tokens):
-            context = np.array(tokens[-cfg.max_seq_len:], dtype=np.int32)[None, :]
-            self.forward(context)
-            logits = self.logits_host()[0, -1, :cfg.vocab_size].astype(np.float64) / temperature
-            probs = np.exp(logits - logits.max())
-            probs /= probs.sum()
-            tokens.append(int(rng.choice(cfg.vocab_size, p=probs)))
-        return tokens[len(prompt):]
-
     # ---------------------------------------------------------------- optimizer
 
     def grad_norm_squared(self, start=0, end=None):

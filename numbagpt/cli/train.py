@@ -13,12 +13,16 @@ from numbagpt.cli import HelpFormatter, check_range, error_text, reserve_threads
 PROG = "train_gpt2"
 
 
+HELLASWAG_FILE = os.path.join("dev", "data", "hellaswag", "hellaswag_val.bin")
+
+
 def build_parser():
     p = argparse.ArgumentParser(
         prog="train_gpt2",
         description="Train GPT-2 with numbagpt. With no -i/-j it prepares the built-in Shakespeare "
                     "(GPT-2 BPE, cached) and trains the `tiny` preset from scratch.",
-        formatter_class=HelpFormatter)
+        formatter_class=HelpFormatter, add_help=False)  # -h is llm.c's HellaSwag flag
+    p.add_argument("--help", action="help", help="show this help and exit")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="backend that runs the kernels")
     p.add_argument("--omp-threads", type=int, default=None,
                    help="Numba threads per process (default: all cores, divided among the ranks)")
@@ -51,6 +55,10 @@ def build_parser():
     p.add_argument("--expect-world-size", type=int, default=None,
                    help="fail unless the job has exactly this many processes (default: check against "
                         "the launcher's SLURM_NTASKS / OMPI_COMM_WORLD_SIZE / PMI_SIZE)")
+    p.add_argument("-h", "--hellaswag", type=int, choices=(0, 1), default=0,
+                   help="1: HellaSwag accuracy (acc_norm) at every val interval and at the end, logged as eval")
+    p.add_argument("--hellaswag-file", default=HELLASWAG_FILE,
+                   help="the eval file for -h 1 (llm.c's dev/data/hellaswag.py writes it there)")
     p.add_argument("--tokenizer", default=None, help="llm.c tokenizer .bin to decode samples "
                    "(default: the one next to the built-in data, else GPT-2 BPE)")
     p.add_argument("--overwrite", action="store_true",
@@ -186,6 +194,8 @@ def train_loop(args, world, progress, stop, say, backend, paths, record, resume_
         say(f"resumed from step {start_step} of {args.output_dir}")
     progress.step = start_step
     log = open_log(args, world, resume_step=start_step if resume_step is not None else None)
+    keep_tokenizer(args, world, tok_path)
+    hellaswag = open_hellaswag(args)
     rng = np.random.default_rng(args.seed)
 
     t_start = time.perf_counter()
@@ -193,6 +203,8 @@ def train_loop(args, world, progress, stop, say, backend, paths, record, resume_
         last = step == args.max_steps
         if val_loader and (step % args.val_every == 0 or last):
             evaluate(model, val_loader, args.val_batches, world, log, step, say)
+        if hellaswag and (args.val_every > 0 and step > 0 and step % args.val_every == 0 or last):
+            evaluate_hellaswag(model, hellaswag, max(4, B), world, log, step, say)
         if args.gen_tokens > 0 and args.sample_every > 0 and (step > 0 and step % args.sample_every == 0 or last):
             if tok is not None and world.is_master:
                 sample(model, tok, args.gen_tokens, rng, step, say)
@@ -216,6 +228,7 @@ def train_loop(args, world, progress, stop, say, backend, paths, record, resume_
         say(f"wrote {path}" if written else f"final model: {path} (the checkpoint at step {args.max_steps})")
     if log:
         log.close()
+        plot_log(log.name, say)
     say(f"done in {time.perf_counter() - t_start:.1f} s")
     return 0
 
@@ -363,6 +376,42 @@ def open_log(args, world, resume_step):
     return open(path, "a" if resume_step is not None else "w")
 
 
+def keep_tokenizer(args, world, tok_path):
+    """Copy the tokenizer into the output dir as tokenizer.bin, where bin/sample_gpt2 finds it."""
+    from numbagpt import atomic
+    if not (args.output_dir and tok_path and world.is_master):
+        return
+    dst = os.path.join(args.output_dir, "tokenizer.bin")
+    if not (os.path.exists(dst) and os.path.samefile(tok_path, dst)):
+        with open(tok_path, "rb") as f:
+            atomic.write_bytes(dst, f.read())   # complete or absent, like every file of the run
+
+
+def open_hellaswag(args):
+    """The HellaSwag examples for -h 1 (None for -h 0)."""
+    from numbagpt import hellaswag
+    if not args.hellaswag:
+        return None
+    if not os.path.isfile(args.hellaswag_file):
+        raise FileNotFoundError(f"-h 1: no HellaSwag eval file at {args.hellaswag_file} (llm.c's "
+                                f"dev/data/hellaswag.py writes it; --hellaswag-file FILE, docs/use.md)")
+    return hellaswag.read_eval_file(args.hellaswag_file)
+
+
+def plot_log(log_path, say):
+    """loss.png next to main.log, when matplotlib is installed."""
+    from numbagpt import plot
+    png = os.path.join(os.path.dirname(log_path), "loss.png")
+    try:
+        plot.plot_logs([log_path], png)
+    except RuntimeError:
+        say("(pip install matplotlib, and the next run also draws its loss curve into loss.png)")
+    except plot.LogError as e:
+        say(f"no loss.png: {e}")
+    else:
+        say(f"wrote {png}")
+
+
 # ---------------------------------------------------------------------------------------------- the loop
 
 def evaluate(model, val_loader, batches, world, log, step, say):
@@ -378,9 +427,21 @@ def evaluate(model, val_loader, batches, world, log, step, say):
 
 
 def sample(model, tok, gen_tokens, rng, step, say):
+    """A sample from the end-of-text token, as bin/sample_gpt2 makes it (numbagpt.generate, KV cache)."""
+    from numbagpt.generate import generate
     prompt = [tok.eot_token] if tok.eot_token is not None else [0]
-    ids = model.generate(prompt, gen_tokens, rng)
+    ids = list(generate(model, prompt, gen_tokens, rng))
     say(f"--- sample at step {step} ---\n{tok.decode(ids)}\n---")
+
+
+def evaluate_hellaswag(model, examples, rows, world, log, step, say):
+    """HellaSwag acc_norm over the ranks, logged as llm.c does (s:STEP eval:ACC)."""
+    from numbagpt import hellaswag
+    correct, total = hellaswag.evaluate(model, examples, world, rows)
+    say(f"HellaSwag: {correct}/{total} = {correct / total:.4f}")
+    if log:
+        log.write(f"s:{step} eval:{correct / total:.4f}\n")
+        log.flush()
 
 
 def log_step(result, step, max_steps, dt, tokens, nproc, log, say):
