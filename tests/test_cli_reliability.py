@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from numbagpt import data, formats
+from numbagpt import checkpoint, data, formats
 from numbagpt.cli import test as test_cli
 from numbagpt.cli import train
 from numbagpt.config import GPT2Config
@@ -82,10 +82,10 @@ def reference(corpus, tmp_path_factory):
 
 
 # (file, point, the step resumed from): every phase of the checkpoint at step 4 and of the final save
-KILLS = [("model_00000004.bin", 0, 2), ("model_00000004.bin", 5000, 2), ("model_00000004.bin", "renamed", 2),
-         ("state_00000004_00000.bin", 1024, 2), ("state_00000004_00000.bin", "end", 2),
-         ("DONE_00000004", "end", 2), ("DONE_00000004", "renamed", 4),
-         ("model_00000005.bin", 3000, 4), ("model_00000005.bin", "end", 4)]
+# (tests/test_checkpoint.py kills the same writes at many more offsets, without the training)
+KILLS = [("model_00000004.bin", 5000, 2), ("model_00000004.bin", "renamed", 2),
+         ("state_00000004_00000.bin", 1024, 2), ("DONE_00000004", "end", 2), ("DONE_00000004", "renamed", 4),
+         ("model_00000005.bin", 3000, 4)]
 
 
 @pytest.mark.parametrize("target,point,resumed", KILLS, ids=[f"{t}@{p}" for t, p, _ in KILLS])
@@ -158,8 +158,7 @@ def test_a_fresh_run_on_a_used_directory(corpus, tmp_path):
     code, out, err = run(args_for(corpus, tmp_path, "--overwrite", steps=3, every=3))
     assert code == 0, err
     assert "--overwrite: removed 3 files of an earlier run" in out
-    assert sorted(n for n in os.listdir(tmp_path) if not n.startswith(".")) == [
-        "DONE_00000003", "main.log", "model_00000003.bin", "state_00000003_00000.bin"]
+    assert checkpoint.run_files(str(tmp_path)) == ["DONE_00000003", "model_00000003.bin", "state_00000003_00000.bin"]
 
 
 def test_a_resume_with_another_batch_size(corpus, tmp_path):
