@@ -1,0 +1,464 @@
+"""Registers, spills, shared memory and occupancy of every CUDA kernel, at its real launches — no GPU.
+
+    python dev/cuda_resources.py [--arch sm_80 sm_90] [--shape d12 tiny] [--B 16 --T 1024] [--markdown]
+
+How: each `@cuda.jit` kernel of numbagpt.cuda is compiled with `numba.cuda.compile_ptx` for its
+`SIGNATURES` types (the types its launcher passes), and the PTX is linked to a cubin for sm_80 / sm_90
+with nvJitLink (the `nvidia-nvjitlink` wheel numba-cuda installs; through `cuda.core.Linker`, the
+linker numba-cuda itself uses) in verbose mode, which reports ptxas's figures per kernel: registers per
+thread, spill stores/loads, stack, local and static shared memory. The launches are not restated here:
+they come from the launchers' own pure plan functions (`matmul.matmul_forward_launches(B, T, C, OC)`
+and friends, see numbagpt/cuda/launch.py), called for every kernel call of one training step
+(`step_calls`) at the model's shapes. Each launch is then checked against the architecture limits in
+`ARCHS` and given its theoretical occupancy (the CUDA occupancy calculator's rules, below).
+
+Occupancy per SM = min over (threads, blocks, registers, shared memory) of how many blocks fit:
+  threads:   ⌊max_threads_per_sm / (warps·32)⌋                 (warps = ⌈block/32⌉)
+  blocks:    max_blocks_per_sm
+  registers: the register file is split over 4 SM sub-partitions; a warp takes ⌈regs·32 / 256⌉·256
+             registers from one of them: ⌊⌊regs_per_sm/4 / regs_per_warp⌋·4 / warps⌋
+  shared:    ⌊smem_per_sm / ⌈static + dynamic + 1 KB reserved, 128⌉⌋ (max carveout)
+Launch failures checked: block > 1024 threads; regs_per_warp·warps > 65,536 ("too many resources
+requested for launch"); static + dynamic shared memory > 48 KB (needs the opt-in attribute, which the
+launchers never set) or > the opt-in maximum; grid.x > 2³¹−1, grid.y or grid.z > 65,535; zero blocks
+per SM. Spills (spill stores/loads, local memory or stack > 0) are reported separately.
+"""
+import argparse
+import functools
+import importlib
+import math
+import os
+import pkgutil
+import re
+import sys
+from dataclasses import dataclass
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# ------------------------------------------------------------------------------------------------
+# Architecture limits: NVIDIA's CUDA C++ Programming Guide, "Technical Specifications per Compute
+# Capability" table (8.0 and 9.0), and the occupancy calculator's allocation rules (register
+# allocation unit 256 per warp, 4 sub-partitions, 1 KB shared memory reserved per block since 8.0,
+# shared allocation unit 128 B). SM counts: A100 SXM 108, H100 SXM / H200 132.
+ARCHS = {
+    "sm_80": dict(gpu="A100", cc=(8, 0), sms=108, regs_per_sm=65536, max_regs_per_block=65536,
+                  max_regs_per_thread=255, reg_alloc_unit=256, sub_partitions=4,
+                  max_threads_per_block=1024, max_threads_per_sm=2048, max_blocks_per_sm=32,
+                  smem_per_sm=164 * 1024, smem_per_block_optin=163 * 1024, smem_per_block_default=48 * 1024,
+                  smem_reserved_per_block=1024, smem_alloc_unit=128),
+    "sm_90": dict(gpu="H100/H200", cc=(9, 0), sms=132, regs_per_sm=65536, max_regs_per_block=65536,
+                  max_regs_per_thread=255, reg_alloc_unit=256, sub_partitions=4,
+                  max_threads_per_block=1024, max_threads_per_sm=2048, max_blocks_per_sm=32,
+                  smem_per_sm=228 * 1024, smem_per_block_optin=227 * 1024, smem_per_block_default=48 * 1024,
+                  smem_reserved_per_block=1024, smem_alloc_unit=128),
+}
+MAX_GRID = (2 ** 31 - 1, 65535, 65535)
+WARP = 32
+
+# Occupancy floors (warps resident per SM, as a fraction of the 64 an SM holds) per kernel family,
+# with the reason in docs/cuda.md ("Resources and occupancy"). A kernel not listed gets DEFAULT_FLOOR.
+FLOORS = {
+    "gemm": 0.25,         # 64-thread blocks with an 8×8 register tile: ILP hides latency, 8 blocks/SM
+    "elementwise": 0.75,  # one element per thread, nothing to hide latency but warps
+    "row": 0.5,           # one warp per row (layernorm, softmax): memory-bound, needs warps in flight
+    "block_row": 0.5,     # one 256-thread block per row (crossentropy)
+    "reduction": 0.5,     # column and grid-stride reductions
+    "single_warp": 0.0,   # norm_squared_final: one warp on one SM by design
+}
+DEFAULT_FLOOR = 0.5
+
+
+def family(kernel_name):
+    """The occupancy-floor family of a kernel (by its name in its module)."""
+    if "gemm" in kernel_name:
+        return "gemm"
+    if kernel_name == "norm_squared_final_kernel":
+        return "single_warp"
+    if kernel_name.startswith(("softmax", "layernorm_forward", "layernorm_backward_dinp")):
+        return "row"
+    if kernel_name.startswith("crossentropy"):
+        return "block_row"
+    if kernel_name in ("layernorm_backward_dwdb_kernel", "matmul_backward_dbias_kernel",
+                       "norm_squared_partial_kernel", "encoder_backward_wpe_kernel"):
+        return "reduction"
+    return "elementwise"
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernels and their machine code
+
+
+def kernel_modules():
+    import numbagpt.cuda as GPU
+    return [importlib.import_module(f"numbagpt.cuda.{info.name}") for info in pkgutil.iter_modules(GPU.__path__)]
+
+
+def kernels():
+    """[(module, name, dispatcher)] of every @cuda.jit kernel (not device function), each once."""
+    from numba.cuda.dispatcher import CUDADispatcher
+    seen, out = set(), []
+    for mod in kernel_modules():
+        for name, obj in sorted(vars(mod).items()):
+            if isinstance(obj, CUDADispatcher) and not obj.targetoptions.get("device", False) and id(obj) not in seen:
+                seen.add(id(obj))
+                out.append((mod, name, obj))
+    return out
+
+
+def kernel_name(dispatcher):
+    """The module-level name of a kernel dispatcher."""
+    for _, name, disp in _kernel_table():
+        if disp is dispatcher:
+            return name
+    raise KeyError(dispatcher)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_table():
+    return tuple(kernels())
+
+
+@functools.lru_cache(maxsize=None)
+def ptx(dispatcher, sig, cc):
+    """PTX of `dispatcher` for argument types `sig` and compute capability `cc`, with the kernel's own
+    options (what Numba compiles at the first launch on such a GPU). Cached per process."""
+    from numba import cuda
+    opts = dispatcher.targetoptions
+    code, _ = cuda.compile_ptx(dispatcher.py_func, sig, cc=cc, fastmath=opts.get("fastmath", False),
+                               lineinfo=opts.get("lineinfo", False), debug=opts.get("debug", False),
+                               launch_bounds=opts.get("launch_bounds"))
+    return code
+
+
+@dataclass(frozen=True)
+class Resources:
+    registers: int       # per thread
+    spill_stores: int    # bytes
+    spill_loads: int     # bytes
+    stack: int           # bytes per thread
+    local: int           # bytes per thread (lmem)
+    shared: int          # static shared memory of the kernel, bytes (without the 1 KB reservation)
+    const: int           # cmem[0] bytes (kernel parameters)
+
+    @property
+    def spills(self):
+        return self.spill_stores + self.spill_loads + self.local + self.stack > 0
+
+
+_FIELDS = {
+    "registers": r"used (\d+) registers", "stack": r"(\d+) stack", "shared": r"(\d+) bytes smem",
+    "const": r"(\d+) bytes cmem\[0\]", "local": r"(\d+) bytes lmem",
+    "spill_stores": r"(\d+) bytes spill stores", "spill_loads": r"(\d+) bytes spill loads",
+}
+
+
+def parse_link_log(log, reserved=0):
+    """Resources from nvJitLink's verbose info log for a single kernel. On sm_90 ptxas counts the
+    block's 1 KB system reservation into the kernel's shared memory when it has any (`reserved`): it is
+    taken out here and added back, once, by the occupancy rules."""
+    vals = {}
+    for field, pat in _FIELDS.items():
+        m = re.findall(pat, log)
+        if not m:
+            raise ValueError(f"no '{pat}' in the linker log:\n{log}")
+        vals[field] = max(int(x) for x in m)
+    if reserved and vals["shared"] >= reserved:
+        vals["shared"] -= reserved
+    return Resources(**vals)
+
+
+class LinkError(RuntimeError):
+    """ptxas (through nvJitLink) rejected a kernel for an architecture."""
+
+
+@functools.lru_cache(maxsize=None)
+def resources(dispatcher, sig, arch):
+    """Resources of a kernel's cubin for `arch` ("sm_80", "sm_90"): PTX → cubin with nvJitLink."""
+    from cuda.core import Linker, LinkerOptions, ObjectCode
+    a = ARCHS[arch]
+    code = ptx(dispatcher, sig, a["cc"])
+    opts = dispatcher.targetoptions
+    linker = Linker(ObjectCode.from_ptx(code.encode(), name="kernel"),
+                    options=LinkerOptions(arch=arch, verbose=True, max_register_count=opts.get("max_registers")))
+    try:
+        linker.link("cubin")
+        log = linker.get_info_log()
+    except Exception as e:  # nvJitLinkError: e.g. "uses too much shared data" (static > 48 KB)
+        raise LinkError(f"{dispatcher.py_func.__name__} for {arch}: {' '.join(str(e).split())}") from None
+    finally:
+        linker.close()
+    reserved = a["smem_reserved_per_block"] if a["cc"] >= (9, 0) else 0
+    return parse_link_log(log, reserved)
+
+
+def signature_of(module, name):
+    """The launcher's argument types of kernel `name` (its first SIGNATURES entry)."""
+    return getattr(module, "SIGNATURES")[name][0]
+
+
+def toolchain_error():
+    """None if PTX can be compiled and linked here, else why not (one line)."""
+    try:
+        from numba.cuda.cudadrv import nvvm
+        nvvm.NVVM()
+        from cuda.core import Linker  # noqa: F401  (nvJitLink is loaded at the first link)
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
+        return "NUMBA_ENABLE_CUDASIM=1: the simulator has no compiler"
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Occupancy
+
+
+def occupancy(res, block, dynamic_shared, arch):
+    """Theoretical residency of one launch on one SM: dict of blocks_per_sm, warps_per_sm, occupancy
+    (warps / max warps), the limiting factor, and `errors` (launch failures, empty if it launches)."""
+    a = ARCHS[arch]
+    warps = math.ceil(block / WARP)
+    regs_per_warp = math.ceil(res.registers * WARP / a["reg_alloc_unit"]) * a["reg_alloc_unit"]
+    user_smem = res.shared + dynamic_shared
+    block_smem = math.ceil((user_smem + a["smem_reserved_per_block"]) / a["smem_alloc_unit"]) * a["smem_alloc_unit"]
+    errors = []
+    if not 0 < block <= a["max_threads_per_block"]:
+        errors.append(f"{block} threads per block (limit {a['max_threads_per_block']})")
+    if regs_per_warp * warps > a["max_regs_per_block"]:
+        errors.append(f"{res.registers} registers x {block} threads = {regs_per_warp * warps} per block "
+                      f"(limit {a['max_regs_per_block']})")
+    if res.registers > a["max_regs_per_thread"]:
+        errors.append(f"{res.registers} registers per thread (limit {a['max_regs_per_thread']})")
+    if user_smem > a["smem_per_block_default"]:
+        errors.append(f"{user_smem} B shared memory per block > {a['smem_per_block_default']} B without the "
+                      "opt-in attribute (cudaFuncAttributeMaxDynamicSharedMemorySize, never set)")
+    if user_smem > a["smem_per_block_optin"]:
+        errors.append(f"{user_smem} B shared memory per block > the opt-in maximum {a['smem_per_block_optin']} B")
+    sub = a["sub_partitions"]
+    limits = {
+        "threads": a["max_threads_per_sm"] // (warps * WARP) if warps else 0,
+        "blocks": a["max_blocks_per_sm"],
+        "registers": ((a["regs_per_sm"] // sub // regs_per_warp) * sub) // warps if warps and regs_per_warp else 0,
+        "shared": a["smem_per_sm"] // block_smem,
+    }
+    blocks = min(limits.values())
+    if blocks == 0 and not errors:
+        errors.append("no block fits on an SM")
+    limiter = min(limits, key=lambda k: (limits[k], k != "registers"))
+    max_warps = a["max_threads_per_sm"] // WARP
+    return dict(blocks_per_sm=blocks, warps_per_sm=blocks * warps, occupancy=blocks * warps / max_warps,
+                limiter=limiter, block_smem=block_smem, errors=errors)
+
+
+# ------------------------------------------------------------------------------------------------
+# The kernel calls of one training step (numbagpt/model.py's forward, backward, grad_norm, update)
+
+# The backend's kernel functions (numbagpt.cuda's API, the same as numbagpt.cpu's).
+KERNEL_FUNCTIONS = (
+    "encoder_forward", "encoder_backward", "layernorm_forward", "layernorm_backward",
+    "matmul_forward", "matmul_backward", "attention_forward", "attention_backward",
+    "gelu_forward", "gelu_backward", "residual_forward", "residual_backward",
+    "crossentropy_forward", "crossentropy_backward", "adamw_update", "global_norm_squared",
+)
+
+SHAPES = {  # name: (preset, B, T)
+    "d12": ("d12", 16, 1024),
+    "tiny": ("tiny", 4, 64),
+}
+
+
+def step_calls(config, B, T):
+    """[(function, size arguments, calls per step)] of one training step of `config` at (B, T): the
+    model's kernel calls (train_gpt2.c's order), each with the size arguments it passes."""
+    C, NH, L = config.channels, config.num_heads, config.num_layers
+    V, Vp = config.vocab_size, config.padded_vocab_size
+    BTC = B * T * C
+    from numbagpt.layout import num_parameters
+    P = num_parameters(config)
+    return [
+        ("encoder_forward", (B, T, C), 1),
+        ("layernorm_forward", (B, T, C), 2 * L + 1),
+        ("matmul_forward", (B, T, C, 3 * C, True), L),
+        ("attention_forward", (B, T, C, NH), L),
+        ("matmul_forward", (B, T, C, C, True), L),
+        ("residual_forward", (BTC,), 2 * L),
+        ("matmul_forward", (B, T, C, 4 * C, True), L),
+        ("gelu_forward", (4 * BTC,), L),
+        ("matmul_forward", (B, T, 4 * C, C, True), L),
+        ("matmul_forward", (B, T, C, Vp, False), 1),
+        ("crossentropy_forward", (B, T, V, Vp), 1),
+        ("crossentropy_backward", (B, T, V, Vp), 1),
+        ("matmul_backward", (B, T, C, Vp, False), 1),
+        ("layernorm_backward", (B, T, C), 2 * L + 1),
+        ("residual_backward", (BTC,), 2 * L),
+        ("matmul_backward", (B, T, 4 * C, C, True), L),
+        ("gelu_backward", (4 * BTC,), L),
+        ("matmul_backward", (B, T, C, 4 * C, True), L),
+        ("matmul_backward", (B, T, C, C, True), L),
+        ("attention_backward", (B, T, C, NH), L),
+        ("matmul_backward", (B, T, C, 3 * C, True), L),
+        ("encoder_backward", (B, T, C), 1),
+        ("global_norm_squared", (P,), 1),
+        ("adamw_update", (P,), 1),
+    ]
+
+
+def plan(function, sizes, sms):
+    """The launches of one call of a backend function, from its module's `<function>_launches`."""
+    for mod in kernel_modules():
+        fn = getattr(mod, function + "_launches", None)
+        if fn is not None:
+            if function == "matmul_backward":
+                return fn(*sizes, sms=sms)
+            return fn(*sizes)
+    raise KeyError(f"no {function}_launches in numbagpt.cuda")
+
+
+def fill_zero_launch(n):
+    """fill_zero's launch (numbagpt/cuda/__init__.py: one thread per element, BLOCK_FILL per block)."""
+    from numbagpt.cuda.launch import Launch
+    from numbagpt.cuda.runtime import BLOCK_FILL, cdiv, fill_zero_kernel
+    return Launch(fill_zero_kernel, cdiv(n, BLOCK_FILL), BLOCK_FILL)
+
+
+def step_launches(config, B, T, sms):
+    """[(function, Launch, count)] of one training step, fill_zero of the gradients included."""
+    from numbagpt.layout import activation_layout, num_parameters
+    out = [("fill_zero", fill_zero_launch(num_parameters(config)), 1),
+           ("fill_zero", fill_zero_launch(activation_layout(config, B, T).total), 1)]
+    for function, sizes, count in step_calls(config, B, T):
+        for launch in plan(function, sizes, sms):
+            out.append((function, launch, count))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# The report
+
+
+@dataclass
+class Row:
+    shape: str
+    arch: str
+    function: str
+    kernel: str
+    grid: tuple
+    block: int
+    dynamic_shared: int
+    res: Resources
+    occ: dict
+    floor: float
+    count: int
+
+    @property
+    def problems(self):
+        out = list(self.occ["errors"]) + grid_errors_of(self.grid)
+        if self.res.spills:
+            out.append(f"spills: {self.res.spill_stores} B stores, {self.res.spill_loads} B loads, "
+                       f"{self.res.local} B local, {self.res.stack} B stack")
+        if not self.occ["errors"] and self.occ["occupancy"] < self.floor:
+            out.append(f"occupancy {self.occ['occupancy']:.0%} < the {family(self.kernel)} floor {self.floor:.0%}")
+        return out
+
+
+def grid_errors_of(g):
+    return [f"grid {g}: dimension {i} = {g[i]} > {MAX_GRID[i]}" for i in range(3) if g[i] > MAX_GRID[i]]
+
+
+def report(shapes=("d12", "tiny"), archs=("sm_80", "sm_90"), B=None, T=None):
+    """[Row] for every distinct (shape, arch, function, kernel, grid, block) launch of a training step."""
+    from numbagpt.config import preset
+    table = {disp: (mod, name) for mod, name, disp in _kernel_table()}
+    rows = {}
+    for shape in shapes:
+        name, b, t = SHAPES[shape]
+        b, t = B or b, T or t
+        config = preset(name)
+        for arch in archs:
+            for function, launch, count in step_launches(config, b, t, ARCHS[arch]["sms"]):
+                if launch.blocks() == 0:
+                    continue
+                mod, kname = table[launch.kernel]
+                res = resources(launch.kernel, signature_of(mod, kname), arch)
+                key = (shape, arch, function, kname, launch.grid3(), launch.block)
+                if key in rows:
+                    rows[key].count += count
+                    continue
+                occ = occupancy(res, launch.block, launch.shared, arch)
+                rows[key] = Row(shape, arch, function, kname, launch.grid3(), launch.block, launch.shared, res, occ,
+                                FLOORS.get(family(kname), DEFAULT_FLOOR), count)
+    return list(rows.values())
+
+
+def kernel_table(archs=("sm_80", "sm_90")):
+    """{(kernel name, arch): Resources} for every kernel (all of them, launched in a step or not)."""
+    return {(name, arch): resources(disp, signature_of(mod, name), arch)
+            for mod, name, disp in _kernel_table() for arch in archs}
+
+
+def format_rows(rows, markdown=False):
+    head = ("function", "kernel", "grid", "block", "regs", "spill st/ld", "smem st+dyn", "blocks/SM",
+            "warps/SM", "occupancy", "limit", "waves", "calls", "problems")
+    lines = []
+    if markdown:
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    else:
+        lines.append("  ".join(head))
+    for r in rows:
+        sms = ARCHS[r.arch]["sms"]
+        per_wave = max(1, r.occ["blocks_per_sm"] * sms)
+        blocks = r.grid[0] * r.grid[1] * r.grid[2]
+        cells = (r.function, r.kernel, "×".join(str(g) for g in r.grid), str(r.block), str(r.res.registers),
+                 f"{r.res.spill_stores}/{r.res.spill_loads}", f"{r.res.shared}+{r.dynamic_shared}",
+                 str(r.occ["blocks_per_sm"]), str(r.occ["warps_per_sm"]), f"{r.occ['occupancy']:.0%}",
+                 r.occ["limiter"], f"{blocks / per_wave:.2f}", str(r.count), "; ".join(r.problems) or "ok")
+        lines.append(("| " + " | ".join(cells) + " |") if markdown else "  ".join(cells))
+    return "\n".join(lines)
+
+
+def format_kernel_table(table, markdown=False):
+    archs = sorted({arch for _, arch in table})
+    names = sorted({name for name, _ in table})
+    head = ["kernel"] + [f"{arch} {what}" for arch in archs for what in ("regs", "spill st/ld", "smem", "cmem")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] if markdown else ["  ".join(head)]
+    for name in names:
+        cells = [name]
+        for arch in archs:
+            r = table[(name, arch)]
+            cells += [str(r.registers), f"{r.spill_stores}/{r.spill_loads}", str(r.shared), str(r.const)]
+        lines.append(("| " + " | ".join(cells) + " |") if markdown else "  ".join(cells))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arch", nargs="+", default=list(ARCHS), choices=list(ARCHS))
+    ap.add_argument("--shape", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    ap.add_argument("--B", type=int, default=None, help="batch size (default: 16 for d12, 4 for tiny)")
+    ap.add_argument("--T", type=int, default=None, help="sequence length (default: 1024 for d12, 64 for tiny)")
+    ap.add_argument("--markdown", action="store_true", help="print markdown tables (for docs/cuda.md)")
+    args = ap.parse_args(argv)
+    err = toolchain_error()
+    if err:
+        print(f"cannot compile CUDA kernels here: {err}", file=sys.stderr)
+        return 2
+    print("Per kernel (cubin, ptxas via nvJitLink):\n")
+    print(format_kernel_table(kernel_table(args.arch), args.markdown))
+    rows = report(args.shape, args.arch, args.B, args.T)
+    bad = 0
+    for shape in args.shape:
+        for arch in args.arch:
+            sel = [r for r in rows if r.shape == shape and r.arch == arch]
+            if not sel:
+                continue
+            _, b, t = SHAPES[shape]
+            print(f"\n{shape} B={args.B or b} T={args.T or t} on {arch} ({ARCHS[arch]['gpu']}, "
+                  f"{ARCHS[arch]['sms']} SMs):\n")
+            print(format_rows(sel, args.markdown))
+            bad += sum(1 for r in sel if r.problems)
+    print(f"\n{bad} launch(es) with problems" if bad else "\nall launches fit, no spills, occupancy floors met")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
