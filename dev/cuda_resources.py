@@ -26,12 +26,16 @@ per SM. Spills (spill stores/loads, local memory or stack > 0) are reported sepa
 import argparse
 import functools
 import importlib
+import inspect
 import math
 import os
 import pkgutil
 import re
 import sys
+import types
 from dataclasses import dataclass
+
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -244,7 +248,7 @@ def occupancy(res, block, dynamic_shared, arch):
     blocks = min(limits.values())
     if blocks == 0 and not errors:
         errors.append("no block fits on an SM")
-    limiter = min(limits, key=lambda k: (limits[k], k != "registers"))
+    limiter = next(k for k in ("threads", "blocks", "registers", "shared") if limits[k] == blocks)
     max_warps = a["max_threads_per_sm"] // WARP
     return dict(blocks_per_sm=blocks, warps_per_sm=blocks * warps, occupancy=blocks * warps / max_warps,
                 limiter=limiter, block_smem=block_smem, errors=errors)
@@ -303,6 +307,12 @@ def step_calls(config, B, T):
     ]
 
 
+def zeroing_calls(config, B, T):
+    """[("fill_zero", (elements,), 1)]: the model zeroes the parameter and activation gradients."""
+    from numbagpt.layout import activation_layout, num_parameters
+    return [("fill_zero", (num_parameters(config),), 1), ("fill_zero", (activation_layout(config, B, T).total,), 1)]
+
+
 def plan(function, sizes, sms):
     """The launches of one call of a backend function, from its module's `<function>_launches`."""
     for mod in kernel_modules():
@@ -323,13 +333,107 @@ def fill_zero_launch(n):
 
 def step_launches(config, B, T, sms):
     """[(function, Launch, count)] of one training step, fill_zero of the gradients included."""
-    from numbagpt.layout import activation_layout, num_parameters
-    out = [("fill_zero", fill_zero_launch(num_parameters(config)), 1),
-           ("fill_zero", fill_zero_launch(activation_layout(config, B, T).total), 1)]
+    out = [(function, fill_zero_launch(sizes[0]), count) for function, sizes, count in zeroing_calls(config, B, T)]
     for function, sizes, count in step_calls(config, B, T):
         for launch in plan(function, sizes, sms):
             out.append((function, launch, count))
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Roofline: FLOPs and bytes of each call from the profiler's cost model (numbagpt.profiler.kernel_cost)
+
+# Published peaks (NVIDIA's H100 and H200 datasheets): FP32 non-tensor 67 TFLOP/s on both (SXM),
+# HBM3 3.35 TB/s (H100 SXM 80 GB), HBM3e 4.8 TB/s (H200 141 GB).
+GPUS = {
+    "H100": dict(flops=67e12, bandwidth=3.35e12),
+    "H200": dict(flops=67e12, bandwidth=4.8e12),
+}
+# Expected efficiency of our kernels against those peaks (assumptions, reasons in docs/cuda.md):
+# the scalar-load GEMM issues 80 instructions (64 FFMA + 16 LDS) per 64 FMAs, its shared-memory reads
+# alone run at the FMA rate, and a K step's global loads are not overlapped with the previous step's
+# math (one barrier-separated tile, 25% occupancy): 40% of FP32 peak; streaming kernels 80% of HBM.
+GEMM_EFFICIENCY = 0.40
+MEMORY_EFFICIENCY = 0.80
+COMPUTE_BOUND_FUNCTIONS = ("matmul_forward", "matmul_backward")
+# The attention alternates compute-bound GEMM launches with memory-bound softmax passes over the
+# (B, NH, T, T) maps (which it also writes and re-reads between launches): its phases add up.
+PHASED_FUNCTIONS = ("attention_forward", "attention_backward")
+
+
+def call_cost(function, sizes):
+    """(flops, bytes) of one call, from numbagpt.profiler.kernel_cost with the sizes in place of the
+    arrays the cost model does not read (bias / dbias: present or None, as the sizes say)."""
+    import numbagpt.cuda as GPU
+    from numbagpt.profiler import kernel_cost
+    if function == "fill_zero":
+        return kernel_cost("fill_zero", types.SimpleNamespace(nbytes=4 * sizes[0]))
+    params = list(inspect.signature(getattr(GPU, function)).parameters)
+    names = [p for p in params if p in SIZE_NAMES]
+    values = dict(zip(names, sizes))
+    has_bias = sizes[len(names)] if len(sizes) > len(names) else False
+    args = []
+    for p in params:
+        if p in values:
+            args.append(values[p])
+        elif p in ("bias", "dbias"):
+            args.append(np.zeros(1, np.float32) if has_bias else None)
+        elif p == "t":
+            args.append(1)
+        else:
+            args.append(None)
+    return kernel_cost(function, *args)
+
+
+SIZE_NAMES = ("B", "T", "C", "OC", "NH", "V", "Vp", "N")
+
+
+def roofline(config, B, T, gpu):
+    """[(function, calls, flops, bytes, intensity, bound, roofline s, expected s)] per backend function
+    over one training step (summed over its calls), on `gpu` (a GPUS key)."""
+    g = GPUS[gpu]
+    ridge = g["flops"] / g["bandwidth"]
+    per = {}
+    for function, sizes, count in step_calls(config, B, T) + zeroing_calls(config, B, T):
+        flops, nbytes = call_cost(function, sizes)
+        t_flop, t_mem = flops / g["flops"], nbytes / g["bandwidth"]
+        if function in PHASED_FUNCTIONS:
+            expected = t_flop / GEMM_EFFICIENCY + t_mem / MEMORY_EFFICIENCY
+        elif function in COMPUTE_BOUND_FUNCTIONS:
+            expected = max(t_flop / GEMM_EFFICIENCY, t_mem / MEMORY_EFFICIENCY)
+        else:
+            expected = max(t_flop, t_mem / MEMORY_EFFICIENCY)
+        row = per.setdefault(function, [0, 0, 0, 0.0, 0.0])
+        row[0] += count
+        row[1] += count * flops
+        row[2] += count * nbytes
+        row[3] += count * max(t_flop, t_mem)
+        row[4] += count * expected
+    out = []
+    for function, (calls, flops, nbytes, t_roof, t_exp) in per.items():
+        ai = flops / nbytes if nbytes else float("inf")
+        out.append((function, calls, flops, nbytes, ai, "compute" if ai > ridge else "memory", t_roof, t_exp))
+    return out
+
+
+def format_roofline(rows, gpu, markdown=False):
+    g = GPUS[gpu]
+    head = ("function", "calls", "GFLOP", "GB", "FLOP/B", "bound", "roofline ms", "expected ms")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] if markdown else ["  ".join(head)]
+    tot = [0, 0, 0.0, 0.0]
+    for function, calls, flops, nbytes, ai, bound, t_roof, t_exp in sorted(rows, key=lambda r: -r[7]):
+        cells = (function, str(calls), f"{flops / 1e9:.1f}", f"{nbytes / 1e9:.2f}", f"{ai:.1f}", bound,
+                 f"{t_roof * 1e3:.2f}", f"{t_exp * 1e3:.2f}")
+        lines.append(("| " + " | ".join(cells) + " |") if markdown else "  ".join(cells))
+        tot[0] += flops
+        tot[1] += nbytes
+        tot[2] += t_roof
+        tot[3] += t_exp
+    cells = ("**step**" if markdown else "step", "", f"{tot[0] / 1e9:.1f}", f"{tot[1] / 1e9:.2f}",
+             f"{tot[0] / tot[1]:.1f}", f"ridge {g['flops'] / g['bandwidth']:.1f}", f"{tot[2] * 1e3:.1f}",
+             f"{tot[3] * 1e3:.1f}")
+    lines.append(("| " + " | ".join(cells) + " |") if markdown else "  ".join(cells))
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -437,7 +541,17 @@ def main(argv=None):
     ap.add_argument("--B", type=int, default=None, help="batch size (default: 16 for d12, 4 for tiny)")
     ap.add_argument("--T", type=int, default=None, help="sequence length (default: 1024 for d12, 64 for tiny)")
     ap.add_argument("--markdown", action="store_true", help="print markdown tables (for docs/cuda.md)")
+    ap.add_argument("--roofline", action="store_true",
+                    help="only the roofline estimate of a d12 step (B=16 T=1024 unless --B/--T) on H100 and H200")
     args = ap.parse_args(argv)
+    if args.roofline:
+        from numbagpt.config import preset
+        b, t = args.B or SHAPES["d12"][1], args.T or SHAPES["d12"][2]
+        for gpu in GPUS:
+            print(f"\nd12 B={b} T={t} on {gpu} (FP32 {GPUS[gpu]['flops'] / 1e12:.0f} TFLOP/s, "
+                  f"HBM {GPUS[gpu]['bandwidth'] / 1e12:.2f} TB/s):\n")
+            print(format_roofline(roofline(preset("d12"), b, t, gpu), gpu, args.markdown))
+        return 0
     err = toolchain_error()
     if err:
         print(f"cannot compile CUDA kernels here: {err}", file=sys.stderr)

@@ -184,16 +184,29 @@ BLOCKS_PER_SM = 8        # GEMM blocks resident per SM: 128 registers × 64 thre
                          # (register-limited; dev/cuda_resources.py computes it, its test checks this)
 
 
+WAVE_FILL = 0.8          # split-K stops at the first slice count whose last wave is this full
+
+
 def split_k_count(M, N, K, sms=None):
     """How many K slices an accumulating GEMM of this shape is split into (1: no split), for a GPU
-    with `sms` multiprocessors (default: the current one's): as many as still fit in one wave of
-    resident blocks (BLOCKS_PER_SM·sms), so a split never adds a mostly empty second wave; none when
-    half a wave is already full or K is too short to split."""
+    with `sms` multiprocessors (default: the current one's). Only when the output tiles fill less than
+    one wave of resident blocks (BLOCKS_PER_SM·sms slots): then the fewest slices s whose blocks fill
+    their waves to WAVE_FILL on average (tiles·s / (slots·⌈tiles·s/slots⌉)), else the best fill found;
+    at most K/SPLIT_MIN_K and MAX_SPLITS slices. E.g. d12's 576-tile dweight GEMMs on 132 SMs: 0.55 of
+    a wave unsplit (and at s = 2), 0.82 at s = 3."""
     tiles = cdiv(M, BM) * cdiv(N, BN)
     slots = BLOCKS_PER_SM * (sm_count() if sms is None else sms)
-    if 2 * tiles > slots or K < 2 * SPLIT_MIN_K:
+    if tiles >= slots or K < 2 * SPLIT_MIN_K:
         return 1
-    return max(1, min(slots // tiles, K // SPLIT_MIN_K, MAX_SPLITS))
+    best, best_fill = 1, 0.0
+    for s in range(1, min(K // SPLIT_MIN_K, MAX_SPLITS) + 1):
+        blocks = tiles * s
+        fill = blocks / (slots * cdiv(blocks, slots))
+        if fill > best_fill + 1e-9:
+            best, best_fill = s, fill
+        if fill >= WAVE_FILL:
+            break
+    return best
 
 
 def gemm_launch(kernel, M, N, K, batches=1, splits=1):
