@@ -75,13 +75,10 @@ def train_compare(out_dir, steps, B, T, compare_batch, compare_steps, seed=1337,
     import numpy as np
     from numbagpt.config import preset
     from numbagpt.model import GPT2
+    from numbagpt.step import train_step
 
     def step(model, x, y, t, lr=1e-3):
-        loss = model.forward(x, y)
-        model.zero_grad()
-        model.backward()
-        model.update(lr, t=t)
-        return loss
+        return train_step(model, [(x, y)], lr=lr, t=t).loss
 
     rng = np.random.default_rng(seed)
     gpu = GPT2(config or preset("d12"), backend=backend)

@@ -64,7 +64,7 @@ WARP = 32
 FLOORS = {
     "gemm": 0.25,         # 64-thread blocks with an 8×8 register tile: ILP hides latency, 8 blocks/SM
     "elementwise": 0.75,  # one element per thread, nothing to hide latency but warps
-    "row": 0.5,           # one warp per row (layernorm, softmax): memory-bound, needs warps in flight
+    "row": 0.5,           # one warp per row (layernorm, softmax, cached attention): memory-bound
     "block_row": 0.5,     # one 256-thread block per row (crossentropy)
     "reduction": 0.5,     # column and grid-stride reductions
     "single_warp": 0.0,   # norm_squared_final: one warp on one SM by design
@@ -78,7 +78,7 @@ def family(kernel_name):
         return "gemm"
     if kernel_name == "norm_squared_final_kernel":
         return "single_warp"
-    if kernel_name.startswith(("softmax", "layernorm_forward", "layernorm_backward_dinp")):
+    if kernel_name.startswith(("softmax", "layernorm_forward", "layernorm_backward_dinp", "attention_cached")):
         return "row"
     if kernel_name.startswith("crossentropy"):
         return "block_row"
@@ -257,13 +257,11 @@ def occupancy(res, block, dynamic_shared, arch):
 # ------------------------------------------------------------------------------------------------
 # The kernel calls of one training step (numbagpt/model.py's forward, backward, grad_norm, update)
 
-# The backend's kernel functions (numbagpt.cuda's API, the same as numbagpt.cpu's).
-KERNEL_FUNCTIONS = (
-    "encoder_forward", "encoder_backward", "layernorm_forward", "layernorm_backward",
-    "matmul_forward", "matmul_backward", "attention_forward", "attention_backward",
-    "gelu_forward", "gelu_backward", "residual_forward", "residual_backward",
-    "crossentropy_forward", "crossentropy_backward", "adamw_update", "global_norm_squared",
-)
+def training_kernels():
+    """The kernel functions a training step calls (numbagpt.backend's list)."""
+    from numbagpt.backend import TRAINING_KERNELS
+    return TRAINING_KERNELS
+
 
 SHAPES = {  # name: (preset, B, T)
     "d12": ("d12", 16, 1024),
@@ -331,10 +329,19 @@ def fill_zero_launch(n):
     return Launch(fill_zero_kernel, cdiv(n, BLOCK_FILL), BLOCK_FILL)
 
 
+def generation_calls(config):
+    """[(function, size arguments, calls)] of generation with the KV cache: a prefill of maxT − 1
+    prompt tokens and the decoding of one token at the last position (batch 1)."""
+    C, NH, maxT = config.channels, config.num_heads, config.max_seq_len
+    return [("attention_forward_cached", (1, maxT - 1, 0, C, NH, maxT), 1),
+            ("attention_forward_cached", (1, 1, maxT - 1, C, NH, maxT), 1)]
+
+
 def step_launches(config, B, T, sms):
-    """[(function, Launch, count)] of one training step, fill_zero of the gradients included."""
+    """[(function, Launch, count)] of one training step, fill_zero of the gradients included, then
+    generation's KV-cache attention launches."""
     out = [(function, fill_zero_launch(sizes[0]), count) for function, sizes, count in zeroing_calls(config, B, T)]
-    for function, sizes, count in step_calls(config, B, T):
+    for function, sizes, count in step_calls(config, B, T) + generation_calls(config):
         for launch in plan(function, sizes, sms):
             out.append((function, launch, count))
     return out

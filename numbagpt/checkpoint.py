@@ -1,18 +1,21 @@
 """Checkpoints as llm.c writes them, in the output directory:
 
     model_%08d.bin        the parameters (rank 0; an llm.c v3 model file)
-    state_%08d_%05d.bin   AdamW m and v of this rank's parameters, the data loader position (every rank)
+    state_%08d_%05d.bin   AdamW m and v of this rank's parameters, the data loader position and the
+                          run record (every rank)
     DONE_%08d             empty, written last: the checkpoint is complete
 
-Resume takes the highest step that has a DONE file, so a run killed while writing is never resumed
-from a half-written checkpoint.
+Every file is written atomically (numbagpt.atomic): it exists complete or not at all. DONE is written
+after every rank's files, so a checkpoint with a DONE file has all of them; and a step whose DONE
+exists is never written again (the final model of a run that ends on a checkpoint step is that
+checkpoint's model file). Resume (`select`) takes the newest checkpoint whose files all verify —
+header, and length from the header — and says why it skipped any newer one.
 """
 import os
 import re
 
-import numpy as np
-
 from . import formats
+from .atomic import write_bytes
 
 
 def model_path(out_dir, step):
@@ -27,16 +30,66 @@ def done_path(out_dir, step):
     return os.path.join(out_dir, f"DONE_{step:08d}")
 
 
+def _steps(out_dir, pattern):
+    names = os.listdir(out_dir) if out_dir and os.path.isdir(out_dir) else []
+    return sorted({int(m.group(1)) for name in names if (m := re.fullmatch(pattern, name))})
+
+
+def done_steps(out_dir):
+    """The steps with a DONE file in out_dir, ascending."""
+    return _steps(out_dir, r"DONE_(\d{8})")
+
+
 def latest_step(out_dir):
-    """The highest step with a DONE file in out_dir, or None."""
-    steps = [int(m.group(1)) for name in (os.listdir(out_dir) if os.path.isdir(out_dir) else [])
-             if (m := re.fullmatch(r"DONE_(\d{8})", name))]
-    return max(steps) if steps else None
+    """The highest step with a DONE file in out_dir, or None (whether its files verify or not)."""
+    steps = done_steps(out_dir)
+    return steps[-1] if steps else None
 
 
-def save(out_dir, step, model, world, loader, seed):
+def run_files(out_dir):
+    """The names of the files in out_dir that a training run writes (checkpoints, models, DONE)."""
+    names = os.listdir(out_dir) if out_dir and os.path.isdir(out_dir) else []
+    return sorted(n for n in names if re.fullmatch(r"DONE_\d{8}|model_\d{8}\.bin|state_\d{8}_\d{5}\.bin", n))
+
+
+def verify(out_dir, step):
+    """The header of rank 0's state file if the checkpoint at `step` is complete and every file of it
+    verifies (magic, version, length from the header, step, ranks); else raise FormatError/OSError
+    saying which file is wrong. Reads headers only."""
+    if not os.path.exists(done_path(out_dir, step)):
+        raise FileNotFoundError(f"{done_path(out_dir, step)}: no such file (the checkpoint is incomplete)")
+    formats.read_model_header(model_path(out_dir, step))
+    first = formats.read_state_header(state_path(out_dir, step, 0))
+    for rank in range(first["world_size"]):
+        path = state_path(out_dir, step, rank)
+        h = first if rank == 0 else formats.read_state_header(path)
+        if (h["step"], h["rank"], h["world_size"]) != (step, rank, first["world_size"]):
+            raise formats.FormatError(
+                f"{path}: header says step {h['step']}, rank {h['rank']} of {h['world_size']}; expected "
+                f"step {step}, rank {rank} of {first['world_size']}")
+    return first
+
+
+def select(out_dir):
+    """(step, header, notes): the newest checkpoint in out_dir whose files all verify, rank 0's state
+    header, and one line for each newer checkpoint skipped and why. (None, None, notes) if none does."""
+    notes = []
+    done = done_steps(out_dir)
+    for step in reversed(done):
+        try:
+            return step, verify(out_dir, step), notes
+        except (formats.FormatError, OSError) as e:
+            notes.append(f"checkpoint at step {step} skipped: {e}")
+    return None, None, notes
+
+
+def save(out_dir, step, model, world, loader, seed, run=None):
     """Every rank writes its state file (the AdamW moments of its optimizer shard); rank 0 the model
-    file and then, after all are written, DONE."""
+    file and then, after all are written, DONE. `run` is the run record kept in every state header.
+    A step whose DONE file exists is not rewritten: returns False then (the same on every rank)."""
+    done = os.path.exists(done_path(out_dir, step)) if world.is_master else None
+    if world.bcast(done):
+        return False
     if world.is_master:
         model.save(model_path(out_dir, step))
     b = model.backend
@@ -44,14 +97,35 @@ def save(out_dir, step, model, world, loader, seed):
     formats.write_state(state_path(out_dir, step, world.rank), step, world.size, world.rank,
                         b.to_host(model.m_flat), b.to_host(model.v_flat),
                         rng_state=seed, shard_index=pos["shard_index"], sample_index=pos["sample_index"],
-                        shuffle=loader.shuffle, epoch=pos["epoch"], seed=seed)
+                        shuffle=loader.shuffle, epoch=pos["epoch"], seed=seed, run=run)
     world.barrier()
     if world.is_master:
-        open(done_path(out_dir, step), "w").close()
+        write_bytes(done_path(out_dir, step))
+    return True
+
+
+def save_final(out_dir, step, model):
+    """Write the final model_<step>.bin (rank 0), unless a complete checkpoint at `step` already holds it.
+    Returns (path, written)."""
+    path = model_path(out_dir, step)
+    if os.path.exists(done_path(out_dir, step)):
+        return path, False
+    model.save(path)
+    return path, True
+
+
+def discard(out_dir, step):
+    """Remove the DONE file of the checkpoint at `step`, making it incomplete: its files will be
+    replaced when training reaches that step again."""
+    try:
+        os.remove(done_path(out_dir, step))
+    except FileNotFoundError:
+        pass
 
 
 def load_state(out_dir, step, model, world, loader):
     """Restore this rank's AdamW moments and data position from the checkpoint at `step`."""
+    import numpy as np
     start, end = model.optimizer_shard
     path = state_path(out_dir, step, world.rank)
     state = formats.read_state(path)

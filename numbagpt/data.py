@@ -93,10 +93,6 @@ class DataLoader:
         """Steps in one pass over all shards."""
         return sum(self.nwindows)
 
-    @property
-    def num_tokens(self):
-        return sum(self.ntokens)
-
     def get_state(self):
         """dict(shard_index, sample_index, epoch): where the next batch will be read from."""
         return dict(shard_index=self.shard_index, sample_index=self.sample_index, epoch=self.epoch)
@@ -240,14 +236,15 @@ def _atomic_paths(out_dir, name):
     return {k: os.path.join(out_dir, f"{name}_{k}.bin") for k in ("train", "val", "tokenizer")}
 
 
-def _replace_atomically(final, write):
-    tmp = f"{final}.tmp{os.getpid()}"
+def _read_text(path):
+    """The text of a UTF-8 file; a file that is not UTF-8 text raises ValueError naming it and the byte."""
+    with open(path, "rb") as fh:
+        raw = fh.read()
     try:
-        write(tmp)
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start:,}); "
+                         f"prepare_data tokenizes UTF-8 text files") from None
 
 
 def prepare(out_dir, source, tokenizer="gpt2", val_fraction=0.1, name="data", doc_per_paragraph=False,
@@ -261,7 +258,7 @@ def prepare(out_dir, source, tokenizer="gpt2", val_fraction=0.1, name="data", do
     Split: the validation shard is the FIRST round(val_fraction * N) tokens, the train shard the rest,
     as llm.c's tinyshakespeare.py (its first 32768 tokens, about 10%).
     tokenizer: 'gpt2', 'char' (vocabulary = the characters of the text) or a Tokenizer.
-    Each file is written under a temporary name and renamed, so a file that exists is complete.
+    Each file is written atomically (numbagpt.atomic), so a file that exists is complete.
     Returns {'train': path, 'val': path, 'tokenizer': path}.
     """
     t0 = time.time()
@@ -279,10 +276,7 @@ def prepare(out_dir, source, tokenizer="gpt2", val_fraction=0.1, name="data", do
         missing = [f for f in files if not os.path.isfile(f)]
         if missing:
             raise FileNotFoundError(f"input file(s) not found: {', '.join(missing)}")
-        texts = []
-        for f in files:
-            with open(f, encoding="utf-8") as fh:
-                texts.append(fh.read())
+        texts = [_read_text(f) for f in files]
         _log(verbose, f"read {len(files)} file(s), {sum(map(len, texts)):,} characters")
     if doc_per_paragraph:
         docs = []
@@ -315,9 +309,9 @@ def prepare(out_dir, source, tokenizer="gpt2", val_fraction=0.1, name="data", do
                   f"({time.time() - t0:.1f} s)")
     os.makedirs(out_dir, exist_ok=True)
     paths = _atomic_paths(out_dir, name)
-    _replace_atomically(paths["val"], lambda p: write_shard(p, tokens[:n_val]))
-    _replace_atomically(paths["train"], lambda p: write_shard(p, tokens[n_val:]))
-    _replace_atomically(paths["tokenizer"], tok.save)
+    write_shard(paths["val"], tokens[:n_val])
+    write_shard(paths["train"], tokens[n_val:])
+    tok.save(paths["tokenizer"])
     for k in ("train", "val", "tokenizer"):
         _log(verbose, f"wrote {paths[k]} ({os.path.getsize(paths[k]):,} bytes)")
     _log(verbose, f"done in {time.time() - t0:.1f} s")

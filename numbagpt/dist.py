@@ -9,13 +9,13 @@ step's tokens (numbagpt.data.DataLoader), and the ranks sum their gradients befo
                    contiguous 1/R of the flat buffer), keeps AdamW m/v and updates only that shard, then
                    an Allgatherv gives every rank all the updated parameters.
 
-The gradients are summed, not averaged: the trainer folds 1/world_size into AdamW's grad_scale (no
-extra pass over the buffer) and divides the norm by world_size, so the update is that of the mean
-gradient — the gradient one process would get from the whole batch.
+The gradients are summed, not averaged: numbagpt.step.train_step divides the norm by the world size
+and folds 1/world_size into AdamW's grad_scale (no extra pass over the buffer), so the update is that
+of the mean gradient — the gradient one process would get from the whole batch.
 
-On the CPU backend the buffers are NumPy arrays that MPI reads and writes in place (no copies). CUDA
-device arrays go to MPI directly when the MPI library is CUDA-aware (after a synchronize), otherwise
-they are staged through host memory; `cuda_aware_mpi` decides, `World.transport` says which.
+A backend whose buffers are host memory (the CPU's NumPy arrays) hands them to MPI in place (no
+copies). Device arrays go to MPI directly when the MPI library is CUDA-aware (after a synchronize),
+otherwise they are staged through host memory; `cuda_aware_mpi` decides, `World.transport` says which.
 
 mpi4py is imported only when the process was started by an MPI launcher, so single-process use needs
 no MPI library. docs/distributed.md is the user's guide.
@@ -112,7 +112,7 @@ def partition(n, parts):
 
 
 # ----------------------------------------------------------------------------------------------
-# CUDA: device choice and CUDA-aware MPI
+# CUDA-aware MPI: can device buffers go to MPI as they are?
 
 def _query_cuda_support():
     """MPIX_Query_cuda_support() of the loaded MPI library (Open MPI, MPICH >= 4), or None if it has
@@ -151,20 +151,6 @@ def cuda_aware_mpi(environ=None, query=_query_cuda_support, simulator=False):
     return bool(answer), f"MPIX_Query_cuda_support() = {answer}"
 
 
-def select_cuda_device(local_rank):
-    """Make GPU (local_rank % number of GPUs) current; call before any CUDA memory is allocated.
-    Returns a description, e.g. 'cuda:1 NVIDIA H100'."""
-    from .cuda import runtime
-    runtime.require()
-    ngpus = len(runtime.cuda.gpus)
-    index = local_rank % ngpus
-    runtime.cuda.select_device(index)
-    dev = runtime.cuda.get_current_device()
-    name = getattr(dev, "name", b"CUDA simulator")
-    name = name.decode() if isinstance(name, bytes) else str(name)
-    return f"cuda:{index} {name}" + (f" ({ngpus} GPUs here)" if ngpus > 1 else "")
-
-
 # ----------------------------------------------------------------------------------------------
 # the world
 
@@ -199,15 +185,13 @@ class World:
         return f"{library} | mpi4py {sys.modules['mpi4py'].__version__}"
 
     # -- setup ---------------------------------------------------------------------------------
-    def setup_device(self, device):
-        """Pick this rank's device; for CUDA, GPU local_rank % ngpus and how buffers reach MPI."""
-        if device == "cuda":
-            self.device = select_cuda_device(self.local_rank)
-            if self.size > 1:
-                from .cuda.runtime import SIMULATOR
-                self.cuda_aware, why = cuda_aware_mpi(simulator=SIMULATOR)
-                self.transport = ("CUDA-aware MPI, device buffers" if self.cuda_aware
-                                  else "staged through host memory") + f" ({why})"
+    def setup_device(self, backend):
+        """Pick this rank's device (a GPU: local_rank % GPUs) and how device buffers reach MPI."""
+        self.device = backend.select_device(self.local_rank)
+        if self.size > 1 and not backend.HOST_MEMORY:
+            self.cuda_aware, why = cuda_aware_mpi(simulator=backend.SIMULATOR)
+            self.transport = ("CUDA-aware MPI, device buffers" if self.cuda_aware
+                              else "staged through host memory") + f" ({why})"
         return self.device
 
     # -- Python values -------------------------------------------------------------------------
@@ -241,9 +225,9 @@ class World:
 
     # -- flat float32 backend buffers, in place --------------------------------------------------
     def _direct(self, buf, backend):
-        """True when MPI can use `buf` as it is: a NumPy array, or a device array with CUDA-aware MPI
+        """True when MPI can use `buf` as it is: host memory, or a device array with CUDA-aware MPI
         (after the queued kernels that write it have finished)."""
-        if isinstance(buf, np.ndarray):
+        if backend.HOST_MEMORY:
             return True
         if self.cuda_aware:
             backend.synchronize()
@@ -275,10 +259,7 @@ class World:
         if self._direct(buf, backend):
             self.comm.Reduce_scatter(MPI.IN_PLACE, [buf, MPI.FLOAT], counts, op=MPI.SUM)
             if start:
-                if isinstance(buf, np.ndarray):
-                    buf[start:end] = buf[:n]          # never overlaps: start >= counts[0] >= n
-                else:
-                    buf[start:end].copy_to_device(buf[:n])
+                backend.copy(buf[start:end], buf[:n])   # never overlaps: start >= counts[0] >= n
         else:
             host = np.ascontiguousarray(backend.to_host(buf))
             self.comm.Reduce_scatter(MPI.IN_PLACE, [host, MPI.FLOAT], counts, op=MPI.SUM)
@@ -381,17 +362,13 @@ class DataParallel:
 
     def reduce_gradients(self):
         """Sum the gradients over the ranks (stage 0: all of them; stage 1: this rank's shard) and
-        return the L2 norm of the mean gradient, the same number on every rank."""
+        return the L2 norm of the summed gradient, the same number on every rank."""
         world, model = self.world, self.model
         if self.zero_stage == 0:
             world.allreduce_sum_(model.grads_flat, model.backend)
-            return model.grad_norm() / world.size
+            return model.grad_norm()
         world.reduce_scatter_sum_(model.grads_flat, model.backend, self.shards)
-        start, end = self.shard
-        out = model.backend.zeros(1)
-        model.backend.global_norm_squared(out, model.grads_flat[start:end], end - start)
-        sumsq = float(model.backend.to_host(out)[0])
-        return math.sqrt(world.sum(sumsq)) / world.size
+        return math.sqrt(world.sum(model.grad_norm_squared(*self.shard)))
 
     def gather_parameters(self):
         """Stage 1: every rank's updated shard to every rank (stage 0: nothing to do)."""

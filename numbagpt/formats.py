@@ -1,16 +1,20 @@
-"""llm.c's binary file formats (see shared/FORMATS.md): model, debug state, tokenizer, data shards, train state.
+"""llm.c's binary file formats (docs/formats.md): model, debug state, tokenizer, data shards, train state.
 
 Every file is little-endian and starts with a header of 256 int32 (1024 bytes); unused slots are 0.
 Readers check the magic number, the version and that the file is exactly as long as the header says;
 anything else raises `FormatError`, whose message names the file and says what was expected and found.
 
 Big arrays are read with `np.fromfile(..., offset=...)` straight into their final buffer (no second
-copy) and written with `ndarray.tofile` (no copy when the array is already contiguous little-endian).
+copy). Every writer goes through `atomic.atomic_write`: the file appears complete under its name or
+not at all, and a failed write (disk full, ...) raises an OSError naming the file.
 """
+import hashlib
+import json
 import os
 
 import numpy as np
 
+from .atomic import atomic_write
 from .config import GPT2Config
 from .layout import num_parameters
 
@@ -84,10 +88,10 @@ def _check_size(path, what, expected, found):
 
 
 def _write_file(path, header, *arrays):
-    with open(path, "wb") as f:
-        f.write(header.tobytes())
+    with atomic_write(path) as f:
+        f.write(header)
         for a in arrays:
-            np.ascontiguousarray(a).tofile(f)
+            f.write(np.ascontiguousarray(a))
 
 
 def _as(array, dtype, count, name):
@@ -100,10 +104,9 @@ def _as(array, dtype, count, name):
 # ----------------------------------------------------------------------------------------------
 # model checkpoint
 
-def read_model(path):
-    """(GPT2Config, params) of an llm.c model file; params is a flat float32 array of
-    `num_parameters(config)` elements in llm.c order. Reads version 3 (float32) and version 5
-    (bfloat16, widened exactly to float32 by putting its 16 bits in the upper half)."""
+def read_model_header(path):
+    """(GPT2Config, version) of an llm.c model file, after checking its header and that its length is
+    the one the header implies; reads 1 KiB, allocates nothing (for checks before a big allocation)."""
     path = os.fspath(path)
     header, size = _read_header(path, MODEL_MAGIC, (MODEL_VERSION_FP32, MODEL_VERSION_BF16), "model file")
     version = int(header[1])
@@ -118,6 +121,16 @@ def read_model(path):
     n = num_parameters(config)
     itemsize = 4 if version == MODEL_VERSION_FP32 else 2
     _check_size(path, f"model file ({config.describe()}, version {version})", HEADER_BYTES + itemsize * n, size)
+    return config, version
+
+
+def read_model(path):
+    """(GPT2Config, params) of an llm.c model file; params is a flat float32 array of
+    `num_parameters(config)` elements in llm.c order. Reads version 3 (float32) and version 5
+    (bfloat16, widened exactly to float32 by putting its 16 bits in the upper half)."""
+    path = os.fspath(path)
+    config, version = read_model_header(path)
+    n = num_parameters(config)
     if version == MODEL_VERSION_FP32:
         params = np.fromfile(path, dtype="<f4", count=n, offset=HEADER_BYTES)
     else:
@@ -141,19 +154,32 @@ def write_model(path, config, params):
 # ----------------------------------------------------------------------------------------------
 # debug state (what llm.c's test_gpt2 compares against)
 
-def read_debug_state(path, config):
-    """dict(B, T, x (B,T) int32, y (B,T) int32, logits (B,T,V) float32, loss float, grads) where grads is
-    the flat float32 gradient of all parameters in the padded layout of `config`."""
+def read_debug_state_header(path):
+    """(B, T, file size) of a debug state file, after checking its magic, version and B, T > 0."""
     path = os.fspath(path)
     header, size = _read_header(path, DEBUG_STATE_MAGIC, (DEBUG_STATE_VERSION,), "debug state file")
     B, T = int(header[2]), int(header[3])
     if B <= 0 or T <= 0:
         raise FormatError(f"{path}: bad debug state header: B and T must be positive, found B={B} T={T}")
+    return B, T, size
+
+
+def read_debug_state(path, config):
+    """dict(B, T, x (B,T) int32, y (B,T) int32, logits (B,T,V) float32, loss float, grads) where grads is
+    the flat float32 gradient of all parameters in the padded layout of `config`. A file whose length
+    is not the one `config` and its B, T imply (or whose T exceeds the model's) raises a FormatError
+    saying it does not match the model."""
+    path = os.fspath(path)
+    B, T, size = read_debug_state_header(path)
     V = config.vocab_size
     P = num_parameters(config)
     BT = B * T
-    _check_size(path, f"debug state file (B={B} T={T} V={V}, {P} parameters)",
-                HEADER_BYTES + 4 * (2 * BT + BT * V + 1 + P), size)
+    expected = HEADER_BYTES + 4 * (2 * BT + BT * V + 1 + P)
+    if size != expected or T > config.max_seq_len:
+        why = (f"its T={T} exceeds the model's max_seq_len {config.max_seq_len}" if T > config.max_seq_len else
+               f"for B={B} T={T} and this model it should be {expected:,} bytes, it is {size:,}")
+        raise FormatError(f"{path}: debug state does not match the model ({config.describe()}, {P:,} "
+                          f"parameters): {why} (a state dumped for another model, or a truncated file)")
     off = HEADER_BYTES
     x = np.fromfile(path, dtype="<i4", count=BT, offset=off).reshape(B, T)
     off += 4 * BT
@@ -235,8 +261,8 @@ def write_tokenizer_file(path, token_bytes, eot_id):
         raise ValueError(f"EOT id {eot_id} is not a token id (0..{n - 1})")
     header = _new_header(TOKENIZER_MAGIC, TOKENIZER_VERSION)
     header[2:4] = (n, eot_id)
-    with open(path, "wb") as f:
-        f.write(header.tobytes())
+    with atomic_write(path) as f:
+        f.write(header)
         f.write(b"".join(parts))
 
 
@@ -309,14 +335,42 @@ def open_shard(path, vocab_size=None):
 # ----------------------------------------------------------------------------------------------
 # train state (resume), one file per rank
 
+RUN_RECORD_SLOT = 40                     # int32 byte length of the run record, then its bytes
+RUN_RECORD_MAX = 4 * (HEADER_INTS - RUN_RECORD_SLOT - 1)   # 860 bytes of JSON
+
+
+def _encode_run(run):
+    """The run record as compact JSON that fits the header; string values that would not fit (long
+    data globs) are replaced by "sha256:" and 16 hex digits of their hash, still comparable."""
+    run = dict(run)
+    while True:
+        raw = json.dumps(run, sort_keys=True, separators=(",", ":")).encode("utf-8")
+        if len(raw) <= RUN_RECORD_MAX:
+            return raw
+        longest = max((k for k, v in run.items() if isinstance(v, str) and not v.startswith("sha256:")),
+                      key=lambda k: len(run[k]), default=None)
+        if longest is None:
+            raise ValueError(f"run record of {len(raw)} bytes does not fit a train state header "
+                             f"({RUN_RECORD_MAX} bytes)")
+        run[longest] = hash_text(run[longest])
+
+
+def hash_text(text):
+    """How a run record keeps a string too long for the header: "sha256:" and 16 hex digits."""
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
 def write_state(path, step, world_size, rank, m, v, rng_state=0, shard_index=0, sample_index=0,
-                shuffle=False, rng_state_last_update=None, epoch=0, seed=0):
+                shuffle=False, rng_state_last_update=None, epoch=0, seed=0, run=None):
     """Write a train state file (magic 20240527, version 1), llm.c's layout:
 
     slot 2, 3: number of processes, rank; 4: use master weights (always 0 here); 5: loader shuffles;
     10: step; 20..21: uint64 rng state; 22..23: uint64 rng state at the last update (defaults to the
-    rng state); 30..31: uint64 shard index; 32..33: uint64 sample index in the shard;
-    numbagpt additions, 0 in llm.c's files: 34..35 uint64 data loader epoch, 36..37 uint64 shuffle seed.
+    rng state); 30..31: uint64 shard index; 32..33: uint64 sample index in the shard.
+    numbagpt additions in slots llm.c leaves 0 and never reads: 34..35 uint64 data loader epoch,
+    36..37 uint64 shuffle seed, 38..39 uint64 length of m (so a truncated file is detected from its
+    header), 40 byte length of the run record and 41..255 the record (`run`, a dict: what the run was,
+    as UTF-8 JSON; see docs/formats.md).
     Then AdamW m and v (float32, this rank's shard of the parameters). numbagpt's loader rebuilds its
     permutations from (seed, epoch), so unlike llm.c it writes no permutation trailer.
     """
@@ -336,30 +390,59 @@ def write_state(path, step, world_size, rank, m, v, rng_state=0, shard_index=0, 
     _set_u64(header, 32, sample_index)
     _set_u64(header, 34, epoch)
     _set_u64(header, 36, seed)
+    _set_u64(header, 38, m.size)
+    if run:
+        raw = _encode_run(run)
+        header[RUN_RECORD_SLOT] = len(raw)
+        body = header[RUN_RECORD_SLOT + 1:].view(np.uint8)
+        body[:len(raw)] = np.frombuffer(raw, dtype=np.uint8)
     _write_file(path, header, _as(m, "<f4", m.size, "m"), _as(v, "<f4", v.size, "v"))
 
 
-def read_state(path, num_parameters=None):
-    """dict(step, world_size, rank, use_master_weights, shuffle, rng_state, rng_state_last_update,
-    shard_index, sample_index, epoch, seed, m, v[, master]) of a train state file. Without
-    `num_parameters` (this rank's shard size) the size is inferred from the file length."""
+def read_state_header(path):
+    """The header fields of a train state file (read_state without m and v), after checking the file's
+    length: from the header's m length when numbagpt wrote it, else (llm.c's files) that the bytes after
+    the header are whole arrays of equal length. Adds `num_parameters` and `run` (dict or None)."""
     path = os.fspath(path)
     header, size = _read_header(path, STATE_MAGIC, (STATE_VERSION,), "train state file")
     mw = int(header[4])
     narrays = 3 if mw else 2
-    if num_parameters is None:
+    n = _get_u64(header, 38)
+    if n == 0:  # llm.c's file: infer it
         if (size - HEADER_BYTES) % (4 * narrays):
             raise FormatError(f"{path}: bad train state file: {size - HEADER_BYTES} bytes after the header, "
                               f"expected {narrays} float32 arrays of equal length")
-        num_parameters = (size - HEADER_BYTES) // (4 * narrays)
-    _check_size(path, f"train state file ({narrays} arrays of {num_parameters} floats)",
-                HEADER_BYTES + 4 * narrays * num_parameters, size)
-    arrays = [np.fromfile(path, dtype="<f4", count=num_parameters, offset=HEADER_BYTES + 4 * i * num_parameters)
-              for i in range(narrays)]
-    out = dict(step=int(header[10]), world_size=int(header[2]), rank=int(header[3]), use_master_weights=mw,
-               shuffle=bool(header[5]), rng_state=_get_u64(header, 20), rng_state_last_update=_get_u64(header, 22),
-               shard_index=_get_u64(header, 30), sample_index=_get_u64(header, 32),
-               epoch=_get_u64(header, 34), seed=_get_u64(header, 36), m=arrays[0], v=arrays[1])
-    if mw:
+        n = (size - HEADER_BYTES) // (4 * narrays)
+    _check_size(path, f"train state file ({narrays} arrays of {n} floats)", HEADER_BYTES + 4 * narrays * n, size)
+    run = None
+    nrun = int(header[RUN_RECORD_SLOT])
+    if nrun:
+        raw = header[RUN_RECORD_SLOT + 1:].view(np.uint8)[:nrun].tobytes() if 0 < nrun <= RUN_RECORD_MAX else b""
+        try:
+            run = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise FormatError(f"{path}: bad train state header: the run record (slots {RUN_RECORD_SLOT}..) "
+                              f"is not valid JSON of at most {RUN_RECORD_MAX} bytes") from None
+    return dict(step=int(header[10]), world_size=int(header[2]), rank=int(header[3]), use_master_weights=mw,
+                shuffle=bool(header[5]), rng_state=_get_u64(header, 20),
+                rng_state_last_update=_get_u64(header, 22), shard_index=_get_u64(header, 30),
+                sample_index=_get_u64(header, 32), epoch=_get_u64(header, 34), seed=_get_u64(header, 36),
+                num_parameters=n, narrays=narrays, run=run)
+
+
+def read_state(path, num_parameters=None):
+    """dict(step, world_size, rank, use_master_weights, shuffle, rng_state, rng_state_last_update,
+    shard_index, sample_index, epoch, seed, num_parameters, run, m, v[, master]) of a train state file.
+    `num_parameters`, when given, is this rank's shard size that the file must hold."""
+    path = os.fspath(path)
+    out = read_state_header(path)
+    n, narrays = out["num_parameters"], out.pop("narrays")
+    if num_parameters is not None and num_parameters != n:
+        kind = "truncated" if num_parameters > n else "too long"
+        raise FormatError(f"{path}: {kind} train state file: expected {narrays} arrays of {num_parameters} "
+                          f"floats, it holds {n}")
+    arrays = [np.fromfile(path, dtype="<f4", count=n, offset=HEADER_BYTES + 4 * i * n) for i in range(narrays)]
+    out.update(m=arrays[0], v=arrays[1])
+    if narrays == 3:
         out["master"] = arrays[2]
     return out

@@ -1,19 +1,25 @@
-"""Names, shapes and offsets of the tensors that live in one flat float32 buffer.
+"""Names, shapes and offsets of the tensors that live in one flat float32 buffer, their per-layer
+views, and the memory they take.
 
 Parameters (and their grads, AdamW m and v) follow llm.c's order, which is also the order of the
 model file. Activations follow llm.c's ActivationTensors, less `probs`: the loss is fused with the
-softmax, so the logits buffer is overwritten by dlogits in the backward pass.
+softmax, so the logits buffer is overwritten by dlogits in the backward pass. A tensor whose shape
+starts with L holds one slice per layer; `Layout.layer(views, l)` gives layer l's.
 """
 import math
+from types import SimpleNamespace
 
 import numpy as np
+
+F32 = 4  # bytes per float32 (and per int32 token)
 
 PARAMETER_NAMES = ("wte", "wpe", "ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb",
                    "ln2w", "ln2b", "fcw", "fcb", "fcprojw", "fcprojb", "lnfw", "lnfb")
 
-ACTIVATION_NAMES = ("encoded", "ln1", "ln1_mean", "ln1_rstd", "qkv", "atty", "preatt", "att",
-                    "attproj", "residual2", "ln2", "ln2_mean", "ln2_rstd", "fch", "fch_gelu",
-                    "fcproj", "residual3", "lnf", "lnf_mean", "lnf_rstd", "logits", "losses")
+# The tensors with a leading L axis: one slice per transformer layer.
+LAYER_PARAMETERS = PARAMETER_NAMES[2:14]
+LAYER_ACTIVATIONS = ("ln1", "ln1_mean", "ln1_rstd", "qkv", "atty", "preatt", "att", "attproj", "residual2",
+                     "ln2", "ln2_mean", "ln2_rstd", "fch", "fch_gelu", "fcproj", "residual3")
 
 
 def parameter_shapes(config):
@@ -49,10 +55,12 @@ def activation_shapes(config, B, T):
 
 
 class Layout:
-    """Tensors packed back to back in one flat buffer: `offsets[name]`, `sizes[name]`, `shapes[name]`."""
+    """Tensors packed back to back in one flat buffer: `offsets[name]`, `sizes[name]`, `shapes[name]`;
+    `layered` names the tensors whose leading axis is the layer."""
 
-    def __init__(self, shapes):
+    def __init__(self, shapes, layered=()):
         self.names = [name for name, _ in shapes]
+        self.layered = tuple(layered)
         self.shapes = dict(shapes)
         self.sizes = {name: math.prod(shape) for name, shape in shapes}
         self.offsets = {}
@@ -61,10 +69,6 @@ class Layout:
             self.offsets[name] = offset
             offset += self.sizes[name]
         self.total = offset
-
-    @property
-    def nbytes(self):
-        return 4 * self.total
 
     def views(self, flat):
         """{name: 1-D view of `flat`} (a NumPy or a device array; both slice without copying)."""
@@ -76,14 +80,75 @@ class Layout:
         """{name: view of the NumPy array `flat` with the tensor's shape}."""
         return {name: v.reshape(self.shapes[name]) for name, v in self.views(np.asarray(flat)).items()}
 
+    def layer(self, views, l):
+        """Layer l's flat slices of the layered tensors in `views` (a dict from `views`), as
+        attributes: layer(views, l).qkv is views["qkv"]'s l-th of its L equal parts."""
+        parts = {}
+        for name in self.layered:
+            size = self.sizes[name] // self.shapes[name][0]
+            parts[name] = views[name][l * size:(l + 1) * size]
+        return SimpleNamespace(**parts)
+
+    def layers(self, views):
+        """[layer(views, l) for every layer l]."""
+        L = self.shapes[self.layered[0]][0]
+        return [self.layer(views, l) for l in range(L)]
+
 
 def parameter_layout(config):
-    return Layout(parameter_shapes(config))
+    return Layout(parameter_shapes(config), LAYER_PARAMETERS)
 
 
 def activation_layout(config, B, T):
-    return Layout(activation_shapes(config, B, T))
+    return Layout(activation_shapes(config, B, T), LAYER_ACTIVATIONS)
 
 
 def num_parameters(config):
     return parameter_layout(config).total
+
+
+# ---------------------------------------------------------------- memory accounting
+
+def memory_estimate(config, B, T, training=True, optimizer_params=None):
+    """Bytes of every buffer a GPT2 of `config` allocates for batches of (B, T), from the config
+    alone (nothing is allocated). Keys (bytes): parameters, activations, tokens, and when training
+    also gradients, adamw_m, adamw_v (for `optimizer_params` parameters: a ZeRO-1 shard; default
+    all), activation_grads; `total` is their sum. Also
+    `num_parameters`, `parameter_tensors` {name: bytes} and `activation_tensors` {name: bytes}
+    (the activation-gradient buffer has the same layout)."""
+    params = {name: F32 * math.prod(shape) for name, shape in parameter_shapes(config)}
+    acts = {name: F32 * math.prod(shape) for name, shape in activation_shapes(config, B, T)}
+    n_params = sum(params.values())
+    n_acts = sum(acts.values())
+    buffers = {"parameters": n_params}
+    if training:
+        moments = n_params if optimizer_params is None else F32 * optimizer_params
+        buffers.update(gradients=n_params, adamw_m=moments, adamw_v=moments)
+    buffers["activations"] = n_acts
+    if training:
+        buffers["activation_grads"] = n_acts
+    # device copies of the int32 inputs (and targets, when training): B·T tokens each
+    buffers["tokens"] = F32 * B * T * (2 if training else 1)
+    est = dict(buffers)
+    est["total"] = sum(buffers.values())
+    est["num_parameters"] = n_params // F32
+    est["parameter_tensors"] = params
+    est["activation_tensors"] = acts
+    return est
+
+
+def mib(n):
+    return n / 2**20
+
+
+def format_memory(estimate):
+    """One line: the buffers of `memory_estimate` in MiB."""
+    e = estimate
+    parts = [f"parameters {mib(e['parameters']):.1f}"]
+    if "gradients" in e:
+        parts.append(f"gradients {mib(e['gradients']):.1f}")
+        parts.append(f"AdamW m+v {mib(e['adamw_m'] + e['adamw_v']):.1f}")
+    parts.append(f"activations {mib(e['activations']):.1f}")
+    if "activation_grads" in e:
+        parts.append(f"activation grads {mib(e['activation_grads']):.1f}")
+    return "memory (MiB): " + ", ".join(parts) + f" | total {mib(e['total']):.1f} MiB"

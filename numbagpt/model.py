@@ -6,34 +6,14 @@ activation buffer for their gradients), hands views of them to the kernels of `n
 `numbagpt.cuda`, and never touches the numbers itself. The legend (B, T, C, NH, L, V, Vp, maxT) is in
 `numbagpt/__init__.py`; docs/kernels.md gives each kernel's contract.
 """
-import importlib
 import math
 
 import numpy as np
 
 from . import formats
+from .backend import get_backend
 from .config import GPT2Config, preset
 from .layout import activation_layout, parameter_layout
-
-BACKENDS = ("cpu", "cuda")
-
-
-def get_backend(name):
-    """The kernel package for `name` ("cpu" or "cuda"); imported only when asked for."""
-    if not isinstance(name, str):
-        return name
-    if name not in BACKENDS:
-        raise ValueError(f"unknown device {name!r}; choose one of {', '.join(BACKENDS)}")
-    backend = importlib.import_module(f"numbagpt.{name}")
-    check = getattr(backend, "check_available", None)
-    if check is not None:
-        check()
-    return backend
-
-
-def _layer(view, l, size):
-    """Layer l's slice of a per-layer stacked tensor whose layers hold `size` elements each."""
-    return view[l * size:(l + 1) * size]
 
 
 class GPT2:
@@ -52,11 +32,14 @@ class GPT2:
         self.num_parameters = self.param_layout.total
         self.params_flat = self.backend.zeros(self.num_parameters)
         self.params = self.param_layout.views(self.params_flat)
+        self.layer_params = self.param_layout.layers(self.params)
         self.grads_flat = self.m_flat = self.v_flat = None
         # The parameters [start, end) whose AdamW moments this process keeps and updates: all of them,
         # or a ZeRO-1 rank's shard (set_optimizer_shard), so m and v take only the shard's memory.
         self.optimizer_shard = (0, self.num_parameters)
         self.grads = self.m = self.v = None
+        self.layer_grads = None
+        self.act_layout = None
         self.acts_flat = self.grads_acts_flat = None
         self.act_capacity = 0   # elements of the activation buffers
         self.B = self.T = 0     # shape of the last forward
@@ -114,6 +97,8 @@ class GPT2:
     # ---------------------------------------------------------------- memory
 
     def _ensure_activations(self, B, T):
+        if self.act_layout is not None and self.act_layout.shapes["encoded"] == (B, T, self.config.channels):
+            return  # the views of the last forward fit
         layout = activation_layout(self.config, B, T)
         if layout.total > self.act_capacity:
             self.acts_flat = self.backend.zeros(layout.total)
@@ -121,16 +106,22 @@ class GPT2:
             self.act_capacity = layout.total
         self.act_layout = layout
         self.acts = layout.views(self.acts_flat[:layout.total])
+        self.layer_acts = layout.layers(self.acts)
         if self.grads_acts_flat is not None:
-            self.grads_acts = layout.views(self.grads_acts_flat[:layout.total])
+            self._grad_act_views()
+
+    def _grad_act_views(self):
+        self.grads_acts = self.act_layout.views(self.grads_acts_flat[:self.act_layout.total])
+        self.layer_grads_acts = self.act_layout.layers(self.grads_acts)
 
     def _ensure_grads(self):
         if self.grads_flat is None:
             self.grads_flat = self.backend.zeros(self.num_parameters)
             self.grads = self.param_layout.views(self.grads_flat)
+            self.layer_grads = self.param_layout.layers(self.grads)
         if self.grads_acts_flat is None:
             self.grads_acts_flat = self.backend.zeros(self.act_capacity)
-            self.grads_acts = self.act_layout.views(self.grads_acts_flat[:self.act_layout.total])
+            self._grad_act_views()
 
     def set_optimizer_shard(self, start, end):
         """Keep AdamW moments for, and update, only parameters [start, end) (a ZeRO-1 shard)."""
@@ -173,34 +164,29 @@ class GPT2:
         p, a = self.params, self.acts
         BTC = B * T * C
 
-        k.encoder_forward(a["encoded"], self.inputs, p["wte"], p["wpe"], B, T, C)
+        k.encoder_forward(a["encoded"], self.inputs, p["wte"], p["wpe"], B, T, C)                 # (B, T, C)
         for l in range(L):
-            residual = a["encoded"] if l == 0 else _layer(a["residual3"], l - 1, BTC)
-            ln1, ln1_mean, ln1_rstd = _layer(a["ln1"], l, BTC), _layer(a["ln1_mean"], l, B * T), _layer(a["ln1_rstd"], l, B * T)
-            qkv, atty = _layer(a["qkv"], l, 3 * BTC), _layer(a["atty"], l, BTC)
-            preatt, att = _layer(a["preatt"], l, B * NH * T * T), _layer(a["att"], l, B * NH * T * T)
-            attproj, residual2 = _layer(a["attproj"], l, BTC), _layer(a["residual2"], l, BTC)
-            ln2, ln2_mean, ln2_rstd = _layer(a["ln2"], l, BTC), _layer(a["ln2_mean"], l, B * T), _layer(a["ln2_rstd"], l, B * T)
-            fch, fch_gelu = _layer(a["fch"], l, 4 * BTC), _layer(a["fch_gelu"], l, 4 * BTC)
-            fcproj, residual3 = _layer(a["fcproj"], l, BTC), _layer(a["residual3"], l, BTC)
+            w, x = self.layer_params[l], self.layer_acts[l]  # layer l's weights and activations
+            residual = a["encoded"] if l == 0 else self.layer_acts[l - 1].residual3               # (B, T, C)
+            k.layernorm_forward(x.ln1, x.ln1_mean, x.ln1_rstd, residual, w.ln1w, w.ln1b, B, T, C)  # (B, T, C)
+            k.matmul_forward(x.qkv, x.ln1, w.qkvw, w.qkvb, B, T, C, 3 * C)                        # (B, T, 3C)
+            k.attention_forward(x.atty, x.preatt, x.att, x.qkv, B, T, C, NH)                      # (B, T, C)
+            k.matmul_forward(x.attproj, x.atty, w.attprojw, w.attprojb, B, T, C, C)               # (B, T, C)
+            k.residual_forward(x.residual2, residual, x.attproj, BTC)                             # (B, T, C)
+            k.layernorm_forward(x.ln2, x.ln2_mean, x.ln2_rstd, x.residual2, w.ln2w, w.ln2b,
+                                B, T, C)                                                          # (B, T, C)
+            k.matmul_forward(x.fch, x.ln2, w.fcw, w.fcb, B, T, C, 4 * C)                          # (B, T, 4C)
+            k.gelu_forward(x.fch_gelu, x.fch, 4 * BTC)                                            # (B, T, 4C)
+            k.matmul_forward(x.fcproj, x.fch_gelu, w.fcprojw, w.fcprojb, B, T, 4 * C, C)          # (B, T, C)
+            k.residual_forward(x.residual3, x.residual2, x.fcproj, BTC)                           # (B, T, C)
 
-            k.layernorm_forward(ln1, ln1_mean, ln1_rstd, residual, _layer(p["ln1w"], l, C), _layer(p["ln1b"], l, C), B, T, C)
-            k.matmul_forward(qkv, ln1, _layer(p["qkvw"], l, 3 * C * C), _layer(p["qkvb"], l, 3 * C), B, T, C, 3 * C)
-            k.attention_forward(atty, preatt, att, qkv, B, T, C, NH)
-            k.matmul_forward(attproj, atty, _layer(p["attprojw"], l, C * C), _layer(p["attprojb"], l, C), B, T, C, C)
-            k.residual_forward(residual2, residual, attproj, BTC)
-            k.layernorm_forward(ln2, ln2_mean, ln2_rstd, residual2, _layer(p["ln2w"], l, C), _layer(p["ln2b"], l, C), B, T, C)
-            k.matmul_forward(fch, ln2, _layer(p["fcw"], l, 4 * C * C), _layer(p["fcb"], l, 4 * C), B, T, C, 4 * C)
-            k.gelu_forward(fch_gelu, fch, 4 * BTC)
-            k.matmul_forward(fcproj, fch_gelu, _layer(p["fcprojw"], l, 4 * C * C), _layer(p["fcprojb"], l, C), B, T, 4 * C, C)
-            k.residual_forward(residual3, residual2, fcproj, BTC)
-
-        residual = _layer(a["residual3"], L - 1, BTC)
-        k.layernorm_forward(a["lnf"], a["lnf_mean"], a["lnf_rstd"], residual, p["lnfw"], p["lnfb"], B, T, C)
-        k.matmul_forward(a["logits"], a["lnf"], p["wte"], None, B, T, C, Vp)
+        residual = self.layer_acts[L - 1].residual3                                               # (B, T, C)
+        k.layernorm_forward(a["lnf"], a["lnf_mean"], a["lnf_rstd"], residual, p["lnfw"], p["lnfb"],
+                            B, T, C)                                                              # (B, T, C)
+        k.matmul_forward(a["logits"], a["lnf"], p["wte"], None, B, T, C, Vp)                      # (B, T, Vp)
         if targets is None:
             return None
-        k.crossentropy_forward(a["losses"], a["logits"], self.targets, B, T, V, Vp)
+        k.crossentropy_forward(a["losses"], a["logits"], self.targets, B, T, V, Vp)               # (B, T)
         # The only device-to-host copy of a step: B*T floats, summed in float64 on the host.
         return float(np.mean(k.to_host(a["losses"]), dtype=np.float64))
 
@@ -212,7 +198,8 @@ class GPT2:
 
     def logits_host(self):
         """(B, T, Vp) logits of the last forward, as a NumPy array."""
-        return self.backend.to_host(self.acts["logits"]).reshape(self.B, self.T, self.config.padded_vocab_size)
+        logits = self.backend.to_host(self.acts["logits"])
+        return logits.reshape(self.B, self.T, self.config.padded_vocab_size)
 
     # ---------------------------------------------------------------- backward
 
@@ -236,43 +223,32 @@ class GPT2:
         k.copy_to_device(dlosses, np.full(B * T, 1.0 / (B * T), dtype=np.float32))
 
         # The logits buffer is overwritten by dlogits: the two are never needed at once.
-        k.crossentropy_backward(a["logits"], dlosses, a["logits"], self.targets, B, T, V, Vp)
+        k.crossentropy_backward(a["logits"], dlosses, a["logits"], self.targets, B, T, V, Vp)     # (B, T, Vp)
         dlogits = a["logits"]
-        k.matmul_backward(ga["lnf"], g["wte"], None, dlogits, a["lnf"], p["wte"], B, T, C, Vp)
-        residual = _layer(a["residual3"], L - 1, BTC)
-        dresidual = _layer(ga["residual3"], L - 1, BTC)
-        k.layernorm_backward(dresidual, g["lnfw"], g["lnfb"], ga["lnf"], residual, p["lnfw"], a["lnf_mean"], a["lnf_rstd"], B, T, C)
+        k.matmul_backward(ga["lnf"], g["wte"], None, dlogits, a["lnf"], p["wte"], B, T, C, Vp)    # (B, T, C)
+        residual, dresidual = self.layer_acts[L - 1].residual3, self.layer_grads_acts[L - 1].residual3
+        k.layernorm_backward(dresidual, g["lnfw"], g["lnfb"], ga["lnf"], residual, p["lnfw"],
+                             a["lnf_mean"], a["lnf_rstd"], B, T, C)                              # (B, T, C)
 
         for l in reversed(range(L)):
-            residual = a["encoded"] if l == 0 else _layer(a["residual3"], l - 1, BTC)
-            dresidual = ga["encoded"] if l == 0 else _layer(ga["residual3"], l - 1, BTC)
-            ln1, ln1_mean, ln1_rstd = _layer(a["ln1"], l, BTC), _layer(a["ln1_mean"], l, B * T), _layer(a["ln1_rstd"], l, B * T)
-            qkv, atty, att = _layer(a["qkv"], l, 3 * BTC), _layer(a["atty"], l, BTC), _layer(a["att"], l, B * NH * T * T)
-            residual2 = _layer(a["residual2"], l, BTC)
-            ln2, ln2_mean, ln2_rstd = _layer(a["ln2"], l, BTC), _layer(a["ln2_mean"], l, B * T), _layer(a["ln2_rstd"], l, B * T)
-            fch, fch_gelu = _layer(a["fch"], l, 4 * BTC), _layer(a["fch_gelu"], l, 4 * BTC)
-            dln1, dqkv, datty = _layer(ga["ln1"], l, BTC), _layer(ga["qkv"], l, 3 * BTC), _layer(ga["atty"], l, BTC)
-            dpreatt, datt = _layer(ga["preatt"], l, B * NH * T * T), _layer(ga["att"], l, B * NH * T * T)
-            dattproj, dresidual2 = _layer(ga["attproj"], l, BTC), _layer(ga["residual2"], l, BTC)
-            dln2, dfch, dfch_gelu = _layer(ga["ln2"], l, BTC), _layer(ga["fch"], l, 4 * BTC), _layer(ga["fch_gelu"], l, 4 * BTC)
-            dfcproj, dresidual3 = _layer(ga["fcproj"], l, BTC), _layer(ga["residual3"], l, BTC)
-
-            k.residual_backward(dresidual2, dfcproj, dresidual3, BTC)
-            k.matmul_backward(dfch_gelu, _layer(g["fcprojw"], l, 4 * C * C), _layer(g["fcprojb"], l, C), dfcproj,
-                              fch_gelu, _layer(p["fcprojw"], l, 4 * C * C), B, T, 4 * C, C)
-            k.gelu_backward(dfch, dfch_gelu, fch, 4 * BTC)
-            k.matmul_backward(dln2, _layer(g["fcw"], l, 4 * C * C), _layer(g["fcb"], l, 4 * C), dfch,
-                              ln2, _layer(p["fcw"], l, 4 * C * C), B, T, C, 4 * C)
-            k.layernorm_backward(dresidual2, _layer(g["ln2w"], l, C), _layer(g["ln2b"], l, C), dln2,
-                                 residual2, _layer(p["ln2w"], l, C), ln2_mean, ln2_rstd, B, T, C)
-            k.residual_backward(dresidual, dattproj, dresidual2, BTC)
-            k.matmul_backward(datty, _layer(g["attprojw"], l, C * C), _layer(g["attprojb"], l, C), dattproj,
-                              atty, _layer(p["attprojw"], l, C * C), B, T, C, C)
-            k.attention_backward(dqkv, dpreatt, datt, datty, qkv, att, B, T, C, NH)
-            k.matmul_backward(dln1, _layer(g["qkvw"], l, 3 * C * C), _layer(g["qkvb"], l, 3 * C), dqkv,
-                              ln1, _layer(p["qkvw"], l, 3 * C * C), B, T, C, 3 * C)
-            k.layernorm_backward(dresidual, _layer(g["ln1w"], l, C), _layer(g["ln1b"], l, C), dln1,
-                                 residual, _layer(p["ln1w"], l, C), ln1_mean, ln1_rstd, B, T, C)
+            w, dw = self.layer_params[l], self.layer_grads[l]        # layer l's weights, their grads
+            x, dx = self.layer_acts[l], self.layer_grads_acts[l]     # its activations, their grads
+            residual = a["encoded"] if l == 0 else self.layer_acts[l - 1].residual3
+            dresidual = ga["encoded"] if l == 0 else self.layer_grads_acts[l - 1].residual3
+            k.residual_backward(dx.residual2, dx.fcproj, dx.residual3, BTC)                       # (B, T, C)
+            k.matmul_backward(dx.fch_gelu, dw.fcprojw, dw.fcprojb, dx.fcproj,
+                              x.fch_gelu, w.fcprojw, B, T, 4 * C, C)                              # (B, T, 4C)
+            k.gelu_backward(dx.fch, dx.fch_gelu, x.fch, 4 * BTC)                                  # (B, T, 4C)
+            k.matmul_backward(dx.ln2, dw.fcw, dw.fcb, dx.fch, x.ln2, w.fcw, B, T, C, 4 * C)       # (B, T, C)
+            k.layernorm_backward(dx.residual2, dw.ln2w, dw.ln2b, dx.ln2,
+                                 x.residual2, w.ln2w, x.ln2_mean, x.ln2_rstd, B, T, C)            # (B, T, C)
+            k.residual_backward(dresidual, dx.attproj, dx.residual2, BTC)                         # (B, T, C)
+            k.matmul_backward(dx.atty, dw.attprojw, dw.attprojb, dx.attproj,
+                              x.atty, w.attprojw, B, T, C, C)                                     # (B, T, C)
+            k.attention_backward(dx.qkv, dx.preatt, dx.att, dx.atty, x.qkv, x.att, B, T, C, NH)   # (B, T, 3C)
+            k.matmul_backward(dx.ln1, dw.qkvw, dw.qkvb, dx.qkv, x.ln1, w.qkvw, B, T, C, 3 * C)    # (B, T, C)
+            k.layernorm_backward(dresidual, dw.ln1w, dw.ln1b, dx.ln1,
+                                 residual, w.ln1w, x.ln1_mean, x.ln1_rstd, B, T, C)               # (B, T, C)
 
         k.encoder_backward(g["wte"], g["wpe"], ga["encoded"], self.inputs, B, T, C)
         # The logits now hold dlogits: a later logits_host() would be wrong, so forget the targets.
@@ -294,16 +270,22 @@ class GPT2:
 
     # ---------------------------------------------------------------- optimizer
 
+    def grad_norm_squared(self, start=0, end=None):
+        """Σ g² over the gradients [start, end) (all by default), as a float."""
+        end = self.num_parameters if end is None else end
+        out = self.backend.zeros(1)
+        self.backend.global_norm_squared(out, self.grads_flat[start:end], end - start)
+        return float(self.backend.to_host(out)[0])
+
     def grad_norm(self):
         """The global L2 norm of the gradients."""
-        out = self.backend.zeros(1)
-        self.backend.global_norm_squared(out, self.grads_flat, self.num_parameters)
-        return math.sqrt(float(self.backend.to_host(out)[0]))
+        return math.sqrt(self.grad_norm_squared())
 
     def update(self, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, t=1, grad_scale=1.0):
         """One AdamW step (t counts from 1) of the optimizer shard's parameters (all by default),
         on the gradients times grad_scale (clipping, averaging over ranks)."""
         self._ensure_optimizer()
         start, end = self.optimizer_shard
-        self.backend.adamw_update(self.params_flat[start:end], self.m_flat, self.v_flat, self.grads_flat[start:end],
-                                  lr, beta1, beta2, eps, weight_decay, grad_scale, t, end - start)
+        self.backend.adamw_update(self.params_flat[start:end], self.m_flat, self.v_flat,
+                                  self.grads_flat[start:end], lr, beta1, beta2, eps, weight_decay,
+                                  grad_scale, t, end - start)

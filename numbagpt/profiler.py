@@ -20,16 +20,14 @@ Counting conventions (`kernel_cost`; the formulas are in docs/profiling.md and i
 """
 import math
 import os
-import platform
 import sys
 import time
 
 import numpy as np
 
-from .config import GPT2Config
-from .layout import activation_shapes, parameter_shapes
-
-F32 = 4  # bytes per float32 (and per int32 token)
+from .backend import BUFFERS, TRAINING_KERNELS
+from .layout import F32, memory_estimate, mib, parameter_shapes
+from .step import train_step
 
 # ---------------------------------------------------------------------------------------------------
 # FLOP and byte counts of each kernel, from its size arguments (argument names as in docs/kernels.md).
@@ -150,9 +148,11 @@ KERNEL_COSTS = {
     "adamw_update": _adamw_update, "global_norm_squared": _global_norm_squared,
 }
 
-# The backends' memory helpers the model calls during a step (docs/kernels.md, "Memory helpers"):
-# timed too, with 0 FLOPs and the bytes they move.
-HELPERS = ("zeros", "to_device", "to_host", "copy_to_device", "fill_zero")
+assert set(KERNEL_COSTS) == set(TRAINING_KERNELS)   # the kernels a training step runs
+
+# The backends' buffer helpers (docs/kernels.md, "Memory helpers"): timed too, with 0 FLOPs and the
+# bytes they move.
+HELPERS = tuple(name for name in BUFFERS if name != "synchronize")
 
 # kernel name -> family (the file it lives in).
 FAMILIES = ("encoder", "layernorm", "matmul", "attention", "gelu", "residual", "crossentropy", "adamw")
@@ -186,7 +186,7 @@ def _helper_cost(name, args, kwargs):
         n = int(args[0])
         dtype = args[1] if len(args) > 1 else np.float32
         return 0, n * np.dtype(dtype).itemsize
-    if name == "copy_to_device":
+    if name in ("copy_to_device", "copy"):
         return 0, 2 * _nbytes(args[1])
     return 0, 2 * _nbytes(args[0])  # to_device, to_host
 
@@ -203,39 +203,24 @@ def kernel_cost(name, *args, **kwargs):
 # The timing proxy
 
 
-def _is_cuda_backend(backend):
-    return getattr(backend, "NAME", None) == "cuda"
-
-
-def _simulator(backend):
-    """Is this CUDA backend running in Numba's CUDA simulator?"""
-    sim = getattr(backend, "SIMULATOR", None)
-    if sim is None:
-        sim = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
-    return bool(sim)
-
-
 class TimingBackend:
     """A stand-in for a backend module that times every kernel and memory-helper call.
 
-    Calls are recorded only while `phase` is not None (the step driver sets it to "forward",
-    "zero_grad", "backward" or "update"); otherwise they pass straight through. `stats` maps
+    Calls are recorded only while `phase` is not None (numbagpt.step.train_step sets it, through
+    `set_phase`, to "forward", "zero_grad", "backward" or "update"); otherwise they pass straight
+    through. `stats` maps
     (name, phase) to [calls, ns, flops, bytes], summed until `reset()`. Every other attribute (NAME,
     synchronize, ...) is the wrapped backend's own.
 
     timer: "cpu" (perf_counter_ns around the call), "events" (CUDA events around the launch, read by
     `collect()` after a synchronize) or "sync" (synchronize before and after, then the clock: the
-    CUDA simulator, or any backend whose timing is otherwise unclear). Default: "cpu" for a non-CUDA
-    backend, "sync" under NUMBA_ENABLE_CUDASIM, else "events".
+    CUDA simulator, or any backend whose timing is otherwise unclear). Default: the backend's TIMER.
     """
 
     def __init__(self, backend, timer=None):
         self._backend = backend
         if timer is None:
-            if not _is_cuda_backend(backend):
-                timer = "cpu"
-            else:
-                timer = "sync" if _simulator(backend) else "events"
+            timer = backend.TIMER
         if timer not in ("cpu", "events", "sync"):
             raise ValueError(f"unknown timer {timer!r}")
         self.timer = timer
@@ -251,6 +236,9 @@ class TimingBackend:
             self.__dict__[name] = wrapped   # cached: later lookups skip __getattr__
             return wrapped
         return attr
+
+    def set_phase(self, name):
+        self.phase = name
 
     def reset(self):
         self.collect()
@@ -269,8 +257,7 @@ class TimingBackend:
     def _event(self):
         if self._events:
             return self._events.pop()
-        from numba import cuda
-        return cuda.event(timing=True)
+        return self._backend.event()
 
     def _wrap(self, name, fn):
         clock = time.perf_counter_ns
@@ -331,9 +318,6 @@ class TimingBackend:
         self.collect()
         return sum(row[1] for row in self.stats.values())
 
-    def calls(self):
-        return sum(row[0] for row in self.stats.values())
-
 
 def measure_proxy_overhead(timer="cpu", backend=None, n=20000):
     """Nanoseconds one recorded call through a TimingBackend adds to a call of a no-op function
@@ -366,51 +350,6 @@ def measure_proxy_overhead(timer="cpu", backend=None, n=20000):
 
 # ---------------------------------------------------------------------------------------------------
 # Memory accounting
-
-
-def memory_estimate(config: GPT2Config, B, T, training=True, optimizer_params=None):
-    """Bytes of every buffer a GPT2 of `config` allocates for batches of (B, T), from the config
-    alone (nothing is allocated). Keys (bytes): parameters, activations, tokens, and when training
-    also gradients, adamw_m, adamw_v (for `optimizer_params` parameters: a ZeRO-1 shard; default
-    all), activation_grads; `total` is their sum. Also
-    `num_parameters`, `parameter_tensors` {name: bytes} and `activation_tensors` {name: bytes}
-    (the activation-gradient buffer has the same layout)."""
-    params = {name: F32 * math.prod(shape) for name, shape in parameter_shapes(config)}
-    acts = {name: F32 * math.prod(shape) for name, shape in activation_shapes(config, B, T)}
-    n_params = sum(params.values())
-    n_acts = sum(acts.values())
-    buffers = {"parameters": n_params}
-    if training:
-        moments = n_params if optimizer_params is None else F32 * optimizer_params
-        buffers.update(gradients=n_params, adamw_m=moments, adamw_v=moments)
-    buffers["activations"] = n_acts
-    if training:
-        buffers["activation_grads"] = n_acts
-    # device copies of the int32 inputs (and targets, when training): B·T tokens each
-    buffers["tokens"] = F32 * B * T * (2 if training else 1)
-    est = dict(buffers)
-    est["total"] = sum(buffers.values())
-    est["num_parameters"] = n_params // F32
-    est["parameter_tensors"] = params
-    est["activation_tensors"] = acts
-    return est
-
-
-def _mib(n):
-    return n / 2**20
-
-
-def format_memory(estimate):
-    """One line: the buffers of `memory_estimate` in MiB."""
-    e = estimate
-    parts = [f"parameters {_mib(e['parameters']):.1f}"]
-    if "gradients" in e:
-        parts.append(f"gradients {_mib(e['gradients']):.1f}")
-        parts.append(f"AdamW m+v {_mib(e['adamw_m'] + e['adamw_v']):.1f}")
-    parts.append(f"activations {_mib(e['activations']):.1f}")
-    if "activation_grads" in e:
-        parts.append(f"activation grads {_mib(e['activation_grads']):.1f}")
-    return "memory (MiB): " + ", ".join(parts) + f" | total {_mib(e['total']):.1f} MiB"
 
 
 def allocated_bytes(model):
@@ -461,15 +400,10 @@ def process_memory():
 
 
 def device_memory(backend):
-    """{device_used_bytes, device_total_bytes} of the current CUDA context; Nones on the CPU."""
-    if not _is_cuda_backend(backend):
-        return {"device_used_bytes": None, "device_total_bytes": None}
-    try:
-        from numba import cuda
-        free, total = cuda.current_context().get_memory_info()
-        return {"device_used_bytes": int(total - free), "device_total_bytes": int(total)}
-    except Exception:  # the simulator or a driver that won't say
-        return {"device_used_bytes": None, "device_total_bytes": None}
+    """{device_used_bytes, device_total_bytes} of the backend's device; Nones where it has none
+    (the CPU), or it won't say (the CUDA simulator)."""
+    used, total = backend.memory_info() or (None, None)
+    return {"device_used_bytes": used, "device_total_bytes": total}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -538,26 +472,6 @@ def calibrate_numpy_sgemm(shape=CALIBRATION_SHAPE, repeats=5):
 # The profile
 
 
-def _device_name(backend):
-    if _is_cuda_backend(backend) and _simulator(backend):
-        return "Numba CUDA simulator"
-    if _is_cuda_backend(backend):
-        try:
-            from numba import cuda
-            name = cuda.get_current_device().name
-            return name.decode() if isinstance(name, bytes) else str(name)
-        except Exception:
-            return "CUDA device"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _threads():
     try:
         import numba
@@ -571,25 +485,11 @@ def _threads():
         return None, None
 
 
-def train_step(model, inputs, targets, t, proxy=None, lr=1e-4, grad_clip=1.0):
-    """One step as bin/train_gpt2 takes it: forward, zero_grad, backward, global grad norm (for
-    clipping), AdamW update, synchronize. `proxy` (a TimingBackend) gets the phase names."""
-    def phase(name):
-        if proxy is not None:
-            proxy.phase = name
-    phase("forward")
-    loss = model.forward(inputs, targets)
-    phase("zero_grad")
-    model.zero_grad()
-    phase("backward")
-    model.backward()
-    phase("update")
-    norm = model.grad_norm()
-    scale = grad_clip / norm if grad_clip > 0 and norm > grad_clip else 1.0
-    model.update(lr, weight_decay=0.0, t=t, grad_scale=scale)
-    phase(None)
-    model.backend.synchronize()
-    return loss
+def _step(model, inputs, targets, t, proxy=None):
+    """One step as bin/train_gpt2 takes it (lr 1e-4, clipping at 1), the phases marked when `proxy`
+    (a TimingBackend) is given, else untimed. Returns the loss."""
+    phase = proxy.set_phase if proxy is not None else None
+    return train_step(model, [(inputs, targets)], lr=1e-4, t=t, phase=phase).loss
 
 
 def profile_model(model, proxy, B, T, *, steps=3, warmup=1, baseline_steps=None, seed=1337,
@@ -625,15 +525,15 @@ def profile_model(model, proxy, B, T, *, steps=3, warmup=1, baseline_steps=None,
         proxy.reset()
         step_no += 1
         t0 = time.perf_counter()
-        losses.append(train_step(model, inputs, targets, step_no, proxy))
+        losses.append(_step(model, inputs, targets, step_no, proxy))
         warmup_ms.append((time.perf_counter() - t0) * 1e3)
         if i == 0:
             proxy.collect()
             for (name, _), row in proxy.stats.items():
                 compile_by_kernel[name] = compile_by_kernel.get(name, 0.0) + row[1] / 1e6
 
-    # Timed steps through the proxy, interleaved with steps on the bare backend (same model, same
-    # buffers) so the two step times see the same machine state.
+    # Timed steps, interleaved with untimed ones (the proxy passes the calls straight through; same
+    # model, same buffers) so the two step times see the same machine state.
     proxy.reset()
     step_ms, kernel_ms, base_ms = [], [], []
     for i in range(max(steps, baseline_steps)):
@@ -641,18 +541,14 @@ def profile_model(model, proxy, B, T, *, steps=3, warmup=1, baseline_steps=None,
             before = proxy.total_ns()
             step_no += 1
             t0 = time.perf_counter()
-            losses.append(train_step(model, inputs, targets, step_no, proxy))
+            losses.append(_step(model, inputs, targets, step_no, proxy))
             step_ms.append((time.perf_counter() - t0) * 1e3)
             kernel_ms.append((proxy.total_ns() - before) / 1e6)
         if i < baseline_steps:
-            model.backend = raw
-            try:
-                step_no += 1
-                t0 = time.perf_counter()
-                losses.append(train_step(model, inputs, targets, step_no))
-                base_ms.append((time.perf_counter() - t0) * 1e3)
-            finally:
-                model.backend = proxy
+            step_no += 1
+            t0 = time.perf_counter()
+            losses.append(_step(model, inputs, targets, step_no))
+            base_ms.append((time.perf_counter() - t0) * 1e3)
     proxy.collect()
     stats = {key: list(row) for key, row in proxy.stats.items()}
 
@@ -663,12 +559,12 @@ def profile_model(model, proxy, B, T, *, steps=3, warmup=1, baseline_steps=None,
     # Peaks: measured with the backend's own matmul unless given.
     reference_peaks = {}
     calib_gflops = None
-    if calibrate and _is_cuda_backend(raw) and _simulator(raw):
+    if calibrate and raw.SIMULATOR:
         calibrate = False   # the simulator's speed says nothing about a GPU, and it would take hours
     if calibrate:
         calib_gflops = calibrate_matmul(raw, calibration_shape)
         reference_peaks["numbagpt_matmul_forward"] = calib_gflops
-        if not _is_cuda_backend(raw):
+        if raw.HOST_MEMORY:   # a host backend: compare with the host's BLAS too
             reference_peaks["numpy_sgemm"] = calibrate_numpy_sgemm(calibration_shape)
     if peak_gflops is not None:
         peak, peak_source = float(peak_gflops), "given (--peak-gflops)"
@@ -757,7 +653,7 @@ def build_report(model, B, T, stats, *, steps, warmup, warmup_ms, compile_by_ker
         "num_parameters": model.num_parameters,
         "batch": {"B": B, "T": T, "tokens": tokens},
         "device": proxy._backend.NAME,
-        "device_name": _device_name(proxy._backend),
+        "device_name": proxy._backend.device_name(),
         "timer": proxy.timer,
         "threads": threads,
         "threading_layer": threading_layer,
@@ -827,7 +723,7 @@ def report_to_json(report):
 def _fmt_bytes(n):
     if n is None:
         return "n/a"
-    return f"{_mib(n):,.1f} MiB"
+    return f"{mib(n):,.1f} MiB"
 
 
 def format_report(r):
@@ -916,7 +812,7 @@ def format_report(r):
         lines.append(f"  {key:<17} {_fmt_bytes(est[key]):>14}"
                      + (f"   (allocated {_fmt_bytes(a)})" if a is not None else ""))
     lines.append(f"  {'total':<17} {_fmt_bytes(est['total']):>14}")
-    acts = ", ".join(f"{n} {_mib(b):.2f}" for n, b in est["activation_tensors"].items())
+    acts = ", ".join(f"{n} {mib(b):.2f}" for n, b in est["activation_tensors"].items())
     lines.extend(textwrap.wrap("activations per tensor, MiB (the activation-grad buffer is the same): " + acts,
                                width=110, initial_indent="  ", subsequent_indent="    "))
     before, peak = meas["rss_before_model_bytes"], meas["peak_rss_bytes"]

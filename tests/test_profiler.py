@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import numbagpt.cpu as cpu
-from numbagpt import formats, profiler
+from numbagpt import formats, layout, profiler
 from numbagpt.config import GPT2Config
 from numbagpt.model import GPT2
 
@@ -105,7 +105,7 @@ def test_memory_estimate_matches_allocated_buffers():
     model.zero_grad()
     model.backward()
     model.update(1e-3, t=1)
-    est = profiler.memory_estimate(CFG, B, T, training=True)
+    est = layout.memory_estimate(CFG, B, T, training=True)
     n = model.num_parameters
     assert est["num_parameters"] == n
     assert est["parameters"] == model.params_flat.nbytes == 4 * n
@@ -129,13 +129,13 @@ def test_memory_estimate_matches_allocated_buffers():
     shard.zero_grad()
     shard.backward()
     shard.update(1e-3, t=1)
-    est_shard = profiler.memory_estimate(CFG, B, T, optimizer_params=1000)
+    est_shard = layout.memory_estimate(CFG, B, T, optimizer_params=1000)
     assert est_shard["adamw_m"] == shard.m_flat.nbytes == 4000
 
-    inference = profiler.memory_estimate(CFG, B, T, training=False)
+    inference = layout.memory_estimate(CFG, B, T, training=False)
     assert set(inference) >= {"parameters", "activations", "tokens", "total"}
     assert "gradients" not in inference and "adamw_m" not in inference
-    line = profiler.format_memory(est)
+    line = layout.format_memory(est)
     assert "\n" not in line and "MiB" in line and "activations" in line
 
 
@@ -271,10 +271,10 @@ def test_gpu_timers_with_a_fake_device():
     def kernel(out, inp1, inp2, N):
         log.append("launch")
 
-    fake = types.SimpleNamespace(NAME="cuda", SIMULATOR=False, residual_forward=kernel,
+    fake = types.SimpleNamespace(NAME="cuda", SIMULATOR=False, TIMER="events", residual_forward=kernel,
                                  synchronize=lambda: log.append("sync"))
-    assert profiler.TimingBackend(fake).timer == "events"
-    fake.SIMULATOR = True
+    assert profiler.TimingBackend(fake).timer == "events"   # the backend's TIMER is the default
+    fake.TIMER = "sync"
     assert profiler.TimingBackend(fake).timer == "sync"
 
     proxy = profiler.TimingBackend(fake, timer="sync")

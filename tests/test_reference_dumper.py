@@ -35,7 +35,7 @@ FILES = ("micro_model.bin", "micro_debug_state.bin", "micro_losses.txt")
 
 
 # ---------------------------------------------------------------------------------------------
-# a plain NumPy reader, written from FORMATS.md and independent of the dumper
+# a plain NumPy reader, written from docs/formats.md and independent of the dumper
 
 def shapes(maxT, V, L, NH, C, Vp):
     return [("wte", (Vp, C)), ("wpe", (maxT, C)), ("ln1w", (L, C)), ("ln1b", (L, C)),

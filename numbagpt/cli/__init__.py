@@ -28,3 +28,29 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
+
+
+def error_text(e):
+    """The one-line message for an error a command reports (its str, with a hint where one helps)."""
+    text = str(e)
+    if isinstance(e, RuntimeError) and "no locator available" in text:
+        text += ("; Numba can write its compiled-kernel cache neither next to numbagpt's sources nor in "
+                 "the user cache directory: set NUMBA_CACHE_DIR to a writable directory")
+    return text
+
+
+def check_range(prog, value, flag, low=None, high=None, low_open=False, allow_none=True):
+    """Exit with `prog: error: FLAG must be ... , got VALUE` unless low <= value <= high (low < value
+    with low_open); None passes when allow_none."""
+    if value is None and allow_none:
+        return
+    bad = (value is None or (low is not None and (value <= low if low_open else value < low))
+           or (high is not None and value > high))
+    if bad:
+        if low is not None and high is not None:
+            want = f"in {'(' if low_open else '['}{low:g}, {high:g}]"
+        elif low is not None:
+            want = "positive" if (low == 0 and low_open) else f">= {low:g}" if not low_open else f"> {low:g}"
+        else:
+            want = f"<= {high:g}"
+        raise SystemExit(f"{prog}: error: {flag} must be {want}, got {value}")

@@ -2,8 +2,8 @@
 
 Builds a model (a preset from scratch, or a model file), draws seeded random tokens, runs warm-up steps
 (the first compiles every kernel; its time is reported apart), then timed steps — forward, zero_grad,
-backward, grad norm, AdamW update, as bin/train_gpt2 takes them — with every kernel call timed through
-numbagpt.profiler.TimingBackend. docs/profiling.md explains the columns and the formulas.
+backward, grad norm, AdamW update: numbagpt.step.train_step, as bin/train_gpt2 takes it — with every
+kernel call timed through numbagpt.profiler.TimingBackend. docs/profiling.md explains the columns and the formulas.
 """
 import argparse
 import os
@@ -30,8 +30,9 @@ def build_parser():
     p.add_argument("--warmup", type=int, default=1,
                    help="warm-up steps before the timed ones (>= 1: the first compiles)")
     p.add_argument("--baseline-steps", type=int, default=None,
-                   help="steps without the timing proxy, interleaved with the timed ones, to measure the "
-                        "proxy's cost and the unprofiled tokens/s (default: --steps; 0: none)")
+                   help="untimed steps (the proxy passes every call straight through), interleaved with the "
+                        "timed ones, to measure the proxy's cost and the unprofiled tokens/s (default: "
+                        "--steps; 0: none)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the whole profile as JSON here")
     p.add_argument("--peak-gflops", type=float, default=None,
                    help="peak GFLOP/s for the MFU (default: measured with numbagpt's own matmul_forward)")
@@ -69,19 +70,16 @@ def run(args):
     import numba
 
     from numbagpt import formats, profiler
+    from numbagpt.backend import get_backend
     from numbagpt.config import PRESETS, preset
-    from numbagpt.model import GPT2, get_backend
+    from numbagpt.layout import format_memory, memory_estimate
+    from numbagpt.model import GPT2
 
     if args.omp_threads is not None:
         use_threads(args.omp_threads)
     rss_before = profiler.process_memory()["rss_bytes"]
 
-    backend = get_backend(args.device)
-    missing = [n for n in list(profiler.KERNEL_COSTS) + list(profiler.HELPERS) + ["synchronize"]
-               if not hasattr(backend, n)]
-    if missing:
-        raise RuntimeError(f"the {args.device} backend (numbagpt.{args.device}) lacks {', '.join(missing)}")
-    proxy = profiler.TimingBackend(backend)
+    proxy = profiler.TimingBackend(get_backend(args.device))
 
     if args.model in PRESETS:
         config, params = preset(args.model), None
@@ -92,10 +90,10 @@ def run(args):
     if args.seq_len > config.max_seq_len:
         raise ValueError(f"--seq-len {args.seq_len} exceeds the model's max_seq_len {config.max_seq_len}")
 
-    est = profiler.memory_estimate(config, args.batch_size, args.seq_len)
+    est = memory_estimate(config, args.batch_size, args.seq_len)
     print(f"profile_gpt2: {args.model} ({config.describe()}), B={args.batch_size} T={args.seq_len}, "
           f"device {args.device}, {numba.get_num_threads()} threads")
-    print(profiler.format_memory(est))
+    print(format_memory(est))
     print(f"warm-up {args.warmup} step(s), the first compiles; then {args.steps} timed step(s)...", flush=True)
 
     model = GPT2(config, backend=proxy)

@@ -3,11 +3,12 @@
 With no data flags it trains the `tiny` preset on the built-in Shakespeare (prepared on first use).
 """
 import argparse
+import math
 import os
 import sys
+import time
 
 from numbagpt.cli import HelpFormatter, reserve_threads, use_threads
-import time
 
 
 def build_parser():
@@ -55,7 +56,6 @@ def build_parser():
 
 def lr_at(step, args):
     """Linear warmup to args.lr, then cosine decay to args.lr * final_lr_frac at the last step."""
-    import math
     if step < args.warmup_iters:
         return args.lr * (step + 1) / args.warmup_iters
     span = max(1, args.max_steps - args.warmup_iters)
@@ -102,23 +102,88 @@ def main(argv=None):
         raise
 
 
-def warm_up_kernels(device):
-    """Compile (or load from Numba's cache) every kernel a step runs: one forward, backward, norm
-    and update of a throwaway micro model. The kernels' argument types don't depend on the sizes."""
+def train(args, world):
+    """Set up (device, data, model, ranks), then the loop: eval, sample, step, log, checkpoint."""
     import numpy as np
 
-    from numbagpt.config import GPT2Config
-    from numbagpt.model import GPT2
-    cfg = GPT2Config(max_seq_len=4, vocab_size=8, num_layers=1, num_heads=1, channels=4, padded_vocab_size=8)
-    model = GPT2(cfg, backend=device)
-    model.init_weights(0)
-    tokens = np.zeros((1, 4), dtype=np.int32)
-    model.forward(tokens, tokens)
-    model.zero_grad()
-    model.backward()
-    model.grad_norm()
-    model.update(1e-3, t=1)
-    model.backend.synchronize()
+    from numbagpt import checkpoint, data
+    from numbagpt.step import train_step
+
+    say = printer(world)
+    backend = setup_device(args, world, say)
+    train_glob, val_glob, tok_path = data_paths(args, world)
+    model, dp, resume_step = load_model(args, world, backend, say)
+    B, T = args.batch_size, args.seq_len
+    train_loader, val_loader, tok = open_data(args, world, model.config, train_glob, val_glob, tok_path)
+    say(f"train: {train_glob} | val: {val_glob} | B={B} T={T} | tokens/step {world.size * B * T:,}")
+    start_step = 0
+    if resume_step is not None:
+        start_step = checkpoint.load_state(args.output_dir, resume_step, model, world, train_loader)
+        say(f"resumed from step {start_step} of {args.output_dir}")
+    log = open_log(args, world, append=resume_step is not None)
+    rng = np.random.default_rng(args.seed)
+
+    t_start = time.perf_counter()
+    for step in range(start_step, args.max_steps + 1):
+        last = step == args.max_steps
+        if val_loader and (step % args.val_every == 0 or last):
+            evaluate(model, val_loader, args.val_batches, world, log, step, say)
+        if args.gen_tokens > 0 and args.sample_every > 0 and (step > 0 and step % args.sample_every == 0 or last):
+            if tok is not None and world.is_master:
+                sample(model, tok, args.gen_tokens, rng, step, say)
+        if last:
+            break
+        t0 = time.perf_counter()
+        result = train_step(model, [train_loader.next_batch()], lr=lr_at(step, args), t=step + 1, dp=dp,
+                            grad_clip=args.grad_clip, weight_decay=args.weight_decay)
+        dt = time.perf_counter() - t0
+        log_step(result, step, args.max_steps, dt, world.size * B * T, world.size, log, say)
+        if args.output_dir and args.checkpoint_every > 0 and (step + 1) % args.checkpoint_every == 0:
+            checkpoint.save(args.output_dir, step + 1, model, world, train_loader, args.seed)
+            say(f"checkpoint at step {step + 1} in {args.output_dir}")
+
+    if args.output_dir and world.is_master:
+        path = os.path.join(args.output_dir, f"model_{args.max_steps:08d}.bin")
+        model.save(path)
+        say(f"wrote {path}")
+    if log:
+        log.close()
+    say(f"done in {time.perf_counter() - t_start:.1f} s")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- set-up
+
+def printer(world):
+    """print() on rank 0, flushing every line (under a launcher stdout is a block-buffered pipe);
+    a no-op on the other ranks."""
+    if world.is_master:
+        return lambda *a, **k: print(*a, **k, flush=True)
+    return lambda *a, **k: None
+
+
+def setup_device(args, world, say):
+    """Threads, this rank's device, the banner; with several ranks also the MPI lines, and the
+    kernels compiled once into the shared cache. Returns the backend."""
+    import numba
+
+    from numbagpt.backend import get_backend
+    from numbagpt.step import warm_up
+
+    # Threads per rank: --omp-threads, else this host's cores shared by the ranks running on it.
+    use_threads(args.omp_threads or max(1, numba.config.NUMBA_NUM_THREADS // world.local_size))
+    backend = get_backend(args.device)
+    world.setup_device(backend)  # a GPU: this rank's, before anything is allocated on it
+    say(f"numbagpt | device {args.device} | processes {world.size} | threads/process {numba.get_num_threads()}")
+    if world.size > 1:
+        say(f"MPI: {world.describe_mpi()} | ZeRO stage {args.zero_stage} | buffers: {world.transport}")
+        describe_ranks(world, numba.get_num_threads(), say)
+        # Numba's on-disk cache (cache=True) is shared by the ranks. Rank 0 compiles every kernel
+        # first; the others wait at a barrier, then load the compiled code from the cache, instead
+        # of compiling the same functions N times at once and racing to write the same cache files.
+        with world.rank0_first():
+            warm_up(backend)
+    return backend
 
 
 def describe_ranks(world, threads, say):
@@ -142,71 +207,57 @@ def describe_ranks(world, threads, say):
                 f"exceed the cores (check the launcher's binding too; see docs/distributed.md)")
 
 
-def train(args, world):
-    import math
+def data_paths(args, world):
+    """(train glob, val glob, tokenizer path): the flags, else the built-in Shakespeare."""
+    from numbagpt import data
 
-    import numba
-    import numpy as np
+    if args.train_data is not None:
+        return args.train_data, args.val_data, args.tokenizer
+    # Rank 0 prepares the data once; the others wait, then find it in the cache.
+    with world.rank0_first():
+        train_glob, val_glob, tok_path = data.ensure_builtin_data(verbose=world.is_master)
+    return train_glob, args.val_data or val_glob, args.tokenizer or tok_path
 
-    from numbagpt import checkpoint, data, tokenizer
+
+def load_model(args, world, backend, say):
+    """The model (a preset from scratch, a model file, or the latest checkpoint), on every rank
+    rank 0's weights, with this rank's optimizer shard. Returns (model, DataParallel, resume step)."""
+    from numbagpt import checkpoint
     from numbagpt.config import PRESETS
-    from numbagpt.dist import CollectiveError, DataParallel
-    from numbagpt.layout import num_parameters
+    from numbagpt.dist import DataParallel
+    from numbagpt.layout import format_memory, memory_estimate
     from numbagpt.model import GPT2
-    from numbagpt.profiler import format_memory, memory_estimate
 
-    # Only rank 0 prints, flushing every line: under a launcher stdout is a pipe, block-buffered.
-    say = (lambda *a, **k: print(*a, **k, flush=True)) if world.is_master else (lambda *a, **k: None)
-    # Threads per rank: --omp-threads, else this host's cores shared by the ranks running on it.
-    threads = args.omp_threads or max(1, numba.config.NUMBA_NUM_THREADS // world.local_size)
-    use_threads(threads)
-    world.setup_device(args.device)  # CUDA: this rank's GPU, before anything is allocated on it
-    say(f"numbagpt | device {args.device} | processes {world.size} | threads/process {numba.get_num_threads()}")
-    if world.size > 1:
-        say(f"MPI: {world.describe_mpi()} | ZeRO stage {args.zero_stage} | buffers: {world.transport}")
-        describe_ranks(world, numba.get_num_threads(), say)
-        # Numba's on-disk cache (cache=True) is shared by the ranks. Rank 0 compiles every kernel
-        # first; the others wait at a barrier, then load the compiled code from the cache, instead
-        # of compiling the same functions N times at once and racing to write the same cache files.
-        with world.rank0_first():
-            warm_up_kernels(args.device)
-
-    # Data: the built-in Shakespeare unless shards are given.
-    tok_path = args.tokenizer
-    train_glob, val_glob = args.train_data, args.val_data
-    if train_glob is None:
-        # Rank 0 prepares the data once; the others wait, then find it in the cache.
-        with world.rank0_first():
-            builtin = data.ensure_builtin_data(verbose=world.is_master)
-        train_glob = builtin[0]
-        val_glob = val_glob or builtin[1]
-        tok_path = tok_path or builtin[2]
-
-    # Model: a preset from scratch (same seed on every rank), a model file, or the latest checkpoint.
     resume_step = checkpoint.latest_step(args.output_dir) if args.resume and args.output_dir else None
     resume_step = world.bcast(resume_step)  # rank 0's view of the output dir decides, for every rank
     if args.resume and resume_step is None:
         say(f"no complete checkpoint (DONE_* file) in {args.output_dir!r}: starting from -e {args.model}")
     if resume_step is not None:
-        model = GPT2.from_file(checkpoint.model_path(args.output_dir, resume_step), backend=args.device)
+        model = GPT2.from_file(checkpoint.model_path(args.output_dir, resume_step), backend=backend)
     elif args.model in PRESETS:
-        model = GPT2.from_preset(args.model, seed=args.seed, backend=args.device)
+        model = GPT2.from_preset(args.model, seed=args.seed, backend=backend)
     else:
-        model = GPT2.from_file(args.model, backend=args.device)
+        model = GPT2.from_file(args.model, backend=backend)
     dp = DataParallel(world, model, args.zero_stage)
     dp.broadcast_parameters()  # every rank starts from rank 0's weights, whatever it initialised or loaded
-    shard = dp.shard  # the parameters whose AdamW moments and update this rank owns
-    model.set_optimizer_shard(*shard)
+    start, end = dp.shard      # the parameters whose AdamW moments and update this rank owns
+    model.set_optimizer_shard(start, end)
     cfg = model.config
-    B, T = args.batch_size, args.seq_len
-    if T > cfg.max_seq_len:
-        raise ValueError(f"--seq-len {T} exceeds the model's max_seq_len {cfg.max_seq_len}")
-    say(f"model: {args.model} | {cfg.describe()} | parameters {num_parameters(cfg):,}")
+    if args.seq_len > cfg.max_seq_len:
+        raise ValueError(f"--seq-len {args.seq_len} exceeds the model's max_seq_len {cfg.max_seq_len}")
+    say(f"model: {args.model} | {cfg.describe()} | parameters {model.num_parameters:,}")
     # Before the gradients, AdamW moments and activations are allocated: the bulk of the memory.
-    say(format_memory(memory_estimate(cfg, B, T, optimizer_params=shard[1] - shard[0])))
-    say(f"optimizer: ZeRO-{args.zero_stage} | AdamW m+v of {shard[1] - shard[0]:,} parameters per rank: "
+    say(format_memory(memory_estimate(cfg, args.batch_size, args.seq_len, optimizer_params=end - start)))
+    say(f"optimizer: ZeRO-{args.zero_stage} | AdamW m+v of {end - start:,} parameters per rank: "
         f"{dp.optimizer_bytes() / 2**20:.1f} MiB")
+    return model, dp, resume_step
 
+
+def open_data(args, world, cfg, train_glob, val_glob, tok_path):
+    """(train loader, val loader or None, tokenizer or None): this rank's slice of every batch."""
+    from numbagpt import data, tokenizer
+
+    B, T = args.batch_size, args.seq_len
     train_loader = data.DataLoader(train_glob, B, T, rank=world.rank, world_size=world.size,
                                    shuffle=bool(args.shuffle), seed=args.seed, vocab_size=cfg.vocab_size)
     val_loader = None
@@ -214,80 +265,47 @@ def train(args, world):
         val_loader = data.DataLoader(val_glob, B, T, rank=world.rank, world_size=world.size,
                                      vocab_size=cfg.vocab_size)
     tok = tokenizer.load_tokenizer(tok_path) if tok_path else None
-    say(f"train: {train_glob} | val: {val_glob} | B={B} T={T} | tokens/step {world.size * B * T:,}")
+    return train_loader, val_loader, tok
 
-    start_step = 0
-    if resume_step is not None:
-        start_step = checkpoint.load_state(args.output_dir, resume_step, model, world, train_loader)
-        say(f"resumed from step {start_step} of {args.output_dir}")
 
-    log = None
-    if args.output_dir:
-        os.makedirs(args.output_dir, exist_ok=True)
-    if args.output_dir and world.is_master:
-        log = open(os.path.join(args.output_dir, "main.log"), "a" if resume_step is not None else "w")
+def open_log(args, world, append):
+    """main.log in the output dir (rank 0; appended to when resuming), or None."""
+    if not args.output_dir:
+        return None
+    os.makedirs(args.output_dir, exist_ok=True)
+    if not world.is_master:
+        return None
+    return open(os.path.join(args.output_dir, "main.log"), "a" if append else "w")
 
-    def evaluate(step):
-        val_loader.reset()
-        losses = [model.forward(*val_loader.next_batch()) for _ in range(args.val_batches)]
-        val_loss = world.mean(float(np.mean(losses)))
-        say(f"val loss {val_loss:.4f}")
-        if log:
-            log.write(f"s:{step} tel:{val_loss:.4f}\n")
-            log.flush()
 
-    rng = np.random.default_rng(args.seed)
+# ---------------------------------------------------------------------------------------------- the loop
 
-    def sample(step):
-        if tok is None or not world.is_master:
-            return
-        prompt = [tok.eot_token] if tok.eot_token is not None else [0]
-        ids = model.generate(prompt, args.gen_tokens, rng)
-        say(f"--- sample at step {step} ---\n{tok.decode(ids)}\n---")
-
-    t_start = time.perf_counter()
-    for step in range(start_step, args.max_steps + 1):
-        last = step == args.max_steps
-        if val_loader and (step % args.val_every == 0 or last):
-            evaluate(step)
-        if args.gen_tokens > 0 and args.sample_every > 0 and (step > 0 and step % args.sample_every == 0 or last):
-            sample(step)
-        if last:
-            break
-        t0 = time.perf_counter()
-        inputs, targets = train_loader.next_batch()
-        loss = model.forward(inputs, targets)
-        model.zero_grad()
-        model.backward()
-        norm = dp.reduce_gradients()  # sums the ranks' gradients (ZeRO-1: only this rank's shard); norm of their mean
-        loss = world.mean(loss)
-        if not (math.isfinite(loss) and math.isfinite(norm)):  # the same numbers on every rank: all stop here
-            raise CollectiveError(f"step {step + 1}: loss {loss}, gradient norm {norm}: training diverged "
-                                  f"(lower the learning rate -l, check the data and the model file)")
-        scale = args.grad_clip / norm if args.grad_clip > 0 and norm > args.grad_clip else 1.0
-        lr = lr_at(step, args)
-        # grad_scale also divides by the world size: the summed gradient becomes the mean one.
-        model.update(lr, weight_decay=args.weight_decay, t=step + 1, grad_scale=scale / world.size)
-        dp.gather_parameters()  # ZeRO-1: every rank's updated shard to every rank
-        model.backend.synchronize()
-        dt = time.perf_counter() - t0
-        say(f"step {step + 1:4d}/{args.max_steps} | loss {loss:.4f} | lr {lr:.2e} | norm {norm:.2f} | "
-            f"{dt * 1000:.0f} ms | {world.size} proc | {world.size * B * T / dt:.0f} tok/s")
-        if log:
-            log.write(f"s:{step} trl:{loss:.4f} lr:{lr:.6f} norm:{norm:.2f}\n")
-            log.flush()
-        if args.output_dir and args.checkpoint_every > 0 and (step + 1) % args.checkpoint_every == 0:
-            checkpoint.save(args.output_dir, step + 1, model, world, train_loader, args.seed)
-            say(f"checkpoint at step {step + 1} in {args.output_dir}")
-
-    if args.output_dir and world.is_master:
-        path = os.path.join(args.output_dir, f"model_{args.max_steps:08d}.bin")
-        model.save(path)
-        say(f"wrote {path}")
+def evaluate(model, val_loader, batches, world, log, step, say):
+    """The val loss: the mean over `batches` batches from the start of the val split, and the ranks."""
+    import numpy as np
+    val_loader.reset()
+    losses = [model.forward(*val_loader.next_batch()) for _ in range(batches)]
+    val_loss = world.mean(float(np.mean(losses)))
+    say(f"val loss {val_loss:.4f}")
     if log:
-        log.close()
-    say(f"done in {time.perf_counter() - t_start:.1f} s")
-    return 0
+        log.write(f"s:{step} tel:{val_loss:.4f}\n")
+        log.flush()
+
+
+def sample(model, tok, gen_tokens, rng, step, say):
+    prompt = [tok.eot_token] if tok.eot_token is not None else [0]
+    ids = model.generate(prompt, gen_tokens, rng)
+    say(f"--- sample at step {step} ---\n{tok.decode(ids)}\n---")
+
+
+def log_step(result, step, max_steps, dt, tokens, nproc, log, say):
+    """The step's line on stdout and in main.log."""
+    r = result
+    say(f"step {step + 1:4d}/{max_steps} | loss {r.loss:.4f} | lr {r.lr:.2e} | norm {r.norm:.2f} | "
+        f"{dt * 1000:.0f} ms | {nproc} proc | {tokens / dt:.0f} tok/s")
+    if log:
+        log.write(f"s:{step} trl:{r.loss:.4f} lr:{r.lr:.6f} norm:{r.norm:.2f}\n")
+        log.flush()
 
 
 if __name__ == "__main__":

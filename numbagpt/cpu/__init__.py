@@ -1,11 +1,15 @@
 """The CPU backend: llm.c's kernels as Numba `@njit(parallel=True)` prange loops over flat float32 buffers.
 
-See docs/kernels.md for the contract shared with `numbagpt.cuda`.
+See docs/kernels.md for the contract shared with `numbagpt.cuda`, and numbagpt/backend.py for the
+interface both packages provide. Buffers are NumPy arrays; every kernel returns when it is done.
 """
+import platform
+import time
+
 import numpy as np
 
 from .adamw import adamw_update, global_norm_squared
-from .attention import attention_backward, attention_forward
+from .attention import attention_backward, attention_forward, attention_forward_cached
 from .crossentropy import crossentropy_backward, crossentropy_forward
 from .encoder import encoder_backward, encoder_forward
 from .gelu import gelu_backward, gelu_forward
@@ -14,7 +18,65 @@ from .matmul import matmul_backward, matmul_forward
 from .residual import residual_backward, residual_forward
 
 NAME = "cpu"
+SIMULATOR = False
+HOST_MEMORY = True   # buffers are NumPy arrays: MPI reads and writes them in place
+TIMER = "cpu"        # the kernels are synchronous: a clock around the call times them
 
+
+# ---------------------------------------------------------------- device
+
+def available():
+    return True
+
+
+def require():
+    pass
+
+
+def select_device(local_rank):
+    """Nothing to select: every rank runs on its host's cores. Returns the description."""
+    return "cpu"
+
+
+def device_name():
+    """The CPU model, e.g. 'Intel(R) Xeon(R) ...'."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def memory_info():
+    """None: there is no device memory apart from the process's own (see profiler.process_memory)."""
+    return None
+
+
+class HostEvent:
+    """A point in time on the host clock, with the interface of a CUDA event."""
+
+    def __init__(self):
+        self.ns = None
+
+    def record(self):
+        self.ns = time.perf_counter_ns()
+
+    def synchronize(self):
+        pass
+
+    def elapsed_time(self, end):
+        """Milliseconds from this event to `end`."""
+        return (end.ns - self.ns) / 1e6
+
+
+def event():
+    return HostEvent()
+
+
+# ---------------------------------------------------------------- buffers
 
 def zeros(n, dtype=np.float32):
     return np.zeros(n, dtype=dtype)
@@ -30,6 +92,11 @@ def to_host(array):
 
 def copy_to_device(dst, host_array):
     dst[:] = host_array
+
+
+def copy(dst, src):
+    """dst ← src, two buffers (or views) of the same size that do not overlap."""
+    dst[:] = src
 
 
 def fill_zero(array):

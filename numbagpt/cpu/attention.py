@@ -238,3 +238,66 @@ def attention_backward(dinp, dpreatt, datt, dout, inp, att, B, T, C, NH):
             for i in range(hs):
                 dkr[i] += acc[i] * scale
                 dvr[i] += acc2[i]
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def attention_forward_cached(out, att, kcache, vcache, inp, B, T, t0, C, NH, maxT):
+    """Attention of T new positions t0 .. t0+T−1 against a key/value cache (generation).
+
+        inp            (B, T, 3C)         q, k, v of the new positions
+        kcache, vcache (B, NH, maxT, hs)  rows t0 .. t0+T−1 written here from inp; rows < t0 hold
+                                          the earlier positions' keys and values
+        att            (B, NH, T, maxT)   softmax weights of query t over cache rows ≤ t0+t, 0 beyond
+        out            (B, T, C)
+
+    It computes what attention_forward computes for those rows of a sequence of t0+T positions, with
+    the keys and values of the earlier positions read from the cache instead of recomputed. T = 1 is
+    the one-query-row step of decoding; t0 = 0 with the whole prompt fills the cache (prefill).
+    """
+    hs = C // NH
+    scale = np.float32(1.0 / math.sqrt(hs))
+    X = inp.reshape(B, T, 3 * C)
+    O = out.reshape(B, T, C)
+    A = att.reshape(B, NH, T, maxT)
+    K = kcache.reshape(B, NH, maxT, hs)
+    V = vcache.reshape(B, NH, maxT, hs)
+    # the cache rows first (a query of this call may attend to a key of an earlier new position)
+    for bh in prange(B * NH):
+        h = bh % NH
+        b = bh // NH
+        for t in range(T):
+            kr = X[b, t, C + h * hs:C + (h + 1) * hs]
+            vr = X[b, t, 2 * C + h * hs:2 * C + (h + 1) * hs]
+            krow = K[b, h, t0 + t]
+            vrow = V[b, h, t0 + t]
+            for i in range(hs):
+                krow[i] = kr[i]
+                vrow[i] = vr[i]
+    # then one parallel unit per query row (b, h, t): scores, softmax and the weighted sum as in
+    # attention_forward, over the n = t0+t+1 cached rows
+    for bht in prange(B * NH * T):
+        t = bht % T
+        h = (bht // T) % NH
+        b = bht // (T * NH)
+        n = t0 + t + 1
+        q = X[b, t, h * hs:(h + 1) * hs]
+        a = A[b, h, t]
+        _dots(a, q, K[b, h], n, hs)
+        for t2 in range(n):
+            a[t2] *= scale
+        m = max_f32(a, n)
+        expsum = 0.0
+        for t2 in range(n):
+            e = exp_nonpos(a[t2] - m)
+            a[t2] = e
+            expsum += e
+        inv = np.float32(1.0 / expsum)
+        for t2 in range(n):
+            a[t2] *= inv
+        for t2 in range(n, maxT):
+            a[t2] = 0.0
+        o = np.empty(hs, np.float32)
+        _combo(o, a, V[b, h], n, hs)
+        orow = O[b, t, h * hs:(h + 1) * hs]
+        for i in range(hs):
+            orow[i] = o[i]

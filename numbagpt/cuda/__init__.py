@@ -4,14 +4,15 @@ Same file names, function names and argument order as `numbagpt.cpu` (the contra
 launch configurations and costs: docs/cuda.md. Each function launches on the default stream and returns
 without synchronising; nothing is copied to the host.
 
-Importing this package never touches the GPU; the memory helpers call `require()`, which raises a
+The interface (kernels, buffers, device) is numbagpt/backend.py's, the same as `numbagpt.cpu`'s.
+Importing this package never touches the GPU; the buffer helpers call `require()`, which raises a
 RuntimeError with instructions when there is no usable GPU/driver (unless NUMBA_ENABLE_CUDASIM=1 was set
 before Python started, which runs everything in Numba's CUDA simulator).
 """
 import numpy as np
 
 from .adamw import adamw_update, global_norm_squared
-from .attention import attention_backward, attention_forward
+from .attention import attention_backward, attention_forward, attention_forward_cached
 from .crossentropy import crossentropy_backward, crossentropy_forward
 from .encoder import encoder_backward, encoder_forward
 from .gelu import gelu_backward, gelu_forward
@@ -23,19 +24,53 @@ from .runtime import SIMULATOR, available, cuda, fill_zero_kernel, require
 from .runtime import cdiv as _cdiv
 
 NAME = "cuda"
+HOST_MEMORY = False   # device arrays: MPI takes them only when it is CUDA-aware (numbagpt.dist)
+# The kernels are queued on the default stream: CUDA events around a launch time it on the GPU; the
+# simulator runs them as Python threads, so there a synchronize and a clock around the call do.
+TIMER = "sync" if SIMULATOR else "events"
 
-# numbagpt.model.get_backend calls this when the backend is chosen: fail early, with instructions.
-check_available = require
 
-__all__ = [
-    "NAME", "SIMULATOR", "available", "require", "check_available",
-    "zeros", "to_device", "to_host", "copy_to_device", "fill_zero", "synchronize",
-    "encoder_forward", "encoder_backward", "layernorm_forward", "layernorm_backward",
-    "matmul_forward", "matmul_backward", "attention_forward", "attention_backward",
-    "gelu_forward", "gelu_backward", "residual_forward", "residual_backward",
-    "crossentropy_forward", "crossentropy_backward", "adamw_update", "global_norm_squared",
-]
+# ---------------------------------------------------------------- device
 
+def select_device(local_rank):
+    """Make GPU (local_rank % number of GPUs) current; call before any CUDA memory is allocated.
+    Returns a description, e.g. 'cuda:1 NVIDIA H100 (2 GPUs here)'."""
+    require()
+    ngpus = len(cuda.gpus)
+    index = local_rank % ngpus
+    cuda.select_device(index)
+    return f"cuda:{index} {device_name()}" + (f" ({ngpus} GPUs here)" if ngpus > 1 else "")
+
+
+def device_name():
+    """The current GPU's name, or 'Numba CUDA simulator'."""
+    if SIMULATOR:
+        return "Numba CUDA simulator"
+    try:
+        name = cuda.get_current_device().name
+        return name.decode() if isinstance(name, bytes) else str(name)
+    except Exception:  # a driver that won't say
+        return "CUDA device"
+
+
+def memory_info():
+    """(used, total) bytes of the current GPU, or None (the simulator, or a driver that won't say)."""
+    if SIMULATOR:
+        return None
+    try:
+        free, total = cuda.current_context().get_memory_info()
+        return int(total - free), int(total)
+    except Exception:
+        return None
+
+
+def event():
+    """A CUDA event that records timestamps: record(), synchronize(), elapsed_time(end) in ms."""
+    require()
+    return cuda.event(timing=True)
+
+
+# ---------------------------------------------------------------- buffers
 
 def zeros(n, dtype=np.float32):
     """A zero-filled 1-D device array of n elements."""
@@ -63,6 +98,14 @@ def copy_to_device(dst, host_array):
     src = np.ascontiguousarray(host_array, dtype=dst.dtype).reshape(-1)
     if src.size != dst.size:
         raise ValueError(f"copy_to_device: {src.size} host elements into a device array of {dst.size}")
+    dst.copy_to_device(src)
+
+
+def copy(dst, src):
+    """dst ← src, two device arrays (or views) of the same size that do not overlap; on the device."""
+    require()
+    if src.size != dst.size:
+        raise ValueError(f"copy: {src.size} elements into a device array of {dst.size}")
     dst.copy_to_device(src)
 
 

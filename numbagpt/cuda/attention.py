@@ -26,7 +26,7 @@ import numpy as np
 from .launch import Launch
 from .matmul import (CAUSAL_K_LOWER, CAUSAL_K_UPPER, CAUSAL_OUT, GEMM_SIGNATURE, gemm_launch, launch_gemm,
                      make_gemm)
-from .runtime import F32A, I64, cdiv, cuda, i64, warp_max, warp_sum
+from .runtime import F32, F32A, I64, cdiv, cuda, f32, i64, warp_max, warp_sum
 
 WARPS = 4
 ROW_BLOCK = 32 * WARPS
@@ -167,3 +167,94 @@ def attention_backward(dinp, dpreatt, datt, dout, inp, att, B, T, C, NH):
     launch_gemm(dk_gemm, dinp, dpreatt, inp, None, T, hs, T, lda=T, ldb=C3, ldc=C3,
                 a_off=0, a_sb=maps["sb"], a_sh=maps["sh"], b_off=0, b_sb=qkv["sb"], b_sh=qkv["sh"],
                 c_off=C, c_sb=qkv["sb"], c_sh=qkv["sh"], NH=NH, alpha=scale)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Generation: attention of T new positions against a key/value cache (T = 1 when decoding a token).
+#   kcache, vcache (B, NH, maxT, hs)   att (B, NH, T, maxT)   the rest as above; see the CPU kernel.
+# Two launches: the new rows go into the cache first (a query may attend to a key of another new
+# position, which another block would otherwise be writing), then one warp per query row (b, h, t)
+# computes its n = t0+t+1 scores (lanes over keys), the softmax (warp reductions) and out (lanes over
+# the hs channels, coalesced).
+
+@cuda.jit(fastmath=False)
+def kv_cache_write_kernel(kcache, vcache, inp, B, T, t0, C, NH, maxT):
+    """kcache/vcache[b, h, t0+t, i] = k/v of inp[b, t] (channel h·hs+i); one thread per (b, t, c)."""
+    idx = cuda.grid(1)
+    if idx < B * T * C:
+        bt = idx // C
+        c = idx - bt * C
+        b = bt // T
+        t = bt - b * T
+        hs = C // NH
+        h = c // hs
+        dst = ((b * NH + h) * maxT + t0 + t) * hs + (c - h * hs)
+        kcache[dst] = inp[bt * 3 * C + C + c]
+        vcache[dst] = inp[bt * 3 * C + 2 * C + c]
+
+
+@cuda.jit(fastmath=False)
+def attention_cached_kernel(out, att, kcache, vcache, inp, B, T, t0, C, NH, maxT, scale):
+    lane = cuda.threadIdx.x % 32
+    row = cuda.blockIdx.x * WARPS + cuda.threadIdx.x // 32
+    if row < B * NH * T:
+        t = row % T
+        bh = row // T
+        h = bh % NH
+        b = bh // NH
+        hs = C // NH
+        n = t0 + t + 1
+        q = (b * T + t) * 3 * C + h * hs
+        kv = bh * maxT * hs
+        a = row * maxT
+        m = _NEG_INF
+        for t2 in range(lane, n, 32):
+            s = _ZERO
+            for i in range(hs):
+                s += inp[q + i] * kcache[kv + t2 * hs + i]
+            s *= scale
+            att[a + t2] = s
+            if s > m:
+                m = s
+        m = warp_max(m)
+        e_sum = _ZERO
+        for t2 in range(lane, maxT, 32):
+            if t2 < n:
+                e = math.exp(att[a + t2] - m)
+                att[a + t2] = e
+                e_sum += e
+            else:
+                att[a + t2] = _ZERO
+        inv = _ONE / warp_sum(e_sum)  # ≥ exp(0) = 1: the query's own key is always there
+        for t2 in range(lane, n, 32):
+            att[a + t2] *= inv
+        cuda.syncwarp()  # every lane reads every lane's weights below
+        o = (b * T + t) * C + h * hs
+        for i in range(lane, hs, 32):
+            acc = _ZERO
+            for t2 in range(n):
+                acc += att[a + t2] * vcache[kv + t2 * hs + i]
+            out[o + i] = acc
+
+
+SIGNATURES.update({
+    "kv_cache_write_kernel": [(F32A, F32A, F32A, I64, I64, I64, I64, I64, I64)],
+    "attention_cached_kernel": [(F32A, F32A, F32A, F32A, F32A, I64, I64, I64, I64, I64, I64, F32)],
+})
+
+
+def attention_forward_cached_launches(B, T, t0, C, NH, maxT):
+    """[cache write (one thread per (b, t, c)), attention (one warp per query row)]."""
+    return [Launch(kv_cache_write_kernel, cdiv(B * T * C, 256), 256),
+            Launch(attention_cached_kernel, cdiv(B * NH * T, WARPS), ROW_BLOCK)]
+
+
+def attention_forward_cached(out, att, kcache, vcache, inp, B, T, t0, C, NH, maxT):
+    """out (B,T,C) and att (B,NH,T,maxT) of positions t0..t0+T−1 from qkv inp (B,T,3C), whose k and v
+    are first written into rows t0.. of kcache, vcache (B,NH,maxT,hs)."""
+    if B * T * C == 0:
+        return
+    args = (i64(B), i64(T), i64(t0), i64(C), i64(NH), i64(maxT))
+    write, attend = attention_forward_cached_launches(B, T, t0, C, NH, maxT)
+    write(kcache, vcache, inp, *args)
+    attend(out, att, kcache, vcache, inp, *args, f32(1.0 / math.sqrt(C // NH)))

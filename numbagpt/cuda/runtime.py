@@ -6,9 +6,9 @@
 - `available()` / `require()`: is there a usable GPU (or the simulator)? `require` raises a RuntimeError
   that says what to do.
 - Launch helpers (`cdiv`, `i64`, `f32`) and shared device functions (warp reductions).
-- Under the simulator, warp shuffles (`cuda.shfl_xor_sync`, `shfl_down_sync`, `shfl_sync`) and
-  `cuda.syncwarp` are missing; `_install_simulator_warp_intrinsics` adds faithful emulations (a per-warp
-  barrier and value exchange), so the kernels that use them run unchanged under the simulator.
+- Under the simulator, the warp shuffle the kernels use (`cuda.shfl_xor_sync`) is missing;
+  `_install_simulator_warp_intrinsics` adds a faithful emulation (a per-warp barrier and value
+  exchange), so the kernels that use it run unchanged under the simulator.
 """
 import threading
 
@@ -175,35 +175,10 @@ def _sim_shfl_xor_sync(self, mask, value, lane_mask):
     return vals[src] if src < WARP and vals[src] is not None else value
 
 
-def _sim_shfl_down_sync(self, mask, value, delta):
-    vals, lane = _sim_warp_exchange(value)
-    src = lane + int(delta)
-    return vals[src] if src < WARP and vals[src] is not None else value
-
-
-def _sim_shfl_up_sync(self, mask, value, delta):
-    vals, lane = _sim_warp_exchange(value)
-    src = lane - int(delta)
-    return vals[src] if src >= 0 and vals[src] is not None else value
-
-
-def _sim_shfl_sync(self, mask, value, src_lane):
-    vals, lane = _sim_warp_exchange(value)
-    src = int(src_lane) % WARP
-    return vals[src] if vals[src] is not None else value
-
-
-def _sim_syncwarp(self, mask=FULL_MASK):
-    _sim_warp_exchange(None)
-
-
 def _install_simulator_warp_intrinsics():
     from numba.cuda.simulator.kernelapi import FakeCUDAModule
-    for name, fn in (("shfl_xor_sync", _sim_shfl_xor_sync), ("shfl_down_sync", _sim_shfl_down_sync),
-                     ("shfl_up_sync", _sim_shfl_up_sync), ("shfl_sync", _sim_shfl_sync),
-                     ("syncwarp", _sim_syncwarp)):
-        if not hasattr(FakeCUDAModule, name):
-            setattr(FakeCUDAModule, name, fn)
+    if not hasattr(FakeCUDAModule, "shfl_xor_sync"):
+        FakeCUDAModule.shfl_xor_sync = _sim_shfl_xor_sync
 
 
 if SIMULATOR:

@@ -14,14 +14,14 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from numbagpt.dist import init_world, partition  # noqa: E402
-from numbagpt.model import get_backend  # noqa: E402
+from numbagpt.backend import get_backend  # noqa: E402
 
 
 def main(device):
     world = init_world()
     R, r = world.size, world.rank
-    world.setup_device(device)
     backend = get_backend(device)
+    world.setup_device(backend)
     if device == "cuda":
         assert not world.cuda_aware, "the simulator's arrays can't go to MPI directly"
     N = 1001  # not a multiple of R: shards of different sizes

@@ -1,0 +1,42 @@
+"""bin/plot_log: loss curves of one or more training runs (their llm.c-format main.log) as a PNG."""
+import argparse
+import sys
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="plot_log",
+        description="Plot train and val loss against step (and HellaSwag accuracy, when logged) from the "
+                    "main.log files of one or more train_gpt2 / llm.c runs, overlaid with a legend. "
+                    "Needs matplotlib (pip install matplotlib).")
+    p.add_argument("logs", nargs="+", metavar="LOG", help="log files (e.g. out/main.log)")
+    p.add_argument("-o", "--output", default="loss.png", help="PNG to write (default: %(default)s)")
+    p.add_argument("--labels", default=None,
+                   help="comma-separated legend names, one per log (default: each log's directory)")
+    p.add_argument("--tokens-per-step", type=int, default=None,
+                   help="tokens per training step (B*T*processes), for a second x axis in tokens")
+    p.add_argument("--title", default=None, help="title of the loss panel")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    labels = args.labels.split(",") if args.labels else None
+    if labels is not None and len(labels) != len(args.logs):
+        print(f"plot_log: error: --labels has {len(labels)} names for {len(args.logs)} logs", file=sys.stderr)
+        return 1
+    if args.tokens_per_step is not None and args.tokens_per_step <= 0:
+        print("plot_log: error: --tokens-per-step must be positive", file=sys.stderr)
+        return 1
+    try:
+        from ..plot import plot_logs
+        plot_logs(args.logs, args.output, labels=labels, tokens_per_step=args.tokens_per_step, title=args.title)
+    except (ValueError, OSError, RuntimeError) as e:
+        print(f"plot_log: error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

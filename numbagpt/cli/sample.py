@@ -1,0 +1,160 @@
+"""bin/sample_gpt2: generate text from a trained model, streaming the tokens as they are made.
+
+Generation uses the key/value cache of numbagpt.generate (one row per layer and one query row of
+attention per new token); --no-cache recomputes the whole context per token, as llm.c does.
+"""
+import argparse
+import codecs
+import glob
+import os
+import sys
+import time
+
+from numbagpt.cli import HelpFormatter, reserve_threads, use_threads
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="sample_gpt2",
+        description="Sample text from a numbagpt/llm.c GPT-2 model file (e.g. one train_gpt2 wrote, or one "
+                    "import_hf made from a Hugging Face GPT-2). The continuation is printed as it is generated.",
+        formatter_class=HelpFormatter)
+    p.add_argument("-e", "--model", default="out",
+                   help="model .bin file, or a train_gpt2 output directory (its latest checkpoint, else its "
+                        "newest model_*.bin)")
+    p.add_argument("--prompt", default=None, help="text to continue (default: start from the end-of-text token)")
+    p.add_argument("--prompt-file", default=None, help="read the prompt from this UTF-8 file")
+    p.add_argument("-g", "--gen-tokens", type=int, default=128, help="tokens to generate per sample")
+    p.add_argument("-n", "--num-samples", type=int, default=1, help="samples to generate")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (0: always the most likely token)")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens only (0: all)")
+    p.add_argument("--top-p", type=float, default=1.0,
+                   help="sample among the most likely tokens whose probabilities add up to p (1: all)")
+    p.add_argument("--seed", type=int, default=1337, help="seed of the sampling")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="backend that runs the kernels")
+    p.add_argument("--omp-threads", type=int, default=None, help="Numba threads (default: all cores)")
+    p.add_argument("--tokenizer", default=None,
+                   help="llm.c tokenizer .bin (default: a tokenizer .bin next to the model that fits its "
+                        "vocabulary, else GPT-2's BPE for a 50257-token model, else the built-in char data's)")
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole context for every token (slow)")
+    return p
+
+
+def resolve_model(path):
+    """A model file path from -e: the file itself, or a directory's latest checkpoint / newest model."""
+    if not os.path.isdir(path):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: no such model file or directory (-e)")
+        return path
+    from numbagpt import checkpoint
+    step = checkpoint.latest_step(path)
+    if step is not None and os.path.isfile(checkpoint.model_path(path, step)):
+        return checkpoint.model_path(path, step)
+    models = sorted(glob.glob(os.path.join(path, "model_*.bin")))
+    if not models:
+        raise FileNotFoundError(f"{path}: no model_*.bin in this directory (-e takes a model file or a "
+                                f"train_gpt2 output directory)")
+    return models[-1]
+
+
+def find_tokenizer(explicit, model_path, vocab_size):
+    """The tokenizer to decode a model of vocab_size tokens (see --tokenizer)."""
+    from numbagpt import data, tokenizer
+    if explicit:
+        tok = tokenizer.load_tokenizer(explicit)
+        if tok.vocab_size != vocab_size:
+            raise ValueError(f"{explicit}: a {tok.vocab_size}-token tokenizer, the model has {vocab_size} tokens")
+        return tok
+    near = sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(model_path)), "*tokenizer*.bin")))
+    builtin = [os.path.join(data.builtin_data_dir(tokenizer=name), f"{data.BUILTIN_NAME}_tokenizer.bin")
+               for name in ("char",)]
+    for path in near + (["gpt2"] if vocab_size == tokenizer.GPT2_VOCAB_SIZE else []) + builtin:
+        if path == "gpt2":
+            return tokenizer.GPT2Tokenizer()
+        if os.path.isfile(path):
+            tok = tokenizer.load_tokenizer(path)
+            if tok.vocab_size == vocab_size:
+                return tok
+    raise ValueError(f"no tokenizer for a {vocab_size}-token vocabulary next to {model_path}: pass --tokenizer FILE")
+
+
+def check_args(args):
+    for name in ("gen_tokens", "num_samples"):
+        if getattr(args, name) <= 0:
+            raise SystemExit(f"sample_gpt2: --{name.replace('_', '-')} must be positive")
+    if args.temperature < 0:
+        raise SystemExit("sample_gpt2: --temperature must be >= 0")
+    if args.top_k < 0:
+        raise SystemExit("sample_gpt2: --top-k must be >= 0")
+    if not 0.0 < args.top_p <= 1.0:
+        raise SystemExit("sample_gpt2: --top-p must be in (0, 1]")
+    if args.prompt is not None and args.prompt_file is not None:
+        raise SystemExit("sample_gpt2: give --prompt or --prompt-file, not both")
+
+
+def read_prompt(args, tok):
+    text = args.prompt
+    if args.prompt_file is not None:
+        try:
+            with open(args.prompt_file, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"{args.prompt_file}: cannot read the prompt: {e}") from None
+    if not text:
+        return "", [tok.eot_token if tok.eot_token is not None else 0]
+    if not tok.can_encode:
+        raise ValueError("this model's tokenizer can only decode: sample without --prompt")
+    return text, tok.encode(text)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    reserve_threads(args.omp_threads)
+    try:
+        return sample(args)
+    except (ValueError, OSError, RuntimeError) as e:
+        print(f"sample_gpt2: error: {e}", file=sys.stderr)
+        return 1
+
+
+def sample(args):
+    import numba
+    import numpy as np
+
+    from numbagpt.generate import Decoder, generate
+    from numbagpt.model import GPT2
+
+    use_threads(args.omp_threads or numba.config.NUMBA_NUM_THREADS)
+    path = resolve_model(args.model)
+    model = GPT2.from_file(path, backend=args.device)
+    tok = find_tokenizer(args.tokenizer, path, model.config.vocab_size)
+    text, prompt = read_prompt(args, tok)
+    print(f"model {path} | {model.config.describe()} | tokenizer {tok.name} | device {args.device} | "
+          f"prompt {len(prompt)} tokens", file=sys.stderr, flush=True)
+    rng = np.random.default_rng(args.seed)
+    decoder = None if args.no_cache else Decoder(model, 1)
+    out = sys.stdout
+    total, t0 = 0, time.perf_counter()
+    for i in range(args.num_samples):
+        if args.num_samples > 1:
+            out.write(f"{'' if i == 0 else chr(10)}--- sample {i + 1}/{args.num_samples} ---\n")
+        out.write(text)
+        out.flush()
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for token in generate(model, prompt, args.gen_tokens, rng, temperature=args.temperature,
+                              top_k=args.top_k or None, top_p=args.top_p, use_cache=not args.no_cache,
+                              decoder=decoder):
+            out.write(utf8.decode(tok.decode_bytes([token])))
+            out.flush()
+            total += 1
+        out.write(utf8.decode(b"", final=True) + "\n")
+        out.flush()
+    dt = time.perf_counter() - t0
+    print(f"{total} tokens in {dt:.2f} s ({total / dt:.1f} tokens/s, {'no cache' if args.no_cache else 'KV cache'})",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

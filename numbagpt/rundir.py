@@ -1,0 +1,281 @@
+"""The output directory of a training run: one run at a time, no stale checkpoints, checked resumes.
+
+- `lock_dir`: an exclusive fcntl.flock on `<dir>/.lock` for the whole run. The kernel releases it when
+  the process ends, however it ends (kill -9 included), so there is never a stale lock to clean up;
+  a second run on the directory is refused at once, naming the holder's pid.
+- `check_fresh`: a run that does not resume refuses a directory holding an earlier run's files
+  (checkpoints, models) unless told to overwrite them, so old DONE markers never vouch for new files.
+- `run_record` / `compare_runs`: what the run was (batch, sequence length, data, seed, processes,
+  ZeRO stage, schedule), kept in every train state header; resume names each difference.
+- `keep_log_until`: main.log rewritten (atomically) without the lines past the step resumed from.
+"""
+import errno
+import fcntl
+import os
+import signal
+import socket
+import time
+
+from . import atomic, checkpoint
+
+LOCK_NAME = ".lock"
+
+
+class RunDirError(RuntimeError):
+    """The output directory can't be used as asked; the message says why and what to do."""
+
+
+class DirLock:
+    """An exclusive flock on `<directory>/.lock`, held until `release()` or the process ends."""
+
+    def __init__(self, directory):
+        self.path = os.path.join(directory, LOCK_NAME)
+        self.fd = None
+
+    def acquire(self):
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RunDirError(f"{self.path}: cannot create the lock file: {atomic.describe_os_error(e)}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = _read_holder(fd)
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunDirError(f"{os.path.dirname(self.path) or '.'}: in use by another training run "
+                                  f"({holder}); wait for it to end, or give another -o") from None
+            raise RunDirError(f"{self.path}: cannot lock: {atomic.describe_os_error(e)}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+        os.fsync(fd)
+        self.fd = fd
+        return self
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)  # closing the last descriptor releases the flock
+            self.fd = None
+
+
+def _read_holder(fd):
+    try:
+        text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        text = ""
+    return text or "pid unknown"
+
+
+def lock_dir(directory):
+    """Create `directory` if needed and lock it for this process (DirLock), or raise RunDirError."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"{directory}: cannot create the output directory: {atomic.describe_os_error(e)}") from None
+    if not os.access(directory, os.W_OK):
+        raise RunDirError(f"{directory}: the output directory is not writable")
+    return DirLock(directory).acquire()
+
+
+def _summary(names):
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+
+def check_fresh(directory, overwrite):
+    """For a run that starts from scratch (no -y 1): refuse a directory holding another run's files,
+    or, with `overwrite`, delete them (DONE files first, so no checkpoint looks complete on the way).
+    Returns the names deleted."""
+    names = checkpoint.run_files(directory)
+    if not names:
+        return []
+    if not overwrite:
+        raise RunDirError(f"{directory}: holds the files of an earlier run ({_summary(names)}); "
+                          f"give -y 1 to resume it, --overwrite to delete them and start over, "
+                          f"or another -o")
+    discard_files(directory, names)
+    return names
+
+
+def discard_files(directory, names):
+    for name in sorted(names, key=lambda n: not n.startswith("DONE_")):
+        try:
+            os.remove(os.path.join(directory, name))
+        except FileNotFoundError:
+            pass
+    atomic.fsync_dir(directory)
+
+
+# ----------------------------------------------------------------------------------------------
+# the run record
+
+# key: (what the user changes to change it, kept in the record as); the order of the messages
+RUN_FIELDS = {
+    "B": "-b", "T": "-t", "total_batch": "total batch (-d)", "seed": "--seed", "train_data": "-i",
+    "val_data": "-j", "world_size": "number of processes", "zero_stage": "-z", "shuffle": "--shuffle",
+    "lr": "-l", "warmup": "-u", "max_steps": "-x", "final_lr_frac": "-q", "schedule": "lr schedule",
+    "weight_decay": "-c", "grad_clip": "--grad-clip",
+}
+# A resume can't honour these however it is told to: each rank's state holds its shard of AdamW state.
+HARD_FIELDS = ("world_size", "zero_stage")
+
+
+def run_record(**fields):
+    """The run record: `fields` (RUN_FIELDS keys) as JSON-able values, None dropped."""
+    unknown = set(fields) - set(RUN_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown run record fields: {', '.join(sorted(unknown))}")
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _same(key, old, new):
+    from .formats import hash_text
+    if isinstance(old, str) and isinstance(new, str) and old.startswith("sha256:") and not new.startswith("sha256:"):
+        return old == hash_text(new)
+    if isinstance(old, (int, float)) and isinstance(new, (int, float)):
+        return float(old) == float(new)
+    return old == new
+
+
+def compare_runs(recorded, current):
+    """[(key, line)] for each field that differs between the recorded run and this one, the line
+    e.g. "-b: 4 in the checkpoint, 8 now" (fields only one side has are not compared: records of
+    older versions, llm.c's files)."""
+    return [(key, f"{flag}: {recorded[key]!r} in the checkpoint, {current[key]!r} now")
+            for key, flag in RUN_FIELDS.items()
+            if key in recorded and key in current and not _same(key, recorded[key], current[key])]
+
+
+def check_resume(recorded, current, allow_changes, where):
+    """Raise RunDirError naming every change between the checkpoint's run and this one, unless
+    `allow_changes` (then return the lines, to print as warnings). Processes and ZeRO stage can't
+    change, whatever the flag."""
+    changes = compare_runs(recorded or {}, current)
+    hard = [line for key, line in changes if key in HARD_FIELDS]
+    if hard:
+        raise RunDirError(f"{where}: cannot resume: " + "; ".join(hard) +
+                          " (each process's state holds its share of AdamW state: resume with the same)")
+    lines = [line for _, line in changes]
+    if lines and not allow_changes:
+        raise RunDirError(f"{where}: this run differs from the checkpoint's: " + "; ".join(lines) +
+                          " (give the same flags, or --allow-changes to resume anyway)")
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------
+# main.log
+
+def _log_step(line):
+    head = line.split(" ", 1)[0]
+    if head.startswith("s:"):
+        try:
+            return int(head[2:])
+        except ValueError:
+            return None
+    return None
+
+
+def keep_log_until(path, step):
+    """Rewrite main.log (atomically) keeping only the lines of steps before `step`, the step resumed
+    from: the lines a killed run wrote after its last checkpoint are repeated by the resumed run."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.readlines()
+    except FileNotFoundError:
+        return 0
+    kept = [ln for ln in lines if (s := _log_step(ln)) is None or s < step]
+    if len(kept) != len(lines):
+        atomic.write_text(path, "".join(kept))
+    return len(lines) - len(kept)
+
+
+# ----------------------------------------------------------------------------------------------
+# a run's start in its output directory, on every rank
+
+def open_run(out_dir, resume, overwrite, record, allow_changes, world, say):
+    """Rank 0 locks `out_dir` for the run, removes killed writers' temporaries and picks the
+    checkpoint to resume from (the newest that verifies, saying why it skipped newer ones, whose DONE
+    files it removes so they are rewritten), then checks its run record against `record`; a fresh run
+    refuses (or, with `overwrite`, clears) an earlier run's files. Every rank gets the outcome:
+    (lock or None, resume step or None), or the same RunDirError."""
+    outcome, lock = None, None
+    if world.is_master:
+        try:
+            lock = lock_dir(out_dir)
+            atomic.remove_stale_temps(out_dir)
+            outcome = ("ok", _pick(out_dir, resume, overwrite, record, allow_changes, say))
+        except (RunDirError, OSError) as e:
+            if lock:
+                lock.release()
+            outcome = ("error", str(e))
+    outcome = world.bcast(outcome)
+    if outcome[0] == "error":
+        raise RunDirError(outcome[1])
+    return lock, outcome[1]
+
+
+def _pick(out_dir, resume, overwrite, record, allow_changes, say):
+    if not resume:
+        removed = check_fresh(out_dir, overwrite)
+        if removed:
+            say(f"--overwrite: removed {len(removed)} files of an earlier run from {out_dir}")
+        return None
+    step, header, notes = checkpoint.select(out_dir)
+    for line in notes:
+        say(line)
+    for s in checkpoint.done_steps(out_dir):
+        if step is None or s > step:
+            checkpoint.discard(out_dir, s)   # broken: its files are rewritten when the run gets there
+    if step is None:
+        return None
+    changes = check_resume(header.get("run"), record, allow_changes, checkpoint.state_path(out_dir, step, 0))
+    for line in changes:
+        say(f"warning: resuming with a change (--allow-changes): {line}")
+    if notes:
+        say(f"resuming from the checkpoint at step {step} instead")
+    return step
+
+
+# ----------------------------------------------------------------------------------------------
+# Ctrl-C
+
+class Progress:
+    """Where a run is, for the line Ctrl-C ends it with."""
+
+    def __init__(self):
+        self.step = None          # steps completed
+        self.checkpoint = None    # the newest complete checkpoint's step
+
+    def interrupted_line(self):
+        step = "start-up" if self.step is None else f"step {self.step}"
+        ckpt = "none" if self.checkpoint is None else f"step {self.checkpoint}"
+        return f"interrupted at {step}; last complete checkpoint: {ckpt}"
+
+
+class StopRequest:
+    """With several ranks, Ctrl-C must stop them all at the same step, not each inside a different
+    collective: the first SIGINT only sets a flag that `requested(world)` combines over the ranks once
+    a step; a second one interrupts at once."""
+
+    def __init__(self, world):
+        self.world = world
+        self.flag = False
+        self.previous = None
+        if world.size > 1:
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+
+    def _handler(self, signum, frame):
+        if self.flag:
+            raise KeyboardInterrupt
+        self.flag = True
+
+    def requested(self):
+        """True on every rank alike when any rank got Ctrl-C (one tiny allreduce per step)."""
+        if self.world.size == 1:
+            return False
+        return self.world.mean(1.0 if self.flag else 0.0) > 0
+
+    def close(self):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None

@@ -1,0 +1,151 @@
+"""Checkpoints survive a kill -9 at any point of their writing: the driver (tests/checkpoint_driver.py,
+checkpoint.save / save_final with a micro model, no Numba) is killed while writing each file of a
+checkpoint and the final model, at many byte offsets; afterwards the newest complete checkpoint is the
+one before, every file under a final name is complete and holds one step's values (no mixed files).
+Then: resume selection falls back past a damaged checkpoint saying why; a DONE step is never rewritten."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import checkpoint_driver as drv
+from numbagpt import checkpoint, formats
+from numbagpt.formats import HEADER_BYTES
+
+DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoint_driver.py")
+MODEL_BYTES = HEADER_BYTES + 4 * drv.N
+STATE_BYTES = HEADER_BYTES + 8 * drv.N
+OFFSETS = lambda size: [0, 1, HEADER_BYTES, size // 2, size - 1, "end", "renamed"]  # noqa: E731
+
+# (file being written when killed, point) -> the newest step that must be complete afterwards.
+# The run: 5 steps, a checkpoint every 2 (steps 2, 4), the final model at step 5.
+CASES = ([("model_00000004.bin", p, 2) for p in OFFSETS(MODEL_BYTES)]
+         + [("state_00000004_00000.bin", p, 2) for p in OFFSETS(STATE_BYTES)]
+         + [("DONE_00000004", "end", 2), ("DONE_00000004", "renamed", 4)]
+         + [("model_00000005.bin", p, 4) for p in (0, HEADER_BYTES, MODEL_BYTES // 2, "end", "renamed")])
+
+
+def run_driver(out, crash=None, pause_marker=None, steps=5, every=2):
+    env = dict(os.environ)
+    env.pop("NUMBAGPT_TEST_CRASH", None)
+    if crash:
+        env["NUMBAGPT_TEST_CRASH"] = crash
+    if pause_marker:
+        env["NUMBAGPT_TEST_PAUSED"] = str(pause_marker)
+    return subprocess.Popen([sys.executable, DRIVER, str(out), str(steps), str(every)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def check_dir(out, newest):
+    """The newest complete checkpoint is `newest`, its files hold that step's values, and every file
+    under a final name is complete and holds the values of the step in its name."""
+    step, header, notes = checkpoint.select(str(out))
+    assert step == newest, notes
+    assert notes == []
+    assert header["run"] == drv.RUN and header["sample_index"] == step
+    for name in os.listdir(out):
+        path = os.path.join(out, name)
+        if name.startswith("model_"):
+            s = int(name[6:14])
+            _, params = formats.read_model(path)
+            np.testing.assert_array_equal(params, drv.values(s, 0))
+        elif name.startswith("state_"):
+            s = int(name[6:14])
+            st = formats.read_state(path)
+            np.testing.assert_array_equal(st["m"], drv.values(s, 1))
+            np.testing.assert_array_equal(st["v"], drv.values(s, 2))
+            assert st["step"] == s
+        elif name.startswith("DONE_"):
+            assert os.path.getsize(path) == 0
+        else:
+            assert name.startswith(".") and name.endswith(".tmp"), name  # a killed writer's temporary
+
+
+@pytest.mark.parametrize("target,point,newest", CASES, ids=[f"{t}@{p}" for t, p, _ in CASES])
+def test_kill_9_while_writing_leaves_the_previous_checkpoint(tmp_path, target, point, newest):
+    proc = run_driver(tmp_path, f"{target}@{point}")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, err
+    check_dir(tmp_path, newest)
+    assert os.path.exists(tmp_path / target) == (point == "renamed")
+
+
+@pytest.mark.parametrize("target,point,newest", [("model_00000004.bin", 3000, 2),
+                                                 ("state_00000004_00000.bin", "end", 2),
+                                                 ("DONE_00000004", "end", 2),
+                                                 ("model_00000005.bin", 2000, 4)])
+def test_kill_9_from_outside_mid_write(tmp_path, target, point, newest):
+    """The writer pauses mid-file (its bytes so far fsynced) and this process SIGKILLs it."""
+    marker = tmp_path / "paused"
+    out = tmp_path / "out"
+    proc = run_driver(out, f"{target}@{point}:pause", pause_marker=marker)
+    deadline = time.time() + 60
+    while not marker.exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.02)
+    assert int(marker.read_text()) == proc.pid
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    check_dir(out, newest)
+
+
+def test_an_uninterrupted_run_and_the_final_model_of_a_checkpoint_step(tmp_path):
+    proc = run_driver(tmp_path, steps=4, every=2)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    check_dir(tmp_path, 4)
+    assert sorted(checkpoint.run_files(str(tmp_path))) == [
+        "DONE_00000002", "DONE_00000004", "model_00000002.bin", "model_00000004.bin",
+        "state_00000002_00000.bin", "state_00000004_00000.bin"]
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+    # the final save finds step 4's DONE and leaves its model alone, even with other parameters
+    model = drv.Model()
+    model.step = 99
+    before = os.stat(tmp_path / "model_00000004.bin")
+    path, written = checkpoint.save_final(str(tmp_path), 4, model)
+    assert path.endswith("model_00000004.bin") and not written
+    assert not checkpoint.save(str(tmp_path), 4, model, drv.World(), drv.Loader(model), seed=1)
+    after = os.stat(tmp_path / "model_00000004.bin")
+    assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
+    check_dir(tmp_path, 4)
+
+
+def _complete_run(tmp_path):
+    proc = run_driver(tmp_path, steps=6, every=2)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    return str(tmp_path)
+
+
+def test_select_falls_back_past_damaged_checkpoints_and_says_why(tmp_path):
+    out = _complete_run(tmp_path)
+    with open(checkpoint.model_path(out, 6), "r+b") as f:       # truncated model of step 6
+        f.truncate(MODEL_BYTES - 4)
+    with open(checkpoint.state_path(out, 4, 0), "r+b") as f:    # state of step 4: wrong magic
+        f.write(np.array([7], dtype="<i4").tobytes())
+    step, header, notes = checkpoint.select(out)
+    assert step == 2 and header["step"] == 2
+    assert len(notes) == 2
+    assert "step 6 skipped" in notes[0] and "model_00000006.bin" in notes[0] and "truncated" in notes[0]
+    assert "step 4 skipped" in notes[1] and "state_00000004_00000.bin" in notes[1] and "magic" in notes[1]
+
+
+def test_select_checks_every_rank_and_the_step_in_each_header(tmp_path):
+    out = _complete_run(tmp_path)
+    n = drv.N
+    # step 6 claims 2 processes but rank 1's file is missing
+    formats.write_state(checkpoint.state_path(out, 6, 0), 6, 2, 0, np.zeros(n), np.zeros(n))
+    # step 4's state file is step 2's, copied under the wrong name
+    os.replace(checkpoint.state_path(out, 2, 0), checkpoint.state_path(out, 4, 0))
+    step, _, notes = checkpoint.select(out)
+    assert step is None
+    assert "state_00000006_00001.bin: no such file" in notes[0]
+    assert "header says step 2" in notes[1]
+    assert "step 2 skipped" in notes[2] and "state_00000002_00000.bin" in notes[2]
+    os.remove(checkpoint.done_path(out, 6))
+    assert checkpoint.latest_step(out) == 4

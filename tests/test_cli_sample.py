@@ -1,0 +1,81 @@
+"""bin/sample_gpt2: prompts, samples, the cache against the full recompute, finding the model and the
+tokenizer, one-line errors."""
+import os
+
+import numpy as np
+import pytest
+
+from numbagpt.cli.sample import main
+from numbagpt.config import GPT2Config
+from numbagpt.model import GPT2
+from numbagpt.tokenizer import CharTokenizer, GPT2Tokenizer
+
+
+def make_model(path, V, seed=0):
+    cfg = GPT2Config(max_seq_len=16, vocab_size=V, num_layers=1, num_heads=2, channels=16)
+    model = GPT2(cfg)
+    model.init_weights(seed)
+    model.load_parameters(model.parameters_host() * 10)
+    model.save(path)
+    return model
+
+
+@pytest.fixture(scope="module")
+def gpt2_model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("gpt2")
+    make_model(d / "model_00000010.bin", 50257)
+    return d
+
+
+def run(capsys, *argv):
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_prompt_samples_and_cache_equals_recompute(gpt2_model, capsys):
+    args = ["-e", gpt2_model / "model_00000010.bin", "--prompt", "O Romeo", "-g", 20, "-n", 2, "--top-k", 40]
+    rc, out, err = run(capsys, *args)
+    assert rc == 0, err
+    assert out.startswith("--- sample 1/2 ---\nO Romeo") and "\n--- sample 2/2 ---\nO Romeo" in out
+    assert "40 tokens in" in err and "KV cache" in err
+    # the continuation is 20 GPT-2 tokens; the same seed gives the same text without the cache
+    first = out.split("--- sample 2/2 ---")[0].split("\n", 1)[1].rstrip("\n")
+    assert len(GPT2Tokenizer().encode(first)) >= 20
+    rc, out2, err = run(capsys, *args, "--no-cache")
+    assert rc == 0 and out2 == out and "no cache" in err
+    # a directory: its newest model file; a prompt file
+    prompt = gpt2_model / "prompt.txt"
+    prompt.write_text("O Romeo", encoding="utf-8")
+    rc, out3, _ = run(capsys, "-e", gpt2_model, "--prompt-file", prompt, "-g", 20, "-n", 2, "--top-k", 40)
+    assert rc == 0 and out3 == out
+
+
+def test_char_model_finds_its_tokenizer_next_to_it(tmp_path, capsys):
+    tok = CharTokenizer.from_text("abcdefgh \n")
+    make_model(tmp_path / "m.bin", tok.vocab_size)
+    tok.save(str(tmp_path / "data_tokenizer.bin"))
+    rc, out, err = run(capsys, "-e", tmp_path / "m.bin", "--prompt", "abc", "-g", 30, "--temperature", 0)
+    assert rc == 0, err
+    body = out[3:-1].replace("<|endoftext|>", "#")  # 30 tokens of one character each (EOT as #)
+    assert out.startswith("abc") and len(body) == 30 and set(body) <= set("abcdefgh \n#")
+    assert "tokenizer char" in err
+
+
+def test_errors_are_one_line(tmp_path, gpt2_model, capsys):
+    rc, _, err = run(capsys, "-e", tmp_path / "nope.bin")
+    assert rc == 1 and err.strip() == f"sample_gpt2: error: {tmp_path / 'nope.bin'}: no such model file or directory (-e)"
+    rc, _, err = run(capsys, "-e", tmp_path)
+    assert rc == 1 and "no model_*.bin" in err
+    make_model(tmp_path / "m.bin", 30)
+    rc, _, err = run(capsys, "-e", tmp_path / "m.bin")
+    assert rc == 1 and "no tokenizer for a 30-token vocabulary" in err and "--tokenizer" in err
+    CharTokenizer.from_text("abc").save(str(tmp_path / "t.bin"))
+    rc, _, err = run(capsys, "-e", tmp_path / "m.bin", "--tokenizer", tmp_path / "t.bin")
+    assert rc == 1 and "a 4-token tokenizer, the model has 30 tokens" in err
+    with pytest.raises(SystemExit, match="--top-p must be in"):
+        main(["-e", str(gpt2_model), "--top-p", "1.5"])
+    with pytest.raises(SystemExit, match="not both"):
+        main(["-e", str(gpt2_model), "--prompt", "a", "--prompt-file", "b"])
+    rc, _, err = run(capsys, "-e", gpt2_model, "--prompt-file", tmp_path / "missing.txt")
+    assert rc == 1 and "missing.txt: cannot read the prompt" in err

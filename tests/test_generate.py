@@ -1,0 +1,121 @@
+"""Generation with the key/value cache: the decoder's logits are the full forward's at every position,
+and sampling draws from the distribution it says."""
+import numpy as np
+import pytest
+
+from numbagpt import generate as gen
+from numbagpt.config import GPT2Config
+from numbagpt.model import GPT2
+
+
+
+def assert_logits_close(got, want):
+    """Equal up to float32 rounding, which scales with the logits' magnitude (~20 here)."""
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=4e-6 * np.abs(want).max())
+
+
+def tiny_model(maxT=16, V=50, seed=1):
+    cfg = GPT2Config(max_seq_len=maxT, vocab_size=V, num_layers=2, num_heads=2, channels=8)
+    model = GPT2(cfg)
+    model.init_weights(seed)
+    # larger weights than the init's 0.02 so the logits differ visibly between positions
+    model.load_parameters(model.parameters_host() * 20)
+    return model
+
+
+def full_logits(model, tokens):
+    model.forward(tokens)
+    return model.logits_host().copy()
+
+
+def test_decoder_logits_equal_full_forward_at_every_position():
+    model = tiny_model()
+    tokens = np.random.default_rng(0).integers(0, 50, (3, 16)).astype(np.int32)
+    want = full_logits(model, tokens)
+    assert np.abs(want[:, 1:] - want[:, :-1]).max() > 0.1  # a test that can fail
+    dec = gen.Decoder(model, 3)
+    got = [dec.forward(tokens[:, :1], "all")[:, 0]]
+    for t in range(1, 16):
+        got.append(dec.forward(tokens[:, t:t + 1], "last"))  # one row per step, like sampling
+    assert_logits_close(np.stack(got, 1), want)
+    assert dec.pos == 16
+    with pytest.raises(ValueError, match="exceed the model's maxT"):
+        dec.forward(tokens[:, :1])
+
+
+@pytest.mark.parametrize("chunk", [3, 256])
+def test_prefill_then_decode(monkeypatch, chunk):
+    monkeypatch.setattr(gen, "PREFILL_CHUNK", chunk)  # 3: the prompt goes in several chunks
+    model = tiny_model()
+    tokens = np.random.default_rng(1).integers(0, 50, (2, 16)).astype(np.int32)
+    want = full_logits(model, tokens)
+    dec = gen.Decoder(model, 2)
+    assert_logits_close(dec.forward(tokens[:, :10], "all"), want[:, :10])
+    dec.reset()
+    assert_logits_close(dec.forward(tokens[:, :10], "last"), want[:, 9])
+    assert dec.forward(tokens[:, 10:13], None) is None
+    assert_logits_close(dec.forward(tokens[:, 13:], "all"), want[:, 13:])
+
+
+def test_generate_with_and_without_cache_agree_beyond_max_seq_len():
+    # 40 tokens from a maxT = 8 model: the context restarts several times; both paths see the same
+    model = tiny_model(maxT=8)
+    a = list(gen.generate(model, [1, 2, 3], 40, np.random.default_rng(5), top_k=20, temperature=3.0))
+    b = list(gen.generate(model, [1, 2, 3], 40, np.random.default_rng(5), top_k=20, temperature=3.0, use_cache=False))
+    assert a == b and len(set(a)) > 5
+    # a batch of two prompts: each row as when generated alone
+    batch = list(gen.generate(model, [[1, 2, 3], [4, 5, 6]], 12, np.random.default_rng(0), temperature=0))
+    alone = list(gen.generate(model, [4, 5, 6], 12, np.random.default_rng(0), temperature=0))
+    assert [int(ids[1]) for ids in batch] == alone
+
+
+def test_context_start():
+    assert gen.context_start(7, 0, 8) == 0
+    assert gen.context_start(8, 0, 8) == 4       # full: restart from the last 4
+    assert gen.context_start(11, 4, 8) == 4
+    assert gen.context_start(12, 4, 8) == 8
+
+
+def test_greedy_is_the_argmax_of_the_full_forward():
+    model = tiny_model()
+    prompt = [3, 1, 4, 1, 5]
+    out = list(gen.generate(model, prompt, 8, np.random.default_rng(0), temperature=0))
+    ctx = list(prompt)
+    for t in out:
+        assert t == int(full_logits(model, np.array([ctx], np.int32))[0, -1, :50].argmax())
+        ctx.append(t)
+
+
+def _empirical(logits, n, **kw):
+    rng = np.random.default_rng(0)
+    draws = np.concatenate([gen.sample_next(np.tile(logits, (1000, 1)), rng, **kw) for _ in range(n // 1000)])
+    return np.bincount(draws, minlength=logits.size) / draws.size
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(temperature=0.5), dict(top_k=3), dict(top_p=0.6),
+                                dict(top_k=4, top_p=0.9, temperature=2.0)])
+def test_sampling_distribution(kw):
+    logits = np.array([2.0, 1.0, 0.5, 0.0, -1.0, 1.5])
+    p = np.exp(logits / kw.get("temperature", 1.0))
+    p /= p.sum()
+    order = np.argsort(-p)
+    keep = order[:kw.get("top_k", 6)]
+    q = p[keep] / p[keep].sum()
+    if "top_p" in kw:  # the smallest prefix whose mass reaches top_p
+        keep = keep[:np.searchsorted(np.cumsum(q), kw["top_p"]) + 1]
+    want = np.zeros(6)
+    want[keep] = p[keep] / p[keep].sum()
+    got = _empirical(logits, 20000, **kw)
+    np.testing.assert_allclose(got, want, atol=0.015)
+    assert (got[want == 0] == 0).all()
+
+
+def test_decoder_rejects_bad_tokens():
+    dec = gen.Decoder(tiny_model(), 1)
+    with pytest.raises(ValueError, match="out of range"):
+        dec.forward(np.array([[50]]))
+    with pytest.raises(ValueError, match=r"\(1, T>0\)"):
+        dec.forward(np.zeros((2, 3), np.int32))
+    with pytest.raises(ValueError, match="at least one token"):
+        list(gen.generate(dec.model, [], 3, np.random.default_rng(0)))

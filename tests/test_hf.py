@@ -1,0 +1,116 @@
+"""Hugging Face interop: export -> transformers gives numbagpt's logits; import gives transformers'
+parameters bit for bit. Skipped when safetensors / transformers / torch are not installed."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from numbagpt.config import GPT2Config
+from numbagpt.model import GPT2
+
+st = pytest.importorskip("safetensors.numpy")
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from numbagpt import hf  # noqa: E402
+from numbagpt.cli.hf import export_main, import_main  # noqa: E402
+
+V = 50257
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+def random_model(path, V=V, seed=3):
+    cfg = GPT2Config(max_seq_len=24, vocab_size=V, num_layers=2, num_heads=4, channels=32)
+    model = GPT2(cfg)
+    model.init_weights(seed)
+    params = model.parameters_host()
+    rng = np.random.default_rng(seed)
+    noisy = params + rng.normal(0, 0.05, params.size).astype(np.float32)  # biases, ln weights off 0 and 1
+    noisy[V * 32:cfg.padded_vocab_size * 32] = 0.0  # the padded wte rows stay 0, as in training
+    model.load_parameters(noisy * 3)
+    model.save(path)
+    return model
+
+
+def test_export_loads_in_transformers_with_equal_logits(tmp_path):
+    model = random_model(tmp_path / "m.bin")
+    assert export_main([str(tmp_path / "m.bin"), str(tmp_path / "hf")]) == 0
+    hfm = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    x = np.random.default_rng(0).integers(0, V, (3, 24)).astype(np.int32)
+    model.forward(x)
+    ours = model.logits_host()[:, :, :V]
+    with torch.no_grad():
+        theirs = hfm(torch.from_numpy(x.astype(np.int64))).logits.numpy()
+    assert theirs.shape == ours.shape
+    assert np.abs(ours).max() > 1.0
+    np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-4)
+    # the tokenizer files: AutoTokenizer encodes as numbagpt's GPT-2 tokenizer does
+    from numbagpt.tokenizer import GPT2Tokenizer
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    text = "ROMEO: But soft, what light through yonder window breaks?\n  It is the east."
+    assert tok(text)["input_ids"] == GPT2Tokenizer().encode(text)
+    assert tok.eos_token_id == 50256
+
+
+def test_import_from_transformers_is_bit_exact(tmp_path):
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=300, n_positions=16, n_embd=24, n_layer=2, n_head=3)
+    hfm = transformers.GPT2LMHeadModel(config)
+    hfm.save_pretrained(tmp_path / "hf")
+    assert import_main([str(tmp_path / "hf"), str(tmp_path / "m.bin")]) == 0
+    model = GPT2.from_file(tmp_path / "m.bin")
+    cfg = model.config
+    assert (cfg.vocab_size, cfg.padded_vocab_size, cfg.max_seq_len, cfg.channels, cfg.num_layers, cfg.num_heads) \
+        == (300, 384, 16, 24, 2, 3)
+    views = model.param_layout.host_views(model.parameters_host())
+    sd = {k: v.detach().numpy() for k, v in hfm.state_dict().items()}
+    np.testing.assert_array_equal(views["wte"][:300], sd["transformer.wte.weight"])
+    np.testing.assert_array_equal(views["wte"][300:], 0.0)
+    np.testing.assert_array_equal(views["wpe"], sd["transformer.wpe.weight"])
+    for l in range(2):
+        h = f"transformer.h.{l}."
+        np.testing.assert_array_equal(views["qkvw"][l], sd[h + "attn.c_attn.weight"].T)
+        np.testing.assert_array_equal(views["qkvb"][l], sd[h + "attn.c_attn.bias"])
+        np.testing.assert_array_equal(views["attprojw"][l], sd[h + "attn.c_proj.weight"].T)
+        np.testing.assert_array_equal(views["fcw"][l], sd[h + "mlp.c_fc.weight"].T)
+        np.testing.assert_array_equal(views["fcprojw"][l], sd[h + "mlp.c_proj.weight"].T)
+        for ours, theirs in [("ln1w", "ln_1.weight"), ("ln1b", "ln_1.bias"), ("ln2w", "ln_2.weight"),
+                             ("ln2b", "ln_2.bias"), ("attprojb", "attn.c_proj.bias"), ("fcb", "mlp.c_fc.bias"),
+                             ("fcprojb", "mlp.c_proj.bias")]:
+            np.testing.assert_array_equal(views[ours][l], sd[h + theirs])
+    np.testing.assert_array_equal(views["lnfw"], sd["transformer.ln_f.weight"])
+    np.testing.assert_array_equal(views["lnfb"], sd["transformer.ln_f.bias"])
+
+
+def test_round_trip_is_bit_exact(tmp_path):
+    model = random_model(tmp_path / "m.bin", V=100)  # not GPT-2's vocabulary: no tokenizer files
+    files = hf.export_hf(tmp_path / "m.bin", tmp_path / "hf")
+    assert "vocab.json" not in files and "model.safetensors" in files
+    hf.import_hf(tmp_path / "hf", tmp_path / "back.bin")
+    np.testing.assert_array_equal(GPT2.from_file(tmp_path / "back.bin").parameters_host(), model.parameters_host())
+
+
+def test_import_errors_name_the_file(tmp_path, capsys):
+    d = tmp_path / "hf"
+    d.mkdir()
+    assert import_main([str(d), str(tmp_path / "m.bin")]) == 1
+    assert f"{d / 'config.json'}: no such file" in capsys.readouterr().err
+    config = hf.hf_config(GPT2Config(max_seq_len=8, vocab_size=10, num_layers=1, num_heads=1, channels=4))
+    (d / "config.json").write_text(json.dumps(dict(config, activation_function="relu")))
+    assert import_main([str(d), str(tmp_path / "m.bin")]) == 1
+    assert "activation_function = 'relu'" in capsys.readouterr().err
+    (d / "config.json").write_text(json.dumps(config))
+    assert import_main([str(d), str(tmp_path / "m.bin")]) == 1
+    assert "model.safetensors: no such file" in capsys.readouterr().err
+    st.save_file({"transformer.wte.weight": np.zeros((10, 5), np.float32)}, str(d / "model.safetensors"))
+    assert import_main([str(d), str(tmp_path / "m.bin")]) == 1
+    assert "'wte.weight' has shape (10, 5), config.json says (10, 4)" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "m.bin")
+    assert export_main([str(tmp_path / "missing.bin"), str(d)]) == 1
+    assert "missing.bin: no such file" in capsys.readouterr().err

@@ -1,0 +1,73 @@
+"""bin/plot_log: PNGs from llm.c logs, several runs overlaid; clear errors for bad logs."""
+import builtins
+import math
+
+import numpy as np
+import pytest
+
+from numbagpt import plot
+from numbagpt.cli.plot import main
+
+
+def write_log(path, steps=60, seed=0, hellaswag=False):
+    rng = np.random.default_rng(seed)
+    lines = []
+    for s in range(steps):
+        if s % 20 == 0 or s == steps:
+            lines.append(f"s:{s} tel:{4 + 6 * math.exp(-s / 15):.4f}")
+            if hellaswag:
+                lines.append(f"s:{s} eval:{0.25 + s / 1000:.4f}")
+        lines.append(f"s:{s} trl:{4 + 6 * math.exp(-s / 15) + rng.normal(0, 0.1):.4f} lr:0.003000 norm:1.20")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n\n")
+    return path
+
+
+def test_read_log(tmp_path):
+    series = plot.read_log(write_log(tmp_path / "a" / "main.log", steps=41))
+    assert series["tel"][0] == [0, 20, 40] and series["tel"][1][0] == 10.0
+    assert series["trl"][0] == list(range(41)) and len(series["lr"][1]) == 41
+
+
+def test_png_of_several_runs(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    a = write_log(tmp_path / "run_a" / "main.log")
+    b = write_log(tmp_path / "run_b" / "main.log", seed=1, hellaswag=True)
+    out = tmp_path / "loss.png"
+    assert main([str(a), str(b), "-o", str(out), "--tokens-per-step", "1024"]) == 0
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10000
+    from matplotlib.image import imread
+    img = imread(out)
+    assert img.shape[0] == 450 and img.shape[1] == 1100  # two panels (loss, HellaSwag) at 100 dpi
+    assert img[..., :3].std() > 0.05  # something is drawn
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_malformed_line_names_file_and_line(tmp_path, capsys):
+    log = write_log(tmp_path / "main.log", steps=5)
+    with open(log, "a") as f:
+        f.write("s:5 trl:nan-ish\n")
+    assert main([str(log), "-o", str(tmp_path / "x.png")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"plot_log: error: {log}:8: not an llm.c log record: 's:5 trl:nan-ish'")
+    assert not (tmp_path / "x.png").exists()
+    assert main([str(tmp_path / "missing.log")]) == 1
+    assert "missing.log" in capsys.readouterr().err
+    (tmp_path / "empty.log").write_text("")
+    assert main([str(tmp_path / "empty.log")]) == 1
+    assert "no loss records" in capsys.readouterr().err
+
+
+def test_missing_matplotlib_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    log = write_log(tmp_path / "main.log", steps=5)
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    assert main([str(log), "-o", str(tmp_path / "x.png")]) == 1
+    assert capsys.readouterr().err == "plot_log: error: plotting needs matplotlib: pip install matplotlib " \
+                                      "(or pip install 'numbagpt[plot]')\n"

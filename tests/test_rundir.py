@@ -1,0 +1,160 @@
+"""The output directory: one run at a time (flock, released by the kernel even on kill -9), no fresh
+run over an earlier run's files, resume refused when the run differs, main.log cut back on resume;
+and the memory check's figures (cgroup v1/v2 limits, the largest B that fits)."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from numbagpt import checkpoint, formats, memory, rundir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def hold_lock(directory):
+    code = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {ROOT!r})
+        from numbagpt import rundir
+        lock = rundir.lock_dir({str(directory)!r})
+        print("locked", flush=True)
+        time.sleep(120)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_run_on_a_locked_dir_is_refused_naming_the_holder(tmp_path):
+    proc = hold_lock(tmp_path)
+    try:
+        with pytest.raises(rundir.RunDirError, match=rf"in use by another training run \(pid {proc.pid} on "):
+            rundir.lock_dir(str(tmp_path))
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    lock = rundir.lock_dir(str(tmp_path))  # the kernel released the dead holder's lock
+    assert f"pid {os.getpid()} " in open(tmp_path / ".lock").read()
+    with pytest.raises(rundir.RunDirError, match=f"pid {os.getpid()} "):
+        rundir.lock_dir(str(tmp_path))   # a second lock, even from the same process, is refused
+    lock.release()
+    rundir.lock_dir(str(tmp_path)).release()
+
+
+def test_lock_dir_errors_name_the_directory(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(rundir.RunDirError, match=f"{f}/out: cannot create the output directory"):
+        rundir.lock_dir(str(f / "out"))
+
+
+def _files(d, *names):
+    for n in names:
+        (d / n).write_bytes(b"")
+
+
+def test_a_fresh_run_refuses_a_used_dir_unless_overwrite(tmp_path):
+    assert rundir.check_fresh(str(tmp_path), overwrite=False) == []
+    _files(tmp_path, "main.log", "notes.txt")
+    assert rundir.check_fresh(str(tmp_path), overwrite=False) == []   # no run files: fine
+    _files(tmp_path, "DONE_00000002", "model_00000002.bin", "state_00000002_00000.bin", "model_00000005.bin",
+           "DONE_00000004", "model_00000004.bin")
+    with pytest.raises(rundir.RunDirError, match=r"holds the files of an earlier run \(DONE_00000002, "
+                                                 r"DONE_00000004, model_00000002.bin, model_00000004.bin and 2 more\)"
+                                                 r"; give -y 1 to resume it, --overwrite"):
+        rundir.check_fresh(str(tmp_path), overwrite=False)
+    removed = rundir.check_fresh(str(tmp_path), overwrite=True)
+    assert len(removed) == 6
+    assert sorted(os.listdir(tmp_path)) == ["main.log", "notes.txt"]
+
+
+RECORD = rundir.run_record(B=4, T=16, total_batch=64, seed=1337, train_data="d/train_*.bin", val_data="d/val.bin",
+                           world_size=1, zero_stage=0, shuffle=1, lr=3e-3, warmup=10, max_steps=20,
+                           final_lr_frac=0.1, schedule="cosine", weight_decay=0.0, grad_clip=1.0)
+
+
+def test_resume_names_every_change_and_the_override(tmp_path):
+    assert rundir.check_resume(RECORD, dict(RECORD), False, "out") == []
+    now = dict(RECORD, B=8, train_data="other/*.bin", lr=1e-3)
+    with pytest.raises(rundir.RunDirError) as e:
+        rundir.check_resume(RECORD, now, False, "out/state_00000010_00000.bin")
+    msg = str(e.value)
+    assert msg.startswith("out/state_00000010_00000.bin: this run differs from the checkpoint's: ")
+    assert "-b: 4 in the checkpoint, 8 now" in msg and "-i: 'd/train_*.bin' in the checkpoint, 'other/*.bin' now" in msg
+    assert "-l: 0.003 in the checkpoint, 0.001 now" in msg and "--allow-changes" in msg
+    assert msg.count(" now") == 3
+    assert len(rundir.check_resume(RECORD, now, True, "out")) == 3
+    with pytest.raises(rundir.RunDirError, match="cannot resume: number of processes: 1 in the checkpoint, 2 now"):
+        rundir.check_resume(RECORD, dict(RECORD, world_size=2), True, "out")
+    assert rundir.check_resume(None, now, False, "out") == []  # llm.c's state: nothing recorded
+
+
+def test_the_run_record_lives_in_the_state_header_and_llmc_slots_are_unchanged(tmp_path):
+    p = tmp_path / "state_00000010_00000.bin"
+    m = np.arange(10, dtype=np.float32)
+    long_glob = "/data/" + "x" * 2000 + "/*.bin"
+    record = dict(RECORD, train_data=long_glob)
+    formats.write_state(p, 10, 1, 0, m, m, rng_state=5, shard_index=1, sample_index=2, run=record)
+    header = np.fromfile(p, dtype="<i4", count=256)
+    assert list(header[[0, 1, 2, 3, 4, 10]]) == [20240527, 1, 1, 0, 0, 10]
+    assert int(header[30:32].view("<u8")[0]) == 1 and int(header[32:34].view("<u8")[0]) == 2
+    assert not header[6:10].any() and not header[11:20].any() and not header[24:30].any()
+    got = formats.read_state(p)["run"]
+    assert got["train_data"].startswith("sha256:") and got["B"] == 4   # too long for the header: hashed
+    assert rundir.compare_runs(got, record) == []
+    assert [k for k, _ in rundir.compare_runs(got, dict(record, train_data="/data/y/*.bin"))] == ["train_data"]
+
+
+def test_keep_log_until_drops_the_lines_after_the_resume_step(tmp_path):
+    log = tmp_path / "main.log"
+    log.write_text("s:0 tel:3.0\ns:0 trl:3.1 lr:0.1 norm:1.00\ns:1 trl:3.0 lr:0.1 norm:1.00\n"
+                   "s:2 trl:2.9 lr:0.1 norm:1.00\ns:2 tel:2.8\ns:3 trl:2.7 lr:0.1 norm:1.00\n")
+    assert rundir.keep_log_until(str(log), 2) == 3
+    assert log.read_text() == "s:0 tel:3.0\ns:0 trl:3.1 lr:0.1 norm:1.00\ns:1 trl:3.0 lr:0.1 norm:1.00\n"
+    assert rundir.keep_log_until(str(tmp_path / "none.log"), 2) == 0
+
+
+# ---------------------------------------------------------------------------------------------- memory
+
+def test_cgroup_v2_and_v1_limits(tmp_path):
+    v2 = tmp_path / "v2"
+    (v2 / "job" / "step").mkdir(parents=True)
+    (v2 / "job" / "memory.max").write_text(f"{8 * 2**30}\n")
+    (v2 / "job" / "memory.current").write_text(f"{3 * 2**30}\n")
+    (v2 / "job" / "memory.stat").write_text(f"anon 1\ninactive_file {2**30}\n")
+    (v2 / "job" / "step" / "memory.max").write_text("max\n")
+    cg = tmp_path / "cgroup2"
+    cg.write_text("0::/job/step\n")
+    room, where = memory.cgroup_room(str(cg), str(v2))
+    assert room == 6 * 2**30 and "8.0 GiB" in where and where.endswith("job")
+    v1 = tmp_path / "v1"
+    (v1 / "memory").mkdir(parents=True)
+    (v1 / "memory" / "memory.limit_in_bytes").write_text(f"{2**30}\n")
+    (v1 / "memory" / "memory.usage_in_bytes").write_text(f"{2**29}\n")
+    cg.write_text("12:cpu,cpuacct:/x\n11:memory:/docker/abc\n")   # the container's own path is absent
+    room, where = memory.cgroup_room(str(cg), str(v1))
+    assert room == 2**29
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")   # v1's "no limit"
+    assert memory.cgroup_room(str(cg), str(v1)) == (None, None)
+
+
+def test_memory_limit_env_and_the_refusal_message(monkeypatch):
+    monkeypatch.setenv(memory.LIMIT_ENV, "100M")
+    avail, where = memory.available_memory()
+    assert avail == 100 * 2**20 and where == f"${memory.LIMIT_ENV}"
+    need = lambda b: 10 * 2**20 + b * 2**20   # noqa: E731
+    assert memory.check_fits(need, 90, "x")[0] == 100 * 2**20
+    with pytest.raises(memory.MemoryCheckError,
+                       match=r"not enough memory for d12 B=512: it needs 522.0 MiB, 100.0 MiB is available "
+                             r"\(\$NUMBAGPT_MEMORY_LIMIT\); the largest -b that fits is 90; --no-memory-check"):
+        memory.check_fits(need, 512, "d12 B=512")
+    with pytest.raises(memory.MemoryCheckError, match="even -b 1 needs 1.0 GiB"):
+        memory.check_fits(lambda b: 2**30, 4, "d48")
+    assert memory.largest_fitting(need, 512, 10 * 2**20) == 0
+    assert [memory.parse_size(s) for s in ("1024", "2K", "1.5G", "3MiB", "1gb")] == [1024, 2048, 3 * 2**29, 3 * 2**20, 2**30]
+    with pytest.raises(ValueError, match="NUMBAGPT_MEMORY_LIMIT='lots': expected a size"):
+        memory.parse_size("lots")
