@@ -1,4 +1,7 @@
-"""GPT-2 model configurations: the presets and the padded vocabulary."""
+"""GPT-2 model configurations: llm.c's model descriptors, custom shapes, and the padded vocabulary."""
+import glob as globlib
+import os
+import re
 from dataclasses import dataclass
 
 GPT2_VOCAB = 50257
@@ -34,19 +37,100 @@ class GPT2Config:
                 f"V={self.vocab_size} Vp={self.padded_vocab_size}")
 
 
-# (L, NH, C, maxT). tiny is the 7.3M model of from-scratch reference runs; dNN are the GPT-2 sizes.
-PRESETS = {
-    "tiny": (4, 4, 128, 256),
-    "d12": (12, 12, 768, 1024),
-    "d24": (24, 16, 1024, 1024),
-    "d36": (36, 20, 1280, 1024),
-    "d48": (48, 25, 1600, 1024),
-}
+# llm.c's GPT-2 depth descriptors dN (also written gpt2:dN): depth -> (C, NH), maxT 1024.
+GPT2_DEPTHS = {6: (384, 6), 12: (768, 12), 24: (1024, 16), 36: (1280, 20), 48: (1600, 25),
+               60: (1920, 30), 72: (2880, 30), 84: (3456, 36)}
+# llm.c's GPT-3 descriptors gpt3:cN: channels -> (L, head size), maxT 2048.
+GPT3_CHANNELS = {384: (6, 64), 768: (12, 64), 1024: (24, 64), 1536: (24, 96), 2048: (24, 128),
+                 2560: (32, 80), 4096: (32, 128), 5140: (40, 128), 12288: (96, 128)}
+
+# (L, NH, C, maxT). tiny is the 7.3M model of from-scratch reference runs; dN are llm.c's depths.
+PRESETS = {"tiny": (4, 4, 128, 256)}
+PRESETS.update({f"d{L}": (L, NH, C, 1024) for L, (C, NH) in GPT2_DEPTHS.items()})
+
+DESCRIPTOR_HELP = ("tiny, dN (llm.c's GPT-2 depths: " + ", ".join(f"d{d}" for d in GPT2_DEPTHS) +
+                   "; also gpt2:dN) or gpt3:cN (" + ", ".join(f"c{c}" for c in GPT3_CHANNELS) + ")")
+
+
+def descriptor_shape(name):
+    """(L, NH, C, maxT) of a model descriptor, as llm.c's gpt_build_from_descriptor reads it."""
+    if name in PRESETS:
+        return PRESETS[name]
+    m = re.fullmatch(r"(?:gpt2:)?d(\d+)", name)
+    if m:
+        depth = int(m.group(1))
+        if f"d{depth}" in PRESETS:
+            return PRESETS[f"d{depth}"]
+        raise ValueError(f"unsupported GPT-2 depth d{depth}; llm.c's depths are "
+                         f"{', '.join(f'd{d}' for d in GPT2_DEPTHS)} (or give --layers/--heads/--channels)")
+    m = re.fullmatch(r"gpt3:c(\d+)", name)
+    if m:
+        C = int(m.group(1))
+        if C not in GPT3_CHANNELS:
+            raise ValueError(f"unsupported GPT-3 channels c{C}; choose one of "
+                             f"{', '.join(f'c{c}' for c in GPT3_CHANNELS)}")
+        L, head_size = GPT3_CHANNELS[C]
+        return L, C // head_size, C, 2048
+    raise ValueError(f"unknown model {name!r}: neither a model file nor a descriptor ({DESCRIPTOR_HELP})")
+
+
+def is_descriptor(name):
+    """True when -e names a descriptor rather than a model file (llm.c: a file ends in .bin)."""
+    return not name.endswith(".bin") and not os.path.isfile(name)
 
 
 def preset(name, vocab_size=GPT2_VOCAB):
-    """The config of a preset by name, for a vocabulary of `vocab_size` tokens."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)} or a .bin file")
-    L, NH, C, maxT = PRESETS[name]
+    """The config of a model descriptor by name, for a vocabulary of `vocab_size` tokens."""
+    L, NH, C, maxT = descriptor_shape(name)
     return GPT2Config(max_seq_len=maxT, vocab_size=vocab_size, num_layers=L, num_heads=NH, channels=C)
+
+
+SHAPE_FLAGS = (("layers", "num_layers"), ("heads", "num_heads"), ("channels", "channels"),
+               ("max_seq_len", "max_seq_len"))
+
+
+def build_config(descriptor="tiny", vocab_size=GPT2_VOCAB, layers=None, heads=None, channels=None,
+                 max_seq_len=None):
+    """A descriptor's shape with any of --layers L, --heads NH, --channels C, --max-seq-len maxT over
+    it, for `vocab_size` tokens (Vp padded to a multiple of 128 as llm.c). Errors name the flags."""
+    L, NH, C, maxT = descriptor_shape(descriptor)
+    given = dict(layers=layers, heads=heads, channels=channels, max_seq_len=max_seq_len)
+    for flag, value in given.items():
+        if value is not None and value <= 0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    L = layers or L
+    NH = heads or NH
+    C = channels or C
+    maxT = max_seq_len or maxT
+    if C % NH:
+        src = "--channels" if channels else f"-e {descriptor}"
+        raise ValueError(f"channels C={C} ({src}) is not divisible by heads NH={NH} "
+                         f"({'--heads' if heads else f'-e {descriptor}'})")
+    if vocab_size <= 0:
+        raise ValueError(f"vocabulary size must be positive, got {vocab_size}")
+    return GPT2Config(max_seq_len=maxT, vocab_size=vocab_size, num_layers=L, num_heads=NH, channels=C)
+
+
+def tokenizer_next_to(data_glob):
+    """The tokenizer file that prepare_data (and llm.c's dev/data scripts) write beside the shards:
+    NAME_tokenizer.bin for NAME_train*.bin / NAME_val*.bin; else the directory's only *_tokenizer.bin.
+    None when there is none."""
+    files = sorted(globlib.glob(os.fspath(data_glob)))
+    if not files:
+        return None
+    first = files[0]
+    folder, base = os.path.split(first)
+    m = re.match(r"(.*?)_(train|val)(?:_?\d+)?\.bin$", base)
+    if m:
+        candidate = os.path.join(folder, f"{m.group(1)}_tokenizer.bin")
+        if os.path.isfile(candidate):
+            return candidate
+    found = sorted(globlib.glob(os.path.join(folder or ".", "*_tokenizer.bin")))
+    return found[0] if len(found) == 1 else None
+
+
+def tokenizer_vocab_size(path):
+    """V of an llm.c tokenizer .bin: its number of tokens."""
+    from .formats import read_tokenizer_file
+    table, _ = read_tokenizer_file(path)
+    return len(table)

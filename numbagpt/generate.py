@@ -18,24 +18,9 @@ same context, so the two agree token for token.
 """
 import numpy as np
 
-from .layout import Layout, parameter_shapes
+from .layout import Layout
 
 PREFILL_CHUNK = 256  # positions per prefill call: bounds the scratch (att is B·NH·chunk·maxT floats)
-
-LAYER_PARAMETERS = ("ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb",
-                    "ln2w", "ln2b", "fcw", "fcb", "fcprojw", "fcprojb")
-
-
-def layer_parameters(model, l):
-    """{name: flat view} of layer l's twelve parameter tensors in `model.params`."""
-    shapes = dict(parameter_shapes(model.config))
-    L = model.config.num_layers
-    views = {}
-    for name in LAYER_PARAMETERS:
-        size = int(np.prod(shapes[name])) // L
-        views[name] = model.params[name][l * size:(l + 1) * size]
-    return views
-
 
 def scratch_shapes(config, B, T, logit_rows):
     """[(name, shape)] of the decoder's activations for B sequences × T new positions (one layer's
@@ -61,7 +46,6 @@ class Decoder:
         self.layer_cache = B * NH * self.capacity * (C // NH)  # one layer's K (or V) cache
         self.kcache = self.k.zeros(L * self.layer_cache)
         self.vcache = self.k.zeros(L * self.layer_cache)
-        self.layers = [layer_parameters(model, l) for l in range(L)]
         self.scratch_flat, self.scratch_capacity = None, 0
         self.pos = 0  # positions in the cache
 
@@ -105,18 +89,18 @@ class Decoder:
         a = self._scratch(T, rows if logits else 0)
         p = self.model.params
         k.encoder_forward(a["x"], k.to_device(tokens.reshape(-1)), p["wte"], p["wpe"][t0 * C:], B, T, C)
-        for l, w in enumerate(self.layers):
+        for l, w in enumerate(self.model.layer_params):
             kc = self.kcache[l * self.layer_cache:(l + 1) * self.layer_cache]
             vc = self.vcache[l * self.layer_cache:(l + 1) * self.layer_cache]
-            k.layernorm_forward(a["ln"], a["mean"], a["rstd"], a["x"], w["ln1w"], w["ln1b"], B, T, C)
-            k.matmul_forward(a["qkv"], a["ln"], w["qkvw"], w["qkvb"], B, T, C, 3 * C)
+            k.layernorm_forward(a["ln"], a["mean"], a["rstd"], a["x"], w.ln1w, w.ln1b, B, T, C)
+            k.matmul_forward(a["qkv"], a["ln"], w.qkvw, w.qkvb, B, T, C, 3 * C)
             k.attention_forward_cached(a["atty"], a["att"], kc, vc, a["qkv"], B, T, t0, C, NH, self.capacity)
-            k.matmul_forward(a["attproj"], a["atty"], w["attprojw"], w["attprojb"], B, T, C, C)
+            k.matmul_forward(a["attproj"], a["atty"], w.attprojw, w.attprojb, B, T, C, C)
             k.residual_forward(a["x2"], a["x"], a["attproj"], BTC)
-            k.layernorm_forward(a["ln"], a["mean"], a["rstd"], a["x2"], w["ln2w"], w["ln2b"], B, T, C)
-            k.matmul_forward(a["fch"], a["ln"], w["fcw"], w["fcb"], B, T, C, 4 * C)
+            k.layernorm_forward(a["ln"], a["mean"], a["rstd"], a["x2"], w.ln2w, w.ln2b, B, T, C)
+            k.matmul_forward(a["fch"], a["ln"], w.fcw, w.fcb, B, T, C, 4 * C)
             k.gelu_forward(a["fch_gelu"], a["fch"], 4 * BTC)
-            k.matmul_forward(a["fcproj"], a["fch_gelu"], w["fcprojw"], w["fcprojb"], B, T, 4 * C, C)
+            k.matmul_forward(a["fcproj"], a["fch_gelu"], w.fcprojw, w.fcprojb, B, T, 4 * C, C)
             k.residual_forward(a["x"], a["x2"], a["fcproj"], BTC)
         self.pos += T
         if not logits:

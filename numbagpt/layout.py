@@ -37,17 +37,21 @@ def parameter_shapes(config):
     ]
 
 
-def activation_shapes(config, B, T):
-    """[(name, shape)] of the activations for a batch of B sequences of T tokens."""
+def activation_shapes(config, B, T, recompute=0):
+    """[(name, shape)] of the activations for a batch of B sequences of T tokens. With recompute >= 1
+    fch_gelu, with recompute 2 also ln1 and ln2, hold one layer (leading axis 1), which every layer
+    shares: the backward pass recomputes them (llm.c's -r)."""
     C, NH, L, Vp = config.channels, config.num_heads, config.num_layers, config.padded_vocab_size
+    L_ln = 1 if recompute >= 2 else L
+    L_gelu = 1 if recompute >= 1 else L
     return [
         ("encoded", (B, T, C)),
-        ("ln1", (L, B, T, C)), ("ln1_mean", (L, B, T)), ("ln1_rstd", (L, B, T)),
+        ("ln1", (L_ln, B, T, C)), ("ln1_mean", (L, B, T)), ("ln1_rstd", (L, B, T)),
         ("qkv", (L, B, T, 3 * C)), ("atty", (L, B, T, C)),
         ("preatt", (L, B, NH, T, T)), ("att", (L, B, NH, T, T)),
         ("attproj", (L, B, T, C)), ("residual2", (L, B, T, C)),
-        ("ln2", (L, B, T, C)), ("ln2_mean", (L, B, T)), ("ln2_rstd", (L, B, T)),
-        ("fch", (L, B, T, 4 * C)), ("fch_gelu", (L, B, T, 4 * C)),
+        ("ln2", (L_ln, B, T, C)), ("ln2_mean", (L, B, T)), ("ln2_rstd", (L, B, T)),
+        ("fch", (L, B, T, 4 * C)), ("fch_gelu", (L_gelu, B, T, 4 * C)),
         ("fcproj", (L, B, T, C)), ("residual3", (L, B, T, C)),
         ("lnf", (B, T, C)), ("lnf_mean", (B, T)), ("lnf_rstd", (B, T)),
         ("logits", (B, T, Vp)), ("losses", (B, T)),
@@ -82,16 +86,19 @@ class Layout:
 
     def layer(self, views, l):
         """Layer l's flat slices of the layered tensors in `views` (a dict from `views`), as
-        attributes: layer(views, l).qkv is views["qkv"]'s l-th of its L equal parts."""
+        attributes: layer(views, l).qkv is views["qkv"]'s l-th of its L equal parts. A tensor with a
+        leading axis of 1 (a recomputed activation) is every layer's."""
         parts = {}
         for name in self.layered:
-            size = self.sizes[name] // self.shapes[name][0]
-            parts[name] = views[name][l * size:(l + 1) * size]
+            n = self.shapes[name][0]
+            size = self.sizes[name] // n
+            i = l if n > 1 else 0
+            parts[name] = views[name][i * size:(i + 1) * size]
         return SimpleNamespace(**parts)
 
     def layers(self, views):
         """[layer(views, l) for every layer l]."""
-        L = self.shapes[self.layered[0]][0]
+        L = max(self.shapes[name][0] for name in self.layered)
         return [self.layer(views, l) for l in range(L)]
 
 
@@ -99,8 +106,8 @@ def parameter_layout(config):
     return Layout(parameter_shapes(config), LAYER_PARAMETERS)
 
 
-def activation_layout(config, B, T):
-    return Layout(activation_shapes(config, B, T), LAYER_ACTIVATIONS)
+def activation_layout(config, B, T, recompute=0):
+    return Layout(activation_shapes(config, B, T, recompute), LAYER_ACTIVATIONS)
 
 
 def num_parameters(config):
@@ -109,15 +116,15 @@ def num_parameters(config):
 
 # ---------------------------------------------------------------- memory accounting
 
-def memory_estimate(config, B, T, training=True, optimizer_params=None):
+def memory_estimate(config, B, T, training=True, optimizer_params=None, recompute=0):
     """Bytes of every buffer a GPT2 of `config` allocates for batches of (B, T), from the config
     alone (nothing is allocated). Keys (bytes): parameters, activations, tokens, and when training
     also gradients, adamw_m, adamw_v (for `optimizer_params` parameters: a ZeRO-1 shard; default
     all), activation_grads; `total` is their sum. Also
     `num_parameters`, `parameter_tensors` {name: bytes} and `activation_tensors` {name: bytes}
-    (the activation-gradient buffer has the same layout)."""
+    (the activation-gradient buffer has the same layout); `recompute` as activation_shapes."""
     params = {name: F32 * math.prod(shape) for name, shape in parameter_shapes(config)}
-    acts = {name: F32 * math.prod(shape) for name, shape in activation_shapes(config, B, T)}
+    acts = {name: F32 * math.prod(shape) for name, shape in activation_shapes(config, B, T, recompute)}
     n_params = sum(params.values())
     n_acts = sum(acts.values())
     buffers = {"parameters": n_params}

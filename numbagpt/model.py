@@ -25,8 +25,13 @@ class GPT2:
     again only when a larger batch comes.
     """
 
-    def __init__(self, config: GPT2Config, backend="cpu"):
+    def __init__(self, config: GPT2Config, backend="cpu", recompute=0):
+        if recompute not in (0, 1, 2):
+            raise ValueError(f"recompute must be 0, 1 or 2, got {recompute}")
         self.config = config
+        # llm.c's -r: 1 keeps one layer's GELU output and recomputes it in backward, 2 also the
+        # layernorm outputs; the gradients are the same bit for bit, the activations take less memory.
+        self.recompute = recompute
         self.backend = get_backend(backend)
         self.param_layout = parameter_layout(config)
         self.num_parameters = self.param_layout.total
@@ -48,16 +53,16 @@ class GPT2:
     # ---------------------------------------------------------------- construction, files
 
     @classmethod
-    def from_preset(cls, name, seed=1337, backend="cpu", vocab_size=None):
+    def from_preset(cls, name, seed=1337, backend="cpu", vocab_size=None, recompute=0):
         config = preset(name) if vocab_size is None else preset(name, vocab_size)
-        model = cls(config, backend)
+        model = cls(config, backend, recompute)
         model.init_weights(seed)
         return model
 
     @classmethod
-    def from_file(cls, path, backend="cpu"):
+    def from_file(cls, path, backend="cpu", recompute=0):
         config, params = formats.read_model(path)
-        model = cls(config, backend)
+        model = cls(config, backend, recompute)
         model.load_parameters(params)
         return model
 
@@ -99,7 +104,7 @@ class GPT2:
     def _ensure_activations(self, B, T):
         if self.act_layout is not None and self.act_layout.shapes["encoded"] == (B, T, self.config.channels):
             return  # the views of the last forward fit
-        layout = activation_layout(self.config, B, T)
+        layout = activation_layout(self.config, B, T, self.recompute)
         if layout.total > self.act_capacity:
             self.acts_flat = self.backend.zeros(layout.total)
             self.grads_acts_flat = None
@@ -236,9 +241,15 @@ class GPT2:
             residual = a["encoded"] if l == 0 else self.layer_acts[l - 1].residual3
             dresidual = ga["encoded"] if l == 0 else self.layer_grads_acts[l - 1].residual3
             k.residual_backward(dx.residual2, dx.fcproj, dx.residual3, BTC)                       # (B, T, C)
+            if self.recompute >= 1:  # fch_gelu and its grad are one buffer all layers share
+                k.gelu_forward(x.fch_gelu, x.fch, 4 * BTC)
+                k.fill_zero(dx.fch_gelu)
             k.matmul_backward(dx.fch_gelu, dw.fcprojw, dw.fcprojb, dx.fcproj,
                               x.fch_gelu, w.fcprojw, B, T, 4 * C, C)                              # (B, T, 4C)
             k.gelu_backward(dx.fch, dx.fch_gelu, x.fch, 4 * BTC)                                  # (B, T, 4C)
+            if self.recompute >= 2:  # so are ln2 and ln1: the same inputs give the same bits
+                k.layernorm_forward(x.ln2, x.ln2_mean, x.ln2_rstd, x.residual2, w.ln2w, w.ln2b, B, T, C)
+                k.fill_zero(dx.ln2)
             k.matmul_backward(dx.ln2, dw.fcw, dw.fcb, dx.fch, x.ln2, w.fcw, B, T, C, 4 * C)       # (B, T, C)
             k.layernorm_backward(dx.residual2, dw.ln2w, dw.ln2b, dx.ln2,
                                  x.residual2, w.ln2w, x.ln2_mean, x.ln2_rstd, B, T, C)            # (B, T, C)
@@ -246,6 +257,9 @@ class GPT2:
             k.matmul_backward(dx.atty, dw.attprojw, dw.attprojb, dx.attproj,
                               x.atty, w.attprojw, B, T, C, C)                                     # (B, T, C)
             k.attention_backward(dx.qkv, dx.preatt, dx.att, dx.atty, x.qkv, x.att, B, T, C, NH)   # (B, T, 3C)
+            if self.recompute >= 2:
+                k.layernorm_forward(x.ln1, x.ln1_mean, x.ln1_rstd, residual, w.ln1w, w.ln1b, B, T, C)
+                k.fill_zero(dx.ln1)
             k.matmul_backward(dx.ln1, dw.qkvw, dw.qkvb, dx.qkv, x.ln1, w.qkvw, B, T, C, 3 * C)    # (B, T, C)
             k.layernorm_backward(dresidual, dw.ln1w, dw.ln1b, dx.ln1,
                                  residual, w.ln1w, x.ln1_mean, x.ln1_rstd, B, T, C)               # (B, T, C)
@@ -253,20 +267,6 @@ class GPT2:
         k.encoder_backward(g["wte"], g["wpe"], ga["encoded"], self.inputs, B, T, C)
         # The logits now hold dlogits: a later logits_host() would be wrong, so forget the targets.
         self.has_targets = False
-
-    def generate(self, prompt, max_new_tokens, rng, temperature=1.0):
-        """Sample `max_new_tokens` tokens after `prompt` (a list of ids), one forward of batch 1 per
-        token over the last maxT tokens of the context; `rng` is a numpy Generator. Returns the new ids."""
-        cfg = self.config
-        tokens = list(prompt)
-        for _ in range(max_new_tokens):
-            context = np.array(tokens[-cfg.max_seq_len:], dtype=np.int32)[None, :]
-            self.forward(context)
-            logits = self.logits_host()[0, -1, :cfg.vocab_size].astype(np.float64) / temperature
-            probs = np.exp(logits - logits.max())
-            probs /= probs.sum()
-            tokens.append(int(rng.choice(cfg.vocab_size, p=probs)))
-        return tokens[len(prompt):]
 
     # ---------------------------------------------------------------- optimizer
 

@@ -637,7 +637,7 @@ def build_report(model, B, T, stats, *, steps, warmup, warmup_ms, compile_by_ker
     calls_per_step = sum(k["calls"] for k in kernels)
     overhead_ns = measure_proxy_overhead(proxy.timer, proxy._backend)
 
-    est = memory_estimate(cfg, B, T, training=True)
+    est = memory_estimate(cfg, B, T, training=True, recompute=getattr(model, "recompute", 0))
     memory = {
         "estimate": est,
         "allocated": allocated_bytes(model),

@@ -19,6 +19,7 @@ class StepResult:
     norm: float    # L2 norm of the mean gradient, before clipping
     lr: float      # the learning rate the update used
     scale: float   # the clip factor applied to the gradient (1.0: not clipped)
+    skipped: object = None  # why the update was not applied (the spike guard's Skip), else None
 
 
 def clip_scale(norm, grad_clip):
@@ -27,10 +28,12 @@ def clip_scale(norm, grad_clip):
 
 
 def train_step(model, batches, *, lr, t, dp=None, grad_clip=1.0, weight_decay=0.0,
-               beta1=0.9, beta2=0.999, eps=1e-8, phase=None):
+               beta1=0.9, beta2=0.999, eps=1e-8, skip=None, phase=None):
     """One AdamW step (number t, from 1) on `batches`, a list of (inputs, targets) int32 (B, T) arrays,
     one micro-batch each. `dp`: a numbagpt.dist.DataParallel over the ranks (None: this process
-    alone). `phase(name)`, when given, is called with "forward", "zero_grad", "backward", "update" as
+    alone). `skip(loss, norm)`, when given, decides before the update: a true value (the reason)
+    leaves the parameters and AdamW state as they were (the spike guard; loss and norm are the same
+    on every rank, so every rank decides alike). `phase(name)`, when given, is called with "forward", "zero_grad", "backward", "update" as
     the step enters each, and with None at the end (the profiler's timing proxy). Returns a
     StepResult; raises dist.CollectiveError, on every rank alike, if the loss or the norm is not finite."""
     mark = phase or (lambda name: None)
@@ -56,13 +59,15 @@ def train_step(model, batches, *, lr, t, dp=None, grad_clip=1.0, weight_decay=0.
         raise CollectiveError(f"step {t}: loss {loss}, gradient norm {norm}: training diverged "
                               f"(lower the learning rate -l, check the data and the model file)")
     scale = clip_scale(norm, grad_clip)
-    model.update(lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, t=t,
-                 grad_scale=scale / n)
-    if dp is not None:
-        dp.gather_parameters()
+    skipped = skip(loss, norm) if skip is not None else None
+    if not skipped:
+        model.update(lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, t=t,
+                     grad_scale=scale / n)
+        if dp is not None:
+            dp.gather_parameters()
     mark(None)
     model.backend.synchronize()
-    return StepResult(loss=loss, norm=norm, lr=lr, scale=scale)
+    return StepResult(loss=loss, norm=norm, lr=lr, scale=scale, skipped=skipped)
 
 
 def warm_up(backend):

@@ -10,6 +10,7 @@ import os
 import sys
 
 from numbagpt.cli import HelpFormatter, reserve_threads, use_threads
+from numbagpt.config import DESCRIPTOR_HELP
 
 
 def build_parser():
@@ -21,9 +22,12 @@ def build_parser():
                     "the measured RSS. See docs/profiling.md.",
         formatter_class=HelpFormatter)
     p.add_argument("-e", "--model", default="tiny",
-                   help="model .bin file, or a preset built from scratch: tiny, d12, d24, d36, d48")
+                   help="model .bin file, or a descriptor built from scratch: " + DESCRIPTOR_HELP)
     p.add_argument("-b", "--batch-size", type=int, default=8, help="B, sequences per step")
     p.add_argument("-t", "--seq-len", type=int, default=256, help="T, tokens per sequence")
+    p.add_argument("-r", "--recompute", type=int, choices=(0, 1, 2), default=1,
+                   help="as train_gpt2's: 0 stores every activation; 1 recomputes GELU's output in the backward "
+                        "pass; 2 also the layernorm outputs")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="backend that runs the kernels")
     p.add_argument("--omp-threads", type=int, default=None, help="Numba threads (default: all cores)")
     p.add_argument("--steps", type=int, default=3, help="timed training steps")
@@ -71,7 +75,7 @@ def run(args):
 
     from numbagpt import formats, profiler
     from numbagpt.backend import get_backend
-    from numbagpt.config import PRESETS, preset
+    from numbagpt.config import is_descriptor, preset
     from numbagpt.layout import format_memory, memory_estimate
     from numbagpt.model import GPT2
 
@@ -81,22 +85,23 @@ def run(args):
 
     proxy = profiler.TimingBackend(get_backend(args.device))
 
-    if args.model in PRESETS:
+    if is_descriptor(args.model):
         config, params = preset(args.model), None
     elif os.path.exists(args.model):
         config, params = formats.read_model(args.model)
     else:
-        raise ValueError(f"-e {args.model!r}: neither a preset ({', '.join(PRESETS)}) nor an existing model file")
+        raise ValueError(f"-e {args.model!r}: neither a preset ({DESCRIPTOR_HELP}) nor an existing model file")
     if args.seq_len > config.max_seq_len:
         raise ValueError(f"--seq-len {args.seq_len} exceeds the model's max_seq_len {config.max_seq_len}")
 
-    est = memory_estimate(config, args.batch_size, args.seq_len)
+    est = memory_estimate(config, args.batch_size, args.seq_len, recompute=args.recompute)
     print(f"profile_gpt2: {args.model} ({config.describe()}), B={args.batch_size} T={args.seq_len}, "
           f"device {args.device}, {numba.get_num_threads()} threads")
-    print(format_memory(est))
+    saved = memory_estimate(config, args.batch_size, args.seq_len)["total"] - est["total"]
+    print(format_memory(est) + f" | -r {args.recompute}: {saved / 2**20:.1f} MiB less than -r 0")
     print(f"warm-up {args.warmup} step(s), the first compiles; then {args.steps} timed step(s)...", flush=True)
 
-    model = GPT2(config, backend=proxy)
+    model = GPT2(config, backend=proxy, recompute=args.recompute)
     if params is None:
         model.init_weights(args.seed)
     else:

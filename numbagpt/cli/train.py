@@ -9,6 +9,11 @@ import sys
 import time
 
 from numbagpt.cli import HelpFormatter, reserve_threads, use_threads
+from numbagpt.config import DESCRIPTOR_HELP
+from numbagpt.schedule import SCHEDULES
+
+
+HELLASWAG_FILE = os.path.join("dev", "data", "hellaswag", "hellaswag_val.bin")
 
 
 def build_parser():
@@ -16,30 +21,57 @@ def build_parser():
         prog="train_gpt2",
         description="Train GPT-2 with numbagpt. With no -i/-j it prepares the built-in Shakespeare "
                     "(GPT-2 BPE, cached) and trains the `tiny` preset from scratch.",
-        formatter_class=HelpFormatter)
+        formatter_class=HelpFormatter, add_help=False)  # -h is llm.c's HellaSwag flag
+    p.add_argument("--help", action="help", help="show this help and exit")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="backend that runs the kernels")
     p.add_argument("--omp-threads", type=int, default=None,
                    help="Numba threads per process (default: all cores, divided among the ranks)")
     p.add_argument("-i", "--train-data", default=None, help="glob of train shards (.bin); default: built-in Shakespeare")
     p.add_argument("-j", "--val-data", default=None, help="glob of val shards; default: the built-in Shakespeare val split when -i is not given, else no val")
     p.add_argument("-e", "--model", default="tiny",
-                   help="model .bin file to start from, or a preset: tiny, d12, d24, d36, d48")
+                   help="model .bin file to start from, or a descriptor built from scratch: " + DESCRIPTOR_HELP)
+    shape = p.add_argument_group("model shape", "a custom model from scratch: any of these over -e's descriptor "
+                                 "(default: its value there); the vocabulary is the training data's tokenizer "
+                                 "file (--tokenizer, else NAME_tokenizer.bin beside the shards), else GPT-2's "
+                                 "50257, padded to a multiple of 128")
+    shape.add_argument("--layers", type=int, default=None, metavar="L", help="transformer layers (default: -e's)")
+    shape.add_argument("--heads", type=int, default=None, metavar="NH", help="attention heads, must divide C (default: -e's)")
+    shape.add_argument("--channels", type=int, default=None, metavar="C", help="channels (default: -e's)")
+    shape.add_argument("--max-seq-len", type=int, default=None, metavar="maxT", help="context length, >= -t (default: -e's)")
     p.add_argument("-o", "--output-dir", default="out", help="where main.log and the model files go ('' for none)")
-    p.add_argument("-b", "--batch-size", type=int, default=8, help="B, sequences per step per process")
+    p.add_argument("-b", "--batch-size", type=int, default=8, help="B, sequences per micro-step per process")
     p.add_argument("-t", "--seq-len", type=int, default=128, help="T, tokens per sequence")
+    p.add_argument("-d", "--total-batch-size", type=int, default=None,
+                   help="tokens per optimizer step over all processes; gradients accumulate over "
+                        "d / (B*T*processes) micro-steps, which must be whole (default: B*T*processes, "
+                        "no accumulation)")
     p.add_argument("-l", "--lr", type=float, default=3e-3, help="peak learning rate")
+    p.add_argument("-k", "--lr-scheduler", choices=SCHEDULES, default="cosine",
+                   help="learning-rate schedule after the warmup: cosine or linear decay to -q x lr, constant "
+                        "(llm.c's: no warmup either), wsd (stable, then 1-sqrt decay over the last 20%% of "
+                        "the steps)")
     p.add_argument("-u", "--warmup-iters", type=int, default=10, help="linear warmup steps")
     p.add_argument("-q", "--final-lr-frac", type=float, default=0.1,
-                   help="cosine decay to this fraction of the peak lr at the last step")
+                   help="the schedule decays to this fraction of the peak lr at the last step")
     p.add_argument("-c", "--weight-decay", type=float, default=0.0, help="AdamW weight decay (all parameters)")
     p.add_argument("--grad-clip", type=float, default=1.0, help="clip the global grad norm to this (0: off)")
+    p.add_argument("-sl", "--skip-update-lossz", type=float, default=0.0,
+                   help="skip the update of a step whose loss z-score over the last 128 steps exceeds this (0: off)")
+    p.add_argument("-sg", "--skip-update-gradz", type=float, default=0.0,
+                   help="skip the update of a step whose grad-norm z-score over the last 128 steps exceeds "
+                        "this (0: off)")
+    p.add_argument("-a", "--overfit-single-batch", type=int, choices=(0, 1), default=0,
+                   help="1: every step trains on the same first batch(es) of the train data (a debugging aid)")
+    p.add_argument("-r", "--recompute", type=int, choices=(0, 1, 2), default=1,
+                   help="activation memory: 0 stores all; 1 recomputes GELU's output in the backward pass; "
+                        "2 also the layernorm outputs (the gradients are the same, bit for bit)")
     p.add_argument("-x", "--max-steps", type=int, default=300, help="training steps")
     p.add_argument("-v", "--val-every", type=int, default=50, help="evaluate val loss every N steps (0: never)")
     p.add_argument("-m", "--val-batches", type=int, default=10, help="batches per val evaluation")
     p.add_argument("-s", "--sample-every", type=int, default=100, help="print a sample every N steps (0: never)")
     p.add_argument("-g", "--gen-tokens", type=int, default=64, help="tokens per sample (0: no sampling)")
     p.add_argument("--seed", type=int, default=1337, help="seed of the init, the data order and sampling")
-    p.add_argument("--shuffle", type=int, choices=(0, 1), default=1, help="shuffle the train windows")
+    p.add_argument("--shuffle", type=int, choices=(0, 1), default=1, help="shuffle the train windows (-a 1: off)")
     p.add_argument("-n", "--checkpoint-every", type=int, default=0,
                    help="write model_N.bin, state_N_RANK.bin and DONE_N to the output dir every N steps (0: never)")
     p.add_argument("-y", "--resume", type=int, choices=(0, 1), default=0,
@@ -49,19 +81,14 @@ def build_parser():
     p.add_argument("--expect-world-size", type=int, default=None,
                    help="fail unless the job has exactly this many processes (default: check against "
                         "the launcher's SLURM_NTASKS / OMPI_COMM_WORLD_SIZE / PMI_SIZE)")
-    p.add_argument("--tokenizer", default=None, help="llm.c tokenizer .bin to decode samples "
-                   "(default: the one next to the built-in data, else GPT-2 BPE)")
+    p.add_argument("-h", "--hellaswag", type=int, choices=(0, 1), default=0,
+                   help="1: HellaSwag accuracy (acc_norm) at every val interval and at the end, logged as eval")
+    p.add_argument("--hellaswag-file", default=HELLASWAG_FILE,
+                   help="the eval file for -h 1 (llm.c's dev/data/hellaswag.py writes it there)")
+    p.add_argument("--tokenizer", default=None, help="llm.c tokenizer .bin of the data: the vocabulary of a "
+                   "model built from scratch, and the decoder of the samples (default: NAME_tokenizer.bin "
+                   "beside the train shards, else none: GPT-2's vocabulary, samples not decoded)")
     return p
-
-
-def lr_at(step, args):
-    """Linear warmup to args.lr, then cosine decay to args.lr * final_lr_frac at the last step."""
-    if step < args.warmup_iters:
-        return args.lr * (step + 1) / args.warmup_iters
-    span = max(1, args.max_steps - args.warmup_iters)
-    progress = min(1.0, (step - args.warmup_iters) / span)
-    lo = args.lr * args.final_lr_frac
-    return lo + 0.5 * (args.lr - lo) * (1.0 + math.cos(math.pi * progress))
 
 
 def check_args(args):
@@ -72,6 +99,17 @@ def check_args(args):
         raise SystemExit("train_gpt2: --omp-threads must be positive")
     if args.expect_world_size is not None and args.expect_world_size <= 0:
         raise SystemExit("train_gpt2: --expect-world-size must be positive")
+    if args.total_batch_size is not None and args.total_batch_size <= 0:
+        raise SystemExit("train_gpt2: -d/--total-batch-size must be positive")
+    if args.warmup_iters < 0:
+        raise SystemExit("train_gpt2: -u/--warmup-iters must be >= 0")
+    if args.final_lr_frac < 0:
+        raise SystemExit("train_gpt2: -q/--final-lr-frac must be >= 0")
+    if args.skip_update_lossz < 0 or args.skip_update_gradz < 0:
+        raise SystemExit("train_gpt2: -sl/-sg z-score thresholds must be >= 0 (0: off)")
+    for name in ("layers", "heads", "channels", "max_seq_len"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            raise SystemExit(f"train_gpt2: --{name.replace('_', '-')} must be positive")
 
 
 def main(argv=None):
@@ -106,21 +144,34 @@ def train(args, world):
     """Set up (device, data, model, ranks), then the loop: eval, sample, step, log, checkpoint."""
     import numpy as np
 
-    from numbagpt import checkpoint, data
+    from numbagpt import checkpoint
+    from numbagpt.outlier import SpikeGuard
+    from numbagpt.schedule import LRSchedule
     from numbagpt.step import train_step
 
     say = printer(world)
+    micro_steps = micro_steps_per_step(args, world)
+    schedule = LRSchedule(args.lr_scheduler, args.lr, args.warmup_iters, args.max_steps, args.final_lr_frac)
+    guard = SpikeGuard(args.skip_update_lossz, args.skip_update_gradz)
     backend = setup_device(args, world, say)
     train_glob, val_glob, tok_path = data_paths(args, world)
-    model, dp, resume_step = load_model(args, world, backend, say)
+    model, dp, resume_step = load_model(args, world, backend, tok_path, say)
     B, T = args.batch_size, args.seq_len
     train_loader, val_loader, tok = open_data(args, world, model.config, train_glob, val_glob, tok_path)
-    say(f"train: {train_glob} | val: {val_glob} | B={B} T={T} | tokens/step {world.size * B * T:,}")
+    tokens_per_step = micro_steps * world.size * B * T
+    say(f"train: {train_glob} | val: {val_glob} | B={B} T={T} | processes {world.size} | "
+        f"micro-steps {micro_steps} | tokens/step {tokens_per_step:,}")
+    say(f"lr schedule: {schedule.describe()}")
+    say(guard.describe())
+    if args.overfit_single_batch:
+        say(f"overfitting a single batch: every step trains on the first {tokens_per_step:,} tokens of {train_glob}")
     start_step = 0
     if resume_step is not None:
         start_step = checkpoint.load_state(args.output_dir, resume_step, model, world, train_loader)
         say(f"resumed from step {start_step} of {args.output_dir}")
     log = open_log(args, world, append=resume_step is not None)
+    keep_tokenizer(args, world, tok_path)
+    hellaswag = open_hellaswag(args)
     rng = np.random.default_rng(args.seed)
 
     t_start = time.perf_counter()
@@ -128,16 +179,21 @@ def train(args, world):
         last = step == args.max_steps
         if val_loader and (step % args.val_every == 0 or last):
             evaluate(model, val_loader, args.val_batches, world, log, step, say)
+        if hellaswag and (args.val_every > 0 and step > 0 and step % args.val_every == 0 or last):
+            evaluate_hellaswag(model, hellaswag, max(4, B), world, log, step, say)
         if args.gen_tokens > 0 and args.sample_every > 0 and (step > 0 and step % args.sample_every == 0 or last):
             if tok is not None and world.is_master:
                 sample(model, tok, args.gen_tokens, rng, step, say)
         if last:
             break
         t0 = time.perf_counter()
-        result = train_step(model, [train_loader.next_batch()], lr=lr_at(step, args), t=step + 1, dp=dp,
-                            grad_clip=args.grad_clip, weight_decay=args.weight_decay)
+        if args.overfit_single_batch:
+            train_loader.reset()
+        batches = [train_loader.next_batch() for _ in range(micro_steps)]
+        result = train_step(model, batches, lr=schedule(step), t=step + 1, dp=dp, grad_clip=args.grad_clip,
+                            weight_decay=args.weight_decay, skip=guard.check)
         dt = time.perf_counter() - t0
-        log_step(result, step, args.max_steps, dt, world.size * B * T, world.size, log, say)
+        log_step(result, step, args.max_steps, dt, tokens_per_step, world.size, log, say)
         if args.output_dir and args.checkpoint_every > 0 and (step + 1) % args.checkpoint_every == 0:
             checkpoint.save(args.output_dir, step + 1, model, world, train_loader, args.seed)
             say(f"checkpoint at step {step + 1} in {args.output_dir}")
@@ -148,6 +204,7 @@ def train(args, world):
         say(f"wrote {path}")
     if log:
         log.close()
+        plot_log(log.name, say)
     say(f"done in {time.perf_counter() - t_start:.1f} s")
     return 0
 
@@ -207,47 +264,81 @@ def describe_ranks(world, threads, say):
                 f"exceed the cores (check the launcher's binding too; see docs/distributed.md)")
 
 
+def micro_steps_per_step(args, world):
+    """-d / (B*T*processes): the micro-steps whose gradients one optimizer step accumulates."""
+    per_micro = args.batch_size * args.seq_len * world.size
+    total = args.total_batch_size or per_micro
+    if total % per_micro:
+        raise ValueError(f"-d/--total-batch-size {total} is not a multiple of B*T*processes = "
+                         f"{args.batch_size}*{args.seq_len}*{world.size} = {per_micro}")
+    return total // per_micro
+
+
 def data_paths(args, world):
-    """(train glob, val glob, tokenizer path): the flags, else the built-in Shakespeare."""
+    """(train glob, val glob, tokenizer path): the flags, else the built-in Shakespeare. The
+    tokenizer: --tokenizer, else the NAME_tokenizer.bin beside the train shards, else None."""
     from numbagpt import data
+    from numbagpt.config import tokenizer_next_to
 
     if args.train_data is not None:
-        return args.train_data, args.val_data, args.tokenizer
+        return args.train_data, args.val_data, args.tokenizer or tokenizer_next_to(args.train_data)
     # Rank 0 prepares the data once; the others wait, then find it in the cache.
     with world.rank0_first():
         train_glob, val_glob, tok_path = data.ensure_builtin_data(verbose=world.is_master)
     return train_glob, args.val_data or val_glob, args.tokenizer or tok_path
 
 
-def load_model(args, world, backend, say):
-    """The model (a preset from scratch, a model file, or the latest checkpoint), on every rank
+def model_config(args, tok_path):
+    """The config of a model built from scratch: -e's descriptor with the shape flags over it, and
+    the vocabulary of the data's tokenizer file (GPT-2's without one)."""
+    from numbagpt.config import GPT2_VOCAB, build_config, tokenizer_vocab_size
+
+    V = tokenizer_vocab_size(tok_path) if tok_path else GPT2_VOCAB
+    return build_config(args.model, V, layers=args.layers, heads=args.heads, channels=args.channels,
+                        max_seq_len=args.max_seq_len)
+
+
+def load_model(args, world, backend, tok_path, say):
+    """The model (built from scratch, a model file, or the latest checkpoint), on every rank
     rank 0's weights, with this rank's optimizer shard. Returns (model, DataParallel, resume step)."""
     from numbagpt import checkpoint
-    from numbagpt.config import PRESETS
+    from numbagpt.config import is_descriptor
     from numbagpt.dist import DataParallel
     from numbagpt.layout import format_memory, memory_estimate
     from numbagpt.model import GPT2
 
+    shape_flags = [f"--{n.replace('_', '-')}" for n in ("layers", "heads", "channels", "max_seq_len")
+                   if getattr(args, n) is not None]
+    scratch = is_descriptor(args.model)
+    if shape_flags and not scratch:
+        raise ValueError(f"-e {args.model} is a model file, whose shape is fixed: drop {', '.join(shape_flags)} "
+                         f"(they shape a model built from scratch from a descriptor)")
+    config = model_config(args, tok_path) if scratch else None  # errors before any training state is read
     resume_step = checkpoint.latest_step(args.output_dir) if args.resume and args.output_dir else None
     resume_step = world.bcast(resume_step)  # rank 0's view of the output dir decides, for every rank
     if args.resume and resume_step is None:
         say(f"no complete checkpoint (DONE_* file) in {args.output_dir!r}: starting from -e {args.model}")
     if resume_step is not None:
-        model = GPT2.from_file(checkpoint.model_path(args.output_dir, resume_step), backend=backend)
-    elif args.model in PRESETS:
-        model = GPT2.from_preset(args.model, seed=args.seed, backend=backend)
+        model = GPT2.from_file(checkpoint.model_path(args.output_dir, resume_step), backend=backend,
+                               recompute=args.recompute)
+    elif scratch:
+        model = GPT2(config, backend=backend, recompute=args.recompute)
+        model.init_weights(args.seed)
     else:
-        model = GPT2.from_file(args.model, backend=backend)
+        model = GPT2.from_file(args.model, backend=backend, recompute=args.recompute)
     dp = DataParallel(world, model, args.zero_stage)
     dp.broadcast_parameters()  # every rank starts from rank 0's weights, whatever it initialised or loaded
     start, end = dp.shard      # the parameters whose AdamW moments and update this rank owns
     model.set_optimizer_shard(start, end)
     cfg = model.config
     if args.seq_len > cfg.max_seq_len:
-        raise ValueError(f"--seq-len {args.seq_len} exceeds the model's max_seq_len {cfg.max_seq_len}")
-    say(f"model: {args.model} | {cfg.describe()} | parameters {model.num_parameters:,}")
+        raise ValueError(f"-t/--seq-len {args.seq_len} exceeds the model's max_seq_len {cfg.max_seq_len}"
+                         + (" (--max-seq-len)" if scratch else ""))
+    shaped = "".join(f" {flag} {getattr(args, flag[2:].replace('-', '_'))}" for flag in shape_flags)
+    say(f"model: {args.model}{' +' + shaped if shaped else ''} | {cfg.describe()} | parameters {model.num_parameters:,}")
     # Before the gradients, AdamW moments and activations are allocated: the bulk of the memory.
-    say(format_memory(memory_estimate(cfg, args.batch_size, args.seq_len, optimizer_params=end - start)))
+    say(format_memory(memory_estimate(cfg, args.batch_size, args.seq_len, optimizer_params=end - start,
+                                      recompute=args.recompute)) + f" | -r {args.recompute}")
     say(f"optimizer: ZeRO-{args.zero_stage} | AdamW m+v of {end - start:,} parameters per rank: "
         f"{dp.optimizer_bytes() / 2**20:.1f} MiB")
     return model, dp, resume_step
@@ -258,8 +349,9 @@ def open_data(args, world, cfg, train_glob, val_glob, tok_path):
     from numbagpt import data, tokenizer
 
     B, T = args.batch_size, args.seq_len
+    shuffle = bool(args.shuffle) and not args.overfit_single_batch
     train_loader = data.DataLoader(train_glob, B, T, rank=world.rank, world_size=world.size,
-                                   shuffle=bool(args.shuffle), seed=args.seed, vocab_size=cfg.vocab_size)
+                                   shuffle=shuffle, seed=args.seed, vocab_size=cfg.vocab_size)
     val_loader = None
     if val_glob and args.val_every > 0 and args.val_batches > 0:
         val_loader = data.DataLoader(val_glob, B, T, rank=world.rank, world_size=world.size,
@@ -278,6 +370,41 @@ def open_log(args, world, append):
     return open(os.path.join(args.output_dir, "main.log"), "a" if append else "w")
 
 
+def keep_tokenizer(args, world, tok_path):
+    """Copy the tokenizer into the output dir as tokenizer.bin, where bin/sample_gpt2 finds it."""
+    import shutil
+    if not (args.output_dir and tok_path and world.is_master):
+        return
+    dst = os.path.join(args.output_dir, "tokenizer.bin")
+    if not (os.path.exists(dst) and os.path.samefile(tok_path, dst)):
+        shutil.copyfile(tok_path, dst)
+
+
+def open_hellaswag(args):
+    """The HellaSwag examples for -h 1 (None for -h 0)."""
+    from numbagpt import hellaswag
+    if not args.hellaswag:
+        return None
+    if not os.path.isfile(args.hellaswag_file):
+        raise FileNotFoundError(f"-h 1: no HellaSwag eval file at {args.hellaswag_file} (llm.c's "
+                                f"dev/data/hellaswag.py writes it; --hellaswag-file FILE, docs/use.md)")
+    return hellaswag.read_eval_file(args.hellaswag_file)
+
+
+def plot_log(log_path, say):
+    """loss.png next to main.log, when matplotlib is installed."""
+    from numbagpt import plot
+    png = os.path.join(os.path.dirname(log_path), "loss.png")
+    try:
+        plot.plot_logs([log_path], png)
+    except RuntimeError:
+        say("(pip install matplotlib, and the next run also draws its loss curve into loss.png)")
+    except plot.LogError as e:
+        say(f"no loss.png: {e}")
+    else:
+        say(f"wrote {png}")
+
+
 # ---------------------------------------------------------------------------------------------- the loop
 
 def evaluate(model, val_loader, batches, world, log, step, say):
@@ -293,9 +420,21 @@ def evaluate(model, val_loader, batches, world, log, step, say):
 
 
 def sample(model, tok, gen_tokens, rng, step, say):
+    """A sample from the end-of-text token, as bin/sample_gpt2 makes it (numbagpt.generate, KV cache)."""
+    from numbagpt.generate import generate
     prompt = [tok.eot_token] if tok.eot_token is not None else [0]
-    ids = model.generate(prompt, gen_tokens, rng)
+    ids = list(generate(model, prompt, gen_tokens, rng))
     say(f"--- sample at step {step} ---\n{tok.decode(ids)}\n---")
+
+
+def evaluate_hellaswag(model, examples, rows, world, log, step, say):
+    """HellaSwag acc_norm over the ranks, logged as llm.c does (s:STEP eval:ACC)."""
+    from numbagpt import hellaswag
+    correct, total = hellaswag.evaluate(model, examples, world, rows)
+    say(f"HellaSwag: {correct}/{total} = {correct / total:.4f}")
+    if log:
+        log.write(f"s:{step} eval:{correct / total:.4f}\n")
+        log.flush()
 
 
 def log_step(result, step, max_steps, dt, tokens, nproc, log, say):
@@ -303,8 +442,12 @@ def log_step(result, step, max_steps, dt, tokens, nproc, log, say):
     r = result
     say(f"step {step + 1:4d}/{max_steps} | loss {r.loss:.4f} | lr {r.lr:.2e} | norm {r.norm:.2f} | "
         f"{dt * 1000:.0f} ms | {nproc} proc | {tokens / dt:.0f} tok/s")
+    if r.skipped:
+        say(f"step {step + 1:4d}: skipping update due to {r.skipped}")
     if log:
         log.write(f"s:{step} trl:{r.loss:.4f} lr:{r.lr:.6f} norm:{r.norm:.2f}\n")
+        if r.skipped:  # a line of its own, llm.c's `s:STEP key:value` shape, so llm.c's log readers still parse
+            log.write(f"s:{step} skip:{r.skipped.z:.2f}\n")
         log.flush()
 
 

@@ -6,9 +6,9 @@
 - `available()` / `require()`: is there a usable GPU (or the simulator)? `require` raises a RuntimeError
   that says what to do.
 - Launch helpers (`cdiv`, `i64`, `f32`) and shared device functions (warp reductions).
-- Under the simulator, the warp shuffle the kernels use (`cuda.shfl_xor_sync`) is missing;
-  `_install_simulator_warp_intrinsics` adds a faithful emulation (a per-warp barrier and value
-  exchange), so the kernels that use it run unchanged under the simulator.
+- Under the simulator, the warp shuffle and barrier the kernels use (`cuda.shfl_xor_sync`,
+  `cuda.syncwarp`) are missing; `_install_simulator_warp_intrinsics` adds faithful emulations (a
+  per-warp barrier and value exchange), so the kernels that use them run unchanged under the simulator.
 """
 import threading
 
@@ -175,10 +175,16 @@ def _sim_shfl_xor_sync(self, mask, value, lane_mask):
     return vals[src] if src < WARP and vals[src] is not None else value
 
 
+def _sim_syncwarp(self, mask=FULL_MASK):
+    _sim_warp_exchange(None)  # a barrier of the warp's lanes
+
+
 def _install_simulator_warp_intrinsics():
     from numba.cuda.simulator.kernelapi import FakeCUDAModule
     if not hasattr(FakeCUDAModule, "shfl_xor_sync"):
         FakeCUDAModule.shfl_xor_sync = _sim_shfl_xor_sync
+    if not hasattr(FakeCUDAModule, "syncwarp"):
+        FakeCUDAModule.syncwarp = _sim_syncwarp
 
 
 if SIMULATOR:

@@ -1,0 +1,75 @@
+"""bin/eval_gpt2: a model's HellaSwag accuracy (acc_norm, as llm.c computes it), over MPI ranks if launched so."""
+import argparse
+import sys
+import time
+
+from numbagpt.cli import HelpFormatter, reserve_threads, use_threads
+
+DESCRIPTION = """\
+Score a model on a multiple-choice eval file in llm.c's format (HellaSwag: llm.c's
+dev/data/hellaswag.py writes the 10,042-example val split as hellaswag_val.bin). Each completion
+is scored by the mean loss of its tokens after the context; the lowest wins (acc_norm).
+Under mpirun/srun the examples are split over the processes."""
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="eval_gpt2", description=DESCRIPTION, formatter_class=HelpFormatter)
+    p.add_argument("-e", "--model", default="out",
+                   help="model .bin file, or a train_gpt2 output directory (its latest model)")
+    p.add_argument("--hellaswag", required=True, metavar="FILE", help="eval file (magic 20240522), e.g. hellaswag_val.bin")
+    p.add_argument("-b", "--batch-size", type=int, default=32, help="sequences per forward (4 per example)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="backend that runs the kernels")
+    p.add_argument("--omp-threads", type=int, default=None,
+                   help="Numba threads per process (default: all cores, divided among the ranks)")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.batch_size <= 0:
+        raise SystemExit("eval_gpt2: --batch-size must be positive")
+    reserve_threads(args.omp_threads)
+    from numbagpt import dist
+    try:
+        world = dist.init_world()
+    except dist.WorldSizeError as e:
+        print(f"eval_gpt2: error: {e}", file=sys.stderr)
+        return 1
+    try:
+        return run(args, world)
+    except (ValueError, OSError, RuntimeError) as e:
+        if world.size > 1:
+            world.abort(e, prog="eval_gpt2")
+        print(f"eval_gpt2: error: {e}", file=sys.stderr)
+        return 1
+
+
+def run(args, world):
+    import numba
+
+    from numbagpt import hellaswag
+    from numbagpt.backend import get_backend
+    from numbagpt.cli.sample import resolve_model
+    from numbagpt.model import GPT2
+
+    use_threads(args.omp_threads or max(1, numba.config.NUMBA_NUM_THREADS // world.local_size))
+    backend = get_backend(args.device)
+    world.setup_device(backend)  # a GPU: this rank's, before anything is allocated on it
+    examples = hellaswag.read_eval_file(args.hellaswag)
+    path = resolve_model(args.model)
+    model = GPT2.from_file(path, backend=backend)
+    say = (lambda *a, **k: print(*a, **k, flush=True)) if world.is_master else (lambda *a, **k: None)
+    say(f"model {path} | {model.config.describe()} | {len(examples)} examples | {world.size} processes",
+        file=sys.stderr)
+    t0 = time.perf_counter()
+
+    def progress(done, total):
+        say(f"\revaluating: {done}/{total} examples of rank 0", end="", file=sys.stderr)
+    correct, total = hellaswag.evaluate(model, examples, world, args.batch_size, progress)
+    say(f"\n{time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    say(f"HellaSwag: {correct}/{total} = {correct / total:.4f} acc_norm")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,150 @@
+"""bin/train_gpt2's llm.c training features end to end, in-process on micro models: the lr schedules
+in main.log, the spike guard on a planted spike, -a 1 overfitting one batch, models shaped from the
+command line with the data's vocabulary, the startup lines, and the help's defaults."""
+import math
+import re
+
+import numpy as np
+import pytest
+
+from numbagpt import data, formats
+from numbagpt.cli import HelpFormatter, train
+from numbagpt.config import GPT2Config
+from numbagpt.formats import write_shard
+from numbagpt.model import GPT2
+from numbagpt.tokenizer import CharTokenizer
+
+FAST = ["-v", "0", "-g", "0", "--omp-threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Char-level shards of a small play text (prepare_data's files, tokenizer beside them) and a
+    micro model file for its vocabulary."""
+    d = tmp_path_factory.mktemp("features_corpus")
+    text = "".join(f"KING:\nMy lord, the {w} is come.\n\nQUEEN:\nThen let it in.\n\n"
+                   for w in ("night", "day", "morning", "evening") * 40)
+    paths = data.prepare(str(d), text, tokenizer="char", val_fraction=0.1, name="play", verbose=False)
+    V = len(formats.read_tokenizer_file(paths["tokenizer"])[0])
+    model = GPT2(GPT2Config(max_seq_len=16, vocab_size=V, num_layers=2, num_heads=2, channels=32))
+    model.init_weights(0)
+    model.save(str(d / "micro.bin"))
+    return dict(paths, model=str(d / "micro.bin"), vocab=V, dir=d)
+
+
+def run(capsys, argv):
+    code = train.main(argv)
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def log_lines(out_dir, key):
+    return [line for line in (out_dir / "main.log").read_text().splitlines() if f" {key}:" in line]
+
+
+def llmc_lr(kind, step, lr, warmup, steps, frac):
+    """llm.c's llmc/schedulers.h, written out again."""
+    min_lr = lr * frac
+    if kind == "constant":
+        return lr
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    if kind == "wsd":
+        d = int(0.8 * steps)
+        return lr if step < d else min_lr + (1 - math.sqrt((step - d) / (steps - d))) * (lr - min_lr)
+    r = (step - warmup) / (steps - warmup)
+    if kind == "cosine":
+        return min_lr + 0.5 * (1 + math.cos(math.pi * r)) * (lr - min_lr)
+    return lr - r * (lr - min_lr)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear", "constant", "wsd"])
+def test_schedule_in_main_log(tmp_path, capsys, corpus, kind):
+    code, out, err = run(capsys, ["-i", corpus["train"], "-e", corpus["model"], "-o", str(tmp_path), "-b", "2",
+                                  "-t", "8", "-x", "10", "-k", kind, "-l", "0.01", "-u", "3", "-q", "0.2"] + FAST)
+    assert code == 0, err
+    lrs = [float(re.search(r"lr:(\S+)", line).group(1)) for line in log_lines(tmp_path, "trl")]
+    assert lrs == [round(llmc_lr(kind, s, 0.01, 3, 10, 0.2), 6) for s in range(10)]
+    assert f"lr schedule: {kind}" in out
+
+
+def spike_data(d):
+    """Shards where every batch of -b 2 -t 8 is the same (period 8) for 300 steps, then random."""
+    rng = np.random.default_rng(0)
+    period = rng.integers(0, 20, 8)
+    # 300 batches of 16 tokens and the target of the last one periodic, then random ones
+    tokens = np.concatenate([np.tile(period, 300 * 2), period[:1], rng.integers(0, 20, 3 * 16)])
+    write_shard(d / "spike_train.bin", tokens)
+    CharTokenizer([chr(ord("a") + i) for i in range(19)]).save(str(d / "spike_tokenizer.bin"))  # V = 20
+    return str(d / "spike_train.bin")
+
+
+@pytest.mark.parametrize("flag", ["-sl", "-sg"])
+def test_spike_guard_skips_the_planted_spike(tmp_path, capsys, flag):
+    train_bin = spike_data(tmp_path)
+    common = ["-i", train_bin, "--layers", "1", "--heads", "2", "--channels", "16", "--max-seq-len", "8",
+              "-b", "2", "-t", "8", "-l", "1e-2", "-k", "constant", "--shuffle", "0"] + FAST
+    code, out, err = run(capsys, common + ["-o", str(tmp_path / "guarded"), "-x", "301", flag, "5"])
+    assert code == 0, err
+    what = "loss" if flag == "-sl" else "grad norm"
+    assert re.findall(r"step +(\d+): skipping update due to (.*) z-score", out) == [("301", what)]
+    assert "spike guard: skip the update when " in out
+    skips = log_lines(tmp_path / "guarded", "skip")
+    assert len(skips) == 1 and re.fullmatch(r"s:300 skip:(\d+\.\d\d)", skips[0])
+    # a lone spike in a flat window scores sqrt(127) = 11.27
+    assert float(skips[0].split("skip:")[1]) == pytest.approx(math.sqrt(127), abs=0.3)
+    # not applied: the parameters are those after the 300 steps before it
+    code, _, err = run(capsys, common + ["-o", str(tmp_path / "plain"), "-x", "300"])
+    assert code == 0, err
+    _, guarded = formats.read_model(str(tmp_path / "guarded" / "model_00000301.bin"))
+    _, plain = formats.read_model(str(tmp_path / "plain" / "model_00000300.bin"))
+    np.testing.assert_array_equal(guarded, plain)
+
+
+def test_overfit_single_batch_drives_the_loss_near_zero(tmp_path, capsys, corpus):
+    code, out, err = run(capsys, ["-i", corpus["train"], "-e", corpus["model"], "-o", str(tmp_path), "-b", "4",
+                                  "-t", "16", "-x", "80", "-a", "1", "-l", "1e-2", "-k", "constant", "-u", "0"] + FAST)
+    assert code == 0, err
+    losses = [float(line.split("trl:")[1].split()[0]) for line in log_lines(tmp_path, "trl")]
+    assert losses[0] > 2.0 and losses[-1] < 0.05
+    assert "overfitting a single batch" in out
+
+
+def test_model_shaped_from_the_command_line_with_the_data_vocabulary(tmp_path, capsys, corpus):
+    code, out, err = run(capsys, ["-i", corpus["train"], "-o", str(tmp_path), "--layers", "2", "--heads", "2",
+                                  "--channels", "32", "--max-seq-len", "16", "-b", "2", "-t", "16", "-x", "2",
+                                  "-d", "64"] + FAST)
+    assert code == 0, err
+    cfg, params = formats.read_model(str(tmp_path / "model_00000002.bin"))
+    V = corpus["vocab"]
+    assert (cfg.num_layers, cfg.num_heads, cfg.channels, cfg.max_seq_len) == (2, 2, 32, 16)
+    assert (cfg.vocab_size, cfg.padded_vocab_size) == (V, 128)
+    assert f"V={V} Vp=128" in out and "micro-steps 2 | tokens/step 64" in out
+    assert "-r 1" in out and "spike guard: skip the update when loss off, grad norm off" in out
+
+
+@pytest.mark.parametrize("extra, msg", [
+    (["--channels", "30", "--heads", "4"], "channels C=30 (--channels) is not divisible by heads NH=4 (--heads)"),
+    (["--max-seq-len", "8", "-t", "16"], "-t/--seq-len 16 exceeds the model's max_seq_len 8 (--max-seq-len)"),
+    (["-e", "d7"], "unsupported GPT-2 depth d7"),
+    (["-e", "MODEL", "--layers", "3"], "is a model file, whose shape is fixed: drop --layers"),
+    (["-d", "100"], "-d/--total-batch-size 100 is not a multiple of B*T*processes = 2*16*1 = 32"),
+])
+def test_bad_shapes_give_clear_errors(tmp_path, capsys, corpus, extra, msg):
+    extra = [corpus["model"] if a == "MODEL" else a for a in extra]
+    code, _, err = run(capsys, ["-i", corpus["train"], "-o", "", "-b", "2", "-t", "16", "-x", "1"] + extra + FAST)
+    assert code == 1 and msg in err and "Traceback" not in err
+
+
+def test_help_states_every_default():
+    parser = train.build_parser()
+    fmt = HelpFormatter("train_gpt2")
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        assert "default" in fmt._get_help_string(action), action.option_strings
+    text = parser.format_help()
+    for flag in ("-d", "--total-batch-size", "-k", "--lr-scheduler", "-sl", "--skip-update-lossz", "-sg",
+                 "--skip-update-gradz", "-a", "--overfit-single-batch", "-r", "--recompute", "--layers",
+                 "--heads", "--channels", "--max-seq-len"):
+        assert re.search(rf"(^|[ ,]){re.escape(flag)}[ ,\n]", text), flag

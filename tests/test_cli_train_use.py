@@ -1,0 +1,65 @@
+"""What bin/train_gpt2 leaves for using the model: HellaSwag at the val interval (-h 1, logged as llm.c's
+`eval`), loss.png next to main.log, tokenizer.bin for bin/sample_gpt2, in-training samples made by
+numbagpt.generate (the KV-cache decoder)."""
+import re
+
+import numpy as np
+import pytest
+
+from numbagpt import data, formats, generate, hellaswag
+from numbagpt.cli import sample, train
+from numbagpt.config import GPT2Config
+from numbagpt.model import GPT2
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("corpus")
+    text = "".join(f"KING:\nMy lord, the {w} is come.\n\nQUEEN:\nThen let it in.\n\n" for w in ("night", "day") * 40)
+    paths = data.prepare(str(d), text, tokenizer="char", val_fraction=0.1, name="play", verbose=False)
+    vocab = len(formats.read_tokenizer_file(paths["tokenizer"])[0])
+    model = GPT2(GPT2Config(max_seq_len=32, vocab_size=vocab, num_layers=1, num_heads=2, channels=16))
+    model.init_weights(0)
+    model.save(str(d / "micro.bin"))
+    rng = np.random.default_rng(0)
+    examples = [(int(rng.integers(0, 4)), rng.integers(0, vocab, 5).tolist(),
+                 [rng.integers(0, vocab, 3).tolist() for _ in range(4)]) for _ in range(6)]
+    hellaswag.write_eval_file(d / "hs.bin", examples)
+    return paths, str(d / "micro.bin"), str(d / "hs.bin")
+
+
+def test_hellaswag_plot_tokenizer_and_samples(tmp_path, capsys, corpus, monkeypatch):
+    paths, model_path, hs_path = corpus
+    calls = []
+    real = generate.generate
+    monkeypatch.setattr(generate, "generate", lambda *a, **k: calls.append(k.get("use_cache", True)) or real(*a, **k))
+    out = tmp_path / "out"
+    code = train.main(["-i", paths["train"], "-j", paths["val"], "--tokenizer", paths["tokenizer"], "-e", model_path,
+                       "-o", str(out), "-b", "4", "-t", "16", "--omp-threads", "1", "-x", "6", "-v", "3",
+                       "-m", "1", "-s", "3", "-g", "8", "-h", "1", "--hellaswag-file", hs_path])
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    log = (out / "main.log").read_text().splitlines()
+    evals = [line for line in log if " eval:" in line]
+    assert [line.split()[0] for line in evals] == ["s:3", "s:6"]  # llm.c: not at step 0, at the end
+    for line in evals:
+        assert re.fullmatch(r"s:\d+ eval:\d\.\d{4}", line)
+    assert re.search(r"HellaSwag: \d/6 = \d\.\d{4}", cap.out)
+    assert calls == [True, True]  # the samples at steps 3 and 6, with the cache
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG" and f"wrote {out / 'loss.png'}" in cap.out
+    assert (out / "tokenizer.bin").read_bytes() == open(paths["tokenizer"], "rb").read()
+    # bin/sample_gpt2 finds the run's last model and its tokenizer from the output directory alone
+    assert sample.main(["-e", str(out), "-g", "10", "--prompt", "KING:"]) == 0
+    cap = capsys.readouterr()
+    assert cap.out.startswith("KING:") and "tokenizer char" in cap.err
+
+
+def test_hellaswag_file_missing_is_one_line(tmp_path, capsys, corpus):
+    paths, model_path, _ = corpus
+    code = train.main(["-i", paths["train"], "-e", model_path, "-o", "", "-x", "1", "-t", "16", "-h", "1",
+                       "--hellaswag-file", str(tmp_path / "none.bin")])
+    err = capsys.readouterr().err
+    assert code == 1 and "-h 1: no HellaSwag eval file at" in err and "dev/data/hellaswag.py" in err
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    assert "--hellaswag" in capsys.readouterr().out

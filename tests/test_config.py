@@ -1,0 +1,71 @@
+"""Model descriptors (llm.c's table), custom shapes over them, vocabulary padding, tokenizer lookup."""
+import os
+
+import pytest
+
+from numbagpt.config import (GPT2_VOCAB, build_config, descriptor_shape, is_descriptor, pad_vocab, preset,
+                             tokenizer_next_to, tokenizer_vocab_size)
+from numbagpt.tokenizer import CharTokenizer
+
+
+# llm.c's train_gpt2.cu, gpt2_set_hyperparameters / gpt3_set_hyperparameters, written out.
+@pytest.mark.parametrize("name, L, NH, C, maxT", [
+    ("d6", 6, 6, 384, 1024), ("d12", 12, 12, 768, 1024), ("d24", 24, 16, 1024, 1024),
+    ("d36", 36, 20, 1280, 1024), ("d48", 48, 25, 1600, 1024), ("d60", 60, 30, 1920, 1024),
+    ("d72", 72, 30, 2880, 1024), ("d84", 84, 36, 3456, 1024), ("gpt2:d12", 12, 12, 768, 1024),
+    ("gpt3:c768", 12, 12, 768, 2048), ("gpt3:c2048", 24, 16, 2048, 2048), ("gpt3:c2560", 32, 32, 2560, 2048),
+    ("tiny", 4, 4, 128, 256)])
+def test_descriptors_follow_llmc(name, L, NH, C, maxT):
+    assert descriptor_shape(name) == (L, NH, C, maxT)
+    cfg = preset(name)
+    assert (cfg.num_layers, cfg.num_heads, cfg.channels, cfg.max_seq_len) == (L, NH, C, maxT)
+    assert (cfg.vocab_size, cfg.padded_vocab_size) == (GPT2_VOCAB, 50304)
+
+
+@pytest.mark.parametrize("name, msg", [("d7", "unsupported GPT-2 depth d7"), ("gpt3:c100", "unsupported GPT-3"),
+                                       ("big", "neither a model file nor a descriptor")])
+def test_bad_descriptors(name, msg):
+    with pytest.raises(ValueError, match=msg):
+        descriptor_shape(name)
+
+
+def test_vocab_padding_is_llmc_multiple_of_128():
+    assert [pad_vocab(v) for v in (1, 66, 128, 129, 50257)] == [128, 128, 128, 256, 50304]
+
+
+def test_custom_shape_alone_and_over_a_preset():
+    cfg = build_config(layers=4, heads=4, channels=64, max_seq_len=32, vocab_size=66)
+    assert cfg.describe() == "L=4 NH=4 C=64 maxT=32 V=66 Vp=128"
+    over = build_config("d12", layers=2)  # only L changes
+    assert (over.num_layers, over.num_heads, over.channels, over.max_seq_len) == (2, 12, 768, 1024)
+
+
+@pytest.mark.parametrize("kw, msg", [(dict(channels=100, heads=3), r"channels C=100 \(--channels\) is not divisible by heads NH=3 \(--heads\)"),
+                                     (dict(heads=5), r"C=128 \(-e tiny\) is not divisible by heads NH=5 \(--heads\)"),
+                                     (dict(layers=0), "--layers must be positive"),
+                                     (dict(max_seq_len=-4), "--max-seq-len must be positive")])
+def test_custom_shape_errors_name_the_flags(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        build_config(**kw)
+
+
+def test_is_descriptor(tmp_path):
+    f = tmp_path / "d12"
+    f.write_bytes(b"")
+    assert is_descriptor("d12") and is_descriptor("gpt3:c768")
+    assert not is_descriptor("model.bin") and not is_descriptor(str(f))
+
+
+def test_tokenizer_next_to_the_shards(tmp_path):
+    tok = CharTokenizer.from_text("hello world")
+    for name in ("play_train.bin", "play_val.bin", "web_train_000001.bin"):
+        (tmp_path / name).write_bytes(b"")
+    tok.save(str(tmp_path / "play_tokenizer.bin"))
+    assert tokenizer_next_to(str(tmp_path / "play_train.bin")) == str(tmp_path / "play_tokenizer.bin")
+    assert tokenizer_next_to(str(tmp_path / "play_*.bin")) == str(tmp_path / "play_tokenizer.bin")
+    # not named after the shards, but the directory's only tokenizer
+    assert tokenizer_next_to(str(tmp_path / "web_train_*.bin")) == str(tmp_path / "play_tokenizer.bin")
+    assert tokenizer_vocab_size(str(tmp_path / "play_tokenizer.bin")) == 9  # 8 characters + EOT
+    os.remove(tmp_path / "play_tokenizer.bin")
+    assert tokenizer_next_to(str(tmp_path / "play_train.bin")) is None
+    assert tokenizer_next_to(str(tmp_path / "nothing_*.bin")) is None

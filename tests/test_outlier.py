@@ -1,0 +1,80 @@
+"""The spike guard's z-score detector against NumPy over the same window, and a planted spike."""
+import math
+
+import numpy as np
+import pytest
+
+from numbagpt.outlier import WINDOW, OutlierDetector, SpikeGuard
+
+
+def test_window_is_llmc_128():
+    assert WINDOW == 128 and OutlierDetector().window == 128
+
+
+def test_nan_until_the_window_is_full_then_numpy_zscore():
+    rng = np.random.default_rng(0)
+    xs = rng.normal(3.0, 0.5, 300)
+    w = 16
+    det = OutlierDetector(w)
+    for i, x in enumerate(xs):
+        z = det.update(x)
+        if i < w:
+            assert math.isnan(z)
+        else:
+            win = xs[i - w + 1:i + 1]  # the window includes the new value, as in llm.c
+            assert z == pytest.approx((x - win.mean()) / win.std(), rel=1e-9, abs=1e-9)
+
+
+def test_constant_window_gives_zero():
+    det = OutlierDetector(4)
+    zs = [det.update(2.5) for _ in range(10)]
+    assert zs[4:] == [0.0] * 6
+
+
+def test_state_round_trip_continues_the_same_scores():
+    a, b = OutlierDetector(8), OutlierDetector(8)
+    xs = np.linspace(1, 2, 30) ** 2
+    for x in xs[:20]:
+        a.update(x)
+    b.set_state(a.get_state())
+    assert [a.update(x) for x in xs[20:]] == [b.update(x) for x in xs[20:]]
+
+
+def test_planted_loss_spike_is_skipped_and_only_it():
+    rng = np.random.default_rng(1)
+    guard = SpikeGuard(loss_z=3.0, window=32)
+    losses = 4.0 + 0.01 * rng.standard_normal(80)
+    losses[60] = 6.0  # the spike
+    skips = [(i, guard.check(loss, 1.0)) for i, loss in enumerate(losses)]
+    skipped = [(i, s) for i, s in skips if s is not None]
+    assert [i for i, _ in skipped] == [60]
+    what, z, threshold = skipped[0][1]
+    assert what == "loss" and z > 3.0 and threshold == 3.0 and str(skipped[0][1]).startswith("loss z-score of ")
+
+
+def test_planted_grad_spike_and_thresholds_off():
+    rng = np.random.default_rng(2)
+    norms = 1.0 + 0.05 * rng.standard_normal(80)
+    norms[50] = 10.0
+    on, off = SpikeGuard(grad_z=3.0, window=32), SpikeGuard(window=32)
+    reasons = [on.check(2.0, n) for n in norms]
+    assert [i for i, r in enumerate(reasons) if r] == [50] and reasons[50].what == "grad norm"
+    assert all(off.check(2.0, n) is None for n in norms)
+
+
+def test_no_skip_while_the_window_fills():
+    guard = SpikeGuard(loss_z=1.0, grad_z=1.0, window=8)
+    assert all(guard.check(v, v) is None for v in [1, 1, 1, 100, 1, 1, 1, 1])
+
+
+def test_bad_thresholds():
+    with pytest.raises(ValueError, match="z-score thresholds"):
+        SpikeGuard(loss_z=-1)
+
+
+def test_lone_spike_in_a_flat_window_scores_sqrt_window_minus_one():
+    # window of n-1 values c and one x: mean c + (x-c)/n, std |x-c| sqrt(n-1)/n, so z = sqrt(n-1)
+    det = OutlierDetector()
+    for _ in range(WINDOW):
+        det.update(2.0)
+    assert det.update(7.0) == pytest.approx(math.sqrt(WINDOW - 1))
