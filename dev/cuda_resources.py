@@ -109,14 +109,6 @@ def kernels():
     return out
 
 
-def kernel_name(dispatcher):
-    """The module-level name of a kernel dispatcher."""
-    for _, name, disp in _kernel_table():
-        if disp is dispatcher:
-            return name
-    raise KeyError(dispatcher)
-
-
 @functools.lru_cache(maxsize=None)
 def _kernel_table():
     return tuple(kernels())
@@ -269,9 +261,13 @@ SHAPES = {  # name: (preset, B, T)
 }
 
 
-def step_calls(config, B, T):
+RECOMPUTE = 1  # bin/train_gpt2's default -r: GELU's output is recomputed in the backward pass
+
+
+def step_calls(config, B, T, recompute=RECOMPUTE):
     """[(function, size arguments, calls per step)] of one training step of `config` at (B, T): the
-    model's kernel calls (train_gpt2.c's order), each with the size arguments it passes."""
+    model's kernel calls (train_gpt2.c's order), each with the size arguments it passes; recompute as
+    GPT2(recompute=...): 1 adds a GELU forward per layer to the backward pass, 2 also both layernorms."""
     C, NH, L = config.channels, config.num_heads, config.num_layers
     V, Vp = config.vocab_size, config.padded_vocab_size
     BTC = B * T * C
@@ -302,13 +298,19 @@ def step_calls(config, B, T):
         ("encoder_backward", (B, T, C), 1),
         ("global_norm_squared", (P,), 1),
         ("adamw_update", (P,), 1),
-    ]
+    ] + ([("gelu_forward", (4 * BTC,), L)] if recompute >= 1 else []) \
+      + ([("layernorm_forward", (B, T, C), 2 * L)] if recompute >= 2 else [])
 
 
-def zeroing_calls(config, B, T):
-    """[("fill_zero", (elements,), 1)]: the model zeroes the parameter and activation gradients."""
+def zeroing_calls(config, B, T, recompute=RECOMPUTE):
+    """[("fill_zero", (elements,), calls)]: the model zeroes the parameter and activation gradients,
+    and, recomputing, the gradient of each shared (recomputed) buffer once per layer."""
     from numbagpt.layout import activation_layout, num_parameters
-    return [("fill_zero", (num_parameters(config),), 1), ("fill_zero", (activation_layout(config, B, T).total,), 1)]
+    BTC, L = B * T * config.channels, config.num_layers
+    acts = activation_layout(config, B, T, recompute).total
+    return ([("fill_zero", (num_parameters(config),), 1), ("fill_zero", (acts,), 1)]
+            + ([("fill_zero", (4 * BTC,), L)] if recompute >= 1 else [])
+            + ([("fill_zero", (BTC,), 2 * L)] if recompute >= 2 else []))
 
 
 def plan(function, sizes, sms):

@@ -90,19 +90,20 @@ class Recorder:
         return record
 
 
-def test_step_calls_match_the_model():
+@pytest.mark.parametrize("recompute", [0, 1, 2])
+def test_step_calls_match_the_model(recompute):
     from numbagpt.config import GPT2Config
     from numbagpt.model import GPT2
     from numbagpt.step import train_step
     cfg = GPT2Config(max_seq_len=8, vocab_size=37, num_layers=2, num_heads=2, channels=16)
     B, T = 2, 4
     rec = Recorder()
-    model = GPT2(cfg, backend=rec)
+    model = GPT2(cfg, backend=rec, recompute=recompute)
     model.init_weights(seed=0)
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (B, T + 1)).astype(np.int32)
     train_step(model, [(tokens[:, :-1], tokens[:, 1:])], lr=1e-3, t=1)
     want = collections.Counter()
-    for name, sizes, count in R.step_calls(cfg, B, T):
+    for name, sizes, count in R.step_calls(cfg, B, T, recompute):
         want[(name, sizes)] += count
     assert rec.calls == want
 
