@@ -13,7 +13,7 @@ import os
 import sys
 import textwrap
 
-from numbagpt.cli import HelpFormatter, reserve_threads, use_threads
+from numbagpt.cli import HelpFormatter, error_text, reserve_threads, use_threads
 from numbagpt.config import DESCRIPTOR_HELP
 from numbagpt.costs import family, model_flops_per_token
 from numbagpt.layout import allocated_bytes, memory_estimate, mib
@@ -49,6 +49,8 @@ def build_parser():
     p.add_argument("--no-calibrate", action="store_true",
                    help="skip the peak calibration matmuls (no MFU unless --peak-gflops is given)")
     p.add_argument("--seed", type=int, default=1337, help="seed of the init and of the random tokens")
+    p.add_argument("--no-memory-check", action="store_true",
+                   help="allocate even when the memory estimate exceeds the memory available")
     return p
 
 
@@ -63,6 +65,8 @@ def check_args(args):
         raise SystemExit(f"profile_gpt2: error: --baseline-steps must be >= 0, got {args.baseline_steps}")
     if args.peak_gflops is not None and not args.peak_gflops > 0:
         raise SystemExit(f"profile_gpt2: error: --peak-gflops must be positive, got {args.peak_gflops}")
+    if args.seed < 0:
+        raise SystemExit(f"profile_gpt2: error: --seed must be >= 0, got {args.seed}")
 
 
 def main(argv=None):
@@ -72,14 +76,17 @@ def main(argv=None):
     try:
         return run(args)
     except (ValueError, OSError, RuntimeError, ImportError) as e:
-        print(f"profile_gpt2: error: {e}", file=sys.stderr)
+        print(f"profile_gpt2: error: {error_text(e)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("profile_gpt2: interrupted", file=sys.stderr)
+        return 130
 
 
 def run(args):
     import numba
 
-    from numbagpt import formats, profiler
+    from numbagpt import atomic, formats, memory, profiler
     from numbagpt.backend import get_backend
     from numbagpt.config import is_descriptor, preset
     from numbagpt.layout import format_memory
@@ -92,9 +99,9 @@ def run(args):
     proxy = profiler.TimingBackend(get_backend(args.device))
 
     if is_descriptor(args.model):
-        config, params = preset(args.model), None
+        config = preset(args.model)
     elif os.path.exists(args.model):
-        config, params = formats.read_model(args.model)
+        config = formats.read_model_header(args.model)[0]   # the parameters once the memory check passed
     else:
         raise ValueError(f"-e {args.model!r}: neither a preset ({DESCRIPTOR_HELP}) nor an existing model file")
     if args.seq_len > config.max_seq_len:
@@ -105,6 +112,10 @@ def run(args):
           f"device {args.device}, {numba.get_num_threads()} threads")
     saved = memory_estimate(config, args.batch_size, args.seq_len)["total"] - est["total"]
     print(format_memory(est) + f" | -r {args.recompute}: {saved / 2**20:.1f} MiB less than -r 0")
+    if not args.no_memory_check and proxy.HOST_MEMORY:  # before anything big is allocated
+        memory.check_fits(lambda b: memory_estimate(config, b, args.seq_len, recompute=args.recompute)["total"],
+                          args.batch_size, f"{args.model} with B={args.batch_size} T={args.seq_len}")
+    params = None if is_descriptor(args.model) else formats.read_model(args.model)[1]
     print(f"warm-up {args.warmup} step(s), the first compiles; then {args.steps} timed step(s)...", flush=True)
 
     model = GPT2(config, backend=proxy, recompute=args.recompute)
@@ -121,9 +132,7 @@ def run(args):
     print()
     print(format_report(report))
     if args.json:
-        with open(args.json, "w") as f:
-            f.write(report_to_json(report))
-            f.write("\n")
+        atomic.write_text(args.json, report_to_json(report) + "\n")
         print(f"wrote {args.json}")
     return 0
 
