@@ -16,7 +16,7 @@ output to OUT_DIR (default gpu_check-<date>), with summary.txt listing each part
 It installs nothing and downloads nothing (the batches are random tokens from a fixed seed). Without
 a GPU it says so, writes that to summary.txt and exits 0. Exit status 1 when any part failed.
 
-The CPU comparison: a d12 step at B=8 T=1024 is 6.5 TFLOP (numbagpt.profiler's cost model); on a
+The CPU comparison: a d12 step at B=8 T=1024 is 6.5 TFLOP (the profiler's cost model, numbagpt.costs); on a
 16-core CPU at the few hundred GFLOP/s numbagpt's CPU matmul reaches, 3 such steps plus the CPU kernels'
 first compilation would take most of the 5 minutes. So the comparison runs its own 3 steps at B=2
 (--compare-batch; the first 2 rows of the training batch, the same weights), a quarter of the work, and

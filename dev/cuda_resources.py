@@ -68,6 +68,7 @@ FLOORS = {
     "block_row": 0.5,     # one 256-thread block per row (crossentropy)
     "reduction": 0.5,     # column and grid-stride reductions
     "single_warp": 0.0,   # norm_squared_final: one warp on one SM by design
+    "matvec": 0.25,       # generation's matvec: its unrolled dot-product loop keeps many loads in flight
 }
 DEFAULT_FLOOR = 0.5
 
@@ -76,6 +77,8 @@ def family(kernel_name):
     """The occupancy-floor family of a kernel (by its name in its module)."""
     if "gemm" in kernel_name:
         return "gemm"
+    if kernel_name == "matvec_kernel":
+        return "matvec"
     if kernel_name == "norm_squared_final_kernel":
         return "single_warp"
     if kernel_name.startswith(("softmax", "layernorm_forward", "layernorm_backward_dinp", "attention_cached")):
@@ -333,10 +336,12 @@ def fill_zero_launch(n):
 
 def generation_calls(config):
     """[(function, size arguments, calls)] of generation with the KV cache: a prefill of maxT − 1
-    prompt tokens and the decoding of one token at the last position (batch 1)."""
-    C, NH, maxT = config.channels, config.num_heads, config.max_seq_len
+    prompt tokens and the decoding of one token at the last position (batch 1), whose matmuls are
+    matvecs (the two widest shown: the LM head and fc)."""
+    C, NH, maxT, Vp = config.channels, config.num_heads, config.max_seq_len, config.padded_vocab_size
     return [("attention_forward_cached", (1, maxT - 1, 0, C, NH, maxT), 1),
-            ("attention_forward_cached", (1, 1, maxT - 1, C, NH, maxT), 1)]
+            ("attention_forward_cached", (1, 1, maxT - 1, C, NH, maxT), 1),
+            ("matvec_forward", (1, C, Vp), 1), ("matvec_forward", (1, C, 4 * C), 1)]
 
 
 def step_launches(config, B, T, sms):
@@ -350,7 +355,7 @@ def step_launches(config, B, T, sms):
 
 
 # ------------------------------------------------------------------------------------------------
-# Roofline: FLOPs and bytes of each call from the profiler's cost model (numbagpt.profiler.kernel_cost)
+# Roofline: FLOPs and bytes of each call from the profiler's cost model (numbagpt.costs.kernel_cost)
 
 # Published peaks (NVIDIA's H100 and H200 datasheets): FP32 non-tensor 67 TFLOP/s on both (SXM),
 # HBM3 3.35 TB/s (H100 SXM 80 GB), HBM3e 4.8 TB/s (H200 141 GB).
@@ -371,10 +376,10 @@ PHASED_FUNCTIONS = ("attention_forward", "attention_backward")
 
 
 def call_cost(function, sizes):
-    """(flops, bytes) of one call, from numbagpt.profiler.kernel_cost with the sizes in place of the
+    """(flops, bytes) of one call, from numbagpt.costs.kernel_cost with the sizes in place of the
     arrays the cost model does not read (bias / dbias: present or None, as the sizes say)."""
     import numbagpt.cuda as GPU
-    from numbagpt.profiler import kernel_cost
+    from numbagpt.costs import kernel_cost
     if function == "fill_zero":
         return kernel_cost("fill_zero", types.SimpleNamespace(nbytes=4 * sizes[0]))
     params = list(inspect.signature(getattr(GPU, function)).parameters)
