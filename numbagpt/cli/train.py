@@ -139,7 +139,7 @@ def main(argv=None):
         return train(args, world, progress)
     except KeyboardInterrupt:
         # Ctrl-C: one line, no traceback (with several ranks, every rank stops after the same step)
-        if world is None or world.is_master:
+        if (world is None or world.is_master) and not progress.reported:
             if progress.checkpoint is None and args.output_dir:
                 from numbagpt import checkpoint
                 progress.checkpoint = checkpoint.select(args.output_dir)[0]
@@ -167,7 +167,7 @@ def train(args, world, progress):
     from numbagpt import rundir
 
     say = printer(world)
-    stop = rundir.StopRequest(world)
+    stop = rundir.StopRequest(world, progress)
     lock = None
     try:
         micro_steps = micro_steps_per_step(args, world)
@@ -252,13 +252,13 @@ def train_loop(args, world, progress, stop, say, backend, micro_steps, paths, re
                             weight_decay=args.weight_decay, skip=guard.check)
         dt = time.perf_counter() - t0
         log_step(result, step, args.max_steps, dt, tokens_per_step, world.size, log, say)
+        if stop.requested():  # Ctrl-C on some rank: every rank stops here, after the same step
+            raise KeyboardInterrupt
         progress.step = step + 1
         if args.output_dir and args.checkpoint_every > 0 and (step + 1) % args.checkpoint_every == 0:
             if checkpoint.save(args.output_dir, step + 1, model, world, train_loader, args.seed, run=record):
                 say(f"checkpoint at step {step + 1} in {args.output_dir}")
             progress.checkpoint = step + 1
-        if stop.requested():  # Ctrl-C on some rank: every rank stops here, after the same step
-            raise KeyboardInterrupt
 
     if args.output_dir and world.is_master:
         path, written = checkpoint.save_final(args.output_dir, args.max_steps, model)
