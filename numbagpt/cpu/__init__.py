@@ -16,6 +16,7 @@ from .gelu import gelu_backward, gelu_forward
 from .layernorm import layernorm_backward, layernorm_forward
 from . import matmul
 from .matmul import matmul_backward, matmul_forward
+from .matvec import matvec_forward
 from .residual import residual_backward, residual_forward
 
 NAME = "cpu"
