@@ -388,7 +388,7 @@ def load_model(args, world, backend, tok_path, say, resume_step):
     say(format_memory(memory_estimate(cfg, args.batch_size, args.seq_len, optimizer_params=end - start,
                                       recompute=args.recompute)) + f" | -r {args.recompute}")
     if not args.no_memory_check:  # before the parameters, gradients, AdamW moments and activations exist
-        check_memory(args, world, cfg, end - start)
+        check_memory(args, world, backend, cfg, end - start)
     if resume_step is None and scratch:
         model = GPT2(cfg, backend=backend, recompute=args.recompute)
         model.init_weights(args.seed)
@@ -402,13 +402,13 @@ def load_model(args, world, backend, tok_path, say, resume_step):
     return model, dp
 
 
-def check_memory(args, world, cfg, optimizer_params):
+def check_memory(args, world, backend, cfg, optimizer_params):
     """Refuse (memory.MemoryCheckError) when the buffers of this host's ranks exceed the memory
     available to the process, naming the largest -b that fits."""
     from numbagpt import memory
     from numbagpt.layout import memory_estimate
 
-    if args.device != "cpu":  # the estimate is of device memory; the host's is not the limit
+    if not backend.HOST_MEMORY:  # the estimate is of device memory; the host's is not the limit
         return
 
     def need(b):
