@@ -245,7 +245,6 @@ class Progress:
     def __init__(self):
         self.step = None          # steps completed
         self.checkpoint = None    # the newest complete checkpoint's step
-        self.reported = False     # the line was already written (by StopRequest's handler)
 
     def interrupted_line(self):
         step = "start-up" if self.step is None else f"step {self.step}"
@@ -256,12 +255,10 @@ class Progress:
 class StopRequest:
     """With several ranks, Ctrl-C must stop them all at the same step, not each inside a different
     collective: the first SIGINT only sets a flag that `requested()` combines over the ranks once a
-    step; a second one interrupts at once. Rank 0 writes the line at once too: a launcher may kill
-    the ranks right after forwarding the signal (mpiexec's Hydra does), before the step ends."""
+    step; a second one interrupts at once."""
 
-    def __init__(self, world, progress):
+    def __init__(self, world):
         self.world = world
-        self.progress = progress
         self.flag = False
         self.previous = None
         if world.size > 1:
@@ -271,9 +268,6 @@ class StopRequest:
         if self.flag:
             raise KeyboardInterrupt
         self.flag = True
-        if self.world.is_master and not self.progress.reported:
-            self.progress.reported = True
-            os.write(2, (self.progress.interrupted_line() + "\n").encode())
 
     def requested(self):
         """True on every rank alike when any rank got Ctrl-C (one tiny allreduce per step)."""

@@ -139,8 +139,8 @@ def main(argv=None):
         return train(args, world, progress)
     except KeyboardInterrupt:
         # Ctrl-C: one line, no traceback (with several ranks, every rank stops after the same step)
-        if (world is None or world.is_master) and not progress.reported:
-            if progress.checkpoint is None and args.output_dir:
+        if world is None or world.is_master:
+            if args.output_dir:  # the directory's word: Ctrl-C may have come just after a DONE
                 from numbagpt import checkpoint
                 progress.checkpoint = checkpoint.select(args.output_dir)[0]
             print(progress.interrupted_line(), file=sys.stderr, flush=True)
@@ -167,7 +167,7 @@ def train(args, world, progress):
     from numbagpt import rundir
 
     say = printer(world)
-    stop = rundir.StopRequest(world, progress)
+    stop = rundir.StopRequest(world)
     lock = None
     try:
         micro_steps = micro_steps_per_step(args, world)
