@@ -3,7 +3,6 @@
 With no data flags it trains the `tiny` preset on the built-in Shakespeare (prepared on first use).
 """
 import argparse
-import math
 import os
 import sys
 import time
