@@ -39,3 +39,17 @@ def test_train_compare_logic(tmp_path):
     assert rc == 0 and r["ok_compare"] and r["ok_loss_falls"], r
     assert len(r["losses"]) == 8 and [c["step"] for c in r["compare"]] == [1, 2, 3]
     assert all(c["diff"] == 0.0 for c in r["compare"])  # same backend, same weights, same batches
+
+
+def test_parts_run_under_the_budget(tmp_path):
+    from bench.gpu_check import run_part
+    summary = []
+    assert run_part("ok part", [sys.executable, "-c", "print('hello')"], str(tmp_path), "a.log", 30, summary)
+    assert "hello" in (tmp_path / "a.log").read_text()
+    assert not run_part("failing part", [sys.executable, "-c", "raise SystemExit(3)"], str(tmp_path), "b.log", 30,
+                        summary)
+    assert not run_part("slow part", [sys.executable, "-c", "import time; time.sleep(30)"], str(tmp_path), "c.log", 5,
+                        summary)
+    assert not run_part("late part", [sys.executable, "-c", "pass"], str(tmp_path), "d.log", 2, summary)
+    assert [s.split()[2] for s in summary] == ["ok", "FAILED", "FAILED", "SKIPPED"]
+    assert "exit 3" in summary[1] and "5 s limit" in summary[2] and not (tmp_path / "d.log").exists()
