@@ -79,6 +79,7 @@ def run(args):
     import numpy as np
 
     from numbagpt import formats
+    from numbagpt.backend import get_backend
     from numbagpt.layout import PARAMETER_NAMES
     from numbagpt.model import GPT2
     from numbagpt.step import train_step
@@ -86,7 +87,8 @@ def run(args):
     if args.omp_threads is not None:
         use_threads(args.omp_threads)
     expected = read_losses(args.expected_losses) if args.expected_losses else None
-    if not args.no_memory_check and args.device == "cpu":  # before anything big is allocated
+    backend = get_backend(args.device)
+    if not args.no_memory_check and backend.HOST_MEMORY:  # before anything big is allocated
         from numbagpt import memory
         from numbagpt.layout import memory_estimate
         cfg = formats.read_model_header(args.model)[0]
@@ -95,7 +97,7 @@ def run(args):
         state_bytes = os.path.getsize(args.state)
         memory.check_fits(lambda b: memory_estimate(cfg, b, T)["total"] + state_bytes, B,
                           f"{args.model} with the state's B={B} T={T}", flag="B")
-    model = GPT2.from_file(args.model, backend=args.device)
+    model = GPT2.from_file(args.model, backend=backend)
     cfg = model.config
     state = formats.read_debug_state(args.state, cfg)
     B, T, V = state["B"], state["T"], cfg.vocab_size

@@ -3,7 +3,6 @@
 With no data flags it trains the `tiny` preset on the built-in Shakespeare (prepared on first use).
 """
 import argparse
-import math
 import os
 import sys
 import time
@@ -140,7 +139,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         # Ctrl-C: one line, no traceback (with several ranks, every rank stops after the same step)
         if world is None or world.is_master:
-            if progress.checkpoint is None and args.output_dir:
+            if args.output_dir:  # the directory's word: Ctrl-C may have come just after a DONE
                 from numbagpt import checkpoint
                 progress.checkpoint = checkpoint.select(args.output_dir)[0]
             print(progress.interrupted_line(), file=sys.stderr, flush=True)
@@ -252,13 +251,13 @@ def train_loop(args, world, progress, stop, say, backend, micro_steps, paths, re
                             weight_decay=args.weight_decay, skip=guard.check)
         dt = time.perf_counter() - t0
         log_step(result, step, args.max_steps, dt, tokens_per_step, world.size, log, say)
+        if stop.requested():  # Ctrl-C on some rank: every rank stops here, after the same step
+            raise KeyboardInterrupt
         progress.step = step + 1
         if args.output_dir and args.checkpoint_every > 0 and (step + 1) % args.checkpoint_every == 0:
             if checkpoint.save(args.output_dir, step + 1, model, world, train_loader, args.seed, run=record):
                 say(f"checkpoint at step {step + 1} in {args.output_dir}")
             progress.checkpoint = step + 1
-        if stop.requested():  # Ctrl-C on some rank: every rank stops here, after the same step
-            raise KeyboardInterrupt
 
     if args.output_dir and world.is_master:
         path, written = checkpoint.save_final(args.output_dir, args.max_steps, model)
@@ -388,7 +387,7 @@ def load_model(args, world, backend, tok_path, say, resume_step):
     say(format_memory(memory_estimate(cfg, args.batch_size, args.seq_len, optimizer_params=end - start,
                                       recompute=args.recompute)) + f" | -r {args.recompute}")
     if not args.no_memory_check:  # before the parameters, gradients, AdamW moments and activations exist
-        check_memory(args, world, cfg, end - start)
+        check_memory(args, world, backend, cfg, end - start)
     if resume_step is None and scratch:
         model = GPT2(cfg, backend=backend, recompute=args.recompute)
         model.init_weights(args.seed)
@@ -402,13 +401,13 @@ def load_model(args, world, backend, tok_path, say, resume_step):
     return model, dp
 
 
-def check_memory(args, world, cfg, optimizer_params):
+def check_memory(args, world, backend, cfg, optimizer_params):
     """Refuse (memory.MemoryCheckError) when the buffers of this host's ranks exceed the memory
     available to the process, naming the largest -b that fits."""
     from numbagpt import memory
     from numbagpt.layout import memory_estimate
 
-    if args.device != "cpu":  # the estimate is of device memory; the host's is not the limit
+    if not backend.HOST_MEMORY:  # the estimate is of device memory; the host's is not the limit
         return
 
     def need(b):
