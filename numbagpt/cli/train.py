@@ -157,7 +157,7 @@ def train(args, world):
     train_glob, val_glob, tok_path = data_paths(args, world)
     model, dp, resume_step = load_model(args, world, backend, tok_path, say)
     B, T = args.batch_size, args.seq_len
-    train_loader, val_loader, tok = open_data(args, world, model.config, train_glob, val_glob, tok_path)
+    train_loader, val_loader, tok = open_data(args, world, model.config, train_glob, val_glob, tok_path, say)
     tokens_per_step = micro_steps * world.size * B * T
     say(f"train: {train_glob} | val: {val_glob} | B={B} T={T} | processes {world.size} | "
         f"micro-steps {micro_steps} | tokens/step {tokens_per_step:,}")
@@ -344,7 +344,7 @@ def load_model(args, world, backend, tok_path, say):
     return model, dp, resume_step
 
 
-def open_data(args, world, cfg, train_glob, val_glob, tok_path):
+def open_data(args, world, cfg, train_glob, val_glob, tok_path, say):
     """(train loader, val loader or None, tokenizer or None): this rank's slice of every batch."""
     from numbagpt import data, tokenizer
 
@@ -357,6 +357,12 @@ def open_data(args, world, cfg, train_glob, val_glob, tok_path):
         val_loader = data.DataLoader(val_glob, B, T, rank=world.rank, world_size=world.size,
                                      vocab_size=cfg.vocab_size)
     tok = tokenizer.load_tokenizer(tok_path) if tok_path else None
+    if tok is not None and tok.vocab_size < cfg.vocab_size:  # it could not decode every sampled id
+        if args.tokenizer:
+            raise ValueError(f"--tokenizer {tok_path} has {tok.vocab_size} tokens, fewer than the model's "
+                             f"vocabulary V={cfg.vocab_size}")
+        say(f"note: {tok_path} has {tok.vocab_size} tokens, the model V={cfg.vocab_size}: samples are not decoded")
+        tok = None
     return train_loader, val_loader, tok
 
 
