@@ -1,14 +1,18 @@
-"""Benchmark numbagpt.cpu.matmul against np.dot (OpenBLAS sgemm) in the same process.
+"""Benchmark numbagpt.cpu.matmul's kernels against np.dot (OpenBLAS sgemm) in the same process.
 
-For each shape: forward (out = inp·Wᵀ), dinp (dout·W) and dweight (doutᵀ·inp), each 2·BT·C·OC FLOP;
-prints ms, GFLOP/s of ours and of BLAS, and the ratio ours/BLAS. Timings are the best of >= --reps runs
-(more for fast ops), taken round-robin (ours, BLAS, ours, ...) so that load from other processes
-hits both alike; on a shared machine compare the ratio column rather than absolute numbers.
+For each GPT-2 shape: forward (out = inp·Wᵀ + b), dinp (dout·W) and dweight (doutᵀ·inp), each
+2·BT·C·OC FLOP; prints GFLOP/s of each numbagpt kernel (--kernels, default: the one this CPU runs,
+and the portable loops it replaced) and of BLAS, and each kernel's ratio to BLAS (time_BLAS /
+time_ours: >= 1 is as fast as BLAS or faster). Timings are medians of >= --reps runs (more for fast
+ops), taken round-robin (kernel 1, kernel 2, BLAS, kernel 1, ...) so that load from other processes
+hits all alike; on a shared machine compare the ratio columns rather than absolute numbers.
 
-    python bench/bench_matmul.py [--threads 2] [--reps 5] [--shapes tiny,d12] [--quick] [--clock cpu]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_matmul.py [--threads 2]
+        [--reps 5] [--shapes tiny,d12] [--kernels avx512,portable] [--quick] [--clock cpu]
 
-The machine's OpenBLAS may be pinned by OPENBLAS_CORETYPE; unset it for this command only if you
-want BLAS's best kernel. OPENBLAS_NUM_THREADS is set to --threads before NumPy loads.
+OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, where set, can pin OpenBLAS to a slower kernel: unset them for
+this command alone (as above) to compare with BLAS at its best; the header names the kernel OpenBLAS
+runs (via threadpoolctl, when installed). OPENBLAS_NUM_THREADS is set to --threads before NumPy loads.
 """
 import argparse
 import os
@@ -21,6 +25,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--shapes", default="tiny,d12", help="comma list of: tiny, d12")
+    ap.add_argument("--kernels", default=None,
+                    help="comma list of numbagpt matmul kernels (avx512, avx2, portable) to time; "
+                         "default: the one this CPU runs, then portable")
     ap.add_argument("--quick", action="store_true", help="LM-head shapes only")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="cpu: this process's CPU time divided by --threads; steadier than wall time "
@@ -35,9 +42,25 @@ def main():
 
     numba.set_num_threads(args.threads)
     t0 = time.perf_counter()
+    from numbagpt.cpu import matmul as mm
     from numbagpt.cpu.matmul import matmul_backward, matmul_forward
+    kernels = args.kernels.split(",") if args.kernels else list(dict.fromkeys([mm.supported_kernels()[0], "portable"]))
+    for k in kernels:
+        if k not in mm.supported_kernels():
+            sys.exit(f"bench_matmul.py: --kernels: {k!r} is not one this CPU runs ({', '.join(mm.supported_kernels())})")
+    names = {}
+    for k in kernels:
+        mm.set_kernel(k)
+        names[k] = mm.kernel()
+    try:
+        from threadpoolctl import threadpool_info
+        blas = ", ".join(f"{i['internal_api']} {i['version']} {i.get('architecture', '')} {i['num_threads']} threads"
+                         for i in threadpool_info() if i["user_api"] == "blas")
+    except ImportError:
+        blas = "unknown (pip install threadpoolctl to see which)"
     print(f"import numbagpt.cpu.matmul: {time.perf_counter() - t0:.2f} s; threads {args.threads}; "
-          f"clock {args.clock}")
+          f"clock {args.clock}; kernels: {', '.join(names.values())}; BLAS: {blas}; "
+          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
 
     # (name, BT, C, OC)
     shapes = []
@@ -57,9 +80,11 @@ def main():
     x = np.ones(6 * 5, np.float32)
     w = np.ones(7 * 5, np.float32)
     o = np.zeros(6 * 7, np.float32)
-    matmul_forward(o, x, w, np.ones(7, np.float32), 2, 3, 5, 7)
-    matmul_forward(o, x, w, None, 2, 3, 5, 7)
-    matmul_backward(np.zeros_like(x), np.zeros_like(w), np.zeros(7, np.float32), o, x, w, 2, 3, 5, 7)
+    for k in kernels:
+        mm.set_kernel(k)
+        matmul_forward(o, x, w, np.ones(7, np.float32), 2, 3, 5, 7)
+        matmul_forward(o, x, w, None, 2, 3, 5, 7)
+        matmul_backward(np.zeros_like(x), np.zeros_like(w), np.zeros(7, np.float32), o, x, w, 2, 3, 5, 7)
     print(f"first calls (compile or cache load): {time.perf_counter() - t0:.2f} s")
 
     if args.clock == "cpu":
@@ -68,29 +93,28 @@ def main():
     else:
         clock = time.perf_counter
 
-    def best_of(fns, reps, budget=0.4):
-        """Best wall time of each of fns, run round-robin; at least `reps` rounds, more (up to 100)
-        for fast ops, until about `budget` seconds per function (minima need samples)."""
-        best = [float("inf")] * len(fns)
-        for n, f in enumerate(fns):
+    def median_of(fns, reps, budget=0.6):
+        """Median time of each of fns, run round-robin: at least `reps` rounds, more (up to 50) for
+        fast ops, until about `budget` seconds per function."""
+        times = [[] for _ in fns]
+        for f in fns:
             f()  # warm-up (and, for np.dot, thread start-up)
-            t = clock()
-            f()
-            best[n] = clock() - t
-        rounds = max(reps, min(100, int(budget / max(best))))
-        for _ in range(rounds):
+        for r in range(50):
             for n, f in enumerate(fns):
                 t = clock()
                 f()
-                best[n] = min(best[n], clock() - t)
-        return best
+                times[n].append(clock() - t)
+            if r + 1 >= reps and (r + 1) * max(min(t) for t in times) > budget:
+                break
+        return [float(np.median(t)) for t in times]
 
     rng = np.random.default_rng(0)
-    hdr = (f"{'shape':14s} {'BT':>5s} {'C':>5s} {'OC':>6s} {'op':8s} {'ours ms':>9s} {'GF/s':>6s} "
-           f"{'BLAS ms':>9s} {'GF/s':>6s} {'ratio':>6s}")
+    cols = "".join(f" {k + ' GF/s':>13s} {'ratio':>6s}" for k in kernels)
+    hdr = f"{'shape':14s} {'BT':>5s} {'C':>5s} {'OC':>6s} {'op':8s}{cols} {'BLAS GF/s':>10s}"
     print(hdr)
     print("-" * len(hdr))
-    totals = [0.0, 0.0]
+    totals = [0.0] * (len(kernels) + 1)
+    ratios = {k: [] for k in kernels}
     for name, BT, C, OC in shapes:
         inp = rng.standard_normal(BT * C, dtype=np.float32)
         weight = rng.standard_normal(OC * C, dtype=np.float32) * 0.02
@@ -101,28 +125,40 @@ def main():
         dweight = np.zeros(OC * C, np.float32)
         X, W, D = inp.reshape(BT, C), weight.reshape(OC, C), dout.reshape(BT, OC)
         Y, DX, DW = out.reshape(BT, OC), dinp.reshape(BT, C), dweight.reshape(OC, C)
-        # the three products separately; matmul_backward does dinp and dweight in one call, so
-        # ours for "dinp"/"dweight" is timed through its two halves, _backward_dinp/_backward_dweight
-        from numbagpt.cpu import matmul as mm
-        ours = {
-            "forward": lambda: matmul_forward(out, inp, weight, bias, 1, BT, C, OC),
-            "dinp": lambda: mm._backward_dinp(dinp, dout, weight, BT, C, OC),
-            "dweight": lambda: mm._backward_dweight(dweight, dout, inp, BT, C, OC),
-        }
+
+        def ours(op, k):
+            # matmul_backward does dinp and dweight in one call: ours for "dinp"/"dweight" is timed
+            # through its two halves, _backward_dinp/_backward_dweight
+            def run():
+                mm.set_kernel(k)
+                if op == "forward":
+                    matmul_forward(out, inp, weight, bias, 1, BT, C, OC)
+                elif op == "dinp":
+                    mm._backward_dinp(dinp, dout, weight, BT, C, OC)
+                else:
+                    mm._backward_dweight(dweight, dout, inp, BT, C, OC)
+            return run
+
         blas = {
-            "forward": lambda: np.dot(X, W.T, out=Y),
+            "forward": (lambda: np.dot(X, W.T, out=Y)) if bias is None else (lambda: np.add(np.dot(X, W.T, out=Y), bias, out=Y)),
             "dinp": lambda: np.dot(D, W, out=DX),
             "dweight": lambda: np.dot(D.T, X, out=DW),
         }
         flop = 2.0 * BT * C * OC
         for op in ("forward", "dinp", "dweight"):
-            t_ours, t_blas = best_of([ours[op], blas[op]], args.reps)
-            totals[0] += t_ours
-            totals[1] += t_blas
-            print(f"{name:14s} {BT:5d} {C:5d} {OC:6d} {op:8s} {t_ours*1e3:9.2f} {flop/t_ours/1e9:6.1f} "
-                  f"{t_blas*1e3:9.2f} {flop/t_blas/1e9:6.1f} {t_blas/t_ours:6.2f}", flush=True)
-    print(f"total: ours {totals[0]*1e3:.1f} ms, BLAS {totals[1]*1e3:.1f} ms, ratio {totals[1]/totals[0]:.2f}"
-          " (ratio = BLAS time / our time = our GFLOP/s / BLAS GFLOP/s)")
+            t = median_of([ours(op, k) for k in kernels] + [blas[op]], args.reps)
+            for n in range(len(t)):
+                totals[n] += t[n]
+            row = ""
+            for n, k in enumerate(kernels):
+                ratios[k].append(t[-1] / t[n])
+                row += f" {flop / t[n] / 1e9:13.1f} {t[-1] / t[n]:6.2f}"
+            print(f"{name:14s} {BT:5d} {C:5d} {OC:6d} {op:8s}{row} {flop / t[-1] / 1e9:10.1f}", flush=True)
+    for n, k in enumerate(kernels):
+        print(f"{k}: total {totals[n] * 1e3:.1f} ms vs BLAS {totals[-1] * 1e3:.1f} ms (ratio {totals[-1] / totals[n]:.2f}); "
+              f"worst shape ratio {min(ratios[k]):.2f}, median {float(np.median(ratios[k])):.2f}")
+    print("ratio = BLAS time / kernel time (>= 1: as fast as BLAS or faster); forward includes the bias add "
+          "(BLAS: np.dot then np.add)")
 
 
 if __name__ == "__main__":

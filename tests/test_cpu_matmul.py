@@ -1,18 +1,43 @@
-"""numbagpt.cpu.matmul against float64 NumPy (tests/reference.py) and against finite differences.
+"""numbagpt.cpu.matmul against float64 NumPy (tests/reference.py) and against finite differences,
+on every kernel this CPU can run (the `kernel` fixture: avx512, avx2, portable — see
+numbagpt/cpu/matmul.py), plus the dispatch itself and the AVX-512 micro-kernel's machine code.
 
-The shapes straddle every blocking of the kernels (see numbagpt/cpu/matmul.py): 4-row / 4-column
-micro-blocks (BT, OC, C not multiples of 4), the 4-long k groups of the backward (C, OC, BT mod 4),
-the reduction chunks (forward C > 512, backward K > 256, dot-form dinp OC > 1024), the task tiles
-(forward 256 rows × 64 columns, backward up to 128 rows and N > 1024 split into 512-wide tiles),
-both dinp paths (axpy; dot form on a transposed weight when C <= 256 and OC >= 256), and C = 1.
+The shapes straddle every blocking of the kernels. Packed GEMM (M, N, K per product in matmul.py):
+the micro-tile (12 × 32 / 6 × 16: M, N not multiples, and M, N, K = 1), the row blocks (MC = 144 /
+96: BT, OC > MC), the reduction blocks (KC = 256: C, OC, BT > 256) and the column panels (NC = 4096:
+OC > 4096). Portable: 4-row / 4-column micro-blocks, the 4-long k groups of the backward, the
+reduction chunks (forward C > 512, backward K > 256, dot-form dinp OC > 1024), the task tiles, both
+dinp paths (axpy; dot form on a transposed weight when C <= 256 and OC >= 256).
 """
+import os
+import re
+import subprocess
+import sys
+
+import numba
 import numpy as np
 import pytest
 
+from numbagpt.cpu import matmul as mm
 from numbagpt.cpu.matmul import matmul_backward, matmul_forward
 from reference import matmul_backward_ref, matmul_forward_ref
 
+
+@pytest.fixture(params=mm.supported_kernels(), autouse=True)
+def kernel(request):
+    """Every test of this file runs once per kernel the CPU supports; the default is restored."""
+    before = mm.kernel().split()[0]
+    mm.set_kernel(request.param)
+    yield request.param
+    mm.set_kernel(before)
+
+
 SHAPES = [  # (B, T, C, OC)
+    (1, 1, 1, 1),        # M = N = K = 1 in all three products
+    (1, 1, 13, 1),       # a single output row and column, K = 13 (forward) / 1 (dinp, dweight)
+    (1, 97, 131, 61),    # primes everywhere: ragged micro-tiles in M and N in every product
+    (2, 101, 257, 263),  # BT = 202 > MC, C = 257 > KC, OC = 263 > KC: every block ragged
+    (1, 13, 17, 4099),   # OC > NC = 4096: a second, ragged column panel in the forward
     (2, 5, 13, 7),       # the brief's small odd shape: ragged rows, columns and k groups
     (1, 3, 1, 5),        # C = 1: a single term per output
     (1, 4, 8, 4),        # everything a multiple of 4: no ragged paths at all
@@ -22,6 +47,30 @@ SHAPES = [  # (B, T, C, OC)
     (3, 7, 33, 257),     # dinp through the dot form on a transposed weight (C <= 256, OC >= 256)
     (4, 64, 32, 1100),   # a narrow "LM head": OC ≫ C; dot-form dinp with two 1024-long chunks
 ]
+
+
+def test_forward_is_deterministic_across_runs_and_thread_counts():
+    """Every output is summed in a fixed order: bit-identical results at 1 thread and at 2."""
+    B, T, C, OC = 2, 101, 257, 263
+    rng = np.random.default_rng(4)
+    x, w, b = _data(rng, B, T, C, OC)
+    dout = rng.standard_normal(B * T * OC).astype(np.float32)
+    results = []
+    threads = numba.get_num_threads()
+    try:
+        for n in (1, min(2, numba.config.NUMBA_NUM_THREADS), min(2, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(n)
+            out = np.empty(B * T * OC, np.float32)
+            dx = np.zeros(B * T * C, np.float32)
+            dw = np.zeros(OC * C, np.float32)
+            matmul_forward(out, x.reshape(-1), w.reshape(-1), b, B, T, C, OC)
+            matmul_backward(dx, dw, None, dout, x.reshape(-1), w.reshape(-1), B, T, C, OC)
+            results.append((out, dx, dw))
+    finally:
+        numba.set_num_threads(threads)
+    for later in results[1:]:
+        for a, b_ in zip(results[0], later):
+            np.testing.assert_array_equal(a, b_)
 
 
 def _data(rng, B, T, C, OC):
@@ -154,3 +203,68 @@ def test_matmul_backward_matches_finite_differences_of_forward():
     np.testing.assert_allclose(dx.reshape(x.shape), num_dx, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(dw.reshape(w.shape), num_dw, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(db, num_db, rtol=1e-4, atol=1e-4)
+
+
+def _inner_loop(asm):
+    """The basic block of the assembly with the most FMAs (the k loop of the micro-kernel)."""
+    blocks = re.split(r"\n(?=\.?[A-Za-z_0-9.]+:)", asm)
+    return max(blocks, key=lambda blk: len(re.findall(r"vfmadd\w*ps", blk)))
+
+
+@pytest.mark.skipif("avx512" not in mm.supported_kernels(), reason="the CPU has no AVX-512")
+def test_avx512_microkernel_is_zmm_fmas_with_no_spills(kernel):
+    """The 12 × 32 micro-kernel compiles to 512-bit FMAs on register accumulators: its k loop holds
+    >= 24 zmm FMAs (the 24 accumulators, once or unrolled) and touches no stack slot (no spills)."""
+    if kernel != "avx512":
+        pytest.skip("checked once, under the avx512 kernel")
+    uk = numba.njit(mm._GEMMS["avx512"].microkernel.py_func)  # a fresh copy: cached code has no asm
+    kc = 8
+    Ap = np.ones(kc * 12, np.float32)
+    Bp = np.ones(kc * 32, np.float32)
+    Y = np.zeros(12 * 32, np.float32)
+    uk(kc, Ap, 0, Bp, 0, Y, 0, 32, 1, Y, 0)
+    np.testing.assert_array_equal(Y, kc)  # it ran: every tile entry is the sum of kc ones
+    loop = _inner_loop(uk.inspect_asm(uk.signatures[0]))
+    fmas = re.findall(r"vfmadd\w*ps\s+[^\n]*", loop)
+    assert len(fmas) >= 24 and len(fmas) % 24 == 0, loop
+    assert all(f.count("%zmm") == 3 or "{1to16}" in f for f in fmas), loop
+    assert "rsp" not in loop and "rbp)" not in loop, "spills in the k loop:\n" + loop
+
+
+_CHILD = """
+import numpy as np
+from numbagpt.cpu import matmul as mm
+print(mm.kernel(), mm.supported_kernels())
+x = np.arange(7 * 5, dtype=np.float32) / 10
+w = np.arange(9 * 5, dtype=np.float32)[::-1].copy() / 10
+out = np.empty(7 * 9, np.float32)
+mm.matmul_forward(out, x, w, None, 1, 7, 5, 9)
+np.testing.assert_allclose(out.reshape(7, 9), x.reshape(7, 5) @ w.reshape(9, 5).T, rtol=1e-6)
+try:
+    mm.set_kernel("avx512")
+except ValueError as e:
+    print("refused:", e)
+"""
+
+
+@pytest.mark.parametrize("features, expect", [
+    ("+avx,+avx2,+fma,+sse4.2,+popcnt,+f16c", "avx2 6x16"),  # an AVX2 CPU (Haswell): the ymm kernel
+    ("+sse4.2,+popcnt", "portable"),                         # neither: the portable loops
+])
+def test_dispatch_follows_the_target_cpu(kernel, features, expect):
+    """Compiled for another CPU (NUMBA_CPU_NAME/FEATURES), the import picks that CPU's kernel, runs
+    it correctly, and refuses a kernel the CPU lacks."""
+    if kernel != mm.supported_kernels()[0]:
+        pytest.skip("a subprocess test: run once")
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell" if "avx2" in features else "x86-64",
+               NUMBA_CPU_FEATURES=features)
+    env.pop("NUMBAGPT_MATMUL", None)
+    r = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(expect + " "), r.stdout
+    assert "refused: matmul kernel 'avx512' needs CPU features avx512f, fma" in r.stdout, r.stdout
+
+
+def test_unknown_kernel_is_refused(kernel):
+    with pytest.raises(ValueError, match="'avx1024'"):
+        mm.set_kernel("avx1024")

@@ -231,7 +231,7 @@ def setup_device(args, world, say):
     use_threads(args.omp_threads or max(1, numba.config.NUMBA_NUM_THREADS // world.local_size))
     backend = get_backend(args.device)
     world.setup_device(backend)  # a GPU: this rank's, before anything is allocated on it
-    say(f"numbagpt | device {args.device} | processes {world.size} | threads/process {numba.get_num_threads()}")
+    say(f"numbagpt | device {args.device} ({backend.device_name()}) | processes {world.size} | threads/process {numba.get_num_threads()}")
     if world.size > 1:
         say(f"MPI: {world.describe_mpi()} | ZeRO stage {args.zero_stage} | buffers: {world.transport}")
         describe_ranks(world, numba.get_num_threads(), say)

@@ -14,6 +14,7 @@ from .crossentropy import crossentropy_backward, crossentropy_forward
 from .encoder import encoder_backward, encoder_forward
 from .gelu import gelu_backward, gelu_forward
 from .layernorm import layernorm_backward, layernorm_forward
+from . import matmul
 from .matmul import matmul_backward, matmul_forward
 from .residual import residual_backward, residual_forward
 
@@ -39,7 +40,11 @@ def select_device(local_rank):
 
 
 def device_name():
-    """The CPU model, e.g. 'Intel(R) Xeon(R) ...'."""
+    """The CPU model and the matmul kernel chosen for it, e.g. 'AMD EPYC, matmul avx512 12x32'."""
+    return f"{_cpu_model()}, matmul {matmul.kernel()}"
+
+
+def _cpu_model():
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

@@ -1,4 +1,4 @@
-"""Matmul (the linear layers and the LM head) on the CPU: hand-written tiled loops, no BLAS.
+"""Matmul (the linear layers and the LM head) on the CPU: one packed, register-blocked GEMM, no BLAS.
 
     matmul_forward(out, inp, weight, bias, B, T, C, OC)
         out (B,T,OC) = inp (B,T,C) · weight (OC,C)ᵀ + bias (OC)            bias may be None
@@ -9,361 +9,270 @@
 
 All arrays are flat 1-D float32 (views into the model's big buffers); backward accumulates, as llm.c.
 
-Why hand-written, and how fast: see bench/bench_matmul.py (against OpenBLAS in the same process) and
-dev/matmul_experiments.py (every variant tried, with numbers). In short: LLVM, as Numba drives it on
-this CPU, vectorises with 256-bit registers (8 floats, 2 FMA/cycle), where OpenBLAS uses 512-bit
-ones, so about half of BLAS is the ceiling; these kernels reach 0.3-0.6 of BLAS (0.46 over the
-GPT-2 tiny and d12 shapes, 1 thread).
+All three products are one GEMM, Y (M,N) [+]= op(A) (M,K) · op(B) (K,N), Y row-major:
 
-Two loop forms, each used where its operands are laid out for it (or cheaply made so):
+    product   Y       M    N    K    A(m,k)            B(k,n)
+    forward   out     BT   OC   C    inp[m, k]         weight[n, k]     (+ bias, Y written)
+    dinp      dinp    BT   C    OC   dout[m, k]        weight[k, n]     (Y += )
+    dweight   dweight OC   C    BT   dout[k, m]        inp[k, n]        (Y += )
 
-  forward, out = inp · weightᵀ: the *dot-product* form, `_gemm_nt`. Both operands are contiguous
-      along the reduction index k (= c), so the innermost loop runs over k for a 4×4 block of
-      outputs held in 16 scalar accumulators (register blocking): per k it loads 4 + 4 values for
-      16 FMAs. LLVM vectorises the k loop into 16 lane-wise partial sums (needs fastmath 'reassoc')
-      and adds the lanes up once per output.
+written in the GotoBLAS/BLIS structure (loops from the outside in):
 
-  backward, Y (M,N) += opA (M,K) · B (K,N): the *register-blocked axpy* form, `_gemm_acc`:
+    prange over tasks, one per thread: Y cut into mparts × nparts equal rectangles (in whole
+                                       micro-tiles), split along N or M, whichever packs less
+      for jc in the task's columns by NC:
+        for pc in K by KC:                     a reduction block
+          pack B[pc:pc+KC, jc:jc+NC] -> Bp     NR-wide strips, each KC × NR contiguous, zero-padded
+          for ic in the task's rows by MC:
+            pack A[ic:ic+MC, pc:pc+KC] -> Ap   MR-row panels, each KC × MR contiguous, zero-padded
+            for each NR strip:                 (a strip, KC·NR·4 = 32 KiB, is reused from L1/L2)
+              for each MR panel:               (the block, MC·KC·4 ≈ 150 KiB, stays in L2)
+                micro-kernel: the MR × NR tile of Y (+)= Ap panel · Bp strip
 
-      dinp    (BT,C) += dout (BT,OC) · weight (OC,C)          K = OC, A = dout
-      dweight (OC,C) += dout (BT,OC)ᵀ · inp (BT,C)            K = BT, A = doutᵀ (read transposed)
+The packing buffers are allocated once per process (a slot per thread, `_Gemm`). Unlike BLIS, the
+B panel is not shared between threads: with one task per thread and no barrier inside a call, a
+thread that the OS deschedules on a shared machine delays only its own rectangle (a barrier per
+(jc, pc) block, as BLIS has, made the 2-thread GEMM several times slower here under load); the cost
+is that a split along M packs B once per row part (the split is chosen to pack least).
 
-      B is (K, N) row-major as stored; a strip of 4 rows of Y lives in a small accumulator panel
-      acc (4, NT) (task-local scratch, L1-resident) and is updated 4 values of k at a time:
+The micro-kernel (`_microkernel_source`) keeps the MR × NR tile in MR·NR/L vector registers for the
+whole KC loop: per k it loads NR/L vectors of the B strip, broadcasts MR values of the A panel and
+issues MR·NR/L FMAs (12 × 32 with L = 16: 24 zmm accumulators, 2 loads + 12 broadcasts per 24 FMAs).
+Numba has no vector type, so the kernel is written on numbagpt/cpu/simd.py's explicit `<L x float>`
+intrinsics, generated as source per (MR, NR, L) so that every accumulator is a named local (one SSA
+value, one register). At the end of the block it adds the tile into Y (or, in the first block of a
+forward, writes tile + bias: the bias epilogue costs no extra pass).
 
-          acc[r, j] += A[r,k]·B[k,j] + A[r,k+1]·B[k+1,j] + A[r,k+2]·B[k+2,j] + A[r,k+3]·B[k+3,j]
+Edges are exact: packing pads A panels and B strips with zeros, so the micro-kernel always runs a
+full tile and reads only the packing buffers; a tile that sticks out of Y (M % MR, N % NR) is
+written to a per-thread scratch tile, and only its valid part is added into Y. Nothing outside the
+arrays is read or written.
 
-      The 16 A values are scalars (broadcast into registers), so A's layout hardly matters (each
-      chunk's block of dout is first copied densely, row runs only, to spare TLB misses); the
-      j loop is contiguous in acc and B, and LLVM vectorises it with no reduction: per 8 j it does
-      16 FMAs for 4 B loads and 4 accumulator loads + stores (a plain axpy, 1 FMA per load and
-      store, is load/store bound). The dot form would need both operands contiguous in k here,
-      i.e. transposed copies of weight or dout; dout (B·T × OC, 412 MB for the tiny model's LM
-      head) is too big to transpose, packing it tile by tile cost ~30% (see dev/).
+Determinism: every element of Y is summed in the same order (k ascending inside a KC block, blocks in
+order) whatever the thread count and split, so results are bit-identical run to run, and across
+thread counts too.
 
-      Exception: dinp with C <= 256 and OC >= 256 (the tiny model's LM head, qkv, fc): there the
-      axpy's j loop over C is short and pays its per-pass setup often (~40 GF/s at C = 128), so
-      weight is transposed once per call into scratch (C·OC floats, a few % of the product's time)
-      and dinp = dout · (weightᵀ)ᵀ runs in the dot form over the long OC reduction (~60-70 GF/s).
+Which kernel runs is chosen once, at import, from the features of the CPU that Numba compiles for
+(llvmlite's host CPU features, or NUMBA_CPU_NAME / NUMBA_CPU_FEATURES when set):
 
-Why not the classic BLAS micro-kernel (broadcast A, a register-resident vector accumulator)? In
-Numba the accumulator of such a loop stays in memory, unless LLVM's SLP vectoriser packs named
-scalars into vectors, and Numba runs with SLP vectorisation off.
+    avx512     16-lane zmm micro-kernel, 12 × 32            (AVX-512F)
+    avx2       8-lane ymm micro-kernel, 6 × 16 (16 registers: 12 accumulators, no spills)   (AVX2 + FMA)
+    portable   numbagpt/cpu/matmul_portable.py: plain loops, vectorised by LLVM (anything else, e.g. ARM)
 
-Parallelism and accuracy: Y is cut into MT × NT tiles, one prange task each, so every Y cell is
-written by exactly one task (no races, no atomics; scratch is allocated per task). Within a task the
-reduction runs in KT-long chunks: the B block stays in L2 while the task's rows stream past it, and
-each float32 partial sum spans at most KT terms before it is added into Y (the LM head's
-50304-long dinp reduction is a sum of ~200 chunk sums, each vectorised further). dbias is a
-separate column-sum kernel. `_tiles` picks MT, NT, KT per product and thread count.
+NUMBAGPT_MATMUL=avx512|avx2|portable overrides the choice (an error if the CPU lacks the features);
+`set_kernel(name)` switches at run time (the tests use it). `kernel()` names the one in use; bin/train_gpt2
+prints it at start-up and the profiler in its header. Numbers: bench/bench_matmul.py (against OpenBLAS,
+same process), dev/matmul/ (the variants tried).
 """
+import os
+
+import llvmlite.binding as llvm
 import numba
 import numpy as np
 from numba import njit, prange
 
-# Fastmath: 'contract' lets LLVM fuse a·b + c into FMAs; the dot form also needs 'reassoc', without
-# which LLVM may not split a float32 reduction over SIMD lanes (it would stay scalar). No
-# approximate-math flags (nnan, ninf, arcp, afn): results stay IEEE.
-_FASTMATH_DOT = {"reassoc", "contract"}
-_FASTMATH_AXPY = {"contract"}
+from . import matmul_portable
+from .simd import vector_ops
+
+# Blocking per kernel: lanes L, micro-tile MR × NR, and the cache blocks. KC·NR·4 bytes (the B
+# strip) fit L1 and MC·KC·4 (the A block) L2; NC·KC·4 (a thread's B panel) its share of L3.
+# Measured in dev/matmul/ (micro-tiles 8×32, 12×32, 6×64, 14×32; KC 192-512; NC 1024-8192).
+_BLOCKING = {
+    "avx512": dict(lanes=16, MR=12, NR=32, MC=144, KC=256, NC=2048),
+    "avx2": dict(lanes=8, MR=6, NR=16, MC=96, KC=256, NC=2048),
+}
+# Micro-kernel modes: how the tile meets Y.
+_ACCUMULATE, _OVERWRITE, _BIAS = 0, 1, 2
 
 
-@njit(fastmath=_FASTMATH_DOT, cache=True)
-def _generic(Y, yi, mr, yj, nr, A, ai, ak, Bm, bj, bk, kn):
-    """The ragged edges: Y[yi:yi+mr, yj:yj+nr] += A[ai:ai+mr, ak:ak+kn] · Bm[bj:bj+nr, bk:bk+kn]ᵀ,
-    one plain dot product per output (used only where M or N is not a multiple of 4)."""
-    for r in range(mr):
-        ar = A[ai + r, ak:ak + kn]
-        y = Y[yi + r]
-        for q in range(nr):
-            bq = Bm[bj + q, bk:bk + kn]
-            s = np.float32(0.0)
-            for k in range(kn):
-                s += ar[k] * bq[k]
-            y[yj + q] += s
+def _microkernel_source(name, MR, NR, L):
+    """Source of the MR × NR micro-kernel on L-lane vectors (NR a multiple of L):
 
+        name(kc, Ap, pa, Bp, pb, Y, py, ldy, mode, bias, pbias)
+        tile[r, j] = Σ_{k<kc} Ap[pa + k·MR + r] · Bp[pb + k·NR + j]            r < MR, j < NR
+        Y[py + r·ldy + j] (+)= tile[r, j]      mode 0: +=, 1: =, 2: = tile + bias[pbias + j]
 
-@njit(fastmath=_FASTMATH_DOT, cache=True)
-def _strip(Y, yi, mr, yj0, yj1, A, ai, ak, Bm, bj0, bk, kn):
-    """One strip of <= 4 rows of Y against a run of its columns, over one reduction chunk:
-
-        Y[yi+r, yj] += Σ_{k<kn} A[ai+r, ak+k] · Bm[bj0+yj-yj0, bk+k]
-
-    for r < mr <= 4, yj0 <= yj < yj1. Y, A, Bm are 2-D C-contiguous views. The micro-kernel is the
-    4×4 block: 16 accumulators
-    in registers, k innermost and contiguous in both operands, so per k it loads 4 + 4 values for
-    16 FMAs; LLVM vectorises the k loop as 16 lane-wise partial sums ('reassoc') and adds up the
-    lanes once per output at the end.
+    (Ap, Bp: the packed panels, k-major.) The A values are broadcast one by one rather than read as
+    rows: a row-major A panel needs MR address streams, and LLVM then spills (dev/matmul/).
     """
-    if mr < 4:
-        _generic(Y, yi, mr, yj0, yj1 - yj0, A, ai, ak, Bm, bj0, bk, kn)
-        return
-    # Row slices starting at the chunk: the index k below is then provably >= 0, so Numba's
-    # negative-index wraparound folds away and the loads stay contiguous (indexing a flat array
-    # with base + k instead produced gathers and ran ~4x slower).
-    a0 = A[ai, ak:ak + kn]
-    a1 = A[ai + 1, ak:ak + kn]
-    a2 = A[ai + 2, ak:ak + kn]
-    a3 = A[ai + 3, ak:ak + kn]
-    y0 = Y[yi]
-    y1 = Y[yi + 1]
-    y2 = Y[yi + 2]
-    y3 = Y[yi + 3]
-    jend = yj0 + (yj1 - yj0) // 4 * 4
-    for j in range(yj0, jend, 4):
-        bj = bj0 + (j - yj0)
-        b0 = Bm[bj, bk:bk + kn]
-        b1 = Bm[bj + 1, bk:bk + kn]
-        b2 = Bm[bj + 2, bk:bk + kn]
-        b3 = Bm[bj + 3, bk:bk + kn]
-        s00 = s01 = s02 = s03 = np.float32(0.0)
-        s10 = s11 = s12 = s13 = np.float32(0.0)
-        s20 = s21 = s22 = s23 = np.float32(0.0)
-        s30 = s31 = s32 = s33 = np.float32(0.0)
-        for k in range(kn):
-            x0 = a0[k]
-            x1 = a1[k]
-            x2 = a2[k]
-            x3 = a3[k]
-            w0 = b0[k]
-            w1 = b1[k]
-            w2 = b2[k]
-            w3 = b3[k]
-            s00 += x0 * w0
-            s01 += x0 * w1
-            s02 += x0 * w2
-            s03 += x0 * w3
-            s10 += x1 * w0
-            s11 += x1 * w1
-            s12 += x1 * w2
-            s13 += x1 * w3
-            s20 += x2 * w0
-            s21 += x2 * w1
-            s22 += x2 * w2
-            s23 += x2 * w3
-            s30 += x3 * w0
-            s31 += x3 * w1
-            s32 += x3 * w2
-            s33 += x3 * w3
-        y0[j] += s00
-        y0[j + 1] += s01
-        y0[j + 2] += s02
-        y0[j + 3] += s03
-        y1[j] += s10
-        y1[j + 1] += s11
-        y1[j + 2] += s12
-        y1[j + 3] += s13
-        y2[j] += s20
-        y2[j + 1] += s21
-        y2[j + 2] += s22
-        y2[j + 3] += s23
-        y3[j] += s30
-        y3[j + 1] += s31
-        y3[j + 2] += s32
-        y3[j + 3] += s33
-    if jend < yj1:
-        _generic(Y, yi, 4, jend, yj1 - jend, A, ai, ak, Bm, bj0 + (jend - yj0), bk, kn)
+    NV = NR // L
+    acc = [[f"c{r}_{v}" for v in range(NV)] for r in range(MR)]
+    src = [f"def {name}(kc, Ap, pa, Bp, pb, Y, py, ldy, mode, bias, pbias):"]
+    src += ["    " + " = ".join(row) + " = zero()" for row in acc]
+    src += ["    for k in range(kc):"]
+    src += [f"        b{v} = load(Bp, pb + {v * L})" for v in range(NV)]
+    for r in range(MR):
+        src += [f"        a = bcast(Ap, pa + {r})"]
+        src += [f"        {acc[r][v]} = fma(a, b{v}, {acc[r][v]})" for v in range(NV)]
+    src += [f"        pa += {MR}", f"        pb += {NR}"]
+
+    def y(r, v):
+        return f"py + {r} * ldy + {v * L}"
+
+    src += ["    if mode == 0:"]
+    src += [f"        store(Y, {y(r, v)}, add(load(Y, {y(r, v)}), {acc[r][v]}))"
+            for r in range(MR) for v in range(NV)]
+    src += ["    elif mode == 1:"]
+    src += [f"        store(Y, {y(r, v)}, {acc[r][v]})" for r in range(MR) for v in range(NV)]
+    src += ["    else:"]
+    src += [f"        d{v} = load(bias, pbias + {v * L})" for v in range(NV)]
+    src += [f"        store(Y, {y(r, v)}, add({acc[r][v]}, d{v}))" for r in range(MR) for v in range(NV)]
+    return "\n".join(src) + "\n"
 
 
-@njit(parallel=True, fastmath=_FASTMATH_DOT, cache=True)
-def _gemm_nt(Y, A, Bm, bias, M, N, K, has_bias, accumulate, MT, NT, KT):
-    """Y (M,N) = [Y +] A (M,K) · Bm (N,K)ᵀ [+ bias (N)], all flat float32.
+@njit(cache=True)
+def _pack_cols(dst, d0, W, src, kmaj, ld, i0, n, k0, kc):
+    """Panels of W columns stored k by k, for the n columns i0..i0+n-1 of op (K, ·):
+    panel p holds dst[d0 + p·W·kc + k·W + i] = op(k0 + k, i0 + p·W + i), zero-padded past column n.
 
-    Dot-product form: both operands are contiguous in the reduction index k. One prange task per
-    (MT × NT) tile of Y, which is first set to the bias (or 0) unless accumulate; then the reduction
-    runs in KT chunks, each adding strips of 4 rows of A against 4-row blocks of Bm into it.
+    op(k, i) = src[i·ld + k] if kmaj (the source's rows run along k: a transposing copy, done in
+    runs of 16 k per row so that the strided stores stay within a few cache lines), else
+    src[k·ld + i] (rows along i: contiguous runs, read row by row across all the panels).
+    Either way it runs at about the speed of a plain copy (dev/matmul/).
     """
-    Y2 = Y.reshape(M, N)
-    A2 = A.reshape(M, K)
-    B2 = Bm.reshape(N, K)
-    nmt = (M + MT - 1) // MT
-    nnt = (N + NT - 1) // NT
-    for t in prange(nmt * nnt):
-        # consecutive tasks share the same rows of A and walk along N; each task owns its tile of Y
-        m0 = (t // nnt) * MT
-        n0 = (t % nnt) * NT
-        m1 = min(m0 + MT, M)
-        n1 = min(n0 + NT, N)
-        # the tile starts as the bias (or 0), unless accumulating; the reduction chunks add into it
-        for i in range(m0, m1 if not accumulate else m0):
-            y = Y2[i, n0:n1]
-            if has_bias:
-                bb = bias[n0:n1]
-                for j in range(n1 - n0):
-                    y[j] = bb[j]
-            else:
-                for j in range(n1 - n0):
-                    y[j] = 0.0
-        for k0 in range(0, K, KT):
-            kn = min(KT, K - k0)
-            for i in range(m0, m1, 4):
-                _strip(Y2, i, min(4, m1 - i), n0, n1, A2, i, k0, B2, n0, k0, kn)
-
-
-@njit(fastmath=_FASTMATH_AXPY, cache=True)
-def _panel(acc, mr, A, a_trans, ai, ak, kn, Bm, bk, bn, nn):
-    """acc[r, j] += Σ_{k<kn} opA[ai+r, ak+k] · Bm[bk+k, bn+j]   for r < mr (<= 4), j < nn.
-
-    acc (4, >=nn) scratch; opA[m, k] = A[m, k], or A[k, m] if a_trans (A is read as scalars only);
-    Bm (K, N) row-major. The micro-kernel: 4 rows × 4 k per pass over j (16 scalars in registers,
-    16 FMAs per vector of j against 4 B loads + 4 acc loads/stores).
-    """
-    # slices (views) rather than base + j indexing: the loop index j is then provably >= 0, so
-    # Numba's negative-index wraparound folds away and the loads are contiguous vector loads
-    # (indexing a flat array with base + j produced gathers and ran ~4x slower)
-    c0 = acc[0, :nn]
-    c1 = acc[1, :nn]
-    c2 = acc[2, :nn]
-    c3 = acc[3, :nn]
-    if mr == 4:
-        k4 = kn // 4 * 4
-        for k in range(0, k4, 4):
-            if a_trans:
-                # opA[ai+r, ak+k+q] = A[ak+k+q, ai+r]: four 4-float runs of the stored (K, M) array
-                e0 = A[ak + k, ai:ai + 4]
-                e1 = A[ak + k + 1, ai:ai + 4]
-                e2 = A[ak + k + 2, ai:ai + 4]
-                e3 = A[ak + k + 3, ai:ai + 4]
-                p00, p01, p02, p03 = e0[0], e1[0], e2[0], e3[0]
-                p10, p11, p12, p13 = e0[1], e1[1], e2[1], e3[1]
-                p20, p21, p22, p23 = e0[2], e1[2], e2[2], e3[2]
-                p30, p31, p32, p33 = e0[3], e1[3], e2[3], e3[3]
-            else:
-                e0 = A[ai, ak + k:ak + k + 4]
-                e1 = A[ai + 1, ak + k:ak + k + 4]
-                e2 = A[ai + 2, ak + k:ak + k + 4]
-                e3 = A[ai + 3, ak + k:ak + k + 4]
-                p00, p01, p02, p03 = e0[0], e0[1], e0[2], e0[3]
-                p10, p11, p12, p13 = e1[0], e1[1], e1[2], e1[3]
-                p20, p21, p22, p23 = e2[0], e2[1], e2[2], e2[3]
-                p30, p31, p32, p33 = e3[0], e3[1], e3[2], e3[3]
-            b0 = Bm[bk + k, bn:bn + nn]
-            b1 = Bm[bk + k + 1, bn:bn + nn]
-            b2 = Bm[bk + k + 2, bn:bn + nn]
-            b3 = Bm[bk + k + 3, bn:bn + nn]
-            for j in range(nn):
-                w0 = b0[j]
-                w1 = b1[j]
-                w2 = b2[j]
-                w3 = b3[j]
-                # written as c + p·w + p·w + ... (left to right) so it is a chain of 4 FMAs
-                c0[j] = c0[j] + p00 * w0 + p01 * w1 + p02 * w2 + p03 * w3
-                c1[j] = c1[j] + p10 * w0 + p11 * w1 + p12 * w2 + p13 * w3
-                c2[j] = c2[j] + p20 * w0 + p21 * w1 + p22 * w2 + p23 * w3
-                c3[j] = c3[j] + p30 * w0 + p31 * w1 + p32 * w2 + p33 * w3
-        for k in range(k4, kn):
-            # the last kn % 4 values of k, one at a time
-            if a_trans:
-                e0 = A[ak + k, ai:ai + 4]
-                p00, p10, p20, p30 = e0[0], e0[1], e0[2], e0[3]
-            else:
-                p00, p10, p20, p30 = A[ai, ak + k], A[ai + 1, ak + k], A[ai + 2, ak + k], A[ai + 3, ak + k]
-            b0 = Bm[bk + k, bn:bn + nn]
-            for j in range(nn):
-                w0 = b0[j]
-                c0[j] = c0[j] + p00 * w0
-                c1[j] = c1[j] + p10 * w0
-                c2[j] = c2[j] + p20 * w0
-                c3[j] = c3[j] + p30 * w0
+    npan = (n + W - 1) // W
+    if kmaj:
+        for kb in range(0, kc, 16):
+            kl = min(16, kc - kb)
+            for i in range(n):
+                row = src[(i0 + i) * ld + k0 + kb:(i0 + i) * ld + k0 + kb + kl]
+                p0 = d0 + (i // W) * W * kc + kb * W + i % W
+                col = dst[p0:p0 + kl * W:W]  # a strided view: k >= 0, so no wraparound code
+                for k in range(kl):
+                    col[k] = row[k]
     else:
-        # a ragged last strip (M % 4 rows): one row, one k at a time
-        for r in range(mr):
-            c = acc[r, :nn]
-            for k in range(kn):
-                if a_trans:
-                    p = A[ak + k, ai + r]
-                else:
-                    p = A[ai + r, ak + k]
-                b0 = Bm[bk + k, bn:bn + nn]
-                for j in range(nn):
-                    c[j] = c[j] + p * b0[j]
+        for k in range(kc):
+            row = src[(k0 + k) * ld + i0:(k0 + k) * ld + i0 + n]
+            for p in range(npan):
+                w = min(W, n - p * W)
+                out = dst[d0 + p * W * kc + k * W:d0 + p * W * kc + k * W + w]
+                seg = row[p * W:p * W + w]
+                for i in range(w):
+                    out[i] = seg[i]
+    if n % W:
+        p0 = d0 + (npan - 1) * W * kc
+        for k in range(kc):
+            pad = dst[p0 + k * W + n % W:p0 + (k + 1) * W]
+            for i in range(W - n % W):
+                pad[i] = 0.0
 
 
-@njit(parallel=True, fastmath=_FASTMATH_AXPY, cache=True)
-def _gemm_acc(Y, A, Bm, M, N, K, a_trans, MT, NT, KT):
-    """Y (M,N) += op(A) (M,K) · Bm (K,N), all flat float32 (the backward products).
-
-    op(A) = A stored (M,K), or, if a_trans, A stored (K,M) and read transposed (as scalars, so no
-    transposing copy is needed). Axpy form: one prange task per (MT × NT) tile of Y; inside it the
-    reduction runs in KT chunks; per chunk and strip of 4 rows, `_panel` accumulates into the task's
-    (4, NT) scratch panel, which is then added into Y.
-    """
-    Y2 = Y.reshape(M, N)
-    A2 = A.reshape(K, M) if a_trans else A.reshape(M, K)
-    B2 = Bm.reshape(K, N)
-    nmt = (M + MT - 1) // MT
-    nnt = (N + NT - 1) // NT
-    for t in prange(nmt * nnt):
-        m0 = (t // nnt) * MT
-        n0 = (t % nnt) * NT
-        m1 = min(m0 + MT, M)
-        n1 = min(n0 + NT, N)
-        nn = n1 - n0
-        # task-local scratch (no sharing between threads): the accumulator panel, and a compact
-        # copy of the block of A that a reduction chunk reads
-        acc = np.empty((4, NT), dtype=np.float32)
-        if a_trans:
-            ablk = np.empty((KT, MT), dtype=np.float32)
-        else:
-            ablk = np.empty((MT, KT), dtype=np.float32)
-        for k0 in range(0, K, KT):
-            kn = min(KT, K - k0)
-            # _panel reads 4 floats from each of 4 rows of A per step. Straight from A those rows
-            # are a whole row apart (OC floats for dout: a new page, a TLB miss, each); the copy
-            # (contiguous runs, cheap) keeps the block dense, and it stays in L1/L2 while used.
-            if a_trans:
-                for k in range(kn):
-                    src = A2[k0 + k, m0:m1]
-                    dst = ablk[k]
-                    for r in range(m1 - m0):
-                        dst[r] = src[r]
+@njit(cache=True)
+def _edge(Y, y0, ldy, mr, nr, tile, t0, NR, mode, bias, n0):
+    """Add the valid mr × nr corner of a scratch tile (row stride NR) into Y at y0 (row stride ldy),
+    with the micro-kernel's modes (0: +=, 1: =, 2: = tile + bias[n0 + j])."""
+    for r in range(mr):
+        y = Y[y0 + r * ldy:y0 + r * ldy + nr]
+        t = tile[t0 + r * NR:t0 + r * NR + nr]
+        for j in range(nr):
+            if mode == 0:
+                y[j] = y[j] + t[j]
+            elif mode == 1:
+                y[j] = t[j]
             else:
-                for r in range(m1 - m0):
-                    src = A2[m0 + r, k0:k0 + kn]
-                    dst = ablk[r]
-                    for k in range(kn):
-                        dst[k] = src[k]
-            for i in range(m0, m1, 4):
-                mr = min(4, m1 - i)
-                acc[:, :nn] = 0
-                _panel(acc, mr, ablk, a_trans, i - m0, 0, kn, B2, k0, n0, nn)
-                for r in range(mr):
-                    y = Y2[i + r, n0:n1]
-                    c = acc[r, :nn]
-                    for j in range(nn):
-                        y[j] += c[j]
+                y[j] = t[j] + bias[n0 + j]
 
 
-@njit(parallel=True, cache=True)
-def _transpose(dst, src, R, Cn):
-    """dst (Cn,R) = src (R,Cn)ᵀ. prange over blocks of 16 columns of src (= rows of dst); per row of
-    src a 64-byte run is read and spread over the block's 16 dst rows, which fill up sequentially."""
-    S = src.reshape(R, Cn)
-    D = dst.reshape(Cn, R)
-    for t in prange((Cn + 15) // 16):
-        c0 = t * 16
-        c1 = min(c0 + 16, Cn)
-        for r in range(R):
-            run = S[r, c0:c1]
-            for c in range(c1 - c0):
-                D[c0 + c, r] = run[c]
+# The GEMM core, instantiated per kernel (UK its micro-kernel, MR × NR its tile). Arguments:
+# Y (M,N) row-major; A, B and their layouts (a_kmaj: A[m·K + k], else A[k·M + m]; b_kmaj:
+# B[n·K + k], else B[k·N + n]); bias (N) for mode 2; Ap, Bp, tile the per-thread packing buffers;
+# mparts × nparts the task grid; MC, KC, NC the blocking. One parallel region per call: each task
+# owns a rectangle of Y and runs the whole blocked loop nest on it with its own buffers, so the
+# threads never wait on each other inside a call (a barrier per block costs dearly when the cores
+# are shared and a thread gets descheduled).
+_CORE_SOURCE = '''
+def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, mparts, nparts, MC, KC, NC):
+    lda = K if a_kmaj else M
+    ldb = K if b_kmaj else N
+    mu = (M + MR - 1) // MR  # rows and columns in units of the micro-tile, split evenly
+    nu = (N + NR - 1) // NR
+    for t in prange(mparts * nparts):
+        tid = numba.get_thread_id()
+        a0 = tid * MC * KC
+        b0 = tid * NC * KC
+        t0 = tid * MR * NR
+        im = t // nparts
+        jn = t - im * nparts
+        mlo = min(M, mu * im // mparts * MR)
+        mhi = min(M, mu * (im + 1) // mparts * MR)
+        nlo = min(N, nu * jn // nparts * NR)
+        nhi = min(N, nu * (jn + 1) // nparts * NR)
+        for jc in range(nlo, nhi, NC):
+            nc = min(NC, nhi - jc)
+            for pc in range(0, K, KC):
+                kc = min(KC, K - pc)
+                blockmode = mode if pc == 0 else 0
+                pack(Bp, b0, NR, B, b_kmaj, ldb, jc, nc, pc, kc)
+                for ic in range(mlo, mhi, MC):
+                    mc = min(MC, mhi - ic)
+                    pack(Ap, a0, MR, A, a_kmaj, lda, ic, mc, pc, kc)
+                    for s in range((nc + NR - 1) // NR):
+                        n0 = jc + s * NR
+                        nr = min(NR, N - n0)
+                        for p in range((mc + MR - 1) // MR):
+                            mr = min(MR, mc - p * MR)
+                            y0 = (ic + p * MR) * N + n0
+                            if mr == MR and nr == NR:
+                                UK(kc, Ap, a0 + p * MR * kc, Bp, b0 + s * NR * kc, Y, y0, N, blockmode, bias, n0)
+                            else:
+                                UK(kc, Ap, a0 + p * MR * kc, Bp, b0 + s * NR * kc, tile, t0, NR, 1, bias, 0)
+                                edge(Y, y0, N, mr, nr, tile, t0, NR, blockmode, bias, n0)
+'''
 
 
-@njit(parallel=True, fastmath=_FASTMATH_AXPY, cache=True)
-def _column_sum(dbias, dout, BT, OC):
-    """dbias (OC) += Σ_bt dout (BT,OC)[bt, :]: prange over 256-wide column chunks, rows inside."""
-    D = dout.reshape(BT, OC)
-    CW = 256
-    for t in prange((OC + CW - 1) // CW):
-        o0 = t * CW
-        o1 = min(o0 + CW, OC)
-        acc = np.zeros(o1 - o0, dtype=np.float32)
-        for bt in range(BT):
-            row = D[bt, o0:o1]
-            for o in range(o1 - o0):
-                acc[o] += row[o]
-        for o in range(o1 - o0):
-            dbias[o0 + o] += acc[o]
+def _compile(isa):
+    """The micro-kernel and GEMM core of one kernel, as Numba dispatchers. The generated source is
+    compiled under this file's name, so Numba's on-disk cache (keyed on this file) keeps them."""
+    b = _BLOCKING[isa]
+    ops = vector_ops(b["lanes"])
+    env = dict(numba=numba, prange=prange, pack=_pack_cols, edge=_edge, MR=b["MR"], NR=b["NR"],
+               load=ops.load, store=ops.store, bcast=ops.bcast, fma=ops.fma, add=ops.add, zero=ops.zero,
+               __name__=__name__)
+    uk, core = f"_microkernel_{isa}", f"_gemm_{isa}"
+    exec(compile(_microkernel_source(uk, b["MR"], b["NR"], b["lanes"]), __file__, "exec"), env)
+    env["UK"] = njit(cache=True)(env[uk])
+    exec(compile(_CORE_SOURCE.format(name=core), __file__, "exec"), env)
+    return env["UK"], njit(parallel=True, cache=True)(env[core])
+
+
+class _Gemm:
+    """One kernel's GEMM with its packing buffers (allocated once per process, a slot for every
+    thread Numba may start, and reused by every call)."""
+
+    def __init__(self, isa):
+        self.isa = isa
+        self.b = b = _BLOCKING[isa]
+        self.microkernel, self.core = _compile(isa)
+        nt = numba.config.NUMBA_NUM_THREADS
+        self.Ap = np.empty(nt * b["MC"] * b["KC"], np.float32)
+        self.Bp = np.empty(nt * b["NC"] * b["KC"], np.float32)
+        self.tile = np.empty(nt * b["MR"] * b["NR"], np.float32)
+
+    def __call__(self, Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode):
+        mparts, nparts = self.split(M, N)
+        b = self.b
+        self.core(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, self.Ap, self.Bp, self.tile,
+                  mparts, nparts, b["MC"], b["KC"], b["NC"])
+
+    def split(self, M, N):
+        """The task grid (mparts, nparts), one task per thread: of the ways to factor the thread
+        count, the one that packs least (each row part packs its own copy of B, each column part
+        its own copy of A), among those that give every task at least one micro-tile row/column."""
+        nt = numba.get_num_threads()
+        mu, nu = _ceil(M, self.b["MR"]), _ceil(N, self.b["NR"])
+        best = None
+        for mp in range(1, nt + 1):
+            if nt % mp:
+                continue
+            np_ = nt // mp
+            cost = (N * mp + M * np_, mp > mu or np_ > nu)
+            if best is None or (cost[1], cost[0]) < (best[0][1], best[0][0]):
+                best = (cost, mp, np_)
+        return best[1], best[2]
+
+
+def _ceil(a, b):
+    return -(-a // b)
 
 
 _NO_BIAS = np.zeros(1, dtype=np.float32)
@@ -371,9 +280,12 @@ _NO_BIAS = np.zeros(1, dtype=np.float32)
 
 def matmul_forward(out, inp, weight, bias, B, T, C, OC):
     """out (B,T,OC) = inp (B,T,C) · weight (OC,C)ᵀ + bias (OC); bias may be None. Writes out."""
-    has_bias = bias is not None
-    _gemm_nt(out, inp, weight, bias if has_bias else _NO_BIAS, B * T, OC, C, has_bias, False,
-             *_tiles("forward", B * T, C, OC))
+    if _gemm is None:
+        matmul_portable.forward(out, inp, weight, bias, B * T, C, OC)
+    elif bias is None:
+        _gemm(out, inp, True, weight, True, _NO_BIAS, B * T, OC, C, _OVERWRITE)
+    else:
+        _gemm(out, inp, True, weight, True, bias, B * T, OC, C, _BIAS)
 
 
 def matmul_backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC):
@@ -391,46 +303,87 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC):
 
 
 def _backward_dinp(dinp, dout, weight, BT, C, OC):
-    """dinp (BT,C) += dout (BT,OC) · weight (OC,C).
-
-    weight is already (K, N) = (OC, C) for the axpy form, but with C <= 256 the axpy's j loop (over
-    C) is short and pays its per-pass setup often (~40 GF/s at C = 128), while the dot form over a
-    long reduction (OC >= 256) runs at ~55-70: then transposing weight once (C·OC floats of scratch,
-    a few % of the product's time when BT·2 flops amortise each copied float) and using the dot
-    form wins (dev/matmul_experiments.py).
-    """
-    if C <= 256 and OC >= 256:
-        wT = np.empty(C * OC, dtype=np.float32)
-        _transpose(wT, weight, OC, C)
-        _gemm_nt(dinp, dout, wT, _NO_BIAS, BT, C, OC, False, True, *_tiles("dinp_dot", BT, C, OC))
+    """dinp (BT,C) += dout (BT,OC) · weight (OC,C)."""
+    if _gemm is None:
+        matmul_portable.backward_dinp(dinp, dout, weight, BT, C, OC)
     else:
-        _gemm_acc(dinp, dout, weight, BT, C, OC, False, *_tiles("dinp", BT, C, OC))
+        _gemm(dinp, dout, True, weight, False, _NO_BIAS, BT, C, OC, _ACCUMULATE)
 
 
 def _backward_dweight(dweight, dout, inp, BT, C, OC):
-    """dweight (OC,C) += dout (BT,OC)ᵀ · inp (BT,C): dout read transposed, inp is (K, N) = (BT, C)."""
-    _gemm_acc(dweight, dout, inp, OC, C, BT, True, *_tiles("dweight", BT, C, OC))
+    """dweight (OC,C) += dout (BT,OC)ᵀ · inp (BT,C)."""
+    if _gemm is None:
+        matmul_portable.backward_dweight(dweight, dout, inp, BT, C, OC)
+    else:
+        _gemm(dweight, dout, False, inp, False, _NO_BIAS, OC, C, BT, _ACCUMULATE)
 
 
-def _tiles(op, BT, C, OC):
-    """(MT, NT, KT) for one product (measurements in dev/matmul_experiments.py).
+@njit(parallel=True, fastmath={"contract"}, cache=True)
+def _column_sum(dbias, dout, BT, OC):
+    """dbias (OC) += Σ_bt dout (BT,OC)[bt, :]: prange over 256-wide column chunks, rows inside."""
+    D = dout.reshape(BT, OC)
+    CW = 256
+    for t in prange((OC + CW - 1) // CW):
+        o0 = t * CW
+        o1 = min(o0 + CW, OC)
+        acc = np.zeros(o1 - o0, dtype=np.float32)
+        for bt in range(BT):
+            row = D[bt, o0:o1]
+            for o in range(o1 - o0):
+                acc[o] += row[o]
+        for o in range(o1 - o0):
+            dbias[o0 + o] += acc[o]
 
-    forward (dot form): tiles of 256 rows × 64 columns of out, C in chunks of 512 (the B block,
-    64 × 512 floats = 128 KiB, stays in L2 while the task's 256 rows stream past it).
-    dinp in the dot form (C <= 256): 256 rows × 128 columns, OC in chunks of 1024.
-    backward (axpy form): NT = all of N when N <= 1024 (the accumulator panel is then at most
-    16 KiB and long j loops amortise each pass's setup), else 512; KT = 256; MT = 128 rows, halved
-    (down to 16) until there are >= 4 tasks per thread, so small products still use every thread.
-    """
-    if op == "forward":
-        return 256, 64, 512
-    if op == "dinp_dot":
-        return 256, 128, 1024
-    M, N = (BT, C) if op == "dinp" else (OC, C)
-    NT = N if N <= 1024 else 512
-    nnt = (N + NT - 1) // NT
-    MT = 128
-    want = 4 * numba.get_num_threads()
-    while MT > 16 and ((M + MT - 1) // MT) * nnt < want:
-        MT //= 2
-    return MT, NT, 256
+
+# ---- dispatch -------------------------------------------------------------------------------------
+KERNELS = ("avx512", "avx2", "portable")
+_NEEDS = {"avx512": ("avx512f", "fma"), "avx2": ("avx2", "fma"), "portable": ()}
+
+
+def cpu_features():
+    """The features of the CPU Numba compiles for: NUMBA_CPU_FEATURES when NUMBA_CPU_NAME is set
+    (then the host's do not apply), else llvmlite's host CPU features."""
+    if numba.config.CPU_NAME:
+        flags = (numba.config.CPU_FEATURES or "").split(",")
+        return {f[1:] for f in flags if f.startswith("+")}
+    return {k for k, on in llvm.get_host_cpu_features().items() if on}
+
+
+def supported_kernels():
+    """The kernels this CPU can run, fastest first."""
+    have = cpu_features()
+    return [k for k in KERNELS if all(f in have for f in _NEEDS[k])]
+
+
+def set_kernel(name):
+    """Use kernel `name` (one of KERNELS) from now on; ValueError if this CPU cannot run it."""
+    global _gemm, _kernel
+    if name not in KERNELS:
+        raise ValueError(f"unknown matmul kernel {name!r}: expected one of {', '.join(KERNELS)}")
+    if name not in supported_kernels():
+        raise ValueError(f"matmul kernel {name!r} needs CPU features {', '.join(_NEEDS[name])}; "
+                         f"this CPU runs: {', '.join(supported_kernels())}")
+    if name == "portable":
+        _gemm = None
+        _kernel = "portable"
+    else:
+        if name not in _GEMMS:
+            _GEMMS[name] = _Gemm(name)
+        _gemm = _GEMMS[name]
+        b = _BLOCKING[name]
+        _kernel = f"{name} {b['MR']}x{b['NR']}"
+
+
+def kernel():
+    """The kernel in use, as bin/train_gpt2 and the profiler print it, e.g. 'avx512 12x32'."""
+    return _kernel
+
+
+def _default_kernel():
+    return os.environ.get("NUMBAGPT_MATMUL", "").strip() or supported_kernels()[0]
+
+
+_GEMMS = {}
+_gemm = None
+_kernel = "portable"
+set_kernel(_default_kernel())

@@ -1,0 +1,140 @@
+"""Explicit SIMD vectors of float32 for Numba kernels: a vector type and the few operations a GEMM
+micro-kernel needs, each a `numba.extending.intrinsic` that emits one LLVM instruction.
+
+Why: Numba has no vector type, and LLVM's loop vectoriser cannot keep an outer-product
+accumulator (MR×NR partial sums updated every k) in registers — it vectorises one loop, and the
+accumulator of the classic BLAS micro-kernel is not a loop. With a value of LLVM type
+`<L x float>` held in a named local, LLVM's register allocator puts it in a vector register
+(zmm for L = 16 with AVX-512, ymm for L = 8 with AVX2, q registers for L = 4 on ARM NEON), and
+the code below compiles to what a BLAS author would write by hand.
+
+    ops = vector_ops(16)          # a namespace of intrinsics for <16 x float>
+    v = ops.load(a, i)            # a[i:i+16] as a vector (unaligned load)
+    ops.store(a, i, v)            # a[i:i+16] = v
+    b = ops.bcast(a, i)           # a[i] in every lane (x86: folds into the FMA as {1to16})
+    c = ops.fma(a, b, c)          # a·b + c lane by lane, one rounding (llvm.fma.v16f32)
+    c = ops.add(a, b)
+    z = ops.zero()
+
+`a` is a 1-D C-contiguous float32 array and `i` an integer index. There is **no bounds check**:
+the caller guarantees that i..i+L-1 lies inside the array (the GEMM only loads from its own padded
+packing buffers and stores to full tiles; its edges go through a scratch tile).
+"""
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.core.datamodel import models, register_default
+from numba.extending import intrinsic
+
+
+class F32Vec(types.Type):
+    """Numba type of an LLVM `<lanes x float>` value (a local only: not storable in arrays)."""
+
+    def __init__(self, lanes):
+        self.lanes = lanes
+        super().__init__(name=f"f32x{lanes}")
+
+
+@register_default(F32Vec)
+class _F32VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, ir.VectorType(ir.FloatType(), fe_type.lanes))
+
+
+def _is_f32_array(a):
+    return isinstance(a, types.Array) and a.dtype == types.float32 and a.ndim == 1 and a.layout == "C"
+
+
+def _element_ptr(context, builder, arrty, arr, idxty, idx):
+    """Pointer to a[idx] (no wraparound, no bounds check)."""
+    ary = context.make_array(arrty)(context, builder, arr)
+    i = context.cast(builder, idx, idxty, types.intp)
+    return builder.gep(ary.data, [i], inbounds=True)
+
+
+class _Ops:
+    """The intrinsics for one vector width (see the module docstring)."""
+
+    def __init__(self, lanes):
+        self.lanes = lanes
+        vt = F32Vec(lanes)
+        llty = ir.VectorType(ir.FloatType(), lanes)
+
+        @intrinsic
+        def load(typingctx, a, i):
+            if not (_is_f32_array(a) and isinstance(i, types.Integer)):
+                return None
+
+            def codegen(context, builder, sig, args):
+                p = _element_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+                return builder.load(builder.bitcast(p, llty.as_pointer()), align=4)
+
+            return vt(a, i), codegen
+
+        @intrinsic
+        def store(typingctx, a, i, v):
+            if not (_is_f32_array(a) and isinstance(i, types.Integer) and v == vt):
+                return None
+
+            def codegen(context, builder, sig, args):
+                p = _element_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+                builder.store(args[2], builder.bitcast(p, llty.as_pointer()), align=4)
+                return context.get_dummy_value()
+
+            return types.void(a, i, v), codegen
+
+        @intrinsic
+        def bcast(typingctx, a, i):
+            if not (_is_f32_array(a) and isinstance(i, types.Integer)):
+                return None
+
+            def codegen(context, builder, sig, args):
+                p = _element_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+                x = builder.load(p, align=4)
+                v = builder.insert_element(ir.Constant(llty, ir.Undefined), x, cgutils.int32_t(0))
+                mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+                return builder.shuffle_vector(v, ir.Constant(llty, ir.Undefined), mask)
+
+            return vt(a, i), codegen
+
+        @intrinsic
+        def fma(typingctx, a, b, c):
+            if not (a == vt and b == vt and c == vt):
+                return None
+
+            def codegen(context, builder, sig, args):
+                fnty = ir.FunctionType(llty, [llty] * 3)
+                f = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.fma.v{lanes}f32")
+                return builder.call(f, args)
+
+            return vt(a, b, c), codegen
+
+        @intrinsic
+        def add(typingctx, a, b):
+            if not (a == vt and b == vt):
+                return None
+
+            def codegen(context, builder, sig, args):
+                return builder.fadd(args[0], args[1])
+
+            return vt(a, b), codegen
+
+        @intrinsic
+        def zero(typingctx):
+            def codegen(context, builder, sig, args):
+                return ir.Constant(llty, [0.0] * lanes)
+
+            return vt(), codegen
+
+        self.load, self.store, self.bcast, self.fma, self.add, self.zero = load, store, bcast, fma, add, zero
+
+
+_OPS = {}
+
+
+def vector_ops(lanes):
+    """The intrinsics for `<lanes x float>` (one set per width, shared by every kernel)."""
+    if lanes not in _OPS:
+        _OPS[lanes] = _Ops(lanes)
+    return _OPS[lanes]
+
