@@ -3,8 +3,8 @@
 llm.c samples by running the whole training forward over the context for every new token: O(T²) work
 per token, O(T³) for a sample of T tokens. Here each layer keeps the keys and values of the positions
 seen so far (`kcache`, `vcache`, (L, B, NH, maxT, hs) each), so a new token costs one row through
-every matmul and one query row of attention against the cache (`attention_forward_cached`, in both
-backends). The prompt fills the cache in chunks of several positions at once (prefill).
+every matmul (`matvec_forward`) and one query row of attention against the cache
+(`attention_forward_cached`), kernels of both backends. The prompt fills the cache in chunks of several positions at once (prefill).
 
     Decoder(model, B)             the cache of B sequences, decoded in lockstep
       .forward(tokens, logits)    tokens (B, T) int32 at positions pos .. pos+T−1; returns the logits
@@ -20,7 +20,9 @@ import numpy as np
 
 from .layout import Layout
 
+MATVEC_ROWS = 8     # up to this many rows per matmul (B sequences × 1 new position) use matvec_forward
 PREFILL_CHUNK = 256  # positions per prefill call: bounds the scratch (att is B·NH·chunk·maxT floats)
+
 
 def scratch_shapes(config, B, T, logit_rows):
     """[(name, shape)] of the decoder's activations for B sequences × T new positions (one layer's
@@ -59,6 +61,14 @@ class Decoder:
             self.scratch_capacity = layout.total
         return layout.views(self.scratch_flat[:layout.total])
 
+    def _matmul(self, rows):
+        """out (rows, OC) = inp · weightᵀ + bias: matvec_forward for a decoding step's few rows (it
+        streams the weights once), the tiled matmul_forward for a prefill's many."""
+        k = self.k
+        if rows <= MATVEC_ROWS:
+            return lambda out, inp, w, b, C, OC: k.matvec_forward(out, inp, w, b, rows, C, OC)
+        return lambda out, inp, w, b, C, OC: k.matmul_forward(out, inp, w, b, 1, rows, C, OC)
+
     def forward(self, tokens, logits="last"):
         """Run tokens (B, T) at positions pos .. pos+T−1 and add them to the cache. logits: "last" →
         (B, Vp) NumPy logits of the last position; "all" → (B, T, Vp); None → nothing returned."""
@@ -83,31 +93,32 @@ class Decoder:
     def _forward(self, tokens, logits):
         cfg, k, B = self.model.config, self.k, self.B
         T = tokens.shape[1]
-        C, NH, L, Vp, t0 = cfg.channels, cfg.num_heads, cfg.num_layers, cfg.padded_vocab_size, self.pos
+        C, NH, Vp, t0 = cfg.channels, cfg.num_heads, cfg.padded_vocab_size, self.pos
         BTC = B * T * C
         rows = B * T if logits == "all" else B
         a = self._scratch(T, rows if logits else 0)
         p = self.model.params
         k.encoder_forward(a["x"], k.to_device(tokens.reshape(-1)), p["wte"], p["wpe"][t0 * C:], B, T, C)
+        mm = self._matmul(B * T)
         for l, w in enumerate(self.model.layer_params):
             kc = self.kcache[l * self.layer_cache:(l + 1) * self.layer_cache]
             vc = self.vcache[l * self.layer_cache:(l + 1) * self.layer_cache]
             k.layernorm_forward(a["ln"], a["mean"], a["rstd"], a["x"], w.ln1w, w.ln1b, B, T, C)
-            k.matmul_forward(a["qkv"], a["ln"], w.qkvw, w.qkvb, B, T, C, 3 * C)
+            mm(a["qkv"], a["ln"], w.qkvw, w.qkvb, C, 3 * C)
             k.attention_forward_cached(a["atty"], a["att"], kc, vc, a["qkv"], B, T, t0, C, NH, self.capacity)
-            k.matmul_forward(a["attproj"], a["atty"], w.attprojw, w.attprojb, B, T, C, C)
+            mm(a["attproj"], a["atty"], w.attprojw, w.attprojb, C, C)
             k.residual_forward(a["x2"], a["x"], a["attproj"], BTC)
             k.layernorm_forward(a["ln"], a["mean"], a["rstd"], a["x2"], w.ln2w, w.ln2b, B, T, C)
-            k.matmul_forward(a["fch"], a["ln"], w.fcw, w.fcb, B, T, C, 4 * C)
+            mm(a["fch"], a["ln"], w.fcw, w.fcb, C, 4 * C)
             k.gelu_forward(a["fch_gelu"], a["fch"], 4 * BTC)
-            k.matmul_forward(a["fcproj"], a["fch_gelu"], w.fcprojw, w.fcprojb, B, T, 4 * C, C)
+            mm(a["fcproj"], a["fch_gelu"], w.fcprojw, w.fcprojb, 4 * C, C)
             k.residual_forward(a["x"], a["x2"], a["fcproj"], BTC)
         self.pos += T
         if not logits:
             return None
         # T == 1 or "all": the rows of x to project are its first B·T·C floats, contiguous
         k.layernorm_forward(a["ln"], a["mean"], a["rstd"], a["x"], p["lnfw"], p["lnfb"], B, rows // B, C)
-        k.matmul_forward(a["logits"], a["ln"], p["wte"], None, B, rows // B, C, Vp)
+        self._matmul(rows)(a["logits"], a["ln"], p["wte"], None, C, Vp)
         out = np.array(k.to_host(a["logits"]), copy=True)
         self.logits_rows = out.reshape(B, rows // B, Vp)
         return self.logits_rows if logits == "all" else out.reshape(B, Vp)

@@ -144,6 +144,25 @@ def memory_estimate(config, B, T, training=True, optimizer_params=None, recomput
     return est
 
 
+def nbytes(a):
+    """Bytes of a NumPy or device array (or anything np.asarray takes)."""
+    n = getattr(a, "nbytes", None)
+    return int(np.asarray(a).nbytes if n is None else n)
+
+
+def allocated_bytes(model):
+    """Bytes of the buffers `model` actually holds (None where not allocated yet), with the keys of
+    memory_estimate's buffers."""
+    def nb(a):
+        return None if a is None else nbytes(a)
+    tokens = sum(nbytes(a) for a in (getattr(model, "inputs", None), getattr(model, "targets", None))
+                 if a is not None)
+    return {"parameters": nb(model.params_flat), "gradients": nb(model.grads_flat),
+            "adamw_m": nb(model.m_flat), "adamw_v": nb(model.v_flat),
+            "activations": nb(model.acts_flat), "activation_grads": nb(model.grads_acts_flat),
+            "tokens": tokens}
+
+
 def mib(n):
     return n / 2**20
 

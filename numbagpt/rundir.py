@@ -111,7 +111,7 @@ def discard_files(directory, names):
 
 # key: (what the user changes to change it, kept in the record as); the order of the messages
 RUN_FIELDS = {
-    "B": "-b", "T": "-t", "total_batch": "total batch (-d)", "seed": "--seed", "train_data": "-i",
+    "B": "-b", "T": "-t", "total_batch": "tokens per step", "seed": "--seed", "train_data": "-i",
     "val_data": "-j", "world_size": "number of processes", "zero_stage": "-z", "shuffle": "--shuffle",
     "lr": "-l", "warmup": "-u", "max_steps": "-x", "final_lr_frac": "-q", "schedule": "lr schedule",
     "weight_decay": "-c", "grad_clip": "--grad-clip",
@@ -254,8 +254,8 @@ class Progress:
 
 class StopRequest:
     """With several ranks, Ctrl-C must stop them all at the same step, not each inside a different
-    collective: the first SIGINT only sets a flag that `requested(world)` combines over the ranks once
-    a step; a second one interrupts at once."""
+    collective: the first SIGINT only sets a flag that `requested()` combines over the ranks once a
+    step; a second one interrupts at once."""
 
     def __init__(self, world):
         self.world = world

@@ -1,5 +1,6 @@
 """Generation on the CUDA backend (in Numba's CUDA simulator) against the CPU backend: the cached
-attention kernel on tiny shapes, and the decoder of a micro model (prefill, then one row per step).
+attention and one-position matmul kernels on tiny shapes, and the decoder of a micro model (prefill,
+then one row per step).
 
 Runs like tests/test_cuda_kernels.py: in a normal pytest run this module spawns itself with
 NUMBA_ENABLE_CUDASIM=1; to run it directly:  NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/test_cuda_generate.py -q
@@ -39,6 +40,18 @@ if RUN_HERE:
         np.testing.assert_array_equal(GPU.to_host(vc_g), vc_c)
         np.testing.assert_allclose(GPU.to_host(att_g), att_c, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(GPU.to_host(out_g), out_c, rtol=1e-4, atol=1e-5)
+
+    @pytest.mark.parametrize("M,C,OC,bias", [(1, 40, 9, True), (3, 70, 5, False)])
+    def test_matvec_forward(M, C, OC, bias):
+        # C = 70: lanes loop over the row more than once; OC = 9: a block with idle warps
+        rng = np.random.default_rng(M)
+        inp, w = rng.standard_normal(M * C).astype(np.float32), rng.standard_normal(OC * C).astype(np.float32)
+        b = rng.standard_normal(OC).astype(np.float32) if bias else None
+        out_c = np.zeros(M * OC, np.float32)
+        CPU.matvec_forward(out_c, inp, w, b, M, C, OC)
+        out_g = GPU.to_device(np.full(M * OC, 7, np.float32))
+        GPU.matvec_forward(out_g, GPU.to_device(inp), GPU.to_device(w), None if b is None else GPU.to_device(b), M, C, OC)
+        np.testing.assert_allclose(GPU.to_host(out_g), out_c, rtol=1e-5, atol=1e-5)
 
     def test_decoder_matches_cpu():
         cfg = GPT2Config(max_seq_len=6, vocab_size=37, num_layers=1, num_heads=2, channels=8)

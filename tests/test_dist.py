@@ -22,7 +22,7 @@ import pytest
 
 from numbagpt import dist
 from numbagpt.data import DataLoader
-from numbagpt.formats import read_model, write_model, write_shard
+from numbagpt.formats import read_model, read_state, write_model, write_shard, write_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "bin", "train_gpt2")
@@ -210,13 +210,17 @@ def test_zero1_equals_zero0_and_resumes(runs, shards, tmp_path):
 
 @needs_mpi
 def test_one_failing_rank_ends_the_job(runs, shards, tmp_path):
-    """Rank 1's state file is truncated: only rank 1 fails (in checkpoint.load_state) while rank 0
-    goes on into the first step's collectives; the job must still end, with rank 1's message."""
+    """Rank 1's state file holds one parameter too few (a well-formed file: the checkpoint verifies):
+    only rank 1 fails (in checkpoint.load_state) while rank 0 goes on into the first step's
+    collectives; the job must still end, with rank 1's message."""
     z1, _ = runs(2, 2, 1, zero=1)
     for name in ("model_00000002.bin", "state_00000002_00000.bin", "state_00000002_00001.bin", "DONE_00000002"):
         shutil.copy(os.path.join(z1, name), tmp_path / name)
-    with open(tmp_path / "state_00000002_00001.bin", "r+b") as f:
-        f.truncate(5000)
+    path = str(tmp_path / "state_00000002_00001.bin")
+    st = read_state(path)
+    write_state(path, 2, 2, 1, st["m"][:-1], st["v"][:-1], shard_index=st["shard_index"],
+                sample_index=st["sample_index"], shuffle=st["shuffle"], epoch=st["epoch"], seed=st["seed"],
+                run=st["run"])
     proc, seconds = run(train_args(shards, tmp_path, 2, zero=1, extra=("-y", "1")), nprocs=2, timeout=60)
     assert proc.returncode != 0
     assert "rank 1: error:" in proc.stderr and "state_00000002_00001.bin" in proc.stderr, proc.stderr

@@ -5,9 +5,10 @@ on x/y and compares, then runs AdamW steps on the same batch (llm.c's test setti
 step's loss with the expected losses, when given.
 """
 import argparse
+import os
 import sys
 
-from numbagpt.cli import HelpFormatter, reserve_threads, use_threads
+from numbagpt.cli import HelpFormatter, check_range, error_text, reserve_threads, use_threads
 
 # The tolerances, max absolute difference, in one place. llm.c's own test accepts 1e-2 on logits and
 # loss and 2e-2 on gradients; float32 kernels land far closer to PyTorch, so numbagpt asks for that.
@@ -32,6 +33,8 @@ def build_parser():
     p.add_argument("--steps", type=int, default=10, help="AdamW steps when no losses file is given")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--omp-threads", type=int, default=None, help="Numba threads (default: all cores)")
+    p.add_argument("--no-memory-check", action="store_true",
+                   help="allocate even when the memory estimate exceeds the memory available")
     return p
 
 
@@ -59,18 +62,24 @@ def read_losses(path):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    check_range("test_gpt2", args.steps, "--steps", 0)
+    check_range("test_gpt2", args.omp_threads, "--omp-threads", 0, low_open=True)
     reserve_threads(args.omp_threads)
     try:
         return run(args)
     except (ValueError, OSError, RuntimeError) as e:
-        print(f"test_gpt2: error: {e}", file=sys.stderr)
+        print(f"test_gpt2: error: {error_text(e)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("test_gpt2: interrupted", file=sys.stderr)
+        return 130
 
 
 def run(args):
     import numpy as np
 
     from numbagpt import formats
+    from numbagpt.backend import get_backend
     from numbagpt.layout import PARAMETER_NAMES
     from numbagpt.model import GPT2
     from numbagpt.step import train_step
@@ -78,7 +87,17 @@ def run(args):
     if args.omp_threads is not None:
         use_threads(args.omp_threads)
     expected = read_losses(args.expected_losses) if args.expected_losses else None
-    model = GPT2.from_file(args.model, backend=args.device)
+    backend = get_backend(args.device)
+    if not args.no_memory_check and backend.HOST_MEMORY:  # before anything big is allocated
+        from numbagpt import memory
+        from numbagpt.layout import memory_estimate
+        cfg = formats.read_model_header(args.model)[0]
+        B, T, _ = formats.read_debug_state_header(args.state)
+        # the model's buffers for the state's batch, and the state itself (logits and gradients)
+        state_bytes = os.path.getsize(args.state)
+        memory.check_fits(lambda b: memory_estimate(cfg, b, T)["total"] + state_bytes, B,
+                          f"{args.model} with the state's B={B} T={T}", flag="B")
+    model = GPT2.from_file(args.model, backend=backend)
     cfg = model.config
     state = formats.read_debug_state(args.state, cfg)
     B, T, V = state["B"], state["T"], cfg.vocab_size

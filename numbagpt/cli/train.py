@@ -3,14 +3,15 @@
 With no data flags it trains the `tiny` preset on the built-in Shakespeare (prepared on first use).
 """
 import argparse
-import math
 import os
 import sys
 import time
 
-from numbagpt.cli import HelpFormatter, reserve_threads, use_threads
+from numbagpt.cli import HelpFormatter, check_range, error_text, reserve_threads, use_threads
 from numbagpt.config import DESCRIPTOR_HELP
 from numbagpt.schedule import SCHEDULES
+
+PROG = "train_gpt2"
 
 
 HELLASWAG_FILE = os.path.join("dev", "data", "hellaswag", "hellaswag_val.bin")
@@ -88,60 +89,118 @@ def build_parser():
     p.add_argument("--tokenizer", default=None, help="llm.c tokenizer .bin of the data: the vocabulary of a "
                    "model built from scratch, and the decoder of the samples (default: NAME_tokenizer.bin "
                    "beside the train shards, else none: GPT-2's vocabulary, samples not decoded)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let a fresh run (no -y 1) delete an earlier run's checkpoints and models in the "
+                        "output dir (without it, such a dir is refused)")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="resume even where B, T, the data, the seed or the schedule differ from the "
+                        "checkpoint's run (each difference is printed)")
+    p.add_argument("--no-memory-check", action="store_true",
+                   help="allocate even when the memory estimate exceeds the memory available")
     return p
 
 
 def check_args(args):
-    for name in ("batch_size", "seq_len", "max_steps"):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"train_gpt2: --{name.replace('_', '-')} must be positive")
-    if args.omp_threads is not None and args.omp_threads <= 0:
-        raise SystemExit("train_gpt2: --omp-threads must be positive")
-    if args.expect_world_size is not None and args.expect_world_size <= 0:
-        raise SystemExit("train_gpt2: --expect-world-size must be positive")
-    if args.total_batch_size is not None and args.total_batch_size <= 0:
-        raise SystemExit("train_gpt2: -d/--total-batch-size must be positive")
-    if args.warmup_iters < 0:
-        raise SystemExit("train_gpt2: -u/--warmup-iters must be >= 0")
-    if args.final_lr_frac < 0:
-        raise SystemExit("train_gpt2: -q/--final-lr-frac must be >= 0")
-    if args.skip_update_lossz < 0 or args.skip_update_gradz < 0:
-        raise SystemExit("train_gpt2: -sl/-sg z-score thresholds must be >= 0 (0: off)")
-    for name in ("layers", "heads", "channels", "max_seq_len"):
-        if getattr(args, name) is not None and getattr(args, name) <= 0:
-            raise SystemExit(f"train_gpt2: --{name.replace('_', '-')} must be positive")
+    """Every flag's range, each message naming its flag (docs/reliability.md has the table)."""
+    for value, flag in ((args.batch_size, "-b"), (args.seq_len, "-t"), (args.max_steps, "-x"),
+                        (args.omp_threads, "--omp-threads"), (args.expect_world_size, "--expect-world-size"),
+                        (args.total_batch_size, "-d"), (args.layers, "--layers"), (args.heads, "--heads"),
+                        (args.channels, "--channels"), (args.max_seq_len, "--max-seq-len")):
+        check_range(PROG, value, flag, 0, low_open=True)
+    for value, flag in ((args.lr, "-l"), (args.warmup_iters, "-u"), (args.weight_decay, "-c"),
+                        (args.grad_clip, "--grad-clip"), (args.val_every, "-v"), (args.val_batches, "-m"),
+                        (args.sample_every, "-s"), (args.gen_tokens, "-g"), (args.seed, "--seed"),
+                        (args.checkpoint_every, "-n"), (args.skip_update_lossz, "-sl"),
+                        (args.skip_update_gradz, "-sg")):
+        check_range(PROG, value, flag, 0)
+    check_range(PROG, args.final_lr_frac, "-q", 0, 1)
+    if not args.output_dir and args.checkpoint_every > 0:
+        raise SystemExit(f"{PROG}: error: -n {args.checkpoint_every} writes checkpoints to the output dir, "
+                         f"but -o is '' (none)")
+    if not args.output_dir and args.resume:
+        raise SystemExit(f"{PROG}: error: -y 1 resumes from the output dir, but -o is '' (none)")
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     check_args(args)
     reserve_threads(args.omp_threads)
-    from numbagpt import dist  # imports mpi4py only under an MPI launcher; numba not yet
+    from numbagpt import dist, rundir  # dist imports mpi4py only under an MPI launcher; numba not yet
+    progress = rundir.Progress()
+    world = None
     try:
-        world = dist.init_world(expect_size=args.expect_world_size)
-    except dist.WorldSizeError as e:  # every rank found the same: rank 0 says it, all exit
-        if e.rank == 0:
-            print(f"train_gpt2: error: {e}", file=sys.stderr)
-        return 1
-    try:
-        return train(args, world)
-    except dist.CollectiveError as e:
-        # Every rank detected it at the same step (e.g. a NaN mean loss): stop together, exit normally.
+        try:
+            world = dist.init_world(expect_size=args.expect_world_size)
+        except dist.WorldSizeError as e:  # every rank found the same: rank 0 says it, all exit
+            if e.rank == 0:
+                print(f"{PROG}: error: {e}", file=sys.stderr)
+            return 1
+        return train(args, world, progress)
+    except KeyboardInterrupt:
+        # Ctrl-C: one line, no traceback (with several ranks, every rank stops after the same step)
+        if world is None or world.is_master:
+            if args.output_dir:  # the directory's word: Ctrl-C may have come just after a DONE
+                from numbagpt import checkpoint
+                progress.checkpoint = checkpoint.select(args.output_dir)[0]
+            print(progress.interrupted_line(), file=sys.stderr, flush=True)
+        return 130
+    except (dist.CollectiveError, rundir.RunDirError) as e:
+        # Every rank detected it alike (a NaN mean loss, rank 0's verdict on the output dir):
+        # stop together, exit normally.
         if world.is_master:
-            print(f"train_gpt2: error: {e}", file=sys.stderr)
+            print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
     except BaseException as e:
-        if world.size > 1:
+        if world is not None and world.size > 1:
             # This rank alone failed; the others would wait for it in the next collective forever.
             world.abort(e)  # prints "train_gpt2: rank R: error: ..." and ends every rank of the job
         if isinstance(e, (ValueError, OSError, RuntimeError)):
-            print(f"train_gpt2: error: {e}", file=sys.stderr)
+            print(f"{PROG}: error: {error_text(e)}", file=sys.stderr)
             return 1
         raise
 
 
-def train(args, world):
-    """Set up (device, data, model, ranks), then the loop: eval, sample, step, log, checkpoint."""
+def train(args, world, progress):
+    """Set up (output dir, device, data, model, ranks), then the loop (train_loop). `progress`
+    (rundir.Progress) keeps the step and the last checkpoint, for the line Ctrl-C ends with."""
+    from numbagpt import rundir
+
+    say = printer(world)
+    stop = rundir.StopRequest(world)
+    lock = None
+    try:
+        micro_steps = micro_steps_per_step(args, world)
+        train_glob, val_glob, tok_path = data_paths(args, world)
+        record = run_record(args, world, micro_steps, train_glob, val_glob)
+        resume_step = None
+        if args.output_dir:  # the lock first: a second run on the dir is refused before any work
+            lock, resume_step = rundir.open_run(args.output_dir, args.resume, args.overwrite, record,
+                                                args.allow_changes, world, say)
+            if args.resume and resume_step is None:
+                say(f"no complete checkpoint in {args.output_dir!r}: starting from -e {args.model}")
+        progress.checkpoint = resume_step
+        backend = setup_device(args, world, say)
+        return train_loop(args, world, progress, stop, say, backend, micro_steps,
+                          (train_glob, val_glob, tok_path), record, resume_step)
+    finally:
+        stop.close()
+        if lock:
+            lock.release()
+
+
+def run_record(args, world, micro_steps, train_glob, val_glob):
+    """What this run is, kept in every train state header; a resume compares it (rundir.RUN_FIELDS)."""
+    from numbagpt import rundir
+    return rundir.run_record(
+        B=args.batch_size, T=args.seq_len, total_batch=micro_steps * world.size * args.batch_size * args.seq_len,
+        seed=args.seed, train_data=str(train_glob), val_data=str(val_glob or ""), world_size=world.size,
+        zero_stage=args.zero_stage, shuffle=args.shuffle, lr=args.lr, warmup=args.warmup_iters,
+        max_steps=args.max_steps, final_lr_frac=args.final_lr_frac, schedule=args.lr_scheduler,
+        weight_decay=args.weight_decay, grad_clip=args.grad_clip)
+
+
+def train_loop(args, world, progress, stop, say, backend, micro_steps, paths, record, resume_step):
+    """The loop: eval, sample, step, log, checkpoint; then the final model."""
     import numpy as np
 
     from numbagpt import checkpoint
@@ -149,13 +208,10 @@ def train(args, world):
     from numbagpt.schedule import LRSchedule
     from numbagpt.step import train_step
 
-    say = printer(world)
-    micro_steps = micro_steps_per_step(args, world)
+    train_glob, val_glob, tok_path = paths
     schedule = LRSchedule(args.lr_scheduler, args.lr, args.warmup_iters, args.max_steps, args.final_lr_frac)
     guard = SpikeGuard(args.skip_update_lossz, args.skip_update_gradz)
-    backend = setup_device(args, world, say)
-    train_glob, val_glob, tok_path = data_paths(args, world)
-    model, dp, resume_step = load_model(args, world, backend, tok_path, say)
+    model, dp = load_model(args, world, backend, tok_path, say, resume_step)
     B, T = args.batch_size, args.seq_len
     train_loader, val_loader, tok = open_data(args, world, model.config, train_glob, val_glob, tok_path, say)
     tokens_per_step = micro_steps * world.size * B * T
@@ -169,7 +225,8 @@ def train(args, world):
     if resume_step is not None:
         start_step = checkpoint.load_state(args.output_dir, resume_step, model, world, train_loader)
         say(f"resumed from step {start_step} of {args.output_dir}")
-    log = open_log(args, world, append=resume_step is not None)
+    progress.step = start_step
+    log = open_log(args, world, resume_step=start_step if resume_step is not None else None)
     keep_tokenizer(args, world, tok_path)
     hellaswag = open_hellaswag(args)
     rng = np.random.default_rng(args.seed)
@@ -194,14 +251,17 @@ def train(args, world):
                             weight_decay=args.weight_decay, skip=guard.check)
         dt = time.perf_counter() - t0
         log_step(result, step, args.max_steps, dt, tokens_per_step, world.size, log, say)
+        if stop.requested():  # Ctrl-C on some rank: every rank stops here, after the same step
+            raise KeyboardInterrupt
+        progress.step = step + 1
         if args.output_dir and args.checkpoint_every > 0 and (step + 1) % args.checkpoint_every == 0:
-            checkpoint.save(args.output_dir, step + 1, model, world, train_loader, args.seed)
-            say(f"checkpoint at step {step + 1} in {args.output_dir}")
+            if checkpoint.save(args.output_dir, step + 1, model, world, train_loader, args.seed, run=record):
+                say(f"checkpoint at step {step + 1} in {args.output_dir}")
+            progress.checkpoint = step + 1
 
     if args.output_dir and world.is_master:
-        path = os.path.join(args.output_dir, f"model_{args.max_steps:08d}.bin")
-        model.save(path)
-        say(f"wrote {path}")
+        path, written = checkpoint.save_final(args.output_dir, args.max_steps, model)
+        say(f"wrote {path}" if written else f"final model: {path} (the checkpoint at step {args.max_steps})")
     if log:
         log.close()
         plot_log(log.name, say)
@@ -298,13 +358,14 @@ def model_config(args, tok_path):
                         max_seq_len=args.max_seq_len)
 
 
-def load_model(args, world, backend, tok_path, say):
-    """The model (built from scratch, a model file, or the latest checkpoint), on every rank
-    rank 0's weights, with this rank's optimizer shard. Returns (model, DataParallel, resume step)."""
-    from numbagpt import checkpoint
+def load_model(args, world, backend, tok_path, say, resume_step):
+    """The model (built from scratch, a model file, or the checkpoint at `resume_step`), on every
+    rank rank 0's weights, with this rank's optimizer shard, once the memory check has passed.
+    Returns (model, DataParallel)."""
+    from numbagpt import checkpoint, formats
     from numbagpt.config import is_descriptor
-    from numbagpt.dist import DataParallel
-    from numbagpt.layout import format_memory, memory_estimate
+    from numbagpt.dist import DataParallel, partition
+    from numbagpt.layout import format_memory, memory_estimate, num_parameters
     from numbagpt.model import GPT2
 
     shape_flags = [f"--{n.replace('_', '-')}" for n in ("layers", "heads", "channels", "max_seq_len")
@@ -313,35 +374,47 @@ def load_model(args, world, backend, tok_path, say):
     if shape_flags and not scratch:
         raise ValueError(f"-e {args.model} is a model file, whose shape is fixed: drop {', '.join(shape_flags)} "
                          f"(they shape a model built from scratch from a descriptor)")
-    config = model_config(args, tok_path) if scratch else None  # errors before any training state is read
-    resume_step = checkpoint.latest_step(args.output_dir) if args.resume and args.output_dir else None
-    resume_step = world.bcast(resume_step)  # rank 0's view of the output dir decides, for every rank
-    if args.resume and resume_step is None:
-        say(f"no complete checkpoint (DONE_* file) in {args.output_dir!r}: starting from -e {args.model}")
-    if resume_step is not None:
-        model = GPT2.from_file(checkpoint.model_path(args.output_dir, resume_step), backend=backend,
-                               recompute=args.recompute)
-    elif scratch:
-        model = GPT2(config, backend=backend, recompute=args.recompute)
-        model.init_weights(args.seed)
-    else:
-        model = GPT2.from_file(args.model, backend=backend, recompute=args.recompute)
-    dp = DataParallel(world, model, args.zero_stage)
-    dp.broadcast_parameters()  # every rank starts from rank 0's weights, whatever it initialised or loaded
-    start, end = dp.shard      # the parameters whose AdamW moments and update this rank owns
-    model.set_optimizer_shard(start, end)
-    cfg = model.config
+    # The config from the descriptor or the file's header: the checks below run before any allocation.
+    path = checkpoint.model_path(args.output_dir, resume_step) if resume_step is not None else args.model
+    cfg = model_config(args, tok_path) if scratch and resume_step is None else formats.read_model_header(path)[0]
     if args.seq_len > cfg.max_seq_len:
         raise ValueError(f"-t/--seq-len {args.seq_len} exceeds the model's max_seq_len {cfg.max_seq_len}"
                          + (" (--max-seq-len)" if scratch else ""))
+    n = num_parameters(cfg)
+    start, end = partition(n, world.size)[world.rank] if args.zero_stage == 1 else (0, n)
     shaped = "".join(f" {flag} {getattr(args, flag[2:].replace('-', '_'))}" for flag in shape_flags)
-    say(f"model: {args.model}{' +' + shaped if shaped else ''} | {cfg.describe()} | parameters {model.num_parameters:,}")
-    # Before the gradients, AdamW moments and activations are allocated: the bulk of the memory.
+    say(f"model: {args.model}{' +' + shaped if shaped else ''} | {cfg.describe()} | parameters {n:,}")
     say(format_memory(memory_estimate(cfg, args.batch_size, args.seq_len, optimizer_params=end - start,
                                       recompute=args.recompute)) + f" | -r {args.recompute}")
+    if not args.no_memory_check:  # before the parameters, gradients, AdamW moments and activations exist
+        check_memory(args, world, backend, cfg, end - start)
+    if resume_step is None and scratch:
+        model = GPT2(cfg, backend=backend, recompute=args.recompute)
+        model.init_weights(args.seed)
+    else:
+        model = GPT2.from_file(path, backend=backend, recompute=args.recompute)
+    dp = DataParallel(world, model, args.zero_stage)
+    dp.broadcast_parameters()  # every rank starts from rank 0's weights, whatever it initialised or loaded
+    model.set_optimizer_shard(*dp.shard)   # the parameters whose AdamW moments and update this rank owns
     say(f"optimizer: ZeRO-{args.zero_stage} | AdamW m+v of {end - start:,} parameters per rank: "
         f"{dp.optimizer_bytes() / 2**20:.1f} MiB")
-    return model, dp, resume_step
+    return model, dp
+
+
+def check_memory(args, world, backend, cfg, optimizer_params):
+    """Refuse (memory.MemoryCheckError) when the buffers of this host's ranks exceed the memory
+    available to the process, naming the largest -b that fits."""
+    from numbagpt import memory
+    from numbagpt.layout import memory_estimate
+
+    if not backend.HOST_MEMORY:  # the estimate is of device memory; the host's is not the limit
+        return
+
+    def need(b):
+        return world.local_size * memory_estimate(cfg, b, args.seq_len, optimizer_params=optimizer_params,
+                                                  recompute=args.recompute)["total"]
+    ranks = f" x {world.local_size} ranks on this host" if world.local_size > 1 else ""
+    memory.check_fits(need, args.batch_size, f"{args.model} with B={args.batch_size} T={args.seq_len}{ranks}")
 
 
 def open_data(args, world, cfg, train_glob, val_glob, tok_path, say):
@@ -366,24 +439,28 @@ def open_data(args, world, cfg, train_glob, val_glob, tok_path, say):
     return train_loader, val_loader, tok
 
 
-def open_log(args, world, append):
-    """main.log in the output dir (rank 0; appended to when resuming), or None."""
-    if not args.output_dir:
+def open_log(args, world, resume_step):
+    """main.log in the output dir (rank 0), or None. Resuming, it keeps the lines before `resume_step`
+    (a killed run's later lines are written again by this one) and appends."""
+    from numbagpt import rundir
+
+    if not args.output_dir or not world.is_master:
         return None
-    os.makedirs(args.output_dir, exist_ok=True)
-    if not world.is_master:
-        return None
-    return open(os.path.join(args.output_dir, "main.log"), "a" if append else "w")
+    path = os.path.join(args.output_dir, "main.log")
+    if resume_step is not None:
+        rundir.keep_log_until(path, resume_step)
+    return open(path, "a" if resume_step is not None else "w")
 
 
 def keep_tokenizer(args, world, tok_path):
     """Copy the tokenizer into the output dir as tokenizer.bin, where bin/sample_gpt2 finds it."""
-    import shutil
+    from numbagpt import atomic
     if not (args.output_dir and tok_path and world.is_master):
         return
     dst = os.path.join(args.output_dir, "tokenizer.bin")
     if not (os.path.exists(dst) and os.path.samefile(tok_path, dst)):
-        shutil.copyfile(tok_path, dst)
+        with open(tok_path, "rb") as f:
+            atomic.write_bytes(dst, f.read())   # complete or absent, like every file of the run
 
 
 def open_hellaswag(args):

@@ -16,6 +16,7 @@ from .gelu import gelu_backward, gelu_forward
 from .layernorm import layernorm_backward, layernorm_forward
 from . import matmul
 from .matmul import matmul_backward, matmul_forward
+from .matvec import matvec_forward
 from .residual import residual_backward, residual_forward
 
 NAME = "cpu"
@@ -40,7 +41,7 @@ def select_device(local_rank):
 
 
 def device_name():
-    """The CPU model and the matmul kernel chosen for it, e.g. 'AMD EPYC, matmul avx512 12x32'."""
+    """The CPU model and the matmul kernel chosen for it, e.g. 'AMD EPYC, matmul avx512 6x64'."""
     return f"{_cpu_model()}, matmul {matmul.kernel()}"
 
 

@@ -1,4 +1,4 @@
-"""A vectorisable float32 exp for softmax arguments (x − max ≤ 0), shared by the CPU kernels.
+"""Vectorisable float32 exp (for softmax arguments x − max ≤ 0) and tanh, shared by the CPU kernels.
 
 `math.exp` on a float32 in Numba is a call to libm's expf: LLVM cannot vectorise a loop around it,
 and a loop of exps is then scalar and latency-bound. `exp_nonpos(x)` is expf written out as
@@ -86,3 +86,34 @@ def max_f32(z, n):
     for i in range(n):
         m = max(m, _order_key(zi[i]))
     return _f32_from_bits(_order_key(m))
+
+
+# tanhf's odd polynomial on |x| < 0.625 (Cephes: tanh x = x + x³·P(x²)).
+_T0 = np.float32(-5.70498872745e-3)
+_T1 = np.float32(2.06390887954e-2)
+_T2 = np.float32(-5.37397155531e-2)
+_T3 = np.float32(1.33314422036e-1)
+_T4 = np.float32(-3.33332819422e-1)
+_TANH_SMALL = np.float32(0.625)
+_TWO = np.float32(2.0)
+
+
+@njit(inline='always')
+def tanh_f32(x):
+    """tanh(x) for any float32 x, as arithmetic that LLVM vectorises (libm's tanhf is a call).
+
+    |x| < 0.625: Cephes' odd polynomial x + x³·P(x²); above: (1 − e)/(1 + e) with e = exp(−2|x|)
+    from exp_nonpos (e underflows to 0 from |x| ≈ 43.5 on, giving exactly ±1), the sign put back
+    after; ±0 gives ±0, NaN gives NaN, ±inf gives ±1. Against float64 tanh: at most 1.51 ulp of the
+    float32 result over every float32 in [0, 10] (1.09e9 values, checked exhaustively; tanh_f32 is odd
+    by construction, and above 10 it is exactly ±1, as is float32 tanh), compiled with fastmath
+    'contract' (libm's tanhf: 0.5 ulp, about 20x slower in a loop here). tests/test_cpu_gelu.py checks
+    a 2^22-value sample of the whole float32 range, and the points where the formula switches.
+    """
+    a = abs(x)
+    z = x * x
+    small = ((((_T0 * z + _T1) * z + _T2) * z + _T3) * z + _T4) * z * x + x
+    e = exp_nonpos(-_TWO * a)
+    big = (_ONE - e) / (_ONE + e)
+    big = big if x >= _ZERO else -big
+    return x if a == _ZERO else (small if a < _TANH_SMALL else big)

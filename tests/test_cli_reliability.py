@@ -1,0 +1,311 @@
+"""bin/train_gpt2's promises, end to end with real runs (a micro model, a few steps; every run a
+subprocess of this worktree, so Numba's cache compiled once serves all): kill -9 at every phase of a
+checkpoint write and the final save, then -y 1, gives the uninterrupted run's log and model bit for
+bit; one run per directory; no fresh run over a used one; a resume that changes B is refused; the
+memory check; Ctrl-C; and the one-line messages of docs/reliability.md."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from numbagpt import checkpoint, data, formats
+from numbagpt.cli import test as test_cli
+from numbagpt.cli import train
+from numbagpt.config import GPT2Config
+from numbagpt.layout import memory_estimate
+from numbagpt.model import GPT2
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(ROOT, "bin", "train_gpt2")
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("corpus")
+    text = "".join(f"KING:\nMy lord, the {w} is come.\n\nQUEEN:\nThen let it in.\n\n"
+                   for w in ("night", "day", "morning", "evening") * 60)
+    paths = data.prepare(str(d), text, tokenizer="char", val_fraction=0.1, name="play", verbose=False)
+    vocab = len(formats.read_tokenizer_file(paths["tokenizer"])[0])
+    cfg = GPT2Config(max_seq_len=32, vocab_size=vocab, num_layers=2, num_heads=2, channels=32)
+    model = GPT2(cfg)
+    model.init_weights(0)
+    model_path = str(d / "micro.bin")
+    model.save(model_path)
+    return paths, model_path
+
+
+def args_for(corpus, out, *extra, steps=5, every=2):
+    paths, model_path = corpus
+    return ["-i", paths["train"], "-j", paths["val"], "-e", model_path, "-o", str(out), "-b", "4", "-t", "16",
+            "-l", "1e-2", "-u", "2", "-x", str(steps), "-n", str(every), "-v", "2", "-m", "1", "-g", "0",
+            "--omp-threads", "1"] + list(extra)
+
+
+def start(argv, crash=None, paused=None, env=None):
+    e = dict(os.environ, **(env or {}))
+    e.pop("NUMBAGPT_TEST_CRASH", None)
+    if crash:
+        e["NUMBAGPT_TEST_CRASH"] = crash
+    if paused:
+        e["NUMBAGPT_TEST_PAUSED"] = str(paused)
+    return subprocess.Popen([sys.executable, TRAIN] + argv, env=e, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def run(argv, **kw):
+    proc = start(argv, **kw)
+    out, err = proc.communicate(timeout=300)
+    return proc.returncode, out, err
+
+
+def wait_paused(proc, marker):
+    deadline = time.time() + 120
+    while not os.path.exists(marker):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    assert int(open(marker).read()) == proc.pid
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory):
+    """The uninterrupted run: its main.log and final parameters."""
+    out = tmp_path_factory.mktemp("reference")
+    code, stdout, err = run(args_for(corpus, out))
+    assert code == 0, err
+    return (out / "main.log").read_text(), formats.read_model(str(out / "model_00000005.bin"))[1]
+
+
+# (file, point, the step resumed from): every phase of the checkpoint at step 4 and of the final save
+# (tests/test_checkpoint.py kills the same writes at many more offsets, without the training)
+KILLS = [("model_00000004.bin", 5000, 2), ("model_00000004.bin", "renamed", 2),
+         ("state_00000004_00000.bin", 1024, 2), ("DONE_00000004", "end", 2), ("DONE_00000004", "renamed", 4),
+         ("model_00000005.bin", 3000, 4)]
+
+
+@pytest.mark.parametrize("target,point,resumed", KILLS, ids=[f"{t}@{p}" for t, p, _ in KILLS])
+def test_kill_9_then_resume_equals_the_uninterrupted_run(corpus, reference, tmp_path, target, point, resumed):
+    code, _, _ = run(args_for(corpus, tmp_path), crash=f"{target}@{point}")
+    assert code == -signal.SIGKILL
+    code, out, err = run(args_for(corpus, tmp_path, "-y", "1"))
+    assert code == 0, err
+    assert f"resumed from step {resumed} of" in out
+    log, params = reference
+    assert (tmp_path / "main.log").read_text() == log      # every loss, lr and norm line, in order
+    np.testing.assert_array_equal(formats.read_model(str(tmp_path / "model_00000005.bin"))[1], params)
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]   # the killed writer's, removed
+
+
+def test_kill_9_from_outside_mid_checkpoint_then_resume(corpus, reference, tmp_path):
+    marker = tmp_path / "paused"
+    out = tmp_path / "out"
+    proc = start(args_for(corpus, out), crash="state_00000004_00000.bin@2000:pause", paused=marker)
+    wait_paused(proc, marker)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    code, stdout, err = run(args_for(corpus, out, "-y", "1"))
+    assert code == 0 and "resumed from step 2 of" in stdout, err
+    assert (out / "main.log").read_text() == reference[0]
+
+
+def test_a_damaged_newest_checkpoint_falls_back_saying_why(corpus, reference, tmp_path):
+    code, _, err = run(args_for(corpus, tmp_path))
+    assert code == 0, err
+    with open(tmp_path / "state_00000004_00000.bin", "r+b") as f:
+        f.truncate(5000)
+    code, out, err = run(args_for(corpus, tmp_path, "-y", "1"))
+    assert code == 0, err
+    assert "checkpoint at step 4 skipped: " in out and "state_00000004_00000.bin: truncated train state" in out
+    assert "resumed from step 2 of" in out
+    assert (tmp_path / "main.log").read_text() == reference[0]
+
+
+def test_the_final_model_of_a_checkpoint_step_is_that_checkpoint(corpus, tmp_path):
+    code, out, err = run(args_for(corpus, tmp_path, steps=4))
+    assert code == 0, err
+    assert f"final model: {tmp_path}/model_00000004.bin (the checkpoint at step 4)" in out
+
+
+def test_two_runs_on_one_directory(corpus, tmp_path):
+    marker = tmp_path / "paused"
+    out = tmp_path / "out"
+    first = start(args_for(corpus, out), crash="model_00000002.bin@100:pause", paused=marker)
+    try:
+        wait_paused(first, marker)
+        t0 = time.time()
+        code, _, err = run(args_for(corpus, out, "-y", "1"))
+        assert code == 1 and time.time() - t0 < 60
+        assert err.strip().startswith(f"train_gpt2: error: {out}: in use by another training run (pid {first.pid} on ")
+    finally:
+        first.kill()
+        first.communicate()
+    assert not (out / "model_00000002.bin").exists()
+
+
+def test_a_fresh_run_on_a_used_directory(corpus, tmp_path):
+    code, _, err = run(args_for(corpus, tmp_path, steps=2))
+    assert code == 0, err
+    code, _, err = run(args_for(corpus, tmp_path, steps=2))
+    assert code == 1
+    assert err.strip() == (f"train_gpt2: error: {tmp_path}: holds the files of an earlier run (DONE_00000002, "
+                           f"model_00000002.bin, state_00000002_00000.bin); give -y 1 to resume it, --overwrite "
+                           f"to delete them and start over, or another -o")
+    code, out, err = run(args_for(corpus, tmp_path, "--overwrite", steps=3, every=3))
+    assert code == 0, err
+    assert "--overwrite: removed 3 files of an earlier run" in out
+    assert checkpoint.run_files(str(tmp_path)) == ["DONE_00000003", "model_00000003.bin", "state_00000003_00000.bin"]
+
+
+def test_a_resume_with_another_batch_size(corpus, tmp_path):
+    code, _, err = run(args_for(corpus, tmp_path, steps=2))
+    assert code == 0, err
+    argv = args_for(corpus, tmp_path, "-y", "1", steps=4)
+    argv[argv.index("-b") + 1] = "2"
+    code, _, err = run(argv)
+    assert code == 1
+    assert err.strip() == (f"train_gpt2: error: {tmp_path}/state_00000002_00000.bin: this run differs from the "
+                           f"checkpoint's: -b: 4 in the checkpoint, 2 now; tokens per step: 64 in the checkpoint, 32 now; "
+                           f"-x: 2 in the checkpoint, 4 now (give "
+                           f"the same flags, or --allow-changes to resume anyway)")
+    code, out, err = run(argv + ["--allow-changes"])
+    assert code == 0, err
+    assert "warning: resuming with a change (--allow-changes): -b: 4 in the checkpoint, 2 now" in out
+    assert "resumed from step 2 of" in out
+
+
+def test_the_memory_check(corpus, tmp_path):
+    cfg = formats.read_model_header(corpus[1])[0]
+    need = [memory_estimate(cfg, b, 16, recompute=1)["total"] for b in range(5)]   # -r 1, the default
+    fits = max(b for b in range(1, 5) if need[b] <= 2**20)   # 1 MiB
+    code, _, err = run(args_for(corpus, tmp_path / "a"), env={"NUMBAGPT_MEMORY_LIMIT": "1M"})
+    assert code == 1
+    assert err == (f"train_gpt2: error: not enough memory for {corpus[1]} with B=4 T=16: it needs "
+                   f"{need[4] / 2**20:.1f} MiB, "
+                   f"1.0 MiB is available ($NUMBAGPT_MEMORY_LIMIT); the largest -b that fits is {fits}; "
+                   f"--no-memory-check to try anyway\n")
+    assert 1 <= fits < 4
+    code, out, err = run(args_for(corpus, tmp_path / "b", "--no-memory-check", steps=1, every=0),
+                         env={"NUMBAGPT_MEMORY_LIMIT": "1M"})
+    assert code == 0, err
+
+
+def test_ctrl_c_ends_with_one_line(corpus, tmp_path):
+    marker = tmp_path / "paused"
+    out = tmp_path / "out"
+    proc = start(args_for(corpus, out), crash="model_00000004.bin@2000:pause", paused=marker)
+    wait_paused(proc, marker)
+    proc.send_signal(signal.SIGINT)
+    stdout, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err == "interrupted at step 4; last complete checkpoint: step 2\n"
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")] and not (out / "model_00000004.bin").exists()
+
+
+def test_no_writable_numba_cache_hints_numba_cache_dir(corpus, tmp_path):
+    """A copy of the package whose __pycache__ can't be a directory, and a HOME that can't hold one."""
+    shutil.copytree(os.path.join(ROOT, "numbagpt"), tmp_path / "pkg" / "numbagpt",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for d, _, _ in os.walk(tmp_path / "pkg" / "numbagpt"):
+        open(os.path.join(d, "__pycache__"), "w").close()
+    (tmp_path / "home").write_text("")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env.update(PYTHONPATH=str(tmp_path / "pkg"), HOME=str(tmp_path / "home"), XDG_CACHE_HOME=str(tmp_path / "home" / "c"))
+    proc = subprocess.run([sys.executable, "-B", "-c", "import sys; from numbagpt.cli import train; "
+                           "sys.exit(train.main(sys.argv[1:]))"] + args_for(corpus, tmp_path / "out"),
+                          env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "no locator available" in proc.stderr and "set NUMBA_CACHE_DIR to a writable directory" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+BAD_ARGS = [
+    (["-b", "0"], "-b must be positive, got 0"),
+    (["-l", "-1"], "-l must be >= 0, got -1.0"),
+    (["-u", "-2"], "-u must be >= 0, got -2"),
+    (["-m", "-1"], "-m must be >= 0, got -1"),
+    (["-g", "-5"], "-g must be >= 0, got -5"),
+    (["--grad-clip", "-1"], "--grad-clip must be >= 0, got -1.0"),
+    (["-q", "1.5"], "-q must be in [0, 1], got 1.5"),
+    (["-c", "-0.1"], "-c must be >= 0, got -0.1"),
+    (["--seed", "-1"], "--seed must be >= 0, got -1"),
+    (["-n", "-1"], "-n must be >= 0, got -1"),
+    (["-o", "", "-n", "1"], "-n 1 writes checkpoints to the output dir, but -o is '' (none)"),
+    (["-o", "", "-y", "1"], "-y 1 resumes from the output dir, but -o is '' (none)"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD_ARGS, ids=[" ".join(a) for a, _ in BAD_ARGS])
+def test_argument_ranges_name_the_flag(argv, message):
+    with pytest.raises(SystemExit) as e:
+        train.main(argv)
+    assert str(e.value) == f"train_gpt2: error: {message}"
+
+
+def test_test_gpt2_messages(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        test_cli.main(["-e", "m.bin", "-s", "s.bin", "--steps", "-3"])
+    assert str(e.value) == "test_gpt2: error: --steps must be >= 0, got -3"
+    other = GPT2Config(max_seq_len=64, vocab_size=100, num_layers=1, num_heads=1, channels=16)
+    m = GPT2(other)
+    m.init_weights(0)
+    m.save(str(tmp_path / "other.bin"))
+    state = os.path.join(FIXTURES, "micro_debug_state.bin")
+    assert test_cli.main(["-e", str(tmp_path / "other.bin"), "-s", state]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"test_gpt2: error: {state}: debug state does not match the model (L=1 NH=1 C=16")
+    assert err.count("\n") == 1
+
+
+def test_test_gpt2_and_profile_gpt2_check_memory_first(monkeypatch, capsys):
+    monkeypatch.setenv("NUMBAGPT_MEMORY_LIMIT", "100K")
+    model, state = os.path.join(FIXTURES, "micro_model.bin"), os.path.join(FIXTURES, "micro_debug_state.bin")
+    assert test_cli.main(["-e", model, "-s", state]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"test_gpt2: error: not enough memory for {model} with the state's B=")
+    assert "100.0 KiB is available ($NUMBAGPT_MEMORY_LIMIT)" in err and err.endswith("--no-memory-check to try anyway\n")
+    from numbagpt.cli import profile
+    assert profile.main(["-e", "d12", "-b", "4", "-t", "64", "--no-calibrate"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("profile_gpt2: error: not enough memory for d12 with B=4 T=64: it needs ")
+    assert "even -b 1 needs" in err
+    monkeypatch.setenv("NUMBAGPT_MEMORY_LIMIT", "1T")
+    assert test_cli.main(["-e", model, "-s", state, "--steps", "0"]) == 0
+
+
+MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+
+
+@pytest.mark.skipif(not os.access(MPIEXEC, os.X_OK), reason=f"needs {MPIEXEC}")
+def test_ctrl_c_under_mpiexec_stops_every_rank_after_the_same_step(corpus, tmp_path):
+    """SIGINT to both ranks (as a launcher that forwards it delivers it): one line, every rank exits 130.
+    (MPICH's Hydra, given Ctrl-C itself, kills the ranks on its own; docs/reliability.md says so.)"""
+    psutil = pytest.importorskip("psutil")
+    pytest.importorskip("mpi4py")
+    out = tmp_path / "out"
+    argv = args_for(corpus, out, steps=100000, every=20)
+    proc = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, TRAIN] + argv, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 180
+        while not (out / "DONE_00000040").exists():
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.1)
+        ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if TRAIN in " ".join(p.cmdline())]
+        assert len(ranks) == 2
+        for p in ranks:
+            p.send_signal(signal.SIGINT)
+        stdout, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interrupted at step ") and "Traceback" not in err
+    step, ckpt = lines[0].removeprefix("interrupted at step ").split("; last complete checkpoint: step ")
+    assert int(ckpt) == max(int(n[5:]) for n in os.listdir(out) if n.startswith("DONE_"))
+    assert int(step) >= int(ckpt) >= 40
