@@ -148,3 +148,16 @@ def test_help_states_every_default():
                  "--skip-update-gradz", "-a", "--overfit-single-batch", "-r", "--recompute", "--layers",
                  "--heads", "--channels", "--max-seq-len"):
         assert re.search(rf"(^|[ ,]){re.escape(flag)}[ ,\n]", text), flag
+
+
+def test_a_tokenizer_smaller_than_the_model_is_not_used_to_decode(tmp_path, capsys, corpus):
+    big = GPT2(GPT2Config(max_seq_len=16, vocab_size=200, num_layers=1, num_heads=2, channels=16))
+    big.init_weights(0)
+    big.save(str(tmp_path / "v200.bin"))
+    argv = ["-i", corpus["train"], "-e", str(tmp_path / "v200.bin"), "-o", "", "-b", "2", "-t", "8", "-x", "2",
+            "-s", "2", "-g", "20", "--omp-threads", "1", "-v", "0"]
+    code, out, err = run(capsys, argv)  # the tokenizer found beside the shards: a note, no decoding
+    assert code == 0, err
+    assert f"has {corpus['vocab']} tokens, the model V=200: samples are not decoded" in out
+    code, out, err = run(capsys, argv + ["--tokenizer", corpus["tokenizer"]])  # named: an error
+    assert code == 1 and "fewer than the model's vocabulary V=200" in err

@@ -114,3 +114,21 @@ def test_import_errors_name_the_file(tmp_path, capsys):
     assert not os.path.exists(tmp_path / "m.bin")
     assert export_main([str(tmp_path / "missing.bin"), str(d)]) == 1
     assert "missing.bin: no such file" in capsys.readouterr().err
+
+
+def test_import_reads_the_original_gpt2_key_names(tmp_path):
+    # OpenAI's GPT-2 on the Hugging Face hub stores GPT2Model keys (no "transformer." prefix) and the
+    # causal-mask buffers h.N.attn.bias; lm_head.weight, when present, must be the tied wte
+    model = random_model(tmp_path / "m.bin", V=100)
+    hf.export_hf(tmp_path / "m.bin", tmp_path / "hf")
+    tensors = st.load_file(str(tmp_path / "hf" / "model.safetensors"))
+    old = {k[len("transformer."):]: v for k, v in tensors.items()}
+    old["h.0.attn.bias"] = np.tril(np.ones((1, 1, 24, 24), np.float32))
+    old["lm_head.weight"] = old["wte.weight"]
+    st.save_file(old, str(tmp_path / "hf" / "model.safetensors"))
+    hf.import_hf(tmp_path / "hf", tmp_path / "back.bin")
+    np.testing.assert_array_equal(GPT2.from_file(tmp_path / "back.bin").parameters_host(), model.parameters_host())
+    old["lm_head.weight"] = old["wte.weight"] * 2
+    st.save_file(old, str(tmp_path / "hf" / "model.safetensors"))
+    with pytest.raises(hf.HFError, match="lm_head.weight differs from wte.weight"):
+        hf.import_hf(tmp_path / "hf", tmp_path / "back.bin")
