@@ -1,8 +1,9 @@
 """Time every numbagpt.cuda kernel on a GPU with CUDA events: ms, GFLOP/s and GB/s per kernel, for the
-`tiny` (L4 C128 NH4, B=8 T=256) and `d12` (C768 NH12, B=4 T=64) shapes, and — when CuPy is installed —
-each matmul against cupy.matmul (cuBLAS) with the ratio. Optionally (--model) a whole training step.
+`tiny` (L4 C128 NH4, B=8 T=256) and `d12` (C768 NH12, B=4 T=64) shapes, and — when CuPy or torch with
+CUDA is installed — each matmul against cuBLAS (FP32, TF32 off) with the ratio. Optionally (--model) a
+whole training step; --matmul-only times just the matmuls (bench/gpu_check.py uses it).
 
-    python bench/bench_cuda.py [--shapes tiny d12] [--iters 20] [--model]
+    python bench/bench_cuda.py [--shapes tiny d12] [--iters 20] [--model] [--matmul-only]
 
 FLOPs and bytes are the formulas of docs/cuda.md (bytes = the minimum DRAM traffic: every operand read
 once and every result written once), so GB/s is an effective bandwidth. Without a GPU (or under the
@@ -24,11 +25,59 @@ SHAPES = {  # name: (B, T, C, NH)
 }
 
 
+def cublas_timer():
+    """(fn(M, N, K, iters) -> (ms, name) of C = A·Bᵀ in float32 through cuBLAS, name) using CuPy or else
+    torch (with CUDA); (fn returning (nan, None), None) when neither is installed."""
+    try:
+        import cupy as cp
+
+        def run_cupy(M, N, K, iters):
+            a = cp.random.standard_normal((M, K), dtype=cp.float32)
+            w = cp.random.standard_normal((N, K), dtype=cp.float32)
+            o = cp.empty((M, N), dtype=cp.float32)
+            cp.matmul(a, w.T, out=o)
+            cp.cuda.Device().synchronize()
+            s, e = cp.cuda.Event(), cp.cuda.Event()
+            s.record()
+            for _ in range(iters):
+                cp.matmul(a, w.T, out=o)
+            e.record()
+            e.synchronize()
+            return cp.cuda.get_elapsed_time(s, e) / iters, "cuBLAS(cupy)"
+        return run_cupy, "cupy"
+    except Exception:
+        pass
+    try:
+        import torch
+        if not torch.cuda.is_available():
+            raise RuntimeError("torch without CUDA")
+        torch.backends.cuda.matmul.allow_tf32 = False  # FP32 like ours, not TF32 tensor cores
+
+        def run_torch(M, N, K, iters):
+            a = torch.randn(M, K, device="cuda")
+            w = torch.randn(N, K, device="cuda")
+            o = torch.empty(M, N, device="cuda")
+            torch.matmul(a, w.T, out=o)
+            torch.cuda.synchronize()
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            for _ in range(iters):
+                torch.matmul(a, w.T, out=o)
+            e.record()
+            e.synchronize()
+            return s.elapsed_time(e) / iters, "cuBLAS(torch)"
+        return run_torch, "torch"
+    except Exception:
+        pass
+    return (lambda M, N, K, iters: (float("nan"), None)), None
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--model", action="store_true", help="also time a full GPT2 training step")
+    ap.add_argument("--matmul-only", action="store_true", help="only the matmuls (and their cuBLAS reference)")
     args = ap.parse_args()
 
     from numbagpt.cuda import runtime
@@ -37,13 +86,10 @@ def main():
         return 0
     import numbagpt.cuda as K
     cuda = runtime.cuda
-    try:
-        import cupy as cp
-    except Exception:
-        cp = None
+    reference_ms, ref = cublas_timer()
     name = getattr(cuda.get_current_device(), "name", "?")
     print(f"device: {name.decode() if isinstance(name, bytes) else name}, "
-          f"{runtime.sm_count()} SMs; cupy: {'yes' if cp is not None else 'no (no cuBLAS comparison)'}")
+          f"{runtime.sm_count()} SMs; cuBLAS through: {ref or 'nothing (install cupy or torch with CUDA to compare)'}")
 
     rng = np.random.default_rng(0)
 
@@ -72,22 +118,23 @@ def main():
         it = args.iters
 
         tokens = K.to_device(rng.integers(0, V, BT).astype(np.int32))
-        wte, wpe = rand(Vp * C, 0.02), rand(T * C, 0.02)
-        x, y, dout = rand(BTC), K.zeros(BTC), rand(BTC)
-        report("encoder_forward", time_ms(lambda: K.encoder_forward(y, tokens, wte, wpe, B, T, C), it),
-               BTC, 4 * (3 * BTC) + 4 * BT)
-        dwte, dwpe = K.zeros(Vp * C), K.zeros(T * C)
-        report("encoder_backward", time_ms(lambda: K.encoder_backward(dwte, dwpe, dout, tokens, B, T, C), it),
-               2 * BTC, 4 * (2 * BTC + 2 * BTC + 2 * T * C) + 4 * BT)
+        if not args.matmul_only:
+            wte, wpe = rand(Vp * C, 0.02), rand(T * C, 0.02)
+            x, y, dout = rand(BTC), K.zeros(BTC), rand(BTC)
+            report("encoder_forward", time_ms(lambda: K.encoder_forward(y, tokens, wte, wpe, B, T, C), it),
+                   BTC, 4 * (3 * BTC) + 4 * BT)
+            dwte, dwpe = K.zeros(Vp * C), K.zeros(T * C)
+            report("encoder_backward", time_ms(lambda: K.encoder_backward(dwte, dwpe, dout, tokens, B, T, C), it),
+                   2 * BTC, 4 * (2 * BTC + 2 * BTC + 2 * T * C) + 4 * BT)
 
-        w, b, mean, rstd = rand(C), rand(C), K.zeros(BT), K.zeros(BT)
-        report("layernorm_forward",
-               time_ms(lambda: K.layernorm_forward(y, mean, rstd, x, w, b, B, T, C), it),
-               8 * BTC, 4 * (2 * BTC + 2 * C + 2 * BT))
-        dx, dw, db = K.zeros(BTC), K.zeros(C), K.zeros(C)
-        report("layernorm_backward",
-               time_ms(lambda: K.layernorm_backward(dx, dw, db, dout, x, w, mean, rstd, B, T, C), it),
-               14 * BTC, 4 * (4 * BTC + 4 * C + 2 * BT))
+            w, b, mean, rstd = rand(C), rand(C), K.zeros(BT), K.zeros(BT)
+            report("layernorm_forward",
+                   time_ms(lambda: K.layernorm_forward(y, mean, rstd, x, w, b, B, T, C), it),
+                   8 * BTC, 4 * (2 * BTC + 2 * C + 2 * BT))
+            dx, dw, db = K.zeros(BTC), K.zeros(C), K.zeros(C)
+            report("layernorm_backward",
+                   time_ms(lambda: K.layernorm_backward(dx, dw, db, dout, x, w, mean, rstd, B, T, C), it),
+                   14 * BTC, 4 * (4 * BTC + 4 * C + 2 * BT))
 
         for label, Cin, OC in (("qkv", C, 3 * C), ("attproj", C, C), ("fc", C, 4 * C), ("fcproj", 4 * C, C),
                                ("logits", C, Vp)):
@@ -96,24 +143,8 @@ def main():
             out = K.zeros(BT * OC)
             M, N, Kd = BT, OC, Cin
             ms = time_ms(lambda: K.matmul_forward(out, inp, wt, bias, B, T, Cin, OC), it)
-            extra = ""
-            if cp is not None:
-                a_cp = cp.random.standard_normal((M, Kd), dtype=cp.float32)
-                w_cp = cp.random.standard_normal((N, Kd), dtype=cp.float32)
-                o_cp = cp.empty((M, N), dtype=cp.float32)
-
-                def cublas():
-                    cp.matmul(a_cp, w_cp.T, out=o_cp)
-                cublas()
-                cp.cuda.Device().synchronize()
-                s, e = cp.cuda.Event(), cp.cuda.Event()
-                s.record()
-                for _ in range(it):
-                    cublas()
-                e.record()
-                e.synchronize()
-                ms_cp = cp.cuda.get_elapsed_time(s, e) / it
-                extra = f"cuBLAS {ms_cp:.4f} ms, ours/cuBLAS {ms / ms_cp:.2f}x"
+            ms_ref, ref_name = reference_ms(M, N, Kd, it)
+            extra = f"{ref_name} {ms_ref:.4f} ms, ours/{ref_name} {ms / ms_ref:.2f}x" if ref_name else ""
             report(f"matmul_forward {label} ({M}x{N}x{Kd})", ms, 2 * M * N * Kd,
                    4 * (M * Kd + N * Kd + M * N + N), extra)
             dinp, dwt, dbias = K.zeros(BT * Cin), K.zeros(OC * Cin), (None if bias is None else K.zeros(OC))
@@ -122,47 +153,48 @@ def main():
             report(f"matmul_backward {label}", ms, 4 * M * N * Kd + M * N,
                    4 * (2 * M * N + 3 * M * Kd + 3 * N * Kd))
 
-        qkv, atty = rand(3 * BTC), K.zeros(BTC)
-        nTT = B * NH * T * T
-        preatt, att = K.zeros(nTT), K.zeros(nTT)
-        causal = B * NH * T * (T + 1) // 2
-        report("attention_forward",
-               time_ms(lambda: K.attention_forward(atty, preatt, att, qkv, B, T, C, NH), it),
-               4 * causal * hs + 5 * causal, 4 * (3 * BTC + 2 * causal + nTT + causal + BTC))
-        dqkv, dpreatt, datt = K.zeros(3 * BTC), K.zeros(nTT), K.zeros(nTT)
-        report("attention_backward",
-               time_ms(lambda: K.attention_backward(dqkv, dpreatt, datt, dout, qkv, att, B, T, C, NH), it),
-               8 * causal * hs + 4 * causal, 4 * (2 * 3 * BTC + BTC + 6 * causal + nTT))
+        if not args.matmul_only:
+            qkv, atty = rand(3 * BTC), K.zeros(BTC)
+            nTT = B * NH * T * T
+            preatt, att = K.zeros(nTT), K.zeros(nTT)
+            causal = B * NH * T * (T + 1) // 2
+            report("attention_forward",
+                   time_ms(lambda: K.attention_forward(atty, preatt, att, qkv, B, T, C, NH), it),
+                   4 * causal * hs + 5 * causal, 4 * (3 * BTC + 2 * causal + nTT + causal + BTC))
+            dqkv, dpreatt, datt = K.zeros(3 * BTC), K.zeros(nTT), K.zeros(nTT)
+            report("attention_backward",
+                   time_ms(lambda: K.attention_backward(dqkv, dpreatt, datt, dout, qkv, att, B, T, C, NH), it),
+                   8 * causal * hs + 4 * causal, 4 * (2 * 3 * BTC + BTC + 6 * causal + nTT))
 
-        N4 = 4 * BTC
-        h, g, dh = rand(N4), K.zeros(N4), rand(N4)
-        report("gelu_forward", time_ms(lambda: K.gelu_forward(g, h, N4), it), 12 * N4, 8 * N4)
-        dg = K.zeros(N4)
-        report("gelu_backward", time_ms(lambda: K.gelu_backward(dg, dh, h, N4), it), 20 * N4, 16 * N4)
-        report("residual_forward", time_ms(lambda: K.residual_forward(y, x, dout, BTC), it), BTC, 12 * BTC)
-        d1, d2 = K.zeros(BTC), K.zeros(BTC)
-        report("residual_backward", time_ms(lambda: K.residual_backward(d1, d2, dout, BTC), it), 2 * BTC, 20 * BTC)
+            N4 = 4 * BTC
+            h, g, dh = rand(N4), K.zeros(N4), rand(N4)
+            report("gelu_forward", time_ms(lambda: K.gelu_forward(g, h, N4), it), 12 * N4, 8 * N4)
+            dg = K.zeros(N4)
+            report("gelu_backward", time_ms(lambda: K.gelu_backward(dg, dh, h, N4), it), 20 * N4, 16 * N4)
+            report("residual_forward", time_ms(lambda: K.residual_forward(y, x, dout, BTC), it), BTC, 12 * BTC)
+            d1, d2 = K.zeros(BTC), K.zeros(BTC)
+            report("residual_backward", time_ms(lambda: K.residual_backward(d1, d2, dout, BTC), it), 2 * BTC, 20 * BTC)
 
-        logits, targets, losses = rand(BT * Vp, 2.0), tokens, K.zeros(BT)
-        report("crossentropy_forward",
-               time_ms(lambda: K.crossentropy_forward(losses, logits, targets, B, T, V, Vp), it),
-               4 * BT * V, 4 * BT * V + 8 * BT)
-        dlosses = K.to_device(np.full(BT, 1.0 / BT, np.float32))
-        dlogits = K.zeros(BT * Vp)
-        report("crossentropy_backward",
-               time_ms(lambda: K.crossentropy_backward(dlogits, dlosses, logits, targets, B, T, V, Vp), it),
-               7 * BT * V, 4 * BT * V + 4 * BT * Vp + 8 * BT)
+            logits, targets, losses = rand(BT * Vp, 2.0), tokens, K.zeros(BT)
+            report("crossentropy_forward",
+                   time_ms(lambda: K.crossentropy_forward(losses, logits, targets, B, T, V, Vp), it),
+                   4 * BT * V, 4 * BT * V + 8 * BT)
+            dlosses = K.to_device(np.full(BT, 1.0 / BT, np.float32))
+            dlogits = K.zeros(BT * Vp)
+            report("crossentropy_backward",
+                   time_ms(lambda: K.crossentropy_backward(dlogits, dlosses, logits, targets, B, T, V, Vp), it),
+                   7 * BT * V, 4 * BT * V + 4 * BT * Vp + 8 * BT)
 
-        L = 12 if shape == "d12" else 4
-        P = Vp * C + 1024 * C + L * (12 * C * C + 13 * C) + 2 * C
-        params, m, v, grads = rand(P, 0.02), K.zeros(P), K.zeros(P), rand(P, 1e-3)
-        report(f"adamw_update (N={P})",
-               time_ms(lambda: K.adamw_update(params, m, v, grads, 1e-4, 0.9, 0.999, 1e-8, 0.0, 1.0, 1, P), it),
-               15 * P, 28 * P)
-        out = K.zeros(1)
-        report("global_norm_squared", time_ms(lambda: K.global_norm_squared(out, grads, P), it), 2 * P, 4 * P)
+            L = 12 if shape == "d12" else 4
+            P = Vp * C + 1024 * C + L * (12 * C * C + 13 * C) + 2 * C
+            params, m, v, grads = rand(P, 0.02), K.zeros(P), K.zeros(P), rand(P, 1e-3)
+            report(f"adamw_update (N={P})",
+                   time_ms(lambda: K.adamw_update(params, m, v, grads, 1e-4, 0.9, 0.999, 1e-8, 0.0, 1.0, 1, P), it),
+                   15 * P, 28 * P)
+            out = K.zeros(1)
+            report("global_norm_squared", time_ms(lambda: K.global_norm_squared(out, grads, P), it), 2 * P, 4 * P)
 
-        if args.model:
+        if args.model and not args.matmul_only:
             from numbagpt.config import GPT2Config
             from numbagpt.model import GPT2
             cfg = GPT2Config(max_seq_len=1024 if shape == "d12" else 256, vocab_size=V, num_layers=L,

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .atomic import atomic_write
+
 MAGIC = 20240522
 VERSION = 1
 HEADER_INTS = 256
@@ -52,9 +54,9 @@ def write_eval_file(path, examples):
         stream += ex
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[:4] = (MAGIC, VERSION, len(examples), longest)
-    with open(path, "wb") as f:
-        f.write(header.tobytes())
-        f.write(np.array(stream, dtype="<u2").tobytes())
+    with atomic_write(path) as f:
+        f.write(header)
+        f.write(np.array(stream, dtype="<u2"))
 
 
 def read_eval_file(path):

@@ -28,11 +28,11 @@ Only numpy and the `safetensors` package are needed (pip install 'numbagpt[hf]')
 """
 import json
 import os
-import shutil
 
 import numpy as np
 
 from . import formats
+from .atomic import write_bytes, write_text
 from .config import GPT2Config, pad_vocab
 from .layout import parameter_layout
 
@@ -92,8 +92,9 @@ def write_gpt2_tokenizer(out_dir, max_len):
     """GPT-2's tokenizer files, copied from the offline vocabulary (the files OpenAI released)."""
     from .tokenizer import gpt2_vocab_files
     vocab_bpe, encoder_json = gpt2_vocab_files()
-    shutil.copyfile(encoder_json, os.path.join(out_dir, "vocab.json"))
-    shutil.copyfile(vocab_bpe, os.path.join(out_dir, "merges.txt"))
+    for src, name in ((encoder_json, "vocab.json"), (vocab_bpe, "merges.txt")):
+        with open(src, "rb") as f:
+            write_bytes(os.path.join(out_dir, name), f.read())
     eot = "<|endoftext|>"
     special = {"bos_token": eot, "eos_token": eot, "unk_token": eot}
     _write_json(os.path.join(out_dir, "special_tokens_map.json"), special)
@@ -102,9 +103,7 @@ def write_gpt2_tokenizer(out_dir, max_len):
 
 
 def _write_json(path, obj):
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
+    write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def export_hf(model_bin, out_dir):
@@ -112,7 +111,8 @@ def export_hf(model_bin, out_dir):
     st = _safetensors()
     cfg, params = formats.read_model(model_bin)
     os.makedirs(out_dir, exist_ok=True)
-    st.save_file(to_hf_tensors(cfg, params), os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    # safetensors writes the bytes; the file appears complete under its name or not at all
+    write_bytes(os.path.join(out_dir, "model.safetensors"), st.save(to_hf_tensors(cfg, params), metadata={"format": "pt"}))
     _write_json(os.path.join(out_dir, "config.json"), hf_config(cfg))
     eos = hf_config(cfg)["eos_token_id"]
     _write_json(os.path.join(out_dir, "generation_config.json"), {"bos_token_id": eos, "eos_token_id": eos})

@@ -95,6 +95,11 @@ def plot_logs(paths, out_png, labels=None, tokens_per_step=None, title=None):
             top.set_xlabel("tokens (M)")
     loss_ax.legend()
     fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
+    import io
+
+    from .atomic import write_bytes
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    write_bytes(out_png, png.getvalue())   # complete or absent, like every file numbagpt writes
     return out_png

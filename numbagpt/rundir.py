@@ -254,8 +254,8 @@ class Progress:
 
 class StopRequest:
     """With several ranks, Ctrl-C must stop them all at the same step, not each inside a different
-    collective: the first SIGINT only sets a flag that `requested(world)` combines over the ranks once
-    a step; a second one interrupts at once."""
+    collective: the first SIGINT only sets a flag that `requested()` combines over the ranks once a
+    step; a second one interrupts at once."""
 
     def __init__(self, world):
         self.world = world

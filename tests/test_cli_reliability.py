@@ -275,3 +275,37 @@ def test_test_gpt2_and_profile_gpt2_check_memory_first(monkeypatch, capsys):
     assert "even -b 1 needs" in err
     monkeypatch.setenv("NUMBAGPT_MEMORY_LIMIT", "1T")
     assert test_cli.main(["-e", model, "-s", state, "--steps", "0"]) == 0
+
+
+MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+
+
+@pytest.mark.skipif(not os.access(MPIEXEC, os.X_OK), reason=f"needs {MPIEXEC}")
+def test_ctrl_c_under_mpiexec_stops_every_rank_after_the_same_step(corpus, tmp_path):
+    """SIGINT to both ranks (as a launcher that forwards it delivers it): one line, every rank exits 130.
+    (MPICH's Hydra, given Ctrl-C itself, kills the ranks on its own; docs/reliability.md says so.)"""
+    psutil = pytest.importorskip("psutil")
+    pytest.importorskip("mpi4py")
+    out = tmp_path / "out"
+    argv = args_for(corpus, out, steps=100000, every=20)
+    proc = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, TRAIN] + argv, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 180
+        while not (out / "DONE_00000040").exists():
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.1)
+        ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if TRAIN in " ".join(p.cmdline())]
+        assert len(ranks) == 2
+        for p in ranks:
+            p.send_signal(signal.SIGINT)
+        stdout, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interrupted at step ") and "Traceback" not in err
+    step, ckpt = lines[0].removeprefix("interrupted at step ").split("; last complete checkpoint: step ")
+    assert int(ckpt) == max(int(n[5:]) for n in os.listdir(out) if n.startswith("DONE_"))
+    assert int(step) >= int(ckpt) >= 40

@@ -3,9 +3,9 @@ on every kernel this CPU can run (the `kernel` fixture: avx512, avx2, portable �
 numbagpt/cpu/matmul.py), plus the dispatch itself and the AVX-512 micro-kernel's machine code.
 
 The shapes straddle every blocking of the kernels. Packed GEMM (M, N, K per product in matmul.py):
-the micro-tile (12 × 32 / 6 × 16: M, N not multiples, and M, N, K = 1), the row blocks (MC = 144 /
-96: BT, OC > MC), the reduction blocks (KC = 256: C, OC, BT > 256) and the column panels (NC = 4096:
-OC > 4096). Portable: 4-row / 4-column micro-blocks, the 4-long k groups of the backward, the
+the micro-tile (6 × 64 / 6 × 16: M, N not multiples, and M, N, K = 1), the row blocks (MC = 120 /
+96: BT, OC > MC), the reduction blocks (KC = 256: C, OC, BT > 256) and the column panels (NC = 2048:
+OC > 2048). Portable: 4-row / 4-column micro-blocks, the 4-long k groups of the backward, the
 reduction chunks (forward C > 512, backward K > 256, dot-form dinp OC > 1024), the task tiles, both
 dinp paths (axpy; dot form on a transposed weight when C <= 256 and OC >= 256).
 """
@@ -37,7 +37,7 @@ SHAPES = [  # (B, T, C, OC)
     (1, 1, 13, 1),       # a single output row and column, K = 13 (forward) / 1 (dinp, dweight)
     (1, 97, 131, 61),    # primes everywhere: ragged micro-tiles in M and N in every product
     (2, 101, 257, 263),  # BT = 202 > MC, C = 257 > KC, OC = 263 > KC: every block ragged
-    (1, 13, 17, 4099),   # OC > NC = 4096: a second, ragged column panel in the forward
+    (1, 13, 17, 4099),   # OC > 2 NC = 4096: a third, ragged column panel in the forward
     (2, 5, 13, 7),       # the brief's small odd shape: ragged rows, columns and k groups
     (1, 3, 1, 5),        # C = 1: a single term per output
     (1, 4, 8, 4),        # everything a multiple of 4: no ragged paths at all
@@ -206,23 +206,30 @@ def test_matmul_backward_matches_finite_differences_of_forward():
 
 
 def _inner_loop(asm):
-    """The basic block of the assembly with the most FMAs (the k loop of the micro-kernel)."""
-    blocks = re.split(r"\n(?=\.?[A-Za-z_0-9.]+:)", asm)
-    return max(blocks, key=lambda blk: len(re.findall(r"vfmadd\w*ps", blk)))
+    """The loop of the assembly with the most FMAs (the micro-kernel's k loop): the text from a
+    label to the branch back to it."""
+    loops = []
+    for m in re.finditer(r"^(\.?[A-Za-z_0-9.]+):", asm, re.M):
+        back = re.search(r"^\s*j\w+\s+" + re.escape(m.group(1)) + r"\s*$", asm[m.end():], re.M)
+        if back:
+            loops.append(asm[m.start():m.end() + back.end()])
+    return max(loops, key=lambda blk: len(re.findall(r"vfmadd\w*ps", blk)))
 
 
 @pytest.mark.skipif("avx512" not in mm.supported_kernels(), reason="the CPU has no AVX-512")
-def test_avx512_microkernel_is_zmm_fmas_with_no_spills(kernel):
-    """The 12 × 32 micro-kernel compiles to 512-bit FMAs on register accumulators: its k loop holds
+@pytest.mark.parametrize("variant", ["UKR", "UKK"])  # A panel row by row / k-major
+def test_avx512_microkernel_is_zmm_fmas_with_no_spills(kernel, variant):
+    """The 6 × 64 micro-kernels compile to 512-bit FMAs on register accumulators: the k loop holds
     >= 24 zmm FMAs (the 24 accumulators, once or unrolled) and touches no stack slot (no spills)."""
     if kernel != "avx512":
         pytest.skip("checked once, under the avx512 kernel")
-    uk = numba.njit(mm._GEMMS["avx512"].microkernel.py_func)  # a fresh copy: cached code has no asm
-    kc = 8
-    Ap = np.ones(kc * 12, np.float32)
-    Bp = np.ones(kc * 32, np.float32)
-    Y = np.zeros(12 * 32, np.float32)
-    uk(kc, Ap, 0, Bp, 0, Y, 0, 32, 1, Y, 0)
+    # a fresh, uncached copy: Numba has no assembly for code loaded from its cache
+    uk = numba.njit(mm._GEMMS["avx512"].microkernels[variant].py_func)
+    kc, MR, NR = 8, 6, 64
+    Ap = np.ones(kc * MR, np.float32)
+    Bp = np.ones(kc * NR, np.float32)
+    Y = np.zeros(MR * NR, np.float32)
+    uk(kc, Ap, 0, kc if variant == "UKR" else MR, Bp, 0, Y, 0, NR, 1, Y, 0)
     np.testing.assert_array_equal(Y, kc)  # it ran: every tile entry is the sum of kc ones
     loop = _inner_loop(uk.inspect_asm(uk.signatures[0]))
     fmas = re.findall(r"vfmadd\w*ps\s+[^\n]*", loop)

@@ -27,10 +27,10 @@ SIM = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 if SIM:
     pytest.skip("NUMBA_ENABLE_CUDASIM=1: the simulator has no PTX compiler", allow_module_level=True)
 
-from numba import cuda  # noqa: E402
 from numba.cuda.dispatcher import CUDADispatcher  # noqa: E402
 
 import numbagpt.cuda as GPU  # noqa: E402
+from dev import cuda_resources  # noqa: E402
 
 CCS = [(8, 0), (9, 0)]
 F64 = re.compile(r"\.f64\b")
@@ -101,7 +101,7 @@ def test_every_kernel_has_signatures():
 @pytest.mark.parametrize("mod,name,disp,sig,cc", CASES)
 def test_compiles_to_ptx_without_f64(mod, name, disp, sig, cc):
     _require_nvvm()
-    ptx, _ = cuda.compile_ptx(disp.py_func, sig, cc=cc, fastmath=disp.targetoptions.get("fastmath", False))
+    ptx = cuda_resources.ptx(disp, sig, cc)  # cached: tests/test_cuda_resources.py links the same PTX
     body = [ln for ln in ptx.splitlines() if not ln.lstrip().startswith("//")]
     f64 = [ln.strip() for ln in body if F64.search(ln)]
     assert not f64, f"{mod.__name__}.{name} sm_{cc[0]}{cc[1]}: float64 in PTX:\n" + "\n".join(f64[:20])

@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from numbagpt import checkpoint, formats, memory, rundir
+from numbagpt import formats, memory, rundir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

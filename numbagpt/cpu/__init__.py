@@ -41,7 +41,7 @@ def select_device(local_rank):
 
 
 def device_name():
-    """The CPU model and the matmul kernel chosen for it, e.g. 'AMD EPYC, matmul avx512 12x32'."""
+    """The CPU model and the matmul kernel chosen for it, e.g. 'AMD EPYC, matmul avx512 6x64'."""
     return f"{_cpu_model()}, matmul {matmul.kernel()}"
 
 

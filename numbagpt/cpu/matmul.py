@@ -37,7 +37,7 @@ is that a split along M packs B once per row part (the split is chosen to pack l
 
 The micro-kernel (`_microkernel_source`) keeps the MR × NR tile in MR·NR/L vector registers for the
 whole KC loop: per k it loads NR/L vectors of the B strip, broadcasts MR values of the A panel and
-issues MR·NR/L FMAs (12 × 32 with L = 16: 24 zmm accumulators, 2 loads + 12 broadcasts per 24 FMAs).
+issues MR·NR/L FMAs (6 × 64 with L = 16: 24 zmm accumulators, 4 loads + 6 broadcasts per 24 FMAs).
 Numba has no vector type, so the kernel is written on numbagpt/cpu/simd.py's explicit `<L x float>`
 intrinsics, generated as source per (MR, NR, L) so that every accumulator is a named local (one SSA
 value, one register). At the end of the block it adds the tile into Y (or, in the first block of a
@@ -55,7 +55,7 @@ thread counts too.
 Which kernel runs is chosen once, at import, from the features of the CPU that Numba compiles for
 (llvmlite's host CPU features, or NUMBA_CPU_NAME / NUMBA_CPU_FEATURES when set):
 
-    avx512     16-lane zmm micro-kernel, 12 × 32            (AVX-512F)
+    avx512     16-lane zmm micro-kernel, 6 × 64             (AVX-512F)
     avx2       8-lane ymm micro-kernel, 6 × 16 (16 registers: 12 accumulators, no spills)   (AVX2 + FMA)
     portable   numbagpt/cpu/matmul_portable.py: plain loops, vectorised by LLVM (anything else, e.g. ARM)
 
@@ -78,33 +78,36 @@ from .simd import vector_ops
 # strip) fit L1 and MC·KC·4 (the A block) L2; NC·KC·4 (a thread's B panel) its share of L3.
 # Measured in dev/matmul/ (micro-tiles 8×32, 12×32, 6×64, 14×32; KC 192-512; NC 1024-8192).
 _BLOCKING = {
-    "avx512": dict(lanes=16, MR=12, NR=32, MC=144, KC=256, NC=2048),
+    "avx512": dict(lanes=16, MR=6, NR=64, MC=120, KC=256, NC=2048),
     "avx2": dict(lanes=8, MR=6, NR=16, MC=96, KC=256, NC=2048),
 }
 # Micro-kernel modes: how the tile meets Y.
 _ACCUMULATE, _OVERWRITE, _BIAS = 0, 1, 2
 
 
-def _microkernel_source(name, MR, NR, L):
+def _microkernel_source(name, MR, NR, L, a_rows):
     """Source of the MR × NR micro-kernel on L-lane vectors (NR a multiple of L):
 
-        name(kc, Ap, pa, Bp, pb, Y, py, ldy, mode, bias, pbias)
-        tile[r, j] = Σ_{k<kc} Ap[pa + k·MR + r] · Bp[pb + k·NR + j]            r < MR, j < NR
+        name(kc, Ap, pa, sa, Bp, pb, Y, py, ldy, mode, bias, pbias)
+        tile[r, j] = Σ_{k<kc} a(r, k) · Bp[pb + k·NR + j]                      r < MR, j < NR
         Y[py + r·ldy + j] (+)= tile[r, j]      mode 0: +=, 1: =, 2: = tile + bias[pbias + j]
 
-    (Ap, Bp: the packed panels, k-major.) The A values are broadcast one by one rather than read as
-    rows: a row-major A panel needs MR address streams, and LLVM then spills (dev/matmul/).
+    Bp is a packed B strip (k-major). The A panel is a(r, k) = Ap[pa + r·sa + k] if a_rows (MR rows,
+    as a row-major A is packed by a plain copy), else Ap[pa + k·sa + r] (k-major, as a transposed A
+    packs by a plain copy). Either way A is read one value at a time and broadcast.
     """
     NV = NR // L
     acc = [[f"c{r}_{v}" for v in range(NV)] for r in range(MR)]
-    src = [f"def {name}(kc, Ap, pa, Bp, pb, Y, py, ldy, mode, bias, pbias):"]
+    src = [f"def {name}(kc, Ap, pa, sa, Bp, pb, Y, py, ldy, mode, bias, pbias):"]
     src += ["    " + " = ".join(row) + " = zero()" for row in acc]
+    if a_rows:
+        src += [f"    q{r} = pa + {r} * sa" for r in range(MR)]
     src += ["    for k in range(kc):"]
     src += [f"        b{v} = load(Bp, pb + {v * L})" for v in range(NV)]
     for r in range(MR):
-        src += [f"        a = bcast(Ap, pa + {r})"]
+        src += [f"        a = bcast(Ap, q{r} + k)" if a_rows else f"        a = bcast(Ap, pa + {r})"]
         src += [f"        {acc[r][v]} = fma(a, b{v}, {acc[r][v]})" for v in range(NV)]
-    src += [f"        pa += {MR}", f"        pb += {NR}"]
+    src += [f"        pb += {NR}"] + ([] if a_rows else ["        pa += sa"])
 
     def y(r, v):
         return f"py + {r} * ldy + {v * L}"
@@ -120,35 +123,23 @@ def _microkernel_source(name, MR, NR, L):
     return "\n".join(src) + "\n"
 
 
-@njit(cache=True)
-def _pack_cols(dst, d0, W, src, kmaj, ld, i0, n, k0, kc):
-    """Panels of W columns stored k by k, for the n columns i0..i0+n-1 of op (K, ·):
-    panel p holds dst[d0 + p·W·kc + k·W + i] = op(k0 + k, i0 + p·W + i), zero-padded past column n.
+@njit(inline="always")
+def _pack_b_transposed(dst, d0, W, src, ld, i0, n, k0, kc):
+    """B strips from a source whose rows run along k (the forward's weight, B(k, n) = W[n, k]):
+    strip p holds dst[d0 + p·W·kc + k·W + i] = src[(i0 + p·W + i)·ld + k0 + k], zero past column n.
 
-    op(k, i) = src[i·ld + k] if kmaj (the source's rows run along k: a transposing copy, done in
-    runs of 16 k per row so that the strided stores stay within a few cache lines), else
-    src[k·ld + i] (rows along i: contiguous runs, read row by row across all the panels).
-    Either way it runs at about the speed of a plain copy (dev/matmul/).
+    A transposing copy, done in runs of 16 k per row so that the strided stores stay within a few
+    cache lines (about the speed of a plain copy when the source comes from memory; dev/matmul/).
     """
     npan = (n + W - 1) // W
-    if kmaj:
-        for kb in range(0, kc, 16):
-            kl = min(16, kc - kb)
-            for i in range(n):
-                row = src[(i0 + i) * ld + k0 + kb:(i0 + i) * ld + k0 + kb + kl]
-                p0 = d0 + (i // W) * W * kc + kb * W + i % W
-                col = dst[p0:p0 + kl * W:W]  # a strided view: k >= 0, so no wraparound code
-                for k in range(kl):
-                    col[k] = row[k]
-    else:
-        for k in range(kc):
-            row = src[(k0 + k) * ld + i0:(k0 + k) * ld + i0 + n]
-            for p in range(npan):
-                w = min(W, n - p * W)
-                out = dst[d0 + p * W * kc + k * W:d0 + p * W * kc + k * W + w]
-                seg = row[p * W:p * W + w]
-                for i in range(w):
-                    out[i] = seg[i]
+    for kb in range(0, kc, 16):
+        kl = min(16, kc - kb)
+        for i in range(n):
+            row = src[(i0 + i) * ld + k0 + kb:(i0 + i) * ld + k0 + kb + kl]
+            p0 = d0 + (i // W) * W * kc + kb * W + i % W
+            col = dst[p0:p0 + kl * W:W]  # a strided view: k >= 0, so no wraparound code
+            for k in range(kl):
+                col[k] = row[k]
     if n % W:
         p0 = d0 + (npan - 1) * W * kc
         for k in range(kc):
@@ -173,7 +164,8 @@ def _edge(Y, y0, ldy, mr, nr, tile, t0, NR, mode, bias, n0):
                 y[j] = t[j] + bias[n0 + j]
 
 
-# The GEMM core, instantiated per kernel (UK its micro-kernel, MR × NR its tile). Arguments:
+# The GEMM core, instantiated per kernel (UKR / UKK its micro-kernels for row-by-row / k-major A
+# panels: A is packed as it lies, so packing A is always a plain copy; MR × NR the tile). Arguments:
 # Y (M,N) row-major; A, B and their layouts (a_kmaj: A[m·K + k], else A[k·M + m]; b_kmaj:
 # B[n·K + k], else B[k·N + n]); bias (N) for mode 2; Ap, Bp, tile the per-thread packing buffers;
 # mparts × nparts the task grid; MC, KC, NC the blocking. One parallel region per call: each task
@@ -181,6 +173,39 @@ def _edge(Y, y0, ldy, mr, nr, tile, t0, NR, mode, bias, n0):
 # threads never wait on each other inside a call (a barrier per block costs dearly when the cores
 # are shared and a thread gets descheduled).
 _CORE_SOURCE = '''
+@njit(inline="always")
+def copy(dst, d, src, s0, n, w):
+    # dst[d:d+w] = src[s0:s0+n] followed by w - n zeros (n <= w), L lanes at a time
+    nv = n // L * L
+    for i in range(0, nv, L):
+        store(dst, d + i, load(src, s0 + i))
+    for i in range(nv, w):
+        dst[d + i] = src[s0 + i] if i < n else 0.0
+
+
+@njit(inline="always")
+def pack_a(Ap, a0, A, a_kmaj, lda, ic, mc, pc, kc, S):
+    # the MC x KC block of A: row by row (MR-row panels, row stride kc) from a row-major A, else
+    # k by k (row stride S, the block's rows rounded up to MR); zero rows pad it to whole panels
+    if a_kmaj:
+        for i in range(S):
+            copy(Ap, a0 + i * kc, A, (ic + min(i, mc - 1)) * lda + pc, kc if i < mc else 0, kc)
+    else:
+        for k in range(kc):
+            copy(Ap, a0 + k * S, A, (pc + k) * lda + ic, mc, S)
+
+
+@njit(inline="always")
+def pack_b(Bp, b0, B, b_kmaj, ldb, jc, nc, pc, kc):
+    # the KC x NC panel of B as NR-wide strips, each k-major, zero-padded past column nc
+    if b_kmaj:
+        pack_b_t(Bp, b0, NR, B, ldb, jc, nc, pc, kc)
+    else:
+        for k in range(kc):
+            for s in range((nc + NR - 1) // NR):
+                copy(Bp, b0 + s * NR * kc + k * NR, B, (pc + k) * ldb + jc + s * NR, min(NR, nc - s * NR), NR)
+
+
 def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, mparts, nparts, MC, KC, NC):
     lda = K if a_kmaj else M
     ldb = K if b_kmaj else N
@@ -202,37 +227,44 @@ def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, mparts, n
             for pc in range(0, K, KC):
                 kc = min(KC, K - pc)
                 blockmode = mode if pc == 0 else 0
-                pack(Bp, b0, NR, B, b_kmaj, ldb, jc, nc, pc, kc)
+                pack_b(Bp, b0, B, b_kmaj, ldb, jc, nc, pc, kc)
                 for ic in range(mlo, mhi, MC):
                     mc = min(MC, mhi - ic)
-                    pack(Ap, a0, MR, A, a_kmaj, lda, ic, mc, pc, kc)
+                    S = (mc + MR - 1) // MR * MR
+                    pack_a(Ap, a0, A, a_kmaj, lda, ic, mc, pc, kc, S)
                     for s in range((nc + NR - 1) // NR):
                         n0 = jc + s * NR
                         nr = min(NR, N - n0)
-                        for p in range((mc + MR - 1) // MR):
+                        for p in range(S // MR):
                             mr = min(MR, mc - p * MR)
                             y0 = (ic + p * MR) * N + n0
-                            if mr == MR and nr == NR:
-                                UK(kc, Ap, a0 + p * MR * kc, Bp, b0 + s * NR * kc, Y, y0, N, blockmode, bias, n0)
+                            full = mr == MR and nr == NR
+                            Yt, yt, ldt, tmode = (Y, y0, N, blockmode) if full else (tile, t0, NR, 1)
+                            if a_kmaj:
+                                UKR(kc, Ap, a0 + p * MR * kc, kc, Bp, b0 + s * NR * kc, Yt, yt, ldt, tmode, bias, n0)
                             else:
-                                UK(kc, Ap, a0 + p * MR * kc, Bp, b0 + s * NR * kc, tile, t0, NR, 1, bias, 0)
+                                UKK(kc, Ap, a0 + p * MR, S, Bp, b0 + s * NR * kc, Yt, yt, ldt, tmode, bias, n0)
+                            if not full:
                                 edge(Y, y0, N, mr, nr, tile, t0, NR, blockmode, bias, n0)
 '''
 
 
 def _compile(isa):
-    """The micro-kernel and GEMM core of one kernel, as Numba dispatchers. The generated source is
+    """The micro-kernels and GEMM core of one kernel, as Numba dispatchers. The generated source is
     compiled under this file's name, so Numba's on-disk cache (keyed on this file) keeps them."""
     b = _BLOCKING[isa]
     ops = vector_ops(b["lanes"])
-    env = dict(numba=numba, prange=prange, pack=_pack_cols, edge=_edge, MR=b["MR"], NR=b["NR"],
-               load=ops.load, store=ops.store, bcast=ops.bcast, fma=ops.fma, add=ops.add, zero=ops.zero,
-               __name__=__name__)
-    uk, core = f"_microkernel_{isa}", f"_gemm_{isa}"
-    exec(compile(_microkernel_source(uk, b["MR"], b["NR"], b["lanes"]), __file__, "exec"), env)
-    env["UK"] = njit(cache=True)(env[uk])
+    env = dict(numba=numba, njit=njit, prange=prange, pack_b_t=_pack_b_transposed, edge=_edge,
+               MR=b["MR"], NR=b["NR"], L=b["lanes"], load=ops.load, store=ops.store, bcast=ops.bcast,
+               fma=ops.fma, add=ops.add, zero=ops.zero, __name__=__name__)
+    kernels = {}
+    for key, a_rows in (("UKR", True), ("UKK", False)):
+        name = f"_microkernel_{isa}_{'rows' if a_rows else 'kmajor'}"
+        exec(compile(_microkernel_source(name, b["MR"], b["NR"], b["lanes"], a_rows), __file__, "exec"), env)
+        kernels[key] = env[key] = njit(cache=True)(env[name])
+    core = f"_gemm_{isa}"
     exec(compile(_CORE_SOURCE.format(name=core), __file__, "exec"), env)
-    return env["UK"], njit(parallel=True, cache=True)(env[core])
+    return kernels, njit(parallel=True, cache=True)(env[core])
 
 
 class _Gemm:
@@ -242,7 +274,7 @@ class _Gemm:
     def __init__(self, isa):
         self.isa = isa
         self.b = b = _BLOCKING[isa]
-        self.microkernel, self.core = _compile(isa)
+        self.microkernels, self.core = _compile(isa)
         nt = numba.config.NUMBA_NUM_THREADS
         self.Ap = np.empty(nt * b["MC"] * b["KC"], np.float32)
         self.Bp = np.empty(nt * b["NC"] * b["KC"], np.float32)
@@ -375,7 +407,7 @@ def set_kernel(name):
 
 
 def kernel():
-    """The kernel in use, as bin/train_gpt2 and the profiler print it, e.g. 'avx512 12x32'."""
+    """The kernel in use, as bin/train_gpt2 and the profiler print it, e.g. 'avx512 6x64'."""
     return _kernel
 
 

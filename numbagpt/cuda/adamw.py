@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 
+from .launch import Launch
 from .runtime import F32, F32A, I64, cdiv, cuda, f32, i64, warp_sum
 
 BLOCK = 256
@@ -98,21 +99,32 @@ def _partials():
     return buf
 
 
+def adamw_update_launches(N):
+    """[update]: one thread per parameter."""
+    return [Launch(adamw_kernel, cdiv(N, BLOCK), BLOCK)]
+
+
+def global_norm_squared_launches(N):
+    """[stage 1 (param = its block count = the partials stage 2 sums), stage 2 (one warp)]."""
+    nblocks = max(1, min(NORM_BLOCKS, cdiv(N, BLOCK * NORM_PER_THREAD)))
+    return [Launch(norm_squared_partial_kernel, nblocks, BLOCK, param=nblocks),
+            Launch(norm_squared_final_kernel, 1, 32)]
+
+
 def adamw_update(params, m, v, grads, lr, beta1, beta2, eps, weight_decay, grad_scale, t, N):
     """One AdamW step over N parameters (t ≥ 1); updates params, m, v in place."""
     if t < 1:
         raise ValueError(f"adamw_update: step t must be >= 1, got {t}")
-    if N <= 0:
-        return
     bc1 = 1.0 - float(beta1) ** int(t)
     bc2 = 1.0 - float(beta2) ** int(t)
-    adamw_kernel[cdiv(N, BLOCK), BLOCK](params, m, v, grads, f32(lr), f32(beta1), f32(beta2), f32(eps),
-                                        f32(weight_decay), f32(grad_scale), f32(bc1), f32(bc2), i64(N))
+    (update,) = adamw_update_launches(N)
+    update(params, m, v, grads, f32(lr), f32(beta1), f32(beta2), f32(eps),
+           f32(weight_decay), f32(grad_scale), f32(bc1), f32(bc2), i64(N))
 
 
 def global_norm_squared(out, grads, N):
     """out[0] = Σ grads[:N]² (out: a 1-element float32 device array, overwritten)."""
-    nblocks = max(1, min(NORM_BLOCKS, cdiv(N, BLOCK * NORM_PER_THREAD)))
+    partial_launch, final = global_norm_squared_launches(N)
     partial = _partials()
-    norm_squared_partial_kernel[nblocks, BLOCK](partial, grads, i64(N))
-    norm_squared_final_kernel[1, 32](out, partial, i64(nblocks))
+    partial_launch(partial, grads, i64(N))
+    final(out, partial, i64(partial_launch.param))

@@ -23,7 +23,8 @@ import math
 
 import numpy as np
 
-from .matmul import (CAUSAL_K_LOWER, CAUSAL_K_UPPER, CAUSAL_OUT, GEMM_SIGNATURE, launch_gemm,
+from .launch import Launch
+from .matmul import (CAUSAL_K_LOWER, CAUSAL_K_UPPER, CAUSAL_OUT, GEMM_SIGNATURE, gemm_launch, launch_gemm,
                      make_gemm)
 from .runtime import F32, F32A, I64, cdiv, cuda, f32, i64, warp_max, warp_sum
 
@@ -106,23 +107,40 @@ def _layout(B, T, C, NH):
     return hs, C3, dict(sb=T * C3, sh=hs), dict(sb=T * C, sh=hs), dict(sb=NH * T * T, sh=T * T)
 
 
+def attention_forward_launches(B, T, C, NH):
+    """[preatt GEMM, softmax (one warp per row), out GEMM]; the GEMMs batched over the B·NH heads."""
+    hs, nb, rows = C // NH, B * NH, B * NH * T
+    return [gemm_launch(att_scores_gemm, T, T, hs, batches=nb),
+            Launch(softmax_forward_kernel, cdiv(rows, WARPS), ROW_BLOCK),
+            gemm_launch(att_values_gemm, T, hs, T, batches=nb)]
+
+
+def attention_backward_launches(B, T, C, NH):
+    """[datt GEMM, dv GEMM, softmax backward (one warp per row), dq GEMM, dk GEMM]."""
+    hs, nb, rows = C // NH, B * NH, B * NH * T
+    return [gemm_launch(att_scores_gemm, T, T, hs, batches=nb),
+            gemm_launch(att_dkv_gemm, T, hs, T, batches=nb),
+            Launch(softmax_backward_kernel, cdiv(rows, WARPS), ROW_BLOCK),
+            gemm_launch(att_dq_gemm, T, hs, T, batches=nb),
+            gemm_launch(att_dkv_gemm, T, hs, T, batches=nb)]
+
+
 def attention_forward(out, preatt, att, inp, B, T, C, NH):
     """out (B,T,C), preatt, att (B,NH,T,T) from qkv inp (B,T,3C); causal, scale 1/sqrt(C/NH)."""
     if B * T * C == 0:
         return
     hs, C3, qkv, o, maps = _layout(B, T, C, NH)
     scale = 1.0 / math.sqrt(hs)
-    nb = B * NH
+    scores, softmax, values = attention_forward_launches(B, T, C, NH)
     # preatt[t, t2] = scale·q_t·k_t2
-    launch_gemm(att_scores_gemm, preatt, inp, inp, None, T, T, hs, lda=C3, ldb=C3, ldc=T,
+    launch_gemm(scores, preatt, inp, inp, None, T, T, hs, lda=C3, ldb=C3, ldc=T,
                 a_off=0, a_sb=qkv["sb"], a_sh=qkv["sh"], b_off=C, b_sb=qkv["sb"], b_sh=qkv["sh"],
-                c_off=0, c_sb=maps["sb"], c_sh=maps["sh"], batches=nb, NH=NH, alpha=scale)
-    rows = B * NH * T
-    softmax_forward_kernel[cdiv(rows, WARPS), ROW_BLOCK](att, preatt, i64(B), i64(NH), i64(T))
+                c_off=0, c_sb=maps["sb"], c_sh=maps["sh"], NH=NH, alpha=scale)
+    softmax(att, preatt, i64(B), i64(NH), i64(T))
     # out_t = Σ_t2 att[t, t2]·v_t2
-    launch_gemm(att_values_gemm, out, att, inp, None, T, hs, T, lda=T, ldb=C3, ldc=C,
+    launch_gemm(values, out, att, inp, None, T, hs, T, lda=T, ldb=C3, ldc=C,
                 a_off=0, a_sb=maps["sb"], a_sh=maps["sh"], b_off=2 * C, b_sb=qkv["sb"], b_sh=qkv["sh"],
-                c_off=0, c_sb=o["sb"], c_sh=o["sh"], batches=nb, NH=NH, alpha=1.0)
+                c_off=0, c_sb=o["sb"], c_sh=o["sh"], NH=NH, alpha=1.0)
 
 
 def attention_backward(dinp, dpreatt, datt, dout, inp, att, B, T, C, NH):
@@ -131,25 +149,24 @@ def attention_backward(dinp, dpreatt, datt, dout, inp, att, B, T, C, NH):
         return
     hs, C3, qkv, o, maps = _layout(B, T, C, NH)
     scale = 1.0 / math.sqrt(hs)
-    nb = B * NH
+    datt_gemm, dv_gemm, softmax_bwd, dq_gemm, dk_gemm = attention_backward_launches(B, T, C, NH)
     # datt[t, t2] = dout_t·v_t2 (t2 ≤ t)
-    launch_gemm(att_scores_gemm, datt, dout, inp, None, T, T, hs, lda=C, ldb=C3, ldc=T,
+    launch_gemm(datt_gemm, datt, dout, inp, None, T, T, hs, lda=C, ldb=C3, ldc=T,
                 a_off=0, a_sb=o["sb"], a_sh=o["sh"], b_off=2 * C, b_sb=qkv["sb"], b_sh=qkv["sh"],
-                c_off=0, c_sb=maps["sb"], c_sh=maps["sh"], batches=nb, NH=NH, alpha=1.0)
+                c_off=0, c_sb=maps["sb"], c_sh=maps["sh"], NH=NH, alpha=1.0)
     # dv_t2 += Σ_t att[t, t2]·dout_t
-    launch_gemm(att_dkv_gemm, dinp, att, dout, None, T, hs, T, lda=T, ldb=C, ldc=C3,
+    launch_gemm(dv_gemm, dinp, att, dout, None, T, hs, T, lda=T, ldb=C, ldc=C3,
                 a_off=0, a_sb=maps["sb"], a_sh=maps["sh"], b_off=0, b_sb=o["sb"], b_sh=o["sh"],
-                c_off=2 * C, c_sb=qkv["sb"], c_sh=qkv["sh"], batches=nb, NH=NH, alpha=1.0)
-    rows = B * NH * T
-    softmax_backward_kernel[cdiv(rows, WARPS), ROW_BLOCK](dpreatt, datt, att, i64(B), i64(NH), i64(T))
+                c_off=2 * C, c_sb=qkv["sb"], c_sh=qkv["sh"], NH=NH, alpha=1.0)
+    softmax_bwd(dpreatt, datt, att, i64(B), i64(NH), i64(T))
     # dq_t += scale·Σ_t2 dpreatt[t, t2]·k_t2
-    launch_gemm(att_dq_gemm, dinp, dpreatt, inp, None, T, hs, T, lda=T, ldb=C3, ldc=C3,
+    launch_gemm(dq_gemm, dinp, dpreatt, inp, None, T, hs, T, lda=T, ldb=C3, ldc=C3,
                 a_off=0, a_sb=maps["sb"], a_sh=maps["sh"], b_off=C, b_sb=qkv["sb"], b_sh=qkv["sh"],
-                c_off=0, c_sb=qkv["sb"], c_sh=qkv["sh"], batches=nb, NH=NH, alpha=scale)
+                c_off=0, c_sb=qkv["sb"], c_sh=qkv["sh"], NH=NH, alpha=scale)
     # dk_t2 += scale·Σ_t dpreatt[t, t2]·q_t
-    launch_gemm(att_dkv_gemm, dinp, dpreatt, inp, None, T, hs, T, lda=T, ldb=C3, ldc=C3,
+    launch_gemm(dk_gemm, dinp, dpreatt, inp, None, T, hs, T, lda=T, ldb=C3, ldc=C3,
                 a_off=0, a_sb=maps["sb"], a_sh=maps["sh"], b_off=0, b_sb=qkv["sb"], b_sh=qkv["sh"],
-                c_off=C, c_sb=qkv["sb"], c_sh=qkv["sh"], batches=nb, NH=NH, alpha=scale)
+                c_off=C, c_sb=qkv["sb"], c_sh=qkv["sh"], NH=NH, alpha=scale)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -226,12 +243,18 @@ SIGNATURES.update({
 })
 
 
+def attention_forward_cached_launches(B, T, t0, C, NH, maxT):
+    """[cache write (one thread per (b, t, c)), attention (one warp per query row)]."""
+    return [Launch(kv_cache_write_kernel, cdiv(B * T * C, 256), 256),
+            Launch(attention_cached_kernel, cdiv(B * NH * T, WARPS), ROW_BLOCK)]
+
+
 def attention_forward_cached(out, att, kcache, vcache, inp, B, T, t0, C, NH, maxT):
     """out (B,T,C) and att (B,NH,T,maxT) of positions t0..t0+T−1 from qkv inp (B,T,3C), whose k and v
     are first written into rows t0.. of kcache, vcache (B,NH,maxT,hs)."""
     if B * T * C == 0:
         return
     args = (i64(B), i64(T), i64(t0), i64(C), i64(NH), i64(maxT))
-    kv_cache_write_kernel[cdiv(B * T * C, 256), 256](kcache, vcache, inp, *args)
-    attention_cached_kernel[cdiv(B * NH * T, WARPS), ROW_BLOCK](out, att, kcache, vcache, inp, *args,
-                                                                f32(1.0 / math.sqrt(C // NH)))
+    write, attend = attention_forward_cached_launches(B, T, t0, C, NH, maxT)
+    write(kcache, vcache, inp, *args)
+    attend(out, att, kcache, vcache, inp, *args, f32(1.0 / math.sqrt(C // NH)))

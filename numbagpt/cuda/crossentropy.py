@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 
+from .launch import Launch
 from .runtime import F32A, I32A, I64, cuda, i64
 
 BLOCK = 256
@@ -101,15 +102,24 @@ SIGNATURES = {
 }
 
 
+def crossentropy_forward_launches(B, T, V, Vp):
+    """[forward]: one block per (b, t) row."""
+    return [Launch(crossentropy_forward_kernel, B * T, BLOCK)]
+
+
+def crossentropy_backward_launches(B, T, V, Vp):
+    """[backward]: one block per (b, t) row."""
+    return [Launch(crossentropy_backward_kernel, B * T, BLOCK)]
+
+
 def crossentropy_forward(losses, logits, targets, B, T, V, Vp):
     """losses (B,T) = logsumexp(logits[b,t,:V]) − logits[b,t,target]."""
-    if B * T > 0:
-        crossentropy_forward_kernel[B * T, BLOCK](losses, logits, targets, i64(B), i64(T), i64(V), i64(Vp))
+    (fwd,) = crossentropy_forward_launches(B, T, V, Vp)
+    fwd(losses, logits, targets, i64(B), i64(T), i64(V), i64(Vp))
 
 
 def crossentropy_backward(dlogits, dlosses, logits, targets, B, T, V, Vp):
     """dlogits (B,T,Vp) = (softmax − onehot)·dlosses over the first V columns, 0 in the padding.
     Writes (=); dlogits may be logits (in place)."""
-    if B * T > 0:
-        crossentropy_backward_kernel[B * T, BLOCK](dlogits, dlosses, logits, targets,
-                                                   i64(B), i64(T), i64(V), i64(Vp))
+    (bwd,) = crossentropy_backward_launches(B, T, V, Vp)
+    bwd(dlogits, dlosses, logits, targets, i64(B), i64(T), i64(V), i64(Vp))

@@ -10,6 +10,7 @@ Shapes (row-major, flat): inp (B, T) int32, wte (Vp, C), wpe (maxT, C), out/dout
               the adds, and so the last bit of a repeated token's gradient, is not deterministic).
         dwpe: one thread per (t, c) summing over b in order (deterministic, no atomics).
 """
+from .launch import Launch
 from .runtime import F32A, I32A, I64, cdiv, cuda, i64
 
 BLOCK = 256
@@ -51,16 +52,25 @@ SIGNATURES = {
 }
 
 
+def encoder_forward_launches(B, T, C):
+    """[forward]: one thread per output element."""
+    return [Launch(encoder_forward_kernel, cdiv(B * T * C, BLOCK), BLOCK)]
+
+
+def encoder_backward_launches(B, T, C):
+    """[dwte, dwpe]: one thread per (b, t, c), then one per (t, c)."""
+    return [Launch(encoder_backward_wte_kernel, cdiv(B * T * C, BLOCK), BLOCK),
+            Launch(encoder_backward_wpe_kernel, cdiv(T * C, BLOCK) if B * T * C > 0 else 0, BLOCK)]
+
+
 def encoder_forward(out, inp, wte, wpe, B, T, C):
     """out (B,T,C) = wte[inp] + wpe[t]."""
-    n = B * T * C
-    if n > 0:
-        encoder_forward_kernel[cdiv(n, BLOCK), BLOCK](out, inp, wte, wpe, i64(B), i64(T), i64(C))
+    (fwd,) = encoder_forward_launches(B, T, C)
+    fwd(out, inp, wte, wpe, i64(B), i64(T), i64(C))
 
 
 def encoder_backward(dwte, dwpe, dout, inp, B, T, C):
     """dwte[inp[b,t]] += dout[b,t]; dwpe[t] += dout[b,t] (accumulates)."""
-    n = B * T * C
-    if n > 0:
-        encoder_backward_wte_kernel[cdiv(n, BLOCK), BLOCK](dwte, dout, inp, i64(B), i64(T), i64(C))
-        encoder_backward_wpe_kernel[cdiv(T * C, BLOCK), BLOCK](dwpe, dout, i64(B), i64(T), i64(C))
+    wte, wpe = encoder_backward_launches(B, T, C)
+    wte(dwte, dout, inp, i64(B), i64(T), i64(C))
+    wpe(dwpe, dout, i64(B), i64(T), i64(C))

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from .launch import Launch
 from .runtime import F32A, I64, cdiv, cuda, i64
 
 BLOCK = 256
@@ -48,13 +49,23 @@ SIGNATURES = {
 }
 
 
+def gelu_forward_launches(N):
+    """[forward]: one thread per element."""
+    return [Launch(gelu_forward_kernel, cdiv(N, BLOCK), BLOCK)]
+
+
+def gelu_backward_launches(N):
+    """[backward]: one thread per element."""
+    return [Launch(gelu_backward_kernel, cdiv(N, BLOCK), BLOCK)]
+
+
 def gelu_forward(out, inp, N):
     """out (N) = gelu(inp (N))."""
-    if N > 0:
-        gelu_forward_kernel[cdiv(N, BLOCK), BLOCK](out, inp, i64(N))
+    (fwd,) = gelu_forward_launches(N)
+    fwd(out, inp, i64(N))
 
 
 def gelu_backward(dinp, dout, inp, N):
     """dinp (N) += gelu'(inp)·dout."""
-    if N > 0:
-        gelu_backward_kernel[cdiv(N, BLOCK), BLOCK](dinp, dout, inp, i64(N))
+    (bwd,) = gelu_backward_launches(N)
+    bwd(dinp, dout, inp, i64(N))

@@ -21,6 +21,7 @@ import math
 
 import numpy as np
 
+from .launch import Launch, column_chunks
 from .runtime import F32A, I64, cdiv, cuda, i64, warp_sum
 
 WARPS = 4                 # rows (warps) per block in the row kernels
@@ -118,23 +119,26 @@ SIGNATURES = {
 }
 
 
+def layernorm_forward_launches(B, T, C):
+    """[forward]: one warp per row."""
+    return [Launch(layernorm_forward_kernel, cdiv(B * T, WARPS), ROW_BLOCK)]
+
+
+def layernorm_backward_launches(B, T, C):
+    """[dinp (one warp per row), dweight/dbias (column reduction; param = rows per chunk)]."""
+    chunk, nchunks = column_chunks(B * T, ROWS_PER_CHUNK, MAX_CHUNKS)
+    return [Launch(layernorm_backward_dinp_kernel, cdiv(B * T, WARPS), ROW_BLOCK),
+            Launch(layernorm_backward_dwdb_kernel, (cdiv(C, COLS), nchunks), COLS * ROW_LANES, param=chunk)]
+
+
 def layernorm_forward(out, mean, rstd, inp, weight, bias, B, T, C):
     """out (B,T,C) = (inp − mean)·rstd·weight + bias; writes mean, rstd (B,T)."""
-    N = B * T
-    if N > 0:
-        layernorm_forward_kernel[cdiv(N, WARPS), ROW_BLOCK](out, mean, rstd, inp, weight, bias,
-                                                            i64(B), i64(T), i64(C))
+    (fwd,) = layernorm_forward_launches(B, T, C)
+    fwd(out, mean, rstd, inp, weight, bias, i64(B), i64(T), i64(C))
 
 
 def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, B, T, C):
     """dinp (B,T,C), dweight, dbias (C) += the LayerNorm gradients (accumulate)."""
-    N = B * T
-    if N <= 0:
-        return
-    layernorm_backward_dinp_kernel[cdiv(N, WARPS), ROW_BLOCK](dinp, dout, inp, weight, mean, rstd,
-                                                              i64(B), i64(T), i64(C))
-    nchunks = max(1, min(cdiv(N, ROWS_PER_CHUNK), MAX_CHUNKS))
-    chunk = cdiv(N, nchunks)
-    nchunks = cdiv(N, chunk)
-    layernorm_backward_dwdb_kernel[(cdiv(C, COLS), nchunks), COLS * ROW_LANES](
-        dweight, dbias, dout, inp, mean, rstd, i64(B), i64(T), i64(C), i64(chunk))
+    dinp_launch, dwdb = layernorm_backward_launches(B, T, C)
+    dinp_launch(dinp, dout, inp, weight, mean, rstd, i64(B), i64(T), i64(C))
+    dwdb(dweight, dbias, dout, inp, mean, rstd, i64(B), i64(T), i64(C), i64(dwdb.param))

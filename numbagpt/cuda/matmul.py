@@ -24,6 +24,7 @@ R = min(ceil(M/256), 64); per-block shared-memory combine in a fixed order, then
 """
 import numpy as np
 
+from .launch import Launch, column_chunks
 from .runtime import F32, F32A, I64, cdiv, cuda, f32, float32, i64, sm_count
 
 BM = 64          # block tile rows (M)
@@ -175,40 +176,61 @@ def make_gemm(a_km, b_nk, causal, has_bias, accumulate, split_k=False):
 GEMM_SIGNATURE = (F32A, F32A, F32A, F32A) + (I64,) * 17 + (F32,)
 
 # split-K: used by the accumulating (backward) GEMMs when the output tiles alone cannot fill the GPU,
-# e.g. dinp of the vocab projection (M = B·T, N = C, K = Vp = 50304): without it, 64-128 blocks would
-# each walk 3144 K steps while most SMs idle.
+# e.g. dinp of the vocab projection (M = B·T, N = C, K = Vp = 50304: without it, 64-128 blocks would
+# each walk 3144 K steps while most SMs idle) or dweight at d12 (K = B·T, 144-576 tiles on 108-132 SMs).
 SPLIT_MIN_K = 256        # at least this many K per split (16 K steps)
 MAX_SPLITS = 64
-BLOCKS_PER_SM = 4        # the tile count regarded as "filling" an SM
+BLOCKS_PER_SM = 8        # GEMM blocks resident per SM: 128 registers × 64 threads → 8 on sm_80 and sm_90
+                         # (register-limited; dev/cuda_resources.py computes it, its test checks this)
 
 
-def split_k_count(M, N, K):
-    """How many K slices an accumulating GEMM of this shape is split into (1: no split)."""
+WAVE_FILL = 0.8          # split-K stops at the first slice count whose last wave is this full
+
+
+def split_k_count(M, N, K, sms=None):
+    """How many K slices an accumulating GEMM of this shape is split into (1: no split), for a GPU
+    with `sms` multiprocessors (default: the current one's). Only when the output tiles fill less than
+    one wave of resident blocks (BLOCKS_PER_SM·sms slots): then the fewest slices s whose blocks fill
+    their waves to WAVE_FILL on average (tiles·s / (slots·⌈tiles·s/slots⌉)), else the best fill found;
+    at most K/SPLIT_MIN_K and MAX_SPLITS slices. E.g. d12's 576-tile dweight GEMMs on 132 SMs: 0.55 of
+    a wave unsplit (and at s = 2), 0.82 at s = 3."""
     tiles = cdiv(M, BM) * cdiv(N, BN)
-    target = BLOCKS_PER_SM * sm_count()
-    if tiles >= target or K < 2 * SPLIT_MIN_K:
+    slots = BLOCKS_PER_SM * (sm_count() if sms is None else sms)
+    if tiles >= slots or K < 2 * SPLIT_MIN_K:
         return 1
-    return max(1, min(cdiv(target, tiles), K // SPLIT_MIN_K, MAX_SPLITS))
+    best, best_fill = 1, 0.0
+    for s in range(1, min(K // SPLIT_MIN_K, MAX_SPLITS) + 1):
+        blocks = tiles * s
+        fill = blocks / (slots * cdiv(blocks, slots))
+        if fill > best_fill + 1e-9:
+            best, best_fill = s, fill
+        if fill >= WAVE_FILL:
+            break
+    return best
 
 
-def launch_gemm(kernel, c, a, b, bias, M, N, K, lda, ldb, ldc,
-                a_off=0, a_sb=0, a_sh=0, b_off=0, b_sb=0, b_sh=0, c_off=0, c_sb=0, c_sh=0,
-                batches=1, NH=1, alpha=1.0, splits=1):
-    """Launch a `make_gemm` kernel on grid (ceil(N/BN), ceil(M/BM), batches or splits), THREADS
-    threads. `splits` > 1 only for kernels made with split_k=True (and batches = 1)."""
-    if M <= 0 or N <= 0 or batches <= 0:
-        return
-    if bias is None:
-        bias = c  # unused by kernels made with has_bias=False
+def gemm_launch(kernel, M, N, K, batches=1, splits=1):
+    """The launch of a `make_gemm` kernel: grid (ceil(N/BN), ceil(M/BM), batches or K slices), THREADS
+    threads; param = K per slice (K when not split). `splits` > 1 only for kernels made with
+    split_k=True (and batches = 1); the slices are whole K steps, so there may be fewer than asked."""
     kchunk = K
     if splits > 1:
         kchunk = cdiv(cdiv(K, splits), BK) * BK
-        splits = cdiv(K, kchunk)
-        batches = splits
-    grid = (cdiv(N, BN), cdiv(M, BM), int(batches))
-    kernel[grid, THREADS](c, a, b, bias, i64(M), i64(N), i64(K), i64(lda), i64(ldb), i64(ldc),
-                          i64(a_off), i64(a_sb), i64(a_sh), i64(b_off), i64(b_sb), i64(b_sh),
-                          i64(c_off), i64(c_sb), i64(c_sh), i64(NH), i64(kchunk), f32(alpha))
+        batches = cdiv(K, kchunk)
+    if M <= 0 or N <= 0:
+        batches = 0
+    return Launch(kernel, (cdiv(N, BN), cdiv(M, BM), int(batches)), THREADS, param=kchunk)
+
+
+def launch_gemm(launch, c, a, b, bias, M, N, K, lda, ldb, ldc,
+                a_off=0, a_sb=0, a_sh=0, b_off=0, b_sb=0, b_sh=0, c_off=0, c_sb=0, c_sh=0,
+                NH=1, alpha=1.0):
+    """Run a `gemm_launch` with its operands (argument meanings: `make_gemm`)."""
+    if bias is None:
+        bias = c  # unused by kernels made with has_bias=False
+    launch(c, a, b, bias, i64(M), i64(N), i64(K), i64(lda), i64(ldb), i64(ldc),
+           i64(a_off), i64(a_sb), i64(a_sh), i64(b_off), i64(b_sb), i64(b_sh),
+           i64(c_off), i64(c_sb), i64(c_sh), i64(NH), i64(launch.param), f32(alpha))
 
 
 # out = inp·Wᵀ (+ bias): A = inp (M×K), B[k, n] = W[n, k] (N×K storage)
@@ -260,25 +282,38 @@ SIGNATURES = {
 }
 
 
+def matmul_forward_launches(B, T, C, OC, has_bias=True):
+    """[out = inp·Wᵀ (+ bias)]."""
+    return [gemm_launch(gemm_forward_bias if has_bias else gemm_forward_nobias, B * T, OC, C)]
+
+
+def matmul_backward_launches(B, T, C, OC, has_bias=True, sms=None):
+    """[dinp GEMM, dweight GEMM (each split over K when its tiles cannot fill the GPU),
+    then the dbias column reduction (param = rows per chunk) when has_bias]."""
+    M = B * T
+    s1 = split_k_count(M, C, OC, sms)
+    s2 = split_k_count(OC, C, M, sms)
+    launches = [gemm_launch(gemm_backward_dinp_splitk if s1 > 1 else gemm_backward_dinp, M, C, OC, splits=s1),
+                gemm_launch(gemm_backward_dweight_splitk if s2 > 1 else gemm_backward_dweight, OC, C, M,
+                            splits=s2)]
+    if has_bias:
+        chunk, nchunks = column_chunks(M if OC > 0 else 0, ROWS_PER_CHUNK, MAX_CHUNKS)
+        launches.append(Launch(matmul_backward_dbias_kernel, (cdiv(OC, COLS), nchunks), COLS * ROW_LANES,
+                               param=chunk))
+    return launches
+
+
 def matmul_forward(out, inp, weight, bias, B, T, C, OC):
     """out (B,T,OC) = inp (B,T,C) · weight (OC,C)ᵀ + bias (OC); bias may be None."""
-    M = B * T
-    kern = gemm_forward_nobias if bias is None else gemm_forward_bias
-    launch_gemm(kern, out, inp, weight, bias, M, OC, C, lda=C, ldb=C, ldc=OC)
+    (fwd,) = matmul_forward_launches(B, T, C, OC, bias is not None)
+    launch_gemm(fwd, out, inp, weight, bias, B * T, OC, C, lda=C, ldb=C, ldc=OC)
 
 
 def matmul_backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC):
     """dinp += dout·weight; dweight += doutᵀ·inp; dbias += Σ dout (dbias may be None). Accumulates."""
     M = B * T
-    s = split_k_count(M, C, OC)
-    launch_gemm(gemm_backward_dinp_splitk if s > 1 else gemm_backward_dinp,
-                dinp, dout, weight, None, M, C, OC, lda=OC, ldb=C, ldc=C, splits=s)
-    s = split_k_count(OC, C, M)
-    launch_gemm(gemm_backward_dweight_splitk if s > 1 else gemm_backward_dweight,
-                dweight, dout, inp, None, OC, C, M, lda=OC, ldb=C, ldc=C, splits=s)
-    if dbias is not None and M > 0 and OC > 0:
-        nchunks = max(1, min(cdiv(M, ROWS_PER_CHUNK), MAX_CHUNKS))
-        chunk = cdiv(M, nchunks)
-        nchunks = cdiv(M, chunk)
-        matmul_backward_dbias_kernel[(cdiv(OC, COLS), nchunks), COLS * ROW_LANES](
-            dbias, dout, i64(M), i64(OC), i64(chunk))
+    dinp_launch, dweight_launch, *dbias_launch = matmul_backward_launches(B, T, C, OC, dbias is not None)
+    launch_gemm(dinp_launch, dinp, dout, weight, None, M, C, OC, lda=OC, ldb=C, ldc=C)
+    launch_gemm(dweight_launch, dweight, dout, inp, None, OC, C, M, lda=OC, ldb=C, ldc=C)
+    for dbias_reduce in dbias_launch:
+        dbias_reduce(dbias, dout, i64(M), i64(OC), i64(dbias_reduce.param))

@@ -10,6 +10,7 @@ would compute 63 rows of zeros per tile.
 """
 import numpy as np
 
+from .launch import Launch
 from .runtime import F32A, I64, cdiv, cuda, i64, warp_sum
 
 WARPS = 4
@@ -33,10 +34,13 @@ def matvec_kernel(out, inp, weight, bias, has_bias, M, C, OC):
 SIGNATURES = {"matvec_kernel": [(F32A, F32A, F32A, F32A, I64, I64, I64, I64)]}
 
 
+def matvec_forward_launches(M, C, OC):
+    """[matvec]: one warp per output column."""
+    return [Launch(matvec_kernel, cdiv(OC, WARPS) if M > 0 else 0, 32 * WARPS)]
+
+
 def matvec_forward(out, inp, weight, bias, M, C, OC):
     """out (M,OC) = inp (M,C) · weight (OC,C)ᵀ + bias (OC); bias may be None. Writes out."""
-    if M * OC == 0:
-        return
     has_bias = bias is not None
-    matvec_kernel[cdiv(OC, WARPS), 32 * WARPS](out, inp, weight, bias if has_bias else out, i64(has_bias),
-                                               i64(M), i64(C), i64(OC))
+    (mv,) = matvec_forward_launches(M, C, OC)
+    mv(out, inp, weight, bias if has_bias else out, i64(has_bias), i64(M), i64(C), i64(OC))

@@ -5,6 +5,7 @@
 
 Launch: grid ceil(N/256), block 256. Forward moves 12N bytes, backward 20N.
 """
+from .launch import Launch
 from .runtime import F32A, I64, cdiv, cuda, i64
 
 BLOCK = 256
@@ -32,13 +33,23 @@ SIGNATURES = {
 }
 
 
+def residual_forward_launches(N):
+    """[forward]: one thread per element."""
+    return [Launch(residual_forward_kernel, cdiv(N, BLOCK), BLOCK)]
+
+
+def residual_backward_launches(N):
+    """[backward]: one thread per element."""
+    return [Launch(residual_backward_kernel, cdiv(N, BLOCK), BLOCK)]
+
+
 def residual_forward(out, inp1, inp2, N):
     """out (N) = inp1 + inp2."""
-    if N > 0:
-        residual_forward_kernel[cdiv(N, BLOCK), BLOCK](out, inp1, inp2, i64(N))
+    (fwd,) = residual_forward_launches(N)
+    fwd(out, inp1, inp2, i64(N))
 
 
 def residual_backward(dinp1, dinp2, dout, N):
     """dinp1 += dout; dinp2 += dout."""
-    if N > 0:
-        residual_backward_kernel[cdiv(N, BLOCK), BLOCK](dinp1, dinp2, dout, i64(N))
+    (bwd,) = residual_backward_launches(N)
+    bwd(dinp1, dinp2, dout, i64(N))
