@@ -89,6 +89,8 @@ def test_spike_guard_skips_the_planted_spike(tmp_path, capsys, flag):
     what = "loss" if flag == "-sl" else "grad norm"
     assert re.findall(r"step +(\d+): skipping update due to (.*) z-score", out) == [("301", what)]
     assert "spike guard: skip the update when " in out
+    assert re.search(r"step  300/301 \| loss \d+\.\d+ \([+-]\d+\.\d\dz\) .* norm \d+\.\d+ \([+-]\d+\.\d\dz\)", out)
+    assert "step    1/301 | loss " in out and "(+nanz)" in out  # no score while the window fills
     skips = log_lines(tmp_path / "guarded", "skip")
     assert len(skips) == 1 and re.fullmatch(r"s:300 skip:(\d+\.\d\d)", skips[0])
     # a lone spike in a flat window scores sqrt(127) = 11.27

@@ -250,7 +250,7 @@ def train_loop(args, world, progress, stop, say, backend, micro_steps, paths, re
         result = train_step(model, batches, lr=schedule(step), t=step + 1, dp=dp, grad_clip=args.grad_clip,
                             weight_decay=args.weight_decay, skip=guard.check)
         dt = time.perf_counter() - t0
-        log_step(result, step, args.max_steps, dt, tokens_per_step, world.size, log, say)
+        log_step(result, step, args.max_steps, dt, tokens_per_step, world.size, log, say, guard)
         if stop.requested():  # Ctrl-C on some rank: every rank stops here, after the same step
             raise KeyboardInterrupt
         progress.step = step + 1
@@ -520,10 +520,14 @@ def evaluate_hellaswag(model, examples, rows, world, log, step, say):
         log.flush()
 
 
-def log_step(result, step, max_steps, dt, tokens, nproc, log, say):
-    """The step's line on stdout and in main.log."""
+def log_step(result, step, max_steps, dt, tokens, nproc, log, say, guard=None):
+    """The step's line on stdout and in main.log; with a spike guard on, the z-scores as llm.c shows
+    them (NaN while its window fills)."""
     r = result
-    say(f"step {step + 1:4d}/{max_steps} | loss {r.loss:.4f} | lr {r.lr:.2e} | norm {r.norm:.2f} | "
+    zloss = zgrad = ""
+    if guard is not None and (guard.loss_z or guard.grad_z):
+        zloss, zgrad = f" ({guard.zloss:+.2f}z)", f" ({guard.zgrad:+.2f}z)"
+    say(f"step {step + 1:4d}/{max_steps} | loss {r.loss:.4f}{zloss} | lr {r.lr:.2e} | norm {r.norm:.2f}{zgrad} | "
         f"{dt * 1000:.0f} ms | {nproc} proc | {tokens / dt:.0f} tok/s")
     if r.skipped:
         say(f"step {step + 1:4d}: skipping update due to {r.skipped}")
