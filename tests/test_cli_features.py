@@ -89,6 +89,8 @@ def test_spike_guard_skips_the_planted_spike(tmp_path, capsys, flag):
     what = "loss" if flag == "-sl" else "grad norm"
     assert re.findall(r"step +(\d+): skipping update due to (.*) z-score", out) == [("301", what)]
     assert "spike guard: skip the update when " in out
+    assert re.search(r"step  300/301 \| loss \d+\.\d+ \([+-]\d+\.\d\dz\) .* norm \d+\.\d+ \([+-]\d+\.\d\dz\)", out)
+    assert "step    1/301 | loss " in out and "(+nanz)" in out  # no score while the window fills
     skips = log_lines(tmp_path / "guarded", "skip")
     assert len(skips) == 1 and re.fullmatch(r"s:300 skip:(\d+\.\d\d)", skips[0])
     # a lone spike in a flat window scores sqrt(127) = 11.27
@@ -148,3 +150,16 @@ def test_help_states_every_default():
                  "--skip-update-gradz", "-a", "--overfit-single-batch", "-r", "--recompute", "--layers",
                  "--heads", "--channels", "--max-seq-len"):
         assert re.search(rf"(^|[ ,]){re.escape(flag)}[ ,\n]", text), flag
+
+
+def test_a_tokenizer_smaller_than_the_model_is_not_used_to_decode(tmp_path, capsys, corpus):
+    big = GPT2(GPT2Config(max_seq_len=16, vocab_size=200, num_layers=1, num_heads=2, channels=16))
+    big.init_weights(0)
+    big.save(str(tmp_path / "v200.bin"))
+    argv = ["-i", corpus["train"], "-e", str(tmp_path / "v200.bin"), "-o", "", "-b", "2", "-t", "8", "-x", "2",
+            "-s", "2", "-g", "20", "--omp-threads", "1", "-v", "0"]
+    code, out, err = run(capsys, argv)  # the tokenizer found beside the shards: a note, no decoding
+    assert code == 0, err
+    assert f"has {corpus['vocab']} tokens, the model V=200: samples are not decoded" in out
+    code, out, err = run(capsys, argv + ["--tokenizer", corpus["tokenizer"]])  # named: an error
+    assert code == 1 and "fewer than the model's vocabulary V=200" in err

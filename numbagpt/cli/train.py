@@ -213,7 +213,7 @@ def train_loop(args, world, progress, stop, say, backend, micro_steps, paths, re
     guard = SpikeGuard(args.skip_update_lossz, args.skip_update_gradz)
     model, dp = load_model(args, world, backend, tok_path, say, resume_step)
     B, T = args.batch_size, args.seq_len
-    train_loader, val_loader, tok = open_data(args, world, model.config, train_glob, val_glob, tok_path)
+    train_loader, val_loader, tok = open_data(args, world, model.config, train_glob, val_glob, tok_path, say)
     tokens_per_step = micro_steps * world.size * B * T
     say(f"train: {train_glob} | val: {val_glob} | B={B} T={T} | processes {world.size} | "
         f"micro-steps {micro_steps} | tokens/step {tokens_per_step:,}")
@@ -250,7 +250,7 @@ def train_loop(args, world, progress, stop, say, backend, micro_steps, paths, re
         result = train_step(model, batches, lr=schedule(step), t=step + 1, dp=dp, grad_clip=args.grad_clip,
                             weight_decay=args.weight_decay, skip=guard.check)
         dt = time.perf_counter() - t0
-        log_step(result, step, args.max_steps, dt, tokens_per_step, world.size, log, say)
+        log_step(result, step, args.max_steps, dt, tokens_per_step, world.size, log, say, guard)
         if stop.requested():  # Ctrl-C on some rank: every rank stops here, after the same step
             raise KeyboardInterrupt
         progress.step = step + 1
@@ -417,7 +417,7 @@ def check_memory(args, world, backend, cfg, optimizer_params):
     memory.check_fits(need, args.batch_size, f"{args.model} with B={args.batch_size} T={args.seq_len}{ranks}")
 
 
-def open_data(args, world, cfg, train_glob, val_glob, tok_path):
+def open_data(args, world, cfg, train_glob, val_glob, tok_path, say):
     """(train loader, val loader or None, tokenizer or None): this rank's slice of every batch."""
     from numbagpt import data, tokenizer
 
@@ -430,6 +430,12 @@ def open_data(args, world, cfg, train_glob, val_glob, tok_path):
         val_loader = data.DataLoader(val_glob, B, T, rank=world.rank, world_size=world.size,
                                      vocab_size=cfg.vocab_size)
     tok = tokenizer.load_tokenizer(tok_path) if tok_path else None
+    if tok is not None and tok.vocab_size < cfg.vocab_size:  # it could not decode every sampled id
+        if args.tokenizer:
+            raise ValueError(f"--tokenizer {tok_path} has {tok.vocab_size} tokens, fewer than the model's "
+                             f"vocabulary V={cfg.vocab_size}")
+        say(f"note: {tok_path} has {tok.vocab_size} tokens, the model V={cfg.vocab_size}: samples are not decoded")
+        tok = None
     return train_loader, val_loader, tok
 
 
@@ -514,10 +520,14 @@ def evaluate_hellaswag(model, examples, rows, world, log, step, say):
         log.flush()
 
 
-def log_step(result, step, max_steps, dt, tokens, nproc, log, say):
-    """The step's line on stdout and in main.log."""
+def log_step(result, step, max_steps, dt, tokens, nproc, log, say, guard=None):
+    """The step's line on stdout and in main.log; with a spike guard on, the z-scores as llm.c shows
+    them (NaN while its window fills)."""
     r = result
-    say(f"step {step + 1:4d}/{max_steps} | loss {r.loss:.4f} | lr {r.lr:.2e} | norm {r.norm:.2f} | "
+    zloss = zgrad = ""
+    if guard is not None and (guard.loss_z or guard.grad_z):
+        zloss, zgrad = f" ({guard.zloss:+.2f}z)", f" ({guard.zgrad:+.2f}z)"
+    say(f"step {step + 1:4d}/{max_steps} | loss {r.loss:.4f}{zloss} | lr {r.lr:.2e} | norm {r.norm:.2f}{zgrad} | "
         f"{dt * 1000:.0f} ms | {nproc} proc | {tokens / dt:.0f} tok/s")
     if r.skipped:
         say(f"step {step + 1:4d}: skipping update due to {r.skipped}")
