@@ -12,7 +12,7 @@ their backwards are checked in turn against `numerical_grad` (central finite dif
     matmul_forward_ref(inp, weight, bias) -> out                     weight (OC, C); bias may be None
     matmul_backward_ref(dout, inp, weight) -> dinp, dweight, dbias
     attention_forward_ref(qkv, NH) -> out, preatt, att               preatt unmasked, att 0 above diagonal
-    attention_backward_ref(dout, qkv, NH) -> dqkv
+    attention_backward_ref(dout, qkv, NH, scratch=False) -> dqkv (and dpreatt, datt with scratch)
     gelu_forward_ref(x) -> out;  gelu_backward_ref(dout, x) -> dx
     residual_forward_ref(a, b) -> out;  residual_backward_ref(dout) -> da, db
     crossentropy_forward_ref(logits, targets, V) -> losses           logits (B,T,Vp)
@@ -112,7 +112,9 @@ def attention_forward_ref(qkv, NH):
     return out.transpose(0, 2, 1, 3).reshape(B, T, NH * hs), preatt, att
 
 
-def attention_backward_ref(dout, qkv, NH):
+def attention_backward_ref(dout, qkv, NH, scratch=False):
+    """dqkv; with scratch, also the intermediates dpreatt = ∂loss/∂(scaled scores) and datt = ∂loss/∂att
+    (B, NH, T, T), as the kernels' scratch buffers hold them (their causal part)."""
     q, k, v, hs = _split_heads(qkv, NH)
     B, _, T, _ = q.shape
     _, _, att = attention_forward_ref(qkv, NH)
@@ -122,8 +124,8 @@ def attention_backward_ref(dout, qkv, NH):
     dpre = att * (datt - (att * datt).sum(axis=-1, keepdims=True))
     dq = np.einsum("bhts,bhsd->bhtd", dpre, k) / np.sqrt(hs)
     dk = np.einsum("bhts,bhtd->bhsd", dpre, q) / np.sqrt(hs)
-    dqkv = np.stack([dq, dk, dv])  # (3, B, NH, T, hs)
-    return dqkv.transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * NH * hs)
+    dqkv = np.stack([dq, dk, dv]).transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * NH * hs)  # (3,B,NH,T,hs) -> (B,T,3C)
+    return (dqkv, dpre, datt) if scratch else dqkv
 
 
 # ----------------------------------------------------------------------------- gelu, residual

@@ -27,14 +27,16 @@ def gpu_present():
 RUN_HERE = SIM or gpu_present()
 
 
-def run_module_under_simulator(module, what):
-    """pytest tests/<module> in a subprocess with NUMBA_ENABLE_CUDASIM=1; fail with its output."""
+def run_module_under_simulator(modules, what):
+    """pytest tests/<module> (one name, or several) in a subprocess with NUMBA_ENABLE_CUDASIM=1; fail
+    with its output."""
+    modules = (modules,) if isinstance(modules, str) else tuple(modules)
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     # faulthandler dumps every thread's stack if one test runs over 5 minutes (a hang)
     cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider",
-           "-o", "faulthandler_timeout=300", os.path.join("tests", module)]
-    rerun = f"rerun: NUMBA_ENABLE_CUDASIM=1 {sys.executable} -m pytest tests/{module}"
+           "-o", "faulthandler_timeout=300"] + [os.path.join("tests", m) for m in modules]
+    rerun = f"rerun: NUMBA_ENABLE_CUDASIM=1 {sys.executable} -m pytest " + " ".join(f"tests/{m}" for m in modules)
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     except subprocess.TimeoutExpired as e:

@@ -1,146 +1,120 @@
+"""attention_forward / attention_backward on every backend against the float64 reference (tests/harness.py),
+the reference against finite differences, and the kernel's backward against its own forward."""
 import numpy as np
 import pytest
 
-from numbagpt.cpu import attention_backward, attention_forward
+from harness import cases, check, rnd, tolerance
 from reference import attention_backward_ref, attention_forward_ref, numerical_grad
 
 B, T, C, NH = 2, 7, 12, 3
+# (B, T, C, NH). CPU: both forms of the products (rows shorter than hs use dot products, longer ones
+# the transposed form), hs not a multiple of 4 and T not a multiple of 4 (the unrolled loops' tails).
+# CUDA: T > 64 -> 2x2 score tiles, one skipped above the diagonal; causal K ranges.
+SHAPES = [(B, T, C, NH), (1, 8, 16, 1), (1, 5, 16, 1), (1, 37, 30, 2), (2, 70, 64, 2), (1, 9, 48, 1),
+          (2, 20, 20, 4)]
+CUDA_SHAPES = [(2, 5, 12, 3), (1, 70, 8, 2)]
 
 
-def _run_forward(qkv, B, T, C, NH):
-    out = np.full(B * T * C, np.nan, dtype=np.float32)
-    preatt = np.full(B * NH * T * T, 7.0, dtype=np.float32)
-    att = np.full(B * NH * T * T, 7.0, dtype=np.float32)  # the masked part must be overwritten with 0
-    attention_forward(out, preatt, att, qkv.reshape(-1), B, T, C, NH)
-    return out.reshape(B, T, C), preatt.reshape(B, NH, T, T), att.reshape(B, NH, T, T)
+def _forward(backend, qkv, B, T, C, NH, **kw):
+    BNTT = B * NH * T * T
+    return check(backend, "attention_forward", out=B * T * C, preatt=BNTT, att=BNTT, inp=qkv, B=B, T=T, C=C,
+                 NH=NH, **kw)
 
 
-@pytest.mark.parametrize("B,T,C,NH", [(B, T, C, NH), (1, 8, 16, 1)])
-def test_attention_forward(B, T, C, NH):
-    rng = np.random.default_rng(0)
-    qkv = (2.0 * rng.standard_normal((B, T, 3 * C))).astype(np.float32)
-    out, preatt, att = _run_forward(qkv, B, T, C, NH)
-    rout, rpre, ratt = attention_forward_ref(qkv, NH)
-    np.testing.assert_allclose(out, rout, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(att, ratt, rtol=1e-5, atol=1e-7)
-    lower = np.tril(np.ones((T, T), dtype=bool))
-    np.testing.assert_allclose(preatt[..., lower], rpre[..., lower], rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(att[..., ~lower], 0.0)
-    np.testing.assert_allclose(att.sum(axis=-1), 1.0, rtol=1e-6)
+def _lower(T):
+    return np.tril(np.ones((T, T), dtype=bool))
 
 
-@pytest.mark.parametrize("B,T,C,NH", [(B, T, C, NH), (1, 5, 16, 1)])
-def test_attention_backward_accumulates(B, T, C, NH):
+# scale 2: the first two shapes with larger scores too
+@pytest.mark.parametrize("backend,B,T,C,NH,scale", cases(
+    cpu=[s + (2.0,) for s in SHAPES[:2]] + [s + (1.0,) for s in SHAPES], cuda=[s + (1.0,) for s in CUDA_SHAPES]))
+def test_attention_forward(backend, B, T, C, NH, scale):
+    qkv = rnd(np.random.default_rng(0), B, T, 3 * C, scale=scale)
+    att = _forward(backend, qkv, B, T, C, NH)["att"].reshape(B, NH, T, T)
+    np.testing.assert_array_equal(att[..., ~_lower(T)], 0.0)   # the masked part overwritten with 0
+    rtol, atol = tolerance("attention_forward", "att_rowsum")
+    np.testing.assert_allclose(att.sum(axis=-1), 1.0, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("backend,B,T,C,NH", cases(cpu=SHAPES, cuda=CUDA_SHAPES))
+def test_attention_backward_accumulates(backend, B, T, C, NH):
+    # dinp accumulates onto random values; dpreatt and datt are scratch (NaN on entry) whose causal part
+    # holds the intermediates
     rng = np.random.default_rng(1)
-    qkv = rng.standard_normal((B, T, 3 * C)).astype(np.float32)
-    _, _, att = _run_forward(qkv, B, T, C, NH)
-    dout = rng.standard_normal((B, T, C)).astype(np.float32)
-    d0 = rng.standard_normal(B * T * 3 * C).astype(np.float32)
-    dinp = d0.copy()
-    dpreatt = np.zeros(B * NH * T * T, dtype=np.float32)
-    datt = np.zeros(B * NH * T * T, dtype=np.float32)
-    attention_backward(dinp, dpreatt, datt, dout.reshape(-1), qkv.reshape(-1), att.reshape(-1), B, T, C, NH)
-    ref = attention_backward_ref(dout, qkv, NH)
-    np.testing.assert_allclose(dinp.reshape(B, T, 3 * C), d0.reshape(B, T, 3 * C) + ref, rtol=1e-5, atol=1e-5)
+    qkv = rnd(rng, B, T, 3 * C)
+    att = attention_forward_ref(qkv.reshape(B, T, 3 * C), NH)[2].astype(np.float32)
+    BNTT = B * NH * T * T
+    check(backend, "attention_backward", dinp=B * T * 3 * C, dpreatt=BNTT, datt=BNTT, dout=rnd(rng, B, T, C),
+          inp=qkv, att=att, B=B, T=T, C=C, NH=NH)
 
 
 def test_attention_reference_backward_finite_differences():
     rng = np.random.default_rng(2)
+    rtol, atol = tolerance("attention_backward", case="reference")
     Bs, Ts, Cs, NHs = 1, 4, 6, 2
     qkv = rng.standard_normal((Bs, Ts, 3 * Cs))
     g = rng.standard_normal((Bs, Ts, Cs))
     num = numerical_grad(lambda a: (attention_forward_ref(a, NHs)[0] * g).sum(), qkv)
-    np.testing.assert_allclose(attention_backward_ref(g, qkv, NHs), num, atol=1e-7)
+    np.testing.assert_allclose(attention_backward_ref(g, qkv, NHs), num, rtol=rtol, atol=atol)
 
 
-def test_attention_backward_against_float64_loss_of_the_kernel():
+@pytest.mark.parametrize("backend", cases(cpu=[()]))
+def test_attention_backward_against_float64_loss_of_the_kernel(backend):
     # Finite differences of a scalar loss built from the kernel's own forward (in float32, so a
     # coarse step and tolerance): ties the kernel backward to the kernel forward directly.
     rng = np.random.default_rng(3)
     qkv = rng.standard_normal((B, T, 3 * C)).astype(np.float32)
     g = rng.standard_normal((B, T, C))
-    _, _, att = _run_forward(qkv, B, T, C, NH)
-    dinp = np.zeros(B * T * 3 * C, dtype=np.float32)
-    attention_backward(dinp, np.zeros(B * NH * T * T, np.float32), np.zeros(B * NH * T * T, np.float32),
-                       g.astype(np.float32).reshape(-1), qkv.reshape(-1), att.reshape(-1), B, T, C, NH)
+    att = _forward(backend, qkv, B, T, C, NH)["att"]
+    BNTT = B * NH * T * T
+    dinp = check(backend, "attention_backward", dinp=np.zeros(B * T * 3 * C, np.float32), dpreatt=BNTT, datt=BNTT,
+                 dout=g.astype(np.float32), inp=qkv, att=att, B=B, T=T, C=C, NH=NH)["dinp"].reshape(B, T, 3 * C)
     h = 1e-2
+    rtol, atol = tolerance("attention_backward", "dinp", "finite_differences")
     for idx in [(0, 0, 0), (0, 3, C + 1), (1, 6, 2 * C + 5), (1, 2, 4), (0, 5, C + 11)]:
         qp, qm = qkv.copy(), qkv.copy()
         qp[idx] += h
         qm[idx] -= h
-        fp = (_run_forward(qp, B, T, C, NH)[0].astype(np.float64) * g).sum()
-        fm = (_run_forward(qm, B, T, C, NH)[0].astype(np.float64) * g).sum()
+        fp = (_forward(backend, qp, B, T, C, NH)["out"].astype(np.float64).reshape(B, T, C) * g).sum()
+        fm = (_forward(backend, qm, B, T, C, NH)["out"].astype(np.float64).reshape(B, T, C) * g).sum()
         num = (fp - fm) / (2 * h)
-        assert abs(dinp.reshape(B, T, 3 * C)[idx] - num) < 2e-3 * max(1.0, abs(num)), (idx, dinp.reshape(B, T, 3 * C)[idx], num)
+        assert abs(dinp[idx] - num) < max(atol, rtol * abs(num)), (idx, dinp[idx], num)
 
 
-# Shapes for both forms of the products (rows shorter than hs use dot products, longer ones the
-# transposed form), hs not a multiple of 4 and T not a multiple of 4 (the unrolled loops' tails).
-_SHAPES = [(1, 37, 30, 2), (2, 70, 64, 2), (1, 9, 48, 1), (2, 20, 20, 4)]
-
-
-@pytest.mark.parametrize("B,T,C,NH", _SHAPES)
-def test_attention_forward_more_shapes(B, T, C, NH):
-    rng = np.random.default_rng(5)
-    qkv = rng.standard_normal((B, T, 3 * C)).astype(np.float32)
-    out, preatt, att = _run_forward(qkv, B, T, C, NH)
-    rout, rpre, ratt = attention_forward_ref(qkv, NH)
-    lower = np.tril(np.ones((T, T), dtype=bool))
-    np.testing.assert_allclose(out, rout, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(att, ratt, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(preatt[..., lower], rpre[..., lower], rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(att[..., ~lower], 0.0)
-
-
-@pytest.mark.parametrize("B,T,C,NH", _SHAPES)
-def test_attention_backward_more_shapes(B, T, C, NH):
-    rng = np.random.default_rng(6)
-    qkv = rng.standard_normal((B, T, 3 * C)).astype(np.float32)
-    _, _, att = _run_forward(qkv, B, T, C, NH)
-    dout = rng.standard_normal((B, T, C)).astype(np.float32)
-    dinp = np.zeros(B * T * 3 * C, dtype=np.float32)
-    # scratch: contents on entry must not matter
-    dpreatt = np.full(B * NH * T * T, np.nan, dtype=np.float32)
-    datt = np.full(B * NH * T * T, np.nan, dtype=np.float32)
-    attention_backward(dinp, dpreatt, datt, dout.reshape(-1), qkv.reshape(-1), att.reshape(-1), B, T, C, NH)
-    np.testing.assert_allclose(dinp.reshape(B, T, 3 * C), attention_backward_ref(dout, qkv, NH), rtol=1e-5, atol=1e-5)
-
-
-def test_attention_saturated_softmax():
+@pytest.mark.parametrize("backend", cases(cpu=[()]))
+def test_attention_saturated_softmax(backend):
     # large scores: most exps of each row underflow (scores − max far below −87), att is near
     # one-hot. Scores of ~100s carry float32 rounding of ~1e-5 absolute, which moves att by as
     # much relatively, so the softmax is checked against float64 maths on the kernel's own preatt.
     Bs, Ts, Cs, NHs = 1, 40, 16, 2
-    rng = np.random.default_rng(7)
-    qkv = (12.0 * rng.standard_normal((Bs, Ts, 3 * Cs))).astype(np.float32)
-    out, preatt, att = _run_forward(qkv, Bs, Ts, Cs, NHs)
-    _, rpre, _ = attention_forward_ref(qkv, NHs)
-    lower = np.tril(np.ones((Ts, Ts), dtype=bool))
-    np.testing.assert_allclose(preatt[..., lower], rpre[..., lower], rtol=1e-5, atol=1e-5)
+    qkv = (12.0 * np.random.default_rng(7).standard_normal((Bs, Ts, 3 * Cs))).astype(np.float32)
+    got = _forward(backend, qkv, Bs, Ts, Cs, NHs, case="saturated", only=("preatt",))
+    preatt, att = got["preatt"].reshape(Bs, NHs, Ts, Ts), got["att"].reshape(Bs, NHs, Ts, Ts)
+    lower = _lower(Ts)
+    rpre = attention_forward_ref(qkv, NHs)[1]
     gaps = rpre.max(axis=-1, where=lower, initial=-np.inf)[..., None] - rpre
     assert (gaps[..., lower] > 87).mean() > 0.2  # many exps flushed to 0
     z = np.where(lower, preatt.astype(np.float64), -np.inf)
     p = np.exp(z - z.max(axis=-1, keepdims=True))
     p /= p.sum(axis=-1, keepdims=True)
-    np.testing.assert_allclose(att, p, rtol=2e-6, atol=1e-7)
+    rtol, atol = tolerance("attention_forward", "att", "saturated")
+    np.testing.assert_allclose(att, p, rtol=rtol, atol=atol)
     v = qkv[..., 2 * Cs:].astype(np.float64).reshape(Bs, Ts, NHs, Cs // NHs).transpose(0, 2, 1, 3)
-    rout = np.einsum("bhts,bhsd->bhtd", att.astype(np.float64), v).transpose(0, 2, 1, 3).reshape(Bs, Ts, Cs)
-    np.testing.assert_allclose(out, rout, rtol=1e-5, atol=1e-5)
+    rout = np.einsum("bhts,bhsd->bhtd", att.astype(np.float64), v).transpose(0, 2, 1, 3).reshape(-1)
+    rtol, atol = tolerance("attention_forward", "out", "saturated")
+    np.testing.assert_allclose(got["out"], rout, rtol=rtol, atol=atol)
 
 
-def test_attention_backward_is_deterministic():
+@pytest.mark.parametrize("backend", cases(cpu=[()]))
+def test_attention_backward_is_deterministic(backend):
     # each parallel unit owns its (b, h) pair's cells of dinp: repeated runs agree bit for bit
     Bs, Ts, Cs, NHs = 3, 33, 24, 3
     rng = np.random.default_rng(8)
-    qkv = rng.standard_normal((Bs, Ts, 3 * Cs)).astype(np.float32)
-    _, _, att = _run_forward(qkv, Bs, Ts, Cs, NHs)
-    dout = rng.standard_normal(Bs * Ts * Cs).astype(np.float32)
-    res = []
-    for _ in range(3):
-        dinp = np.zeros(Bs * Ts * 3 * Cs, dtype=np.float32)
-        N = Bs * NHs * Ts * Ts
-        attention_backward(dinp, np.zeros(N, np.float32), np.zeros(N, np.float32), dout, qkv.reshape(-1),
-                           att.reshape(-1), Bs, Ts, Cs, NHs)
-        res.append(dinp)
+    qkv = rnd(rng, Bs, Ts, 3 * Cs)
+    att = attention_forward_ref(qkv.reshape(Bs, Ts, 3 * Cs), NHs)[2].astype(np.float32)
+    dout = rnd(rng, Bs, Ts, Cs)
+    N = Bs * NHs * Ts * Ts
+    res = [check(backend, "attention_backward", dinp=np.zeros(Bs * Ts * 3 * Cs, np.float32), dpreatt=N, datt=N,
+                 dout=dout, inp=qkv, att=att, B=Bs, T=Ts, C=Cs, NH=NHs)["dinp"] for _ in range(3)]
     np.testing.assert_array_equal(res[0], res[1])
     np.testing.assert_array_equal(res[0], res[2])

@@ -1,14 +1,19 @@
+"""crossentropy_forward / crossentropy_backward on every backend against the float64 reference
+(tests/harness.py), the reference against finite differences, and the CPU's fast exp and max."""
 import numpy as np
 import pytest
 
-from numbagpt.cpu import crossentropy_backward, crossentropy_forward
+from harness import cases, check, tolerance
 from reference import crossentropy_backward_ref, crossentropy_forward_ref, numerical_grad
 
-B, T, V, Vp = 2, 7, 37, 64
+# (B, T, V, Vp, scale of the logits, shift). CPU: exp would overflow/underflow unshifted. CUDA: rows
+# longer than the 256-thread block, large logits (online max rescaling).
+CPU_CASES = [(2, 7, 37, 64, 3.0, 0.0), (2, 7, 37, 64, 3.0, 1000.0), (2, 7, 37, 64, 3.0, -1000.0)]
+CUDA_CASES = [(2, 5, 37, 64, 3.0, 0.0), (1, 2, 300, 384, 30.0, 0.0)]
 
 
-def _data(rng, shift=0.0):
-    logits = (3.0 * rng.standard_normal((B, T, Vp)) + shift).astype(np.float32)
+def _data(rng, B, T, V, Vp, scale=3.0, shift=0.0):
+    logits = (scale * rng.standard_normal((B, T, Vp)) + shift).astype(np.float32)
     # Padding is never read: NaN there would poison any sum that touched it.
     logits[..., V:] = np.nan
     targets = rng.integers(0, V, size=(B, T)).astype(np.int32)
@@ -17,58 +22,51 @@ def _data(rng, shift=0.0):
     return logits, targets, dlosses
 
 
-@pytest.mark.parametrize("shift", [0.0, 1000.0, -1000.0])  # exp would overflow/underflow unshifted
-def test_crossentropy_forward(shift):
-    rng = np.random.default_rng(0)
-    logits, targets, _ = _data(rng, shift)
-    losses = np.full(B * T, np.nan, dtype=np.float32)
-    crossentropy_forward(losses, logits.reshape(-1), targets.reshape(-1), B, T, V, Vp)
-    ref = crossentropy_forward_ref(logits, targets, V)
-    np.testing.assert_allclose(losses.reshape(B, T), ref, rtol=1e-5, atol=1e-5 if shift else 1e-6)
+@pytest.mark.parametrize("backend,B,T,V,Vp,scale,shift", cases(cpu=CPU_CASES, cuda=CUDA_CASES))
+def test_crossentropy_forward(backend, B, T, V, Vp, scale, shift):
+    logits, targets, _ = _data(np.random.default_rng(0), B, T, V, Vp, scale, shift)
+    case = "shifted" if shift else None
+    losses = check(backend, "crossentropy_forward", losses=B * T, logits=logits, targets=targets, B=B, T=T, V=V,
+                   Vp=Vp, case=case)["losses"]
     # and it is −log softmax of the target, computed the textbook way in float64
     z = logits[..., :V].astype(np.float64) - shift
-    p = np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)
+    p = np.exp(z - z.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
     nll = -np.log(np.take_along_axis(p, targets[..., None].astype(np.int64), axis=-1)[..., 0])
-    np.testing.assert_allclose(losses.reshape(B, T), nll, rtol=1e-5, atol=1e-5 if shift else 1e-6)
+    rtol, atol = tolerance("crossentropy_forward", "losses", case)
+    np.testing.assert_allclose(losses.reshape(B, T), nll, rtol=rtol, atol=atol)
 
 
-def _check_dlogits(dlogits, logits, targets, dlosses):
-    ref = crossentropy_backward_ref(dlosses, logits, targets, V)
+def _check_rows(dlogits, B, T, V, Vp):
     d = dlogits.reshape(B, T, Vp)
-    np.testing.assert_allclose(d[..., :V], ref[..., :V], rtol=1e-5, atol=1e-7)
     assert np.all(d[..., V:] == 0.0)  # padded columns exactly 0 (and not NaN)
-
-
-@pytest.mark.parametrize("shift", [0.0, 1000.0])
-def test_crossentropy_backward_writes(shift):
-    rng = np.random.default_rng(1)
-    logits, targets, dlosses = _data(rng, shift)
-    dlogits = np.full(B * T * Vp, 123.0, dtype=np.float32)  # written, not accumulated
-    before = logits.copy()
-    crossentropy_backward(dlogits, dlosses.reshape(-1), logits.reshape(-1), targets.reshape(-1), B, T, V, Vp)
-    _check_dlogits(dlogits, before, targets, dlosses)
-    np.testing.assert_array_equal(logits, before)  # the input is untouched when not in place
-
-
-def test_crossentropy_backward_in_place():
-    rng = np.random.default_rng(2)
-    logits, targets, dlosses = _data(rng)
-    before = logits.copy()
-    buf = logits.reshape(-1)
-    crossentropy_backward(buf, dlosses.reshape(-1), buf, targets.reshape(-1), B, T, V, Vp)
-    _check_dlogits(buf, before, targets, dlosses)
     # each row of dlogits sums to 0 over the real vocabulary: softmax sums to 1, minus the one-hot
-    np.testing.assert_allclose(buf.reshape(B, T, Vp)[..., :V].sum(axis=-1), 0.0, atol=1e-7)
+    # (times dloss)
+    rtol, atol = tolerance("crossentropy_backward", "rowsum")
+    np.testing.assert_allclose(d[..., :V].sum(axis=-1), 0.0, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("backend,B,T,V,Vp,scale,shift", cases(cpu=CPU_CASES[:2], cuda=CUDA_CASES))
+def test_crossentropy_backward_writes_and_in_place(backend, B, T, V, Vp, scale, shift):
+    # out of place, into a NaN-filled buffer: dlogits is written (=), padding included, logits untouched;
+    # then in place (dlogits is logits): the same result
+    logits, targets, dlosses = _data(np.random.default_rng(1), B, T, V, Vp, scale, shift)
+    args = dict(dlosses=dlosses, logits=logits, targets=targets, B=B, T=T, V=V, Vp=Vp)
+    out = check(backend, "crossentropy_backward", dlogits=B * T * Vp, **args)["dlogits"]
+    _check_rows(out, B, T, V, Vp)
+    inplace = check(backend, "crossentropy_backward", dlogits=None, inplace={"dlogits": "logits"}, **args)["dlogits"]
+    np.testing.assert_array_equal(inplace, out)
 
 
 def test_crossentropy_reference_backward_finite_differences():
     rng = np.random.default_rng(3)
+    rtol, atol = tolerance("crossentropy_backward", case="reference")
     Bs, Ts, Vs, Vps = 1, 3, 5, 8
     logits = rng.standard_normal((Bs, Ts, Vps))
     targets = rng.integers(0, Vs, size=(Bs, Ts))
     dl = rng.uniform(0.5, 2.0, size=(Bs, Ts))
     num = numerical_grad(lambda a: (crossentropy_forward_ref(a, targets, Vs) * dl).sum(), logits)
-    np.testing.assert_allclose(crossentropy_backward_ref(dl, logits, targets, Vs), num, atol=1e-8)
+    np.testing.assert_allclose(crossentropy_backward_ref(dl, logits, targets, Vs), num, rtol=rtol, atol=atol)
 
 
 # ----------------------------------------------------------------------------- the fast exp and max
@@ -139,8 +137,8 @@ def test_max_f32_is_exact(n):
 
 
 # ----------------------------------------------------------------------------- GPT-2's vocabulary
-@pytest.mark.parametrize("V,Vp", [(50257, 50304), (1024, 1025), (1025, 1088), (511, 512)])
-def test_crossentropy_real_vocab_against_float64(V, Vp):
+@pytest.mark.parametrize("backend,V,Vp", cases(cpu=[(50257, 50304), (1024, 1025), (1025, 1088), (511, 512)]))
+def test_crossentropy_real_vocab_against_float64(backend, V, Vp):
     # full rows of GPT-2's size (several exp chunks, a ragged last one), with a row whose max is
     # far above the rest (most exps underflow) and one of equal logits
     rng = np.random.default_rng(V)
@@ -152,23 +150,18 @@ def test_crossentropy_real_vocab_against_float64(V, Vp):
     targets = rng.integers(0, V, size=(Bs, Ts)).astype(np.int32)
     targets[0, 2] = V // 3
     dlosses = rng.uniform(0.5, 2.0, size=(Bs, Ts)).astype(np.float32)
-    losses = np.full(Bs * Ts, np.nan, np.float32)
-    crossentropy_forward(losses, logits.reshape(-1), targets.reshape(-1), Bs, Ts, V, Vp)
-    np.testing.assert_allclose(losses.reshape(Bs, Ts), crossentropy_forward_ref(logits, targets, V),
-                               rtol=1e-6, atol=2e-6)
-    dlogits = np.full(Bs * Ts * Vp, 5.0, np.float32)
-    crossentropy_backward(dlogits, dlosses.reshape(-1), logits.reshape(-1), targets.reshape(-1), Bs, Ts, V, Vp)
-    ref = crossentropy_backward_ref(dlosses, logits, targets, V)
-    d = dlogits.reshape(Bs, Ts, Vp)
-    np.testing.assert_allclose(d[..., :V], ref[..., :V], rtol=1e-5, atol=1e-9)
-    assert np.all(d[..., V:] == 0.0)
+    args = dict(logits=logits, targets=targets, B=Bs, T=Ts, V=V, Vp=Vp, case="gpt2_vocab")
+    check(backend, "crossentropy_forward", losses=Bs * Ts, **args)
+    d = check(backend, "crossentropy_backward", dlogits=Bs * Ts * Vp, dlosses=dlosses, **args)["dlogits"]
+    assert np.all(d.reshape(Bs, Ts, Vp)[..., V:] == 0.0)
 
 
-def test_crossentropy_nan_logit_gives_nan_loss():
-    rng = np.random.default_rng(4)
-    logits, targets, dlosses = _data(rng)
+@pytest.mark.parametrize("backend", cases(cpu=[()]))
+def test_crossentropy_nan_logit_gives_nan_loss(backend):
+    B, T, V, Vp = 2, 7, 37, 64
+    logits, targets, _ = _data(np.random.default_rng(4), B, T, V, Vp)
     logits[1, 3, 5] = np.nan
-    losses = np.zeros(B * T, np.float32)
-    crossentropy_forward(losses, logits.reshape(-1), targets.reshape(-1), B, T, V, Vp)
+    losses = check(backend, "crossentropy_forward", losses=np.zeros(B * T, np.float32), logits=logits,
+                   targets=targets, B=B, T=T, V=V, Vp=Vp)["losses"]   # the NaN row is not compared, the others are
     assert np.isnan(losses[1 * T + 3])
     assert np.all(np.isfinite(np.delete(losses, 1 * T + 3)))

@@ -1,6 +1,9 @@
+"""gelu_forward / gelu_backward against the float64 reference (tests/harness.py; the CUDA cases are in
+tests/test_cuda_kernels.py), the reference against finite differences, and the CPU's vector tanh."""
 import numpy as np
+import pytest
 
-from numbagpt.cpu import gelu_backward, gelu_forward
+from harness import cases, check, tolerance
 from reference import gelu_backward_ref, gelu_forward_ref, numerical_grad
 
 N = 1003
@@ -12,22 +15,16 @@ def _inputs(rng):
     return x.astype(np.float32)
 
 
-def test_gelu_forward():
-    rng = np.random.default_rng(0)
-    x = _inputs(rng)
-    out = np.full(N, np.nan, dtype=np.float32)
-    gelu_forward(out, x, N)
-    np.testing.assert_allclose(out, gelu_forward_ref(x), rtol=1e-5, atol=1e-6)
+@pytest.mark.parametrize("backend", cases(cpu=[()]))
+def test_gelu_forward(backend):
+    check(backend, "gelu_forward", out=N, inp=_inputs(np.random.default_rng(0)), N=N)
 
 
-def test_gelu_backward_accumulates():
+@pytest.mark.parametrize("backend", cases(cpu=[()]))
+def test_gelu_backward_accumulates(backend):
     rng = np.random.default_rng(1)
     x = _inputs(rng)
-    dout = rng.standard_normal(N).astype(np.float32)
-    d0 = rng.standard_normal(N).astype(np.float32)
-    dinp = d0.copy()
-    gelu_backward(dinp, dout, x, N)
-    np.testing.assert_allclose(dinp, d0 + gelu_backward_ref(dout, x), rtol=1e-5, atol=2e-6)
+    check(backend, "gelu_backward", dinp=N, dout=rng.standard_normal(N).astype(np.float32), inp=x, N=N)
 
 
 def test_gelu_reference_backward_finite_differences():
@@ -35,7 +32,8 @@ def test_gelu_reference_backward_finite_differences():
     x = np.concatenate([rng.standard_normal(20) * 2.0, [0.0, 3.5, -3.5]])
     w = rng.standard_normal(x.size)
     num = numerical_grad(lambda a: (gelu_forward_ref(a) * w).sum(), x)
-    np.testing.assert_allclose(gelu_backward_ref(w, x), num, rtol=1e-6, atol=1e-8)
+    rtol, atol = tolerance("gelu_backward", case="reference")
+    np.testing.assert_allclose(gelu_backward_ref(w, x), num, rtol=rtol, atol=atol)
 
 
 def _tanh_f32_array():

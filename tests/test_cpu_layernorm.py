@@ -1,60 +1,47 @@
+"""layernorm_forward / layernorm_backward on every backend against the float64 reference (tests/harness.py)."""
 import numpy as np
 import pytest
 
-from numbagpt.cpu import layernorm_backward, layernorm_forward
+from harness import cases, check, rnd, tolerance
 from reference import layernorm_backward_ref, layernorm_forward_ref, numerical_grad
 
-B, T = 2, 7
+# (B, T, C, offset): C=36 a partial last channel block in the dweight reduction; on CUDA (3, 100, 3) is
+# 300 rows: two row chunks (atomics) in the dweight/dbias reduction. The CPU rows have an offset of 5 and
+# spreads down to 0.1 (the variance must not come from E[x²] − E[x]²; the CPU sums in float64); the
+# CUDA kernel sums in float32, whose 1 ulp of 5 would be 5e-6 of such a row: its rows are centred.
+SHAPES = cases(cpu=[(2, 7, 12, 5.0), (2, 7, 36, 5.0)], cuda=[(2, 5, 12, 0.5), (1, 6, 70, 0.5), (3, 100, 3, 0.5)])
 
 
-def _data(rng, C):
-    # an offset and a spread of scales: the variance must not come from E[x²] − E[x]²
-    x = (rng.standard_normal((B, T, C)) * rng.uniform(0.1, 3.0, size=(B, T, 1)) + 5.0).astype(np.float32)
+def _data(rng, B, T, C, offset):
+    x = (rng.standard_normal((B, T, C)) * rng.uniform(0.1, 3.0, size=(B, T, 1)) + offset).astype(np.float32)
     w = (1.0 + 0.5 * rng.standard_normal(C)).astype(np.float32)
     b = (0.5 * rng.standard_normal(C)).astype(np.float32)
-    return x, w, b
+    return x.reshape(-1), w, b
 
 
-@pytest.mark.parametrize("C", [12, 36])  # 36: a partial last channel block in the dweight reduction
-def test_layernorm_forward(C):
-    rng = np.random.default_rng(0)
-    x, w, b = _data(rng, C)
-    out = np.full(B * T * C, np.nan, dtype=np.float32)
-    mean = np.full(B * T, np.nan, dtype=np.float32)
-    rstd = np.full(B * T, np.nan, dtype=np.float32)
-    layernorm_forward(out, mean, rstd, x.reshape(-1), w, b, B, T, C)
-    rout, rmean, rrstd = layernorm_forward_ref(x, w, b)
-    np.testing.assert_allclose(out.reshape(B, T, C), rout, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(mean.reshape(B, T), rmean, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(rstd.reshape(B, T), rrstd, rtol=1e-6)
+@pytest.mark.parametrize("backend,B,T,C,offset", SHAPES)
+def test_layernorm_forward(backend, B, T, C, offset):
+    x, w, b = _data(np.random.default_rng(0), B, T, C, offset)
+    check(backend, "layernorm_forward", out=B * T * C, mean=B * T, rstd=B * T, inp=x, weight=w, bias=b, B=B, T=T, C=C)
 
 
-@pytest.mark.parametrize("C", [12, 36])
-def test_layernorm_backward_accumulates(C):
+@pytest.mark.parametrize("backend,B,T,C,offset", SHAPES)
+def test_layernorm_backward_accumulates(backend, B, T, C, offset):
     rng = np.random.default_rng(1)
-    x, w, b = _data(rng, C)
-    mean = np.zeros(B * T, dtype=np.float32)
-    rstd = np.zeros(B * T, dtype=np.float32)
-    out = np.zeros(B * T * C, dtype=np.float32)
-    layernorm_forward(out, mean, rstd, x.reshape(-1), w, b, B, T, C)
-    dout = rng.standard_normal((B, T, C)).astype(np.float32)
-    dx0 = rng.standard_normal(B * T * C).astype(np.float32)
-    dw0 = rng.standard_normal(C).astype(np.float32)
-    db0 = rng.standard_normal(C).astype(np.float32)
-    dx, dw, db = dx0.copy(), dw0.copy(), db0.copy()
-    layernorm_backward(dx, dw, db, dout.reshape(-1), x.reshape(-1), w, mean, rstd, B, T, C)
-    rdx, rdw, rdb = layernorm_backward_ref(dout, x, w)
-    np.testing.assert_allclose(dx.reshape(B, T, C), dx0.reshape(B, T, C) + rdx, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(dw, dw0 + rdw, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(db, db0 + rdb, rtol=1e-5, atol=1e-5)
+    x, w, b = _data(rng, B, T, C, offset)
+    _, mean, rstd = layernorm_forward_ref(x.reshape(B, T, C), w, b)
+    check(backend, "layernorm_backward", dinp=B * T * C, dweight=C, dbias=C, dout=rnd(rng, B, T, C), inp=x,
+          weight=w, mean=mean.astype(np.float32), rstd=rstd.astype(np.float32), B=B, T=T, C=C)
 
 
 def test_layernorm_reference_backward_finite_differences():
     rng = np.random.default_rng(2)
+    rtol, atol = tolerance("layernorm_backward", case="reference")
     x = rng.standard_normal((2, 3, 5)) + 1.0
     w, b = rng.standard_normal(5), rng.standard_normal(5)
     g = rng.standard_normal((2, 3, 5))
     dx, dw, db = layernorm_backward_ref(g, x, w)
-    np.testing.assert_allclose(dx, numerical_grad(lambda a: (layernorm_forward_ref(a, w, b)[0] * g).sum(), x), atol=1e-7)
-    np.testing.assert_allclose(dw, numerical_grad(lambda a: (layernorm_forward_ref(x, a, b)[0] * g).sum(), w), atol=1e-7)
-    np.testing.assert_allclose(db, numerical_grad(lambda a: (layernorm_forward_ref(x, w, a)[0] * g).sum(), b), atol=1e-7)
+    for got, arg in ((dx, 0), (dw, 1), (db, 2)):
+        def loss(a):
+            return (layernorm_forward_ref(*[a if i == arg else v for i, v in enumerate((x, w, b))])[0] * g).sum()
+        np.testing.assert_allclose(got, numerical_grad(loss, (x, w, b)[arg]), rtol=rtol, atol=atol)

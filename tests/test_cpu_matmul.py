@@ -18,6 +18,8 @@ import numba
 import numpy as np
 import pytest
 
+import numbagpt.cpu as CPU
+from harness import check, tolerance
 from numbagpt.cpu import matmul as mm
 from numbagpt.cpu.matmul import matmul_backward, matmul_forward
 from reference import matmul_backward_ref, matmul_forward_ref
@@ -89,43 +91,21 @@ def _ids(s):
 @pytest.mark.parametrize("shape", SHAPES, ids=_ids)
 def test_matmul_forward(shape, with_bias):
     B, T, C, OC = shape
-    rng = np.random.default_rng(0)
-    x, w, b = _data(rng, B, T, C, OC)
-    bias = b if with_bias else None
-    out = np.full(B * T * OC, np.nan, dtype=np.float32)  # written, never read: NaN must disappear
-    matmul_forward(out, x.reshape(-1), w.reshape(-1), bias, B, T, C, OC)
-    ref = matmul_forward_ref(x, w, bias)
-    np.testing.assert_allclose(out.reshape(B, T, OC), ref, rtol=1e-5, atol=2e-5)
+    x, w, b = _data(np.random.default_rng(0), B, T, C, OC)
+    check(CPU, "matmul_forward", out=B * T * OC, inp=x, weight=w, bias=b if with_bias else None, B=B, T=T, C=C, OC=OC)
 
 
 @pytest.mark.parametrize("with_dbias", [True, False])
 @pytest.mark.parametrize("shape", SHAPES, ids=_ids)
 def test_matmul_backward_accumulates(shape, with_dbias):
+    # pre-filled gradients (the harness's): the kernel must add to them (llm.c's +=); no dbias: none
+    # passed; the inputs are read-only (the harness checks them)
     B, T, C, OC = shape
     rng = np.random.default_rng(1)
     x, w, _ = _data(rng, B, T, C, OC)
     dout = (rng.standard_normal((B, T, OC)) / np.sqrt(OC)).astype(np.float32)
-    # pre-filled gradients: the kernel must add to them (llm.c's +=)
-    dx0 = rng.standard_normal(B * T * C).astype(np.float32)
-    dw0 = rng.standard_normal(OC * C).astype(np.float32)
-    db0 = rng.standard_normal(OC).astype(np.float32)
-    dx, dw, db = dx0.copy(), dw0.copy(), db0.copy()
-    w_before, x_before, dout_before = w.copy(), x.copy(), dout.copy()
-    matmul_backward(dx, dw, db if with_dbias else None, dout.reshape(-1), x.reshape(-1), w.reshape(-1),
-                    B, T, C, OC)
-    rdx, rdw, rdb = matmul_backward_ref(dout, x, w)
-    # dweight reduces over B·T terms of size ~|x|·|dout|: scale the tolerance with sqrt(BT)
-    np.testing.assert_allclose(dx.reshape(B, T, C), dx0.reshape(B, T, C) + rdx, rtol=1e-5, atol=2e-5)
-    np.testing.assert_allclose(dw.reshape(OC, C), dw0.reshape(OC, C) + rdw, rtol=1e-5,
-                               atol=2e-5 * max(1.0, np.sqrt(B * T / OC)))
-    if with_dbias:
-        np.testing.assert_allclose(db, db0 + rdb, rtol=1e-5, atol=2e-5)
-    else:
-        np.testing.assert_array_equal(db, db0)  # untouched (it was not even passed)
-    # inputs are read-only
-    np.testing.assert_array_equal(w, w_before)
-    np.testing.assert_array_equal(x, x_before)
-    np.testing.assert_array_equal(dout, dout_before)
+    check(CPU, "matmul_backward", dinp=B * T * C, dweight=OC * C, dbias=OC if with_dbias else None, dout=dout,
+          inp=x, weight=w, B=B, T=T, C=C, OC=OC)
 
 
 def test_matmul_on_views_of_big_buffers():
@@ -145,7 +125,8 @@ def test_matmul_on_views_of_big_buffers():
     wv, bv = params[3:3 + OC * C], params[3 + OC * C:3 + OC * C + OC]
     xv, outv = acts[7:7 + B * T * C], acts[7 + B * T * C:7 + B * T * C + B * T * OC]
     matmul_forward(outv, xv, wv, bv, B, T, C, OC)
-    np.testing.assert_allclose(outv.reshape(B, T, OC), matmul_forward_ref(x, w, b), rtol=1e-5, atol=2e-5)
+    rtol, atol = tolerance("matmul_forward")
+    np.testing.assert_allclose(outv.reshape(B, T, OC), matmul_forward_ref(x, w, b), rtol=rtol, atol=atol)
     # nothing outside `out` was written
     np.testing.assert_array_equal(acts[:7 + B * T * C], guard_a[:7 + B * T * C])
     np.testing.assert_array_equal(acts[7 + B * T * C + B * T * OC:], guard_a[7 + B * T * C + B * T * OC:])
@@ -156,9 +137,10 @@ def test_matmul_on_views_of_big_buffers():
     dwv, dbv = grads[3:3 + OC * C], grads[3 + OC * C:3 + OC * C + OC]
     matmul_backward(dxv, dwv, dbv, dacts[7 + B * T * C:7 + B * T * C + B * T * OC], xv, wv, B, T, C, OC)
     rdx, rdw, rdb = matmul_backward_ref(dout, x, w)
-    np.testing.assert_allclose(dxv.reshape(B, T, C), rdx, rtol=1e-5, atol=1e-4)
-    np.testing.assert_allclose(dwv.reshape(OC, C), rdw, rtol=1e-5, atol=1e-4)
-    np.testing.assert_allclose(dbv, rdb, rtol=1e-5, atol=1e-4)
+    rtol, atol = tolerance("matmul_backward", case="views")
+    np.testing.assert_allclose(dxv.reshape(B, T, C), rdx, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(dwv.reshape(OC, C), rdw, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(dbv, rdb, rtol=rtol, atol=atol)
     assert not grads[:3].any() and not grads[3 + OC * C + OC:].any()
     assert not dacts[:7].any() and not dacts[7 + B * T * C + B * T * OC:].any()
 
@@ -200,9 +182,10 @@ def test_matmul_backward_matches_finite_differences_of_forward():
     dw = np.zeros(OC * C, np.float32)
     db = np.zeros(OC, np.float32)
     matmul_backward(dx, dw, db, g.reshape(-1), x.reshape(-1), w.reshape(-1), B, T, C, OC)
-    np.testing.assert_allclose(dx.reshape(x.shape), num_dx, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(dw.reshape(w.shape), num_dw, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(db, num_db, rtol=1e-4, atol=1e-4)
+    rtol, atol = tolerance("matmul_backward", case="finite_differences")
+    np.testing.assert_allclose(dx.reshape(x.shape), num_dx, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(dw.reshape(w.shape), num_dw, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(db, num_db, rtol=rtol, atol=atol)
 
 
 def _inner_loop(asm):

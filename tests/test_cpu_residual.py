@@ -1,35 +1,35 @@
+"""residual_forward / residual_backward on every backend against the float64 reference (tests/harness.py)."""
 import numpy as np
+import pytest
 
-from numbagpt.cpu import residual_backward, residual_forward
-from reference import residual_backward_ref, residual_forward_ref
+from harness import cases, check, rnd
 
 N = 2 * 7 * 12 + 5
 
 
-def test_residual_forward():
+@pytest.mark.parametrize("backend,N", cases(cpu=[N], cuda=[120, 300]))
+def test_residual_forward(backend, N):
     rng = np.random.default_rng(0)
-    a, b = rng.standard_normal(N).astype(np.float32), rng.standard_normal(N).astype(np.float32)
-    out = np.full(N, np.nan, dtype=np.float32)
-    residual_forward(out, a, b, N)
-    np.testing.assert_allclose(out, residual_forward_ref(a, b), rtol=1e-6, atol=1e-7)
+    a, b = rnd(rng, N), rnd(rng, N)
+    out = check(backend, "residual_forward", out=N, inp1=a, inp2=b, N=N)["out"]
     np.testing.assert_array_equal(out, a + b)  # one float32 add: exact
 
 
-def test_residual_backward_accumulates():
+@pytest.mark.parametrize("backend,N", cases(cpu=[N], cuda=[120, 300]))
+def test_residual_backward_accumulates(backend, N):
     rng = np.random.default_rng(1)
-    dout = rng.standard_normal(N).astype(np.float32)
-    d1_0, d2_0 = rng.standard_normal(N).astype(np.float32), rng.standard_normal(N).astype(np.float32)
-    d1, d2 = d1_0.copy(), d2_0.copy()
-    residual_backward(d1, d2, dout, N)
-    r1, r2 = residual_backward_ref(dout)
-    np.testing.assert_allclose(d1, d1_0 + r1, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(d2, d2_0 + r2, rtol=1e-6, atol=1e-7)
+    dout, d1, d2 = rnd(rng, N), rnd(rng, N), rnd(rng, N)
+    got = check(backend, "residual_backward", dinp1=d1, dinp2=d2, dout=dout, N=N)
+    np.testing.assert_array_equal(got["dinp1"], d1 + dout)  # exact
+    np.testing.assert_array_equal(got["dinp2"], d2 + dout)
 
 
-def test_residual_partial_length():
-    # N smaller than the buffers: the tail is left alone
+@pytest.mark.parametrize("backend", cases(cpu=[()]))
+def test_residual_partial_length(backend):
+    # N smaller than the buffers: the first N elements are the sum, the tail is left alone
     rng = np.random.default_rng(2)
-    a, b = rng.standard_normal(N).astype(np.float32), rng.standard_normal(N).astype(np.float32)
+    a, b = rnd(rng, N), rnd(rng, N)
     out = np.zeros(N, dtype=np.float32)
-    residual_forward(out, a, b, N - 5)
-    np.testing.assert_array_equal(out[N - 5:], 0.0)
+    got = check(backend, "residual_forward", out=out, inp1=a, inp2=b, N=N - 5)["out"]
+    np.testing.assert_array_equal(got[:N - 5], (a + b)[:N - 5])
+    np.testing.assert_array_equal(got[N - 5:], 0.0)
