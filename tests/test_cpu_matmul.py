@@ -258,3 +258,16 @@ def test_dispatch_follows_the_target_cpu(kernel, features, expect):
 def test_unknown_kernel_is_refused(kernel):
     with pytest.raises(ValueError, match="'avx1024'"):
         mm.set_kernel("avx1024")
+
+
+def test_environment_forces_a_kernel_or_says_why_not(kernel):
+    """NUMBAGPT_MATMUL picks the kernel at import; a bad value fails with a message naming it."""
+    if kernel != mm.supported_kernels()[0]:
+        pytest.skip("a subprocess test: run once")
+    code = "from numbagpt.cpu import matmul as mm; print(mm.kernel())"
+    ok = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, NUMBAGPT_MATMUL="portable"),
+                        capture_output=True, text=True, timeout=600)
+    assert ok.returncode == 0 and ok.stdout.strip() == "portable", ok.stderr
+    bad = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, NUMBAGPT_MATMUL="avx1024"),
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0 and "NUMBAGPT_MATMUL=avx1024: unknown matmul kernel 'avx1024'" in bad.stderr

@@ -412,11 +412,15 @@ def kernel():
     return _kernel
 
 
-def _default_kernel():
-    return os.environ.get("NUMBAGPT_MATMUL", "").strip() or supported_kernels()[0]
+def _set_default_kernel():
+    want = os.environ.get("NUMBAGPT_MATMUL", "").strip()
+    try:
+        set_kernel(want or supported_kernels()[0])
+    except ValueError as e:
+        raise ValueError(f"NUMBAGPT_MATMUL={want}: {e}") from None
 
 
 _GEMMS = {}
 _gemm = None
 _kernel = "portable"
-set_kernel(_default_kernel())
+_set_default_kernel()
