@@ -18,7 +18,7 @@ only same-run ratios mean much):
                      threads), without it the code stays scalar (6-8 GF/s).
   dotgemm            the dot form as a tiled GEMM for all three products (tiles MT x NT of Y, KT
                      reduction chunks, transposed operands packed per task) -- the first
-                     production version; its forward is the production forward.
+                     production version, now numbagpt/cpu/matmul_portable.py (timed as "portable").
   prod               numbagpt.cpu.matmul: dot form forward, register-blocked axpy backward (dinp in
                      the dot form on a transposed weight when C <= 256 and OC >= 256).
 
@@ -74,7 +74,6 @@ from numba import njit, prange
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _FM_DOT = {"reassoc", "contract"}
-_FM_AXPY = {"contract"}
 
 
 # ---------------------------------------------------------------- stage 1: forward micro-kernels
@@ -181,213 +180,20 @@ def gen_bcast(MR, NR, name, fastmath=frozenset(_FM_DOT)):
 
 
 # ---------------------------------------------------------------- dot-product GEMM (first version)
-@njit(fastmath=_FM_DOT)
-def _generic(Y, yi, mr, yj, nr, A, ai, ak, Bm, bj, bk, kn, init, bias, has_bias):
-    """The ragged edges: Y[yi:yi+mr, yj:yj+nr] (=|+=) A[ai:ai+mr, ak:ak+kn] · Bm[bj:bj+nr, bk:bk+kn]ᵀ,
-    one plain dot product per output (used only where M or N is not a multiple of 4)."""
-    for r in range(mr):
-        ar = A[ai + r, ak:ak + kn]
-        y = Y[yi + r]
-        for q in range(nr):
-            bq = Bm[bj + q, bk:bk + kn]
-            s = np.float32(0.0)
-            for k in range(kn):
-                s += ar[k] * bq[k]
-            if init:
-                if has_bias:
-                    s += bias[yj + q]
-                y[yj + q] = s
-            else:
-                y[yj + q] += s
+# It became numbagpt/cpu/matmul_portable.py (the fallback on CPUs without AVX2), which the lab imports
+# rather than keeping a copy; the dinp / dweight products it made on packed transposes, and their
+# numbers, are in the findings above.
+from numbagpt.cpu import matmul_portable  # noqa: E402
 
 
-@njit(fastmath=_FM_DOT)
-def _strip(Y, yi, mr, yj0, yj1, A, ai, ak, Bm, bj0, bk, kn, init, bias, has_bias):
-    """One strip of <= 4 rows of Y against a run of its columns, over one reduction chunk:
-
-        Y[yi+r, yj] (=|+=) Σ_{k<kn} A[ai+r, ak+k] · Bm[bj0+yj-yj0, bk+k]   (+ bias[yj] if init)
-
-    for r < mr <= 4, yj0 <= yj < yj1. Y, A, Bm are 2-D C-contiguous views. init: overwrite Y and add
-    the bias (first chunk of a forward); otherwise accumulate. The micro-kernel is the 4×4 block:
-    16 accumulators in registers, k innermost and contiguous in both operands, so per k it loads
-    4 + 4 values for 16 FMAs; LLVM vectorises the k loop (lane-wise partial sums, 'reassoc').
-    """
-    if mr < 4:
-        _generic(Y, yi, mr, yj0, yj1 - yj0, A, ai, ak, Bm, bj0, bk, kn, init, bias, has_bias)
-        return
-    # Row slices starting at the chunk: the index k below is then provably >= 0, so Numba's
-    # negative-index wraparound folds away and the loads stay contiguous (indexing a flat array
-    # with base + k instead produced gathers and ran ~4x slower).
-    a0 = A[ai, ak:ak + kn]
-    a1 = A[ai + 1, ak:ak + kn]
-    a2 = A[ai + 2, ak:ak + kn]
-    a3 = A[ai + 3, ak:ak + kn]
-    y0 = Y[yi]
-    y1 = Y[yi + 1]
-    y2 = Y[yi + 2]
-    y3 = Y[yi + 3]
-    jend = yj0 + (yj1 - yj0) // 4 * 4
-    for j in range(yj0, jend, 4):
-        bj = bj0 + (j - yj0)
-        b0 = Bm[bj, bk:bk + kn]
-        b1 = Bm[bj + 1, bk:bk + kn]
-        b2 = Bm[bj + 2, bk:bk + kn]
-        b3 = Bm[bj + 3, bk:bk + kn]
-        s00 = s01 = s02 = s03 = np.float32(0.0)
-        s10 = s11 = s12 = s13 = np.float32(0.0)
-        s20 = s21 = s22 = s23 = np.float32(0.0)
-        s30 = s31 = s32 = s33 = np.float32(0.0)
-        for k in range(kn):
-            x0 = a0[k]
-            x1 = a1[k]
-            x2 = a2[k]
-            x3 = a3[k]
-            w0 = b0[k]
-            w1 = b1[k]
-            w2 = b2[k]
-            w3 = b3[k]
-            s00 += x0 * w0
-            s01 += x0 * w1
-            s02 += x0 * w2
-            s03 += x0 * w3
-            s10 += x1 * w0
-            s11 += x1 * w1
-            s12 += x1 * w2
-            s13 += x1 * w3
-            s20 += x2 * w0
-            s21 += x2 * w1
-            s22 += x2 * w2
-            s23 += x2 * w3
-            s30 += x3 * w0
-            s31 += x3 * w1
-            s32 += x3 * w2
-            s33 += x3 * w3
-        if init:
-            c0 = c1 = c2 = c3 = np.float32(0.0)
-            if has_bias:
-                c0 = bias[j]
-                c1 = bias[j + 1]
-                c2 = bias[j + 2]
-                c3 = bias[j + 3]
-            y0[j] = c0 + s00
-            y0[j + 1] = c1 + s01
-            y0[j + 2] = c2 + s02
-            y0[j + 3] = c3 + s03
-            y1[j] = c0 + s10
-            y1[j + 1] = c1 + s11
-            y1[j + 2] = c2 + s12
-            y1[j + 3] = c3 + s13
-            y2[j] = c0 + s20
-            y2[j + 1] = c1 + s21
-            y2[j + 2] = c2 + s22
-            y2[j + 3] = c3 + s23
-            y3[j] = c0 + s30
-            y3[j + 1] = c1 + s31
-            y3[j + 2] = c2 + s32
-            y3[j + 3] = c3 + s33
-        else:
-            y0[j] += s00
-            y0[j + 1] += s01
-            y0[j + 2] += s02
-            y0[j + 3] += s03
-            y1[j] += s10
-            y1[j + 1] += s11
-            y1[j + 2] += s12
-            y1[j + 3] += s13
-            y2[j] += s20
-            y2[j + 1] += s21
-            y2[j + 2] += s22
-            y2[j + 3] += s23
-            y3[j] += s30
-            y3[j + 1] += s31
-            y3[j + 2] += s32
-            y3[j + 3] += s33
-    if jend < yj1:
-        _generic(Y, yi, 4, jend, yj1 - jend, A, ai, ak, Bm, bj0 + (jend - yj0), bk, kn, init, bias, has_bias)
-
-
-@njit(parallel=True, fastmath=_FM_DOT)
-def _gemm_nt(Y, A, Bm, bias, M, N, K, a_trans, b_trans, accumulate, has_bias, MT, NT, KT):
-    """Y (M,N) = [Y +] [bias (N)] + op(A) (M,K) · op(B) (N,K)ᵀ, all flat float32.
-
-    op(A) = A viewed (M,K), or, if a_trans, A stored (K,M) and read transposed; same for B with
-    b_trans and (N,K) / (K,N). accumulate: add into Y (backward); else overwrite it, adding bias if
-    has_bias (forward). One prange task per (MT × NT) tile of Y; the reduction runs in KT chunks.
-    """
-    Y2 = Y.reshape(M, N)
-    if a_trans:
-        A2 = A.reshape(K, M)
-    else:
-        A2 = A.reshape(M, K)
-    if b_trans:
-        B2 = Bm.reshape(K, N)
-    else:
-        B2 = Bm.reshape(N, K)
-    nmt = (M + MT - 1) // MT
-    nnt = (N + NT - 1) // NT
-    for t in prange(nmt * nnt):
-        # consecutive tasks share the same A strip (m0) and walk along N; each task owns its tile
-        m0 = (t // nnt) * MT
-        n0 = (t % nnt) * NT
-        m1 = min(m0 + MT, M)
-        n1 = min(n0 + NT, N)
-        # per-task scratch for the transposed operands: the packed tile, contiguous in k
-        ap = np.empty((MT if a_trans else 0, KT), dtype=np.float32)
-        bp = np.empty((NT if b_trans else 0, KT), dtype=np.float32)
-        for k0 in range(0, K, KT):
-            kn = min(KT, K - k0)
-            if a_trans:
-                # ap[r, k] = A[k0 + k, m0 + r]: read rows of the stored (K,M) array contiguously
-                for k in range(kn):
-                    src = A2[k0 + k, m0:m1]
-                    for r in range(m1 - m0):
-                        ap[r, k] = src[r]
-            if b_trans:
-                for k in range(kn):
-                    src = B2[k0 + k, n0:n1]
-                    for q in range(n1 - n0):
-                        bp[q, k] = src[q]
-            init = (k0 == 0) and not accumulate
-            # one call site (each would inline its own copy of the micro-kernel: compile time)
-            Au = ap if a_trans else A2
-            Bu = bp if b_trans else B2
-            ar0 = m0 if a_trans else 0
-            ak0 = 0 if a_trans else k0
-            br0 = n0 if b_trans else 0
-            bk0 = 0 if b_trans else k0
-            for i in range(m0, m1, 4):
-                _strip(Y2, i, min(4, m1 - i), n0, n1, Au, i - ar0, ak0, Bu, n0 - br0, bk0, kn,
-                       init, bias, has_bias)
-
-
-@njit(parallel=True)
-def _transpose(dst, src, R, Cn):
-    """dst (Cn, R) = src (R, Cn)ᵀ; prange over 32-row blocks of dst (reads 128-byte runs of src)."""
-    S = src.reshape(R, Cn)
-    D = dst.reshape(Cn, R)
-    for t in prange((Cn + 31) // 32):
-        c0 = t * 32
-        c1 = min(c0 + 32, Cn)
-        for r in range(R):
-            row = S[r, c0:c1]
-            for c in range(c1 - c0):
-                D[c0 + c, r] = row[c]
-
-
-
-# ---------------------------------------------------------------- driver
-
-def dotgemm(op, Y, X, W, D, BT, C, OC, MT=256, NT=64, KT=512):
-    """The three products through the dot-form _gemm_nt (packing transposed operands)."""
-    none = np.zeros(1, np.float32)
+def portable(op, Y, X, W, D, BT, C, OC):
+    """The three products through numbagpt.cpu.matmul_portable."""
     if op == "fwd":
-        _gemm_nt(Y, X, W, none, BT, OC, C, False, False, False, False, MT, NT, KT)  # = production
+        matmul_portable.forward(Y, X, W, None, BT, C, OC)
     elif op == "dinp":
-        _gemm_nt(Y, D, W, none, BT, C, OC, False, True, True, False, MT, NT, KT)
+        matmul_portable.backward_dinp(Y, D, W, BT, C, OC)
     else:
-        xt = np.empty(C * BT, np.float32)
-        _transpose(xt, X, BT, C)
-        _gemm_nt(Y, D, xt, none, OC, C, BT, True, False, True, False, 64, C, KT)
+        matmul_portable.backward_dweight(Y, D, X, BT, C, OC)
 
 
 def main():
@@ -431,7 +237,7 @@ def main():
         print(f"BT={BT} C={C} OC={OC}   GF/s")
         if "fwd" in args.which:
             fns = {"blas": lambda: np.dot(X, W.T),
-                   "dotgemm": lambda: dotgemm("fwd", y, x, w, d, BT, C, OC),
+                   "portable": lambda: portable("fwd", y, x, w, d, BT, C, OC),
                    "prod": lambda: mm.matmul_forward(y, x, w, None, 1, BT, C, OC)}
             if args.stage1:
                 fns["dot4x4"] = lambda: fwd_dot4x4(y, x, w, BT, C, OC)
@@ -443,12 +249,12 @@ def main():
         if "dinp" in args.which:
             print("  dinp")
             rr({"blas": lambda: np.dot(D, W),
-                "dotgemm": lambda: dotgemm("dinp", dx, x, w, d, BT, C, OC),
+                "portable": lambda: portable("dinp", dx, x, w, d, BT, C, OC),
                 "prod": lambda: mm._backward_dinp(dx, d, w, BT, C, OC)}, flop)
         if "dweight" in args.which:
             print("  dweight")
             rr({"blas": lambda: np.dot(D.T, X),
-                "dotgemm": lambda: dotgemm("dw", dw, x, w, d, BT, C, OC),
+                "portable": lambda: portable("dw", dw, x, w, d, BT, C, OC),
                 "prod": lambda: mm._backward_dweight(dw, d, x, BT, C, OC)}, flop)
 
 
