@@ -1,8 +1,7 @@
-"""Kernel experiments behind numbagpt/cpu/matmul.py: the variants tried, and a driver that times
-them side by side (round-robin, best of N, CPU time of this process, so that load from other
-processes on the 2 shared cores distorts less) against np.dot (OpenBLAS) and the production kernel.
-
-    python dev/matmul_experiments.py [--threads 1] [--rounds 5] [--which fwd,dinp,dweight]
+"""The first generation of matmul experiments (plain Numba loops, before the explicit-SIMD GEMM):
+the variants that are not production code, and the record of what was measured. The driver is
+dev/matmul/matmul_cpu.py (versions 1 and 2 are defined here; version 3, the loops that won, is
+numbagpt/cpu/matmul_portable.py, imported there).
 
 Variants (all GF/s below: 1 thread, CPU time, best of 4-5, next to OpenBLAS 1 thread in the same
 run; the 2 cores are shared with other jobs, so absolute numbers swing by +-30% between runs and
@@ -16,11 +15,11 @@ only same-run ratios mean much):
                      vectorisation off (NUMBA_SLP_VECTORIZE=0); with 'reassoc' the loop vectoriser
                      turns the C loop into MR*NR gathered reductions instead (22-33 GF/s at 2
                      threads), without it the code stays scalar (6-8 GF/s).
-  dotgemm            the dot form as a tiled GEMM for all three products (tiles MT x NT of Y, KT
-                     reduction chunks, transposed operands packed per task) -- the first
-                     production version, now numbagpt/cpu/matmul_portable.py (timed as "portable").
-  prod               numbagpt.cpu.matmul: dot form forward, register-blocked axpy backward (dinp in
-                     the dot form on a transposed weight when C <= 256 and OC >= 256).
+  dotgemm            (removed: a near-copy of the production loops) the dot form as a tiled GEMM
+                     for all three products (tiles MT x NT of Y, KT reduction chunks, transposed
+                     operands packed per task) -- the first production version.
+  prod               numbagpt/cpu/matmul_portable.py: dot form forward, register-blocked axpy
+                     backward (dinp in the dot form on a transposed weight when C <= 256, OC >= 256).
 
 Findings
   * Index arithmetic matters most: arr[base + k] on a flat array keeps Numba's negative-index
@@ -63,17 +62,12 @@ Findings
     nothing in another). A process-wide setting, read before Numba compiles anything: not set by
     the library.
 """
-import argparse
-import os
-import sys
-import time
-
 import numpy as np
 from numba import njit, prange
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _FM_DOT = {"reassoc", "contract"}
+_FM_AXPY = {"contract"}
 
 
 # ---------------------------------------------------------------- stage 1: forward micro-kernels
@@ -180,83 +174,3 @@ def gen_bcast(MR, NR, name, fastmath=frozenset(_FM_DOT)):
 
 
 # ---------------------------------------------------------------- dot-product GEMM (first version)
-# It became numbagpt/cpu/matmul_portable.py (the fallback on CPUs without AVX2), which the lab imports
-# rather than keeping a copy; the dinp / dweight products it made on packed transposes, and their
-# numbers, are in the findings above.
-from numbagpt.cpu import matmul_portable  # noqa: E402
-
-
-def portable(op, Y, X, W, D, BT, C, OC):
-    """The three products through numbagpt.cpu.matmul_portable."""
-    if op == "fwd":
-        matmul_portable.forward(Y, X, W, None, BT, C, OC)
-    elif op == "dinp":
-        matmul_portable.backward_dinp(Y, D, W, BT, C, OC)
-    else:
-        matmul_portable.backward_dweight(Y, D, X, BT, C, OC)
-
-
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--which", default="fwd,dinp,dweight")
-    ap.add_argument("--stage1", action="store_true", help="also time dot4x4 and the bcast variants")
-    args = ap.parse_args()
-    os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)
-    import numba
-    numba.set_num_threads(args.threads)
-    from numbagpt.cpu import matmul as mm
-
-    clock = time.process_time
-
-    def rr(fns, flop):
-        best = {k: 1e9 for k in fns}
-        for f in fns.values():
-            f()
-        for _ in range(args.rounds):
-            for k, f in fns.items():
-                t0 = clock()
-                f()
-                best[k] = min(best[k], clock() - t0)
-        # CPU time of all threads: GF/s per thread-second times threads = wall-clock equivalent
-        print("   " + "  ".join(f"{k}: {flop / best[k] / 1e9 * args.threads:5.1f}" for k in fns), flush=True)
-
-    rng = np.random.default_rng(0)
-    shapes = [(2048, 128, 50304 // 8), (256, 768, 50304 // 8), (2048, 128, 512), (2048, 512, 128),
-              (256, 768, 2304), (256, 3072, 768)]
-    for BT, C, OC in shapes:
-        x = rng.standard_normal(BT * C, dtype=np.float32)
-        w = rng.standard_normal(OC * C, dtype=np.float32)
-        d = rng.standard_normal(BT * OC, dtype=np.float32)
-        y = np.empty(BT * OC, np.float32)
-        dx = np.zeros(BT * C, np.float32)
-        dw = np.zeros(OC * C, np.float32)
-        X, W, D = x.reshape(BT, C), w.reshape(OC, C), d.reshape(BT, OC)
-        flop = 2.0 * BT * C * OC
-        print(f"BT={BT} C={C} OC={OC}   GF/s")
-        if "fwd" in args.which:
-            fns = {"blas": lambda: np.dot(X, W.T),
-                   "portable": lambda: portable("fwd", y, x, w, d, BT, C, OC),
-                   "prod": lambda: mm.matmul_forward(y, x, w, None, 1, BT, C, OC)}
-            if args.stage1:
-                fns["dot4x4"] = lambda: fwd_dot4x4(y, x, w, BT, C, OC)
-                for mr, nr in [(4, 16), (6, 16)]:
-                    f = gen_bcast(mr, nr, f"bc{mr}x{nr}", fastmath={"contract"})
-                    fns[f"bc{mr}x{nr}"] = (lambda f=f: f(y, x, w, BT, C, OC))
-            print("  forward")
-            rr(fns, flop)
-        if "dinp" in args.which:
-            print("  dinp")
-            rr({"blas": lambda: np.dot(D, W),
-                "portable": lambda: portable("dinp", dx, x, w, d, BT, C, OC),
-                "prod": lambda: mm._backward_dinp(dx, d, w, BT, C, OC)}, flop)
-        if "dweight" in args.which:
-            print("  dweight")
-            rr({"blas": lambda: np.dot(D.T, X),
-                "portable": lambda: portable("dw", dw, x, w, d, BT, C, OC),
-                "prod": lambda: mm._backward_dweight(dw, d, x, BT, C, OC)}, flop)
-
-
-if __name__ == "__main__":
-    main()
