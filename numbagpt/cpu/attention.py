@@ -15,7 +15,7 @@ Shapes (row-major, flat float32 buffers), hs = C / NH:
         dpreatt[t, t2] = att[t, t2]·(datt[t, t2] − Σ_t3 att[t, t3]·datt[t, t3])
         dq_t  += Σ_t2 dpreatt[t, t2]·k_t2 / sqrt(hs);   dk_t2 += dpreatt[t, t2]·q_t / sqrt(hs)
 
-How it is made fast (dev/attention_experiments.py has the variants and timings; ~7-10x the per-row
+How it is made fast (dev/attention.py has the variants and timings; ~7-10x the per-row
 kernels these replaced, bench/bench_kernels.py):
   - One parallel unit per (b, h) pair. It copies its head's q, k, v (and dout) into contiguous
     thread-local (T, hs) arrays, plus kᵀ / vᵀ as (hs, T), so that every inner loop runs over

@@ -249,32 +249,33 @@ def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, mparts, n
 '''
 
 
-def _compile(isa):
-    """The micro-kernels and GEMM core of one kernel, as Numba dispatchers. The generated source is
-    compiled under this file's name, so Numba's on-disk cache (keyed on this file) keeps them."""
-    b = _BLOCKING[isa]
+def _compile(isa, b):
+    """The micro-kernels and GEMM core of one kernel with blocking b, as Numba dispatchers. The
+    generated source is compiled under this file's name, so Numba's on-disk cache (keyed on this
+    file) keeps them."""
     ops = vector_ops(b["lanes"])
     env = dict(numba=numba, njit=njit, prange=prange, pack_b_t=_pack_b_transposed, edge=_edge,
                MR=b["MR"], NR=b["NR"], L=b["lanes"], load=ops.load, store=ops.store, bcast=ops.bcast,
                fma=ops.fma, add=ops.add, zero=ops.zero, __name__=__name__)
     kernels = {}
     for key, a_rows in (("UKR", True), ("UKK", False)):
-        name = f"_microkernel_{isa}_{'rows' if a_rows else 'kmajor'}"
+        name = f"_microkernel_{isa}_{b['MR']}x{b['NR']}_{'rows' if a_rows else 'kmajor'}"
         exec(compile(_microkernel_source(name, b["MR"], b["NR"], b["lanes"], a_rows), __file__, "exec"), env)
         kernels[key] = env[key] = njit(cache=True)(env[name])
-    core = f"_gemm_{isa}"
+    core = f"_gemm_{isa}_{b['MR']}x{b['NR']}"
     exec(compile(_CORE_SOURCE.format(name=core), __file__, "exec"), env)
     return kernels, njit(parallel=True, cache=True)(env[core])
 
 
 class _Gemm:
     """One kernel's GEMM with its packing buffers (allocated once per process, a slot for every
-    thread Numba may start, and reused by every call)."""
+    thread Numba may start, and reused by every call). `blocking` overrides entries of the kernel's
+    _BLOCKING (dev/matmul/ times other micro-tiles and blocks with it)."""
 
-    def __init__(self, isa):
+    def __init__(self, isa, **blocking):
         self.isa = isa
-        self.b = b = _BLOCKING[isa]
-        self.microkernels, self.core = _compile(isa)
+        self.b = b = dict(_BLOCKING[isa], **blocking)
+        self.microkernels, self.core = _compile(isa, b)
         nt = numba.config.NUMBA_NUM_THREADS
         self.Ap = np.empty(nt * b["MC"] * b["KC"], np.float32)
         self.Bp = np.empty(nt * b["NC"] * b["KC"], np.float32)

@@ -9,7 +9,7 @@ the numbers below are theirs (bench/bench_matmul.py --kernels portable,... shows
     backward_dweight(dweight, dout, inp, BT, C, OC)   dweight (OC,C) += dout (BT,OC)ᵀ · inp (BT,C)
 
 How fast: see bench/bench_matmul.py (against OpenBLAS in the same process) and
-dev/matmul_experiments.py (every variant tried, with numbers). In short: LLVM, as Numba drives it on
+dev/matmul/loops.py (every variant tried, with numbers). In short: LLVM, as Numba drives it on
 this CPU, vectorises with 256-bit registers (8 floats, 2 FMA/cycle), where OpenBLAS uses 512-bit
 ones, so about half of BLAS is the ceiling; these kernels reach 0.3-0.6 of BLAS (0.46 over the
 GPT-2 tiny and d12 shapes, 1 thread).
@@ -366,7 +366,7 @@ def backward_dinp(dinp, dout, weight, BT, C, OC):
     C) is short and pays its per-pass setup often (~40 GF/s at C = 128), while the dot form over a
     long reduction (OC >= 256) runs at ~55-70: then transposing weight once (C·OC floats of scratch,
     a few % of the product's time when BT·2 flops amortise each copied float) and using the dot
-    form wins (dev/matmul_experiments.py).
+    form wins (dev/matmul/loops.py).
     """
     if C <= 256 and OC >= 256:
         wT = np.empty(C * OC, dtype=np.float32)
@@ -382,7 +382,7 @@ def backward_dweight(dweight, dout, inp, BT, C, OC):
 
 
 def _tiles(op, BT, C, OC):
-    """(MT, NT, KT) for one product (measurements in dev/matmul_experiments.py).
+    """(MT, NT, KT) for one product (measurements in dev/matmul/loops.py).
 
     forward (dot form): tiles of 256 rows × 64 columns of out, C in chunks of 512 (the B block,
     64 × 512 floats = 128 KiB, stays in L2 while the task's 256 rows stream past it).

@@ -1,0 +1,170 @@
+"""The CPU matmul lab, in the manner of llm.c's dev/cuda: numbered versions of one product, each
+checked against NumPy float64 before it is timed next to np.dot (OpenBLAS) in the same process.
+
+    python dev/matmul/matmul_cpu.py 6                        # version 6, all three products
+    python dev/matmul/matmul_cpu.py 3 6 --op forward --shape 2048,128,50304 --threads 2
+    python dev/matmul/matmul_cpu.py --microkernel            # micro-kernels alone, in L1
+
+Versions (M, N, K and the operands of each product as in numbagpt/cpu/matmul.py):
+  1  dot4x4: dot-product form, 4x4 scalar accumulators, LLVM vectorises k (forward only; loops.py)
+  2  bcast 4x16: outer-product form on scalar accumulators, hoping for SLP (forward only; loops.py)
+  3  the portable loops (numbagpt/cpu/matmul_portable.py, the production fallback)
+  4  packed GEMM, avx2 kernel: 6x16 on 8-lane ymm (production, numbagpt.cpu.matmul)
+  5  packed GEMM, avx512 kernel with a 12x32 micro-tile (production code, blocking overridden)
+  6  packed GEMM, avx512 kernel, 6x64 (production)
+
+Measured on the 2-core AVX-512 machine, 1 thread, CPU time, ratio to OpenBLAS (SkylakeX kernel) in
+the same run, while other jobs loaded the cores (absolute GF/s halve under that load; ratios hold):
+  - v1, v2: 0.3-0.6 and 0.1-0.3 of BLAS (loops.py has the details); v3: 0.5-0.9, median ~0.75.
+  - The packed GEMM's micro-kernel alone (--microkernel): every tile tried (12x32, 6x64, 8x48
+    k-major; 6x64, 4x64, 8x32, 12x32 row-by-row) runs at ~107-115 GF/s in L1 with no stack access
+    in its k loop. (An earlier form of the row-by-row 12x32 kernel, its 12 row offsets computed
+    inside the loop, spilled: 41 stack accesses, 78 GF/s.) Yet inside the GEMM, v5 (12x32) runs
+    0.6 of BLAS on forward/dinp at 512x128x1024 where v6 (6x64) runs 1.0: per k, 6x64 issues 4
+    vector loads + 6 broadcasts for its 24 FMAs, 12x32 2 + 12 — not investigated further.
+  - v5 first version (12x32, A always packed k-major by a transposing copy, B panel shared by the
+    threads, two barriers per (jc, pc) block): 0.67-0.92 of BLAS at 1 thread, but 0.3-0.7 at 2
+    threads on the loaded machine: a barrier waits for a descheduled thread. One task per thread
+    with private buffers (no barrier inside a call) fixed that.
+  - Transposing A for the forward/dinp was the rest of the gap (0.4-0.5 ns/element); v6 packs A as
+    it lies (row by row for a row-major A, k-major for dweight's transposed one), so every A pack is
+    a plain vector copy, with a 6x64 tile whose 6 address streams fit the registers: overall 0.89
+    of BLAS at 1 thread (worst shapes: the 2048x128x128 products, 0.6-0.7, where packing both
+    operands weighs most).
+"""
+import argparse
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+DESCRIPTIONS = {1: "dot4x4 loops", 2: "bcast 4x16 scalar", 3: "portable loops", 4: "avx2 6x16",
+                5: "avx512 12x32", 6: "avx512 6x64"}
+
+
+def products(version, threads):
+    """{op: f(Y, X, W, D, BT, C, OC)} for one version (op in forward, dinp, dweight)."""
+    import numpy as np
+
+    if version in (1, 2):
+        import loops
+        f = loops.fwd_dot4x4 if version == 1 else loops.gen_bcast(4, 16, "bc4x16", fastmath={"contract"})
+        return {"forward": lambda Y, X, W, D, BT, C, OC: f(Y, X, W, BT, C, OC)}
+    if version == 3:
+        from numbagpt.cpu import matmul_portable as p
+        return {"forward": lambda Y, X, W, D, BT, C, OC: p.forward(Y, X, W, None, BT, C, OC),
+                "dinp": lambda Y, X, W, D, BT, C, OC: p.backward_dinp(Y, D, W, BT, C, OC),
+                "dweight": lambda Y, X, W, D, BT, C, OC: p.backward_dweight(Y, D, X, BT, C, OC)}
+    from numbagpt.cpu import matmul as mm
+    isa = "avx2" if version == 4 else "avx512"
+    if isa not in mm.supported_kernels():
+        sys.exit(f"version {version} needs the {isa} kernel; this CPU runs {mm.supported_kernels()}")
+    g = mm._Gemm(isa, MR=12, NR=32, MC=144) if version == 5 else mm._Gemm(isa)
+    none = np.zeros(1, np.float32)
+    return {"forward": lambda Y, X, W, D, BT, C, OC: g(Y, X, True, W, True, none, BT, OC, C, 1),
+            "dinp": lambda Y, X, W, D, BT, C, OC: g(Y, D, True, W, False, none, BT, C, OC, 0),
+            "dweight": lambda Y, X, W, D, BT, C, OC: g(Y, D, False, X, False, none, OC, C, BT, 0)}
+
+
+def run_versions(args):
+    import numpy as np
+    BT, C, OC = args.shape
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((BT, C), dtype=np.float32)
+    W = (rng.standard_normal((OC, C)) / np.sqrt(C)).astype(np.float32)
+    D = (rng.standard_normal((BT, OC)) / np.sqrt(OC)).astype(np.float32)
+    ref = {"forward": X.astype(np.float64) @ W.T.astype(np.float64),
+           "dinp": D.astype(np.float64) @ W.astype(np.float64),
+           "dweight": D.T.astype(np.float64) @ X.astype(np.float64)}
+    blas = {"forward": lambda: np.dot(X, W.T), "dinp": lambda: np.dot(D, W), "dweight": lambda: np.dot(D.T, X)}
+    clock = time.process_time
+    flop = 2.0 * BT * C * OC
+    print(f"BT={BT} C={C} OC={OC}, {args.threads} thread(s), CPU time / threads, best of {args.reps} (round-robin)")
+    for op in args.op:
+        fns = {}
+        for v in args.versions:
+            f = products(v, args.threads).get(op)
+            if f is None:
+                continue
+            Y = np.zeros(ref[op].shape, np.float32)
+            f(Y.reshape(-1), X.reshape(-1), W.reshape(-1), D.reshape(-1), BT, C, OC)  # validate first
+            err = np.abs(Y - ref[op]).max() / max(1.0, np.abs(ref[op]).max())
+            if err > 1e-5:
+                sys.exit(f"version {v} {op}: max relative error {err:.2e} against float64: wrong, not timed")
+            fns[f"v{v} {DESCRIPTIONS[v]}"] = (lambda f=f, Y=Y: f(Y.reshape(-1), X.reshape(-1), W.reshape(-1),
+                                                                 D.reshape(-1), BT, C, OC))
+        fns["BLAS"] = blas[op]
+        best = {k: float("inf") for k in fns}
+        for _ in range(args.reps):
+            for k, f in fns.items():
+                t0 = clock()
+                f()
+                best[k] = min(best[k], (clock() - t0) / args.threads)
+        print(f"  {op}: " + "  ".join(f"{k} {flop / best[k] / 1e9:.1f} GF/s ({best['BLAS'] / best[k]:.2f})"
+                                      for k in fns if k != "BLAS") + f"  BLAS {flop / best['BLAS'] / 1e9:.1f}")
+
+
+def run_microkernels(args):
+    """Each micro-kernel (production generator) alone on L1-resident panels: GF/s and stack accesses
+    in its k loop."""
+    import re
+
+    import numpy as np
+    from numba import njit
+
+    from numbagpt.cpu import matmul as mm
+    from numbagpt.cpu.simd import vector_ops
+    ops = vector_ops(16)
+    env = dict(load=ops.load, store=ops.store, bcast=ops.bcast, fma=ops.fma, add=ops.add, zero=ops.zero)
+    kc = 256
+    for MR, NR, rows in [(12, 32, False), (6, 64, False), (8, 48, False), (6, 64, True), (4, 64, True),
+                         (8, 32, True), (12, 32, True)]:
+        name = f"uk_{MR}x{NR}_{'rows' if rows else 'kmajor'}"
+        exec(mm._microkernel_source(name, MR, NR, 16, rows), env)
+        uk = njit(env[name])
+        Ap = np.random.rand(kc * MR).astype(np.float32)
+        Bp = np.random.rand(kc * NR).astype(np.float32)
+        Y = np.zeros(MR * NR, np.float32)
+        sa = kc if rows else MR
+
+        @njit
+        def loop(n, Ap, Bp, Y):
+            for _ in range(n):
+                uk(kc, Ap, 0, sa, Bp, 0, Y, 0, NR, 0, Y, 0)
+
+        loop(1, Ap, Bp, Y)
+        asm = uk.inspect_asm(uk.signatures[0])
+        body = max(re.split(r"\n(?=\.?[A-Za-z_0-9.]+:)", asm), key=lambda b: len(re.findall(r"vfmadd", b)))
+        n = int(2e9 / (2 * MR * NR * kc))
+        best = 0.0
+        for _ in range(args.reps):
+            t0 = time.process_time()
+            loop(n, Ap, Bp, Y)
+            best = max(best, 2 * MR * NR * kc * n / (time.process_time() - t0) / 1e9)
+        print(f"{name:20s} {best:6.1f} GF/s   stack accesses in the k loop: {len(re.findall('rsp', body))}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("versions", nargs="*", type=int, default=[3, 6], help="versions to time (1-6; default 3 6)")
+    ap.add_argument("--op", nargs="+", default=["forward", "dinp", "dweight"], choices=["forward", "dinp", "dweight"])
+    ap.add_argument("--shape", default="2048,128,6288", help="BT,C,OC (default: a tiny LM-head slice)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--microkernel", action="store_true", help="time the micro-kernels alone instead")
+    args = ap.parse_args()
+    args.shape = tuple(int(v) for v in args.shape.split(","))
+    for v in args.versions:
+        if v not in DESCRIPTIONS:
+            ap.error(f"version {v}: expected one of {sorted(DESCRIPTIONS)}")
+    os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)
+    import numba
+    numba.set_num_threads(args.threads)
+    run_microkernels(args) if args.microkernel else run_versions(args)
+
+
+if __name__ == "__main__":
+    main()
