@@ -1,6 +1,6 @@
 """Benchmark numbagpt.cpu's attention and crossentropy kernels against straightforward baselines
-(the per-row, libm-exp kernels they replaced, kept in dev/attention_experiments.py and
-dev/crossentropy_experiments.py), in the same process.
+(the per-row, libm-exp kernels they replaced: variant 1 of dev/attention.py and of
+dev/crossentropy.py), in the same process.
 
 Shapes: tiny (L=4, NH=4, C=128, B=8, T=256) and d12 (NH=12, C=768, B=4, T=64); crossentropy at
 B·T rows of Vp=50304 logits (V=50257). Prints ms (best of --reps, taken round-robin: new, base,
@@ -35,8 +35,8 @@ def main():
     t0 = time.perf_counter()
     from numbagpt.cpu import (attention_backward, attention_forward, crossentropy_backward,
                               crossentropy_forward)
-    from attention_experiments import bwd_base as att_bwd_base, fwd_base as att_fwd_base
-    from crossentropy_experiments import bwd_base as ce_bwd_base, fwd_base as ce_fwd_base
+    from attention import bwd_base as att_bwd_base, fwd_base as att_fwd_base
+    from crossentropy import bwd_base as ce_bwd_base, fwd_base as ce_fwd_base
     print(f"imports: {time.perf_counter() - t0:.2f} s; threads {args.threads}; "
           f"{'CPU' if args.cpu else 'wall'} time, best of {args.reps}")
     clock = time.process_time if args.cpu else time.perf_counter

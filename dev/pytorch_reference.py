@@ -88,13 +88,9 @@ class Config:
     def __post_init__(self):
         if self.padded_vocab_size == 0:
             object.__setattr__(self, "padded_vocab_size", -(-self.vocab_size // 128) * 128)
-        for name in ("max_seq_len", "vocab_size", "num_layers", "num_heads", "channels"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.channels % self.num_heads:
-            raise ValueError(f"channels {self.channels} not divisible by heads {self.num_heads}")
-        if self.padded_vocab_size < self.vocab_size:
-            raise ValueError(f"padded vocab {self.padded_vocab_size} < vocab {self.vocab_size}")
+        sizes = (self.max_seq_len, self.vocab_size, self.num_layers, self.num_heads, self.channels)
+        if min(sizes) <= 0 or self.channels % self.num_heads or self.padded_vocab_size < self.vocab_size:
+            raise ValueError(f"not a GPT-2 shape (sizes > 0, NH divides C, Vp >= V): {self.describe()}")
 
     def describe(self):
         return (f"L={self.num_layers} NH={self.num_heads} C={self.channels} maxT={self.max_seq_len} "

@@ -6,10 +6,11 @@ from harness import cases, check, rnd, tolerance
 from reference import layernorm_backward_ref, layernorm_forward_ref, numerical_grad
 
 # (B, T, C, offset): C=36 a partial last channel block in the dweight reduction; on CUDA (3, 100, 3) is
-# 300 rows: two row chunks (atomics) in the dweight/dbias reduction. The CPU rows have an offset of 5 and
-# spreads down to 0.1 (the variance must not come from E[x²] − E[x]²; the CPU sums in float64); the
-# CUDA kernel sums in float32, whose 1 ulp of 5 would be 5e-6 of such a row: its rows are centred.
-SHAPES = cases(cpu=[(2, 7, 12, 5.0), (2, 7, 36, 5.0)], cuda=[(2, 5, 12, 0.5), (1, 6, 70, 0.5), (3, 100, 3, 0.5)])
+# 300 rows: two row chunks (atomics) in the dweight/dbias reduction. Every row has an offset of 5 and a
+# spread down to 0.1 (the variance must not come from E[x²] − E[x]²; 1 float32 ulp of 5 is 5e-6 of such a
+# row: the CPU sums in float64, the CUDA kernel in float32 shifted by the row's first element); with C=3 a
+# row's spread can be far smaller still, so the backward must correct the float32-rounded saved mean.
+SHAPES = cases(cpu=[(2, 7, 12, 5.0), (2, 7, 36, 5.0)], cuda=[(2, 5, 12, 5.0), (1, 6, 70, 5.0), (3, 100, 3, 5.0)])
 
 
 def _data(rng, B, T, C, offset):

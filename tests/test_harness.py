@@ -74,3 +74,19 @@ def test_broken_forwards_fail(kernel):
 def test_a_backward_that_overwrites_fails():
     with pytest.raises(AssertionError):
         run_backward(writes_a_gradient)
+
+
+def test_the_lab_checks_each_variant_before_timing_it():
+    """dev/lab.py validates a variant with check() (a broken one is reported) and times the rest."""
+    import os
+    import sys
+    import time
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dev"))
+    import lab
+    rng = np.random.default_rng(0)
+    args = dict(out=N, inp1=rnd(rng, N), inp2=rnd(rng, N), N=N)
+    kernel = lab.Kernel("residual_forward", [("good", good_forward), ("nothing", nothing)], lambda shape, r: args)
+    assert lab.validate(kernel, good_forward, args) is None
+    assert "residual_forward" in lab.validate(kernel, nothing, args)
+    (best,) = lab.race(kernel, [("good", good_forward)], args, 2, time.perf_counter)
+    assert best > 0

@@ -55,6 +55,15 @@ def random_model(seed=1):
     return model, flat
 
 
+def backward_of(batch):
+    """random_model() after one forward and backward of `batch` from zeroed gradients."""
+    model, flat = random_model()
+    model.forward(*batch)
+    model.zero_grad()
+    model.backward()
+    return model, flat
+
+
 def test_forward_matches_float64_reference(batch):
     x, y = batch
     model, flat = random_model()
@@ -67,10 +76,7 @@ def test_forward_matches_float64_reference(batch):
 
 def test_gradients_match_finite_differences(batch):
     x, y = batch
-    model, flat = random_model()
-    model.forward(x, y)
-    model.zero_grad()
-    model.backward()
+    model, flat = backward_of(batch)
     grads = model.param_layout.views(model.grads_host())
     layout = model.param_layout
     rng = np.random.default_rng(2)
@@ -91,10 +97,7 @@ def test_gradients_match_finite_differences(batch):
 
 def test_backward_accumulates_only_after_zero_grad(batch):
     x, y = batch
-    model, _ = random_model()
-    model.forward(x, y)
-    model.zero_grad()
-    model.backward()
+    model, _ = backward_of(batch)
     once = model.grads_host()
     model.forward(x, y)
     model.backward()  # no zero_grad: gradients add up

@@ -39,6 +39,21 @@ def error_text(e):
     return text
 
 
+def run_command(prog, run, args, errors=(ValueError, OSError, RuntimeError)):
+    """Exit status of run(args), with the commands' error handling: `prog: error: ...` in one line
+    (status 1) for the errors a user can act on, `prog: interrupted` (130) on Ctrl-C. Numba may
+    run --omp-threads threads (reserve_threads) before anything imports it."""
+    reserve_threads(getattr(args, "omp_threads", None))
+    try:
+        return run(args)
+    except errors as e:
+        print(f"{prog}: error: {error_text(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
 def check_range(prog, value, flag, low=None, high=None, low_open=False, allow_none=True):
     """Exit with `prog: error: FLAG must be ... , got VALUE` unless low <= value <= high (low < value
     with low_open); None passes when allow_none."""

@@ -14,39 +14,33 @@ Write an llm.c/numbagpt float32 model file from a Hugging Face transformers GPT-
 it or fine-tune it: bin/train_gpt2 -e MODEL_BIN ..."""
 
 
-def _run(prog, fn):
+def _command(prog, description, positionals, argv, run):
+    """Parse `positionals` [(dest, metavar, help)] and call run(args); a bad input is one line, exit 1."""
+    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for dest, metavar, help in positionals:
+        p.add_argument(dest, metavar=metavar, help=help)
+    args = p.parse_args(argv)
     try:
-        return fn()
+        print(run(args))
+        return 0
     except (ValueError, OSError, RuntimeError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
 
 
 def export_main(argv=None):
-    p = argparse.ArgumentParser(prog="export_hf", description=EXPORT_DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", metavar="MODEL_BIN", help="llm.c model file (float32 or bfloat16)")
-    p.add_argument("out_dir", metavar="OUT_DIR", help="directory to write (created if needed)")
-    args = p.parse_args(argv)
-
-    def run():
+    def run(args):
         from ..hf import export_hf
-        files = export_hf(args.model, args.out_dir)
-        print(f"wrote {args.out_dir}: {', '.join(files)}")
-        return 0
-    return _run("export_hf", run)
+        return f"wrote {args.out_dir}: {', '.join(export_hf(args.model, args.out_dir))}"
+    return _command("export_hf", EXPORT_DESCRIPTION,
+                    [("model", "MODEL_BIN", "llm.c model file (float32 or bfloat16)"),
+                     ("out_dir", "OUT_DIR", "directory to write (created if needed)")], argv, run)
 
 
 def import_main(argv=None):
-    p = argparse.ArgumentParser(prog="import_hf", description=IMPORT_DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("hf_dir", metavar="DIR", help="Hugging Face GPT-2 directory (config.json, model.safetensors)")
-    p.add_argument("model", metavar="MODEL_BIN", help="llm.c model file to write")
-    args = p.parse_args(argv)
-
-    def run():
+    def run(args):
         from ..hf import import_hf
-        cfg = import_hf(args.hf_dir, args.model)
-        print(f"wrote {args.model}: {cfg.describe()}")
-        return 0
-    return _run("import_hf", run)
+        return f"wrote {args.model}: {import_hf(args.hf_dir, args.model).describe()}"
+    return _command("import_hf", IMPORT_DESCRIPTION,
+                    [("hf_dir", "DIR", "Hugging Face GPT-2 directory (config.json, model.safetensors)"),
+                     ("model", "MODEL_BIN", "llm.c model file to write")], argv, run)

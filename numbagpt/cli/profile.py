@@ -10,10 +10,9 @@ docs/profiling.md explains the columns and the formulas.
 import argparse
 import json
 import os
-import sys
 import textwrap
 
-from numbagpt.cli import HelpFormatter, error_text, reserve_threads, use_threads
+from numbagpt.cli import HelpFormatter, run_command, use_threads
 from numbagpt.config import DESCRIPTOR_HELP
 from numbagpt.costs import family, model_flops_per_token
 from numbagpt.layout import allocated_bytes, memory_estimate, mib
@@ -72,15 +71,7 @@ def check_args(args):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     check_args(args)
-    reserve_threads(args.omp_threads)
-    try:
-        return run(args)
-    except (ValueError, OSError, RuntimeError, ImportError) as e:
-        print(f"profile_gpt2: error: {error_text(e)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("profile_gpt2: interrupted", file=sys.stderr)
-        return 130
+    return run_command("profile_gpt2", run, args, errors=(ValueError, OSError, RuntimeError, ImportError))
 
 
 def run(args):

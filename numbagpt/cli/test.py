@@ -6,9 +6,8 @@ step's loss with the expected losses, when given.
 """
 import argparse
 import os
-import sys
 
-from numbagpt.cli import HelpFormatter, check_range, error_text, reserve_threads, use_threads
+from numbagpt.cli import HelpFormatter, check_range, run_command, use_threads
 
 # The tolerances, max absolute difference, in one place. llm.c's own test accepts 1e-2 on logits and
 # loss and 2e-2 on gradients; float32 kernels land far closer to PyTorch, so numbagpt asks for that.
@@ -64,15 +63,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     check_range("test_gpt2", args.steps, "--steps", 0)
     check_range("test_gpt2", args.omp_threads, "--omp-threads", 0, low_open=True)
-    reserve_threads(args.omp_threads)
-    try:
-        return run(args)
-    except (ValueError, OSError, RuntimeError) as e:
-        print(f"test_gpt2: error: {error_text(e)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("test_gpt2: interrupted", file=sys.stderr)
-        return 130
+    return run_command("test_gpt2", run, args)
 
 
 def run(args):

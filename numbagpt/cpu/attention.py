@@ -15,7 +15,7 @@ Shapes (row-major, flat float32 buffers), hs = C / NH:
         dpreatt[t, t2] = att[t, t2]·(datt[t, t2] − Σ_t3 att[t, t3]·datt[t, t3])
         dq_t  += Σ_t2 dpreatt[t, t2]·k_t2 / sqrt(hs);   dk_t2 += dpreatt[t, t2]·q_t / sqrt(hs)
 
-How it is made fast (dev/attention_experiments.py has the variants and timings; ~7-10x the per-row
+How it is made fast (dev/attention.py has the variants and timings; ~7-10x the per-row
 kernels these replaced, bench/bench_kernels.py):
   - One parallel unit per (b, h) pair. It copies its head's q, k, v (and dout) into contiguous
     thread-local (T, hs) arrays, plus kᵀ / vᵀ as (hs, T), so that every inner loop runs over
@@ -95,6 +95,26 @@ def _combo(o, c, rows, n, hs):
         t2 += 1
 
 
+@njit(fastmath=_FASTMATH, inline='always')
+def _causal_softmax(a, p, scale, n, width):
+    """p[:n] *= scale (the scores, kept as preatt), then a[:n] = softmax(p[:n]) and a[n:width] = 0
+    (a may be p). The max is subtracted so exp never overflows; the row's own key t2 = t is always
+    among the n, so the sum is ≥ exp(0) = 1. The zeros make att a full causal matrix."""
+    for t2 in range(n):
+        p[t2] *= scale
+    m = max_f32(p, n)
+    expsum = 0.0
+    for t2 in range(n):
+        e = exp_nonpos(p[t2] - m)
+        a[t2] = e
+        expsum += e
+    inv = np.float32(1.0 / expsum)
+    for t2 in range(n):
+        a[t2] *= inv
+    for t2 in range(n, width):
+        a[t2] = 0.0
+
+
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def attention_forward(out, preatt, att, inp, B, T, C, NH):
     hs = C // NH
@@ -127,22 +147,8 @@ def attention_forward(out, preatt, att, inp, B, T, C, NH):
                 _dots(p, q, k, n, hs)
             else:
                 _dots_t(p, q, kT, n, hs)
-            for t2 in range(n):
-                p[t2] *= scale
-            # softmax, subtracting the max so exp never overflows; the masked part is written as 0
-            # so att is a full causal matrix. t2 = t is always present, so the sum is ≥ exp(0) = 1.
             a = A[b, h, t]
-            m = max_f32(p, n)
-            expsum = 0.0
-            for t2 in range(n):
-                e = exp_nonpos(p[t2] - m)
-                a[t2] = e
-                expsum += e
-            inv = np.float32(1.0 / expsum)
-            for t2 in range(n):
-                a[t2] *= inv
-            for t2 in range(n, T):
-                a[t2] = 0.0
+            _causal_softmax(a, p, scale, n, T)
             # weighted sum of the values
             _combo(o, a, v, n, hs)
             orow = O[b, t, h * hs:(h + 1) * hs]
@@ -283,19 +289,7 @@ def attention_forward_cached(out, att, kcache, vcache, inp, B, T, t0, C, NH, max
         q = X[b, t, h * hs:(h + 1) * hs]
         a = A[b, h, t]
         _dots(a, q, K[b, h], n, hs)
-        for t2 in range(n):
-            a[t2] *= scale
-        m = max_f32(a, n)
-        expsum = 0.0
-        for t2 in range(n):
-            e = exp_nonpos(a[t2] - m)
-            a[t2] = e
-            expsum += e
-        inv = np.float32(1.0 / expsum)
-        for t2 in range(n):
-            a[t2] *= inv
-        for t2 in range(n, maxT):
-            a[t2] = 0.0
+        _causal_softmax(a, a, scale, n, maxT)
         o = np.empty(hs, np.float32)
         _combo(o, a, V[b, h], n, hs)
         orow = O[b, t, h * hs:(h + 1) * hs]

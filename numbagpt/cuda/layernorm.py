@@ -5,10 +5,12 @@ mean, rstd (B, T). eps 1e-5, biased variance; N = B·T rows.
 
     forward   (layernorm_forward_kernel): one warp per row, 4 warps (128 threads) per block,
               grid ceil(N/4). Two passes over the row for mean and centred variance (no E[x²]−E[x]²
-              cancellation), warp-shuffle reductions, then the normalised output; the row is re-read
-              from L1/L2. Bytes: ~12·N·C read (3 passes, 1 from DRAM) + 4·N·C written.
-    backward  dinp (layernorm_backward_dinp_kernel): one warp per row as above; two warp-reduced
-              means (dnorm, dnorm·norm), then dinp += ... (accumulates).
+              cancellation), both shifted by the row's first element (float32 sums of the spread,
+              not of the offset), warp-shuffle reductions, then the normalised output; the row is
+              re-read from L1/L2. Bytes: ~12·N·C read (3 passes, 1 from DRAM) + 4·N·C written.
+    backward  dinp (layernorm_backward_dinp_kernel): one warp per row as above; a warp-reduced
+              correction of the float32-rounded saved mean, two warp-reduced means (dnorm,
+              dnorm·norm), then dinp += ... (accumulates). 4 passes over the row.
               dweight/dbias (layernorm_backward_dwdb_kernel): a column reduction over the N rows,
               block (32 columns × 8 row-lanes = 256 threads), grid (ceil(C/32), R) with
               R = min(ceil(N/256), 64) row chunks. Each block sums its chunk per column in registers,
@@ -43,20 +45,25 @@ def layernorm_forward_kernel(out, mean, rstd, inp, weight, bias, B, T, C):
     if row < B * T:  # uniform across the warp
         x = row * C
         fC = np.float32(C)
+        # Shifted sums: the row's first element k is subtracted before summing, so the float32 sums
+        # see the row's spread, not its offset (a row at 5 ± 0.1 would lose 1 ulp of 5 = 5e-6 of its
+        # spread in a plain sum), and the output is normalised with (x − k) − d, never with the
+        # rounded mean. Only the saved mean k + d is rounded.
+        k = inp[x]
         s = _ZERO
         for i in range(lane, C, 32):
-            s += inp[x + i]
-        m = warp_sum(s) / fC
+            s += inp[x + i] - k
+        d = warp_sum(s) / fC
         v = _ZERO
         for i in range(lane, C, 32):
-            d = inp[x + i] - m
-            v += d * d
+            e = (inp[x + i] - k) - d
+            v += e * e
         var = warp_sum(v) / fC
         r = _ONE / math.sqrt(var + _EPS)
         for i in range(lane, C, 32):
-            out[x + i] = (inp[x + i] - m) * r * weight[i] + bias[i]
+            out[x + i] = ((inp[x + i] - k) - d) * r * weight[i] + bias[i]
         if lane == 0:
-            mean[row] = m
+            mean[row] = k + d
             rstd[row] = r
 
 
@@ -69,17 +76,24 @@ def layernorm_backward_dinp_kernel(dinp, dout, inp, weight, mean, rstd, B, T, C)
         fC = np.float32(C)
         m = mean[row]
         r = rstd[row]
+        # The saved mean is rounded to float32 (up to 1/2 ulp of the row's offset): recover the
+        # remainder c = mean(x − m) (each x − m is exact near the mean, their sum is small) and
+        # normalise with (x − m) − c, else a row of tiny spread gets norm shifted by ulp(m)·rstd.
+        cs = _ZERO
+        for i in range(lane, C, 32):
+            cs += inp[x + i] - m
+        c = warp_sum(cs) / fC
         a = _ZERO
         b = _ZERO
         for i in range(lane, C, 32):
-            n = (inp[x + i] - m) * r
+            n = ((inp[x + i] - m) - c) * r
             dn = weight[i] * dout[x + i]
             a += dn
             b += dn * n
         dnorm_mean = warp_sum(a) / fC
         dnorm_norm_mean = warp_sum(b) / fC
         for i in range(lane, C, 32):
-            n = (inp[x + i] - m) * r
+            n = ((inp[x + i] - m) - c) * r
             dn = weight[i] * dout[x + i]
             dinp[x + i] += (dn - dnorm_mean - n * dnorm_norm_mean) * r
 

@@ -1,0 +1,130 @@
+"""The lab's driver, as llm.c's dev/cuda/: each dev/<family>.py lists numbered variants of its kernels
+(1: the baseline the production kernel replaced, the last: the production kernel, imported from
+numbagpt.cpu), and `main` validates every chosen variant against the NumPy float64 reference with
+the tests' own check (tests/harness.py: reference, tolerances, `+=` semantics, padding) before it
+times them side by side: round-robin over the variants, best of --rounds, so that load from other
+processes hits all alike.
+
+    python dev/<family>.py [KERNEL] [N ...] [--shapes tiny,d12] [--threads 2] [--rounds 5] [--cpu]
+
+KERNEL is one of the file's kernels (default: all of them); N picks variants by number (default: all).
+A variant that fails its check is reported and not timed.
+"""
+import argparse
+import os
+import sys
+import time
+import types
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]   # numbagpt, and tests/harness.py + reference.py
+
+import numpy as np  # noqa: E402
+
+from harness import check  # noqa: E402
+
+
+class Kernel:
+    """One kernel of the contract and its variants [(label, fn)], fn with the contract's positional
+    arguments. `args(shape, rng)` gives the arguments by name, outputs as sizes (the harness fills
+    them: NaN for written, random for accumulated) or arrays (initial content). `only`: the outputs
+    checked, when the variants promise less than the contract (scratch buffers left unwritten)."""
+
+    def __init__(self, name, variants, args, only=None):
+        self.name, self.variants, self.args, self.only = name, variants, args, only
+
+
+def bind(fn, like, *extra):
+    """fn with its trailing tuning arguments `extra` fixed, with the signature of `like` (the production
+    kernel: check() reads the argument names from it)."""
+    def variant(*args):
+        return fn(*args, *extra)
+    variant.__wrapped__ = like
+    return variant
+
+
+def validate(kernel, fn, args):
+    """The tests' check of `fn` as the CPU backend's `kernel`; returns None or the failure's first line."""
+    backend = types.SimpleNamespace(NAME="cpu", to_device=lambda a: np.array(a, copy=True), to_host=np.asarray,
+                                    synchronize=lambda: None, **{kernel.name: fn})
+    try:
+        check(backend, kernel.name, only=kernel.only, **args)
+    except AssertionError as e:
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        return " | ".join(lines[:4]) or "assertion failed"
+    return None
+
+
+def _buffers(kernel, fn, args):
+    """Positional arguments for timing: sizes become zeroed buffers; plus the accumulated outputs,
+    which are zeroed again before each call."""
+    from harness import SPECS
+    import inspect
+    written, accumulated, updated, _ = SPECS[kernel.name]
+    names = list(inspect.signature(fn).parameters)
+    call, reset = [], []
+    for name in names:
+        v = args[name]
+        if name in written + accumulated and isinstance(v, (int, np.integer)):
+            v = np.zeros(v, np.float32)
+            if name in accumulated:
+                reset.append(v)
+        elif isinstance(v, np.ndarray):
+            v = np.ascontiguousarray(v).reshape(-1).copy()
+        call.append(v)
+    return call, reset
+
+
+def race(kernel, chosen, args, rounds, clock):
+    """Best time (s) of each chosen variant, round-robin after one untimed call each."""
+    prepared = [_buffers(kernel, fn, args) + (fn,) for _, fn in chosen]
+    for call, reset, fn in prepared:
+        fn(*call)
+    best = [float("inf")] * len(prepared)
+    for _ in range(rounds):
+        for i, (call, reset, fn) in enumerate(prepared):
+            for buf in reset:
+                buf.fill(0)
+            t0 = clock()
+            fn(*call)
+            best[i] = min(best[i], clock() - t0)
+    return best
+
+
+def main(doc, kernels, shapes):
+    """The command line of one family's lab: `kernels` [Kernel], `shapes` {name: shape}."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n\n")[1])
+    ap.add_argument("kernel", nargs="?", choices=[k.name for k in kernels], help="one kernel (default: all)")
+    ap.add_argument("variants", nargs="*", type=int, help="variant numbers (default: all)")
+    ap.add_argument("--shapes", default=",".join(shapes), help="comma list of: " + ", ".join(shapes))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--cpu", action="store_true", help="process CPU time (all threads) instead of wall time")
+    a = ap.parse_args()
+    import numba
+    numba.set_num_threads(min(a.threads, numba.config.NUMBA_NUM_THREADS))
+    clock = time.process_time if a.cpu else time.perf_counter
+    for shape_name in a.shapes.split(","):
+        shape = shapes[shape_name]
+        for kernel in kernels:
+            if a.kernel and kernel.name != a.kernel:
+                continue
+            numbered = list(enumerate(kernel.variants, 1))
+            picked = [(n, v) for n, v in numbered if not a.variants or n in a.variants]
+            args = kernel.args(shape, np.random.default_rng(0))
+            print(f"--- {kernel.name}, {shape_name} {shape}: {a.threads} threads, "
+                  f"{'CPU' if a.cpu else 'wall'} time, best of {a.rounds}")
+            ok = []
+            for n, (label, fn) in picked:
+                failure = validate(kernel, fn, args)
+                if failure:
+                    print(f"{n:2d} {label:28s} FAILED its check, not timed: {failure}")
+                else:
+                    ok.append((n, (label, fn)))
+            if not ok:
+                continue
+            best = race(kernel, [v for _, v in ok], args, a.rounds, clock)
+            base = best[0]
+            for (n, (label, _)), t in zip(ok, best):
+                print(f"{n:2d} {label:28s} {t * 1e3:9.2f} ms  x{base / t:6.2f} (against {ok[0][0]})  checked")
