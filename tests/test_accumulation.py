@@ -17,9 +17,11 @@ import sys
 import numpy as np
 import pytest
 
-from numbagpt.formats import read_model, write_shard
+from numbagpt.formats import read_model
 from numbagpt.model import GPT2
 from numbagpt.step import train_step
+
+from micro_data import token_shards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "bin", "train_gpt2")
@@ -67,10 +69,7 @@ def run(args, nprocs=None):
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    d = tmp_path_factory.mktemp("accum_data")
-    rng = np.random.default_rng(0)
-    write_shard(d / "train.bin", rng.integers(0, 97, 1500))
-    return d
+    return token_shards(tmp_path_factory.mktemp("accum_data"), val=False)
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,14 @@ import time
 import numpy as np
 import pytest
 
-from numbagpt import checkpoint, data, formats
+from numbagpt import checkpoint, formats
 from numbagpt.cli import test as test_cli
 from numbagpt.cli import train
 from numbagpt.config import GPT2Config
 from numbagpt.layout import memory_estimate
 from numbagpt.model import GPT2
+
+from micro_data import play_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "bin", "train_gpt2")
@@ -27,16 +29,7 @@ FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp("corpus")
-    text = "".join(f"KING:\nMy lord, the {w} is come.\n\nQUEEN:\nThen let it in.\n\n"
-                   for w in ("night", "day", "morning", "evening") * 60)
-    paths = data.prepare(str(d), text, tokenizer="char", val_fraction=0.1, name="play", verbose=False)
-    vocab = len(formats.read_tokenizer_file(paths["tokenizer"])[0])
-    cfg = GPT2Config(max_seq_len=32, vocab_size=vocab, num_layers=2, num_heads=2, channels=32)
-    model = GPT2(cfg)
-    model.init_weights(0)
-    model_path = str(d / "micro.bin")
-    model.save(model_path)
+    paths, model_path, _ = play_corpus(tmp_path_factory.mktemp("corpus"))
     return paths, model_path
 
 

@@ -24,6 +24,8 @@ from numbagpt import dist
 from numbagpt.data import DataLoader
 from numbagpt.formats import read_model, read_state, write_model, write_shard, write_state
 
+from micro_data import token_shards
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "bin", "train_gpt2")
 MICRO = os.path.join(ROOT, "tests", "fixtures", "micro_model.bin")  # V=97, L=2, C=32, maxT=16
@@ -132,11 +134,7 @@ def check(proc):
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    d = tmp_path_factory.mktemp("dist_data")
-    rng = np.random.default_rng(0)
-    write_shard(d / "train.bin", rng.integers(0, 97, 1500))
-    write_shard(d / "val.bin", rng.integers(0, 97, 400))
-    return d
+    return token_shards(tmp_path_factory.mktemp("dist_data"))
 
 
 def train_args(shards, out, B, shuffle=1, zero=0, extra=()):
