@@ -38,6 +38,16 @@ _ZERO = np.float32(0.0)
 _ONE = np.float32(1.0)
 
 
+@cuda.jit(device=True, inline=True)
+def row_mean_minus(inp, x, k, lane, C):
+    """mean over the row inp[x : x+C] of (inp − k), summed in float32 by the warp's lanes (every lane
+    gets it); with k near the row's mean the sum sees the row's spread, not its offset."""
+    s = _ZERO
+    for i in range(lane, C, 32):
+        s += inp[x + i] - k
+    return warp_sum(s) / np.float32(C)
+
+
 @cuda.jit(fastmath=False)
 def layernorm_forward_kernel(out, mean, rstd, inp, weight, bias, B, T, C):
     lane = cuda.threadIdx.x % 32
@@ -50,10 +60,7 @@ def layernorm_forward_kernel(out, mean, rstd, inp, weight, bias, B, T, C):
         # spread in a plain sum), and the output is normalised with (x − k) − d, never with the
         # rounded mean. Only the saved mean k + d is rounded.
         k = inp[x]
-        s = _ZERO
-        for i in range(lane, C, 32):
-            s += inp[x + i] - k
-        d = warp_sum(s) / fC
+        d = row_mean_minus(inp, x, k, lane, C)
         v = _ZERO
         for i in range(lane, C, 32):
             e = (inp[x + i] - k) - d
@@ -79,10 +86,7 @@ def layernorm_backward_dinp_kernel(dinp, dout, inp, weight, mean, rstd, B, T, C)
         # The saved mean is rounded to float32 (up to 1/2 ulp of the row's offset): recover the
         # remainder c = mean(x − m) (each x − m is exact near the mean, their sum is small) and
         # normalise with (x − m) − c, else a row of tiny spread gets norm shifted by ulp(m)·rstd.
-        cs = _ZERO
-        for i in range(lane, C, 32):
-            cs += inp[x + i] - m
-        c = warp_sum(cs) / fC
+        c = row_mean_minus(inp, x, m, lane, C)
         a = _ZERO
         b = _ZERO
         for i in range(lane, C, 32):
