@@ -10,6 +10,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 URL = re.compile(r"\b(?:https?|ftp)://", re.IGNORECASE)
 TEXT_ENDINGS = (".md", ".py", ".cfg", ".toml", ".sh", ".txt")
+# the team's folder beside the checkout, which a user of the project does not have (spelled in two
+# pieces so that this file does not name it itself)
+OUTSIDE = ("../" + "shared", "shared/" + "FORMATS")
 
 
 def tracked_files():
@@ -39,9 +42,9 @@ def test_markdown_links_resolve_inside_the_repository():
 def test_no_text_file_points_outside_the_repository():
     bad = []
     for rel in tracked_files():
-        if not rel.endswith(TEXT_ENDINGS) or rel == "tests/test_docs.py":
+        if not rel.endswith(TEXT_ENDINGS):
             continue
         for n, line in enumerate(open(os.path.join(ROOT, rel), encoding="utf-8", errors="replace"), 1):
-            if URL.search(line) or "../shared" in line or "shared/FORMATS" in line:
+            if URL.search(line) or any(o in line for o in OUTSIDE):
                 bad.append(f"{rel}:{n}: {line.strip()}")
     assert not bad, "lines pointing outside the repository:\n" + "\n".join(bad)
