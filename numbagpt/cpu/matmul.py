@@ -23,6 +23,7 @@ written in the GotoBLAS/BLIS structure (loops from the outside in):
       for jc in the task's columns by NC:
         for pc in K by KC:                     a reduction block
           pack B[pc:pc+KC, jc:jc+NC] -> Bp     NR-wide strips, each KC × NR contiguous, zero-padded
+                                               (the forward's weight by L × L register transposes)
           for ic in the task's rows by MC:
             pack A[ic:ic+MC, pc:pc+KC] -> Ap   MR-row panels, each KC × MR contiguous, zero-padded
             for each NR strip:                 (a strip, KC·NR·4 = 32 KiB, is reused from L1/L2)
