@@ -65,6 +65,7 @@ NUMBAGPT_MATMUL=avx512|avx2|portable overrides the choice (an error if the CPU l
 prints it at start-up and the profiler in its header. Numbers: bench/bench_matmul.py (against OpenBLAS,
 same process), dev/matmul/ (the variants tried).
 """
+import functools
 import os
 
 import llvmlite.binding as llvm
@@ -384,10 +385,16 @@ def cpu_features():
     return {k for k, on in llvm.get_host_cpu_features().items() if on}
 
 
-def supported_kernels():
-    """The kernels this CPU can run, fastest first."""
+@functools.cache
+def _supported():
     have = cpu_features()
-    return [k for k in KERNELS if all(f in have for f in _NEEDS[k])]
+    return tuple(k for k in KERNELS if all(f in have for f in _NEEDS[k]))
+
+
+def supported_kernels():
+    """The kernels this CPU can run, fastest first (asked of llvmlite once: a query costs ~0.3 ms,
+    which set_kernel would otherwise pay on every switch)."""
+    return list(_supported())
 
 
 def set_kernel(name):
