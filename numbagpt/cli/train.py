@@ -127,6 +127,7 @@ def main(argv=None):
     reserve_threads(args.omp_threads)
     from numbagpt import dist, rundir  # dist imports mpi4py only under an MPI launcher; numba not yet
     progress = rundir.Progress()
+    stop = rundir.StopRequest()  # from here on SIGINT and SIGTERM end the run with one line
     world = None
     try:
         try:
@@ -135,15 +136,18 @@ def main(argv=None):
             if e.rank == 0:
                 print(f"{PROG}: error: {e}", file=sys.stderr)
             return 1
-        return train(args, world, progress)
-    except KeyboardInterrupt:
-        # Ctrl-C: one line, no traceback (with several ranks, every rank stops after the same step)
+        stop.attach(world)
+        return train(args, world, progress, stop)
+    except rundir.Interrupted as e:
+        # Ctrl-C or SIGTERM: one line, no traceback (with several ranks, every rank stops after the
+        # same step and returns normally: a rank that ended without MPI_Finalize would make the
+        # launcher kill the others before rank 0 has printed)
         if world is None or world.is_master:
-            if args.output_dir:  # the directory's word: Ctrl-C may have come just after a DONE
+            if args.output_dir:  # the directory's word: the signal may have come just after a DONE
                 from numbagpt import checkpoint
                 progress.checkpoint = checkpoint.select(args.output_dir)[0]
             print(progress.interrupted_line(), file=sys.stderr, flush=True)
-        return 130
+        return e.exit_status
     except (dist.CollectiveError, rundir.RunDirError) as e:
         # Every rank detected it alike (a NaN mean loss, rank 0's verdict on the output dir):
         # stop together, exit normally.
@@ -158,15 +162,17 @@ def main(argv=None):
             print(f"{PROG}: error: {error_text(e)}", file=sys.stderr)
             return 1
         raise
+    finally:
+        stop.close()
 
 
-def train(args, world, progress):
+def train(args, world, progress, stop):
     """Set up (output dir, device, data, model, ranks), then the loop (train_loop). `progress`
-    (rundir.Progress) keeps the step and the last checkpoint, for the line Ctrl-C ends with."""
+    (rundir.Progress) keeps the step and the last checkpoint, for the line a signal ends the run
+    with; `stop` (rundir.StopRequest) says when a signal asks every rank to stop."""
     from numbagpt import rundir
 
     say = printer(world)
-    stop = rundir.StopRequest(world)
     lock = None
     try:
         micro_steps = micro_steps_per_step(args, world)
@@ -183,7 +189,6 @@ def train(args, world, progress):
         return train_loop(args, world, progress, stop, say, backend, micro_steps,
                           (train_glob, val_glob, tok_path), record, resume_step)
     finally:
-        stop.close()
         if lock:
             lock.release()
 
@@ -251,9 +256,8 @@ def train_loop(args, world, progress, stop, say, backend, micro_steps, paths, re
                             weight_decay=args.weight_decay, skip=guard.check)
         dt = time.perf_counter() - t0
         log_step(result, step, args.max_steps, dt, tokens_per_step, world.size, log, say, guard)
-        if stop.requested():  # Ctrl-C on some rank: every rank stops here, after the same step
-            raise KeyboardInterrupt
         progress.step = step + 1
+        stop.check()  # a signal on some rank: every rank stops here, after the same step
         if args.output_dir and args.checkpoint_every > 0 and (step + 1) % args.checkpoint_every == 0:
             if checkpoint.save(args.output_dir, step + 1, model, world, train_loader, args.seed, run=record):
                 say(f"checkpoint at step {step + 1} in {args.output_dir}")
