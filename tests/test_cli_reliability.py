@@ -187,6 +187,74 @@ def test_the_memory_check(corpus, tmp_path):
     assert code == 0, err
 
 
+class SmallGPU:
+    """A backend with a device of `total` bytes, `used` of them taken, that reports it through
+    memory_info() as a GPU does; its kernels and buffers are the CPU's, and it counts allocations."""
+    HOST_MEMORY = SIMULATOR = False
+
+    def __init__(self, used, total):
+        from numbagpt import cpu
+        self.cpu, self.info, self.allocations = cpu, (used, total), 0
+
+    def memory_info(self):
+        return self.info
+
+    def device_name(self):
+        return "Small GPU"
+
+    def zeros(self, *a, **k):
+        self.allocations += 1
+        return self.cpu.zeros(*a, **k)
+
+    def __getattr__(self, name):
+        return getattr(self.cpu, name)
+
+
+def test_a_device_is_checked_against_its_free_memory(corpus, tmp_path, monkeypatch, capsys):
+    """--device cuda: the estimate against the GPU's free memory (a fake GPU, no GPU here), before
+    any buffer exists; --no-memory-check goes ahead."""
+    from numbagpt import backend as backends
+    cfg = formats.read_model_header(corpus[1])[0]
+    need = [memory_estimate(cfg, b, 16, recompute=1)["total"] for b in range(5)]
+    gpu = SmallGPU(used=2**30, total=2**30 + need[2] + 100)   # B=2 fits, B=3 not
+    assert 2**10 < need[2] + 100 < 2**20 < need[4]
+    monkeypatch.setattr(backends, "get_backend", lambda name: gpu)
+    monkeypatch.delenv("NUMBAGPT_MEMORY_LIMIT", raising=False)
+    assert train.main(args_for(corpus, tmp_path / "a", "--device", "cuda")) == 1
+    assert capsys.readouterr().err == (
+        f"train_gpt2: error: not enough memory for {corpus[1]} with B=4 T=16: it needs {need[4] / 2**20:.1f} MiB, "
+        f"{(need[2] + 100) / 2**10:.1f} KiB is available (free on Small GPU, of its {gpu.info[1] / 2**30:.1f} GiB); "
+        f"the largest -b that fits is 2; --no-memory-check to try anyway\n")
+    assert gpu.allocations == 0
+    argv = args_for(corpus, tmp_path / "b", "--device", "cuda", "-b", "2", steps=1, every=0)
+    assert train.main(argv) == 0 and gpu.allocations > 0
+    assert train.main(args_for(corpus, tmp_path / "c", "--device", "cuda", "--no-memory-check", steps=1, every=0)) == 0
+
+
+def test_device_memory_figures(monkeypatch):
+    from numbagpt import memory
+    monkeypatch.delenv("NUMBAGPT_MEMORY_LIMIT", raising=False)
+    assert memory.available_memory(SmallGPU(6 * 2**30, 8 * 2**30)) == (2 * 2**30, "free on Small GPU, of its 8.0 GiB")
+    monkeypatch.setenv("NUMBAGPT_MEMORY_LIMIT", "1G")
+    assert memory.available_memory(SmallGPU(6 * 2**30, 8 * 2**30)) == (2**30, "$NUMBAGPT_MEMORY_LIMIT")
+    silent = SmallGPU(0, 0)
+    silent.info = None   # a driver that won't say: only the user's limit, not the host's memory
+    assert memory.available_memory(silent) == (2**30, "$NUMBAGPT_MEMORY_LIMIT")
+    monkeypatch.delenv("NUMBAGPT_MEMORY_LIMIT")
+    assert memory.available_memory(silent) == (None, "unknown")
+    silent.SIMULATOR = True   # the CUDA simulator's device arrays are host memory
+    assert memory.available_memory(silent) == memory.available_memory()
+
+
+def test_the_cuda_simulator_is_checked_against_host_memory(corpus, tmp_path):
+    """The simulator's memory_info says nothing (Numba's reports inf): its arrays are the host's."""
+    code, _, err = run(args_for(corpus, tmp_path, "--device", "cuda"),
+                       env={"NUMBA_ENABLE_CUDASIM": "1", "NUMBAGPT_MEMORY_LIMIT": "1M"})
+    assert code == 1
+    assert err.startswith(f"train_gpt2: error: not enough memory for {corpus[1]} with B=4 T=16: it needs ")
+    assert "1.0 MiB is available ($NUMBAGPT_MEMORY_LIMIT)" in err and err.count("\n") == 1
+
+
 @pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["INT", "TERM"])
 def test_ctrl_c_or_sigterm_ends_with_one_line(corpus, tmp_path, signum, status):
     marker = tmp_path / "paused"

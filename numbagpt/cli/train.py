@@ -406,19 +406,20 @@ def load_model(args, world, backend, tok_path, say, resume_step):
 
 
 def check_memory(args, world, backend, cfg, optimizer_params):
-    """Refuse (memory.MemoryCheckError) when the buffers of this host's ranks exceed the memory
-    available to the process, naming the largest -b that fits."""
+    """Refuse (memory.MemoryCheckError) when this rank's buffers exceed the free memory of its device,
+    or those of this host's ranks the memory available on the host when the buffers are there,
+    naming the largest -b that fits."""
     from numbagpt import memory
     from numbagpt.layout import memory_estimate
 
-    if not backend.HOST_MEMORY:  # the estimate is of device memory; the host's is not the limit
-        return
+    ranks = world.local_size if memory.host_buffers(backend) else 1   # a device per rank
 
     def need(b):
-        return world.local_size * memory_estimate(cfg, b, args.seq_len, optimizer_params=optimizer_params,
-                                                  recompute=args.recompute)["total"]
-    ranks = f" x {world.local_size} ranks on this host" if world.local_size > 1 else ""
-    memory.check_fits(need, args.batch_size, f"{args.model} with B={args.batch_size} T={args.seq_len}{ranks}")
+        return ranks * memory_estimate(cfg, b, args.seq_len, optimizer_params=optimizer_params,
+                                       recompute=args.recompute)["total"]
+    on_host = f" x {ranks} ranks on this host" if ranks > 1 else ""
+    memory.check_fits(need, args.batch_size, f"{args.model} with B={args.batch_size} T={args.seq_len}{on_host}",
+                      backend=backend)
 
 
 def open_data(args, world, cfg, train_glob, val_glob, tok_path, say):
