@@ -94,6 +94,32 @@ def test_kill_9_then_resume_equals_the_uninterrupted_run(corpus, reference, tmp_
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]   # the killed writer's, removed
 
 
+def step_lines(stdout):
+    """The step lines (loss, lr, norm, the z-scores), without their timings."""
+    return [ln.split(" | ")[:4] for ln in stdout.splitlines() if ln.startswith("step ")]
+
+
+def test_a_resume_with_the_spike_guard_equals_the_uninterrupted_run(corpus, tmp_path):
+    """-sl/-sg: the windows of the last 128 losses and norms are in the checkpoint, so the resumed run
+    scores and skips every step as the uninterrupted one (without them it would score nothing for
+    128 steps, and skip none)."""
+    argv = lambda out, *extra: args_for(corpus, out, "-sl", "3", "-sg", "0.3", "-v", "0", *extra,  # noqa: E731
+                                        steps=140, every=130)
+    code, ref_out, err = run(argv(tmp_path / "ref"))
+    assert code == 0, err
+    ref_log = (tmp_path / "ref" / "main.log").read_text()
+    assert any(int(ln.split()[0][2:]) >= 130 for ln in ref_log.splitlines() if " skip:" in ln)  # one to get right
+    out = tmp_path / "out"
+    code, _, _ = run(argv(out), crash="DONE_00000130@renamed")
+    assert code == -signal.SIGKILL
+    code, stdout, err = run(argv(out, "-y", "1"))
+    assert code == 0 and "resumed from step 130 of" in stdout and "spike-guard" not in stdout, err
+    assert step_lines(stdout) == step_lines(ref_out)[130:]   # the z-scores too
+    assert (out / "main.log").read_text() == ref_log
+    np.testing.assert_array_equal(formats.read_model(str(out / "model_00000140.bin"))[1],
+                                  formats.read_model(str(tmp_path / "ref" / "model_00000140.bin"))[1])
+
+
 def test_kill_9_from_outside_mid_checkpoint_then_resume(corpus, reference, tmp_path):
     marker = tmp_path / "paused"
     out = tmp_path / "out"

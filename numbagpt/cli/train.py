@@ -228,8 +228,11 @@ def train_loop(args, world, progress, stop, say, backend, micro_steps, paths, re
         say(f"overfitting a single batch: every step trains on the first {tokens_per_step:,} tokens of {train_glob}")
     start_step = 0
     if resume_step is not None:
-        start_step = checkpoint.load_state(args.output_dir, resume_step, model, world, train_loader)
+        start_step, windows = checkpoint.load_state(args.output_dir, resume_step, model, world, train_loader, guard)
         say(f"resumed from step {start_step} of {args.output_dir}")
+        if not windows and (args.skip_update_lossz or args.skip_update_gradz):
+            say("note: the checkpoint holds no spike-guard windows (llm.c's, or an older numbagpt's): "
+                "-sl/-sg score nothing until they have refilled")
     progress.step = start_step
     log = open_log(args, world, resume_step=start_step if resume_step is not None else None)
     keep_tokenizer(args, world, tok_path)
@@ -259,7 +262,8 @@ def train_loop(args, world, progress, stop, say, backend, micro_steps, paths, re
         progress.step = step + 1
         stop.check()  # a signal on some rank: every rank stops here, after the same step
         if args.output_dir and args.checkpoint_every > 0 and (step + 1) % args.checkpoint_every == 0:
-            if checkpoint.save(args.output_dir, step + 1, model, world, train_loader, args.seed, run=record):
+            if checkpoint.save(args.output_dir, step + 1, model, world, train_loader, args.seed, run=record,
+                               guard=guard):
                 say(f"checkpoint at step {step + 1} in {args.output_dir}")
             progress.checkpoint = step + 1
 
