@@ -118,6 +118,16 @@ def test_a_resume_with_the_spike_guard_equals_the_uninterrupted_run(corpus, tmp_
     assert (out / "main.log").read_text() == ref_log
     np.testing.assert_array_equal(formats.read_model(str(out / "model_00000140.bin"))[1],
                                   formats.read_model(str(tmp_path / "ref" / "model_00000140.bin"))[1])
+    # the same checkpoint without the windows, as llm.c writes it: said, and the z-scores start over
+    state = checkpoint.state_path(str(out), 130, 0)
+    with open(state, "r+b") as f:
+        f.seek(4 * formats.DETECTORS_SLOT)
+        f.write(bytes(4))
+        f.truncate(os.path.getsize(state) - 2 * (40 + 8 * 128))
+    code, stdout, err = run(argv(out, "-y", "1"))
+    assert code == 0 and "resumed from step 130 of" in stdout, err
+    assert "note: the checkpoint holds no spike-guard windows (llm.c's, or an older numbagpt's)" in stdout
+    assert step_lines(stdout)[0][1].endswith("(+nanz)")
 
 
 def test_kill_9_from_outside_mid_checkpoint_then_resume(corpus, reference, tmp_path):
