@@ -135,6 +135,10 @@ def main():
             report("layernorm_backward",
                    time_ms(lambda: K.layernorm_backward(dx, dw, db, dout, x, w, mean, rstd, B, T, C), it),
                    14 * BTC, 4 * (4 * BTC + 4 * C + 2 * BT))
+            res = K.zeros(BTC)
+            report("fused_residual_layernorm_forward",
+                   time_ms(lambda: K.fused_residual_layernorm_forward(res, y, mean, rstd, x, dout, w, b, B, T, C), it),
+                   9 * BTC, 4 * (4 * BTC + 2 * C + 2 * BT))
 
         for label, Cin, OC in (("qkv", C, 3 * C), ("attproj", C, C), ("fc", C, 4 * C), ("fcproj", 4 * C, C),
                                ("logits", C, Vp)):
@@ -172,8 +176,6 @@ def main():
             dg = K.zeros(N4)
             report("gelu_backward", time_ms(lambda: K.gelu_backward(dg, dh, h, N4), it), 20 * N4, 16 * N4)
             report("residual_forward", time_ms(lambda: K.residual_forward(y, x, dout, BTC), it), BTC, 12 * BTC)
-            d1, d2 = K.zeros(BTC), K.zeros(BTC)
-            report("residual_backward", time_ms(lambda: K.residual_backward(d1, d2, dout, BTC), it), 2 * BTC, 20 * BTC)
 
             logits, targets, losses = rand(BT * Vp, 2.0), tokens, K.zeros(BT)
             report("crossentropy_forward",
