@@ -23,6 +23,7 @@ written in the GotoBLAS/BLIS structure (loops from the outside in):
       for jc in the task's columns by NC:
         for pc in K by KC:                     a reduction block
           pack B[pc:pc+KC, jc:jc+NC] -> Bp     NR-wide strips, each KC × NR contiguous, zero-padded
+                                               (the forward's weight by L × L register transposes)
           for ic in the task's rows by MC:
             pack A[ic:ic+MC, pc:pc+KC] -> Ap   MR-row panels, each KC × MR contiguous, zero-padded
             for each NR strip:                 (a strip, KC·NR·4 = 32 KiB, is reused from L1/L2)
@@ -123,31 +124,6 @@ def _microkernel_source(name, MR, NR, L, a_rows):
     return "\n".join(src) + "\n"
 
 
-@njit(inline="always")
-def _pack_b_transposed(dst, d0, W, src, ld, i0, n, k0, kc):
-    """B strips from a source whose rows run along k (the forward's weight, B(k, n) = W[n, k]):
-    strip p holds dst[d0 + p·W·kc + k·W + i] = src[(i0 + p·W + i)·ld + k0 + k], zero past column n.
-
-    A transposing copy, done in runs of 16 k per row so that the strided stores stay within a few
-    cache lines (about the speed of a plain copy when the source comes from memory; dev/matmul/).
-    """
-    npan = (n + W - 1) // W
-    for kb in range(0, kc, 16):
-        kl = min(16, kc - kb)
-        for i in range(n):
-            row = src[(i0 + i) * ld + k0 + kb:(i0 + i) * ld + k0 + kb + kl]
-            p0 = d0 + (i // W) * W * kc + kb * W + i % W
-            col = dst[p0:p0 + kl * W:W]  # a strided view: k >= 0, so no wraparound code
-            for k in range(kl):
-                col[k] = row[k]
-    if n % W:
-        p0 = d0 + (npan - 1) * W * kc
-        for k in range(kc):
-            pad = dst[p0 + k * W + n % W:p0 + (k + 1) * W]
-            for i in range(W - n % W):
-                pad[i] = 0.0
-
-
 @njit(cache=True)
 def _edge(Y, y0, ldy, mr, nr, tile, t0, NR, mode, bias, n0):
     """Add the valid mr × nr corner of a scratch tile (row stride NR) into Y at y0 (row stride ldy),
@@ -196,10 +172,27 @@ def pack_a(Ap, a0, A, a_kmaj, lda, ic, mc, pc, kc, S):
 
 
 @njit(inline="always")
+def pack_b_t(Bp, b0, B, ldb, jc, nc, pc, kc):
+    # pack_b from a B whose rows run along k (the forward's weight, B(k, n) = B[n*ldb + k]): by
+    # L x L block transposes in registers (an element-by-element transposing copy cost as much as
+    # the whole product on the d12 shapes); the ragged k and columns one element at a time
+    nl = nc // L * L
+    kl = kc // L * L
+    for i in range(0, (nc + NR - 1) // NR * NR):
+        d = b0 + i // NR * NR * kc + i % NR  # column i of the panel: strip i // NR, lane i % NR
+        if i < nl and i % L == 0:
+            for k in range(0, kl, L):
+                transpose(Bp, d + k * NR, NR, B, (jc + i) * ldb + pc + k, ldb)
+        r0 = kl if i < nl else 0  # the k this column still needs, one by one
+        for k in range(r0, kc):
+            Bp[d + k * NR] = B[(jc + i) * ldb + pc + k] if i < nc else 0.0
+
+
+@njit(inline="always")
 def pack_b(Bp, b0, B, b_kmaj, ldb, jc, nc, pc, kc):
     # the KC x NC panel of B as NR-wide strips, each k-major, zero-padded past column nc
     if b_kmaj:
-        pack_b_t(Bp, b0, NR, B, ldb, jc, nc, pc, kc)
+        pack_b_t(Bp, b0, B, ldb, jc, nc, pc, kc)
     else:
         for k in range(kc):
             for s in range((nc + NR - 1) // NR):
@@ -254,7 +247,7 @@ def _compile(isa, b):
     generated source is compiled under this file's name, so Numba's on-disk cache (keyed on this
     file) keeps them."""
     ops = vector_ops(b["lanes"])
-    env = dict(numba=numba, njit=njit, prange=prange, pack_b_t=_pack_b_transposed, edge=_edge,
+    env = dict(numba=numba, njit=njit, prange=prange, edge=_edge, transpose=ops.transpose,
                MR=b["MR"], NR=b["NR"], L=b["lanes"], load=ops.load, store=ops.store, bcast=ops.bcast,
                fma=ops.fma, add=ops.add, zero=ops.zero, __name__=__name__)
     kernels = {}

@@ -15,10 +15,12 @@ the code below compiles to what a BLAS author would write by hand.
     c = ops.fma(a, b, c)          # a·b + c lane by lane, one rounding (llvm.fma.v16f32)
     c = ops.add(a, b)
     z = ops.zero()
+    ops.transpose(dst, d, ldd, src, s, lds)   # an L × L block: dst[d + c·ldd + r] = src[s + r·lds + c]
 
 `a` is a 1-D C-contiguous float32 array and `i` an integer index. There is **no bounds check**:
 the caller guarantees that i..i+L-1 lies inside the array (the GEMM only loads from its own padded
-packing buffers and stores to full tiles; its edges go through a scratch tile).
+packing buffers and stores to full tiles; its edges go through a scratch tile), and for transpose
+that all L rows of the block lie inside src and dst.
 """
 from llvmlite import ir
 from numba import types
@@ -50,6 +52,26 @@ def _element_ptr(context, builder, arrty, arr, idxty, idx):
     ary = context.make_array(arrty)(context, builder, arr)
     i = context.cast(builder, idx, idxty, types.intp)
     return builder.gep(ary.data, [i], inbounds=True)
+
+
+def _transpose_stages(lanes):
+    """The shuffles of an L × L transpose, as (h, lo, hi) for h = L/2, ..., 1: in every 2h × 2h block
+    of rows i, i + h (i & h == 0), swap the two off-diagonal h × h blocks:
+
+        new row i     = row i's columns with bit h clear, then row i+h's columns with bit h clear
+        new row i + h = row i's columns with bit h set,   then row i+h's columns with bit h set
+
+    (per 2h-long group of columns; lo and hi are shufflevector masks, index L + j is row i+h's
+    column j). After log2(L) stages every element (r, c) has moved to (c, r): 4 stages of 16
+    two-source shuffles for L = 16 (vpermt2ps / vunpck / vshuf), against 256 scalar moves."""
+    stages = []
+    h = lanes // 2
+    while h:
+        lo = [j if not j & h else lanes + j - h for j in range(lanes)]
+        hi = [j + h if not j & h else lanes + j for j in range(lanes)]
+        stages.append((h, *(ir.Constant(ir.VectorType(ir.IntType(32), lanes), m) for m in (lo, hi))))
+        h //= 2
+    return stages
 
 
 class _Ops:
@@ -126,7 +148,33 @@ class _Ops:
 
             return vt(), codegen
 
+        @intrinsic
+        def transpose(typingctx, dst, d, ldd, src, s, lds):
+            if not (_is_f32_array(dst) and _is_f32_array(src)
+                    and all(isinstance(i, types.Integer) for i in (d, ldd, s, lds))):
+                return None
+
+            def codegen(context, builder, sig, args):
+                def row(a, r):  # pointer to row r of the block in array argument a (0: dst, 3: src)
+                    base = _element_ptr(context, builder, sig.args[a], args[a], sig.args[a + 1], args[a + 1])
+                    ld = context.cast(builder, args[a + 2], sig.args[a + 2], types.intp)
+                    off = builder.mul(ld, ir.Constant(ld.type, r))
+                    return builder.bitcast(builder.gep(base, [off], inbounds=True), llty.as_pointer())
+
+                rows = [builder.load(row(3, r), align=4) for r in range(lanes)]
+                for h, lo, hi in _transpose_stages(lanes):
+                    for i in range(lanes):
+                        if not i & h:
+                            a, b = rows[i], rows[i + h]
+                            rows[i], rows[i + h] = builder.shuffle_vector(a, b, lo), builder.shuffle_vector(a, b, hi)
+                for c in range(lanes):
+                    builder.store(rows[c], row(0, c), align=4)
+                return context.get_dummy_value()
+
+            return types.void(dst, d, ldd, src, s, lds), codegen
+
         self.load, self.store, self.bcast, self.fma, self.add, self.zero = load, store, bcast, fma, add, zero
+        self.transpose = transpose
 
 
 _OPS = {}

@@ -150,23 +150,30 @@ _sim_lock = threading.Lock()
 
 
 def _sim_warp_exchange(value):
-    """All lanes of the calling thread's warp deposit `value`; every lane gets the list of 32 values."""
+    """All lanes of the calling thread's warp deposit `value`; every lane gets the list of 32 values.
+
+    One barrier per exchange: the warp's two slot lists take turns, so a lane writes a list again only
+    after the next exchange's barrier, which every lane reaches only once it has read that list."""
     th = threading.current_thread()
-    mgr = th._manager
-    tid = th.thread_id
-    w, lane = divmod(tid, WARP)
-    with _sim_lock:
-        state = mgr.__dict__.setdefault("_numbagpt_warps", {})
-        if w not in state:
-            nthreads = int(np.prod(mgr._block_dim))
-            parties = min(WARP, nthreads - WARP * w)
-            state[w] = (threading.Barrier(parties, timeout=120.0), [None] * WARP)
-        barrier, slots = state[w]
+    warp = getattr(th, "_numbagpt_warp", None)
+    if warp is None:
+        mgr = th._manager
+        w = th.thread_id // WARP
+        with _sim_lock:
+            state = mgr.__dict__.setdefault("_numbagpt_warps", {})
+            if w not in state:
+                nthreads = int(np.prod(mgr._block_dim))
+                parties = min(WARP, nthreads - WARP * w)
+                state[w] = (threading.Barrier(parties, timeout=120.0), ([None] * WARP, [None] * WARP))
+            warp = th._numbagpt_warp = state[w]
+        th._numbagpt_turn = 0
+    barrier, lists = warp
+    slots = lists[th._numbagpt_turn]
+    th._numbagpt_turn ^= 1
+    lane = th.thread_id % WARP
     slots[lane] = value
     barrier.wait()
-    vals = list(slots)
-    barrier.wait()
-    return vals, lane
+    return list(slots), lane
 
 
 def _sim_shfl_xor_sync(self, mask, value, lane_mask):
