@@ -5,9 +5,11 @@ whole training step; --matmul-only times just the matmuls (bench/gpu_check.py us
 
     python bench/bench_cuda.py [--shapes tiny d12] [--iters 20] [--model] [--matmul-only]
 
-FLOPs and bytes are the formulas of docs/cuda.md (bytes = the minimum DRAM traffic: every operand read
-once and every result written once), so GB/s is an effective bandwidth. Without a GPU (or under the
-CUDA simulator) it prints "no GPU: skipped" and exits 0.
+FLOPs and bytes of each call are the profiler's cost model, numbagpt.costs.kernel_cost (conventions in
+docs/profiling.md; bytes = the compulsory traffic: every input read once, every output written once,
+an accumulated one read and written), so GB/s is an effective bandwidth; the training step's FLOPs are
+costs.model_flops_per_token (llm.c's estimate). Without a GPU (or under the CUDA simulator) it prints
+"no GPU: skipped" and exits 0.
 """
 import argparse
 import os
@@ -17,12 +19,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-V_GPT2 = 50257
-VP_GPT2 = 50304
-SHAPES = {  # name: (B, T, C, NH)
-    "tiny": (8, 256, 128, 4),
-    "d12": (4, 64, 768, 12),
-}
+SHAPES = {"tiny": (8, 256), "d12": (4, 64)}  # model preset: (B, T)
 
 
 def cublas_timer():
@@ -85,6 +82,10 @@ def main():
         print("no GPU: skipped" + (" (NUMBA_ENABLE_CUDASIM is set)" if runtime.SIMULATOR else ""))
         return 0
     import numbagpt.cuda as K
+    from numbagpt.config import preset
+    from numbagpt.costs import kernel_cost, model_flops_per_token
+    from numbagpt.layout import num_parameters
+    from numbagpt.model import GPT2
     cuda = runtime.cuda
     reference_ms, ref = cublas_timer()
     name = getattr(cuda.get_current_device(), "name", "?")
@@ -107,100 +108,65 @@ def main():
         stop.synchronize()
         return cuda.event_elapsed_time(start, stop) / iters
 
-    def report(name, ms, flops, nbytes, extra=""):
-        print(f"  {name:34s} {ms:9.4f} ms {flops / ms / 1e6:10.1f} GFLOP/s {nbytes / ms / 1e6:9.1f} GB/s {extra}")
+    def report(label, ms, flops, nbytes=None, extra=""):
+        rate = f"{flops / ms / 1e6:10.1f} GFLOP/s" + (f" {nbytes / ms / 1e6:9.1f} GB/s" if nbytes is not None else "")
+        print(f"  {label:34s} {ms:9.4f} ms {rate} {extra}")
+
+    def bench(name, *call_args, label=None, ref=None):
+        """Time K.<name>(*call_args); report it with its cost-model FLOPs and bytes (and a cuBLAS (ms, name))."""
+        kernel = getattr(K, name)
+        ms = time_ms(lambda: kernel(*call_args), args.iters)
+        extra = f"{ref[1]} {ref[0]:.4f} ms, ours/{ref[1]} {ms / ref[0]:.2f}x" if ref and ref[1] else ""
+        report(label or name, ms, *kernel_cost(name, *call_args), extra=extra)
 
     for shape in args.shapes:
-        B, T, C, NH = SHAPES[shape]
-        V, Vp, hs, BT = V_GPT2, VP_GPT2, C // NH, B * T
+        B, T = SHAPES[shape]
+        cfg = preset(shape)
+        C, NH, V, Vp, BT = cfg.channels, cfg.num_heads, cfg.vocab_size, cfg.padded_vocab_size, B * T
         BTC = BT * C
         print(f"\n{shape}: B={B} T={T} C={C} NH={NH} V={V} Vp={Vp}")
-        it = args.iters
 
         tokens = K.to_device(rng.integers(0, V, BT).astype(np.int32))
         if not args.matmul_only:
             wte, wpe = rand(Vp * C, 0.02), rand(T * C, 0.02)
             x, y, dout = rand(BTC), K.zeros(BTC), rand(BTC)
-            report("encoder_forward", time_ms(lambda: K.encoder_forward(y, tokens, wte, wpe, B, T, C), it),
-                   BTC, 4 * (3 * BTC) + 4 * BT)
-            dwte, dwpe = K.zeros(Vp * C), K.zeros(T * C)
-            report("encoder_backward", time_ms(lambda: K.encoder_backward(dwte, dwpe, dout, tokens, B, T, C), it),
-                   2 * BTC, 4 * (2 * BTC + 2 * BTC + 2 * T * C) + 4 * BT)
-
+            bench("encoder_forward", y, tokens, wte, wpe, B, T, C)
+            bench("encoder_backward", K.zeros(Vp * C), K.zeros(T * C), dout, tokens, B, T, C)
             w, b, mean, rstd = rand(C), rand(C), K.zeros(BT), K.zeros(BT)
-            report("layernorm_forward",
-                   time_ms(lambda: K.layernorm_forward(y, mean, rstd, x, w, b, B, T, C), it),
-                   8 * BTC, 4 * (2 * BTC + 2 * C + 2 * BT))
-            dx, dw, db = K.zeros(BTC), K.zeros(C), K.zeros(C)
-            report("layernorm_backward",
-                   time_ms(lambda: K.layernorm_backward(dx, dw, db, dout, x, w, mean, rstd, B, T, C), it),
-                   14 * BTC, 4 * (4 * BTC + 4 * C + 2 * BT))
+            bench("layernorm_forward", y, mean, rstd, x, w, b, B, T, C)
+            bench("layernorm_backward", K.zeros(BTC), K.zeros(C), K.zeros(C), dout, x, w, mean, rstd, B, T, C)
+            bench("fused_residual_layernorm_forward", K.zeros(BTC), y, mean, rstd, x, dout, w, b, B, T, C)
 
         for label, Cin, OC in (("qkv", C, 3 * C), ("attproj", C, C), ("fc", C, 4 * C), ("fcproj", 4 * C, C),
                                ("logits", C, Vp)):
             inp, wt = rand(BT * Cin), rand(OC * Cin, 0.02)
             bias = None if label == "logits" else rand(OC)
-            out = K.zeros(BT * OC)
-            M, N, Kd = BT, OC, Cin
-            ms = time_ms(lambda: K.matmul_forward(out, inp, wt, bias, B, T, Cin, OC), it)
-            ms_ref, ref_name = reference_ms(M, N, Kd, it)
-            extra = f"{ref_name} {ms_ref:.4f} ms, ours/{ref_name} {ms / ms_ref:.2f}x" if ref_name else ""
-            report(f"matmul_forward {label} ({M}x{N}x{Kd})", ms, 2 * M * N * Kd,
-                   4 * (M * Kd + N * Kd + M * N + N), extra)
-            dinp, dwt, dbias = K.zeros(BT * Cin), K.zeros(OC * Cin), (None if bias is None else K.zeros(OC))
-            dO = rand(BT * OC)
-            ms = time_ms(lambda: K.matmul_backward(dinp, dwt, dbias, dO, inp, wt, B, T, Cin, OC), it)
-            report(f"matmul_backward {label}", ms, 4 * M * N * Kd + M * N,
-                   4 * (2 * M * N + 3 * M * Kd + 3 * N * Kd))
+            bench("matmul_forward", K.zeros(BT * OC), inp, wt, bias, B, T, Cin, OC,
+                  label=f"matmul_forward {label} ({BT}x{OC}x{Cin})", ref=reference_ms(BT, OC, Cin, args.iters))
+            dbias = None if bias is None else K.zeros(OC)
+            bench("matmul_backward", K.zeros(BT * Cin), K.zeros(OC * Cin), dbias, rand(BT * OC), inp, wt,
+                  B, T, Cin, OC, label=f"matmul_backward {label}")
 
         if not args.matmul_only:
-            qkv, atty = rand(3 * BTC), K.zeros(BTC)
-            nTT = B * NH * T * T
-            preatt, att = K.zeros(nTT), K.zeros(nTT)
-            causal = B * NH * T * (T + 1) // 2
-            report("attention_forward",
-                   time_ms(lambda: K.attention_forward(atty, preatt, att, qkv, B, T, C, NH), it),
-                   4 * causal * hs + 5 * causal, 4 * (3 * BTC + 2 * causal + nTT + causal + BTC))
-            dqkv, dpreatt, datt = K.zeros(3 * BTC), K.zeros(nTT), K.zeros(nTT)
-            report("attention_backward",
-                   time_ms(lambda: K.attention_backward(dqkv, dpreatt, datt, dout, qkv, att, B, T, C, NH), it),
-                   8 * causal * hs + 4 * causal, 4 * (2 * 3 * BTC + BTC + 6 * causal + nTT))
-
+            qkv, att, nTT = rand(3 * BTC), K.zeros(B * NH * T * T), B * NH * T * T
+            bench("attention_forward", K.zeros(BTC), K.zeros(nTT), att, qkv, B, T, C, NH)
+            bench("attention_backward", K.zeros(3 * BTC), K.zeros(nTT), K.zeros(nTT), dout, qkv, att, B, T, C, NH)
             N4 = 4 * BTC
-            h, g, dh = rand(N4), K.zeros(N4), rand(N4)
-            report("gelu_forward", time_ms(lambda: K.gelu_forward(g, h, N4), it), 12 * N4, 8 * N4)
-            dg = K.zeros(N4)
-            report("gelu_backward", time_ms(lambda: K.gelu_backward(dg, dh, h, N4), it), 20 * N4, 16 * N4)
-            report("residual_forward", time_ms(lambda: K.residual_forward(y, x, dout, BTC), it), BTC, 12 * BTC)
-            d1, d2 = K.zeros(BTC), K.zeros(BTC)
-            report("residual_backward", time_ms(lambda: K.residual_backward(d1, d2, dout, BTC), it), 2 * BTC, 20 * BTC)
-
-            logits, targets, losses = rand(BT * Vp, 2.0), tokens, K.zeros(BT)
-            report("crossentropy_forward",
-                   time_ms(lambda: K.crossentropy_forward(losses, logits, targets, B, T, V, Vp), it),
-                   4 * BT * V, 4 * BT * V + 8 * BT)
+            h = rand(N4)
+            bench("gelu_forward", K.zeros(N4), h, N4)
+            bench("gelu_backward", K.zeros(N4), rand(N4), h, N4)
+            logits = rand(BT * Vp, 2.0)
+            bench("crossentropy_forward", K.zeros(BT), logits, tokens, B, T, V, Vp)
             dlosses = K.to_device(np.full(BT, 1.0 / BT, np.float32))
-            dlogits = K.zeros(BT * Vp)
-            report("crossentropy_backward",
-                   time_ms(lambda: K.crossentropy_backward(dlogits, dlosses, logits, targets, B, T, V, Vp), it),
-                   7 * BT * V, 4 * BT * V + 4 * BT * Vp + 8 * BT)
-
-            L = 12 if shape == "d12" else 4
-            P = Vp * C + 1024 * C + L * (12 * C * C + 13 * C) + 2 * C
-            params, m, v, grads = rand(P, 0.02), K.zeros(P), K.zeros(P), rand(P, 1e-3)
-            report(f"adamw_update (N={P})",
-                   time_ms(lambda: K.adamw_update(params, m, v, grads, 1e-4, 0.9, 0.999, 1e-8, 0.0, 1.0, 1, P), it),
-                   15 * P, 28 * P)
-            out = K.zeros(1)
-            report("global_norm_squared", time_ms(lambda: K.global_norm_squared(out, grads, P), it), 2 * P, 4 * P)
+            bench("crossentropy_backward", K.zeros(BT * Vp), dlosses, logits, tokens, B, T, V, Vp)
+            P = num_parameters(cfg)
+            grads = rand(P, 1e-3)
+            bench("adamw_update", rand(P, 0.02), K.zeros(P), K.zeros(P), grads, 1e-4, 0.9, 0.999, 1e-8, 0.0, 1.0,
+                  1, P, label=f"adamw_update (N={P})")
+            bench("global_norm_squared", K.zeros(1), grads, P)
 
         if args.model and not args.matmul_only:
-            from numbagpt.config import GPT2Config
-            from numbagpt.model import GPT2
-            cfg = GPT2Config(max_seq_len=1024 if shape == "d12" else 256, vocab_size=V, num_layers=L,
-                             num_heads=NH, channels=C)
-            model = GPT2(cfg, backend="cuda")
-            model.init_weights(seed=0)
+            model = GPT2.from_preset(shape, seed=0, backend="cuda")
             toks = rng.integers(0, V, (B, T + 1)).astype(np.int32)
 
             def step():
@@ -208,8 +174,8 @@ def main():
                 model.zero_grad()
                 model.backward()
                 model.update(lr=1e-4, t=1)
-            report(f"GPT2 training step ({shape})", time_ms(step, max(3, it // 4)),
-                   6 * model.num_parameters * BT, 0)
+            report(f"GPT2 training step ({shape})", time_ms(step, max(3, args.iters // 4)),
+                   model_flops_per_token(cfg, T)["llmc"] * BT)
     return 0
 
 

@@ -1,39 +1,55 @@
-"""Training-step time of numbagpt against idiomatic PyTorch (eager and torch.compile), in one process.
+"""Training-step time of numbagpt against idiomatic PyTorch (eager and torch.compile), each contender in
+its own process.
 
     python bench/bench_train.py                      # tiny (B=8, T=256) and d12 (B=4, T=64), 2 threads
-    python bench/bench_train.py --models tiny --steps 7 --kernels avx512,portable --no-compile
+    python bench/bench_train.py --models tiny --rounds 2 --steps 3 --kernels avx512,portable --no-compile
 
 A step is forward + backward + AdamW update on a fixed random batch, the same for every contender:
   - numbagpt: numbagpt.step.train_step (the step every command takes, clipping at 1.0), once per
-    matmul kernel in --kernels (default: the one this CPU runs, and the portable loops);
+    matmul kernel in --kernels (NUMBAGPT_MATMUL in the worker; default: the one this CPU runs, then the
+    portable loops as the "before" reference);
   - PyTorch eager, written the way a PyTorch user writes GPT-2: nn.Embedding, nn.LayerNorm, nn.Linear,
     F.scaled_dot_product_attention(is_causal=True), nn.GELU('tanh'), the head tied to wte,
     F.cross_entropy, torch.optim.AdamW(fused=True), clip_grad_norm_(1.0);
-  - the same module under torch.compile (skipped with --no-compile, or when compiling fails).
-PyTorch gets numbagpt's initial weights copied in (a random N(0,1) init would fill the softmax with
-denormals and slow PyTorch tenfold), and the same threads. The contenders' steps are interleaved
-(numbagpt, eager, compiled, numbagpt, ...) after a warm-up step each (JIT / cache load, torch.compile
-tracing); each time is the median of --steps, and the ratios (numbagpt / PyTorch, lower is better,
-1.0 = parity) come from the same rounds, so load from other processes hits all alike.
+  - the same module under torch.compile (skipped with --no-compile; when compiling fails, e.g. no C
+    compiler for inductor, the bench says why in one line and goes on without it).
+Each contender runs in a process of its own (this script with --worker), because in one process
+Numba's and PyTorch's thread pools fight over the cores and PyTorch runs 2-3.5x slower. A round starts
+one worker per contender in turn (numbagpt, eager, compiled, numbagpt, ...: load from other processes
+hits all alike); a worker builds the model from seed 0 (PyTorch gets numbagpt's initial weights copied
+in: a random N(0,1) init would fill the softmax with denormals and slow PyTorch tenfold), takes the
+same batch, sets --threads (NUMBA_NUM_THREADS, numba.set_num_threads, OMP_NUM_THREADS,
+torch.set_num_threads), runs a warm-up step untimed (JIT / cache load, torch.compile tracing), then
+times --steps steps, printing their wall and CPU times (process_time: all its threads) as JSON. The
+table gives each contender's medians over rounds x steps and the ratios numbagpt / PyTorch of the
+medians (lower is better, 1.0 = parity). On a machine loaded by other processes wall time counts
+their turns too, CPU time mostly not: compare the cpu columns there.
 """
 import argparse
+import json
 import os
+import subprocess
 import sys
 import time
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = {"tiny": (8, 256), "d12": (4, 64)}
+TORCH_MODES = ("eager", "compile")
 
 
-def parse_args():
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--steps", type=int, default=5, help="timed steps per contender (median)")
+    p.add_argument("--rounds", type=int, default=3, help="worker processes per contender (alternating)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per worker")
     p.add_argument("--kernels", default=None,
                    help="comma list of numbagpt matmul kernels (avx512, avx2, portable); default: this "
                         "CPU's, then portable")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
-    return p.parse_args()
+    p.add_argument("--worker", choices=("numbagpt",) + TORCH_MODES, help=argparse.SUPPRESS)
+    p.add_argument("--model", choices=list(SHAPES), help=argparse.SUPPRESS)  # the worker's model
+    return p.parse_args(argv)
 
 
 def torch_gpt(torch, cfg, params):
@@ -90,90 +106,127 @@ def torch_gpt(torch, cfg, params):
     return m
 
 
-def main():
-    args = parse_args()
-    os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
+def worker(args):
+    """One contender on one model: a warm-up step, then --steps timed ones; prints {"ms": [...]}."""
     import numba
     import numpy as np
 
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-    from numbagpt.cpu import matmul as mm
+    sys.path.insert(0, ROOT)
     from numbagpt.model import GPT2
     from numbagpt.step import train_step
 
     numba.set_num_threads(args.threads)
-    kernels = args.kernels.split(",") if args.kernels else list(dict.fromkeys([mm.supported_kernels()[0], "portable"]))
-    for k in kernels:
-        if k not in mm.supported_kernels():
-            sys.exit(f"bench_train.py: --kernels: {k!r} is not one this CPU runs ({', '.join(mm.supported_kernels())})")
-    try:
-        import torch
-        torch.set_num_threads(args.threads)
-    except ImportError:
-        torch = None
-        print("PyTorch not installed (pip install torch): numbagpt timings only")
-
-    print(f"threads {args.threads}, median of {args.steps} interleaved steps per contender; "
-          f"torch {torch.__version__ if torch else '-'}")
-    cols = ["numbagpt " + k for k in kernels] + (["eager"] + ([] if args.no_compile else ["compile"]) if torch else [])
-    hdr = f"{'model':<6} {'B':>3} {'T':>4} " + " ".join(f"{c + ' ms':>17}" for c in cols)
-    ratio_cols = [f"{k}/{p}" for k in kernels for p in cols[len(kernels):]]
-    hdr += " " + " ".join(f"{r:>17}" for r in ratio_cols)
-    print(hdr)
-    for name in args.models:
-        B, T = SHAPES[name]
-        model = GPT2.from_preset(name, seed=0)
-        rng = np.random.default_rng(0)
-        tokens = rng.integers(0, model.config.vocab_size, (B, T + 1)).astype(np.int32)
-        x, y = tokens[:, :-1], tokens[:, 1:]
-        params = model.param_layout.host_views(model.parameters_host())
+    B, T = SHAPES[args.model]
+    model = GPT2.from_preset(args.model, seed=0)
+    tokens = np.random.default_rng(0).integers(0, model.config.vocab_size, (B, T + 1)).astype(np.int32)
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    if args.worker == "numbagpt":
         t = [0]
 
-        def ours(k):
-            def step():
-                mm.set_kernel(k)
-                t[0] += 1
-                train_step(model, [(x, y)], lr=1e-4, t=t[0], weight_decay=0.0)
-            return step
+        def step():
+            t[0] += 1
+            train_step(model, [(x, y)], lr=1e-4, t=t[0], weight_decay=0.0)
+    else:
+        import torch
+        torch.set_num_threads(args.threads)
+        m = torch_gpt(torch, model.config, model.param_layout.host_views(model.parameters_host()))
+        del model
+        if args.worker == "compile":
+            m = torch.compile(m)
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=0.0, fused=True)
+        xt, yt = torch.from_numpy(x.astype(np.int64)), torch.from_numpy(y.astype(np.int64))
 
-        steps = [ours(k) for k in kernels]
-        if torch is not None:
-            xt, yt = torch.from_numpy(x.astype(np.int64)), torch.from_numpy(y.astype(np.int64))
+        def step():
+            opt.zero_grad(set_to_none=True)
+            m(xt, yt).backward()
+            torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+            opt.step()
+    try:
+        step()  # warm-up: JIT compilation or cache load; torch.compile tracing
+    except Exception as e:  # torch.compile without a working C compiler, unsupported platform, ...
+        print(json.dumps({"error": f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:150]}"}))
+        return
+    wall, cpu = [], []
+    for _ in range(args.steps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        step()
+        wall.append(1000 * (time.perf_counter() - t0))
+        cpu.append(1000 * (time.process_time() - c0))
+    print(json.dumps({"wall": wall, "cpu": cpu}))
 
-            def torch_step(m):
-                opt = torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=0.0, fused=True)
 
-                def step():
-                    opt.zero_grad(set_to_none=True)
-                    m(xt, yt).backward()
-                    torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
-                    opt.step()
-                return step
+def run_worker(args, model, who, kernel):
+    """{"wall": [ms...], "cpu": [ms...]} of one worker process, or the one-line reason it gave none."""
+    env = dict(os.environ, NUMBA_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
+    if kernel:
+        env["NUMBAGPT_MATMUL"] = kernel
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", who, "--model", model,
+           "--threads", str(args.threads), "--steps", str(args.steps)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    try:
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"worker exited {proc.returncode}: {err[:150]}"
+    return out.get("error", out)
 
-            steps.append(torch_step(torch_gpt(torch, model.config, params)))
-            if not args.no_compile:
-                try:
-                    compiled = torch.compile(torch_gpt(torch, model.config, params))
-                    s = torch_step(compiled)
-                    s()
-                    steps.append(s)
-                except Exception as e:  # no C compiler, unsupported platform, ...
-                    print(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:100]}): skipped")
-                    cols = [c for c in cols if c != "compile"]
-        for s in steps:
-            s()  # warm-up: JIT compile or cache load; torch.compile tracing
-        times = [[] for _ in steps]
-        for _ in range(args.steps):
-            for n, s in enumerate(steps):
-                t0 = time.perf_counter()
-                s()
-                times[n].append(time.perf_counter() - t0)
-        med = [1000 * float(np.median(ts)) for ts in times]
-        row = f"{name:<6} {B:>3} {T:>4} " + " ".join(f"{m:17.0f}" for m in med)
-        nk = len(kernels)
-        row += " " + " ".join(f"{med[i] / med[j]:17.2f}" for i in range(nk) for j in range(nk, len(med)))
-        print(row, flush=True)
-    print("ratio = numbagpt step time / PyTorch step time (lower is better, 1.0 = parity)")
+
+def main():
+    args = parse_args()
+    if args.worker:
+        return worker(args)
+    import numpy as np
+
+    sys.path.insert(0, ROOT)
+    from numbagpt.cpu import matmul as mm
+    supported = mm.supported_kernels()
+    kernels = args.kernels.split(",") if args.kernels else list(dict.fromkeys([supported[0], "portable"]))
+    for k in kernels:
+        if k not in supported:
+            sys.exit(f"bench_train.py: --kernels: {k!r} is not one this CPU runs ({', '.join(supported)})")
+    try:
+        import torch
+        torch_modes = TORCH_MODES[:1] if args.no_compile else TORCH_MODES
+        version = torch.__version__
+    except ImportError:
+        torch_modes, version = (), "-"
+        print("PyTorch not installed (pip install torch): numbagpt timings only")
+    print(f"threads {args.threads}, {args.rounds} rounds x {args.steps} steps per contender, one process "
+          f"each; torch {version}", flush=True)
+    rows = []
+    for name in args.models:
+        contenders = [("numbagpt " + k, "numbagpt", k) for k in kernels] + [(m, m, None) for m in torch_modes]
+        times = {label: {"wall": [], "cpu": []} for label, _, _ in contenders}
+        for r in range(args.rounds):
+            done = []
+            for label, who, kernel in contenders:
+                if label not in times:
+                    continue  # failed in an earlier round
+                out = run_worker(args, name, who, kernel)
+                if isinstance(out, str):
+                    print(f"  {name} {label} failed ({out}): skipped", flush=True)
+                    del times[label]
+                    continue
+                for clock in out:
+                    times[label][clock] += out[clock]
+                done.append(f"{label} {np.median(out['wall']):.0f}/{np.median(out['cpu']):.0f}")
+            print(f"  {name} round {r + 1} (wall/cpu ms): " + ", ".join(done), flush=True)
+        rows.append((name, {label: {c: float(np.median(ts)) for c, ts in t.items()} for label, t in times.items()}))
+    print(f"\n{'model':<6} {'B':>3} {'T':>4} {'contender':<17} {'wall ms':>8} {'/ eager':>8} {'/ compile':>9} "
+          f"{'cpu ms':>8} {'/ eager':>8} {'/ compile':>9}")
+    for name, med in rows:
+        B, T = SHAPES[name]
+        for label, ms in med.items():
+            row = f"{name:<6} {B:>3} {T:>4} {label:<17}"
+            for clock in ("wall", "cpu"):
+                row += f" {ms[clock]:8.0f}"
+                for m, w in zip(TORCH_MODES, (8, 9)):  # ratios on the numbagpt rows only
+                    ours = label.startswith("numbagpt") and m in med
+                    row += f" {ms[clock] / med[m][clock]:{w}.2f}" if ours else " " * (w + 1)
+            print(row.rstrip())
+    print(f"medians of {args.rounds} rounds x {args.steps} steps, each contender in its own process; / eager, "
+          f"/ compile = numbagpt / PyTorch (lower is better, 1.0 = parity);\ncpu = the worker's CPU time (all its "
+          f"threads): other processes' load inflates it less than wall")
 
 
 if __name__ == "__main__":

@@ -278,11 +278,11 @@ def step_calls(config, B, T, recompute=RECOMPUTE):
     P = num_parameters(config)
     return [
         ("encoder_forward", (B, T, C), 1),
-        ("layernorm_forward", (B, T, C), 2 * L + 1),
+        ("layernorm_forward", (B, T, C), 1),
         ("matmul_forward", (B, T, C, 3 * C, True), L),
         ("attention_forward", (B, T, C, NH), L),
         ("matmul_forward", (B, T, C, C, True), L),
-        ("residual_forward", (BTC,), 2 * L),
+        ("fused_residual_layernorm_forward", (B, T, C), 2 * L),
         ("matmul_forward", (B, T, C, 4 * C, True), L),
         ("gelu_forward", (4 * BTC,), L),
         ("matmul_forward", (B, T, 4 * C, C, True), L),
@@ -291,7 +291,6 @@ def step_calls(config, B, T, recompute=RECOMPUTE):
         ("crossentropy_backward", (B, T, V, Vp), 1),
         ("matmul_backward", (B, T, C, Vp, False), 1),
         ("layernorm_backward", (B, T, C), 2 * L + 1),
-        ("residual_backward", (BTC,), 2 * L),
         ("matmul_backward", (B, T, 4 * C, C, True), L),
         ("gelu_backward", (4 * BTC,), L),
         ("matmul_backward", (B, T, C, 4 * C, True), L),

@@ -83,10 +83,11 @@ def select(out_dir):
     return None, None, notes
 
 
-def save(out_dir, step, model, world, loader, seed, run=None):
-    """Every rank writes its state file (the AdamW moments of its optimizer shard); rank 0 the model
-    file and then, after all are written, DONE. `run` is the run record kept in every state header.
-    A step whose DONE file exists is not rewritten: returns False then (the same on every rank)."""
+def save(out_dir, step, model, world, loader, seed, run=None, guard=None):
+    """Every rank writes its state file (the AdamW moments of its optimizer shard, the data position,
+    the spike guard's windows: `guard`, a numbagpt.outlier.SpikeGuard, the same on every rank); rank 0
+    the model file and then, after all are written, DONE. `run` is the run record kept in every state
+    header. A step whose DONE file exists is not rewritten: returns False then (the same on every rank)."""
     done = os.path.exists(done_path(out_dir, step)) if world.is_master else None
     if world.bcast(done):
         return False
@@ -97,7 +98,8 @@ def save(out_dir, step, model, world, loader, seed, run=None):
     formats.write_state(state_path(out_dir, step, world.rank), step, world.size, world.rank,
                         b.to_host(model.m_flat), b.to_host(model.v_flat),
                         rng_state=seed, shard_index=pos["shard_index"], sample_index=pos["sample_index"],
-                        shuffle=loader.shuffle, epoch=pos["epoch"], seed=seed, run=run)
+                        shuffle=loader.shuffle, epoch=pos["epoch"], seed=seed, run=run,
+                        detectors=guard.get_state() if guard is not None else None)
     world.barrier()
     if world.is_master:
         write_bytes(done_path(out_dir, step))
@@ -123,8 +125,10 @@ def discard(out_dir, step):
         pass
 
 
-def load_state(out_dir, step, model, world, loader):
-    """Restore this rank's AdamW moments and data position from the checkpoint at `step`."""
+def load_state(out_dir, step, model, world, loader, guard=None):
+    """Restore this rank's AdamW moments and data position from the checkpoint at `step`, and the
+    spike guard's windows into `guard` when given. Returns (step, whether the guard's were there:
+    a state of llm.c's or an older numbagpt's has none, and the guard starts empty)."""
     import numpy as np
     start, end = model.optimizer_shard
     path = state_path(out_dir, step, world.rank)
@@ -141,4 +145,9 @@ def load_state(out_dir, step, model, world, loader):
     b.copy_to_device(model.m_flat, np.ascontiguousarray(state["m"]))
     b.copy_to_device(model.v_flat, np.ascontiguousarray(state["v"]))
     loader.set_state(state["shard_index"], state["sample_index"], state["epoch"])
-    return state["step"]
+    if guard is not None and state["detectors"]:
+        try:
+            guard.set_state(state["detectors"])
+        except ValueError as e:   # not two detectors of the guard's window
+            raise formats.FormatError(f"{path}: the spike guard's windows don't fit: {e}") from None
+    return state["step"], bool(state["detectors"])

@@ -50,6 +50,12 @@ def _layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, B, 
     return 14 * B * T * C, F32 * (reads + accum)
 
 
+def _fused_residual_layernorm_forward(residual, ln, mean, rstd, inp1, inp2, weight, bias, B, T, C):
+    # residual = inp1 + inp2: 1; then layernorm_forward's 8. Reads inp1, inp2 (not the residual
+    # again), weight, bias; writes residual, ln, mean, rstd.
+    return 9 * B * T * C, F32 * (2 * B * T * C + 2 * C + 2 * B * T * C + 2 * B * T)
+
+
 def _matmul_forward(out, inp, weight, bias, B, T, C, OC):
     # out = inp·Wᵀ (+ bias): 2·C per output element, +1 with a bias.
     has_bias = bias is not None
@@ -95,15 +101,6 @@ def _gelu_backward(dinp, dout, inp, N):
     return 19 * N, F32 * (2 * N + 2 * N)
 
 
-def _residual_forward(out, inp1, inp2, N):
-    return N, F32 * 3 * N
-
-
-def _residual_backward(dinp1, dinp2, dout, N):
-    # two accumulations: dinp1 += dout, dinp2 += dout.
-    return 2 * N, F32 * (N + 2 * 2 * N)
-
-
 def _crossentropy_forward(losses, logits, targets, B, T, V, Vp):
     # per logit i < V: x − max 1, exp 1, Σ 1 (the max's comparisons and the row's log not counted).
     return 3 * B * T * V, F32 * (B * T * V + B * T + B * T)
@@ -139,6 +136,8 @@ def family(name):
         return "memory"
     if name == "global_norm_squared":
         return "adamw"
+    if name == "fused_residual_layernorm_forward":
+        return "layernorm"
     for suffix in ("_forward", "_backward", "_update"):
         if name.endswith(suffix):
             return name[:-len(suffix)]

@@ -337,6 +337,37 @@ def open_shard(path, vocab_size=None):
 
 RUN_RECORD_SLOT = 40                     # int32 byte length of the run record, then its bytes
 RUN_RECORD_MAX = 4 * (HEADER_INTS - RUN_RECORD_SLOT - 1)   # 860 bytes of JSON
+DETECTORS_SLOT = 11                      # int32 byte length of the outlier detectors after the arrays
+DETECTOR_HEAD = 40                       # int64 window, count, index; float64 sum, sum of squares
+
+
+def _encode_detectors(detectors):
+    """The outlier detectors' states (numbagpt.outlier.OutlierDetector.get_state(), in order) as
+    bytes: per detector int64 window W, count, index, float64 sum, sum of squares, then W float64
+    values. float64 as the detector keeps them, so a resumed run scores every step exactly alike."""
+    parts = []
+    for d in detectors:
+        values = np.asarray(d["buffer"], dtype="<f8")
+        parts += [np.array([values.size, d["count"], d["index"]], dtype="<i8").tobytes(),
+                  np.array([d["sum"], d["sum_sq"]], dtype="<f8").tobytes(), values.tobytes()]
+    return b"".join(parts)
+
+
+def _decode_detectors(path, raw):
+    """The list of detector states in `raw` (_encode_detectors' bytes); FormatError if they don't parse."""
+    out, pos = [], 0
+    while pos < len(raw):
+        head = np.frombuffer(raw, dtype="<i8", count=3, offset=pos) if len(raw) - pos >= DETECTOR_HEAD else None
+        window, count, index = (int(x) for x in head) if head is not None else (0, -1, -1)
+        end = pos + DETECTOR_HEAD + 8 * window
+        if window < 2 or not 0 <= count <= window or not 0 <= index < window or end > len(raw):
+            raise FormatError(f"{path}: bad train state file: the outlier detectors after the arrays "
+                              f"(slot {DETECTORS_SLOT}: {len(raw)} bytes) don't parse at byte {pos} of them")
+        total, total_sq = np.frombuffer(raw, dtype="<f8", count=2, offset=pos + 24)
+        values = np.frombuffer(raw, dtype="<f8", count=window, offset=pos + DETECTOR_HEAD)
+        out.append(dict(buffer=values.tolist(), count=count, index=index, sum=float(total), sum_sq=float(total_sq)))
+        pos = end
+    return out
 
 
 def _encode_run(run):
@@ -361,18 +392,20 @@ def hash_text(text):
 
 
 def write_state(path, step, world_size, rank, m, v, rng_state=0, shard_index=0, sample_index=0,
-                shuffle=False, rng_state_last_update=None, epoch=0, seed=0, run=None):
+                shuffle=False, rng_state_last_update=None, epoch=0, seed=0, run=None, detectors=None):
     """Write a train state file (magic 20240527, version 1), llm.c's layout:
 
     slot 2, 3: number of processes, rank; 4: use master weights (always 0 here); 5: loader shuffles;
     10: step; 20..21: uint64 rng state; 22..23: uint64 rng state at the last update (defaults to the
     rng state); 30..31: uint64 shard index; 32..33: uint64 sample index in the shard.
-    numbagpt additions in slots llm.c leaves 0 and never reads: 34..35 uint64 data loader epoch,
-    36..37 uint64 shuffle seed, 38..39 uint64 length of m (so a truncated file is detected from its
-    header), 40 byte length of the run record and 41..255 the record (`run`, a dict: what the run was,
-    as UTF-8 JSON; see docs/formats.md).
-    Then AdamW m and v (float32, this rank's shard of the parameters). numbagpt's loader rebuilds its
-    permutations from (seed, epoch), so unlike llm.c it writes no permutation trailer.
+    numbagpt additions in slots llm.c leaves 0 and never reads: 11 byte length of the outlier
+    detectors after the arrays, 34..35 uint64 data loader epoch, 36..37 uint64 shuffle seed, 38..39
+    uint64 length of m (so a truncated file is detected from its header), 40 byte length of the run
+    record and 41..255 the record (`run`, a dict: what the run was, as UTF-8 JSON; see docs/formats.md).
+    Then AdamW m and v (float32, this rank's shard of the parameters), then `detectors` (a list of
+    outlier detector states: the spike guard's windows of losses and gradient norms; _encode_detectors).
+    numbagpt's loader rebuilds its permutations from (seed, epoch), so unlike llm.c it writes no
+    permutation trailer; llm.c reads what it knows and ignores the bytes after the arrays.
     """
     m = np.asarray(m).reshape(-1)
     v = np.asarray(v).reshape(-1)
@@ -396,24 +429,34 @@ def write_state(path, step, world_size, rank, m, v, rng_state=0, shard_index=0, 
         header[RUN_RECORD_SLOT] = len(raw)
         body = header[RUN_RECORD_SLOT + 1:].view(np.uint8)
         body[:len(raw)] = np.frombuffer(raw, dtype=np.uint8)
-    _write_file(path, header, _as(m, "<f4", m.size, "m"), _as(v, "<f4", v.size, "v"))
+    trailer = _encode_detectors(detectors or [])
+    header[DETECTORS_SLOT] = len(trailer)
+    _write_file(path, header, _as(m, "<f4", m.size, "m"), _as(v, "<f4", v.size, "v"),
+                np.frombuffer(trailer, dtype=np.uint8))
 
 
 def read_state_header(path):
     """The header fields of a train state file (read_state without m and v), after checking the file's
     length: from the header's m length when numbagpt wrote it, else (llm.c's files) that the bytes after
-    the header are whole arrays of equal length. Adds `num_parameters` and `run` (dict or None)."""
+    the header are whole arrays of equal length. Adds `num_parameters`, `run` (dict or None) and
+    `detectors_bytes` (the length of the outlier detectors after the arrays)."""
     path = os.fspath(path)
     header, size = _read_header(path, STATE_MAGIC, (STATE_VERSION,), "train state file")
     mw = int(header[4])
     narrays = 3 if mw else 2
+    trailer = int(header[DETECTORS_SLOT])
+    if trailer < 0:
+        raise FormatError(f"{path}: bad train state header: slot {DETECTORS_SLOT} (bytes of outlier "
+                          f"detectors) is {trailer}")
     n = _get_u64(header, 38)
     if n == 0:  # llm.c's file: infer it
-        if (size - HEADER_BYTES) % (4 * narrays):
+        if (size - HEADER_BYTES - trailer) % (4 * narrays):
             raise FormatError(f"{path}: bad train state file: {size - HEADER_BYTES} bytes after the header, "
                               f"expected {narrays} float32 arrays of equal length")
-        n = (size - HEADER_BYTES) // (4 * narrays)
-    _check_size(path, f"train state file ({narrays} arrays of {n} floats)", HEADER_BYTES + 4 * narrays * n, size)
+        n = (size - HEADER_BYTES - trailer) // (4 * narrays)
+    what = f"train state file ({narrays} arrays of {n} floats" + (f", {trailer} bytes of outlier detectors)"
+                                                                   if trailer else ")")
+    _check_size(path, what, HEADER_BYTES + 4 * narrays * n + trailer, size)
     run = None
     nrun = int(header[RUN_RECORD_SLOT])
     if nrun:
@@ -427,22 +470,25 @@ def read_state_header(path):
                 shuffle=bool(header[5]), rng_state=_get_u64(header, 20),
                 rng_state_last_update=_get_u64(header, 22), shard_index=_get_u64(header, 30),
                 sample_index=_get_u64(header, 32), epoch=_get_u64(header, 34), seed=_get_u64(header, 36),
-                num_parameters=n, narrays=narrays, run=run)
+                num_parameters=n, narrays=narrays, run=run, detectors_bytes=trailer)
 
 
 def read_state(path, num_parameters=None):
     """dict(step, world_size, rank, use_master_weights, shuffle, rng_state, rng_state_last_update,
-    shard_index, sample_index, epoch, seed, num_parameters, run, m, v[, master]) of a train state file.
+    shard_index, sample_index, epoch, seed, num_parameters, run, detectors, m, v[, master]) of a train
+    state file; `detectors` is the list of outlier detector states ([] when the file has none).
     `num_parameters`, when given, is this rank's shard size that the file must hold."""
     path = os.fspath(path)
     out = read_state_header(path)
-    n, narrays = out["num_parameters"], out.pop("narrays")
+    n, narrays, trailer = out["num_parameters"], out.pop("narrays"), out.pop("detectors_bytes")
     if num_parameters is not None and num_parameters != n:
         kind = "truncated" if num_parameters > n else "too long"
         raise FormatError(f"{path}: {kind} train state file: expected {narrays} arrays of {num_parameters} "
                           f"floats, it holds {n}")
     arrays = [np.fromfile(path, dtype="<f4", count=n, offset=HEADER_BYTES + 4 * i * n) for i in range(narrays)]
     out.update(m=arrays[0], v=arrays[1])
+    raw = np.fromfile(path, dtype=np.uint8, count=trailer, offset=HEADER_BYTES + 4 * narrays * n).tobytes()
+    out["detectors"] = _decode_detectors(path, raw)
     if narrays == 3:
         out["master"] = arrays[2]
     return out

@@ -1,10 +1,13 @@
 """Memory available to this process, and the check every command makes before allocating the model.
 
-`available_memory()` is the least of: the system's available memory (psutil), the room left under the
-process's cgroup limit (v2 memory.max, v1 memory.limit_in_bytes, on this cgroup and its parents),
-and $NUMBAGPT_MEMORY_LIMIT when set (bytes, or with a K/M/G/T suffix: a limit a user or a test
-imposes). `check_fits` compares it with the exact estimate of the buffers a model allocates and
-refuses with the estimate, the available amount and the largest batch size that fits.
+`available_memory(backend)` is where the backend's buffers live. On a device that reports its memory
+(`backend.memory_info()`, a GPU), the device's free memory. In host memory (the CPU backend, the CUDA
+simulator, whose device arrays are NumPy arrays) the least of: the system's available memory
+(psutil) and the room left under the process's cgroup limit (v2 memory.max, v1
+memory.limit_in_bytes, on this cgroup and its parents). Either way $NUMBAGPT_MEMORY_LIMIT, when set
+(bytes, or with a K/M/G/T suffix: a limit a user or a test imposes), caps it. `check_fits` compares it
+with the exact estimate of the buffers a model allocates and refuses with the estimate, the available
+amount and the largest batch size that fits.
 """
 import os
 
@@ -96,8 +99,14 @@ def cgroup_room(proc_cgroup="/proc/self/cgroup", root="/sys/fs/cgroup"):
     return best
 
 
-def available_memory():
-    """(bytes, where that figure comes from): what this process can still allocate."""
+def host_buffers(backend):
+    """True when `backend`'s buffers are in host memory (the CPU's arrays; the CUDA simulator's
+    device arrays are NumPy arrays too): the ranks on a host share that memory."""
+    return backend.HOST_MEMORY or backend.SIMULATOR
+
+
+def host_memory():
+    """[(bytes, where that figure comes from)]: what the host lets this process still allocate."""
     figures = []
     try:
         import psutil
@@ -107,6 +116,20 @@ def available_memory():
     room, where = cgroup_room()
     if room is not None:
         figures.append((room, where))
+    return figures
+
+
+def available_memory(backend=None):
+    """(bytes, where that figure comes from): what this process can still allocate for the buffers of
+    `backend` (None: host memory), or (None, "unknown")."""
+    figures = []
+    info = backend.memory_info() if backend is not None else None
+    if info is not None:
+        used, total = info
+        figures.append((total - used, f"free on {backend.device_name()}, of its {format_bytes(total)}"))
+    elif backend is None or host_buffers(backend):
+        figures = host_memory()
+    # (a device that won't say: only the limit a user sets)
     env = os.environ.get(LIMIT_ENV)
     if env:
         figures.append((parse_size(env), f"${LIMIT_ENV}"))
@@ -134,13 +157,13 @@ def largest_fitting(need, B, available):
     return lo
 
 
-def check_fits(need, B, what, flag="-b", override="--no-memory-check", available=None):
+def check_fits(need, B, what, flag="-b", override="--no-memory-check", available=None, backend=None):
     """Raise MemoryCheckError if need(B) bytes (need: batch size -> bytes, the exact estimate of what
-    will be allocated) exceed the memory available; `what` says what is being sized. Returns
-    (need(B), available bytes, where that figure comes from)."""
+    will be allocated) exceed the memory available to `backend`'s buffers (available_memory);
+    `what` says what is being sized. Returns (need(B), available bytes, where that figure comes from)."""
     where = "given"
     if available is None:
-        available, where = available_memory()
+        available, where = available_memory(backend)
     total = need(B)
     if available is None or total <= available:
         return total, available, where

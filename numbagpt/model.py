@@ -170,30 +170,39 @@ class GPT2:
         BTC = B * T * C
 
         k.encoder_forward(a["encoded"], self.inputs, p["wte"], p["wpe"], B, T, C)                 # (B, T, C)
+        out, mean, rstd, lnw, lnb = self._layernorm_of(0)
+        k.layernorm_forward(out, mean, rstd, a["encoded"], lnw, lnb, B, T, C)                     # (B, T, C)
         for l in range(L):
             w, x = self.layer_params[l], self.layer_acts[l]  # layer l's weights and activations
             residual = a["encoded"] if l == 0 else self.layer_acts[l - 1].residual3               # (B, T, C)
-            k.layernorm_forward(x.ln1, x.ln1_mean, x.ln1_rstd, residual, w.ln1w, w.ln1b, B, T, C)  # (B, T, C)
             k.matmul_forward(x.qkv, x.ln1, w.qkvw, w.qkvb, B, T, C, 3 * C)                        # (B, T, 3C)
             k.attention_forward(x.atty, x.preatt, x.att, x.qkv, B, T, C, NH)                      # (B, T, C)
             k.matmul_forward(x.attproj, x.atty, w.attprojw, w.attprojb, B, T, C, C)               # (B, T, C)
-            k.residual_forward(x.residual2, residual, x.attproj, BTC)                             # (B, T, C)
-            k.layernorm_forward(x.ln2, x.ln2_mean, x.ln2_rstd, x.residual2, w.ln2w, w.ln2b,
-                                B, T, C)                                                          # (B, T, C)
+            # Each residual add and the layernorm of its sum in one pass (llm.c's fused_residual_forward):
+            # residual2 with ln2, residual3 with the next layer's ln1 (lnf after the last layer).
+            k.fused_residual_layernorm_forward(x.residual2, x.ln2, x.ln2_mean, x.ln2_rstd, residual, x.attproj,
+                                               w.ln2w, w.ln2b, B, T, C)                           # (B, T, C)
             k.matmul_forward(x.fch, x.ln2, w.fcw, w.fcb, B, T, C, 4 * C)                          # (B, T, 4C)
             k.gelu_forward(x.fch_gelu, x.fch, 4 * BTC)                                            # (B, T, 4C)
             k.matmul_forward(x.fcproj, x.fch_gelu, w.fcprojw, w.fcprojb, B, T, 4 * C, C)          # (B, T, C)
-            k.residual_forward(x.residual3, x.residual2, x.fcproj, BTC)                           # (B, T, C)
+            out, mean, rstd, lnw, lnb = self._layernorm_of(l + 1)
+            k.fused_residual_layernorm_forward(x.residual3, out, mean, rstd, x.residual2, x.fcproj,
+                                               lnw, lnb, B, T, C)                                 # (B, T, C)
 
-        residual = self.layer_acts[L - 1].residual3                                               # (B, T, C)
-        k.layernorm_forward(a["lnf"], a["lnf_mean"], a["lnf_rstd"], residual, p["lnfw"], p["lnfb"],
-                            B, T, C)                                                              # (B, T, C)
         k.matmul_forward(a["logits"], a["lnf"], p["wte"], None, B, T, C, Vp)                      # (B, T, Vp)
         if targets is None:
             return None
         k.crossentropy_forward(a["losses"], a["logits"], self.targets, B, T, V, Vp)               # (B, T)
         # The only device-to-host copy of a step: B*T floats, summed in float64 on the host.
         return float(np.mean(k.to_host(a["losses"]), dtype=np.float64))
+
+    def _layernorm_of(self, l):
+        """(out, mean, rstd, weight, bias) of the layernorm of layer l's input: layer l's ln1, lnf for l = L."""
+        if l == self.config.num_layers:
+            a, p = self.acts, self.params
+            return a["lnf"], a["lnf_mean"], a["lnf_rstd"], p["lnfw"], p["lnfb"]
+        x, w = self.layer_acts[l], self.layer_params[l]
+        return x.ln1, x.ln1_mean, x.ln1_rstd, w.ln1w, w.ln1b
 
     def _check_tokens(self, tokens, what):
         V = self.config.vocab_size
@@ -231,30 +240,30 @@ class GPT2:
         k.crossentropy_backward(a["logits"], dlosses, a["logits"], self.targets, B, T, V, Vp)     # (B, T, Vp)
         dlogits = a["logits"]
         k.matmul_backward(ga["lnf"], g["wte"], None, dlogits, a["lnf"], p["wte"], B, T, C, Vp)    # (B, T, C)
-        residual, dresidual = self.layer_acts[L - 1].residual3, self.layer_grads_acts[L - 1].residual3
-        k.layernorm_backward(dresidual, g["lnfw"], g["lnfb"], ga["lnf"], residual, p["lnfw"],
-                             a["lnf_mean"], a["lnf_rstd"], B, T, C)                              # (B, T, C)
+        # The residual stream's gradient is one buffer (llm.c's train_gpt2.cu): each layernorm
+        # backward adds its dinp to it, and each residual projection's backward reads it as its dout;
+        # no residual_backward copies it. It ends as the gradient of `encoded`.
+        dresidual = ga["encoded"]
+        k.layernorm_backward(dresidual, g["lnfw"], g["lnfb"], ga["lnf"], self.layer_acts[L - 1].residual3,
+                             p["lnfw"], a["lnf_mean"], a["lnf_rstd"], B, T, C)                   # (B, T, C)
 
         for l in reversed(range(L)):
             w, dw = self.layer_params[l], self.layer_grads[l]        # layer l's weights, their grads
             x, dx = self.layer_acts[l], self.layer_grads_acts[l]     # its activations, their grads
             residual = a["encoded"] if l == 0 else self.layer_acts[l - 1].residual3
-            dresidual = ga["encoded"] if l == 0 else self.layer_grads_acts[l - 1].residual3
-            k.residual_backward(dx.residual2, dx.fcproj, dx.residual3, BTC)                       # (B, T, C)
             if self.recompute >= 1:  # fch_gelu and its grad are one buffer all layers share
                 k.gelu_forward(x.fch_gelu, x.fch, 4 * BTC)
                 k.fill_zero(dx.fch_gelu)
-            k.matmul_backward(dx.fch_gelu, dw.fcprojw, dw.fcprojb, dx.fcproj,
+            k.matmul_backward(dx.fch_gelu, dw.fcprojw, dw.fcprojb, dresidual,
                               x.fch_gelu, w.fcprojw, B, T, 4 * C, C)                              # (B, T, 4C)
             k.gelu_backward(dx.fch, dx.fch_gelu, x.fch, 4 * BTC)                                  # (B, T, 4C)
             if self.recompute >= 2:  # so are ln2 and ln1: the same inputs give the same bits
                 k.layernorm_forward(x.ln2, x.ln2_mean, x.ln2_rstd, x.residual2, w.ln2w, w.ln2b, B, T, C)
                 k.fill_zero(dx.ln2)
             k.matmul_backward(dx.ln2, dw.fcw, dw.fcb, dx.fch, x.ln2, w.fcw, B, T, C, 4 * C)       # (B, T, C)
-            k.layernorm_backward(dx.residual2, dw.ln2w, dw.ln2b, dx.ln2,
+            k.layernorm_backward(dresidual, dw.ln2w, dw.ln2b, dx.ln2,
                                  x.residual2, w.ln2w, x.ln2_mean, x.ln2_rstd, B, T, C)            # (B, T, C)
-            k.residual_backward(dresidual, dx.attproj, dx.residual2, BTC)                         # (B, T, C)
-            k.matmul_backward(dx.atty, dw.attprojw, dw.attprojb, dx.attproj,
+            k.matmul_backward(dx.atty, dw.attprojw, dw.attprojb, dresidual,
                               x.atty, w.attprojw, B, T, C, C)                                     # (B, T, C)
             k.attention_backward(dx.qkv, dx.preatt, dx.att, dx.atty, x.qkv, x.att, B, T, C, NH)   # (B, T, 3C)
             if self.recompute >= 2:

@@ -55,6 +55,9 @@ class OutlierDetector:
         return dict(buffer=list(self.buffer), count=self.count, index=self.index, sum=self.sum, sum_sq=self.sum_sq)
 
     def set_state(self, state):
+        if len(state["buffer"]) != self.window:
+            raise ValueError(f"an outlier detector state of a {len(state['buffer'])}-value window, "
+                             f"this detector's is {self.window}")
         self.buffer = [float(v) for v in state["buffer"]]
         self.count, self.index = int(state["count"]), int(state["index"])
         self.sum, self.sum_sq = float(state["sum"]), float(state["sum_sq"])
@@ -82,6 +85,16 @@ class SpikeGuard:
         if self.grad_z and math.isfinite(self.zgrad) and self.zgrad > self.grad_z:
             return Skip("grad norm", self.zgrad, self.grad_z)
         return None
+
+    def get_state(self):
+        """[the loss detector's state, the grad norm detector's]: what a checkpoint keeps, so that a
+        resumed run scores (and skips) every step as the uninterrupted run does."""
+        return [self.loss.get_state(), self.grad.get_state()]
+
+    def set_state(self, states):
+        loss, grad = states
+        self.loss.set_state(loss)
+        self.grad.set_state(grad)
 
     def describe(self):
         def one(name, z):

@@ -119,23 +119,23 @@ class TimingBackend:
 def measure_proxy_overhead(timer="cpu", backend=None, n=20000):
     """Nanoseconds one recorded call through a TimingBackend adds to a call of a no-op function
     (the median of 5 rounds of n calls, direct vs proxied)."""
-    def noop(out, inp1, inp2, N):
+    def noop(out, inp, N):
         return None
 
-    fake = types.SimpleNamespace(NAME=getattr(backend, "NAME", "fake"), residual_forward=noop,
+    fake = types.SimpleNamespace(NAME=getattr(backend, "NAME", "fake"), gelu_forward=noop,
                                  synchronize=getattr(backend, "synchronize", lambda: None))
     proxy = TimingBackend(fake, timer=timer)
     proxy.phase = "overhead"
     a = np.zeros(4, dtype=np.float32)
-    wrapped = proxy.residual_forward
+    wrapped = proxy.gelu_forward
     diffs = []
     for _ in range(5):
         t0 = time.perf_counter_ns()
         for _ in range(n):
-            noop(a, a, a, 4)
+            noop(a, a, 4)
         t1 = time.perf_counter_ns()
         for _ in range(n):
-            wrapped(a, a, a, 4)
+            wrapped(a, a, 4)
         t2 = time.perf_counter_ns()
         proxy.reset()
         diffs.append(((t2 - t1) - (t1 - t0)) / n)

@@ -237,10 +237,10 @@ def _pick(out_dir, resume, overwrite, record, allow_changes, say):
 
 
 # ----------------------------------------------------------------------------------------------
-# Ctrl-C
+# Ctrl-C and SIGTERM
 
 class Progress:
-    """Where a run is, for the line Ctrl-C ends it with."""
+    """Where a run is, for the line a signal ends it with."""
 
     def __init__(self):
         self.step = None          # steps completed
@@ -252,30 +252,60 @@ class Progress:
         return f"interrupted at {step}; last complete checkpoint: {ckpt}"
 
 
-class StopRequest:
-    """With several ranks, Ctrl-C must stop them all at the same step, not each inside a different
-    collective: the first SIGINT only sets a flag that `requested()` combines over the ranks once a
-    step; a second one interrupts at once."""
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by a signal: SIGINT (Ctrl-C) or SIGTERM (kill, Slurm's scancel, a launcher
+    passing either on). `signum` makes the exit status, 128 + signum: 130 for Ctrl-C, 143 for SIGTERM."""
 
-    def __init__(self, world):
+    def __init__(self, signum=signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+    @property
+    def exit_status(self):
+        return 128 + self.signum
+
+
+class StopRequest:
+    """SIGINT and SIGTERM end a run with one line, whichever arrives (a terminal's Ctrl-C, `kill`,
+    the launcher forwarding either). Alone (or before `attach` gives the world), a signal raises
+    Interrupted at once. With several ranks it must stop them all at the same step, not each inside
+    a different collective: the first signal only sets a flag that `check()` combines over the
+    ranks once a step; a second one raises at once. (The handler runs between two kernels: a running
+    Numba kernel holds the interpreter until it returns.)"""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.world = None
+        self.signum = None     # the first signal, while it waits for the end of the step
+        self.raised = False    # Interrupted is on its way: the run is printing its line and ending
+        self.previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
+
+    def attach(self, world):
         self.world = world
-        self.flag = False
-        self.previous = None
-        if world.size > 1:
-            self.previous = signal.signal(signal.SIGINT, self._handler)
 
     def _handler(self, signum, frame):
-        if self.flag:
-            raise KeyboardInterrupt
-        self.flag = True
+        if self.raised:   # a second Ctrl-C while the line is being written must not cut it short
+            return
+        if self.world is None or self.world.size == 1 or self.signum is not None:
+            self._raise(signum)
+        self.signum = signum
 
-    def requested(self):
-        """True on every rank alike when any rank got Ctrl-C (one tiny allreduce per step)."""
-        if self.world.size == 1:
-            return False
-        return self.world.mean(1.0 if self.flag else 0.0) > 0
+    def _raise(self, signum):
+        self.raised = True
+        raise Interrupted(signum)
+
+    def check(self):
+        """Raise Interrupted on every rank alike when any rank got a signal (one tiny allreduce per
+        step). The exit status is alike too: SIGTERM's if any rank got SIGTERM, else SIGINT's."""
+        if self.world is None or self.world.size == 1:
+            return
+        size = self.world.size
+        n = self.world.sum({signal.SIGINT: 1, signal.SIGTERM: size + 1}.get(self.signum, 0))
+        if n:   # one SIGTERM outweighs the SIGINTs of every rank
+            self._raise(signal.SIGTERM if n > size else signal.SIGINT)
 
     def close(self):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-            self.previous = None
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        self.previous = {}

@@ -14,7 +14,7 @@ their backwards are checked in turn against `numerical_grad` (central finite dif
     attention_forward_ref(qkv, NH) -> out, preatt, att               preatt unmasked, att 0 above diagonal
     attention_backward_ref(dout, qkv, NH, scratch=False) -> dqkv (and dpreatt, datt with scratch)
     gelu_forward_ref(x) -> out;  gelu_backward_ref(dout, x) -> dx
-    residual_forward_ref(a, b) -> out;  residual_backward_ref(dout) -> da, db
+    residual_forward_ref(a, b) -> out
     crossentropy_forward_ref(logits, targets, V) -> losses           logits (B,T,Vp)
     crossentropy_backward_ref(dlosses, logits, targets, V) -> dlogits  (columns V.. are 0)
     adamw_update_ref(params, m, v, grads, lr, beta1, beta2, eps, weight_decay, grad_scale, t) -> params, m, v
@@ -144,10 +144,6 @@ def gelu_backward_ref(dout, x):
 
 def residual_forward_ref(a, b):
     return _f64(a) + _f64(b)
-
-
-def residual_backward_ref(dout):
-    return _f64(dout).copy(), _f64(dout).copy()
 
 
 # ----------------------------------------------------------------------------- crossentropy

@@ -15,10 +15,11 @@ import pytest
 import checkpoint_driver as drv
 from numbagpt import checkpoint, formats
 from numbagpt.formats import HEADER_BYTES
+from numbagpt.outlier import WINDOW, SpikeGuard
 
 DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoint_driver.py")
 MODEL_BYTES = HEADER_BYTES + 4 * drv.N
-STATE_BYTES = HEADER_BYTES + 8 * drv.N
+STATE_BYTES = HEADER_BYTES + 8 * drv.N + 2 * (40 + 8 * WINDOW)   # m, v, the spike guard's two windows
 OFFSETS = lambda size: [0, 1, HEADER_BYTES, size // 2, size - 1, "end", "renamed"]  # noqa: E731
 
 # (file being written when killed, point) -> the newest step that must be complete afterwards.
@@ -58,7 +59,7 @@ def check_dir(out, newest):
             st = formats.read_state(path)
             np.testing.assert_array_equal(st["m"], drv.values(s, 1))
             np.testing.assert_array_equal(st["v"], drv.values(s, 2))
-            assert st["step"] == s
+            assert st["step"] == s and st["detectors"] == drv.guard_at(s).get_state()
         elif name.startswith("DONE_"):
             assert os.path.getsize(path) == 0
         else:
@@ -149,3 +150,49 @@ def test_select_checks_every_rank_and_the_step_in_each_header(tmp_path):
     assert "step 2 skipped" in notes[2] and "state_00000002_00000.bin" in notes[2]
     os.remove(checkpoint.done_path(out, 6))
     assert checkpoint.latest_step(out) == 4
+
+
+def test_the_state_keeps_the_spike_guard_windows_after_llmc_arrays(tmp_path):
+    """The windows after m and v, their length in slot 11: llm.c's reader (header, m, v at their
+    offsets, nothing after them read) sees its file; numbagpt's reads back every float64 exactly."""
+    p = str(tmp_path / "state_00000200_00000.bin")
+    guard = drv.guard_at(200)   # full windows, wrapped around
+    m, v = drv.values(200, 1), drv.values(200, 2)
+    formats.write_state(p, 200, 1, 0, m, v, sample_index=7, detectors=guard.get_state())
+    raw = open(p, "rb").read()
+    header = np.frombuffer(raw[:HEADER_BYTES], dtype="<i4")
+    n = drv.N
+    assert header[0] == 20240527 and header[10] == 200 and header[11] == 2 * (40 + 8 * WINDOW)
+    assert len(raw) == STATE_BYTES
+    np.testing.assert_array_equal(np.frombuffer(raw, "<f4", n, HEADER_BYTES), m)          # where llm.c reads m
+    np.testing.assert_array_equal(np.frombuffer(raw, "<f4", n, HEADER_BYTES + 4 * n), v)  # and v
+    loss = np.frombuffer(raw, "<i8", 3, HEADER_BYTES + 8 * n)
+    assert list(loss) == [WINDOW, WINDOW, 200 % WINDOW]
+    state = formats.read_state(p)
+    assert state["detectors"] == guard.get_state() and state["sample_index"] == 7
+    resumed = SpikeGuard(loss_z=3.0, grad_z=3.0)
+    resumed.set_state(state["detectors"])
+    following = [(3.0 + 0.02 * i, 1.0 + (i % 5)) for i in range(50)]
+    assert [resumed.check(*x) for x in following] == [guard.check(*x) for x in following]
+    # an llm.c file: no windows (slot 11 = 0), m's length inferred (slot 38 = 0)
+    formats.write_state(p, 200, 1, 0, m, v)
+    with open(p, "r+b") as f:
+        f.seek(4 * 38)
+        f.write(bytes(8))
+    assert formats.read_state(p)["detectors"] == [] and formats.read_state(p)["m"].size == n
+
+
+def test_damaged_spike_guard_windows_are_found(tmp_path):
+    p = str(tmp_path / "state_00000200_00000.bin")
+    m, v = drv.values(200, 1), drv.values(200, 2)
+    formats.write_state(p, 200, 1, 0, m, v, detectors=drv.guard_at(200).get_state())
+    with open(p, "r+b") as f:
+        f.truncate(os.path.getsize(p) - 8)
+    with pytest.raises(formats.FormatError, match="truncated train state file .*, 2128 bytes of outlier detectors"):
+        formats.read_state(p)
+    formats.write_state(p, 200, 1, 0, m, v, detectors=drv.guard_at(200).get_state())
+    with open(p, "r+b") as f:
+        f.seek(HEADER_BYTES + 8 * drv.N)
+        f.write(np.array([10**6], dtype="<i8").tobytes())   # a window longer than the bytes
+    with pytest.raises(formats.FormatError, match="the outlier detectors after the arrays .* at byte 0"):
+        formats.read_state(p)

@@ -94,6 +94,42 @@ def test_kill_9_then_resume_equals_the_uninterrupted_run(corpus, reference, tmp_
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]   # the killed writer's, removed
 
 
+def step_lines(stdout):
+    """The step lines (loss, lr, norm, the z-scores), without their timings."""
+    return [ln.split(" | ")[:4] for ln in stdout.splitlines() if ln.startswith("step ")]
+
+
+def test_a_resume_with_the_spike_guard_equals_the_uninterrupted_run(corpus, tmp_path):
+    """-sl/-sg: the windows of the last 128 losses and norms are in the checkpoint, so the resumed run
+    scores and skips every step as the uninterrupted one (without them it would score nothing for
+    128 steps, and skip none)."""
+    argv = lambda out, *extra: args_for(corpus, out, "-sl", "3", "-sg", "0.3", "-v", "0", *extra,  # noqa: E731
+                                        steps=140, every=130)
+    code, ref_out, err = run(argv(tmp_path / "ref"))
+    assert code == 0, err
+    ref_log = (tmp_path / "ref" / "main.log").read_text()
+    assert any(int(ln.split()[0][2:]) >= 130 for ln in ref_log.splitlines() if " skip:" in ln)  # one to get right
+    out = tmp_path / "out"
+    code, _, _ = run(argv(out), crash="DONE_00000130@renamed")
+    assert code == -signal.SIGKILL
+    code, stdout, err = run(argv(out, "-y", "1"))
+    assert code == 0 and "resumed from step 130 of" in stdout and "spike-guard" not in stdout, err
+    assert step_lines(stdout) == step_lines(ref_out)[130:]   # the z-scores too
+    assert (out / "main.log").read_text() == ref_log
+    np.testing.assert_array_equal(formats.read_model(str(out / "model_00000140.bin"))[1],
+                                  formats.read_model(str(tmp_path / "ref" / "model_00000140.bin"))[1])
+    # the same checkpoint without the windows, as llm.c writes it: said, and the z-scores start over
+    state = checkpoint.state_path(str(out), 130, 0)
+    with open(state, "r+b") as f:
+        f.seek(4 * formats.DETECTORS_SLOT)
+        f.write(bytes(4))
+        f.truncate(os.path.getsize(state) - 2 * (40 + 8 * 128))
+    code, stdout, err = run(argv(out, "-y", "1"))
+    assert code == 0 and "resumed from step 130 of" in stdout, err
+    assert "note: the checkpoint holds no spike-guard windows (llm.c's, or an older numbagpt's)" in stdout
+    assert step_lines(stdout)[0][1].endswith("(+nanz)")
+
+
 def test_kill_9_from_outside_mid_checkpoint_then_resume(corpus, reference, tmp_path):
     marker = tmp_path / "paused"
     out = tmp_path / "out"
@@ -187,14 +223,83 @@ def test_the_memory_check(corpus, tmp_path):
     assert code == 0, err
 
 
-def test_ctrl_c_ends_with_one_line(corpus, tmp_path):
+class SmallGPU:
+    """A backend with a device of `total` bytes, `used` of them taken, that reports it through
+    memory_info() as a GPU does; its kernels and buffers are the CPU's, and it counts allocations."""
+    HOST_MEMORY = SIMULATOR = False
+
+    def __init__(self, used, total):
+        from numbagpt import cpu
+        self.cpu, self.info, self.allocations = cpu, (used, total), 0
+
+    def memory_info(self):
+        return self.info
+
+    def device_name(self):
+        return "Small GPU"
+
+    def zeros(self, *a, **k):
+        self.allocations += 1
+        return self.cpu.zeros(*a, **k)
+
+    def __getattr__(self, name):
+        return getattr(self.cpu, name)
+
+
+def test_a_device_is_checked_against_its_free_memory(corpus, tmp_path, monkeypatch, capsys):
+    """--device cuda: the estimate against the GPU's free memory (a fake GPU, no GPU here), before
+    any buffer exists; --no-memory-check goes ahead."""
+    from numbagpt import backend as backends
+    cfg = formats.read_model_header(corpus[1])[0]
+    need = [memory_estimate(cfg, b, 16, recompute=1)["total"] for b in range(5)]
+    gpu = SmallGPU(used=2**30, total=2**30 + need[2] + 100)   # B=2 fits, B=3 not
+    assert 2**10 < need[2] + 100 < 2**20 < need[4]
+    monkeypatch.setattr(backends, "get_backend", lambda name: gpu)
+    monkeypatch.delenv("NUMBAGPT_MEMORY_LIMIT", raising=False)
+    assert train.main(args_for(corpus, tmp_path / "a", "--device", "cuda")) == 1
+    assert capsys.readouterr().err == (
+        f"train_gpt2: error: not enough memory for {corpus[1]} with B=4 T=16: it needs {need[4] / 2**20:.1f} MiB, "
+        f"{(need[2] + 100) / 2**10:.1f} KiB is available (free on Small GPU, of its {gpu.info[1] / 2**30:.1f} GiB); "
+        f"the largest -b that fits is 2; --no-memory-check to try anyway\n")
+    assert gpu.allocations == 0
+    argv = args_for(corpus, tmp_path / "b", "--device", "cuda", "-b", "2", steps=1, every=0)
+    assert train.main(argv) == 0 and gpu.allocations > 0
+    assert train.main(args_for(corpus, tmp_path / "c", "--device", "cuda", "--no-memory-check", steps=1, every=0)) == 0
+
+
+def test_device_memory_figures(monkeypatch):
+    from numbagpt import memory
+    monkeypatch.delenv("NUMBAGPT_MEMORY_LIMIT", raising=False)
+    assert memory.available_memory(SmallGPU(6 * 2**30, 8 * 2**30)) == (2 * 2**30, "free on Small GPU, of its 8.0 GiB")
+    monkeypatch.setenv("NUMBAGPT_MEMORY_LIMIT", "1G")
+    assert memory.available_memory(SmallGPU(6 * 2**30, 8 * 2**30)) == (2**30, "$NUMBAGPT_MEMORY_LIMIT")
+    silent = SmallGPU(0, 0)
+    silent.info = None   # a driver that won't say: only the user's limit, not the host's memory
+    assert memory.available_memory(silent) == (2**30, "$NUMBAGPT_MEMORY_LIMIT")
+    monkeypatch.delenv("NUMBAGPT_MEMORY_LIMIT")
+    assert memory.available_memory(silent) == (None, "unknown")
+    silent.SIMULATOR = True   # the CUDA simulator's device arrays are host memory
+    assert memory.available_memory(silent) == memory.available_memory()
+
+
+def test_the_cuda_simulator_is_checked_against_host_memory(corpus, tmp_path):
+    """The simulator's memory_info says nothing (Numba's reports inf): its arrays are the host's."""
+    code, _, err = run(args_for(corpus, tmp_path, "--device", "cuda"),
+                       env={"NUMBA_ENABLE_CUDASIM": "1", "NUMBAGPT_MEMORY_LIMIT": "1M"})
+    assert code == 1
+    assert err.startswith(f"train_gpt2: error: not enough memory for {corpus[1]} with B=4 T=16: it needs ")
+    assert "1.0 MiB is available ($NUMBAGPT_MEMORY_LIMIT)" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["INT", "TERM"])
+def test_ctrl_c_or_sigterm_ends_with_one_line(corpus, tmp_path, signum, status):
     marker = tmp_path / "paused"
     out = tmp_path / "out"
     proc = start(args_for(corpus, out), crash="model_00000004.bin@2000:pause", paused=marker)
     wait_paused(proc, marker)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     stdout, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    assert proc.returncode == status
     assert err == "interrupted at step 4; last complete checkpoint: step 2\n"
     assert not [n for n in os.listdir(out) if n.endswith(".tmp")] and not (out / "model_00000004.bin").exists()
 
@@ -274,31 +379,32 @@ MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
 
 
 @pytest.mark.skipif(not os.access(MPIEXEC, os.X_OK), reason=f"needs {MPIEXEC}")
-def test_ctrl_c_under_mpiexec_stops_every_rank_after_the_same_step(corpus, tmp_path):
-    """SIGINT to both ranks (as a launcher that forwards it delivers it): one line, every rank exits 130.
-    (MPICH's Hydra, given Ctrl-C itself, kills the ranks on its own; docs/reliability.md says so.)"""
-    psutil = pytest.importorskip("psutil")
+@pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["INT", "TERM"])
+def test_a_signal_to_mpiexec_stops_every_rank_after_the_same_step(corpus, tmp_path, signum, status):
+    """The signal goes to mpiexec's process group, as a terminal's Ctrl-C does (MPICH's Hydra puts its
+    proxy and the ranks in sessions of their own: the group is mpiexec alone, which forwards SIGINT or
+    SIGTERM to every rank): one line, every rank exits 128 + signum, and so does mpiexec."""
     pytest.importorskip("mpi4py")
     out = tmp_path / "out"
     argv = args_for(corpus, out, steps=100000, every=20)
     proc = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, TRAIN] + argv, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.time() + 180
         while not (out / "DONE_00000040").exists():
             assert proc.poll() is None and time.time() < deadline, proc.communicate()
             time.sleep(0.1)
-        ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if TRAIN in " ".join(p.cmdline())]
-        assert len(ranks) == 2
-        for p in ranks:
-            p.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signum)
         stdout, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == status, (stdout[-2000:], err)
+    assert "Traceback" not in stdout + err and "BAD TERMINATION" not in stdout
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("interrupted at step ") and "Traceback" not in err
+    assert len(lines) == 1 and lines[0].startswith("interrupted at step "), err
     step, ckpt = lines[0].removeprefix("interrupted at step ").split("; last complete checkpoint: step ")
     assert int(ckpt) == max(int(n[5:]) for n in os.listdir(out) if n.startswith("DONE_"))
     assert int(step) >= int(ckpt) >= 40
+    last = [ln for ln in stdout.splitlines() if ln.startswith("step ")][-1]   # both ranks ran it, rank 0 logged it
+    assert last.startswith(f"step {int(step):4d}/100000 ")

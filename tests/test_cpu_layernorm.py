@@ -1,4 +1,6 @@
-"""layernorm_forward / layernorm_backward on every backend against the float64 reference (tests/harness.py)."""
+"""layernorm_forward / layernorm_backward / fused_residual_layernorm_forward on every backend against the
+float64 reference (tests/harness.py); the fused kernel also bit for bit against residual_forward then
+layernorm_forward (the model's -r 2 recomputes the layernorm from the stored residual)."""
 import numpy as np
 import pytest
 
@@ -33,6 +35,27 @@ def test_layernorm_backward_accumulates(backend, B, T, C, offset):
     _, mean, rstd = layernorm_forward_ref(x.reshape(B, T, C), w, b)
     check(backend, "layernorm_backward", dinp=B * T * C, dweight=C, dbias=C, dout=rnd(rng, B, T, C), inp=x,
           weight=w, mean=mean.astype(np.float32), rstd=rstd.astype(np.float32), B=B, T=T, C=C)
+
+
+# The fused forward has no column reduction: the 300-row CUDA case (row chunks) would only cost simulator time.
+FUSED_SHAPES = cases(cpu=[(2, 7, 12, 5.0), (2, 7, 36, 5.0)], cuda=[(2, 5, 12, 5.0), (1, 6, 70, 5.0)])
+
+
+@pytest.mark.parametrize("backend,B,T,C,offset", FUSED_SHAPES)
+def test_fused_residual_layernorm_forward(backend, B, T, C, offset):
+    rng = np.random.default_rng(3)
+    x, w, b = _data(rng, B, T, C, offset)
+    inp2 = rnd(rng, B, T, C, scale=0.3)
+    inp1 = x - inp2   # the sum is x, to float32 rounding: the offset and spreads of _data's rows
+    N = B * T * C
+    got = check(backend, "fused_residual_layernorm_forward", residual=N, ln=N, mean=B * T, rstd=B * T,
+                inp1=inp1, inp2=inp2, weight=w, bias=b, B=B, T=T, C=C)
+    d = {name: backend.zeros(n) for name, n in (("res", N), ("out", N), ("mean", B * T), ("rstd", B * T))}
+    backend.residual_forward(d["res"], backend.to_device(inp1), backend.to_device(inp2), N)
+    backend.layernorm_forward(d["out"], d["mean"], d["rstd"], d["res"], backend.to_device(w), backend.to_device(b),
+                              B, T, C)
+    for fused, pair in (("residual", "res"), ("ln", "out"), ("mean", "mean"), ("rstd", "rstd")):
+        np.testing.assert_array_equal(got[fused], backend.to_host(d[pair]), err_msg=fused)
 
 
 def test_layernorm_reference_backward_finite_differences():

@@ -1,54 +1,66 @@
-"""A whole GPT-2 training step on the CUDA backend (in Numba's CUDA simulator) against the CPU backend.
+"""Whole GPT-2 training steps on the CUDA backend (in Numba's CUDA simulator) against the CPU backend.
 
-Micro config L=2, NH=2, C=16, maxT=8, V=37 (Vp=128), batch B=2, T=4; weights from init_weights plus
+Micro config L=2, NH=2, C=16, maxT=8, V=37 (Vp=64), batch B=2, T=4; weights from init_weights plus
 noise (so attention and layernorm are far from their trivial regimes). Two steps of
 forward + zero_grad + backward + AdamW update on both backends, comparing the losses (to 1e-4), all
-parameter gradients and the updated parameters, and the global gradient norm.
+parameter gradients and the updated parameters, and the global gradient norm. The first step's CUDA
+gradients also serve the -r 2 check (GELU and layernorm outputs recomputed in backward): bitwise the
+same there too, the recompute path zeroing and refilling device views of shared per-layer buffers.
 
-Runs like tests/test_cuda_kernels.py: in a normal pytest run this module spawns
-`python -m pytest tests/test_cuda_model.py` with NUMBA_ENABLE_CUDASIM=1 and reports the inner output on
-failure; run it directly with  NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/test_cuda_model.py -q
-On a machine with a GPU the test also runs directly on the GPU in this process.
+Runs under the simulator from a normal pytest run (tests/simulator.py); on a machine with a GPU the
+tests also run directly on the GPU in this process.
 """
 import os
+from types import SimpleNamespace
 
 import numpy as np
-from simulator import ROOT, RUN_HERE, SIM, run_module_under_simulator
+import pytest
+from simulator import ROOT, RUN_HERE, SIM, cpu_and_cuda_models, under_simulator
 
 if not SIM:
-
-    def test_cuda_model_under_simulator():
-        run_module_under_simulator("test_cuda_model.py", "CUDA model test")
+    test_cuda_model_under_simulator = under_simulator("test_cuda_model.py", "CUDA model tests")
 
 if RUN_HERE:
     from numbagpt.config import GPT2Config
     from numbagpt.model import GPT2
 
-    def test_two_training_steps_match_cpu():
-        cfg = GPT2Config(max_seq_len=8, vocab_size=37, num_layers=2, num_heads=2, channels=16)
+    CFG = GPT2Config(max_seq_len=8, vocab_size=37, num_layers=2, num_heads=2, channels=16, padded_vocab_size=64)
+
+    def wte_padding(size):
+        """Mask of the parameters that are wte's padded rows V..Vp (wte comes first in the layout)."""
+        pad = np.zeros(size, bool)
+        pad[CFG.vocab_size * CFG.channels:CFG.padded_vocab_size * CFG.channels] = True
+        return pad
+
+    @pytest.fixture(scope="module")
+    def first_step():
+        """Both backends after step 1's forward, zero_grad and backward (no update yet)."""
         B, T = 2, 4
         rng = np.random.default_rng(0)
-        cpu = GPT2(cfg, backend="cpu")
-        cpu.init_weights(seed=0)
-        params = cpu.parameters_host()
-        wte_pad = np.zeros(params.size, bool)
-        wte_pad[cfg.vocab_size * cfg.channels:cfg.padded_vocab_size * cfg.channels] = True
-        params = params + np.where(wte_pad, 0.0, rng.normal(0.0, 0.1, params.size)).astype(np.float32)
-        cpu.load_parameters(params)
-        gpu = GPT2(cfg, backend="cuda")
-        gpu.load_parameters(params)
-        np.testing.assert_array_equal(gpu.parameters_host(), params)
-
-        tokens = rng.integers(0, cfg.vocab_size, (B, T + 1)).astype(np.int32)
+        cpu, gpu, params = cpu_and_cuda_models(
+            CFG, lambda p: p + np.where(wte_padding(p.size), 0.0, rng.normal(0.0, 0.1, p.size)))
+        tokens = rng.integers(0, CFG.vocab_size, (B, T + 1)).astype(np.int32)
         x, y = tokens[:, :-1], tokens[:, 1:]
-        signal = np.ones(params.size, bool)
+        losses = [m.forward(x, y) for m in (cpu, gpu)]
+        for m in (cpu, gpu):
+            m.zero_grad()
+            m.backward()
+        return SimpleNamespace(x=x, y=y, params=params, cpu=cpu, gpu=gpu, losses=losses,
+                               gpu_grads=gpu.grads_host())
+
+    def test_two_training_steps_match_cpu(first_step):
+        cpu, gpu, x, y = first_step.cpu, first_step.gpu, first_step.x, first_step.y
+        wte_pad = wte_padding(first_step.params.size)
+        signal = np.ones(wte_pad.size, bool)
         for step in (1, 2):
-            loss_c = cpu.forward(x, y)
-            loss_g = gpu.forward(x, y)
+            if step == 1:
+                loss_c, loss_g = first_step.losses
+            else:
+                loss_c, loss_g = cpu.forward(x, y), gpu.forward(x, y)
+                for m in (cpu, gpu):
+                    m.zero_grad()
+                    m.backward()
             assert abs(loss_c - loss_g) < 1e-4, (step, loss_c, loss_g)
-            for m in (cpu, gpu):
-                m.zero_grad()
-                m.backward()
             g_c, g_g = cpu.grads_host(), gpu.grads_host()
             scale = np.abs(g_c).max()
             np.testing.assert_allclose(g_g, g_c, rtol=1e-3, atol=1e-5 * scale,
@@ -68,14 +80,28 @@ if RUN_HERE:
                                        err_msg=f"step {step}: parameters after AdamW")
             assert np.all(np.abs(p_g - p_c) <= 2.01 * lr * step)
 
-    def test_test_gpt2_on_the_device_passes_the_pytorch_nano_fixture(capsys):
+    def test_recompute_gradients_bitwise_on_cuda(first_step):
+        m = GPT2(CFG, backend="cuda", recompute=2)
+        m.load_parameters(first_step.params)
+        assert m.forward(first_step.x, first_step.y) == first_step.losses[1]
+        m.zero_grad()
+        m.backward()
+        np.testing.assert_array_equal(m.grads_host(), first_step.gpu_grads)
+        assert np.abs(first_step.gpu_grads).max() > 0
+
+    def test_test_gpt2_on_the_device_passes_the_pytorch_nano_fixture(capsys, tmp_path):
         """bin/test_gpt2 --device cuda on tests/fixtures/nano_* (a PyTorch dump small enough for the
-        simulator): logits, loss, all 16 gradients and 2 AdamW step losses within the CLI's tolerances."""
+        simulator): logits, loss and all 16 gradients within the CLI's tolerances, and the loss of the
+        first AdamW step's batch. (The second step's loss is left out here: the updates are the CPU's,
+        test_two_training_steps_match_cpu, and the CPU's match PyTorch's, tests/test_cli_test_gpt2.py.)"""
         from numbagpt.cli import test as test_gpt2
         fixtures = os.path.join(ROOT, "tests", "fixtures")
+        with open(os.path.join(fixtures, "nano_losses.txt")) as f:
+            (tmp_path / "first_loss.txt").write_text(f.readline())
         code = test_gpt2.main(["--device", "cuda", "-e", os.path.join(fixtures, "nano_model.bin"),
                                "-s", os.path.join(fixtures, "nano_debug_state.bin"),
-                               "--expected-losses", os.path.join(fixtures, "nano_losses.txt")])
+                               "--expected-losses", str(tmp_path / "first_loss.txt")])
         out = capsys.readouterr().out
         assert code == 0, out
         assert "overall okay: 1" in out and "NOT OK" not in out and "device cuda" in out
+        assert "step  0:" in out and "step  1:" not in out

@@ -116,6 +116,7 @@ def test_every_kernel_function_has_a_plan():
                  "crossentropy_forward": (2, 3, 37, 64), "crossentropy_backward": (2, 3, 37, 64),
                  "encoder_forward": (2, 3, 8), "encoder_backward": (2, 3, 8),
                  "layernorm_forward": (2, 3, 8), "layernorm_backward": (2, 3, 8),
+                 "fused_residual_layernorm_forward": (2, 3, 8),
                  "attention_forward_cached": (1, 2, 3, 8, 2, 8), "matvec_forward": (1, 8, 5)}.get(name, (100,))
         launches = R.plan(name, sizes, sms=108)
         assert launches and all(launch.blocks() > 0 and launch.block > 0 for launch in launches), name

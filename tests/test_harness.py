@@ -18,9 +18,9 @@ def good_forward(out, inp1, inp2, N):
     out[:N] = inp1[:N] + inp2[:N]
 
 
-def good_backward(dinp1, dinp2, dout, N):
-    dinp1[:N] += dout[:N]
-    dinp2[:N] += dout[:N]
+def good_backward(dwte, dwpe, dout, inp, B, T, C):
+    np.add.at(dwte.reshape(-1, C), inp, dout.reshape(-1, C))
+    dwpe[:T * C] += dout.reshape(B, T * C).sum(axis=0)
 
 
 def run_forward(kernel):
@@ -30,7 +30,9 @@ def run_forward(kernel):
 
 def run_backward(kernel):
     rng = np.random.default_rng(0)
-    return check(fake(residual_backward=kernel), "residual_backward", dinp1=N, dinp2=N, dout=rnd(rng, N), N=N)
+    B, T, C = 2, 5, 5
+    return check(fake(encoder_backward=kernel), "encoder_backward", dwte=7 * C, dwpe=T * C, dout=rnd(rng, B * T * C),
+                 inp=rng.integers(0, 7, B * T).astype(np.int32), B=B, T=T, C=C)
 
 
 def test_correct_kernels_pass():
@@ -60,9 +62,10 @@ def changes_an_input(out, inp1, inp2, N):
     inp1[0] = 0.0
 
 
-def writes_a_gradient(dinp1, dinp2, dout, N):   # = where the contract says +=
-    dinp1[:N] = dout[:N]
-    dinp2[:N] = dout[:N]
+def writes_a_gradient(dwte, dwpe, dout, inp, B, T, C):   # = where the contract says +=
+    dwte[:] = 0.0
+    np.add.at(dwte.reshape(-1, C), inp, dout.reshape(-1, C))
+    dwpe[:T * C] = dout.reshape(B, T * C).sum(axis=0)
 
 
 @pytest.mark.parametrize("kernel", [nothing, half, accumulates, past_the_end, changes_an_input])

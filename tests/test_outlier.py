@@ -40,6 +40,23 @@ def test_state_round_trip_continues_the_same_scores():
     assert [a.update(x) for x in xs[20:]] == [b.update(x) for x in xs[20:]]
 
 
+def test_guard_state_round_trip_makes_the_same_decisions():
+    """What a checkpoint keeps (both windows, float64 running sums) continues every z-score and
+    skip exactly; an empty guard in its place would score NaN for a window's length."""
+    rng = np.random.default_rng(3)
+    xs = [(4.0 + 0.1 * rng.standard_normal(), 1.0 + 0.3 * rng.random()) for _ in range(300)]
+    a, b, empty = (SpikeGuard(loss_z=1.0, grad_z=1.0, window=32) for _ in range(3))
+    for x in xs[:100]:
+        a.check(*x)
+    b.set_state(a.get_state())
+    checks = [(a.check(*x), a.zloss, a.zgrad) for x in xs[100:]]
+    assert checks == [(b.check(*x), b.zloss, b.zgrad) for x in xs[100:]]
+    assert any(skip for skip, _, _ in checks)
+    assert all(empty.check(*x) is None and math.isnan(empty.zloss) for x in xs[100:132])
+    with pytest.raises(ValueError, match="a 32-value window, this detector's is 128"):
+        SpikeGuard().set_state(a.get_state())
+
+
 def test_planted_loss_spike_is_skipped_and_only_it():
     rng = np.random.default_rng(1)
     guard = SpikeGuard(loss_z=3.0, window=32)

@@ -18,7 +18,7 @@ from numbagpt.model import GPT2
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = GPT2Config(max_seq_len=16, vocab_size=97, num_layers=2, num_heads=2, channels=32)
 B, T = 2, 8
-FAMILIES = {"encoder", "layernorm", "matmul", "attention", "gelu", "residual", "crossentropy", "adamw"}
+FAMILIES = {"encoder", "layernorm", "matmul", "attention", "gelu", "crossentropy", "adamw"}
 
 
 # ------------------------------------------------------------------------------ FLOP and byte counts
@@ -51,14 +51,14 @@ def test_kernel_costs_match_hand_formulas():
                               8 * BTC, 4 * (BTC + C + C + BTC + BT + BT)),
         "layernorm_backward": (cost("layernorm_backward", x, x, x, x, x, x, x, x, B, T, C),
                                14 * BTC, 4 * (BTC + BTC + C + BT + BT + 2 * BTC + 2 * C + 2 * C)),
+        "fused_residual_layernorm_forward": (cost("fused_residual_layernorm_forward", x, x, x, x, x, x, x, x, B, T, C),
+                                             9 * BTC, 4 * (BTC + BTC + C + C + BTC + BTC + BT + BT)),
         "attention_forward": (cost("attention_forward", x, x, x, x, B, T, C, NH),
                               pairs * (4 * hs + 5), 4 * (3 * BTC + pairs + B * NH * T * T + BTC)),
         "attention_backward": (cost("attention_backward", x, x, x, x, x, x, B, T, C, NH),
                                pairs * (8 * hs + 5), 4 * (BTC + 3 * BTC + pairs + 2 * 3 * BTC + 2 * pairs)),
         "gelu_forward": (cost("gelu_forward", x, x, N), 9 * N, 4 * 2 * N),
         "gelu_backward": (cost("gelu_backward", x, x, x, N), 19 * N, 4 * (N + N + 2 * N)),
-        "residual_forward": (cost("residual_forward", x, x, x, N), N, 4 * 3 * N),
-        "residual_backward": (cost("residual_backward", x, x, x, N), 2 * N, 4 * (N + 4 * N)),
         "crossentropy_forward": (cost("crossentropy_forward", x, x, x, B, T, V, Vp),
                                  3 * BT * V, 4 * (BT * V + BT + BT)),
         "crossentropy_backward": (cost("crossentropy_backward", x, x, x, x, B, T, V, Vp),
@@ -163,7 +163,9 @@ def test_profile_times_every_kernel_family(report):
     L = CFG.num_layers
     assert rows[("matmul_forward", "forward")]["calls"] == 4 * L + 1
     assert rows[("matmul_backward", "backward")]["calls"] == 4 * L + 1
-    assert rows[("layernorm_forward", "forward")]["calls"] == 2 * L + 1
+    assert rows[("layernorm_forward", "forward")]["calls"] == 1
+    assert rows[("fused_residual_layernorm_forward", "forward")]["calls"] == 2 * L
+    assert ("residual_forward", "forward") not in rows   # fused into the layernorms
     assert rows[("attention_backward", "backward")]["calls"] == L
     assert rows[("adamw_update", "update")]["calls"] == 1
     assert rows[("fill_zero", "zero_grad")]["calls"] == 1
@@ -234,14 +236,17 @@ def test_proxy_passes_through_and_records_only_in_a_phase():
     assert proxy.NAME == "cpu" and proxy.synchronize is cpu.synchronize
     a = np.ones(8, dtype=np.float32)
     out = np.zeros(8, dtype=np.float32)
-    proxy.residual_forward(out, a, a, 8)          # no phase: not recorded
-    assert proxy.stats == {} and np.all(out == 2)
+    want = np.zeros(8, dtype=np.float32)
+    cpu.gelu_forward(want, a, 8)
+    proxy.gelu_forward(out, a, 8)          # no phase: not recorded
+    assert proxy.stats == {} and np.array_equal(out, want)
+    out[:] = 0
     proxy.phase = "forward"
-    proxy.residual_forward(out, a, out, 8)
-    proxy.residual_forward(out, a, out, 8)
-    calls, ns, flops, nbytes = proxy.stats[("residual_forward", "forward")]
-    assert (calls, flops, nbytes) == (2, 16, 2 * 4 * 3 * 8) and ns > 0
-    assert np.all(out == 4)
+    proxy.gelu_forward(out, a, 8)
+    proxy.gelu_forward(out, a, 8)
+    calls, ns, flops, nbytes = proxy.stats[("gelu_forward", "forward")]
+    assert (calls, flops, nbytes) == (2, 2 * 9 * 8, 2 * 4 * 2 * 8) and ns > 0
+    assert np.array_equal(out, want)
     with pytest.raises(ValueError):
         profiler.TimingBackend(cpu, timer="sundial")
     overhead = profiler.measure_proxy_overhead(n=2000)
@@ -268,10 +273,10 @@ def test_gpu_timers_with_a_fake_device():
         def elapsed_time(self, end):
             return 0.5 * (end.t - self.t)   # ms
 
-    def kernel(out, inp1, inp2, N):
+    def kernel(out, inp, N):
         log.append("launch")
 
-    fake = types.SimpleNamespace(NAME="cuda", SIMULATOR=False, TIMER="events", residual_forward=kernel,
+    fake = types.SimpleNamespace(NAME="cuda", SIMULATOR=False, TIMER="events", gelu_forward=kernel,
                                  synchronize=lambda: log.append("sync"))
     assert profiler.TimingBackend(fake).timer == "events"   # the backend's TIMER is the default
     fake.TIMER = "sync"
@@ -279,18 +284,18 @@ def test_gpu_timers_with_a_fake_device():
 
     proxy = profiler.TimingBackend(fake, timer="sync")
     proxy.phase = "forward"
-    proxy.residual_forward(None, None, None, 4)
+    proxy.gelu_forward(None, None, 4)
     assert log == ["sync", "launch", "sync"]
-    assert proxy.stats[("residual_forward", "forward")][:1] == [1]
+    assert proxy.stats[("gelu_forward", "forward")][:1] == [1]
 
     log.clear()
     proxy = profiler.TimingBackend(fake, timer="events")
     proxy._event = FakeEvent
     proxy.phase = "backward"
-    proxy.residual_forward(None, None, None, 4)
-    proxy.residual_forward(None, None, None, 4)
+    proxy.gelu_forward(None, None, 4)
+    proxy.gelu_forward(None, None, 4)
     assert log == ["record", "launch", "record"] * 2   # no synchronize between kernels
-    assert proxy.stats[("residual_forward", "backward")][1] == 0   # not read yet
+    assert proxy.stats[("gelu_forward", "backward")][1] == 0   # not read yet
     assert proxy.total_ns() == 2 * 1_000_000          # 2 calls x 1 ms (end.t - start.t = 2)
     assert log[-1] == "sync" and proxy._pending == [] and len(proxy._events) == 4
 

@@ -103,9 +103,9 @@ def run(args):
           f"device {args.device}, {numba.get_num_threads()} threads")
     saved = memory_estimate(config, args.batch_size, args.seq_len)["total"] - est["total"]
     print(format_memory(est) + f" | -r {args.recompute}: {saved / 2**20:.1f} MiB less than -r 0")
-    if not args.no_memory_check and proxy.HOST_MEMORY:  # before anything big is allocated
+    if not args.no_memory_check:  # before anything big is allocated (on the device, for a GPU)
         memory.check_fits(lambda b: memory_estimate(config, b, args.seq_len, recompute=args.recompute)["total"],
-                          args.batch_size, f"{args.model} with B={args.batch_size} T={args.seq_len}")
+                          args.batch_size, f"{args.model} with B={args.batch_size} T={args.seq_len}", backend=proxy)
     params = None if is_descriptor(args.model) else formats.read_model(args.model)[1]
     print(f"warm-up {args.warmup} step(s), the first compiles; then {args.steps} timed step(s)...", flush=True)
 

@@ -79,7 +79,7 @@ def run(args):
         use_threads(args.omp_threads)
     expected = read_losses(args.expected_losses) if args.expected_losses else None
     backend = get_backend(args.device)
-    if not args.no_memory_check and backend.HOST_MEMORY:  # before anything big is allocated
+    if not args.no_memory_check:  # before anything big is allocated (on the device, for a GPU)
         from numbagpt import memory
         from numbagpt.layout import memory_estimate
         cfg = formats.read_model_header(args.model)[0]
@@ -87,7 +87,7 @@ def run(args):
         # the model's buffers for the state's batch, and the state itself (logits and gradients)
         state_bytes = os.path.getsize(args.state)
         memory.check_fits(lambda b: memory_estimate(cfg, b, T)["total"] + state_bytes, B,
-                          f"{args.model} with the state's B={B} T={T}", flag="B")
+                          f"{args.model} with the state's B={B} T={T}", flag="B", backend=backend)
     model = GPT2.from_file(args.model, backend=backend)
     cfg = model.config
     state = formats.read_debug_state(args.state, cfg)

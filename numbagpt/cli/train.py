@@ -127,6 +127,7 @@ def main(argv=None):
     reserve_threads(args.omp_threads)
     from numbagpt import dist, rundir  # dist imports mpi4py only under an MPI launcher; numba not yet
     progress = rundir.Progress()
+    stop = rundir.StopRequest()  # from here on SIGINT and SIGTERM end the run with one line
     world = None
     try:
         try:
@@ -135,15 +136,18 @@ def main(argv=None):
             if e.rank == 0:
                 print(f"{PROG}: error: {e}", file=sys.stderr)
             return 1
-        return train(args, world, progress)
-    except KeyboardInterrupt:
-        # Ctrl-C: one line, no traceback (with several ranks, every rank stops after the same step)
+        stop.attach(world)
+        return train(args, world, progress, stop)
+    except rundir.Interrupted as e:
+        # Ctrl-C or SIGTERM: one line, no traceback (with several ranks, every rank stops after the
+        # same step and returns normally: a rank that ended without MPI_Finalize would make the
+        # launcher kill the others before rank 0 has printed)
         if world is None or world.is_master:
-            if args.output_dir:  # the directory's word: Ctrl-C may have come just after a DONE
+            if args.output_dir:  # the directory's word: the signal may have come just after a DONE
                 from numbagpt import checkpoint
                 progress.checkpoint = checkpoint.select(args.output_dir)[0]
             print(progress.interrupted_line(), file=sys.stderr, flush=True)
-        return 130
+        return e.exit_status
     except (dist.CollectiveError, rundir.RunDirError) as e:
         # Every rank detected it alike (a NaN mean loss, rank 0's verdict on the output dir):
         # stop together, exit normally.
@@ -158,15 +162,17 @@ def main(argv=None):
             print(f"{PROG}: error: {error_text(e)}", file=sys.stderr)
             return 1
         raise
+    finally:
+        stop.close()
 
 
-def train(args, world, progress):
+def train(args, world, progress, stop):
     """Set up (output dir, device, data, model, ranks), then the loop (train_loop). `progress`
-    (rundir.Progress) keeps the step and the last checkpoint, for the line Ctrl-C ends with."""
+    (rundir.Progress) keeps the step and the last checkpoint, for the line a signal ends the run
+    with; `stop` (rundir.StopRequest) says when a signal asks every rank to stop."""
     from numbagpt import rundir
 
     say = printer(world)
-    stop = rundir.StopRequest(world)
     lock = None
     try:
         micro_steps = micro_steps_per_step(args, world)
@@ -183,7 +189,6 @@ def train(args, world, progress):
         return train_loop(args, world, progress, stop, say, backend, micro_steps,
                           (train_glob, val_glob, tok_path), record, resume_step)
     finally:
-        stop.close()
         if lock:
             lock.release()
 
@@ -223,8 +228,11 @@ def train_loop(args, world, progress, stop, say, backend, micro_steps, paths, re
         say(f"overfitting a single batch: every step trains on the first {tokens_per_step:,} tokens of {train_glob}")
     start_step = 0
     if resume_step is not None:
-        start_step = checkpoint.load_state(args.output_dir, resume_step, model, world, train_loader)
+        start_step, windows = checkpoint.load_state(args.output_dir, resume_step, model, world, train_loader, guard)
         say(f"resumed from step {start_step} of {args.output_dir}")
+        if not windows and (args.skip_update_lossz or args.skip_update_gradz):
+            say("note: the checkpoint holds no spike-guard windows (llm.c's, or an older numbagpt's): "
+                "-sl/-sg score nothing until they have refilled")
     progress.step = start_step
     log = open_log(args, world, resume_step=start_step if resume_step is not None else None)
     keep_tokenizer(args, world, tok_path)
@@ -251,11 +259,11 @@ def train_loop(args, world, progress, stop, say, backend, micro_steps, paths, re
                             weight_decay=args.weight_decay, skip=guard.check)
         dt = time.perf_counter() - t0
         log_step(result, step, args.max_steps, dt, tokens_per_step, world.size, log, say, guard)
-        if stop.requested():  # Ctrl-C on some rank: every rank stops here, after the same step
-            raise KeyboardInterrupt
         progress.step = step + 1
+        stop.check()  # a signal on some rank: every rank stops here, after the same step
         if args.output_dir and args.checkpoint_every > 0 and (step + 1) % args.checkpoint_every == 0:
-            if checkpoint.save(args.output_dir, step + 1, model, world, train_loader, args.seed, run=record):
+            if checkpoint.save(args.output_dir, step + 1, model, world, train_loader, args.seed, run=record,
+                               guard=guard):
                 say(f"checkpoint at step {step + 1} in {args.output_dir}")
             progress.checkpoint = step + 1
 
@@ -402,19 +410,20 @@ def load_model(args, world, backend, tok_path, say, resume_step):
 
 
 def check_memory(args, world, backend, cfg, optimizer_params):
-    """Refuse (memory.MemoryCheckError) when the buffers of this host's ranks exceed the memory
-    available to the process, naming the largest -b that fits."""
+    """Refuse (memory.MemoryCheckError) when this rank's buffers exceed the free memory of its device,
+    or those of this host's ranks the memory available on the host when the buffers are there,
+    naming the largest -b that fits."""
     from numbagpt import memory
     from numbagpt.layout import memory_estimate
 
-    if not backend.HOST_MEMORY:  # the estimate is of device memory; the host's is not the limit
-        return
+    ranks = world.local_size if memory.host_buffers(backend) else 1   # a device per rank
 
     def need(b):
-        return world.local_size * memory_estimate(cfg, b, args.seq_len, optimizer_params=optimizer_params,
-                                                  recompute=args.recompute)["total"]
-    ranks = f" x {world.local_size} ranks on this host" if world.local_size > 1 else ""
-    memory.check_fits(need, args.batch_size, f"{args.model} with B={args.batch_size} T={args.seq_len}{ranks}")
+        return ranks * memory_estimate(cfg, b, args.seq_len, optimizer_params=optimizer_params,
+                                       recompute=args.recompute)["total"]
+    on_host = f" x {ranks} ranks on this host" if ranks > 1 else ""
+    memory.check_fits(need, args.batch_size, f"{args.model} with B={args.batch_size} T={args.seq_len}{on_host}",
+                      backend=backend)
 
 
 def open_data(args, world, cfg, train_glob, val_glob, tok_path, say):

@@ -1,13 +1,17 @@
-"""LayerNorm over the last axis (llm.c's layernorm_forward / layernorm_backward).
+"""LayerNorm over the last axis (llm.c's layernorm_forward / layernorm_backward), and the residual
+add fused with the layernorm that follows it (llm.c's fused_residual_forward5).
 
 Shapes (row-major, flat float32 buffers):
-    inp, out, dinp, dout (B, T, C)     weight, bias, dweight, dbias (C)     mean, rstd (B, T)
+    inp, out, dinp, dout, residual, ln, inp1, inp2 (B, T, C)     weight, bias, dweight, dbias (C)
+    mean, rstd (B, T)
 
     forward:   mean = Σ_i x_i / C;  var = Σ_i (x_i − mean)² / C  (biased);  rstd = 1/sqrt(var + 1e-5)
                norm_i = (x_i − mean)·rstd;  out_i = norm_i·weight_i + bias_i
     backward:  dnorm_i = weight_i·dout_i
                dinp_i   += rstd·(dnorm_i − mean_j(dnorm_j) − norm_i·mean_j(dnorm_j·norm_j))
                dweight_i += Σ_{b,t} norm_i·dout_i;   dbias_i += Σ_{b,t} dout_i
+    fused:     residual = inp1 + inp2 (float32); ln, mean, rstd = layernorm_forward(residual), bit
+               for bit (the backward, and -r 2's recomputed layernorm, start from the stored residual)
 """
 import math
 
@@ -19,29 +23,52 @@ _EPS = 1e-5
 _CBLOCK = 16
 
 
+@njit(cache=True)
+def _normalize_row(out, mean, rstd, inp, weight, bias, bt, C, total):
+    """Row bt of the forward, given total = Σ_i inp[row] in float64 (summed by the caller, in index
+    order, so the fused kernel can sum while it writes the row)."""
+    x = bt * C
+    # Two passes in float64 (mean, then centred variance): no cancellation from E[x²] − E[x]²
+    # and no float32 rounding growing with C.
+    m = total / C
+    v = 0.0
+    for i in range(C):
+        d = inp[x + i] - m
+        v += d * d
+    v = v / C
+    rs = 1.0 / math.sqrt(v + _EPS)
+    for i in range(C):
+        # Normalise with the float64 statistics: x − mean with mean rounded to float32 loses
+        # digits when |mean| ≫ std. Only the saved copies are rounded.
+        n = (inp[x + i] - m) * rs
+        out[x + i] = n * weight[i] + bias[i]
+    mean[bt] = m
+    rstd[bt] = rs
+
+
 @njit(parallel=True, cache=True)
 def layernorm_forward(out, mean, rstd, inp, weight, bias, B, T, C):
     for bt in prange(B * T):
         x = bt * C
-        # Two passes in float64 (mean, then centred variance): no cancellation from E[x²] − E[x]²
-        # and no float32 rounding growing with C.
-        acc = 0.0
+        total = 0.0
         for i in range(C):
-            acc += inp[x + i]
-        m = acc / C
-        v = 0.0
+            total += inp[x + i]
+        _normalize_row(out, mean, rstd, inp, weight, bias, bt, C, total)
+
+
+@njit(parallel=True, cache=True)
+def fused_residual_layernorm_forward(residual, ln, mean, rstd, inp1, inp2, weight, bias, B, T, C):
+    # One parallel loop instead of residual_forward's and layernorm_forward's: each row's sum is
+    # taken as it is written, and the normalisation re-reads it from L1. The statistics are of the
+    # float32 residual, summed in the same order, so the bits equal layernorm_forward(residual).
+    for bt in prange(B * T):
+        x = bt * C
+        total = 0.0
         for i in range(C):
-            d = inp[x + i] - m
-            v += d * d
-        v = v / C
-        rs = 1.0 / math.sqrt(v + _EPS)
-        for i in range(C):
-            # Normalise with the float64 statistics: x − mean with mean rounded to float32 loses
-            # digits when |mean| ≫ std. Only the saved copies are rounded.
-            n = (inp[x + i] - m) * rs
-            out[x + i] = n * weight[i] + bias[i]
-        mean[bt] = m
-        rstd[bt] = rs
+            r = inp1[x + i] + inp2[x + i]
+            residual[x + i] = r
+            total += r
+        _normalize_row(ln, mean, rstd, residual, weight, bias, bt, C, total)
 
 
 @njit(parallel=True, cache=True)

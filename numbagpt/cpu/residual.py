@@ -1,7 +1,8 @@
-"""Residual connection (llm.c's residual_forward / residual_backward), over N elements.
+"""Residual connection (llm.c's residual_forward), over N elements: out = inp1 + inp2.
 
-    forward:   out = inp1 + inp2
-    backward:  dinp1 += dout;  dinp2 += dout
+Training fuses it with the layernorm that follows (layernorm.fused_residual_layernorm_forward) and
+needs no backward: the residual stream's gradient is one buffer the layernorm backwards add to
+(numbagpt/model.py); generation (numbagpt/generate.py) calls this.
 """
 from numba import njit, prange
 
@@ -10,11 +11,3 @@ from numba import njit, prange
 def residual_forward(out, inp1, inp2, N):
     for i in prange(N):
         out[i] = inp1[i] + inp2[i]
-
-
-@njit(parallel=True, cache=True)
-def residual_backward(dinp1, dinp2, dout, N):
-    for i in prange(N):
-        d = dout[i]
-        dinp1[i] += d
-        dinp2[i] += d

@@ -16,10 +16,10 @@ from .attention import attention_backward, attention_forward, attention_forward_
 from .crossentropy import crossentropy_backward, crossentropy_forward
 from .encoder import encoder_backward, encoder_forward
 from .gelu import gelu_backward, gelu_forward
-from .layernorm import layernorm_backward, layernorm_forward
+from .layernorm import fused_residual_layernorm_forward, layernorm_backward, layernorm_forward
 from .matmul import matmul_backward, matmul_forward
 from .matvec import matvec_forward
-from .residual import residual_backward, residual_forward
+from .residual import residual_forward
 from .runtime import BLOCK_FILL as _BLOCK_FILL
 from .runtime import SIMULATOR, available, cuda, fill_zero_kernel, require
 from .runtime import cdiv as _cdiv

@@ -1,6 +1,7 @@
-"""LayerNorm over the last axis as CUDA kernels.
+"""LayerNorm over the last axis as CUDA kernels, and the residual add fused with the layernorm that
+follows it (llm.c's fused_residual_forward5).
 
-Shapes (row-major, flat): inp, out, dinp, dout (B, T, C); weight, bias, dweight, dbias (C);
+Shapes (row-major, flat): inp, out, dinp, dout, residual, ln, inp1, inp2 (B, T, C); weight, bias, dweight, dbias (C);
 mean, rstd (B, T). eps 1e-5, biased variance; N = B·T rows.
 
     forward   (layernorm_forward_kernel): one warp per row, 4 warps (128 threads) per block,
@@ -8,6 +9,10 @@ mean, rstd (B, T). eps 1e-5, biased variance; N = B·T rows.
               cancellation), both shifted by the row's first element (float32 sums of the spread,
               not of the offset), warp-shuffle reductions, then the normalised output; the row is
               re-read from L1/L2. Bytes: ~12·N·C read (3 passes, 1 from DRAM) + 4·N·C written.
+    fused     (fused_residual_layernorm_forward_kernel): residual = inp1 + inp2, each lane writing
+              the elements it then normalises as the forward does (normalize_row): bit for bit
+              residual_forward then layernorm_forward. DRAM: 8·N·C read + 8·N·C written (the pair:
+              12·N·C read + 8·N·C written).
     backward  dinp (layernorm_backward_dinp_kernel): one warp per row as above; a warp-reduced
               correction of the float32-rounded saved mean, two warp-reduced means (dnorm,
               dnorm·norm), then dinp += ... (accumulates). 4 passes over the row.
@@ -48,30 +53,49 @@ def row_mean_minus(inp, x, k, lane, C):
     return warp_sum(s) / np.float32(C)
 
 
+@cuda.jit(device=True, inline=True)
+def normalize_row(out, mean, rstd, inp, k, weight, bias, row, lane, C):
+    """The warp's row `row` of the forward; k = inp[row·C] (every lane passes it)."""
+    x = row * C
+    fC = np.float32(C)
+    # Shifted sums: the row's first element k is subtracted before summing, so the float32 sums
+    # see the row's spread, not its offset (a row at 5 ± 0.1 would lose 1 ulp of 5 = 5e-6 of its
+    # spread in a plain sum), and the output is normalised with (x − k) − d, never with the
+    # rounded mean. Only the saved mean k + d is rounded.
+    d = row_mean_minus(inp, x, k, lane, C)
+    v = _ZERO
+    for i in range(lane, C, 32):
+        e = (inp[x + i] - k) - d
+        v += e * e
+    var = warp_sum(v) / fC
+    r = _ONE / math.sqrt(var + _EPS)
+    for i in range(lane, C, 32):
+        out[x + i] = ((inp[x + i] - k) - d) * r * weight[i] + bias[i]
+    if lane == 0:
+        mean[row] = k + d
+        rstd[row] = r
+
+
 @cuda.jit(fastmath=False)
 def layernorm_forward_kernel(out, mean, rstd, inp, weight, bias, B, T, C):
     lane = cuda.threadIdx.x % 32
     row = cuda.blockIdx.x * WARPS + cuda.threadIdx.x // 32
     if row < B * T:  # uniform across the warp
+        normalize_row(out, mean, rstd, inp, inp[row * C], weight, bias, row, lane, C)
+
+
+@cuda.jit(fastmath=False)
+def fused_residual_layernorm_forward_kernel(residual, ln, mean, rstd, inp1, inp2, weight, bias, B, T, C):
+    lane = cuda.threadIdx.x % 32
+    row = cuda.blockIdx.x * WARPS + cuda.threadIdx.x // 32
+    if row < B * T:
         x = row * C
-        fC = np.float32(C)
-        # Shifted sums: the row's first element k is subtracted before summing, so the float32 sums
-        # see the row's spread, not its offset (a row at 5 ± 0.1 would lose 1 ulp of 5 = 5e-6 of its
-        # spread in a plain sum), and the output is normalised with (x − k) − d, never with the
-        # rounded mean. Only the saved mean k + d is rounded.
-        k = inp[x]
-        d = row_mean_minus(inp, x, k, lane, C)
-        v = _ZERO
+        # Each lane writes the residual elements it will read back in normalize_row (same lane
+        # stride), so no other lane's write is needed: the row stays in L1, one DRAM read of each
+        # input. The row's first element is recomputed in every lane rather than read from lane 0.
         for i in range(lane, C, 32):
-            e = (inp[x + i] - k) - d
-            v += e * e
-        var = warp_sum(v) / fC
-        r = _ONE / math.sqrt(var + _EPS)
-        for i in range(lane, C, 32):
-            out[x + i] = ((inp[x + i] - k) - d) * r * weight[i] + bias[i]
-        if lane == 0:
-            mean[row] = k + d
-            rstd[row] = r
+            residual[x + i] = inp1[x + i] + inp2[x + i]
+        normalize_row(ln, mean, rstd, residual, inp1[x] + inp2[x], weight, bias, row, lane, C)
 
 
 @cuda.jit(fastmath=False)
@@ -132,6 +156,7 @@ def layernorm_backward_dwdb_kernel(dweight, dbias, dout, inp, mean, rstd, B, T, 
 
 SIGNATURES = {
     "layernorm_forward_kernel": [(F32A, F32A, F32A, F32A, F32A, F32A, I64, I64, I64)],
+    "fused_residual_layernorm_forward_kernel": [(F32A,) * 8 + (I64, I64, I64)],
     "layernorm_backward_dinp_kernel": [(F32A, F32A, F32A, F32A, F32A, F32A, I64, I64, I64)],
     "layernorm_backward_dwdb_kernel": [(F32A, F32A, F32A, F32A, F32A, F32A, I64, I64, I64, I64)],
 }
@@ -140,6 +165,11 @@ SIGNATURES = {
 def layernorm_forward_launches(B, T, C):
     """[forward]: one warp per row."""
     return [Launch(layernorm_forward_kernel, cdiv(B * T, WARPS), ROW_BLOCK)]
+
+
+def fused_residual_layernorm_forward_launches(B, T, C):
+    """[residual + forward]: one warp per row."""
+    return [Launch(fused_residual_layernorm_forward_kernel, cdiv(B * T, WARPS), ROW_BLOCK)]
 
 
 def layernorm_backward_launches(B, T, C):
@@ -153,6 +183,12 @@ def layernorm_forward(out, mean, rstd, inp, weight, bias, B, T, C):
     """out (B,T,C) = (inp − mean)·rstd·weight + bias; writes mean, rstd (B,T)."""
     (fwd,) = layernorm_forward_launches(B, T, C)
     fwd(out, mean, rstd, inp, weight, bias, i64(B), i64(T), i64(C))
+
+
+def fused_residual_layernorm_forward(residual, ln, mean, rstd, inp1, inp2, weight, bias, B, T, C):
+    """residual (B,T,C) = inp1 + inp2; ln, mean, rstd = layernorm_forward(residual), bit for bit."""
+    (fwd,) = fused_residual_layernorm_forward_launches(B, T, C)
+    fwd(residual, ln, mean, rstd, inp1, inp2, weight, bias, i64(B), i64(T), i64(C))
 
 
 def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, B, T, C):
