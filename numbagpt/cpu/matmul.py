@@ -78,14 +78,15 @@ from .simd import vector_ops
 
 # Blocking per kernel: lanes L, micro-tile MR × NR, and the cache blocks. KC·NR·4 bytes (the B
 # strip, reused by every A panel of a block) fit L1 and MC·KC·4 (the A block) L2; NC·KC·4 (a thread's
-# B panel) its share of L2/L3. KC_BIG_Y replaces KC when Y has more than BIG_Y elements: every KC
-# block is one more pass over Y (load, add, store each tile), and once Y is far out of L2 that pass
-# costs more than the L1 fit of the strip gains (the avx512 strip is 32 KiB at KC = 128, 64 KiB at
-# 256 against a 48 KiB L1). Measured in dev/matmul/ (micro-tiles 8×32, 12×32, 6×64, 14×32; KC
-# 128-512; MC 96-576; NC 1024-8192).
+# B panel, 1 MiB) half its L2. Where Y has more than BIG_Y elements, KC doubles and NC halves (the
+# panel keeps its size): every KC block is one more pass over Y (load, add, store each tile), and
+# once Y is far out of L2 that pass costs more than the L1 fit of the strip gains (the avx512 strip
+# is 32 KiB at KC = 128, 64 KiB at 256, against a 48 KiB L1; the avx2 strip fits at 256, BIG_Y None:
+# never). Measured in dev/matmul/ (micro-tiles 8×32, 12×32, 6×64, 14×32; KC 128-512; MC 96-576;
+# NC 768-8192).
 _BLOCKING = {
-    "avx512": dict(lanes=16, MR=6, NR=64, MC=288, KC=128, KC_BIG_Y=256, BIG_Y=1 << 21, NC=2048),
-    "avx2": dict(lanes=8, MR=6, NR=16, MC=96, KC=256, KC_BIG_Y=256, BIG_Y=1 << 21, NC=2048),
+    "avx512": dict(lanes=16, MR=6, NR=64, MC=288, KC=128, NC=2048, BIG_Y=1 << 21),
+    "avx2": dict(lanes=8, MR=6, NR=16, MC=96, KC=256, NC=2048, BIG_Y=None),
 }
 # Micro-kernel modes: how the tile meets Y.
 _ACCUMULATE, _OVERWRITE, _BIAS = 0, 1, 2
@@ -278,17 +279,17 @@ class _Gemm:
         self.b = b = dict(_BLOCKING[isa], **blocking)
         self.microkernels, self.core = _compile(isa, b)
         nt = numba.config.NUMBA_NUM_THREADS
-        kc = max(b["KC"], b["KC_BIG_Y"])
-        self.Ap = np.empty(nt * b["MC"] * kc, np.float32)
-        self.Bp = np.empty(nt * b["NC"] * kc, np.float32)
+        self.Ap = np.empty(nt * b["MC"] * 2 * b["KC"], np.float32)  # room for a big Y's KC
+        self.Bp = np.empty(nt * b["NC"] * b["KC"], np.float32)  # the same for a big Y (NC·KC kept)
         self.tile = np.empty(nt * b["MR"] * b["NR"], np.float32)
 
     def __call__(self, Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode):
         mparts, nparts = self.split(M, N)
         b = self.b
-        KC = b["KC"] if M * N <= b["BIG_Y"] else b["KC_BIG_Y"]
+        big = b["BIG_Y"] is not None and M * N > b["BIG_Y"]
+        KC, NC = (2 * b["KC"], b["NC"] // 2) if big else (b["KC"], b["NC"])
         self.core(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, self.Ap, self.Bp, self.tile,
-                  mparts, nparts, b["MC"], KC, b["NC"])
+                  mparts, nparts, b["MC"], KC, NC)
 
     def split(self, M, N):
         """The task grid (mparts, nparts), one task per thread: of the ways to factor the thread
