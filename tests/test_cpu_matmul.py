@@ -4,7 +4,7 @@ numbagpt/cpu/matmul.py), plus the dispatch itself and the AVX-512 micro-kernel's
 
 The shapes straddle every blocking of the kernels. Packed GEMM (M, N, K per product in matmul.py):
 the micro-tile (6 × 64 / 6 × 16: M, N not multiples, and M, N, K = 1), the row blocks (MC = 288 /
-96: BT, OC > MC), the reduction blocks (KC = 128 / 256: C, OC, BT > 256; a big Y's doubled KC, halved NC
+96: BT, OC > MC), the reduction blocks (KC = 128 / 256: C, OC, BT > 256; a big Y's blocks and tile order
 are tested with the threshold lowered), the column panels (NC = 2048: OC > 2048) and the
 forward's 16 × 16 transposing pack of the weight (C, OC not multiples of 16). Portable: 4-row / 4-column micro-blocks, the 4-long k groups of the backward, the
 reduction chunks (forward C > 512, backward K > 256, dot-form dinp OC > 1024), the task tiles, both
@@ -110,8 +110,8 @@ def test_matmul_backward_accumulates(shape, with_dbias):
 
 
 def test_matmul_with_the_big_y_reduction_blocks(kernel, monkeypatch):
-    """The blocks used for a Y beyond BIG_Y elements (KC doubled, NC halved), on a small shape:
-    the threshold lowered to 0, so every product takes that path."""
+    """The blocking and tile order used for a Y beyond BIG_Y elements (KC_Y, NC_Y, along Y's rows),
+    on a small shape: the threshold lowered to 0, so every product takes that path."""
     if kernel == "portable":
         pytest.skip("the packed GEMM's blocking")
     monkeypatch.setitem(mm._GEMMS[kernel].b, "BIG_Y", 0)
