@@ -65,6 +65,7 @@ NUMBAGPT_MATMUL=avx512|avx2|portable overrides the choice (an error if the CPU l
 prints it at start-up and the profiler in its header. Numbers: bench/bench_matmul.py (against OpenBLAS,
 same process), dev/matmul/ (the variants tried).
 """
+import functools
 import os
 
 import llvmlite.binding as llvm
@@ -76,11 +77,15 @@ from . import matmul_portable
 from .simd import vector_ops
 
 # Blocking per kernel: lanes L, micro-tile MR × NR, and the cache blocks. KC·NR·4 bytes (the B
-# strip) fit L1 and MC·KC·4 (the A block) L2; NC·KC·4 (a thread's B panel) its share of L3.
-# Measured in dev/matmul/ (micro-tiles 8×32, 12×32, 6×64, 14×32; KC 192-512; NC 1024-8192).
+# strip, reused by every A panel of a block) fit L1 and MC·KC·4 (the A block) L2; NC·KC·4 (a thread's
+# B panel) its share of L2/L3. KC_BIG_Y replaces KC when Y has more than BIG_Y elements: every KC
+# block is one more pass over Y (load, add, store each tile), and once Y is far out of L2 that pass
+# costs more than the L1 fit of the strip gains (the avx512 strip is 32 KiB at KC = 128, 64 KiB at
+# 256 against a 48 KiB L1). Measured in dev/matmul/ (micro-tiles 8×32, 12×32, 6×64, 14×32; KC
+# 128-512; MC 96-576; NC 1024-8192).
 _BLOCKING = {
-    "avx512": dict(lanes=16, MR=6, NR=64, MC=120, KC=256, NC=2048),
-    "avx2": dict(lanes=8, MR=6, NR=16, MC=96, KC=256, NC=2048),
+    "avx512": dict(lanes=16, MR=6, NR=64, MC=288, KC=128, KC_BIG_Y=256, BIG_Y=1 << 21, NC=2048),
+    "avx2": dict(lanes=8, MR=6, NR=16, MC=96, KC=256, KC_BIG_Y=256, BIG_Y=1 << 21, NC=2048),
 }
 # Micro-kernel modes: how the tile meets Y.
 _ACCUMULATE, _OVERWRITE, _BIAS = 0, 1, 2
@@ -101,6 +106,9 @@ def _microkernel_source(name, MR, NR, L, a_rows):
     acc = [[f"c{r}_{v}" for v in range(NV)] for r in range(MR)]
     src = [f"def {name}(kc, Ap, pa, sa, Bp, pb, Y, py, ldy, mode, bias, pbias):"]
     src += ["    " + " = ".join(row) + " = zero()" for row in acc]
+    # the tile of Y is needed only after the k loop: ask for it now, so that its (likely) misses
+    # overlap the FMAs instead of stalling the adds at the end
+    src += [f"    prefetch(Y, py + {r} * ldy + {v * L})" for r in range(MR) for v in range(NV)]
     if a_rows:
         src += [f"    q{r} = pa + {r} * sa" for r in range(MR)]
     src += ["    for k in range(kc):"]
@@ -249,7 +257,7 @@ def _compile(isa, b):
     ops = vector_ops(b["lanes"])
     env = dict(numba=numba, njit=njit, prange=prange, edge=_edge, transpose=ops.transpose,
                MR=b["MR"], NR=b["NR"], L=b["lanes"], load=ops.load, store=ops.store, bcast=ops.bcast,
-               fma=ops.fma, add=ops.add, zero=ops.zero, __name__=__name__)
+               fma=ops.fma, add=ops.add, zero=ops.zero, prefetch=ops.prefetch, __name__=__name__)
     kernels = {}
     for key, a_rows in (("UKR", True), ("UKK", False)):
         name = f"_microkernel_{isa}_{b['MR']}x{b['NR']}_{'rows' if a_rows else 'kmajor'}"
@@ -270,15 +278,17 @@ class _Gemm:
         self.b = b = dict(_BLOCKING[isa], **blocking)
         self.microkernels, self.core = _compile(isa, b)
         nt = numba.config.NUMBA_NUM_THREADS
-        self.Ap = np.empty(nt * b["MC"] * b["KC"], np.float32)
-        self.Bp = np.empty(nt * b["NC"] * b["KC"], np.float32)
+        kc = max(b["KC"], b["KC_BIG_Y"])
+        self.Ap = np.empty(nt * b["MC"] * kc, np.float32)
+        self.Bp = np.empty(nt * b["NC"] * kc, np.float32)
         self.tile = np.empty(nt * b["MR"] * b["NR"], np.float32)
 
     def __call__(self, Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode):
         mparts, nparts = self.split(M, N)
         b = self.b
+        KC = b["KC"] if M * N <= b["BIG_Y"] else b["KC_BIG_Y"]
         self.core(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, self.Ap, self.Bp, self.tile,
-                  mparts, nparts, b["MC"], b["KC"], b["NC"])
+                  mparts, nparts, b["MC"], KC, b["NC"])
 
     def split(self, M, N):
         """The task grid (mparts, nparts), one task per thread: of the ways to factor the thread
@@ -375,10 +385,16 @@ def cpu_features():
     return {k for k, on in llvm.get_host_cpu_features().items() if on}
 
 
-def supported_kernels():
-    """The kernels this CPU can run, fastest first."""
+@functools.cache
+def _supported():
     have = cpu_features()
-    return [k for k in KERNELS if all(f in have for f in _NEEDS[k])]
+    return tuple(k for k in KERNELS if all(f in have for f in _NEEDS[k]))
+
+
+def supported_kernels():
+    """The kernels this CPU can run, fastest first (asked of llvmlite once: a query costs ~0.3 ms,
+    which set_kernel would otherwise pay on every switch)."""
+    return list(_supported())
 
 
 def set_kernel(name):
