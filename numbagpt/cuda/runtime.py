@@ -8,9 +8,11 @@
 - Launch helpers (`cdiv`, `i64`, `f32`) and shared device functions (warp reductions).
 - Under the simulator, the warp shuffle and barrier the kernels use (`cuda.shfl_xor_sync`,
   `cuda.syncwarp`) are missing; `_install_simulator_support` adds faithful emulations (a
-  per-warp barrier and value exchange), so the kernels that use them run unchanged under the simulator,
-  and a block manager that does not spin while the simulated threads run.
+  per-warp barrier and value exchange), so the kernels that use them run unchanged under the simulator;
+  it also makes two of the simulator's hot spots cheaper (a block manager that does not spin while the
+  simulated threads run, shared arrays looked up without a stack traceback).
 """
+import sys
 import threading
 import time
 
@@ -228,9 +230,34 @@ def _sim_block_run(self, grid_point, *args):
             raise t.exception[0].with_traceback(t.exception[1])
 
 
+_upstream_shared_array = None
+
+
+def _sim_shared_array(self, shape, dtype, alignment=None):
+    """numba-cuda's simulator FakeCUDAShared.array (kernelapi.py, 0.30), which identifies a block's
+    shared array by the (file, line) of its cuda.shared.array call, taking that from the caller's frame
+    instead of a traceback of the whole stack with its source lines (a stat() per frame, a third of a
+    simulated GEMM thread's time). Dynamic shared memory (shape 0) and alignment go upstream."""
+    if shape == 0 or alignment is not None:
+        return _upstream_shared_array(self, shape, dtype, alignment)
+    frame = sys._getframe(1)
+    caller = (frame.f_code.co_filename, frame.f_lineno)
+    res = self._allocations.get(caller)
+    if res is None:
+        from numba.cuda.simulator.kernelapi import numpy_support, types  # upstream's conversion
+        if isinstance(dtype, types.Type):
+            dtype = numpy_support.as_dtype(dtype)
+        res = self._allocations.setdefault(caller, np.empty(shape, dtype))  # the first thread's
+    return res
+
+
 def _install_simulator_support():
+    global _upstream_shared_array
     from numba.cuda.simulator.kernel import BlockManager
-    from numba.cuda.simulator.kernelapi import FakeCUDAModule
+    from numba.cuda.simulator.kernelapi import FakeCUDAModule, FakeCUDAShared
+    if _upstream_shared_array is None:
+        _upstream_shared_array = FakeCUDAShared.array
+        FakeCUDAShared.array = _sim_shared_array
     if not hasattr(FakeCUDAModule, "shfl_xor_sync"):
         FakeCUDAModule.shfl_xor_sync = _sim_shfl_xor_sync
     if not hasattr(FakeCUDAModule, "syncwarp"):
