@@ -41,11 +41,12 @@ the same run, while other jobs loaded the cores (absolute GF/s halve under that 
   - Blocking (--blocking, ratios to BLAS in one run, noise about +-0.04): KC 128 beats 256 on most
     shapes (the 6x64 strip, 32 KiB, fits the 48 KiB L1; at 256 it is 64 KiB and streams from L2),
     MC 96/144/288/576 (multiples of 16: the k-major A pack of dweight needs no scalar tail) all
-    within noise, 288 kept. For a Y far out of L2 (M*N > 2^21) the strip-by-strip order writes Y in
+    within noise, 288 kept. For a Y far out of L2 (M*N > 2^20) the strip-by-strip order writes Y in
     6-row patches over hundreds of rows: going along Y's rows instead (A panel in L1, strips from a
-    512 KiB B panel in L2, KC 256 so half the passes over Y) took the tiny lm_head forward from 0.8
-    to 1.1-1.3 and the big-Y d12 products up ~5%; on small Y that order is 2-5% slower. Prefetching
-    the Y tile before the k loop: +0-5% (most on the lm_head forwards).
+    1 MiB B panel in L2, KC 256 so half the passes over Y) took the tiny lm_head forward from 0.8
+    to 1.1-1.3 and the big-Y d12 products up ~5% (their dweights at 2 threads 0.8-1.1 -> 1.0-1.5;
+    a 512 KiB panel was worse there); on small Y that order is 2-5% slower. Prefetching the Y tile
+    before the k loop: +0-5% (most on the lm_head forwards).
 """
 import argparse
 import os

@@ -80,15 +80,15 @@ from .simd import vector_ops
 # Blocking per kernel: lanes L, micro-tile MR × NR, and the cache blocks. Inside a block the tiles
 # go strip by strip (each KC × NR strip of B, KC·NR·4 bytes, stays in L1 while every A panel of the
 # MC × KC block, in L2, passes it), with the B panel (NC·KC·4 = 1 MiB) in L2. Where Y has more
-# than BIG_Y elements (far out of L2) the tiles go along Y's rows instead (an A panel stays in L1,
-# the strips of a smaller panel, NC_Y·KC_Y·4 = 512 KiB, pass it from L2): Y is then written in long
+# than BIG_Y elements (4 MiB, twice the L2) the tiles go along Y's rows instead (an A panel stays in
+# L1, the strips of the panel, NC_Y·KC_Y·4 = 1 MiB, pass it from L2): Y is then written in long
 # runs, not in 6-row patches over hundreds of rows (tiny lm_head forward 0.8 -> 1.1 of BLAS), and
 # with the strip out of L1 KC_Y can double, halving the passes over Y (each KC block loads, adds,
 # stores every tile). The avx512 strip is 32 KiB at KC = 128 against a 48 KiB L1; the avx2 one fits
 # at 256 (BIG_Y None: always strip by strip, not timed the other way). Measured in dev/matmul/
 # (micro-tiles 8×32, 12×32, 6×64, 14×32; KC 128-512; MC 96-576; NC 512-8192; both orders).
 _BLOCKING = {
-    "avx512": dict(lanes=16, MR=6, NR=64, MC=288, KC=128, NC=2048, BIG_Y=1 << 21, KC_Y=256, NC_Y=512),
+    "avx512": dict(lanes=16, MR=6, NR=64, MC=288, KC=128, NC=2048, BIG_Y=1 << 20, KC_Y=256, NC_Y=1024),
     "avx2": dict(lanes=8, MR=6, NR=16, MC=96, KC=256, NC=2048, BIG_Y=None, KC_Y=256, NC_Y=2048),
 }
 # Micro-kernel modes: how the tile meets Y.
