@@ -3,9 +3,10 @@ on every kernel this CPU can run (the `kernel` fixture: avx512, avx2, portable �
 numbagpt/cpu/matmul.py), plus the dispatch itself and the AVX-512 micro-kernel's machine code.
 
 The shapes straddle every blocking of the kernels. Packed GEMM (M, N, K per product in matmul.py):
-the micro-tile (6 × 64 / 6 × 16: M, N not multiples, and M, N, K = 1), the row blocks (MC = 120 /
-96: BT, OC > MC), the reduction blocks (KC = 256: C, OC, BT > 256) and the column panels (NC = 2048:
-OC > 2048). Portable: 4-row / 4-column micro-blocks, the 4-long k groups of the backward, the
+the micro-tile (6 × 64 / 6 × 16: M, N not multiples, and M, N, K = 1), the row blocks (MC = 288 /
+96: BT, OC > MC), the reduction blocks (KC = 128 / 256: C, OC, BT > 256; a big Y's blocks and tile order
+are tested with the threshold lowered), the column panels (NC = 2048: OC > 2048) and the
+forward's 16 × 16 transposing pack of the weight (C, OC not multiples of 16). Portable: 4-row / 4-column micro-blocks, the 4-long k groups of the backward, the
 reduction chunks (forward C > 512, backward K > 256, dot-form dinp OC > 1024), the task tiles, both
 dinp paths (axpy; dot form on a transposed weight when C <= 256 and OC >= 256).
 """
@@ -106,6 +107,16 @@ def test_matmul_backward_accumulates(shape, with_dbias):
     dout = (rng.standard_normal((B, T, OC)) / np.sqrt(OC)).astype(np.float32)
     check(CPU, "matmul_backward", dinp=B * T * C, dweight=OC * C, dbias=OC if with_dbias else None, dout=dout,
           inp=x, weight=w, B=B, T=T, C=C, OC=OC)
+
+
+def test_matmul_with_the_big_y_reduction_blocks(kernel, monkeypatch):
+    """The blocking and tile order used for a Y beyond BIG_Y elements (KC_Y, NC_Y, along Y's rows),
+    on a small shape: the threshold lowered to 0, so every product takes that path."""
+    if kernel == "portable":
+        pytest.skip("the packed GEMM's blocking")
+    monkeypatch.setitem(mm._GEMMS[kernel].b, "BIG_Y", 0)
+    test_matmul_forward((2, 101, 257, 263), True)
+    test_matmul_backward_accumulates((2, 101, 257, 263), False)
 
 
 def test_matmul_on_views_of_big_buffers():

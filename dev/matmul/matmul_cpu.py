@@ -4,6 +4,8 @@ checked against NumPy float64 before it is timed next to np.dot (OpenBLAS) in th
     python dev/matmul/matmul_cpu.py 6                        # version 6, all three products
     python dev/matmul/matmul_cpu.py 3 6 --op forward --shape 2048,128,50304 --threads 2
     python dev/matmul/matmul_cpu.py --microkernel            # micro-kernels alone, in L1
+    python dev/matmul/matmul_cpu.py --blocking 288,128,2048,0 288,256,512,1 --shape 2048,128,50304
+                                   # v6 at other blockings MC,KC,NC,along_rows (0: strip by strip)
 
 Versions (M, N, K and the operands of each product as in numbagpt/cpu/matmul.py):
   1  dot4x4: dot-product form, 4x4 scalar accumulators, LLVM vectorises k (forward only; loops.py)
@@ -31,6 +33,19 @@ the same run, while other jobs loaded the cores (absolute GF/s halve under that 
     a plain vector copy, with a 6x64 tile whose 6 address streams fit the registers: overall 0.89
     of BLAS at 1 thread (worst shapes: the 2048x128x128 products, 0.6-0.7, where packing both
     operands weighs most).
+  - Issue #9, per phase (pack A, pack B, the rest): the forward's weight, packed by an element-by-
+    element transposing copy, cost 5.5 ns/element, half of every d12 forward (0.5 of BLAS); packed
+    by 16x16 register transposes (simd.transpose: 4 stages of 16 two-source shuffles) it costs
+    0.3-0.7 ns (memory-bound) and the d12 forwards reach 0.9. The tiny products' 0.6 came from the
+    benchmark: set_kernel asked llvmlite for the host features (0.35 ms) on every call.
+  - Blocking (--blocking, ratios to BLAS in one run, noise about +-0.04): KC 128 beats 256 on most
+    shapes (the 6x64 strip, 32 KiB, fits the 48 KiB L1; at 256 it is 64 KiB and streams from L2),
+    MC 96/144/288/576 (multiples of 16: the k-major A pack of dweight needs no scalar tail) all
+    within noise, 288 kept. For a Y far out of L2 (M*N > 2^21) the strip-by-strip order writes Y in
+    6-row patches over hundreds of rows: going along Y's rows instead (A panel in L1, strips from a
+    512 KiB B panel in L2, KC 256 so half the passes over Y) took the tiny lm_head forward from 0.8
+    to 1.1-1.3 and the big-Y d12 products up ~5%; on small Y that order is 2-5% slower. Prefetching
+    the Y tile before the k loop: +0-5% (most on the lm_head forwards).
 """
 import argparse
 import os
@@ -107,6 +122,44 @@ def run_versions(args):
                                       for k in fns if k != "BLAS") + f"  BLAS {flop / best['BLAS'] / 1e9:.1f}")
 
 
+def run_blockings(args):
+    """v6 (the avx512 GEMM core) at each of args.blocking (MC, KC, NC, along_rows), round-robin with
+    BLAS, median CPU time: the ratio to BLAS of each, per product."""
+    import numpy as np
+    from numbagpt.cpu import matmul as mm
+    g = mm._Gemm("avx512")
+    var = [tuple(int(v) for v in b.split(",")) for b in args.blocking]
+    nt = args.threads
+    Ap = np.empty(nt * max(v[0] * v[1] for v in var), np.float32)
+    Bp = np.empty(nt * max(v[1] * v[2] for v in var), np.float32)
+    BT, C, OC = args.shape
+    rng = np.random.default_rng(0)
+    X, W, D = (rng.standard_normal(n, dtype=np.float32) for n in (BT * C, OC * C, BT * OC))
+    none = np.zeros(1, np.float32)
+    print(f"BT={BT} C={C} OC={OC}, {nt} thread(s), ratio to BLAS of MC,KC,NC,along_rows = {args.blocking}")
+    for op in args.op:
+        Y, A, ak, B, bk, M, N, K, mode = {
+            "forward": (np.empty(BT * OC, np.float32), X, True, W, True, BT, OC, C, 1),
+            "dinp": (np.zeros(BT * C, np.float32), D, True, W, False, BT, C, OC, 0),
+            "dweight": (np.zeros(OC * C, np.float32), D, False, X, False, OC, C, BT, 0)}[op]
+        Yr = Y.reshape(M, N)
+        blas = {"forward": lambda: np.dot(X.reshape(M, K), W.reshape(N, K).T, out=Yr),
+                "dinp": lambda: np.dot(D.reshape(M, K), W.reshape(K, N), out=Yr),
+                "dweight": lambda: np.dot(D.reshape(K, M).T, X.reshape(K, N), out=Yr)}[op]
+        mp, np_ = g.split(M, N)
+        fns = [lambda v=v: g.core(Y, A, ak, B, bk, none, M, N, K, mode, Ap, Bp, g.tile, mp, np_, *v[:3], bool(v[3]))
+               for v in var] + [blas]
+        times = [[] for _ in fns]
+        for _ in range(args.reps):
+            for n, f in enumerate(fns):
+                t0 = time.process_time()
+                f()
+                times[n].append((time.process_time() - t0) / nt)
+        med = [float(np.median(t)) for t in times]
+        print(f"  {op:8s}" + "".join(f" {med[-1] / m:5.2f}" for m in med[:-1])
+              + f"   BLAS {2.0 * M * N * K / med[-1] / 1e9:.1f} GF/s")
+
+
 def run_microkernels(args):
     """Each micro-kernel (production generator) alone on L1-resident panels: GF/s and stack accesses
     in its k loop."""
@@ -155,6 +208,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--microkernel", action="store_true", help="time the micro-kernels alone instead")
+    ap.add_argument("--blocking", nargs="+", metavar="MC,KC,NC,ROWS",
+                    help="time v6 at these blockings instead (ROWS 1: tiles along Y's rows)")
     args = ap.parse_args()
     args.shape = tuple(int(v) for v in args.shape.split(","))
     for v in args.versions:
@@ -163,7 +218,12 @@ def main():
     os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)
     import numba
     numba.set_num_threads(args.threads)
-    run_microkernels(args) if args.microkernel else run_versions(args)
+    if args.microkernel:
+        run_microkernels(args)
+    elif args.blocking:
+        run_blockings(args)
+    else:
+        run_versions(args)
 
 
 if __name__ == "__main__":

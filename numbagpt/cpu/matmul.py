@@ -26,9 +26,10 @@ written in the GotoBLAS/BLIS structure (loops from the outside in):
                                                (the forward's weight by L × L register transposes)
           for ic in the task's rows by MC:
             pack A[ic:ic+MC, pc:pc+KC] -> Ap   MR-row panels, each KC × MR contiguous, zero-padded
-            for each NR strip:                 (a strip, KC·NR·4 = 32 KiB, is reused from L1/L2)
-              for each MR panel:               (the block, MC·KC·4 ≈ 150 KiB, stays in L2)
+            for each NR strip:                 (a strip, KC·NR·4 = 32 KiB, is reused from L1)
+              for each MR panel:               (the block, MC·KC·4 = 144 KiB, stays in L2)
                 micro-kernel: the MR × NR tile of Y (+)= Ap panel · Bp strip
+                                               (for a Y far out of L2 the two loops swap: _BLOCKING)
 
 The packing buffers are allocated once per process (a slot per thread, `_Gemm`). Unlike BLIS, the
 B panel is not shared between threads: with one task per thread and no barrier inside a call, a
@@ -65,6 +66,7 @@ NUMBAGPT_MATMUL=avx512|avx2|portable overrides the choice (an error if the CPU l
 prints it at start-up and the profiler in its header. Numbers: bench/bench_matmul.py (against OpenBLAS,
 same process), dev/matmul/ (the variants tried).
 """
+import functools
 import os
 
 import llvmlite.binding as llvm
@@ -75,12 +77,19 @@ from numba import njit, prange
 from . import matmul_portable
 from .simd import vector_ops
 
-# Blocking per kernel: lanes L, micro-tile MR × NR, and the cache blocks. KC·NR·4 bytes (the B
-# strip) fit L1 and MC·KC·4 (the A block) L2; NC·KC·4 (a thread's B panel) its share of L3.
-# Measured in dev/matmul/ (micro-tiles 8×32, 12×32, 6×64, 14×32; KC 192-512; NC 1024-8192).
+# Blocking per kernel: lanes L, micro-tile MR × NR, and the cache blocks. Inside a block the tiles
+# go strip by strip (each KC × NR strip of B, KC·NR·4 bytes, stays in L1 while every A panel of the
+# MC × KC block, in L2, passes it), with the B panel (NC·KC·4 = 1 MiB) in L2. Where Y has more
+# than BIG_Y elements (far out of L2) the tiles go along Y's rows instead (an A panel stays in L1,
+# the strips of a smaller panel, NC_Y·KC_Y·4 = 512 KiB, pass it from L2): Y is then written in long
+# runs, not in 6-row patches over hundreds of rows (tiny lm_head forward 0.8 -> 1.1 of BLAS), and
+# with the strip out of L1 KC_Y can double, halving the passes over Y (each KC block loads, adds,
+# stores every tile). The avx512 strip is 32 KiB at KC = 128 against a 48 KiB L1; the avx2 one fits
+# at 256 (BIG_Y None: always strip by strip, not timed the other way). Measured in dev/matmul/
+# (micro-tiles 8×32, 12×32, 6×64, 14×32; KC 128-512; MC 96-576; NC 512-8192; both orders).
 _BLOCKING = {
-    "avx512": dict(lanes=16, MR=6, NR=64, MC=120, KC=256, NC=2048),
-    "avx2": dict(lanes=8, MR=6, NR=16, MC=96, KC=256, NC=2048),
+    "avx512": dict(lanes=16, MR=6, NR=64, MC=288, KC=128, NC=2048, BIG_Y=1 << 21, KC_Y=256, NC_Y=512),
+    "avx2": dict(lanes=8, MR=6, NR=16, MC=96, KC=256, NC=2048, BIG_Y=None, KC_Y=256, NC_Y=2048),
 }
 # Micro-kernel modes: how the tile meets Y.
 _ACCUMULATE, _OVERWRITE, _BIAS = 0, 1, 2
@@ -101,6 +110,9 @@ def _microkernel_source(name, MR, NR, L, a_rows):
     acc = [[f"c{r}_{v}" for v in range(NV)] for r in range(MR)]
     src = [f"def {name}(kc, Ap, pa, sa, Bp, pb, Y, py, ldy, mode, bias, pbias):"]
     src += ["    " + " = ".join(row) + " = zero()" for row in acc]
+    # the tile of Y is needed only after the k loop: ask for it now, so that its (likely) misses
+    # overlap the FMAs instead of stalling the adds at the end
+    src += [f"    prefetch(Y, py + {r} * ldy + {v * L})" for r in range(MR) for v in range(NV)]
     if a_rows:
         src += [f"    q{r} = pa + {r} * sa" for r in range(MR)]
     src += ["    for k in range(kc):"]
@@ -144,7 +156,8 @@ def _edge(Y, y0, ldy, mr, nr, tile, t0, NR, mode, bias, n0):
 # panels: A is packed as it lies, so packing A is always a plain copy; MR × NR the tile). Arguments:
 # Y (M,N) row-major; A, B and their layouts (a_kmaj: A[m·K + k], else A[k·M + m]; b_kmaj:
 # B[n·K + k], else B[k·N + n]); bias (N) for mode 2; Ap, Bp, tile the per-thread packing buffers;
-# mparts × nparts the task grid; MC, KC, NC the blocking. One parallel region per call: each task
+# mparts × nparts the task grid; MC, KC, NC the blocking; along_rows: a block's tiles along Y's
+# rows, else strip by strip (see _BLOCKING). One parallel region per call: each task
 # owns a rectangle of Y and runs the whole blocked loop nest on it with its own buffers, so the
 # threads never wait on each other inside a call (a barrier per block costs dearly when the cores
 # are shared and a thread gets descheduled).
@@ -199,7 +212,7 @@ def pack_b(Bp, b0, B, b_kmaj, ldb, jc, nc, pc, kc):
                 copy(Bp, b0 + s * NR * kc + k * NR, B, (pc + k) * ldb + jc + s * NR, min(NR, nc - s * NR), NR)
 
 
-def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, mparts, nparts, MC, KC, NC):
+def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, mparts, nparts, MC, KC, NC, along_rows):
     lda = K if a_kmaj else M
     ldb = K if b_kmaj else N
     mu = (M + MR - 1) // MR  # rows and columns in units of the micro-tile, split evenly
@@ -225,20 +238,21 @@ def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, mparts, n
                     mc = min(MC, mhi - ic)
                     S = (mc + MR - 1) // MR * MR
                     pack_a(Ap, a0, A, a_kmaj, lda, ic, mc, pc, kc, S)
-                    for s in range((nc + NR - 1) // NR):
+                    ns, npn = (nc + NR - 1) // NR, S // MR
+                    for u in range(ns * npn):  # the block's tiles: strip s, A panel p
+                        s, p = (u % ns, u // ns) if along_rows else (u // npn, u % npn)
                         n0 = jc + s * NR
                         nr = min(NR, N - n0)
-                        for p in range(S // MR):
-                            mr = min(MR, mc - p * MR)
-                            y0 = (ic + p * MR) * N + n0
-                            full = mr == MR and nr == NR
-                            Yt, yt, ldt, tmode = (Y, y0, N, blockmode) if full else (tile, t0, NR, 1)
-                            if a_kmaj:
-                                UKR(kc, Ap, a0 + p * MR * kc, kc, Bp, b0 + s * NR * kc, Yt, yt, ldt, tmode, bias, n0)
-                            else:
-                                UKK(kc, Ap, a0 + p * MR, S, Bp, b0 + s * NR * kc, Yt, yt, ldt, tmode, bias, n0)
-                            if not full:
-                                edge(Y, y0, N, mr, nr, tile, t0, NR, blockmode, bias, n0)
+                        mr = min(MR, mc - p * MR)
+                        y0 = (ic + p * MR) * N + n0
+                        full = mr == MR and nr == NR
+                        Yt, yt, ldt, tmode = (Y, y0, N, blockmode) if full else (tile, t0, NR, 1)
+                        if a_kmaj:
+                            UKR(kc, Ap, a0 + p * MR * kc, kc, Bp, b0 + s * NR * kc, Yt, yt, ldt, tmode, bias, n0)
+                        else:
+                            UKK(kc, Ap, a0 + p * MR, S, Bp, b0 + s * NR * kc, Yt, yt, ldt, tmode, bias, n0)
+                        if not full:
+                            edge(Y, y0, N, mr, nr, tile, t0, NR, blockmode, bias, n0)
 '''
 
 
@@ -249,7 +263,7 @@ def _compile(isa, b):
     ops = vector_ops(b["lanes"])
     env = dict(numba=numba, njit=njit, prange=prange, edge=_edge, transpose=ops.transpose,
                MR=b["MR"], NR=b["NR"], L=b["lanes"], load=ops.load, store=ops.store, bcast=ops.bcast,
-               fma=ops.fma, add=ops.add, zero=ops.zero, __name__=__name__)
+               fma=ops.fma, add=ops.add, zero=ops.zero, prefetch=ops.prefetch, __name__=__name__)
     kernels = {}
     for key, a_rows in (("UKR", True), ("UKK", False)):
         name = f"_microkernel_{isa}_{b['MR']}x{b['NR']}_{'rows' if a_rows else 'kmajor'}"
@@ -270,15 +284,18 @@ class _Gemm:
         self.b = b = dict(_BLOCKING[isa], **blocking)
         self.microkernels, self.core = _compile(isa, b)
         nt = numba.config.NUMBA_NUM_THREADS
-        self.Ap = np.empty(nt * b["MC"] * b["KC"], np.float32)
-        self.Bp = np.empty(nt * b["NC"] * b["KC"], np.float32)
+        kc = max(b["KC"], b["KC_Y"])
+        self.Ap = np.empty(nt * b["MC"] * kc, np.float32)
+        self.Bp = np.empty(nt * max(b["NC"] * b["KC"], b["NC_Y"] * b["KC_Y"]), np.float32)
         self.tile = np.empty(nt * b["MR"] * b["NR"], np.float32)
 
     def __call__(self, Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode):
         mparts, nparts = self.split(M, N)
         b = self.b
+        big = b["BIG_Y"] is not None and M * N > b["BIG_Y"]
+        KC, NC = (b["KC_Y"], b["NC_Y"]) if big else (b["KC"], b["NC"])
         self.core(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, self.Ap, self.Bp, self.tile,
-                  mparts, nparts, b["MC"], b["KC"], b["NC"])
+                  mparts, nparts, b["MC"], KC, NC, big)
 
     def split(self, M, N):
         """The task grid (mparts, nparts), one task per thread: of the ways to factor the thread
@@ -375,10 +392,16 @@ def cpu_features():
     return {k for k, on in llvm.get_host_cpu_features().items() if on}
 
 
-def supported_kernels():
-    """The kernels this CPU can run, fastest first."""
+@functools.cache
+def _supported():
     have = cpu_features()
-    return [k for k in KERNELS if all(f in have for f in _NEEDS[k])]
+    return tuple(k for k in KERNELS if all(f in have for f in _NEEDS[k]))
+
+
+def supported_kernels():
+    """The kernels this CPU can run, fastest first (asked of llvmlite once: a query costs ~0.3 ms,
+    which set_kernel would otherwise pay on every switch)."""
+    return list(_supported())
 
 
 def set_kernel(name):

@@ -15,6 +15,7 @@ the code below compiles to what a BLAS author would write by hand.
     c = ops.fma(a, b, c)          # a·b + c lane by lane, one rounding (llvm.fma.v16f32)
     c = ops.add(a, b)
     z = ops.zero()
+    ops.prefetch(a, i)            # hint: a[i]'s cache line will be read and written soon
     ops.transpose(dst, d, ldd, src, s, lds)   # an L × L block: dst[d + c·ldd + r] = src[s + r·lds + c]
 
 `a` is a 1-D C-contiguous float32 array and `i` an integer index. There is **no bounds check**:
@@ -149,6 +150,22 @@ class _Ops:
             return vt(), codegen
 
         @intrinsic
+        def prefetch(typingctx, a, i):
+            if not (_is_f32_array(a) and isinstance(i, types.Integer)):
+                return None
+
+            def codegen(context, builder, sig, args):
+                p = _element_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+                p = builder.bitcast(p, ir.IntType(8).as_pointer())
+                fnty = ir.FunctionType(ir.VoidType(), [p.type] + [ir.IntType(32)] * 3)
+                f = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+                # write intent (Y is read and written), keep in all levels, data cache
+                builder.call(f, [p] + [ir.Constant(ir.IntType(32), v) for v in (1, 3, 1)])
+                return context.get_dummy_value()
+
+            return types.void(a, i), codegen
+
+        @intrinsic
         def transpose(typingctx, dst, d, ldd, src, s, lds):
             if not (_is_f32_array(dst) and _is_f32_array(src)
                     and all(isinstance(i, types.Integer) for i in (d, ldd, s, lds))):
@@ -174,6 +191,7 @@ class _Ops:
             return types.void(dst, d, ldd, src, s, lds), codegen
 
         self.load, self.store, self.bcast, self.fma, self.add, self.zero = load, store, bcast, fma, add, zero
+        self.prefetch = prefetch
         self.transpose = transpose
 
 
