@@ -305,12 +305,15 @@ def step_calls(config, B, T, recompute=RECOMPUTE):
 
 
 def zeroing_calls(config, B, T, recompute=RECOMPUTE):
-    """[("fill_zero", (elements,), calls)]: the model zeroes the parameter and activation gradients,
-    and, recomputing, the gradient of each shared (recomputed) buffer once per layer."""
+    """[("fill_zero", (elements,), calls)]: the model zeroes the parameter gradients, the activation
+    gradients the kernels accumulate into, and, recomputing, the gradient of each shared
+    (recomputed) buffer once per layer."""
     from numbagpt.layout import activation_layout, num_parameters
+    from numbagpt.model import ACCUMULATED_GRADS
     BTC, L = B * T * config.channels, config.num_layers
-    acts = activation_layout(config, B, T, recompute).total
-    return ([("fill_zero", (num_parameters(config),), 1), ("fill_zero", (acts,), 1)]
+    sizes = activation_layout(config, B, T, recompute).sizes
+    return ([("fill_zero", (num_parameters(config),), 1)]
+            + [("fill_zero", (sizes[name],), 1) for name in ACCUMULATED_GRADS]
             + ([("fill_zero", (4 * BTC,), L)] if recompute >= 1 else [])
             + ([("fill_zero", (BTC,), 2 * L)] if recompute >= 2 else []))
 

@@ -15,6 +15,12 @@ from .backend import get_backend
 from .config import GPT2Config, preset
 from .layout import activation_layout, parameter_layout
 
+# The activation gradients that backward kernels accumulate into (+=), so backward() zeroes them
+# first. The rest need no zeroing: dlogits (in the logits buffer), dpreatt and datt are written
+# (crossentropy_backward, attention_backward), dlosses is copied in, and the residual stream's
+# gradient lives in "encoded" alone, so residual2's, residual3's, attproj's and fcproj's are unused.
+ACCUMULATED_GRADS = ("encoded", "ln1", "qkv", "atty", "ln2", "fch", "fch_gelu", "lnf")
+
 
 class GPT2:
     """A GPT-2 model on one backend.
@@ -231,8 +237,8 @@ class GPT2:
         V, Vp, L, NH, C = cfg.vocab_size, cfg.padded_vocab_size, cfg.num_layers, cfg.num_heads, cfg.channels
         BTC = B * T * C
         p, g, a, ga = self.params, self.grads, self.acts, self.grads_acts
-        # Activation grads are accumulated into by the kernels, so they start from zero every step.
-        k.fill_zero(self.grads_acts_flat[:self.act_layout.total])
+        for name in ACCUMULATED_GRADS:  # every step: the kernels accumulate into them
+            k.fill_zero(ga[name])
         dlosses = ga["losses"]  # d(mean loss)/d(losses[b,t]) = 1/(B*T)
         k.copy_to_device(dlosses, np.full(B * T, 1.0 / (B * T), dtype=np.float32))
 

@@ -22,7 +22,7 @@ import pytest
 
 from numbagpt import dist
 from numbagpt.data import DataLoader
-from numbagpt.formats import read_model, read_state, write_model, write_shard, write_state
+from numbagpt.formats import read_model, read_state, read_state_header, write_model, write_shard, write_state
 
 from micro_data import token_shards
 
@@ -193,9 +193,12 @@ def test_zero1_equals_zero0_and_resumes(runs, shards, tmp_path):
     z1, proc = runs(2, 2, 1, zero=1)
     assert "ZeRO stage 1" in proc.stdout and "m+v of 15,040 parameters per rank" in proc.stdout
     assert_close(final_params(z0), final_params(z1))
-    # each rank wrote the m and v of its own shard: 1024-byte header + 2 x 15,040 floats
+    # each rank wrote the m and v of its own shard: 1024-byte header + 2 x 15,040 floats, then the
+    # spike guard's windows (their byte length is in the header)
     for r in (0, 1):
-        assert os.path.getsize(os.path.join(z1, f"state_00000002_{r:05d}.bin")) == 1024 + 2 * 4 * 15040
+        path = os.path.join(z1, f"state_00000002_{r:05d}.bin")
+        assert read_state_header(path)["num_parameters"] == 15040
+        assert os.path.getsize(path) == 1024 + 2 * 4 * 15040 + read_state_header(path)["detectors_bytes"]
     # resuming from step 2 gives exactly the uninterrupted run's parameters
     resume = tmp_path / "resume"
     resume.mkdir()
