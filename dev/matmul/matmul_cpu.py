@@ -46,7 +46,8 @@ the same run, while other jobs loaded the cores (absolute GF/s halve under that 
     1 MiB B panel in L2, KC 256 so half the passes over Y) took the tiny lm_head forward from 0.8
     to 1.1-1.3 and the big-Y d12 products up ~5% (their dweights at 2 threads 0.8-1.1 -> 1.0-1.5;
     a 512 KiB panel was worse there); on small Y that order is 2-5% slower. Prefetching the Y tile
-    before the k loop: +0-5% (most on the lm_head forwards).
+    before the k loop: +0-5% (most on the lm_head forwards). The k loop two k at a time (the
+    generator emits the step twice, then a one-k tail): +2-13% inside the GEMM, bit-identical.
 """
 import argparse
 import os
