@@ -3,9 +3,11 @@
 For each GPT-2 shape: forward (out = inp·Wᵀ + b), dinp (dout·W) and dweight (doutᵀ·inp), each
 2·BT·C·OC FLOP; prints GFLOP/s of each numbagpt kernel (--kernels, default: the one this CPU runs,
 and the portable loops it replaced) and of BLAS, and each kernel's ratio to BLAS (time_BLAS /
-time_ours: >= 1 is as fast as BLAS or faster). Timings are medians of >= --reps runs (more for fast
-ops), taken round-robin (kernel 1, kernel 2, BLAS, kernel 1, ...) so that load from other processes
-hits all alike; on a shared machine compare the ratio columns rather than absolute numbers.
+time_ours: >= 1 is as fast as BLAS or faster). Timings are medians of --reps rounds of 3 calls each,
+the rounds taken in turn (kernel 1, kernel 2, BLAS, kernel 1, ...) so that load from other processes
+hits all alike; with more than one thread each contender's calls come after a pause, so that neither
+runs against the other's thread pool spinning on the same cores (median_of). On a shared machine
+compare the ratio columns rather than absolute numbers.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_matmul.py [--threads 2]
         [--reps 5] [--shapes tiny,d12] [--kernels avx512,portable] [--quick] [--clock cpu]
@@ -93,19 +95,23 @@ def main():
     else:
         clock = time.perf_counter
 
-    def median_of(fns, reps, budget=0.6):
-        """Median time of each of fns, run round-robin: at least `reps` rounds, more (up to 50) for
-        fast ops, until about `budget` seconds per function."""
+    def median_of(fns, reps, per_round=3, pause=0.2):
+        """Median time of each of fns over `reps` rounds. A round takes the functions in turn (so
+        that load from other processes hits all alike), each as one untimed call and then
+        `per_round` timed calls back to back. With more than one thread a round first waits `pause`
+        seconds: after a call, the other pool's threads (OpenBLAS's, Numba's OpenMP workers) spin
+        a while before they sleep, and taking turns call by call would time each contender
+        against the other's spinning threads on the same cores, which a training step never meets."""
         times = [[] for _ in fns]
-        for f in fns:
-            f()  # warm-up (and, for np.dot, thread start-up)
-        for r in range(50):
+        for r in range(reps):
             for n, f in enumerate(fns):
-                t = clock()
+                if args.threads > 1:
+                    time.sleep(pause)
                 f()
-                times[n].append(clock() - t)
-            if r + 1 >= reps and (r + 1) * max(min(t) for t in times) > budget:
-                break
+                for _ in range(per_round):
+                    t = clock()
+                    f()
+                    times[n].append(clock() - t)
         return [float(np.median(t)) for t in times]
 
     rng = np.random.default_rng(0)
