@@ -20,7 +20,7 @@ hits all alike); a worker builds the model from seed 0 (PyTorch gets numbagpt's 
 in: a random N(0,1) init would fill the softmax with denormals and slow PyTorch tenfold), takes the
 same batch, sets --threads (NUMBA_NUM_THREADS, numba.set_num_threads, OMP_NUM_THREADS,
 torch.set_num_threads), runs a warm-up step untimed (JIT / cache load, torch.compile tracing), then
-times --steps steps, printing their wall and CPU times (process_time: all its threads) as JSON. The
+times --steps steps (glibc told to keep freed memory: run_worker), printing their wall and CPU times (process_time: all its threads) as JSON. The
 table gives each contender's medians over rounds x steps and the ratios numbagpt / PyTorch of the
 medians (lower is better, 1.0 = parity). On a machine loaded by other processes wall time counts
 their turns too, CPU time mostly not: compare the cpu columns there.
@@ -158,6 +158,11 @@ def worker(args):
 def run_worker(args, model, who, kernel):
     """{"wall": [ms...], "cpu": [ms...]} of one worker process, or the one-line reason it gave none."""
     env = dict(os.environ, NUMBA_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
+    # glibc gives large freed blocks back to the OS, so PyTorch's activations of every step (tiny's
+    # 412 MB of logits among them) come back as fresh pages: 2.5 million page faults in a 3-step
+    # tiny worker, eager 2.7 s a step. Keeping freed memory in the process (as jemalloc or tcmalloc
+    # would) brings it to about 1.9 s; every worker gets the same setting, numbagpt's too.
+    env.update(MALLOC_MMAP_THRESHOLD_=str(1 << 34), MALLOC_TRIM_THRESHOLD_=str(1 << 34))
     if kernel:
         env["NUMBAGPT_MATMUL"] = kernel
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", who, "--model", model,
