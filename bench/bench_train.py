@@ -108,6 +108,12 @@ def torch_gpt(torch, cfg, params):
 
 def worker(args):
     """One contender on one model: a warm-up step, then --steps timed ones; prints {"ms": [...]}."""
+    if args.worker != "numbagpt":
+        # torch before numba: Numba's OpenMP pool loads the system's libgomp.so.1, and a torch
+        # imported after it links to that one instead of its own; eager then ran 3.6x slower (d12,
+        # 6.3 s a step against 1.7 s) and the ratios flattered numbagpt.
+        import torch
+        torch.set_num_threads(args.threads)
     import numba
     import numpy as np
 
@@ -115,7 +121,8 @@ def worker(args):
     from numbagpt.model import GPT2
     from numbagpt.step import train_step
 
-    numba.set_num_threads(args.threads)
+    if args.worker == "numbagpt":
+        numba.set_num_threads(args.threads)
     B, T = SHAPES[args.model]
     model = GPT2.from_preset(args.model, seed=0)
     tokens = np.random.default_rng(0).integers(0, model.config.vocab_size, (B, T + 1)).astype(np.int32)
@@ -127,8 +134,6 @@ def worker(args):
             t[0] += 1
             train_step(model, [(x, y)], lr=1e-4, t=t[0], weight_decay=0.0)
     else:
-        import torch
-        torch.set_num_threads(args.threads)
         m = torch_gpt(torch, model.config, model.param_layout.host_views(model.parameters_host()))
         del model
         if args.worker == "compile":
