@@ -142,7 +142,7 @@ def main():
                 elif op == "dinp":
                     mm._backward_dinp(dinp, dout, weight, BT, C, OC)
                 else:
-                    mm._backward_dweight(dweight, dout, inp, BT, C, OC)
+                    mm._backward_dweight(dweight, dout, inp, BT, C, OC, True)
             return run
 
         blas = {

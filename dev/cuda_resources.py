@@ -86,6 +86,7 @@ def family(kernel_name):
     if kernel_name.startswith("crossentropy"):
         return "block_row"
     if kernel_name in ("layernorm_backward_dwdb_kernel", "matmul_backward_dbias_kernel",
+                       "matmul_backward_dbias_write_kernel",
                        "norm_squared_partial_kernel", "encoder_backward_wpe_kernel"):
         return "reduction"
     return "elementwise"
@@ -269,8 +270,10 @@ RECOMPUTE = 1  # bin/train_gpt2's default -r: GELU's output is recomputed in the
 
 def step_calls(config, B, T, recompute=RECOMPUTE):
     """[(function, size arguments, calls per step)] of one training step of `config` at (B, T): the
-    model's kernel calls (train_gpt2.c's order), each with the size arguments it passes; recompute as
-    GPT2(recompute=...): 1 adds a GELU forward per layer to the backward pass, 2 also both layernorms."""
+    model's kernel calls (train_gpt2.c's order), each with the size arguments it passes (a bias's
+    presence, and matmul_backward's accumulate: False, the backward right after zero_grad writes dweight
+    and dbias); recompute as GPT2(recompute=...): 1 adds a GELU forward per layer to the backward pass,
+    2 also both layernorms."""
     C, NH, L = config.channels, config.num_heads, config.num_layers
     V, Vp = config.vocab_size, config.padded_vocab_size
     BTC = B * T * C
@@ -289,14 +292,14 @@ def step_calls(config, B, T, recompute=RECOMPUTE):
         ("matmul_forward", (B, T, C, Vp, False), 1),
         ("crossentropy_forward", (B, T, V, Vp), 1),
         ("crossentropy_backward", (B, T, V, Vp), 1),
-        ("matmul_backward", (B, T, C, Vp, False), 1),
+        ("matmul_backward", (B, T, C, Vp, False, False), 1),
         ("layernorm_backward", (B, T, C), 2 * L + 1),
-        ("matmul_backward", (B, T, 4 * C, C, True), L),
+        ("matmul_backward", (B, T, 4 * C, C, True, False), L),
         ("gelu_backward", (4 * BTC,), L),
-        ("matmul_backward", (B, T, C, 4 * C, True), L),
-        ("matmul_backward", (B, T, C, C, True), L),
+        ("matmul_backward", (B, T, C, 4 * C, True, False), L),
+        ("matmul_backward", (B, T, C, C, True, False), L),
         ("attention_backward", (B, T, C, NH), L),
-        ("matmul_backward", (B, T, C, 3 * C, True), L),
+        ("matmul_backward", (B, T, C, 3 * C, True, False), L),
         ("encoder_backward", (B, T, C), 1),
         ("global_norm_squared", (P,), 1),
         ("adamw_update", (P,), 1),
@@ -305,14 +308,15 @@ def step_calls(config, B, T, recompute=RECOMPUTE):
 
 
 def zeroing_calls(config, B, T, recompute=RECOMPUTE):
-    """[("fill_zero", (elements,), calls)]: the model zeroes the parameter gradients, the activation
-    gradients the kernels accumulate into, and, recomputing, the gradient of each shared
-    (recomputed) buffer once per layer."""
-    from numbagpt.layout import activation_layout, num_parameters
-    from numbagpt.model import ACCUMULATED_GRADS
+    """[("fill_zero", (elements,), calls)]: the model zeroes the parameter gradients that no matmul_backward
+    writes (zero_grad: three runs of the buffer), the activation gradients the kernels accumulate into,
+    and, recomputing, the gradient of each shared (recomputed) buffer once per layer."""
+    from numbagpt.layout import activation_layout, parameter_layout
+    from numbagpt.model import ACCUMULATED_GRADS, WRITTEN_GRADS
     BTC, L = B * T * config.channels, config.num_layers
     sizes = activation_layout(config, B, T, recompute).sizes
-    return ([("fill_zero", (num_parameters(config),), 1)]
+    zeroed = parameter_layout(config).runs(lambda name: name not in WRITTEN_GRADS)
+    return ([("fill_zero", (end - start,), 1) for start, end in zeroed]
             + [("fill_zero", (sizes[name],), 1) for name in ACCUMULATED_GRADS]
             + ([("fill_zero", (4 * BTC,), L)] if recompute >= 1 else [])
             + ([("fill_zero", (BTC,), 2 * L)] if recompute >= 2 else []))
@@ -331,9 +335,8 @@ def plan(function, sizes, sms):
 
 def fill_zero_launch(n):
     """fill_zero's launch (numbagpt/cuda/__init__.py: one thread per element, BLOCK_FILL per block)."""
-    from numbagpt.cuda.launch import Launch
-    from numbagpt.cuda.runtime import BLOCK_FILL, cdiv, fill_zero_kernel
-    return Launch(fill_zero_kernel, cdiv(n, BLOCK_FILL), BLOCK_FILL)
+    from numbagpt.cuda.launch import fill_zero_launch
+    return fill_zero_launch(n)
 
 
 def generation_calls(config):
@@ -379,7 +382,8 @@ PHASED_FUNCTIONS = ("attention_forward", "attention_backward")
 
 def call_cost(function, sizes):
     """(flops, bytes) of one call, from numbagpt.costs.kernel_cost with the sizes in place of the
-    arrays the cost model does not read (bias / dbias: present or None, as the sizes say)."""
+    arrays the cost model does not read (bias / dbias: present or None, and matmul_backward's
+    accumulate, as the sizes say)."""
     import numbagpt.cuda as GPU
     from numbagpt.costs import kernel_cost
     if function == "fill_zero":
@@ -388,6 +392,7 @@ def call_cost(function, sizes):
     names = [p for p in params if p in SIZE_NAMES]
     values = dict(zip(names, sizes))
     has_bias = sizes[len(names)] if len(sizes) > len(names) else False
+    accumulate = sizes[len(names) + 1] if len(sizes) > len(names) + 1 else True
     args = []
     for p in params:
         if p in values:
@@ -396,6 +401,8 @@ def call_cost(function, sizes):
             args.append(np.zeros(1, np.float32) if has_bias else None)
         elif p == "t":
             args.append(1)
+        elif p == "accumulate":
+            args.append(accumulate)
         else:
             args.append(None)
     return kernel_cost(function, *args)

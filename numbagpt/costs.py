@@ -7,7 +7,8 @@ Counting conventions (the formulas are in each cost function; tests/test_profile
   1 (a multiply-add is 2); comparisons (max) and per-row constants (one division per row) are not
   counted. Causal attention counts only the T(T+1)/2 (query, key) pairs it computes.
 - Bytes: every input is read once and every output written once (4 bytes a float32 or int32 element);
-  an accumulating output (`+=`, every backward but crossentropy's) is read and written (2×). This is
+  an accumulating output (`+=`, every backward but crossentropy's, and matmul_backward's dweight and
+  dbias only with accumulate) is read and written (2×). This is
   the compulsory traffic of a perfect cache; a kernel that re-reads its inputs moves more.
 - Embedding gathers (encoder) count the B·T rows looked up, not the whole table.
 """
@@ -64,13 +65,14 @@ def _matmul_forward(out, inp, weight, bias, B, T, C, OC):
     return flops, nbytes
 
 
-def _matmul_backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC):
+def _matmul_backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, accumulate=True):
     # dinp += dout·W (2·BT·OC·C); dweight += doutᵀ·inp (2·OC·BT·C); dbias += Σ_bt dout (BT·OC).
+    # dinp accumulates; dweight and dbias too, unless accumulate is false (then written once).
     has_bias = dbias is not None
     flops = 4 * B * T * C * OC + (B * T * OC if has_bias else 0)
     reads = B * T * OC + B * T * C + OC * C           # dout, inp, weight
-    accum = 2 * (B * T * C + OC * C + (OC if has_bias else 0))
-    return flops, F32 * (reads + accum)
+    grads = (2 if accumulate else 1) * (OC * C + (OC if has_bias else 0))
+    return flops, F32 * (reads + 2 * B * T * C + grads)
 
 
 def _attention_forward(out, preatt, att, inp, B, T, C, NH):

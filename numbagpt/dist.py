@@ -364,6 +364,7 @@ class DataParallel:
         """Sum the gradients over the ranks (stage 0: all of them; stage 1: this rank's shard) and
         return the L2 norm of the summed gradient, the same number on every rank."""
         world, model = self.world, self.model
+        model.materialize_grads()  # (a no-op after a backward)
         if self.zero_stage == 0:
             world.allreduce_sum_(model.grads_flat, model.backend)
             return model.grad_norm()

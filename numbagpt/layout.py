@@ -80,6 +80,18 @@ class Layout:
             raise ValueError(f"buffer has {flat.shape[0]} elements, layout needs {self.total}")
         return {name: flat[self.offsets[name]:self.offsets[name] + self.sizes[name]] for name in self.names}
 
+    def runs(self, keep):
+        """[(start, end)]: the offsets of the tensors for which keep(name) is true, adjacent ones
+        merged (the fewest slices of a flat buffer that cover exactly those tensors)."""
+        out = []
+        for name in self.names:
+            if keep(name):
+                start, end = self.offsets[name], self.offsets[name] + self.sizes[name]
+                if out and out[-1][1] == start:
+                    start = out.pop()[0]
+                out.append((start, end))
+        return out
+
     def host_views(self, flat):
         """{name: view of the NumPy array `flat` with the tensor's shape}."""
         return {name: v.reshape(self.shapes[name]) for name, v in self.views(np.asarray(flat)).items()}

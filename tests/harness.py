@@ -14,6 +14,9 @@ given gradient). Then it checks:
   must keep their value (a kernel that writes past its size, or a size argument ignored, fails);
 - the inputs are unchanged (except an input the output aliases: inplace={"dlogits": "logits"}).
 
+A kernel argument the test leaves out takes its default (matmul_backward's accumulate=True); with
+accumulate=False the outputs WRITTEN_UNLESS_ACCUMULATE names are written outputs (NaN-filled first).
+
 It returns the outputs (host float32 copies, without the padding) for a test's own extra checks.
 
 Backends: `cases(cpu=[...], cuda=[...])` turns shape lists into pytest parameters whose first value is
@@ -249,6 +252,10 @@ SPECS = {
 }
 
 
+# kernel -> the outputs it accumulates into by default and writes when called with accumulate=False
+WRITTEN_UNLESS_ACCUMULATE = {"matmul_backward": ("dweight", "dbias")}
+
+
 # ---------------------------------------------------------------------------------------------------
 # The check
 
@@ -262,9 +269,15 @@ def check(backend, kernel, *, inplace=None, case=None, only=None, seed=0, **args
     `only`: the outputs compared with the reference (default all; the others get the padding check).
     Returns {output name: host float32 array}."""
     written, accumulated, updated, reference = SPECS[kernel]
+    params = inspect.signature(getattr(backend, kernel)).parameters
+    args = {name: args[name] if name in args or p.default is p.empty else p.default for name, p in params.items()}
+    if "accumulate" in args and not args["accumulate"]:
+        moved = WRITTEN_UNLESS_ACCUMULATE[kernel]
+        written += moved
+        accumulated = tuple(name for name in accumulated if name not in moved)
     rng = np.random.default_rng(seed)
     inplace = inplace or {}
-    names = list(inspect.signature(getattr(backend, kernel)).parameters)
+    names = list(params)
     host = {}
     for name in names:
         value = args[name]

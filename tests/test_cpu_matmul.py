@@ -109,6 +109,36 @@ def test_matmul_backward_accumulates(shape, with_dbias):
           inp=x, weight=w, B=B, T=T, C=C, OC=OC)
 
 
+@pytest.mark.parametrize("with_dbias", [True, False])
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
+def test_matmul_backward_writes_dweight_and_dbias_without_accumulate(shape, with_dbias):
+    # accumulate=False: dweight and dbias start NaN (the harness's written outputs), so a kernel that
+    # reads or misses any element fails; dinp is pre-filled and must still be added to
+    B, T, C, OC = shape
+    rng = np.random.default_rng(1)
+    x, w, _ = _data(rng, B, T, C, OC)
+    dout = (rng.standard_normal((B, T, OC)) / np.sqrt(OC)).astype(np.float32)
+    check(CPU, "matmul_backward", dinp=B * T * C, dweight=OC * C, dbias=OC if with_dbias else None, dout=dout,
+          inp=x, weight=w, B=B, T=T, C=C, OC=OC, accumulate=False)
+
+
+def test_matmul_backward_written_is_accumulated_into_zeros_bit_for_bit():
+    """accumulate=False over garbage (1e30) gives the very floats accumulate=True adds into zeros:
+    what lets the model skip zeroing these gradients (numbagpt/model.py, WRITTEN_GRADS)."""
+    B, T, C, OC = 2, 150, 530, 70   # several reduction blocks / chunks in every product
+    rng = np.random.default_rng(5)
+    x, w, _ = _data(rng, B, T, C, OC)
+    dout = rng.standard_normal(B * T * OC).astype(np.float32)
+    dx0 = rng.standard_normal(B * T * C).astype(np.float32)
+    got, want = [], []
+    for accumulate, fill in ((False, 1e30), (True, 0.0)):
+        dx, dw, db = dx0.copy(), np.full(OC * C, fill, np.float32), np.full(OC, fill, np.float32)
+        matmul_backward(dx, dw, db, dout, x.reshape(-1), w.reshape(-1), B, T, C, OC, accumulate)
+        (got if not accumulate else want).extend((dx, dw, db))
+    for a, b_ in zip(got, want):
+        assert np.array_equal(a, b_)
+
+
 def test_matmul_with_the_big_y_reduction_blocks(kernel, monkeypatch):
     """The blocking and tile order used for a Y beyond BIG_Y elements (KC_Y, NC_Y, along Y's rows),
     on a small shape: the threshold lowered to 0, so every product takes that path."""
@@ -117,6 +147,7 @@ def test_matmul_with_the_big_y_reduction_blocks(kernel, monkeypatch):
     monkeypatch.setitem(mm._GEMMS[kernel].b, "BIG_Y", 0)
     test_matmul_forward((2, 101, 257, 263), True)
     test_matmul_backward_accumulates((2, 101, 257, 263), False)
+    test_matmul_backward_writes_dweight_and_dbias_without_accumulate((2, 101, 257, 263), True)
 
 
 def test_matmul_on_views_of_big_buffers():

@@ -74,7 +74,9 @@ if RUN_HERE:
     # ------------------------------------------------------------------------- matmul
     # (2, 37, 20, 67): M=74, N=67 -> 2x2 output tiles of 64; K=20 -> 2 K steps; dweight K=74 -> 5
     # (1, 3, 8, 520): dinp K=520 is split in 2 (split-K, atomics); (1, 520, 8, 20): dweight K=520
-    # split in 2, dbias over 3 row chunks
+    # split in 2, dbias over 3 row chunks. The backward runs twice: accumulating into random gradients,
+    # then writing (accumulate=False) over NaN dweight and dbias: by the plain-store kernels, and where
+    # split-K or row chunks add up with atomics, (1, 520, 8, 20), by zeroing them first
     @pytest.mark.parametrize("backend,B,T,C,OC,use_bias", cases(cuda=[
         (2, 5, 12, 20, True), (2, 5, 12, 20, False), (2, 37, 20, 67, True), (1, 3, 8, 520, True),
         (1, 520, 8, 20, True)]))
@@ -83,8 +85,23 @@ if RUN_HERE:
         inp, w, b = rnd(rng, B, T, C), rnd(rng, OC, C), rnd(rng, OC)
         check(backend, "matmul_forward", out=B * T * OC, inp=inp, weight=w, bias=b if use_bias else None,
               B=B, T=T, C=C, OC=OC)
-        check(backend, "matmul_backward", dinp=B * T * C, dweight=OC * C, dbias=OC if use_bias else None,
-              dout=rnd(rng, B, T, OC), inp=inp, weight=w, B=B, T=T, C=C, OC=OC)
+        dout = rnd(rng, B, T, OC)
+        for accumulate in (True, False):
+            check(backend, "matmul_backward", dinp=B * T * C, dweight=OC * C, dbias=OC if use_bias else None,
+                  dout=dout, inp=inp, weight=w, B=B, T=T, C=C, OC=OC, accumulate=accumulate)
+
+    def test_matmul_backward_write_plans():
+        """Writing, dweight and dbias get the plain-store kernels where one block owns each output, and a
+        fill_zero launch before the atomic kernels where split-K slices or row chunks add up."""
+        from numbagpt.cuda import matmul as mm
+        from numbagpt.cuda.runtime import fill_zero_kernel
+        kernels = [launch.kernel for launch in mm.matmul_backward_launches(2, 5, 12, 20, True, False)]
+        assert kernels == [mm.gemm_backward_dinp, mm.gemm_backward_dweight_write, mm.matmul_backward_dbias_write_kernel]
+        kernels = [launch.kernel for launch in mm.matmul_backward_launches(1, 520, 8, 20, True, False)]
+        assert kernels == [mm.gemm_backward_dinp, fill_zero_kernel, mm.gemm_backward_dweight_splitk,
+                           fill_zero_kernel, mm.matmul_backward_dbias_kernel]
+        kernels = [launch.kernel for launch in mm.matmul_backward_launches(1, 520, 8, 20, True, True)]
+        assert kernels == [mm.gemm_backward_dinp, mm.gemm_backward_dweight_splitk, mm.matmul_backward_dbias_kernel]
 
     def test_split_k_heuristic():
         from numbagpt.cuda import matmul as mm

@@ -89,6 +89,22 @@ if RUN_HERE:
         np.testing.assert_array_equal(m.grads_host(), first_step.gpu_grads)
         assert np.abs(first_step.gpu_grads).max() > 0
 
+    def test_zero_grad_over_stale_gradients_bitwise_on_cuda(first_step):
+        """zero_grad() leaves the gradients the backward writes (WRITTEN_GRADS) to it: over stale NaNs in
+        the buffer, the first step's gradients bit for bit, and those of the old way (the whole buffer
+        zeroed, the backward accumulating: materialize_grads() forces it)."""
+        for old_way in (False, True):
+            m = GPT2(CFG, backend="cuda")
+            m.load_parameters(first_step.params)
+            m.forward(first_step.x, first_step.y)
+            m.zero_grad()
+            m.backend.copy_to_device(m.grads_flat, np.full(m.num_parameters, np.nan, np.float32))
+            m.zero_grad()
+            if old_way:
+                m.materialize_grads()
+            m.backward()
+            np.testing.assert_array_equal(m.grads_host(), first_step.gpu_grads)
+
     def test_test_gpt2_on_the_device_passes_the_pytorch_nano_fixture(capsys, tmp_path):
         """bin/test_gpt2 --device cuda on tests/fixtures/nano_* (a PyTorch dump small enough for the
         simulator): logits, loss and all 16 gradients within the CLI's tolerances, and the loss of the

@@ -42,9 +42,9 @@ def batch():
     return x, y
 
 
-def random_model(seed=1):
+def random_model(seed=1, recompute=0):
     """A model whose biases and layernorm parameters are random too, so every gradient path is live."""
-    model = GPT2(CFG)
+    model = GPT2(CFG, recompute=recompute)
     rng = np.random.default_rng(seed)
     flat = (rng.standard_normal(model.num_parameters) * 0.3).astype(np.float32)
     views = model.param_layout.host_views(flat)
@@ -106,6 +106,52 @@ def test_backward_accumulates_only_after_zero_grad(batch):
     model.zero_grad()
     model.backward()
     np.testing.assert_allclose(model.grads_host(), once, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("garbage", [np.nan, 1e30])
+@pytest.mark.parametrize("recompute", [0, 1, 2])
+def test_zero_grad_leaves_the_written_gradients_to_backward_bit_for_bit(batch, recompute, garbage):
+    """zero_grad() zeroes only the gradients no matmul_backward writes (WRITTEN_GRADS); the backward
+    right after writes the others (accumulate=False). Over a buffer of stale garbage, the gradients are
+    bit for bit those of the old way, the whole buffer zeroed and every backward accumulating
+    (materialize_grads() before the backward forces that path), for one micro-batch and with a second
+    one accumulated onto it."""
+    x, y = batch
+    second = (x[::-1].copy(), y[:, ::-1].copy())
+
+    def gradients(old_way):
+        model, _ = random_model(recompute=recompute)
+        model.forward(x, y)
+        model.zero_grad()  # allocates the buffer; then an earlier step's stale gradients in it
+        model.backend.copy_to_device(model.grads_flat, np.full(model.num_parameters, garbage, np.float32))
+        model.zero_grad()
+        if old_way:
+            model.backend.fill_zero(model.grads_flat)
+            model.materialize_grads()
+        model.backward()
+        one = model.grads_host()
+        model.forward(*second)
+        model.backward()
+        return one, model.grads_host()
+
+    new, old = gradients(old_way=False), gradients(old_way=True)
+    for got, want in zip(new, old):
+        assert np.isfinite(got).all() and np.abs(got).max() < 1e3
+        assert np.array_equal(got, want)
+    assert not np.array_equal(new[0], new[1])
+
+
+def test_gradients_read_between_zero_grad_and_backward_are_zeros(batch):
+    """Whatever reads the gradients before the backward that writes them sees zeros, not stale values;
+    the backward then accumulates into those zeros, to the same bits."""
+    model, _ = backward_of(batch)
+    once = model.grads_host()
+    model.forward(*batch)
+    model.zero_grad()
+    assert model.grad_norm() == 0.0
+    assert not model.grads_host().any()
+    model.backward()
+    assert np.array_equal(model.grads_host(), once)
 
 
 def test_training_steps_lower_the_loss(batch):

@@ -2,19 +2,21 @@
 
     matmul_forward(out, inp, weight, bias, B, T, C, OC)
         out (B,T,OC) = inp (B,T,C) · weight (OC,C)ᵀ + bias (OC)            bias may be None
-    matmul_backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC)
+    matmul_backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, accumulate=True)
         dinp    (B,T,C) += dout (B,T,OC) · weight (OC,C)
-        dweight (OC,C)  += dout (B·T,OC)ᵀ · inp (B·T,C)
-        dbias   (OC)    += Σ_bt dout[bt, :]                                 dbias may be None
+        dweight (OC,C)  += dout (B·T,OC)ᵀ · inp (B·T,C)                     = when not accumulate
+        dbias   (OC)    += Σ_bt dout[bt, :]                                 = when not accumulate; may be None
 
-All arrays are flat 1-D float32 (views into the model's big buffers); backward accumulates, as llm.c.
+All arrays are flat 1-D float32 (views into the model's big buffers); backward accumulates, as llm.c,
+except that dweight and dbias are written (never read) with accumulate=False: the model's first
+backward after zero_grad(), so that zero_grad() need not zero them.
 
 All three products are one GEMM, Y (M,N) [+]= op(A) (M,K) · op(B) (K,N), Y row-major:
 
     product   Y       M    N    K    A(m,k)            B(k,n)
     forward   out     BT   OC   C    inp[m, k]         weight[n, k]     (+ bias, Y written)
     dinp      dinp    BT   C    OC   dout[m, k]        weight[k, n]     (Y += )
-    dweight   dweight OC   C    BT   dout[k, m]        inp[k, n]        (Y += )
+    dweight   dweight OC   C    BT   dout[k, m]        inp[k, n]        (Y +=, or Y = when not accumulate)
 
 written in the GotoBLAS/BLIS structure (loops from the outside in):
 
@@ -336,18 +338,21 @@ def matmul_forward(out, inp, weight, bias, B, T, C, OC):
         _gemm(out, inp, True, weight, True, bias, B * T, OC, C, _BIAS)
 
 
-def matmul_backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC):
-    """Accumulate the gradients of out = inp · weightᵀ + bias (shapes as matmul_forward):
+def matmul_backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, accumulate=True):
+    """The gradients of out = inp · weightᵀ + bias (shapes as matmul_forward):
 
         dinp (B,T,C) += dout (B,T,OC) · weight (OC,C)
-        dweight (OC,C) += dout (BT,OC)ᵀ · inp (BT,C)
-        dbias (OC) += Σ_bt dout[bt, :]          (skipped when dbias is None)
+        dweight (OC,C) += dout (BT,OC)ᵀ · inp (BT,C)       (= when not accumulate)
+        dbias (OC) += Σ_bt dout[bt, :]                     (= when not accumulate; skipped when None)
+
+    dinp always accumulates; with accumulate=False dweight and dbias are overwritten, their old
+    contents never read (bit for bit the sums accumulate=True adds to zeros).
     """
     BT = B * T
     _backward_dinp(dinp, dout, weight, BT, C, OC)
-    _backward_dweight(dweight, dout, inp, BT, C, OC)
+    _backward_dweight(dweight, dout, inp, BT, C, OC, accumulate)
     if dbias is not None:
-        _column_sum(dbias, dout, BT, OC)
+        _column_sum(dbias, dout, BT, OC, accumulate)
 
 
 def _backward_dinp(dinp, dout, weight, BT, C, OC):
@@ -358,17 +363,19 @@ def _backward_dinp(dinp, dout, weight, BT, C, OC):
         _gemm(dinp, dout, True, weight, False, _NO_BIAS, BT, C, OC, _ACCUMULATE)
 
 
-def _backward_dweight(dweight, dout, inp, BT, C, OC):
-    """dweight (OC,C) += dout (BT,OC)ᵀ · inp (BT,C)."""
+def _backward_dweight(dweight, dout, inp, BT, C, OC, accumulate):
+    """dweight (OC,C) (+)= dout (BT,OC)ᵀ · inp (BT,C): += if accumulate, else = (the GEMM's first
+    reduction block writes the tile, the later ones add to it)."""
     if _gemm is None:
-        matmul_portable.backward_dweight(dweight, dout, inp, BT, C, OC)
+        matmul_portable.backward_dweight(dweight, dout, inp, BT, C, OC, accumulate)
     else:
-        _gemm(dweight, dout, False, inp, False, _NO_BIAS, OC, C, BT, _ACCUMULATE)
+        _gemm(dweight, dout, False, inp, False, _NO_BIAS, OC, C, BT, _ACCUMULATE if accumulate else _OVERWRITE)
 
 
 @njit(parallel=True, fastmath={"contract"}, cache=True)
-def _column_sum(dbias, dout, BT, OC):
-    """dbias (OC) += Σ_bt dout (BT,OC)[bt, :]: prange over 256-wide column chunks, rows inside."""
+def _column_sum(dbias, dout, BT, OC, accumulate):
+    """dbias (OC) (+)= Σ_bt dout (BT,OC)[bt, :] (+= if accumulate, else =): prange over 256-wide
+    column chunks, rows inside."""
     D = dout.reshape(BT, OC)
     CW = 256
     for t in prange((OC + CW - 1) // CW):
@@ -380,7 +387,7 @@ def _column_sum(dbias, dout, BT, OC):
             for o in range(o1 - o0):
                 acc[o] += row[o]
         for o in range(o1 - o0):
-            dbias[o0 + o] += acc[o]
+            dbias[o0 + o] = dbias[o0 + o] + acc[o] if accumulate else acc[o]
 
 
 # ---- dispatch -------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ the numbers below are theirs (bench/bench_matmul.py --kernels portable,... shows
 
     forward(out, inp, weight, bias, BT, C, OC)     out (BT,OC) = inp (BT,C) · weight (OC,C)ᵀ [+ bias]
     backward_dinp(dinp, dout, weight, BT, C, OC)   dinp (BT,C) += dout (BT,OC) · weight (OC,C)
-    backward_dweight(dweight, dout, inp, BT, C, OC)   dweight (OC,C) += dout (BT,OC)ᵀ · inp (BT,C)
+    backward_dweight(dweight, dout, inp, BT, C, OC, accumulate)
+                                                   dweight (OC,C) (+)= dout (BT,OC)ᵀ · inp (BT,C)
 
 How fast: see bench/bench_matmul.py (against OpenBLAS in the same process) and
 dev/matmul/loops.py (every variant tried, with numbers). In short: LLVM, as Numba drives it on
@@ -22,7 +23,7 @@ Two loop forms, each used where its operands are laid out for it (or cheaply mad
       16 FMAs. LLVM vectorises the k loop into 16 lane-wise partial sums (needs fastmath 'reassoc')
       and adds the lanes up once per output.
 
-  backward, Y (M,N) += opA (M,K) · B (K,N): the *register-blocked axpy* form, `_gemm_acc`:
+  backward, Y (M,N) += opA (M,K) · B (K,N) (dweight: or =): the *register-blocked axpy* form, `_gemm_acc`:
 
       dinp    (BT,C) += dout (BT,OC) · weight (OC,C)          K = OC, A = dout
       dweight (OC,C) += dout (BT,OC)ᵀ · inp (BT,C)            K = BT, A = doutᵀ (read transposed)
@@ -280,8 +281,9 @@ def _panel(acc, mr, A, a_trans, ai, ak, kn, Bm, bk, bn, nn):
 
 
 @njit(parallel=True, fastmath=_FASTMATH_AXPY, cache=True)
-def _gemm_acc(Y, A, Bm, M, N, K, a_trans, MT, NT, KT):
-    """Y (M,N) += op(A) (M,K) · Bm (K,N), all flat float32 (the backward products).
+def _gemm_acc(Y, A, Bm, M, N, K, a_trans, accumulate, MT, NT, KT):
+    """Y (M,N) += op(A) (M,K) · Bm (K,N), all flat float32 (the backward products); with accumulate
+    false Y = op(A) · Bm instead (the first reduction chunk writes Y, the later ones add to it).
 
     op(A) = A stored (M,K), or, if a_trans, A stored (K,M) and read transposed (as scalars, so no
     transposing copy is needed). Axpy form: one prange task per (MT × NT) tile of Y; inside it the
@@ -330,8 +332,12 @@ def _gemm_acc(Y, A, Bm, M, N, K, a_trans, MT, NT, KT):
                 for r in range(mr):
                     y = Y2[i + r, n0:n1]
                     c = acc[r, :nn]
-                    for j in range(nn):
-                        y[j] += c[j]
+                    if accumulate or k0 > 0:
+                        for j in range(nn):
+                            y[j] += c[j]
+                    else:
+                        for j in range(nn):
+                            y[j] = c[j]
 
 
 @njit(parallel=True, cache=True)
@@ -373,12 +379,13 @@ def backward_dinp(dinp, dout, weight, BT, C, OC):
         _transpose(wT, weight, OC, C)
         _gemm_nt(dinp, dout, wT, _NO_BIAS, BT, C, OC, False, True, *_tiles("dinp_dot", BT, C, OC))
     else:
-        _gemm_acc(dinp, dout, weight, BT, C, OC, False, *_tiles("dinp", BT, C, OC))
+        _gemm_acc(dinp, dout, weight, BT, C, OC, False, True, *_tiles("dinp", BT, C, OC))
 
 
-def backward_dweight(dweight, dout, inp, BT, C, OC):
-    """dweight (OC,C) += dout (BT,OC)ᵀ · inp (BT,C): dout read transposed, inp is (K, N) = (BT, C)."""
-    _gemm_acc(dweight, dout, inp, OC, C, BT, True, *_tiles("dweight", BT, C, OC))
+def backward_dweight(dweight, dout, inp, BT, C, OC, accumulate=True):
+    """dweight (OC,C) += dout (BT,OC)ᵀ · inp (BT,C), or = when not accumulate (dweight not read):
+    dout read transposed, inp is (K, N) = (BT, C)."""
+    _gemm_acc(dweight, dout, inp, OC, C, BT, True, accumulate, *_tiles("dweight", BT, C, OC))
 
 
 def _tiles(op, BT, C, OC):

@@ -20,9 +20,8 @@ from .layernorm import fused_residual_layernorm_forward, layernorm_backward, lay
 from .matmul import matmul_backward, matmul_forward
 from .matvec import matvec_forward
 from .residual import residual_forward
-from .runtime import BLOCK_FILL as _BLOCK_FILL
-from .runtime import SIMULATOR, available, cuda, fill_zero_kernel, require
-from .runtime import cdiv as _cdiv
+from .launch import fill_zero_launch as _fill_zero_launch
+from .runtime import SIMULATOR, available, cuda, require
 
 NAME = "cuda"
 HOST_MEMORY = False   # device arrays: MPI takes them only when it is CUDA-aware (numbagpt.dist)
@@ -122,7 +121,7 @@ def fill_zero(array):
     if SIMULATOR:
         array.copy_to_device(np.zeros(n, dtype=array.dtype))
     else:
-        fill_zero_kernel[_cdiv(n, _BLOCK_FILL), _BLOCK_FILL](array, np.int64(n))
+        _fill_zero_launch(n)(array, np.int64(n))
 
 
 def synchronize():

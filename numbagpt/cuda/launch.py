@@ -9,6 +9,7 @@ calls the same functions for d12 and tiny shapes to check every launch against t
 """
 from typing import NamedTuple
 
+from . import runtime
 from .runtime import cdiv
 
 
@@ -55,3 +56,9 @@ def column_chunks(N, rows_per_chunk=256, max_chunks=64):
     nchunks = max(1, min(cdiv(N, rows_per_chunk), max_chunks))
     chunk = cdiv(N, nchunks)
     return chunk, cdiv(N, chunk)
+
+
+def fill_zero_launch(n):
+    """The launch of runtime.fill_zero_kernel over n elements (one thread each, BLOCK_FILL per block);
+    its arguments: (array, n)."""
+    return Launch(runtime.fill_zero_kernel, cdiv(n, runtime.BLOCK_FILL), runtime.BLOCK_FILL)

@@ -7,6 +7,7 @@ out/dout (B, T, OC); M = B·T rows.
     matmul_backward: dinp    += dout · weight                          (M×C,  K = OC)
                      dweight += doutᵀ · inp                            (OC×C, K = M)
                      dbias   += Σ_rows dout                            (column reduction)
+                     (accumulate=False: dweight, dbias = instead of +=, their old contents never read)
 
 The GEMM kernels (`make_gemm`): block tile BM×BN = 64×64, K step BK = 16, 64 threads per block, each
 computing a TM×TN = 8×8 register block (rows ty + 8i, columns tx + 8j: conflict-free shared-memory reads
@@ -21,10 +22,14 @@ K·N·⌈M/64⌉ + M·N) with L2 absorbing much of the re-reads.
 dbias (matmul_backward_dbias_kernel): block (32 columns × 8 row-lanes), grid (ceil(OC/32), R) with
 R = min(ceil(M/256), 64); per-block shared-memory combine in a fixed order, then a float32
 `cuda.atomic.add` per column (deterministic when R = 1, i.e. M ≤ 256).
+
+Writing (accumulate=False, the model's first backward after zero_grad): dweight by the non-accumulating
+GEMM and dbias by a plain store (matmul_backward_dbias_write_kernel, R = 1); where split-K's slices or R > 1
+row chunks add partial sums with atomics, a fill_zero launch zeroes the output first.
 """
 import numpy as np
 
-from .launch import Launch, column_chunks
+from .launch import Launch, column_chunks, fill_zero_launch
 from .runtime import F32, F32A, I64, cdiv, cuda, f32, float32, i64, sm_count
 
 BM = 64          # block tile rows (M)
@@ -240,10 +245,13 @@ gemm_forward_nobias = make_gemm(a_km=False, b_nk=True, causal=CAUSAL_NONE, has_b
 gemm_backward_dinp = make_gemm(a_km=False, b_nk=False, causal=CAUSAL_NONE, has_bias=False, accumulate=True)
 gemm_backward_dinp_splitk = make_gemm(a_km=False, b_nk=False, causal=CAUSAL_NONE, has_bias=False,
                                       accumulate=True, split_k=True)
-# dweight += doutᵀ·inp: A[m=oc, k=bt] = dout[bt, oc] (K×M storage), B = inp (K×N storage)
+# dweight += doutᵀ·inp: A[m=oc, k=bt] = dout[bt, oc] (K×M storage), B = inp (K×N storage); and
+# dweight = doutᵀ·inp (not accumulating, unsplit)
 gemm_backward_dweight = make_gemm(a_km=True, b_nk=False, causal=CAUSAL_NONE, has_bias=False, accumulate=True)
 gemm_backward_dweight_splitk = make_gemm(a_km=True, b_nk=False, causal=CAUSAL_NONE, has_bias=False,
                                          accumulate=True, split_k=True)
+gemm_backward_dweight_write = make_gemm(a_km=True, b_nk=False, causal=CAUSAL_NONE, has_bias=False,
+                                        accumulate=False)
 
 COLS = 32
 ROW_LANES = 8
@@ -251,24 +259,36 @@ ROWS_PER_CHUNK = 256
 MAX_CHUNKS = 64
 
 
-@cuda.jit(fastmath=False)
-def matmul_backward_dbias_kernel(dbias, dout, M, OC, chunk):
-    sm = cuda.shared.array((ROW_LANES, COLS), float32)
-    tx = cuda.threadIdx.x % COLS
-    ty = cuda.threadIdx.x // COLS
-    c = cuda.blockIdx.x * COLS + tx
-    r0 = cuda.blockIdx.y * chunk
-    r1 = min(r0 + chunk, M)
-    s = _ZERO
-    if c < OC:
-        for row in range(r0 + ty, r1, ROW_LANES):
-            s += dout[row * OC + c]
-    sm[ty, tx] = s
-    cuda.syncthreads()
-    if ty == 0 and c < OC:
-        for j in range(1, ROW_LANES):
-            s += sm[j, tx]
-        cuda.atomic.add(dbias, c, s)
+def make_dbias_kernel(accumulate):
+    """The dbias column reduction: dbias[c] (+)= Σ of dout[row, c] over the block's chunk of rows; accumulate:
+    a float32 atomic add (the row chunks, blockIdx.y, combine), else a plain store (one chunk only)."""
+
+    def dbias_kernel(dbias, dout, M, OC, chunk):
+        sm = cuda.shared.array((ROW_LANES, COLS), float32)
+        tx = cuda.threadIdx.x % COLS
+        ty = cuda.threadIdx.x // COLS
+        c = cuda.blockIdx.x * COLS + tx
+        r0 = cuda.blockIdx.y * chunk
+        r1 = min(r0 + chunk, M)
+        s = _ZERO
+        if c < OC:
+            for row in range(r0 + ty, r1, ROW_LANES):
+                s += dout[row * OC + c]
+        sm[ty, tx] = s
+        cuda.syncthreads()
+        if ty == 0 and c < OC:
+            for j in range(1, ROW_LANES):
+                s += sm[j, tx]
+            if accumulate:
+                cuda.atomic.add(dbias, c, s)
+            else:
+                dbias[c] = s
+
+    return cuda.jit(fastmath=False)(dbias_kernel)
+
+
+matmul_backward_dbias_kernel = make_dbias_kernel(accumulate=True)
+matmul_backward_dbias_write_kernel = make_dbias_kernel(accumulate=False)
 
 
 SIGNATURES = {
@@ -278,7 +298,9 @@ SIGNATURES = {
     "gemm_backward_dinp_splitk": [GEMM_SIGNATURE],
     "gemm_backward_dweight": [GEMM_SIGNATURE],
     "gemm_backward_dweight_splitk": [GEMM_SIGNATURE],
+    "gemm_backward_dweight_write": [GEMM_SIGNATURE],
     "matmul_backward_dbias_kernel": [(F32A, F32A, I64, I64, I64)],
+    "matmul_backward_dbias_write_kernel": [(F32A, F32A, I64, I64, I64)],
 }
 
 
@@ -287,20 +309,37 @@ def matmul_forward_launches(B, T, C, OC, has_bias=True):
     return [gemm_launch(gemm_forward_bias if has_bias else gemm_forward_nobias, B * T, OC, C)]
 
 
-def matmul_backward_launches(B, T, C, OC, has_bias=True, sms=None):
-    """[dinp GEMM, dweight GEMM (each split over K when its tiles cannot fill the GPU),
-    then the dbias column reduction (param = rows per chunk) when has_bias]."""
+def matmul_backward_launches(B, T, C, OC, has_bias=True, accumulate=True, sms=None):
+    """[dinp GEMM, dweight GEMM (each split over K when its tiles cannot fill the GPU), then the dbias column
+    reduction (param = rows per chunk) when has_bias]. Not accumulating, dweight and dbias are written: by the
+    unsplit non-accumulating GEMM and a one-chunk reduction's plain store, or, where split-K slices or several
+    row chunks combine with atomics, by a fill_zero launch (on the output, just before) and the atomic kernel."""
+    dinp, dweight, dbias = _backward_plan(B, T, C, OC, has_bias, accumulate, sms)
+    return [dinp] + dweight + dbias
+
+
+def _backward_plan(B, T, C, OC, has_bias, accumulate, sms=None):
+    """(dinp launch, [dweight launches], [dbias launches]): the two lists as matmul_backward_launches
+    says, a leading fill_zero launch in a list zeroing that list's output."""
     M = B * T
     s1 = split_k_count(M, C, OC, sms)
     s2 = split_k_count(OC, C, M, sms)
-    launches = [gemm_launch(gemm_backward_dinp_splitk if s1 > 1 else gemm_backward_dinp, M, C, OC, splits=s1),
-                gemm_launch(gemm_backward_dweight_splitk if s2 > 1 else gemm_backward_dweight, OC, C, M,
-                            splits=s2)]
+    dinp = gemm_launch(gemm_backward_dinp_splitk if s1 > 1 else gemm_backward_dinp, M, C, OC, splits=s1)
+    if s2 > 1:  # the slices add up with atomics: writing, dweight is zeroed first
+        dweight = ([] if accumulate else [fill_zero_launch(OC * C)]) + [
+            gemm_launch(gemm_backward_dweight_splitk, OC, C, M, splits=s2)]
+    else:
+        dweight = [gemm_launch(gemm_backward_dweight if accumulate else gemm_backward_dweight_write, OC, C, M)]
+    dbias = []
     if has_bias:
         chunk, nchunks = column_chunks(M if OC > 0 else 0, ROWS_PER_CHUNK, MAX_CHUNKS)
-        launches.append(Launch(matmul_backward_dbias_kernel, (cdiv(OC, COLS), nchunks), COLS * ROW_LANES,
-                               param=chunk))
-    return launches
+        if accumulate or nchunks > 1:  # the row chunks add up with atomics: writing, dbias is zeroed first
+            dbias = ([] if accumulate else [fill_zero_launch(OC)]) + [
+                Launch(matmul_backward_dbias_kernel, (cdiv(OC, COLS), nchunks), COLS * ROW_LANES, param=chunk)]
+        else:
+            dbias = [Launch(matmul_backward_dbias_write_kernel, (cdiv(OC, COLS), nchunks), COLS * ROW_LANES,
+                            param=chunk)]
+    return dinp, dweight, dbias
 
 
 def matmul_forward(out, inp, weight, bias, B, T, C, OC):
@@ -309,11 +348,21 @@ def matmul_forward(out, inp, weight, bias, B, T, C, OC):
     launch_gemm(fwd, out, inp, weight, bias, B * T, OC, C, lda=C, ldb=C, ldc=OC)
 
 
-def matmul_backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC):
-    """dinp += dout·weight; dweight += doutᵀ·inp; dbias += Σ dout (dbias may be None). Accumulates."""
+def matmul_backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, accumulate=True):
+    """dinp += dout·weight; dweight += doutᵀ·inp; dbias += Σ dout (dbias may be None). With accumulate=False
+    dweight and dbias are written (=), their old contents never read; dinp always accumulates."""
     M = B * T
-    dinp_launch, dweight_launch, *dbias_launch = matmul_backward_launches(B, T, C, OC, dbias is not None)
+    dinp_launch, dweight_launches, dbias_launches = _backward_plan(B, T, C, OC, dbias is not None, accumulate)
     launch_gemm(dinp_launch, dinp, dout, weight, None, M, C, OC, lda=OC, ldb=C, ldc=C)
-    launch_gemm(dweight_launch, dweight, dout, inp, None, OC, C, M, lda=OC, ldb=C, ldc=C)
-    for dbias_reduce in dbias_launch:
+    launch_gemm(_zero_first(dweight_launches, dweight, OC * C), dweight, dout, inp, None, OC, C, M,
+                lda=OC, ldb=C, ldc=C)
+    if dbias is not None:
+        dbias_reduce = _zero_first(dbias_launches, dbias, OC)
         dbias_reduce(dbias, dout, i64(M), i64(OC), i64(dbias_reduce.param))
+
+
+def _zero_first(launches, out, n):
+    """Run a plan list's leading fill_zero launch, if any, on out (n elements); return its last launch."""
+    for fill in launches[:-1]:
+        fill(out, i64(n))
+    return launches[-1]
