@@ -5,7 +5,7 @@ numbagpt/cpu/matmul.py), plus the dispatch itself and the AVX-512 micro-kernel's
 The shapes straddle every blocking of the kernels. Packed GEMM (M, N, K per product in matmul.py):
 the micro-tile (6 × 64 / 6 × 16: M, N not multiples, and M, N, K = 1), the row blocks (MC = 288 /
 96: BT, OC > MC), the reduction blocks (KC = 128 / 256: C, OC, BT > 256; a big Y's blocks and tile order
-are tested with the threshold lowered), the column panels (NC = 2048: OC > 2048) and the
+are tested with the threshold lowered), the column panels (NC = 2048 with a 2 MiB L2, 1024 with 1 MiB: OC > 2048) and the
 forward's 16 × 16 transposing pack of the weight (C, OC not multiples of 16). Portable: 4-row / 4-column micro-blocks, the 4-long k groups of the backward, the
 reduction chunks (forward C > 512, backward K > 256, dot-form dinp OC > 1024), the task tiles, both
 dinp paths (axpy; dot form on a transposed weight when C <= 256 and OC >= 256).
@@ -40,7 +40,7 @@ SHAPES = [  # (B, T, C, OC)
     (1, 1, 13, 1),       # a single output row and column, K = 13 (forward) / 1 (dinp, dweight)
     (1, 97, 131, 61),    # primes everywhere: ragged micro-tiles in M and N in every product
     (2, 101, 257, 263),  # BT = 202 > MC, C = 257 > KC, OC = 263 > KC: every block ragged
-    (1, 13, 17, 4099),   # OC > 2 NC = 4096: a third, ragged column panel in the forward
+    (1, 13, 17, 4099),   # OC > 4096 >= 2 NC: a third (or fifth), ragged column panel in the forward
     (2, 5, 13, 7),       # the brief's small odd shape: ragged rows, columns and k groups
     (1, 3, 1, 5),        # C = 1: a single term per output
     (1, 4, 8, 4),        # everything a multiple of 4: no ragged paths at all
@@ -296,6 +296,21 @@ def test_dispatch_follows_the_target_cpu(kernel, features, expect):
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(expect + " "), r.stdout
     assert "refused: matmul kernel 'avx512' needs CPU features avx512f, fma" in r.stdout, r.stdout
+
+
+def test_column_panel_follows_the_l2_cache(kernel, tmp_path, monkeypatch):
+    """NC puts the B panel in half the L2 read from sysfs (index2's level and size), in whole
+    strips, within [512, 4096]; 2 MiB when sysfs can't be read (the size it was tuned on)."""
+    for index, (level, size) in enumerate((("1", "32K"), ("1", "32K"), ("2", "1024K"), ("3", "32768K"))):
+        (tmp_path / f"index{index}").mkdir()
+        (tmp_path / f"index{index}" / "level").write_text(level + "\n")
+        (tmp_path / f"index{index}" / "size").write_text(size + "\n")
+    monkeypatch.setattr(mm, "_CACHE_DIR", str(tmp_path))
+    assert mm._l2_bytes() == 1 << 20
+    monkeypatch.setattr(mm, "_CACHE_DIR", str(tmp_path / "missing"))
+    assert mm._l2_bytes() == 2 << 20
+    assert [mm._panel_columns(l2 << 10, 128, 64) for l2 in (256, 1024, 1280, 2048, 32768)] == \
+        [512, 1024, 1280, 2048, 4096]
 
 
 def test_unknown_kernel_is_refused(kernel):

@@ -48,6 +48,12 @@ the same run, while other jobs loaded the cores (absolute GF/s halve under that 
     a 512 KiB panel was worse there); on small Y that order is 2-5% slower. Prefetching the Y tile
     before the k loop: +0-5% (most on the lm_head forwards). The k loop two k at a time (the
     generator emits the step twice, then a one-k tail): +2-13% inside the GEMM, bit-identical.
+  - On AMD Zen 4 (32 KiB L1, 1 MiB L2 a core; OpenBLAS runs its Haswell kernel there), 1 thread:
+    NC 1024 (a 512 KiB panel, half that L2) beats 2048 by 0-8% on the d12 and tiny products
+    (e.g. tiny fcproj dinp 0.95 -> 1.08, d12 fcproj forward 0.98 -> 1.04); KC 64 and 96 lose
+    5-15% to 128 even with the 32 KiB strip filling L1; MC 96/144 no better than 288. So NC
+    follows the L2 the CPU reports (matmul._panel_columns); the along-rows blocking (KC_Y 256 or
+    128, NC_Y 512-2048) was within noise (+-0.1) on the LM-head shapes and stays.
 """
 import argparse
 import os

@@ -81,16 +81,43 @@ from .simd import vector_ops
 
 # Blocking per kernel: lanes L, micro-tile MR × NR, and the cache blocks. Inside a block the tiles
 # go strip by strip (each KC × NR strip of B, KC·NR·4 bytes, stays in L1 while every A panel of the
-# MC × KC block, in L2, passes it), with the B panel (NC·KC·4 = 1 MiB) in L2. Where Y has more
-# than BIG_Y elements (4 MiB, twice the L2) the tiles go along Y's rows instead (an A panel stays in
-# L1, the strips of the panel, NC_Y·KC_Y·4 = 1 MiB, pass it from L2): Y is then written in long
-# runs, not in 6-row patches over hundreds of rows (tiny lm_head forward 0.8 -> 1.1 of BLAS), and
+# MC × KC block, in L2, passes it), with the B panel (NC·KC·4 bytes) taking half the L2: NC is set
+# from the L2 the CPU reports (_l2_bytes), 2048 with a 2 MiB L2 (Intel, where it was tuned) and
+# 1024 with AMD Zen 4's 1 MiB (3-8% faster there than 2048 on most shapes at 1 thread). Where Y has
+# more than BIG_Y elements (4 MiB, twice the L2) the tiles go along Y's rows instead (an A panel
+# stays in L1, the strips of the panel, NC_Y·KC_Y·4 = 1 MiB, pass it from L2): Y is then written in
+# long runs, not in 6-row patches over hundreds of rows (tiny lm_head forward 0.8 -> 1.1 of BLAS), and
 # with the strip out of L1 KC_Y can double, halving the passes over Y (each KC block loads, adds,
-# stores every tile). The avx512 strip is 32 KiB at KC = 128 against a 48 KiB L1; the avx2 one fits
-# at 256 (BIG_Y None: always strip by strip, not timed the other way). Measured in dev/matmul/
-# (micro-tiles 8×32, 12×32, 6×64, 14×32; KC 128-512; MC 96-576; NC 512-8192; both orders).
+# stores every tile). The avx512 strip is 32 KiB at KC = 128 (KC 64 and 96 were slower, even
+# against Zen 4's 32 KiB L1: more passes over Y); the avx2 one fits at 256 (BIG_Y None: always strip
+# by strip, not timed the other way). Measured in dev/matmul/ (micro-tiles 8×32, 12×32, 6×64,
+# 14×32; KC 64-512; MC 96-576; NC 512-8192; both orders).
+def _l2_bytes(default=2 << 20):
+    """The L2 cache of CPU 0 in bytes, from Linux's sysfs (`default` where that can't be read)."""
+    try:
+        for index in sorted(os.listdir(_CACHE_DIR)):
+            with open(os.path.join(_CACHE_DIR, index, "level")) as f:
+                if f.read().strip() != "2":
+                    continue
+            with open(os.path.join(_CACHE_DIR, index, "size")) as f:
+                size = f.read().strip().upper()
+            scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+            return int(size.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        pass
+    return default
+
+
+def _panel_columns(l2, KC, NR):
+    """NC: the B panel (NC·KC floats) in half the L2, whole strips of NR, between 512 and 4096."""
+    return max(512, min(4096, l2 // 2 // (4 * KC) // NR * NR))
+
+
+_CACHE_DIR = "/sys/devices/system/cpu/cpu0/cache"
+_L2 = _l2_bytes()
 _BLOCKING = {
-    "avx512": dict(lanes=16, MR=6, NR=64, MC=288, KC=128, NC=2048, BIG_Y=1 << 20, KC_Y=256, NC_Y=1024),
+    "avx512": dict(lanes=16, MR=6, NR=64, MC=288, KC=128, NC=_panel_columns(_L2, 128, 64),
+                   BIG_Y=1 << 20, KC_Y=256, NC_Y=1024),
     "avx2": dict(lanes=8, MR=6, NR=16, MC=96, KC=256, NC=2048, BIG_Y=None, KC_Y=256, NC_Y=2048),
 }
 # Micro-kernel modes: how the tile meets Y.
