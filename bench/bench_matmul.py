@@ -3,14 +3,14 @@
 For each GPT-2 shape: forward (out = inp·Wᵀ + b), dinp (dout·W) and dweight (doutᵀ·inp), each
 2·BT·C·OC FLOP; prints GFLOP/s of each numbagpt kernel (--kernels, default: the one this CPU runs,
 and the portable loops it replaced) and of BLAS, and each kernel's ratio to BLAS (time_BLAS /
-time_ours: >= 1 is as fast as BLAS or faster). Timings are medians of --reps rounds of 3 calls each,
-the rounds taken in turn (kernel 1, kernel 2, BLAS, kernel 1, ...) so that load from other processes
+time_ours: >= 1 is as fast as BLAS or faster). Timings are medians of --reps rounds, each round
+a block of back-to-back calls lasting about --block-ms (at least 3 calls) timed as one, the rounds taken in turn (kernel 1, kernel 2, BLAS, kernel 1, ...) so that load from other processes
 hits all alike; with more than one thread each contender's calls come after a pause, so that neither
 runs against the other's thread pool spinning on the same cores (median_of). On a shared machine
 compare the ratio columns rather than absolute numbers.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_matmul.py [--threads 2]
-        [--reps 5] [--shapes tiny,d12] [--kernels avx512,portable] [--quick] [--clock cpu]
+        [--reps 5] [--block-ms 25] [--shapes tiny,d12] [--kernels avx512,portable] [--quick] [--clock cpu]
 
 OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, where set, can pin OpenBLAS to a slower kernel: unset them for
 this command alone (as above) to compare with BLAS at its best; the header names the kernel OpenBLAS
@@ -26,6 +26,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--block-ms", type=float, default=25.0,
+                    help="each round's block of calls lasts about this long (default 25 ms)")
     ap.add_argument("--shapes", default="tiny,d12", help="comma list of: tiny, d12")
     ap.add_argument("--kernels", default=None,
                     help="comma list of numbagpt matmul kernels (avx512, avx2, portable) to time; "
@@ -95,24 +97,38 @@ def main():
     else:
         clock = time.perf_counter
 
-    def median_of(fns, reps, per_round=3, pause=0.2):
-        """Median time of each of fns over `reps` rounds. A round takes the functions in turn (so
-        that load from other processes hits all alike), each as one untimed call and then
-        `per_round` timed calls back to back. With more than one thread a round first waits `pause`
-        seconds: after a call, the other pool's threads (OpenBLAS's, Numba's OpenMP workers) spin
-        a while before they sleep, and taking turns call by call would time each contender
-        against the other's spinning threads on the same cores, which a training step never meets."""
+    def median_of(fns, reps, pause=0.2):
+        """Median time of one call of each of fns over `reps` rounds. A round takes the functions in
+        turn (so that load from other processes hits all alike), each as one untimed call and then
+        a block of calls back to back, as a training step makes them, lasting about --block-ms and
+        timed as one (single calls of 0.3-1 ms at 2 threads swung 0.6-1.3 of BLAS between runs of
+        this bench: the block's mean is steady). With more than one thread a round first waits
+        `pause` seconds: after a call, the other pool's threads (OpenBLAS's, Numba's OpenMP
+        workers) spin a while before they sleep, and taking turns call by call would time each
+        contender against the other's spinning threads on the same cores, which a training step
+        never meets."""
+        calls = [max(3, int(args.block_ms / 1000 / fastest_call(f))) for f in fns]
         times = [[] for _ in fns]
         for r in range(reps):
             for n, f in enumerate(fns):
                 if args.threads > 1:
                     time.sleep(pause)
                 f()
-                for _ in range(per_round):
-                    t = clock()
+                t = clock()
+                for _ in range(calls[n]):
                     f()
-                    times[n].append(clock() - t)
+                times[n].append((clock() - t) / calls[n])
         return [float(np.median(t)) for t in times]
+
+    def fastest_call(f):
+        """The fastest of 5 calls of f (sizes its block: a first call after a pause can be 10x
+        slower, while the pool's threads wake)."""
+        best = float("inf")
+        for _ in range(5):
+            t = clock()
+            f()
+            best = min(best, clock() - t)
+        return max(best, 1e-6)
 
     rng = np.random.default_rng(0)
     cols = "".join(f" {k + ' GF/s':>13s} {'ratio':>6s}" for k in kernels)
