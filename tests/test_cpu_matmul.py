@@ -150,6 +150,31 @@ def test_matmul_with_the_big_y_reduction_blocks(kernel, monkeypatch):
     test_matmul_backward_writes_dweight_and_dbias_without_accumulate((2, 101, 257, 263), True)
 
 
+@pytest.mark.parametrize("shape", SHAPES[2:5] + SHAPES[8:9], ids=_ids)
+def test_matmul_reads_a_in_place_or_packed_alike(kernel, shape):
+    """A task of at most IN_PLACE_N columns reads A's whole panels in place (and packs a ragged
+    last one); the others pack A. Forced either way, every product gives the same bits."""
+    if kernel == "portable":
+        pytest.skip("the portable loops do not pack")
+    B, T, C, OC = shape
+    rng = np.random.default_rng(11)
+    x, w, b = (a.reshape(-1) for a in _data(rng, B, T, C, OC))
+    dout = rng.standard_normal(B * T * OC).astype(np.float32)
+    got = []
+    for limit in (0, 1 << 30):  # never, always in place
+        g = mm._Gemm(kernel, IN_PLACE_N=limit)
+        out, dinp, dw = np.empty(B * T * OC, np.float32), np.zeros(B * T * C, np.float32), np.zeros(OC * C, np.float32)
+        g(out, x, True, w, True, b, B * T, OC, C, mm._BIAS)
+        g(dinp, dout, True, w, False, mm._NO_BIAS, B * T, C, OC, mm._ACCUMULATE)
+        g(dw, dout, False, x, False, mm._NO_BIAS, OC, C, B * T, mm._ACCUMULATE)
+        got.append((out, dinp, dw))
+    rtol, atol = tolerance("matmul_forward")
+    ref_out = matmul_forward_ref(x.reshape(B * T, C), w.reshape(OC, C), b)
+    np.testing.assert_allclose(got[1][0], ref_out.reshape(-1), rtol=rtol, atol=atol)
+    for packed, in_place in zip(*got):
+        assert np.array_equal(packed, in_place)
+
+
 def test_matmul_on_views_of_big_buffers():
     """The model passes flat views at odd offsets into big parameter / activation / grad buffers."""
     B, T, C, OC = 2, 9, 21, 35

@@ -54,6 +54,11 @@ the same run, while other jobs loaded the cores (absolute GF/s halve under that 
     5-15% to 128 even with the 32 KiB strip filling L1; MC 96/144 no better than 288. So NC
     follows the L2 the CPU reports (matmul._panel_columns); the along-rows blocking (KC_Y 256 or
     128, NC_Y 512-2048) was within noise (+-0.1) on the LM-head shapes and stays.
+  - A read in place (no A pack; the micro-kernel reads whole panels of A where they lie, a ragged
+    last panel packed): where a task has one or two strips of Y, packing A is as much traffic as
+    the product's own reads of it. 2 threads, Zen 4: tiny lm_head dinp 0.90-1.00 -> 1.03-1.12,
+    tiny qkv dweight 0.97-1.00 -> 1.06-1.19, other N = 128 products within noise; at d12's
+    widths (6+ strips a task) no gain, so only tasks of <= 2 strips do it (IN_PLACE_N).
 """
 import argparse
 import os

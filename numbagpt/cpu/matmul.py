@@ -28,6 +28,8 @@ written in the GotoBLAS/BLIS structure (loops from the outside in):
                                                (the forward's weight by L × L register transposes)
           for ic in the task's rows by MC:
             pack A[ic:ic+MC, pc:pc+KC] -> Ap   MR-row panels, each KC × MR contiguous, zero-padded
+                                               (a task of at most two strips reads A's whole panels
+                                               in place and packs only a ragged last one)
             for each NR strip:                 (a strip, KC·NR·4 = 32 KiB, is reused from L1)
               for each MR panel:               (the block, MC·KC·4 = 144 KiB, stays in L2)
                 micro-kernel: the MR × NR tile of Y (+)= Ap panel · Bp strip
@@ -48,7 +50,7 @@ value, one register). At the end of the block it adds the tile into Y (or, in th
 forward, writes tile + bias: the bias epilogue costs no extra pass).
 
 Edges are exact: packing pads A panels and B strips with zeros, so the micro-kernel always runs a
-full tile and reads only the packing buffers; a tile that sticks out of Y (M % MR, N % NR) is
+full tile and reads only the packing buffers or whole panels of A; a tile that sticks out of Y (M % MR, N % NR) is
 written to a per-thread scratch tile, and only its valid part is added into Y. Nothing outside the
 arrays is read or written.
 
@@ -115,10 +117,16 @@ def _panel_columns(l2, KC, NR):
 
 _CACHE_DIR = "/sys/devices/system/cpu/cpu0/cache"
 _L2 = _l2_bytes()
+# IN_PLACE_N: where a task has at most this many columns of Y (two strips), A is not packed: the
+# micro-kernel reads its panels where they lie (a packed A block would serve only one or two
+# strips, so packing costs as much traffic as the product's own reads of A: tiny lm_head dinp,
+# 2048 x 128 x 50304, packed 412 MB a call). 2 threads, Zen 4: that dinp 0.90-1.00 -> 1.03-1.12
+# of BLAS, the tiny qkv dweight 0.97-1.00 -> 1.06-1.19, the other N = 128 products within noise.
 _BLOCKING = {
     "avx512": dict(lanes=16, MR=6, NR=64, MC=288, KC=128, NC=_panel_columns(_L2, 128, 64),
-                   BIG_Y=1 << 20, KC_Y=256, NC_Y=1024),
-    "avx2": dict(lanes=8, MR=6, NR=16, MC=96, KC=256, NC=2048, BIG_Y=None, KC_Y=256, NC_Y=2048),
+                   BIG_Y=1 << 20, KC_Y=256, NC_Y=1024, IN_PLACE_N=128),
+    "avx2": dict(lanes=8, MR=6, NR=16, MC=96, KC=256, NC=2048, BIG_Y=None, KC_Y=256, NC_Y=2048,
+                 IN_PLACE_N=32),
 }
 # Micro-kernel modes: how the tile meets Y.
 _ACCUMULATE, _OVERWRITE, _BIAS = 0, 1, 2
@@ -246,7 +254,7 @@ def pack_b(Bp, b0, B, b_kmaj, ldb, jc, nc, pc, kc):
                 copy(Bp, b0 + s * NR * kc + k * NR, B, (pc + k) * ldb + jc + s * NR, min(NR, nc - s * NR), NR)
 
 
-def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, mparts, nparts, MC, KC, NC, along_rows):
+def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, mparts, nparts, MC, KC, NC, along_rows, a_in_place):
     lda = K if a_kmaj else M
     ldb = K if b_kmaj else N
     mu = (M + MR - 1) // MR  # rows and columns in units of the micro-tile, split evenly
@@ -271,7 +279,11 @@ def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, mparts, n
                 for ic in range(mlo, mhi, MC):
                     mc = min(MC, mhi - ic)
                     S = (mc + MR - 1) // MR * MR
-                    pack_a(Ap, a0, A, a_kmaj, lda, ic, mc, pc, kc, S)
+                    # in place, the micro-kernel reads A's whole panels where they lie and only a
+                    # ragged last panel is packed (as panel 0 of Ap); else the block is packed
+                    p0 = mc // MR * MR if a_in_place else 0
+                    if p0 < mc:
+                        pack_a(Ap, a0, A, a_kmaj, lda, ic + p0, mc - p0, pc, kc, S - p0)
                     ns, npn = (nc + NR - 1) // NR, S // MR
                     for u in range(ns * npn):  # the block's tiles: strip s, A panel p
                         s, p = (u % ns, u // ns) if along_rows else (u // npn, u % npn)
@@ -281,10 +293,17 @@ def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, mparts, n
                         y0 = (ic + p * MR) * N + n0
                         full = mr == MR and nr == NR
                         Yt, yt, ldt, tmode = (Y, y0, N, blockmode) if full else (tile, t0, NR, 1)
+                        q = p * MR - p0  # the panel's first row in Ap (< 0: read in place)
                         if a_kmaj:
-                            UKR(kc, Ap, a0 + p * MR * kc, kc, Bp, b0 + s * NR * kc, Yt, yt, ldt, tmode, bias, n0)
+                            if q < 0:
+                                UKR(kc, A, (ic + p * MR) * lda + pc, lda, Bp, b0 + s * NR * kc, Yt, yt, ldt, tmode, bias, n0)
+                            else:
+                                UKR(kc, Ap, a0 + q * kc, kc, Bp, b0 + s * NR * kc, Yt, yt, ldt, tmode, bias, n0)
                         else:
-                            UKK(kc, Ap, a0 + p * MR, S, Bp, b0 + s * NR * kc, Yt, yt, ldt, tmode, bias, n0)
+                            if q < 0:
+                                UKK(kc, A, pc * lda + ic + p * MR, lda, Bp, b0 + s * NR * kc, Yt, yt, ldt, tmode, bias, n0)
+                            else:
+                                UKK(kc, Ap, a0 + q, S - p0, Bp, b0 + s * NR * kc, Yt, yt, ldt, tmode, bias, n0)
                         if not full:
                             edge(Y, y0, N, mr, nr, tile, t0, NR, blockmode, bias, n0)
 '''
@@ -328,8 +347,9 @@ class _Gemm:
         b = self.b
         big = b["BIG_Y"] is not None and M * N > b["BIG_Y"]
         KC, NC = (b["KC_Y"], b["NC_Y"]) if big else (b["KC"], b["NC"])
+        in_place = _ceil(N, nparts) <= b["IN_PLACE_N"]
         self.core(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, self.Ap, self.Bp, self.tile,
-                  mparts, nparts, b["MC"], KC, NC, big)
+                  mparts, nparts, b["MC"], KC, NC, big, in_place)
 
     def split(self, M, N):
         """The task grid (mparts, nparts), one task per thread: of the ways to factor the thread
