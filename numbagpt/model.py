@@ -146,7 +146,7 @@ class GPT2:
             self.grads_flat = self.backend.zeros(self.num_parameters)
             self.grads = self.param_layout.views(self.grads_flat)
             self.layer_grads = self.param_layout.layers(self.grads)
-        if self.grads_acts_flat is None:
+        if self.grads_acts_flat is None and self.act_layout is not None:  # sized by a forward
             self.grads_acts_flat = self.backend.zeros(self.act_capacity)
             self._grad_act_views()
 

@@ -154,6 +154,19 @@ def test_gradients_read_between_zero_grad_and_backward_are_zeros(batch):
     assert np.array_equal(model.grads_host(), once)
 
 
+def test_zero_grad_before_the_first_forward(batch):
+    """zero_grad() on a model that has run no forward yet (no activations to size their gradients
+    by) zeroes the gradients, and the first forward and backward then give the usual ones."""
+    model, _ = random_model()
+    model.zero_grad()
+    assert model.grads_host().shape == (model.num_parameters,) and not model.grads_host().any()
+    model.forward(*batch)
+    model.zero_grad()
+    model.backward()
+    expected, _ = backward_of(batch)
+    assert np.array_equal(model.grads_host(), expected.grads_host())
+
+
 def test_training_steps_lower_the_loss(batch):
     x, y = batch
     model = GPT2(CFG)
