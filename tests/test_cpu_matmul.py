@@ -4,8 +4,8 @@ numbagpt/cpu/matmul.py), plus the dispatch itself and the AVX-512 micro-kernel's
 
 The shapes straddle every blocking of the kernels. Packed GEMM (M, N, K per product in matmul.py):
 the micro-tile (6 × 64 / 6 × 16: M, N not multiples, and M, N, K = 1), the row blocks (MC = 288 /
-96: BT, OC > MC), the reduction blocks (KC = 128 / 256: C, OC, BT > 256; a big Y's blocks and tile order
-are tested with the threshold lowered), the column panels (NC = 2048 with a 2 MiB L2, 1024 with 1 MiB: OC > 2048) and the
+96: BT, OC > MC), the reduction blocks (KC = 128 / 256: C, OC, BT > 256; KC 512 of a small Y: C = 1030; a big Y's
+blocks and tile order are tested with the threshold lowered), the column panels (NC = 2048 with a 2 MiB L2, 1024 with 1 MiB: OC > 2048) and the
 forward's 16 × 16 transposing pack of the weight (C, OC not multiples of 16). Portable: 4-row / 4-column micro-blocks, the 4-long k groups of the backward, the
 reduction chunks (forward C > 512, backward K > 256, dot-form dinp OC > 1024), the task tiles, both
 dinp paths (axpy; dot form on a transposed weight when C <= 256 and OC >= 256).
@@ -46,7 +46,7 @@ SHAPES = [  # (B, T, C, OC)
     (1, 4, 8, 4),        # everything a multiple of 4: no ragged paths at all
     (3, 7, 33, 70),      # OC > 64: two forward column tiles, the second ragged
     (2, 150, 530, 70),   # BT = 300 > 256 rows; C = 530 > 512 (forward) and > 256 (dinp/dweight chunks)
-    (1, 10, 1030, 9),    # C > 1024: backward column tiles of 512 (+ a ragged 6)
+    (1, 10, 1030, 9),    # C > 1024: backward column tiles of 512 (+ a ragged 6); small Y: KC 512 twice + 6
     (3, 7, 33, 257),     # dinp through the dot form on a transposed weight (C <= 256, OC >= 256)
     (4, 64, 32, 1100),   # a narrow "LM head": OC ≫ C; dot-form dinp with two 1024-long chunks
 ]

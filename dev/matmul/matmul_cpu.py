@@ -59,6 +59,8 @@ the same run, while other jobs loaded the cores (absolute GF/s halve under that 
     the product's own reads of it. 2 threads, Zen 4: tiny lm_head dinp 0.90-1.00 -> 1.03-1.12,
     tiny qkv dweight 0.97-1.00 -> 1.06-1.19, other N = 128 products within noise; at d12's
     widths (6+ strips a task) no gain, so only tasks of <= 2 strips do it (IN_PLACE_N).
+  - A small Y (the tiny model's weight gradients: 128-512 x 128, K = 2048), 2 threads, Zen 4: KC
+    512 beats 128 by 5-12% on all four (256 in between), so Y <= 2^16 elements takes KC_S = 512.
 """
 import argparse
 import os
