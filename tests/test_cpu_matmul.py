@@ -323,19 +323,23 @@ def test_dispatch_follows_the_target_cpu(kernel, features, expect):
     assert "refused: matmul kernel 'avx512' needs CPU features avx512f, fma" in r.stdout, r.stdout
 
 
-def test_column_panel_follows_the_l2_cache(kernel, tmp_path, monkeypatch):
-    """NC puts the B panel in half the L2 read from sysfs (index2's level and size), in whole
-    strips, within [512, 4096]; 2 MiB when sysfs can't be read (the size it was tuned on)."""
-    for index, (level, size) in enumerate((("1", "32K"), ("1", "32K"), ("2", "1024K"), ("3", "32768K"))):
-        (tmp_path / f"index{index}").mkdir()
-        (tmp_path / f"index{index}" / "level").write_text(level + "\n")
-        (tmp_path / f"index{index}" / "size").write_text(size + "\n")
+def test_blocking_follows_the_caches(kernel, tmp_path, monkeypatch):
+    """The caches are read from sysfs (level, type, size of each index; the L1 instruction cache
+    doesn't count), with defaults where sysfs can't be read; KC is 128 where that strip fits in two
+    thirds of L1, else 256; NC puts the B panel in half the L2, in whole strips, within [512, 4096]."""
+    caches = (("1", "Instruction", "64K"), ("1", "Data", "32K"), ("2", "Unified", "1024K"), ("3", "Unified", "32M"))
+    for index, entry in enumerate(caches):
+        for field, value in zip(("level", "type", "size"), entry):
+            (tmp_path / f"index{index}").mkdir(exist_ok=True)
+            (tmp_path / f"index{index}" / field).write_text(value + "\n")
     monkeypatch.setattr(mm, "_CACHE_DIR", str(tmp_path))
-    assert mm._l2_bytes() == 1 << 20
+    assert [mm._cache_bytes(level, 0) for level in (1, 2, 3)] == [32 << 10, 1 << 20, 32 << 20]
     monkeypatch.setattr(mm, "_CACHE_DIR", str(tmp_path / "missing"))
-    assert mm._l2_bytes() == 2 << 20
+    assert mm._cache_bytes(2, 123) == 123
+    assert [mm._reduction_block(l1 << 10, 64) for l1 in (32, 48, 64)] == [256, 128, 128]
     assert [mm._panel_columns(l2 << 10, 128, 64) for l2 in (256, 1024, 1280, 2048, 32768)] == \
         [512, 1024, 1280, 2048, 4096]
+    assert mm._panel_columns(1 << 20, 256, 64) == 512
 
 
 def test_unknown_kernel_is_refused(kernel):

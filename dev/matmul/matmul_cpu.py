@@ -59,6 +59,11 @@ the same run, while other jobs loaded the cores (absolute GF/s halve under that 
     the product's own reads of it. 2 threads, Zen 4: tiny lm_head dinp 0.90-1.00 -> 1.03-1.12,
     tiny qkv dweight 0.97-1.00 -> 1.06-1.19, other N = 128 products within noise; at d12's
     widths (6+ strips a task) no gain, so only tasks of <= 2 strips do it (IN_PLACE_N).
+  - KC with the L1: on Zen 4 the 128-long 6x64 strip (32 KiB) already fills L1, so it streams
+    from L2 whatever KC is; KC 256 with NC 512 (the panel still half of L2) beat KC 128 / NC 1024
+    on every d12 and tiny product at 2 threads (+0-8%; d12 dinps 0.88-0.94 -> 0.95-1.00) and on 5
+    of 6 at 1 thread. KC 512 for the d12 dinps: within noise. So KC is 128 where its strip fits
+    two thirds of L1 (Intel's 48 KiB), else 256 (matmul._reduction_block).
   - A small Y (the tiny model's weight gradients: 128-512 x 128, K = 2048), 2 threads, Zen 4: KC
     512 beats 128 by 5-12% on all four (256 in between), so Y <= 2^16 elements takes KC_S = 512.
 """

@@ -81,33 +81,42 @@ from numba import njit, prange
 from . import matmul_portable
 from .simd import vector_ops
 
-# Blocking per kernel: lanes L, micro-tile MR × NR, and the cache blocks. Inside a block the tiles
-# go strip by strip (each KC × NR strip of B, KC·NR·4 bytes, stays in L1 while every A panel of the
-# MC × KC block, in L2, passes it), with the B panel (NC·KC·4 bytes) taking half the L2: NC is set
-# from the L2 the CPU reports (_l2_bytes), 2048 with a 2 MiB L2 (Intel, where it was tuned) and
-# 1024 with AMD Zen 4's 1 MiB (3-8% faster there than 2048 on most shapes at 1 thread). Where Y has
-# more than BIG_Y elements (4 MiB, twice the L2) the tiles go along Y's rows instead (an A panel
-# stays in L1, the strips of the panel, NC_Y·KC_Y·4 = 1 MiB, pass it from L2): Y is then written in
-# long runs, not in 6-row patches over hundreds of rows (tiny lm_head forward 0.8 -> 1.1 of BLAS), and
-# with the strip out of L1 KC_Y can double, halving the passes over Y (each KC block loads, adds,
-# stores every tile). The avx512 strip is 32 KiB at KC = 128 (KC 64 and 96 were slower, even
-# against Zen 4's 32 KiB L1: more passes over Y); the avx2 one fits at 256 (BIG_Y None: always strip
-# by strip, not timed the other way). Measured in dev/matmul/ (micro-tiles 8×32, 12×32, 6×64,
-# 14×32; KC 64-512; MC 96-576; NC 512-8192; both orders).
-def _l2_bytes(default=2 << 20):
-    """The L2 cache of CPU 0 in bytes, from Linux's sysfs (`default` where that can't be read)."""
+# Blocking per kernel: lanes L, micro-tile MR × NR, and the cache blocks, set from the caches the
+# CPU reports (_cache_bytes). Inside a block the tiles go strip by strip (each KC × NR strip of B,
+# KC·NR·4 bytes, is reused by every A panel of the MC × KC block, in L2), with the B panel
+# (NC·KC·4 bytes) in half the L2. Where the avx512 strip at KC = 128 (32 KiB) fits in two thirds of
+# L1 (Intel's 48 KiB, where it was tuned: KC 128 beat 256 there), KC is 128; where it doesn't (AMD
+# Zen 4's 32 KiB) the strip streams from L2 anyway, and KC 256 halves the passes over Y instead
+# (Zen 4, 2 threads: +0-8% on every d12 and tiny product, the d12 dinps 0.88-0.94 -> 0.95-1.00 of
+# BLAS; KC 64 and 96 lost 5-15%). NC follows: 2048 at KC 128 with a 2 MiB L2, 512 at KC 256 with
+# Zen 4's 1 MiB. Where Y has more than BIG_Y elements (4 MiB, twice the L2) the tiles go along Y's
+# rows instead (an A panel stays in L1, the strips of the panel, NC_Y·KC_Y·4 = 1 MiB, pass it from
+# L2): Y is then written in long runs, not in 6-row patches over hundreds of rows (tiny lm_head
+# forward 0.8 -> 1.1 of BLAS), and with the strip out of L1 KC_Y can double, halving the passes
+# over Y (each KC block loads, adds, stores every tile). The avx2 strip fits at 256 (BIG_Y None:
+# always strip by strip, not timed the other way). Measured in dev/matmul/ (micro-tiles 8×32,
+# 12×32, 6×64, 14×32; KC 64-512; MC 96-576; NC 512-8192; both orders).
+def _cache_bytes(level, default):
+    """The level-`level` data (or unified) cache of CPU 0 in bytes, from Linux's sysfs (`default`
+    where that can't be read)."""
     try:
         for index in sorted(os.listdir(_CACHE_DIR)):
-            with open(os.path.join(_CACHE_DIR, index, "level")) as f:
-                if f.read().strip() != "2":
-                    continue
-            with open(os.path.join(_CACHE_DIR, index, "size")) as f:
-                size = f.read().strip().upper()
-            scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
-            return int(size.rstrip("KM")) * scale
+            entry = {}
+            for field in ("level", "type", "size"):
+                with open(os.path.join(_CACHE_DIR, index, field)) as f:
+                    entry[field] = f.read().strip()
+            if entry["level"] == str(level) and entry["type"] in ("Data", "Unified"):
+                size = entry["size"].upper()
+                scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+                return int(size.rstrip("KM")) * scale
     except (OSError, ValueError):
         pass
     return default
+
+
+def _reduction_block(l1, NR):
+    """KC: 128 where that strip of B (128·NR floats) fits in two thirds of the L1, else 256."""
+    return 128 if 128 * NR * 4 <= l1 * 2 // 3 else 256
 
 
 def _panel_columns(l2, KC, NR):
@@ -116,7 +125,8 @@ def _panel_columns(l2, KC, NR):
 
 
 _CACHE_DIR = "/sys/devices/system/cpu/cpu0/cache"
-_L2 = _l2_bytes()
+_L1, _L2 = _cache_bytes(1, 48 << 10), _cache_bytes(2, 2 << 20)   # defaults: the Intel machine's
+_KC = _reduction_block(_L1, 64)
 # SMALL_Y: where Y has at most this many elements (256 KiB: the tiny model's weight gradients,
 # 2048 terms each), the reduction blocks are KC_S long: fewer passes over the tiles of a Y that
 # is cheap to keep anyway, and fewer micro-kernel starts per FMA (2 threads, Zen 4, idle: the four
@@ -127,7 +137,7 @@ _L2 = _l2_bytes()
 # 2048 x 128 x 50304, packed 412 MB a call). 2 threads, Zen 4: that dinp 0.90-1.00 -> 1.03-1.12
 # of BLAS, the tiny qkv dweight 0.97-1.00 -> 1.06-1.19, the other N = 128 products within noise.
 _BLOCKING = {
-    "avx512": dict(lanes=16, MR=6, NR=64, MC=288, KC=128, NC=_panel_columns(_L2, 128, 64),
+    "avx512": dict(lanes=16, MR=6, NR=64, MC=288, KC=_KC, NC=_panel_columns(_L2, _KC, 64),
                    BIG_Y=1 << 20, KC_Y=256, NC_Y=1024, IN_PLACE_N=128, SMALL_Y=1 << 16, KC_S=512),
     "avx2": dict(lanes=8, MR=6, NR=16, MC=96, KC=256, NC=2048, BIG_Y=None, KC_Y=256, NC_Y=2048,
                  IN_PLACE_N=32, SMALL_Y=None, KC_S=256),
