@@ -96,30 +96,20 @@ def test_matmul_forward(shape, with_bias):
     check(CPU, "matmul_forward", out=B * T * OC, inp=x, weight=w, bias=b if with_bias else None, B=B, T=T, C=C, OC=OC)
 
 
+@pytest.mark.parametrize("accumulate", [True, False])
 @pytest.mark.parametrize("with_dbias", [True, False])
 @pytest.mark.parametrize("shape", SHAPES, ids=_ids)
-def test_matmul_backward_accumulates(shape, with_dbias):
-    # pre-filled gradients (the harness's): the kernel must add to them (llm.c's +=); no dbias: none
-    # passed; the inputs are read-only (the harness checks them)
-    B, T, C, OC = shape
-    rng = np.random.default_rng(1)
-    x, w, _ = _data(rng, B, T, C, OC)
-    dout = (rng.standard_normal((B, T, OC)) / np.sqrt(OC)).astype(np.float32)
-    check(CPU, "matmul_backward", dinp=B * T * C, dweight=OC * C, dbias=OC if with_dbias else None, dout=dout,
-          inp=x, weight=w, B=B, T=T, C=C, OC=OC)
-
-
-@pytest.mark.parametrize("with_dbias", [True, False])
-@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
-def test_matmul_backward_writes_dweight_and_dbias_without_accumulate(shape, with_dbias):
+def test_matmul_backward(shape, with_dbias, accumulate):
+    # accumulate: pre-filled gradients (the harness's), the kernel must add to them (llm.c's +=);
     # accumulate=False: dweight and dbias start NaN (the harness's written outputs), so a kernel that
-    # reads or misses any element fails; dinp is pre-filled and must still be added to
+    # reads or misses any element fails, and dinp is still added to. No dbias: none passed; the
+    # inputs are read-only (the harness checks them)
     B, T, C, OC = shape
     rng = np.random.default_rng(1)
     x, w, _ = _data(rng, B, T, C, OC)
     dout = (rng.standard_normal((B, T, OC)) / np.sqrt(OC)).astype(np.float32)
     check(CPU, "matmul_backward", dinp=B * T * C, dweight=OC * C, dbias=OC if with_dbias else None, dout=dout,
-          inp=x, weight=w, B=B, T=T, C=C, OC=OC, accumulate=False)
+          inp=x, weight=w, B=B, T=T, C=C, OC=OC, accumulate=accumulate)
 
 
 def test_matmul_backward_written_is_accumulated_into_zeros_bit_for_bit():
@@ -146,8 +136,19 @@ def test_matmul_with_the_big_y_reduction_blocks(kernel, monkeypatch):
         pytest.skip("the packed GEMM's blocking")
     monkeypatch.setitem(mm._GEMMS[kernel].b, "BIG_Y", 0)
     test_matmul_forward((2, 101, 257, 263), True)
-    test_matmul_backward_accumulates((2, 101, 257, 263), False)
-    test_matmul_backward_writes_dweight_and_dbias_without_accumulate((2, 101, 257, 263), True)
+    test_matmul_backward((2, 101, 257, 263), False, True)
+    test_matmul_backward((2, 101, 257, 263), True, False)
+
+
+def test_matmul_with_the_small_y_reduction_blocks(kernel, monkeypatch):
+    """The KC_S blocks of a Y of at most SMALL_Y elements, the threshold raised so that every
+    product takes them: BT = 600, so the dweight sums a whole block of 512 terms and a ragged 88."""
+    if kernel == "portable":
+        pytest.skip("the packed GEMM's blocking")
+    monkeypatch.setitem(mm._GEMMS[kernel].b, "SMALL_Y", 1 << 40)
+    test_matmul_forward((4, 150, 33, 70), True)
+    test_matmul_backward((4, 150, 33, 70), True, True)
+    test_matmul_backward((4, 150, 33, 70), False, False)
 
 
 @pytest.mark.parametrize("shape", SHAPES[2:5] + SHAPES[8:9], ids=_ids)
