@@ -153,8 +153,8 @@ def test_matmul_with_the_small_y_reduction_blocks(kernel, monkeypatch):
 
 @pytest.mark.parametrize("shape", SHAPES[2:5] + SHAPES[8:9], ids=_ids)
 def test_matmul_reads_a_in_place_or_packed_alike(kernel, shape):
-    """A task of at most IN_PLACE_N columns reads A's whole panels in place (and packs a ragged
-    last one); the others pack A. Forced either way, every product gives the same bits."""
+    """A row-major A, or a task of at most IN_PLACE_N columns, reads A's whole panels in place (and
+    packs a ragged last one); the others pack A. Forced either way, every product gives the same bits."""
     if kernel == "portable":
         pytest.skip("the portable loops do not pack")
     B, T, C, OC = shape
@@ -162,8 +162,8 @@ def test_matmul_reads_a_in_place_or_packed_alike(kernel, shape):
     x, w, b = (a.reshape(-1) for a in _data(rng, B, T, C, OC))
     dout = rng.standard_normal(B * T * OC).astype(np.float32)
     got = []
-    for limit in (0, 1 << 30):  # never, always in place
-        g = mm._Gemm(kernel, IN_PLACE_N=limit)
+    for limit, rows in ((0, False), (1 << 30, True)):  # never, always in place
+        g = mm._Gemm(kernel, IN_PLACE_N=limit, IN_PLACE_ROWS=rows)
         out, dinp, dw = np.empty(B * T * OC, np.float32), np.zeros(B * T * C, np.float32), np.zeros(OC * C, np.float32)
         g(out, x, True, w, True, b, B * T, OC, C, mm._BIAS)
         g(dinp, dout, True, w, False, mm._NO_BIAS, B * T, C, OC, mm._ACCUMULATE)

@@ -58,7 +58,9 @@ the same run, while other jobs loaded the cores (absolute GF/s halve under that 
     last panel packed): where a task has one or two strips of Y, packing A is as much traffic as
     the product's own reads of it. 2 threads, Zen 4: tiny lm_head dinp 0.90-1.00 -> 1.03-1.12,
     tiny qkv dweight 0.97-1.00 -> 1.06-1.19, other N = 128 products within noise; at d12's
-    widths (6+ strips a task) no gain, so only tasks of <= 2 strips do it (IN_PLACE_N).
+    widths (6+ strips a task) no gain at KC 128, so only tasks of <= 2 strips do it (IN_PLACE_N).
+    At KC 256, a row-major A in place at any width: d12 dinps +2-6% (1 and 2 threads), forwards
+    within noise (7 of 10 a little faster); dweight's k-major A no change (IN_PLACE_ROWS).
   - KC with the L1: on Zen 4 the 128-long 6x64 strip (32 KiB) already fills L1, so it streams
     from L2 whatever KC is; KC 256 with NC 512 (the panel still half of L2) beat KC 128 / NC 1024
     on every d12 and tiny product at 2 threads (+0-8%; d12 dinps 0.88-0.94 -> 0.95-1.00) and on 5

@@ -28,8 +28,9 @@ written in the GotoBLAS/BLIS structure (loops from the outside in):
                                                (the forward's weight by L × L register transposes)
           for ic in the task's rows by MC:
             pack A[ic:ic+MC, pc:pc+KC] -> Ap   MR-row panels, each KC × MR contiguous, zero-padded
-                                               (a task of at most two strips reads A's whole panels
-                                               in place and packs only a ragged last one)
+                                               (a row-major A, or any A of a task at most two
+                                               strips wide, is read in place: whole panels where
+                                               they lie, only a ragged last one packed)
             for each NR strip:                 (a strip, KC·NR·4 = 32 KiB, is reused from L1)
               for each MR panel:               (the block, MC·KC·4 = 144 KiB, stays in L2)
                 micro-kernel: the MR × NR tile of Y (+)= Ap panel · Bp strip
@@ -136,11 +137,15 @@ _KC = _reduction_block(_L1, 64)
 # strips, so packing costs as much traffic as the product's own reads of A: tiny lm_head dinp,
 # 2048 x 128 x 50304, packed 412 MB a call). 2 threads, Zen 4: that dinp 0.90-1.00 -> 1.03-1.12
 # of BLAS, the tiny qkv dweight 0.97-1.00 -> 1.06-1.19, the other N = 128 products within noise.
+# IN_PLACE_ROWS: a row-major A (forward, dinp) is read in place at any width: its panels are MR
+# rows read along k, as the packed ones are (Zen 4, KC 256: the d12 dinps +2-6% at 1 and 2
+# threads, forwards within noise, 7 of 10 a little faster); a k-major A (dweight) gained nothing.
 _BLOCKING = {
     "avx512": dict(lanes=16, MR=6, NR=64, MC=288, KC=_KC, NC=_panel_columns(_L2, _KC, 64),
-                   BIG_Y=1 << 20, KC_Y=256, NC_Y=1024, IN_PLACE_N=128, SMALL_Y=1 << 16, KC_S=512),
+                   BIG_Y=1 << 20, KC_Y=256, NC_Y=1024, IN_PLACE_N=128, IN_PLACE_ROWS=True,
+                   SMALL_Y=1 << 16, KC_S=512),
     "avx2": dict(lanes=8, MR=6, NR=16, MC=96, KC=256, NC=2048, BIG_Y=None, KC_Y=256, NC_Y=2048,
-                 IN_PLACE_N=32, SMALL_Y=None, KC_S=256),
+                 IN_PLACE_N=32, IN_PLACE_ROWS=False, SMALL_Y=None, KC_S=256),
 }
 # Micro-kernel modes: how the tile meets Y.
 _ACCUMULATE, _OVERWRITE, _BIAS = 0, 1, 2
@@ -362,7 +367,7 @@ class _Gemm:
         big = b["BIG_Y"] is not None and M * N > b["BIG_Y"]
         small = b["SMALL_Y"] is not None and M * N <= b["SMALL_Y"]
         KC, NC = (b["KC_Y"], b["NC_Y"]) if big else (b["KC_S"] if small else b["KC"], b["NC"])
-        in_place = _ceil(N, nparts) <= b["IN_PLACE_N"]
+        in_place = (a_kmaj and b["IN_PLACE_ROWS"]) or _ceil(N, nparts) <= b["IN_PLACE_N"]
         self.core(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, self.Ap, self.Bp, self.tile,
                   mparts, nparts, b["MC"], KC, NC, big, in_place)
 
