@@ -5,7 +5,7 @@ its own process.
     python bench/bench_train.py --models tiny --rounds 2 --steps 3 --kernels avx512,portable --no-compile
 
 A step is forward + backward + AdamW update on a fixed random batch, the same for every contender:
-  - numbagpt: numbagpt.step.train_step (the step every command takes, clipping at 1.0), once per
+  - numbagpt: numbagpt.train.step.train_step (the step every command takes, clipping at 1.0), once per
     matmul kernel in --kernels (NUMBAGPT_MATMUL in the worker; default: the one this CPU runs, then the
     portable loops as the "before" reference);
   - PyTorch eager, written the way a PyTorch user writes GPT-2: nn.Embedding, nn.LayerNorm, nn.Linear,
@@ -119,7 +119,7 @@ def worker(args):
 
     sys.path.insert(0, ROOT)
     from numbagpt.model import GPT2
-    from numbagpt.step import train_step
+    from numbagpt.train.step import train_step
 
     if args.worker == "numbagpt":
         numba.set_num_threads(args.threads)

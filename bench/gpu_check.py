@@ -84,7 +84,7 @@ def train_compare(out_dir, steps, B, T, compare_batch, compare_steps, seed=1337,
     import numpy as np
     from numbagpt.config import preset
     from numbagpt.model import GPT2
-    from numbagpt.step import train_step
+    from numbagpt.train.step import train_step
 
     def step(model, x, y, t, lr=1e-3):
         return train_step(model, [(x, y)], lr=lr, t=t).loss

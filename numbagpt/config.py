@@ -1,5 +1,4 @@
 """GPT-2 model configurations: llm.c's model descriptors, custom shapes, and the padded vocabulary."""
-import glob as globlib
 import os
 import re
 from dataclasses import dataclass
@@ -75,8 +74,9 @@ def descriptor_shape(name):
 
 
 def is_descriptor(name):
-    """True when -e names a descriptor rather than a model file (llm.c: a file ends in .bin)."""
-    return not name.endswith(".bin") and not os.path.isfile(name)
+    """True when -e names a descriptor rather than a model file or a run directory (llm.c: a file
+    ends in .bin)."""
+    return not name.endswith(".bin") and not os.path.exists(name)
 
 
 def preset(name, vocab_size=GPT2_VOCAB):
@@ -109,28 +109,3 @@ def build_config(descriptor="tiny", vocab_size=GPT2_VOCAB, layers=None, heads=No
     if vocab_size <= 0:
         raise ValueError(f"vocabulary size must be positive, got {vocab_size}")
     return GPT2Config(max_seq_len=maxT, vocab_size=vocab_size, num_layers=L, num_heads=NH, channels=C)
-
-
-def tokenizer_next_to(data_glob):
-    """The tokenizer file that prepare_data (and llm.c's dev/data scripts) write beside the shards:
-    NAME_tokenizer.bin for NAME_train*.bin / NAME_val*.bin; else the directory's only *_tokenizer.bin.
-    None when there is none."""
-    files = sorted(globlib.glob(os.fspath(data_glob)))
-    if not files:
-        return None
-    first = files[0]
-    folder, base = os.path.split(first)
-    m = re.match(r"(.*?)_(train|val)(?:_?\d+)?\.bin$", base)
-    if m:
-        candidate = os.path.join(folder, f"{m.group(1)}_tokenizer.bin")
-        if os.path.isfile(candidate):
-            return candidate
-    found = sorted(globlib.glob(os.path.join(folder or ".", "*_tokenizer.bin")))
-    return found[0] if len(found) == 1 else None
-
-
-def tokenizer_vocab_size(path):
-    """V of an llm.c tokenizer .bin: its number of tokens."""
-    from .formats import read_tokenizer_file
-    table, _ = read_tokenizer_file(path)
-    return len(table)

@@ -1,7 +1,7 @@
 """Processes: one, or many under an MPI launcher (mpiexec, mpirun, srun) through mpi4py.
 
 Data parallelism, as llm.c does it: every rank holds the whole model, reads its own slice of each
-step's tokens (numbagpt.data.DataLoader), and the ranks sum their gradients before the update:
+step's tokens (numbagpt.files.data.DataLoader), and the ranks sum their gradients before the update:
 
     ZeRO stage 0   one in-place Allreduce of the flat float32 gradient buffer; every rank runs AdamW on
                    all parameters (same numbers in, same numbers out).
@@ -9,7 +9,7 @@ step's tokens (numbagpt.data.DataLoader), and the ranks sum their gradients befo
                    contiguous 1/R of the flat buffer), keeps AdamW m/v and updates only that shard, then
                    an Allgatherv gives every rank all the updated parameters.
 
-The gradients are summed, not averaged: numbagpt.step.train_step divides the norm by the world size
+The gradients are summed, not averaged: numbagpt.train.step.train_step divides the norm by the world size
 and folds 1/world_size into AdamW's grad_scale (no extra pass over the buffer), so the update is that
 of the mean gradient — the gradient one process would get from the whole batch.
 

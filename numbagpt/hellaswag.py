@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .atomic import atomic_write
+from .files.atomic import atomic_write
 
 MAGIC = 20240522
 VERSION = 1

@@ -173,3 +173,17 @@ def check_fits(need, B, what, flag="-b", override="--no-memory-check", available
     raise MemoryCheckError(f"not enough memory for {what}: it needs {format_bytes(total)}, "
                            f"{format_bytes(available)} is available ({where}); {hint}; "
                            f"{override} to try anyway")
+
+
+def check_model_fits(cfg, B, T, backend, name, ranks=1, extra=0, **estimate):
+    """check_fits for a GPT-2 of `cfg` training on batches of (B, T) (memory_estimate's buffers, with
+    `estimate`'s keywords: optimizer_params, recompute), plus `extra` bytes; `ranks` processes on
+    this host share its memory when the buffers are in host memory. `name` says which model (-e)."""
+    from .layout import memory_estimate
+
+    ranks = ranks if host_buffers(backend) else 1   # else a device per rank
+
+    def need(b):
+        return ranks * memory_estimate(cfg, b, T, **estimate)["total"] + extra
+    on_host = f" x {ranks} ranks on this host" if ranks > 1 else ""
+    return check_fits(need, B, f"{name} with B={B} T={T}{on_host}", backend=backend)

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from . import formats
+from .files import formats
 from .backend import get_backend
 from .config import GPT2Config, preset
 from .layout import activation_layout, parameter_layout

@@ -97,7 +97,7 @@ def plot_logs(paths, out_png, labels=None, tokens_per_step=None, title=None):
     fig.tight_layout()
     import io
 
-    from .atomic import write_bytes
+    from .files.atomic import write_bytes
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=100)
     plt.close(fig)

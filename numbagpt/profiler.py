@@ -19,7 +19,7 @@ import numpy as np
 # The cost model and the memory accounting, importable from here too (numbagpt.profiler.kernel_cost).
 from .costs import HELPERS, KERNEL_COSTS, family, kernel_cost, model_flops_per_token  # noqa: F401
 from .layout import allocated_bytes  # noqa: F401
-from .step import train_step
+from .train.step import train_step
 
 TIMERS = ("cpu", "events", "sync")
 
@@ -27,7 +27,7 @@ TIMERS = ("cpu", "events", "sync")
 class TimingBackend:
     """A stand-in for a backend module that times every kernel and memory-helper call.
 
-    Calls are recorded only while `phase` is not None (numbagpt.step.train_step sets it, through
+    Calls are recorded only while `phase` is not None (numbagpt.train.step.train_step sets it, through
     `set_phase`, to "forward", "zero_grad", "backward" or "update"); otherwise they pass straight
     through. `stats` maps (name, phase) to [calls, ns, flops, bytes], summed until `reset()`. Every
     other attribute (NAME, synchronize, ...) is the wrapped backend's own.

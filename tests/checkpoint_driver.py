@@ -11,9 +11,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from numbagpt import checkpoint  # noqa: E402
 from numbagpt.config import GPT2Config  # noqa: E402
-from numbagpt.formats import write_model  # noqa: E402
+from numbagpt.files.formats import write_model  # noqa: E402
 from numbagpt.layout import num_parameters  # noqa: E402
-from numbagpt.outlier import SpikeGuard  # noqa: E402
+from numbagpt.train.outlier import SpikeGuard  # noqa: E402
 
 CONFIG = GPT2Config(max_seq_len=8, vocab_size=16, num_layers=1, num_heads=1, channels=8)
 N = num_parameters(CONFIG)

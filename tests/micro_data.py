@@ -2,9 +2,9 @@
 for its vocabulary (the bin/train_gpt2 tests), and random-token shards for the micro fixture model."""
 import numpy as np
 
-from numbagpt import data, formats
+from numbagpt.files import data, formats
 from numbagpt.config import GPT2Config
-from numbagpt.formats import write_shard
+from numbagpt.files.formats import write_shard
 from numbagpt.model import GPT2
 
 

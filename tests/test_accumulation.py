@@ -17,9 +17,9 @@ import sys
 import numpy as np
 import pytest
 
-from numbagpt.formats import read_model
+from numbagpt.files.formats import read_model
 from numbagpt.model import GPT2
-from numbagpt.step import train_step
+from numbagpt.train.step import train_step
 
 from micro_data import token_shards
 

@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from numbagpt import atomic, formats
+from numbagpt.files import atomic, formats
 from numbagpt.cli import prepare
 from numbagpt.config import GPT2Config
 from numbagpt.layout import num_parameters
@@ -26,7 +26,7 @@ def _write_model_in(path, preexec=None, wrap=None):
         import sys
         sys.path.insert(0, {ROOT!r})
         import numpy as np
-        from numbagpt import formats
+        from numbagpt.files import formats
         from numbagpt.config import GPT2Config
         cfg = GPT2Config(max_seq_len=8, vocab_size=1000, num_layers=1, num_heads=1, channels=32)
         try:

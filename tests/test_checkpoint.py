@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 import checkpoint_driver as drv
-from numbagpt import checkpoint, formats
-from numbagpt.formats import HEADER_BYTES
-from numbagpt.outlier import WINDOW, SpikeGuard
+from numbagpt.train import checkpoint
+from numbagpt.files import formats
+from numbagpt.files.formats import HEADER_BYTES
+from numbagpt.train.outlier import WINDOW, SpikeGuard
 
 DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoint_driver.py")
 MODEL_BYTES = HEADER_BYTES + 4 * drv.N

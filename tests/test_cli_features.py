@@ -7,12 +7,12 @@ import re
 import numpy as np
 import pytest
 
-from numbagpt import data, formats
+from numbagpt.files import data, formats
 from numbagpt.cli import HelpFormatter, train
 from numbagpt.config import GPT2Config
-from numbagpt.formats import write_shard
+from numbagpt.files.formats import write_shard
 from numbagpt.model import GPT2
-from numbagpt.tokenizer import CharTokenizer
+from numbagpt.files.tokenizer import CharTokenizer
 
 FAST = ["-v", "0", "-g", "0", "--omp-threads", "1"]
 

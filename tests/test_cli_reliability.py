@@ -13,7 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from numbagpt import checkpoint, formats
+from numbagpt.train import checkpoint
+from numbagpt.files import formats
 from numbagpt.cli import test as test_cli
 from numbagpt.cli import train
 from numbagpt.config import GPT2Config

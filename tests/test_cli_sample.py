@@ -8,7 +8,7 @@ import pytest
 from numbagpt.cli.sample import main
 from numbagpt.config import GPT2Config
 from numbagpt.model import GPT2
-from numbagpt.tokenizer import CharTokenizer, GPT2Tokenizer
+from numbagpt.files.tokenizer import CharTokenizer, GPT2Tokenizer
 
 
 def make_model(path, V, seed=0):

@@ -5,7 +5,7 @@ import shutil
 
 import numpy as np
 
-from numbagpt import formats
+from numbagpt.files import formats
 from numbagpt.cli import test as test_gpt2
 from numbagpt.layout import parameter_layout
 

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from numbagpt import formats
+from numbagpt.files import formats
 from numbagpt.cli import train
 
 from micro_data import play_corpus

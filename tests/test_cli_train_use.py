@@ -6,7 +6,8 @@ import re
 import numpy as np
 import pytest
 
-from numbagpt import data, formats, generate, hellaswag
+from numbagpt.files import data, formats
+from numbagpt import generate, hellaswag
 from numbagpt.cli import sample, train
 from numbagpt.config import GPT2Config
 from numbagpt.model import GPT2

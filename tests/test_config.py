@@ -3,9 +3,8 @@ import os
 
 import pytest
 
-from numbagpt.config import (GPT2_VOCAB, build_config, descriptor_shape, is_descriptor, pad_vocab, preset,
-                             tokenizer_next_to, tokenizer_vocab_size)
-from numbagpt.tokenizer import CharTokenizer
+from numbagpt.config import GPT2_VOCAB, build_config, descriptor_shape, is_descriptor, pad_vocab, preset
+from numbagpt.files.tokenizer import CharTokenizer, tokenizer_next_to, tokenizer_vocab_size
 
 
 # llm.c's train_gpt2.cu, gpt2_set_hyperparameters / gpt3_set_hyperparameters, written out.

@@ -94,7 +94,7 @@ class Recorder:
 def test_step_calls_match_the_model(recompute):
     from numbagpt.config import GPT2Config
     from numbagpt.model import GPT2
-    from numbagpt.step import train_step
+    from numbagpt.train.step import train_step
     cfg = GPT2Config(max_seq_len=8, vocab_size=37, num_layers=2, num_heads=2, channels=16)
     B, T = 2, 4
     rec = Recorder()

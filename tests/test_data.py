@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from numbagpt.cli.prepare import main as prepare_main
-from numbagpt.data import DataLoader, builtin_text, ensure_builtin_data, prepare
-from numbagpt.formats import FormatError, open_shard, read_shard_header, read_tokenizer_file, write_shard
-from numbagpt.tokenizer import CharTokenizer, GPT2Tokenizer, load_tokenizer
+from numbagpt.files.data import DataLoader, builtin_text, ensure_builtin_data, prepare
+from numbagpt.files.formats import FormatError, open_shard, read_shard_header, read_tokenizer_file, write_shard
+from numbagpt.files.tokenizer import CharTokenizer, GPT2Tokenizer, load_tokenizer
 
 
 def _shards(tmp_path, sizes, start=0):

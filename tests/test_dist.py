@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from numbagpt import dist
-from numbagpt.data import DataLoader
-from numbagpt.formats import read_model, read_state, read_state_header, write_model, write_shard, write_state
+from numbagpt.files.data import DataLoader
+from numbagpt.files.formats import read_model, read_state, read_state_header, write_model, write_shard, write_state
 
 from micro_data import token_shards
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from numbagpt.config import GPT2Config
-from numbagpt.formats import (
+from numbagpt.files.formats import (
     HEADER_BYTES, FormatError, open_shard, read_debug_state, read_model, read_shard_header, read_state,
     read_tokenizer_file, write_debug_state, write_model, write_shard, write_state, write_tokenizer_file)
 from numbagpt.layout import num_parameters

@@ -51,7 +51,7 @@ def test_export_loads_in_transformers_with_equal_logits(tmp_path):
     assert np.abs(ours).max() > 1.0
     np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-4)
     # the tokenizer files: AutoTokenizer encodes as numbagpt's GPT-2 tokenizer does
-    from numbagpt.tokenizer import GPT2Tokenizer
+    from numbagpt.files.tokenizer import GPT2Tokenizer
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     text = "ROMEO: But soft, what light through yonder window breaks?\n  It is the east."
     assert tok(text)["input_ids"] == GPT2Tokenizer().encode(text)

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from numbagpt.outlier import WINDOW, OutlierDetector, SpikeGuard
+from numbagpt.train.outlier import WINDOW, OutlierDetector, SpikeGuard
 
 
 def test_window_is_llmc_128():

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import numbagpt.cpu as cpu
-from numbagpt import formats, layout, profiler
+from numbagpt.files import formats
+from numbagpt import layout, profiler
 from numbagpt.config import GPT2Config
 from numbagpt.model import GPT2
 

@@ -8,7 +8,7 @@ from numbagpt.config import GPT2Config, preset
 from numbagpt.layout import memory_estimate
 from numbagpt.model import GPT2
 from numbagpt.profiler import allocated_bytes
-from numbagpt.step import train_step
+from numbagpt.train.step import train_step
 
 CFG = GPT2Config(max_seq_len=16, vocab_size=61, num_layers=3, num_heads=2, channels=16)
 

@@ -10,7 +10,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from numbagpt import formats, memory, rundir
+from numbagpt.files import formats
+from numbagpt import memory
+from numbagpt.train import rundir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,7 +21,7 @@ def hold_lock(directory):
     code = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {ROOT!r})
-        from numbagpt import rundir
+        from numbagpt.train import rundir
         lock = rundir.lock_dir({str(directory)!r})
         print("locked", flush=True)
         time.sleep(120)

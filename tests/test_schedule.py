@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from numbagpt.schedule import SCHEDULES, LRSchedule
+from numbagpt.train.schedule import SCHEDULES, LRSchedule
 
 # peak 1.0, 10 warmup steps, 110 steps, decay to 0.1: the decay spans steps 10..110 (100 steps).
 LR, WARMUP, STEPS, FRAC = 1.0, 10, 110, 0.1

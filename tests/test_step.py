@@ -1,4 +1,4 @@
-"""numbagpt.step.train_step: the one training step. Against the model's own primitives and NumPy:
+"""numbagpt.train.step.train_step: the one training step. Against the model's own primitives and NumPy:
 the step equals forward/zero_grad/backward/update by hand, micro-batches average like one batch of
 all their rows, clipping scales the update to the clip norm, and a diverged step stops before it
 updates anything."""
@@ -8,7 +8,7 @@ import pytest
 from numbagpt.config import GPT2Config
 from numbagpt.dist import CollectiveError
 from numbagpt.model import GPT2
-from numbagpt.step import clip_scale, train_step
+from numbagpt.train.step import clip_scale, train_step
 
 CFG = GPT2Config(max_seq_len=8, vocab_size=37, num_layers=2, num_heads=2, channels=12, padded_vocab_size=48)
 B, T = 2, 6

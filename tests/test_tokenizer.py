@@ -1,8 +1,8 @@
 """GPT-2 BPE (offline tiktoken), the char tokenizer, and llm.c's tokenizer .bin."""
 import pytest
 
-from numbagpt.formats import read_tokenizer_file, write_tokenizer_file
-from numbagpt.tokenizer import (
+from numbagpt.files.formats import read_tokenizer_file, write_tokenizer_file
+from numbagpt.files.tokenizer import (
     BytesTokenizer, CharTokenizer, GPT2Tokenizer, get_tokenizer, gpt2_encoding, load_tokenizer)
 
 SAMPLE = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"

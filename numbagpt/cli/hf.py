@@ -30,7 +30,7 @@ def _command(prog, description, positionals, argv, run):
 
 def export_main(argv=None):
     def run(args):
-        from ..hf import export_hf
+        from ..files.hf import export_hf
         return f"wrote {args.out_dir}: {', '.join(export_hf(args.model, args.out_dir))}"
     return _command("export_hf", EXPORT_DESCRIPTION,
                     [("model", "MODEL_BIN", "llm.c model file (float32 or bfloat16)"),
@@ -39,7 +39,7 @@ def export_main(argv=None):
 
 def import_main(argv=None):
     def run(args):
-        from ..hf import import_hf
+        from ..files.hf import import_hf
         return f"wrote {args.model}: {import_hf(args.hf_dir, args.model).describe()}"
     return _command("import_hf", IMPORT_DESCRIPTION,
                     [("hf_dir", "DIR", "Hugging Face GPT-2 directory (config.json, model.safetensors)"),

@@ -3,7 +3,7 @@ import argparse
 import os
 import sys
 
-from ..data import BUILTIN_NAME, builtin_data_dir, ensure_builtin_data, prepare
+from ..files.data import BUILTIN_NAME, builtin_data_dir, ensure_builtin_data, prepare
 
 DESCRIPTION = """\
 Tokenize text into llm.c's formats: <NAME>_train.bin and <NAME>_val.bin (uint16 token shards)
@@ -46,7 +46,7 @@ def main(argv=None):
         sys.exit(f"prepare_data: --val-fraction must be between 0 and 1, got {args.val_fraction}")
     try:
         if not args.files:
-            from ..data import builtin_text
+            from ..files.data import builtin_text
             if args.out_dir is None and args.name is None:
                 if args.val_fraction != 0.1:
                     sys.exit("prepare_data: the cached built-in corpus uses --val-fraction 0.1; "

@@ -2,7 +2,7 @@
 
 Builds a model (a preset from scratch, or a model file), draws seeded random tokens, runs warm-up steps
 (the first compiles every kernel; its time is reported apart), then timed steps — forward, zero_grad,
-backward, grad norm, AdamW update: numbagpt.step.train_step, as bin/train_gpt2 takes it — with every
+backward, grad norm, AdamW update: numbagpt.train.step.train_step, as bin/train_gpt2 takes it — with every
 kernel call timed through numbagpt.profiler.TimingBackend. Then builds the report from those
 measurements (`build_report`; its JSON schema is REPORT_KEYS) and prints it (`format_report`).
 docs/profiling.md explains the columns and the formulas.
@@ -77,7 +77,8 @@ def main(argv=None):
 def run(args):
     import numba
 
-    from numbagpt import atomic, formats, memory, profiler
+    from numbagpt.files import atomic, formats
+    from numbagpt import memory, profiler
     from numbagpt.backend import get_backend
     from numbagpt.config import is_descriptor, preset
     from numbagpt.layout import format_memory

@@ -40,44 +40,6 @@ def build_parser():
     return p
 
 
-def resolve_model(path):
-    """A model file path from -e: the file itself, or a directory's latest checkpoint / newest model."""
-    if not os.path.isdir(path):
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path}: no such model file or directory (-e)")
-        return path
-    from numbagpt import checkpoint
-    step = checkpoint.latest_step(path)
-    if step is not None and os.path.isfile(checkpoint.model_path(path, step)):
-        return checkpoint.model_path(path, step)
-    models = sorted(glob.glob(os.path.join(path, "model_*.bin")))
-    if not models:
-        raise FileNotFoundError(f"{path}: no model_*.bin in this directory (-e takes a model file or a "
-                                f"train_gpt2 output directory)")
-    return models[-1]
-
-
-def find_tokenizer(explicit, model_path, vocab_size):
-    """The tokenizer to decode a model of vocab_size tokens (see --tokenizer)."""
-    from numbagpt import data, tokenizer
-    if explicit:
-        tok = tokenizer.load_tokenizer(explicit)
-        if tok.vocab_size != vocab_size:
-            raise ValueError(f"{explicit}: a {tok.vocab_size}-token tokenizer, the model has {vocab_size} tokens")
-        return tok
-    near = sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(model_path)), "*tokenizer*.bin")))
-    builtin = [os.path.join(data.builtin_data_dir(tokenizer=name), f"{data.BUILTIN_NAME}_tokenizer.bin")
-               for name in ("char",)]
-    for path in near + (["gpt2"] if vocab_size == tokenizer.GPT2_VOCAB_SIZE else []) + builtin:
-        if path == "gpt2":
-            return tokenizer.GPT2Tokenizer()
-        if os.path.isfile(path):
-            tok = tokenizer.load_tokenizer(path)
-            if tok.vocab_size == vocab_size:
-                return tok
-    raise ValueError(f"no tokenizer for a {vocab_size}-token vocabulary next to {model_path}: pass --tokenizer FILE")
-
-
 def check_args(args):
     for name in ("gen_tokens", "num_samples"):
         if getattr(args, name) <= 0:

@@ -69,11 +69,11 @@ def main(argv=None):
 def run(args):
     import numpy as np
 
-    from numbagpt import formats
+    from numbagpt.files import formats
     from numbagpt.backend import get_backend
     from numbagpt.layout import PARAMETER_NAMES
     from numbagpt.model import GPT2
-    from numbagpt.step import train_step
+    from numbagpt.train.step import train_step
 
     if args.omp_threads is not None:
         use_threads(args.omp_threads)

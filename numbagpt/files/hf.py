@@ -33,8 +33,8 @@ import numpy as np
 
 from . import formats
 from .atomic import write_bytes, write_text
-from .config import GPT2Config, pad_vocab
-from .layout import parameter_layout
+from ..config import GPT2Config, pad_vocab
+from ..layout import parameter_layout
 
 PREFIX = "transformer."
 TRANSPOSED = {"qkvw": "attn.c_attn.weight", "attprojw": "attn.c_proj.weight",

@@ -258,7 +258,7 @@ def prepare(out_dir, source, tokenizer="gpt2", val_fraction=0.1, name="data", do
     Split: the validation shard is the FIRST round(val_fraction * N) tokens, the train shard the rest,
     as llm.c's tinyshakespeare.py (its first 32768 tokens, about 10%).
     tokenizer: 'gpt2', 'char' (vocabulary = the characters of the text) or a Tokenizer.
-    Each file is written atomically (numbagpt.atomic), so a file that exists is complete.
+    Each file is written atomically (numbagpt.files.atomic), so a file that exists is complete.
     Returns {'train': path, 'val': path, 'tokenizer': path}.
     """
     t0 = time.time()
@@ -351,4 +351,27 @@ def ensure_builtin_data(cache_dir=None, tokenizer="gpt2", force=False, verbose=T
 
 
 __all__ = ["DataLoader", "builtin_play_files", "builtin_text", "prepare", "default_cache_dir",
-           "builtin_data_dir", "ensure_builtin_data"]
+           "builtin_data_dir", "ensure_builtin_data", "find_tokenizer"]
+
+
+def find_tokenizer(explicit, model_path, vocab_size):
+    """The tokenizer to decode a model of vocab_size tokens: `explicit` (a tokenizer file, which must
+    fit), else a tokenizer .bin next to the model file that fits, else GPT-2's BPE for a 50257-token
+    model, else the built-in char data's."""
+    from . import tokenizer
+    if explicit:
+        tok = tokenizer.load_tokenizer(explicit)
+        if tok.vocab_size != vocab_size:
+            raise ValueError(f"{explicit}: a {tok.vocab_size}-token tokenizer, the model has {vocab_size} tokens")
+        return tok
+    near = sorted(globlib.glob(os.path.join(os.path.dirname(os.path.abspath(model_path)), "*tokenizer*.bin")))
+    builtin = [os.path.join(builtin_data_dir(tokenizer=name), f"{BUILTIN_NAME}_tokenizer.bin")
+               for name in ("char",)]
+    for path in near + (["gpt2"] if vocab_size == tokenizer.GPT2_VOCAB_SIZE else []) + builtin:
+        if path == "gpt2":
+            return tokenizer.GPT2Tokenizer()
+        if os.path.isfile(path):
+            tok = tokenizer.load_tokenizer(path)
+            if tok.vocab_size == vocab_size:
+                return tok
+    raise ValueError(f"no tokenizer for a {vocab_size}-token vocabulary next to {model_path}: pass --tokenizer FILE")

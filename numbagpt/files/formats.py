@@ -15,8 +15,8 @@ import os
 import numpy as np
 
 from .atomic import atomic_write
-from .config import GPT2Config
-from .layout import num_parameters
+from ..config import GPT2Config
+from ..layout import num_parameters
 
 HEADER_INTS = 256
 HEADER_BYTES = 4 * HEADER_INTS
@@ -342,7 +342,7 @@ DETECTOR_HEAD = 40                       # int64 window, count, index; float64 s
 
 
 def _encode_detectors(detectors):
-    """The outlier detectors' states (numbagpt.outlier.OutlierDetector.get_state(), in order) as
+    """The outlier detectors' states (numbagpt.train.outlier.OutlierDetector.get_state(), in order) as
     bytes: per detector int64 window W, count, index, float64 sum, sum of squares, then W float64
     values. float64 as the detector keeps them, so a resumed run scores every step exactly alike."""
     parts = []

@@ -5,17 +5,18 @@
                           run record (every rank)
     DONE_%08d             empty, written last: the checkpoint is complete
 
-Every file is written atomically (numbagpt.atomic): it exists complete or not at all. DONE is written
+Every file is written atomically (numbagpt.files.atomic): it exists complete or not at all. DONE is written
 after every rank's files, so a checkpoint with a DONE file has all of them; and a step whose DONE
 exists is never written again (the final model of a run that ends on a checkpoint step is that
 checkpoint's model file). Resume (`select`) takes the newest checkpoint whose files all verify —
 header, and length from the header — and says why it skipped any newer one.
 """
+import glob
 import os
 import re
 
-from . import formats
-from .atomic import write_bytes
+from ..files import formats
+from ..files.atomic import write_bytes
 
 
 def model_path(out_dir, step):
@@ -83,9 +84,26 @@ def select(out_dir):
     return None, None, notes
 
 
+def resolve_model(path, flag="-e"):
+    """The model file `path` names (-e of every command): a model file itself, or a train_gpt2 output
+    directory's model: its newest complete checkpoint's, else its newest model_*.bin."""
+    if not os.path.isdir(path):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: no such model file or directory ({flag})")
+        return path
+    step = select(path)[0]
+    if step is not None:
+        return model_path(path, step)
+    models = sorted(glob.glob(os.path.join(glob.escape(path), "model_*.bin")))
+    if not models:
+        raise FileNotFoundError(f"{path}: no model_*.bin in this directory ({flag} takes a model file or a "
+                                f"train_gpt2 output directory)")
+    return models[-1]
+
+
 def save(out_dir, step, model, world, loader, seed, run=None, guard=None):
     """Every rank writes its state file (the AdamW moments of its optimizer shard, the data position,
-    the spike guard's windows: `guard`, a numbagpt.outlier.SpikeGuard, the same on every rank); rank 0
+    the spike guard's windows: `guard`, a numbagpt.train.outlier.SpikeGuard, the same on every rank); rank 0
     the model file and then, after all are written, DONE. `run` is the run record kept in every state
     header. A step whose DONE file exists is not rewritten: returns False then (the same on every rank)."""
     done = os.path.exists(done_path(out_dir, step)) if world.is_master else None

