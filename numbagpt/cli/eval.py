@@ -49,8 +49,8 @@ def run(args, world):
 
     from numbagpt import hellaswag
     from numbagpt.backend import get_backend
-    from numbagpt.cli.sample import resolve_model
     from numbagpt.model import GPT2
+    from numbagpt.train.checkpoint import resolve_model
 
     use_threads(args.omp_threads or max(1, numba.config.NUMBA_NUM_THREADS // world.local_size))
     backend = get_backend(args.device)

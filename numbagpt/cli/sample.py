@@ -5,12 +5,10 @@ attention per new token); --no-cache recomputes the whole context per token, as 
 """
 import argparse
 import codecs
-import glob
-import os
 import sys
 import time
 
-from numbagpt.cli import HelpFormatter, reserve_threads, use_threads
+from numbagpt.cli import HelpFormatter, run_command, use_threads
 
 
 def build_parser():
@@ -72,20 +70,17 @@ def read_prompt(args, tok):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     check_args(args)
-    reserve_threads(args.omp_threads)
-    try:
-        return sample(args)
-    except (ValueError, OSError, RuntimeError) as e:
-        print(f"sample_gpt2: error: {e}", file=sys.stderr)
-        return 1
+    return run_command("sample_gpt2", sample, args)
 
 
 def sample(args):
     import numba
     import numpy as np
 
+    from numbagpt.files.data import find_tokenizer
     from numbagpt.generate import Decoder, generate
     from numbagpt.model import GPT2
+    from numbagpt.train.checkpoint import resolve_model
 
     use_threads(args.omp_threads or numba.config.NUMBA_NUM_THREADS)
     path = resolve_model(args.model)

@@ -1,0 +1,59 @@
+"""numbagpt's Python API: the functions the commands are built on (docs/api.md).
+
+    from numbagpt.api import TrainConfig, evaluate, load_model, sample, train
+    result = train(TrainConfig(max_steps=20, output_dir="out_api"))   # bin/train_gpt2 -x 20 -o out_api
+    model = load_model("out_api")                                      # a run directory, a file or a descriptor
+    print(sample(model, "ROMEO:", tokens=40, seed=7))                  # bin/sample_gpt2 -e out_api ...
+
+Every function takes what its command's flags take and raises a ValueError (OSError for a file) with
+the one-line message the command prints.
+"""
+import numpy as np
+
+from .config import GPT2_VOCAB, is_descriptor, preset
+from .files import data
+from .files.hf import export_hf, import_hf
+from .model import GPT2
+from .train import TrainConfig, TrainResult, train
+from .train.checkpoint import resolve_model
+
+__all__ = ["TrainConfig", "TrainResult", "train", "load_model", "save_model", "sample", "evaluate",
+           "export_hf", "import_hf", "resolve_model"]
+
+
+def load_model(spec, device="cpu", recompute=0, seed=1337, vocab_size=GPT2_VOCAB):
+    """A GPT2 on `device` from `spec`: an llm.c model file (.bin, v3 float32 or v5 bfloat16), a
+    train_gpt2 output directory (its newest complete checkpoint's model, else its newest model_*.bin),
+    or a descriptor (tiny, d12, ...: built from scratch, seeded, with `vocab_size` tokens)."""
+    if is_descriptor(spec):
+        model = GPT2(preset(spec, vocab_size), backend=device, recompute=recompute)
+        model.init_weights(seed)
+        return model
+    return GPT2.from_file(resolve_model(spec), backend=device, recompute=recompute)
+
+
+def save_model(model, path):
+    """Write `model`'s parameters as an llm.c float32 model file (version 3), atomically."""
+    model.save(path)
+
+
+def sample(model, prompt="", tokens=128, *, tokenizer=None, model_file=None, temperature=1.0, top_k=None,
+           top_p=1.0, seed=1337):
+    """`prompt` and `tokens` new tokens after it, decoded, as bin/sample_gpt2 prints one sample (KV
+    cache). `tokenizer`: a tokenizer file; by default the one found next to `model_file` (or the
+    built-in ones) that fits the model's vocabulary."""
+    from .generate import generate
+
+    tok = data.find_tokenizer(tokenizer, model_file or ".", model.config.vocab_size)
+    ids = tok.encode(prompt) if prompt else [tok.eot_token if tok.eot_token is not None else 0]
+    rng = np.random.default_rng(seed)
+    new = list(generate(model, ids, tokens, rng, temperature=temperature, top_k=top_k, top_p=top_p))
+    return prompt + tok.decode(new)
+
+
+def evaluate(model, eval_file, batch_size=32):
+    """(correct, total): acc_norm of `model` on an llm.c multiple-choice eval file (HellaSwag), as
+    bin/eval_gpt2 computes it in one process."""
+    from . import hellaswag
+    examples = hellaswag.read_eval_file(eval_file)
+    return hellaswag.evaluate(model, examples, None, batch_size)
