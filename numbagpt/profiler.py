@@ -19,6 +19,7 @@ import numpy as np
 # The cost model and the memory accounting, importable from here too (numbagpt.profiler.kernel_cost).
 from .costs import HELPERS, KERNEL_COSTS, family, kernel_cost, model_flops_per_token  # noqa: F401
 from .layout import allocated_bytes  # noqa: F401
+from .report import REPORT_KEYS, build_report, format_report, report_to_json  # noqa: F401 (the report, here too)
 from .train.step import train_step
 
 TIMERS = ("cpu", "events", "sync")
@@ -285,7 +286,7 @@ def _check(model, B, T, steps, warmup):
 
 def measure(model, proxy, B, T, *, steps=3, warmup=1, baseline_steps=None, seed=1337):
     """Warm-up steps, then `steps` timed ones interleaved with `baseline_steps` untimed ones, on random
-    tokens (seeded). Returns the measurements, the raw material of cli.profile.build_report."""
+    tokens (seeded). Returns the measurements, the raw material of report.build_report."""
     _check(model, B, T, steps, warmup)
     baseline_steps = steps if baseline_steps is None else baseline_steps
     tokens = np.random.default_rng(seed).integers(0, model.config.vocab_size, size=(B, T + 1), dtype=np.int32)
@@ -345,6 +346,3 @@ def profile_model(model, proxy, B, T, *, steps=3, warmup=1, baseline_steps=None,
     m["timer"], m["device"], m["device_name"] = proxy.timer, raw.NAME, raw.device_name()
     return build_report(model, B, T, m, model_name=model_name)
 
-
-# The report and its printed table, importable from here too (numbagpt.profiler.format_report).
-from .cli.profile import REPORT_KEYS, build_report, format_report, report_to_json  # noqa: E402, F401
