@@ -9,7 +9,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from numbagpt import checkpoint  # noqa: E402
+from numbagpt.train import checkpoint  # noqa: E402
 from numbagpt.config import GPT2Config  # noqa: E402
 from numbagpt.files.formats import write_model  # noqa: E402
 from numbagpt.layout import num_parameters  # noqa: E402

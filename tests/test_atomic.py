@@ -92,7 +92,7 @@ def test_writes_are_complete_and_leave_no_temporary(tmp_path):
 def test_the_crash_hook_kills_at_its_offset(tmp_path, point, size):
     path = tmp_path / "model.bin"
     env = dict(os.environ, NUMBAGPT_TEST_CRASH=f"model.*@{point}")
-    code = (f"import sys; sys.path.insert(0, {ROOT!r}); import numpy as np; from numbagpt import formats; "
+    code = (f"import sys; sys.path.insert(0, {ROOT!r}); import numpy as np; from numbagpt.files import formats; "
             f"from numbagpt.config import GPT2Config; formats.write_model({str(path)!r}, GPT2Config(8, 1000, 1, 1, 32), "
             f"np.ones({N}, dtype=np.float32))")
     r = subprocess.run([sys.executable, "-c", code], env=env, timeout=120)

@@ -13,7 +13,7 @@ st = pytest.importorskip("safetensors.numpy")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from numbagpt import hf  # noqa: E402
+from numbagpt.files import hf  # noqa: E402
 from numbagpt.cli.hf import export_main, import_main  # noqa: E402
 
 V = 50257

@@ -69,3 +69,39 @@ def check_range(prog, value, flag, low=None, high=None, low_open=False, allow_no
         else:
             want = f"<= {high:g}"
         raise SystemExit(f"{prog}: error: {flag} must be {want}, got {value}")
+
+
+def model_config(spec, vocab_size=None):
+    """(config, path): what -e names, from the file header alone (nothing allocated): a descriptor
+    (path None: built from scratch, with GPT-2's vocabulary or `vocab_size`), a model file, or a
+    train_gpt2 output directory's model (checkpoint.resolve_model)."""
+    from numbagpt.config import GPT2_VOCAB, is_descriptor, preset
+    from numbagpt.files import formats
+    from numbagpt.train.checkpoint import resolve_model
+
+    if is_descriptor(spec):
+        return preset(spec, vocab_size or GPT2_VOCAB), None
+    path = resolve_model(spec, "-e")
+    return formats.read_model_header(path)[0], path
+
+
+def open_model(spec, backend, B, T, *, recompute=0, seed=1337, memory_check=True):
+    """The model -e names on `backend` (a descriptor initialised with `seed`, a file, a run directory),
+    for training steps on batches of (B, T): T checked against maxT, and the memory its buffers take
+    against what the device has (memory.check_model_fits) before anything is allocated.
+    Returns (model, path: None for a descriptor)."""
+    from numbagpt.files import formats
+    from numbagpt.memory import check_model_fits
+    from numbagpt.model import GPT2
+
+    config, path = model_config(spec)
+    if T > config.max_seq_len:
+        raise ValueError(f"-t/--seq-len {T} exceeds the model's max_seq_len {config.max_seq_len}")
+    if memory_check:  # before anything big is allocated (on the device, for a GPU)
+        check_model_fits(config, B, T, backend, spec, recompute=recompute)
+    model = GPT2(config, backend=backend, recompute=recompute)
+    if path is None:
+        model.init_weights(seed)
+    else:
+        model.load_parameters(formats.read_model(path)[1])
+    return model, path

@@ -8,9 +8,8 @@ measurements (`build_report`; its JSON schema is REPORT_KEYS) and prints it (`fo
 docs/profiling.md explains the columns and the formulas.
 """
 import argparse
-import os
 
-from numbagpt.cli import HelpFormatter, run_command, use_threads
+from numbagpt.cli import HelpFormatter, model_config, open_model, run_command, use_threads
 from numbagpt.config import DESCRIPTOR_HELP
 from numbagpt.layout import memory_estimate
 
@@ -24,7 +23,8 @@ def build_parser():
                     "the measured RSS. See docs/profiling.md.",
         formatter_class=HelpFormatter)
     p.add_argument("-e", "--model", default="tiny",
-                   help="model .bin file, or a descriptor built from scratch: " + DESCRIPTOR_HELP)
+                   help="model .bin file or train_gpt2 output directory (its latest checkpoint's model), or a "
+                        "descriptor built from scratch: " + DESCRIPTOR_HELP)
     p.add_argument("-b", "--batch-size", type=int, default=8, help="B, sequences per step")
     p.add_argument("-t", "--seq-len", type=int, default=256, help="T, tokens per sequence")
     p.add_argument("-r", "--recompute", type=int, choices=(0, 1, 2), default=1,
@@ -74,12 +74,10 @@ def main(argv=None):
 def run(args):
     import numba
 
-    from numbagpt.files import atomic, formats
-    from numbagpt import memory, profiler
+    from numbagpt import profiler
     from numbagpt.backend import get_backend
-    from numbagpt.config import is_descriptor, preset
+    from numbagpt.files import atomic
     from numbagpt.layout import format_memory
-    from numbagpt.model import GPT2
 
     if args.omp_threads is not None:
         use_threads(args.omp_threads)
@@ -87,32 +85,15 @@ def run(args):
 
     proxy = profiler.TimingBackend(get_backend(args.device))
 
-    if is_descriptor(args.model):
-        config = preset(args.model)
-    elif os.path.exists(args.model):
-        config = formats.read_model_header(args.model)[0]   # the parameters once the memory check passed
-    else:
-        raise ValueError(f"-e {args.model!r}: neither a preset ({DESCRIPTOR_HELP}) nor an existing model file")
-    if args.seq_len > config.max_seq_len:
-        raise ValueError(f"--seq-len {args.seq_len} exceeds the model's max_seq_len {config.max_seq_len}")
-
+    config, _ = model_config(args.model)
     est = memory_estimate(config, args.batch_size, args.seq_len, recompute=args.recompute)
     print(f"profile_gpt2: {args.model} ({config.describe()}), B={args.batch_size} T={args.seq_len}, "
           f"device {args.device}, {numba.get_num_threads()} threads")
     saved = memory_estimate(config, args.batch_size, args.seq_len)["total"] - est["total"]
     print(format_memory(est) + f" | -r {args.recompute}: {saved / 2**20:.1f} MiB less than -r 0")
-    if not args.no_memory_check:  # before anything big is allocated (on the device, for a GPU)
-        memory.check_fits(lambda b: memory_estimate(config, b, args.seq_len, recompute=args.recompute)["total"],
-                          args.batch_size, f"{args.model} with B={args.batch_size} T={args.seq_len}", backend=proxy)
-    params = None if is_descriptor(args.model) else formats.read_model(args.model)[1]
+    model, _ = open_model(args.model, proxy, args.batch_size, args.seq_len, recompute=args.recompute,
+                          seed=args.seed, memory_check=not args.no_memory_check)
     print(f"warm-up {args.warmup} step(s), the first compiles; then {args.steps} timed step(s)...", flush=True)
-
-    model = GPT2(config, backend=proxy, recompute=args.recompute)
-    if params is None:
-        model.init_weights(args.seed)
-    else:
-        model.load_parameters(params)
-        del params
 
     report = profiler.profile_model(
         model, proxy, args.batch_size, args.seq_len, steps=args.steps, warmup=args.warmup,

@@ -83,7 +83,7 @@ def sample(args):
     from numbagpt.train.checkpoint import resolve_model
 
     use_threads(args.omp_threads or numba.config.NUMBA_NUM_THREADS)
-    path = resolve_model(args.model)
+    path = resolve_model(args.model, "-e")
     model = GPT2.from_file(path, backend=args.device)
     tok = find_tokenizer(args.tokenizer, path, model.config.vocab_size)
     text, prompt = read_prompt(args, tok)

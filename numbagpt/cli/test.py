@@ -25,7 +25,8 @@ def build_parser():
                     f"and the losses of AdamW steps on the same batch (<= {tol['step_loss']:g}; AdamW lr 1e-4, "
                     "betas 0.9/0.999, eps 1e-8, weight decay 0.01). Exits 1 when anything is off.",
         formatter_class=HelpFormatter)
-    p.add_argument("-e", "--model", required=True, help="llm.c model file (.bin, v3 or v5)")
+    p.add_argument("-e", "--model", required=True,
+                   help="llm.c model file (.bin, v3 or v5), or a train_gpt2 output directory (its latest model)")
     p.add_argument("-s", "--state", required=True, help="llm.c debug state file (magic 20240327, v2)")
     p.add_argument("--expected-losses", default=None,
                    help="text file, one loss per line: the loss before each AdamW step")
@@ -77,22 +78,24 @@ def run(args):
 
     if args.omp_threads is not None:
         use_threads(args.omp_threads)
+    from numbagpt.train.checkpoint import resolve_model
+    path = resolve_model(args.model, "-e")
     expected = read_losses(args.expected_losses) if args.expected_losses else None
     backend = get_backend(args.device)
     if not args.no_memory_check:  # before anything big is allocated (on the device, for a GPU)
         from numbagpt import memory
         from numbagpt.layout import memory_estimate
-        cfg = formats.read_model_header(args.model)[0]
+        cfg = formats.read_model_header(path)[0]
         B, T, _ = formats.read_debug_state_header(args.state)
         # the model's buffers for the state's batch, and the state itself (logits and gradients)
         state_bytes = os.path.getsize(args.state)
         memory.check_fits(lambda b: memory_estimate(cfg, b, T)["total"] + state_bytes, B,
-                          f"{args.model} with the state's B={B} T={T}", flag="B", backend=backend)
-    model = GPT2.from_file(args.model, backend=backend)
+                          f"{path} with the state's B={B} T={T}", flag="B", backend=backend)
+    model = GPT2.from_file(path, backend=backend)
     cfg = model.config
     state = formats.read_debug_state(args.state, cfg)
     B, T, V = state["B"], state["T"], cfg.vocab_size
-    print(f"model {args.model}: {cfg.describe()} | state {args.state}: B={B} T={T} | device {args.device}")
+    print(f"model {path}: {cfg.describe()} | state {args.state}: B={B} T={T} | device {args.device}")
     x, y = state["x"].reshape(B, T), state["y"].reshape(B, T)
 
     okay = True
