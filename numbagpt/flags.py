@@ -15,24 +15,26 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Check:
-    """A value's range: low <= value (low < value with low_open), value <= high; None: no bound."""
+    """A value's range: low <= value (low < value with low_open), value <= high (value < high with
+    high_open); None: no bound."""
     low: float = None
     high: float = None
     low_open: bool = False
+    high_open: bool = False
 
     def describe(self):
         if self.low is not None and self.high is not None:
-            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
         if self.low is not None:
             if self.low == 0 and self.low_open:
                 return "positive"
             return f"> {self.low:g}" if self.low_open else f">= {self.low:g}"
-        return f"<= {self.high:g}"
+        return f"< {self.high:g}" if self.high_open else f"<= {self.high:g}"
 
     def holds(self, value):
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return False
-        return self.high is None or value <= self.high
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
 
 
 def flag_of(flags):
@@ -64,3 +66,7 @@ def check_value(flag, value, kind=None, check=None, choices=None, optional=True)
         raise ValueError(f"{flag} must be one of {', '.join(map(str, choices))}, got {value!r}")
     if check is not None and not check.holds(value):
         raise ValueError(f"{flag} must be {check.describe()}, got {value}")
+
+
+POSITIVE = Check(low=0, low_open=True)
+NONNEG = Check(low=0)

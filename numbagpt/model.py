@@ -1,7 +1,7 @@
 """GPT-2: parameters, forward, backward and AdamW over one backend's kernels.
 
 The model is backend-agnostic, like llm.c's train_gpt2.c is one file whose layers call kernels: it
-holds five flat float32 buffers (parameters, gradients, AdamW m and v, activations, and a second
+holds six flat float32 buffers (parameters, gradients, AdamW m and v, activations, and a second
 activation buffer for their gradients), hands views of them to the kernels of `numbagpt.cpu` or
 `numbagpt.cuda`, and never touches the numbers itself. The legend (B, T, C, NH, L, V, Vp, maxT) is in
 `numbagpt/__init__.py`; docs/kernels.md gives each kernel's contract.

@@ -48,3 +48,96 @@ def test_no_text_file_points_outside_the_repository():
             if URL.search(line) or any(o in line for o in OUTSIDE):
                 bad.append(f"{rel}:{n}: {line.strip()}")
     assert not bad, "lines pointing outside the repository:\n" + "\n".join(bad)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The command lines the docs show parse, the pages are indexed, the API example runs.
+
+def _parsers():
+    """{command name: its real argparse parser} for every bin/ command."""
+    from numbagpt.cli import eval as eval_cli, hf, plot, prepare, profile, sample, test, train
+    return {"train_gpt2": train.build_parser(), "test_gpt2": test.build_parser(),
+            "profile_gpt2": profile.build_parser(), "sample_gpt2": sample.build_parser(),
+            "eval_gpt2": eval_cli.build_parser(), "prepare_data": prepare.build_parser(),
+            "plot_log": plot.build_parser(), "export_hf": hf.build_export_parser(),
+            "import_hf": hf.build_import_parser()}
+
+
+def doc_command_lines():
+    """[(file, line number, command, argv)]: every `bin/NAME ...` in a code block of README.md and
+    docs/*.md, backslash continuations joined, after a launcher prefix (mpiexec -n 2 ...)."""
+    import shlex
+    out = []
+    files = ["README.md"] + [os.path.join("docs", f) for f in sorted(os.listdir(os.path.join(ROOT, "docs")))
+                             if f.endswith(".md")]
+    for rel in files:
+        in_block, pending, start = False, "", 0
+        for n, line in enumerate(open(os.path.join(ROOT, rel), encoding="utf-8"), 1):
+            if line.lstrip().startswith("```"):
+                in_block = not in_block
+                continue
+            if not in_block:
+                continue
+            if not pending:
+                start = n
+            pending += line.rstrip("\n")
+            if pending.endswith("\\"):
+                pending = pending[:-1] + " "
+                continue
+            text, pending = pending.split(" #")[0], ""
+            m = re.search(r"(?:^|\s)bin/(\w+)(\s.*)?$", text)
+            if not m or "[-" in text:   # not a command line, or a synopsis ([-e MODEL] ...)
+                continue
+            # a shell variable stands for a value ($D/x.bin, --omp-threads $N); "..." for elided flags
+            argv = [a for a in shlex.split(re.sub(r"\$\{?\w+\}?", "1", m.group(2) or "")) if a != "..."]
+            for stop in ("|", ">", "&&", ";"):
+                if stop in argv:
+                    argv = argv[:argv.index(stop)]
+            out.append((rel, start, m.group(1), argv))
+    return out
+
+
+def test_every_documented_command_line_parses():
+    from numbagpt.train import TrainConfig
+    parsers = _parsers()
+    lines = doc_command_lines()
+    assert len(lines) > 20 and {c for _, _, c, _ in lines} >= {"train_gpt2", "sample_gpt2", "profile_gpt2"}
+    bad = []
+    for rel, n, command, argv in lines:
+        if command not in parsers:
+            bad.append(f"{rel}:{n}: bin/{command}: no such command")
+            continue
+        try:
+            args = parsers[command].parse_args(argv)
+            if command == "train_gpt2":
+                TrainConfig.from_args(args)   # the values too: ranges, combinations
+        except SystemExit:
+            bad.append(f"{rel}:{n}: bin/{command} {' '.join(argv)}")
+        except ValueError as e:
+            bad.append(f"{rel}:{n}: bin/{command} {' '.join(argv)}: {e}")
+    assert not bad, "documented command lines that the command refuses:\n" + "\n".join(bad)
+
+
+def test_a_bad_documented_line_would_be_caught():
+    parser = _parsers()["train_gpt2"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["-e", "d12", "--no-such-flag"])
+
+
+def test_how_it_works_indexes_every_page():
+    index = open(os.path.join(ROOT, "docs", "how-it-works.md"), encoding="utf-8").read()
+    pages = [f for f in os.listdir(os.path.join(ROOT, "docs")) if f.endswith(".md") and f != "how-it-works.md"]
+    missing = [p for p in pages if f"]({p})" not in index]
+    assert not missing, f"docs/how-it-works.md does not link {missing}"
+
+
+def test_the_api_example_runs(tmp_path):
+    text = open(os.path.join(ROOT, "docs", "api.md"), encoding="utf-8").read()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    env = dict(os.environ, PYTHONPATH=ROOT, NUMBA_NUM_THREADS="1")
+    run = subprocess.run(["python", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "4 steps, val loss" in run.stdout
+    assert (tmp_path / "out_api" / "copy.bin").read_bytes() == (tmp_path / "out_api" / "model_00000004.bin").read_bytes()
+    assert run.stdout.count("ROMEO:") == 1

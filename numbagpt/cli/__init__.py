@@ -21,6 +21,13 @@ def use_threads(n):
     return numba.get_num_threads()
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose errors are one line that names the flag (no usage block)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the flags)\n")
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each option's default, except where there is none (None) or the help already says it."""
 
@@ -54,21 +61,32 @@ def run_command(prog, run, args, errors=(ValueError, OSError, RuntimeError)):
         return 130
 
 
-def check_range(prog, value, flag, low=None, high=None, low_open=False, allow_none=True):
-    """Exit with `prog: error: FLAG must be ... , got VALUE` unless low <= value <= high (low < value
-    with low_open); None passes when allow_none."""
-    if value is None and allow_none:
-        return
-    bad = (value is None or (low is not None and (value <= low if low_open else value < low))
-           or (high is not None and value > high))
-    if bad:
-        if low is not None and high is not None:
-            want = f"in {'(' if low_open else '['}{low:g}, {high:g}]"
-        elif low is not None:
-            want = "positive" if (low == 0 and low_open) else f">= {low:g}" if not low_open else f"> {low:g}"
-        else:
-            want = f"<= {high:g}"
-        raise SystemExit(f"{prog}: error: {flag} must be {want}, got {value}")
+def add_flag(parser, *names, check=None, **kwargs):
+    """parser.add_argument(*names, **kwargs), and the flag's Check (numbagpt.flags) kept on the parser
+    for check_flags: every int or float flag of a command is checked there, a float also for being
+    finite."""
+    action = parser.add_argument(*names, **kwargs)
+    if not hasattr(parser, "flag_checks"):
+        parser.flag_checks = {}
+    parser.flag_checks[action.dest] = check
+    return action
+
+
+def numeric_flags(parser):
+    """The parser's int and float flags: [(argparse action, its Check or None)]."""
+    checks = getattr(parser, "flag_checks", {})
+    return [(a, checks.get(a.dest)) for a in parser._actions if a.option_strings and a.type in (int, float)]
+
+
+def check_flags(prog, parser, args):
+    """Exit with `prog: error: FLAG must be ..., got VALUE` (one line) unless every int or float flag
+    of `args` is finite and within its Check."""
+    from numbagpt.flags import check_value
+    for action, check in numeric_flags(parser):
+        try:
+            check_value(action.option_strings[0], getattr(args, action.dest), action.type, check)
+        except ValueError as e:
+            raise SystemExit(f"{prog}: error: {e}") from None
 
 
 def model_config(spec, vocab_size=None):

@@ -1,9 +1,9 @@
 """bin/eval_gpt2: a model's HellaSwag accuracy (acc_norm, as llm.c computes it), over MPI ranks if launched so."""
-import argparse
 import sys
 import time
 
-from numbagpt.cli import HelpFormatter, reserve_threads, use_threads
+from numbagpt.cli import add_flag, check_flags, HelpFormatter, Parser, reserve_threads, use_threads
+from numbagpt.flags import POSITIVE
 
 DESCRIPTION = """\
 Score a model on a multiple-choice eval file in llm.c's format (HellaSwag: llm.c's
@@ -13,21 +13,21 @@ Under mpirun/srun the examples are split over the processes."""
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="eval_gpt2", description=DESCRIPTION, formatter_class=HelpFormatter)
+    p = Parser(prog="eval_gpt2", description=DESCRIPTION, formatter_class=HelpFormatter)
     p.add_argument("-e", "--model", default="out",
                    help="model .bin file, or a train_gpt2 output directory (its latest model)")
     p.add_argument("--hellaswag", required=True, metavar="FILE", help="eval file (magic 20240522), e.g. hellaswag_val.bin")
-    p.add_argument("-b", "--batch-size", type=int, default=32, help="sequences per forward (4 per example)")
+    add_flag(p, "-b", "--batch-size", type=int, check=POSITIVE, default=32, help="sequences per forward (4 per example)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="backend that runs the kernels")
-    p.add_argument("--omp-threads", type=int, default=None,
+    add_flag(p, "--omp-threads", type=int, check=POSITIVE, default=None,
                    help="Numba threads per process (default: all cores, divided among the ranks)")
     return p
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if args.batch_size <= 0:
-        raise SystemExit("eval_gpt2: --batch-size must be positive")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_flags("eval_gpt2", parser, args)
     reserve_threads(args.omp_threads)
     from numbagpt import dist
     try:

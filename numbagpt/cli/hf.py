@@ -1,6 +1,7 @@
 """bin/export_hf and bin/import_hf: a numbagpt (llm.c) model file to and from a Hugging Face GPT-2 directory."""
 import argparse
-import sys
+
+from numbagpt.cli import Parser, run_command
 
 EXPORT_DESCRIPTION = """\
 Write a Hugging Face transformers GPT-2 directory from an llm.c/numbagpt model file: model.safetensors
@@ -14,33 +15,42 @@ Write an llm.c/numbagpt float32 model file from a Hugging Face transformers GPT-
 it or fine-tune it: bin/train_gpt2 -e MODEL_BIN ..."""
 
 
-def _command(prog, description, positionals, argv, run):
-    """Parse `positionals` [(dest, metavar, help)] and call run(args); a bad input is one line, exit 1."""
-    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+EXPORT_ARGS = [("model", "MODEL_BIN", "llm.c model file (float32 or bfloat16)"),
+               ("out_dir", "OUT_DIR", "directory to write (created if needed)")]
+IMPORT_ARGS = [("hf_dir", "DIR", "Hugging Face GPT-2 directory (config.json, model.safetensors)"),
+               ("model", "MODEL_BIN", "llm.c model file to write")]
+
+
+def _parser(prog, description, positionals):
+    p = Parser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     for dest, metavar, help in positionals:
         p.add_argument(dest, metavar=metavar, help=help)
-    args = p.parse_args(argv)
-    try:
-        print(run(args))
-        return 0
-    except (ValueError, OSError, RuntimeError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
+    return p
+
+
+def build_export_parser():
+    return _parser("export_hf", EXPORT_DESCRIPTION, EXPORT_ARGS)
+
+
+def build_import_parser():
+    return _parser("import_hf", IMPORT_DESCRIPTION, IMPORT_ARGS)
+
+
+def _command(prog, parser, argv, run):
+    """Parse argv and print run(args); a bad input is one line, exit 1 (run_command)."""
+    args = parser.parse_args(argv)
+    return run_command(prog, lambda a: print(run(a)) or 0, args)
 
 
 def export_main(argv=None):
     def run(args):
         from ..files.hf import export_hf
         return f"wrote {args.out_dir}: {', '.join(export_hf(args.model, args.out_dir))}"
-    return _command("export_hf", EXPORT_DESCRIPTION,
-                    [("model", "MODEL_BIN", "llm.c model file (float32 or bfloat16)"),
-                     ("out_dir", "OUT_DIR", "directory to write (created if needed)")], argv, run)
+    return _command("export_hf", build_export_parser(), argv, run)
 
 
 def import_main(argv=None):
     def run(args):
         from ..files.hf import import_hf
         return f"wrote {args.model}: {import_hf(args.hf_dir, args.model).describe()}"
-    return _command("import_hf", IMPORT_DESCRIPTION,
-                    [("hf_dir", "DIR", "Hugging Face GPT-2 directory (config.json, model.safetensors)"),
-                     ("model", "MODEL_BIN", "llm.c model file to write")], argv, run)
+    return _command("import_hf", build_import_parser(), argv, run)

@@ -1,10 +1,12 @@
 """bin/plot_log: loss curves of one or more training runs (their llm.c-format main.log) as a PNG."""
-import argparse
 import sys
+
+from numbagpt.cli import add_flag, check_flags, Parser
+from numbagpt.flags import POSITIVE
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="plot_log",
         description="Plot train and val loss against step (and HellaSwag accuracy, when logged) from the "
                     "main.log files of one or more train_gpt2 / llm.c runs, overlaid with a legend. "
@@ -13,20 +15,19 @@ def build_parser():
     p.add_argument("-o", "--output", default="loss.png", help="PNG to write (default: %(default)s)")
     p.add_argument("--labels", default=None,
                    help="comma-separated legend names, one per log (default: each log's directory)")
-    p.add_argument("--tokens-per-step", type=int, default=None,
+    add_flag(p, "--tokens-per-step", type=int, check=POSITIVE, default=None,
                    help="tokens per training step (B*T*processes), for a second x axis in tokens")
     p.add_argument("--title", default=None, help="title of the loss panel")
     return p
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_flags("plot_log", parser, args)
     labels = args.labels.split(",") if args.labels else None
     if labels is not None and len(labels) != len(args.logs):
         print(f"plot_log: error: --labels has {len(labels)} names for {len(args.logs)} logs", file=sys.stderr)
-        return 1
-    if args.tokens_per_step is not None and args.tokens_per_step <= 0:
-        print("plot_log: error: --tokens-per-step must be positive", file=sys.stderr)
         return 1
     try:
         from ..plot import plot_logs

@@ -5,6 +5,9 @@ import sys
 
 from ..files.data import BUILTIN_NAME, builtin_data_dir, ensure_builtin_data, prepare
 
+from numbagpt.cli import add_flag, check_flags, Parser
+from numbagpt.flags import Check
+
 DESCRIPTION = """\
 Tokenize text into llm.c's formats: <NAME>_train.bin and <NAME>_val.bin (uint16 token shards)
 and <NAME>_tokenizer.bin. Every document starts with the EOT token; each FILE is one document
@@ -18,7 +21,7 @@ already there (--force rebuilds it)."""
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="prepare_data", description=DESCRIPTION,
+    p = Parser(prog="prepare_data", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="*", metavar="FILES",
                    help="UTF-8 text files to tokenize (default: the built-in Shakespeare)")
@@ -27,7 +30,7 @@ def build_parser():
                         "plus EOT (default: %(default)s)")
     p.add_argument("-o", "--out-dir", default=None,
                    help="output directory (default: ./data for FILES, the cache for the built-in corpus)")
-    p.add_argument("--val-fraction", type=float, default=0.1,
+    add_flag(p, "--val-fraction", type=float, check=Check(low=0, high=1, low_open=True, high_open=True), default=0.1,
                    help="fraction of the tokens, taken from the start, that form the validation shard "
                         "(default: %(default)s)")
     p.add_argument("--name", default=None,
@@ -41,9 +44,9 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if not 0.0 < args.val_fraction < 1.0:
-        sys.exit(f"prepare_data: --val-fraction must be between 0 and 1, got {args.val_fraction}")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_flags("prepare_data", parser, args)
     try:
         if not args.files:
             from ..files.data import builtin_text

@@ -7,15 +7,15 @@ kernel call timed through numbagpt.profiler.TimingBackend. Then builds the repor
 measurements (`build_report`; its JSON schema is REPORT_KEYS) and prints it (`format_report`).
 docs/profiling.md explains the columns and the formulas.
 """
-import argparse
 
-from numbagpt.cli import HelpFormatter, model_config, open_model, run_command, use_threads
+from numbagpt.cli import add_flag, check_flags, HelpFormatter, model_config, open_model, Parser, run_command, use_threads
+from numbagpt.flags import NONNEG, POSITIVE
 from numbagpt.config import DESCRIPTOR_HELP
 from numbagpt.layout import memory_estimate
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="profile_gpt2",
         description="Profile GPT-2 training steps kernel by kernel: calls, time, FLOPs, bytes, GFLOP/s, "
                     "GB/s per kernel and phase; step time, tokens/s, model FLOPs per token, MFU against a "
@@ -25,49 +25,35 @@ def build_parser():
     p.add_argument("-e", "--model", default="tiny",
                    help="model .bin file or train_gpt2 output directory (its latest checkpoint's model), or a "
                         "descriptor built from scratch: " + DESCRIPTOR_HELP)
-    p.add_argument("-b", "--batch-size", type=int, default=8, help="B, sequences per step")
-    p.add_argument("-t", "--seq-len", type=int, default=256, help="T, tokens per sequence")
-    p.add_argument("-r", "--recompute", type=int, choices=(0, 1, 2), default=1,
+    add_flag(p, "-b", "--batch-size", type=int, check=POSITIVE, default=8, help="B, sequences per step")
+    add_flag(p, "-t", "--seq-len", type=int, check=POSITIVE, default=256, help="T, tokens per sequence")
+    add_flag(p, "-r", "--recompute", type=int, choices=(0, 1, 2), default=1,
                    help="as train_gpt2's: 0 stores every activation; 1 recomputes GELU's output in the backward "
                         "pass; 2 also the layernorm outputs")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="backend that runs the kernels")
-    p.add_argument("--omp-threads", type=int, default=None, help="Numba threads (default: all cores)")
-    p.add_argument("--steps", type=int, default=3, help="timed training steps")
-    p.add_argument("--warmup", type=int, default=1,
+    add_flag(p, "--omp-threads", type=int, check=POSITIVE, default=None, help="Numba threads (default: all cores)")
+    add_flag(p, "--steps", type=int, check=POSITIVE, default=3, help="timed training steps")
+    add_flag(p, "--warmup", type=int, check=POSITIVE, default=1,
                    help="warm-up steps before the timed ones (>= 1: the first compiles)")
-    p.add_argument("--baseline-steps", type=int, default=None,
+    add_flag(p, "--baseline-steps", type=int, check=NONNEG, default=None,
                    help="untimed steps (the proxy passes every call straight through), interleaved with the "
                         "timed ones, to measure the proxy's cost and the unprofiled tokens/s (default: "
                         "--steps; 0: none)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the whole profile as JSON here")
-    p.add_argument("--peak-gflops", type=float, default=None,
+    add_flag(p, "--peak-gflops", type=float, check=POSITIVE, default=None,
                    help="peak GFLOP/s for the MFU (default: measured with numbagpt's own matmul_forward)")
     p.add_argument("--no-calibrate", action="store_true",
                    help="skip the peak calibration matmuls (no MFU unless --peak-gflops is given)")
-    p.add_argument("--seed", type=int, default=1337, help="seed of the init and of the random tokens")
+    add_flag(p, "--seed", type=int, check=NONNEG, default=1337, help="seed of the init and of the random tokens")
     p.add_argument("--no-memory-check", action="store_true",
                    help="allocate even when the memory estimate exceeds the memory available")
     return p
 
 
-def check_args(args):
-    for name in ("batch_size", "seq_len", "steps", "warmup"):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"profile_gpt2: error: --{name.replace('_', '-')} must be positive, "
-                             f"got {getattr(args, name)}")
-    if args.omp_threads is not None and args.omp_threads <= 0:
-        raise SystemExit(f"profile_gpt2: error: --omp-threads must be positive, got {args.omp_threads}")
-    if args.baseline_steps is not None and args.baseline_steps < 0:
-        raise SystemExit(f"profile_gpt2: error: --baseline-steps must be >= 0, got {args.baseline_steps}")
-    if args.peak_gflops is not None and not args.peak_gflops > 0:
-        raise SystemExit(f"profile_gpt2: error: --peak-gflops must be positive, got {args.peak_gflops}")
-    if args.seed < 0:
-        raise SystemExit(f"profile_gpt2: error: --seed must be >= 0, got {args.seed}")
-
-
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    check_args(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_flags("profile_gpt2", parser, args)
     return run_command("profile_gpt2", run, args, errors=(ValueError, OSError, RuntimeError, ImportError))
 
 

@@ -3,16 +3,16 @@
 Generation uses the key/value cache of numbagpt.generate (one row per layer and one query row of
 attention per new token); --no-cache recomputes the whole context per token, as llm.c does.
 """
-import argparse
 import codecs
 import sys
 import time
 
-from numbagpt.cli import HelpFormatter, run_command, use_threads
+from numbagpt.cli import add_flag, check_flags, HelpFormatter, Parser, run_command, use_threads
+from numbagpt.flags import NONNEG, POSITIVE, Check
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="sample_gpt2",
         description="Sample text from a numbagpt/llm.c GPT-2 model file (e.g. one train_gpt2 wrote, or one "
                     "import_hf made from a Hugging Face GPT-2). The continuation is printed as it is generated.",
@@ -22,15 +22,15 @@ def build_parser():
                         "newest model_*.bin)")
     p.add_argument("--prompt", default=None, help="text to continue (default: start from the end-of-text token)")
     p.add_argument("--prompt-file", default=None, help="read the prompt from this UTF-8 file")
-    p.add_argument("-g", "--gen-tokens", type=int, default=128, help="tokens to generate per sample")
-    p.add_argument("-n", "--num-samples", type=int, default=1, help="samples to generate")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (0: always the most likely token)")
-    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens only (0: all)")
-    p.add_argument("--top-p", type=float, default=1.0,
+    add_flag(p, "-g", "--gen-tokens", type=int, check=POSITIVE, default=128, help="tokens to generate per sample")
+    add_flag(p, "-n", "--num-samples", type=int, check=POSITIVE, default=1, help="samples to generate")
+    add_flag(p, "--temperature", type=float, check=NONNEG, default=1.0, help="softmax temperature (0: always the most likely token)")
+    add_flag(p, "--top-k", type=int, check=NONNEG, default=0, help="sample among the k most likely tokens only (0: all)")
+    add_flag(p, "--top-p", type=float, check=Check(low=0, high=1, low_open=True), default=1.0,
                    help="sample among the most likely tokens whose probabilities add up to p (1: all)")
-    p.add_argument("--seed", type=int, default=1337, help="seed of the sampling")
+    add_flag(p, "--seed", type=int, check=NONNEG, default=1337, help="seed of the sampling")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="backend that runs the kernels")
-    p.add_argument("--omp-threads", type=int, default=None, help="Numba threads (default: all cores)")
+    add_flag(p, "--omp-threads", type=int, check=POSITIVE, default=None, help="Numba threads (default: all cores)")
     p.add_argument("--tokenizer", default=None,
                    help="llm.c tokenizer .bin (default: a tokenizer .bin next to the model that fits its "
                         "vocabulary, else GPT-2's BPE for a 50257-token model, else the built-in char data's)")
@@ -38,18 +38,10 @@ def build_parser():
     return p
 
 
-def check_args(args):
-    for name in ("gen_tokens", "num_samples"):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"sample_gpt2: --{name.replace('_', '-')} must be positive")
-    if args.temperature < 0:
-        raise SystemExit("sample_gpt2: --temperature must be >= 0")
-    if args.top_k < 0:
-        raise SystemExit("sample_gpt2: --top-k must be >= 0")
-    if not 0.0 < args.top_p <= 1.0:
-        raise SystemExit("sample_gpt2: --top-p must be in (0, 1]")
+def check_args(parser, args):
+    check_flags("sample_gpt2", parser, args)
     if args.prompt is not None and args.prompt_file is not None:
-        raise SystemExit("sample_gpt2: give --prompt or --prompt-file, not both")
+        raise SystemExit("sample_gpt2: error: give --prompt or --prompt-file, not both")
 
 
 def read_prompt(args, tok):
@@ -68,8 +60,9 @@ def read_prompt(args, tok):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    check_args(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
     return run_command("sample_gpt2", sample, args)
 
 

@@ -4,10 +4,10 @@ Loads a model file and a debug state (x, y, logits, loss, the 16 gradients), run
 on x/y and compares, then runs AdamW steps on the same batch (llm.c's test settings) and compares each
 step's loss with the expected losses, when given.
 """
-import argparse
 import os
 
-from numbagpt.cli import HelpFormatter, check_range, run_command, use_threads
+from numbagpt.cli import add_flag, check_flags, HelpFormatter, Parser, run_command, use_threads
+from numbagpt.flags import NONNEG, POSITIVE
 
 # The tolerances, max absolute difference, in one place. llm.c's own test accepts 1e-2 on logits and
 # loss and 2e-2 on gradients; float32 kernels land far closer to PyTorch, so numbagpt asks for that.
@@ -18,7 +18,7 @@ ADAMW = dict(lr=1e-4, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, grad_
 
 def build_parser():
     tol = TOLERANCES
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="test_gpt2",
         description="Compare numbagpt with a PyTorch reference: logits and loss (max abs diff <= "
                     f"{tol['logits']:g}, {tol['loss']:g}), each of the 16 gradient tensors (<= {tol['grads']:g}) "
@@ -30,9 +30,9 @@ def build_parser():
     p.add_argument("-s", "--state", required=True, help="llm.c debug state file (magic 20240327, v2)")
     p.add_argument("--expected-losses", default=None,
                    help="text file, one loss per line: the loss before each AdamW step")
-    p.add_argument("--steps", type=int, default=10, help="AdamW steps when no losses file is given")
+    add_flag(p, "--steps", type=int, check=NONNEG, default=10, help="AdamW steps when no losses file is given")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--omp-threads", type=int, default=None, help="Numba threads (default: all cores)")
+    add_flag(p, "--omp-threads", type=int, check=POSITIVE, default=None, help="Numba threads (default: all cores)")
     p.add_argument("--no-memory-check", action="store_true",
                    help="allocate even when the memory estimate exceeds the memory available")
     return p
@@ -61,9 +61,9 @@ def read_losses(path):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    check_range("test_gpt2", args.steps, "--steps", 0)
-    check_range("test_gpt2", args.omp_threads, "--omp-threads", 0, low_open=True)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_flags("test_gpt2", parser, args)
     return run_command("test_gpt2", run, args)
 
 

@@ -4,18 +4,17 @@ The flags are numbagpt.train.TrainConfig's fields (their names, defaults, help a
 this module parses them into a TrainConfig, runs numbagpt.train.train, and turns what goes wrong into
 one line. With no data flags it trains the `tiny` preset on the built-in Shakespeare.
 """
-import argparse
 import dataclasses
 import sys
 
-from numbagpt.cli import HelpFormatter, error_text, reserve_threads
+from numbagpt.cli import error_text, HelpFormatter, Parser, reserve_threads
 from numbagpt.train.config import TrainConfig
 
 PROG = "train_gpt2"
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=PROG,
         description="Train GPT-2 with numbagpt. With no -i/-j it prepares the built-in Shakespeare "
                     "(GPT-2 BPE, cached) and trains the `tiny` preset from scratch.",

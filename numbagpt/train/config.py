@@ -10,10 +10,11 @@ into a config. Every value is checked by `check()` (numbagpt.flags), which raise
 line that names the flag: `-b must be positive, got 0`.
 """
 import dataclasses
+import os
 from dataclasses import dataclass, field
 
 from ..config import DESCRIPTOR_HELP
-from ..flags import Check, check_value, flag_of
+from ..flags import NONNEG, POSITIVE, Check, check_value, flag_of
 from .schedule import SCHEDULES
 
 HELLASWAG_FILE = "dev/data/hellaswag/hellaswag_val.bin"
@@ -28,8 +29,6 @@ def option(default, flags, help, check=None, choices=None, metavar=None, group=N
 SHAPE_GROUP = ("model shape", "a custom model from scratch: any of these over -e's descriptor (default: its "
                "value there); the vocabulary is the training data's tokenizer file (--tokenizer, else "
                "NAME_tokenizer.bin beside the shards), else GPT-2's 50257, padded to a multiple of 128")
-POSITIVE = Check(low=0, low_open=True)
-NONNEG = Check(low=0)
 
 
 @dataclass
@@ -129,6 +128,21 @@ class TrainConfig:
             raise ValueError(f"-n {self.checkpoint_every} writes checkpoints to the output dir, but -o is '' (none)")
         if not self.output_dir and self.resume:
             raise ValueError("-y 1 resumes from the output dir, but -o is '' (none)")
+        if self.val_every > 0 and self.val_batches == 0:
+            raise ValueError(f"-v {self.val_every} asks for the val loss every {self.val_every} steps, but -m 0 "
+                             f"evaluates no batches (-v 0: no val loss)")
+
+    def warnings(self):
+        """Lines about values that are allowed but probably not meant (the trainer prints them)."""
+        out = []
+        if self.lr_scheduler != "constant" and self.warmup_iters >= self.max_steps:
+            out.append(f"-u {self.warmup_iters} warmup steps >= -x {self.max_steps} steps: the learning rate "
+                       f"never reaches -l {self.lr:g}, and the -k {self.lr_scheduler} decay never starts")
+        cores = usable_cores()
+        if self.omp_threads is not None and self.omp_threads > cores:
+            out.append(f"--omp-threads {self.omp_threads} is more than the {cores} cores this process may "
+                       f"use: the threads take turns on them, and every step is slower")
+        return out
 
     @classmethod
     def from_args(cls, namespace):
@@ -138,6 +152,14 @@ class TrainConfig:
     def replace(self, **changes):
         """A copy with some fields changed (checked again)."""
         return dataclasses.replace(self, **changes)
+
+
+def usable_cores():
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def fields():

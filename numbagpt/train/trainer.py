@@ -63,6 +63,8 @@ def train(config: TrainConfig, *, world=None, on_step=None, say=None, progress=N
     config.check()
     world = world or dist.init_world(expect_size=config.expect_world_size)
     say = say or printer(world)
+    for line in config.warnings():
+        say(f"warning: {line}")
     progress = progress or rundir.Progress()
     lock = None
     try:
