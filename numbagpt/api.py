@@ -56,4 +56,4 @@ def evaluate(model, eval_file, batch_size=32):
     bin/eval_gpt2 computes it in one process."""
     from . import hellaswag
     examples = hellaswag.read_eval_file(eval_file)
-    return hellaswag.evaluate(model, examples, None, batch_size)
+    return hellaswag.evaluate(model, examples, None, batch_size, source=eval_file)

@@ -78,6 +78,8 @@ def read_eval_file(path):
         raise EvalFileError(f"{path}: the data after the header is not a whole number of uint16")
     s = np.frombuffer(raw, dtype="<u2", offset=4 * HEADER_INTS)
     n, pos, examples = int(header[2]), 0, []
+    if n <= 0:
+        raise EvalFileError(f"{path}: the header says {n} examples: nothing to evaluate")
     for i in range(n):
         def bad(what):
             return EvalFileError(f"{path}: example {i} (at uint16 {pos}): {what}")
@@ -149,9 +151,12 @@ def completion_losses(model, examples):
     return out
 
 
-def evaluate(model, examples, world=None, rows_per_batch=32, progress=None):
+def evaluate(model, examples, world=None, rows_per_batch=32, progress=None, source="the eval file"):
     """(right answers over all ranks, number of examples) of acc_norm on `examples`. This rank scores
-    its block; `world` (numbagpt.dist.World) sums the counts; progress(done, total) is called per batch."""
+    its block; `world` (numbagpt.dist.World) sums the counts; progress(done, total) is called per batch.
+    `source` names the file the examples came from, in the messages."""
+    if not examples:
+        raise ValueError(f"{source}: no examples to evaluate")
     rank, size = (world.rank, world.size) if world is not None else (0, 1)
     start, end = rank_range(len(examples), rank, size)
     V = model.config.vocab_size
@@ -159,7 +164,8 @@ def evaluate(model, examples, world=None, rows_per_batch=32, progress=None):
     for ex in mine:
         ids = ex.context + [t for c in ex.completions for t in c]
         if max(ids) >= V:
-            raise ValueError(f"example {ex.index}: token id {max(ids)} is outside the model's vocabulary of {V}")
+            raise ValueError(f"{source}: example {ex.index}: token id {max(ids)} is outside the model's "
+                             f"vocabulary of {V} (a file tokenized for another model?)")
     per_batch = max(1, rows_per_batch // max(1, max((len(ex.completions) for ex in mine), default=1)))
     correct = 0
     for i in range(0, len(mine), per_batch):

@@ -170,19 +170,15 @@ class GPT2:
         """inputs, targets: int32 (B, T) host arrays. Computes logits (B, T, Vp) into acts["logits"];
         with targets also the per-position losses, and returns their mean (a float), else None."""
         cfg, k = self.config, self.backend
-        inputs = np.ascontiguousarray(inputs, dtype=np.int32)
-        if inputs.ndim != 2:
-            raise ValueError(f"inputs must be (B, T), got shape {inputs.shape}")
+        inputs = self._tokens(inputs, "inputs")
         B, T = inputs.shape
         V, Vp, L, NH, C = cfg.vocab_size, cfg.padded_vocab_size, cfg.num_layers, cfg.num_heads, cfg.channels
         if T > cfg.max_seq_len:
             raise ValueError(f"sequence length T={T} exceeds the model's max_seq_len {cfg.max_seq_len}")
-        self._check_tokens(inputs, "inputs")
         if targets is not None:
-            targets = np.ascontiguousarray(targets, dtype=np.int32)
+            targets = self._tokens(targets, "targets")
             if targets.shape != inputs.shape:
                 raise ValueError(f"targets shape {targets.shape} differs from inputs shape {inputs.shape}")
-            self._check_tokens(targets, "targets")
         self._ensure_activations(B, T)
         self.B, self.T = B, T
         self.inputs = k.to_device(inputs.reshape(-1))
@@ -226,11 +222,19 @@ class GPT2:
         x, w = self.layer_acts[l], self.layer_params[l]
         return x.ln1, x.ln1_mean, x.ln1_rstd, w.ln1w, w.ln1b
 
-    def _check_tokens(self, tokens, what):
+    def _tokens(self, tokens, what):
+        """`tokens` as a contiguous int32 (B, T) array, after checking them as given: an integer dtype
+        (no silent cast of 3.7 or 2**32 + 5), a non-empty 2-D shape, ids in [0, V)."""
+        tokens = np.asarray(tokens)
+        if not np.issubdtype(tokens.dtype, np.integer):
+            raise ValueError(f"{what}: token ids must be integers, got an array of {tokens.dtype}")
+        if tokens.ndim != 2 or tokens.size == 0:
+            raise ValueError(f"{what} must be a non-empty (B, T) array of token ids, got shape {tokens.shape}")
         V = self.config.vocab_size
-        if tokens.size and (tokens.min() < 0 or tokens.max() >= V):
-            bad = tokens[(tokens < 0) | (tokens >= V)][0]
+        if tokens.min() < 0 or tokens.max() >= V:
+            bad = tokens[(tokens < 0) | (tokens >= V)].flat[0]
             raise ValueError(f"{what}: token id {bad} out of range [0, {V})")
+        return np.ascontiguousarray(tokens, dtype=np.int32)
 
     def logits_host(self):
         """(B, T, Vp) logits of the last forward, as a NumPy array."""

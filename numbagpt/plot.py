@@ -19,27 +19,35 @@ class LogError(ValueError):
     """A log line that is not an llm.c log record."""
 
 
-def read_log(path):
-    """{key: (steps, values)} of the records of an llm.c log file (keys: trl, tel, eval, lr, norm)."""
+def read_log(path, notes=None):
+    """{key: (steps, values)} of the records of an llm.c log file (keys: trl, tel, eval, lr, norm).
+    An unreadable last line without its newline (a run stopped while writing it) is skipped, with a
+    line in `notes` (a list) saying so; any other unreadable line is a LogError."""
     series = {}
     with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
+        lines = f.readlines()
+    for lineno, line in enumerate(lines, 1):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            pairs = [field.split(":", 1) for field in fields]
+            if pairs[0][0] != "s" or len(pairs) < 2 or any(len(p) != 2 for p in pairs):
+                raise ValueError
+            step = int(pairs[0][1])
+            values = [(key, float(value)) for key, value in pairs[1:]]
+        except ValueError:
+            if lineno == len(lines) and not line.endswith("\n"):
+                if notes is not None:
+                    notes.append(f"{path}:{lineno}: skipped an incomplete last line {line.strip()[:40]!r} "
+                                 f"(the run stopped while writing it)")
                 continue
-            try:
-                pairs = [field.split(":", 1) for field in fields]
-                if pairs[0][0] != "s" or len(pairs) < 2 or any(len(p) != 2 for p in pairs):
-                    raise ValueError
-                step = int(pairs[0][1])
-                values = [(key, float(value)) for key, value in pairs[1:]]
-            except ValueError:
-                raise LogError(f"{path}:{lineno}: not an llm.c log record: {line.strip()[:80]!r} "
-                               f"(expected 's:STEP key:value ...', e.g. 's:10 trl:4.5')") from None
-            for key, value in values:
-                steps, vals = series.setdefault(key, ([], []))
-                steps.append(step)
-                vals.append(value)
+            raise LogError(f"{path}:{lineno}: not an llm.c log record: {line.strip()[:80]!r} "
+                           f"(expected 's:STEP key:value ...', e.g. 's:10 trl:4.5')") from None
+        for key, value in values:
+            steps, vals = series.setdefault(key, ([], []))
+            steps.append(step)
+            vals.append(value)
     return series
 
 
@@ -59,11 +67,11 @@ def default_label(path):
     return parent if os.path.basename(path) == "main.log" and parent else os.path.basename(path)
 
 
-def plot_logs(paths, out_png, labels=None, tokens_per_step=None, title=None):
+def plot_logs(paths, out_png, labels=None, tokens_per_step=None, title=None, notes=None):
     """Draw train and val loss against step for each log (one colour per run, legends), with a
     HellaSwag panel when a log has eval records; a second x axis in tokens when tokens_per_step is given.
     Writes out_png and returns it."""
-    runs = [(label, read_log(p)) for label, p in zip(labels or [default_label(p) for p in paths], paths)]
+    runs = [(label, read_log(p, notes)) for label, p in zip(labels or [default_label(p) for p in paths], paths)]
     if not any(key in s for _, s in runs for key in KEYS):
         raise LogError(f"{', '.join(map(str, paths))}: no loss records (trl/tel/eval) to plot")
     plt = _pyplot()

@@ -46,12 +46,23 @@ def error_text(e):
     return text
 
 
+def take_interrupts():
+    """From here on Ctrl-C raises KeyboardInterrupt (bin/*'s stubs exit quietly on it while Python
+    loads): after NumPy is loaded, which turns an interrupt during its import into a bogus
+    "bad install" ImportError."""
+    import signal
+
+    import numpy  # noqa: F401
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def run_command(prog, run, args, errors=(ValueError, OSError, RuntimeError)):
     """Exit status of run(args), with the commands' error handling: `prog: error: ...` in one line
     (status 1) for the errors a user can act on, `prog: interrupted` (130) on Ctrl-C. Numba may
     run --omp-threads threads (reserve_threads) before anything imports it."""
     reserve_threads(getattr(args, "omp_threads", None))
     try:
+        take_interrupts()
         return run(args)
     except errors as e:
         print(f"{prog}: error: {error_text(e)}", file=sys.stderr)

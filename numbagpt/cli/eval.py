@@ -2,7 +2,7 @@
 import sys
 import time
 
-from numbagpt.cli import add_flag, check_flags, HelpFormatter, Parser, reserve_threads, use_threads
+from numbagpt.cli import take_interrupts, add_flag, check_flags, HelpFormatter, Parser, reserve_threads, use_threads
 from numbagpt.flags import POSITIVE
 
 DESCRIPTION = """\
@@ -29,6 +29,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     check_flags("eval_gpt2", parser, args)
     reserve_threads(args.omp_threads)
+    take_interrupts()
     from numbagpt import dist
     try:
         world = dist.init_world()
@@ -37,6 +38,9 @@ def main(argv=None):
         return 1
     try:
         return run(args, world)
+    except KeyboardInterrupt:
+        print("eval_gpt2: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, OSError, RuntimeError) as e:
         if world.size > 1:
             world.abort(e, prog="eval_gpt2")
@@ -65,7 +69,8 @@ def run(args, world):
 
     def progress(done, total):
         say(f"\revaluating: {done}/{total} examples of rank 0", end="", file=sys.stderr)
-    correct, total = hellaswag.evaluate(model, examples, world, args.batch_size, progress)
+    correct, total = hellaswag.evaluate(model, examples, world, args.batch_size, progress,
+                                        source=args.hellaswag)
     say(f"\n{time.perf_counter() - t0:.1f} s", file=sys.stderr)
     say(f"HellaSwag: {correct}/{total} = {correct / total:.4f} acc_norm")
     return 0

@@ -29,7 +29,11 @@ def _parser(prog, description, positionals):
 
 
 def build_export_parser():
-    return _parser("export_hf", EXPORT_DESCRIPTION, EXPORT_ARGS)
+    p = _parser("export_hf", EXPORT_DESCRIPTION, EXPORT_ARGS)
+    p.add_argument("--force", action="store_true",
+                   help="export into a directory that holds files (an earlier export): its files are "
+                        "replaced, and tokenizer files this model does not have are removed")
+    return p
 
 
 def build_import_parser():
@@ -45,7 +49,7 @@ def _command(prog, parser, argv, run):
 def export_main(argv=None):
     def run(args):
         from ..files.hf import export_hf
-        return f"wrote {args.out_dir}: {', '.join(export_hf(args.model, args.out_dir))}"
+        return f"wrote {args.out_dir}: {', '.join(export_hf(args.model, args.out_dir, force=args.force))}"
     return _command("export_hf", build_export_parser(), argv, run)
 
 

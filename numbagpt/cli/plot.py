@@ -31,7 +31,11 @@ def main(argv=None):
         return 1
     try:
         from ..plot import plot_logs
-        plot_logs(args.logs, args.output, labels=labels, tokens_per_step=args.tokens_per_step, title=args.title)
+        notes = []
+        plot_logs(args.logs, args.output, labels=labels, tokens_per_step=args.tokens_per_step, title=args.title,
+                  notes=notes)
+        for note in notes:
+            print(f"plot_log: note: {note}", file=sys.stderr)
     except (ValueError, OSError, RuntimeError) as e:
         print(f"plot_log: error: {e}", file=sys.stderr)
         return 1

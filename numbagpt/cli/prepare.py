@@ -61,15 +61,19 @@ def main(argv=None):
                                 tokenizer=args.tokenizer, val_fraction=args.val_fraction,
                                 name=args.name or BUILTIN_NAME, doc_per_paragraph=True)
         else:
+            dirs = [f for f in args.files if os.path.isdir(f)]
+            if dirs:
+                sys.exit(f"prepare_data: error: {dirs[0]} is a directory: give the text files in it "
+                         f"(FILES are UTF-8 text files; -o names the output directory)")
             missing = [f for f in args.files if not os.path.isfile(f)]
             if missing:
-                sys.exit(f"prepare_data: input file(s) not found: {', '.join(missing)}")
+                sys.exit(f"prepare_data: error: input file(s) not found: {', '.join(missing)}")
             name = args.name or os.path.splitext(os.path.basename(args.files[0]))[0]
             paths = prepare(args.out_dir or "data", args.files, tokenizer=args.tokenizer,
                             val_fraction=args.val_fraction, name=name,
                             doc_per_paragraph=args.eot_per_paragraph)
     except (ValueError, OSError, UnicodeDecodeError) as e:
-        sys.exit(f"prepare_data: {e}")
+        sys.exit(f"prepare_data: error: {e}")
     print(f"train: {paths['train']}\nval: {paths['val']}\ntokenizer: {paths['tokenizer']}")
     return 0
 

@@ -4,6 +4,7 @@ Loads a model file and a debug state (x, y, logits, loss, the 16 gradients), run
 on x/y and compares, then runs AdamW steps on the same batch (llm.c's test settings) and compares each
 step's loss with the expected losses, when given.
 """
+import math
 import os
 
 from numbagpt.cli import add_flag, check_flags, HelpFormatter, Parser, run_command, use_threads
@@ -55,9 +56,15 @@ def read_losses(path):
     with open(path) as f:
         values = [line.strip() for line in f if line.strip()]
     try:
-        return [float(v) for v in values]
+        losses = [float(v) for v in values]
     except ValueError as e:
         raise ValueError(f"{path}: expected one float per line ({e})") from None
+    if not losses:
+        raise ValueError(f"{path}: no losses in it: nothing to compare (--expected-losses)")
+    bad = [v for v in losses if not math.isfinite(v)]
+    if bad:
+        raise ValueError(f"{path}: an expected loss is {bad[0]}: the file must hold finite losses")
+    return losses
 
 
 def main(argv=None):

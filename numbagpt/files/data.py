@@ -36,7 +36,8 @@ class DataLoader:
     already read from that shard) and `epoch`; see get_state / set_state.
     """
 
-    def __init__(self, pattern, B, T, rank=0, world_size=1, shuffle=False, seed=1337, vocab_size=None):
+    def __init__(self, pattern, B, T, rank=0, world_size=1, shuffle=False, seed=1337, vocab_size=None,
+                 model=None):
         if B <= 0 or T <= 0:
             raise ValueError(f"B and T must be positive, got B={B} T={T}")
         if not 0 <= rank < world_size:
@@ -52,6 +53,7 @@ class DataLoader:
         self.files = files
         self.B, self.T, self.rank, self.world_size = B, T, rank, world_size
         self.shuffle, self.seed, self.vocab_size = bool(shuffle), seed, vocab_size
+        self.model = model   # what vocab_size is the vocabulary of (the -e model), for the message
         self.window = world_size * B * T          # tokens one step consumes, all ranks together
         self.ntokens = [read_shard_header(f) for f in files]
         for f, n in zip(files, self.ntokens):
@@ -81,7 +83,7 @@ class DataLoader:
             path = self.files[shard]
             self._tokens = open_shard(path, None)
             if self.vocab_size is not None and shard not in self._checked:
-                check_tokens(path, self._tokens, self.vocab_size)
+                check_tokens(path, self._tokens, self.vocab_size, self.model)
                 self._checked.add(shard)
             self._loaded = shard
         self.windows = self._window_order(self.epoch, shard)

@@ -311,10 +311,15 @@ def read_shard_header(path):
     return _shard_header(path)[0]
 
 
-def check_tokens(path, tokens, vocab_size):
-    """Raise FormatError if any token is >= vocab_size (one vectorised max; the position on failure)."""
+def check_tokens(path, tokens, vocab_size, model=None):
+    """Raise FormatError if any token is >= vocab_size (one vectorised max; the position on failure).
+    `model` names where vocab_size comes from (the model's file or descriptor), when it is a model's."""
     if tokens.size and int(tokens.max()) >= vocab_size:
         pos = int(np.argmax(tokens >= vocab_size))
+        if model is not None:
+            raise FormatError(f"{os.fspath(path)}: token {int(tokens[pos])} at position {pos} is outside the "
+                              f"vocabulary of the model ({model}: V={vocab_size}): a shard tokenized for "
+                              f"another vocabulary (check -i/-j against -e and --tokenizer)")
         raise FormatError(f"{os.fspath(path)}: corrupt data shard: token at position {pos} is "
                           f"{int(tokens[pos])}, expected < vocab size {vocab_size}")
 

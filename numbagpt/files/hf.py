@@ -106,11 +106,25 @@ def _write_json(path, obj):
     write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
-def export_hf(model_bin, out_dir):
-    """Write a transformers GPT-2 directory from an llm.c model file; returns the list of files."""
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json")
+
+
+def export_hf(model_bin, out_dir, force=False):
+    """Write a transformers GPT-2 directory from an llm.c model file; returns the files written.
+    A directory that already holds files is refused unless `force`: then the files an earlier export
+    wrote and this one does not (another model's tokenizer files) are removed, so the directory never
+    mixes two models' files."""
     st = _safetensors()
     cfg, params = formats.read_model(model_bin)
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not force:
+        raise HFError(f"{out_dir}: not empty ({', '.join(sorted(os.listdir(out_dir))[:4])}...): "
+                      f"export into a new directory, or --force to replace an earlier export there")
     os.makedirs(out_dir, exist_ok=True)
+    if cfg.vocab_size != GPT2_VOCAB:   # no tokenizer files of ours: an earlier export's would not fit
+        for name in TOKENIZER_FILES:
+            if os.path.exists(os.path.join(out_dir, name)):
+                os.remove(os.path.join(out_dir, name))
+    written = ["model.safetensors", "config.json", "generation_config.json"]
     # safetensors writes the bytes; the file appears complete under its name or not at all
     write_bytes(os.path.join(out_dir, "model.safetensors"), st.save(to_hf_tensors(cfg, params), metadata={"format": "pt"}))
     _write_json(os.path.join(out_dir, "config.json"), hf_config(cfg))
@@ -118,7 +132,8 @@ def export_hf(model_bin, out_dir):
     _write_json(os.path.join(out_dir, "generation_config.json"), {"bos_token_id": eos, "eos_token_id": eos})
     if cfg.vocab_size == GPT2_VOCAB:
         write_gpt2_tokenizer(out_dir, cfg.max_seq_len)
-    return sorted(os.listdir(out_dir))
+        written += TOKENIZER_FILES
+    return sorted(written)
 
 
 def _read_config(hf_dir):

@@ -3,17 +3,20 @@
     model_%08d.bin        the parameters (rank 0; an llm.c v3 model file)
     state_%08d_%05d.bin   AdamW m and v of this rank's parameters, the data loader position and the
                           run record (every rank)
-    DONE_%08d             empty, written last: the checkpoint is complete
+    DONE_%08d             written last: the checkpoint is complete; it holds the CRC32 of every
+                          other file of the checkpoint, as JSON (llm.c's DONE is empty: not checked)
 
 Every file is written atomically (numbagpt.files.atomic): it exists complete or not at all. DONE is written
 after every rank's files, so a checkpoint with a DONE file has all of them; and a step whose DONE
 exists is never written again (the final model of a run that ends on a checkpoint step is that
 checkpoint's model file). Resume (`select`) takes the newest checkpoint whose files all verify —
-header, and length from the header — and says why it skipped any newer one.
+header, length from the header, and the checksums DONE records — and says why it skipped any newer one.
 """
 import glob
+import json
 import os
 import re
+import zlib
 
 from ..files import formats
 from ..files.atomic import write_bytes
@@ -53,10 +56,43 @@ def run_files(out_dir):
     return sorted(n for n in names if re.fullmatch(r"DONE_\d{8}|model_\d{8}\.bin|state_\d{8}_\d{5}\.bin", n))
 
 
+def crc32(path, chunk=1 << 24):
+    """The CRC32 of a file's bytes (zlib's, as `crc32` or Python's zlib.crc32 compute it)."""
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
+def recorded_checksums(out_dir, step):
+    """{file name: CRC32} that DONE_<step> records ({} for an empty DONE: llm.c's, an older numbagpt's)."""
+    with open(done_path(out_dir, step), "rb") as f:
+        text = f.read()
+    if not text:
+        return {}
+    try:
+        return {name: int(crc) for name, crc in json.loads(text)["crc32"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise formats.FormatError(f"{done_path(out_dir, step)}: not a DONE file (expected empty, or JSON with "
+                                  f"the checkpoint's checksums)") from None
+
+
+def check_checksums(out_dir, step):
+    """Raise FormatError naming the first file of the checkpoint whose bytes differ from the CRC32 its
+    DONE file recorded (a bit flipped on disk, a file changed after the checkpoint)."""
+    for name, expected in sorted(recorded_checksums(out_dir, step).items()):
+        actual = crc32(os.path.join(out_dir, name))
+        if actual != expected:
+            raise formats.FormatError(f"{os.path.join(out_dir, name)}: checksum mismatch: CRC32 {actual:08x}, "
+                                      f"DONE_{step:08d} recorded {expected:08x} (the file changed after it "
+                                      f"was written)")
+
+
 def verify(out_dir, step):
     """The header of rank 0's state file if the checkpoint at `step` is complete and every file of it
     verifies (magic, version, length from the header, step, ranks); else raise FormatError/OSError
-    saying which file is wrong. Reads headers only."""
+    saying which file is wrong. Reads the headers, then every file for its checksum."""
     if not os.path.exists(done_path(out_dir, step)):
         raise FileNotFoundError(f"{done_path(out_dir, step)}: no such file (the checkpoint is incomplete)")
     formats.read_model_header(model_path(out_dir, step))
@@ -68,6 +104,7 @@ def verify(out_dir, step):
             raise formats.FormatError(
                 f"{path}: header says step {h['step']}, rank {h['rank']} of {h['world_size']}; expected "
                 f"step {step}, rank {rank} of {first['world_size']}")
+    check_checksums(out_dir, step)
     return first
 
 
@@ -118,9 +155,12 @@ def save(out_dir, step, model, world, loader, seed, run=None, guard=None):
                         rng_state=seed, shard_index=pos["shard_index"], sample_index=pos["sample_index"],
                         shuffle=loader.shuffle, epoch=pos["epoch"], seed=seed, run=run,
                         detectors=guard.get_state() if guard is not None else None)
-    world.barrier()
+    crcs = world.gather((os.path.basename(state_path(out_dir, step, world.rank)),
+                         crc32(state_path(out_dir, step, world.rank))))
     if world.is_master:
-        write_bytes(done_path(out_dir, step))
+        crcs.append((os.path.basename(model_path(out_dir, step)), crc32(model_path(out_dir, step))))
+        write_bytes(done_path(out_dir, step), json.dumps({"crc32": dict(sorted(crcs))}).encode() + b"\n")
+    world.barrier()
     return True
 
 

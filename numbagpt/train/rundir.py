@@ -115,10 +115,12 @@ RUN_FIELDS = {
     "B": "-b", "T": "-t", "total_batch": "tokens per step", "seed": "--seed", "train_data": "-i",
     "val_data": "-j", "world_size": "number of processes", "zero_stage": "-z", "shuffle": "--shuffle",
     "lr": "-l", "warmup": "-u", "max_steps": "-x", "final_lr_frac": "-q", "schedule": "lr schedule",
-    "weight_decay": "-c", "grad_clip": "--grad-clip",
+    "weight_decay": "-c", "grad_clip": "--grad-clip", "model": "-e", "layers": "--layers", "heads": "--heads",
+    "channels": "--channels", "max_seq_len": "--max-seq-len",
 }
-# A resume can't honour these however it is told to: each rank's state holds its shard of AdamW state.
-HARD_FIELDS = ("world_size", "zero_stage")
+# A resume can't honour these however it is told to: each rank's state holds its shard of AdamW state,
+# and the checkpoint's model has its shape.
+HARD_FIELDS = ("world_size", "zero_stage", "layers", "heads", "channels", "max_seq_len")
 
 
 def run_record(**fields):
@@ -155,7 +157,8 @@ def check_resume(recorded, current, allow_changes, where):
     hard = [line for key, line in changes if key in HARD_FIELDS]
     if hard:
         raise RunDirError(f"{where}: cannot resume: " + "; ".join(hard) +
-                          " (each process's state holds its share of AdamW state: resume with the same)")
+                          " (the checkpoint's model has its shape, and each process's state holds its share of "
+                          "AdamW state: resume with the same)")
     lines = [line for _, line in changes]
     if lines and not allow_changes:
         raise RunDirError(f"{where}: this run differs from the checkpoint's: " + "; ".join(lines) +
@@ -174,6 +177,34 @@ def _log_step(line):
         except ValueError:
             return None
     return None
+
+
+class RunLog:
+    """main.log, written a record at a time: a record (one or more whole lines) goes out in one
+    unbuffered write, and a write that fails (a full disk) is undone, so the file only ever holds whole
+    lines; the OSError then names the file."""
+
+    def __init__(self, path, append=False):
+        self.name = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC), 0o644)
+
+    def write(self, text):
+        data = text.encode("utf-8")
+        start = os.lseek(self.fd, 0, os.SEEK_END)
+        try:
+            while data:
+                data = data[os.write(self.fd, data):]
+        except OSError as e:
+            try:
+                os.ftruncate(self.fd, start)   # no partial line left behind
+            except OSError:
+                pass
+            raise OSError(e.errno, f"{self.name}: {e.strerror} (the log keeps its whole lines)") from None
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def keep_log_until(path, step):

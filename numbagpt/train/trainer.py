@@ -9,7 +9,7 @@ each); rank 0 prints and writes main.log, every rank writes its own train state 
 """
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -62,6 +62,7 @@ def train(config: TrainConfig, *, world=None, on_step=None, say=None, progress=N
     dist.CollectiveError alike on every rank); bin/train_gpt2 turns them into one line."""
     config.check()
     world = world or dist.init_world(expect_size=config.expect_world_size)
+    check_ranks_agree(config, world)
     say = say or printer(world)
     for line in config.warnings():
         say(f"warning: {line}")
@@ -86,6 +87,33 @@ def train(config: TrainConfig, *, world=None, on_step=None, say=None, progress=N
             lock.release()
 
 
+# Flags a rank may set for itself: the threads of its host's cores.
+PER_RANK = ("omp_threads",)
+
+
+def check_ranks_agree(config, world):
+    """Every rank runs the same config (an MPMD launch `mpiexec -n 1 ... -x 10 : -n 1 ... -x 12` can
+    give them different ones, and a rank whose loop ends first would leave the others waiting forever).
+    Rank 0 compares, every rank raises the same dist.CollectiveError naming the first differing flag."""
+    mine = {f.name: getattr(config, f.name) for f in fields(config) if f.name not in PER_RANK}
+    everyone = world.gather(mine)
+    verdict = None
+    if world.is_master:
+        for rank, theirs in enumerate(everyone):
+            for f in fields(config):
+                if f.name in mine and theirs[f.name] != mine[f.name]:
+                    flag = f.metadata["flags"][0]
+                    verdict = (f"the processes were started with different flags: rank {rank} has {flag} "
+                               f"{theirs[f.name]!r}, rank 0 {mine[f.name]!r} (every process of a run takes "
+                               f"the same flags)")
+                    break
+            if verdict:
+                break
+    verdict = world.bcast(verdict)
+    if verdict:
+        raise dist.CollectiveError(verdict)
+
+
 def run_record(config, world, micro_steps, train_glob, val_glob):
     """What this run is, kept in every train state header; a resume compares it (rundir.RUN_FIELDS)."""
     c = config
@@ -94,7 +122,8 @@ def run_record(config, world, micro_steps, train_glob, val_glob):
         seed=c.seed, train_data=str(train_glob), val_data=str(val_glob or ""), world_size=world.size,
         zero_stage=c.zero_stage, shuffle=c.shuffle, lr=c.lr, warmup=c.warmup_iters,
         max_steps=c.max_steps, final_lr_frac=c.final_lr_frac, schedule=c.lr_scheduler,
-        weight_decay=c.weight_decay, grad_clip=c.grad_clip)
+        weight_decay=c.weight_decay, grad_clip=c.grad_clip, model=c.model, layers=c.layers, heads=c.heads,
+        channels=c.channels, max_seq_len=c.max_seq_len)
 
 
 class Run:
@@ -171,7 +200,7 @@ class Run:
                                      self.say)
         if self.hellaswag and (c.val_every > 0 and step > 0 and step % c.val_every == 0 or last):
             evaluate_hellaswag(self.model, self.hellaswag, max(4, c.batch_size), self.world, self.log, step,
-                               self.say)
+                               self.say, c.hellaswag_file)
         if c.gen_tokens > 0 and c.sample_every > 0 and (step > 0 and step % c.sample_every == 0 or last):
             if self.tok is not None and self.world.is_master:
                 sample(self.model, self.tok, c.gen_tokens, self.rng, step, self.say)
@@ -291,13 +320,16 @@ def load_model(config, world, backend, tok_path, say, resume_step):
     else:
         path = None if scratch else checkpoint.resolve_model(c.model, "-e")
     cfg = model_config(c, tok_path) if path is None else formats.read_model_header(path)[0]
+    if resume_step is not None:
+        check_shape_flags(c, cfg, path)
     if c.seq_len > cfg.max_seq_len:
         raise ValueError(f"-t/--seq-len {c.seq_len} exceeds the model's max_seq_len {cfg.max_seq_len}"
                          + (" (--max-seq-len)" if scratch else ""))
     n = num_parameters(cfg)
     start, end = dist.partition(n, world.size)[world.rank] if c.zero_stage == 1 else (0, n)
     shaped = "".join(f" {flag} {getattr(c, flag[2:].replace('-', '_'))}" for flag in shape_flags)
-    say(f"model: {c.model}{' +' + shaped if shaped else ''} | {cfg.describe()} | parameters {n:,}")
+    what = f"{path} (resumed; the run started from -e {c.model})" if resume_step is not None else c.model
+    say(f"model: {what}{' +' + shaped if shaped else ''} | {cfg.describe()} | parameters {n:,}")
     say(format_memory(memory_estimate(cfg, c.batch_size, c.seq_len, optimizer_params=end - start,
                                       recompute=c.recompute)) + f" | -r {c.recompute}")
     if not c.no_memory_check:  # before the parameters, gradients, AdamW moments and activations exist
@@ -317,6 +349,16 @@ def load_model(config, world, backend, tok_path, say, resume_step):
     return model, dp
 
 
+def check_shape_flags(config, cfg, path):
+    """Refuse shape flags that contradict the model a resume loads (the checkpoint's, whatever they say)."""
+    for flag, field, value in (("--layers", "num_layers", config.layers), ("--heads", "num_heads", config.heads),
+                               ("--channels", "channels", config.channels),
+                               ("--max-seq-len", "max_seq_len", config.max_seq_len)):
+        if value is not None and value != getattr(cfg, field):
+            raise ValueError(f"{flag} {value} contradicts the checkpoint's model {path} ({cfg.describe()}): a "
+                             f"resume trains that model; drop {flag}, or start a fresh run without -y 1")
+
+
 def open_data(config, world, cfg, paths, say):
     """(train loader, val loader or None, tokenizer or None): this rank's slice of every batch."""
     c = config
@@ -324,11 +366,11 @@ def open_data(config, world, cfg, paths, say):
     B, T = c.batch_size, c.seq_len
     shuffle = bool(c.shuffle) and not c.overfit_single_batch
     train_loader = data.DataLoader(train_glob, B, T, rank=world.rank, world_size=world.size,
-                                   shuffle=shuffle, seed=c.seed, vocab_size=cfg.vocab_size)
+                                   shuffle=shuffle, seed=c.seed, vocab_size=cfg.vocab_size, model=c.model)
     val_loader = None
     if val_glob and c.val_every > 0 and c.val_batches > 0:
         val_loader = data.DataLoader(val_glob, B, T, rank=world.rank, world_size=world.size,
-                                     vocab_size=cfg.vocab_size)
+                                     vocab_size=cfg.vocab_size, model=c.model)
     tok = tokenizer.load_tokenizer(tok_path) if tok_path else None
     if tok is not None and tok.vocab_size < cfg.vocab_size:  # it could not decode every sampled id
         if c.tokenizer:
@@ -347,7 +389,7 @@ def open_log(config, world, resume_step):
     path = os.path.join(config.output_dir, "main.log")
     if resume_step is not None:
         rundir.keep_log_until(path, resume_step)
-    return open(path, "a" if resume_step is not None else "w")
+    return rundir.RunLog(path, append=resume_step is not None)
 
 
 def keep_tokenizer(config, world, tok_path):
@@ -396,7 +438,6 @@ def evaluate(model, val_loader, batches, world, log, step, say):
     say(f"val loss {val_loss:.4f}")
     if log:
         log.write(f"s:{step} tel:{val_loss:.4f}\n")
-        log.flush()
     return val_loss
 
 
@@ -408,14 +449,13 @@ def sample(model, tok, gen_tokens, rng, step, say):
     say(f"--- sample at step {step} ---\n{tok.decode(ids)}\n---")
 
 
-def evaluate_hellaswag(model, examples, rows, world, log, step, say):
+def evaluate_hellaswag(model, examples, rows, world, log, step, say, source):
     """HellaSwag acc_norm over the ranks, logged as llm.c does (s:STEP eval:ACC)."""
     from .. import hellaswag
-    correct, total = hellaswag.evaluate(model, examples, world, rows)
+    correct, total = hellaswag.evaluate(model, examples, world, rows, source=source)
     say(f"HellaSwag: {correct}/{total} = {correct / total:.4f}")
     if log:
         log.write(f"s:{step} eval:{correct / total:.4f}\n")
-        log.flush()
 
 
 def log_step(result, step, max_steps, dt, tokens, nproc, log, say, guard=None):
@@ -430,7 +470,7 @@ def log_step(result, step, max_steps, dt, tokens, nproc, log, say, guard=None):
     if r.skipped:
         say(f"step {step + 1:4d}: skipping update due to {r.skipped}")
     if log:
-        log.write(f"s:{step} trl:{r.loss:.4f} lr:{r.lr:.6f} norm:{r.norm:.2f}\n")
+        record = f"s:{step} trl:{r.loss:.4f} lr:{r.lr:.6f} norm:{r.norm:.2f}\n"
         if r.skipped:  # a line of its own, llm.c's `s:STEP key:value` shape, so llm.c's log readers still parse
-            log.write(f"s:{step} skip:{r.skipped.z:.2f}\n")
-        log.flush()
+            record += f"s:{step} skip:{r.skipped.z:.2f}\n"
+        log.write(record)
