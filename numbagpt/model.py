@@ -88,7 +88,8 @@ class GPT2:
         return model
 
     def save(self, path):
-        formats.write_model(path, self.config, self.parameters_host())
+        """Write an llm.c float32 model file, atomically; returns its XXH3-64 hash (hex)."""
+        return formats.write_model(path, self.config, self.parameters_host())
 
     def init_weights(self, seed):
         """llm.c's from-scratch init, seeded: weights N(0, 0.02), the two residual projections

@@ -21,11 +21,16 @@ class LogError(ValueError):
 
 def read_log(path, notes=None):
     """{key: (steps, values)} of the records of an llm.c log file (keys: trl, tel, eval, lr, norm).
-    An unreadable last line without its newline (a run stopped while writing it) is skipped, with a
-    line in `notes` (a list) saying so; any other unreadable line is a LogError."""
+    A last line without its newline (a run stopped while writing it: every record ends in one) is
+    skipped, with a line in `notes` (a list) saying so; any unreadable line is a LogError."""
     series = {}
     with open(path, encoding="utf-8", errors="replace") as f:
         lines = f.readlines()
+    if lines and not lines[-1].endswith("\n"):
+        if notes is not None:
+            notes.append(f"{path}:{len(lines)}: skipped an incomplete last line {lines[-1].strip()[:40]!r} "
+                         f"(the run stopped while writing it)")
+        lines.pop()
     for lineno, line in enumerate(lines, 1):
         fields = line.split()
         if not fields:
@@ -37,11 +42,6 @@ def read_log(path, notes=None):
             step = int(pairs[0][1])
             values = [(key, float(value)) for key, value in pairs[1:]]
         except ValueError:
-            if lineno == len(lines) and not line.endswith("\n"):
-                if notes is not None:
-                    notes.append(f"{path}:{lineno}: skipped an incomplete last line {line.strip()[:40]!r} "
-                                 f"(the run stopped while writing it)")
-                continue
             raise LogError(f"{path}:{lineno}: not an llm.c log record: {line.strip()[:80]!r} "
                            f"(expected 's:STEP key:value ...', e.g. 's:10 trl:4.5')") from None
         for key, value in values:

@@ -108,6 +108,6 @@ def test_prepare_data_on_a_binary_file_names_it(tmp_path, capsys):
     binary.write_bytes(b"PNG\r\n" + bytes(range(128, 256)))
     with pytest.raises(SystemExit) as e:
         prepare.main([str(binary), "-o", str(tmp_path / "out")])
-    assert str(e.value) == (f"prepare_data: {binary}: not UTF-8 text (byte 0x80 at offset 5); "
+    assert str(e.value) == (f"prepare_data: error: {binary}: not UTF-8 text (byte 0x80 at offset 5); "
                             f"prepare_data tokenizes UTF-8 text files")
     assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")

@@ -22,6 +22,7 @@ import signal
 import time
 
 import numpy as np
+import xxhash
 
 TMP_SUFFIX = ".tmp"
 CRASH_ENV = "NUMBAGPT_TEST_CRASH"
@@ -105,12 +106,17 @@ def describe_os_error(e):
 
 
 class _Writer:
-    """A binary file that counts its bytes and applies the crash hook at its offset."""
+    """A binary file that counts and hashes its bytes (XXH3-64: `hexdigest()`, what a checkpoint's DONE
+    records, without reading the file back) and applies the crash hook at its offset."""
 
     def __init__(self, f, crash):
         self.f = f
         self.written = 0
         self.crash = crash
+        self.hash = xxhash.xxh3_64()
+
+    def hexdigest(self):
+        return self.hash.hexdigest()
 
     def write(self, data):
         """Write bytes or any contiguous array (as its raw little-endian bytes, no copy)."""
@@ -129,6 +135,7 @@ class _Writer:
             self.written = os.fstat(self.f.fileno()).st_size  # what reached the file before the error
             raise
         self.written += len(mv)
+        self.hash.update(mv)
 
 
 @contextlib.contextmanager

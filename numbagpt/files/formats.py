@@ -88,10 +88,12 @@ def _check_size(path, what, expected, found):
 
 
 def _write_file(path, header, *arrays):
+    """Write the header and the arrays to `path` atomically; returns the XXH3-64 hash of its bytes."""
     with atomic_write(path) as f:
         f.write(header)
         for a in arrays:
             f.write(np.ascontiguousarray(a))
+    return f.hexdigest()
 
 
 def _as(array, dtype, count, name):
@@ -142,13 +144,13 @@ def read_model(path):
 
 
 def write_model(path, config, params):
-    """Write an llm.c model file, version 3 (float32)."""
+    """Write an llm.c model file, version 3 (float32); returns its XXH3-64 hash (hex)."""
     n = num_parameters(config)
     params = _as(params, "<f4", n, "params")
     header = _new_header(MODEL_MAGIC, MODEL_VERSION_FP32)
     header[2:8] = (config.max_seq_len, config.vocab_size, config.num_layers, config.num_heads,
                    config.channels, config.padded_vocab_size)
-    _write_file(path, header, params)
+    return _write_file(path, header, params)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -411,6 +413,7 @@ def write_state(path, step, world_size, rank, m, v, rng_state=0, shard_index=0, 
     outlier detector states: the spike guard's windows of losses and gradient norms; _encode_detectors).
     numbagpt's loader rebuilds its permutations from (seed, epoch), so unlike llm.c it writes no
     permutation trailer; llm.c reads what it knows and ignores the bytes after the arrays.
+    Returns the file's XXH3-64 hash (hex).
     """
     m = np.asarray(m).reshape(-1)
     v = np.asarray(v).reshape(-1)
@@ -436,8 +439,8 @@ def write_state(path, step, world_size, rank, m, v, rng_state=0, shard_index=0, 
         body[:len(raw)] = np.frombuffer(raw, dtype=np.uint8)
     trailer = _encode_detectors(detectors or [])
     header[DETECTORS_SLOT] = len(trailer)
-    _write_file(path, header, _as(m, "<f4", m.size, "m"), _as(v, "<f4", v.size, "v"),
-                np.frombuffer(trailer, dtype=np.uint8))
+    return _write_file(path, header, _as(m, "<f4", m.size, "m"), _as(v, "<f4", v.size, "v"),
+                       np.frombuffer(trailer, dtype=np.uint8))
 
 
 def read_state_header(path):

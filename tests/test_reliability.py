@@ -1,0 +1,194 @@
+"""No silent wrong answers: the repros of the reliability review, each a regression test.
+
+The Python API checks what it is given; outputs never mix; main.log holds whole lines; checkpoints
+carry checksums and a damaged one is passed over, saying why; the ranks of a job agree on their flags;
+a resume refuses flags its checkpoint contradicts. docs/reliability.md lists the promises."""
+import errno
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from numbagpt import hellaswag
+from numbagpt.config import GPT2Config
+from numbagpt.dist import CollectiveError
+from numbagpt.files import formats
+from numbagpt.model import GPT2
+from numbagpt.plot import read_log
+from numbagpt.train import TrainConfig, checkpoint, rundir
+from numbagpt.train.trainer import check_ranks_agree
+
+from micro_data import play_corpus
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "bin")
+
+
+def micro_model():
+    model = GPT2(GPT2Config(max_seq_len=8, vocab_size=11, num_layers=1, num_heads=1, channels=4))
+    model.init_weights(0)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------- the API
+
+@pytest.mark.parametrize("tokens, message", [
+    (np.array([[2**32 + 5, 1]], np.int64), "out of range"),            # was silently token 5
+    (np.array([[3.7, 1.0]]), "must be integers"),                        # was silently 3
+    (np.array([[np.nan, 1.0]]), "must be integers"),                     # was token id -2147483648
+    (np.zeros((0, 4), np.int32), "non-empty"),                           # B = 0: was a TypeError
+    (np.zeros((2, 0), np.int32), "non-empty"),                           # T = 0
+    (np.array([1, 2, 3], np.int32), "(B, T)"),
+    (np.array([[-1, 2]], np.int32), "token id -1 out of range"),
+])
+def test_forward_checks_tokens_before_any_cast(tokens, message):
+    model = micro_model()
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        model.forward(tokens, tokens if tokens.ndim == 2 else None)
+    ok = np.array([[1, 2, 3]], np.int64)   # any integer dtype that holds the ids is taken
+    assert np.isfinite(model.forward(ok, ok))
+
+
+def test_train_config_refuses_nan_and_bad_types():
+    for field, value in (("lr", float("nan")), ("lr", float("inf")), ("weight_decay", float("nan")),
+                         ("final_lr_frac", float("nan")), ("skip_update_lossz", float("nan")),
+                         ("grad_clip", float("nan")), ("batch_size", 2.5), ("max_steps", True)):
+        with pytest.raises(ValueError):
+            TrainConfig(**{field: value})
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+def test_export_hf_refuses_a_non_empty_dir_and_never_mixes_tokenizers(tmp_path):
+    pytest.importorskip("safetensors")
+    from numbagpt.files.hf import export_hf
+    gpt2_vocab = GPT2(GPT2Config(max_seq_len=8, vocab_size=50257, num_layers=1, num_heads=1, channels=4))
+    gpt2_vocab.init_weights(0)
+    gpt2_vocab.save(str(tmp_path / "big.bin"))
+    micro_model().save(str(tmp_path / "char.bin"))
+    out = tmp_path / "hf"
+    assert "vocab.json" in export_hf(str(tmp_path / "big.bin"), str(out))
+    with pytest.raises(ValueError, match="not empty.*--force"):
+        export_hf(str(tmp_path / "char.bin"), str(out))
+    written = export_hf(str(tmp_path / "char.bin"), str(out), force=True)
+    assert sorted(os.listdir(out)) == written == ["config.json", "generation_config.json", "model.safetensors"]
+
+
+def test_empty_expected_losses_is_refused(tmp_path):
+    (tmp_path / "losses.txt").write_text("")
+    fixtures = os.path.join(ROOT, "tests", "fixtures")
+    proc = subprocess.run([sys.executable, os.path.join(BIN, "test_gpt2"), "-e", f"{fixtures}/micro_model.bin",
+                           "-s", f"{fixtures}/micro_debug_state.bin", "--expected-losses",
+                           str(tmp_path / "losses.txt"), "--omp-threads", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "overall okay: 1" not in proc.stdout
+    assert proc.stderr.strip().endswith("losses.txt: no losses in it: nothing to compare (--expected-losses)")
+
+
+def test_eval_file_with_no_examples_and_foreign_tokens(tmp_path):
+    path = tmp_path / "empty.bin"
+    hellaswag.write_eval_file(str(path), [])
+    with pytest.raises(ValueError, match="empty.bin: the header says 0 examples"):
+        hellaswag.read_eval_file(str(path))
+    examples = [hellaswag.Example(0, 0, [1, 2], [[3], [50]])]
+    with pytest.raises(ValueError, match="foreign.bin: example 0: token id 50 is outside"):
+        hellaswag.evaluate(micro_model(), examples, source="foreign.bin")
+
+
+def test_main_log_keeps_whole_lines_on_a_full_disk(tmp_path, monkeypatch):
+    log = rundir.RunLog(str(tmp_path / "main.log"))
+    log.write("s:0 trl:1.0 lr:0.1 norm:1.0\n")
+    real = os.write
+
+    def half_then_full(fd, data):   # the disk fills in the middle of the record
+        if len(data) > 4:
+            return real(fd, data[:len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "write", half_then_full)
+    with pytest.raises(OSError, match="main.log: No space left on device"):
+        log.write("s:1 trl:2.0 lr:0.1 norm:1.0\n")
+    monkeypatch.setattr(os, "write", real)
+    log.close()
+    assert (tmp_path / "main.log").read_text() == "s:0 trl:1.0 lr:0.1 norm:1.0\n"
+
+
+def test_plot_log_skips_a_torn_last_line(tmp_path):
+    path = tmp_path / "main.log"
+    path.write_text("s:0 tel:5.0\ns:0 trl:5.1 lr:0.1 norm:1.0\ns:1 trl:4")
+    notes = []
+    series = read_log(str(path), notes)
+    assert series["trl"] == ([0], [5.1]) and len(notes) == 1 and "incomplete last line" in notes[0]
+    path.write_text("s:0 tel:5.0\nnot a record\ns:1 trl:4.0\n")
+    with pytest.raises(ValueError, match=":2: not an llm.c log record"):
+        read_log(str(path), notes)
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory):
+    """A run directory with complete checkpoints at steps 2 and 4."""
+    d = tmp_path_factory.mktemp("ckpt")
+    paths, model_path, _ = play_corpus(d)
+    out = d / "out"
+    argv = ["-i", paths["train"], "-j", paths["val"], "-e", model_path, "-o", str(out), "-b", "4", "-t", "16",
+            "-u", "1", "-x", "4", "-n", "2", "-v", "2", "-m", "1", "-g", "0", "--omp-threads", "1"]
+    proc = subprocess.run([sys.executable, os.path.join(BIN, "train_gpt2")] + argv, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return out, argv
+
+
+def test_done_records_checksums_and_a_flipped_bit_is_passed_over(two_checkpoints, tmp_path):
+    import shutil
+    out, _ = two_checkpoints
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    crcs = checkpoint.recorded_checksums(str(run), 4)
+    assert set(crcs) == {"model_00000004.bin", "state_00000004_00000.bin"}
+    assert all(checkpoint.file_hash(str(run / name)) == h for name, h in crcs.items())
+    import xxhash
+    assert crcs["model_00000004.bin"] == xxhash.xxh3_64((run / "model_00000004.bin").read_bytes()).hexdigest()
+    with open(run / "state_00000004_00000.bin", "r+b") as f:   # one bit of the AdamW state
+        f.seek(5000)
+        byte = f.read(1)[0]
+        f.seek(5000)
+        f.write(bytes([byte ^ 0x10]))
+    step, _, notes = checkpoint.select(str(run))
+    assert step == 2 and "checksum mismatch" in notes[0] and "state_00000004_00000.bin" in notes[0]
+    assert checkpoint.resolve_model(str(run)).endswith("model_00000002.bin")   # -e DIR
+
+
+def test_resume_refuses_shape_flags_the_checkpoint_contradicts(two_checkpoints, tmp_path):
+    import shutil
+    out, argv = two_checkpoints
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    argv = [a if a != str(out) else str(run) for a in argv]
+    argv[argv.index("-x") + 1] = "4"
+    proc = subprocess.run([sys.executable, os.path.join(BIN, "train_gpt2")] + argv + ["-y", "1", "-e", "other.bin"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "-e: " in proc.stderr and "other.bin" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+class FakeWorld:
+    """Two ranks' configs as rank 0 gathers them."""
+
+    def __init__(self, configs):
+        self.configs, self.size, self.rank, self.is_master = configs, len(configs), 0, True
+
+    def gather(self, mine):
+        return [mine] + [{k: getattr(c, k) for k in mine} for c in self.configs[1:]]
+
+    def bcast(self, obj):
+        return obj
+
+
+def test_ranks_with_different_flags_stop_together():
+    a = TrainConfig(max_steps=10)
+    with pytest.raises(CollectiveError, match="rank 1 has -x 12, rank 0 10"):
+        check_ranks_agree(a, FakeWorld([a, a.replace(max_steps=12)]))
+    check_ranks_agree(a, FakeWorld([a, a.replace(omp_threads=4)]))   # threads are each rank's own
