@@ -11,6 +11,7 @@ model of tests/fixtures and tiny random shards, 3 steps of -b 2 -t 8:
   - a NaN loss stops every rank at the same step; the world-size guard fires;
   - the buffer collectives on 3 ranks (NumPy in place) and on CUDA-simulator arrays (host staging).
 """
+import json
 import os
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 
 from numbagpt import dist
+from numbagpt.train import checkpoint
 from numbagpt.files.data import DataLoader
 from numbagpt.files.formats import read_model, read_state, read_state_header, write_model, write_shard, write_state
 
@@ -211,17 +213,20 @@ def test_zero1_equals_zero0_and_resumes(runs, shards, tmp_path):
 
 @needs_mpi
 def test_one_failing_rank_ends_the_job(runs, shards, tmp_path):
-    """Rank 1's state file holds one parameter too few (a well-formed file: the checkpoint verifies):
-    only rank 1 fails (in checkpoint.load_state) while rank 0 goes on into the first step's
+    """Rank 1's state file holds one parameter too few (a well-formed file, and DONE records its hash:
+    the checkpoint verifies): only rank 1 fails (in checkpoint.load_state) while rank 0 goes on into the first step's
     collectives; the job must still end, with rank 1's message."""
     z1, _ = runs(2, 2, 1, zero=1)
     for name in ("model_00000002.bin", "state_00000002_00000.bin", "state_00000002_00001.bin", "DONE_00000002"):
         shutil.copy(os.path.join(z1, name), tmp_path / name)
     path = str(tmp_path / "state_00000002_00001.bin")
     st = read_state(path)
-    write_state(path, 2, 2, 1, st["m"][:-1], st["v"][:-1], shard_index=st["shard_index"],
-                sample_index=st["sample_index"], shuffle=st["shuffle"], epoch=st["epoch"], seed=st["seed"],
-                run=st["run"])
+    new_hash = write_state(path, 2, 2, 1, st["m"][:-1], st["v"][:-1], shard_index=st["shard_index"],
+                           sample_index=st["sample_index"], shuffle=st["shuffle"], epoch=st["epoch"],
+                           seed=st["seed"], run=st["run"])
+    done = json.loads((tmp_path / "DONE_00000002").read_text())
+    done[checkpoint.HASH]["state_00000002_00001.bin"] = new_hash
+    (tmp_path / "DONE_00000002").write_text(json.dumps(done))
     proc, seconds = run(train_args(shards, tmp_path, 2, zero=1, extra=("-y", "1")), nprocs=2, timeout=60)
     assert proc.returncode != 0
     assert "rank 1: error:" in proc.stderr and "state_00000002_00001.bin" in proc.stderr, proc.stderr

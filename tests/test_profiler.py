@@ -326,7 +326,7 @@ def test_cli_bad_arguments_give_clear_errors(tmp_path, capsys):
     from numbagpt.cli.profile import main
     with pytest.raises(SystemExit) as e:
         main(["-b", "0"])
-    assert "--batch-size must be positive" in str(e.value)
+    assert "-b must be positive, got 0" in str(e.value)
     with pytest.raises(SystemExit) as e:
         main(["--steps", "-1"])
     assert "--steps must be positive" in str(e.value)
@@ -334,7 +334,7 @@ def test_cli_bad_arguments_give_clear_errors(tmp_path, capsys):
         main(["--device", "tpu"])
     assert "invalid choice" in capsys.readouterr().err
     assert main(["-e", str(tmp_path / "nope.bin")]) == 1
-    assert "neither a preset" in capsys.readouterr().err
+    assert "nope.bin: no such model file or directory (-e)" in capsys.readouterr().err
     model_file = tmp_path / "micro.bin"
     formats.write_model(model_file, CFG, np.zeros(30080, dtype=np.float32))
     assert main(["-e", str(model_file), "-t", "17"]) == 1
