@@ -265,3 +265,18 @@ def test_buffer_collectives(device, nprocs):
     script = os.path.join(ROOT, "tests", "mpi", "collectives.py")
     proc, _ = run(["-m", "mpi4py", script, device], nprocs=nprocs, env={"NUMBA_ENABLE_CUDASIM": "1"})
     assert check(proc).stdout.count(" ok (") == nprocs
+
+
+@needs_mpi
+def test_ranks_started_with_different_flags_stop_at_once(shards, tmp_path):
+    """An MPMD launch whose ranks have different -x: every rank ends with one line naming -x (it
+    hung before: the rank with fewer steps finished and the other waited in a collective)."""
+    a = train_args(shards, tmp_path / "a", 2)
+    b = list(a)
+    b[b.index("-x") + 1] = "4"   # rank 1 runs 4 steps, rank 0 3
+    cmd = [MPIEXEC, "-n", "1", sys.executable] + a + [":", "-n", "1", sys.executable] + b
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0, proc.stdout
+    assert "different flags: rank 1 has -x 4, rank 0 3" in proc.stderr, proc.stderr
+    assert time.perf_counter() - t0 < 120
