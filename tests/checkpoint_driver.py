@@ -39,6 +39,9 @@ class World:
     def bcast(self, x):
         return x
 
+    def gather(self, x):
+        return [x]
+
     def barrier(self):
         pass
 
@@ -63,7 +66,7 @@ class Model:
         return values(self.step, 2)
 
     def save(self, path):
-        write_model(path, CONFIG, values(self.step, 0))
+        return write_model(path, CONFIG, values(self.step, 0))
 
 
 class Loader:
