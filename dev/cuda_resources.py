@@ -59,7 +59,7 @@ ARCHS = {
 MAX_GRID = (2 ** 31 - 1, 65535, 65535)
 WARP = 32
 
-FLASH_FLOOR = 0.125
+FLASH_FLOOR = 0.125  # 8 warps: 2 blocks of 128 threads (docs/cuda.md, "Occupancy floors")
 
 # Occupancy floors (warps resident per SM, as a fraction of the 64 an SM holds) per kernel family,
 # with the reason in docs/cuda.md ("Resources and occupancy"). A kernel not listed gets DEFAULT_FLOOR.

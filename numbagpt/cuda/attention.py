@@ -57,6 +57,9 @@ FWD_SHIFT = 6
 BWD_HO = 64              # dk and dv channels per pass (16 + 16 accumulators per thread)
 BWD_NACC = BWD_HO // TPR
 BWD_SHIFT = 6
+# ptxas gives the dq kernel 122-130 registers (3 blocks per SM on sm_80); capped at 128 it fits 4
+# without spilling. The forward and dk/dv kernels spill under any cap that would buy a block (168, 128).
+DQ_MAX_REGISTERS = 128
 
 
 @cuda.jit(device=True, inline=True)
@@ -268,7 +271,7 @@ def flash_attention_dkdv_kernel(dinp, dout, inp, out, lse, B, T, C, NH, scale):
                     dinp[base + 2 * C + c] += dv[i]
 
 
-@cuda.jit(fastmath=False)
+@cuda.jit(fastmath=False, max_registers=DQ_MAX_REGISTERS)
 def flash_attention_dq_kernel(dinp, dout, inp, out, lse, B, T, C, NH, scale):
     """dq (added into dinp) of query tile (gridDim.y − 1 − blockIdx.y) of head blockIdx.x = b·NH + h."""
     W = cuda.shared.array((BR, W_COLS), float32)
