@@ -33,7 +33,7 @@ import math
 import numpy as np
 
 from .launch import Launch
-from .runtime import FULL_MASK, F32, F32A, I64, cdiv, cuda, f32, float32, i64, warp_max, warp_sum
+from .runtime import FULL_MASK, SIMULATOR, F32, F32A, I64, cdiv, cuda, f32, float32, i64, warp_max, warp_sum
 
 WARPS = 4
 ROW_BLOCK = 32 * WARPS
@@ -60,6 +60,7 @@ BWD_SHIFT = 6
 # ptxas gives the dq kernel 122-130 registers (3 blocks per SM on sm_80); capped at 128 it fits 4
 # without spilling. The forward and dk/dv kernels spill under any cap that would buy a block (168, 128).
 DQ_MAX_REGISTERS = 128
+_DQ_OPTIONS = {} if SIMULATOR else {"max_registers": DQ_MAX_REGISTERS}  # the simulator's jit has no such option
 
 
 @cuda.jit(device=True, inline=True)
@@ -271,7 +272,7 @@ def flash_attention_dkdv_kernel(dinp, dout, inp, out, lse, B, T, C, NH, scale):
                     dinp[base + 2 * C + c] += dv[i]
 
 
-@cuda.jit(fastmath=False, max_registers=DQ_MAX_REGISTERS)
+@cuda.jit(fastmath=False, **_DQ_OPTIONS)
 def flash_attention_dq_kernel(dinp, dout, inp, out, lse, B, T, C, NH, scale):
     """dq (added into dinp) of query tile (gridDim.y − 1 − blockIdx.y) of head blockIdx.x = b·NH + h."""
     W = cuda.shared.array((BR, W_COLS), float32)
