@@ -6,7 +6,7 @@
 Runs in Numba's CUDA simulator (the normal pytest run re-runs this module in a subprocess with
 NUMBA_ENABLE_CUDASIM=1, as tests/simulator.py describes) or directly on a GPU. The shapes cover T = 1, 2,
 odd, the 32-row tile ±1 and several query tiles (the causal loops, the masked diagonal tile, rows and keys
-past T), odd head sizes, hs = 64 (two 32-channel score chunks) and hs > 64 (several output passes, a
+past T), odd head sizes, hs = 64 (two 32-channel score chunks) and hs > 64 (several output slices, a
 partial last chunk), B and NH > 1 (the per-(b, h) offsets). Outputs start as NaN (every element must be
 written) and carry a guard tail that must stay untouched; dinp starts random (accumulation).
 Also (simulator off): the three kernels compile to PTX for sm_80 and sm_90 without float64 or local memory,
@@ -32,7 +32,7 @@ SHAPES = [
     (2, 65, 3, 1),    # three query tiles, hs = 3
     (1, 40, 64, 1),   # hs = 64: two score chunks, one output pass
     (1, 9, 66, 2),    # hs = 33: a one-channel second chunk
-    (1, 5, 130, 1),   # hs = 130: three output passes of 64, five chunks (the last of 2 channels)
+    (1, 5, 130, 1),   # hs = 130: three 64-channel output slices (blockIdx.z), five chunks (the last of 2)
 ]
 
 if not SIM:
@@ -177,6 +177,9 @@ if RUN_HERE:
         dkdv, dq = A.attention_backward_launches(2, 65, 12, 3)
         assert (dkdv.kernel, dq.kernel) == (A.flash_attention_dkdv_kernel, A.flash_attention_dq_kernel)
         assert dkdv.grid3() == dq.grid3() == (6, 3, 1)
+        # hs = 130: three 64-channel slices of the output on blockIdx.z
+        assert [launch.grid3() for launch in A.attention_forward_launches(1, 5, 130, 1)] == [(1, 1, 3)]
+        assert [launch.grid3() for launch in A.attention_backward_launches(1, 5, 130, 1)] == [(1, 1, 3)] * 2
 
 
 # ----------------------------------------------------------------------------- machine code (no GPU)

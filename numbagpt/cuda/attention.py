@@ -8,35 +8,37 @@ Shapes (row-major, flat), hs = C/NH, scale = 1/sqrt(hs):
 Tiles: BR = 32 rows (queries or keys) per tile, 128 threads per block, 4 threads per tile row (lanes
 4r..4r+3 of a warp hold row r; their row reductions are two `shfl_xor`s); a thread holds the tile
 columns cl + 4j (cl = its lane % 4, j < 8) of its row's 32 scores, and the output channels cl + 4j of a
-pass of HO channels in registers (constant indices: no local memory). Shared memory (static): one
+slice of HO channels in registers (constant indices: no local memory). Shared memory (static): one
 32×129 staging array W, which holds four 32-channel chunks side by side (q, k[, dout, v]) while the
 scores are formed over hs in chunks of HC = 32, then the value (or k, or dout and q) tile(s) of HO = 64 channels
 for the product with P (or dS); P and dS tiles 32×33; D and lse of the 32 queries (dk/dv kernel). Loads
 are coalesced along the channels and zero-filled past T and hs, so any T and any hs (odd ones too)
-work; hs > HO is handled by passes over HO-channel slices of the output, each recomputing the scores.
+work; hs > HO is handled by blocks per HO-channel slice of the output (blockIdx.z), each recomputing
+the scores (one slice for GPT-2's hs = 64).
 Causality: a query tile visits only the key tiles 0..its own (tiles above the diagonal are never
 loaded); only the diagonal tile is masked (t2 > t: P = 0).
 
-forward (1 launch, flash_attention_forward_kernel): one block per (b·h, query tile), heaviest (last)
+Grids (B·NH, ⌈T/32⌉, ⌈hs/64⌉) × 128 threads.
+forward (1 launch, flash_attention_forward_kernel): one block per (b·h, query tile, slice), heaviest (last)
     query tiles first; online softmax over the key tiles: running max m and sum l per row, the
     accumulator rescaled by exp(m_old − m_new); out = acc/l and lse = m + log l written (HO = 64:
     16 accumulators per thread).
 backward (2 launches, dinp accumulated, deterministic: every dinp cell has one owning thread, no atomics):
-    flash_attention_dkdv_kernel: one block per (b·h, key tile), looping over the query tiles from the
+    flash_attention_dkdv_kernel: one block per (b·h, key tile, slice), looping over the query tiles from the
         diagonal; per query tile D_t = Σ dout_t·out_t and lse_t are staged, Pᵀ = exp(scale·k·qᵀ − lse)
         and dPᵀ = v·doutᵀ recomputed, dSᵀ = Pᵀ∘(dPᵀ − D); dv += Pᵀ·dout, dk += scale·dSᵀ·q
-        (HO = 64 channels of each per pass: 2 × 16 accumulators per thread).
-    flash_attention_dq_kernel: one block per (b·h, query tile), looping over the key tiles up to the
-        diagonal with the same recomputation; dq += scale·dS·k (HO = 64), max_registers 128.
-Resources (ptxas via dev/cuda_resources.py; docs/cuda.md): forward 209 / 137 registers (sm_80 / sm_90),
-dk/dv 232 / 145, dq 128 / 128, no spills; 20.7 / 25.2 / 20.7 KB static shared memory.
+        (HO = 64 channels of each: 2 × 16 accumulators per thread).
+    flash_attention_dq_kernel: one block per (b·h, query tile, slice), looping over the key tiles up to
+        the diagonal with the same recomputation; dq += scale·dS·k (HO = 64).
+Resources (ptxas via dev/cuda_resources.py; docs/cuda.md): forward 184 / 96 registers (sm_80 / sm_90),
+dk/dv 223 / 134, dq 123 / 102, no spills; 20.7 / 25.2 / 20.7 KB static shared memory.
 """
 import math
 
 import numpy as np
 
 from .launch import Launch
-from .runtime import F32, F32A, FULL_MASK, I64, SIMULATOR, cdiv, cuda, f32, float32, i64, warp_max, warp_sum
+from .runtime import F32, F32A, FULL_MASK, I64, cdiv, cuda, f32, float32, i64, warp_max, warp_sum
 
 WARPS = 4
 ROW_BLOCK = 32 * WARPS
@@ -54,16 +56,12 @@ NCOL = BR // TPR         # 8 tile columns per thread
 THREADS = BR * TPR       # 128 threads per block
 W_COLS = 4 * HC + 1      # 129: the staging array's row (4 chunks, or two 64-channel tiles, + 1 of padding)
 P_COLS = BR + 1          # 33: the P / dS tiles' row
-FWD_HO = 64              # output channels per pass: forward and dq (16 accumulators per thread)
+FWD_HO = 64              # output channels per block (blockIdx.z slice): forward and dq (16 accumulators per thread)
 FWD_NACC = FWD_HO // TPR
-FWD_SHIFT = 6
-BWD_HO = 64              # dk and dv channels per pass (16 + 16 accumulators per thread)
+FWD_SHIFT = 6            # FWD_HO = 2**FWD_SHIFT
+BWD_HO = 64              # dk and dv channels per block (16 + 16 accumulators per thread)
 BWD_NACC = BWD_HO // TPR
-BWD_SHIFT = 6
-# ptxas gives the dq kernel 122-130 registers (3 blocks per SM on sm_80); capped at 128 it fits 4
-# without spilling. The forward and dk/dv kernels spill under any cap that would buy a block (168, 128).
-DQ_MAX_REGISTERS = 128
-_DQ_OPTIONS = {} if SIMULATOR else {"max_registers": DQ_MAX_REGISTERS}  # the simulator's jit has no such option
+BWD_SHIFT = 6            # BWD_HO = 2**BWD_SHIFT
 
 
 @cuda.jit(device=True, inline=True)
@@ -121,69 +119,69 @@ def flash_attention_forward_kernel(out, lse, inp, B, T, C, NH, scale):
     q0 = qt * BR
     t = q0 + r
     qbase = b * T * C3 + h * hs
-    for o0 in range(0, hs, FWD_HO):
-        m = _NEG_INF
-        l = _ZERO  # this thread's share of the row sum (its 8 columns), rescaled with the row's m
+    o0 = cuda.blockIdx.z * FWD_HO  # this block's slice of the output channels
+    m = _NEG_INF
+    l = _ZERO  # this thread's share of the row sum (its 8 columns), rescaled with the row's m
+    for i in range(FWD_NACC):
+        acc[i] = _ZERO
+    for kt in range(qt + 1):
+        k0 = kt * BR
+        for j in range(NCOL):
+            s[j] = _ZERO
+        for c0 in range(0, hs, HC):  # s = q·k over hs, one 32-channel chunk at a time
+            _stage(W, 0, HC_SHIFT, inp, qbase, C3, q0, T, c0, hs, tid)
+            _stage(W, HC, HC_SHIFT, inp, qbase + C, C3, k0, T, c0, hs, tid)
+            cuda.syncthreads()
+            for i0 in range(min(HC, hs - c0)):  # a runtime bound: not unrolled 32 times
+                i = i0 & (HC - 1)
+                a = W[r, i]
+                for j in range(NCOL):
+                    s[j] += a * W[cl + TPR * j, HC + i]
+            cuda.syncthreads()
+        # online softmax; every row has key 0 (< T, ≤ t) in key tile 0, so m is finite from then on
+        nk = t + 1 - k0  # keys t2 = k0 + c of this tile with t2 ≤ t and t2 < T: c < nk
+        if T - k0 < nk:
+            nk = T - k0
+        mt = _NEG_INF
+        for j in range(NCOL):
+            s[j] *= scale
+            if cl + TPR * j < nk and s[j] > mt:
+                mt = s[j]
+        mt = _quad_max(mt)
+        m_new = m
+        if mt > m_new:
+            m_new = mt
+        alpha = math.exp(m - m_new)  # 0 at the first key tile (m = −inf)
+        psum = _ZERO
+        for j in range(NCOL):
+            p = _ZERO
+            if cl + TPR * j < nk:
+                p = math.exp(s[j] - m_new)
+            Ps[r, cl + TPR * j] = p
+            psum += p
+        l = l * alpha + psum
+        m = m_new
         for i in range(FWD_NACC):
-            acc[i] = _ZERO
-        for kt in range(qt + 1):
-            k0 = kt * BR
-            for j in range(NCOL):
-                s[j] = _ZERO
-            for c0 in range(0, hs, HC):  # s = q·k over hs, one 32-channel chunk at a time
-                _stage(W, 0, HC_SHIFT, inp, qbase, C3, q0, T, c0, hs, tid)
-                _stage(W, HC, HC_SHIFT, inp, qbase + C, C3, k0, T, c0, hs, tid)
-                cuda.syncthreads()
-                for i0 in range(min(HC, hs - c0)):  # a runtime bound: not unrolled 32 times
-                    i = i0 & (HC - 1)
-                    a = W[r, i]
-                    for j in range(NCOL):
-                        s[j] += a * W[cl + TPR * j, HC + i]
-                cuda.syncthreads()
-            # online softmax; every row has key 0 (< T, ≤ t) in key tile 0, so m is finite from then on
-            nk = t + 1 - k0  # keys t2 = k0 + c of this tile with t2 ≤ t and t2 < T: c < nk
-            if T - k0 < nk:
-                nk = T - k0
-            mt = _NEG_INF
-            for j in range(NCOL):
-                s[j] *= scale
-                if cl + TPR * j < nk and s[j] > mt:
-                    mt = s[j]
-            mt = _quad_max(mt)
-            m_new = m
-            if mt > m_new:
-                m_new = mt
-            alpha = math.exp(m - m_new)  # 0 at the first key tile (m = −inf)
-            psum = _ZERO
-            for j in range(NCOL):
-                p = _ZERO
-                if cl + TPR * j < nk:
-                    p = math.exp(s[j] - m_new)
-                Ps[r, cl + TPR * j] = p
-                psum += p
-            l = l * alpha + psum
-            m = m_new
+            acc[i] *= alpha
+        # acc += P·v over this block's HO channels
+        _stage(W, 0, FWD_SHIFT, inp, qbase + 2 * C, C3, k0, T, o0, hs, tid)
+        cuda.syncthreads()
+        for k0_ in range(min(BR, T - k0)):  # keys past T: P = 0
+            k = k0_ & (BR - 1)
+            p = Ps[r, k]
             for i in range(FWD_NACC):
-                acc[i] *= alpha
-            # acc += P·v over this pass's HO channels
-            _stage(W, 0, FWD_SHIFT, inp, qbase + 2 * C, C3, k0, T, o0, hs, tid)
-            cuda.syncthreads()
-            for k0_ in range(min(BR, T - k0)):  # keys past T: P = 0
-                k = k0_ & (BR - 1)
-                p = Ps[r, k]
-                for i in range(FWD_NACC):
-                    acc[i] += p * W[k, cl + TPR * i]
-            cuda.syncthreads()
-        l = _quad_sum(l)
-        if t < T:
-            inv = _ONE / l
-            obase = (b * T + t) * C + h * hs + o0
-            for i in range(FWD_NACC):
-                c = cl + TPR * i
-                if o0 + c < hs:
-                    out[obase + c] = acc[i] * inv
-            if o0 == 0 and cl == 0:
-                lse[bh * T + t] = m + math.log(l)
+                acc[i] += p * W[k, cl + TPR * i]
+        cuda.syncthreads()
+    l = _quad_sum(l)
+    if t < T:
+        inv = _ONE / l
+        obase = (b * T + t) * C + h * hs + o0
+        for i in range(FWD_NACC):
+            c = cl + TPR * i
+            if o0 + c < hs:
+                out[obase + c] = acc[i] * inv
+        if o0 == 0 and cl == 0:
+            lse[bh * T + t] = m + math.log(l)
 
 
 @cuda.jit(fastmath=False)
@@ -212,70 +210,70 @@ def flash_attention_dkdv_kernel(dinp, dout, inp, out, lse, B, T, C, NH, scale):
     t2 = k0 + r  # this thread's key row
     qbase = b * T * C3 + h * hs
     obase = b * T * C + h * hs
-    for o0 in range(0, hs, BWD_HO):
-        for i in range(BWD_NACC):
-            dk[i] = _ZERO
-            dv[i] = _ZERO
-        for qt in range(kt, nt):
-            q0 = qt * BR
-            # D and lse of the tile's 32 queries (row r: lanes cl over the channels)
-            tq = q0 + r
-            d = _ZERO
-            if tq < T:
-                for c in range(cl, hs, TPR):
-                    d += dout[obase + tq * C + c] * out[obase + tq * C + c]
-            d = _quad_sum(d)
-            if cl == 0:
-                Ds[r] = d
-                Ls[r] = lse[bh * T + tq] if tq < T else _ZERO
-            for j in range(NCOL):
-                s[j] = _ZERO
-                dp[j] = _ZERO
-            for c0 in range(0, hs, HC):  # sᵀ = k·qᵀ and dpᵀ = v·doutᵀ over hs in 32-channel chunks
-                _stage(W, 0, HC_SHIFT, inp, qbase + C, C3, k0, T, c0, hs, tid)
-                _stage(W, HC, HC_SHIFT, inp, qbase, C3, q0, T, c0, hs, tid)
-                _stage(W, 2 * HC, HC_SHIFT, inp, qbase + 2 * C, C3, k0, T, c0, hs, tid)
-                _stage(W, 3 * HC, HC_SHIFT, dout, obase, C, q0, T, c0, hs, tid)
-                cuda.syncthreads()
-                for i0 in range(min(HC, hs - c0)):  # a runtime bound: not unrolled 32 times
-                    i = i0 & (HC - 1)
-                    a = W[r, i]
-                    av = W[r, 2 * HC + i]
-                    for j in range(NCOL):
-                        s[j] += a * W[cl + TPR * j, HC + i]
-                        dp[j] += av * W[cl + TPR * j, 3 * HC + i]
-                cuda.syncthreads()
-            for j in range(NCOL):
-                tc = cl + TPR * j
-                p = _ZERO
-                ds = _ZERO
-                if t2 <= q0 + tc and q0 + tc < T:
-                    p = math.exp(s[j] * scale - Ls[tc])
-                    ds = p * (dp[j] - Ds[tc])
-                Ps[r, tc] = p
-                dSs[r, tc] = ds
-            # dv += Pᵀ·dout, dk += dSᵀ·q over this pass's HO channels: dout in W[:, :64], q in W[:, 64:128]
-            _stage(W, 0, BWD_SHIFT, dout, obase, C, q0, T, o0, hs, tid)
-            _stage(W, BWD_HO, BWD_SHIFT, inp, qbase, C3, q0, T, o0, hs, tid)
+    o0 = cuda.blockIdx.z * BWD_HO  # this block's slice of the output channels
+    for i in range(BWD_NACC):
+        dk[i] = _ZERO
+        dv[i] = _ZERO
+    for qt in range(kt, nt):
+        q0 = qt * BR
+        # D and lse of the tile's 32 queries (row r: lanes cl over the channels)
+        tq = q0 + r
+        d = _ZERO
+        if tq < T:
+            for c in range(cl, hs, TPR):
+                d += dout[obase + tq * C + c] * out[obase + tq * C + c]
+        d = _quad_sum(d)
+        if cl == 0:
+            Ds[r] = d
+            Ls[r] = lse[bh * T + tq] if tq < T else _ZERO
+        for j in range(NCOL):
+            s[j] = _ZERO
+            dp[j] = _ZERO
+        for c0 in range(0, hs, HC):  # sᵀ = k·qᵀ and dpᵀ = v·doutᵀ over hs in 32-channel chunks
+            _stage(W, 0, HC_SHIFT, inp, qbase + C, C3, k0, T, c0, hs, tid)
+            _stage(W, HC, HC_SHIFT, inp, qbase, C3, q0, T, c0, hs, tid)
+            _stage(W, 2 * HC, HC_SHIFT, inp, qbase + 2 * C, C3, k0, T, c0, hs, tid)
+            _stage(W, 3 * HC, HC_SHIFT, dout, obase, C, q0, T, c0, hs, tid)
             cuda.syncthreads()
-            for k0_ in range(min(BR, T - q0)):  # queries past T: P = dS = 0
-                k = k0_ & (BR - 1)
-                p = Ps[r, k]
-                ds = dSs[r, k]
-                for i in range(BWD_NACC):
-                    dv[i] += p * W[k, cl + TPR * i]
-                    dk[i] += ds * W[k, BWD_HO + cl + TPR * i]
+            for i0 in range(min(HC, hs - c0)):  # a runtime bound: not unrolled 32 times
+                i = i0 & (HC - 1)
+                a = W[r, i]
+                av = W[r, 2 * HC + i]
+                for j in range(NCOL):
+                    s[j] += a * W[cl + TPR * j, HC + i]
+                    dp[j] += av * W[cl + TPR * j, 3 * HC + i]
             cuda.syncthreads()
-        if t2 < T:
-            base = (b * T + t2) * C3 + h * hs + o0
+        for j in range(NCOL):
+            tc = cl + TPR * j
+            p = _ZERO
+            ds = _ZERO
+            if t2 <= q0 + tc and q0 + tc < T:
+                p = math.exp(s[j] * scale - Ls[tc])
+                ds = p * (dp[j] - Ds[tc])
+            Ps[r, tc] = p
+            dSs[r, tc] = ds
+        # dv += Pᵀ·dout, dk += dSᵀ·q over this block's HO channels: dout in W[:, :64], q in W[:, 64:128]
+        _stage(W, 0, BWD_SHIFT, dout, obase, C, q0, T, o0, hs, tid)
+        _stage(W, BWD_HO, BWD_SHIFT, inp, qbase, C3, q0, T, o0, hs, tid)
+        cuda.syncthreads()
+        for k0_ in range(min(BR, T - q0)):  # queries past T: P = dS = 0
+            k = k0_ & (BR - 1)
+            p = Ps[r, k]
+            ds = dSs[r, k]
             for i in range(BWD_NACC):
-                c = cl + TPR * i
-                if o0 + c < hs:
-                    dinp[base + C + c] += dk[i] * scale
-                    dinp[base + 2 * C + c] += dv[i]
+                dv[i] += p * W[k, cl + TPR * i]
+                dk[i] += ds * W[k, BWD_HO + cl + TPR * i]
+        cuda.syncthreads()
+    if t2 < T:
+        base = (b * T + t2) * C3 + h * hs + o0
+        for i in range(BWD_NACC):
+            c = cl + TPR * i
+            if o0 + c < hs:
+                dinp[base + C + c] += dk[i] * scale
+                dinp[base + 2 * C + c] += dv[i]
 
 
-@cuda.jit(fastmath=False, **_DQ_OPTIONS)
+@cuda.jit(fastmath=False)
 def flash_attention_dq_kernel(dinp, dout, inp, out, lse, B, T, C, NH, scale):
     """dq (added into dinp) of query tile (gridDim.y − 1 − blockIdx.y) of head blockIdx.x = b·NH + h."""
     W = cuda.shared.array((BR, W_COLS), float32)
@@ -304,49 +302,49 @@ def flash_attention_dq_kernel(dinp, dout, inp, out, lse, B, T, C, NH, scale):
             d += dout[obase + t * C + c] * out[obase + t * C + c]
         lt = lse[bh * T + t]
     d = _quad_sum(d)
-    for o0 in range(0, hs, FWD_HO):
-        for i in range(FWD_NACC):
-            acc[i] = _ZERO
-        for kt in range(qt + 1):
-            k0 = kt * BR
-            for j in range(NCOL):
-                s[j] = _ZERO
-                dp[j] = _ZERO
-            for c0 in range(0, hs, HC):  # s = q·kᵀ and dp = dout·vᵀ over hs in 32-channel chunks
-                _stage(W, 0, HC_SHIFT, inp, qbase, C3, q0, T, c0, hs, tid)
-                _stage(W, HC, HC_SHIFT, inp, qbase + C, C3, k0, T, c0, hs, tid)
-                _stage(W, 2 * HC, HC_SHIFT, dout, obase, C, q0, T, c0, hs, tid)
-                _stage(W, 3 * HC, HC_SHIFT, inp, qbase + 2 * C, C3, k0, T, c0, hs, tid)
-                cuda.syncthreads()
-                for i0 in range(min(HC, hs - c0)):  # a runtime bound: not unrolled 32 times
-                    i = i0 & (HC - 1)
-                    a = W[r, i]
-                    ad = W[r, 2 * HC + i]
-                    for j in range(NCOL):
-                        s[j] += a * W[cl + TPR * j, HC + i]
-                        dp[j] += ad * W[cl + TPR * j, 3 * HC + i]
-                cuda.syncthreads()
-            for j in range(NCOL):
-                t2 = k0 + cl + TPR * j
-                ds = _ZERO
-                if t2 <= t and t < T:
-                    ds = math.exp(s[j] * scale - lt) * (dp[j] - d)
-                dSs[r, cl + TPR * j] = ds
-            # acc += dS·k over this pass's HO channels
-            _stage(W, 0, FWD_SHIFT, inp, qbase + C, C3, k0, T, o0, hs, tid)
+    o0 = cuda.blockIdx.z * FWD_HO  # this block's slice of the output channels
+    for i in range(FWD_NACC):
+        acc[i] = _ZERO
+    for kt in range(qt + 1):
+        k0 = kt * BR
+        for j in range(NCOL):
+            s[j] = _ZERO
+            dp[j] = _ZERO
+        for c0 in range(0, hs, HC):  # s = q·kᵀ and dp = dout·vᵀ over hs in 32-channel chunks
+            _stage(W, 0, HC_SHIFT, inp, qbase, C3, q0, T, c0, hs, tid)
+            _stage(W, HC, HC_SHIFT, inp, qbase + C, C3, k0, T, c0, hs, tid)
+            _stage(W, 2 * HC, HC_SHIFT, dout, obase, C, q0, T, c0, hs, tid)
+            _stage(W, 3 * HC, HC_SHIFT, inp, qbase + 2 * C, C3, k0, T, c0, hs, tid)
             cuda.syncthreads()
-            for k0_ in range(min(BR, T - k0)):  # keys past T: dS = 0
-                k = k0_ & (BR - 1)
-                ds = dSs[r, k]
-                for i in range(FWD_NACC):
-                    acc[i] += ds * W[k, cl + TPR * i]
+            for i0 in range(min(HC, hs - c0)):  # a runtime bound: not unrolled 32 times
+                i = i0 & (HC - 1)
+                a = W[r, i]
+                ad = W[r, 2 * HC + i]
+                for j in range(NCOL):
+                    s[j] += a * W[cl + TPR * j, HC + i]
+                    dp[j] += ad * W[cl + TPR * j, 3 * HC + i]
             cuda.syncthreads()
-        if t < T:
-            base = (b * T + t) * 3 * C + h * hs + o0
+        for j in range(NCOL):
+            t2 = k0 + cl + TPR * j
+            ds = _ZERO
+            if t2 <= t and t < T:
+                ds = math.exp(s[j] * scale - lt) * (dp[j] - d)
+            dSs[r, cl + TPR * j] = ds
+        # acc += dS·k over this block's HO channels
+        _stage(W, 0, FWD_SHIFT, inp, qbase + C, C3, k0, T, o0, hs, tid)
+        cuda.syncthreads()
+        for k0_ in range(min(BR, T - k0)):  # keys past T: dS = 0
+            k = k0_ & (BR - 1)
+            ds = dSs[r, k]
             for i in range(FWD_NACC):
-                c = cl + TPR * i
-                if o0 + c < hs:
-                    dinp[base + c] += acc[i] * scale
+                acc[i] += ds * W[k, cl + TPR * i]
+        cuda.syncthreads()
+    if t < T:
+        base = (b * T + t) * 3 * C + h * hs + o0
+        for i in range(FWD_NACC):
+            c = cl + TPR * i
+            if o0 + c < hs:
+                dinp[base + c] += acc[i] * scale
 
 
 _FLASH_BWD_SIG = (F32A, F32A, F32A, F32A, F32A, I64, I64, I64, I64, F32)
@@ -358,14 +356,17 @@ SIGNATURES = {
 
 
 def attention_forward_launches(B, T, C, NH):
-    """[flash forward]: grid (B·NH, ⌈T/32⌉) of 128 threads."""
-    return [Launch(flash_attention_forward_kernel, (B * NH, cdiv(T, BR)), THREADS)]
+    """[flash forward]: grid (B·NH, ⌈T/32⌉, ⌈hs/64⌉) of 128 threads (one z slice for GPT-2's hs = 64)."""
+    hs = C // NH
+    return [Launch(flash_attention_forward_kernel, (B * NH, cdiv(T, BR), cdiv(hs, FWD_HO)), THREADS)]
 
 
 def attention_backward_launches(B, T, C, NH):
-    """[dk/dv (one block per key tile), dq (one block per query tile)]: grids (B·NH, ⌈T/32⌉) of 128."""
-    grid = (B * NH, cdiv(T, BR))
-    return [Launch(flash_attention_dkdv_kernel, grid, THREADS), Launch(flash_attention_dq_kernel, grid, THREADS)]
+    """[dk/dv (one block per key tile), dq (one block per query tile)]: grids (B·NH, ⌈T/32⌉, ⌈hs/64⌉) of
+    128 threads."""
+    hs = C // NH
+    return [Launch(flash_attention_dkdv_kernel, (B * NH, cdiv(T, BR), cdiv(hs, BWD_HO)), THREADS),
+            Launch(flash_attention_dq_kernel, (B * NH, cdiv(T, BR), cdiv(hs, FWD_HO)), THREADS)]
 
 
 def attention_forward(out, lse, inp, B, T, C, NH):
