@@ -6,8 +6,8 @@
 Runs in Numba's CUDA simulator (the normal pytest run re-runs this module in a subprocess with
 NUMBA_ENABLE_CUDASIM=1, as tests/simulator.py describes) or directly on a GPU. The shapes cover T = 1, 2,
 odd, the 32-row tile ±1 and several query tiles (the causal loops, the masked diagonal tile, rows and keys
-past T), odd head sizes, hs = 64 (two 32-channel score chunks) and hs > 64 (several output slices, a
-partial last chunk), B and NH > 1 (the per-(b, h) offsets). Outputs start as NaN (every element must be
+past T), odd head sizes and hs = 1, hs = 64 (two 32-channel score chunks), hs = 128 and 130 (several
+64-channel output slices, a partial last chunk), B and NH > 1 (the per-(b, h) offsets). Outputs start as NaN (every element must be
 written) and carry a guard tail that must stay untouched; dinp starts random (accumulation).
 Also (simulator off): the three kernels compile to PTX for sm_80 and sm_90 without float64 or local memory,
 and to cubins without spills (nvJitLink, as dev/cuda_resources.py does).
@@ -32,6 +32,8 @@ SHAPES = [
     (2, 65, 3, 1),    # three query tiles, hs = 3
     (1, 40, 64, 1),   # hs = 64: two score chunks, one output pass
     (1, 9, 66, 2),    # hs = 33: a one-channel second chunk
+    (1, 6, 2, 2),     # hs = 1
+    (1, 3, 256, 2),   # hs = 128: two full output slices, four chunks
     (1, 5, 130, 1),   # hs = 130: three 64-channel output slices (blockIdx.z), five chunks (the last of 2)
 ]
 
