@@ -5,16 +5,17 @@ Shapes (row-major, flat), hs = C/NH, scale = 1/sqrt(hs):
     inp, dinp (B, T, 3C) rows [q | k | v]    out, dout (B, T, C)    lse (B, NH, T)
     S = scale·q·kᵀ, P = exp(S − lse) (t2 ≤ t), out = P·v, lse[t] = log Σ_{t2≤t} exp(S[t, t2])
 
-Tiles: BR = 32 rows (queries or keys) per tile, 128 threads per block, 4 threads per tile row (lanes
-4r..4r+3 of a warp hold row r; their row reductions are two `shfl_xor`s); a thread holds the tile
-columns cl + 4j (cl = its lane % 4, j < 8) of its row's 32 scores, and the output channels cl + 4j of a
-slice of HO channels in registers (constant indices: no local memory). Shared memory (static): one
-32×129 staging array W, which holds four 32-channel chunks side by side (q, k[, dout, v]) while the
-scores are formed over hs in chunks of HC = 32, then the value (or k, or dout and q) tile(s) of HO = 64 channels
-for the product with P (or dS); P and dS tiles 32×33; D and lse of the 32 queries (dk/dv kernel). Loads
-are coalesced along the channels and zero-filled past T and hs, so any T and any hs (odd ones too)
-work; hs > HO is handled by blocks per HO-channel slice of the output (blockIdx.z), each recomputing
-the scores (one slice for GPT-2's hs = 64).
+Tiles: BR = 32 rows (queries or keys) per tile, 128 threads per block in 16 row groups of 8 lanes; a
+thread holds two rows (rg and rg + 16, rg = its group) and the tile columns cl + 8j (cl = its lane % 8,
+j < 4) of their scores, and the output channels cl + 8i (i < 8) of a 64-channel slice of both rows in
+registers (constant indices: no local memory): per shared-memory step 2 row loads and 4 (or 8) column
+loads feed 8 (or 16) FMAs. Row reductions: three `shfl_xor`s within the 8 lanes. Shared memory (static):
+one 32×129 staging array W, which holds four 32-channel chunks side by side (q, k[, dout, v]) while the
+scores are formed over hs in chunks of HC = 32, then the value (or k, or dout and q) tile(s) of HO = 64
+channels for the product with P (or dS); P and dS tiles 32×33; D and lse of the 32 queries (dk/dv
+kernel). Loads are coalesced along the channels and zero-filled past T and hs, so any T and any hs (odd
+ones too) work; hs > HO is handled by blocks per HO-channel slice of the output (blockIdx.z), each
+recomputing the scores (one slice for GPT-2's hs = 64).
 Causality: a query tile visits only the key tiles 0..its own (tiles above the diagonal are never
 loaded); only the diagonal tile is masked (t2 > t: P = 0).
 
@@ -22,23 +23,23 @@ Grids (B·NH, ⌈T/32⌉, ⌈hs/64⌉) × 128 threads.
 forward (1 launch, flash_attention_forward_kernel): one block per (b·h, query tile, slice), heaviest (last)
     query tiles first; online softmax over the key tiles: running max m and sum l per row, the
     accumulator rescaled by exp(m_old − m_new); out = acc/l and lse = m + log l written (HO = 64:
-    16 accumulators per thread).
+    2 × 8 accumulators per thread).
 backward (2 launches, dinp accumulated, deterministic: every dinp cell has one owning thread, no atomics):
     flash_attention_dkdv_kernel: one block per (b·h, key tile, slice), looping over the query tiles from the
         diagonal; per query tile D_t = Σ dout_t·out_t and lse_t are staged, Pᵀ = exp(scale·k·qᵀ − lse)
         and dPᵀ = v·doutᵀ recomputed, dSᵀ = Pᵀ∘(dPᵀ − D); dv += Pᵀ·dout, dk += scale·dSᵀ·q
-        (HO = 64 channels of each: 2 × 16 accumulators per thread).
+        (HO = 64 channels of each: 2 × 2 × 8 accumulators per thread).
     flash_attention_dq_kernel: one block per (b·h, query tile, slice), looping over the key tiles up to
-        the diagonal with the same recomputation; dq += scale·dS·k (HO = 64).
-Resources (ptxas via dev/cuda_resources.py; docs/cuda.md): forward 184 / 96 registers (sm_80 / sm_90),
-dk/dv 223 / 134, dq 123 / 102, no spills; 20.7 / 25.2 / 20.7 KB static shared memory.
+        the diagonal with the same recomputation; dq += scale·dS·k (HO = 64), max_registers 128.
+Resources (ptxas via dev/cuda_resources.py; docs/cuda.md): forward 186 / 96 registers (sm_80 / sm_90),
+dk/dv 209 / 128, dq 128 / 128, no spills; 20.7 / 25.2 / 20.7 KB static shared memory.
 """
 import math
 
 import numpy as np
 
 from .launch import Launch
-from .runtime import F32, F32A, FULL_MASK, I64, cdiv, cuda, f32, float32, i64, warp_max, warp_sum
+from .runtime import F32, F32A, FULL_MASK, I64, SIMULATOR, cdiv, cuda, f32, float32, i64, warp_max, warp_sum
 
 WARPS = 4
 ROW_BLOCK = 32 * WARPS
@@ -51,33 +52,52 @@ _NEG_INF = np.float32(-np.inf)
 BR = 32                  # rows (queries or keys) per tile
 HC = 32                  # channels per staged chunk while the scores are formed
 HC_SHIFT = 5             # HC = 2**HC_SHIFT (the staging widths are powers of 2)
-TPR = 4                  # threads per tile row
-NCOL = BR // TPR         # 8 tile columns per thread
-THREADS = BR * TPR       # 128 threads per block
+TPR = 8                  # threads per row group
+TPR_SHIFT = 3            # TPR = 2**TPR_SHIFT
+RPT = 2                  # rows per thread: rg and rg + RG
+THREADS = BR // RPT * TPR  # 128 threads per block
+RG = THREADS // TPR      # 16 row groups
+NCOL = BR // TPR         # 4 tile columns per thread (cl + 8j)
 W_COLS = 4 * HC + 1      # 129: the staging array's row (4 chunks, or two 64-channel tiles, + 1 of padding)
 P_COLS = BR + 1          # 33: the P / dS tiles' row
-FWD_HO = 64              # output channels per block (blockIdx.z slice): forward and dq (16 accumulators per thread)
-FWD_NACC = FWD_HO // TPR
+FWD_HO = 64              # output channels per block (blockIdx.z slice): forward and dq
+FWD_NACC = FWD_HO // TPR  # 8 channels per row: 2 × 8 accumulators per thread
 FWD_SHIFT = 6            # FWD_HO = 2**FWD_SHIFT
-BWD_HO = 64              # dk and dv channels per block (16 + 16 accumulators per thread)
+BWD_HO = 64              # dk and dv channels per block (2 × 2 × 8 accumulators per thread)
 BWD_NACC = BWD_HO // TPR
 BWD_SHIFT = 6            # BWD_HO = 2**BWD_SHIFT
+# ptxas gives the dq kernel 133 registers on sm_80 (3 blocks per SM); capped at 128 it fits 4 without
+# spilling (127 → 128 on sm_90). The forward and dk/dv kernels spill under the caps that would buy a block.
+DQ_MAX_REGISTERS = 128
+_DQ_OPTIONS = {} if SIMULATOR else {"max_registers": DQ_MAX_REGISTERS}  # the simulator's jit has no such option
 
 
 @cuda.jit(device=True, inline=True)
 def _quad_sum(v):
-    """Sum over the 4 lanes of a tile row (lanes 4r..4r+3); all 32 lanes must call it."""
+    """Sum over the 4 lanes 4r..4r+3; all 32 lanes must call it."""
     v += cuda.shfl_xor_sync(FULL_MASK, v, 1)
     v += cuda.shfl_xor_sync(FULL_MASK, v, 2)
     return v
 
 
 @cuda.jit(device=True, inline=True)
-def _quad_max(v):
+def _group_sum(v):
+    """Sum over the TPR = 8 lanes of a row group (lanes 8g..8g+7); all 32 lanes must call it."""
+    v += cuda.shfl_xor_sync(FULL_MASK, v, 1)
+    v += cuda.shfl_xor_sync(FULL_MASK, v, 2)
+    v += cuda.shfl_xor_sync(FULL_MASK, v, 4)
+    return v
+
+
+@cuda.jit(device=True, inline=True)
+def _group_max(v):
     o = cuda.shfl_xor_sync(FULL_MASK, v, 1)
     if o > v:
         v = o
     o = cuda.shfl_xor_sync(FULL_MASK, v, 2)
+    if o > v:
+        v = o
+    o = cuda.shfl_xor_sync(FULL_MASK, v, 4)
     if o > v:
         v = o
     return v
@@ -100,15 +120,33 @@ def _stage(W, wcol, shift, src, base, ld, row0, T, col0, hs, tid):
         W[r, wcol + c] = v
 
 
+@cuda.jit(device=True, inline=True)
+def _scores(s, W, kv, rg, cl, n):
+    """s[a, j] += Σ_{i<n} W[rg + RG·a, i]·W[cl + TPR·j, HC + i]: rows of the chunk in W[:, 0:32] against
+    those in W[:, 32:64]."""
+    for i0 in range(n):  # a runtime bound: not unrolled 32 times
+        i = i0 & (HC - 1)
+        for j in range(NCOL):
+            kv[j] = W[cl + TPR * j, HC + i]
+        for a in range(RPT):
+            x = W[rg + RG * a, i]
+            for j in range(NCOL):
+                s[a, j] += x * kv[j]
+
+
 @cuda.jit(fastmath=False)
 def flash_attention_forward_kernel(out, lse, inp, B, T, C, NH, scale):
-    """out, lse of query tile (gridDim.y − 1 − blockIdx.y) of head blockIdx.x = b·NH + h."""
+    """out, lse of query tile (gridDim.y − 1 − blockIdx.y) of head blockIdx.x = b·NH + h, output channels
+    64·blockIdx.z.. (lse by the z = 0 blocks)."""
     W = cuda.shared.array((BR, W_COLS), float32)
     Ps = cuda.shared.array((BR, P_COLS), float32)
-    s = cuda.local.array(NCOL, float32)
-    acc = cuda.local.array(FWD_NACC, float32)
+    s = cuda.local.array((RPT, NCOL), float32)
+    kv = cuda.local.array(NCOL, float32)
+    acc = cuda.local.array((RPT, FWD_NACC), float32)
+    m = cuda.local.array(RPT, float32)
+    l = cuda.local.array(RPT, float32)  # this thread's share of the row sums (its 4 columns)
     tid = cuda.threadIdx.x & (THREADS - 1)  # the masks tell the compiler the indices below are ≥ 0
-    r = tid >> 2  # tid // TPR
+    rg = tid >> TPR_SHIFT
     cl = tid & (TPR - 1)
     bh = cuda.blockIdx.x
     qt = cuda.gridDim.y - 1 - cuda.blockIdx.y
@@ -117,88 +155,96 @@ def flash_attention_forward_kernel(out, lse, inp, B, T, C, NH, scale):
     hs = C // NH
     C3 = 3 * C
     q0 = qt * BR
-    t = q0 + r
     qbase = b * T * C3 + h * hs
     o0 = cuda.blockIdx.z * FWD_HO  # this block's slice of the output channels
-    m = _NEG_INF
-    l = _ZERO  # this thread's share of the row sum (its 8 columns), rescaled with the row's m
-    for i in range(FWD_NACC):
-        acc[i] = _ZERO
+    for a in range(RPT):
+        m[a] = _NEG_INF
+        l[a] = _ZERO
+        for i in range(FWD_NACC):
+            acc[a, i] = _ZERO
     for kt in range(qt + 1):
         k0 = kt * BR
-        for j in range(NCOL):
-            s[j] = _ZERO
+        for a in range(RPT):
+            for j in range(NCOL):
+                s[a, j] = _ZERO
         for c0 in range(0, hs, HC):  # s = q·k over hs, one 32-channel chunk at a time
             _stage(W, 0, HC_SHIFT, inp, qbase, C3, q0, T, c0, hs, tid)
             _stage(W, HC, HC_SHIFT, inp, qbase + C, C3, k0, T, c0, hs, tid)
             cuda.syncthreads()
-            for i0 in range(min(HC, hs - c0)):  # a runtime bound: not unrolled 32 times
-                i = i0 & (HC - 1)
-                a = W[r, i]
-                for j in range(NCOL):
-                    s[j] += a * W[cl + TPR * j, HC + i]
+            _scores(s, W, kv, rg, cl, min(HC, hs - c0))
             cuda.syncthreads()
         # online softmax; every row has key 0 (< T, ≤ t) in key tile 0, so m is finite from then on
-        nk = t + 1 - k0  # keys t2 = k0 + c of this tile with t2 ≤ t and t2 < T: c < nk
-        if T - k0 < nk:
-            nk = T - k0
-        mt = _NEG_INF
-        for j in range(NCOL):
-            s[j] *= scale
-            if cl + TPR * j < nk and s[j] > mt:
-                mt = s[j]
-        mt = _quad_max(mt)
-        m_new = m
-        if mt > m_new:
-            m_new = mt
-        alpha = math.exp(m - m_new)  # 0 at the first key tile (m = −inf)
-        psum = _ZERO
-        for j in range(NCOL):
-            p = _ZERO
-            if cl + TPR * j < nk:
-                p = math.exp(s[j] - m_new)
-            Ps[r, cl + TPR * j] = p
-            psum += p
-        l = l * alpha + psum
-        m = m_new
-        for i in range(FWD_NACC):
-            acc[i] *= alpha
+        for a in range(RPT):
+            r = rg + RG * a
+            nk = q0 + r + 1 - k0  # keys t2 = k0 + c of this tile with t2 ≤ t and t2 < T: c < nk
+            if T - k0 < nk:
+                nk = T - k0
+            mt = _NEG_INF
+            for j in range(NCOL):
+                s[a, j] *= scale
+                if cl + TPR * j < nk and s[a, j] > mt:
+                    mt = s[a, j]
+            mt = _group_max(mt)
+            m_new = m[a]
+            if mt > m_new:
+                m_new = mt
+            alpha = math.exp(m[a] - m_new)  # 0 at the first key tile (m = −inf)
+            psum = _ZERO
+            for j in range(NCOL):
+                p = _ZERO
+                if cl + TPR * j < nk:
+                    p = math.exp(s[a, j] - m_new)
+                Ps[r, cl + TPR * j] = p
+                psum += p
+            l[a] = l[a] * alpha + psum
+            m[a] = m_new
+            for i in range(FWD_NACC):
+                acc[a, i] *= alpha
         # acc += P·v over this block's HO channels
         _stage(W, 0, FWD_SHIFT, inp, qbase + 2 * C, C3, k0, T, o0, hs, tid)
         cuda.syncthreads()
         for k0_ in range(min(BR, T - k0)):  # keys past T: P = 0
             k = k0_ & (BR - 1)
-            p = Ps[r, k]
+            p0 = Ps[rg, k]
+            p1 = Ps[rg + RG, k]
             for i in range(FWD_NACC):
-                acc[i] += p * W[k, cl + TPR * i]
+                v = W[k, cl + TPR * i]
+                acc[0, i] += p0 * v
+                acc[1, i] += p1 * v
         cuda.syncthreads()
-    l = _quad_sum(l)
-    if t < T:
-        inv = _ONE / l
-        obase = (b * T + t) * C + h * hs + o0
-        for i in range(FWD_NACC):
-            c = cl + TPR * i
-            if o0 + c < hs:
-                out[obase + c] = acc[i] * inv
-        if o0 == 0 and cl == 0:
-            lse[bh * T + t] = m + math.log(l)
+    for a in range(RPT):
+        la = _group_sum(l[a])
+        t = q0 + rg + RG * a
+        if t < T:
+            inv = _ONE / la
+            obase = (b * T + t) * C + h * hs + o0
+            for i in range(FWD_NACC):
+                c = cl + TPR * i
+                if o0 + c < hs:
+                    out[obase + c] = acc[a, i] * inv
+            if o0 == 0 and cl == 0:
+                lse[bh * T + t] = m[a] + math.log(la)
 
 
 @cuda.jit(fastmath=False)
 def flash_attention_dkdv_kernel(dinp, dout, inp, out, lse, B, T, C, NH, scale):
-    """dk, dv (added into dinp) of key tile blockIdx.y of head blockIdx.x = b·NH + h."""
+    """dk, dv (added into dinp) of key tile blockIdx.y of head blockIdx.x = b·NH + h, channels
+    64·blockIdx.z.."""
     W = cuda.shared.array((BR, W_COLS), float32)
     Ps = cuda.shared.array((BR, P_COLS), float32)
     dSs = cuda.shared.array((BR, P_COLS), float32)
     Ds = cuda.shared.array(BR, float32)
     Ls = cuda.shared.array(BR, float32)
-    s = cuda.local.array(NCOL, float32)
-    dp = cuda.local.array(NCOL, float32)
-    dk = cuda.local.array(BWD_NACC, float32)
-    dv = cuda.local.array(BWD_NACC, float32)
+    s = cuda.local.array((RPT, NCOL), float32)
+    dp = cuda.local.array((RPT, NCOL), float32)
+    kv = cuda.local.array(NCOL, float32)
+    dk = cuda.local.array((RPT, BWD_NACC), float32)
+    dv = cuda.local.array((RPT, BWD_NACC), float32)
     tid = cuda.threadIdx.x & (THREADS - 1)  # the masks tell the compiler the indices below are ≥ 0
-    r = tid >> 2  # tid // TPR
+    rg = tid >> TPR_SHIFT
     cl = tid & (TPR - 1)
+    rq = tid >> 2  # the D / lse staging: 4 threads per query row
+    cq = tid & 3
     bh = cuda.blockIdx.x
     kt = cuda.blockIdx.y
     nt = cuda.gridDim.y
@@ -207,82 +253,100 @@ def flash_attention_dkdv_kernel(dinp, dout, inp, out, lse, B, T, C, NH, scale):
     hs = C // NH
     C3 = 3 * C
     k0 = kt * BR
-    t2 = k0 + r  # this thread's key row
     qbase = b * T * C3 + h * hs
     obase = b * T * C + h * hs
     o0 = cuda.blockIdx.z * BWD_HO  # this block's slice of the output channels
-    for i in range(BWD_NACC):
-        dk[i] = _ZERO
-        dv[i] = _ZERO
+    for a in range(RPT):
+        for i in range(BWD_NACC):
+            dk[a, i] = _ZERO
+            dv[a, i] = _ZERO
     for qt in range(kt, nt):
         q0 = qt * BR
-        # D and lse of the tile's 32 queries (row r: lanes cl over the channels)
-        tq = q0 + r
+        # D and lse of the tile's 32 queries (row rq: 4 lanes over the channels)
+        tq = q0 + rq
         d = _ZERO
         if tq < T:
-            for c in range(cl, hs, TPR):
+            for c in range(cq, hs, 4):
                 d += dout[obase + tq * C + c] * out[obase + tq * C + c]
         d = _quad_sum(d)
-        if cl == 0:
-            Ds[r] = d
-            Ls[r] = lse[bh * T + tq] if tq < T else _ZERO
-        for j in range(NCOL):
-            s[j] = _ZERO
-            dp[j] = _ZERO
+        if cq == 0:
+            Ds[rq] = d
+            Ls[rq] = lse[bh * T + tq] if tq < T else _ZERO
+        for a in range(RPT):
+            for j in range(NCOL):
+                s[a, j] = _ZERO
+                dp[a, j] = _ZERO
         for c0 in range(0, hs, HC):  # sᵀ = k·qᵀ and dpᵀ = v·doutᵀ over hs in 32-channel chunks
             _stage(W, 0, HC_SHIFT, inp, qbase + C, C3, k0, T, c0, hs, tid)
             _stage(W, HC, HC_SHIFT, inp, qbase, C3, q0, T, c0, hs, tid)
             _stage(W, 2 * HC, HC_SHIFT, inp, qbase + 2 * C, C3, k0, T, c0, hs, tid)
             _stage(W, 3 * HC, HC_SHIFT, dout, obase, C, q0, T, c0, hs, tid)
             cuda.syncthreads()
-            for i0 in range(min(HC, hs - c0)):  # a runtime bound: not unrolled 32 times
+            n = min(HC, hs - c0)
+            _scores(s, W, kv, rg, cl, n)
+            for i0 in range(n):
                 i = i0 & (HC - 1)
-                a = W[r, i]
-                av = W[r, 2 * HC + i]
                 for j in range(NCOL):
-                    s[j] += a * W[cl + TPR * j, HC + i]
-                    dp[j] += av * W[cl + TPR * j, 3 * HC + i]
+                    kv[j] = W[cl + TPR * j, 3 * HC + i]
+                for a in range(RPT):
+                    x = W[rg + RG * a, 2 * HC + i]
+                    for j in range(NCOL):
+                        dp[a, j] += x * kv[j]
             cuda.syncthreads()
-        for j in range(NCOL):
-            tc = cl + TPR * j
-            p = _ZERO
-            ds = _ZERO
-            if t2 <= q0 + tc and q0 + tc < T:
-                p = math.exp(s[j] * scale - Ls[tc])
-                ds = p * (dp[j] - Ds[tc])
-            Ps[r, tc] = p
-            dSs[r, tc] = ds
+        for a in range(RPT):
+            r = rg + RG * a
+            for j in range(NCOL):
+                tc = cl + TPR * j
+                p = _ZERO
+                ds = _ZERO
+                if k0 + r <= q0 + tc and q0 + tc < T:
+                    p = math.exp(s[a, j] * scale - Ls[tc])
+                    ds = p * (dp[a, j] - Ds[tc])
+                Ps[r, tc] = p
+                dSs[r, tc] = ds
         # dv += Pᵀ·dout, dk += dSᵀ·q over this block's HO channels: dout in W[:, :64], q in W[:, 64:128]
         _stage(W, 0, BWD_SHIFT, dout, obase, C, q0, T, o0, hs, tid)
         _stage(W, BWD_HO, BWD_SHIFT, inp, qbase, C3, q0, T, o0, hs, tid)
         cuda.syncthreads()
         for k0_ in range(min(BR, T - q0)):  # queries past T: P = dS = 0
             k = k0_ & (BR - 1)
-            p = Ps[r, k]
-            ds = dSs[r, k]
+            p0 = Ps[rg, k]
+            p1 = Ps[rg + RG, k]
+            e0 = dSs[rg, k]
+            e1 = dSs[rg + RG, k]
             for i in range(BWD_NACC):
-                dv[i] += p * W[k, cl + TPR * i]
-                dk[i] += ds * W[k, BWD_HO + cl + TPR * i]
+                g = W[k, cl + TPR * i]
+                q = W[k, BWD_HO + cl + TPR * i]
+                dv[0, i] += p0 * g
+                dv[1, i] += p1 * g
+                dk[0, i] += e0 * q
+                dk[1, i] += e1 * q
         cuda.syncthreads()
-    if t2 < T:
-        base = (b * T + t2) * C3 + h * hs + o0
-        for i in range(BWD_NACC):
-            c = cl + TPR * i
-            if o0 + c < hs:
-                dinp[base + C + c] += dk[i] * scale
-                dinp[base + 2 * C + c] += dv[i]
+    for a in range(RPT):
+        t2 = k0 + rg + RG * a
+        if t2 < T:
+            base = (b * T + t2) * C3 + h * hs + o0
+            for i in range(BWD_NACC):
+                c = cl + TPR * i
+                if o0 + c < hs:
+                    dinp[base + C + c] += dk[a, i] * scale
+                    dinp[base + 2 * C + c] += dv[a, i]
 
 
-@cuda.jit(fastmath=False)
+@cuda.jit(fastmath=False, **_DQ_OPTIONS)
 def flash_attention_dq_kernel(dinp, dout, inp, out, lse, B, T, C, NH, scale):
-    """dq (added into dinp) of query tile (gridDim.y − 1 − blockIdx.y) of head blockIdx.x = b·NH + h."""
+    """dq (added into dinp) of query tile (gridDim.y − 1 − blockIdx.y) of head blockIdx.x = b·NH + h,
+    channels 64·blockIdx.z.."""
     W = cuda.shared.array((BR, W_COLS), float32)
     dSs = cuda.shared.array((BR, P_COLS), float32)
-    s = cuda.local.array(NCOL, float32)
-    dp = cuda.local.array(NCOL, float32)
-    acc = cuda.local.array(FWD_NACC, float32)
+    s = cuda.local.array((RPT, NCOL), float32)
+    dp = cuda.local.array((RPT, NCOL), float32)
+    kv = cuda.local.array(NCOL, float32)
+    acc = cuda.local.array((RPT, FWD_NACC), float32)
+    dr = cuda.local.array(RPT, float32)
+    lr = cuda.local.array(RPT, float32)
     tid = cuda.threadIdx.x & (THREADS - 1)  # the masks tell the compiler the indices below are ≥ 0
-    r = tid >> 2  # tid // TPR
+    rg = tid >> TPR_SHIFT
     cl = tid & (TPR - 1)
     bh = cuda.blockIdx.x
     qt = cuda.gridDim.y - 1 - cuda.blockIdx.y
@@ -291,60 +355,72 @@ def flash_attention_dq_kernel(dinp, dout, inp, out, lse, B, T, C, NH, scale):
     hs = C // NH
     C3 = 3 * C
     q0 = qt * BR
-    t = q0 + r
     qbase = b * T * C3 + h * hs
     obase = b * T * C + h * hs
-    # D and lse of this thread's query row
-    d = _ZERO
-    lt = _ZERO
-    if t < T:
-        for c in range(cl, hs, TPR):
-            d += dout[obase + t * C + c] * out[obase + t * C + c]
-        lt = lse[bh * T + t]
-    d = _quad_sum(d)
     o0 = cuda.blockIdx.z * FWD_HO  # this block's slice of the output channels
-    for i in range(FWD_NACC):
-        acc[i] = _ZERO
+    # D and lse of this thread's query rows
+    for a in range(RPT):
+        t = q0 + rg + RG * a
+        d = _ZERO
+        lt = _ZERO
+        if t < T:
+            for c in range(cl, hs, TPR):
+                d += dout[obase + t * C + c] * out[obase + t * C + c]
+            lt = lse[bh * T + t]
+        dr[a] = _group_sum(d)
+        lr[a] = lt
+        for i in range(FWD_NACC):
+            acc[a, i] = _ZERO
     for kt in range(qt + 1):
         k0 = kt * BR
-        for j in range(NCOL):
-            s[j] = _ZERO
-            dp[j] = _ZERO
+        for a in range(RPT):
+            for j in range(NCOL):
+                s[a, j] = _ZERO
+                dp[a, j] = _ZERO
         for c0 in range(0, hs, HC):  # s = q·kᵀ and dp = dout·vᵀ over hs in 32-channel chunks
             _stage(W, 0, HC_SHIFT, inp, qbase, C3, q0, T, c0, hs, tid)
             _stage(W, HC, HC_SHIFT, inp, qbase + C, C3, k0, T, c0, hs, tid)
             _stage(W, 2 * HC, HC_SHIFT, dout, obase, C, q0, T, c0, hs, tid)
             _stage(W, 3 * HC, HC_SHIFT, inp, qbase + 2 * C, C3, k0, T, c0, hs, tid)
             cuda.syncthreads()
-            for i0 in range(min(HC, hs - c0)):  # a runtime bound: not unrolled 32 times
+            n = min(HC, hs - c0)
+            _scores(s, W, kv, rg, cl, n)
+            for i0 in range(n):
                 i = i0 & (HC - 1)
-                a = W[r, i]
-                ad = W[r, 2 * HC + i]
                 for j in range(NCOL):
-                    s[j] += a * W[cl + TPR * j, HC + i]
-                    dp[j] += ad * W[cl + TPR * j, 3 * HC + i]
+                    kv[j] = W[cl + TPR * j, 3 * HC + i]
+                for a in range(RPT):
+                    x = W[rg + RG * a, 2 * HC + i]
+                    for j in range(NCOL):
+                        dp[a, j] += x * kv[j]
             cuda.syncthreads()
-        for j in range(NCOL):
-            t2 = k0 + cl + TPR * j
-            ds = _ZERO
-            if t2 <= t and t < T:
-                ds = math.exp(s[j] * scale - lt) * (dp[j] - d)
-            dSs[r, cl + TPR * j] = ds
+        for a in range(RPT):
+            r = rg + RG * a
+            for j in range(NCOL):
+                ds = _ZERO
+                if k0 + cl + TPR * j <= q0 + r and q0 + r < T:
+                    ds = math.exp(s[a, j] * scale - lr[a]) * (dp[a, j] - dr[a])
+                dSs[r, cl + TPR * j] = ds
         # acc += dS·k over this block's HO channels
         _stage(W, 0, FWD_SHIFT, inp, qbase + C, C3, k0, T, o0, hs, tid)
         cuda.syncthreads()
         for k0_ in range(min(BR, T - k0)):  # keys past T: dS = 0
             k = k0_ & (BR - 1)
-            ds = dSs[r, k]
+            e0 = dSs[rg, k]
+            e1 = dSs[rg + RG, k]
             for i in range(FWD_NACC):
-                acc[i] += ds * W[k, cl + TPR * i]
+                kk = W[k, cl + TPR * i]
+                acc[0, i] += e0 * kk
+                acc[1, i] += e1 * kk
         cuda.syncthreads()
-    if t < T:
-        base = (b * T + t) * 3 * C + h * hs + o0
-        for i in range(FWD_NACC):
-            c = cl + TPR * i
-            if o0 + c < hs:
-                dinp[base + c] += acc[i] * scale
+    for a in range(RPT):
+        t = q0 + rg + RG * a
+        if t < T:
+            base = (b * T + t) * C3 + h * hs + o0
+            for i in range(FWD_NACC):
+                c = cl + TPR * i
+                if o0 + c < hs:
+                    dinp[base + c] += acc[a, i] * scale
 
 
 _FLASH_BWD_SIG = (F32A, F32A, F32A, F32A, F32A, I64, I64, I64, I64, F32)
