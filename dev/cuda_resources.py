@@ -59,6 +59,8 @@ ARCHS = {
 MAX_GRID = (2 ** 31 - 1, 65535, 65535)
 WARP = 32
 
+FLASH_FLOOR = 0.125  # 8 warps: 2 blocks of 128 threads (docs/cuda.md, "Occupancy floors")
+
 # Occupancy floors (warps resident per SM, as a fraction of the 64 an SM holds) per kernel family,
 # with the reason in docs/cuda.md ("Resources and occupancy"). A kernel not listed gets DEFAULT_FLOOR.
 FLOORS = {
@@ -69,6 +71,7 @@ FLOORS = {
     "reduction": 0.5,     # column and grid-stride reductions
     "single_warp": 0.0,   # norm_squared_final: one warp on one SM by design
     "matvec": 0.25,       # generation's matvec: its unrolled dot-product loop keeps many loads in flight
+    "flash": FLASH_FLOOR,  # flash attention: register tiles of scores and accumulators, shared-memory operands
 }
 DEFAULT_FLOOR = 0.5
 
@@ -77,6 +80,8 @@ def family(kernel_name):
     """The occupancy-floor family of a kernel (by its name in its module)."""
     if "gemm" in kernel_name:
         return "gemm"
+    if kernel_name.startswith("flash_attention"):
+        return "flash"
     if kernel_name == "matvec_kernel":
         return "matvec"
     if kernel_name == "norm_squared_final_kernel":
@@ -374,10 +379,9 @@ GPUS = {
 # math (one barrier-separated tile, 25% occupancy): 40% of FP32 peak; streaming kernels 80% of HBM.
 GEMM_EFFICIENCY = 0.40
 MEMORY_EFFICIENCY = 0.80
-COMPUTE_BOUND_FUNCTIONS = ("matmul_forward", "matmul_backward")
-# The attention alternates compute-bound GEMM launches with memory-bound softmax passes over the
-# (B, NH, T, T) maps (which it also writes and re-reads between launches): its phases add up.
-PHASED_FUNCTIONS = ("attention_forward", "attention_backward")
+# The flash attention is one fused kernel per pass (no (B, NH, T, T) maps): compute-bound like a GEMM.
+COMPUTE_BOUND_FUNCTIONS = ("matmul_forward", "matmul_backward", "attention_forward", "attention_backward")
+PHASED_FUNCTIONS = ()  # functions whose compute and memory phases add up (none since the flash attention)
 
 
 def call_cost(function, sizes):
