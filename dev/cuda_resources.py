@@ -198,7 +198,7 @@ def resources(dispatcher, sig, arch):
 
 def signature_of(module, name):
     """The launcher's argument types of kernel `name` (its first SIGNATURES entry)."""
-    return getattr(module, "SIGNATURES")[name][0]
+    return module.SIGNATURES[name][0]
 
 
 def toolchain_error():

@@ -4,7 +4,8 @@ llm.c samples by running the whole training forward over the context for every n
 per token, O(T³) for a sample of T tokens. Here each layer keeps the keys and values of the positions
 seen so far (`kcache`, `vcache`, (L, B, NH, maxT, hs) each), so a new token costs one row through
 every matmul (`matvec_forward`) and one query row of attention against the cache
-(`attention_forward_cached`), kernels of both backends. The prompt fills the cache in chunks of several positions at once (prefill).
+(`attention_forward_cached`), kernels of both backends. The prompt fills the cache in chunks of
+several positions at once (prefill).
 
     Decoder(model, B)             the cache of B sequences, decoded in lockstep
       .forward(tokens, logits)    tokens (B, T) int32 at positions pos .. pos+T−1; returns the logits

@@ -55,7 +55,8 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise RuntimeError("plotting needs matplotlib: pip install matplotlib (or pip install 'numbagpt[plot]')") from None
+        raise RuntimeError("plotting needs matplotlib: pip install matplotlib "
+                           "(or pip install 'numbagpt[plot]')") from None
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
     return plt

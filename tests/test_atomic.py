@@ -61,7 +61,8 @@ def test_disk_full_names_the_file(tmp_path):
     if probe.returncode:
         pytest.skip("cannot mount a tmpfs in a user namespace here")
     r = _write_model_in(mnt / "model.bin",
-                        wrap=["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o size=64k tmpfs {mnt} && exec "$@"', "-"])
+                        wrap=["unshare", "-rm", "sh", "-c",
+                              f'mount -t tmpfs -o size=64k tmpfs {mnt} && exec "$@"', "-"])
     assert r.returncode == 1, r.stderr
     assert r.stderr.startswith(f"error: {mnt}/model.bin: cannot write after ")
     assert "No space left on device (the disk or quota is full)" in r.stderr
@@ -78,7 +79,7 @@ def test_writes_are_complete_and_leave_no_temporary(tmp_path):
     with pytest.raises(ZeroDivisionError):   # an exception inside the block: the old file stays
         with atomic.atomic_write(path) as f:
             f.write(b"partial")
-            1 / 0
+            raise ZeroDivisionError
     assert np.array_equal(formats.read_model(path)[1], params)
     assert sorted(os.listdir(tmp_path)) == ["DONE", "m.bin"]
     stale = tmp_path / f".m.bin.{os.getpid() + 1}.tmp"
@@ -93,7 +94,8 @@ def test_the_crash_hook_kills_at_its_offset(tmp_path, point, size):
     path = tmp_path / "model.bin"
     env = dict(os.environ, NUMBAGPT_TEST_CRASH=f"model.*@{point}")
     code = (f"import sys; sys.path.insert(0, {ROOT!r}); import numpy as np; from numbagpt.files import formats; "
-            f"from numbagpt.config import GPT2Config; formats.write_model({str(path)!r}, GPT2Config(8, 1000, 1, 1, 32), "
+            f"from numbagpt.config import GPT2Config; "
+            f"formats.write_model({str(path)!r}, GPT2Config(8, 1000, 1, 1, 32), "
             f"np.ones({N}, dtype=np.float32))")
     r = subprocess.run([sys.executable, "-c", code], env=env, timeout=120)
     assert r.returncode == -signal.SIGKILL

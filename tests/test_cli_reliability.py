@@ -200,7 +200,8 @@ def test_a_resume_with_another_batch_size(corpus, tmp_path):
     code, _, err = run(argv)
     assert code == 1
     assert err.strip() == (f"train_gpt2: error: {tmp_path}/state_00000002_00000.bin: this run differs from the "
-                           f"checkpoint's: -b: 4 in the checkpoint, 2 now; tokens per step: 64 in the checkpoint, 32 now; "
+                           f"checkpoint's: -b: 4 in the checkpoint, 2 now; "
+                           f"tokens per step: 64 in the checkpoint, 32 now; "
                            f"-x: 2 in the checkpoint, 4 now (give "
                            f"the same flags, or --allow-changes to resume anyway)")
     code, out, err = run(argv + ["--allow-changes"])
@@ -314,7 +315,8 @@ def test_no_writable_numba_cache_hints_numba_cache_dir(corpus, tmp_path):
         open(os.path.join(d, "__pycache__"), "w").close()
     (tmp_path / "home").write_text("")
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
-    env.update(PYTHONPATH=str(tmp_path / "pkg"), HOME=str(tmp_path / "home"), XDG_CACHE_HOME=str(tmp_path / "home" / "c"))
+    env.update(PYTHONPATH=str(tmp_path / "pkg"), HOME=str(tmp_path / "home"),
+               XDG_CACHE_HOME=str(tmp_path / "home" / "c"))
     proc = subprocess.run([sys.executable, "-B", "-c", "import sys; from numbagpt.cli import train; "
                            "sys.exit(train.main(sys.argv[1:]))"] + args_for(corpus, tmp_path / "out"),
                           env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
@@ -367,7 +369,8 @@ def test_test_gpt2_and_profile_gpt2_check_memory_first(monkeypatch, capsys):
     assert test_cli.main(["-e", model, "-s", state]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"test_gpt2: error: not enough memory for {model} with the state's B=")
-    assert "100.0 KiB is available ($NUMBAGPT_MEMORY_LIMIT)" in err and err.endswith("--no-memory-check to try anyway\n")
+    assert "100.0 KiB is available ($NUMBAGPT_MEMORY_LIMIT)" in err
+    assert err.endswith("--no-memory-check to try anyway\n")
     from numbagpt.cli import profile
     assert profile.main(["-e", "d12", "-b", "4", "-t", "64", "--no-calibrate"]) == 1
     err = capsys.readouterr().err

@@ -39,7 +39,8 @@ def test_custom_shape_alone_and_over_a_preset():
     assert (over.num_layers, over.num_heads, over.channels, over.max_seq_len) == (2, 12, 768, 1024)
 
 
-@pytest.mark.parametrize("kw, msg", [(dict(channels=100, heads=3), r"channels C=100 \(--channels\) is not divisible by heads NH=3 \(--heads\)"),
+@pytest.mark.parametrize("kw, msg", [(dict(channels=100, heads=3),
+                                      r"channels C=100 \(--channels\) is not divisible by heads NH=3 \(--heads\)"),
                                      (dict(heads=5), r"C=128 \(-e tiny\) is not divisible by heads NH=5 \(--heads\)"),
                                      (dict(layers=0), "--layers must be positive"),
                                      (dict(max_seq_len=-4), "--max-seq-len must be positive")])

@@ -59,7 +59,8 @@ def test_partition():
 def test_world_size_guard():
     dist.check_world_size(2, environ={"PMI_SIZE": "2", "SLURM_NTASKS": "2"})
     dist.check_world_size(1, environ={})
-    with pytest.raises(dist.WorldSizeError, match="rank 0 of 1.*OMPI_COMM_WORLD_SIZE=4|OMPI_COMM_WORLD_SIZE=4.*rank 0 of 1"):
+    with pytest.raises(dist.WorldSizeError,
+                       match="rank 0 of 1.*OMPI_COMM_WORLD_SIZE=4|OMPI_COMM_WORLD_SIZE=4.*rank 0 of 1"):
         dist.check_world_size(1, environ={"OMPI_COMM_WORLD_SIZE": "4"})
     with pytest.raises(dist.WorldSizeError, match="SLURM_NTASKS=8"):
         dist.check_world_size(1, environ={"SLURM_NTASKS": "8"})
@@ -67,7 +68,8 @@ def test_world_size_guard():
     dist.check_world_size(1, expect=1, environ={"SLURM_NTASKS": "8"})
     with pytest.raises(dist.WorldSizeError, match="--expect-world-size=2"):
         dist.check_world_size(1, expect=2, environ={})
-    assert dist.launched_by_mpi({"PMI_SIZE": "2"}) and dist.launcher_sizes({"PMI_SIZE": "2", "X": "1"}) == {"PMI_SIZE": 2}
+    assert dist.launched_by_mpi({"PMI_SIZE": "2"})
+    assert dist.launcher_sizes({"PMI_SIZE": "2", "X": "1"}) == {"PMI_SIZE": 2}
 
 
 def test_cuda_aware_decision():
@@ -181,7 +183,8 @@ def test_two_ranks_equal_one_process_with_twice_the_batch(runs, shuffle):
     one, _ = runs(1, 4, shuffle)
     two, proc = runs(2, 2, shuffle)
     assert "processes 2" in proc.stdout and "| 2 proc |" in proc.stdout
-    assert proc.stdout.count("step    3/3") == 1 and proc.stdout.count("\n  rank ") == 2  # rank 0 prints, one line per rank
+    # rank 0 prints, one line per rank
+    assert proc.stdout.count("step    3/3") == 1 and proc.stdout.count("\n  rank ") == 2
     # same tokens read (the logged mean loss of the ranks is the loss of the 2B batch), same parameters
     assert train_losses(two) == train_losses(one)
     assert_close(final_params(one), final_params(two))

@@ -139,5 +139,6 @@ def test_the_api_example_runs(tmp_path):
                          timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "4 steps, val loss" in run.stdout
-    assert (tmp_path / "out_api" / "copy.bin").read_bytes() == (tmp_path / "out_api" / "model_00000004.bin").read_bytes()
+    out = tmp_path / "out_api"
+    assert (out / "copy.bin").read_bytes() == (out / "model_00000004.bin").read_bytes()
     assert run.stdout.count("ROMEO:") == 1

@@ -75,10 +75,14 @@ def read_state(path, dims):
     sl = shapes(*dims)
     assert len(raw) == 1024 + 4 * (2 * B * T + B * T * V + 1 + sum(math.prod(s) for _, s in sl))
     o = 1024
-    x = np.frombuffer(raw, dtype="<i4", count=B * T, offset=o).reshape(B, T); o += 4 * B * T
-    y = np.frombuffer(raw, dtype="<i4", count=B * T, offset=o).reshape(B, T); o += 4 * B * T
-    logits = np.frombuffer(raw, dtype="<f4", count=B * T * V, offset=o).reshape(B, T, V); o += 4 * B * T * V
-    loss = float(np.frombuffer(raw, dtype="<f4", count=1, offset=o)[0]); o += 4
+    x = np.frombuffer(raw, dtype="<i4", count=B * T, offset=o).reshape(B, T)
+    o += 4 * B * T
+    y = np.frombuffer(raw, dtype="<i4", count=B * T, offset=o).reshape(B, T)
+    o += 4 * B * T
+    logits = np.frombuffer(raw, dtype="<f4", count=B * T * V, offset=o).reshape(B, T, V)
+    o += 4 * B * T * V
+    loss = float(np.frombuffer(raw, dtype="<f4", count=1, offset=o)[0])
+    o += 4
     grads = split(np.frombuffer(raw[o:], dtype="<f4"), sl)
     return (B, T), x, y, logits, loss, grads
 
@@ -166,7 +170,7 @@ def test_gradients_match_finite_differences():
     cfg = ref.Config(max_seq_len=8, vocab_size=37, num_layers=2, num_heads=2, channels=16)  # Vp = 128
     params = ref.init_params(cfg, seed=7)
     gen = torch.Generator().manual_seed(11)
-    for name, t in params.items():       # move off the special init point (ln 1/0, zero biases)
+    for t in params.values():       # move off the special init point (ln 1/0, zero biases)
         t += 0.05 * torch.randn(t.shape, generator=gen, dtype=t.dtype)
     params["wte"][cfg.vocab_size:] = 0
     x, y = ref.random_batch(2, 7, cfg.vocab_size, seed=3)

@@ -14,7 +14,6 @@ import pytest
 from numbagpt import hellaswag
 from numbagpt.config import GPT2Config
 from numbagpt.dist import CollectiveError
-from numbagpt.files import formats
 from numbagpt.model import GPT2
 from numbagpt.plot import read_log
 from numbagpt.train import TrainConfig, checkpoint, rundir

@@ -157,6 +157,7 @@ def test_memory_limit_env_and_the_refusal_message(monkeypatch):
     with pytest.raises(memory.MemoryCheckError, match="even -b 1 needs 1.0 GiB"):
         memory.check_fits(lambda b: 2**30, 4, "d48")
     assert memory.largest_fitting(need, 512, 10 * 2**20) == 0
-    assert [memory.parse_size(s) for s in ("1024", "2K", "1.5G", "3MiB", "1gb")] == [1024, 2048, 3 * 2**29, 3 * 2**20, 2**30]
+    sizes = [memory.parse_size(s) for s in ("1024", "2K", "1.5G", "3MiB", "1gb")]
+    assert sizes == [1024, 2048, 3 * 2**29, 3 * 2**20, 2**30]
     with pytest.raises(ValueError, match="NUMBAGPT_MEMORY_LIMIT='lots': expected a size"):
         memory.parse_size("lots")

@@ -138,23 +138,23 @@ def gen_bcast(MR, NR, name, fastmath=frozenset(_FM_DOT)):
     """Broadcast (outer-product) micro-kernel over a packed W^T tile (C, NR), MR rows of inp,
     NR named scalar accumulators per row, hoping LLVM's SLP vectoriser packs them."""
     L = []
-    L.append(f"@njit(parallel=True, fastmath=FM_)")
+    L.append("@njit(parallel=True, fastmath=FM_)")
     L.append(f"def {name}(out, inp, weight, BT, C, OC):")
     L.append(f"    NR = {NR}")
     L.append(f"    MR = {MR}")
-    L.append(f"    ntile = OC // NR")
-    L.append(f"    X = inp.reshape(BT, C)")
-    L.append(f"    Y = out.reshape(BT, OC)")
-    L.append(f"    for t in prange(ntile):")
-    L.append(f"        o0 = t * NR")
-    L.append(f"        wt = np.empty((C, NR), dtype=np.float32)")
-    L.append(f"        for c in range(C):")
-    L.append(f"            for j in range(NR):")
-    L.append(f"                wt[c, j] = weight[(o0 + j) * C + c]")
-    L.append(f"        for i in range(0, BT - MR + 1, MR):")
+    L.append("    ntile = OC // NR")
+    L.append("    X = inp.reshape(BT, C)")
+    L.append("    Y = out.reshape(BT, OC)")
+    L.append("    for t in prange(ntile):")
+    L.append("        o0 = t * NR")
+    L.append("        wt = np.empty((C, NR), dtype=np.float32)")
+    L.append("        for c in range(C):")
+    L.append("            for j in range(NR):")
+    L.append("                wt[c, j] = weight[(o0 + j) * C + c]")
+    L.append("        for i in range(0, BT - MR + 1, MR):")
     for r in range(MR):
         L.append("            " + " = ".join(f"a{r}_{j}" for j in range(NR)) + " = np.float32(0)")
-    L.append(f"            for c in range(C):")
+    L.append("            for c in range(C):")
     for r in range(MR):
         L.append(f"                x{r} = X[i + {r}, c]")
     for j in range(NR):

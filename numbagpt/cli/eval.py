@@ -16,8 +16,10 @@ def build_parser():
     p = Parser(prog="eval_gpt2", description=DESCRIPTION, formatter_class=HelpFormatter)
     p.add_argument("-e", "--model", default="out",
                    help="model .bin file, or a train_gpt2 output directory (its latest model)")
-    p.add_argument("--hellaswag", required=True, metavar="FILE", help="eval file (magic 20240522), e.g. hellaswag_val.bin")
-    add_flag(p, "-b", "--batch-size", type=int, check=POSITIVE, default=32, help="sequences per forward (4 per example)")
+    p.add_argument("--hellaswag", required=True, metavar="FILE",
+                   help="eval file (magic 20240522), e.g. hellaswag_val.bin")
+    add_flag(p, "-b", "--batch-size", type=int, check=POSITIVE, default=32,
+             help="sequences per forward (4 per example)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="backend that runs the kernels")
     add_flag(p, "--omp-threads", type=int, check=POSITIVE, default=None,
                    help="Numba threads per process (default: all cores, divided among the ranks)")

@@ -8,7 +8,8 @@ measurements (`build_report`; its JSON schema is REPORT_KEYS) and prints it (`fo
 docs/profiling.md explains the columns and the formulas.
 """
 
-from numbagpt.cli import add_flag, check_flags, HelpFormatter, model_config, open_model, Parser, run_command, use_threads
+from numbagpt.cli import (HelpFormatter, Parser, add_flag, check_flags, model_config, open_model, run_command,
+                          use_threads)
 from numbagpt.flags import NONNEG, POSITIVE
 from numbagpt.config import DESCRIPTOR_HELP
 from numbagpt.layout import memory_estimate

@@ -24,8 +24,10 @@ def build_parser():
     p.add_argument("--prompt-file", default=None, help="read the prompt from this UTF-8 file")
     add_flag(p, "-g", "--gen-tokens", type=int, check=POSITIVE, default=128, help="tokens to generate per sample")
     add_flag(p, "-n", "--num-samples", type=int, check=POSITIVE, default=1, help="samples to generate")
-    add_flag(p, "--temperature", type=float, check=NONNEG, default=1.0, help="softmax temperature (0: always the most likely token)")
-    add_flag(p, "--top-k", type=int, check=NONNEG, default=0, help="sample among the k most likely tokens only (0: all)")
+    add_flag(p, "--temperature", type=float, check=NONNEG, default=1.0,
+             help="softmax temperature (0: always the most likely token)")
+    add_flag(p, "--top-k", type=int, check=NONNEG, default=0,
+             help="sample among the k most likely tokens only (0: all)")
     add_flag(p, "--top-p", type=float, check=Check(low=0, high=1, low_open=True), default=1.0,
                    help="sample among the most likely tokens whose probabilities add up to p (1: all)")
     add_flag(p, "--seed", type=int, check=NONNEG, default=1337, help="seed of the sampling")

@@ -126,7 +126,8 @@ def export_hf(model_bin, out_dir, force=False):
                 os.remove(os.path.join(out_dir, name))
     written = ["model.safetensors", "config.json", "generation_config.json"]
     # safetensors writes the bytes; the file appears complete under its name or not at all
-    write_bytes(os.path.join(out_dir, "model.safetensors"), st.save(to_hf_tensors(cfg, params), metadata={"format": "pt"}))
+    write_bytes(os.path.join(out_dir, "model.safetensors"),
+                st.save(to_hf_tensors(cfg, params), metadata={"format": "pt"}))
     _write_json(os.path.join(out_dir, "config.json"), hf_config(cfg))
     eos = hf_config(cfg)["eos_token_id"]
     _write_json(os.path.join(out_dir, "generation_config.json"), {"bos_token_id": eos, "eos_token_id": eos})
@@ -211,8 +212,10 @@ def import_hf(hf_dir, model_bin):
     cfg = _read_config(hf_dir)
     path = os.path.join(hf_dir, "model.safetensors")
     if not os.path.isfile(path):
-        other = [f for f in ("pytorch_model.bin", "model.safetensors.index.json") if os.path.exists(os.path.join(hf_dir, f))]
-        hint = f" (found {other[0]}: re-save it with save_pretrained(..., safe_serialization=True) as one file)" if other else ""
+        other = [f for f in ("pytorch_model.bin", "model.safetensors.index.json")
+                 if os.path.exists(os.path.join(hf_dir, f))]
+        hint = (f" (found {other[0]}: re-save it with save_pretrained(..., safe_serialization=True) as one file)"
+                if other else "")
         raise HFError(f"{path}: no such file{hint}")
     try:
         tensors = st.load_file(path)

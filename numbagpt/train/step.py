@@ -33,9 +33,10 @@ def train_step(model, batches, *, lr, t, dp=None, grad_clip=1.0, weight_decay=0.
     one micro-batch each. `dp`: a numbagpt.dist.DataParallel over the ranks (None: this process
     alone). `skip(loss, norm)`, when given, decides before the update: a true value (the reason)
     leaves the parameters and AdamW state as they were (the spike guard; loss and norm are the same
-    on every rank, so every rank decides alike). `phase(name)`, when given, is called with "forward", "zero_grad", "backward", "update" as
-    the step enters each, and with None at the end (the profiler's timing proxy). Returns a
-    StepResult; raises dist.CollectiveError, on every rank alike, if the loss or the norm is not finite."""
+    on every rank, so every rank decides alike). `phase(name)`, when given, is called with "forward",
+    "zero_grad", "backward", "update" as the step enters each, and with None at the end (the
+    profiler's timing proxy). Returns a StepResult; raises dist.CollectiveError, on every rank alike,
+    if the loss or the norm is not finite."""
     mark = phase or (lambda name: None)
     losses = []
     for i, (inputs, targets) in enumerate(batches):
