@@ -67,18 +67,21 @@ _BLOCKING = {
 }
 
 
-def _microkernel_source(MR):
-    """Y[py + m·ldy + c] (+)= Σ_{k<kc} A[pa + m·sm + k·sk] · Bm[pb + k·ldb + c] for m < rows (a multiple
-    of MR), c < nvec·L: MR rows × 2 vectors of accumulators per pass (1 vector for an odd last one)."""
+def _microkernel_source(name, MR, a_rows):
+    """Y[py + m·ldy + c] (+)= Σ_{k<kc} a(m, k) · Bm[pb + k·ldb + c] for m < rows (a multiple of MR),
+    c < nvec·L, with a(m, k) = A[pa + m·sa + k] if a_rows, else A[pa + k·sa + m] (k-major): MR rows ×
+    2 vectors of accumulators per pass (1 vector for an odd last one). The two forms keep every
+    broadcast's address a loop-invariant base plus a constant or the loop index (a strided form made
+    LLVM chain the MR addresses through serial adds)."""
     def block(nv):
         acc = [[f"c{r}_{v}" for v in range(nv)] for r in range(MR)]
         s = [" = ".join(row) + " = zero()" for row in acc]
-        s += ["pk = pb + c * L", "ka = 0", "for k in range(kc):"]
+        s += ["pk = pb + c * L", "pa2 = pa + m" if not a_rows else "pass", "for k in range(kc):"]
         s += [f"    b{v} = load(Bm, pk + {v} * L)" for v in range(nv)]
         for r in range(MR):
-            s += [f"    a = bcast(A, q{r} + ka)"]
+            s += [f"    a = bcast(A, q{r} + k)" if a_rows else f"    a = bcast(A, pa2 + {r})"]
             s += [f"    {acc[r][v]} = fma(a, b{v}, {acc[r][v]})" for v in range(nv)]
-        s += ["    pk += ldb", "    ka += sk"]
+        s += ["    pk += ldb"] + ([] if a_rows else ["    pa2 += sa"])
         s += ["y = py + m * ldy + c * L", "if accumulate:"]
         s += [f"    store(Y, y + {r} * ldy + {v} * L, add(load(Y, y + {r} * ldy + {v} * L), {acc[r][v]}))"
               for r in range(MR) for v in range(nv)]
@@ -86,9 +89,10 @@ def _microkernel_source(MR):
         s += [f"    store(Y, y + {r} * ldy + {v} * L, {acc[r][v]})" for r in range(MR) for v in range(nv)]
         return ["        " + line for line in s]
 
-    src = ["def _mk(rows, kc, A, pa, sm, sk, Bm, pb, ldb, nvec, Y, py, ldy, accumulate):",
+    src = [f"def {name}(rows, kc, A, pa, sa, Bm, pb, ldb, nvec, Y, py, ldy, accumulate):",
            "    for m in range(0, rows, MR):"]
-    src += [f"        q{r} = pa + (m + {r}) * sm" for r in range(MR)]
+    if a_rows:
+        src += [f"        q{r} = pa + (m + {r}) * sa" for r in range(MR)]
     src += ["        for c in range(0, nvec - 1, 2):"] + ["    " + line for line in block(2)]
     src += ["        if nvec % 2:", "            c = nvec - 1"] + ["    " + line for line in block(1)]
     return "\n".join(src) + "\n"
@@ -145,7 +149,7 @@ def _forward(out, lse, inp, B, T, C, NH, G):
             qend = q0 + BR
             for k0 in range(0, qend, BC):
                 nk = min(BC, qend - k0)
-                _mk(nk, HP, K, k0 * HP, HP, 1, QT, 0, BR, 2, S, 0, BR, False)       # Sᵀ = K·Qᵀ
+                _mkr(nk, HP, K, k0 * HP, HP, QT, 0, BR, 2, S, 0, BR, False)       # Sᵀ = K·Qᵀ
                 if k0 + nk - 1 > q0:                       # the tile straddles the diagonal:
                     for j in range(nk):                    # key k0 + j is masked for queries q0 + r < it
                         for r in range(min(BR, k0 + j - q0)):
@@ -172,7 +176,7 @@ def _forward(out, lse, inp, B, T, C, NH, G):
                     store(S, j * BR + L, p1)
                     l0 = add(l0, p0)
                     l1 = add(l1, p1)
-                _mk(HP, nk, V, k0 * HP, 1, HP, S, 0, BR, 2, OT, 0, BR, True)       # Oᵀ += Vᵀ·Pᵀ
+                _mkk(HP, nk, V, k0 * HP, HP, S, 0, BR, 2, OT, 0, BR, True)       # Oᵀ += Vᵀ·Pᵀ
             store(MQ, 0, m0)
             store(MQ, L, m1)
             store(LQ, 0, l0)
@@ -243,8 +247,8 @@ def _backward(dinp, dout, inp, out, lse, B, T, C, NH, G, dqp):
             for qb in range(k0 // BR, nqb):
                 q0 = qb * BR
                 nk = min(BC, q0 + BR - k0)                 # keys past the block's last query: all masked
-                _mk(nk, HP, K, k0 * HP, HP, 1, QT, q0 * HP, BR, 2, P, 0, BR, False)    # Sᵀ = K·(scale·Q)ᵀ
-                _mk(nk, HP, V, k0 * HP, HP, 1, DOT, q0 * HP, BR, 2, dS, 0, BR, False)  # dPᵀ = V·dOᵀ
+                _mkr(nk, HP, K, k0 * HP, HP, QT, q0 * HP, BR, 2, P, 0, BR, False)    # Sᵀ = K·(scale·Q)ᵀ
+                _mkr(nk, HP, V, k0 * HP, HP, DOT, q0 * HP, BR, 2, dS, 0, BR, False)  # dPᵀ = V·dOᵀ
                 l0 = load(LS, q0)
                 l1 = load(LS, q0 + L)
                 for j in range(nk):                        # P = exp(S − lse)
@@ -259,9 +263,9 @@ def _backward(dinp, dout, inp, out, lse, B, T, C, NH, G, dqp):
                 for j in range(nk):                        # dS = P ∘ (dP − D)
                     store(dS, j * BR, mul(load(P, j * BR), sub(load(dS, j * BR), d0)))
                     store(dS, j * BR + L, mul(load(P, j * BR + L), sub(load(dS, j * BR + L), d1)))
-                _mk(nk, BR, P, 0, BR, 1, DO, q0 * HP, HP, NV, dV, 0, HP, True)         # dV += Pᵀ·dO
-                _mk(nk, BR, dS, 0, BR, 1, Q, q0 * HP, HP, NV, dK, 0, HP, True)         # dK += dSᵀ·Q
-                _mk(BR, nk, dS, 0, 1, BR, K, k0 * HP, HP, NV, dQ, q0 * HP, HP, True)   # dQ += dS·K
+                _mkr(nk, BR, P, 0, BR, DO, q0 * HP, HP, NV, dV, 0, HP, True)         # dV += Pᵀ·dO
+                _mkr(nk, BR, dS, 0, BR, Q, q0 * HP, HP, NV, dK, 0, HP, True)         # dK += dSᵀ·Q
+                _mkk(BR, nk, dS, 0, BR, K, k0 * HP, HP, NV, dQ, q0 * HP, HP, True)   # dQ += dS·K
             for j in range(min(BC, T - k0)):
                 x = dinp[(b * T + k0 + j) * C3 + h * hs:(b * T + k0 + j) * C3 + h * hs + C3 - h * hs]
                 kr = dK[j * HP:j * HP + HP]
@@ -301,9 +305,10 @@ def _compile(isa):
     env = dict(np=np, math=math, prange=prange, exp_nonpos=exp_nonpos, L=b["L"], BR=b["BR"], BC=b["BC"],
                MR=b["MR"], load=ops.load, store=ops.store, bcast=ops.bcast, fma=ops.fma, add=ops.add,
                zero=ops.zero, sub=ops.sub, mul=ops.mul, vmax=ops.max, vexp=ops.exp, __name__=__name__)
-    src = _microkernel_source(b["MR"]).replace("def _mk(", f"def _mk_{isa}(")
-    exec(compile(src, __file__, "exec"), env)
-    env["_mk"] = njit(cache=True, fastmath=_FASTMATH)(env[f"_mk_{isa}"])
+    for key, a_rows in (("_mkr", True), ("_mkk", False)):
+        name = f"{key}_{isa}"
+        exec(compile(_microkernel_source(name, b["MR"], a_rows), __file__, "exec"), env)
+        env[key] = njit(cache=True, fastmath=_FASTMATH)(env[name])
     core = _CORE_SOURCE.replace("def _forward(", f"def _forward_{isa}(").replace("def _backward(", f"def _backward_{isa}(")
     exec(compile(core, __file__, "exec"), env)
     fwd = njit(parallel=True, cache=True, fastmath=_FASTMATH)(env[f"_forward_{isa}"])
