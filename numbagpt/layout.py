@@ -18,7 +18,7 @@ PARAMETER_NAMES = ("wte", "wpe", "ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "at
 
 # The tensors with a leading L axis: one slice per transformer layer.
 LAYER_PARAMETERS = PARAMETER_NAMES[2:14]
-LAYER_ACTIVATIONS = ("ln1", "ln1_mean", "ln1_rstd", "qkv", "atty", "preatt", "att", "attproj", "residual2",
+LAYER_ACTIVATIONS = ("ln1", "ln1_mean", "ln1_rstd", "qkv", "atty", "lse", "attproj", "residual2",
                      "ln2", "ln2_mean", "ln2_rstd", "fch", "fch_gelu", "fcproj", "residual3")
 
 
@@ -48,7 +48,7 @@ def activation_shapes(config, B, T, recompute=0):
         ("encoded", (B, T, C)),
         ("ln1", (L_ln, B, T, C)), ("ln1_mean", (L, B, T)), ("ln1_rstd", (L, B, T)),
         ("qkv", (L, B, T, 3 * C)), ("atty", (L, B, T, C)),
-        ("preatt", (L, B, NH, T, T)), ("att", (L, B, NH, T, T)),
+        ("lse", (L, B, NH, T)),   # flash attention's per-row log-sum-exp: no (T, T) tensor anywhere
         ("attproj", (L, B, T, C)), ("residual2", (L, B, T, C)),
         ("ln2", (L_ln, B, T, C)), ("ln2_mean", (L, B, T)), ("ln2_rstd", (L, B, T)),
         ("fch", (L, B, T, 4 * C)), ("fch_gelu", (L_gelu, B, T, 4 * C)),

@@ -16,8 +16,8 @@ from .config import GPT2Config, preset
 from .layout import activation_layout, parameter_layout
 
 # The activation gradients that backward kernels accumulate into (+=), so backward() zeroes them
-# first. The rest need no zeroing: dlogits (in the logits buffer), dpreatt and datt are written
-# (crossentropy_backward, attention_backward), dlosses is copied in, and the residual stream's
+# first. The rest need no zeroing: dlogits (in the logits buffer) is written (crossentropy_backward),
+# lse's gradient slot is never used (flash attention's backward keeps no scratch), dlosses is copied in, and the residual stream's
 # gradient lives in "encoded" alone, so residual2's, residual3's, attproj's and fcproj's are unused.
 ACCUMULATED_GRADS = ("encoded", "ln1", "qkv", "atty", "ln2", "fch", "fch_gelu", "lnf")
 
@@ -198,7 +198,7 @@ class GPT2:
             w, x = self.layer_params[l], self.layer_acts[l]  # layer l's weights and activations
             residual = a["encoded"] if l == 0 else self.layer_acts[l - 1].residual3               # (B, T, C)
             k.matmul_forward(x.qkv, x.ln1, w.qkvw, w.qkvb, B, T, C, 3 * C)                        # (B, T, 3C)
-            k.attention_forward(x.atty, x.preatt, x.att, x.qkv, B, T, C, NH)                      # (B, T, C)
+            k.attention_forward(x.atty, x.lse, x.qkv, B, T, C, NH)                                # (B, T, C)
             k.matmul_forward(x.attproj, x.atty, w.attprojw, w.attprojb, B, T, C, C)               # (B, T, C)
             # Each residual add and the layernorm of its sum in one pass (llm.c's fused_residual_forward):
             # residual2 with ln2, residual3 with the next layer's ln1 (lnf after the last layer).
@@ -302,7 +302,7 @@ class GPT2:
                                  x.residual2, w.ln2w, x.ln2_mean, x.ln2_rstd, B, T, C)            # (B, T, C)
             k.matmul_backward(dx.atty, dw.attprojw, dw.attprojb, dresidual,
                               x.atty, w.attprojw, B, T, C, C, acc)                                # (B, T, C)
-            k.attention_backward(dx.qkv, dx.preatt, dx.att, dx.atty, x.qkv, x.att, B, T, C, NH)   # (B, T, 3C)
+            k.attention_backward(dx.qkv, dx.atty, x.qkv, x.atty, x.lse, B, T, C, NH)              # (B, T, 3C)
             if self.recompute >= 2:
                 k.layernorm_forward(x.ln1, x.ln1_mean, x.ln1_rstd, residual, w.ln1w, w.ln1b, B, T, C)
                 k.fill_zero(dx.ln1)

@@ -202,7 +202,10 @@ def _backward(dinp, dout, inp, out, lse, B, T, C, NH, G, dqp):
         g = u % G
         h = (u // G) % NH
         b = u // (G * NH)
-        if g >= nkb:
+        if g >= nkb:                                   # no key block: no dq either
+            if G > 1:
+                for i in range(T * HP):
+                    dqp[u * T * HP + i] = 0.0
             continue
         # the head packed: Q, K, V, dO as rows of HP; (scale·Q)ᵀ and dOᵀ per query block (HP × BR);
         # lse and D = rowsum(dO ∘ O); zero past T and past hs
