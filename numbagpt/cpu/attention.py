@@ -114,8 +114,8 @@ def _forward(out, lse, inp, B, T, C, NH, G):
         last = g + (nqb - 1 - g) // G * G                  # the unit's last query block
         kend = ((last + 1) * BR + BC - 1) // BC * BC       # keys it needs, in whole key blocks
         # K and V of the head, rows of HP (zero padded: channels ≥ hs, positions ≥ T)
-        K = np.zeros(kend * HP, np.float32)
-        V = np.zeros(kend * HP, np.float32)
+        K = np.empty(kend * HP, np.float32)
+        V = np.empty(kend * HP, np.float32)
         for t in range(min(T, kend)):
             x = inp[(b * T + t) * C3 + h * hs:(b * T + t) * C3 + h * hs + C3 - h * hs]
             kr = K[t * HP:t * HP + HP]
@@ -123,6 +123,12 @@ def _forward(out, lse, inp, B, T, C, NH, G):
             for i in range(hs):
                 kr[i] = x[C + i]
                 vr[i] = x[2 * C + i]
+            for i in range(hs, HP):
+                kr[i] = 0.0
+                vr[i] = 0.0
+        for i in range(min(T, kend) * HP, kend * HP):
+            K[i] = 0.0
+            V[i] = 0.0
         QT = np.zeros(HP * BR, np.float32)
         OT = np.empty(HP * BR, np.float32)
         S = np.empty(BC * BR, np.float32)
@@ -209,14 +215,14 @@ def _backward(dinp, dout, inp, out, lse, B, T, C, NH, G, dqp):
             continue
         # the head packed: Q, K, V, dO as rows of HP; (scale·Q)ᵀ and dOᵀ per query block (HP × BR);
         # lse and D = rowsum(dO ∘ O); zero past T and past hs
-        Q = np.zeros(TP * HP, np.float32)
-        K = np.zeros(TP * HP, np.float32)
-        V = np.zeros(TP * HP, np.float32)
-        DO = np.zeros(TP * HP, np.float32)
-        QT = np.zeros(TP * HP, np.float32)
-        DOT = np.zeros(TP * HP, np.float32)
-        LS = np.zeros(TP, np.float32)
-        DD = np.zeros(TP, np.float32)
+        Q = np.empty(TP * HP, np.float32)
+        K = np.empty(TP * HP, np.float32)
+        V = np.empty(TP * HP, np.float32)
+        DO = np.empty(TP * HP, np.float32)
+        QT = np.empty(TP * HP, np.float32)
+        DOT = np.empty(TP * HP, np.float32)
+        LS = np.empty(TP, np.float32)
+        DD = np.empty(TP, np.float32)
         for t in range(T):
             x = inp[(b * T + t) * C3 + h * hs:(b * T + t) * C3 + h * hs + C3 - h * hs]
             do = dout[(b * T + t) * C + h * hs:(b * T + t) * C + h * hs + hs]
@@ -235,8 +241,27 @@ def _backward(dinp, dout, inp, out, lse, B, T, C, NH, G, dqp):
                 QT[tb + i * BR] = x[i] * scale
                 DOT[tb + i * BR] = do[i]
                 dsum += do[i] * o[i]
+            for i in range(hs, HP):
+                qr[i] = 0.0
+                kr[i] = 0.0
+                vr[i] = 0.0
+                dr[i] = 0.0
+                QT[tb + i * BR] = 0.0
+                DOT[tb + i * BR] = 0.0
             LS[t] = lse[(b * NH + h) * T + t]
             DD[t] = dsum
+        for i in range(T * HP, TP * HP):                # positions T .. TP−1 (the same offsets in
+            Q[i] = 0.0                                  # the transposed blocks: whole blocks from
+            K[i] = 0.0                                  # T rounded up to BR, the rest below)
+            V[i] = 0.0
+            DO[i] = 0.0
+        for t in range(T, TP):
+            tb = (t // BR) * HP * BR + t % BR
+            for i in range(HP):
+                QT[tb + i * BR] = 0.0
+                DOT[tb + i * BR] = 0.0
+            LS[t] = 0.0
+            DD[t] = 0.0
         dQ = np.zeros(TP * HP, np.float32)
         dK = np.empty(BC * HP, np.float32)
         dV = np.empty(BC * HP, np.float32)
