@@ -4,14 +4,16 @@ PyTorch's F.scaled_dot_product_attention(is_causal=True) forward + backward, on 
 threads. Each contender runs in a process of its own (this script with --worker), torch imported
 before Numba (as bench/bench_train.py: the two thread pools must not share a process).
 
-    python bench/bench_attention.py [--threads 2] [--T 64,256,1024] [--B 1] [--rounds 3] [--reps 5]
+    python bench/bench_attention.py [--threads 2] [--T 64,256,1024] [--B 1] [--rounds 3] [--reps 5] [--clock cpu]
 
 A worker times forward and backward separately (best of --reps, after a warm-up call) and prints
 JSON; a round starts one worker per contender in turn (flash, old, sdpa, flash, ...), and the table
 gives each contender's best over rounds. GFLOP/s use one count for all: the attention's math over the
 P = T(T+1)/2 causal pairs per head, 4·hs·P forward and 8·hs·P backward (flash attention executes
 10·hs·P in its backward: it recomputes the scores and dP; numbagpt/costs.py counts that).
-Wall time: on a machine loaded by other processes, compare ratios of one run.
+Wall time by default; --clock cpu times process CPU time (all threads), steadier on a machine loaded
+by other processes but unkind to PyTorch, whose OpenMP threads spin while they wait (its CPU time
+counts the spinning). Compare ratios of one run.
 """
 import argparse
 import json
@@ -33,8 +35,12 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--contenders", default=",".join(CONTENDERS))
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     p.add_argument("--worker", choices=CONTENDERS, help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+
+CLOCK = [time.perf_counter]
 
 
 def best_of(reps, setup, call):
@@ -43,9 +49,9 @@ def best_of(reps, setup, call):
     best = float("inf")
     for _ in range(reps):
         setup()
-        t = time.perf_counter()
+        t = CLOCK[0]()
         call()
-        best = min(best, time.perf_counter() - t)
+        best = min(best, CLOCK[0]() - t)
     return best
 
 
@@ -53,6 +59,7 @@ def worker(args):
     """Times one contender at every T; prints {T: [fwd_s, bwd_s]} as JSON."""
     Ts = [int(t) for t in args.T.split(",")]
     B = args.B
+    CLOCK[0] = time.process_time if args.clock == "cpu" else time.perf_counter
     res = {}
     if args.worker == "sdpa":
         import torch   # before Numba (see the module docstring)
@@ -114,7 +121,7 @@ def main(argv=None):
     for _ in range(args.rounds):
         for n in names:
             cmd = [sys.executable, os.path.abspath(__file__), "--worker", n, "--threads", str(args.threads),
-                   "--T", args.T, "--B", str(args.B), "--reps", str(args.reps)]
+                   "--T", args.T, "--B", str(args.B), "--reps", str(args.reps), "--clock", args.clock]
             r = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if r.returncode:
                 print(f"{n}: worker failed:\n{r.stderr[-2000:]}")
@@ -123,7 +130,7 @@ def main(argv=None):
                 b = best[n][int(T)]
                 b[0], b[1] = min(b[0], tf), min(b[1], tb)
     hs = C // NH
-    print(f"attention, d12 heads (C={C}, NH={NH}, hs={hs}), B={args.B}, {args.threads} threads, wall, "
+    print(f"attention, d12 heads (C={C}, NH={NH}, hs={hs}), B={args.B}, {args.threads} threads, {args.clock} time, "
           f"best of {args.rounds} rounds x {args.reps}")
     print(f"{'T':>5s} {'contender':10s} {'fwd ms':>8s} {'bwd ms':>8s} {'total ms':>9s} {'GFLOP/s':>8s} "
           f"{'old/x':>6s} {'sdpa/x':>7s}")

@@ -76,12 +76,18 @@ def _microkernel_source(name, MR, a_rows):
     def block(nv):
         acc = [[f"c{r}_{v}" for v in range(nv)] for r in range(MR)]
         s = [" = ".join(row) + " = zero()" for row in acc]
-        s += ["pk = pb + c * L", "pa2 = pa + m" if not a_rows else "pass", "for k in range(kc):"]
-        s += [f"    b{v} = load(Bm, pk + {v} * L)" for v in range(nv)]
-        for r in range(MR):
-            s += [f"    a = bcast(A, q{r} + k)" if a_rows else f"    a = bcast(A, pa2 + {r})"]
-            s += [f"    {acc[r][v]} = fma(a, b{v}, {acc[r][v]})" for v in range(nv)]
-        s += ["    pk += ldb"] + ([] if a_rows else ["    pa2 += sa"])
+        s += ["pk = pb + c * L", "pa2 = pa + m" if not a_rows else "pass"]
+
+        def step(k):  # one k: nv loads of Bm, MR broadcasts of A, MR·nv FMAs
+            body = [f"b{v} = load(Bm, pk + {v} * L)" for v in range(nv)]
+            for r in range(MR):
+                body += [f"a = bcast(A, q{r} + {k})" if a_rows else f"a = bcast(A, pa2 + {r})"]
+                body += [f"{acc[r][v]} = fma(a, b{v}, {acc[r][v]})" for v in range(nv)]
+            return ["    " + line for line in body + ["pk += ldb"] + ([] if a_rows else ["pa2 += sa"])]
+
+        # k two at a time (as matmul's micro-kernel: half the loop overhead), then the odd k
+        s += ["for k in range(0, kc - 1, 2):"] + step("k") + step("k + 1")
+        s += ["for k in range(kc - kc % 2, kc):"] + step("k")
         s += ["y = py + m * ldy + c * L", "if accumulate:"]
         s += [f"    store(Y, y + {r} * ldy + {v} * L, add(load(Y, y + {r} * ldy + {v} * L), {acc[r][v]}))"
               for r in range(MR) for v in range(nv)]
