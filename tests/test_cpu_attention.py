@@ -8,6 +8,9 @@ import pytest
 
 from harness import cases, check, rnd, tolerance
 from reference import attention_backward_ref, attention_forward_ref, attention_lse_ref, numerical_grad
+from simulator import SIM
+
+cpu_only = pytest.mark.skipif(SIM, reason="the CPU kernels' own structure (the CUDA simulator run skips it)")
 
 B, T, C, NH = 2, 7, 12, 3
 # (B, T, C, NH). CPU (AVX-512 blocks: 32 queries x 64 keys): T = 1, 2, odd; a query block -1/+1 (31,
@@ -124,6 +127,7 @@ def test_attention_backward_is_deterministic(backend):
     np.testing.assert_array_equal(res[0], res[2])
 
 
+@cpu_only
 @pytest.mark.parametrize("groups", [1, 2, 3, 5])
 def test_cpu_attention_any_number_of_units_per_head(monkeypatch, groups):
     # G parallel units per head (query blocks of the forward, key blocks of the backward dealt out
@@ -141,10 +145,13 @@ def test_cpu_attention_any_number_of_units_per_head(monkeypatch, groups):
 
 
 def _other_isas():
+    if SIM:
+        return []
     from numbagpt.cpu import attention, matmul
     return [k for k in matmul.supported_kernels() if k != attention._kernel]
 
 
+@cpu_only
 @pytest.mark.parametrize("isa", _other_isas())
 @pytest.mark.parametrize("B_,T_,C_,NH_", [(2, 7, 12, 3), (1, 70, 80, 1)])
 def test_cpu_attention_every_isa(isa, B_, T_, C_, NH_):
@@ -164,6 +171,7 @@ def test_cpu_attention_every_isa(isa, B_, T_, C_, NH_):
         attention.set_kernel(saved)
 
 
+@cpu_only
 def test_no_T_by_T_buffer_in_training():
     # the activation layout (and so its gradient buffer) grows linearly with T: no (T, T) tensor,
     # and attention's kernels take no argument but out/lse/inp/dinp/dout and sizes
