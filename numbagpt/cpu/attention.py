@@ -285,18 +285,20 @@ def _backward(dinp, dout, inp, out, lse, B, T, C, NH, G, dqp):
                 _mkr(nk, HP, V, k0 * HP, HP, DOT, q0 * HP, BR, 2, dS, 0, BR, False)  # dPᵀ = V·dOᵀ
                 l0 = load(LS, q0)
                 l1 = load(LS, q0 + L)
-                for j in range(nk):                        # P = exp(S − lse)
-                    store(P, j * BR, vexp(sub(load(P, j * BR), l0)))
-                    store(P, j * BR + L, vexp(sub(load(P, j * BR + L), l1)))
+                d0 = load(DD, q0)
+                d1 = load(DD, q0 + L)
+                for j in range(nk):                        # P = exp(S − lse), dS = P ∘ (dP − D)
+                    p0 = vexp(sub(load(P, j * BR), l0))
+                    p1 = vexp(sub(load(P, j * BR + L), l1))
+                    store(P, j * BR, p0)
+                    store(P, j * BR + L, p1)
+                    store(dS, j * BR, mul(p0, sub(load(dS, j * BR), d0)))
+                    store(dS, j * BR + L, mul(p1, sub(load(dS, j * BR + L), d1)))
                 if k0 + nk - 1 > q0:                       # the tile straddles the diagonal:
                     for j in range(nk):                    # key k0 + j is masked for queries q0 + r < it
                         for r in range(min(BR, k0 + j - q0)):
-                            P[j * BR + r] = 0.0
-                d0 = load(DD, q0)
-                d1 = load(DD, q0 + L)
-                for j in range(nk):                        # dS = P ∘ (dP − D)
-                    store(dS, j * BR, mul(load(P, j * BR), sub(load(dS, j * BR), d0)))
-                    store(dS, j * BR + L, mul(load(P, j * BR + L), sub(load(dS, j * BR + L), d1)))
+                            P[j * BR + r] = 0.0            # (what was computed there is discarded,
+                            dS[j * BR + r] = 0.0           # whatever it was: exp of s − lse > 0)
                 _mkr(nk, BR, P, 0, BR, DO, q0 * HP, HP, NV, dV, 0, HP, True)         # dV += Pᵀ·dO
                 _mkr(nk, BR, dS, 0, BR, Q, q0 * HP, HP, NV, dK, 0, HP, True)         # dK += dSᵀ·Q
                 _mkk(BR, nk, dS, 0, BR, K, k0 * HP, HP, NV, dQ, q0 * HP, HP, True)   # dQ += dS·K
