@@ -24,8 +24,17 @@ way (2-core AMD Zen 4, AVX-512, d12 B=1 T=1024, shared and loaded machine: ratio
     loops on slices were 1.1-1.5 us per 64 x 32 tile (a slice per row costs more than its 2 vectors of
     work): 40-50% on top of the two products. On explicit vectors (simd.py's sub, mul, max and exp,
     the latter fastmath.exp_nonpos lane by lane, bit-identical): 0.66 us per tile, ~10%.
-  * One thread, CPU time, forward: 24 ms, of which the score product 9, P·V 9, softmax 2.7, packing
-    and the rest 3.4.
+  * One thread, CPU time, d12 B=1 T=1024: forward 24-27 ms (the score product 9, P·V 9, softmax 2.7,
+    packing and the rest 3.4), backward 51-53 ms (the five products 37-43, packing 4.6 after
+    np.empty + zeroing only the padding instead of np.zeros: 7.5 before; P and dS in one pass).
+    The products run at ~90-97 GFLOP/s in place against 112-115 alone (their operands no longer all
+    fit in L1); key blocks of 32, 64 and 128 time the same.
+  * Result, bench/bench_attention.py (2 threads, wall, best of 3 rounds x 5, load average ~10 on the
+    2 cores): fwd+bwd at T = 64 / 256 / 1024: flash 0.41 / 3.18 / 40.9 ms, the (T, T) kernels
+    0.48 / 7.75 / 109.7, PyTorch SDPA 0.74 / 6.91 / 70.2: 1.2x / 2.4x / 2.7x the (T, T) kernels,
+    1.8x / 2.2x / 1.7x SDPA. The 4x over the (T, T) kernels at T = 1024 is out of reach here: flash
+    attention's backward does 10·hs FLOPs a pair (it recomputes the scores and dP) against their
+    8·hs, so 4x would take 7 products at ~240 GFLOP/s on 2 cores, the FMA peak of two Zen 4 cores.
 
 The (T, T) kernels' record (before flash attention):
   Findings (1 thread, CPU time, best of 10, 2 shared cores under load: +-15% noise between runs):
