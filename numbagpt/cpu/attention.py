@@ -24,17 +24,21 @@ masked (only the tiles that straddle it are masked).
 How it is laid out (dev/attention.py has the variants and their timings):
   - Every tile is held transposed, keys × queries, with the queries along the vector lanes (BR = 2L
     of them: 32 with AVX-512). The softmax statistics (m, l, lse, D) are then per lane: the row max,
-    the rescaling and exp(s − m) are element-wise loops over the BR lanes, with no horizontal
-    reduction anywhere.
-  - Every product is one register-blocked micro-kernel (`_mk`, explicit `<L x float>` vectors of
-    numbagpt/cpu/simd.py, generated per ISA as matmul's): Y (rows × nvec·L) (+)= A (rows × kc) ·
+    the rescaling, exp(s − m) and ds are element-wise, two vectors a tile row (simd.py's max, sub,
+    mul and exp, the latter fastmath.exp_nonpos lane by lane), with no horizontal reduction anywhere.
+  - Every product is a register-blocked micro-kernel on explicit `<L x float>` vectors of
+    numbagpt/cpu/simd.py, generated per ISA as matmul's: Y (rows × nvec·L) (+)= A (rows × kc) ·
     Bm (kc × nvec·L), MR rows × 2 vectors of accumulators (16 zmm with AVX-512), A read one value at
-    a time and broadcast, with any strides, so that all five products read the tiles as they lie:
-        forward   Sᵀ  (keys × BR)  = K·(scale·Q)ᵀ       Oᵀ (hs × BR) += Vᵀ·Pᵀ
-        backward  Sᵀ, dPᵀ = V·dOᵀ (keys × BR);   dV (keys × hs) += Pᵀ·dO;   dK += dSᵀ·Q;   dQ += dS·K
+    a time and broadcast, in two forms, A by rows (`_mkr`) and A k-major (`_mkk`), so that all five
+    products read the tiles as they lie:
+        forward   Sᵀ (keys × BR) = K·(scale·Q)ᵀ   _mkr        Oᵀ (hs × BR) += Vᵀ·Pᵀ   _mkk
+        backward  Sᵀ, dPᵀ = V·dOᵀ (keys × BR)   _mkr;   dV (keys × hs) += Pᵀ·dO, dK += dSᵀ·Q   _mkr;
+                  dQ (BR × hs) += dS·K   _mkk
     Q, K, V, dO are packed per head (once per parallel unit) with hs padded with zeros to HP, a
     multiple of L (odd head sizes run the same code), the sequence padded to whole key blocks.
-  - exp is fastmath.exp_nonpos (vectorised); the masked scores are −inf, whose exp is 0.
+  - Masking: only a tile that straddles the diagonal is masked (its scores −inf in the forward, whose
+    exp is 0; its P and dS zeroed in the backward), and its keys past the block's last query are not
+    computed at all.
   - Parallel units: (b, h, g) for g < G. The forward's unit does the query blocks qb ≡ g (mod G);
     the backward's does the key blocks kb ≡ g (mod G) (FA2's split: dk, dv of a key block are its
     own), and its dq into its own (T, HP) buffer: with G = 1 the unit adds it into dinp itself, with
