@@ -243,21 +243,20 @@ def _backward(dinp, dout, inp, out, lse, B, T, C, NH, G, dqp):
             dr = DO[t * HP:t * HP + HP]
             tb = (t // BR) * HP * BR + t % BR
             dsum = np.float32(0.0)
-            for i in range(hs):
+            for i in range(hs):                        # (contiguous copies: vectorised)
                 qr[i] = x[i]
                 kr[i] = x[C + i]
                 vr[i] = x[2 * C + i]
                 dr[i] = do[i]
-                QT[tb + i * BR] = x[i] * scale
-                DOT[tb + i * BR] = do[i]
                 dsum += do[i] * o[i]
             for i in range(hs, HP):
                 qr[i] = 0.0
                 kr[i] = 0.0
                 vr[i] = 0.0
                 dr[i] = 0.0
-                QT[tb + i * BR] = 0.0
-                DOT[tb + i * BR] = 0.0
+            for i in range(HP):                        # (the transposed ones, from the padded rows)
+                QT[tb + i * BR] = qr[i] * scale
+                DOT[tb + i * BR] = dr[i]
             LS[t] = lse[(b * NH + h) * T + t]
             DD[t] = dsum
         for i in range(T * HP, TP * HP):                # positions T .. TP−1 (the same offsets in
