@@ -144,18 +144,28 @@ def _forward(out, lse, inp, B, T, C, NH, G):
         S = np.empty(BC * BR, np.float32)
         MQ = np.empty(BR, np.float32)
         LQ = np.empty(BR, np.float32)
+        SC = np.full(1, scale, np.float32)
+        sc = bcast(SC, 0)
         M = np.full(BR, -np.inf, np.float32)              # the running row max and row sum
         LSUM = np.zeros(BR, np.float32)
         for qb in range(g, nqb, G):
             q0 = qb * BR
             nq = min(BR, T - q0)
-            for r in range(nq):                            # (scale·q)ᵀ: hs × BR
-                x = inp[(b * T + q0 + r) * C3 + h * hs:(b * T + q0 + r) * C3 + h * hs + hs]
-                for i in range(hs):
-                    QT[i * BR + r] = x[i] * scale
-            for r in range(nq, BR):
-                for i in range(hs):
-                    QT[i * BR + r] = 0.0
+            if nq == BR and hs == HP:                      # (scale·q)ᵀ: hs × BR, by L × L transposes
+                for i0 in range(0, hs, L):
+                    for r0 in range(0, BR, L):
+                        transpose(QT, i0 * BR + r0, BR, inp, (b * T + q0 + r0) * C3 + h * hs + i0, C3)
+                for i in range(HP):
+                    store(QT, i * BR, mul(load(QT, i * BR), sc))
+                    store(QT, i * BR + L, mul(load(QT, i * BR + L), sc))
+            else:                                          # a ragged last block, or hs < HP
+                for r in range(nq):
+                    x = inp[(b * T + q0 + r) * C3 + h * hs:(b * T + q0 + r) * C3 + h * hs + hs]
+                    for i in range(hs):
+                        QT[i * BR + r] = x[i] * scale
+                for r in range(nq, BR):
+                    for i in range(hs):
+                        QT[i * BR + r] = 0.0
             for i in range(HP * BR):
                 OT[i] = 0.0
             m0 = load(M, 0)
@@ -198,11 +208,24 @@ def _forward(out, lse, inp, B, T, C, NH, G):
             store(LQ, 0, l0)
             store(LQ, L, l1)
             for r in range(nq):
-                inv = np.float32(1.0) / LQ[r]
-                o = out[(b * T + q0 + r) * C + h * hs:(b * T + q0 + r) * C + h * hs + hs]
-                for i in range(hs):
-                    o[i] = OT[i * BR + r] * inv
                 lse[(b * NH + h) * T + q0 + r] = MQ[r] + np.log(LQ[r])
+            if nq == BR and hs == HP:                      # out = (Oᵀ / l)ᵀ, by L × L transposes
+                for r in range(BR):
+                    LQ[r] = np.float32(1.0) / LQ[r]
+                i0v = load(LQ, 0)
+                i1v = load(LQ, L)
+                for i in range(HP):
+                    store(OT, i * BR, mul(load(OT, i * BR), i0v))
+                    store(OT, i * BR + L, mul(load(OT, i * BR + L), i1v))
+                for i0 in range(0, hs, L):
+                    for r0 in range(0, BR, L):
+                        transpose(out, (b * T + q0 + r0) * C + h * hs + i0, C, OT, i0 * BR + r0, BR)
+            else:
+                for r in range(nq):
+                    inv = np.float32(1.0) / LQ[r]
+                    o = out[(b * T + q0 + r) * C + h * hs:(b * T + q0 + r) * C + h * hs + hs]
+                    for i in range(hs):
+                        o[i] = OT[i * BR + r] * inv
 
 
 def _backward(dinp, dout, inp, out, lse, B, T, C, NH, G, dqp):
@@ -343,7 +366,8 @@ def _compile(isa):
     ops = vector_ops(b["L"])
     env = dict(np=np, math=math, prange=prange, exp_nonpos=exp_nonpos, L=b["L"], BR=b["BR"], BC=b["BC"],
                MR=b["MR"], load=ops.load, store=ops.store, bcast=ops.bcast, fma=ops.fma, add=ops.add,
-               zero=ops.zero, sub=ops.sub, mul=ops.mul, vmax=ops.max, vexp=ops.exp, __name__=__name__)
+               zero=ops.zero, sub=ops.sub, mul=ops.mul, vmax=ops.max, vexp=ops.exp, transpose=ops.transpose,
+               __name__=__name__)
     for key, a_rows in (("_mkr", True), ("_mkk", False)):
         name = f"{key}_{isa}"
         exec(compile(_microkernel_source(name, b["MR"], a_rows), __file__, "exec"), env)
