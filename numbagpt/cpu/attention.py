@@ -256,6 +256,7 @@ def _backward(dinp, dout, inp, out, lse, B, T, C, NH, G, dqp):
         DOT = np.empty(TP * HP, np.float32)
         LS = np.empty(TP, np.float32)
         DD = np.empty(TP, np.float32)
+        SC = np.full(1, scale, np.float32)
         for t in range(T):
             x = inp[(b * T + t) * C3 + h * hs:(b * T + t) * C3 + h * hs + C3 - h * hs]
             do = dout[(b * T + t) * C + h * hs:(b * T + t) * C + h * hs + hs]
@@ -264,9 +265,8 @@ def _backward(dinp, dout, inp, out, lse, B, T, C, NH, G, dqp):
             kr = K[t * HP:t * HP + HP]
             vr = V[t * HP:t * HP + HP]
             dr = DO[t * HP:t * HP + HP]
-            tb = (t // BR) * HP * BR + t % BR
             dsum = np.float32(0.0)
-            for i in range(hs):                        # (contiguous copies: vectorised)
+            for i in range(hs):
                 qr[i] = x[i]
                 kr[i] = x[C + i]
                 vr[i] = x[2 * C + i]
@@ -277,23 +277,24 @@ def _backward(dinp, dout, inp, out, lse, B, T, C, NH, G, dqp):
                 kr[i] = 0.0
                 vr[i] = 0.0
                 dr[i] = 0.0
-            for i in range(HP):                        # (the transposed ones, from the padded rows)
-                QT[tb + i * BR] = qr[i] * scale
-                DOT[tb + i * BR] = dr[i]
             LS[t] = lse[(b * NH + h) * T + t]
             DD[t] = dsum
-        for i in range(T * HP, TP * HP):                # positions T .. TP−1 (the same offsets in
-            Q[i] = 0.0                                  # the transposed blocks: whole blocks from
-            K[i] = 0.0                                  # T rounded up to BR, the rest below)
+        for i in range(T * HP, TP * HP):                # positions T .. TP−1
+            Q[i] = 0.0
+            K[i] = 0.0
             V[i] = 0.0
             DO[i] = 0.0
         for t in range(T, TP):
-            tb = (t // BR) * HP * BR + t % BR
-            for i in range(HP):
-                QT[tb + i * BR] = 0.0
-                DOT[tb + i * BR] = 0.0
             LS[t] = 0.0
             DD[t] = 0.0
+        for qb in range(TP // BR):                     # the transposed blocks, from the padded rows
+            for i0 in range(0, HP, L):                  # by L × L register transposes
+                for r0 in range(0, BR, L):
+                    transpose(QT, (qb * HP + i0) * BR + r0, BR, Q, (qb * BR + r0) * HP + i0, HP)
+                    transpose(DOT, (qb * HP + i0) * BR + r0, BR, DO, (qb * BR + r0) * HP + i0, HP)
+        sc = bcast(SC, 0)
+        for i in range(0, TP * HP, L):
+            store(QT, i, mul(load(QT, i), sc))
         dQ = np.zeros(TP * HP, np.float32)
         dK = np.empty(BC * HP, np.float32)
         dV = np.empty(BC * HP, np.float32)
