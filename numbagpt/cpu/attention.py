@@ -130,8 +130,9 @@ def _forward(out, lse, inp, B, T, C, NH, G):
             x = inp[(b * T + t) * C3 + h * hs:(b * T + t) * C3 + h * hs + C3 - h * hs]
             kr = K[t * HP:t * HP + HP]
             vr = V[t * HP:t * HP + HP]
-            for i in range(hs):
+            for i in range(hs):                            # (one array a loop: each vectorises)
                 kr[i] = x[C + i]
+            for i in range(hs):
                 vr[i] = x[2 * C + i]
             for i in range(hs, HP):
                 kr[i] = 0.0
@@ -266,11 +267,15 @@ def _backward(dinp, dout, inp, out, lse, B, T, C, NH, G, dqp):
             vr = V[t * HP:t * HP + HP]
             dr = DO[t * HP:t * HP + HP]
             dsum = np.float32(0.0)
-            for i in range(hs):
+            for i in range(hs):                        # (one array a loop: each vectorises)
                 qr[i] = x[i]
+            for i in range(hs):
                 kr[i] = x[C + i]
+            for i in range(hs):
                 vr[i] = x[2 * C + i]
+            for i in range(hs):
                 dr[i] = do[i]
+            for i in range(hs):
                 dsum += do[i] * o[i]
             for i in range(hs, HP):
                 qr[i] = 0.0
