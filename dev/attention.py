@@ -27,12 +27,17 @@ way (2-core AMD Zen 4, AVX-512, d12 B=1 T=1024, shared and loaded machine: ratio
   * One thread, CPU time, d12 B=1 T=1024: forward 24-27 ms (the score product 9, P·V 9, softmax 2.7,
     packing and the rest 3.4), backward 51-53 ms (the five products 37-43, packing 4.6 after
     np.empty + zeroing only the padding instead of np.zeros: 7.5 before; P and dS in one pass).
+    Then: the forward's (scale·q)ᵀ and out = (Oᵀ/l)ᵀ by 16 x 16 register transposes (simd.py's
+    transpose; the scalar strided loops were 2.6 ms of 21.8): forward 20-21 ms; the packing copies
+    one array a loop (one loop writing four arrays did not vectorise): backward packing 5.4 -> 3.3 ms,
+    backward 48-50 ms. Allocating the per-unit buffers once per process (malloc kept from mmap) made
+    no measurable difference.
     The products run at ~90-97 GFLOP/s in place against 112-115 alone (their operands no longer all
     fit in L1); key blocks of 32, 64 and 128 time the same.
-  * Result, bench/bench_attention.py (2 threads, wall, best of 3 rounds x 5, load average ~10 on the
-    2 cores): fwd+bwd at T = 64 / 256 / 1024: flash 0.41 / 3.18 / 40.9 ms, the (T, T) kernels
-    0.48 / 7.75 / 109.7, PyTorch SDPA 0.74 / 6.91 / 70.2: 1.2x / 2.4x / 2.7x the (T, T) kernels,
-    1.8x / 2.2x / 1.7x SDPA. The 4x over the (T, T) kernels at T = 1024 is out of reach here: flash
+  * Result, bench/bench_attention.py (2 threads, wall, best of 5 rounds x 5, load average ~2 on the
+    2 cores): fwd+bwd at T = 64 / 256 / 1024: flash 0.29 / 2.44 / 35.5 ms (136 GFLOP/s at 1024 on
+    12·hs FLOPs a pair, 159 on the 14·hs it executes), the (T, T) kernels 0.36 / 4.81 / 85.4, PyTorch
+    SDPA 0.57 / 5.22 / 55.9: 1.2x / 2.0x / 2.4x the (T, T) kernels, 2.0x / 2.1x / 1.6x SDPA. The 4x over the (T, T) kernels at T = 1024 is out of reach here: flash
     attention's backward does 10·hs FLOPs a pair (it recomputes the scores and dP) against their
     8·hs, so 4x would take 7 products at ~240 GFLOP/s on 2 cores, the FMA peak of two Zen 4 cores.
 
