@@ -1,6 +1,7 @@
-"""Benchmark numbagpt.cpu's attention and crossentropy kernels against straightforward baselines
-(the per-row, libm-exp kernels they replaced: variant 1 of dev/attention.py and of
-dev/crossentropy.py), in the same process.
+"""Benchmark numbagpt.cpu's attention and crossentropy kernels against the kernels they replaced, in
+the same process: flash attention against the per-head (T, T) kernels (variant 2 of dev/attention.py;
+bench/bench_attention.py adds PyTorch's SDPA and longer sequences), crossentropy against the per-row,
+libm-exp kernel (variant 1 of dev/crossentropy.py).
 
 Shapes: tiny (L=4, NH=4, C=128, B=8, T=256) and d12 (NH=12, C=768, B=4, T=64); crossentropy at
 B·T rows of Vp=50304 logits (V=50257). Prints ms (best of --reps, taken round-robin: new, base,
@@ -35,7 +36,7 @@ def main():
     t0 = time.perf_counter()
     from numbagpt.cpu import (attention_backward, attention_forward, crossentropy_backward,
                               crossentropy_forward)
-    from attention import bwd_base as att_bwd_base, fwd_base as att_fwd_base
+    from attention import bwd_head as att_bwd_base, fwd_head as att_fwd_base
     from crossentropy import bwd_base as ce_bwd_base, fwd_base as ce_fwd_base
     print(f"imports: {time.perf_counter() - t0:.2f} s; threads {args.threads}; "
           f"{'CPU' if args.cpu else 'wall'} time, best of {args.reps}")
@@ -70,19 +71,19 @@ def main():
         N = B * NH * T * T
         qkv = rng.standard_normal(B * T * 3 * C).astype(np.float32)
         dout = rng.standard_normal(B * T * C).astype(np.float32)
-        outs = [(np.zeros(B * T * C, np.float32), np.zeros(N, np.float32), np.zeros(N, np.float32))
-                for _ in range(2)]
-        (tn, tb) = race([(nothing, lambda: attention_forward(*outs[0], qkv, B, T, C, NH)),
-                         (nothing, lambda: att_fwd_base(*outs[1], qkv, B, T, C, NH))], args.reps)
-        err = max(np.abs(outs[0][0] - outs[1][0]).max(), np.abs(outs[0][2] - outs[1][2]).max())
-        print(f"{name + ' attention_forward':32s} {tn * 1e3:9.2f} {tb * 1e3:9.2f} {tb / tn:8.1f}x   {err:.1e} (out, att)")
-        att = outs[1][2]
-        g = [(np.zeros(B * T * 3 * C, np.float32), np.zeros(N, np.float32), np.zeros(N, np.float32))
-             for _ in range(2)]
-        (tn, tb) = race([(lambda: g[0][0].fill(0), lambda: attention_backward(*g[0], dout, qkv, att, B, T, C, NH)),
-                         (lambda: g[1][0].fill(0), lambda: att_bwd_base(*g[1], dout, qkv, att, B, T, C, NH))],
+        new_out = (np.zeros(B * T * C, np.float32), np.zeros(B * NH * T, np.float32))
+        old_out = (np.zeros(B * T * C, np.float32), np.zeros(N, np.float32), np.zeros(N, np.float32))
+        (tn, tb) = race([(nothing, lambda: attention_forward(*new_out, qkv, B, T, C, NH)),
+                         (nothing, lambda: att_fwd_base(*old_out, qkv, B, T, C, NH))], args.reps)
+        err = np.abs(new_out[0] - old_out[0]).max()
+        print(f"{name + ' attention_forward':32s} {tn * 1e3:9.2f} {tb * 1e3:9.2f} {tb / tn:8.1f}x   {err:.1e} (out)")
+        att = old_out[2]
+        g_new = np.zeros(B * T * 3 * C, np.float32)
+        g_old = (np.zeros(B * T * 3 * C, np.float32), np.zeros(N, np.float32), np.zeros(N, np.float32))
+        (tn, tb) = race([(lambda: g_new.fill(0), lambda: attention_backward(g_new, dout, qkv, *new_out, B, T, C, NH)),
+                         (lambda: g_old[0].fill(0), lambda: att_bwd_base(*g_old, dout, qkv, att, B, T, C, NH))],
                         args.reps)
-        err = np.abs(g[0][0] - g[1][0]).max()
+        err = np.abs(g_new - g_old[0]).max()
         print(f"{name + ' attention_backward':32s} {tn * 1e3:9.2f} {tb * 1e3:9.2f} {tb / tn:8.1f}x   {err:.1e} (dinp)")
 
         BT = B * T

@@ -75,21 +75,24 @@ def _matmul_backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, accum
     return flops, F32 * (reads + 2 * B * T * C + grads)
 
 
-def _attention_forward(out, preatt, att, inp, B, T, C, NH):
-    # per causal pair: q·k 2·hs, scale 1, exp(x−max) 2, Σ 1, normalise 1, att·v 2·hs → 4·hs + 5.
-    # Reads q, k, v (3·BTC); writes preatt (causal part), att (all of it: masked entries are 0), out.
+def _attention_forward(out, lse, inp, B, T, C, NH):
+    # flash attention, per causal pair: s = q·k 2·hs (the scale folded into q), online softmax
+    # (s − m 1, exp 1, Σ 1), p·v 2·hs → 4·hs + 3; per row, the rescaling by exp(m_old − m_new) of
+    # l and out (once per key block) and the final 1/l are not counted (per-row work, as the max).
+    # Reads q, k, v (3·BTC); writes out (BTC) and lse (B·NH·T). No (T, T) buffer.
     hs = C // NH
     P = B * NH * _causal_pairs(T)
-    return P * (4 * hs + 5), F32 * (3 * B * T * C + P + B * NH * T * T + B * T * C)
+    return P * (4 * hs + 3), F32 * (3 * B * T * C + B * T * C + B * NH * T)
 
 
-def _attention_backward(dinp, dpreatt, datt, dout, inp, att, B, T, C, NH):
-    # per causal pair: datt = dout·v 2·hs; dv += att·dout 2·hs; Σ att·datt 2; dpreatt = att·(datt−Σ) 2;
-    # ·scale 1; dq += k·d 2·hs; dk += q·d 2·hs → 8·hs + 5.
-    # Reads dout, qkv, att (causal part); dinp (B,T,3C) accumulates; writes dpreatt, datt (causal part).
+def _attention_backward(dinp, dout, inp, out, lse, B, T, C, NH):
+    # flash attention's backward recomputes the scores: per causal pair, five products of 2·hs
+    # (s = q·k, dp = dout·v, dv += p·dout, dk += ds·q, dq += ds·k) and p = exp(s − lse) 2,
+    # ds = p·(dp − D) 2 → 10·hs + 4; per row D = dout·out 2·hs and the scale of dq, dk (not counted).
+    # Reads dout, qkv, out, lse; dinp (B,T,3C) accumulates (read + write).
     hs = C // NH
     P = B * NH * _causal_pairs(T)
-    return P * (8 * hs + 5), F32 * (B * T * C + 3 * B * T * C + P + 2 * 3 * B * T * C + 2 * P)
+    return P * (10 * hs + 4), F32 * (B * T * C + 3 * B * T * C + B * T * C + B * NH * T + 2 * 3 * B * T * C)
 
 
 def _gelu_forward(out, inp, N):

@@ -18,8 +18,15 @@ PARAMETER_NAMES = ("wte", "wpe", "ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "at
 
 # The tensors with a leading L axis: one slice per transformer layer.
 LAYER_PARAMETERS = PARAMETER_NAMES[2:14]
-LAYER_ACTIVATIONS = ("ln1", "ln1_mean", "ln1_rstd", "qkv", "atty", "preatt", "att", "attproj", "residual2",
+LAYER_ACTIVATIONS = ("ln1", "ln1_mean", "ln1_rstd", "qkv", "atty", "lse", "attproj", "residual2",
                      "ln2", "ln2_mean", "ln2_rstd", "fch", "fch_gelu", "fcproj", "residual3")
+
+
+# The activations whose gradients the backward pass keeps: those its kernels accumulate into
+# (model.ACCUMULATED_GRADS) and dlosses. The activation-gradient buffer holds only these: dlogits
+# lives in the logits buffer, the residual stream's gradient in "encoded" alone, and nothing reads the
+# gradients of residual2, residual3, attproj, fcproj, lse or the means and rstds.
+GRAD_ACTIVATIONS = ("encoded", "ln1", "qkv", "atty", "ln2", "fch", "fch_gelu", "lnf", "losses")
 
 
 def parameter_shapes(config):
@@ -48,7 +55,7 @@ def activation_shapes(config, B, T, recompute=0):
         ("encoded", (B, T, C)),
         ("ln1", (L_ln, B, T, C)), ("ln1_mean", (L, B, T)), ("ln1_rstd", (L, B, T)),
         ("qkv", (L, B, T, 3 * C)), ("atty", (L, B, T, C)),
-        ("preatt", (L, B, NH, T, T)), ("att", (L, B, NH, T, T)),
+        ("lse", (L, B, NH, T)),   # flash attention's per-row log-sum-exp: no (T, T) tensor anywhere
         ("attproj", (L, B, T, C)), ("residual2", (L, B, T, C)),
         ("ln2", (L_ln, B, T, C)), ("ln2_mean", (L, B, T)), ("ln2_rstd", (L, B, T)),
         ("fch", (L, B, T, 4 * C)), ("fch_gelu", (L_gelu, B, T, 4 * C)),
@@ -56,6 +63,12 @@ def activation_shapes(config, B, T, recompute=0):
         ("lnf", (B, T, C)), ("lnf_mean", (B, T)), ("lnf_rstd", (B, T)),
         ("logits", (B, T, Vp)), ("losses", (B, T)),
     ]
+
+
+def activation_grad_shapes(config, B, T, recompute=0):
+    """[(name, shape)] of the activation gradients (GRAD_ACTIVATIONS), shaped as the activations
+    (with recompute, ln1, ln2, fch_gelu's hold one layer, which every layer shares here too)."""
+    return [(name, shape) for name, shape in activation_shapes(config, B, T, recompute) if name in GRAD_ACTIVATIONS]
 
 
 class Layout:
@@ -122,6 +135,11 @@ def activation_layout(config, B, T, recompute=0):
     return Layout(activation_shapes(config, B, T, recompute), LAYER_ACTIVATIONS)
 
 
+def activation_grad_layout(config, B, T, recompute=0):
+    return Layout(activation_grad_shapes(config, B, T, recompute),
+                  [name for name in LAYER_ACTIVATIONS if name in GRAD_ACTIVATIONS])
+
+
 def num_parameters(config):
     return parameter_layout(config).total
 
@@ -132,20 +150,21 @@ def memory_estimate(config, B, T, training=True, optimizer_params=None, recomput
     """Bytes of every buffer a GPT2 of `config` allocates for batches of (B, T), from the config
     alone (nothing is allocated). Keys (bytes): parameters, activations, tokens, and when training
     also gradients, adamw_m, adamw_v (for `optimizer_params` parameters: a ZeRO-1 shard; default
-    all), activation_grads; `total` is their sum. Also
+    all), activation_grads (GRAD_ACTIVATIONS only); `total` is their sum. Also
     `num_parameters`, `parameter_tensors` {name: bytes} and `activation_tensors` {name: bytes}
-    (the activation-gradient buffer has the same layout); `recompute` as activation_shapes."""
+    (the activation-gradient buffer holds those of GRAD_ACTIVATIONS); `recompute` as activation_shapes."""
     params = {name: F32 * math.prod(shape) for name, shape in parameter_shapes(config)}
     acts = {name: F32 * math.prod(shape) for name, shape in activation_shapes(config, B, T, recompute)}
     n_params = sum(params.values())
     n_acts = sum(acts.values())
+    n_grad_acts = sum(F32 * math.prod(shape) for _, shape in activation_grad_shapes(config, B, T, recompute))
     buffers = {"parameters": n_params}
     if training:
         moments = n_params if optimizer_params is None else F32 * optimizer_params
         buffers.update(gradients=n_params, adamw_m=moments, adamw_v=moments)
     buffers["activations"] = n_acts
     if training:
-        buffers["activation_grads"] = n_acts
+        buffers["activation_grads"] = n_grad_acts
     # device copies of the int32 inputs (and targets, when training): B·T tokens each
     buffers["tokens"] = F32 * B * T * (2 if training else 1)
     est = dict(buffers)

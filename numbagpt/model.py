@@ -13,13 +13,14 @@ import numpy as np
 from .files import formats
 from .backend import get_backend
 from .config import GPT2Config, preset
-from .layout import activation_layout, parameter_layout
+from .layout import GRAD_ACTIVATIONS, activation_grad_layout, activation_layout, parameter_layout
 
 # The activation gradients that backward kernels accumulate into (+=), so backward() zeroes them
-# first. The rest need no zeroing: dlogits (in the logits buffer), dpreatt and datt are written
-# (crossentropy_backward, attention_backward), dlosses is copied in, and the residual stream's
-# gradient lives in "encoded" alone, so residual2's, residual3's, attproj's and fcproj's are unused.
+# first. The activation-gradient buffer holds only these and dlosses (layout.GRAD_ACTIVATIONS), which
+# is copied in; dlogits is written into the logits buffer (crossentropy_backward), the residual
+# stream's gradient lives in "encoded" alone, and flash attention's backward needs no scratch.
 ACCUMULATED_GRADS = ("encoded", "ln1", "qkv", "atty", "ln2", "fch", "fch_gelu", "lnf")
+assert set(ACCUMULATED_GRADS) | {"losses"} == set(GRAD_ACTIVATIONS)
 
 # The parameter gradients that a backward's matmul_backward calls cover in full: the weights' dweight
 # (wte's from the LM head, over all Vp rows, before encoder_backward adds into the rows of the batch's
@@ -65,9 +66,10 @@ class GPT2:
         # (start, end) runs of the gradient buffer: the tensors zero_grad() zeroes, and WRITTEN_GRADS
         self._zeroed_runs = self.param_layout.runs(lambda name: name not in WRITTEN_GRADS)
         self._written_runs = self.param_layout.runs(lambda name: name in WRITTEN_GRADS)
-        self.act_layout = None
+        self.act_layout = self.grad_act_layout = None
         self.acts_flat = self.grads_acts_flat = None
-        self.act_capacity = 0   # elements of the activation buffers
+        self.act_capacity = 0        # elements of the activation buffer
+        self.grad_act_capacity = 0   # and of the activation-gradient buffer
         self.B = self.T = 0     # shape of the last forward
         self.has_targets = False
 
@@ -130,17 +132,20 @@ class GPT2:
         layout = activation_layout(self.config, B, T, self.recompute)
         if layout.total > self.act_capacity:
             self.acts_flat = self.backend.zeros(layout.total)
-            self.grads_acts_flat = None
             self.act_capacity = layout.total
-        self.act_layout = layout
+        glayout = activation_grad_layout(self.config, B, T, self.recompute)
+        if glayout.total > self.grad_act_capacity:
+            self.grads_acts_flat = None   # reallocated by the next backward (_ensure_grads)
+            self.grad_act_capacity = glayout.total
+        self.act_layout, self.grad_act_layout = layout, glayout
         self.acts = layout.views(self.acts_flat[:layout.total])
         self.layer_acts = layout.layers(self.acts)
         if self.grads_acts_flat is not None:
             self._grad_act_views()
 
     def _grad_act_views(self):
-        self.grads_acts = self.act_layout.views(self.grads_acts_flat[:self.act_layout.total])
-        self.layer_grads_acts = self.act_layout.layers(self.grads_acts)
+        self.grads_acts = self.grad_act_layout.views(self.grads_acts_flat[:self.grad_act_layout.total])
+        self.layer_grads_acts = self.grad_act_layout.layers(self.grads_acts)
 
     def _ensure_grads(self):
         if self.grads_flat is None:
@@ -148,7 +153,7 @@ class GPT2:
             self.grads = self.param_layout.views(self.grads_flat)
             self.layer_grads = self.param_layout.layers(self.grads)
         if self.grads_acts_flat is None and self.act_layout is not None:  # sized by a forward
-            self.grads_acts_flat = self.backend.zeros(self.act_capacity)
+            self.grads_acts_flat = self.backend.zeros(self.grad_act_capacity)
             self._grad_act_views()
 
     def set_optimizer_shard(self, start, end):
@@ -195,7 +200,7 @@ class GPT2:
             w, x = self.layer_params[l], self.layer_acts[l]  # layer l's weights and activations
             residual = a["encoded"] if l == 0 else self.layer_acts[l - 1].residual3               # (B, T, C)
             k.matmul_forward(x.qkv, x.ln1, w.qkvw, w.qkvb, B, T, C, 3 * C)                        # (B, T, 3C)
-            k.attention_forward(x.atty, x.preatt, x.att, x.qkv, B, T, C, NH)                      # (B, T, C)
+            k.attention_forward(x.atty, x.lse, x.qkv, B, T, C, NH)                                # (B, T, C)
             k.matmul_forward(x.attproj, x.atty, w.attprojw, w.attprojb, B, T, C, C)               # (B, T, C)
             # Each residual add and the layernorm of its sum in one pass (llm.c's fused_residual_forward):
             # residual2 with ln2, residual3 with the next layer's ln1 (lnf after the last layer).
@@ -307,7 +312,7 @@ class GPT2:
                                  x.residual2, w.ln2w, x.ln2_mean, x.ln2_rstd, B, T, C)            # (B, T, C)
             k.matmul_backward(dx.atty, dw.attprojw, dw.attprojb, dresidual,
                               x.atty, w.attprojw, B, T, C, C, acc)                                # (B, T, C)
-            k.attention_backward(dx.qkv, dx.preatt, dx.att, dx.atty, x.qkv, x.att, B, T, C, NH)   # (B, T, 3C)
+            k.attention_backward(dx.qkv, dx.atty, x.qkv, x.atty, x.lse, B, T, C, NH)              # (B, T, 3C)
             if self.recompute >= 2:
                 k.layernorm_forward(x.ln1, x.ln1_mean, x.ln1_rstd, residual, w.ln1w, w.ln1b, B, T, C)
                 k.fill_zero(dx.ln1)

@@ -229,7 +229,8 @@ def _memory(r):
                      + (f"   (allocated {_fmt_bytes(a)})" if a is not None else ""))
     lines.append(f"  {'total':<17} {_fmt_bytes(est['total']):>14}")
     acts = ", ".join(f"{n} {mib(b):.2f}" for n, b in est["activation_tensors"].items())
-    lines.extend(textwrap.wrap("activations per tensor, MiB (the activation-grad buffer is the same): " + acts,
+    lines.extend(textwrap.wrap("activations per tensor, MiB (the activation-grad buffer holds those of "
+                               "layout.GRAD_ACTIVATIONS): " + acts,
                                width=110, initial_indent="  ", subsequent_indent="    "))
     before, peak = meas["rss_before_model_bytes"], meas["peak_rss_bytes"]
     lines.append(f"measured: RSS before the model {_fmt_bytes(before)}, after the steps "

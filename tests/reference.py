@@ -12,6 +12,7 @@ their backwards are checked in turn against `numerical_grad` (central finite dif
     matmul_forward_ref(inp, weight, bias) -> out                     weight (OC, C); bias may be None
     matmul_backward_ref(dout, inp, weight) -> dinp, dweight, dbias
     attention_forward_ref(qkv, NH) -> out, preatt, att               preatt unmasked, att 0 above diagonal
+    attention_lse_ref(qkv, NH) -> lse (B, NH, T)                     log Σ_{t2≤t} exp(preatt), natural log
     attention_backward_ref(dout, qkv, NH, scratch=False) -> dqkv (and dpreatt, datt with scratch)
     gelu_forward_ref(x) -> out;  gelu_backward_ref(dout, x) -> dx
     residual_forward_ref(a, b) -> out
@@ -110,6 +111,15 @@ def attention_forward_ref(qkv, NH):
     att /= att.sum(axis=-1, keepdims=True)
     out = np.einsum("bhts,bhsd->bhtd", att, v)
     return out.transpose(0, 2, 1, 3).reshape(B, T, NH * hs), preatt, att
+
+
+def attention_lse_ref(qkv, NH):
+    """Flash attention's per-row log-sum-exp of the scaled causal scores (B, NH, T)."""
+    _, preatt, _ = attention_forward_ref(qkv, NH)
+    T = preatt.shape[-1]
+    z = np.where(np.tril(np.ones((T, T), dtype=bool)), preatt, -np.inf)
+    m = z.max(axis=-1)
+    return m + np.log(np.exp(z - m[..., None]).sum(axis=-1))
 
 
 def attention_backward_ref(dout, qkv, NH, scratch=False):

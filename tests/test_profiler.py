@@ -54,10 +54,10 @@ def test_kernel_costs_match_hand_formulas():
                                14 * BTC, 4 * (BTC + BTC + C + BT + BT + 2 * BTC + 2 * C + 2 * C)),
         "fused_residual_layernorm_forward": (cost("fused_residual_layernorm_forward", x, x, x, x, x, x, x, x, B, T, C),
                                              9 * BTC, 4 * (BTC + BTC + C + C + BTC + BTC + BT + BT)),
-        "attention_forward": (cost("attention_forward", x, x, x, x, B, T, C, NH),
-                              pairs * (4 * hs + 5), 4 * (3 * BTC + pairs + B * NH * T * T + BTC)),
-        "attention_backward": (cost("attention_backward", x, x, x, x, x, x, B, T, C, NH),
-                               pairs * (8 * hs + 5), 4 * (BTC + 3 * BTC + pairs + 2 * 3 * BTC + 2 * pairs)),
+        "attention_forward": (cost("attention_forward", x, x, x, B, T, C, NH),
+                              pairs * (4 * hs + 3), 4 * (3 * BTC + BTC + B * NH * T)),
+        "attention_backward": (cost("attention_backward", x, x, x, x, x, B, T, C, NH),
+                               pairs * (10 * hs + 4), 4 * (BTC + 3 * BTC + BTC + B * NH * T + 2 * 3 * BTC)),
         "gelu_forward": (cost("gelu_forward", x, x, N), 9 * N, 4 * 2 * N),
         "gelu_backward": (cost("gelu_backward", x, x, x, N), 19 * N, 4 * (N + N + 2 * N)),
         "crossentropy_forward": (cost("crossentropy_forward", x, x, x, B, T, V, Vp),
@@ -74,7 +74,7 @@ def test_kernel_costs_match_hand_formulas():
     assert {n.split("/")[0] for n in expect} == set(profiler.KERNEL_COSTS)
     # a few numbers by hand, as a check on the formulas above
     assert cost("matmul_forward", x, x, x, None, 2, 8, 32, 96) == (98304, 4 * (512 + 3072 + 1536))
-    assert cost("attention_forward", x, x, x, x, 2, 8, 32, 2)[0] == 144 * 69
+    assert cost("attention_forward", x, x, x, 2, 8, 32, 2)[0] == 144 * 67
 
 
 def test_helper_costs_count_bytes_moved():
@@ -120,8 +120,9 @@ def test_memory_estimate_matches_allocated_buffers():
                                                 "activations", "activation_grads", "tokens"))
     assert sum(est["activation_tensors"].values()) == est["activations"]
     assert sum(est["parameter_tensors"].values()) == est["parameters"]
-    # attention's (B, NH, T, T) per layer, by hand
-    assert est["activation_tensors"]["att"] == 4 * CFG.num_layers * B * CFG.num_heads * T * T
+    # flash attention keeps only lse (B, NH, T) per layer, by hand; no tensor is (T, T)-sized
+    assert est["activation_tensors"]["lse"] == 4 * CFG.num_layers * B * CFG.num_heads * T
+    assert "att" not in est["activation_tensors"] and "preatt" not in est["activation_tensors"]
     assert profiler.allocated_bytes(model) == {k: est[k] for k in profiler.allocated_bytes(model)}
     # a ZeRO-1 shard's moments
     shard = GPT2(CFG, backend="cpu")

@@ -13,7 +13,8 @@ the code below compiles to what a BLAS author would write by hand.
     ops.store(a, i, v)            # a[i:i+16] = v
     b = ops.bcast(a, i)           # a[i] in every lane (x86: folds into the FMA as {1to16})
     c = ops.fma(a, b, c)          # a·b + c lane by lane, one rounding (llvm.fma.v16f32)
-    c = ops.add(a, b)
+    c = ops.add(a, b)             # also sub, mul, max (lane by lane; max(a, b) is b where a is NaN)
+    e = ops.exp(a)                # fastmath.exp_nonpos lane by lane (for a ≤ 0: < 1.01 ulp, 0 below −87)
     z = ops.zero()
     ops.prefetch(a, i)            # hint: a[i]'s cache line will be read and written soon
     ops.transpose(dst, d, ldd, src, s, lds)   # an L × L block: dst[d + c·ldd + r] = src[s + r·lds + c]
@@ -142,6 +143,32 @@ class _Ops:
 
             return vt(a, b), codegen
 
+        def binary(build):
+            @intrinsic
+            def op(typingctx, a, b):
+                if not (a == vt and b == vt):
+                    return None
+
+                def codegen(context, builder, sig, args):
+                    return build(builder, *args)
+
+                return vt(a, b), codegen
+            return op
+
+        sub = binary(lambda builder, a, b: builder.fsub(a, b))
+        mul = binary(lambda builder, a, b: builder.fmul(a, b))
+        vmax = binary(lambda builder, a, b: builder.select(builder.fcmp_ordered(">", a, b), a, b))
+
+        @intrinsic
+        def exp(typingctx, a):
+            if a != vt:
+                return None
+
+            def codegen(context, builder, sig, args):
+                return _exp_nonpos(builder, args[0], lanes)
+
+            return vt(a), codegen
+
         @intrinsic
         def zero(typingctx):
             def codegen(context, builder, sig, args):
@@ -192,7 +219,39 @@ class _Ops:
 
         self.load, self.store, self.bcast, self.fma, self.add, self.zero = load, store, bcast, fma, add, zero
         self.prefetch = prefetch
+        self.sub, self.mul, self.max, self.exp = sub, mul, vmax, exp
         self.transpose = transpose
+
+
+def _exp_nonpos(builder, x, lanes):
+    """numbagpt/cpu/fastmath.py's exp_nonpos on a `<lanes x float>` (the same constants and steps, the
+    polynomial in fused multiply-adds as the scalar one compiles with fastmath 'contract')."""
+    from . import fastmath as fm
+    fty = ir.VectorType(ir.FloatType(), lanes)
+    ity = ir.VectorType(ir.IntType(32), lanes)
+
+    def c(v):
+        return ir.Constant(fty, [float(v)] * lanes)
+
+    def call(name, *xs):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(fty, [fty] * len(xs)),
+                                            f"llvm.{name}.v{lanes}f32")
+        return builder.call(fn, list(xs))
+
+    lo = c(fm._LO)
+    xc = builder.select(builder.fcmp_ordered(">", x, lo), x, lo)
+    n = call("floor", call("fma", xc, c(fm._LOG2E), c(fm._HALF)))
+    r = builder.fsub(xc, builder.fmul(n, c(fm._LN2_HI)))
+    r = call("fma", builder.fneg(n), c(fm._LN2_LO), r)
+    p = c(fm._P0)
+    for k in (fm._P1, fm._P2, fm._P3, fm._P4, fm._P5):
+        p = call("fma", p, r, c(k))
+    p = builder.fadd(call("fma", builder.fmul(p, r), r, r), c(fm._ONE))
+    two_n = builder.bitcast(builder.shl(builder.add(builder.fptosi(n, ity), ir.Constant(ity, [127] * lanes)),
+                                        ir.Constant(ity, [23] * lanes)), fty)
+    e = builder.fmul(p, two_n)
+    e = builder.select(builder.fcmp_ordered(">=", x, lo), e, c(0.0))
+    return builder.select(builder.fcmp_unordered("uno", x, x), x, e)
 
 
 _OPS = {}
