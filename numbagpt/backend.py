@@ -2,8 +2,9 @@
 backend is chosen (`get_backend`). Everything outside the two packages uses a backend only through
 these names, so nothing else imports a backend module or asks which one it has.
 
-    KERNELS   llm.c's kernels over flat float32 buffers (contracts: docs/kernels.md): TRAINING_KERNELS,
-              the ones a training step runs, and generation's: the residual add (training fuses it with
+    KERNELS   llm.c's kernels over flat float32 buffers, the names of numbagpt/kernels.py's contract
+              table (their arguments, outputs, costs and tolerances are there): TRAINING_KERNELS, the
+              ones a training step runs, and generation's: the residual add (training fuses it with
               the layernorm after it), attention with a KV cache, the one-position matmul
     BUFFERS   allocate, copy and zero buffers:  zeros(n, dtype), to_device(host), to_host(buf),
               copy_to_device(dst, host), copy(dst, src) (buffer to buffer), fill_zero(buf), synchronize()
@@ -16,15 +17,12 @@ tests/test_backend.py checks that both packages provide all of INTERFACE, kernel
 """
 import importlib
 
+from . import kernels
+
 BACKENDS = ("cpu", "cuda")
 
-TRAINING_KERNELS = (
-    "encoder_forward", "encoder_backward", "layernorm_forward", "layernorm_backward",
-    "fused_residual_layernorm_forward", "matmul_forward", "matmul_backward", "attention_forward",
-    "attention_backward", "gelu_forward", "gelu_backward",
-    "crossentropy_forward", "crossentropy_backward", "adamw_update", "global_norm_squared",
-)
-KERNELS = TRAINING_KERNELS + ("residual_forward", "attention_forward_cached", "matvec_forward")  # and generation's
+TRAINING_KERNELS = kernels.names("training")
+KERNELS = tuple(k.name for k in kernels.CONTRACT)
 BUFFERS = ("zeros", "to_device", "to_host", "copy_to_device", "copy", "fill_zero", "synchronize")
 DEVICE = ("NAME", "SIMULATOR", "HOST_MEMORY", "TIMER", "available", "require", "select_device",
           "device_name", "memory_info", "event")

@@ -16,7 +16,8 @@ import math
 
 import numpy as np
 
-from .backend import BUFFERS, TRAINING_KERNELS
+from .backend import BUFFERS
+from .kernels import BY_NAME, CONTRACT, cost_function_name
 from .layout import F32, nbytes as _nbytes, parameter_shapes
 
 # Each cost function takes a kernel's arguments (names as in docs/kernels.md) and returns
@@ -128,7 +129,8 @@ def _global_norm_squared(out, grads, N):
 
 
 # kernel name -> its cost function: every kernel a training step runs.
-KERNEL_COSTS = {name: globals()["_" + name] for name in TRAINING_KERNELS}
+# kernel name -> its cost function (the contract's `cost`): every kernel a training step runs.
+KERNEL_COSTS = {k.name: globals()["_" + cost_function_name(k)] for k in CONTRACT if k.role != "generation"}
 
 # The backends' buffer helpers (docs/kernels.md, "Memory helpers"): timed too, with 0 FLOPs and the
 # bytes they move.
@@ -136,17 +138,10 @@ HELPERS = tuple(name for name in BUFFERS if name != "synchronize")
 
 
 def family(name):
-    """The kernel family (the file a kernel lives in), or "memory" for a buffer helper."""
+    """The kernel family (the file a kernel lives in, from the contract), or "memory" for a buffer helper."""
     if name in HELPERS:
         return "memory"
-    if name == "global_norm_squared":
-        return "adamw"
-    if name == "fused_residual_layernorm_forward":
-        return "layernorm"
-    for suffix in ("_forward", "_backward", "_update"):
-        if name.endswith(suffix):
-            return name[:-len(suffix)]
-    return name
+    return BY_NAME[name].family if name in BY_NAME else name
 
 
 def _helper_cost(name, args, kwargs):

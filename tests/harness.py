@@ -1,8 +1,8 @@
 """One helper that checks a kernel on a backend: `check(backend, kernel, **arguments)`.
 
 It calls `backend.<kernel>` (numbagpt.cpu or numbagpt.cuda) with the arguments by name, as the kernel
-contract (docs/kernels.md) orders them, and compares every output with tests/reference.py's NumPy
-float64 result, under the tolerance TOL[kernel] (one table for every kernel and backend). For each
+contract (numbagpt/kernels.py) orders them, and compares every output with tests/reference.py's NumPy
+float64 result, under the tolerance TOL[kernel] (the contract's, for every backend). For each
 output argument the test passes either an int (the harness allocates that many elements: NaN-filled
 for an output the kernel writes, so an element it misses or accumulates into fails; random for a
 gradient the kernel accumulates into, `+=`) or an array (the initial content: AdamW's state, a
@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 
 import reference as ref
+from numbagpt.kernels import CONTRACT
 from simulator import SIM, gpu_present
 
 PAD = 3
@@ -38,54 +39,35 @@ PAD_VALUE = np.float32(-12345.0)
 
 # (rtol, atol) of each kernel's outputs against the float64 reference, on every backend; "kernel/case"
 # entries are edge cases a test names (case=...).
-TOL = {
-    "encoder_forward": (1e-6, 1e-7),
-    "encoder_backward": (1e-6, 1e-6),
-    "layernorm_forward": {"out": (1e-5, 1e-6), "mean": (1e-6, 1e-7), "rstd": (1e-6, 0)},
-    "layernorm_backward": (1e-5, 1e-5),
-    "fused_residual_layernorm_forward": {"residual": (1e-6, 1e-7), "ln": (1e-5, 1e-6), "mean": (1e-6, 1e-7),
-                                         "rstd": (1e-6, 0)},
-    # test_cpu_matmul's data: weights ~ 1/sqrt(C), so outputs are O(1) and an atol means the same everywhere
-    "matmul_forward": (1e-5, 2e-5),
-    # dweight reduces over B·T terms of size ~|x|·|dout|: its atol grows with sqrt(BT / OC)
-    "matmul_backward": {"dinp": (1e-5, 2e-5), "dbias": (1e-5, 2e-5),
-                        "dweight": lambda a: (1e-5, 2e-5 * max(1.0, np.sqrt(a["B"] * a["T"] / a["OC"])))},
+# (rtol, atol) of each kernel's outputs against the float64 reference, on every backend: the contract's
+# (numbagpt/kernels.py), and here the edge cases a test names (case=...: "kernel/case") and the dev
+# lab's replaced kernels.
+TOL = {k.name: k.tol for k in CONTRACT}
+TOL.update({
     "matmul_backward/views": (1e-5, 1e-4),               # dout ~ N(0, 1): gradients ~ sqrt(OC) larger
     "matmul_backward/finite_differences": (1e-4, 1e-4),  # of the kernel's own float32 forward
-    "matvec_forward": (1e-5, 1e-5),
-    # lse (natural log of Σ exp of scores ~ N(0, 1)·sqrt(hs)-ish): the preatt tolerance of the kernels it replaced
-    "attention_forward": {"out": (1e-5, 1e-6), "lse": (1e-5, 1e-6)},
     # scores of ~100s (most exps flush to 0): lse carries the float32 rounding of the largest score, ~1e-5
     # absolute, as the replaced kernels' preatt did; out against float64 maths on the kernel's own lse
     "attention_forward/saturated": {"out": (1e-5, 1e-5), "lse": (1e-5, 1e-5)},
     # the kernels flash attention replaced (dev/attention.py variants 1 and 2: legacy contract, (T, T) buffers)
     "attention_forward_v1": {"out": (1e-5, 1e-6), "preatt": (1e-5, 1e-6), "att": (1e-5, 1e-7)},
     "attention_backward_v1": (1e-5, 1e-5),
-    "attention_forward_cached": {"out": (1e-5, 1e-6), "att": (1e-5, 1e-7), "kcache": (0, 0), "vcache": (0, 0)},
-    "attention_backward": (1e-5, 1e-5),
     "attention_backward/finite_differences": (2e-3, 2e-3),
     # test_attention_saturated_softmax (a new check: the replaced kernels' saturated test had no backward):
     # v ~ 12·N(0, 1), so dp and D = dout·out are ~12x the usual size and cancel in ds = p·(dp − D)
     "attention_backward/saturated": (1e-5, 1e-4),   # of the kernel's float32 forward, h = 1e-2
-    "gelu_forward": (1e-5, 1e-6),
-    "gelu_backward": (1e-5, 2e-6),
-    "residual_forward": (1e-6, 1e-7),
-    "crossentropy_forward": (1e-5, 1e-6),
     "crossentropy_forward/shifted": (1e-5, 1e-5),
     "crossentropy_forward/gpt2_vocab": (1e-6, 2e-6),
-    "crossentropy_backward": {"dlogits": (1e-5, 1e-7), "rowsum": (0, 1e-7)},
     "crossentropy_backward/gpt2_vocab": (1e-5, 1e-9),
-    "adamw_update": {"m": (1e-5, 1e-12), "v": (1e-5, 1e-15), "params": (1e-6, 1e-7)},
     # from a random state: beta1·m + (1 − beta1)·g cancels to near 0 in places, 1 float32 ulp of its terms
     "adamw_update/from_state": {"m": (1e-5, 1e-7), "v": (1e-5, 1e-7), "params": (1e-5, 1e-6)},
-    "global_norm_squared": (1e-6, 0),
     # the float64 references' backwards against central differences (reference.numerical_grad)
     "encoder_backward/reference": (1e-7, 1e-7),
     "layernorm_backward/reference": (1e-7, 1e-7),
     "attention_backward/reference": (1e-7, 1e-7),
     "gelu_backward/reference": (1e-6, 1e-8),
     "crossentropy_backward/reference": (1e-7, 1e-8),
-}
+})
 TORCH_TOL = {"params": (1e-5, 1e-6), "m": (1e-5, 1e-7), "v": (1e-5, 1e-9)}   # AdamW against torch.optim
 
 
@@ -248,33 +230,28 @@ def _global_norm_squared(a):
     return {"out": np.array([ref.global_norm_squared_ref(a["grads"][:a["N"]])])}
 
 
+# kernel -> its float64 reference; what it writes, accumulates into and updates is the contract's
+REFERENCES = {
+    "encoder_forward": _encoder_forward, "encoder_backward": _encoder_backward,
+    "layernorm_forward": _layernorm_forward, "layernorm_backward": _layernorm_backward,
+    "fused_residual_layernorm_forward": _fused_residual_layernorm_forward,
+    "matmul_forward": _matmul_forward, "matmul_backward": _matmul_backward, "matvec_forward": _matvec_forward,
+    "attention_forward": _attention_forward, "attention_backward": _attention_backward,
+    "attention_forward_cached": _attention_forward_cached,
+    "gelu_forward": _gelu_forward, "gelu_backward": _gelu_backward, "residual_forward": _residual_forward,
+    "crossentropy_forward": _crossentropy_forward, "crossentropy_backward": _crossentropy_backward,
+    "adamw_update": _adamw_update, "global_norm_squared": _global_norm_squared,
+}
 # kernel -> (the outputs it writes, those it accumulates into, those it updates in place, its reference)
-SPECS = {
-    "encoder_forward": (("out",), (), (), _encoder_forward),
-    "encoder_backward": ((), ("dwte", "dwpe"), (), _encoder_backward),
-    "layernorm_forward": (("out", "mean", "rstd"), (), (), _layernorm_forward),
-    "layernorm_backward": ((), ("dinp", "dweight", "dbias"), (), _layernorm_backward),
-    "fused_residual_layernorm_forward": (("residual", "ln", "mean", "rstd"), (), (), _fused_residual_layernorm_forward),
-    "matmul_forward": (("out",), (), (), _matmul_forward),
-    "matmul_backward": ((), ("dinp", "dweight", "dbias"), (), _matmul_backward),
-    "matvec_forward": (("out",), (), (), _matvec_forward),
-    "attention_forward": (("out", "lse"), (), (), _attention_forward),
-    "attention_backward": ((), ("dinp",), (), _attention_backward),
+SPECS = {k.name: (k.written, k.accumulated, k.updated, REFERENCES[k.name]) for k in CONTRACT}
+# the dev lab's replaced attention kernels (dev/attention.py variants 1 and 2), under their own contract
+SPECS.update({
     "attention_forward_v1": (("out", "preatt", "att"), (), (), _attention_forward_v1),
     "attention_backward_v1": (("dpreatt", "datt"), ("dinp",), (), _attention_backward_v1),
-    "attention_forward_cached": (("out", "att"), (), ("kcache", "vcache"), _attention_forward_cached),
-    "gelu_forward": (("out",), (), (), _gelu_forward),
-    "gelu_backward": ((), ("dinp",), (), _gelu_backward),
-    "residual_forward": (("out",), (), (), _residual_forward),
-    "crossentropy_forward": (("losses",), (), (), _crossentropy_forward),
-    "crossentropy_backward": (("dlogits",), (), (), _crossentropy_backward),
-    "adamw_update": ((), (), ("params", "m", "v"), _adamw_update),
-    "global_norm_squared": (("out",), (), (), _global_norm_squared),
-}
-
+})
 
 # kernel -> the outputs it accumulates into by default and writes when called with accumulate=False
-WRITTEN_UNLESS_ACCUMULATE = {"matmul_backward": ("dweight", "dbias")}
+WRITTEN_UNLESS_ACCUMULATE = {k.name: k.written_unless_accumulate for k in CONTRACT if k.written_unless_accumulate}
 
 
 # ---------------------------------------------------------------------------------------------------

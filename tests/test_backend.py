@@ -10,6 +10,7 @@ import pytest
 import numbagpt.cpu as CPU
 import numbagpt.cuda as GPU
 from numbagpt import backend, profiler
+from numbagpt.kernels import CONTRACT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,13 +24,22 @@ def test_backend_provides_the_whole_interface(module):
     assert module.NAME in backend.BACKENDS and module.TIMER in ("cpu", "events", "sync")
 
 
+def signature(fn):
+    """[(argument, default or None)] of a kernel (a Numba dispatcher's Python function)."""
+    params = inspect.signature(getattr(fn, "py_func", fn)).parameters.values()
+    return [(p.name, None if p.default is p.empty else p.default) for p in params]
+
+
+@pytest.mark.parametrize("module", [CPU, GPU], ids=["cpu", "cuda"])
+def test_kernels_take_the_contracts_arguments(module):
+    for k in CONTRACT:
+        want = [(a, k.defaults.get(a)) for a in k.args]
+        assert signature(getattr(module, k.name)) == want, f"{module.NAME}.{k.name} against the contract"
+
+
 def test_kernels_take_the_same_arguments():
     for name in backend.KERNELS:
-        c = getattr(CPU, name)
-        c = getattr(c, "py_func", c)
-        cp = list(inspect.signature(c).parameters)
-        gp = list(inspect.signature(getattr(GPU, name)).parameters)
-        assert gp == cp, f"{name}: cuda {gp} != cpu {cp}"
+        assert signature(getattr(GPU, name)) == signature(getattr(CPU, name)), name
     for name in backend.BUFFERS + ("select_device", "device_name", "memory_info", "event"):
         cp = list(inspect.signature(getattr(CPU, name)).parameters)
         gp = list(inspect.signature(getattr(GPU, name)).parameters)
