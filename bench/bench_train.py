@@ -4,6 +4,8 @@ its own process.
     python bench/bench_train.py                      # tiny (B=8, T=256) and d12 (B=4, T=64), 2 threads
     python bench/bench_train.py --models d12_1k --rounds 1 --steps 1 --no-compile   # d12 at B=1, T=1024
     python bench/bench_train.py --models tiny --rounds 2 --steps 3 --kernels avx512,portable --no-compile
+    python bench/bench_train.py --precision fp32,bf16 --autocast --no-compile    # mixed precision, both sides
+    python bench/bench_train.py --before ../old_checkout --kernels avx512 --no-compile   # before / after
 
 A step is forward + backward + AdamW update on a fixed random batch, the same for every contender:
   - numbagpt: numbagpt.train.step.train_step (the step every command takes, clipping at 1.0), once per
@@ -13,7 +15,10 @@ A step is forward + backward + AdamW update on a fixed random batch, the same fo
     F.scaled_dot_product_attention(is_causal=True), nn.GELU('tanh'), the head tied to wte,
     F.cross_entropy, torch.optim.AdamW(fused=True), clip_grad_norm_(1.0);
   - the same module under torch.compile (skipped with --no-compile; when compiling fails, e.g. no C
-    compiler for inductor, the bench says why in one line and goes on without it).
+    compiler for inductor, the bench says why in one line and goes on without it);
+  - with --autocast, eager under `torch.autocast("cpu", dtype=torch.bfloat16)` (the one line that gives
+    a PyTorch user bf16 matmuls), and with --precision bf16, numbagpt's bf16 mode (--precision);
+  - with --before DIR, numbagpt as another checkout (DIR) has it: the same worker, that code.
 Each contender runs in a process of its own (this script with --worker), because in one process
 Numba's and PyTorch's thread pools fight over the cores and PyTorch runs 2-3.5x slower. A round starts
 one worker per contender in turn (numbagpt, eager, compiled, numbagpt, ...: load from other processes
@@ -21,7 +26,8 @@ hits all alike); a worker builds the model from seed 0 (PyTorch gets numbagpt's 
 in: a random N(0,1) init would fill the softmax with denormals and slow PyTorch tenfold), takes the
 same batch, sets --threads (NUMBA_NUM_THREADS, numba.set_num_threads, OMP_NUM_THREADS,
 torch.set_num_threads), runs a warm-up step untimed (JIT / cache load, torch.compile tracing), then
-times --steps steps (glibc told to keep freed memory: run_worker), printing their wall and CPU times (process_time: all its threads) as JSON. The
+times --steps steps (glibc told to keep freed memory: run_worker), printing their wall and CPU times
+(process_time: all its threads) as JSON. The
 table gives each contender's medians over rounds x steps and the ratios numbagpt / PyTorch of the
 medians (lower is better, 1.0 = parity). On a machine loaded by other processes wall time counts
 their turns too, CPU time mostly not: compare the cpu columns there.
@@ -37,7 +43,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = {"tiny": (8, 256), "d12": (4, 64), "d12_1k": (1, 1024)}   # model -> (B, T)
 PRESETS = {"d12_1k": "d12"}   # a shape's model preset, where its name is not one
 DEFAULT_MODELS = ["tiny", "d12"]   # d12_1k (GPT-2's sequence length, attention ~1/3 of the step) on request
-TORCH_MODES = ("eager", "compile")
+TORCH_MODES = ("eager", "compile", "autocast")
 
 
 def parse_args(argv=None):
@@ -50,6 +56,11 @@ def parse_args(argv=None):
                    help="comma list of numbagpt matmul kernels (avx512, avx2, portable); default: this "
                         "CPU's, then portable")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    p.add_argument("--autocast", action="store_true", help="also PyTorch eager under bf16 autocast")
+    p.add_argument("--precision", default="fp32", help="comma list of numbagpt precisions (fp32, bf16)")
+    p.add_argument("--before", default=None, metavar="DIR",
+                   help="also numbagpt from the checkout in DIR (its fp32, this CPU's kernel)")
+    p.add_argument("--root", default=ROOT, help=argparse.SUPPRESS)   # the worker's numbagpt checkout
     p.add_argument("--worker", choices=("numbagpt",) + TORCH_MODES, help=argparse.SUPPRESS)
     p.add_argument("--model", choices=list(SHAPES), help=argparse.SUPPRESS)  # the worker's model
     return p.parse_args(argv)
@@ -120,14 +131,18 @@ def worker(args):
     import numba
     import numpy as np
 
-    sys.path.insert(0, ROOT)
+    sys.path.insert(0, args.root)
     from numbagpt.model import GPT2
-    from numbagpt.train.step import train_step
+    try:
+        from numbagpt.train.step import train_step
+    except ImportError:   # a checkout from before numbagpt/train/ (--before)
+        from numbagpt.step import train_step
 
     if args.worker == "numbagpt":
         numba.set_num_threads(args.threads)
     B, T = SHAPES[args.model]
-    model = GPT2.from_preset(PRESETS.get(args.model, args.model), seed=0)
+    extra = {} if args.precision == "fp32" else {"precision": args.precision}
+    model = GPT2.from_preset(PRESETS.get(args.model, args.model), seed=0, **extra)
     tokens = np.random.default_rng(0).integers(0, model.config.vocab_size, (B, T + 1)).astype(np.int32)
     x, y = tokens[:, :-1], tokens[:, 1:]
     if args.worker == "numbagpt":
@@ -146,7 +161,12 @@ def worker(args):
 
         def step():
             opt.zero_grad(set_to_none=True)
-            m(xt, yt).backward()
+            if args.worker == "autocast":
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    loss = m(xt, yt)
+            else:
+                loss = m(xt, yt)
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
             opt.step()
     try:
@@ -163,7 +183,7 @@ def worker(args):
     print(json.dumps({"wall": wall, "cpu": cpu}))
 
 
-def run_worker(args, model, who, kernel):
+def run_worker(args, model, who, kernel, precision="fp32", root=ROOT):
     """{"wall": [ms...], "cpu": [ms...]} of one worker process, or the one-line reason it gave none."""
     env = dict(os.environ, NUMBA_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
     # glibc gives large freed blocks back to the OS, so PyTorch's activations of every step (tiny's
@@ -174,7 +194,7 @@ def run_worker(args, model, who, kernel):
     if kernel:
         env["NUMBAGPT_MATMUL"] = kernel
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", who, "--model", model,
-           "--threads", str(args.threads), "--steps", str(args.steps)]
+           "--threads", str(args.threads), "--steps", str(args.steps), "--precision", precision, "--root", root]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     try:
         out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -199,7 +219,8 @@ def main():
             sys.exit(f"bench_train.py: --kernels: {k!r} is not one this CPU runs ({', '.join(supported)})")
     try:
         import torch
-        torch_modes = TORCH_MODES[:1] if args.no_compile else TORCH_MODES
+        torch_modes = tuple(m for m in TORCH_MODES if (m != "compile" or not args.no_compile)
+                            and (m != "autocast" or args.autocast))
         version = torch.__version__
     except ImportError:
         torch_modes, version = (), "-"
@@ -208,14 +229,18 @@ def main():
           f"each; torch {version}", flush=True)
     rows = []
     for name in args.models:
-        contenders = [("numbagpt " + k, "numbagpt", k) for k in kernels] + [(m, m, None) for m in torch_modes]
-        times = {label: {"wall": [], "cpu": []} for label, _, _ in contenders}
+        contenders = [(f"numbagpt {k}" + ("" if p == "fp32" else f" {p}"), "numbagpt", k, p, ROOT)
+                      for p in args.precision.split(",") for k in kernels]
+        if args.before:
+            contenders.append((f"before {kernels[0]}", "numbagpt", kernels[0], "fp32", os.path.abspath(args.before)))
+        contenders += [(m, m, None, "fp32", ROOT) for m in torch_modes]
+        times = {c[0]: {"wall": [], "cpu": []} for c in contenders}
         for r in range(args.rounds):
             done = []
-            for label, who, kernel in contenders:
+            for label, who, kernel, precision, root in contenders:
                 if label not in times:
                     continue  # failed in an earlier round
-                out = run_worker(args, name, who, kernel)
+                out = run_worker(args, name, who, kernel, precision, root)
                 if isinstance(out, str):
                     print(f"  {name} {label} failed ({out}): skipped", flush=True)
                     del times[label]
@@ -225,21 +250,22 @@ def main():
                 done.append(f"{label} {np.median(out['wall']):.0f}/{np.median(out['cpu']):.0f}")
             print(f"  {name} round {r + 1} (wall/cpu ms): " + ", ".join(done), flush=True)
         rows.append((name, {label: {c: float(np.median(ts)) for c, ts in t.items()} for label, t in times.items()}))
-    print(f"\n{'model':<6} {'B':>3} {'T':>4} {'contender':<17} {'wall ms':>8} {'/ eager':>8} {'/ compile':>9} "
-          f"{'cpu ms':>8} {'/ eager':>8} {'/ compile':>9}")
+    heads = [m for m in TORCH_MODES if any(m in med for _, med in rows)]
+    ratios = "".join(f"{'/ ' + m:>11}" for m in heads)
+    print(f"\n{'model':<6} {'B':>3} {'T':>4} {'contender':<22} {'wall ms':>8} {ratios} {'cpu ms':>8} {ratios}")
     for name, med in rows:
         B, T = SHAPES[name]
         for label, ms in med.items():
-            row = f"{name:<6} {B:>3} {T:>4} {label:<17}"
+            row = f"{name:<6} {B:>3} {T:>4} {label:<22}"
             for clock in ("wall", "cpu"):
-                row += f" {ms[clock]:8.0f}"
-                for m, w in zip(TORCH_MODES, (8, 9)):  # ratios on the numbagpt rows only
-                    ours = label.startswith("numbagpt") and m in med
-                    row += f" {ms[clock] / med[m][clock]:{w}.2f}" if ours else " " * (w + 1)
+                row += f" {ms[clock]:8.0f} "
+                for m in heads:  # ratios on the numbagpt rows only
+                    ours = label.startswith(("numbagpt", "before")) and m in med
+                    row += f" {ms[clock] / med[m][clock]:10.2f}" if ours else " " * 11
             print(row.rstrip())
     print(f"medians of {args.rounds} rounds x {args.steps} steps, each contender in its own process; / eager, "
-          f"/ compile = numbagpt / PyTorch (lower is better, 1.0 = parity);\ncpu = the worker's CPU time (all its "
-          f"threads): other processes' load inflates it less than wall")
+          f"/ compile, / autocast = numbagpt / PyTorch (lower is better, 1.0 = parity);\ncpu = the worker's CPU "
+          f"time (all its threads): other processes' load inflates it less than wall")
 
 
 if __name__ == "__main__":
