@@ -3,8 +3,10 @@ backend is chosen (`get_backend`). Everything outside the two packages uses a ba
 these names, so nothing else imports a backend module or asks which one it has.
 
     KERNELS   llm.c's kernels over flat float32 buffers (contracts: docs/kernels.md): TRAINING_KERNELS,
-              the ones a training step runs, and generation's: the residual add (training fuses it with
-              the layernorm after it), attention with a KV cache, the one-position matmul
+              the ones a training step runs, BF16_KERNELS, the matmul pair a bf16 step runs instead
+              (operands rounded to bfloat16, float32 sums), and generation's: the residual add
+              (training fuses it with the layernorm after it), attention with a KV cache, the
+              one-position matmul
     BUFFERS   allocate, copy and zero buffers:  zeros(n, dtype), to_device(host), to_host(buf),
               copy_to_device(dst, host), copy(dst, src) (buffer to buffer), fill_zero(buf), synchronize()
     DEVICE    NAME; SIMULATOR (CUDA simulator: kernels run as Python threads); HOST_MEMORY (buffers are
@@ -24,7 +26,10 @@ TRAINING_KERNELS = (
     "attention_backward", "gelu_forward", "gelu_backward",
     "crossentropy_forward", "crossentropy_backward", "adamw_update", "global_norm_squared",
 )
-KERNELS = TRAINING_KERNELS + ("residual_forward", "attention_forward_cached", "matvec_forward")  # and generation's
+# --precision bf16: the model's matmul pair (same arguments as matmul_forward / matmul_backward)
+BF16_KERNELS = ("matmul_forward_bf16", "matmul_backward_bf16")
+KERNELS = TRAINING_KERNELS + BF16_KERNELS + (
+    "residual_forward", "attention_forward_cached", "matvec_forward")  # and generation's
 BUFFERS = ("zeros", "to_device", "to_host", "copy_to_device", "copy", "fill_zero", "synchronize")
 DEVICE = ("NAME", "SIMULATOR", "HOST_MEMORY", "TIMER", "available", "require", "select_device",
           "device_name", "memory_info", "event")

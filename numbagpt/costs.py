@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from .backend import BUFFERS, TRAINING_KERNELS
+from .backend import BF16_KERNELS, BUFFERS, TRAINING_KERNELS
 from .layout import F32, nbytes as _nbytes, parameter_shapes
 
 # Each cost function takes a kernel's arguments (names as in docs/kernels.md) and returns
@@ -124,8 +124,9 @@ def _global_norm_squared(out, grads, N):
     return 2 * N, F32 * (N + 1)
 
 
-# kernel name -> its cost function: every kernel a training step runs.
-KERNEL_COSTS = {name: globals()["_" + name] for name in TRAINING_KERNELS}
+# kernel name -> its cost function: every kernel a training step runs (a bf16 step's matmul pair
+# counts as the fp32 one: the same FLOPs, the same float32 buffers read and written).
+KERNEL_COSTS = {name: globals()["_" + name.removesuffix("_bf16")] for name in TRAINING_KERNELS + BF16_KERNELS}
 
 # The backends' buffer helpers (docs/kernels.md, "Memory helpers"): timed too, with 0 FLOPs and the
 # bytes they move.
@@ -140,6 +141,7 @@ def family(name):
         return "adamw"
     if name == "fused_residual_layernorm_forward":
         return "layernorm"
+    name = name.removesuffix("_bf16")   # the bf16 matmul pair: matmul
     for suffix in ("_forward", "_backward", "_update"):
         if name.endswith(suffix):
             return name[:-len(suffix)]

@@ -52,6 +52,11 @@ TOL = {
                         "dweight": lambda a: (1e-5, 2e-5 * max(1.0, np.sqrt(a["B"] * a["T"] / a["OC"])))},
     "matmul_backward/views": (1e-5, 1e-4),               # dout ~ N(0, 1): gradients ~ sqrt(OC) larger
     "matmul_backward/finite_differences": (1e-4, 1e-4),  # of the kernel's own float32 forward
+    # the bf16 matmuls against float64 of the bf16-rounded inputs: a product of two bf16 is exact in
+    # float32, so the only error is the float32 sum's, as for the fp32 kernels: the same tolerances
+    "matmul_forward_bf16": (1e-5, 2e-5),
+    "matmul_backward_bf16": {"dinp": (1e-5, 2e-5), "dbias": (1e-5, 2e-5),
+                             "dweight": lambda a: (1e-5, 2e-5 * max(1.0, np.sqrt(a["B"] * a["T"] / a["OC"])))},
     "matvec_forward": (1e-5, 1e-5),
     "attention_forward": {"out": (1e-5, 1e-6), "preatt": (1e-5, 1e-6), "att": (1e-5, 1e-7), "att_rowsum": (1e-6, 0)},
     # scores of ~100s: att against the softmax of the kernel's own preatt, out against att·v
@@ -155,6 +160,21 @@ def _matmul_backward(a):
     return {"dinp": dinp, "dweight": dweight, "dbias": dbias}
 
 
+def _matmul_forward_bf16(a):
+    C, OC = a["C"], a["OC"]
+    return {"out": ref.matmul_forward_ref(ref.bf16_round_ref(a["inp"]).reshape(-1, C),
+                                          ref.bf16_round_ref(a["weight"]).reshape(OC, C), a["bias"])}
+
+
+def _matmul_backward_bf16(a):
+    # the GEMMs on bf16-rounded operands; dbias (a column sum, not a GEMM) of the float32 dout
+    C, OC = a["C"], a["OC"]
+    dinp, dweight, _ = ref.matmul_backward_ref(ref.bf16_round_ref(a["dout"]).reshape(-1, OC),
+                                               ref.bf16_round_ref(a["inp"]).reshape(-1, C),
+                                               ref.bf16_round_ref(a["weight"]).reshape(OC, C))
+    return {"dinp": dinp, "dweight": dweight, "dbias": a["dout"].reshape(-1, OC).astype(np.float64).sum(axis=0)}
+
+
 def _matvec_forward(a):
     C, OC = a["C"], a["OC"]
     return {"out": ref.matmul_forward_ref(a["inp"].reshape(-1, C), a["weight"].reshape(OC, C), a["bias"])}
@@ -238,6 +258,8 @@ SPECS = {
     "fused_residual_layernorm_forward": (("residual", "ln", "mean", "rstd"), (), (), _fused_residual_layernorm_forward),
     "matmul_forward": (("out",), (), (), _matmul_forward),
     "matmul_backward": ((), ("dinp", "dweight", "dbias"), (), _matmul_backward),
+    "matmul_forward_bf16": (("out",), (), (), _matmul_forward_bf16),
+    "matmul_backward_bf16": ((), ("dinp", "dweight", "dbias"), (), _matmul_backward_bf16),
     "matvec_forward": (("out",), (), (), _matvec_forward),
     "attention_forward": (("out", "preatt", "att"), (), (), _attention_forward),
     "attention_backward": (("dpreatt", "datt"), ("dinp",), (), _attention_backward),
@@ -253,7 +275,7 @@ SPECS = {
 
 
 # kernel -> the outputs it accumulates into by default and writes when called with accumulate=False
-WRITTEN_UNLESS_ACCUMULATE = {"matmul_backward": ("dweight", "dbias")}
+WRITTEN_UNLESS_ACCUMULATE = {"matmul_backward": ("dweight", "dbias"), "matmul_backward_bf16": ("dweight", "dbias")}
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -517,14 +517,15 @@ BF16_ONLY_KERNELS = ("avx512bf16",)
 
 def requested_kernel(kernels):
     """The entry of NUMBAGPT_MATMUL (one kernel name, or a comma list of them) that names one of
-    `kernels`, '' if none does; ValueError for an entry that names no kernel of either GEMM."""
+    `kernels` (the last such: "portable,avx512bf16" is everything portable, then the bf16 GEMM on
+    avx512bf16), '' if none does; ValueError for an entry that names no kernel of either GEMM."""
     want = os.environ.get("NUMBAGPT_MATMUL", "").strip()
     entries = [w.strip() for w in want.split(",") if w.strip()]
     for w in entries:
         if w not in KERNELS + BF16_ONLY_KERNELS:
             raise ValueError(f"NUMBAGPT_MATMUL={want}: unknown matmul kernel {w!r}: expected one of "
                              f"{', '.join(KERNELS + BF16_ONLY_KERNELS)}")
-    return next((w for w in entries if w in kernels), "")
+    return next((w for w in reversed(entries) if w in kernels), "")
 
 
 def _set_default_kernel():
