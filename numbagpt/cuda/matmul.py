@@ -331,6 +331,16 @@ def matmul_backward_launches(B, T, C, OC, has_bias=True, accumulate=True, sms=No
     return [dinp] + dweight + dbias
 
 
+def matmul_forward_bf16_launches(B, T, C, OC, has_bias=True):
+    """matmul_forward_launches of the bf16 kernels."""
+    return matmul_forward_launches(B, T, C, OC, has_bias, bf16=True)
+
+
+def matmul_backward_bf16_launches(B, T, C, OC, has_bias=True, accumulate=True, sms=None):
+    """matmul_backward_launches of the bf16 kernels."""
+    return matmul_backward_launches(B, T, C, OC, has_bias, accumulate, sms, bf16=True)
+
+
 def _backward_plan(B, T, C, OC, has_bias, accumulate, sms=None, bf16=False):
     """(dinp launch, [dweight launches], [dbias launches]): the two lists as matmul_backward_launches
     says, a leading fill_zero launch in a list zeroing that list's output. bf16: the GEMMs round their
