@@ -100,8 +100,9 @@ class GPT2:
         model.load_parameters(params)
         return model
 
-    def save(self, path):
-        formats.write_model(path, self.config, self.parameters_host())
+    def save(self, path, dtype="float32"):
+        """An llm.c model file of the parameters: version 3 (float32), or 5 with dtype="bfloat16"."""
+        formats.write_model(path, self.config, self.parameters_host(), dtype)
 
     def init_weights(self, seed):
         """llm.c's from-scratch init, seeded: weights N(0, 0.02), the two residual projections
