@@ -19,6 +19,12 @@ out-of-range loads and bounds-checking stores. Grid (ceil(N/64), ceil(M/64), bat
 (attention's B·NH heads) index operand offsets by blockIdx.z. FLOPs 2·M·N·K; DRAM bytes ≈ 4·(M·K·⌈N/64⌉ +
 K·N·⌈M/64⌉ + M·N) with L2 absorbing much of the re-reads.
 
+bf16 (matmul_forward_bf16 / matmul_backward_bf16, the model's precision="bf16"): the same kernels built with
+make_gemm(..., bf16=True), which rounds every A and B element to bfloat16 (runtime.bf16_round: nearest, ties
+to even, the CPU's rule) as it is loaded into shared memory; products of two bf16 are exact in float32, so the
+sums, the bias and the output are the fp32 kernels' float32. (Tensor-core bf16 MMA would be the fast way on a
+GPU; these kernels give the numerics, at the fp32 kernels' speed.)
+
 dbias (matmul_backward_dbias_kernel): block (32 columns × 8 row-lanes), grid (ceil(OC/32), R) with
 R = min(ceil(M/256), 64); per-block shared-memory combine in a fixed order, then a float32
 `cuda.atomic.add` per column (deterministic when R = 1, i.e. M ≤ 256).
