@@ -146,6 +146,25 @@ def test_memory_estimate_matches_allocated_buffers():
 
 # ------------------------------------------------------------------------------ a profile
 
+def test_a_bf16_model_times_its_matmul_pair():
+    """With precision="bf16" the model's GEMMs are the bf16 pair, timed under their own names in the
+    matmul family, with the fp32 pair's costs."""
+    proxy = profiler.TimingBackend(cpu)
+    model = GPT2(CFG, backend=proxy, precision="bf16")
+    model.init_weights(1)
+    x = np.zeros((B, T), np.int32)
+    proxy.set_phase("step")
+    model.forward(x, x)
+    model.zero_grad()
+    model.backward()
+    proxy.collect()
+    calls = {name: row[0] for (name, phase), row in proxy.stats.items()}
+    L = CFG.num_layers
+    assert calls.get("matmul_forward_bf16") == 4 * L + 1 and calls.get("matmul_backward_bf16") == 4 * L + 1
+    assert "matmul_forward" not in calls and "matmul_backward" not in calls
+    assert profiler.family("matmul_backward_bf16") == "matmul"
+
+
 @pytest.fixture(scope="module")
 def report():
     proxy = profiler.TimingBackend(cpu)

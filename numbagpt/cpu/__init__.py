@@ -42,8 +42,9 @@ def select_device(local_rank):
 
 
 def device_name():
-    """The CPU model and the matmul kernel chosen for it, e.g. 'AMD EPYC, matmul avx512 6x64'."""
-    return f"{_cpu_model()}, matmul {matmul.kernel()}"
+    """The CPU model and the matmul kernels chosen for it (fp32, then bf16's), e.g.
+    'AMD EPYC, matmul avx512 6x64 (bf16: avx512bf16 6x64)'."""
+    return f"{_cpu_model()}, matmul {matmul.kernel()} (bf16: {matmul_bf16.kernel()})"
 
 
 def _cpu_model():
