@@ -103,10 +103,11 @@ if RUN_HERE:
             m.backward()
             models.append((loss, m.grads_host()))
         (loss_c, g_c), (loss_g, g_g) = models
-        assert abs(loss_c - loss_g) < 1e-4
+        # measured: losses equal, gradients 1.3e-7 of their largest apart; bf16 from fp32: 5.5e-3 of it
+        assert abs(loss_c - loss_g) < 1e-5
         scale = np.abs(g_c).max()
-        np.testing.assert_allclose(g_g, g_c, rtol=1e-2, atol=1e-4 * scale)
-        assert abs(loss_c - first_step.losses[0]) > 1e-6 or not np.array_equal(g_c, first_step.gpu_grads)
+        np.testing.assert_allclose(g_g, g_c, rtol=1e-3, atol=1e-5 * scale)
+        assert np.abs(g_c - first_step.gpu_grads).max() > 1e-3 * scale
 
     def test_zero_grad_over_stale_gradients_bitwise_on_cuda(first_step):
         """zero_grad() leaves the gradients the backward writes (WRITTEN_GRADS) to it: over stale NaNs in
