@@ -83,6 +83,18 @@ def test_matmul_backward_bf16(shape, with_dbias, accumulate):
           dout=dout, inp=x, weight=w, B=B, T=T, C=C, OC=OC, accumulate=accumulate)
 
 
+@pytest.mark.parametrize("shape", [SHAPES[3], SHAPES[6], SHAPES[9]], ids=_ids)
+def test_portable_in_chunks(kernel, shape, monkeypatch):
+    """The portable kernel rounds the activation-sized operands a chunk of rows (of K for dweight) at
+    a time: forced small (CHUNK 100 floats: 1 to 7 rows a chunk), every product as before."""
+    if kernel != "portable":
+        pytest.skip("the portable kernel's chunks")
+    monkeypatch.setattr(mb, "CHUNK", 100)
+    test_matmul_forward_bf16(shape, True)
+    test_matmul_backward_bf16(shape, True, False)
+    test_matmul_backward_bf16(shape, False, True)
+
+
 def test_bf16_is_not_fp32():
     """The products really are of rounded operands: against the float64 of the unrounded inputs the
     error is bf16's (~2^-9 relative per operand), far above the fp32 kernels' tolerance."""

@@ -329,22 +329,24 @@ def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, mparts, n
 '''
 
 
-def _compile(isa, b, fma=None):
+def _compile(isa, b, fma=None, core_source=None, env_extra=None):
     """The micro-kernels and GEMM core of one kernel with blocking b, as Numba dispatchers. The
     generated source is compiled under this file's name, so Numba's on-disk cache (keyed on this
     file) keeps them. `fma` replaces the micro-kernel's multiply-add (c = fma(a, b, c) on vectors of
-    L 32-bit elements: numbagpt/cpu/matmul_bf16.py's vdpbf16ps on pairs of bfloat16)."""
+    L 32-bit elements), `core_source` the GEMM core (_CORE_SOURCE), env_extra adds names for it:
+    numbagpt/cpu/matmul_bf16.py's vdpbf16ps on pairs of bfloat16, and its core that packs them."""
     ops = vector_ops(b["lanes"])
     env = dict(numba=numba, njit=njit, prange=prange, edge=_edge, transpose=ops.transpose,
                MR=b["MR"], NR=b["NR"], L=b["lanes"], load=ops.load, store=ops.store, bcast=ops.bcast,
-               fma=fma or ops.fma, add=ops.add, zero=ops.zero, prefetch=ops.prefetch, __name__=__name__)
+               fma=fma or ops.fma, add=ops.add, zero=ops.zero, prefetch=ops.prefetch, __name__=__name__,
+               **(env_extra or {}))
     kernels = {}
     for key, a_rows in (("UKR", True), ("UKK", False)):
         name = f"_microkernel_{isa}_{b['MR']}x{b['NR']}_{'rows' if a_rows else 'kmajor'}"
         exec(compile(_microkernel_source(name, b["MR"], b["NR"], b["lanes"], a_rows), __file__, "exec"), env)
         kernels[key] = env[key] = njit(cache=True)(env[name])
     core = f"_gemm_{isa}_{b['MR']}x{b['NR']}"
-    exec(compile(_CORE_SOURCE.format(name=core), __file__, "exec"), env)
+    exec(compile((core_source or _CORE_SOURCE).format(name=core), __file__, "exec"), env)
     return kernels, njit(parallel=True, cache=True)(env[core])
 
 
@@ -352,12 +354,12 @@ class _Gemm:
     """One kernel's GEMM with its packing buffers (allocated once per process, a slot for every
     thread Numba may start, and reused by every call). `blocking` overrides entries of the kernel's
     _BLOCKING (dev/matmul/ times other micro-tiles and blocks with it). `base` names the _BLOCKING
-    entry when isa has none, `fma` the micro-kernel's multiply-add (see _compile; the bf16 GEMM)."""
+    entry when isa has none; `fma`, `core_source`, `env_extra`: see _compile (the bf16 GEMM)."""
 
-    def __init__(self, isa, base=None, fma=None, **blocking):
+    def __init__(self, isa, base=None, fma=None, core_source=None, env_extra=None, **blocking):
         self.isa = isa
         self.b = b = dict(_BLOCKING[base or isa], **blocking)
-        self.microkernels, self.core = _compile(isa, b, fma)
+        self.microkernels, self.core = _compile(isa, b, fma, core_source, env_extra)
         nt = numba.config.NUMBA_NUM_THREADS
         kc = max(b["KC"], b["KC_Y"], b["KC_S"])
         self.Ap = np.empty(nt * b["MC"] * kc, np.float32)

@@ -34,28 +34,28 @@ may name an fp32 kernel and a bf16 one, e.g. avx2,portable), set_kernel() switch
 
     avx512bf16   the packed GEMM of matmul.py with vdpbf16ps for vfmadd231ps          (AVX512-BF16)
     portable     round copies of the operands, then the fp32 GEMM in use (any CPU: the same numbers
-                 up to the order of the sum)
+                 up to the order of the sum); the activation-sized operands in chunks of rows (of
+                 K for dweight) of at most CHUNK floats, so the scratch stays bounded
 
-avx512bf16. The operands are first converted, once per call (parallel, vectorised loops), into
-arrays of bf16 *pairs*: one 32-bit word holds bf16(x[k]) (low half) and bf16(x[k+1]) (high half)
-for two consecutive k, the VNNI layout `vdpbf16ps` reads (lane j: c[j] += a.lo·b[j].lo +
-a.hi·b[j].hi). Along k a row of A or a column of B is then ⌈K/2⌉ words; an odd K pads the last pair
-with a zero high half, which adds exact zeros. On those 32-bit words the GEMM of matmul.py runs
-unchanged with K' = ⌈K/2⌉: its packing (copies, the forward weight's 16 × 16 register transposes),
-blocking, task split, in-place A panels and edge tiles only move 32-bit words; only the
-micro-kernel's multiply-add is `vdpbf16ps` (two k per instruction) instead of `vfmadd231ps`, with
-the same 6 × 64 tile of 24 zmm accumulators. Per product the pair arrays are
-
-    product   A (pairs of)                            B (pairs of)
-    forward   inp rows:   A'[m·K' + k'] (M, K')       weight rows: B'[n·K' + k'] (N, K')
-    dinp      dout rows:  A'[m·K' + k'] (M, K')       weight columns: B'[k'·N + n] (K', N)
-    dweight   dout columns: A'[k'·M + m] (K', M)      inp columns:    B'[k'·N + n] (K', N)
-
-(a row pair is two adjacent floats, a column pair two floats a row apart; both operands in one
-parallel region, `_pairs`: ~0.12 ns an element at 2 threads, a few % of a d12 product), in per-process scratch
-that grows to the largest operand seen (half its float32 size: the tiny model's LM-head dout,
-2048 × 50304, takes 206 MB). vdpbf16ps itself treats subnormal bf16 inputs and sums as zero (DAZ,
-FTZ, measured): only values below 2^-126 ≈ 1.2e-38 differ from the portable path that way.
+avx512bf16. The GEMM of numbagpt/cpu/matmul.py (same task split, blocking, tile order, edge tiles,
+6 × 64 micro-tile of 24 zmm accumulators) whose packing converts: each KC × NC panel of B and MC × KC
+block of A is packed as bf16 *pairs*, one 32-bit word holding bf16(x[k]) (low half) and
+bf16(x[k+1]) (high half) for two consecutive k, the VNNI layout `vdpbf16ps` reads (lane j:
+c[j] += a.lo·b[j].lo + a.hi·b[j].hi). A panel row of KC elements is ⌈KC/2⌉ words; an odd K pads the
+last pair with a zero high half, which adds exact zeros. The micro-kernel is matmul.py's with
+`vdpbf16ps` (two k per instruction, A's word broadcast) for `vfmadd231ps`, so the reduction blocks
+hold twice the k of avx512's (KC 512 on Zen 4: a strip of 256 words takes the bytes of 256 floats).
+The packing (`_CORE_SOURCE_BF16`) reads the float32 operands where they lie and converts as it
+copies, vectorised (contiguous pairs along a row-major A's rows, pairs of rows of a k-major A or B);
+the forward's weight, whose pairs run along its rows, is converted 16 columns × 16 words at a time
+into the thread's scratch tile and moved into its strip by a 16 × 16 register transpose. So there
+is no extra memory and one parallel region per product, as in fp32; A is always packed (it must be
+converted), where the fp32 GEMM may read a row-major A in place. (A first version converted both
+operands into pair arrays in a separate pass and ran the fp32 core on the words: 1.47x the fp32
+GEMM over the d12 shapes against 1.71x for this one, at 2 threads, and scratch of half the operands,
+412 MB for a d12 LM-head dout at B·T = 4096.) vdpbf16ps itself treats subnormal bf16 inputs and
+subnormal sums as zero (DAZ, FTZ, measured): only values below 2^-126 ≈ 1.2e-38 differ from the
+portable path that way.
 
 Numerics: every sum is float32 in a fixed order (k by pairs, the odd element's product before the
 even one's; blocks in order), so results are bit-identical run to run and across thread counts, as
@@ -137,61 +137,158 @@ def round_to_bf16(x):
     return out
 
 
-# ---- the pair arrays (avx512bf16) ----------------------------------------------------------------
-
+# The GEMM core of avx512bf16: numbagpt/cpu/matmul.py's _CORE_SOURCE (same arguments, task split,
+# blocking, tile order, edges; K, KC in elements, KC even) with packing that converts: A and B are
+# float32 (read as their uint32 bits), the packed panels are bf16 pair words (in the float32 Ap, Bp,
+# as bits), kc' = ⌈kc/2⌉ words per panel row, the last one's high half 0 for an odd kc. A is always
+# packed (a_in_place is ignored: A must be converted). Forward's weight (B(k, n) = B[n·ldb + k]) is
+# converted 16 columns × 16 words at a time into the task's scratch tile, row by row (contiguous
+# pairs), then moved into the strip by one 16 × 16 register transpose.
+_CORE_SOURCE_BF16 = '''
 @njit(inline="always")
-def _row_pairs(dst, src, r, K):
-    """Row r of the (R, ⌈K/2⌉) pair words of src (R, K): dst[r, k'] = bf16(src[r, 2k']) |
-    bf16(src[r, 2k'+1]) << 16, the high half 0 past K."""
-    K2 = (K + 1) // 2
-    s = src[r * K:(r + 1) * K]
-    d = dst[r * K2:(r + 1) * K2]
-    for k in range(K // 2):
-        d[k] = _bits(s[2 * k]) | (_bits(s[2 * k + 1]) << np.uint32(16))
-    if K % 2:
-        d[K2 - 1] = _bits(s[K - 1])
-
-
-@njit(inline="always")
-def _column_pairs(dst, src, k, K, N):
-    """Row k' = k of the (⌈K/2⌉, N) pair words of src (K, N): dst[k', n] = bf16(src[2k', n]) |
-    bf16(src[2k'+1, n]) << 16, the high half 0 past K."""
-    lo = src[2 * k * N:(2 * k + 1) * N]
-    d = dst[k * N:(k + 1) * N]
-    if 2 * k + 1 < K:
-        hi = src[(2 * k + 1) * N:(2 * k + 2) * N]
-        for n in range(N):
-            d[n] = _bits(lo[n]) | (_bits(hi[n]) << np.uint32(16))
+def pack_a(Ap, a0, A, a_kmaj, lda, ic, mc, pc, kc, S):
+    # the MC x KC block of A as words: row by row (row stride kc2) from a row-major A, else pair of
+    # k by pair of k (row stride S, the block's rows rounded up to MR); zero rows pad it
+    kc2 = (kc + 1) // 2
+    Au = A.view(np.uint32)
+    Apu = Ap.view(np.uint32)
+    if a_kmaj:
+        for i in range(S):
+            d = Apu[a0 + i * kc2:a0 + (i + 1) * kc2]
+            if i < mc:
+                s = Au[(ic + i) * lda + pc:(ic + i) * lda + pc + kc]
+                for k in range(kc // 2):
+                    d[k] = bits(s[2 * k]) | (bits(s[2 * k + 1]) << np.uint32(16))
+                if kc % 2:
+                    d[kc2 - 1] = bits(s[kc - 1])
+            else:
+                for k in range(kc2):
+                    d[k] = 0
     else:
-        for n in range(N):
-            d[n] = _bits(lo[n])
-
-
-@njit(parallel=True, cache=True)
-def _pairs(da, sa, a_rows, ra, ka, db, sb, b_rows, rb, kb):
-    """Both operands of a product as pair words, in one parallel region (one fork/join per call, not
-    one per operand: under load a thread's late wake-up costs every region). Operand x (a or b) of
-    rx "rows" (the dimension that is not k) and kx terms: x_rows, its float32s (as uint32) are
-    (rx, kx) and it becomes (rx, ⌈kx/2⌉) words (_row_pairs), else (kx, rx) -> (⌈kx/2⌉, rx)
-    (_column_pairs). One task a row of words."""
-    na = ra if a_rows else (ka + 1) // 2
-    nb = rb if b_rows else (kb + 1) // 2
-    for t in prange(na + nb):
-        if t < na:
-            if a_rows:
-                _row_pairs(da, sa, t, ka)
+        for k in range(kc2):
+            d = Apu[a0 + k * S:a0 + (k + 1) * S]
+            lo = Au[(pc + 2 * k) * lda + ic:(pc + 2 * k) * lda + ic + mc]
+            if 2 * k + 1 < kc:
+                hi = Au[(pc + 2 * k + 1) * lda + ic:(pc + 2 * k + 1) * lda + ic + mc]
+                for i in range(mc):
+                    d[i] = bits(lo[i]) | (bits(hi[i]) << np.uint32(16))
             else:
-                _column_pairs(da, sa, t, ka, ra)
-        else:
-            if b_rows:
-                _row_pairs(db, sb, t - na, kb)
-            else:
-                _column_pairs(db, sb, t - na, kb, rb)
+                for i in range(mc):
+                    d[i] = bits(lo[i])
+            for i in range(mc, S):
+                d[i] = 0
 
+
+@njit(inline="always")
+def pack_b_t(Bp, b0, B, ldb, jc, nc, pc, kc, tile, t0):
+    # from a B whose rows run along k (B(k, n) = B[n*ldb + k]): L columns x L words converted row by
+    # row into tile[t0:t0 + L*L], then one L x L register transpose into the strip; the ragged words
+    # and columns one at a time
+    kc2 = (kc + 1) // 2
+    Bu = B.view(np.uint32)
+    Bpu = Bp.view(np.uint32)
+    Tu = tile.view(np.uint32)
+    nl = nc // L * L
+    kl = kc // (2 * L) * L  # words in whole L-word blocks (all pairs full)
+    for i in range(0, (nc + NR - 1) // NR * NR):
+        d = b0 + i // NR * NR * kc2 + i % NR  # column i of the panel: strip i // NR, lane i % NR
+        if i < nl and i % L == 0:
+            for k in range(0, kl, L):
+                for r in range(L):
+                    s = Bu[(jc + i + r) * ldb + pc + 2 * k:(jc + i + r) * ldb + pc + 2 * k + 2 * L]
+                    t = Tu[t0 + r * L:t0 + (r + 1) * L]
+                    for c in range(L):
+                        t[c] = bits(s[2 * c]) | (bits(s[2 * c + 1]) << np.uint32(16))
+                transpose(Bp, d + k * NR, NR, tile, t0, L)
+        r0 = kl if i < nl else 0  # the words this column still needs, one by one
+        for k in range(r0, kc2):
+            w = np.uint32(0)
+            if i < nc:
+                w = bits(Bu[(jc + i) * ldb + pc + 2 * k])
+                if 2 * k + 1 < kc:
+                    w |= bits(Bu[(jc + i) * ldb + pc + 2 * k + 1]) << np.uint32(16)
+            Bpu[d + k * NR] = w
+
+
+@njit(inline="always")
+def pack_b(Bp, b0, B, b_kmaj, ldb, jc, nc, pc, kc, tile, t0):
+    # the KC x NC panel of B as NR-wide strips of words, each k-major, zero-padded past column nc
+    if b_kmaj:
+        pack_b_t(Bp, b0, B, ldb, jc, nc, pc, kc, tile, t0)
+    else:
+        kc2 = (kc + 1) // 2
+        Bu = B.view(np.uint32)
+        Bpu = Bp.view(np.uint32)
+        for k in range(kc2):
+            lo = Bu[(pc + 2 * k) * ldb + jc:(pc + 2 * k) * ldb + jc + nc]
+            full = 2 * k + 1 < kc
+            hi = Bu[(pc + 2 * k + 1) * ldb + jc:(pc + 2 * k + 1) * ldb + jc + nc] if full else lo
+            for s in range((nc + NR - 1) // NR):
+                d = Bpu[b0 + s * NR * kc2 + k * NR:b0 + s * NR * kc2 + (k + 1) * NR]
+                w = min(NR, nc - s * NR)
+                l = lo[s * NR:s * NR + w]
+                h = hi[s * NR:s * NR + w]
+                if full:
+                    for j in range(w):
+                        d[j] = bits(l[j]) | (bits(h[j]) << np.uint32(16))
+                else:
+                    for j in range(w):
+                        d[j] = bits(l[j])
+                for j in range(w, NR):
+                    d[j] = 0
+
+
+def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, mparts, nparts, MC, KC, NC, along_rows, a_in_place):
+    lda = K if a_kmaj else M
+    ldb = K if b_kmaj else N
+    mu = (M + MR - 1) // MR
+    nu = (N + NR - 1) // NR
+    for t in prange(mparts * nparts):
+        tid = numba.get_thread_id()
+        a0 = tid * MC * KC
+        b0 = tid * NC * KC
+        t0 = tid * MR * NR
+        im = t // nparts
+        jn = t - im * nparts
+        mlo = min(M, mu * im // mparts * MR)
+        mhi = min(M, mu * (im + 1) // mparts * MR)
+        nlo = min(N, nu * jn // nparts * NR)
+        nhi = min(N, nu * (jn + 1) // nparts * NR)
+        for jc in range(nlo, nhi, NC):
+            nc = min(NC, nhi - jc)
+            for pc in range(0, K, KC):
+                kc = min(KC, K - pc)
+                kc2 = (kc + 1) // 2
+                blockmode = mode if pc == 0 else 0
+                pack_b(Bp, b0, B, b_kmaj, ldb, jc, nc, pc, kc, tile, t0)
+                for ic in range(mlo, mhi, MC):
+                    mc = min(MC, mhi - ic)
+                    S = (mc + MR - 1) // MR * MR
+                    pack_a(Ap, a0, A, a_kmaj, lda, ic, mc, pc, kc, S)
+                    ns, npn = (nc + NR - 1) // NR, S // MR
+                    for u in range(ns * npn):  # the block's tiles: strip s, A panel p
+                        s, p = (u % ns, u // ns) if along_rows else (u // npn, u % npn)
+                        n0 = jc + s * NR
+                        nr = min(NR, N - n0)
+                        mr = min(MR, mc - p * MR)
+                        y0 = (ic + p * MR) * N + n0
+                        full = mr == MR and nr == NR
+                        Yt, yt, ldt, tmode = (Y, y0, N, blockmode) if full else (tile, t0, NR, 1)
+                        if a_kmaj:
+                            UKR(kc2, Ap, a0 + p * MR * kc2, kc2, Bp, b0 + s * NR * kc2, Yt, yt, ldt, tmode, bias, n0)
+                        else:
+                            UKK(kc2, Ap, a0 + p * MR, S, Bp, b0 + s * NR * kc2, Yt, yt, ldt, tmode, bias, n0)
+                        if not full:
+                            edge(Y, y0, N, mr, nr, tile, t0, NR, blockmode, bias, n0)
+'''
+
+
+# ---- scratch (portable) ---------------------------------------------------------------------------
 
 @njit(parallel=True, cache=True)
 def _round_both(da, sa, na, db, sb, nb):
-    """da = sa and db = sb rounded to bf16 (float32s as uint32), in one parallel region, in chunks."""
+    """da = sa and db = sb rounded to bf16 (float32s as uint32), in one parallel region (one fork/join
+    per call, not one per operand: under load a thread's late wake-up costs every region), in chunks."""
     CH = 1 << 14
     ca = (na + CH - 1) // CH
     for t in prange(ca + (nb + CH - 1) // CH):
@@ -224,19 +321,33 @@ def _u32(a):
     return a.view(np.uint32)
 
 
-def _operands(a, a_rows, ra, ka, b, b_rows, rb, kb):
-    """The pair words of both operands (see _pairs), in scratch slots "a" and "b"."""
-    da = _scratch.get("a", (ra * ((ka + 1) // 2)))
-    db = _scratch.get("b", (rb * ((kb + 1) // 2)))
-    _pairs(_u32(da), _u32(a), a_rows, ra, ka, _u32(db), _u32(b), b_rows, rb, kb)
-    return da, db
-
-
-def _rounded(a, na, b, nb):
-    """The first na floats of a and nb of b rounded to bf16, in scratch slots "a" and "b" (portable)."""
-    da, db = _scratch.get("a", na), _scratch.get("b", nb)
+def _rounded(a, na, b, nb, slots=("a", "b")):
+    """The first na floats of a and nb of b rounded to bf16, in scratch `slots` (portable)."""
+    da, db = _scratch.get(slots[0], na), _scratch.get(slots[1], nb)
     _round_both(_u32(da), _u32(a[:na]), na, _u32(db), _u32(b[:nb]), nb)
     return da, db
+
+
+# portable: the rounded copies of the activation-sized operand (and, for dweight, of both) are made
+# a chunk of rows (of K for dweight) at a time, at most CHUNK floats each, so that the scratch stays
+# bounded (a d12 LM-head dout at B·T = 4096 is 206M floats); the weight is rounded whole.
+CHUNK = 1 << 23
+
+
+def _chunks(rows, width):
+    """[(r0, r1)] covering rows in runs of at most CHUNK // width rows (at least one)."""
+    step = max(1, CHUNK // max(1, width))
+    return [(r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
+
+
+def _portable_rows(gemm, Y, ldy, A, K, weight, nw, BT):
+    """gemm(Y rows, rounded A rows, rounded weight, rows) over chunks of A's (BT, K) rows."""
+    w = None
+    for r0, r1 in _chunks(BT, K):
+        a, w_ = _rounded(A[r0 * K:], (r1 - r0) * K, weight, 0 if w is not None else nw)
+        if w is None:
+            w = w_
+        gemm(Y[r0 * ldy:r1 * ldy], a, w, r1 - r0)
 
 
 # ---- the products --------------------------------------------------------------------------------
@@ -245,15 +356,13 @@ def matmul_forward_bf16(out, inp, weight, bias, B, T, C, OC):
     """out (B,T,OC) = bf16(inp) · bf16(weight)ᵀ + bias (OC); bias may be None. Writes out."""
     BT = B * T
     if _gemm is None:
-        x, w = _rounded(inp, BT * C, weight, OC * C)
-        _fp32.matmul_forward(out, x, w, bias, B, T, C, OC)
+        _portable_rows(lambda y, x, w, rows: _fp32.matmul_forward(y, x, w, bias, 1, rows, C, OC),
+                       out, OC, inp, C, weight, OC * C, BT)
         return
-    # inp (BT, C) and weight (OC, C): pairs along their rows
-    a, w = _operands(inp, True, BT, C, weight, True, OC, C)
     if bias is None:
-        _gemm(out, a, True, w, True, _fp32._NO_BIAS, BT, OC, (C + 1) // 2, _fp32._OVERWRITE)
+        _gemm(out, inp, True, weight, True, _fp32._NO_BIAS, BT, OC, C, _fp32._OVERWRITE)
     else:
-        _gemm(out, a, True, w, True, bias, BT, OC, (C + 1) // 2, _fp32._BIAS)
+        _gemm(out, inp, True, weight, True, bias, BT, OC, C, _fp32._BIAS)
 
 
 def matmul_backward_bf16(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, accumulate=True):
@@ -276,27 +385,31 @@ def matmul_backward_bf16(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, a
 def _backward_dinp(dinp, dout, weight, BT, C, OC):
     """dinp (BT,C) += bf16(dout) (BT,OC) · bf16(weight) (OC,C)."""
     if _gemm is None:
-        d, w = _rounded(dout, BT * OC, weight, OC * C)
-        _fp32._backward_dinp(dinp, d, w, BT, C, OC)
+        _portable_rows(lambda y, d, w, rows: _fp32._backward_dinp(y, d, w, rows, C, OC),
+                       dinp, C, dout, OC, weight, OC * C, BT)
     else:
-        # dout (BT, OC): pairs along rows; weight (K=OC, C): pairs along columns
-        d, w = _operands(dout, True, BT, OC, weight, False, C, OC)
-        _gemm(dinp, d, True, w, False, _fp32._NO_BIAS, BT, C, (OC + 1) // 2, _fp32._ACCUMULATE)
+        _gemm(dinp, dout, True, weight, False, _fp32._NO_BIAS, BT, C, OC, _fp32._ACCUMULATE)
 
 
 def _backward_dweight(dweight, dout, inp, BT, C, OC, accumulate):
     """dweight (OC,C) (+)= bf16(dout) (BT,OC)ᵀ · bf16(inp) (BT,C)."""
-    if _gemm is None:
-        d, x = _rounded(dout, BT * OC, inp, BT * C)
-        _fp32._backward_dweight(dweight, d, x, BT, C, OC, accumulate)
+    if _gemm is None:   # K = BT in chunks: the first writes (unless accumulate), the others add
+        for k0, k1 in _chunks(BT, max(OC, C)):
+            d, x = _rounded(dout[k0 * OC:], (k1 - k0) * OC, inp[k0 * C:], (k1 - k0) * C)
+            _fp32._backward_dweight(dweight, d, x, k1 - k0, C, OC, accumulate or k0 > 0)
     else:
-        # dout (K=BT, OC) and inp (K=BT, C): pairs along columns
-        d, x = _operands(dout, False, OC, BT, inp, False, C, BT)
-        _gemm(dweight, d, False, x, False, _fp32._NO_BIAS, OC, C, (BT + 1) // 2,
+        _gemm(dweight, dout, False, inp, False, _fp32._NO_BIAS, OC, C, BT,
               _fp32._ACCUMULATE if accumulate else _fp32._OVERWRITE)
 
 
 # ---- dispatch ------------------------------------------------------------------------------------
+
+def _bf16_blocking():
+    """avx512's blocking (numbagpt/cpu/matmul.py _BLOCKING) in words: the reduction blocks twice as
+    many k (a packed strip of KC/2 words takes the bytes of avx512's KC floats); A always packed."""
+    b = _fp32._BLOCKING["avx512"]
+    return dict(KC=2 * b["KC"], KC_Y=2 * b["KC_Y"], KC_S=2 * b["KC_S"], IN_PLACE_N=0, IN_PLACE_ROWS=False)
+
 KERNELS = ("avx512bf16", "portable")
 _NEEDS = {"avx512bf16": ("avx512f", "avx512bf16"), "portable": ()}
 
@@ -325,7 +438,8 @@ def set_kernel(name):
         _gemm, _kernel = None, "portable"
     else:
         if name not in _GEMMS:
-            _GEMMS[name] = _fp32._Gemm(name, base="avx512", fma=_dpbf16)
+            _GEMMS[name] = _fp32._Gemm(name, base="avx512", fma=_dpbf16, core_source=_CORE_SOURCE_BF16,
+                                       env_extra=dict(bits=_bits, np=np), **_bf16_blocking())
         _gemm = _GEMMS[name]
         b = _gemm.b
         _kernel = f"{name} {b['MR']}x{b['NR']}"
