@@ -95,6 +95,19 @@ def test_portable_in_chunks(kernel, shape, monkeypatch):
     test_matmul_backward_bf16(shape, False, True)
 
 
+@pytest.mark.parametrize("threshold", ["BIG_Y", "SMALL_Y"])
+def test_avx512bf16_big_and_small_y_blocking(kernel, threshold, monkeypatch):
+    """The blocks and tile order of a Y beyond BIG_Y elements (KC_Y, NC_Y, tiles along Y's rows) and
+    of one within SMALL_Y (KC_S), each forced on every product of a shape with ragged blocks."""
+    if kernel != "avx512bf16":
+        pytest.skip("the packed GEMM's blocking")
+    monkeypatch.setitem(mb._GEMMS[kernel].b, threshold, 0 if threshold == "BIG_Y" else 1 << 40)
+    shape = (2, 101, 1030, 263) if threshold == "BIG_Y" else (4, 150, 33, 70)
+    test_matmul_forward_bf16(shape, True)
+    test_matmul_backward_bf16(shape, False, True)
+    test_matmul_backward_bf16(shape, True, False)
+
+
 def test_bf16_is_not_fp32():
     """The products really are of rounded operands: against the float64 of the unrounded inputs the
     error is bf16's (~2^-9 relative per operand), far above the fp32 kernels' tolerance."""
