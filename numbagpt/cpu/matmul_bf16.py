@@ -62,12 +62,15 @@ product added before the even one's as Intel documents vdpbf16ps; blocks in orde
 bit-identical run to run and across thread counts, as the fp32 GEMM; the two kernels agree to the
 error of an fp32 sum, not bit for bit.
 
-Speed (bench/bench_matmul.py, d12 shapes, BT = 256, AMD Zen 4, 1 thread, CPU clock): 1.62x the fp32
-avx512 GEMM over the 15 products (1.47x-1.85x each; about 150-160 GF/s forward and dinp, 190
-dweight), 0.74-0.97 of torch.mm on bf16 tensors (oneDNN, about 200 GF/s). Forward and dinp trail
-dweight: with M = 256 rows the converting packs (twice the cost per k of the fp32 copies, for half
-the compute time) weigh more; packing a row-major A k-major by register transposes, so that its
-micro-kernel reads one cache line per k, measured no faster (dinp of the LM head slower).
+Speed (bench/bench_matmul.py, d12 shapes, BT = 256, AMD Zen 4, 1 thread, CPU clock): 1.69x the fp32
+avx512 GEMM over the 15 products (1.54x-1.86x each; about 150-180 GF/s forward and dinp, 180-195
+dweight), 0.75-0.97 of torch.mm on bf16 tensors (oneDNN, about 200 GF/s). Where a task's rows fit
+one A block (MC, as at BT = 256) the reduction blocks run outside the column panels, so A is
+converted once per block rather than once per panel (forward of the LM head: 50 panels a task;
+1.62x -> 1.69x in total). Forward and dinp trail dweight: with M = 256 rows the converting packs
+(twice the cost per k of the fp32 copies, for half the compute time) weigh more; packing a row-major
+A k-major by register transposes, so that its micro-kernel reads one cache line per k, measured no
+faster (dinp of the LM head slower).
 
 Never compiled where it cannot run: nothing of avx512bf16 is compiled before set_kernel picks it,
 which it refuses on a CPU without the features (the import picks portable there); and Numba's
@@ -150,7 +153,8 @@ def round_to_bf16(x):
 
 
 # The GEMM core of avx512bf16: numbagpt/cpu/matmul.py's _CORE_SOURCE (same arguments, task split,
-# blocking, tile order, edges; K, KC in elements, KC even) with packing that converts: A and B are
+# blocking, tile order, edges; K, KC in elements, KC even; where a task's rows fit one A block, pc
+# outside jc so that A is converted once per reduction block) with packing that converts: A and B are
 # float32 (read as their uint32 bits), the packed panels are bf16 pair words (in the float32 Ap, Bp,
 # as bits), kc' = ⌈kc/2⌉ words per panel row, the last one's high half 0 for an odd kc. A is always
 # packed (a_in_place is ignored: A must be converted). Forward's weight (B(k, n) = B[n·ldb + k]) is
@@ -250,6 +254,27 @@ def pack_b(Bp, b0, B, b_kmaj, ldb, jc, nc, pc, kc, tile, t0):
                     d[j] = 0
 
 
+@njit(inline="always")
+def tiles(Y, N, Ap, a0, a_kmaj, Bp, b0, tile, t0, bias, jc, nc, ic, mc, kc2, S, blockmode, along_rows):
+    # the micro-kernels of one packed A block (rows ic.., mc of them) against one packed B panel
+    # (columns jc.., nc of them), kc2 words deep
+    ns, npn = (nc + NR - 1) // NR, S // MR
+    for u in range(ns * npn):  # the block's tiles: strip s, A panel p
+        s, p = (u % ns, u // ns) if along_rows else (u // npn, u % npn)
+        n0 = jc + s * NR
+        nr = min(NR, N - n0)
+        mr = min(MR, mc - p * MR)
+        y0 = (ic + p * MR) * N + n0
+        full = mr == MR and nr == NR
+        Yt, yt, ldt, tmode = (Y, y0, N, blockmode) if full else (tile, t0, NR, 1)
+        if a_kmaj:
+            UKR(kc2, Ap, a0 + p * MR * kc2, kc2, Bp, b0 + s * NR * kc2, Yt, yt, ldt, tmode, bias, n0)
+        else:
+            UKK(kc2, Ap, a0 + p * MR, S, Bp, b0 + s * NR * kc2, Yt, yt, ldt, tmode, bias, n0)
+        if not full:
+            edge(Y, y0, N, mr, nr, tile, t0, NR, blockmode, bias, n0)
+
+
 def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, mparts, nparts, MC, KC, NC, along_rows, a_in_place):
     lda = K if a_kmaj else M
     ldb = K if b_kmaj else N
@@ -266,32 +291,35 @@ def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, mparts, n
         mhi = min(M, mu * (im + 1) // mparts * MR)
         nlo = min(N, nu * jn // nparts * NR)
         nhi = min(N, nu * (jn + 1) // nparts * NR)
-        for jc in range(nlo, nhi, NC):
-            nc = min(NC, nhi - jc)
+        if mhi - mlo <= MC:
+            # the task's rows are one A block: converted and packed once per reduction block and
+            # used by every column panel (pc outside jc: each element still sums its blocks in
+            # order, so the same bits as the other order)
+            mc = mhi - mlo
+            S = (mc + MR - 1) // MR * MR
             for pc in range(0, K, KC):
                 kc = min(KC, K - pc)
-                kc2 = (kc + 1) // 2
                 blockmode = mode if pc == 0 else 0
-                pack_b(Bp, b0, B, b_kmaj, ldb, jc, nc, pc, kc, tile, t0)
-                for ic in range(mlo, mhi, MC):
-                    mc = min(MC, mhi - ic)
-                    S = (mc + MR - 1) // MR * MR
-                    pack_a(Ap, a0, A, a_kmaj, lda, ic, mc, pc, kc, S)
-                    ns, npn = (nc + NR - 1) // NR, S // MR
-                    for u in range(ns * npn):  # the block's tiles: strip s, A panel p
-                        s, p = (u % ns, u // ns) if along_rows else (u // npn, u % npn)
-                        n0 = jc + s * NR
-                        nr = min(NR, N - n0)
-                        mr = min(MR, mc - p * MR)
-                        y0 = (ic + p * MR) * N + n0
-                        full = mr == MR and nr == NR
-                        Yt, yt, ldt, tmode = (Y, y0, N, blockmode) if full else (tile, t0, NR, 1)
-                        if a_kmaj:
-                            UKR(kc2, Ap, a0 + p * MR * kc2, kc2, Bp, b0 + s * NR * kc2, Yt, yt, ldt, tmode, bias, n0)
-                        else:
-                            UKK(kc2, Ap, a0 + p * MR, S, Bp, b0 + s * NR * kc2, Yt, yt, ldt, tmode, bias, n0)
-                        if not full:
-                            edge(Y, y0, N, mr, nr, tile, t0, NR, blockmode, bias, n0)
+                if mc > 0:
+                    pack_a(Ap, a0, A, a_kmaj, lda, mlo, mc, pc, kc, S)
+                for jc in range(nlo, nhi, NC):
+                    nc = min(NC, nhi - jc)
+                    pack_b(Bp, b0, B, b_kmaj, ldb, jc, nc, pc, kc, tile, t0)
+                    tiles(Y, N, Ap, a0, a_kmaj, Bp, b0, tile, t0, bias, jc, nc, mlo, mc, (kc + 1) // 2, S,
+                          blockmode, along_rows)
+        else:
+            for jc in range(nlo, nhi, NC):
+                nc = min(NC, nhi - jc)
+                for pc in range(0, K, KC):
+                    kc = min(KC, K - pc)
+                    blockmode = mode if pc == 0 else 0
+                    pack_b(Bp, b0, B, b_kmaj, ldb, jc, nc, pc, kc, tile, t0)
+                    for ic in range(mlo, mhi, MC):
+                        mc = min(MC, mhi - ic)
+                        S = (mc + MR - 1) // MR * MR
+                        pack_a(Ap, a0, A, a_kmaj, lda, ic, mc, pc, kc, S)
+                        tiles(Y, N, Ap, a0, a_kmaj, Bp, b0, tile, t0, bias, jc, nc, ic, mc, (kc + 1) // 2, S,
+                              blockmode, along_rows)
 '''
 
 
