@@ -62,9 +62,9 @@ product added before the even one's as Intel documents vdpbf16ps; blocks in orde
 bit-identical run to run and across thread counts, as the fp32 GEMM; the two kernels agree to the
 error of an fp32 sum, not bit for bit.
 
-Speed (bench/bench_matmul.py, d12 shapes, BT = 256, AMD Zen 4, 1 thread, CPU clock): 1.69x the fp32
-avx512 GEMM over the 15 products (1.54x-1.86x each; about 150-180 GF/s forward and dinp, 180-195
-dweight), 0.75-0.97 of torch.mm on bf16 tensors (oneDNN, about 200 GF/s). Where a task's rows fit
+Speed (bench/bench_matmul.py, d12 shapes, BT = 256, AMD Zen 4, 1 thread, CPU clock): 1.62x-1.69x the
+fp32 avx512 GEMM over the 15 products in two runs (1.47x-1.86x each; about 145-180 GF/s forward and
+dinp, 165-195 dweight), 0.73-0.96 of torch.mm on bf16 tensors (oneDNN, about 175-205 GF/s). Where a task's rows fit
 one A block (MC, as at BT = 256) the reduction blocks run outside the column panels, so A is
 converted once per block rather than once per panel (forward of the LM head: 50 panels a task;
 1.62x -> 1.69x in total). Forward and dinp trail dweight: with M = 256 rows the converting packs
