@@ -9,8 +9,17 @@ hits all alike; with more than one thread each contender's calls come after a pa
 runs against the other's thread pool spinning on the same cores (median_of). On a shared machine
 compare the ratio columns rather than absolute numbers.
 
+The bf16 GEMM (numbagpt/cpu/matmul_bf16.py, --precision bf16) is timed beside them (--bf16-kernels,
+default: the one this CPU runs; "none" to skip): its GF/s, its ratio to BLAS's sgemm and, column
+"xfp32", its speed-up over the first fp32 kernel (time_fp32 / time_bf16). With --torch (when torch is
+installed) `torch.mm` on bfloat16 tensors (oneDNN; bf16 out) is timed afterwards in its own process,
+the same way, so that its thread pool never shares the cores with Numba's or OpenBLAS's: a second
+table gives its GF/s and our bf16 GEMM's ratio to it (time_torch / time_ours, across processes: a
+noisier ratio than the others).
+
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_matmul.py [--threads 2]
         [--reps 5] [--block-ms 25] [--shapes tiny,d12] [--kernels avx512,portable] [--quick] [--clock cpu]
+        [--bf16-kernels avx512bf16,portable|none] [--torch]
 
 OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, where set, can pin OpenBLAS to a slower kernel: unset them for
 this command alone (as above) to compare with BLAS at its best; the header names the kernel OpenBLAS
@@ -32,6 +41,11 @@ def main():
     ap.add_argument("--kernels", default=None,
                     help="comma list of numbagpt matmul kernels (avx512, avx2, portable) to time; "
                          "default: the one this CPU runs, then portable")
+    ap.add_argument("--bf16-kernels", default=None,
+                    help="comma list of bf16 matmul kernels (avx512bf16, portable) to time, or none; "
+                         "default: the one this CPU runs")
+    ap.add_argument("--torch", action="store_true", help="also time torch.mm on bf16 tensors (own process)")
+    ap.add_argument("--torch-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="LM-head shapes only")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="cpu: this process's CPU time divided by --threads; steadier than wall time "
@@ -44,9 +58,12 @@ def main():
     import numba
     import numpy as np
 
+    if args.torch_child:
+        return torch_child(args)
     numba.set_num_threads(args.threads)
     t0 = time.perf_counter()
     from numbagpt.cpu import matmul as mm
+    from numbagpt.cpu import matmul_bf16 as mb
     from numbagpt.cpu.matmul import matmul_backward, matmul_forward
     kernels = args.kernels.split(",") if args.kernels else list(dict.fromkeys([mm.supported_kernels()[0], "portable"]))
     for k in kernels:
@@ -56,6 +73,15 @@ def main():
     for k in kernels:
         mm.set_kernel(k)
         names[k] = mm.kernel()
+    if args.bf16_kernels is None:
+        bf16 = mb.supported_kernels()[:1]
+    else:
+        bf16 = [] if args.bf16_kernels == "none" else args.bf16_kernels.split(",")
+    for k in bf16:
+        if k not in mb.supported_kernels():
+            sys.exit(f"bench_matmul.py: --bf16-kernels: {k!r} is not one this CPU runs ({', '.join(mb.supported_kernels())})")
+        mb.set_kernel(k)
+        names["bf16 " + k] = "bf16 " + mb.kernel()
     try:
         from threadpoolctl import threadpool_info
         blas = ", ".join(f"{i['internal_api']} {i['version']} {i.get('architecture', '')} {i['num_threads']} threads"
@@ -66,18 +92,7 @@ def main():
           f"clock {args.clock}; kernels: {', '.join(names.values())}; BLAS: {blas}; "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
 
-    # (name, BT, C, OC)
-    shapes = []
-    if "tiny" in args.shapes:
-        shapes += [("tiny lm_head", 2048, 128, 50304), ("tiny qkv", 2048, 128, 384),
-                   ("tiny attproj", 2048, 128, 128), ("tiny fc", 2048, 128, 512),
-                   ("tiny fcproj", 2048, 512, 128)]
-    if "d12" in args.shapes:
-        shapes += [("d12 qkv", 256, 768, 2304), ("d12 attproj", 256, 768, 768),
-                   ("d12 fc", 256, 768, 3072), ("d12 fcproj", 256, 3072, 768),
-                   ("d12 lm_head", 256, 768, 50304)]
-    if args.quick:
-        shapes = [s for s in shapes if "lm_head" in s[0]]
+    shapes = bench_shapes(args)
 
     # warm-up compile on a small problem (cached after the first run)
     t0 = time.perf_counter()
@@ -89,7 +104,115 @@ def main():
         matmul_forward(o, x, w, np.ones(7, np.float32), 2, 3, 5, 7)
         matmul_forward(o, x, w, None, 2, 3, 5, 7)
         matmul_backward(np.zeros_like(x), np.zeros_like(w), np.zeros(7, np.float32), o, x, w, 2, 3, 5, 7)
+    for k in bf16:
+        mb.set_kernel(k)
+        mb.matmul_forward_bf16(o, x, w, np.ones(7, np.float32), 2, 3, 5, 7)
+        mb.matmul_forward_bf16(o, x, w, None, 2, 3, 5, 7)
+        mb.matmul_backward_bf16(np.zeros_like(x), np.zeros_like(w), np.zeros(7, np.float32), o, x, w, 2, 3, 5, 7)
+    mm.set_kernel(kernels[0])
     print(f"first calls (compile or cache load): {time.perf_counter() - t0:.2f} s")
+
+    median_of = timers(args)
+
+    rng = np.random.default_rng(0)
+    contenders = kernels + ["bf16 " + k for k in bf16]
+    cols = "".join(f" {k + ' GF/s':>13s} {'ratio':>6s}" for k in contenders)
+    if bf16:
+        cols += "".join(f" {'xfp32':>6s}" for _ in bf16)
+    hdr = f"{'shape':14s} {'BT':>5s} {'C':>5s} {'OC':>6s} {'op':8s}{cols} {'BLAS GF/s':>10s}"
+    print(hdr)
+    print("-" * len(hdr))
+    totals = [0.0] * (len(contenders) + 1)
+    ratios = {k: [] for k in contenders}
+    speedups = {k: [] for k in bf16}
+    ours_times = {}
+    for name, BT, C, OC in shapes:
+        inp = rng.standard_normal(BT * C, dtype=np.float32)
+        weight = rng.standard_normal(OC * C, dtype=np.float32) * 0.02
+        bias = rng.standard_normal(OC, dtype=np.float32) if "lm_head" not in name else None
+        out = np.empty(BT * OC, np.float32)
+        dout = rng.standard_normal(BT * OC, dtype=np.float32)
+        dinp = np.zeros(BT * C, np.float32)
+        dweight = np.zeros(OC * C, np.float32)
+        X, W, D = inp.reshape(BT, C), weight.reshape(OC, C), dout.reshape(BT, OC)
+        Y, DX, DW = out.reshape(BT, OC), dinp.reshape(BT, C), dweight.reshape(OC, C)
+
+        def ours(op, k):
+            # matmul_backward does dinp and dweight in one call: ours for "dinp"/"dweight" is timed
+            # through its two halves, _backward_dinp/_backward_dweight
+            if k.startswith("bf16 "):
+                k = k[5:]
+
+                def run():
+                    mb.set_kernel(k)
+                    if op == "forward":
+                        mb.matmul_forward_bf16(out, inp, weight, bias, 1, BT, C, OC)
+                    elif op == "dinp":
+                        mb._backward_dinp(dinp, dout, weight, BT, C, OC)
+                    else:
+                        mb._backward_dweight(dweight, dout, inp, BT, C, OC, True)
+                return run
+
+            def run():
+                mm.set_kernel(k)
+                if op == "forward":
+                    matmul_forward(out, inp, weight, bias, 1, BT, C, OC)
+                elif op == "dinp":
+                    mm._backward_dinp(dinp, dout, weight, BT, C, OC)
+                else:
+                    mm._backward_dweight(dweight, dout, inp, BT, C, OC, True)
+            return run
+
+        blas = {
+            "forward": (lambda: np.dot(X, W.T, out=Y)) if bias is None else (lambda: np.add(np.dot(X, W.T, out=Y), bias, out=Y)),
+            "dinp": lambda: np.dot(D, W, out=DX),
+            "dweight": lambda: np.dot(D.T, X, out=DW),
+        }
+        flop = 2.0 * BT * C * OC
+        for op in ("forward", "dinp", "dweight"):
+            t = median_of([ours(op, k) for k in contenders] + [blas[op]], args.reps)
+            for n in range(len(t)):
+                totals[n] += t[n]
+            row = ""
+            for n, k in enumerate(contenders):
+                ratios[k].append(t[-1] / t[n])
+                row += f" {flop / t[n] / 1e9:13.1f} {t[-1] / t[n]:6.2f}"
+            for n, k in enumerate(bf16):
+                speedups[k].append(t[0] / t[len(kernels) + n])
+                row += f" {speedups[k][-1]:6.2f}"
+                ours_times[(k, name, op)] = t[len(kernels) + n]
+            print(f"{name:14s} {BT:5d} {C:5d} {OC:6d} {op:8s}{row} {flop / t[-1] / 1e9:10.1f}", flush=True)
+    for n, k in enumerate(contenders):
+        print(f"{k}: total {totals[n] * 1e3:.1f} ms vs BLAS {totals[-1] * 1e3:.1f} ms (ratio {totals[-1] / totals[n]:.2f}); "
+              f"worst shape ratio {min(ratios[k]):.2f}, median {float(np.median(ratios[k])):.2f}")
+    for n, k in enumerate(bf16):
+        print(f"bf16 {k} over fp32 {kernels[0]}: total {totals[0] / totals[len(kernels) + n]:.2f}x; "
+              f"worst shape {min(speedups[k]):.2f}x, median {float(np.median(speedups[k])):.2f}x")
+    print("ratio = BLAS time / kernel time (>= 1: as fast as BLAS or faster); forward includes the bias add "
+          "(BLAS: np.dot then np.add)" + ("; xfp32 = fp32 kernel time / bf16 kernel time" if bf16 else ""))
+    if args.torch:
+        torch_table(args, shapes, bf16, ours_times)
+
+
+def bench_shapes(args):
+    """[(name, BT, C, OC)] of --shapes (and --quick)."""
+    shapes = []
+    if "tiny" in args.shapes:
+        shapes += [("tiny lm_head", 2048, 128, 50304), ("tiny qkv", 2048, 128, 384),
+                   ("tiny attproj", 2048, 128, 128), ("tiny fc", 2048, 128, 512),
+                   ("tiny fcproj", 2048, 512, 128)]
+    if "d12" in args.shapes:
+        shapes += [("d12 qkv", 256, 768, 2304), ("d12 attproj", 256, 768, 768),
+                   ("d12 fc", 256, 768, 3072), ("d12 fcproj", 256, 3072, 768),
+                   ("d12 lm_head", 256, 768, 50304)]
+    if args.quick:
+        shapes = [s for s in shapes if "lm_head" in s[0]]
+    return shapes
+
+
+def timers(args):
+    """median_of(fns, reps) of this bench (see below), on --clock."""
+    import numpy as np
 
     if args.clock == "cpu":
         def clock():
@@ -130,57 +253,68 @@ def main():
             best = min(best, clock() - t)
         return max(best, 1e-6)
 
-    rng = np.random.default_rng(0)
-    cols = "".join(f" {k + ' GF/s':>13s} {'ratio':>6s}" for k in kernels)
-    hdr = f"{'shape':14s} {'BT':>5s} {'C':>5s} {'OC':>6s} {'op':8s}{cols} {'BLAS GF/s':>10s}"
+    return median_of
+
+
+def torch_table(args, shapes, bf16, ours_times):
+    """Run this script with --torch-child (torch.mm on bf16 tensors, same shapes and timing) in its
+    own process and print its GF/s beside our bf16 GEMM's."""
+    import subprocess
+    cmd = [sys.executable, os.path.abspath(__file__), "--torch-child", "--threads", str(args.threads),
+           "--reps", str(args.reps), "--block-ms", str(args.block_ms), "--shapes", args.shapes,
+           "--clock", args.clock] + (["--quick"] if args.quick else [])
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        print(f"torch.mm bf16: not timed ({(r.stderr.strip().splitlines() or ['?'])[-1]})")
+        return
+    torch_times = {}
+    for line in r.stdout.splitlines():
+        if line.startswith("T "):
+            parts = line.split()
+            torch_times[(" ".join(parts[1:-2]), parts[-2])] = float(parts[-1])
+    print(next((line for line in r.stdout.splitlines() if line.startswith("torch")), "torch"))
+    hdr = f"{'shape':14s} {'op':8s} {'torch bf16 GF/s':>16s}" + "".join(f" {'bf16 ' + k + ' GF/s':>20s} {'ratio':>6s}" for k in bf16)
     print(hdr)
     print("-" * len(hdr))
-    totals = [0.0] * (len(kernels) + 1)
-    ratios = {k: [] for k in kernels}
     for name, BT, C, OC in shapes:
-        inp = rng.standard_normal(BT * C, dtype=np.float32)
-        weight = rng.standard_normal(OC * C, dtype=np.float32) * 0.02
-        bias = rng.standard_normal(OC, dtype=np.float32) if "lm_head" not in name else None
-        out = np.empty(BT * OC, np.float32)
-        dout = rng.standard_normal(BT * OC, dtype=np.float32)
-        dinp = np.zeros(BT * C, np.float32)
-        dweight = np.zeros(OC * C, np.float32)
-        X, W, D = inp.reshape(BT, C), weight.reshape(OC, C), dout.reshape(BT, OC)
-        Y, DX, DW = out.reshape(BT, OC), dinp.reshape(BT, C), dweight.reshape(OC, C)
-
-        def ours(op, k):
-            # matmul_backward does dinp and dweight in one call: ours for "dinp"/"dweight" is timed
-            # through its two halves, _backward_dinp/_backward_dweight
-            def run():
-                mm.set_kernel(k)
-                if op == "forward":
-                    matmul_forward(out, inp, weight, bias, 1, BT, C, OC)
-                elif op == "dinp":
-                    mm._backward_dinp(dinp, dout, weight, BT, C, OC)
-                else:
-                    mm._backward_dweight(dweight, dout, inp, BT, C, OC, True)
-            return run
-
-        blas = {
-            "forward": (lambda: np.dot(X, W.T, out=Y)) if bias is None else (lambda: np.add(np.dot(X, W.T, out=Y), bias, out=Y)),
-            "dinp": lambda: np.dot(D, W, out=DX),
-            "dweight": lambda: np.dot(D.T, X, out=DW),
-        }
         flop = 2.0 * BT * C * OC
         for op in ("forward", "dinp", "dweight"):
-            t = median_of([ours(op, k) for k in kernels] + [blas[op]], args.reps)
-            for n in range(len(t)):
-                totals[n] += t[n]
-            row = ""
-            for n, k in enumerate(kernels):
-                ratios[k].append(t[-1] / t[n])
-                row += f" {flop / t[n] / 1e9:13.1f} {t[-1] / t[n]:6.2f}"
-            print(f"{name:14s} {BT:5d} {C:5d} {OC:6d} {op:8s}{row} {flop / t[-1] / 1e9:10.1f}", flush=True)
-    for n, k in enumerate(kernels):
-        print(f"{k}: total {totals[n] * 1e3:.1f} ms vs BLAS {totals[-1] * 1e3:.1f} ms (ratio {totals[-1] / totals[n]:.2f}); "
-              f"worst shape ratio {min(ratios[k]):.2f}, median {float(np.median(ratios[k])):.2f}")
-    print("ratio = BLAS time / kernel time (>= 1: as fast as BLAS or faster); forward includes the bias add "
-          "(BLAS: np.dot then np.add)")
+            tt = torch_times[(name, op)]
+            row = f"{name:14s} {op:8s} {flop / tt / 1e9:16.1f}"
+            for k in bf16:
+                to = ours_times[(k, name, op)]
+                row += f" {flop / to / 1e9:20.1f} {tt / to:6.2f}"
+            print(row)
+    print("ratio = torch time / our bf16 time (>= 1: ours as fast or faster); torch timed in its own process")
+
+
+def torch_child(args):
+    """--torch-child: time torch.mm on bf16 tensors for every shape and product; print 'T name op seconds'."""
+    import numpy as np
+    import torch
+    torch.set_num_threads(args.threads)
+    median_of = timers(args)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 mm (oneDNN: "
+          f"{torch.backends.mkldnn.is_available()})", flush=True)
+    rng = np.random.default_rng(0)
+    for name, BT, C, OC in bench_shapes(args):
+        def t(a):
+            return torch.from_numpy(a).to(torch.bfloat16)
+        X = t(rng.standard_normal((BT, C), dtype=np.float32))
+        W = t(rng.standard_normal((OC, C), dtype=np.float32) * 0.02)
+        D = t(rng.standard_normal((BT, OC), dtype=np.float32))
+        bias = t(rng.standard_normal(OC, dtype=np.float32)) if "lm_head" not in name else None
+        Y = torch.empty((BT, OC), dtype=torch.bfloat16)
+        DX = torch.empty((BT, C), dtype=torch.bfloat16)
+        DW = torch.empty((OC, C), dtype=torch.bfloat16)
+        fns = {
+            "forward": (lambda: torch.mm(X, W.t(), out=Y)) if bias is None else (lambda: torch.addmm(bias, X, W.t(), out=Y)),
+            "dinp": lambda: torch.mm(D, W, out=DX),
+            "dweight": lambda: torch.mm(D.t(), X, out=DW),
+        }
+        for op in ("forward", "dinp", "dweight"):
+            (sec,) = median_of([fns[op]], args.reps)
+            print(f"T {name} {op} {sec:.9g}", flush=True)
 
 
 if __name__ == "__main__":

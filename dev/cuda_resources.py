@@ -332,7 +332,7 @@ def plan(function, sizes, sms):
     for mod in kernel_modules():
         fn = getattr(mod, function + "_launches", None)
         if fn is not None:
-            if function == "matmul_backward":
+            if function in ("matmul_backward", "matmul_backward_bf16"):
                 return fn(*sizes, sms=sms)
             return fn(*sizes)
     raise KeyError(f"no {function}_launches in numbagpt.cuda")

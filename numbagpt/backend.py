@@ -22,6 +22,7 @@ from . import kernels
 BACKENDS = ("cpu", "cuda")
 
 TRAINING_KERNELS = kernels.names("training")
+BF16_KERNELS = kernels.names("bf16")   # --precision bf16: the matmul pair a step runs instead
 KERNELS = tuple(k.name for k in kernels.CONTRACT)
 BUFFERS = ("zeros", "to_device", "to_host", "copy_to_device", "copy", "fill_zero", "synchronize")
 DEVICE = ("NAME", "SIMULATOR", "HOST_MEMORY", "TIMER", "available", "require", "select_device",

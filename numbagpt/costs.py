@@ -128,8 +128,8 @@ def _global_norm_squared(out, grads, N):
     return 2 * N, F32 * (N + 1)
 
 
-# kernel name -> its cost function: every kernel a training step runs.
-# kernel name -> its cost function (the contract's `cost`): every kernel a training step runs.
+# kernel name -> its cost function (the contract's `cost`): every kernel a training step runs (a bf16
+# step's matmul pair counts as the fp32 one: the same FLOPs, the same float32 buffers read and written).
 KERNEL_COSTS = {k.name: globals()["_" + cost_function_name(k)] for k in CONTRACT if k.role != "generation"}
 
 # The backends' buffer helpers (docs/kernels.md, "Memory helpers"): timed too, with 0 FLOPs and the

@@ -73,6 +73,11 @@ CONTRACT = (
            tol={"residual": (1e-6, 1e-7), "ln": (1e-5, 1e-6), "mean": (1e-6, 1e-7), "rstd": (1e-6, 0)}),
     Kernel("matmul_forward", **_MATMUL_FORWARD),
     Kernel("matmul_backward", **_MATMUL_BACKWARD),
+    # --precision bf16: the pair with both GEMM operands rounded to bfloat16, against float64 of the
+    # rounded inputs: a product of two bf16 values is exact in float32, so the only error is the float32
+    # sum's, as for the fp32 kernels: the same tolerances; the same costs (FLOPs, float32 buffers)
+    Kernel("matmul_forward_bf16", role="bf16", cost="matmul_forward", **_MATMUL_FORWARD),
+    Kernel("matmul_backward_bf16", role="bf16", cost="matmul_backward", **_MATMUL_BACKWARD),
     # lse is the natural log of a sum of exps of scores ~ sqrt(hs): the tolerance of the preatt it replaced
     Kernel("attention_forward", "attention", _args("out, lse, inp, B, T, C, NH"), written=("out", "lse"),
            tol={"out": (1e-5, 1e-6), "lse": (1e-5, 1e-6)}),

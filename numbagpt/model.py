@@ -15,6 +15,10 @@ from .backend import get_backend
 from .config import GPT2Config, preset
 from .layout import GRAD_ACTIVATIONS, activation_grad_layout, activation_layout, parameter_layout
 
+# precision -> the matmul pair (backend kernel names) every GEMM of a step runs
+PRECISIONS = {"fp32": ("matmul_forward", "matmul_backward"),
+              "bf16": ("matmul_forward_bf16", "matmul_backward_bf16")}
+
 # The activation gradients that backward kernels accumulate into (+=), so backward() zeroes them
 # first. The activation-gradient buffer holds only these and dlosses (layout.GRAD_ACTIVATIONS), which
 # is copied in; dlogits is written into the logits buffer (crossentropy_backward), the residual
@@ -42,10 +46,19 @@ class GPT2:
     again only when a larger batch comes.
     """
 
-    def __init__(self, config: GPT2Config, backend="cpu", recompute=0):
+    def __init__(self, config: GPT2Config, backend="cpu", recompute=0, precision="fp32"):
         if recompute not in (0, 1, 2):
             raise ValueError(f"recompute must be 0, 1 or 2, got {recompute}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.config = config
+        # llm.c's --precision (its word): fp32, or bf16 mixed precision: every GEMM of the forward and
+        # backward (the LM head's too) rounds its two operands to bfloat16 and sums in float32
+        # (matmul_forward_bf16 / matmul_backward_bf16); everything else, and every buffer (parameters,
+        # gradients, activations, AdamW state), stays float32. The pair is picked here, once, by name
+        # (the kernels are looked up on the backend at each call, so a profiler wrapping it sees them).
+        self.precision = precision
+        self._matmul_forward, self._matmul_backward = PRECISIONS[precision]
         # llm.c's -r: 1 keeps one layer's GELU output and recomputes it in backward, 2 also the
         # layernorm outputs; the gradients are the same bit for bit, the activations take less memory.
         self.recompute = recompute
@@ -76,22 +89,23 @@ class GPT2:
     # ---------------------------------------------------------------- construction, files
 
     @classmethod
-    def from_preset(cls, name, seed=1337, backend="cpu", vocab_size=None, recompute=0):
+    def from_preset(cls, name, seed=1337, backend="cpu", vocab_size=None, recompute=0, precision="fp32"):
         config = preset(name) if vocab_size is None else preset(name, vocab_size)
-        model = cls(config, backend, recompute)
+        model = cls(config, backend, recompute, precision)
         model.init_weights(seed)
         return model
 
     @classmethod
-    def from_file(cls, path, backend="cpu", recompute=0):
+    def from_file(cls, path, backend="cpu", recompute=0, precision="fp32"):
         config, params = formats.read_model(path)
-        model = cls(config, backend, recompute)
+        model = cls(config, backend, recompute, precision)
         model.load_parameters(params)
         return model
 
-    def save(self, path):
-        """Write an llm.c float32 model file, atomically; returns its XXH3-64 hash (hex)."""
-        return formats.write_model(path, self.config, self.parameters_host())
+    def save(self, path, dtype="float32"):
+        """An llm.c model file of the parameters, written atomically: version 3 (float32), or 5 with
+        dtype="bfloat16". Returns its XXH3-64 hash (hex)."""
+        return formats.write_model(path, self.config, self.parameters_host(), dtype)
 
     def init_weights(self, seed):
         """llm.c's from-scratch init, seeded: weights N(0, 0.02), the two residual projections
@@ -192,6 +206,7 @@ class GPT2:
         self.has_targets = targets is not None
         p, a = self.params, self.acts
         BTC = B * T * C
+        matmul_forward = getattr(k, self._matmul_forward)   # fp32 or bf16 (precision)
 
         k.encoder_forward(a["encoded"], self.inputs, p["wte"], p["wpe"], B, T, C)                 # (B, T, C)
         out, mean, rstd, lnw, lnb = self._layernorm_of(0)
@@ -199,21 +214,21 @@ class GPT2:
         for l in range(L):
             w, x = self.layer_params[l], self.layer_acts[l]  # layer l's weights and activations
             residual = a["encoded"] if l == 0 else self.layer_acts[l - 1].residual3               # (B, T, C)
-            k.matmul_forward(x.qkv, x.ln1, w.qkvw, w.qkvb, B, T, C, 3 * C)                        # (B, T, 3C)
-            k.attention_forward(x.atty, x.lse, x.qkv, B, T, C, NH)                                # (B, T, C)
-            k.matmul_forward(x.attproj, x.atty, w.attprojw, w.attprojb, B, T, C, C)               # (B, T, C)
+            matmul_forward(x.qkv, x.ln1, w.qkvw, w.qkvb, B, T, C, 3 * C)                        # (B, T, 3C)
+            k.attention_forward(x.atty, x.lse, x.qkv, B, T, C, NH)                      # (B, T, C)
+            matmul_forward(x.attproj, x.atty, w.attprojw, w.attprojb, B, T, C, C)               # (B, T, C)
             # Each residual add and the layernorm of its sum in one pass (llm.c's fused_residual_forward):
             # residual2 with ln2, residual3 with the next layer's ln1 (lnf after the last layer).
             k.fused_residual_layernorm_forward(x.residual2, x.ln2, x.ln2_mean, x.ln2_rstd, residual, x.attproj,
                                                w.ln2w, w.ln2b, B, T, C)                           # (B, T, C)
-            k.matmul_forward(x.fch, x.ln2, w.fcw, w.fcb, B, T, C, 4 * C)                          # (B, T, 4C)
+            matmul_forward(x.fch, x.ln2, w.fcw, w.fcb, B, T, C, 4 * C)                          # (B, T, 4C)
             k.gelu_forward(x.fch_gelu, x.fch, 4 * BTC)                                            # (B, T, 4C)
-            k.matmul_forward(x.fcproj, x.fch_gelu, w.fcprojw, w.fcprojb, B, T, 4 * C, C)          # (B, T, C)
+            matmul_forward(x.fcproj, x.fch_gelu, w.fcprojw, w.fcprojb, B, T, 4 * C, C)          # (B, T, C)
             out, mean, rstd, lnw, lnb = self._layernorm_of(l + 1)
             k.fused_residual_layernorm_forward(x.residual3, out, mean, rstd, x.residual2, x.fcproj,
                                                lnw, lnb, B, T, C)                                 # (B, T, C)
 
-        k.matmul_forward(a["logits"], a["lnf"], p["wte"], None, B, T, C, Vp)                      # (B, T, Vp)
+        matmul_forward(a["logits"], a["lnf"], p["wte"], None, B, T, C, Vp)                      # (B, T, Vp)
         if targets is None:
             return None
         k.crossentropy_forward(a["losses"], a["logits"], self.targets, B, T, V, Vp)               # (B, T)
@@ -278,6 +293,7 @@ class GPT2:
         V, Vp, L, NH, C = cfg.vocab_size, cfg.padded_vocab_size, cfg.num_layers, cfg.num_heads, cfg.channels
         BTC = B * T * C
         p, g, a, ga = self.params, self.grads, self.acts, self.grads_acts
+        matmul_backward = getattr(k, self._matmul_backward)   # fp32 or bf16 (precision)
         for name in ACCUMULATED_GRADS:  # every step: the kernels accumulate into them
             k.fill_zero(ga[name])
         dlosses = ga["losses"]  # d(mean loss)/d(losses[b,t]) = 1/(B*T)
@@ -286,7 +302,7 @@ class GPT2:
         # The logits buffer is overwritten by dlogits: the two are never needed at once.
         k.crossentropy_backward(a["logits"], dlosses, a["logits"], self.targets, B, T, V, Vp)     # (B, T, Vp)
         dlogits = a["logits"]
-        k.matmul_backward(ga["lnf"], g["wte"], None, dlogits, a["lnf"], p["wte"], B, T, C, Vp, acc)  # (B, T, C)
+        matmul_backward(ga["lnf"], g["wte"], None, dlogits, a["lnf"], p["wte"], B, T, C, Vp, acc)  # (B, T, C)
         # The residual stream's gradient is one buffer (llm.c's train_gpt2.cu): each layernorm
         # backward adds its dinp to it, and each residual projection's backward reads it as its dout;
         # no residual_backward copies it. It ends as the gradient of `encoded`.
@@ -301,22 +317,22 @@ class GPT2:
             if self.recompute >= 1:  # fch_gelu and its grad are one buffer all layers share
                 k.gelu_forward(x.fch_gelu, x.fch, 4 * BTC)
                 k.fill_zero(dx.fch_gelu)
-            k.matmul_backward(dx.fch_gelu, dw.fcprojw, dw.fcprojb, dresidual,
+            matmul_backward(dx.fch_gelu, dw.fcprojw, dw.fcprojb, dresidual,
                               x.fch_gelu, w.fcprojw, B, T, 4 * C, C, acc)                         # (B, T, 4C)
             k.gelu_backward(dx.fch, dx.fch_gelu, x.fch, 4 * BTC)                                  # (B, T, 4C)
             if self.recompute >= 2:  # so are ln2 and ln1: the same inputs give the same bits
                 k.layernorm_forward(x.ln2, x.ln2_mean, x.ln2_rstd, x.residual2, w.ln2w, w.ln2b, B, T, C)
                 k.fill_zero(dx.ln2)
-            k.matmul_backward(dx.ln2, dw.fcw, dw.fcb, dx.fch, x.ln2, w.fcw, B, T, C, 4 * C, acc)  # (B, T, C)
+            matmul_backward(dx.ln2, dw.fcw, dw.fcb, dx.fch, x.ln2, w.fcw, B, T, C, 4 * C, acc)  # (B, T, C)
             k.layernorm_backward(dresidual, dw.ln2w, dw.ln2b, dx.ln2,
                                  x.residual2, w.ln2w, x.ln2_mean, x.ln2_rstd, B, T, C)            # (B, T, C)
-            k.matmul_backward(dx.atty, dw.attprojw, dw.attprojb, dresidual,
+            matmul_backward(dx.atty, dw.attprojw, dw.attprojb, dresidual,
                               x.atty, w.attprojw, B, T, C, C, acc)                                # (B, T, C)
             k.attention_backward(dx.qkv, dx.atty, x.qkv, x.atty, x.lse, B, T, C, NH)              # (B, T, 3C)
             if self.recompute >= 2:
                 k.layernorm_forward(x.ln1, x.ln1_mean, x.ln1_rstd, residual, w.ln1w, w.ln1b, B, T, C)
                 k.fill_zero(dx.ln1)
-            k.matmul_backward(dx.ln1, dw.qkvw, dw.qkvb, dx.qkv, x.ln1, w.qkvw, B, T, C, 3 * C, acc)  # (B, T, C)
+            matmul_backward(dx.ln1, dw.qkvw, dw.qkvb, dx.qkv, x.ln1, w.qkvw, B, T, C, 3 * C, acc)  # (B, T, C)
             k.layernorm_backward(dresidual, dw.ln1w, dw.ln1b, dx.ln1,
                                  residual, w.ln1w, x.ln1_mean, x.ln1_rstd, B, T, C)               # (B, T, C)
 

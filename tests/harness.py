@@ -145,6 +145,21 @@ def _matmul_backward(a):
     return {"dinp": dinp, "dweight": dweight, "dbias": dbias}
 
 
+def _matmul_forward_bf16(a):
+    C, OC = a["C"], a["OC"]
+    return {"out": ref.matmul_forward_ref(ref.bf16_round_ref(a["inp"]).reshape(-1, C),
+                                          ref.bf16_round_ref(a["weight"]).reshape(OC, C), a["bias"])}
+
+
+def _matmul_backward_bf16(a):
+    # the GEMMs on bf16-rounded operands; dbias (a column sum, not a GEMM) of the float32 dout
+    C, OC = a["C"], a["OC"]
+    dinp, dweight, _ = ref.matmul_backward_ref(ref.bf16_round_ref(a["dout"]).reshape(-1, OC),
+                                               ref.bf16_round_ref(a["inp"]).reshape(-1, C),
+                                               ref.bf16_round_ref(a["weight"]).reshape(OC, C))
+    return {"dinp": dinp, "dweight": dweight, "dbias": a["dout"].reshape(-1, OC).astype(np.float64).sum(axis=0)}
+
+
 def _matvec_forward(a):
     C, OC = a["C"], a["OC"]
     return {"out": ref.matmul_forward_ref(a["inp"].reshape(-1, C), a["weight"].reshape(OC, C), a["bias"])}
@@ -236,6 +251,7 @@ REFERENCES = {
     "layernorm_forward": _layernorm_forward, "layernorm_backward": _layernorm_backward,
     "fused_residual_layernorm_forward": _fused_residual_layernorm_forward,
     "matmul_forward": _matmul_forward, "matmul_backward": _matmul_backward, "matvec_forward": _matvec_forward,
+    "matmul_forward_bf16": _matmul_forward_bf16, "matmul_backward_bf16": _matmul_backward_bf16,
     "attention_forward": _attention_forward, "attention_backward": _attention_backward,
     "attention_forward_cached": _attention_forward_cached,
     "gelu_forward": _gelu_forward, "gelu_backward": _gelu_backward, "residual_forward": _residual_forward,

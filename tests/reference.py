@@ -11,6 +11,8 @@ their backwards are checked in turn against `numerical_grad` (central finite dif
     layernorm_backward_ref(dout, x, w) -> dx, dw, db
     matmul_forward_ref(inp, weight, bias) -> out                     weight (OC, C); bias may be None
     matmul_backward_ref(dout, inp, weight) -> dinp, dweight, dbias
+    bf16_round_ref(x) -> x rounded to bfloat16 (nearest, ties to even), float64   (the bf16 matmuls:
+                      matmul_*_ref of bf16-rounded inputs; dbias of the unrounded dout)
     attention_forward_ref(qkv, NH) -> out, preatt, att               preatt unmasked, att 0 above diagonal
     attention_lse_ref(qkv, NH) -> lse (B, NH, T)                     log Σ_{t2≤t} exp(preatt), natural log
     attention_backward_ref(dout, qkv, NH, scratch=False) -> dqkv (and dpreatt, datt with scratch)
@@ -77,6 +79,21 @@ def matmul_forward_ref(inp, weight, bias=None):
     out = _f64(inp) @ _f64(weight).T
     if bias is not None:
         out = out + _f64(bias)
+    return out
+
+
+def bf16_round_ref(x):
+    """x rounded to the nearest bfloat16, ties to even, as float64: by arithmetic, not bits. A bf16
+    has 8 significant bits and float32's exponents: x = m·2^e (0.5 <= |m| < 1) is a multiple of the
+    quantum q = 2^(e-8), or of bf16's subnormal quantum 2^-133 below 2^-125; np.round rounds x/q
+    (exact in float64) half to even. |result| >= 2^128 is ±inf; inf and NaN pass through."""
+    x = _f64(x)
+    out = x.copy()
+    finite = np.isfinite(x) & (x != 0)
+    _, e = np.frexp(x[finite])
+    q = np.ldexp(1.0, np.maximum(e - 8, -133))
+    r = np.round(x[finite] / q) * q
+    out[finite] = np.where(np.abs(r) >= 2.0 ** 128, np.copysign(np.inf, r), r)
     return out
 
 

@@ -41,6 +41,14 @@ if RUN_HERE:
     def host(d):
         return GPU.to_host(d)
 
+    from numbagpt.cuda.runtime import bf16_round, cuda   # module globals: the simulator swaps `cuda`
+
+    @cuda.jit
+    def bf16_round_kernel(out, x, n):
+        i = cuda.threadIdx.x
+        if i < n:
+            out[i] = bf16_round(x[i])
+
     def test_backend_available():
         assert GPU.available()
 
@@ -89,6 +97,42 @@ if RUN_HERE:
         for accumulate in (True, False):
             check(backend, "matmul_backward", dinp=B * T * C, dweight=OC * C, dbias=OC if use_bias else None,
                   dout=dout, inp=inp, weight=w, B=B, T=T, C=C, OC=OC, accumulate=accumulate)
+
+    # the bf16 variants (the same GEMM kernels with each operand rounded as it is loaded): K odd in every
+    # product, (2, 37, 21, 67) several tiles and K steps, (1, 3, 8, 520) split-K in dinp
+    @pytest.mark.parametrize("backend,B,T,C,OC,use_bias", cases(cuda=[
+        (1, 3, 5, 7, True), (2, 37, 21, 67, False), (1, 3, 8, 520, True)]))
+    def test_matmul_bf16(backend, B, T, C, OC, use_bias):
+        rng = np.random.default_rng(8)
+        inp, w, b = rnd(rng, B, T, C), rnd(rng, OC, C, scale=C ** -0.5), rnd(rng, OC)
+        got = check(backend, "matmul_forward_bf16", out=B * T * OC, inp=inp, weight=w, bias=b if use_bias else None,
+                    B=B, T=T, C=C, OC=OC)
+        # and the CPU's bf16 matmul agrees (both: products of the same rounded operands, float32 sums)
+        import numbagpt.cpu as CPU
+        out = np.empty(B * T * OC, np.float32)
+        CPU.matmul_forward_bf16(out, inp, w, b if use_bias else None, B, T, C, OC)
+        np.testing.assert_allclose(got["out"], out, rtol=1e-5, atol=2e-5)
+        dout = rnd(rng, B, T, OC, scale=OC ** -0.5)
+        for accumulate in (True, False):
+            check(backend, "matmul_backward_bf16", dinp=B * T * C, dweight=OC * C, dbias=OC if use_bias else None,
+                  dout=dout, inp=inp, weight=w, B=B, T=T, C=C, OC=OC, accumulate=accumulate)
+
+    def test_bf16_round_device_function():
+        """runtime.bf16_round in a kernel: the reference's round to nearest even, subnormals rounded
+        (not flushed), overflow to inf, inf kept, NaN a NaN."""
+        from reference import bf16_round_ref
+        u = np.array([0x3F808000, 0x3F818000, 0x3F808001, 0x0000FFFF, 0x00018000, 0x00008000, 0x80017FFF,
+                      0x7F7F8000, 0x7F7F7FFF, 0xFF7F8000, 0x7F800000, 0xFF800000, 0x7FC00000, 0xFF800001,
+                      0x00000000, 0x80000000, 0x12345678, 0xC0490FDB], np.uint32)
+        x = u.view(np.float32)
+        d = dev(np.zeros_like(x))
+        bf16_round_kernel[1, 32](d, dev(x), np.int64(x.size))
+        got = host(d)
+        with np.errstate(invalid="ignore"):
+            want = bf16_round_ref(x)
+        nan = np.isnan(want)
+        assert np.array_equal(np.isnan(got), nan)
+        np.testing.assert_array_equal(got[~nan].astype(np.float64), want[~nan])
 
     def test_matmul_backward_write_plans():
         """Writing, dweight and dbias get the plain-store kernels where one block owns each output, and a

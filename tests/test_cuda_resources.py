@@ -113,6 +113,7 @@ def test_every_kernel_function_has_a_plan():
     from numbagpt.backend import KERNELS
     for name in KERNELS:
         sizes = {"matmul_forward": (2, 3, 8, 5, True), "matmul_backward": (2, 3, 8, 5, True, False),
+                 "matmul_forward_bf16": (2, 3, 8, 5, True), "matmul_backward_bf16": (2, 3, 8, 5, True, False),
                  "attention_forward": (2, 3, 8, 2), "attention_backward": (2, 3, 8, 2),
                  "crossentropy_forward": (2, 3, 37, 64), "crossentropy_backward": (2, 3, 37, 64),
                  "encoder_forward": (2, 3, 8), "encoder_backward": (2, 3, 8),

@@ -65,6 +65,60 @@ def test_model_v5_bf16(tmp_path):
     assert np.allclose(got, params, rtol=1e-2, atol=0)
 
 
+def _special_params(seed=2):
+    """Random parameters with the values whose rounding to bf16 is delicate planted among them: ties
+    (to even both ways), just off a tie, subnormals, ±0, the largest finite values and those that
+    round to ±inf, ±inf."""
+    params = _params(seed)
+    specials = np.array([0x3F808000, 0x3F818000, 0x3F808001, 0x3F807FFF, 0x00008000, 0x00018000, 0x807FFFFF,
+                         0x00000001, 0x80000000, 0x00000000, 0x7F7F7FFF, 0x7F7F8000, 0xFF7FFFFF, 0x7F800000,
+                         0xFF800000], np.uint32).view(np.float32)
+    params[5:5 + specials.size] = specials
+    return params
+
+
+def test_model_v5_written_as_llmc_writes_it(tmp_path):
+    """write_model(dtype="bfloat16") is byte for byte llm.c's train_gpt2.py write_model(..., "bfloat16"):
+    its header (version 5) and each tensor as torch's `.to(torch.bfloat16).view(torch.int16)` bytes."""
+    torch = pytest.importorskip("torch")
+    from numbagpt.layout import PARAMETER_NAMES, parameter_layout
+    params = _special_params()
+    p = tmp_path / "m5.bin"
+    write_model(p, CONFIG, params, dtype="bfloat16")
+    header = torch.zeros(256, dtype=torch.int32)   # train_gpt2.py's write_model, line for line
+    header[0] = 20240326
+    header[1] = 5
+    header[2], header[3], header[4], header[5], header[6] = 8, 50, 2, 2, 8
+    header[7] = 128
+    want = header.numpy().tobytes()
+    views = parameter_layout(CONFIG).host_views(params)
+    for name in PARAMETER_NAMES:     # write_tensors: wte, wpe, ln1w, ... in llm.c's order
+        want += torch.from_numpy(np.ascontiguousarray(views[name])).to(torch.bfloat16).view(torch.int16).numpy().tobytes()
+    assert p.read_bytes() == want
+
+
+def test_model_v5_round_trip(tmp_path):
+    """Written as bf16 and read back: each parameter rounded to bf16 (nearest, ties to even), widened
+    exactly; written again, the same bytes; a NaN stays a NaN."""
+    from reference import bf16_round_ref
+    params = _special_params(3)
+    params[2] = np.nan
+    p, q = tmp_path / "a.bin", tmp_path / "b.bin"
+    write_model(p, CONFIG, params, dtype="bfloat16")
+    assert p.stat().st_size == HEADER_BYTES + 2 * params.size
+    config, got = read_model(p)
+    assert config == CONFIG
+    with np.errstate(invalid="ignore"):
+        want = bf16_round_ref(params)
+    assert np.isnan(got[2]) and np.array_equal(np.isnan(got), np.isnan(want))
+    ok = ~np.isnan(want)
+    np.testing.assert_array_equal(got[ok].astype(np.float64), want[ok])
+    write_model(q, CONFIG, got, dtype="bfloat16")
+    assert p.read_bytes() == q.read_bytes()
+    with pytest.raises(ValueError, match="dtype must be one of float32, bfloat16, got 'float16'"):
+        write_model(q, CONFIG, params, dtype="float16")
+
+
 def test_model_errors(tmp_path):
     p = tmp_path / "m.bin"
     write_model(p, CONFIG, _params())

@@ -67,6 +67,11 @@ def test_kernel_costs_match_hand_formulas():
         "adamw_update": (cost("adamw_update", x, x, x, x, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1.0, 1, N),
                          17 * N, 4 * (N + 6 * N)),
         "global_norm_squared": (cost("global_norm_squared", x, x, N), 2 * N, 4 * (N + 1)),
+        # the bf16 pair counts as the fp32 one
+        "matmul_forward_bf16": (cost("matmul_forward_bf16", x, x, x, x, B, T, C, OC),
+                                2 * B * T * C * OC + B * T * OC, 4 * (BTC + OC * C + OC + BT * OC)),
+        "matmul_backward_bf16": (cost("matmul_backward_bf16", x, x, None, x, x, x, B, T, C, OC),
+                                 4 * BT * C * OC, 4 * (BT * OC + 3 * BTC + 3 * OC * C)),
     }
     for name, (got, flops, nbytes) in expect.items():
         assert got == (flops, nbytes), name
@@ -143,6 +148,25 @@ def test_memory_estimate_matches_allocated_buffers():
 
 # ------------------------------------------------------------------------------ a profile
 
+def test_a_bf16_model_times_its_matmul_pair():
+    """With precision="bf16" the model's GEMMs are the bf16 pair, timed under their own names in the
+    matmul family, with the fp32 pair's costs."""
+    proxy = profiler.TimingBackend(cpu)
+    model = GPT2(CFG, backend=proxy, precision="bf16")
+    model.init_weights(1)
+    x = np.zeros((B, T), np.int32)
+    proxy.set_phase("step")
+    model.forward(x, x)
+    model.zero_grad()
+    model.backward()
+    proxy.collect()
+    calls = {name: row[0] for (name, phase), row in proxy.stats.items()}
+    L = CFG.num_layers
+    assert calls.get("matmul_forward_bf16") == 4 * L + 1 and calls.get("matmul_backward_bf16") == 4 * L + 1
+    assert "matmul_forward" not in calls and "matmul_backward" not in calls
+    assert profiler.family("matmul_backward_bf16") == "matmul"
+
+
 @pytest.fixture(scope="module")
 def report():
     proxy = profiler.TimingBackend(cpu)
@@ -156,6 +180,8 @@ def test_profile_times_every_kernel_family(report):
     rows = {(k["name"], k["phase"]): k for k in report["kernels"]}
     assert {profiler.family(name) for name, _ in rows} >= FAMILIES
     for name in profiler.KERNEL_COSTS:
+        if name.endswith("_bf16"):   # a bf16 model's (this profile is fp32)
+            continue
         phases = [p for (n, p) in rows if n == name]
         assert phases, f"{name} never called"
     for k in report["kernels"]:

@@ -14,8 +14,9 @@ from .crossentropy import crossentropy_backward, crossentropy_forward
 from .encoder import encoder_backward, encoder_forward
 from .gelu import gelu_backward, gelu_forward
 from .layernorm import fused_residual_layernorm_forward, layernorm_backward, layernorm_forward
-from . import matmul
+from . import matmul, matmul_bf16
 from .matmul import matmul_backward, matmul_forward
+from .matmul_bf16 import matmul_backward_bf16, matmul_forward_bf16
 from .matvec import matvec_forward
 from .residual import residual_forward
 
@@ -41,8 +42,9 @@ def select_device(local_rank):
 
 
 def device_name():
-    """The CPU model and the matmul kernel chosen for it, e.g. 'AMD EPYC, matmul avx512 6x64'."""
-    return f"{_cpu_model()}, matmul {matmul.kernel()}"
+    """The CPU model and the matmul kernels chosen for it (fp32, then bf16's), e.g.
+    'AMD EPYC, matmul avx512 6x64 (bf16: avx512bf16 6x64)'."""
+    return f"{_cpu_model()}, matmul {matmul.kernel()} (bf16: {matmul_bf16.kernel()})"
 
 
 def _cpu_model():

@@ -66,7 +66,8 @@ Which kernel runs is chosen once, at import, from the features of the CPU that N
     avx2       8-lane ymm micro-kernel, 6 × 16 (16 registers: 12 accumulators, no spills)   (AVX2 + FMA)
     portable   numbagpt/cpu/matmul_portable.py: plain loops, vectorised by LLVM (anything else, e.g. ARM)
 
-NUMBAGPT_MATMUL=avx512|avx2|portable overrides the choice (an error if the CPU lacks the features);
+NUMBAGPT_MATMUL=avx512|avx2|portable overrides the choice (an error if the CPU lacks the features;
+a comma list may also name the bf16 GEMM's kernel, numbagpt/cpu/matmul_bf16.py, e.g. avx2,portable);
 `set_kernel(name)` switches at run time (the tests use it). `kernel()` names the one in use; bin/train_gpt2
 prints it at start-up and the profiler in its header. Numbers: bench/bench_matmul.py (against OpenBLAS,
 same process), dev/matmul/ (the variants tried).
@@ -328,33 +329,37 @@ def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, mparts, n
 '''
 
 
-def _compile(isa, b):
+def _compile(isa, b, fma=None, core_source=None, env_extra=None):
     """The micro-kernels and GEMM core of one kernel with blocking b, as Numba dispatchers. The
     generated source is compiled under this file's name, so Numba's on-disk cache (keyed on this
-    file) keeps them."""
+    file) keeps them. `fma` replaces the micro-kernel's multiply-add (c = fma(a, b, c) on vectors of
+    L 32-bit elements), `core_source` the GEMM core (_CORE_SOURCE), env_extra adds names for it:
+    numbagpt/cpu/matmul_bf16.py's vdpbf16ps on pairs of bfloat16, and its core that packs them."""
     ops = vector_ops(b["lanes"])
     env = dict(numba=numba, njit=njit, prange=prange, edge=_edge, transpose=ops.transpose,
                MR=b["MR"], NR=b["NR"], L=b["lanes"], load=ops.load, store=ops.store, bcast=ops.bcast,
-               fma=ops.fma, add=ops.add, zero=ops.zero, prefetch=ops.prefetch, __name__=__name__)
+               fma=fma or ops.fma, add=ops.add, zero=ops.zero, prefetch=ops.prefetch, __name__=__name__,
+               **(env_extra or {}))
     kernels = {}
     for key, a_rows in (("UKR", True), ("UKK", False)):
         name = f"_microkernel_{isa}_{b['MR']}x{b['NR']}_{'rows' if a_rows else 'kmajor'}"
         exec(compile(_microkernel_source(name, b["MR"], b["NR"], b["lanes"], a_rows), __file__, "exec"), env)
         kernels[key] = env[key] = njit(cache=True)(env[name])
     core = f"_gemm_{isa}_{b['MR']}x{b['NR']}"
-    exec(compile(_CORE_SOURCE.format(name=core), __file__, "exec"), env)
+    exec(compile((core_source or _CORE_SOURCE).format(name=core), __file__, "exec"), env)
     return kernels, njit(parallel=True, cache=True)(env[core])
 
 
 class _Gemm:
     """One kernel's GEMM with its packing buffers (allocated once per process, a slot for every
     thread Numba may start, and reused by every call). `blocking` overrides entries of the kernel's
-    _BLOCKING (dev/matmul/ times other micro-tiles and blocks with it)."""
+    _BLOCKING (dev/matmul/ times other micro-tiles and blocks with it). `base` names the _BLOCKING
+    entry when isa has none; `fma`, `core_source`, `env_extra`: see _compile (the bf16 GEMM)."""
 
-    def __init__(self, isa, **blocking):
+    def __init__(self, isa, base=None, fma=None, core_source=None, env_extra=None, **blocking):
         self.isa = isa
-        self.b = b = dict(_BLOCKING[isa], **blocking)
-        self.microkernels, self.core = _compile(isa, b)
+        self.b = b = dict(_BLOCKING[base or isa], **blocking)
+        self.microkernels, self.core = _compile(isa, b, fma, core_source, env_extra)
         nt = numba.config.NUMBA_NUM_THREADS
         kc = max(b["KC"], b["KC_Y"], b["KC_S"])
         self.Ap = np.empty(nt * b["MC"] * kc, np.float32)
@@ -507,12 +512,30 @@ def kernel():
     return _kernel
 
 
-def _set_default_kernel():
+# The kernels of the bf16 GEMM (numbagpt/cpu/matmul_bf16.py) that are not also fp32 ones:
+# NUMBAGPT_MATMUL may name one of them beside an fp32 kernel (e.g. "avx2,avx512bf16").
+BF16_ONLY_KERNELS = ("avx512bf16",)
+
+
+def requested_kernel(kernels):
+    """The entry of NUMBAGPT_MATMUL (one kernel name, or a comma list of them) that names one of
+    `kernels` (the last such: "portable,avx512bf16" is everything portable, then the bf16 GEMM on
+    avx512bf16), '' if none does; ValueError for an entry that names no kernel of either GEMM."""
     want = os.environ.get("NUMBAGPT_MATMUL", "").strip()
+    entries = [w.strip() for w in want.split(",") if w.strip()]
+    for w in entries:
+        if w not in KERNELS + BF16_ONLY_KERNELS:
+            raise ValueError(f"NUMBAGPT_MATMUL={want}: unknown matmul kernel {w!r}: expected one of "
+                             f"{', '.join(KERNELS + BF16_ONLY_KERNELS)}")
+    return next((w for w in reversed(entries) if w in kernels), "")
+
+
+def _set_default_kernel():
+    want = requested_kernel(KERNELS)
     try:
         set_kernel(want or supported_kernels()[0])
     except ValueError as e:
-        raise ValueError(f"NUMBAGPT_MATMUL={want}: {e}") from None
+        raise ValueError(f"NUMBAGPT_MATMUL={os.environ.get('NUMBAGPT_MATMUL', '').strip()}: {e}") from None
 
 
 _GEMMS = {}

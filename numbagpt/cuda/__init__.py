@@ -17,7 +17,7 @@ from .crossentropy import crossentropy_backward, crossentropy_forward
 from .encoder import encoder_backward, encoder_forward
 from .gelu import gelu_backward, gelu_forward
 from .layernorm import fused_residual_layernorm_forward, layernorm_backward, layernorm_forward
-from .matmul import matmul_backward, matmul_forward
+from .matmul import matmul_backward, matmul_backward_bf16, matmul_forward, matmul_forward_bf16
 from .matvec import matvec_forward
 from .residual import residual_forward
 from .launch import fill_zero_launch as _fill_zero_launch

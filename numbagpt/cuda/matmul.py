@@ -19,6 +19,12 @@ out-of-range loads and bounds-checking stores. Grid (ceil(N/64), ceil(M/64), bat
 (attention's B·NH heads) index operand offsets by blockIdx.z. FLOPs 2·M·N·K; DRAM bytes ≈ 4·(M·K·⌈N/64⌉ +
 K·N·⌈M/64⌉ + M·N) with L2 absorbing much of the re-reads.
 
+bf16 (matmul_forward_bf16 / matmul_backward_bf16, the model's precision="bf16"): the same kernels built with
+make_gemm(..., bf16=True), which rounds every A and B element to bfloat16 (runtime.bf16_round: nearest, ties
+to even, the CPU's rule) as it is loaded into shared memory; products of two bf16 are exact in float32, so the
+sums, the bias and the output are the fp32 kernels' float32. (Tensor-core bf16 MMA would be the fast way on a
+GPU; these kernels give the numerics, at the fp32 kernels' speed.)
+
 dbias (matmul_backward_dbias_kernel): block (32 columns × 8 row-lanes), grid (ceil(OC/32), R) with
 R = min(ceil(M/256), 64); per-block shared-memory combine in a fixed order, then a float32
 `cuda.atomic.add` per column (deterministic when R = 1, i.e. M ≤ 256).
@@ -30,7 +36,7 @@ row chunks add partial sums with atomics, a fill_zero launch zeroes the output f
 import numpy as np
 
 from .launch import Launch, column_chunks, fill_zero_launch
-from .runtime import F32, F32A, I64, cdiv, cuda, f32, float32, i64, sm_count
+from .runtime import F32, F32A, I64, bf16_round, cdiv, cuda, f32, float32, i64, sm_count
 
 BM = 64          # block tile rows (M)
 BN = 64          # block tile columns (N)
@@ -56,7 +62,7 @@ CAUSAL_K_LOWER = 3  # A[m, k] = 0 for k < m: the K loop starts at m0
 _ZERO = np.float32(0.0)
 
 
-def make_gemm(a_km, b_nk, causal, has_bias, accumulate, split_k=False):
+def make_gemm(a_km, b_nk, causal, has_bias, accumulate, split_k=False, bf16=False):
     """A GEMM kernel  c[m, n] (+)= alpha·Σ_k A[m, k]·B[k, n] (+ bias[n])  for one operand layout.
 
     a_km: A is stored K×M (A[m, k] = a[k·lda + m]); else M×K (A[m, k] = a[m·lda + k]).
@@ -64,6 +70,8 @@ def make_gemm(a_km, b_nk, causal, has_bias, accumulate, split_k=False):
     Operand z of a batch (blockIdx.z) starts at off + (z // NH)·sb + (z % NH)·sh for each of a, b, c.
     split_k (accumulating, unbatched kernels only): blockIdx.z is instead a slice of K of `kchunk`
     elements, and each block adds its partial tile into c with float32 atomics.
+    bf16: every A and B element is rounded to bfloat16 (runtime.bf16_round) as it is loaded into shared
+    memory (the bf16 matmul: products of bf16 values, exact in float32, summed in float32).
     The flags are compile-time constants of the returned kernel (closure variables).
     """
     if split_k and not (accumulate and causal == CAUSAL_NONE and not has_bias):
@@ -126,6 +134,8 @@ def make_gemm(a_km, b_nk, causal, has_bias, accumulate, split_k=False):
                         val = a[abase + gk * lda + gm]
                     else:
                         val = a[abase + gm * lda + gk]
+                    if bf16:
+                        val = bf16_round(val)
                 As[kk, mm] = val
             for l in range(B_LOADS):
                 e = tid + l * THREADS
@@ -143,6 +153,8 @@ def make_gemm(a_km, b_nk, causal, has_bias, accumulate, split_k=False):
                         val = b[bbase + gn * ldb + gk]
                     else:
                         val = b[bbase + gk * ldb + gn]
+                    if bf16:
+                        val = bf16_round(val)
                 Bs[kk, nn] = val
             cuda.syncthreads()
             for kk in range(BK):
@@ -238,20 +250,32 @@ def launch_gemm(launch, c, a, b, bias, M, N, K, lda, ldb, ldc,
            i64(c_off), i64(c_sb), i64(c_sh), i64(NH), i64(launch.param), f32(alpha))
 
 
-# out = inp·Wᵀ (+ bias): A = inp (M×K), B[k, n] = W[n, k] (N×K storage)
-gemm_forward_bias = make_gemm(a_km=False, b_nk=True, causal=CAUSAL_NONE, has_bias=True, accumulate=False)
-gemm_forward_nobias = make_gemm(a_km=False, b_nk=True, causal=CAUSAL_NONE, has_bias=False, accumulate=False)
-# dinp += dout·W: A = dout (M×OC), B = W (OC×C, K×N storage)
-gemm_backward_dinp = make_gemm(a_km=False, b_nk=False, causal=CAUSAL_NONE, has_bias=False, accumulate=True)
-gemm_backward_dinp_splitk = make_gemm(a_km=False, b_nk=False, causal=CAUSAL_NONE, has_bias=False,
-                                      accumulate=True, split_k=True)
-# dweight += doutᵀ·inp: A[m=oc, k=bt] = dout[bt, oc] (K×M storage), B = inp (K×N storage); and
-# dweight = doutᵀ·inp (not accumulating, unsplit)
-gemm_backward_dweight = make_gemm(a_km=True, b_nk=False, causal=CAUSAL_NONE, has_bias=False, accumulate=True)
-gemm_backward_dweight_splitk = make_gemm(a_km=True, b_nk=False, causal=CAUSAL_NONE, has_bias=False,
-                                         accumulate=True, split_k=True)
-gemm_backward_dweight_write = make_gemm(a_km=True, b_nk=False, causal=CAUSAL_NONE, has_bias=False,
-                                        accumulate=False)
+def _matmul_gemms(bf16):
+    """The GEMM kernels of matmul_forward / matmul_backward (bf16: of their bf16 variants), by role."""
+    def gemm(a_km, b_nk, has_bias, accumulate, split_k=False):
+        return make_gemm(a_km=a_km, b_nk=b_nk, causal=CAUSAL_NONE, has_bias=has_bias, accumulate=accumulate,
+                         split_k=split_k, bf16=bf16)
+    return dict(
+        # out = inp·Wᵀ (+ bias): A = inp (M×K), B[k, n] = W[n, k] (N×K storage)
+        forward_bias=gemm(False, True, True, False),
+        forward_nobias=gemm(False, True, False, False),
+        # dinp += dout·W: A = dout (M×OC), B = W (OC×C, K×N storage)
+        backward_dinp=gemm(False, False, False, True),
+        backward_dinp_splitk=gemm(False, False, False, True, split_k=True),
+        # dweight += doutᵀ·inp: A[m=oc, k=bt] = dout[bt, oc] (K×M storage), B = inp (K×N storage); and
+        # dweight = doutᵀ·inp (not accumulating, unsplit)
+        backward_dweight=gemm(True, False, False, True),
+        backward_dweight_splitk=gemm(True, False, False, True, split_k=True),
+        backward_dweight_write=gemm(True, False, False, False),
+    )
+
+
+_GEMMS = {False: _matmul_gemms(False), True: _matmul_gemms(True)}
+# as module names (tests/test_cuda_ptx.py compiles every kernel it finds): gemm_<role>, gemm_<role>_bf16
+for _bf16, _gemms in _GEMMS.items():
+    for _role, _kernel in _gemms.items():
+        globals()[f"gemm_{_role}" + ("_bf16" if _bf16 else "")] = _kernel
+del _bf16, _gemms, _role, _kernel
 
 COLS = 32
 ROW_LANES = 8
@@ -292,44 +316,51 @@ matmul_backward_dbias_write_kernel = make_dbias_kernel(accumulate=False)
 
 
 SIGNATURES = {
-    "gemm_forward_bias": [GEMM_SIGNATURE],
-    "gemm_forward_nobias": [GEMM_SIGNATURE],
-    "gemm_backward_dinp": [GEMM_SIGNATURE],
-    "gemm_backward_dinp_splitk": [GEMM_SIGNATURE],
-    "gemm_backward_dweight": [GEMM_SIGNATURE],
-    "gemm_backward_dweight_splitk": [GEMM_SIGNATURE],
-    "gemm_backward_dweight_write": [GEMM_SIGNATURE],
+    **{f"gemm_{role}" + ("_bf16" if bf16 else ""): [GEMM_SIGNATURE] for bf16 in _GEMMS for role in _GEMMS[bf16]},
     "matmul_backward_dbias_kernel": [(F32A, F32A, I64, I64, I64)],
     "matmul_backward_dbias_write_kernel": [(F32A, F32A, I64, I64, I64)],
 }
 
 
-def matmul_forward_launches(B, T, C, OC, has_bias=True):
-    """[out = inp·Wᵀ (+ bias)]."""
-    return [gemm_launch(gemm_forward_bias if has_bias else gemm_forward_nobias, B * T, OC, C)]
+def matmul_forward_launches(B, T, C, OC, has_bias=True, bf16=False):
+    """[out = inp·Wᵀ (+ bias)] (bf16: with the operands rounded to bfloat16)."""
+    g = _GEMMS[bf16]
+    return [gemm_launch(g["forward_bias"] if has_bias else g["forward_nobias"], B * T, OC, C)]
 
 
-def matmul_backward_launches(B, T, C, OC, has_bias=True, accumulate=True, sms=None):
+def matmul_backward_launches(B, T, C, OC, has_bias=True, accumulate=True, sms=None, bf16=False):
     """[dinp GEMM, dweight GEMM (each split over K when its tiles cannot fill the GPU), then the dbias column
     reduction (param = rows per chunk) when has_bias]. Not accumulating, dweight and dbias are written: by the
     unsplit non-accumulating GEMM and a one-chunk reduction's plain store, or, where split-K slices or several
     row chunks combine with atomics, by a fill_zero launch (on the output, just before) and the atomic kernel."""
-    dinp, dweight, dbias = _backward_plan(B, T, C, OC, has_bias, accumulate, sms)
+    dinp, dweight, dbias = _backward_plan(B, T, C, OC, has_bias, accumulate, sms, bf16)
     return [dinp] + dweight + dbias
 
 
-def _backward_plan(B, T, C, OC, has_bias, accumulate, sms=None):
+def matmul_forward_bf16_launches(B, T, C, OC, has_bias=True):
+    """matmul_forward_launches of the bf16 kernels."""
+    return matmul_forward_launches(B, T, C, OC, has_bias, bf16=True)
+
+
+def matmul_backward_bf16_launches(B, T, C, OC, has_bias=True, accumulate=True, sms=None):
+    """matmul_backward_launches of the bf16 kernels."""
+    return matmul_backward_launches(B, T, C, OC, has_bias, accumulate, sms, bf16=True)
+
+
+def _backward_plan(B, T, C, OC, has_bias, accumulate, sms=None, bf16=False):
     """(dinp launch, [dweight launches], [dbias launches]): the two lists as matmul_backward_launches
-    says, a leading fill_zero launch in a list zeroing that list's output."""
+    says, a leading fill_zero launch in a list zeroing that list's output. bf16: the GEMMs round their
+    operands to bfloat16 (dbias sums the float32 dout, as in fp32)."""
+    g = _GEMMS[bf16]
     M = B * T
     s1 = split_k_count(M, C, OC, sms)
     s2 = split_k_count(OC, C, M, sms)
-    dinp = gemm_launch(gemm_backward_dinp_splitk if s1 > 1 else gemm_backward_dinp, M, C, OC, splits=s1)
+    dinp = gemm_launch(g["backward_dinp_splitk"] if s1 > 1 else g["backward_dinp"], M, C, OC, splits=s1)
     if s2 > 1:  # the slices add up with atomics: writing, dweight is zeroed first
         dweight = ([] if accumulate else [fill_zero_launch(OC * C)]) + [
-            gemm_launch(gemm_backward_dweight_splitk, OC, C, M, splits=s2)]
+            gemm_launch(g["backward_dweight_splitk"], OC, C, M, splits=s2)]
     else:
-        dweight = [gemm_launch(gemm_backward_dweight if accumulate else gemm_backward_dweight_write, OC, C, M)]
+        dweight = [gemm_launch(g["backward_dweight"] if accumulate else g["backward_dweight_write"], OC, C, M)]
     dbias = []
     if has_bias:
         chunk, nchunks = column_chunks(M if OC > 0 else 0, ROWS_PER_CHUNK, MAX_CHUNKS)
@@ -344,15 +375,27 @@ def _backward_plan(B, T, C, OC, has_bias, accumulate, sms=None):
 
 def matmul_forward(out, inp, weight, bias, B, T, C, OC):
     """out (B,T,OC) = inp (B,T,C) · weight (OC,C)ᵀ + bias (OC); bias may be None."""
-    (fwd,) = matmul_forward_launches(B, T, C, OC, bias is not None)
-    launch_gemm(fwd, out, inp, weight, bias, B * T, OC, C, lda=C, ldb=C, ldc=OC)
+    _forward(out, inp, weight, bias, B, T, C, OC, False)
 
 
 def matmul_backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, accumulate=True):
     """dinp += dout·weight; dweight += doutᵀ·inp; dbias += Σ dout (dbias may be None). With accumulate=False
     dweight and dbias are written (=), their old contents never read; dinp always accumulates."""
+    _backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, accumulate, False)
+
+
+def _forward(out, inp, weight, bias, B, T, C, OC, bf16):
+    """matmul_forward; bf16: inp and weight rounded to bfloat16 as they are loaded."""
+    (fwd,) = matmul_forward_launches(B, T, C, OC, bias is not None, bf16)
+    launch_gemm(fwd, out, inp, weight, bias, B * T, OC, C, lda=C, ldb=C, ldc=OC)
+
+
+def _backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, accumulate, bf16):
+    """matmul_backward; bf16: the GEMMs' operands rounded to bfloat16 as they are loaded (dbias sums the
+    float32 dout)."""
     M = B * T
-    dinp_launch, dweight_launches, dbias_launches = _backward_plan(B, T, C, OC, dbias is not None, accumulate)
+    dinp_launch, dweight_launches, dbias_launches = _backward_plan(B, T, C, OC, dbias is not None, accumulate,
+                                                                   bf16=bf16)
     launch_gemm(dinp_launch, dinp, dout, weight, None, M, C, OC, lda=OC, ldb=C, ldc=C)
     launch_gemm(_zero_first(dweight_launches, dweight, OC * C), dweight, dout, inp, None, OC, C, M,
                 lda=OC, ldb=C, ldc=C)
@@ -366,3 +409,15 @@ def _zero_first(launches, out, n):
     for fill in launches[:-1]:
         fill(out, i64(n))
     return launches[-1]
+
+
+def matmul_forward_bf16(out, inp, weight, bias, B, T, C, OC):
+    """matmul_forward with inp and weight rounded to bfloat16 (ties to even) as the GEMM loads them:
+    products exact in float32, sums, bias and out float32 (docs/kernels.md, the bf16 matmul)."""
+    _forward(out, inp, weight, bias, B, T, C, OC, True)
+
+
+def matmul_backward_bf16(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, accumulate=True):
+    """matmul_backward with dout, inp and weight rounded to bfloat16 as the two GEMMs load them; dbias
+    is the column sum of the float32 dout."""
+    _backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, accumulate, True)

@@ -143,3 +143,37 @@ SIGNATURES = {
 if SIMULATOR:  # the simulator lacks the warp intrinsics the kernels use: numbagpt/cuda/simulator.py
     from .simulator import install as _install_simulator_support
     _install_simulator_support()
+
+
+# bfloat16 rounding (the bf16 matmul: numbagpt/cuda/matmul.py, make_gemm(bf16=True)). On the GPU the
+# float's bits come from libdevice; the simulator, which has no libdevice, takes them from NumPy.
+if SIMULATOR:
+    def _f32_bits(x):
+        return int(np.float32(x).view(np.uint32))
+
+    def _bits_f32(u):
+        return np.uint32(u).view(np.float32)
+else:
+    from numba.cuda import libdevice
+
+    @cuda.jit(device=True, inline=True)
+    def _f32_bits(x):
+        return libdevice.float_as_int(x) & 0xFFFFFFFF
+
+    @cuda.jit(device=True, inline=True)
+    def _bits_f32(u):
+        return libdevice.int_as_float(int32(u))
+
+
+@cuda.jit(device=True, inline=True)
+def bf16_round(x):
+    """float32 x rounded to the nearest bfloat16 (ties to even), as float32: on the bits u,
+    (u + 0x7FFF + bit 16 of u) with the low 16 bits cleared. Subnormals round as any value (none is
+    flushed), ±inf stays, a finite value from 0x7F7F8000 up rounds to ±inf, a NaN stays a NaN (quiet
+    bit set). The same rounding as numbagpt/cpu/matmul_bf16.py's."""
+    u = _f32_bits(x)
+    if (u & 0x7FFFFFFF) > 0x7F800000:
+        r = (u | 0x400000) & 0xFFFF0000
+    else:
+        r = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+    return _bits_f32(r)

@@ -143,14 +143,42 @@ def read_model(path):
     return config, params.astype(np.float32, copy=False)
 
 
-def write_model(path, config, params):
-    """Write an llm.c model file, version 3 (float32); returns its XXH3-64 hash (hex)."""
+MODEL_DTYPES = {"float32": MODEL_VERSION_FP32, "bfloat16": MODEL_VERSION_BF16}   # llm.c's names
+
+
+def write_model(path, config, params, dtype="float32"):
+    """Write an llm.c model file: version 3 (dtype "float32"), or version 5 ("bfloat16": every
+    tensor rounded to bfloat16, to nearest, ties to even), byte for byte what llm.c's train_gpt2.py
+    `write_model(model, path, dtype)` writes (its torch `.to(torch.bfloat16)`; see bf16_bits).
+    Returns the file's XXH3-64 hash (hex)."""
+    if dtype not in MODEL_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(MODEL_DTYPES)}, got {dtype!r}")
     n = num_parameters(config)
     params = _as(params, "<f4", n, "params")
-    header = _new_header(MODEL_MAGIC, MODEL_VERSION_FP32)
+    header = _new_header(MODEL_MAGIC, MODEL_DTYPES[dtype])
     header[2:8] = (config.max_seq_len, config.vocab_size, config.num_layers, config.num_heads,
                    config.channels, config.padded_vocab_size)
-    return _write_file(path, header, params)
+    return _write_file(path, header, params if dtype == "float32" else bf16_bits(params))
+
+
+def bf16_bits(x, chunk=1 << 20):
+    """The bfloat16 bit patterns ("<u2", same size, flat) of float32 array x, rounded to nearest,
+    ties to even, on the bits u: (u + 0x7FFF + bit 16 of u) >> 16. That is PyTorch's
+    `.to(torch.bfloat16)` for every non-NaN value, subnormals included (kept and rounded, not
+    flushed), finite values from 0x7F7F8000 up to ±inf; a NaN stays a NaN with its sign and upper
+    payload, quiet bit set (torch writes its own NaN pattern: 0x7FC0 or 0xFFFF). The same rounding as
+    the bf16 matmuls' (numbagpt/cpu/matmul_bf16.py). In chunks: a 124M-parameter model needs no
+    more than a few MB of temporaries beyond its output."""
+    u = np.ascontiguousarray(x, dtype="<f4").reshape(-1).view("<u4")
+    out = np.empty(u.size, "<u2")
+    for i in range(0, u.size, chunk):
+        c = u[i:i + chunk]
+        # the sum stays below 2^32 for every non-NaN pattern (at most 0xFF800000 + 0x8000)
+        r = (c + np.uint32(0x7FFF) + ((c >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+        nan = (c & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+        r[nan] = (c[nan] >> np.uint32(16)) | np.uint32(0x40)
+        out[i:i + chunk] = r
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

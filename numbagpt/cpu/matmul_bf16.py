@@ -1,0 +1,504 @@
+"""Matmul in bf16 mixed precision (--precision bf16): the products of numbagpt/cpu/matmul.py with
+both operands of every GEMM rounded to bfloat16, multiplied exactly and summed in float32.
+
+    matmul_forward_bf16(out, inp, weight, bias, B, T, C, OC)
+        out (B,T,OC) = bf16(inp) (B,T,C) · bf16(weight) (OC,C)ᵀ + bias (OC)      bias may be None
+    matmul_backward_bf16(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, accumulate=True)
+        dinp    (B,T,C) += bf16(dout) (B,T,OC) · bf16(weight) (OC,C)
+        dweight (OC,C)  += bf16(dout) (B·T,OC)ᵀ · bf16(inp) (B·T,C)             = when not accumulate
+        dbias   (OC)    += Σ_bt dout[bt, :]            (not a GEMM: float32 dout) = when not accumulate
+
+Same contract, shapes and flat float32 buffers as matmul_forward / matmul_backward; only the GEMMs'
+operands change. bf16(x) is x rounded to bfloat16 (8 significant bits, float32's exponent range)
+round-to-nearest-even, as PyTorch's CPU autocast and llm.c's bf16 mode round a matmul's operands;
+the output, the bias, the accumulation, every other kernel, the master weights, the gradients and
+the AdamW state stay float32. A product of two bf16 values has at most 16 significant bits, so it
+is exact in float32: the only roundings are the operands' and the float32 sum's (the error bound
+of an fp32 sum of K terms, as for the fp32 GEMM, on the rounded operands).
+
+Why: a bf16 operand is half the bytes, and CPUs with AVX512-BF16 (Intel Cooper Lake, Sapphire
+Rapids and later, AMD Zen 4 and later) multiply pairs of them at twice the float32 FMA rate
+(`vdpbf16ps`: 32 products into 16 float32 sums per instruction).
+
+The rounding (`bf16_bits`): bits u of a float32 -> (u + 0x7FFF + ((u >> 16) & 1)) >> 16, exact RNE
+on the bit pattern, including subnormals (kept, rounded like any other value: the bf16 subnormals
+are float32's with the low 16 bits dropped), overflow to ±inf (values ≥ 0x7F7F8000 round up to
+it), ±inf kept; a NaN stays a NaN (sign and upper payload kept, quiet bit set). This is the
+rounding of PyTorch's `.to(torch.bfloat16)` for every non-NaN value (tests/test_cpu_matmul_bf16.py
+checks it bit for bit). The hardware's `vcvtne2ps2bf16` is not used: it treats subnormal inputs as
+zero (measured on Zen 4: 1e-40 -> 0x0000, 0x007FFFFF -> 0x0000 where RNE gives 0x0080).
+
+Two kernels, chosen once at import from the CPU's features (matmul.cpu_features, as the fp32
+kernels), NUMBAGPT_MATMUL naming one overrides (an error if the CPU lacks its features; a comma list
+may name an fp32 kernel and a bf16 one, e.g. avx2,portable), set_kernel() switches at run time:
+
+    avx512bf16   the packed GEMM of matmul.py with vdpbf16ps for vfmadd231ps          (AVX512-BF16)
+    portable     round copies of the operands, then the fp32 GEMM in use (any CPU: the same numbers
+                 up to the order of the sum); the activation-sized operands in chunks of rows (of
+                 K for dweight) of at most CHUNK floats, so the scratch stays bounded
+
+avx512bf16. The GEMM of numbagpt/cpu/matmul.py (same task split, blocking, tile order, edge tiles,
+6 × 64 micro-tile of 24 zmm accumulators) whose packing converts: each KC × NC panel of B and MC × KC
+block of A is packed as bf16 *pairs*, one 32-bit word holding bf16(x[k]) (low half) and
+bf16(x[k+1]) (high half) for two consecutive k, the VNNI layout `vdpbf16ps` reads (lane j:
+c[j] += a.lo·b[j].lo + a.hi·b[j].hi). A panel row of KC elements is ⌈KC/2⌉ words; an odd K pads the
+last pair with a zero high half, which adds exact zeros. The micro-kernel is matmul.py's with
+`vdpbf16ps` (two k per instruction, A's word broadcast) for `vfmadd231ps`, so the reduction blocks
+hold twice the k of avx512's (KC 512 on Zen 4: a strip of 256 words takes the bytes of 256 floats).
+The packing (`_CORE_SOURCE_BF16`) reads the float32 operands where they lie and converts as it
+copies, vectorised (contiguous pairs along a row-major A's rows, pairs of rows of a k-major A or B);
+the forward's weight, whose pairs run along its rows, is converted 16 columns × 16 words at a time
+into the thread's scratch tile and moved into its strip by a 16 × 16 register transpose. So there
+is no extra memory and one parallel region per product, as in fp32; A is always packed (it must be
+converted), where the fp32 GEMM may read a row-major A in place. (A first version converted both
+operands into pair arrays in a separate pass and ran the fp32 core on the words: 1.47x the fp32
+GEMM over the d12 shapes against 1.71x for this one, at 2 threads, and scratch of half the operands,
+412 MB for a d12 LM-head dout at B·T = 4096.) vdpbf16ps itself treats subnormal bf16 inputs and
+subnormal sums as zero (DAZ, FTZ, measured): only values below 2^-126 ≈ 1.2e-38 differ from the
+portable path that way.
+
+Numerics: every sum is float32 in a fixed order (k by pairs, within a pair the odd element's
+product added before the even one's as Intel documents vdpbf16ps; blocks in order), so results are
+bit-identical run to run and across thread counts, as the fp32 GEMM; the two kernels agree to the
+error of an fp32 sum, not bit for bit.
+
+Speed (bench/bench_matmul.py, d12 shapes, BT = 256, AMD Zen 4, 1 thread, CPU clock): 1.62x-1.69x the
+fp32 avx512 GEMM over the 15 products in two runs (1.47x-1.86x each; about 145-180 GF/s forward and
+dinp, 165-195 dweight), 0.73-0.96 of torch.mm on bf16 tensors (oneDNN, about 175-205 GF/s). Where a task's rows fit
+one A block (MC, as at BT = 256) the reduction blocks run outside the column panels, so A is
+converted once per block rather than once per panel (forward of the LM head: 50 panels a task;
+1.62x -> 1.69x in total). Forward and dinp trail dweight: with M = 256 rows the converting packs
+(twice the cost per k of the fp32 copies, for half the compute time) weigh more; packing a row-major
+A k-major by register transposes, so that its micro-kernel reads one cache line per k, measured no
+faster (dinp of the LM head slower).
+
+Never compiled where it cannot run: nothing of avx512bf16 is compiled before set_kernel picks it,
+which it refuses on a CPU without the features (the import picks portable there); and Numba's
+on-disk cache keys every entry on the target's CPU name and features (codegen.magic_tuple), so
+machine code cached on an AVX512-BF16 host is never loaded on another CPU sharing the directory.
+"""
+import functools
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from . import matmul as _fp32
+from .simd import F32Vec
+
+_VEC16 = F32Vec(16)
+_LL_F = ir.VectorType(ir.FloatType(), 16)
+_LL_I = ir.VectorType(ir.IntType(32), 16)
+
+
+@intrinsic
+def _dpbf16(typingctx, a, b, c):
+    """c + a·b pair by pair: lane j of the result is c[j] + a[j].hi·b[j].hi + a[j].lo·b[j].lo, where
+    a[j], b[j] are 32-bit words of two bf16 each (held in <16 x float> values, bits only). One
+    `vdpbf16ps` (the LLVM intrinsic declared with <16 x i32> operands, which LLVM upgrades to its
+    <32 x bfloat> form). Argument order as the fp32 micro-kernel's fma(a, b, c)."""
+    if not (a == _VEC16 and b == _VEC16 and c == _VEC16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        fnty = ir.FunctionType(_LL_F, [_LL_F, _LL_I, _LL_I])
+        f = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx512bf16.dpbf16ps.512")
+        return builder.call(f, [args[2], builder.bitcast(args[0], _LL_I), builder.bitcast(args[1], _LL_I)])
+
+    return _VEC16(a, b, c), codegen
+
+
+# ---- rounding ------------------------------------------------------------------------------------
+
+@njit(inline="always")
+def _bits(u):
+    """The bf16 (low 16 bits of the result) of the float32 with bits u (uint32): RNE, NaN quieted.
+    Both results computed, then selected: a branch here kept LLVM from vectorising the loops that
+    call it (6.6 ns an element -> 0.13 at 2 threads)."""
+    v = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+    n = (u >> np.uint32(16)) | np.uint32(0x40)
+    return n if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000) else v
+
+
+@njit(parallel=True, cache=True)
+def _bits_array(dst, src, n):
+    """dst (uint16) = the bf16 bits of src (uint32 view of float32), n elements."""
+    for i in prange(n):
+        dst[i] = np.uint16(_bits(src[i]))
+
+
+@njit(parallel=True, cache=True)
+def _round_array(dst, src, n):
+    """dst (uint32 view of float32) = src (uint32 view) rounded to bf16, widened back to float32."""
+    for i in prange(n):
+        dst[i] = _bits(src[i]) << np.uint32(16)
+
+
+def bf16_bits(x):
+    """The bfloat16 bit patterns (uint16, same shape) of float32 array x, rounded to nearest even."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty(x.shape, np.uint16)
+    _bits_array(out.reshape(-1), x.reshape(-1).view(np.uint32), x.size)
+    return out
+
+
+def round_to_bf16(x):
+    """float32 array x rounded to the nearest bfloat16 (even on ties), as float32."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty(x.shape, np.float32)
+    _round_array(out.reshape(-1).view(np.uint32), x.reshape(-1).view(np.uint32), x.size)
+    return out
+
+
+# The GEMM core of avx512bf16: numbagpt/cpu/matmul.py's _CORE_SOURCE (same arguments, task split,
+# blocking, tile order, edges; K, KC in elements, KC even; where a task's rows fit one A block, pc
+# outside jc so that A is converted once per reduction block) with packing that converts: A and B are
+# float32 (read as their uint32 bits), the packed panels are bf16 pair words (in the float32 Ap, Bp,
+# as bits), kc' = ⌈kc/2⌉ words per panel row, the last one's high half 0 for an odd kc. A is always
+# packed (a_in_place is ignored: A must be converted). Forward's weight (B(k, n) = B[n·ldb + k]) is
+# converted 16 columns × 16 words at a time into the task's scratch tile, row by row (contiguous
+# pairs), then moved into the strip by one 16 × 16 register transpose.
+_CORE_SOURCE_BF16 = '''
+@njit(inline="always")
+def pack_a(Ap, a0, A, a_kmaj, lda, ic, mc, pc, kc, S):
+    # the MC x KC block of A as words: row by row (row stride kc2) from a row-major A, else pair of
+    # k by pair of k (row stride S, the block's rows rounded up to MR); zero rows pad it
+    kc2 = (kc + 1) // 2
+    Au = A.view(np.uint32)
+    Apu = Ap.view(np.uint32)
+    if a_kmaj:
+        for i in range(S):
+            d = Apu[a0 + i * kc2:a0 + (i + 1) * kc2]
+            if i < mc:
+                s = Au[(ic + i) * lda + pc:(ic + i) * lda + pc + kc]
+                for k in range(kc // 2):
+                    d[k] = bits(s[2 * k]) | (bits(s[2 * k + 1]) << np.uint32(16))
+                if kc % 2:
+                    d[kc2 - 1] = bits(s[kc - 1])
+            else:
+                for k in range(kc2):
+                    d[k] = 0
+    else:
+        for k in range(kc2):
+            d = Apu[a0 + k * S:a0 + (k + 1) * S]
+            lo = Au[(pc + 2 * k) * lda + ic:(pc + 2 * k) * lda + ic + mc]
+            if 2 * k + 1 < kc:
+                hi = Au[(pc + 2 * k + 1) * lda + ic:(pc + 2 * k + 1) * lda + ic + mc]
+                for i in range(mc):
+                    d[i] = bits(lo[i]) | (bits(hi[i]) << np.uint32(16))
+            else:
+                for i in range(mc):
+                    d[i] = bits(lo[i])
+            for i in range(mc, S):
+                d[i] = 0
+
+
+@njit(inline="always")
+def pack_b_t(Bp, b0, B, ldb, jc, nc, pc, kc, tile, t0):
+    # from a B whose rows run along k (B(k, n) = B[n*ldb + k]): L columns x L words converted row by
+    # row into tile[t0:t0 + L*L], then one L x L register transpose into the strip; the ragged words
+    # and columns one at a time
+    kc2 = (kc + 1) // 2
+    Bu = B.view(np.uint32)
+    Bpu = Bp.view(np.uint32)
+    Tu = tile.view(np.uint32)
+    nl = nc // L * L
+    kl = kc // (2 * L) * L  # words in whole L-word blocks (all pairs full)
+    for i in range(0, (nc + NR - 1) // NR * NR):
+        d = b0 + i // NR * NR * kc2 + i % NR  # column i of the panel: strip i // NR, lane i % NR
+        if i < nl and i % L == 0:
+            for k in range(0, kl, L):
+                for r in range(L):
+                    s = Bu[(jc + i + r) * ldb + pc + 2 * k:(jc + i + r) * ldb + pc + 2 * k + 2 * L]
+                    t = Tu[t0 + r * L:t0 + (r + 1) * L]
+                    for c in range(L):
+                        t[c] = bits(s[2 * c]) | (bits(s[2 * c + 1]) << np.uint32(16))
+                transpose(Bp, d + k * NR, NR, tile, t0, L)
+        r0 = kl if i < nl else 0  # the words this column still needs, one by one
+        for k in range(r0, kc2):
+            w = np.uint32(0)
+            if i < nc:
+                w = bits(Bu[(jc + i) * ldb + pc + 2 * k])
+                if 2 * k + 1 < kc:
+                    w |= bits(Bu[(jc + i) * ldb + pc + 2 * k + 1]) << np.uint32(16)
+            Bpu[d + k * NR] = w
+
+
+@njit(inline="always")
+def pack_b(Bp, b0, B, b_kmaj, ldb, jc, nc, pc, kc, tile, t0):
+    # the KC x NC panel of B as NR-wide strips of words, each k-major, zero-padded past column nc
+    if b_kmaj:
+        pack_b_t(Bp, b0, B, ldb, jc, nc, pc, kc, tile, t0)
+    else:
+        kc2 = (kc + 1) // 2
+        Bu = B.view(np.uint32)
+        Bpu = Bp.view(np.uint32)
+        for k in range(kc2):
+            lo = Bu[(pc + 2 * k) * ldb + jc:(pc + 2 * k) * ldb + jc + nc]
+            full = 2 * k + 1 < kc
+            hi = Bu[(pc + 2 * k + 1) * ldb + jc:(pc + 2 * k + 1) * ldb + jc + nc] if full else lo
+            for s in range((nc + NR - 1) // NR):
+                d = Bpu[b0 + s * NR * kc2 + k * NR:b0 + s * NR * kc2 + (k + 1) * NR]
+                w = min(NR, nc - s * NR)
+                l = lo[s * NR:s * NR + w]
+                h = hi[s * NR:s * NR + w]
+                if full:
+                    for j in range(w):
+                        d[j] = bits(l[j]) | (bits(h[j]) << np.uint32(16))
+                else:
+                    for j in range(w):
+                        d[j] = bits(l[j])
+                for j in range(w, NR):
+                    d[j] = 0
+
+
+@njit(inline="always")
+def tiles(Y, N, Ap, a0, a_kmaj, Bp, b0, tile, t0, bias, jc, nc, ic, mc, kc2, S, blockmode, along_rows):
+    # the micro-kernels of one packed A block (rows ic.., mc of them) against one packed B panel
+    # (columns jc.., nc of them), kc2 words deep
+    ns, npn = (nc + NR - 1) // NR, S // MR
+    for u in range(ns * npn):  # the block's tiles: strip s, A panel p
+        s, p = (u % ns, u // ns) if along_rows else (u // npn, u % npn)
+        n0 = jc + s * NR
+        nr = min(NR, N - n0)
+        mr = min(MR, mc - p * MR)
+        y0 = (ic + p * MR) * N + n0
+        full = mr == MR and nr == NR
+        Yt, yt, ldt, tmode = (Y, y0, N, blockmode) if full else (tile, t0, NR, 1)
+        if a_kmaj:
+            UKR(kc2, Ap, a0 + p * MR * kc2, kc2, Bp, b0 + s * NR * kc2, Yt, yt, ldt, tmode, bias, n0)
+        else:
+            UKK(kc2, Ap, a0 + p * MR, S, Bp, b0 + s * NR * kc2, Yt, yt, ldt, tmode, bias, n0)
+        if not full:
+            edge(Y, y0, N, mr, nr, tile, t0, NR, blockmode, bias, n0)
+
+
+def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, mparts, nparts, MC, KC, NC, along_rows, a_in_place):
+    lda = K if a_kmaj else M
+    ldb = K if b_kmaj else N
+    mu = (M + MR - 1) // MR
+    nu = (N + NR - 1) // NR
+    for t in prange(mparts * nparts):
+        tid = numba.get_thread_id()
+        a0 = tid * MC * KC
+        b0 = tid * NC * KC
+        t0 = tid * MR * NR
+        im = t // nparts
+        jn = t - im * nparts
+        mlo = min(M, mu * im // mparts * MR)
+        mhi = min(M, mu * (im + 1) // mparts * MR)
+        nlo = min(N, nu * jn // nparts * NR)
+        nhi = min(N, nu * (jn + 1) // nparts * NR)
+        if mhi - mlo <= MC:
+            # the task's rows are one A block: converted and packed once per reduction block and
+            # used by every column panel (pc outside jc: each element still sums its blocks in
+            # order, so the same bits as the other order)
+            mc = mhi - mlo
+            S = (mc + MR - 1) // MR * MR
+            for pc in range(0, K, KC):
+                kc = min(KC, K - pc)
+                blockmode = mode if pc == 0 else 0
+                if mc > 0:
+                    pack_a(Ap, a0, A, a_kmaj, lda, mlo, mc, pc, kc, S)
+                for jc in range(nlo, nhi, NC):
+                    nc = min(NC, nhi - jc)
+                    pack_b(Bp, b0, B, b_kmaj, ldb, jc, nc, pc, kc, tile, t0)
+                    tiles(Y, N, Ap, a0, a_kmaj, Bp, b0, tile, t0, bias, jc, nc, mlo, mc, (kc + 1) // 2, S,
+                          blockmode, along_rows)
+        else:
+            for jc in range(nlo, nhi, NC):
+                nc = min(NC, nhi - jc)
+                for pc in range(0, K, KC):
+                    kc = min(KC, K - pc)
+                    blockmode = mode if pc == 0 else 0
+                    pack_b(Bp, b0, B, b_kmaj, ldb, jc, nc, pc, kc, tile, t0)
+                    for ic in range(mlo, mhi, MC):
+                        mc = min(MC, mhi - ic)
+                        S = (mc + MR - 1) // MR * MR
+                        pack_a(Ap, a0, A, a_kmaj, lda, ic, mc, pc, kc, S)
+                        tiles(Y, N, Ap, a0, a_kmaj, Bp, b0, tile, t0, bias, jc, nc, ic, mc, (kc + 1) // 2, S,
+                              blockmode, along_rows)
+'''
+
+
+# ---- scratch (portable) ---------------------------------------------------------------------------
+
+@njit(parallel=True, cache=True)
+def _round_both(da, sa, na, db, sb, nb):
+    """da = sa and db = sb rounded to bf16 (float32s as uint32), in one parallel region (one fork/join
+    per call, not one per operand: under load a thread's late wake-up costs every region), in chunks."""
+    CH = 1 << 14
+    ca = (na + CH - 1) // CH
+    for t in prange(ca + (nb + CH - 1) // CH):
+        # slices, so that the index is provably >= 0 and the loop vectorises (no wraparound)
+        if t < ca:
+            d, s = da[t * CH:min(na, (t + 1) * CH)], sa[t * CH:min(na, (t + 1) * CH)]
+        else:
+            d, s = db[(t - ca) * CH:min(nb, (t - ca + 1) * CH)], sb[(t - ca) * CH:min(nb, (t - ca + 1) * CH)]
+        for i in range(d.size):
+            d[i] = _bits(s[i]) << np.uint32(16)
+
+
+class _Scratch:
+    """Grow-only per-process buffers (float32; the pair words are stored in them as bits)."""
+
+    def __init__(self):
+        self.bufs = {}
+
+    def get(self, slot, n):
+        b = self.bufs.get(slot)
+        if b is None or b.size < n:
+            b = self.bufs[slot] = np.empty(max(n, 1), np.float32)
+        return b[:n]
+
+
+_scratch = _Scratch()
+
+
+def _u32(a):
+    return a.view(np.uint32)
+
+
+def _rounded(a, na, b, nb, slots=("a", "b")):
+    """The first na floats of a and nb of b rounded to bf16, in scratch `slots` (portable)."""
+    da, db = _scratch.get(slots[0], na), _scratch.get(slots[1], nb)
+    _round_both(_u32(da), _u32(a[:na]), na, _u32(db), _u32(b[:nb]), nb)
+    return da, db
+
+
+# portable: the rounded copies of the activation-sized operand (and, for dweight, of both) are made
+# a chunk of rows (of K for dweight) at a time, at most CHUNK floats each, so that the scratch stays
+# bounded (a d12 LM-head dout at B·T = 4096 is 206M floats); the weight is rounded whole.
+CHUNK = 1 << 23
+
+
+def _chunks(rows, width):
+    """[(r0, r1)] covering rows in runs of at most CHUNK // width rows (at least one)."""
+    step = max(1, CHUNK // max(1, width))
+    return [(r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
+
+
+def _portable_rows(gemm, Y, ldy, A, K, weight, nw, BT):
+    """gemm(Y rows, rounded A rows, rounded weight, rows) over chunks of A's (BT, K) rows."""
+    w = None
+    for r0, r1 in _chunks(BT, K):
+        a, w_ = _rounded(A[r0 * K:], (r1 - r0) * K, weight, 0 if w is not None else nw)
+        if w is None:
+            w = w_
+        gemm(Y[r0 * ldy:r1 * ldy], a, w, r1 - r0)
+
+
+# ---- the products --------------------------------------------------------------------------------
+
+def matmul_forward_bf16(out, inp, weight, bias, B, T, C, OC):
+    """out (B,T,OC) = bf16(inp) · bf16(weight)ᵀ + bias (OC); bias may be None. Writes out."""
+    BT = B * T
+    if _gemm is None:
+        _portable_rows(lambda y, x, w, rows: _fp32.matmul_forward(y, x, w, bias, 1, rows, C, OC),
+                       out, OC, inp, C, weight, OC * C, BT)
+        return
+    if bias is None:
+        _gemm(out, inp, True, weight, True, _fp32._NO_BIAS, BT, OC, C, _fp32._OVERWRITE)
+    else:
+        _gemm(out, inp, True, weight, True, bias, BT, OC, C, _fp32._BIAS)
+
+
+def matmul_backward_bf16(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, accumulate=True):
+    """The gradients of out = bf16(inp) · bf16(weight)ᵀ + bias (shapes as matmul_forward_bf16):
+
+        dinp (B,T,C) += bf16(dout) · bf16(weight)
+        dweight (OC,C) += bf16(dout)ᵀ · bf16(inp)          (= when not accumulate)
+        dbias (OC) += Σ_bt dout[bt, :]                     (= when not accumulate; skipped when None)
+
+    As matmul_backward: dinp always accumulates; accumulate=False writes dweight and dbias without
+    reading them (bit for bit the sums accumulate=True adds to zeros).
+    """
+    BT = B * T
+    _backward_dinp(dinp, dout, weight, BT, C, OC)
+    _backward_dweight(dweight, dout, inp, BT, C, OC, accumulate)
+    if dbias is not None:
+        _fp32._column_sum(dbias, dout, BT, OC, accumulate)
+
+
+def _backward_dinp(dinp, dout, weight, BT, C, OC):
+    """dinp (BT,C) += bf16(dout) (BT,OC) · bf16(weight) (OC,C)."""
+    if _gemm is None:
+        _portable_rows(lambda y, d, w, rows: _fp32._backward_dinp(y, d, w, rows, C, OC),
+                       dinp, C, dout, OC, weight, OC * C, BT)
+    else:
+        _gemm(dinp, dout, True, weight, False, _fp32._NO_BIAS, BT, C, OC, _fp32._ACCUMULATE)
+
+
+def _backward_dweight(dweight, dout, inp, BT, C, OC, accumulate):
+    """dweight (OC,C) (+)= bf16(dout) (BT,OC)ᵀ · bf16(inp) (BT,C)."""
+    if _gemm is None:   # K = BT in chunks: the first writes (unless accumulate), the others add
+        for k0, k1 in _chunks(BT, max(OC, C)):
+            d, x = _rounded(dout[k0 * OC:], (k1 - k0) * OC, inp[k0 * C:], (k1 - k0) * C)
+            _fp32._backward_dweight(dweight, d, x, k1 - k0, C, OC, accumulate or k0 > 0)
+    else:
+        _gemm(dweight, dout, False, inp, False, _fp32._NO_BIAS, OC, C, BT,
+              _fp32._ACCUMULATE if accumulate else _fp32._OVERWRITE)
+
+
+# ---- dispatch ------------------------------------------------------------------------------------
+
+def _bf16_blocking():
+    """avx512's blocking (numbagpt/cpu/matmul.py _BLOCKING) in words: the reduction blocks twice as
+    many k (a packed strip of KC/2 words takes the bytes of avx512's KC floats); A always packed."""
+    b = _fp32._BLOCKING["avx512"]
+    return dict(KC=2 * b["KC"], KC_Y=2 * b["KC_Y"], KC_S=2 * b["KC_S"], IN_PLACE_N=0, IN_PLACE_ROWS=False)
+
+KERNELS = ("avx512bf16", "portable")
+_NEEDS = {"avx512bf16": ("avx512f", "avx512bf16"), "portable": ()}
+
+
+@functools.cache
+def _supported():
+    have = _fp32.cpu_features()
+    return tuple(k for k in KERNELS if all(f in have for f in _NEEDS[k]))
+
+
+def supported_kernels():
+    """The bf16 kernels this CPU can run, fastest first."""
+    return list(_supported())
+
+
+def set_kernel(name):
+    """Use bf16 kernel `name` (one of KERNELS) from now on; ValueError if this CPU cannot run it.
+    Nothing is compiled for a kernel before it is chosen (so never for one the CPU lacks)."""
+    global _gemm, _kernel
+    if name not in KERNELS:
+        raise ValueError(f"unknown bf16 matmul kernel {name!r}: expected one of {', '.join(KERNELS)}")
+    if name not in supported_kernels():
+        raise ValueError(f"bf16 matmul kernel {name!r} needs CPU features {', '.join(_NEEDS[name])}; "
+                         f"this CPU runs: {', '.join(supported_kernels())}")
+    if name == "portable":
+        _gemm, _kernel = None, "portable"
+    else:
+        if name not in _GEMMS:
+            _GEMMS[name] = _fp32._Gemm(name, base="avx512", fma=_dpbf16, core_source=_CORE_SOURCE_BF16,
+                                       env_extra=dict(bits=_bits, np=np), **_bf16_blocking())
+        _gemm = _GEMMS[name]
+        b = _gemm.b
+        _kernel = f"{name} {b['MR']}x{b['NR']}"
+
+
+def kernel():
+    """The bf16 kernel in use, e.g. 'avx512bf16 6x64' or 'portable'."""
+    return _kernel
+
+
+def _set_default_kernel():
+    want = _fp32.requested_kernel(KERNELS)
+    try:
+        set_kernel(want or supported_kernels()[0])
+    except ValueError as e:
+        raise ValueError(f"NUMBAGPT_MATMUL={want}: {e}") from None
+
+
+_GEMMS = {}
+_gemm = None
+_kernel = "portable"
+_set_default_kernel()
