@@ -19,6 +19,7 @@ import numpy as np
 # The cost model and the memory accounting, importable from here too (numbagpt.profiler.kernel_cost).
 from .costs import HELPERS, KERNEL_COSTS, family, kernel_cost, model_flops_per_token  # noqa: F401
 from .layout import allocated_bytes  # noqa: F401
+from .model import PRECISIONS
 from .report import REPORT_KEYS, build_report, format_report, report_to_json  # noqa: F401 (the report, here too)
 from .train.step import train_step
 
@@ -216,9 +217,9 @@ def _best_seconds(fn, repeats):
     return best
 
 
-def calibrate_matmul(backend, shape=CALIBRATION_SHAPE, repeats=5):
-    """GFLOP/s of the backend's own matmul_forward on (BT, C) × (OC, C)ᵀ + bias: the best of
-    `repeats` timed calls after one untimed call."""
+def calibrate_matmul(backend, shape=CALIBRATION_SHAPE, repeats=5, kernel="matmul_forward"):
+    """GFLOP/s of the backend's own `kernel` (matmul_forward, or matmul_forward_bf16 for a bf16 model)
+    on (BT, C) × (OC, C)ᵀ + bias: the best of `repeats` timed calls after one untimed call."""
     BT, C, OC = shape
     rng = np.random.default_rng(0)
     inp = backend.to_device(rng.standard_normal(BT * C, dtype=np.float32))
@@ -227,7 +228,7 @@ def calibrate_matmul(backend, shape=CALIBRATION_SHAPE, repeats=5):
     out = backend.zeros(BT * OC)
 
     def call():
-        backend.matmul_forward(out, inp, weight, bias, 1, BT, C, OC)
+        getattr(backend, kernel)(out, inp, weight, bias, 1, BT, C, OC)
         backend.synchronize()
     return (2 * BT * C * OC + BT * OC) / _best_seconds(call, repeats) / 1e9
 
@@ -242,11 +243,12 @@ def calibrate_numpy_sgemm(shape=CALIBRATION_SHAPE, repeats=5):
     return 2 * BT * C * OC / _best_seconds(lambda: np.matmul(a, w.T, out=out), repeats) / 1e9
 
 
-def peak(backend, peak_gflops, calibrate, shape):
-    """(peak GFLOP/s or None, where it comes from, {reference: GFLOP/s}, the calibration shape used)."""
+def peak(backend, peak_gflops, calibrate, shape, kernel="matmul_forward"):
+    """(peak GFLOP/s or None, where it comes from, {reference: GFLOP/s}, the calibration shape used):
+    measured with the model's matmul `kernel` (its precision's)."""
     reference = {}
     if calibrate and not backend.SIMULATOR:   # the simulator's speed says nothing about a GPU
-        reference["numbagpt_matmul_forward"] = calibrate_matmul(backend, shape)
+        reference[f"numbagpt_{kernel}"] = calibrate_matmul(backend, shape, kernel=kernel)
         if backend.HOST_MEMORY:   # a host backend: compare with the host's BLAS too
             reference["numpy_sgemm"] = calibrate_numpy_sgemm(shape)
     else:
@@ -255,7 +257,7 @@ def peak(backend, peak_gflops, calibrate, shape):
         return float(peak_gflops), "given (--peak-gflops)", reference, shape
     if shape is not None:
         BT, C, OC = shape
-        return (reference["numbagpt_matmul_forward"], f"measured: numbagpt matmul_forward, (BT={BT}, C={C}) "
+        return (reference[f"numbagpt_{kernel}"], f"measured: numbagpt {kernel}, (BT={BT}, C={C}) "
                 f"x (OC={OC}, C)^T + bias, best of 5", reference, shape)
     return None, None, reference, shape
 
@@ -341,7 +343,7 @@ def profile_model(model, proxy, B, T, *, steps=3, warmup=1, baseline_steps=None,
     m["rss_before"] = rss_before
     m["threads"], m["threading_layer"] = threads()
     m["peak"], m["peak_source"], m["reference_peaks"], m["calibration_shape"] = peak(
-        raw, peak_gflops, calibrate, calibration_shape)
+        raw, peak_gflops, calibrate, calibration_shape, kernel=PRECISIONS[model.precision][0])
     m["overhead_ns"] = measure_proxy_overhead(proxy.timer, raw)
     m["timer"], m["device"], m["device_name"] = proxy.timer, raw.NAME, raw.device_name()
     return build_report(model, B, T, m, model_name=model_name)

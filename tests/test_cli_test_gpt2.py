@@ -82,3 +82,16 @@ def test_bad_files_give_clear_errors(tmp_path, capsys):
     code = test_gpt2.main(["-e", MODEL, "-s", str(truncated)])
     err = capsys.readouterr().err
     assert code == 1 and "state.bin" in err
+
+
+def test_bf16_passes_its_own_tolerances_and_not_fp32s(capsys):
+    """--precision bf16 on both fixtures: within the documented bf16 tolerances, and visibly bf16 (its
+    logits are further from PyTorch's float32 than the fp32 tolerance allows)."""
+    for fixture in ("micro", "nano"):
+        args = ["-e", os.path.join(FIXTURES, f"{fixture}_model.bin"), "-s",
+                os.path.join(FIXTURES, f"{fixture}_debug_state.bin"), "--expected-losses",
+                os.path.join(FIXTURES, f"{fixture}_losses.txt"), "--precision", "bf16"]
+        code, out = run(capsys, *args)
+        assert code == 0 and "overall okay: 1" in out, out
+        logits_abs = float(out.split("logits")[1].split("max abs diff")[1].split()[0])
+        assert logits_abs > test_gpt2.TOLERANCES["logits"]   # the matmuls did round

@@ -72,6 +72,15 @@ def run_command(prog, run, args, errors=(ValueError, OSError, RuntimeError)):
         return 130
 
 
+PRECISION_HELP = ("bf16: every matmul rounds its two operands to bfloat16 and sums in float32 (PyTorch "
+                  "autocast's matmuls); everything else stays float32")
+
+
+def add_precision(parser, help=PRECISION_HELP):
+    """llm.c's --precision: fp32 (the default) or bf16."""
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help=help)
+
+
 def add_flag(parser, *names, check=None, **kwargs):
     """parser.add_argument(*names, **kwargs), and the flag's Check (numbagpt.flags) kept on the parser
     for check_flags: every int or float flag of a command is checked there, a float also for being
@@ -114,7 +123,7 @@ def model_config(spec, vocab_size=None):
     return formats.read_model_header(path)[0], path
 
 
-def open_model(spec, backend, B, T, *, recompute=0, seed=1337, memory_check=True):
+def open_model(spec, backend, B, T, *, recompute=0, seed=1337, memory_check=True, precision="fp32"):
     """The model -e names on `backend` (a descriptor initialised with `seed`, a file, a run directory),
     for training steps on batches of (B, T): T checked against maxT, and the memory its buffers take
     against what the device has (memory.check_model_fits) before anything is allocated.
@@ -128,7 +137,7 @@ def open_model(spec, backend, B, T, *, recompute=0, seed=1337, memory_check=True
         raise ValueError(f"-t/--seq-len {T} exceeds the model's max_seq_len {config.max_seq_len}")
     if memory_check:  # before anything big is allocated (on the device, for a GPU)
         check_model_fits(config, B, T, backend, spec, recompute=recompute)
-    model = GPT2(config, backend=backend, recompute=recompute)
+    model = GPT2(config, backend=backend, recompute=recompute, precision=precision)
     if path is None:
         model.init_weights(seed)
     else:

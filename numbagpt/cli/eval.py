@@ -2,7 +2,8 @@
 import sys
 import time
 
-from numbagpt.cli import take_interrupts, add_flag, check_flags, HelpFormatter, Parser, reserve_threads, use_threads
+from numbagpt.cli import (HelpFormatter, Parser, add_flag, add_precision, check_flags, reserve_threads,
+                          take_interrupts, use_threads)
 from numbagpt.flags import POSITIVE
 
 DESCRIPTION = """\
@@ -20,6 +21,7 @@ def build_parser():
                    help="eval file (magic 20240522), e.g. hellaswag_val.bin")
     add_flag(p, "-b", "--batch-size", type=int, check=POSITIVE, default=32,
              help="sequences per forward (4 per example)")
+    add_precision(p)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="backend that runs the kernels")
     add_flag(p, "--omp-threads", type=int, check=POSITIVE, default=None,
                    help="Numba threads per process (default: all cores, divided among the ranks)")
@@ -63,7 +65,7 @@ def run(args, world):
     world.setup_device(backend)  # a GPU: this rank's, before anything is allocated on it
     examples = hellaswag.read_eval_file(args.hellaswag)
     path = resolve_model(args.model)
-    model = GPT2.from_file(path, backend=backend)
+    model = GPT2.from_file(path, backend=backend, precision=args.precision)
     say = (lambda *a, **k: print(*a, **k, flush=True)) if world.is_master else (lambda *a, **k: None)
     say(f"model {path} | {model.config.describe()} | {len(examples)} examples | {world.size} processes",
         file=sys.stderr)

@@ -8,8 +8,8 @@ measurements (`build_report`; its JSON schema is REPORT_KEYS) and prints it (`fo
 docs/profiling.md explains the columns and the formulas.
 """
 
-from numbagpt.cli import (HelpFormatter, Parser, add_flag, check_flags, model_config, open_model, run_command,
-                          use_threads)
+from numbagpt.cli import (HelpFormatter, Parser, add_flag, add_precision, check_flags, model_config, open_model,
+                          run_command, use_threads)
 from numbagpt.flags import NONNEG, POSITIVE
 from numbagpt.config import DESCRIPTOR_HELP
 from numbagpt.layout import memory_estimate
@@ -31,6 +31,7 @@ def build_parser():
     add_flag(p, "-r", "--recompute", type=int, choices=(0, 1, 2), default=1,
                    help="as train_gpt2's: 0 stores every activation; 1 recomputes GELU's output in the backward "
                         "pass; 2 also the layernorm outputs")
+    add_precision(p)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="backend that runs the kernels")
     add_flag(p, "--omp-threads", type=int, check=POSITIVE, default=None, help="Numba threads (default: all cores)")
     add_flag(p, "--steps", type=int, check=POSITIVE, default=3, help="timed training steps")
@@ -75,11 +76,11 @@ def run(args):
     config, _ = model_config(args.model)
     est = memory_estimate(config, args.batch_size, args.seq_len, recompute=args.recompute)
     print(f"profile_gpt2: {args.model} ({config.describe()}), B={args.batch_size} T={args.seq_len}, "
-          f"device {args.device}, {numba.get_num_threads()} threads")
+          f"device {args.device}, precision {args.precision}, {numba.get_num_threads()} threads")
     saved = memory_estimate(config, args.batch_size, args.seq_len)["total"] - est["total"]
     print(format_memory(est) + f" | -r {args.recompute}: {saved / 2**20:.1f} MiB less than -r 0")
     model, _ = open_model(args.model, proxy, args.batch_size, args.seq_len, recompute=args.recompute,
-                          seed=args.seed, memory_check=not args.no_memory_check)
+                          seed=args.seed, memory_check=not args.no_memory_check, precision=args.precision)
     print(f"warm-up {args.warmup} step(s), the first compiles; then {args.steps} timed step(s)...", flush=True)
 
     report = profiler.profile_model(

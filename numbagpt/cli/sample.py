@@ -7,7 +7,7 @@ import codecs
 import sys
 import time
 
-from numbagpt.cli import add_flag, check_flags, HelpFormatter, Parser, run_command, use_threads
+from numbagpt.cli import HelpFormatter, Parser, add_flag, add_precision, check_flags, run_command, use_threads
 from numbagpt.flags import NONNEG, POSITIVE, Check
 
 
@@ -31,6 +31,8 @@ def build_parser():
     add_flag(p, "--top-p", type=float, check=Check(low=0, high=1, low_open=True), default=1.0,
                    help="sample among the most likely tokens whose probabilities add up to p (1: all)")
     add_flag(p, "--seed", type=int, check=NONNEG, default=1337, help="seed of the sampling")
+    add_precision(p, help="bf16: with --no-cache every forward's matmuls round their operands to bfloat16; "
+                           "the KV-cache decoding's one-position matmuls are float32 either way")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="backend that runs the kernels")
     add_flag(p, "--omp-threads", type=int, check=POSITIVE, default=None, help="Numba threads (default: all cores)")
     p.add_argument("--tokenizer", default=None,
@@ -79,7 +81,7 @@ def sample(args):
 
     use_threads(args.omp_threads or numba.config.NUMBA_NUM_THREADS)
     path = resolve_model(args.model, "-e")
-    model = GPT2.from_file(path, backend=args.device)
+    model = GPT2.from_file(path, backend=args.device, precision=args.precision)
     tok = find_tokenizer(args.tokenizer, path, model.config.vocab_size)
     text, prompt = read_prompt(args, tok)
     print(f"model {path} | {model.config.describe()} | tokenizer {tok.name} | device {args.device} | "

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from ..config import DESCRIPTOR_HELP
 from ..flags import NONNEG, POSITIVE, Check, check_value, flag_of
+from ..model import PRECISIONS
 from .schedule import SCHEDULES
 
 HELLASWAG_FILE = "dev/data/hellaswag/hellaswag_val.bin"
@@ -37,6 +38,9 @@ class TrainConfig:
     device: str = option("cpu", ("--device",), "backend that runs the kernels", choices=("cpu", "cuda"))
     omp_threads: int = option(None, ("--omp-threads",), "Numba threads per process (default: all cores, "
                               "divided among the ranks)", POSITIVE)
+    precision: str = option("fp32", ("--precision",), "bf16: every matmul rounds its two operands to bfloat16 and "
+                            "sums in float32 (PyTorch autocast's matmuls); the weights, gradients, AdamW state "
+                            "and every other kernel stay float32", choices=tuple(PRECISIONS))
     train_data: str = option(None, ("-i", "--train-data"),
                              "glob of train shards (.bin); default: built-in Shakespeare")
     val_data: str = option(None, ("-j", "--val-data"), "glob of val shards; default: the built-in Shakespeare "

@@ -236,8 +236,8 @@ def setup_device(config, world, say):
     numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
     backend = get_backend(config.device)
     world.setup_device(backend)  # a GPU: this rank's, before anything is allocated on it
-    say(f"numbagpt | device {config.device} ({backend.device_name()}) | processes {world.size} | "
-        f"threads/process {numba.get_num_threads()}")
+    say(f"numbagpt | device {config.device} ({backend.device_name()}) | precision {config.precision} | "
+        f"processes {world.size} | threads/process {numba.get_num_threads()}")
     if world.size > 1:
         say(f"MPI: {world.describe_mpi()} | ZeRO stage {config.zero_stage} | buffers: {world.transport}")
         describe_ranks(world, numba.get_num_threads(), say)
@@ -337,10 +337,10 @@ def load_model(config, world, backend, tok_path, say, resume_step):
         check_model_fits(cfg, c.batch_size, c.seq_len, backend, f"{c.model}", ranks=ranks,
                          optimizer_params=end - start, recompute=c.recompute)
     if path is None:
-        model = GPT2(cfg, backend=backend, recompute=c.recompute)
+        model = GPT2(cfg, backend=backend, recompute=c.recompute, precision=c.precision)
         model.init_weights(c.seed)
     else:
-        model = GPT2.from_file(path, backend=backend, recompute=c.recompute)
+        model = GPT2.from_file(path, backend=backend, recompute=c.recompute, precision=c.precision)
     dp = dist.DataParallel(world, model, c.zero_stage)
     dp.broadcast_parameters()  # every rank starts from rank 0's weights, whatever it initialised or loaded
     model.set_optimizer_shard(*dp.shard)   # the parameters whose AdamW moments and update this rank owns
