@@ -1,4 +1,4 @@
-"""Matrix multiplication (a Linear layer) as tiled CUDA GEMMs, and the generic GEMM the attention uses.
+"""Matrix multiplication (a Linear layer) as tiled CUDA GEMMs.
 
 Shapes (row-major, flat): inp (B, T, C), weight (OC, C) (PyTorch Linear layout), bias (OC),
 out/dout (B, T, OC); M = B·T rows.
@@ -15,9 +15,9 @@ and 32-byte-segment output writes). Per K step a block loads a 64×16 tile of A 
 memory into shared memory (coalesced along whichever dimension is contiguous in memory: the transposed
 layouts are chosen at compile time, so every operand layout is read coalesced), synchronises, and each
 thread does 16·64 FMAs from 16·16 shared-memory reads. Edges (any M, N, K) are handled by zero-filling
-out-of-range loads and bounds-checking stores. Grid (ceil(N/64), ceil(M/64), batches); batches
-(attention's B·NH heads) index operand offsets by blockIdx.z. FLOPs 2·M·N·K; DRAM bytes ≈ 4·(M·K·⌈N/64⌉ +
-K·N·⌈M/64⌉ + M·N) with L2 absorbing much of the re-reads.
+out-of-range loads and bounds-checking stores. Grid (ceil(N/64), ceil(M/64), K slices) (one slice unless
+split-K). FLOPs 2·M·N·K; DRAM bytes ≈ 4·(M·K·⌈N/64⌉ + K·N·⌈M/64⌉ + M·N) with L2 absorbing much of the
+re-reads.
 
 bf16 (matmul_forward_bf16 / matmul_backward_bf16, the model's precision="bf16"): the same kernels built with
 make_gemm(..., bf16=True), which rounds every A and B element to bfloat16 (runtime.bf16_round: nearest, ties
@@ -36,7 +36,7 @@ row chunks add partial sums with atomics, a fill_zero launch zeroes the output f
 import numpy as np
 
 from .launch import Launch, column_chunks, fill_zero_launch
-from .runtime import F32, F32A, I64, bf16_round, cdiv, cuda, f32, float32, i64, sm_count
+from .runtime import F32A, I64, bf16_round, cdiv, cuda, float32, i64, sm_count
 
 BM = 64          # block tile rows (M)
 BN = 64          # block tile columns (N)
@@ -53,32 +53,24 @@ BS_W = BN + PAD
 A_LOADS = BM * BK // THREADS
 B_LOADS = BN * BK // THREADS
 
-# causal modes for square (T×T) batched products in the attention
-CAUSAL_NONE = 0
-CAUSAL_OUT = 1      # only c[m, n] with n ≤ m is computed/written; tiles fully above the diagonal exit
-CAUSAL_K_UPPER = 2  # A[m, k] = 0 for k > m: the K loop stops at m0 + BM
-CAUSAL_K_LOWER = 3  # A[m, k] = 0 for k < m: the K loop starts at m0
-
 _ZERO = np.float32(0.0)
 
 
-def make_gemm(a_km, b_nk, causal, has_bias, accumulate, split_k=False, bf16=False):
-    """A GEMM kernel  c[m, n] (+)= alpha·Σ_k A[m, k]·B[k, n] (+ bias[n])  for one operand layout.
+def make_gemm(a_km, b_nk, has_bias, accumulate, split_k=False, bf16=False):
+    """A GEMM kernel  c[m, n] (+)= Σ_k A[m, k]·B[k, n] (+ bias[n])  for one operand layout.
 
     a_km: A is stored K×M (A[m, k] = a[k·lda + m]); else M×K (A[m, k] = a[m·lda + k]).
     b_nk: B is stored N×K (B[k, n] = b[n·ldb + k]); else K×N (B[k, n] = b[k·ldb + n]).
-    Operand z of a batch (blockIdx.z) starts at off + (z // NH)·sb + (z % NH)·sh for each of a, b, c.
-    split_k (accumulating, unbatched kernels only): blockIdx.z is instead a slice of K of `kchunk`
-    elements, and each block adds its partial tile into c with float32 atomics.
+    split_k (accumulating kernels without bias only): blockIdx.z is a slice of K of `kchunk` elements, and
+    each block adds its partial tile into c with float32 atomics (unsplit: one slice, kchunk = K).
     bf16: every A and B element is rounded to bfloat16 (runtime.bf16_round) as it is loaded into shared
     memory (the bf16 matmul: products of bf16 values, exact in float32, summed in float32).
     The flags are compile-time constants of the returned kernel (closure variables).
     """
-    if split_k and not (accumulate and causal == CAUSAL_NONE and not has_bias):
-        raise ValueError("split_k needs an accumulating, non-causal GEMM without bias")
+    if split_k and not (accumulate and not has_bias):
+        raise ValueError("split_k needs an accumulating GEMM without bias")
 
-    def gemm(c, a, b, bias, M, N, K, lda, ldb, ldc,
-             a_off, a_sb, a_sh, b_off, b_sb, b_sh, c_off, c_sb, c_sh, NH, kchunk, alpha):
+    def gemm(c, a, b, bias, M, N, K, lda, ldb, ldc, kchunk):
         As = cuda.shared.array((BK, AS_W), float32)
         Bs = cuda.shared.array((BK, BS_W), float32)
         tid = cuda.threadIdx.x
@@ -86,29 +78,12 @@ def make_gemm(a_km, b_nk, causal, has_bias, accumulate, split_k=False, bf16=Fals
         ty = tid // TX
         n0 = cuda.blockIdx.x * BN
         m0 = cuda.blockIdx.y * BM
-        if causal == CAUSAL_OUT:
-            if n0 > m0 + BM - 1:
-                return  # whole block: the tile is above the diagonal
-        z = cuda.blockIdx.z
-        if split_k:
-            zb = 0
-            zh = 0
-        else:
-            zb = z // NH
-            zh = z - zb * NH
-        abase = a_off + zb * a_sb + zh * a_sh
-        bbase = b_off + zb * b_sb + zh * b_sh
-        cbase = c_off + zb * c_sb + zh * c_sh
 
         k_begin = 0
         k_end = K
         if split_k:
-            k_begin = z * kchunk
+            k_begin = cuda.blockIdx.z * kchunk
             k_end = min(K, k_begin + kchunk)
-        if causal == CAUSAL_K_UPPER:
-            k_end = min(K, m0 + BM)
-        if causal == CAUSAL_K_LOWER:
-            k_begin = m0
 
         acc = cuda.local.array((TM, TN), float32)
         for i in range(TM):
@@ -131,9 +106,9 @@ def make_gemm(a_km, b_nk, causal, has_bias, accumulate, split_k=False, bf16=Fals
                 val = _ZERO
                 if gm < M and gk < k_end:
                     if a_km:
-                        val = a[abase + gk * lda + gm]
+                        val = a[gk * lda + gm]
                     else:
-                        val = a[abase + gm * lda + gk]
+                        val = a[gm * lda + gk]
                     if bf16:
                         val = bf16_round(val)
                 As[kk, mm] = val
@@ -150,9 +125,9 @@ def make_gemm(a_km, b_nk, causal, has_bias, accumulate, split_k=False, bf16=Fals
                 val = _ZERO
                 if gn < N and gk < k_end:
                     if b_nk:
-                        val = b[bbase + gn * ldb + gk]
+                        val = b[gn * ldb + gk]
                     else:
-                        val = b[bbase + gk * ldb + gn]
+                        val = b[gk * ldb + gn]
                     if bf16:
                         val = bf16_round(val)
                 Bs[kk, nn] = val
@@ -172,14 +147,11 @@ def make_gemm(a_km, b_nk, causal, has_bias, accumulate, split_k=False, bf16=Fals
             if gm < M:
                 for j in range(TN):
                     gn = n0 + tx + TX * j
-                    write = gn < N
-                    if causal == CAUSAL_OUT:
-                        write = write and gn <= gm
-                    if write:
-                        val = alpha * acc[i, j]
+                    if gn < N:
+                        val = acc[i, j]
                         if has_bias:
                             val += bias[gn]
-                        idx = cbase + gm * ldc + gn
+                        idx = gm * ldc + gn
                         if split_k:
                             cuda.atomic.add(c, idx, val)
                         elif accumulate:
@@ -190,7 +162,7 @@ def make_gemm(a_km, b_nk, causal, has_bias, accumulate, split_k=False, bf16=Fals
     return cuda.jit(fastmath=False)(gemm)
 
 
-GEMM_SIGNATURE = (F32A, F32A, F32A, F32A) + (I64,) * 17 + (F32,)
+GEMM_SIGNATURE = (F32A, F32A, F32A, F32A) + (I64,) * 7
 
 # split-K: used by the accumulating (backward) GEMMs when the output tiles alone cannot fill the GPU,
 # e.g. dinp of the vocab projection (M = B·T, N = C, K = Vp = 50304: without it, 64-128 blocks would
@@ -226,35 +198,32 @@ def split_k_count(M, N, K, sms=None):
     return best
 
 
-def gemm_launch(kernel, M, N, K, batches=1, splits=1):
-    """The launch of a `make_gemm` kernel: grid (ceil(N/BN), ceil(M/BM), batches or K slices), THREADS
-    threads; param = K per slice (K when not split). `splits` > 1 only for kernels made with
-    split_k=True (and batches = 1); the slices are whole K steps, so there may be fewer than asked."""
+def gemm_launch(kernel, M, N, K, splits=1):
+    """The launch of a `make_gemm` kernel: grid (ceil(N/BN), ceil(M/BM), K slices), THREADS threads;
+    param = K per slice (K when not split). `splits` > 1 only for kernels made with split_k=True; the
+    slices are whole K steps, so there may be fewer than asked."""
     kchunk = K
+    slices = 1
     if splits > 1:
         kchunk = cdiv(cdiv(K, splits), BK) * BK
-        batches = cdiv(K, kchunk)
+        slices = cdiv(K, kchunk)
     if M <= 0 or N <= 0:
-        batches = 0
-    return Launch(kernel, (cdiv(N, BN), cdiv(M, BM), int(batches)), THREADS, param=kchunk)
+        slices = 0
+    return Launch(kernel, (cdiv(N, BN), cdiv(M, BM), int(slices)), THREADS, param=kchunk)
 
 
-def launch_gemm(launch, c, a, b, bias, M, N, K, lda, ldb, ldc,
-                a_off=0, a_sb=0, a_sh=0, b_off=0, b_sb=0, b_sh=0, c_off=0, c_sb=0, c_sh=0,
-                NH=1, alpha=1.0):
+def launch_gemm(launch, c, a, b, bias, M, N, K, lda, ldb, ldc):
     """Run a `gemm_launch` with its operands (argument meanings: `make_gemm`)."""
     if bias is None:
         bias = c  # unused by kernels made with has_bias=False
-    launch(c, a, b, bias, i64(M), i64(N), i64(K), i64(lda), i64(ldb), i64(ldc),
-           i64(a_off), i64(a_sb), i64(a_sh), i64(b_off), i64(b_sb), i64(b_sh),
-           i64(c_off), i64(c_sb), i64(c_sh), i64(NH), i64(launch.param), f32(alpha))
+    launch(c, a, b, bias, i64(M), i64(N), i64(K), i64(lda), i64(ldb), i64(ldc), i64(launch.param))
 
 
 def _matmul_gemms(bf16):
     """The GEMM kernels of matmul_forward / matmul_backward (bf16: of their bf16 variants), by role."""
     def gemm(a_km, b_nk, has_bias, accumulate, split_k=False):
-        return make_gemm(a_km=a_km, b_nk=b_nk, causal=CAUSAL_NONE, has_bias=has_bias, accumulate=accumulate,
-                         split_k=split_k, bf16=bf16)
+        return make_gemm(a_km=a_km, b_nk=b_nk, has_bias=has_bias, accumulate=accumulate, split_k=split_k,
+                         bf16=bf16)
     return dict(
         # out = inp·Wᵀ (+ bias): A = inp (M×K), B[k, n] = W[n, k] (N×K storage)
         forward_bias=gemm(False, True, True, False),
