@@ -378,7 +378,8 @@ def _compile(isa):
         name = f"{key}_{isa}"
         exec(compile(_microkernel_source(name, b["MR"], a_rows), __file__, "exec"), env)
         env[key] = njit(cache=True, fastmath=_FASTMATH)(env[name])
-    core = _CORE_SOURCE.replace("def _forward(", f"def _forward_{isa}(").replace("def _backward(", f"def _backward_{isa}(")
+    core = (_CORE_SOURCE.replace("def _forward(", f"def _forward_{isa}(")
+            .replace("def _backward(", f"def _backward_{isa}("))
     exec(compile(core, __file__, "exec"), env)
     fwd = njit(parallel=True, cache=True, fastmath=_FASTMATH)(env[f"_forward_{isa}"])
     bwd = njit(parallel=True, cache=True, fastmath=_FASTMATH)(env[f"_backward_{isa}"])

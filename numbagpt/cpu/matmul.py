@@ -274,7 +274,8 @@ def pack_b(Bp, b0, B, b_kmaj, ldb, jc, nc, pc, kc):
                 copy(Bp, b0 + s * NR * kc + k * NR, B, (pc + k) * ldb + jc + s * NR, min(NR, nc - s * NR), NR)
 
 
-def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, mparts, nparts, MC, KC, NC, along_rows, a_in_place):
+def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, mparts, nparts, MC, KC, NC, along_rows,
+           a_in_place):
     lda = K if a_kmaj else M
     ldb = K if b_kmaj else N
     mu = (M + MR - 1) // MR  # rows and columns in units of the micro-tile, split evenly
@@ -316,12 +317,14 @@ def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, mparts, n
                         q = p * MR - p0  # the panel's first row in Ap (< 0: read in place)
                         if a_kmaj:
                             if q < 0:
-                                UKR(kc, A, (ic + p * MR) * lda + pc, lda, Bp, b0 + s * NR * kc, Yt, yt, ldt, tmode, bias, n0)
+                                UKR(kc, A, (ic + p * MR) * lda + pc, lda, Bp, b0 + s * NR * kc, Yt, yt, ldt, tmode,
+                                    bias, n0)
                             else:
                                 UKR(kc, Ap, a0 + q * kc, kc, Bp, b0 + s * NR * kc, Yt, yt, ldt, tmode, bias, n0)
                         else:
                             if q < 0:
-                                UKK(kc, A, pc * lda + ic + p * MR, lda, Bp, b0 + s * NR * kc, Yt, yt, ldt, tmode, bias, n0)
+                                UKK(kc, A, pc * lda + ic + p * MR, lda, Bp, b0 + s * NR * kc, Yt, yt, ldt, tmode,
+                                    bias, n0)
                             else:
                                 UKK(kc, Ap, a0 + q, S - p0, Bp, b0 + s * NR * kc, Yt, yt, ldt, tmode, bias, n0)
                         if not full:

@@ -275,7 +275,8 @@ def tiles(Y, N, Ap, a0, a_kmaj, Bp, b0, tile, t0, bias, jc, nc, ic, mc, kc2, S, 
             edge(Y, y0, N, mr, nr, tile, t0, NR, blockmode, bias, n0)
 
 
-def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, mparts, nparts, MC, KC, NC, along_rows, a_in_place):
+def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, mparts, nparts, MC, KC, NC, along_rows,
+           a_in_place):
     lda = K if a_kmaj else M
     ldb = K if b_kmaj else N
     mu = (M + MR - 1) // MR
