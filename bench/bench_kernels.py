@@ -94,19 +94,22 @@ def main():
         (tn, tb) = race([(nothing, lambda: crossentropy_forward(losses[0], logits, targets, B, T, V, Vp)),
                          (nothing, lambda: ce_fwd_base(losses[1], logits, targets, B, T, V, Vp))], args.reps)
         err = np.abs(losses[0] - losses[1]).max()
-        print(f"{name + ' crossentropy_forward':32s} {tn * 1e3:9.2f} {tb * 1e3:9.2f} {tb / tn:8.1f}x   {err:.1e} (losses)")
+        print(f"{name + ' crossentropy_forward':32s} {tn * 1e3:9.2f} {tb * 1e3:9.2f} {tb / tn:8.1f}x   "
+              f"{err:.1e} (losses)")
         d = [np.empty_like(logits) for _ in range(2)]
         (tn, tb) = race([(nothing, lambda: crossentropy_backward(d[0], dl, logits, targets, B, T, V, Vp)),
                          (nothing, lambda: ce_bwd_base(d[1], dl, logits, targets, B, T, V, Vp))], args.reps)
         err = np.abs(d[0] - d[1]).max()
-        print(f"{name + ' crossentropy_backward':32s} {tn * 1e3:9.2f} {tb * 1e3:9.2f} {tb / tn:8.1f}x   {err:.1e} (dlogits)")
+        print(f"{name + ' crossentropy_backward':32s} {tn * 1e3:9.2f} {tb * 1e3:9.2f} {tb / tn:8.1f}x   "
+              f"{err:.1e} (dlogits)")
         # in place (dlogits is logits), as the model calls it
         (tn, tb) = race([(lambda: np.copyto(d[0], logits),
                           lambda: crossentropy_backward(d[0], dl, d[0], targets, B, T, V, Vp)),
                          (lambda: np.copyto(d[1], logits),
                           lambda: ce_bwd_base(d[1], dl, d[1], targets, B, T, V, Vp))], args.reps)
         err = np.abs(d[0] - d[1]).max()
-        print(f"{name + ' crossentropy_bwd in place':32s} {tn * 1e3:9.2f} {tb * 1e3:9.2f} {tb / tn:8.1f}x   {err:.1e} (dlogits)")
+        print(f"{name + ' crossentropy_bwd in place':32s} {tn * 1e3:9.2f} {tb * 1e3:9.2f} {tb / tn:8.1f}x   "
+              f"{err:.1e} (dlogits)")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,11 @@ For each GPT-2 shape: forward (out = inp·Wᵀ + b), dinp (dout·W) and dweight 
 2·BT·C·OC FLOP; prints GFLOP/s of each numbagpt kernel (--kernels, default: the one this CPU runs,
 and the portable loops it replaced) and of BLAS, and each kernel's ratio to BLAS (time_BLAS /
 time_ours: >= 1 is as fast as BLAS or faster). Timings are medians of --reps rounds, each round
-a block of back-to-back calls lasting about --block-ms (at least 3 calls) timed as one, the rounds taken in turn (kernel 1, kernel 2, BLAS, kernel 1, ...) so that load from other processes
-hits all alike; with more than one thread each contender's calls come after a pause, so that neither
-runs against the other's thread pool spinning on the same cores (median_of). On a shared machine
-compare the ratio columns rather than absolute numbers.
+a block of back-to-back calls lasting about --block-ms (at least 3 calls) timed as one, the rounds taken
+in turn (kernel 1, kernel 2, BLAS, kernel 1, ...) so that load from other processes hits all alike; with
+more than one thread each contender's calls come after a pause, so that neither runs against the other's
+thread pool spinning on the same cores (median_of). On a shared machine compare the ratio columns rather
+than absolute numbers.
 
 The bf16 GEMM (numbagpt/cpu/matmul_bf16.py, --precision bf16) is timed beside them (--bf16-kernels,
 default: the one this CPU runs; "none" to skip): its GF/s, its ratio to BLAS's sgemm and, column
@@ -68,7 +69,8 @@ def main():
     kernels = args.kernels.split(",") if args.kernels else list(dict.fromkeys([mm.supported_kernels()[0], "portable"]))
     for k in kernels:
         if k not in mm.supported_kernels():
-            sys.exit(f"bench_matmul.py: --kernels: {k!r} is not one this CPU runs ({', '.join(mm.supported_kernels())})")
+            sys.exit(f"bench_matmul.py: --kernels: {k!r} is not one this CPU runs "
+                     f"({', '.join(mm.supported_kernels())})")
     names = {}
     for k in kernels:
         mm.set_kernel(k)
@@ -79,7 +81,8 @@ def main():
         bf16 = [] if args.bf16_kernels == "none" else args.bf16_kernels.split(",")
     for k in bf16:
         if k not in mb.supported_kernels():
-            sys.exit(f"bench_matmul.py: --bf16-kernels: {k!r} is not one this CPU runs ({', '.join(mb.supported_kernels())})")
+            sys.exit(f"bench_matmul.py: --bf16-kernels: {k!r} is not one this CPU runs "
+                     f"({', '.join(mb.supported_kernels())})")
         mb.set_kernel(k)
         names["bf16 " + k] = "bf16 " + mb.kernel()
     try:
@@ -164,7 +167,8 @@ def main():
             return run
 
         blas = {
-            "forward": (lambda: np.dot(X, W.T, out=Y)) if bias is None else (lambda: np.add(np.dot(X, W.T, out=Y), bias, out=Y)),
+            "forward": ((lambda: np.dot(X, W.T, out=Y)) if bias is None
+                        else (lambda: np.add(np.dot(X, W.T, out=Y), bias, out=Y))),
             "dinp": lambda: np.dot(D, W, out=DX),
             "dweight": lambda: np.dot(D.T, X, out=DW),
         }
@@ -183,7 +187,8 @@ def main():
                 ours_times[(k, name, op)] = t[len(kernels) + n]
             print(f"{name:14s} {BT:5d} {C:5d} {OC:6d} {op:8s}{row} {flop / t[-1] / 1e9:10.1f}", flush=True)
     for n, k in enumerate(contenders):
-        print(f"{k}: total {totals[n] * 1e3:.1f} ms vs BLAS {totals[-1] * 1e3:.1f} ms (ratio {totals[-1] / totals[n]:.2f}); "
+        print(f"{k}: total {totals[n] * 1e3:.1f} ms vs BLAS {totals[-1] * 1e3:.1f} ms "
+              f"(ratio {totals[-1] / totals[n]:.2f}); "
               f"worst shape ratio {min(ratios[k]):.2f}, median {float(np.median(ratios[k])):.2f}")
     for n, k in enumerate(bf16):
         print(f"bf16 {k} over fp32 {kernels[0]}: total {totals[0] / totals[len(kernels) + n]:.2f}x; "
@@ -232,7 +237,7 @@ def timers(args):
         never meets."""
         calls = [max(3, int(args.block_ms / 1000 / fastest_call(f))) for f in fns]
         times = [[] for _ in fns]
-        for r in range(reps):
+        for _ in range(reps):
             for n, f in enumerate(fns):
                 if args.threads > 1:
                     time.sleep(pause)
@@ -273,7 +278,8 @@ def torch_table(args, shapes, bf16, ours_times):
             parts = line.split()
             torch_times[(" ".join(parts[1:-2]), parts[-2])] = float(parts[-1])
     print(next((line for line in r.stdout.splitlines() if line.startswith("torch")), "torch"))
-    hdr = f"{'shape':14s} {'op':8s} {'torch bf16 GF/s':>16s}" + "".join(f" {'bf16 ' + k + ' GF/s':>20s} {'ratio':>6s}" for k in bf16)
+    hdr = f"{'shape':14s} {'op':8s} {'torch bf16 GF/s':>16s}" + "".join(
+        f" {'bf16 ' + k + ' GF/s':>20s} {'ratio':>6s}" for k in bf16)
     print(hdr)
     print("-" * len(hdr))
     for name, BT, C, OC in shapes:
@@ -308,7 +314,8 @@ def torch_child(args):
         DX = torch.empty((BT, C), dtype=torch.bfloat16)
         DW = torch.empty((OC, C), dtype=torch.bfloat16)
         fns = {
-            "forward": (lambda: torch.mm(X, W.t(), out=Y)) if bias is None else (lambda: torch.addmm(bias, X, W.t(), out=Y)),
+            "forward": ((lambda: torch.mm(X, W.t(), out=Y)) if bias is None
+                        else (lambda: torch.addmm(bias, X, W.t(), out=Y))),
             "dinp": lambda: torch.mm(D, W, out=DX),
             "dweight": lambda: torch.mm(D.t(), X, out=DW),
         }

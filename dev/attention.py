@@ -3,8 +3,8 @@ against the float64 reference, then timed side by side (dev/lab.py).
 
     python dev/attention.py [attention_forward|attention_backward] [N ...] [--threads 2] [--shapes tiny,d12,d12_1k]
 
-    attention_forward   1 base (per row)   2 per head (the (T, T) kernels flash attention replaced)   3 production (flash)
-    attention_backward  1 base             2 per head                                                 3 production (flash)
+    attention_forward   1 base (per row)  2 per head (the (T, T) kernels flash attention replaced)  3 production (flash)
+    attention_backward  1 base            2 per head                                                3 production (flash)
 
 Variants 1 and 2 keep the contract flash attention replaced (tests/harness.py's "attention_forward_v1" /
 "attention_backward_v1": preatt, att (B, NH, T, T) written by the forward, read back by the backward
@@ -37,9 +37,10 @@ way (2-core AMD Zen 4, AVX-512, d12 B=1 T=1024, shared and loaded machine: ratio
   * Result, bench/bench_attention.py (2 threads, wall, best of 5 rounds x 5, load average ~2 on the
     2 cores): fwd+bwd at T = 64 / 256 / 1024: flash 0.29 / 2.44 / 35.5 ms (136 GFLOP/s at 1024 on
     12·hs FLOPs a pair, 159 on the 14·hs it executes), the (T, T) kernels 0.36 / 4.81 / 85.4, PyTorch
-    SDPA 0.57 / 5.22 / 55.9: 1.2x / 2.0x / 2.4x the (T, T) kernels, 2.0x / 2.1x / 1.6x SDPA. The 4x over the (T, T) kernels at T = 1024 is out of reach here: flash
-    attention's backward does 10·hs FLOPs a pair (it recomputes the scores and dP) against their
-    8·hs, so 4x would take 7 products at ~240 GFLOP/s on 2 cores, the FMA peak of two Zen 4 cores.
+    SDPA 0.57 / 5.22 / 55.9: 1.2x / 2.0x / 2.4x the (T, T) kernels, 2.0x / 2.1x / 1.6x SDPA. The 4x
+    over the (T, T) kernels at T = 1024 is out of reach here: flash attention's backward does 10·hs
+    FLOPs a pair (it recomputes the scores and dP) against their 8·hs, so 4x would take 7 products at
+    ~240 GFLOP/s on 2 cores, the FMA peak of two Zen 4 cores.
 
 The (T, T) kernels' record (before flash attention):
   Findings (1 thread, CPU time, best of 10, 2 shared cores under load: +-15% noise between runs):

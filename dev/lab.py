@@ -94,7 +94,7 @@ def _buffers(kernel, fn, args):
 def race(kernel, chosen, args, rounds, clock):
     """Best time (s) of each chosen variant, round-robin after one untimed call each."""
     prepared = [_buffers(kernel, fn, args) + (fn,) for _, fn in chosen]
-    for call, reset, fn in prepared:
+    for call, _, fn in prepared:
         fn(*call)
     best = [float("inf")] * len(prepared)
     for _ in range(rounds):
