@@ -91,7 +91,7 @@ def test_nothing_outside_the_backends_asks_which_backend_it_has():
             path = os.path.join(folder, f)
             with open(path) as fh:
                 code = [ln for ln in fh if not ln.lstrip().startswith("#")]
-            for no, line in enumerate(code, 1):
+            for line in code:
                 # docstrings may name the packages; code may not import or test them
                 leak = LEAK.search(line) and ("import" in line or "==" in line)
                 if leak or (f in BUFFER_MODULES and BUFFER_TYPE.search(line)):

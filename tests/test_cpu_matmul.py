@@ -4,9 +4,10 @@ numbagpt/cpu/matmul.py), plus the dispatch itself and the AVX-512 micro-kernel's
 
 The shapes straddle every blocking of the kernels. Packed GEMM (M, N, K per product in matmul.py):
 the micro-tile (6 × 64 / 6 × 16: M, N not multiples, and M, N, K = 1), the row blocks (MC = 288 /
-96: BT, OC > MC), the reduction blocks (KC = 128 / 256: C, OC, BT > 256; KC 512 of a small Y: C = 1030; a big Y's
-blocks and tile order are tested with the threshold lowered), the column panels (NC = 2048 with a 2 MiB L2, 1024 with 1 MiB: OC > 2048) and the
-forward's 16 × 16 transposing pack of the weight (C, OC not multiples of 16). Portable: 4-row / 4-column micro-blocks, the 4-long k groups of the backward, the
+96: BT, OC > MC), the reduction blocks (KC = 128 / 256: C, OC, BT > 256; KC 512 of a small Y: C = 1030;
+a big Y's blocks and tile order are tested with the threshold lowered), the column panels (NC = 2048 with
+a 2 MiB L2, 1024 with 1 MiB: OC > 2048) and the forward's 16 × 16 transposing pack of the weight (C, OC
+not multiples of 16). Portable: 4-row / 4-column micro-blocks, the 4-long k groups of the backward, the
 reduction chunks (forward C > 512, backward K > 256, dot-form dinp OC > 1024), the task tiles, both
 dinp paths (axpy; dot form on a transposed weight when C <= 256 and OC >= 256).
 """

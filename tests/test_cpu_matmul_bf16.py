@@ -129,7 +129,8 @@ def test_matmul_bf16_is_deterministic_across_thread_counts():
     try:
         for n in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
             numba.set_num_threads(n)
-            out, dx, dw = np.empty(B * T * OC, np.float32), np.zeros(B * T * C, np.float32), np.zeros(OC * C, np.float32)
+            out, dx, dw = (np.empty(B * T * OC, np.float32), np.zeros(B * T * C, np.float32),
+                           np.zeros(OC * C, np.float32))
             CPU.matmul_forward_bf16(out, x, w, b, B, T, C, OC)
             CPU.matmul_backward_bf16(dx, dw, None, dout, x, w, B, T, C, OC)
             results.append((out, dx, dw))

@@ -7,8 +7,8 @@ Runs in Numba's CUDA simulator (the normal pytest run re-runs this module in a s
 NUMBA_ENABLE_CUDASIM=1, as tests/simulator.py describes) or directly on a GPU. The shapes cover T = 1, 2,
 odd, the 32-row tile ±1 and several query tiles (the causal loops, the masked diagonal tile, rows and keys
 past T), odd head sizes and hs = 1, hs = 64 (two 32-channel score chunks), hs = 128 and 130 (several
-64-channel output slices, a partial last chunk), B and NH > 1 (the per-(b, h) offsets). Outputs start as NaN (every element must be
-written) and carry a guard tail that must stay untouched; dinp starts random (accumulation).
+64-channel output slices, a partial last chunk), B and NH > 1 (the per-(b, h) offsets). Outputs start as
+NaN (every element must be written) and carry a guard tail that must stay untouched; dinp starts random (accumulation).
 Also (simulator off): the three kernels compile to PTX for sm_80 and sm_90 without float64 or local memory,
 and to cubins without spills (nvJitLink, as dev/cuda_resources.py does).
 """

@@ -93,7 +93,8 @@ def test_model_v5_written_as_llmc_writes_it(tmp_path):
     want = header.numpy().tobytes()
     views = parameter_layout(CONFIG).host_views(params)
     for name in PARAMETER_NAMES:     # write_tensors: wte, wpe, ln1w, ... in llm.c's order
-        want += torch.from_numpy(np.ascontiguousarray(views[name])).to(torch.bfloat16).view(torch.int16).numpy().tobytes()
+        bf16 = torch.from_numpy(np.ascontiguousarray(views[name])).to(torch.bfloat16)
+        want += bf16.view(torch.int16).numpy().tobytes()
     assert p.read_bytes() == want
 
 
@@ -273,7 +274,8 @@ def test_shard_errors(tmp_path):
     bad[37] = 50
     write_shard(p, bad)
     assert open_shard(p, vocab_size=51).size == 100
-    with pytest.raises(FormatError, match=r"s\.bin: corrupt data shard: token at position 37 is 50, expected < vocab size 50"):
+    with pytest.raises(FormatError,
+                       match=r"s\.bin: corrupt data shard: token at position 37 is 50, expected < vocab size 50"):
         open_shard(p, vocab_size=50)
 
 
