@@ -191,3 +191,22 @@ def test_ranks_with_different_flags_stop_together():
     with pytest.raises(CollectiveError, match="rank 1 has -x 12, rank 0 10"):
         check_ranks_agree(a, FakeWorld([a, a.replace(max_steps=12)]))
     check_ranks_agree(a, FakeWorld([a, a.replace(omp_threads=4)]))   # threads are each rank's own
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.1, 0.2, 0.4])
+def test_ctrl_c_while_starting_is_one_line(delay, tmp_path):
+    """SIGINT in the first fraction of a second (Python loading NumPy, Numba, the command): one line and
+    status 130, never a KeyboardInterrupt traceback or NumPy's "bad install" ImportError. (Before the
+    interpreter has run its own `site` module, some 20 ms, the signal is Python's: no code of ours runs.)"""
+    import signal
+    import time
+    proc = subprocess.Popen([sys.executable, os.path.join(BIN, "train_gpt2"), "-o", str(tmp_path / "o"), "-x", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if "init_import_site" in err:   # a loaded machine: the signal came before any code of ours ran
+        pytest.skip("SIGINT arrived while the interpreter was still starting")
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "ImportError" not in err
+    assert len(err.strip().splitlines()) == 1 and "interrupted" in err
