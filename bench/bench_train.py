@@ -6,6 +6,7 @@ its own process.
     python bench/bench_train.py --models tiny --rounds 2 --steps 3 --kernels avx512,portable --no-compile
     python bench/bench_train.py --precision fp32,bf16 --autocast --no-compile    # mixed precision, both sides
     python bench/bench_train.py --before ../old_checkout --kernels avx512 --no-compile   # before / after
+    /usr/bin/time -v python bench/bench_train.py --worker numbagpt --model d12_b4_1k --steps 1   # peak RSS
 
 A step is forward + backward + AdamW update on a fixed random batch, the same for every contender:
   - numbagpt: numbagpt.train.step.train_step (the step every command takes, clipping at 1.0), once per
@@ -40,8 +41,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHAPES = {"tiny": (8, 256), "d12": (4, 64), "d12_1k": (1, 1024)}   # model -> (B, T)
-PRESETS = {"d12_1k": "d12"}   # a shape's model preset, where its name is not one
+SHAPES = {"tiny": (8, 256), "d12": (4, 64), "d12_1k": (1, 1024), "d12_b4_1k": (4, 1024)}   # model -> (B, T)
+PRESETS = {"d12_1k": "d12", "d12_b4_1k": "d12"}   # a shape's model preset, where its name is not one
 DEFAULT_MODELS = ["tiny", "d12"]   # d12_1k (GPT-2's sequence length, attention ~1/3 of the step) on request
 TORCH_MODES = ("eager", "compile", "autocast")
 
