@@ -17,6 +17,7 @@ from numbagpt.train import checkpoint
 from numbagpt.files import formats
 from numbagpt.cli import test as test_cli
 from numbagpt.cli import train
+from numbagpt import memory
 from numbagpt.config import GPT2Config
 from numbagpt.layout import memory_estimate
 from numbagpt.model import GPT2
@@ -213,16 +214,17 @@ def test_a_resume_with_another_batch_size(corpus, tmp_path):
 def test_the_memory_check(corpus, tmp_path):
     cfg = formats.read_model_header(corpus[1])[0]
     need = [memory_estimate(cfg, b, 16, recompute=1)["total"] for b in range(5)]   # -r 1, the default
-    fits = max(b for b in range(1, 5) if need[b] <= 2**20)   # 1 MiB
-    code, _, err = run(args_for(corpus, tmp_path / "a"), env={"NUMBAGPT_MEMORY_LIMIT": "1M"})
+    limit = (need[2] + need[3]) // 2 // 1024   # KiB: -b 2 fits, -b 4 does not
+    fits = max(b for b in range(1, 5) if need[b] <= limit * 1024)
+    code, _, err = run(args_for(corpus, tmp_path / "a"), env={"NUMBAGPT_MEMORY_LIMIT": f"{limit}K"})
     assert code == 1
     assert err == (f"train_gpt2: error: not enough memory for {corpus[1]} with B=4 T=16: it needs "
-                   f"{need[4] / 2**20:.1f} MiB, "
-                   f"1.0 MiB is available ($NUMBAGPT_MEMORY_LIMIT); the largest -b that fits is {fits}; "
-                   f"--no-memory-check to try anyway\n")
-    assert 1 <= fits < 4
+                   f"{memory.format_bytes(need[4])}, "
+                   f"{memory.format_bytes(limit * 1024)} is available ($NUMBAGPT_MEMORY_LIMIT); the largest -b "
+                   f"that fits is {fits}; --no-memory-check to try anyway\n")
+    assert fits == 2
     code, out, err = run(args_for(corpus, tmp_path / "b", "--no-memory-check", steps=1, every=0),
-                         env={"NUMBAGPT_MEMORY_LIMIT": "1M"})
+                         env={"NUMBAGPT_MEMORY_LIMIT": f"{limit}K"})
     assert code == 0, err
 
 
@@ -256,13 +258,13 @@ def test_a_device_is_checked_against_its_free_memory(corpus, tmp_path, monkeypat
     cfg = formats.read_model_header(corpus[1])[0]
     need = [memory_estimate(cfg, b, 16, recompute=1)["total"] for b in range(5)]
     gpu = SmallGPU(used=2**30, total=2**30 + need[2] + 100)   # B=2 fits, B=3 not
-    assert 2**10 < need[2] + 100 < 2**20 < need[4]
+    assert 2**10 < need[2] + 100 < need[3] < need[4]
     monkeypatch.setattr(backends, "get_backend", lambda name: gpu)
     monkeypatch.delenv("NUMBAGPT_MEMORY_LIMIT", raising=False)
     assert train.main(args_for(corpus, tmp_path / "a", "--device", "cuda")) == 1
     assert capsys.readouterr().err == (
-        f"train_gpt2: error: not enough memory for {corpus[1]} with B=4 T=16: it needs {need[4] / 2**20:.1f} MiB, "
-        f"{(need[2] + 100) / 2**10:.1f} KiB is available (free on Small GPU, of its {gpu.info[1] / 2**30:.1f} GiB); "
+        f"train_gpt2: error: not enough memory for {corpus[1]} with B=4 T=16: it needs {memory.format_bytes(need[4])}, "
+        f"{memory.format_bytes(need[2] + 100)} is available (free on Small GPU, of its {gpu.info[1] / 2**30:.1f} GiB); "
         f"the largest -b that fits is 2; --no-memory-check to try anyway\n")
     assert gpu.allocations == 0
     argv = args_for(corpus, tmp_path / "b", "--device", "cuda", "-b", "2", steps=1, every=0)
@@ -287,11 +289,14 @@ def test_device_memory_figures(monkeypatch):
 
 def test_the_cuda_simulator_is_checked_against_host_memory(corpus, tmp_path):
     """The simulator's memory_info says nothing (Numba's reports inf): its arrays are the host's."""
+    cfg = formats.read_model_header(corpus[1])[0]
+    limit = memory_estimate(cfg, 3, 16, recompute=1)["total"] // 1024   # KiB: -b 4 does not fit
     code, _, err = run(args_for(corpus, tmp_path, "--device", "cuda"),
-                       env={"NUMBA_ENABLE_CUDASIM": "1", "NUMBAGPT_MEMORY_LIMIT": "1M"})
+                       env={"NUMBA_ENABLE_CUDASIM": "1", "NUMBAGPT_MEMORY_LIMIT": f"{limit}K"})
     assert code == 1
     assert err.startswith(f"train_gpt2: error: not enough memory for {corpus[1]} with B=4 T=16: it needs ")
-    assert "1.0 MiB is available ($NUMBAGPT_MEMORY_LIMIT)" in err and err.count("\n") == 1
+    assert f"{memory.format_bytes(limit * 1024)} is available ($NUMBAGPT_MEMORY_LIMIT)" in err
+    assert err.count("\n") == 1
 
 
 @pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["INT", "TERM"])
