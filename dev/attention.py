@@ -76,7 +76,8 @@ import numpy as np
 from numba import njit, prange
 
 import lab  # (puts the repository and tests/ on sys.path)
-from numbagpt.cpu.fastmath import exp_nonpos, max_f32  # noqa: E402
+# the per-head kernels' helpers, which generation's attention_forward_cached still uses
+from numbagpt.cpu.attention import _causal_softmax, _combo, _dots  # noqa: E402
 
 _FM = {'reassoc', 'contract'}
 
@@ -162,17 +163,6 @@ def bwd_base(dinp, dpreatt, datt, dout, inp, att, B, T, C, NH):
 
 # ------------------------------------------------------------------ per head (production until flash attention)
 @njit(fastmath=_FM, inline='always')
-def _dots(s, x, rows, n, hs):
-    """s[t2] = x · rows[t2] for t2 < n (rows: (≥n, hs)); dot products over hs."""
-    for t2 in range(n):
-        r = rows[t2]
-        dot = np.float32(0.0)
-        for i in range(hs):
-            dot += x[i] * r[i]
-        s[t2] = dot
-
-
-@njit(fastmath=_FM, inline='always')
 def _dots_t(s, x, colsT, n, hs):
     """The same as _dots from the transposed operand colsT (hs, ≥n): s[t2] = Σ_i x[i]·colsT[i, t2],
     vectorised over t2, 4 rows of colsT per pass over s."""
@@ -191,47 +181,6 @@ def _dots_t(s, x, colsT, n, hs):
         for t2 in range(n):
             s[t2] += x0 * c0[t2]
         i += 1
-
-
-@njit(fastmath=_FM, inline='always')
-def _combo(o, c, rows, n, hs):
-    """o[i] = Σ_{t2<n} c[t2]·rows[t2, i] (o: hs floats, overwritten): vectorised over hs, 4 rows
-    per pass."""
-    for i in range(hs):
-        o[i] = 0.0
-    t2 = 0
-    while t2 + 4 <= n:
-        c0, c1, c2, c3 = c[t2], c[t2 + 1], c[t2 + 2], c[t2 + 3]
-        r0, r1, r2, r3 = rows[t2], rows[t2 + 1], rows[t2 + 2], rows[t2 + 3]
-        for i in range(hs):
-            o[i] = o[i] + c0 * r0[i] + c1 * r1[i] + c2 * r2[i] + c3 * r3[i]
-        t2 += 4
-    while t2 < n:
-        c0 = c[t2]
-        r0 = rows[t2]
-        for i in range(hs):
-            o[i] += c0 * r0[i]
-        t2 += 1
-
-
-@njit(fastmath=_FM, inline='always')
-def _causal_softmax(a, p, scale, n, width):
-    """p[:n] *= scale (the scores, kept as preatt), then a[:n] = softmax(p[:n]) and a[n:width] = 0
-    (a may be p). The max is subtracted so exp never overflows; the row's own key t2 = t is always
-    among the n, so the sum is ≥ exp(0) = 1. The zeros make att a full causal matrix."""
-    for t2 in range(n):
-        p[t2] *= scale
-    m = max_f32(p, n)
-    expsum = 0.0
-    for t2 in range(n):
-        e = exp_nonpos(p[t2] - m)
-        a[t2] = e
-        expsum += e
-    inv = np.float32(1.0 / expsum)
-    for t2 in range(n):
-        a[t2] *= inv
-    for t2 in range(n, width):
-        a[t2] = 0.0
 
 
 @njit(parallel=True, cache=True, fastmath=_FM)

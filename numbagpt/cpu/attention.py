@@ -462,27 +462,6 @@ def _dots(s, x, rows, n, hs):
 
 
 @njit(fastmath=_FASTMATH, inline='always')
-def _dots_t(s, x, colsT, n, hs):
-    """The same as _dots from the transposed operand colsT (hs, ≥n): s[t2] = Σ_i x[i]·colsT[i, t2],
-    vectorised over t2, 4 rows of colsT per pass over s."""
-    for t2 in range(n):
-        s[t2] = 0.0
-    i = 0
-    while i + 4 <= hs:
-        x0, x1, x2, x3 = x[i], x[i + 1], x[i + 2], x[i + 3]
-        c0, c1, c2, c3 = colsT[i, :n], colsT[i + 1, :n], colsT[i + 2, :n], colsT[i + 3, :n]
-        for t2 in range(n):
-            s[t2] = s[t2] + x0 * c0[t2] + x1 * c1[t2] + x2 * c2[t2] + x3 * c3[t2]
-        i += 4
-    while i < hs:
-        x0 = x[i]
-        c0 = colsT[i, :n]
-        for t2 in range(n):
-            s[t2] += x0 * c0[t2]
-        i += 1
-
-
-@njit(fastmath=_FASTMATH, inline='always')
 def _combo(o, c, rows, n, hs):
     """o[i] = Σ_{t2<n} c[t2]·rows[t2, i] (o: hs floats, overwritten): vectorised over hs, 4 rows
     per pass."""
