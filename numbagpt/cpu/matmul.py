@@ -74,6 +74,7 @@ same process), dev/matmul/ (the variants tried).
 """
 import functools
 import os
+import textwrap
 
 import llvmlite.binding as llvm
 import numba
@@ -214,6 +215,40 @@ def _edge(Y, y0, ldy, mr, nr, tile, t0, NR, mode, bias, n0):
                 y[j] = t[j] + bias[n0 + j]
 
 
+# Fragments of the GEMM cores' source (this file's _CORE_SOURCE and numbagpt/cpu/matmul_bf16.py's
+# _CORE_SOURCE_BF16), spliced in before .format (so no braces in them). TASK_SPLIT: the core's
+# prologue (leading dimensions, the mparts x nparts task loop, the thread's slots a0, b0, t0 in
+# Ap, Bp, tile, and the task's rectangle mlo:mhi x nlo:nhi of Y), at the core's indentation.
+# TILE_LOOP: the head of the loop over a block's micro-tiles, up to the tile's destination (Yt, yt,
+# ldt, tmode), unindented (textwrap.indent it to the place it goes).
+TASK_SPLIT = '''    lda = K if a_kmaj else M
+    ldb = K if b_kmaj else N
+    mu = (M + MR - 1) // MR  # rows and columns in units of the micro-tile, split evenly
+    nu = (N + NR - 1) // NR
+    for t in prange(mparts * nparts):
+        tid = numba.get_thread_id()
+        a0 = tid * MC * KC
+        b0 = tid * NC * KC
+        t0 = tid * MR * NR
+        im = t // nparts
+        jn = t - im * nparts
+        mlo = min(M, mu * im // mparts * MR)
+        mhi = min(M, mu * (im + 1) // mparts * MR)
+        nlo = min(N, nu * jn // nparts * NR)
+        nhi = min(N, nu * (jn + 1) // nparts * NR)
+'''
+TILE_LOOP = '''ns, npn = (nc + NR - 1) // NR, S // MR
+for u in range(ns * npn):  # the block's tiles: strip s, A panel p
+    s, p = (u % ns, u // ns) if along_rows else (u // npn, u % npn)
+    n0 = jc + s * NR
+    nr = min(NR, N - n0)
+    mr = min(MR, mc - p * MR)
+    y0 = (ic + p * MR) * N + n0
+    full = mr == MR and nr == NR
+    Yt, yt, ldt, tmode = (Y, y0, N, blockmode) if full else (tile, t0, NR, 1)
+'''
+assert not any(c in TASK_SPLIT + TILE_LOOP for c in "{}")
+
 # The GEMM core, instantiated per kernel (UKR / UKK its micro-kernels for row-by-row / k-major A
 # panels: A is packed as it lies, so packing A is always a plain copy; MR × NR the tile). Arguments:
 # Y (M,N) row-major; A, B and their layouts (a_kmaj: A[m·K + k], else A[k·M + m]; b_kmaj:
@@ -276,22 +311,7 @@ def pack_b(Bp, b0, B, b_kmaj, ldb, jc, nc, pc, kc):
 
 def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, mparts, nparts, MC, KC, NC, along_rows,
            a_in_place):
-    lda = K if a_kmaj else M
-    ldb = K if b_kmaj else N
-    mu = (M + MR - 1) // MR  # rows and columns in units of the micro-tile, split evenly
-    nu = (N + NR - 1) // NR
-    for t in prange(mparts * nparts):
-        tid = numba.get_thread_id()
-        a0 = tid * MC * KC
-        b0 = tid * NC * KC
-        t0 = tid * MR * NR
-        im = t // nparts
-        jn = t - im * nparts
-        mlo = min(M, mu * im // mparts * MR)
-        mhi = min(M, mu * (im + 1) // mparts * MR)
-        nlo = min(N, nu * jn // nparts * NR)
-        nhi = min(N, nu * (jn + 1) // nparts * NR)
-        for jc in range(nlo, nhi, NC):
+''' + TASK_SPLIT + '''        for jc in range(nlo, nhi, NC):
             nc = min(NC, nhi - jc)
             for pc in range(0, K, KC):
                 kc = min(KC, K - pc)
@@ -305,16 +325,7 @@ def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, mparts, n
                     p0 = mc // MR * MR if a_in_place else 0
                     if p0 < mc:
                         pack_a(Ap, a0, A, a_kmaj, lda, ic + p0, mc - p0, pc, kc, S - p0)
-                    ns, npn = (nc + NR - 1) // NR, S // MR
-                    for u in range(ns * npn):  # the block's tiles: strip s, A panel p
-                        s, p = (u % ns, u // ns) if along_rows else (u // npn, u % npn)
-                        n0 = jc + s * NR
-                        nr = min(NR, N - n0)
-                        mr = min(MR, mc - p * MR)
-                        y0 = (ic + p * MR) * N + n0
-                        full = mr == MR and nr == NR
-                        Yt, yt, ldt, tmode = (Y, y0, N, blockmode) if full else (tile, t0, NR, 1)
-                        q = p * MR - p0  # the panel's first row in Ap (< 0: read in place)
+''' + textwrap.indent(TILE_LOOP, ' ' * 20) + '''                        q = p * MR - p0  # the panel's first row in Ap (< 0: read in place)
                         if a_kmaj:
                             if q < 0:
                                 UKR(kc, A, (ic + p * MR) * lda + pc, lda, Bp, b0 + s * NR * kc, Yt, yt, ldt, tmode,

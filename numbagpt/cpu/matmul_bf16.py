@@ -78,6 +78,7 @@ on-disk cache keys every entry on the target's CPU name and features (codegen.ma
 machine code cached on an AVX512-BF16 host is never loaded on another CPU sharing the directory.
 """
 import functools
+import textwrap
 
 import numpy as np
 from llvmlite import ir
@@ -258,16 +259,7 @@ def pack_b(Bp, b0, B, b_kmaj, ldb, jc, nc, pc, kc, tile, t0):
 def tiles(Y, N, Ap, a0, a_kmaj, Bp, b0, tile, t0, bias, jc, nc, ic, mc, kc2, S, blockmode, along_rows):
     # the micro-kernels of one packed A block (rows ic.., mc of them) against one packed B panel
     # (columns jc.., nc of them), kc2 words deep
-    ns, npn = (nc + NR - 1) // NR, S // MR
-    for u in range(ns * npn):  # the block's tiles: strip s, A panel p
-        s, p = (u % ns, u // ns) if along_rows else (u // npn, u % npn)
-        n0 = jc + s * NR
-        nr = min(NR, N - n0)
-        mr = min(MR, mc - p * MR)
-        y0 = (ic + p * MR) * N + n0
-        full = mr == MR and nr == NR
-        Yt, yt, ldt, tmode = (Y, y0, N, blockmode) if full else (tile, t0, NR, 1)
-        if a_kmaj:
+''' + textwrap.indent(_fp32.TILE_LOOP, ' ' * 4) + '''        if a_kmaj:
             UKR(kc2, Ap, a0 + p * MR * kc2, kc2, Bp, b0 + s * NR * kc2, Yt, yt, ldt, tmode, bias, n0)
         else:
             UKK(kc2, Ap, a0 + p * MR, S, Bp, b0 + s * NR * kc2, Yt, yt, ldt, tmode, bias, n0)
@@ -277,22 +269,7 @@ def tiles(Y, N, Ap, a0, a_kmaj, Bp, b0, tile, t0, bias, jc, nc, ic, mc, kc2, S, 
 
 def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, mparts, nparts, MC, KC, NC, along_rows,
            a_in_place):
-    lda = K if a_kmaj else M
-    ldb = K if b_kmaj else N
-    mu = (M + MR - 1) // MR
-    nu = (N + NR - 1) // NR
-    for t in prange(mparts * nparts):
-        tid = numba.get_thread_id()
-        a0 = tid * MC * KC
-        b0 = tid * NC * KC
-        t0 = tid * MR * NR
-        im = t // nparts
-        jn = t - im * nparts
-        mlo = min(M, mu * im // mparts * MR)
-        mhi = min(M, mu * (im + 1) // mparts * MR)
-        nlo = min(N, nu * jn // nparts * NR)
-        nhi = min(N, nu * (jn + 1) // nparts * NR)
-        if mhi - mlo <= MC:
+''' + _fp32.TASK_SPLIT + '''        if mhi - mlo <= MC:
             # the task's rows are one A block: converted and packed once per reduction block and
             # used by every column panel (pc outside jc: each element still sums its blocks in
             # order, so the same bits as the other order)
