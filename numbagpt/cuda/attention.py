@@ -134,6 +134,70 @@ def _scores(s, W, kv, rg, cl, n):
                 s[a, j] += x * kv[j]
 
 
+@cuda.jit(device=True, inline=True)
+def _block_coords(T, C, NH):
+    """A flash kernel's thread and block coordinates: tid, its row group rg and tile column cl; the head
+    bh = blockIdx.x = b·NH + h, b, h, the head size hs, C3 = 3·C and qbase, the offset of head h's
+    channels of sequence b in inp (its q; k at + C, v at + 2·C)."""
+    tid = cuda.threadIdx.x & (THREADS - 1)  # the masks tell the compiler the indices below are ≥ 0
+    rg = tid >> TPR_SHIFT
+    cl = tid & (TPR - 1)
+    bh = cuda.blockIdx.x
+    b = bh // NH
+    h = bh - b * NH
+    hs = C // NH
+    C3 = 3 * C
+    return tid, rg, cl, bh, b, h, hs, C3, b * T * C3 + h * hs
+
+
+@cuda.jit(device=True, inline=True)
+def _key_product(acc, P, W, inp, base, C3, k0, T, o0, hs, tid, rg, cl):
+    """acc[a, i] += Σ_{k < min(BR, T − k0)} P[rg + RG·a, k]·x[k0 + k, o0 + cl + TPR·i], x the rows
+    inp[base + t·C3 ..] of the key tile (k or v), its FWD_HO channels from o0 staged in W[:, 0:64]. All the
+    block's threads must call it."""
+    _stage(W, 0, FWD_SHIFT, inp, base, C3, k0, T, o0, hs, tid)
+    cuda.syncthreads()
+    for k0_ in range(min(BR, T - k0)):
+        k = k0_ & (BR - 1)
+        p0 = P[rg, k]
+        p1 = P[rg + RG, k]
+        for i in range(FWD_NACC):
+            v = W[k, cl + TPR * i]
+            acc[0, i] += p0 * v
+            acc[1, i] += p1 * v
+    cuda.syncthreads()
+
+
+@cuda.jit(device=True, inline=True)
+def _scores_dp(s, dp, W, kv, inp, dout, qbase, obase, C, T, hs, q0, k0, kcol, tid, rg, cl):
+    """The backward's two products of a query tile (rows q0..) and a key tile (rows k0..) over hs, in
+    32-channel chunks staged in W: s[a, j] = Σ x[rg + RG·a]·y[cl + TPR·j] and dp[a, j] likewise of x', y'.
+    kcol = 0 (dk/dv: sᵀ, dpᵀ): x, y, x', y' = k, q, v, dout; kcol = HC (dq: s, dp): q, k, dout, v (the keys
+    staged at W columns kcol.. and 2·HC + kcol..). All the block's threads must call it."""
+    for a in range(RPT):
+        for j in range(NCOL):
+            s[a, j] = _ZERO
+            dp[a, j] = _ZERO
+    C3 = 3 * C
+    for c0 in range(0, hs, HC):
+        _stage(W, kcol, HC_SHIFT, inp, qbase + C, C3, k0, T, c0, hs, tid)
+        _stage(W, HC - kcol, HC_SHIFT, inp, qbase, C3, q0, T, c0, hs, tid)
+        _stage(W, 2 * HC + kcol, HC_SHIFT, inp, qbase + 2 * C, C3, k0, T, c0, hs, tid)
+        _stage(W, 3 * HC - kcol, HC_SHIFT, dout, obase, C, q0, T, c0, hs, tid)
+        cuda.syncthreads()
+        n = min(HC, hs - c0)
+        _scores(s, W, kv, rg, cl, n)
+        for i0 in range(n):
+            i = i0 & (HC - 1)
+            for j in range(NCOL):
+                kv[j] = W[cl + TPR * j, 3 * HC + i]
+            for a in range(RPT):
+                x = W[rg + RG * a, 2 * HC + i]
+                for j in range(NCOL):
+                    dp[a, j] += x * kv[j]
+        cuda.syncthreads()
+
+
 @cuda.jit(fastmath=False)
 def flash_attention_forward_kernel(out, lse, inp, B, T, C, NH, scale):
     """out, lse of query tile (gridDim.y − 1 − blockIdx.y) of head blockIdx.x = b·NH + h, output channels
@@ -145,17 +209,9 @@ def flash_attention_forward_kernel(out, lse, inp, B, T, C, NH, scale):
     acc = cuda.local.array((RPT, FWD_NACC), float32)
     m = cuda.local.array(RPT, float32)
     l = cuda.local.array(RPT, float32)  # this thread's share of the row sums (its 4 columns)
-    tid = cuda.threadIdx.x & (THREADS - 1)  # the masks tell the compiler the indices below are ≥ 0
-    rg = tid >> TPR_SHIFT
-    cl = tid & (TPR - 1)
-    bh = cuda.blockIdx.x
+    tid, rg, cl, bh, b, h, hs, C3, qbase = _block_coords(T, C, NH)
     qt = cuda.gridDim.y - 1 - cuda.blockIdx.y
-    b = bh // NH
-    h = bh - b * NH
-    hs = C // NH
-    C3 = 3 * C
     q0 = qt * BR
-    qbase = b * T * C3 + h * hs
     o0 = cuda.blockIdx.z * FWD_HO  # this block's slice of the output channels
     for a in range(RPT):
         m[a] = _NEG_INF
@@ -200,18 +256,8 @@ def flash_attention_forward_kernel(out, lse, inp, B, T, C, NH, scale):
             m[a] = m_new
             for i in range(FWD_NACC):
                 acc[a, i] *= alpha
-        # acc += P·v over this block's HO channels
-        _stage(W, 0, FWD_SHIFT, inp, qbase + 2 * C, C3, k0, T, o0, hs, tid)
-        cuda.syncthreads()
-        for k0_ in range(min(BR, T - k0)):  # keys past T: P = 0
-            k = k0_ & (BR - 1)
-            p0 = Ps[rg, k]
-            p1 = Ps[rg + RG, k]
-            for i in range(FWD_NACC):
-                v = W[k, cl + TPR * i]
-                acc[0, i] += p0 * v
-                acc[1, i] += p1 * v
-        cuda.syncthreads()
+        # acc += P·v over this block's HO channels (keys past T: P = 0)
+        _key_product(acc, Ps, W, inp, qbase + 2 * C, C3, k0, T, o0, hs, tid, rg, cl)
     for a in range(RPT):
         la = _group_sum(l[a])
         t = q0 + rg + RG * a
@@ -240,6 +286,8 @@ def flash_attention_dkdv_kernel(dinp, dout, inp, out, lse, B, T, C, NH, scale):
     kv = cuda.local.array(NCOL, float32)
     dk = cuda.local.array((RPT, BWD_NACC), float32)
     dv = cuda.local.array((RPT, BWD_NACC), float32)
+    # the coordinates of _block_coords, written out: through it ptxas gives this kernel 215 registers on
+    # sm_80, not 209
     tid = cuda.threadIdx.x & (THREADS - 1)  # the masks tell the compiler the indices below are ≥ 0
     rg = tid >> TPR_SHIFT
     cl = tid & (TPR - 1)
@@ -272,27 +320,8 @@ def flash_attention_dkdv_kernel(dinp, dout, inp, out, lse, B, T, C, NH, scale):
         if cq == 0:
             Ds[rq] = d
             Ls[rq] = lse[bh * T + tq] if tq < T else _ZERO
-        for a in range(RPT):
-            for j in range(NCOL):
-                s[a, j] = _ZERO
-                dp[a, j] = _ZERO
-        for c0 in range(0, hs, HC):  # sᵀ = k·qᵀ and dpᵀ = v·doutᵀ over hs in 32-channel chunks
-            _stage(W, 0, HC_SHIFT, inp, qbase + C, C3, k0, T, c0, hs, tid)
-            _stage(W, HC, HC_SHIFT, inp, qbase, C3, q0, T, c0, hs, tid)
-            _stage(W, 2 * HC, HC_SHIFT, inp, qbase + 2 * C, C3, k0, T, c0, hs, tid)
-            _stage(W, 3 * HC, HC_SHIFT, dout, obase, C, q0, T, c0, hs, tid)
-            cuda.syncthreads()
-            n = min(HC, hs - c0)
-            _scores(s, W, kv, rg, cl, n)
-            for i0 in range(n):
-                i = i0 & (HC - 1)
-                for j in range(NCOL):
-                    kv[j] = W[cl + TPR * j, 3 * HC + i]
-                for a in range(RPT):
-                    x = W[rg + RG * a, 2 * HC + i]
-                    for j in range(NCOL):
-                        dp[a, j] += x * kv[j]
-            cuda.syncthreads()
+        # sᵀ = k·qᵀ and dpᵀ = v·doutᵀ
+        _scores_dp(s, dp, W, kv, inp, dout, qbase, obase, C, T, hs, q0, k0, 0, tid, rg, cl)
         for a in range(RPT):
             r = rg + RG * a
             for j in range(NCOL):
@@ -345,17 +374,9 @@ def flash_attention_dq_kernel(dinp, dout, inp, out, lse, B, T, C, NH, scale):
     acc = cuda.local.array((RPT, FWD_NACC), float32)
     dr = cuda.local.array(RPT, float32)
     lr = cuda.local.array(RPT, float32)
-    tid = cuda.threadIdx.x & (THREADS - 1)  # the masks tell the compiler the indices below are ≥ 0
-    rg = tid >> TPR_SHIFT
-    cl = tid & (TPR - 1)
-    bh = cuda.blockIdx.x
+    tid, rg, cl, bh, b, h, hs, C3, qbase = _block_coords(T, C, NH)
     qt = cuda.gridDim.y - 1 - cuda.blockIdx.y
-    b = bh // NH
-    h = bh - b * NH
-    hs = C // NH
-    C3 = 3 * C
     q0 = qt * BR
-    qbase = b * T * C3 + h * hs
     obase = b * T * C + h * hs
     o0 = cuda.blockIdx.z * FWD_HO  # this block's slice of the output channels
     # D and lse of this thread's query rows
@@ -373,27 +394,8 @@ def flash_attention_dq_kernel(dinp, dout, inp, out, lse, B, T, C, NH, scale):
             acc[a, i] = _ZERO
     for kt in range(qt + 1):
         k0 = kt * BR
-        for a in range(RPT):
-            for j in range(NCOL):
-                s[a, j] = _ZERO
-                dp[a, j] = _ZERO
-        for c0 in range(0, hs, HC):  # s = q·kᵀ and dp = dout·vᵀ over hs in 32-channel chunks
-            _stage(W, 0, HC_SHIFT, inp, qbase, C3, q0, T, c0, hs, tid)
-            _stage(W, HC, HC_SHIFT, inp, qbase + C, C3, k0, T, c0, hs, tid)
-            _stage(W, 2 * HC, HC_SHIFT, dout, obase, C, q0, T, c0, hs, tid)
-            _stage(W, 3 * HC, HC_SHIFT, inp, qbase + 2 * C, C3, k0, T, c0, hs, tid)
-            cuda.syncthreads()
-            n = min(HC, hs - c0)
-            _scores(s, W, kv, rg, cl, n)
-            for i0 in range(n):
-                i = i0 & (HC - 1)
-                for j in range(NCOL):
-                    kv[j] = W[cl + TPR * j, 3 * HC + i]
-                for a in range(RPT):
-                    x = W[rg + RG * a, 2 * HC + i]
-                    for j in range(NCOL):
-                        dp[a, j] += x * kv[j]
-            cuda.syncthreads()
+        # s = q·kᵀ and dp = dout·vᵀ
+        _scores_dp(s, dp, W, kv, inp, dout, qbase, obase, C, T, hs, q0, k0, HC, tid, rg, cl)
         for a in range(RPT):
             r = rg + RG * a
             for j in range(NCOL):
@@ -401,18 +403,8 @@ def flash_attention_dq_kernel(dinp, dout, inp, out, lse, B, T, C, NH, scale):
                 if k0 + cl + TPR * j <= q0 + r and q0 + r < T:
                     ds = math.exp(s[a, j] * scale - lr[a]) * (dp[a, j] - dr[a])
                 dSs[r, cl + TPR * j] = ds
-        # acc += dS·k over this block's HO channels
-        _stage(W, 0, FWD_SHIFT, inp, qbase + C, C3, k0, T, o0, hs, tid)
-        cuda.syncthreads()
-        for k0_ in range(min(BR, T - k0)):  # keys past T: dS = 0
-            k = k0_ & (BR - 1)
-            e0 = dSs[rg, k]
-            e1 = dSs[rg + RG, k]
-            for i in range(FWD_NACC):
-                kk = W[k, cl + TPR * i]
-                acc[0, i] += e0 * kk
-                acc[1, i] += e1 * kk
-        cuda.syncthreads()
+        # acc += dS·k over this block's HO channels (keys past T: dS = 0)
+        _key_product(acc, dSs, W, inp, qbase + C, C3, k0, T, o0, hs, tid, rg, cl)
     for a in range(RPT):
         t = q0 + rg + RG * a
         if t < T:
