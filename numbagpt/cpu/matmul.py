@@ -325,7 +325,8 @@ def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, mparts, n
                     p0 = mc // MR * MR if a_in_place else 0
                     if p0 < mc:
                         pack_a(Ap, a0, A, a_kmaj, lda, ic + p0, mc - p0, pc, kc, S - p0)
-''' + textwrap.indent(TILE_LOOP, ' ' * 20) + '''                        q = p * MR - p0  # the panel's first row in Ap (< 0: read in place)
+''' + textwrap.indent(TILE_LOOP, ' ' * 20) + '''\
+                        q = p * MR - p0  # the panel's first row in Ap (< 0: read in place)
                         if a_kmaj:
                             if q < 0:
                                 UKR(kc, A, (ic + p * MR) * lda + pc, lda, Bp, b0 + s * NR * kc, Yt, yt, ldt, tmode,
