@@ -123,16 +123,16 @@ def model_config(spec, vocab_size=None):
     return formats.read_model_header(path)[0], path
 
 
-def open_model(spec, backend, B, T, *, recompute=0, seed=1337, memory_check=True, precision="fp32"):
-    """The model -e names on `backend` (a descriptor initialised with `seed`, a file, a run directory),
-    for training steps on batches of (B, T): T checked against maxT, and the memory its buffers take
-    against what the device has (memory.check_model_fits) before anything is allocated.
-    Returns (model, path: None for a descriptor)."""
+def open_model(spec, source, backend, B, T, *, recompute=0, seed=1337, memory_check=True, precision="fp32"):
+    """The model -e `spec` names on `backend`, from `source` = model_config(spec) (a descriptor's
+    config, initialised with `seed`; or a file's), for training steps on batches of (B, T): T checked
+    against maxT, and the memory its buffers take against what the device has
+    (memory.check_model_fits) before anything is allocated."""
     from numbagpt.files import formats
     from numbagpt.memory import check_model_fits
     from numbagpt.model import GPT2
 
-    config, path = model_config(spec)
+    config, path = source
     if T > config.max_seq_len:
         raise ValueError(f"-t/--seq-len {T} exceeds the model's max_seq_len {config.max_seq_len}")
     if memory_check:  # before anything big is allocated (on the device, for a GPU)
@@ -142,4 +142,4 @@ def open_model(spec, backend, B, T, *, recompute=0, seed=1337, memory_check=True
         model.init_weights(seed)
     else:
         model.load_parameters(formats.read_model(path)[1])
-    return model, path
+    return model

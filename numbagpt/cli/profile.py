@@ -73,14 +73,15 @@ def run(args):
 
     proxy = profiler.TimingBackend(get_backend(args.device))
 
-    config, _ = model_config(args.model)
+    source = model_config(args.model)   # read (and a run directory's checkpoint verified) once
+    config = source[0]
     est = memory_estimate(config, args.batch_size, args.seq_len, recompute=args.recompute)
     print(f"profile_gpt2: {args.model} ({config.describe()}), B={args.batch_size} T={args.seq_len}, "
           f"device {args.device}, precision {args.precision}, {numba.get_num_threads()} threads")
     saved = memory_estimate(config, args.batch_size, args.seq_len)["total"] - est["total"]
     print(format_memory(est) + f" | -r {args.recompute}: {saved / 2**20:.1f} MiB less than -r 0")
-    model, _ = open_model(args.model, proxy, args.batch_size, args.seq_len, recompute=args.recompute,
-                          seed=args.seed, memory_check=not args.no_memory_check, precision=args.precision)
+    model = open_model(args.model, source, proxy, args.batch_size, args.seq_len, recompute=args.recompute,
+                       seed=args.seed, memory_check=not args.no_memory_check, precision=args.precision)
     print(f"warm-up {args.warmup} step(s), the first compiles; then {args.steps} timed step(s)...", flush=True)
 
     report = profiler.profile_model(
