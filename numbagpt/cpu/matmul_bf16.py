@@ -46,7 +46,8 @@ last pair with a zero high half, which adds exact zeros. The micro-kernel is mat
 `vdpbf16ps` (two k per instruction, A's word broadcast) for `vfmadd231ps`, so the reduction blocks
 hold twice the k of avx512's (KC 512 on Zen 4: a strip of 256 words takes the bytes of 256 floats).
 The packing (`_CORE_SOURCE_BF16`) reads the float32 operands where they lie and converts as it
-copies, vectorised (contiguous pairs along a row-major A's rows, pairs of rows of a k-major A or B);
+copies, 16 words at a time in vector registers (`_pairs_along`: 32 consecutive floats of a row-major
+A's row; `_pairs_across`: two rows of a k-major A or B; LLVM's own vectoriser left the first scalar);
 the forward's weight, whose pairs run along its rows, is converted 16 columns × 16 words at a time
 into the thread's scratch tile and moved into its strip by a 16 × 16 register transpose. So there
 is no extra memory and one parallel region per product, as in fp32; A is always packed (it must be
@@ -62,15 +63,16 @@ product added before the even one's as Intel documents vdpbf16ps; blocks in orde
 bit-identical run to run and across thread counts, as the fp32 GEMM; the two kernels agree to the
 error of an fp32 sum, not bit for bit.
 
-Speed (bench/bench_matmul.py, d12 shapes, BT = 256, AMD Zen 4, 1 thread, CPU clock): 1.62x-1.69x the
-fp32 avx512 GEMM over the 15 products in two runs (1.47x-1.86x each; about 145-180 GF/s forward and
-dinp, 165-195 dweight), 0.73-0.96 of torch.mm on bf16 tensors (oneDNN, about 175-205 GF/s). Where a task's rows fit
-one A block (MC, as at BT = 256) the reduction blocks run outside the column panels, so A is
-converted once per block rather than once per panel (forward of the LM head: 50 panels a task;
-1.62x -> 1.69x in total). Forward and dinp trail dweight: with M = 256 rows the converting packs
-(twice the cost per k of the fp32 copies, for half the compute time) weigh more; packing a row-major
-A k-major by register transposes, so that its micro-kernel reads one cache line per k, measured no
-faster (dinp of the LM head slower).
+Speed (bench/bench_matmul.py, d12 shapes, BT = 256, AMD Zen 4, 2 threads, wall clock): 1.69x the
+fp32 avx512 GEMM over the 15 products (1.52x-1.86x each, median 1.79x; about 270-345 GF/s forward and
+dinp, 280-360 dweight); it was 1.62x (1.35x-1.81x) when the packs converted element by element (the
+vector packs cut the packing of the fc forward from 0.48 to 0.22 ms, of its dinp from 1.24 to 0.31).
+Where a task's rows fit one A block (MC, as at BT = 256) the reduction blocks run outside the column
+panels, so A is converted once per block rather than once per panel (forward of the LM head: 50
+panels a task). Forward and dinp still trail dweight: at twice the fp32 compute speed the B panel's
+reads from L3 or memory weigh twice as much (the fc forward without its B packs: 2.9 ms against 3.7);
+packing a row-major A k-major by register transposes, so that its micro-kernel reads one cache line
+per k, measured no faster (dinp of the LM head slower).
 
 Never compiled where it cannot run: nothing of avx512bf16 is compiled before set_kernel picks it,
 which it refuses on a CPU without the features (the import picks portable there); and Numba's
@@ -82,12 +84,12 @@ import textwrap
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange
+from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import matmul as _fp32
-from .simd import F32Vec
+from .simd import F32Vec, _element_ptr
 
 _VEC16 = F32Vec(16)
 _LL_F = ir.VectorType(ir.FloatType(), 16)
@@ -109,6 +111,66 @@ def _dpbf16(typingctx, a, b, c):
         return builder.call(f, [args[2], builder.bitcast(args[0], _LL_I), builder.bitcast(args[1], _LL_I)])
 
     return _VEC16(a, b, c), codegen
+
+
+def _is_word_array(a):
+    return (isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
+            and a.dtype in (types.float32, types.uint32))
+
+
+def _words_ptr(context, builder, sig, args, i):
+    """Pointer to 16 words at args[i][args[i + 1]] (no bounds check: the caller's guarantee)."""
+    p = _element_ptr(context, builder, sig.args[i], args[i], sig.args[i + 1], args[i + 1])
+    return builder.bitcast(p, _LL_I.as_pointer())
+
+
+def _round_lanes(builder, u):
+    """_bits on 16 lanes, before the shift: the bf16 is each lane's high half (RNE, NaN quieted)."""
+    def c(v):
+        return ir.Constant(_LL_I, [v] * 16)
+    v = builder.add(builder.add(u, c(0x7FFF)), builder.and_(builder.lshr(u, c(16)), c(1)))
+    nan = builder.icmp_unsigned(">", builder.and_(u, c(0x7FFFFFFF)), c(0x7F800000))
+    return builder.select(nan, builder.or_(u, c(0x400000)), v)
+
+
+@intrinsic
+def _pairs_along(typingctx, dst, d, src, s):
+    """dst[d + c] = bf16(src[s + 2c]) | bf16(src[s + 2c + 1]) << 16 for c < 16: 32 consecutive floats
+    (pairs along a row) to 16 words, as _bits does each, in vector registers (an interleaved read
+    that LLVM's vectoriser left scalar: 2.5 cycles an element)."""
+    if not (_is_word_array(dst) and _is_word_array(src) and isinstance(d, types.Integer)
+            and isinstance(s, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _words_ptr(context, builder, sig, args, 2)
+        r0 = _round_lanes(builder, builder.load(p, align=4))
+        r1 = _round_lanes(builder, builder.load(builder.gep(p, [ir.Constant(ir.IntType(64), 1)]), align=4))
+        both = builder.shuffle_vector(r0, r1, ir.Constant(ir.VectorType(ir.IntType(32), 32), list(range(32))))
+        hi = builder.lshr(both, ir.Constant(both.type, [16] * 32))
+        w = builder.bitcast(builder.trunc(hi, ir.VectorType(ir.IntType(16), 32)), _LL_I)
+        builder.store(w, _words_ptr(context, builder, sig, args, 0), align=4)
+        return context.get_dummy_value()
+
+    return types.void(dst, d, src, s), codegen
+
+
+@intrinsic
+def _pairs_across(typingctx, dst, d, lo, l, hi, h):
+    """dst[d + c] = bf16(lo[l + c]) | bf16(hi[h + c]) << 16 for c < 16: two rows to 16 words."""
+    if not (_is_word_array(dst) and _is_word_array(lo) and _is_word_array(hi)
+            and all(isinstance(i, types.Integer) for i in (d, l, h))):
+        return None
+
+    def codegen(context, builder, sig, args):
+        a = _round_lanes(builder, builder.load(_words_ptr(context, builder, sig, args, 2), align=4))
+        b = _round_lanes(builder, builder.load(_words_ptr(context, builder, sig, args, 4), align=4))
+        w = builder.or_(builder.lshr(a, ir.Constant(_LL_I, [16] * 16)),
+                        builder.and_(b, ir.Constant(_LL_I, [0xFFFF0000] * 16)))
+        builder.store(w, _words_ptr(context, builder, sig, args, 0), align=4)
+        return context.get_dummy_value()
+
+    return types.void(dst, d, lo, l, hi, h), codegen
 
 
 # ---- rounding ------------------------------------------------------------------------------------
@@ -173,8 +235,11 @@ def pack_a(Ap, a0, A, a_kmaj, lda, ic, mc, pc, kc, S):
         for i in range(S):
             d = Apu[a0 + i * kc2:a0 + (i + 1) * kc2]
             if i < mc:
-                s = Au[(ic + i) * lda + pc:(ic + i) * lda + pc + kc]
-                for k in range(kc // 2):
+                s0 = (ic + i) * lda + pc
+                for k in range(0, kc // 2 - 15, 16):       # 32 floats -> 16 words in registers
+                    pairs_along(Apu, a0 + i * kc2 + k, Au, s0 + 2 * k)
+                s = Au[s0:s0 + kc]
+                for k in range(kc // 32 * 16, kc // 2):
                     d[k] = bits(s[2 * k]) | (bits(s[2 * k + 1]) << np.uint32(16))
                 if kc % 2:
                     d[kc2 - 1] = bits(s[kc - 1])
@@ -184,10 +249,13 @@ def pack_a(Ap, a0, A, a_kmaj, lda, ic, mc, pc, kc, S):
     else:
         for k in range(kc2):
             d = Apu[a0 + k * S:a0 + (k + 1) * S]
-            lo = Au[(pc + 2 * k) * lda + ic:(pc + 2 * k) * lda + ic + mc]
+            l0 = (pc + 2 * k) * lda + ic
+            lo = Au[l0:l0 + mc]
             if 2 * k + 1 < kc:
-                hi = Au[(pc + 2 * k + 1) * lda + ic:(pc + 2 * k + 1) * lda + ic + mc]
-                for i in range(mc):
+                for i in range(0, mc - 15, 16):
+                    pairs_across(Apu, a0 + k * S + i, Au, l0 + i, Au, l0 + lda + i)
+                hi = Au[l0 + lda:l0 + lda + mc]
+                for i in range(mc // 16 * 16, mc):
                     d[i] = bits(lo[i]) | (bits(hi[i]) << np.uint32(16))
             else:
                 for i in range(mc):
@@ -212,10 +280,7 @@ def pack_b_t(Bp, b0, B, ldb, jc, nc, pc, kc, tile, t0):
         if i < nl and i % L == 0:
             for k in range(0, kl, L):
                 for r in range(L):
-                    s = Bu[(jc + i + r) * ldb + pc + 2 * k:(jc + i + r) * ldb + pc + 2 * k + 2 * L]
-                    t = Tu[t0 + r * L:t0 + (r + 1) * L]
-                    for c in range(L):
-                        t[c] = bits(s[2 * c]) | (bits(s[2 * c + 1]) << np.uint32(16))
+                    pairs_along(Tu, t0 + r * L, Bu, (jc + i + r) * ldb + pc + 2 * k)
                 transpose(Bp, d + k * NR, NR, tile, t0, L)
         r0 = kl if i < nl else 0  # the words this column still needs, one by one
         for k in range(r0, kc2):
@@ -245,7 +310,11 @@ def pack_b(Bp, b0, B, b_kmaj, ldb, jc, nc, pc, kc, tile, t0):
                 w = min(NR, nc - s * NR)
                 l = lo[s * NR:s * NR + w]
                 h = hi[s * NR:s * NR + w]
-                if full:
+                if full and w == NR:
+                    for j in range(0, NR, 16):
+                        pairs_across(Bpu, b0 + s * NR * kc2 + k * NR + j, Bu, (pc + 2 * k) * ldb + jc + s * NR + j,
+                                     Bu, (pc + 2 * k + 1) * ldb + jc + s * NR + j)
+                elif full:
                     for j in range(w):
                         d[j] = bits(l[j]) | (bits(h[j]) << np.uint32(16))
                 else:
@@ -457,7 +526,8 @@ def set_kernel(name):
     else:
         if name not in _GEMMS:
             _GEMMS[name] = _fp32._Gemm(name, base="avx512", fma=_dpbf16, core_source=_CORE_SOURCE_BF16,
-                                       env_extra=dict(bits=_bits, np=np), **_bf16_blocking())
+                                       env_extra=dict(bits=_bits, np=np, pairs_along=_pairs_along,
+                                                 pairs_across=_pairs_across), **_bf16_blocking())
         _gemm = _GEMMS[name]
         b = _gemm.b
         _kernel = f"{name} {b['MR']}x{b['NR']}"
