@@ -13,7 +13,7 @@ import numpy as np
 from .config import GPT2_VOCAB, is_descriptor, preset
 from .files import data
 from .files.hf import export_hf, import_hf
-from .model import GPT2
+from .model import GPT2, SAVE_PRECISIONS
 from .train import TrainConfig, TrainResult, train
 from .train.checkpoint import resolve_model
 
@@ -32,9 +32,12 @@ def load_model(spec, device="cpu", recompute=0, seed=1337, vocab_size=GPT2_VOCAB
     return GPT2.from_file(resolve_model(spec), backend=device, recompute=recompute)
 
 
-def save_model(model, path):
-    """Write `model`'s parameters as an llm.c float32 model file (version 3), atomically."""
-    model.save(path)
+def save_model(model, path, precision="fp32"):
+    """Write `model`'s parameters as an llm.c model file, atomically: `precision` "fp32" (version 3) or
+    "bf16" (version 5, the parameters rounded to bfloat16 as llm.c's train_gpt2.py writes them)."""
+    if precision not in SAVE_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(SAVE_PRECISIONS)}, got {precision!r}")
+    model.save(path, SAVE_PRECISIONS[precision])
 
 
 def sample(model, prompt="", tokens=128, *, tokenizer=None, model_file=None, temperature=1.0, top_k=None,

@@ -65,8 +65,8 @@ class Model:
     def v_flat(self):
         return values(self.step, 2)
 
-    def save(self, path):
-        return write_model(path, CONFIG, values(self.step, 0))
+    def save(self, path, dtype="float32"):
+        return write_model(path, CONFIG, values(self.step, 0), dtype)
 
 
 class Loader:

@@ -67,6 +67,39 @@ def test_checkpoint_and_resume_continue_the_same_run(tmp_path, capsys, corpus):
     np.testing.assert_array_equal(a, b)
 
 
+def test_bf16_model_files_keep_master_weights_and_resume_exactly(tmp_path, capsys, corpus):
+    """--save-precision bf16: every model file is llm.c's version 5, every state file keeps the float32
+    parameters (slot 4 = 1), and a resume from a bf16 checkpoint continues bit for bit."""
+    flags = ("-x", "6", "-v", "0", "-g", "0", "--save-precision", "bf16")
+    straight = tmp_path / "straight"
+    code, cap = run(capsys, corpus, straight, *flags, "-n", "6")
+    assert code == 0, cap.err
+    resumed = tmp_path / "resumed"
+    code, cap = run(capsys, corpus, resumed, *flags, "-n", "3")
+    assert code == 0, cap.err
+    for p in resumed.glob("*00000006*"):
+        p.unlink()
+    three = formats.read_state(str(resumed / "state_00000003_00000.bin"))
+    _, rounded = formats.read_model(str(resumed / "model_00000003.bin"))
+    assert formats.read_model_header(str(resumed / "model_00000003.bin"))[1] == 5
+    assert three["use_master_weights"] == 1 and three["master"].dtype == np.float32
+    assert not np.array_equal(three["master"], rounded)          # the master weights are not the bf16 ones
+    widened = (formats.bf16_bits(three["master"]).astype(np.uint32) << 16).view(np.float32)
+    np.testing.assert_array_equal(widened, rounded)                # and the model file holds them rounded
+    code, cap = run(capsys, corpus, resumed, *flags, "-n", "3", "-y", "1")
+    assert code == 0, cap.err
+    assert "resumed from step 3" in cap.out
+    a = formats.read_state(str(straight / "state_00000006_00000.bin"))
+    b = formats.read_state(str(resumed / "state_00000006_00000.bin"))
+    np.testing.assert_array_equal(a["master"], b["master"])
+    np.testing.assert_array_equal(a["m"], b["m"])
+    assert (straight / "model_00000006.bin").read_bytes() == (resumed / "model_00000006.bin").read_bytes()
+    # the final model of a run without a checkpoint at its last step is bf16 too
+    code, cap = run(capsys, corpus, tmp_path / "final", "-x", "2", "-v", "0", "-g", "0", "--save-precision", "bf16")
+    assert code == 0 and "(bf16: llm.c version 5)" in cap.out
+    assert formats.read_model_header(str(tmp_path / "final" / "model_00000002.bin"))[1] == 5
+
+
 def test_bad_input_gives_clear_errors(tmp_path, capsys, corpus):
     code, cap = run(capsys, corpus, tmp_path, "-x", "1", "-t", "64")
     assert code == 1 and "max_seq_len" in cap.err

@@ -24,7 +24,8 @@ import pytest
 from numbagpt import dist
 from numbagpt.train import checkpoint
 from numbagpt.files.data import DataLoader
-from numbagpt.files.formats import read_model, read_state, read_state_header, write_model, write_shard, write_state
+from numbagpt.files.formats import (bf16_bits, read_model, read_state, read_state_header, write_model, write_shard,
+                                    write_state)
 
 from micro_data import token_shards
 
@@ -212,6 +213,29 @@ def test_zero1_equals_zero0_and_resumes(runs, shards, tmp_path):
     proc, _ = run(train_args(shards, resume, 2, zero=1, extra=("-y", "1")), nprocs=2)
     assert "resumed from step 2" in check(proc).stdout
     np.testing.assert_array_equal(final_params(resume), final_params(z1))
+
+
+@needs_mpi
+def test_zero1_resumes_exactly_from_bf16_model_files(runs, shards, tmp_path):
+    """--save-precision bf16 under ZeRO-1: each rank's state keeps the float32 master weights of its own
+    shard; a resume puts them back and gathers them, so it ends where the uninterrupted run does (whose
+    parameters are the fp32-file run's: the file precision does not touch training)."""
+    z1, _ = runs(2, 2, 1, zero=1)
+    out = tmp_path / "bf16"
+    check(run(train_args(shards, out, 2, zero=1, extra=("-n", "2", "--save-precision", "bf16")), nprocs=2)[0])
+    for r in (0, 1):
+        st = read_state(str(out / f"state_00000002_{r:05d}.bin"))
+        assert st["use_master_weights"] == 1 and st["master"].size == 15040
+    final = read_model(str(out / "model_00000003.bin"))[1]
+    widened = (bf16_bits(final_params(z1)).astype(np.uint32) << 16).view(np.float32)
+    np.testing.assert_array_equal(final, widened)
+    resume = tmp_path / "resume"
+    resume.mkdir()
+    for name in ("model_00000002.bin", "state_00000002_00000.bin", "state_00000002_00001.bin", "DONE_00000002"):
+        shutil.copy(out / name, resume / name)
+    proc, _ = run(train_args(shards, resume, 2, zero=1, extra=("-y", "1", "--save-precision", "bf16")), nprocs=2)
+    assert "resumed from step 2" in check(proc).stdout
+    assert (resume / "model_00000003.bin").read_bytes() == (out / "model_00000003.bin").read_bytes()
 
 
 @needs_mpi

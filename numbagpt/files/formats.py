@@ -427,17 +427,20 @@ def hash_text(text):
 
 
 def write_state(path, step, world_size, rank, m, v, rng_state=0, shard_index=0, sample_index=0,
-                shuffle=False, rng_state_last_update=None, epoch=0, seed=0, run=None, detectors=None):
+                shuffle=False, rng_state_last_update=None, epoch=0, seed=0, run=None, detectors=None,
+                master=None):
     """Write a train state file (magic 20240527, version 1), llm.c's layout:
 
-    slot 2, 3: number of processes, rank; 4: use master weights (always 0 here); 5: loader shuffles;
+    slot 2, 3: number of processes, rank; 4: use master weights (1 when `master` is given); 5: loader shuffles;
     10: step; 20..21: uint64 rng state; 22..23: uint64 rng state at the last update (defaults to the
     rng state); 30..31: uint64 shard index; 32..33: uint64 sample index in the shard.
     numbagpt additions in slots llm.c leaves 0 and never reads: 11 byte length of the outlier
     detectors after the arrays, 34..35 uint64 data loader epoch, 36..37 uint64 shuffle seed, 38..39
     uint64 length of m (so a truncated file is detected from its header), 40 byte length of the run
     record and 41..255 the record (`run`, a dict: what the run was, as UTF-8 JSON; see docs/formats.md).
-    Then AdamW m and v (float32, this rank's shard of the parameters), then `detectors` (a list of
+    Then AdamW m and v (float32, this rank's shard of the parameters), then `master` when given (the
+    float32 parameters of the same shard: llm.c's master weights, kept when the model file is bf16),
+    then `detectors` (a list of
     outlier detector states: the spike guard's windows of losses and gradient norms; _encode_detectors).
     numbagpt's loader rebuilds its permutations from (seed, epoch), so unlike llm.c it writes no
     permutation trailer; llm.c reads what it knows and ignores the bytes after the arrays.
@@ -447,10 +450,13 @@ def write_state(path, step, world_size, rank, m, v, rng_state=0, shard_index=0, 
     v = np.asarray(v).reshape(-1)
     if m.size != v.size:
         raise ValueError(f"m has {m.size} elements and v {v.size}; they must match")
+    arrays = [_as(m, "<f4", m.size, "m"), _as(v, "<f4", v.size, "v")]
+    if master is not None:
+        arrays.append(_as(np.asarray(master).reshape(-1), "<f4", m.size, "master"))
     header = _new_header(STATE_MAGIC, STATE_VERSION)
     header[2] = world_size
     header[3] = rank
-    header[4] = 0
+    header[4] = int(master is not None)
     header[5] = int(bool(shuffle))
     header[10] = step
     _set_u64(header, 20, rng_state)
@@ -467,8 +473,7 @@ def write_state(path, step, world_size, rank, m, v, rng_state=0, shard_index=0, 
         body[:len(raw)] = np.frombuffer(raw, dtype=np.uint8)
     trailer = _encode_detectors(detectors or [])
     header[DETECTORS_SLOT] = len(trailer)
-    return _write_file(path, header, _as(m, "<f4", m.size, "m"), _as(v, "<f4", v.size, "v"),
-                       np.frombuffer(trailer, dtype=np.uint8))
+    return _write_file(path, header, *arrays, np.frombuffer(trailer, dtype=np.uint8))
 
 
 def read_state_header(path):

@@ -142,23 +142,30 @@ def resolve_model(path, flag="-e"):
     return models[-1]
 
 
-def save(out_dir, step, model, world, loader, seed, run=None, guard=None):
+def save(out_dir, step, model, world, loader, seed, run=None, guard=None, dtype="float32"):
     """Every rank writes its state file (the AdamW moments of its optimizer shard, the data position,
     the spike guard's windows: `guard`, a numbagpt.train.outlier.SpikeGuard, the same on every rank); rank 0
-    the model file and then, after all are written, DONE. `run` is the run record kept in every state
-    header. A step whose DONE file exists is not rewritten: returns False then (the same on every rank)."""
+    the model file (`dtype` "float32" or "bfloat16": --save-precision) and then, after all are written,
+    DONE. With a bfloat16 model file each state file also keeps the float32 parameters of its rank's
+    shard (llm.c's master weights), which load_state puts back. `run` is the run record kept in every
+    state header. A step whose DONE file exists is not rewritten: returns False then (the same on every
+    rank)."""
     done = os.path.exists(done_path(out_dir, step)) if world.is_master else None
     if world.bcast(done):
         return False
     if world.is_master:
-        model_hash = model.save(model_path(out_dir, step))
+        model_hash = model.save(model_path(out_dir, step), dtype)
     b = model.backend
+    master = None
+    if dtype != "float32":
+        start, end = model.optimizer_shard
+        master = model.parameters_host()[start:end]
     pos = loader.get_state()
     state_hash = formats.write_state(state_path(out_dir, step, world.rank), step, world.size, world.rank,
                         b.to_host(model.m_flat), b.to_host(model.v_flat),
                         rng_state=seed, shard_index=pos["shard_index"], sample_index=pos["sample_index"],
                         shuffle=loader.shuffle, epoch=pos["epoch"], seed=seed, run=run,
-                        detectors=guard.get_state() if guard is not None else None)
+                        detectors=guard.get_state() if guard is not None else None, master=master)
     hashes = world.gather((os.path.basename(state_path(out_dir, step, world.rank)), state_hash))
     if world.is_master:   # every rank's state is written: DONE, with the hashes of the bytes written
         hashes.append((os.path.basename(model_path(out_dir, step)), model_hash))
@@ -167,13 +174,13 @@ def save(out_dir, step, model, world, loader, seed, run=None, guard=None):
     return True
 
 
-def save_final(out_dir, step, model):
-    """Write the final model_<step>.bin (rank 0), unless a complete checkpoint at `step` already holds it.
-    Returns (path, written)."""
+def save_final(out_dir, step, model, dtype="float32"):
+    """Write the final model_<step>.bin (rank 0; `dtype` as save's), unless a complete checkpoint at
+    `step` already holds it. Returns (path, written)."""
     path = model_path(out_dir, step)
     if os.path.exists(done_path(out_dir, step)):
         return path, False
-    model.save(path)
+    model.save(path, dtype)
     return path, True
 
 
@@ -187,9 +194,11 @@ def discard(out_dir, step):
 
 
 def load_state(out_dir, step, model, world, loader, guard=None):
-    """Restore this rank's AdamW moments and data position from the checkpoint at `step`, and the
-    spike guard's windows into `guard` when given. Returns (step, whether the guard's were there:
-    a state of llm.c's or an older numbagpt's has none, and the guard starts empty)."""
+    """Restore this rank's AdamW moments and data position from the checkpoint at `step`, its shard of
+    the float32 parameters when the state keeps them (a bf16 model file: the caller then gathers the
+    shards, DataParallel.gather_parameters), and the spike guard's windows into `guard` when given.
+    Returns (step, whether the guard's were there: a state of llm.c's or an older numbagpt's has none,
+    and the guard starts empty)."""
     import numpy as np
     start, end = model.optimizer_shard
     path = state_path(out_dir, step, world.rank)
@@ -201,6 +210,10 @@ def load_state(out_dir, step, model, world, loader, guard=None):
         raise ValueError(f"{path}: holds AdamW m/v for {state['m'].size:,} parameters, this rank keeps "
                          f"{end - start:,} of {model.num_parameters:,}: a truncated file, or one written "
                          f"with another --zero-stage (resume with the same -z and number of processes)")
+    if "master" in state:   # the model file is bf16: this rank's shard of the float32 parameters
+        host = model.parameters_host()
+        host[start:end] = state["master"]
+        model.load_parameters(host)
     model._ensure_optimizer()
     b = model.backend
     b.copy_to_device(model.m_flat, np.ascontiguousarray(state["m"]))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ..config import DESCRIPTOR_HELP
 from ..flags import NONNEG, POSITIVE, Check, check_value, flag_of
-from ..model import PRECISIONS
+from ..model import PRECISIONS, SAVE_PRECISIONS
 from .schedule import SCHEDULES
 
 HELLASWAG_FILE = "dev/data/hellaswag/hellaswag_val.bin"
@@ -97,6 +97,11 @@ class TrainConfig:
     checkpoint_every: int = option(0, ("-n", "--checkpoint-every"),
                                    "write model_N.bin, state_N_RANK.bin and DONE_N to the output dir every N "
                                    "steps (0: never)", NONNEG)
+    save_precision: str = option("fp32", ("--save-precision",), "the model files written (checkpoints and the "
+                                 "final model): fp32 (llm.c version 3) or bf16 (version 5, what llm.c's CUDA "
+                                 "trainer reads by default); with bf16 each state file also keeps its rank's "
+                                 "float32 master weights, so a resume continues exactly",
+                                 choices=tuple(SAVE_PRECISIONS))
     resume: int = option(0, ("-y", "--resume"), "resume from the latest complete checkpoint (one with a DONE "
                          "file) in the output dir", choices=(0, 1))
     zero_stage: int = option(0, ("-z", "--zero-stage"), "0: every rank keeps all AdamW state; 1: each rank "

@@ -17,7 +17,7 @@ from .. import dist
 from ..config import GPT2_VOCAB, build_config, is_descriptor
 from ..files import data, tokenizer
 from ..layout import format_memory, memory_estimate, num_parameters
-from ..model import GPT2
+from ..model import GPT2, SAVE_PRECISIONS
 from . import checkpoint, rundir
 from .config import TrainConfig
 from .outlier import SpikeGuard
@@ -158,6 +158,7 @@ class Run:
         c = self.config
         self.start_step, windows = checkpoint.load_state(c.output_dir, resume_step, self.model, self.world,
                                                          self.train_loader, self.guard)
+        self.dp.gather_parameters()   # ZeRO-1: each rank restored its shard's master weights (if kept)
         self.say(f"resumed from step {self.start_step} of {c.output_dir}")
         if not windows and (c.skip_update_lossz or c.skip_update_gradz):
             self.say("note: the checkpoint holds no spike-guard windows (llm.c's, or an older numbagpt's): "
@@ -178,13 +179,15 @@ class Run:
                 stop.check()  # a signal on some rank: every rank stops here, after the same step
             if c.output_dir and c.checkpoint_every > 0 and (step + 1) % c.checkpoint_every == 0:
                 if checkpoint.save(c.output_dir, step + 1, self.model, self.world, self.train_loader, c.seed,
-                                   run=self.record, guard=self.guard):
+                                   run=self.record, guard=self.guard, dtype=SAVE_PRECISIONS[c.save_precision]):
                     self.say(f"checkpoint at step {step + 1} in {c.output_dir}")
                 progress.checkpoint = step + 1
         model_file = None
         if c.output_dir and self.world.is_master:
-            model_file, written = checkpoint.save_final(c.output_dir, c.max_steps, self.model)
-            self.say(f"wrote {model_file}" if written else
+            model_file, written = checkpoint.save_final(c.output_dir, c.max_steps, self.model,
+                                                        SAVE_PRECISIONS[c.save_precision])
+            bf16 = " (bf16: llm.c version 5)" if c.save_precision == "bf16" else ""
+            self.say(f"wrote {model_file}{bf16}" if written else
                      f"final model: {model_file} (the checkpoint at step {c.max_steps})")
         if self.log:
             self.log.close()
