@@ -1,8 +1,9 @@
 """Attention forward + backward at GPT-2 d12's heads (C=768, NH=12, hs=64), causal, B=1, T = 64, 256, 1024:
 numbagpt's flash attention against the (T, T) kernels it replaced (dev/attention.py variant 2) and
 PyTorch's F.scaled_dot_product_attention(is_causal=True) forward + backward, on the same shapes and
-threads. Each contender runs in a process of its own (this script with --worker), torch imported
-before Numba (as bench/bench_train.py: the two thread pools must not share a process).
+threads, in float32 (sdpa) and on bfloat16 tensors (sdpa_bf16: what SDPA runs under
+torch.autocast("cpu", dtype=torch.bfloat16)). Each contender runs in a process of its own (this script
+with --worker), torch imported before Numba (as bench/bench_train.py: the two thread pools must not share a process).
 
     python bench/bench_attention.py [--threads 2] [--T 64,256,1024] [--B 1] [--rounds 3] [--reps 5] [--clock cpu]
 
@@ -23,7 +24,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONTENDERS = ("flash", "old", "sdpa")
+CONTENDERS = ("flash", "old", "sdpa", "sdpa_bf16")
 C, NH = 768, 12
 
 
@@ -61,15 +62,16 @@ def worker(args):
     B = args.B
     CLOCK[0] = time.process_time if args.clock == "cpu" else time.perf_counter
     res = {}
-    if args.worker == "sdpa":
+    if args.worker in ("sdpa", "sdpa_bf16"):
         import torch   # before Numba (see the module docstring)
         torch.set_num_threads(args.threads)
         F = torch.nn.functional
         hs = C // NH
+        dtype = torch.bfloat16 if args.worker == "sdpa_bf16" else torch.float32
         for T in Ts:
             g = torch.Generator().manual_seed(0)
-            q, k, v = (torch.randn(B, NH, T, hs, generator=g).requires_grad_() for _ in range(3))
-            do = torch.randn(B, NH, T, hs, generator=g)
+            q, k, v = (torch.randn(B, NH, T, hs, generator=g).to(dtype).requires_grad_() for _ in range(3))
+            do = torch.randn(B, NH, T, hs, generator=g).to(dtype)
             o = [None]
 
             def fwd():

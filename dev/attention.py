@@ -2,6 +2,8 @@
 against the float64 reference, then timed side by side (dev/lab.py).
 
     python dev/attention.py [attention_forward|attention_backward] [N ...] [--threads 2] [--shapes tiny,d12,d12_1k]
+    python dev/attention.py --products [--threads 2]     # flash attention at d12 T=1024 with and without
+                                                         # its products (what a bf16 attention could save)
 
     attention_forward   1 base (per row)  2 per head (the (T, T) kernels flash attention replaced)  3 production (flash)
     attention_backward  1 base            2 per head                                                3 production (flash)
@@ -71,6 +73,7 @@ The (T, T) kernels' record (before flash attention):
   Result (bench/bench_kernels.py, 2 threads, wall): tiny fwd ~8-10x, bwd ~7-8x; d12 ~6-9x.
 """
 import math
+import sys
 
 import numpy as np
 from numba import njit, prange
@@ -348,5 +351,68 @@ KERNELS = [
                                       ("production (flash)", attention_backward)], _backward_args),
 ]
 
+def _no_product(lanes):
+    """A function of the micro-kernels' signature (numbagpt/cpu/attention.py) that computes no product:
+    Y's tile is written with zeros where the product would write it (so the softmax that follows sees
+    no garbage), left as it is where the product adds to it."""
+    @njit
+    def no_product(rows, kc, A, pa, sa, Bm, pb, ldb, nvec, Y, py, ldy, accumulate):
+        if not accumulate:
+            for m in range(rows):
+                for c in range(nvec * lanes):
+                    Y[py + m * ldy + c] = 0.0
+    return no_product
+
+
+def products_split(shape, threads, reps=5):
+    """Flash attention's forward and backward at `shape` (B, T, C, NH), timed as production and with
+    its products replaced by _no_product: how much of its time the products take, and so what running
+    them at twice the speed (a bf16 `vdpbf16ps` attention) could save at most."""
+    import time
+
+    import numba
+
+    from numbagpt.cpu import attention as A
+    numba.set_num_threads(threads)
+    B, T, C, NH = shape
+    rng = np.random.default_rng(0)
+    args = _backward_args(shape, rng)
+    qkv, dout = args["inp"], args["dout"]
+    out, lse = np.zeros(B * T * C, np.float32), np.zeros(B * NH * T, np.float32)
+    dinp = np.zeros(B * T * 3 * C, np.float32)
+    isa = A.kernel().split()[0]
+    blocking = A._BLOCKING[isa]
+    Gf, Gb = A._groups(B, NH, T, blocking["BR"]), A._groups(B, NH, T, blocking["BC"])
+    hp = -(-(C // NH) // blocking["L"]) * blocking["L"]
+    dqp = np.empty(B * NH * Gb * T * hp, np.float32) if Gb > 1 else A._NO_PARTIALS
+    timed = {}
+    for label, (fwd, bwd) in (("production", A._impl()),
+                              ("without products", A._compile(isa, _no_product(blocking["L"])))):
+        best = [float("inf"), float("inf")]
+        for _ in range(reps + 1):   # the first call compiles
+            t0 = time.perf_counter()
+            fwd(out, lse, qkv, B, T, C, NH, Gf)
+            t1 = time.perf_counter()
+            attention_forward(out, lse, qkv, B, T, C, NH)   # the true out and lse for the backward
+            dinp[:] = 0.0
+            t2 = time.perf_counter()
+            bwd(dinp, dout, qkv, out, lse, B, T, C, NH, Gb, dqp)
+            t3 = time.perf_counter()
+            best = [min(best[0], t1 - t0), min(best[1], t3 - t2)]
+        timed[label] = best
+    (pf, pb), (rf, rb) = timed["production"], timed["without products"]
+    print(f"flash attention {A.kernel()}, B={B} T={T} C={C} NH={NH}, {threads} threads, best of {reps}, ms:")
+    print(f"{'':18s} {'forward':>8s} {'backward':>9s} {'total':>8s}")
+    for label, (f, b) in timed.items():
+        print(f"{label:18s} {f * 1e3:8.2f} {b * 1e3:9.2f} {(f + b) * 1e3:8.2f}")
+    prod = pf + pb - rf - rb
+    print(f"the products: {prod * 1e3:.2f} ms of {(pf + pb) * 1e3:.2f} ({prod / (pf + pb):.0%}); at twice their "
+          f"speed the layer would save at most {prod / 2 * 1e3:.2f} ms ({prod / 2 / (pf + pb):.0%} of attention)")
+
+
 if __name__ == "__main__":
-    lab.main(__doc__, KERNELS, SHAPES)
+    if "--products" in sys.argv:
+        threads = int(sys.argv[sys.argv.index("--threads") + 1]) if "--threads" in sys.argv else 2
+        products_split(SHAPES["d12_1k"], threads)
+    else:
+        lab.main(__doc__, KERNELS, SHAPES)

@@ -120,6 +120,42 @@ def test_exp_nonpos_special_values():
     assert got.dtype == np.float32
 
 
+@njit(fastmath={'contract'})  # (with 'reassoc' too LLVM reorders the polynomial's last sum: 1 ulp apart)
+def _exp_nonpos_contract(out, x):
+    for i in range(x.size):
+        out[i] = exp_nonpos(x[i])
+
+
+def _vector_exp(lanes):
+    """numbagpt/cpu/simd.py's exp on <lanes x float>, over an array (a multiple of lanes long)."""
+    from numbagpt.cpu.simd import vector_ops
+    ops = vector_ops(lanes)
+    load, store, vexp = ops.load, ops.store, ops.exp
+
+    @njit
+    def run(out, x):
+        for i in range(0, x.size, lanes):
+            store(out, i, vexp(load(x, i)))
+    return run
+
+
+@pytest.mark.parametrize("lanes", [4, 8, 16])
+def test_vector_exp_is_exp_nonpos_bit_for_bit(lanes):
+    # the flash attention's exp (simd.py: a fused reduction, one compare for NaN and underflow, and
+    # vscalefps at 16 lanes) against the scalar one the error bound above is measured on
+    bits = np.arange(0x80000000, 0xC2B00001, 997, dtype=np.uint64).astype(np.uint32)
+    special = np.array([0.0, -0.0, -87.0, -87.0001, -86.9999, -100.0, -1e30, -np.inf, np.nan, -1e-45,
+                        np.float32(-np.nan)], np.float32)
+    x = np.concatenate([bits.view(np.float32), special])
+    x = np.concatenate([x, np.zeros(-x.size % lanes, np.float32)])
+    if lanes == 16 and "avx512f" not in __import__("numbagpt.cpu.matmul", fromlist=["x"]).cpu_features():
+        pytest.skip("16 lanes compile to AVX-512 (vscalefps): this CPU has none")
+    got, want = np.empty_like(x), np.empty_like(x)
+    _vector_exp(lanes)(got, x)
+    _exp_nonpos_contract(want, x)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
 @pytest.mark.parametrize("n", [1, 2, 7, 16, 17, 100, 50257])
 def test_max_f32_is_exact(n):
     rng = np.random.default_rng(n)

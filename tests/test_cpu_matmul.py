@@ -360,3 +360,25 @@ def test_environment_forces_a_kernel_or_says_why_not(kernel):
     bad = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, NUMBAGPT_MATMUL="avx1024"),
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "NUMBAGPT_MATMUL=avx1024: unknown matmul kernel 'avx1024'" in bad.stderr
+
+
+def test_generated_kernels_are_named_after_their_sources(tmp_path, monkeypatch):
+    """The GEMM and attention kernels built as source text carry a hash of the files they are made
+    from (simd.source_tag), so that Numba's cache, which keys on a function's own file and bytecode,
+    never serves one compiled from older sources: an edit to any of those files changes the tag."""
+    from numbagpt.cpu import attention, simd
+    tag = simd.source_tag()
+    assert re.fullmatch(r"[0-9a-f]{8}", tag)
+    if mm._gemm is not None:
+        assert mm._gemm.core.py_func.__name__.endswith("_" + tag)
+    assert all(f.py_func.__name__.endswith("_" + tag) for f in attention._impl())
+    for name in simd._GENERATED_FROM:   # a copy of the sources with one file changed: another tag
+        src = os.path.join(os.path.dirname(simd.__file__), name)
+        with open(src, "rb") as f:
+            (tmp_path / name).write_bytes(f.read() + (b"\n# edited\n" if name == "fastmath.py" else b""))
+    monkeypatch.setattr(simd, "__file__", str(tmp_path / "simd.py"))
+    simd.source_tag.cache_clear()
+    try:
+        assert simd.source_tag() != tag
+    finally:
+        simd.source_tag.cache_clear()

@@ -58,7 +58,7 @@ from numba import njit, prange
 
 from . import matmul as _matmul
 from .fastmath import exp_nonpos, max_f32
-from .simd import vector_ops
+from .simd import source_tag, vector_ops
 
 _FASTMATH = {'reassoc', 'contract'}
 
@@ -365,9 +365,12 @@ def _backward(dinp, dout, inp, out, lse, B, T, C, NH, G, dqp):
 '''
 
 
-def _compile(isa):
+def _compile(isa, product=None):
     """The micro-kernel and the forward and backward of one ISA's blocking, as Numba dispatchers,
-    compiled under this file's name so that Numba's on-disk cache keeps them."""
+    compiled under this file's name so that Numba's on-disk cache keeps them. `product`, a jitted
+    function with the micro-kernels' signature, replaces both (dev/attention.py --products times the
+    kernels without their products that way); such a core is not cached (Numba's cache keys an entry on
+    the function's own bytecode, not on the functions it calls: it would be taken for this one)."""
     b = _BLOCKING[isa]
     ops = vector_ops(b["L"])
     env = dict(np=np, math=math, prange=prange, exp_nonpos=exp_nonpos, L=b["L"], BR=b["BR"], BC=b["BC"],
@@ -375,14 +378,15 @@ def _compile(isa):
                zero=ops.zero, sub=ops.sub, mul=ops.mul, vmax=ops.max, vexp=ops.exp, transpose=ops.transpose,
                __name__=__name__)
     for key, a_rows in (("_mkr", True), ("_mkk", False)):
-        name = f"{key}_{isa}"
+        name = f"{key}_{isa}_{source_tag()}"
         exec(compile(_microkernel_source(name, b["MR"], a_rows), __file__, "exec"), env)
-        env[key] = njit(cache=True, fastmath=_FASTMATH)(env[name])
-    core = (_CORE_SOURCE.replace("def _forward(", f"def _forward_{isa}(")
-            .replace("def _backward(", f"def _backward_{isa}("))
+        env[key] = product or njit(cache=True, fastmath=_FASTMATH)(env[name])
+    fwd_name, bwd_name = f"_forward_{isa}_{source_tag()}", f"_backward_{isa}_{source_tag()}"
+    core = _CORE_SOURCE.replace("def _forward(", f"def {fwd_name}(").replace("def _backward(", f"def {bwd_name}(")
     exec(compile(core, __file__, "exec"), env)
-    fwd = njit(parallel=True, cache=True, fastmath=_FASTMATH)(env[f"_forward_{isa}"])
-    bwd = njit(parallel=True, cache=True, fastmath=_FASTMATH)(env[f"_backward_{isa}"])
+    cache = product is None
+    fwd = njit(parallel=True, cache=cache, fastmath=_FASTMATH)(env[fwd_name])
+    bwd = njit(parallel=True, cache=cache, fastmath=_FASTMATH)(env[bwd_name])
     return fwd, bwd
 
 

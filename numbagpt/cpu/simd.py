@@ -24,6 +24,10 @@ the caller guarantees that i..i+L-1 lies inside the array (the GEMM only loads f
 packing buffers and stores to full tiles; its edges go through a scratch tile), and for transpose
 that all L rows of the block lie inside src and dst.
 """
+import functools
+import hashlib
+import os
+
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -224,8 +228,12 @@ class _Ops:
 
 
 def _exp_nonpos(builder, x, lanes):
-    """numbagpt/cpu/fastmath.py's exp_nonpos on a `<lanes x float>` (the same constants and steps, the
-    polynomial in fused multiply-adds as the scalar one compiles with fastmath 'contract')."""
+    """numbagpt/cpu/fastmath.py's exp_nonpos on a `<lanes x float>`: the same constants and steps, the
+    same results bit for bit, in fewer instructions. The reduction r = x − n·ln2_hi as one fused
+    multiply-add (n·ln2_hi is exact: ln2_hi has 9 significant bits and |n| ≤ 126); the clamp below at
+    −87 lets a NaN through (max(lo, x) with x second, as vmaxps keeps its second operand), so one
+    compare (x ≥ −87, or unordered) both zeroes the underflow and keeps the NaN; with 16 lanes
+    (AVX-512) the scaling by 2^n is one `vscalefps` (exact like the multiply: 2^n is normal)."""
     from . import fastmath as fm
     fty = ir.VectorType(ir.FloatType(), lanes)
     ity = ir.VectorType(ir.IntType(32), lanes)
@@ -239,19 +247,24 @@ def _exp_nonpos(builder, x, lanes):
         return builder.call(fn, list(xs))
 
     lo = c(fm._LO)
-    xc = builder.select(builder.fcmp_ordered(">", x, lo), x, lo)
+    xc = builder.select(builder.fcmp_ordered(">", lo, x), lo, x)     # NaN stays NaN
     n = call("floor", call("fma", xc, c(fm._LOG2E), c(fm._HALF)))
-    r = builder.fsub(xc, builder.fmul(n, c(fm._LN2_HI)))
+    r = call("fma", builder.fneg(n), c(fm._LN2_HI), xc)
     r = call("fma", builder.fneg(n), c(fm._LN2_LO), r)
     p = c(fm._P0)
     for k in (fm._P1, fm._P2, fm._P3, fm._P4, fm._P5):
         p = call("fma", p, r, c(k))
     p = builder.fadd(call("fma", builder.fmul(p, r), r, r), c(fm._ONE))
-    two_n = builder.bitcast(builder.shl(builder.add(builder.fptosi(n, ity), ir.Constant(ity, [127] * lanes)),
-                                        ir.Constant(ity, [23] * lanes)), fty)
-    e = builder.fmul(p, two_n)
-    e = builder.select(builder.fcmp_ordered(">=", x, lo), e, c(0.0))
-    return builder.select(builder.fcmp_unordered("uno", x, x), x, e)
+    if lanes == 16:
+        fnty = ir.FunctionType(fty, [fty, fty, fty, ir.IntType(16), ir.IntType(32)])
+        f = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx512.mask.scalef.ps.512")
+        e = builder.call(f, [p, n, ir.Constant(fty, ir.Undefined), ir.Constant(ir.IntType(16), -1),
+                             ir.Constant(ir.IntType(32), 4)])               # 4: the current rounding
+    else:
+        two_n = builder.bitcast(builder.shl(builder.add(builder.fptosi(n, ity), ir.Constant(ity, [127] * lanes)),
+                                            ir.Constant(ity, [23] * lanes)), fty)
+        e = builder.fmul(p, two_n)
+    return builder.select(builder.fcmp_unordered(">=", x, lo), e, c(0.0))
 
 
 _OPS = {}
@@ -263,3 +276,21 @@ def vector_ops(lanes):
         _OPS[lanes] = _Ops(lanes)
     return _OPS[lanes]
 
+
+# the files the generated kernels (matmul.py, matmul_bf16.py, attention.py: source built as text and
+# compiled with exec) are made from, this one's intrinsics and fastmath.py's constants included
+_GENERATED_FROM = ("simd.py", "fastmath.py", "matmul.py", "matmul_bf16.py", "attention.py")
+
+
+@functools.cache
+def source_tag():
+    """8 hex digits of a hash of _GENERATED_FROM, which the generated kernels carry in their names.
+    Why: Numba's on-disk cache keys an entry on the function's name, its bytecode (not its constants)
+    and its own file's time stamp, not on what it calls from other files (an intrinsic here, a helper
+    of matmul_bf16.py's compiled under matmul.py's name): without the tag an edit there could leave
+    the old machine code in use. With it any edit to these files compiles them anew."""
+    h = hashlib.sha256()
+    for name in _GENERATED_FROM:
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), name), "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()[:8]
