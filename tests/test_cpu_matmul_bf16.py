@@ -95,17 +95,21 @@ def test_portable_in_chunks(kernel, shape, monkeypatch):
     test_matmul_backward_bf16(shape, False, True)
 
 
-@pytest.mark.parametrize("threshold", ["BIG_Y", "SMALL_Y"])
+@pytest.mark.parametrize("threshold", ["BIG_Y", "SMALL_Y", "KC"])
 def test_avx512bf16_big_and_small_y_blocking(kernel, threshold, monkeypatch):
-    """The blocks and tile order of a Y beyond BIG_Y elements (KC_Y, NC_Y, tiles along Y's rows) and
-    of one within SMALL_Y (KC_S), each forced on every product of a shape with ragged blocks."""
+    """The blocks and tile order of a Y beyond BIG_Y elements (KC_Y, NC_Y, tiles along Y's rows), of
+    one within SMALL_Y (KC_S), and of the others with a short KC (several ragged reduction blocks,
+    which d12's shapes no longer have: KC is 1024 there), each forced on every product."""
     if kernel != "avx512bf16":
         pytest.skip("the packed GEMM's blocking")
-    monkeypatch.setitem(mb._GEMMS[kernel].b, threshold, 0 if threshold == "BIG_Y" else 1 << 40)
-    shape = (2, 101, 1030, 263) if threshold == "BIG_Y" else (4, 150, 33, 70)
-    test_matmul_forward_bf16(shape, True)
-    test_matmul_backward_bf16(shape, False, True)
-    test_matmul_backward_bf16(shape, True, False)
+    monkeypatch.setitem(mb._GEMMS[kernel].b, threshold, {"BIG_Y": 0, "SMALL_Y": 1 << 40, "KC": 64}[threshold])
+    # (KC: rows in one A block, and more rows than MC)
+    shapes = {"BIG_Y": [(2, 101, 1030, 263)], "SMALL_Y": [(4, 150, 33, 70)],
+              "KC": [(2, 101, 257, 263), (2, 150, 97, 333)]}[threshold]
+    for shape in shapes:
+        test_matmul_forward_bf16(shape, True)
+        test_matmul_backward_bf16(shape, False, True)
+        test_matmul_backward_bf16(shape, True, False)
 
 
 def test_bf16_is_not_fp32():

@@ -43,8 +43,8 @@ block of A is packed as bf16 *pairs*, one 32-bit word holding bf16(x[k]) (low ha
 bf16(x[k+1]) (high half) for two consecutive k, the VNNI layout `vdpbf16ps` reads (lane j:
 c[j] += a.lo·b[j].lo + a.hi·b[j].hi). A panel row of KC elements is ⌈KC/2⌉ words; an odd K pads the
 last pair with a zero high half, which adds exact zeros. The micro-kernel is matmul.py's with
-`vdpbf16ps` (two k per instruction, A's word broadcast) for `vfmadd231ps`, so the reduction blocks
-hold twice the k of avx512's (KC 512 on Zen 4: a strip of 256 words takes the bytes of 256 floats).
+`vdpbf16ps` (two k per instruction, A's word broadcast) for `vfmadd231ps`, and reduction blocks of
+four times avx512's k (KC 1024 on Zen 4, 512 words: _bf16_blocking).
 The packing (`_CORE_SOURCE_BF16`) reads the float32 operands where they lie and converts as it
 copies, 16 words at a time in vector registers (`_pairs_along`: 32 consecutive floats of a row-major
 A's row; `_pairs_across`: two rows of a k-major A or B; LLVM's own vectoriser left the first scalar);
@@ -63,16 +63,18 @@ product added before the even one's as Intel documents vdpbf16ps; blocks in orde
 bit-identical run to run and across thread counts, as the fp32 GEMM; the two kernels agree to the
 error of an fp32 sum, not bit for bit.
 
-Speed (bench/bench_matmul.py, d12 shapes, BT = 256, AMD Zen 4, 2 threads, wall clock): 1.69x the
-fp32 avx512 GEMM over the 15 products (1.52x-1.86x each, median 1.79x; about 270-345 GF/s forward and
-dinp, 280-360 dweight); it was 1.62x (1.35x-1.81x) when the packs converted element by element (the
-vector packs cut the packing of the fc forward from 0.48 to 0.22 ms, of its dinp from 1.24 to 0.31).
-Where a task's rows fit one A block (MC, as at BT = 256) the reduction blocks run outside the column
-panels, so A is converted once per block rather than once per panel (forward of the LM head: 50
-panels a task). Forward and dinp still trail dweight: at twice the fp32 compute speed the B panel's
-reads from L3 or memory weigh twice as much (the fc forward without its B packs: 2.9 ms against 3.7);
-packing a row-major A k-major by register transposes, so that its micro-kernel reads one cache line
-per k, measured no faster (dinp of the LM head slower).
+Speed (bench/bench_matmul.py, d12 shapes, BT = 256, AMD Zen 4, 2 threads, wall clock, two runs):
+1.70x and 1.78x the fp32 avx512 GEMM over the 15 products (1.52x-2.03x each, medians 1.77x and
+1.82x; 250-370 GF/s), 0.66-1.65 of torch.mm on bf16 tensors (oneDNN). Before the two changes below,
+in the same session: 1.62x (1.35x-1.81x, median 1.57x). (1) The converting packs work 16 words at a
+time in vector registers: the packing of the fc forward fell from 0.48 to 0.22 ms, of its dinp from
+1.24 to 0.31 (1.62x -> 1.69x). (2) Reduction blocks four times avx512's k, so that d12's K = 768 is
+one block (_bf16_blocking). Where a task's rows fit one A block (MC, as at BT = 256) the reduction
+blocks run outside the column panels, so A is converted once per block rather than once per panel
+(forward of the LM head: 50 panels a task). The dinps still trail the rest: both threads convert the
+same rows of dout (the split that packs least), and at twice the fp32 compute speed the B panel's
+reads from L3 or memory weigh twice as much; packing a row-major A k-major by register transposes,
+so that its micro-kernel reads one cache line per k, measured no faster (dinp of the LM head slower).
 
 Never compiled where it cannot run: nothing of avx512bf16 is compiled before set_kernel picks it,
 which it refuses on a CPU without the features (the import picks portable there); and Numba's
@@ -492,10 +494,13 @@ def _backward_dweight(dweight, dout, inp, BT, C, OC, accumulate):
 # ---- dispatch ------------------------------------------------------------------------------------
 
 def _bf16_blocking():
-    """avx512's blocking (numbagpt/cpu/matmul.py _BLOCKING) in words: the reduction blocks twice as
-    many k (a packed strip of KC/2 words takes the bytes of avx512's KC floats); A always packed."""
+    """avx512's blocking (numbagpt/cpu/matmul.py _BLOCKING) with longer reduction blocks: KC and KC_Y
+    four times avx512's k (a packed strip of KC/2 words takes twice the bytes of avx512's KC floats;
+    1024 on Zen 4, so that d12's K = C = 768 is one block: one pass over Y instead of two, measured
+    1.06x over twice avx512's k on the d12 products, the LM head's dinp 1.2x), KC_S twice; A always
+    packed."""
     b = _fp32._BLOCKING["avx512"]
-    return dict(KC=2 * b["KC"], KC_Y=2 * b["KC_Y"], KC_S=2 * b["KC_S"], IN_PLACE_N=0, IN_PLACE_ROWS=False)
+    return dict(KC=4 * b["KC"], KC_Y=4 * b["KC_Y"], KC_S=2 * b["KC_S"], IN_PLACE_N=0, IN_PLACE_ROWS=False)
 
 KERNELS = ("avx512bf16", "portable")
 _NEEDS = {"avx512bf16": ("avx512f", "avx512bf16"), "portable": ()}
