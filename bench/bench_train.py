@@ -60,7 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--autocast", action="store_true", help="also PyTorch eager under bf16 autocast")
     p.add_argument("--precision", default="fp32", help="comma list of numbagpt precisions (fp32, bf16)")
     p.add_argument("--before", default=None, metavar="DIR",
-                   help="also numbagpt from the checkout in DIR (its fp32, this CPU's kernel)")
+                   help="also numbagpt from the checkout in DIR (this CPU's kernel, at each --precision)")
     p.add_argument("--root", default=ROOT, help=argparse.SUPPRESS)   # the worker's numbagpt checkout
     p.add_argument("--worker", choices=("numbagpt",) + TORCH_MODES, help=argparse.SUPPRESS)
     p.add_argument("--model", choices=list(SHAPES), help=argparse.SUPPRESS)  # the worker's model
@@ -232,8 +232,9 @@ def main():
     for name in args.models:
         contenders = [(f"numbagpt {k}" + ("" if p == "fp32" else f" {p}"), "numbagpt", k, p, ROOT)
                       for p in args.precision.split(",") for k in kernels]
-        if args.before:
-            contenders.append((f"before {kernels[0]}", "numbagpt", kernels[0], "fp32", os.path.abspath(args.before)))
+        if args.before:   # the other checkout at each precision asked for (fp32 only: a checkout before bf16)
+            contenders += [(f"before {kernels[0]}" + ("" if p == "fp32" else f" {p}"), "numbagpt", kernels[0], p,
+                            os.path.abspath(args.before)) for p in args.precision.split(",")]
         contenders += [(m, m, None, "fp32", ROOT) for m in torch_modes]
         times = {c[0]: {"wall": [], "cpu": []} for c in contenders}
         for r in range(args.rounds):
