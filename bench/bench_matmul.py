@@ -13,10 +13,11 @@ than absolute numbers.
 The bf16 GEMM (numbagpt/cpu/matmul_bf16.py, --precision bf16) is timed beside them (--bf16-kernels,
 default: the one this CPU runs; "none" to skip): its GF/s, its ratio to BLAS's sgemm and, column
 "xfp32", its speed-up over the first fp32 kernel (time_fp32 / time_bf16). With --torch (when torch is
-installed) `torch.mm` on bfloat16 tensors (oneDNN; bf16 out) is timed afterwards in its own process,
-the same way, so that its thread pool never shares the cores with Numba's or OpenBLAS's: a second
-table gives its GF/s and our bf16 GEMM's ratio to it (time_torch / time_ours, across processes: a
-noisier ratio than the others).
+installed) `torch.mm` on float32 tensors (MKL, in PyTorch's x86 builds) and on bfloat16 tensors
+(oneDNN; bf16 out) is timed afterwards in its own process, the same way, so that its thread pool never
+shares the cores with Numba's or OpenBLAS's: a second table gives its GF/s, our first fp32 kernel's
+ratio to it and to the faster of it and OpenBLAS (/best), and our bf16 GEMM's ratio to torch's bf16
+(time_torch / time_ours, across processes: noisier ratios than the others).
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_matmul.py [--threads 2]
         [--reps 5] [--block-ms 25] [--shapes tiny,d12] [--kernels avx512,portable] [--quick] [--clock cpu]
@@ -45,7 +46,8 @@ def main():
     ap.add_argument("--bf16-kernels", default=None,
                     help="comma list of bf16 matmul kernels (avx512bf16, portable) to time, or none; "
                          "default: the one this CPU runs")
-    ap.add_argument("--torch", action="store_true", help="also time torch.mm on bf16 tensors (own process)")
+    ap.add_argument("--torch", action="store_true",
+                    help="also time torch.mm on fp32 (MKL) and bf16 tensors (own process)")
     ap.add_argument("--torch-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="LM-head shapes only")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
@@ -178,6 +180,7 @@ def main():
             for n in range(len(t)):
                 totals[n] += t[n]
             row = ""
+            ours_times[("fp32", name, op)], ours_times[("blas", name, op)] = t[0], t[-1]
             for n, k in enumerate(contenders):
                 ratios[k].append(t[-1] / t[n])
                 row += f" {flop / t[n] / 1e9:13.1f} {t[-1] / t[n]:6.2f}"
@@ -196,7 +199,7 @@ def main():
     print("ratio = BLAS time / kernel time (>= 1: as fast as BLAS or faster); forward includes the bias add "
           "(BLAS: np.dot then np.add)" + ("; xfp32 = fp32 kernel time / bf16 kernel time" if bf16 else ""))
     if args.torch:
-        torch_table(args, shapes, bf16, ours_times)
+        torch_table(args, shapes, kernels[0], bf16, ours_times)
 
 
 def bench_shapes(args):
@@ -261,67 +264,79 @@ def timers(args):
     return median_of
 
 
-def torch_table(args, shapes, bf16, ours_times):
-    """Run this script with --torch-child (torch.mm on bf16 tensors, same shapes and timing) in its
-    own process and print its GF/s beside our bf16 GEMM's."""
+def torch_table(args, shapes, fp32, bf16, ours_times):
+    """Run this script with --torch-child (torch.mm on float32 tensors, MKL in PyTorch's x86 builds, and
+    on bf16 tensors, oneDNN; same shapes and timing) in its own process, and print its GF/s beside our
+    fp32 GEMM's (and OpenBLAS's) and our bf16 GEMM's."""
     import subprocess
     cmd = [sys.executable, os.path.abspath(__file__), "--torch-child", "--threads", str(args.threads),
            "--reps", str(args.reps), "--block-ms", str(args.block_ms), "--shapes", args.shapes,
            "--clock", args.clock] + (["--quick"] if args.quick else [])
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
-        print(f"torch.mm bf16: not timed ({(r.stderr.strip().splitlines() or ['?'])[-1]})")
+        print(f"torch.mm: not timed ({(r.stderr.strip().splitlines() or ['?'])[-1]})")
         return
     torch_times = {}
     for line in r.stdout.splitlines():
-        if line.startswith("T "):
+        if line.startswith("T "):   # T dtype name... op seconds
             parts = line.split()
-            torch_times[(" ".join(parts[1:-2]), parts[-2])] = float(parts[-1])
+            torch_times[(parts[1], " ".join(parts[2:-2]), parts[-2])] = float(parts[-1])
     print(next((line for line in r.stdout.splitlines() if line.startswith("torch")), "torch"))
-    hdr = f"{'shape':14s} {'op':8s} {'torch bf16 GF/s':>16s}" + "".join(
-        f" {'bf16 ' + k + ' GF/s':>20s} {'ratio':>6s}" for k in bf16)
-    print(hdr)
+    hdr = (f"{'shape':14s} {'op':8s} {'torch fp32':>10s} {fp32:>8s} {'ratio':>6s} {'/best':>6s}"
+           f" {'torch bf16':>10s}" + "".join(f" {'bf16 ' + k:>16s} {'ratio':>6s}" for k in bf16))
+    print(hdr + "   (GF/s)")
     print("-" * len(hdr))
+    worst = []
     for name, BT, C, OC in shapes:
         flop = 2.0 * BT * C * OC
         for op in ("forward", "dinp", "dweight"):
-            tt = torch_times[(name, op)]
-            row = f"{name:14s} {op:8s} {flop / tt / 1e9:16.1f}"
+            tf, tb = torch_times[("fp32", name, op)], torch_times[("bf16", name, op)]
+            ours = ours_times[("fp32", name, op)]
+            best = min(tf, ours_times[("blas", name, op)])   # the faster of MKL (torch) and OpenBLAS
+            worst.append(best / ours)
+            row = (f"{name:14s} {op:8s} {flop / tf / 1e9:10.1f} {flop / ours / 1e9:8.1f} {tf / ours:6.2f}"
+                   f" {best / ours:6.2f} {flop / tb / 1e9:10.1f}")
             for k in bf16:
                 to = ours_times[(k, name, op)]
-                row += f" {flop / to / 1e9:20.1f} {tt / to:6.2f}"
+                row += f" {flop / to / 1e9:16.1f} {tb / to:6.2f}"
             print(row)
-    print("ratio = torch time / our bf16 time (>= 1: ours as fast or faster); torch timed in its own process")
+    print(f"{fp32} against the faster of torch fp32 (MKL) and OpenBLAS: worst {min(worst):.2f}, median "
+          f"{sorted(worst)[len(worst) // 2]:.2f}")
+    print("ratio = torch time / ours (>= 1: ours as fast or faster); /best = the faster of torch fp32 and "
+          "OpenBLAS / ours; torch timed in its own process")
 
 
 def torch_child(args):
-    """--torch-child: time torch.mm on bf16 tensors for every shape and product; print 'T name op seconds'."""
+    """--torch-child: time torch.mm on float32 tensors (MKL) and on bf16 tensors (oneDNN) for every shape
+    and product; print 'T dtype name op seconds'."""
     import numpy as np
     import torch
     torch.set_num_threads(args.threads)
     median_of = timers(args)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 mm (oneDNN: "
-          f"{torch.backends.mkldnn.is_available()})", flush=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 mm (MKL: "
+          f"{torch.backends.mkl.is_available()}), bf16 mm (oneDNN: {torch.backends.mkldnn.is_available()})",
+          flush=True)
     rng = np.random.default_rng(0)
     for name, BT, C, OC in bench_shapes(args):
-        def t(a):
-            return torch.from_numpy(a).to(torch.bfloat16)
-        X = t(rng.standard_normal((BT, C), dtype=np.float32))
-        W = t(rng.standard_normal((OC, C), dtype=np.float32) * 0.02)
-        D = t(rng.standard_normal((BT, OC), dtype=np.float32))
-        bias = t(rng.standard_normal(OC, dtype=np.float32)) if "lm_head" not in name else None
-        Y = torch.empty((BT, OC), dtype=torch.bfloat16)
-        DX = torch.empty((BT, C), dtype=torch.bfloat16)
-        DW = torch.empty((OC, C), dtype=torch.bfloat16)
-        fns = {
-            "forward": ((lambda: torch.mm(X, W.t(), out=Y)) if bias is None
-                        else (lambda: torch.addmm(bias, X, W.t(), out=Y))),
-            "dinp": lambda: torch.mm(D, W, out=DX),
-            "dweight": lambda: torch.mm(D.t(), X, out=DW),
-        }
-        for op in ("forward", "dinp", "dweight"):
-            (sec,) = median_of([fns[op]], args.reps)
-            print(f"T {name} {op} {sec:.9g}", flush=True)
+        arrays = dict(X=rng.standard_normal((BT, C), dtype=np.float32),
+                      W=rng.standard_normal((OC, C), dtype=np.float32) * 0.02,
+                      D=rng.standard_normal((BT, OC), dtype=np.float32),
+                      bias=rng.standard_normal(OC, dtype=np.float32) if "lm_head" not in name else None)
+        for dtype in ("fp32", "bf16"):
+            tdt = torch.float32 if dtype == "fp32" else torch.bfloat16
+            X, W, D, bias = (None if a is None else torch.from_numpy(a).to(tdt) for a in arrays.values())
+            Y = torch.empty((BT, OC), dtype=tdt)
+            DX = torch.empty((BT, C), dtype=tdt)
+            DW = torch.empty((OC, C), dtype=tdt)
+            fns = {
+                "forward": ((lambda: torch.mm(X, W.t(), out=Y)) if bias is None
+                            else (lambda: torch.addmm(bias, X, W.t(), out=Y))),
+                "dinp": lambda: torch.mm(D, W, out=DX),
+                "dweight": lambda: torch.mm(D.t(), X, out=DW),
+            }
+            for op in ("forward", "dinp", "dweight"):
+                (sec,) = median_of([fns[op]], args.reps)
+                print(f"T {dtype} {name} {op} {sec:.9g}", flush=True)
 
 
 if __name__ == "__main__":
