@@ -13,7 +13,7 @@ st = pytest.importorskip("safetensors.numpy")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from numbagpt.files import hf  # noqa: E402
+from numbagpt.files import formats, hf  # noqa: E402
 from numbagpt.cli.hf import export_main, import_main  # noqa: E402
 
 V = 50257
@@ -94,6 +94,17 @@ def test_round_trip_is_bit_exact(tmp_path):
     assert "vocab.json" not in files and "model.safetensors" in files
     hf.import_hf(tmp_path / "hf", tmp_path / "back.bin")
     np.testing.assert_array_equal(GPT2.from_file(tmp_path / "back.bin").parameters_host(), model.parameters_host())
+
+
+def test_import_writes_llmc_bf16_with_save_precision(tmp_path, capsys):
+    model = random_model(tmp_path / "m.bin", V=100)
+    hf.export_hf(tmp_path / "m.bin", tmp_path / "hf")
+    assert import_main([str(tmp_path / "hf"), str(tmp_path / "b.bin"), "--save-precision", "bf16"]) == 0
+    assert "(bf16)" in capsys.readouterr().out
+    assert formats.read_model_header(str(tmp_path / "b.bin"))[1] == 5
+    # the bytes of formats.write_model(..., "bfloat16") of the same weights (tested against torch's there)
+    formats.write_model(tmp_path / "want.bin", model.config, model.parameters_host(), "bfloat16")
+    assert (tmp_path / "b.bin").read_bytes() == (tmp_path / "want.bin").read_bytes()
 
 
 def test_import_errors_name_the_file(tmp_path, capsys):

@@ -2,6 +2,7 @@
 import argparse
 
 from numbagpt.cli import Parser, run_command
+from numbagpt.model import SAVE_PRECISIONS
 
 EXPORT_DESCRIPTION = """\
 Write a Hugging Face transformers GPT-2 directory from an llm.c/numbagpt model file: model.safetensors
@@ -10,9 +11,9 @@ for GPT-2's 50257-token vocabulary, the tokenizer files. Load it, offline, with
     transformers.GPT2LMHeadModel.from_pretrained(OUT_DIR), transformers.AutoTokenizer.from_pretrained(OUT_DIR)"""
 
 IMPORT_DESCRIPTION = """\
-Write an llm.c/numbagpt float32 model file from a Hugging Face transformers GPT-2 directory
-(config.json + model.safetensors, e.g. one written by save_pretrained or by export_hf), to sample from
-it or fine-tune it: bin/train_gpt2 -e MODEL_BIN ..."""
+Write an llm.c/numbagpt model file (float32, or bfloat16 with --save-precision bf16) from a Hugging
+Face transformers GPT-2 directory (config.json + model.safetensors, e.g. one written by save_pretrained
+or by export_hf), to sample from it or fine-tune it: bin/train_gpt2 -e MODEL_BIN ..."""
 
 
 EXPORT_ARGS = [("model", "MODEL_BIN", "llm.c model file (float32 or bfloat16)"),
@@ -37,7 +38,11 @@ def build_export_parser():
 
 
 def build_import_parser():
-    return _parser("import_hf", IMPORT_DESCRIPTION, IMPORT_ARGS)
+    p = _parser("import_hf", IMPORT_DESCRIPTION, IMPORT_ARGS)
+    p.add_argument("--save-precision", choices=tuple(SAVE_PRECISIONS), default="fp32",
+                   help="fp32: llm.c version 3; bf16: version 5, the weights rounded to bfloat16 (what "
+                        "llm.c's CUDA trainer reads by default) (default: fp32)")
+    return p
 
 
 def _command(prog, parser, argv, run):
@@ -56,5 +61,6 @@ def export_main(argv=None):
 def import_main(argv=None):
     def run(args):
         from ..files.hf import import_hf
-        return f"wrote {args.model}: {import_hf(args.hf_dir, args.model).describe()}"
+        cfg = import_hf(args.hf_dir, args.model, SAVE_PRECISIONS[args.save_precision])
+        return f"wrote {args.model} ({args.save_precision}): {cfg.describe()}"
     return _command("import_hf", build_import_parser(), argv, run)

@@ -206,8 +206,9 @@ def from_hf_tensors(cfg, tensors, path="model.safetensors"):
     return flat
 
 
-def import_hf(hf_dir, model_bin):
-    """Write an llm.c float32 model file from a transformers GPT-2 directory; returns its config."""
+def import_hf(hf_dir, model_bin, dtype="float32"):
+    """Write an llm.c model file from a transformers GPT-2 directory, float32 (version 3) or, with
+    dtype="bfloat16", version 5; returns its config."""
     st = _safetensors()
     cfg = _read_config(hf_dir)
     path = os.path.join(hf_dir, "model.safetensors")
@@ -221,5 +222,5 @@ def import_hf(hf_dir, model_bin):
         tensors = st.load_file(path)
     except Exception as e:  # safetensors raises its own error types for a bad header
         raise HFError(f"{path}: not a readable safetensors file: {e}") from None
-    formats.write_model(model_bin, cfg, from_hf_tensors(cfg, tensors, path))
+    formats.write_model(model_bin, cfg, from_hf_tensors(cfg, tensors, path), dtype)
     return cfg
