@@ -120,9 +120,9 @@ def _is_word_array(a):
             and a.dtype in (types.float32, types.uint32))
 
 
-def _words_ptr(context, builder, sig, args, i):
-    """Pointer to 16 words at args[i][args[i + 1]] (no bounds check: the caller's guarantee)."""
-    p = _element_ptr(context, builder, sig.args[i], args[i], sig.args[i + 1], args[i + 1])
+def _words_ptr(context, builder, sig, args, a, i):
+    """Pointer to 16 words at array args[a], index args[i] (no bounds check: the caller's guarantee)."""
+    p = _element_ptr(context, builder, sig.args[a], args[a], sig.args[i], args[i])
     return builder.bitcast(p, _LL_I.as_pointer())
 
 
@@ -145,34 +145,33 @@ def _pairs_along(typingctx, dst, d, src, s):
         return None
 
     def codegen(context, builder, sig, args):
-        p = _words_ptr(context, builder, sig, args, 2)
+        p = _words_ptr(context, builder, sig, args, 2, 3)
         r0 = _round_lanes(builder, builder.load(p, align=4))
         r1 = _round_lanes(builder, builder.load(builder.gep(p, [ir.Constant(ir.IntType(64), 1)]), align=4))
         both = builder.shuffle_vector(r0, r1, ir.Constant(ir.VectorType(ir.IntType(32), 32), list(range(32))))
         hi = builder.lshr(both, ir.Constant(both.type, [16] * 32))
         w = builder.bitcast(builder.trunc(hi, ir.VectorType(ir.IntType(16), 32)), _LL_I)
-        builder.store(w, _words_ptr(context, builder, sig, args, 0), align=4)
+        builder.store(w, _words_ptr(context, builder, sig, args, 0, 1), align=4)
         return context.get_dummy_value()
 
     return types.void(dst, d, src, s), codegen
 
 
 @intrinsic
-def _pairs_across(typingctx, dst, d, lo, l, hi, h):
-    """dst[d + c] = bf16(lo[l + c]) | bf16(hi[h + c]) << 16 for c < 16: two rows to 16 words."""
-    if not (_is_word_array(dst) and _is_word_array(lo) and _is_word_array(hi)
-            and all(isinstance(i, types.Integer) for i in (d, l, h))):
+def _pairs_across(typingctx, dst, d, src, lo, hi):
+    """dst[d + c] = bf16(src[lo + c]) | bf16(src[hi + c]) << 16 for c < 16: two rows to 16 words."""
+    if not (_is_word_array(dst) and _is_word_array(src) and all(isinstance(i, types.Integer) for i in (d, lo, hi))):
         return None
 
     def codegen(context, builder, sig, args):
-        a = _round_lanes(builder, builder.load(_words_ptr(context, builder, sig, args, 2), align=4))
-        b = _round_lanes(builder, builder.load(_words_ptr(context, builder, sig, args, 4), align=4))
-        w = builder.or_(builder.lshr(a, ir.Constant(_LL_I, [16] * 16)),
-                        builder.and_(b, ir.Constant(_LL_I, [0xFFFF0000] * 16)))
-        builder.store(w, _words_ptr(context, builder, sig, args, 0), align=4)
+        rows = [_round_lanes(builder, builder.load(_words_ptr(context, builder, sig, args, 2, i), align=4))
+                for i in (3, 4)]
+        w = builder.or_(builder.lshr(rows[0], ir.Constant(_LL_I, [16] * 16)),
+                        builder.and_(rows[1], ir.Constant(_LL_I, [0xFFFF0000] * 16)))
+        builder.store(w, _words_ptr(context, builder, sig, args, 0, 1), align=4)
         return context.get_dummy_value()
 
-    return types.void(dst, d, lo, l, hi, h), codegen
+    return types.void(dst, d, src, lo, hi), codegen
 
 
 # ---- rounding ------------------------------------------------------------------------------------
@@ -185,6 +184,44 @@ def _bits(u):
     v = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
     n = (u >> np.uint32(16)) | np.uint32(0x40)
     return n if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000) else v
+
+
+@njit(inline="always")
+def _words_along(dst, d, src, s0, n, w):
+    """dst[d + c] = bf16(src[s0 + 2c]) | bf16(src[s0 + 2c + 1]) << 16 for the ⌈n/2⌉ words of n
+    consecutive floats (an odd n's last high half 0), then zero words up to w (uint32 views): 16
+    words at a time in registers (_pairs_along), the rest one by one."""
+    n2 = n // 2
+    for c in range(0, n2 - 15, 16):
+        _pairs_along(dst, d + c, src, s0 + 2 * c)
+    dd = dst[d:d + w]
+    x = src[s0:s0 + n]
+    for c in range(n2 // 16 * 16, n2):
+        dd[c] = _bits(x[2 * c]) | (_bits(x[2 * c + 1]) << np.uint32(16))
+    if n % 2:
+        dd[n2] = _bits(x[n - 1])
+    for c in range((n + 1) // 2, w):
+        dd[c] = 0
+
+
+@njit(inline="always")
+def _words_across(dst, d, src, lo, hi, n, w):
+    """dst[d + i] = bf16(src[lo + i]) | bf16(src[hi + i]) << 16 for i < n (the high half 0 when hi < 0:
+    an odd K's last pair), then zero words up to w (uint32 views): 16 words at a time in registers
+    (_pairs_across), the rest one by one."""
+    dd = dst[d:d + w]
+    x = src[lo:lo + n]
+    if hi >= 0:
+        for i in range(0, n - 15, 16):
+            _pairs_across(dst, d + i, src, lo + i, hi + i)
+        y = src[hi:hi + n]
+        for i in range(n // 16 * 16, n):
+            dd[i] = _bits(x[i]) | (_bits(y[i]) << np.uint32(16))
+    else:
+        for i in range(n):
+            dd[i] = _bits(x[i])
+    for i in range(n, w):
+        dd[i] = 0
 
 
 @njit(parallel=True, cache=True)
@@ -235,35 +272,11 @@ def pack_a(Ap, a0, A, a_kmaj, lda, ic, mc, pc, kc, S):
     Apu = Ap.view(np.uint32)
     if a_kmaj:
         for i in range(S):
-            d = Apu[a0 + i * kc2:a0 + (i + 1) * kc2]
-            if i < mc:
-                s0 = (ic + i) * lda + pc
-                for k in range(0, kc // 2 - 15, 16):       # 32 floats -> 16 words in registers
-                    pairs_along(Apu, a0 + i * kc2 + k, Au, s0 + 2 * k)
-                s = Au[s0:s0 + kc]
-                for k in range(kc // 32 * 16, kc // 2):
-                    d[k] = bits(s[2 * k]) | (bits(s[2 * k + 1]) << np.uint32(16))
-                if kc % 2:
-                    d[kc2 - 1] = bits(s[kc - 1])
-            else:
-                for k in range(kc2):
-                    d[k] = 0
+            words_along(Apu, a0 + i * kc2, Au, (ic + min(i, mc - 1)) * lda + pc, kc if i < mc else 0, kc2)
     else:
         for k in range(kc2):
-            d = Apu[a0 + k * S:a0 + (k + 1) * S]
             l0 = (pc + 2 * k) * lda + ic
-            lo = Au[l0:l0 + mc]
-            if 2 * k + 1 < kc:
-                for i in range(0, mc - 15, 16):
-                    pairs_across(Apu, a0 + k * S + i, Au, l0 + i, Au, l0 + lda + i)
-                hi = Au[l0 + lda:l0 + lda + mc]
-                for i in range(mc // 16 * 16, mc):
-                    d[i] = bits(lo[i]) | (bits(hi[i]) << np.uint32(16))
-            else:
-                for i in range(mc):
-                    d[i] = bits(lo[i])
-            for i in range(mc, S):
-                d[i] = 0
+            words_across(Apu, a0 + k * S, Au, l0, l0 + lda if 2 * k + 1 < kc else -1, mc, S)
 
 
 @njit(inline="always")
@@ -304,26 +317,11 @@ def pack_b(Bp, b0, B, b_kmaj, ldb, jc, nc, pc, kc, tile, t0):
         Bu = B.view(np.uint32)
         Bpu = Bp.view(np.uint32)
         for k in range(kc2):
-            lo = Bu[(pc + 2 * k) * ldb + jc:(pc + 2 * k) * ldb + jc + nc]
+            l0 = (pc + 2 * k) * ldb + jc
             full = 2 * k + 1 < kc
-            hi = Bu[(pc + 2 * k + 1) * ldb + jc:(pc + 2 * k + 1) * ldb + jc + nc] if full else lo
             for s in range((nc + NR - 1) // NR):
-                d = Bpu[b0 + s * NR * kc2 + k * NR:b0 + s * NR * kc2 + (k + 1) * NR]
-                w = min(NR, nc - s * NR)
-                l = lo[s * NR:s * NR + w]
-                h = hi[s * NR:s * NR + w]
-                if full and w == NR:
-                    for j in range(0, NR, 16):
-                        pairs_across(Bpu, b0 + s * NR * kc2 + k * NR + j, Bu, (pc + 2 * k) * ldb + jc + s * NR + j,
-                                     Bu, (pc + 2 * k + 1) * ldb + jc + s * NR + j)
-                elif full:
-                    for j in range(w):
-                        d[j] = bits(l[j]) | (bits(h[j]) << np.uint32(16))
-                else:
-                    for j in range(w):
-                        d[j] = bits(l[j])
-                for j in range(w, NR):
-                    d[j] = 0
+                words_across(Bpu, b0 + s * NR * kc2 + k * NR, Bu, l0 + s * NR, l0 + ldb + s * NR if full else -1,
+                             min(NR, nc - s * NR), NR)
 
 
 @njit(inline="always")
@@ -532,7 +530,8 @@ def set_kernel(name):
         if name not in _GEMMS:
             _GEMMS[name] = _fp32._Gemm(name, base="avx512", fma=_dpbf16, core_source=_CORE_SOURCE_BF16,
                                        env_extra=dict(bits=_bits, np=np, pairs_along=_pairs_along,
-                                                 pairs_across=_pairs_across), **_bf16_blocking())
+                                                      words_along=_words_along, words_across=_words_across),
+                                       **_bf16_blocking())
         _gemm = _GEMMS[name]
         b = _gemm.b
         _kernel = f"{name} {b['MR']}x{b['NR']}"
