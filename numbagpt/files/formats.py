@@ -431,8 +431,8 @@ def write_state(path, step, world_size, rank, m, v, rng_state=0, shard_index=0, 
                 master=None):
     """Write a train state file (magic 20240527, version 1), llm.c's layout:
 
-    slot 2, 3: number of processes, rank; 4: use master weights (1 when `master` is given); 5: loader shuffles;
-    10: step; 20..21: uint64 rng state; 22..23: uint64 rng state at the last update (defaults to the
+    slot 2, 3: number of processes, rank; 4: use master weights (1 when `master` is given); 5: loader
+    shuffles; 10: step; 20..21: uint64 rng state; 22..23: uint64 rng state at the last update (defaults to the
     rng state); 30..31: uint64 shard index; 32..33: uint64 sample index in the shard.
     numbagpt additions in slots llm.c leaves 0 and never reads: 11 byte length of the outlier
     detectors after the arrays, 34..35 uint64 data loader epoch, 36..37 uint64 shuffle seed, 38..39
@@ -440,8 +440,8 @@ def write_state(path, step, world_size, rank, m, v, rng_state=0, shard_index=0, 
     record and 41..255 the record (`run`, a dict: what the run was, as UTF-8 JSON; see docs/formats.md).
     Then AdamW m and v (float32, this rank's shard of the parameters), then `master` when given (the
     float32 parameters of the same shard: llm.c's master weights, kept when the model file is bf16),
-    then `detectors` (a list of
-    outlier detector states: the spike guard's windows of losses and gradient norms; _encode_detectors).
+    then `detectors` (a list of outlier detector states: the spike guard's windows of losses and
+    gradient norms; _encode_detectors).
     numbagpt's loader rebuilds its permutations from (seed, epoch), so unlike llm.c it writes no
     permutation trailer; llm.c reads what it knows and ignores the bytes after the arrays.
     Returns the file's XXH3-64 hash (hex).

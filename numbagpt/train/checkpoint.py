@@ -157,9 +157,9 @@ def save(out_dir, step, model, world, loader, seed, run=None, guard=None, dtype=
         model_hash = model.save(model_path(out_dir, step), dtype)
     b = model.backend
     master = None
-    if dtype != "float32":
+    if dtype != "float32":   # this rank's shard of the float32 parameters
         start, end = model.optimizer_shard
-        master = model.parameters_host()[start:end]
+        master = b.to_host(model.params_flat[start:end])
     pos = loader.get_state()
     state_hash = formats.write_state(state_path(out_dir, step, world.rank), step, world.size, world.rank,
                         b.to_host(model.m_flat), b.to_host(model.v_flat),
@@ -210,12 +210,10 @@ def load_state(out_dir, step, model, world, loader, guard=None):
         raise ValueError(f"{path}: holds AdamW m/v for {state['m'].size:,} parameters, this rank keeps "
                          f"{end - start:,} of {model.num_parameters:,}: a truncated file, or one written "
                          f"with another --zero-stage (resume with the same -z and number of processes)")
-    if "master" in state:   # the model file is bf16: this rank's shard of the float32 parameters
-        host = model.parameters_host()
-        host[start:end] = state["master"]
-        model.load_parameters(host)
-    model._ensure_optimizer()
     b = model.backend
+    if "master" in state:   # the model file is bf16: this rank's shard of the float32 parameters
+        b.copy_to_device(model.params_flat[start:end], np.ascontiguousarray(state["master"]))
+    model._ensure_optimizer()
     b.copy_to_device(model.m_flat, np.ascontiguousarray(state["m"]))
     b.copy_to_device(model.v_flat, np.ascontiguousarray(state["v"]))
     loader.set_state(state["shard_index"], state["sample_index"], state["epoch"])
