@@ -6,6 +6,7 @@ its own process.
     python bench/bench_train.py --models tiny --rounds 2 --steps 3 --kernels avx512,portable --no-compile
     python bench/bench_train.py --precision fp32,bf16 --autocast --no-compile    # mixed precision, both sides
     python bench/bench_train.py --before ../old_checkout --kernels avx512 --no-compile   # before / after
+    python bench/bench_train.py --models seed --precision bf16 --autocast --no-compile   # the seed run's step
     /usr/bin/time -v python bench/bench_train.py --worker numbagpt --model d12_b4_1k --steps 1   # peak RSS
 
 A step is forward + backward + AdamW update on a fixed random batch, the same for every contender:
@@ -41,8 +42,9 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHAPES = {"tiny": (8, 256), "d12": (4, 64), "d12_1k": (1, 1024), "d12_b4_1k": (4, 1024)}   # model -> (B, T)
-PRESETS = {"d12_1k": "d12", "d12_b4_1k": "d12"}   # a shape's model preset, where its name is not one
+# model -> (B, T); "seed" is the README's seed run (llm.c's first from-scratch run: tiny at B=64, T=256)
+SHAPES = {"tiny": (8, 256), "d12": (4, 64), "d12_1k": (1, 1024), "d12_b4_1k": (4, 1024), "seed": (64, 256)}
+PRESETS = {"d12_1k": "d12", "d12_b4_1k": "d12", "seed": "tiny"}   # a shape's model preset, where its name is not one
 DEFAULT_MODELS = ["tiny", "d12"]   # d12_1k (GPT-2's sequence length, attention ~1/3 of the step) on request
 TORCH_MODES = ("eager", "compile", "autocast")
 

@@ -295,8 +295,7 @@ def step_calls(config, B, T, recompute=RECOMPUTE):
         ("gelu_forward", (4 * BTC,), L),
         ("matmul_forward", (B, T, 4 * C, C, True), L),
         ("matmul_forward", (B, T, C, Vp, False), 1),
-        ("crossentropy_forward", (B, T, V, Vp), 1),
-        ("crossentropy_backward", (B, T, V, Vp), 1),
+        ("crossentropy_forward_backward", (B, T, V, Vp), 1),   # forward(train=True): loss and dlogits
         ("matmul_backward", (B, T, C, Vp, False, False), 1),
         ("layernorm_backward", (B, T, C), 2 * L + 1),
         ("matmul_backward", (B, T, 4 * C, C, True, False), L),

@@ -118,6 +118,11 @@ def _crossentropy_backward(dlogits, dlosses, logits, targets, B, T, V, Vp):
     return 5 * B * T * V, F32 * (B * T * V + 2 * B * T + B * T * Vp)
 
 
+def _crossentropy_forward_backward(losses, dlogits, dlosses, logits, targets, B, T, V, Vp):
+    # the backward's 5 per logit (the loss from its max and sum: not counted); one read of the logits
+    return 5 * B * T * V, F32 * (B * T * V + 3 * B * T + B * T * Vp)
+
+
 def _adamw_update(params, m, v, grads, lr, beta1, beta2, eps, weight_decay, grad_scale, t, N):
     # g 1; m 3; v 4; m̂ 1; v̂ 1; sqrt 1; +eps 1; ÷ 1; wd·p 1; + 1; lr· 1; p − 1 → 17.
     # Reads grads; params, m, v are read and written.

@@ -89,6 +89,10 @@ CONTRACT = (
            written=("losses",), tol=(1e-5, 1e-6)),
     Kernel("crossentropy_backward", "crossentropy", _args("dlogits, dlosses, logits, targets, B, T, V, Vp"),
            written=("dlogits",), tol={"dlogits": (1e-5, 1e-7), "rowsum": (0, 1e-7)}),
+    # both of the above from one read of the logits (a training step: its backward follows)
+    Kernel("crossentropy_forward_backward", "crossentropy",
+           _args("losses, dlogits, dlosses, logits, targets, B, T, V, Vp"), written=("losses", "dlogits"),
+           tol={"losses": (1e-5, 1e-6), "dlogits": (1e-5, 1e-7)}),
     Kernel("adamw_update", "adamw",
            _args("params, m, v, grads, lr, beta1, beta2, eps, weight_decay, grad_scale, t, N"),
            updated=("params", "m", "v"), tol={"m": (1e-5, 1e-12), "v": (1e-5, 1e-15), "params": (1e-6, 1e-7)}),

@@ -87,6 +87,7 @@ class GPT2:
         self.grad_act_capacity = 0   # and of the activation-gradient buffer
         self.B = self.T = 0     # shape of the last forward
         self.has_targets = False
+        self.dlogits_ready = False   # the logits buffer holds dlogits
 
     # ---------------------------------------------------------------- construction, files
 
@@ -188,9 +189,13 @@ class GPT2:
 
     # ---------------------------------------------------------------- forward
 
-    def forward(self, inputs, targets=None):
+    def forward(self, inputs, targets=None, train=False):
         """inputs, targets: int32 (B, T) host arrays. Computes logits (B, T, Vp) into acts["logits"];
-        with targets also the per-position losses, and returns their mean (a float), else None."""
+        with targets also the per-position losses, and returns their mean (a float), else None.
+        train=True (with targets: a training step, whose backward() follows): the loss's gradient
+        dlogits is computed in the same pass over the logits as the loss (llm.c's fused classifier:
+        at V = 50257 that pass reads 0.2 MB a position) and overwrites them, so backward() starts
+        from it and logits_host() is refused."""
         cfg, k = self.config, self.backend
         inputs = self._tokens(inputs, "inputs")
         B, T = inputs.shape
@@ -201,11 +206,14 @@ class GPT2:
             targets = self._tokens(targets, "targets")
             if targets.shape != inputs.shape:
                 raise ValueError(f"targets shape {targets.shape} differs from inputs shape {inputs.shape}")
+        elif train:
+            raise ValueError("forward(train=True) needs targets")
         self._ensure_activations(B, T)
         self.B, self.T = B, T
         self.inputs = k.to_device(inputs.reshape(-1))
         self.targets = k.to_device(targets.reshape(-1)) if targets is not None else None
         self.has_targets = targets is not None
+        self.dlogits_ready = False
         p, a = self.params, self.acts
         BTC = B * T * C
         matmul_forward = getattr(k, self._matmul_forward)   # fp32 or bf16 (precision)
@@ -233,7 +241,13 @@ class GPT2:
         matmul_forward(a["logits"], a["lnf"], p["wte"], None, B, T, C, Vp)                      # (B, T, Vp)
         if targets is None:
             return None
-        k.crossentropy_forward(a["losses"], a["logits"], self.targets, B, T, V, Vp)               # (B, T)
+        if train:   # the losses, and dlogits over the logits (backward() starts from them)
+            dlosses = self._dlosses(B, T)
+            k.crossentropy_forward_backward(a["losses"], a["logits"], dlosses, a["logits"], self.targets,
+                                            B, T, V, Vp)                                          # (B, T)
+            self.dlogits_ready = True
+        else:
+            k.crossentropy_forward(a["losses"], a["logits"], self.targets, B, T, V, Vp)           # (B, T)
         # The only device-to-host copy of a step: B*T floats, summed in float64 on the host.
         return float(np.mean(k.to_host(a["losses"]), dtype=np.float64))
 
@@ -260,11 +274,22 @@ class GPT2:
         return np.ascontiguousarray(tokens, dtype=np.int32)
 
     def logits_host(self):
-        """(B, T, Vp) logits of the last forward, as a NumPy array."""
+        """(B, T, Vp) logits of the last forward, as a NumPy array (not after forward(train=True) or
+        backward(): the buffer then holds dlogits)."""
+        if self.dlogits_ready:
+            raise RuntimeError("the logits buffer holds dlogits (after forward(train=True) or backward()); "
+                               "run forward() without train=True to read logits")
         logits = self.backend.to_host(self.acts["logits"])
         return logits.reshape(self.B, self.T, self.config.padded_vocab_size)
 
     # ---------------------------------------------------------------- backward
+
+    def _dlosses(self, B, T):
+        """The gradient buffer of the losses, set to d(mean loss)/d(losses[b,t]) = 1/(B*T)."""
+        self._ensure_grads()
+        dlosses = self.grads_acts["losses"]
+        self.backend.copy_to_device(dlosses, np.full(B * T, 1.0 / (B * T), dtype=np.float32))
+        return dlosses
 
     def zero_grad(self):
         """Gradients to zero: the tensors no backward writes in full now, WRITTEN_GRADS by the next
@@ -298,11 +323,11 @@ class GPT2:
         matmul_backward = getattr(k, self._matmul_backward)   # fp32 or bf16 (precision)
         for name in ACCUMULATED_GRADS:  # every step: the kernels accumulate into them
             k.fill_zero(ga[name])
-        dlosses = ga["losses"]  # d(mean loss)/d(losses[b,t]) = 1/(B*T)
-        k.copy_to_device(dlosses, np.full(B * T, 1.0 / (B * T), dtype=np.float32))
-
         # The logits buffer is overwritten by dlogits: the two are never needed at once.
-        k.crossentropy_backward(a["logits"], dlosses, a["logits"], self.targets, B, T, V, Vp)     # (B, T, Vp)
+        if not self.dlogits_ready:   # else forward(train=True) computed them with the loss
+            k.crossentropy_backward(a["logits"], self._dlosses(B, T), a["logits"], self.targets,
+                                    B, T, V, Vp)                                                  # (B, T, Vp)
+            self.dlogits_ready = True
         dlogits = a["logits"]
         matmul_backward(ga["lnf"], g["wte"], None, dlogits, a["lnf"], p["wte"], B, T, C, Vp, acc)  # (B, T, C)
         # The residual stream's gradient is one buffer (llm.c's train_gpt2.cu): each layernorm

@@ -59,6 +59,8 @@ TOL.update({
     "crossentropy_forward/shifted": (1e-5, 1e-5),
     "crossentropy_forward/gpt2_vocab": (1e-6, 2e-6),
     "crossentropy_backward/gpt2_vocab": (1e-5, 1e-9),
+    "crossentropy_forward_backward/shifted": {"losses": (1e-5, 1e-5), "dlogits": (1e-5, 1e-7)},
+    "crossentropy_forward_backward/gpt2_vocab": {"losses": (1e-6, 2e-6), "dlogits": (1e-5, 1e-9)},
     # from a random state: beta1·m + (1 − beta1)·g cancels to near 0 in places, 1 float32 ulp of its terms
     "adamw_update/from_state": {"m": (1e-5, 1e-7), "v": (1e-5, 1e-7), "params": (1e-5, 1e-6)},
     # the float64 references' backwards against central differences (reference.numerical_grad)
@@ -234,6 +236,10 @@ def _crossentropy_backward(a):
                                                      a["targets"].reshape(B, T), V)}
 
 
+def _crossentropy_forward_backward(a):
+    return {**_crossentropy_forward(a), **_crossentropy_backward(a)}
+
+
 def _adamw_update(a):
     N = a["N"]
     p, m, v = ref.adamw_update_ref(a["params"][:N], a["m"][:N], a["v"][:N], a["grads"][:N], a["lr"], a["beta1"],
@@ -256,6 +262,7 @@ REFERENCES = {
     "attention_forward_cached": _attention_forward_cached,
     "gelu_forward": _gelu_forward, "gelu_backward": _gelu_backward, "residual_forward": _residual_forward,
     "crossentropy_forward": _crossentropy_forward, "crossentropy_backward": _crossentropy_backward,
+    "crossentropy_forward_backward": _crossentropy_forward_backward,
     "adamw_update": _adamw_update, "global_norm_squared": _global_norm_squared,
 }
 # kernel -> (the outputs it writes, those it accumulates into, those it updates in place, its reference)

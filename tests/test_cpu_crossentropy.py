@@ -1,5 +1,6 @@
-"""crossentropy_forward / crossentropy_backward on every backend against the float64 reference
-(tests/harness.py), the reference against finite differences, and the CPU's fast exp and max."""
+"""crossentropy_forward / crossentropy_backward / crossentropy_forward_backward on every backend
+against the float64 reference (tests/harness.py), the fused kernel bit for bit the other two, the
+reference against finite differences, and the CPU's fast exp and max."""
 import numpy as np
 import pytest
 
@@ -56,6 +57,24 @@ def test_crossentropy_backward_writes_and_in_place(backend, B, T, V, Vp, scale, 
     _check_rows(out, B, T, V, Vp)
     inplace = check(backend, "crossentropy_backward", dlogits=None, inplace={"dlogits": "logits"}, **args)["dlogits"]
     np.testing.assert_array_equal(inplace, out)
+
+
+@pytest.mark.parametrize("backend,B,T,V,Vp,scale,shift", cases(cpu=CPU_CASES, cuda=CUDA_CASES))
+def test_crossentropy_forward_backward(backend, B, T, V, Vp, scale, shift):
+    # against the float64 reference, out of place (into NaN-filled buffers, logits untouched) and in
+    # place (the model's call); and bit for bit the forward kernel's losses and the backward's dlogits
+    logits, targets, dlosses = _data(np.random.default_rng(5), B, T, V, Vp, scale, shift)
+    sizes = dict(targets=targets, B=B, T=T, V=V, Vp=Vp, case="shifted" if shift else None)
+    fused = "crossentropy_forward_backward"
+    out = check(backend, fused, losses=B * T, dlogits=B * T * Vp, dlosses=dlosses, logits=logits, **sizes)
+    _check_rows(out["dlogits"], B, T, V, Vp)
+    inplace = check(backend, fused, losses=B * T, dlogits=None, dlosses=dlosses, logits=logits,
+                    inplace={"dlogits": "logits"}, **sizes)
+    separate = {**check(backend, "crossentropy_forward", losses=B * T, logits=logits, **sizes),
+                **check(backend, "crossentropy_backward", dlogits=B * T * Vp, dlosses=dlosses, logits=logits, **sizes)}
+    for name in ("losses", "dlogits"):
+        np.testing.assert_array_equal(inplace[name], out[name])
+        np.testing.assert_array_equal(out[name], separate[name])
 
 
 def test_crossentropy_reference_backward_finite_differences():
@@ -190,6 +209,9 @@ def test_crossentropy_real_vocab_against_float64(backend, V, Vp):
     check(backend, "crossentropy_forward", losses=Bs * Ts, **args)
     d = check(backend, "crossentropy_backward", dlogits=Bs * Ts * Vp, dlosses=dlosses, **args)["dlogits"]
     assert np.all(d.reshape(Bs, Ts, Vp)[..., V:] == 0.0)
+    fused = check(backend, "crossentropy_forward_backward", losses=Bs * Ts, dlogits=None, dlosses=dlosses,
+                  inplace={"dlogits": "logits"}, **args)["dlogits"]
+    np.testing.assert_array_equal(fused, d)
 
 
 @pytest.mark.parametrize("backend", cases(cpu=[()]))

@@ -47,7 +47,7 @@ def test_every_launch_fits_and_meets_its_floor(rows):
     kernels = {r.kernel for r in rows}
     assert {"gemm_forward_bias", "flash_attention_forward_kernel", "flash_attention_dkdv_kernel",
             "flash_attention_dq_kernel",
-            "crossentropy_backward_kernel", "adamw_kernel"} <= kernels
+            "crossentropy_forward_backward_kernel", "adamw_kernel"} <= kernels
     assert {(r.shape, r.arch) for r in rows} == {(s, a) for s in ("d12", "tiny") for a in ARCHS}
     bad = [f"{r.shape} {r.arch} {r.function}/{r.kernel} grid {r.grid} block {r.block}: {'; '.join(r.problems)}"
            for r in rows if r.problems]
@@ -116,6 +116,7 @@ def test_every_kernel_function_has_a_plan():
                  "matmul_forward_bf16": (2, 3, 8, 5, True), "matmul_backward_bf16": (2, 3, 8, 5, True, False),
                  "attention_forward": (2, 3, 8, 2), "attention_backward": (2, 3, 8, 2),
                  "crossentropy_forward": (2, 3, 37, 64), "crossentropy_backward": (2, 3, 37, 64),
+                 "crossentropy_forward_backward": (2, 3, 37, 64),
                  "encoder_forward": (2, 3, 8), "encoder_backward": (2, 3, 8),
                  "layernorm_forward": (2, 3, 8), "layernorm_backward": (2, 3, 8),
                  "fused_residual_layernorm_forward": (2, 3, 8),

@@ -249,3 +249,33 @@ def test_optimizer_shard_updates_only_its_range_and_matches_the_full_update(batc
     np.testing.assert_array_equal(sharded[start:end], after[start:end])
     np.testing.assert_array_equal(np.delete(sharded, np.s_[start:end]), np.delete(flat, np.s_[start:end]))
     assert not np.array_equal(after[start:end], flat[start:end])
+
+
+@pytest.mark.parametrize("recompute", [0, 2])
+def test_train_forward_fuses_the_loss_gradient_bit_for_bit(batch, recompute):
+    """forward(train=True) computes dlogits with the loss (crossentropy_forward_backward): the same
+    loss and, after backward(), the same gradients bit for bit as forward() then backward(), over two
+    accumulated micro-batches; the logits buffer then holds dlogits, so logits_host() is refused."""
+    x, y = batch
+    second = (x[::-1].copy(), y[:, ::-1].copy())
+
+    def run(train):
+        model, _ = random_model(recompute=recompute)
+        losses = []
+        for i, (xs, ys) in enumerate((batch, second)):
+            losses.append(model.forward(xs, ys, train=train))
+            if i == 0:
+                model.zero_grad()
+            if train and i == 0:
+                with pytest.raises(RuntimeError, match="holds dlogits"):
+                    model.logits_host()
+            model.backward()
+        return losses, model.grads_host()
+
+    (fused_losses, fused), (losses, grads) = run(True), run(False)
+    assert fused_losses == losses
+    assert np.isfinite(grads).all() and np.abs(grads).max() > 0
+    assert np.array_equal(fused, grads)
+    model, _ = random_model()
+    with pytest.raises(ValueError, match="needs targets"):
+        model.forward(x, train=True)

@@ -64,6 +64,8 @@ def test_kernel_costs_match_hand_formulas():
                                  3 * BT * V, 4 * (BT * V + BT + BT)),
         "crossentropy_backward": (cost("crossentropy_backward", x, x, x, x, B, T, V, Vp),
                                   5 * BT * V, 4 * (BT * V + BT + BT + BT * Vp)),
+        "crossentropy_forward_backward": (cost("crossentropy_forward_backward", x, x, x, x, x, B, T, V, Vp),
+                                          5 * BT * V, 4 * (BT * V + BT + BT + BT + BT * Vp)),
         "adamw_update": (cost("adamw_update", x, x, x, x, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1.0, 1, N),
                          17 * N, 4 * (N + 6 * N)),
         "global_norm_squared": (cost("global_norm_squared", x, x, N), 2 * N, 4 * (N + 1)),
@@ -180,7 +182,9 @@ def test_profile_times_every_kernel_family(report):
     rows = {(k["name"], k["phase"]): k for k in report["kernels"]}
     assert {profiler.family(name) for name, _ in rows} >= FAMILIES
     for name in profiler.KERNEL_COSTS:
-        if name.endswith("_bf16"):   # a bf16 model's (this profile is fp32)
+        # a bf16 model's (this profile is fp32); the loss alone (evaluation's) and its gradient alone
+        # (a backward after a forward without train=True): a step runs the two fused
+        if name.endswith("_bf16") or name in ("crossentropy_forward", "crossentropy_backward"):
             continue
         phases = [p for (n, p) in rows if n == name]
         assert phases, f"{name} never called"
@@ -196,6 +200,7 @@ def test_profile_times_every_kernel_family(report):
     assert ("residual_forward", "forward") not in rows   # fused into the layernorms
     assert rows[("attention_backward", "backward")]["calls"] == L
     assert rows[("adamw_update", "update")]["calls"] == 1
+    assert rows[("crossentropy_forward_backward", "forward")]["calls"] == 1
     # the three runs of the gradient buffer that no matmul_backward writes (wpe..ln1b, ln2w..ln2b, lnf*)
     assert rows[("fill_zero", "zero_grad")]["calls"] == 3
 

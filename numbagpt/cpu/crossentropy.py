@@ -8,6 +8,8 @@ losses, dlosses (B, T) float32. Columns V..Vp−1 are padding: they take no part
     backward:  dlogits[b,t,i] = (softmax(z[:V])_i − [i = target])·dlosses[b,t]   for i < V
                dlogits[b,t,i] = 0                                          for V ≤ i < Vp
                dlogits is WRITTEN (=), not accumulated, and may be the logits buffer itself.
+    forward_backward: both, bit for bit, from one read of each row (a training step's forward, whose
+               backward follows: llm.c's fused classifier); dlogits may be logits.
 
 Both subtract the row max before exp (exp never overflows), with
   - the row max on integer keys (fastmath.max_f32: exact, vectorised);
@@ -64,29 +66,46 @@ def crossentropy_forward(losses, logits, targets, B, T, V, Vp):
         losses[bt] = math.log(s) + maxval - z[targets[bt]]
 
 
+@njit(fastmath=_FASTMATH, inline='always')
+def _softmax_grad_row(d, z, target, dloss, buf, V, Vp):
+    """d[:V] = (softmax(z[:V]) − onehot(target))·dloss, d[V:Vp] = 0 (d may be z); returns (max z,
+    Σ exp(z − max)) for the loss. Parks exp(z_i − max) in d while summing: one exp per element; the
+    row (Vp·4 bytes) stays in cache for the scaling pass. The exps go through `buf`, a chunk buffer
+    of the thread's own: with d = z (the model's in-place call) a loop that reads z and writes d
+    fails LLVM's runtime overlap check and runs its scalar version (~5x slower)."""
+    maxval = max_f32(z, V)
+    s = 0.0
+    for c0 in range(0, V, _CHUNK):
+        n = min(_CHUNK, V - c0)
+        e = buf[:n]
+        s += _store_sum_exp(e, z[c0:c0 + n], n, maxval)
+        dc = d[c0:c0 + n]
+        for i in range(n):
+            dc[i] = e[i]
+    scale = np.float32(dloss / s)
+    for i in range(V):
+        d[i] *= scale
+    for i in range(V, Vp):
+        d[i] = 0.0
+    d[target] -= dloss
+    return maxval, s
+
+
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def crossentropy_backward(dlogits, dlosses, logits, targets, B, T, V, Vp):
     for bt in prange(B * T):
-        z = logits[bt * Vp:bt * Vp + V]
-        d = dlogits[bt * Vp:bt * Vp + Vp]
-        maxval = max_f32(z, V)
-        # Park exp(z_i − max) in dlogits while summing: one exp per element; the row (Vp·4 bytes)
-        # stays in cache for the scaling pass. The exps go through a chunk buffer of the thread's
-        # own: with dlogits = logits (the model's in-place call) a loop that reads z and writes d
-        # fails LLVM's runtime overlap check and runs its scalar version (~5x slower).
         buf = np.empty(_CHUNK, np.float32)
-        s = 0.0
-        for c0 in range(0, V, _CHUNK):
-            n = min(_CHUNK, V - c0)
-            e = buf[:n]
-            s += _store_sum_exp(e, z[c0:c0 + n], n, maxval)
-            dc = d[c0:c0 + n]
-            for i in range(n):
-                dc[i] = e[i]
-        dloss = dlosses[bt]
-        scale = np.float32(dloss / s)
-        for i in range(V):
-            d[i] *= scale
-        for i in range(V, Vp):
-            d[i] = 0.0
-        d[targets[bt]] -= dloss
+        _softmax_grad_row(dlogits[bt * Vp:bt * Vp + Vp], logits[bt * Vp:bt * Vp + V], targets[bt], dlosses[bt],
+                          buf, V, Vp)
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def crossentropy_forward_backward(losses, dlogits, dlosses, logits, targets, B, T, V, Vp):
+    for bt in prange(B * T):
+        # the forward and the backward from one read of the row (llm.c's fused_classifier): the
+        # target's logit is read before the row is overwritten (dlogits may be logits)
+        z = logits[bt * Vp:bt * Vp + V]
+        zt = z[targets[bt]]
+        buf = np.empty(_CHUNK, np.float32)
+        maxval, s = _softmax_grad_row(dlogits[bt * Vp:bt * Vp + Vp], z, targets[bt], dlosses[bt], buf, V, Vp)
+        losses[bt] = math.log(s) + maxval - zt

@@ -13,7 +13,7 @@ import numpy as np
 
 from .adamw import adamw_update, global_norm_squared
 from .attention import attention_backward, attention_forward, attention_forward_cached
-from .crossentropy import crossentropy_backward, crossentropy_forward
+from .crossentropy import crossentropy_backward, crossentropy_forward, crossentropy_forward_backward
 from .encoder import encoder_backward, encoder_forward
 from .gelu import gelu_backward, gelu_forward
 from .layernorm import fused_residual_layernorm_forward, layernorm_backward, layernorm_forward

@@ -12,6 +12,10 @@ shared memory in a fixed order, so every thread holds the row's max M and S = Σ
               elements it will overwrite before the block-wide reduction barrier, and in the writing
               pass reads element i only to overwrite that same element.
               Reads 2·4·B·T·V bytes, writes 4·B·T·Vp.
+    forward_backward: both (llm.c's fused_classifier), for a training step: the loss and dlogits from
+              one (M, S) pass. In place is safe as for backward, and thread 0 reads the target's
+              logit before that barrier too. Reads 2·4·B·T·V bytes (the second pass from L2),
+              writes 4·B·T·Vp.
 """
 import math
 
@@ -77,13 +81,9 @@ def crossentropy_forward_kernel(losses, logits, targets, B, T, V, Vp):
         losses[bt] = math.log(s) + m - logits[row + targets[bt]]
 
 
-@cuda.jit(fastmath=False)
-def crossentropy_backward_kernel(dlogits, dlosses, logits, targets, B, T, V, Vp):
-    sm_m = cuda.shared.array(NWARPS, np.float32)
-    sm_s = cuda.shared.array(NWARPS, np.float32)
-    bt = cuda.blockIdx.x
-    row = bt * Vp
-    m, s = _row_max_sum(logits, row, V, sm_m, sm_s)
+@cuda.jit(device=True, inline=True)
+def _write_grad_row(dlogits, dlosses, logits, targets, bt, row, m, s, V, Vp):
+    """dlogits[row + i] = (exp(z_i − m)/s − [i = target])·dlosses[bt], 0 in the padding."""
     dloss = dlosses[bt]
     scale = dloss / s
     target = targets[bt]
@@ -96,9 +96,33 @@ def crossentropy_backward_kernel(dlogits, dlosses, logits, targets, B, T, V, Vp)
         dlogits[row + i] = d
 
 
+@cuda.jit(fastmath=False)
+def crossentropy_backward_kernel(dlogits, dlosses, logits, targets, B, T, V, Vp):
+    sm_m = cuda.shared.array(NWARPS, np.float32)
+    sm_s = cuda.shared.array(NWARPS, np.float32)
+    bt = cuda.blockIdx.x
+    row = bt * Vp
+    m, s = _row_max_sum(logits, row, V, sm_m, sm_s)
+    _write_grad_row(dlogits, dlosses, logits, targets, bt, row, m, s, V, Vp)
+
+
+@cuda.jit(fastmath=False)
+def crossentropy_forward_backward_kernel(losses, dlogits, dlosses, logits, targets, B, T, V, Vp):
+    sm_m = cuda.shared.array(NWARPS, np.float32)
+    sm_s = cuda.shared.array(NWARPS, np.float32)
+    bt = cuda.blockIdx.x
+    row = bt * Vp
+    zt = logits[row + targets[bt]]   # before _row_max_sum's barrier: nothing is overwritten yet
+    m, s = _row_max_sum(logits, row, V, sm_m, sm_s)
+    if cuda.threadIdx.x == 0:
+        losses[bt] = math.log(s) + m - zt
+    _write_grad_row(dlogits, dlosses, logits, targets, bt, row, m, s, V, Vp)
+
+
 SIGNATURES = {
     "crossentropy_forward_kernel": [(F32A, F32A, I32A, I64, I64, I64, I64)],
     "crossentropy_backward_kernel": [(F32A, F32A, F32A, I32A, I64, I64, I64, I64)],
+    "crossentropy_forward_backward_kernel": [(F32A, F32A, F32A, F32A, I32A, I64, I64, I64, I64)],
 }
 
 
@@ -123,3 +147,15 @@ def crossentropy_backward(dlogits, dlosses, logits, targets, B, T, V, Vp):
     Writes (=); dlogits may be logits (in place)."""
     (bwd,) = crossentropy_backward_launches(B, T, V, Vp)
     bwd(dlogits, dlosses, logits, targets, i64(B), i64(T), i64(V), i64(Vp))
+
+
+def crossentropy_forward_backward_launches(B, T, V, Vp):
+    """[forward_backward]: one block per (b, t) row."""
+    return [Launch(crossentropy_forward_backward_kernel, B * T, BLOCK)]
+
+
+def crossentropy_forward_backward(losses, dlogits, dlosses, logits, targets, B, T, V, Vp):
+    """losses as crossentropy_forward and dlogits as crossentropy_backward, from one pass over the
+    logits; dlogits may be logits (in place)."""
+    (fb,) = crossentropy_forward_backward_launches(B, T, V, Vp)
+    fb(losses, dlogits, dlosses, logits, targets, i64(B), i64(T), i64(V), i64(Vp))

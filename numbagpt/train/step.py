@@ -41,7 +41,7 @@ def train_step(model, batches, *, lr, t, dp=None, grad_clip=1.0, weight_decay=0.
     losses = []
     for i, (inputs, targets) in enumerate(batches):
         mark("forward")
-        losses.append(model.forward(inputs, targets))
+        losses.append(model.forward(inputs, targets, train=True))
         if i == 0:   # after the first forward has sized the activations (and their grads)
             mark("zero_grad")
             model.zero_grad()
