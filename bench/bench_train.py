@@ -19,7 +19,8 @@ A step is forward + backward + AdamW update on a fixed random batch, the same fo
   - the same module under torch.compile (skipped with --no-compile; when compiling fails, e.g. no C
     compiler for inductor, the bench says why in one line and goes on without it);
   - with --autocast, eager under `torch.autocast("cpu", dtype=torch.bfloat16)` (the one line that gives
-    a PyTorch user bf16 matmuls), and with --precision bf16, numbagpt's bf16 mode (--precision);
+    a PyTorch user bf16 matmuls) and, unless --no-compile, the compiled module under it
+    (compile_autocast), and with --precision bf16, numbagpt's bf16 mode (--precision);
   - with --before DIR, numbagpt as another checkout (DIR) has it: the same worker, that code.
 Each contender runs in a process of its own (this script with --worker), because in one process
 Numba's and PyTorch's thread pools fight over the cores and PyTorch runs 2-3.5x slower. A round starts
@@ -46,7 +47,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = {"tiny": (8, 256), "d12": (4, 64), "d12_1k": (1, 1024), "d12_b4_1k": (4, 1024), "seed": (64, 256)}
 PRESETS = {"d12_1k": "d12", "d12_b4_1k": "d12", "seed": "tiny"}   # a shape's model preset, where its name is not one
 DEFAULT_MODELS = ["tiny", "d12"]   # d12_1k (GPT-2's sequence length, attention ~1/3 of the step) on request
-TORCH_MODES = ("eager", "compile", "autocast")
+TORCH_MODES = ("eager", "compile", "autocast", "compile_autocast")
 
 
 def parse_args(argv=None):
@@ -59,7 +60,8 @@ def parse_args(argv=None):
                    help="comma list of numbagpt matmul kernels (avx512, avx2, portable); default: this "
                         "CPU's, then portable")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
-    p.add_argument("--autocast", action="store_true", help="also PyTorch eager under bf16 autocast")
+    p.add_argument("--autocast", action="store_true",
+                   help="also PyTorch under bf16 autocast: eager, and compiled unless --no-compile")
     p.add_argument("--precision", default="fp32", help="comma list of numbagpt precisions (fp32, bf16)")
     p.add_argument("--before", default=None, metavar="DIR",
                    help="also numbagpt from the checkout in DIR (this CPU's kernel, at each --precision)")
@@ -157,14 +159,14 @@ def worker(args):
     else:
         m = torch_gpt(torch, model.config, model.param_layout.host_views(model.parameters_host()))
         del model
-        if args.worker == "compile":
+        if args.worker.startswith("compile"):
             m = torch.compile(m)
         opt = torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=0.0, fused=True)
         xt, yt = torch.from_numpy(x.astype(np.int64)), torch.from_numpy(y.astype(np.int64))
 
         def step():
             opt.zero_grad(set_to_none=True)
-            if args.worker == "autocast":
+            if args.worker.endswith("autocast"):
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     loss = m(xt, yt)
             else:
@@ -222,8 +224,8 @@ def main():
             sys.exit(f"bench_train.py: --kernels: {k!r} is not one this CPU runs ({', '.join(supported)})")
     try:
         import torch
-        torch_modes = tuple(m for m in TORCH_MODES if (m != "compile" or not args.no_compile)
-                            and (m != "autocast" or args.autocast))
+        torch_modes = tuple(m for m in TORCH_MODES if (not m.startswith("compile") or not args.no_compile)
+                            and (not m.endswith("autocast") or args.autocast))
         version = torch.__version__
     except ImportError:
         torch_modes, version = (), "-"
@@ -255,7 +257,8 @@ def main():
             print(f"  {name} round {r + 1} (wall/cpu ms): " + ", ".join(done), flush=True)
         rows.append((name, {label: {c: float(np.median(ts)) for c, ts in t.items()} for label, t in times.items()}))
     heads = [m for m in TORCH_MODES if any(m in med for _, med in rows)]
-    ratios = "".join(f"{'/ ' + m:>11}" for m in heads)
+    widths = {m: max(11, len(m) + 3) for m in heads}   # a ratio column, wide enough for its heading
+    ratios = "".join(f"{'/ ' + m:>{widths[m]}}" for m in heads)
     print(f"\n{'model':<6} {'B':>3} {'T':>4} {'contender':<22} {'wall ms':>8} {ratios} {'cpu ms':>8} {ratios}")
     for name, med in rows:
         B, T = SHAPES[name]
@@ -265,10 +268,11 @@ def main():
                 row += f" {ms[clock]:8.0f} "
                 for m in heads:  # ratios on the numbagpt rows only
                     ours = label.startswith(("numbagpt", "before")) and m in med
-                    row += f" {ms[clock] / med[m][clock]:10.2f}" if ours else " " * 11
+                    row += f" {ms[clock] / med[m][clock]:{widths[m] - 1}.2f}" if ours else " " * widths[m]
             print(row.rstrip())
     print(f"medians of {args.rounds} rounds x {args.steps} steps, each contender in its own process; / eager, "
-          f"/ compile, / autocast = numbagpt / PyTorch (lower is better, 1.0 = parity);\ncpu = the worker's CPU "
+          f"/ compile, / autocast, / compile_autocast = numbagpt / PyTorch (lower is better, 1.0 = parity);\n"
+          f"cpu = the worker's CPU "
           f"time (all its threads): other processes' load inflates it less than wall")
 
 

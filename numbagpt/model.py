@@ -365,7 +365,7 @@ class GPT2:
 
         k.encoder_backward(g["wte"], g["wpe"], ga["encoded"], self.inputs, B, T, C)
         self._grads_fresh = False  # a next backward (gradient accumulation) adds to these
-        # The logits now hold dlogits: a later logits_host() would be wrong, so forget the targets.
+        # The logits now hold dlogits (logits_host() refuses them): a second backward needs a new forward.
         self.has_targets = False
 
     # ---------------------------------------------------------------- optimizer
