@@ -7,12 +7,14 @@ import pytest
 from harness import cases, check, rnd, tolerance
 from reference import layernorm_backward_ref, layernorm_forward_ref, numerical_grad
 
-# (B, T, C, offset): C=36 a partial last channel block in the dweight reduction; on CUDA (3, 100, 3) is
-# 300 rows: two row chunks (atomics) in the dweight/dbias reduction. Every row has an offset of 5 and a
+# (B, T, C, offset): on the CPU (3, 25, 100) is 75 rows: three row chunks of the backward (numbagpt/cpu/
+# layernorm.py _ROWS = 32, the last one ragged), and a C that no vector width divides; on CUDA (3, 100, 3)
+# is 300 rows: two row chunks (atomics) in the dweight/dbias reduction. Every row has an offset of 5 and a
 # spread down to 0.1 (the variance must not come from E[x²] − E[x]²; 1 float32 ulp of 5 is 5e-6 of such a
 # row: the CPU sums in float64, the CUDA kernel in float32 shifted by the row's first element); with C=3 a
 # row's spread can be far smaller still, so the backward must correct the float32-rounded saved mean.
-SHAPES = cases(cpu=[(2, 7, 12, 5.0), (2, 7, 36, 5.0)], cuda=[(2, 5, 12, 5.0), (1, 6, 70, 5.0), (3, 100, 3, 5.0)])
+SHAPES = cases(cpu=[(2, 7, 12, 5.0), (2, 7, 36, 5.0), (3, 25, 100, 5.0)],
+               cuda=[(2, 5, 12, 5.0), (1, 6, 70, 5.0), (3, 100, 3, 5.0)])
 
 
 def _data(rng, B, T, C, offset):
@@ -38,7 +40,7 @@ def test_layernorm_backward_accumulates(backend, B, T, C, offset):
 
 
 # The fused forward has no column reduction: the 300-row CUDA case (row chunks) would only cost simulator time.
-FUSED_SHAPES = cases(cpu=[(2, 7, 12, 5.0), (2, 7, 36, 5.0)], cuda=[(2, 5, 12, 5.0), (1, 6, 70, 5.0)])
+FUSED_SHAPES = cases(cpu=[(2, 7, 12, 5.0), (2, 7, 36, 5.0), (3, 25, 100, 5.0)], cuda=[(2, 5, 12, 5.0), (1, 6, 70, 5.0)])
 
 
 @pytest.mark.parametrize("backend,B,T,C,offset", FUSED_SHAPES)
@@ -69,3 +71,28 @@ def test_layernorm_reference_backward_finite_differences():
         def loss(a):
             return (layernorm_forward_ref(*[a if i == arg else v for i, v in enumerate((x, w, b))])[0] * g).sum()
         np.testing.assert_allclose(got, numerical_grad(loss, (x, w, b)[arg]), rtol=rtol, atol=atol)
+
+
+def test_layernorm_backward_same_bits_at_any_thread_count():
+    """The CPU backward sums dweight/dbias per chunk of rows, then the chunks in order: the bits must not
+    depend on how many threads ran the chunks (75 rows: three chunks)."""
+    import numba
+
+    from numbagpt.cpu import layernorm_backward
+    rng = np.random.default_rng(4)
+    B, T, C = 3, 25, 100
+    x, w, _ = _data(rng, B, T, C, 5.0)
+    _, mean, rstd = layernorm_forward_ref(x.reshape(B, T, C), w, np.zeros(C))
+    dout = rnd(rng, B, T, C)
+    threads, results = numba.get_num_threads(), []
+    try:
+        for n in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(n)
+            got = [np.zeros(B * T * C, np.float32), np.zeros(C, np.float32), np.zeros(C, np.float32)]
+            layernorm_backward(*got, dout, x, w, mean.astype(np.float32).ravel(), rstd.astype(np.float32).ravel(),
+                               B, T, C)
+            results.append(got)
+    finally:
+        numba.set_num_threads(threads)
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)

@@ -19,95 +19,98 @@ import numpy as np
 from numba import njit, prange
 
 _EPS = 1e-5
-# Channels per parallel iteration of the dweight/dbias reduction (one cache line of float32).
-_CBLOCK = 16
+# fastmath 'reassoc' lets LLVM vectorise the float64 row sums (lanes of partial sums, a fixed order
+# per compiled kernel: the same bits run to run); 'contract' fuses the multiply-adds.
+_FASTMATH = {'reassoc', 'contract'}
+# Rows per parallel iteration of the backward: each chunk sums its rows' dweight/dbias terms into its
+# own float64 row of partials, added in chunk order at the end (the same bits at any thread count).
+_ROWS = 32
 
 
-@njit(cache=True)
-def _normalize_row(out, mean, rstd, inp, weight, bias, bt, C, total):
-    """Row bt of the forward, given total = Σ_i inp[row] in float64 (summed by the caller, in index
-    order, so the fused kernel can sum while it writes the row)."""
-    x = bt * C
-    # Two passes in float64 (mean, then centred variance): no cancellation from E[x²] − E[x]²
-    # and no float32 rounding growing with C.
+@njit(fastmath=_FASTMATH, inline='always')
+def _row_sum(x):
+    """Σ_i x[i] in float64 (x a row view)."""
+    s = 0.0
+    for i in range(x.size):
+        s += x[i]
+    return s
+
+
+@njit(fastmath=_FASTMATH, inline='always')
+def _normalize_row(out, x, weight, bias, total):
+    """out = layernorm of row view x given total = Σ_i x[i] (float64); returns (mean, rstd) in
+    float64. Two passes in float64 (mean, then centred variance): no cancellation from E[x²] − E[x]²
+    and no float32 rounding growing with C."""
+    C = x.size
     m = total / C
     v = 0.0
     for i in range(C):
-        d = inp[x + i] - m
+        d = x[i] - m
         v += d * d
-    v = v / C
-    rs = 1.0 / math.sqrt(v + _EPS)
+    rs = 1.0 / math.sqrt(v / C + _EPS)
     for i in range(C):
         # Normalise with the float64 statistics: x − mean with mean rounded to float32 loses
         # digits when |mean| ≫ std. Only the saved copies are rounded.
-        n = (inp[x + i] - m) * rs
-        out[x + i] = n * weight[i] + bias[i]
-    mean[bt] = m
-    rstd[bt] = rs
+        out[i] = (x[i] - m) * rs * weight[i] + bias[i]
+    return m, rs
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def layernorm_forward(out, mean, rstd, inp, weight, bias, B, T, C):
     for bt in prange(B * T):
-        x = bt * C
-        total = 0.0
-        for i in range(C):
-            total += inp[x + i]
-        _normalize_row(out, mean, rstd, inp, weight, bias, bt, C, total)
+        x = inp[bt * C:(bt + 1) * C]
+        mean[bt], rstd[bt] = _normalize_row(out[bt * C:(bt + 1) * C], x, weight, bias, _row_sum(x))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def fused_residual_layernorm_forward(residual, ln, mean, rstd, inp1, inp2, weight, bias, B, T, C):
-    # One parallel loop instead of residual_forward's and layernorm_forward's: each row's sum is
-    # taken as it is written, and the normalisation re-reads it from L1. The statistics are of the
-    # float32 residual, summed in the same order, so the bits equal layernorm_forward(residual).
+    # One parallel loop instead of residual_forward's and layernorm_forward's: the normalisation
+    # re-reads the row it has just written from L1. Its statistics are those of the float32 residual,
+    # summed by the same code, so the bits equal layernorm_forward(residual).
     for bt in prange(B * T):
-        x = bt * C
-        total = 0.0
+        r = residual[bt * C:(bt + 1) * C]
+        a, b = inp1[bt * C:(bt + 1) * C], inp2[bt * C:(bt + 1) * C]
         for i in range(C):
-            r = inp1[x + i] + inp2[x + i]
-            residual[x + i] = r
-            total += r
-        _normalize_row(ln, mean, rstd, residual, weight, bias, bt, C, total)
+            r[i] = a[i] + b[i]
+        mean[bt], rstd[bt] = _normalize_row(ln[bt * C:(bt + 1) * C], r, weight, bias, _row_sum(r))
 
 
-@njit(parallel=True, cache=True)
+@njit(fastmath=_FASTMATH, inline='always')
+def _backward_row(dx, pw, pb, dy, x, weight, m, s):
+    """Row views: dx += the row's dinp; pw += norm·dy, pb += dy (float64 partials of dweight, dbias)."""
+    C = x.size
+    dnorm_mean = 0.0
+    dnorm_norm_mean = 0.0
+    for i in range(C):
+        norm_i = (x[i] - m) * s
+        dnorm_i = weight[i] * dy[i]
+        dnorm_mean += dnorm_i
+        dnorm_norm_mean += dnorm_i * norm_i
+        pw[i] += norm_i * dy[i]
+        pb[i] += dy[i]
+    dnorm_mean32 = np.float32(dnorm_mean / C)
+    dnorm_norm_mean32 = np.float32(dnorm_norm_mean / C)
+    for i in range(C):
+        norm_i = (x[i] - m) * s
+        dx[i] += (weight[i] * dy[i] - dnorm_mean32 - norm_i * dnorm_norm_mean32) * s
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, B, T, C):
-    # dinp: every (b, t) row is independent.
-    for bt in prange(B * T):
-        x = bt * C
-        m = mean[bt]
-        s = rstd[bt]
-        dnorm_mean = 0.0
-        dnorm_norm_mean = 0.0
+    # One pass over the rows: chunks of _ROWS rows in parallel, each row's dinp written as it is read,
+    # its dweight/dbias terms summed into the chunk's float64 partials; then the partials in order.
+    BT = B * T
+    nch = (BT + _ROWS - 1) // _ROWS
+    pw = np.zeros((nch, C))
+    pb = np.zeros((nch, C))
+    for ch in prange(nch):
+        for bt in range(ch * _ROWS, min(BT, (ch + 1) * _ROWS)):
+            row = slice(bt * C, (bt + 1) * C)
+            _backward_row(dinp[row], pw[ch], pb[ch], dout[row], inp[row], weight, mean[bt], rstd[bt])
+    for ch in range(1, nch):
         for i in range(C):
-            norm_i = (inp[x + i] - m) * s
-            dnorm_i = weight[i] * dout[x + i]
-            dnorm_mean += dnorm_i
-            dnorm_norm_mean += dnorm_i * norm_i
-        dnorm_mean32 = np.float32(dnorm_mean / C)
-        dnorm_norm_mean32 = np.float32(dnorm_norm_mean / C)
-        for i in range(C):
-            norm_i = (inp[x + i] - m) * s
-            dnorm_i = weight[i] * dout[x + i]
-            dinp[x + i] += (dnorm_i - dnorm_mean32 - norm_i * dnorm_norm_mean32) * s
-
-    # dweight, dbias reduce over all (b, t): a parallel loop over (b, t) would race on them, so
-    # reduce in a separate loop whose iterations own disjoint blocks of channels, in float64.
-    nblocks = (C + _CBLOCK - 1) // _CBLOCK
-    for blk in prange(nblocks):
-        c0 = blk * _CBLOCK
-        nc = min(_CBLOCK, C - c0)
-        dw = np.zeros(_CBLOCK, dtype=np.float64)
-        db = np.zeros(_CBLOCK, dtype=np.float64)
-        for bt in range(B * T):
-            x = bt * C + c0
-            m = mean[bt]
-            s = rstd[bt]
-            for j in range(nc):
-                d = dout[x + j]
-                db[j] += d
-                dw[j] += ((inp[x + j] - m) * s) * d
-        for j in range(nc):
-            dweight[c0 + j] += dw[j]
-            dbias[c0 + j] += db[j]
+            pw[0, i] += pw[ch, i]
+            pb[0, i] += pb[ch, i]
+    for i in range(C):
+        dweight[i] += pw[0, i]
+        dbias[i] += pb[0, i]
