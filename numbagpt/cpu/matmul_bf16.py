@@ -498,9 +498,9 @@ def _bf16_blocking():
     1.06x over twice avx512's k on the d12 products, the LM head's dinp 1.2x), KC_S twice; A always
     packed; column panels as wide for every Y as for a large one (NC = NC_Y, 1024): a task converts its
     A block once per panel, so a dinp (N = C = 768) that avx512's NC (512) cuts in two converts its
-    dout twice (measured at d12, BT = 1024: the dinps 1.06-1.12x, the LM head's 1.12x, 1.04x over the
-    15 products; the same at BT = 256 and at the seed shape, where no task is wider than 512 columns
-    but on a large Y, which takes NC_Y already)."""
+    dout twice (measured at d12, BT = 1024, interleaved in one process: the dinps 1.01-1.11x, the LM
+    head's 1.07-1.12x, 1.05x over the 15 products; the same at BT = 256 and at the seed shape, where no
+    task is wider than 512 columns but on a large Y, which takes NC_Y already)."""
     b = _fp32._BLOCKING["avx512"]
     return dict(KC=4 * b["KC"], KC_Y=4 * b["KC_Y"], KC_S=2 * b["KC_S"], NC=b["NC_Y"], IN_PLACE_N=0,
                 IN_PLACE_ROWS=False)
