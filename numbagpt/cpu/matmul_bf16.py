@@ -25,8 +25,12 @@ on the bit pattern, including subnormals (kept, rounded like any other value: th
 are float32's with the low 16 bits dropped), overflow to ±inf (values ≥ 0x7F7F8000 round up to
 it), ±inf kept; a NaN stays a NaN (sign and upper payload kept, quiet bit set). This is the
 rounding of PyTorch's `.to(torch.bfloat16)` for every non-NaN value (tests/test_cpu_matmul_bf16.py
-checks it bit for bit). The hardware's `vcvtne2ps2bf16` is not used: it treats subnormal inputs as
-zero (measured on Zen 4: 1e-40 -> 0x0000, 0x007FFFFF -> 0x0000 where RNE gives 0x0080).
+checks it bit for bit), of `round_to_bf16` and of the portable kernel. The avx512bf16 kernel's
+packing converts with the hardware's `vcvtne2ps2bf16` instead (`_bits_daz` where it converts one
+word at a time): the same rounding after a subnormal input is flushed to the zero of its sign
+(measured on Zen 4: 1e-40 -> 0x0000). Its vdpbf16ps treats a subnormal bf16 as zero anyway, so
+only the float32s just below 2^-126 (bits 0x007F8000-0x007FFFFF, either sign), which RNE rounds up
+to the smallest normal bf16, multiply differently: as zero there, as ±2^-126 on the portable path.
 
 Two kernels, chosen once at import from the CPU's features (matmul.cpu_features, as the fp32
 kernels), NUMBAGPT_MATMUL naming one overrides (an error if the CPU lacks its features; a comma list
@@ -46,8 +50,9 @@ last pair with a zero high half, which adds exact zeros. The micro-kernel is mat
 `vdpbf16ps` (two k per instruction, A's word broadcast) for `vfmadd231ps`, and reduction blocks of
 four times avx512's k (KC 1024 on Zen 4, 512 words: _bf16_blocking).
 The packing (`_CORE_SOURCE_BF16`) reads the float32 operands where they lie and converts as it
-copies, 16 words at a time in vector registers (`_pairs_along`: 32 consecutive floats of a row-major
-A's row; `_pairs_across`: two rows of a k-major A or B; LLVM's own vectoriser left the first scalar);
+copies, 16 words at a time with one vcvtne2ps2bf16 (`_pairs_along`: 32 consecutive floats of a
+row-major A's row, whose 32 bf16 in order are the words; `_pairs_across`: two rows of a k-major A or
+B, the halves then interleaved by one vpermw);
 the forward's weight, whose pairs run along its rows, is converted 16 columns × 16 words at a time
 into the thread's scratch tile and moved into its strip by a 16 × 16 register transpose. So there
 is no extra memory and one parallel region per product, as in fp32; A is always packed (it must be
@@ -63,10 +68,11 @@ product added before the even one's as Intel documents vdpbf16ps; blocks in orde
 bit-identical run to run and across thread counts, as the fp32 GEMM; the two kernels agree to the
 error of an fp32 sum, not bit for bit.
 
-Speed (bench/bench_matmul.py, d12 shapes, BT = 256, AMD Zen 4, 2 threads, wall clock, two runs):
-1.70x and 1.78x the fp32 avx512 GEMM over the 15 products (1.52x-2.03x each, medians 1.77x and
-1.82x; 250-370 GF/s), 0.66-1.65 of torch.mm on bf16 tensors (oneDNN). Before the two changes below,
-in the same session: 1.62x (1.35x-1.81x, median 1.57x). (1) The converting packs work 16 words at a
+Speed (bench/bench_matmul.py, d12 shapes, BT = 256, AMD Zen 4, 2 threads, wall clock, three runs):
+1.79x-1.81x the fp32 avx512 GEMM over the 15 products (medians 1.82x-1.87x), 1.61x-2.02x each in two
+runs (in the third a burst of load on the machine hit two products); 290-400 GF/s; 0.72-1.03 of
+torch.mm on bf16 tensors (oneDNN). What got it there, each measured in the same session as the one
+before it: 1.62x at first (1.35x-1.81x, median 1.57x). (1) The converting packs work 16 words at a
 time in vector registers: the packing of the fc forward fell from 0.48 to 0.22 ms, of its dinp from
 1.24 to 0.31 (1.62x -> 1.69x). (2) Reduction blocks four times avx512's k, so that d12's K = 768 is
 one block (_bf16_blocking). Where a task's rows fit one A block (MC, as at BT = 256) the reduction
@@ -75,6 +81,15 @@ blocks run outside the column panels, so A is converted once per block rather th
 same rows of dout (the split that packs least), and at twice the fp32 compute speed the B panel's
 reads from L3 or memory weigh twice as much; packing a row-major A k-major by register transposes,
 so that its micro-kernel reads one cache line per k, measured no faster (dinp of the LM head slower).
+Skipping a dinp's B packing (an experiment) takes 15-25% off its time: the weight's float32 come
+from L3 or memory at about 6 GB/s a thread, where the conversion itself runs from L1 at 0.13-0.3 ns
+a word; a bf16 copy of the weights, kept by AdamW, would halve those bytes.
+(3) In that one-block case a forward's weight is packed one strip at a time, each strip used at once
+from L2 (qkv and fc forwards 1.09x; a dinp's weight, whose pairs lie across two rows, packs faster in
+whole-panel rows: 0.82x-1.00x strip by strip, so it keeps them), and (4) the packing converts with
+vcvtne2ps2bf16, its subnormal flush as vdpbf16ps's own (above): the forwards 1.07x-1.19x in all, the
+other products unchanged (0.93x-1.03x, noise); over the 15 products 1.01x at BT = 1024 and 1.04x at
+the seed shape (BT = 16384, C = 128). A training step shows neither beyond its noise.
 
 Never compiled where it cannot run: nothing of avx512bf16 is compiled before set_kernel picks it,
 which it refuses on a CPU without the features (the import picks portable there); and Numba's
@@ -96,6 +111,7 @@ from .simd import F32Vec, _element_ptr
 _VEC16 = F32Vec(16)
 _LL_F = ir.VectorType(ir.FloatType(), 16)
 _LL_I = ir.VectorType(ir.IntType(32), 16)
+_LL_H = ir.VectorType(ir.IntType(16), 32)
 
 
 @intrinsic
@@ -126,32 +142,35 @@ def _words_ptr(context, builder, sig, args, a, i):
     return builder.bitcast(p, _LL_I.as_pointer())
 
 
-def _round_lanes(builder, u):
-    """_bits on 16 lanes, before the shift: the bf16 is each lane's high half (RNE, NaN quieted)."""
-    def c(v):
-        return ir.Constant(_LL_I, [v] * 16)
-    v = builder.add(builder.add(u, c(0x7FFF)), builder.and_(builder.lshr(u, c(16)), c(1)))
-    nan = builder.icmp_unsigned(">", builder.and_(u, c(0x7FFFFFFF)), c(0x7F800000))
-    return builder.select(nan, builder.or_(u, c(0x400000)), v)
+def _cvt(builder, lo, hi):
+    """<32 x i16>: the bf16 of float32 vectors lo (lanes 0-15) and hi (16-31), one
+    `vcvtne2ps2bf16`: round to nearest even, NaN quieted (the payload as _bits keeps it), and a
+    subnormal input flushed to zero of its sign first (which vdpbf16ps does to a subnormal bf16
+    anyway): _bits_daz, lane by lane."""
+    fnty = ir.FunctionType(_LL_H, [_LL_F, _LL_F])
+    f = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx512bf16.cvtne2ps2bf16.512")
+    return builder.call(f, [hi, lo])   # the instruction's first operand goes to the high half
+
+
+def _f32_ptr(context, builder, sig, args, a, i):
+    return builder.bitcast(_words_ptr(context, builder, sig, args, a, i), _LL_F.as_pointer())
 
 
 @intrinsic
 def _pairs_along(typingctx, dst, d, src, s):
-    """dst[d + c] = bf16(src[s + 2c]) | bf16(src[s + 2c + 1]) << 16 for c < 16: 32 consecutive floats
-    (pairs along a row) to 16 words, as _bits does each, in vector registers (an interleaved read
-    that LLVM's vectoriser left scalar: 2.5 cycles an element)."""
+    """dst[d + c] = bf16(src[s + 2c]) | bf16(src[s + 2c + 1]) << 16 for c < 16, bf16 as _bits_daz:
+    32 consecutive floats (pairs along a row) to 16 words, which are the 32 bf16 in order: one
+    vcvtne2ps2bf16."""
     if not (_is_word_array(dst) and _is_word_array(src) and isinstance(d, types.Integer)
             and isinstance(s, types.Integer)):
         return None
 
     def codegen(context, builder, sig, args):
-        p = _words_ptr(context, builder, sig, args, 2, 3)
-        r0 = _round_lanes(builder, builder.load(p, align=4))
-        r1 = _round_lanes(builder, builder.load(builder.gep(p, [ir.Constant(ir.IntType(64), 1)]), align=4))
-        both = builder.shuffle_vector(r0, r1, ir.Constant(ir.VectorType(ir.IntType(32), 32), list(range(32))))
-        hi = builder.lshr(both, ir.Constant(both.type, [16] * 32))
-        w = builder.bitcast(builder.trunc(hi, ir.VectorType(ir.IntType(16), 32)), _LL_I)
-        builder.store(w, _words_ptr(context, builder, sig, args, 0, 1), align=4)
+        p = _f32_ptr(context, builder, sig, args, 2, 3)
+        lo = builder.load(p, align=4)
+        hi = builder.load(builder.gep(p, [ir.Constant(ir.IntType(64), 1)]), align=4)
+        builder.store(builder.bitcast(_cvt(builder, lo, hi), _LL_I), _words_ptr(context, builder, sig, args, 0, 1),
+                      align=4)
         return context.get_dummy_value()
 
     return types.void(dst, d, src, s), codegen
@@ -159,15 +178,15 @@ def _pairs_along(typingctx, dst, d, src, s):
 
 @intrinsic
 def _pairs_across(typingctx, dst, d, src, lo, hi):
-    """dst[d + c] = bf16(src[lo + c]) | bf16(src[hi + c]) << 16 for c < 16: two rows to 16 words."""
+    """dst[d + c] = bf16(src[lo + c]) | bf16(src[hi + c]) << 16 for c < 16, bf16 as _bits_daz: two
+    rows to 16 words (one vcvtne2ps2bf16, then the two halves' bf16 interleaved)."""
     if not (_is_word_array(dst) and _is_word_array(src) and all(isinstance(i, types.Integer) for i in (d, lo, hi))):
         return None
 
     def codegen(context, builder, sig, args):
-        rows = [_round_lanes(builder, builder.load(_words_ptr(context, builder, sig, args, 2, i), align=4))
-                for i in (3, 4)]
-        w = builder.or_(builder.lshr(rows[0], ir.Constant(_LL_I, [16] * 16)),
-                        builder.and_(rows[1], ir.Constant(_LL_I, [0xFFFF0000] * 16)))
+        t = _cvt(builder, *(builder.load(_f32_ptr(context, builder, sig, args, 2, i), align=4) for i in (3, 4)))
+        mix = ir.Constant(ir.VectorType(ir.IntType(32), 32), [j for c in range(16) for j in (c, 16 + c)])
+        w = builder.bitcast(builder.shuffle_vector(t, t, mix), _LL_I)
         builder.store(w, _words_ptr(context, builder, sig, args, 0, 1), align=4)
         return context.get_dummy_value()
 
@@ -187,6 +206,13 @@ def _bits(u):
 
 
 @njit(inline="always")
+def _bits_daz(u):
+    """_bits of u with a subnormal flushed to zero of its sign first: the conversion of the
+    avx512bf16 kernel's packing (vcvtne2ps2bf16, _cvt), for the words it converts one by one."""
+    return _bits(u & np.uint32(0x80000000) if (u & np.uint32(0x7F800000)) == 0 else u)
+
+
+@njit(inline="always")
 def _words_along(dst, d, src, s0, n, w):
     """dst[d + c] = bf16(src[s0 + 2c]) | bf16(src[s0 + 2c + 1]) << 16 for the ⌈n/2⌉ words of n
     consecutive floats (an odd n's last high half 0), then zero words up to w (uint32 views): 16
@@ -197,9 +223,9 @@ def _words_along(dst, d, src, s0, n, w):
     dd = dst[d:d + w]
     x = src[s0:s0 + n]
     for c in range(n2 // 16 * 16, n2):
-        dd[c] = _bits(x[2 * c]) | (_bits(x[2 * c + 1]) << np.uint32(16))
+        dd[c] = _bits_daz(x[2 * c]) | (_bits_daz(x[2 * c + 1]) << np.uint32(16))
     if n % 2:
-        dd[n2] = _bits(x[n - 1])
+        dd[n2] = _bits_daz(x[n - 1])
     for c in range((n + 1) // 2, w):
         dd[c] = 0
 
@@ -216,10 +242,10 @@ def _words_across(dst, d, src, lo, hi, n, w):
             _pairs_across(dst, d + i, src, lo + i, hi + i)
         y = src[hi:hi + n]
         for i in range(n // 16 * 16, n):
-            dd[i] = _bits(x[i]) | (_bits(y[i]) << np.uint32(16))
+            dd[i] = _bits_daz(x[i]) | (_bits_daz(y[i]) << np.uint32(16))
     else:
         for i in range(n):
-            dd[i] = _bits(x[i])
+            dd[i] = _bits_daz(x[i])
     for i in range(n, w):
         dd[i] = 0
 
@@ -342,15 +368,18 @@ def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, mparts, n
             # the task's rows are one A block: converted and packed once per reduction block and
             # used by every column panel (pc outside jc: each element still sums its blocks in
             # order, so the same bits as the other order)
+            # a forward's weight strip by strip where the tiles go so (W = NR): each strip packed is
+            # used at once, from L2, rather than after the whole panel has passed through L2
             mc = mhi - mlo
             S = (mc + MR - 1) // MR * MR
+            W = NR if b_kmaj and not along_rows else NC
             for pc in range(0, K, KC):
                 kc = min(KC, K - pc)
                 blockmode = mode if pc == 0 else 0
                 if mc > 0:
                     pack_a(Ap, a0, A, a_kmaj, lda, mlo, mc, pc, kc, S)
-                for jc in range(nlo, nhi, NC):
-                    nc = min(NC, nhi - jc)
+                for jc in range(nlo, nhi, W):
+                    nc = min(W, nhi - jc)
                     pack_b(Bp, b0, B, b_kmaj, ldb, jc, nc, pc, kc, tile, t0)
                     tiles(Y, N, Ap, a0, a_kmaj, Bp, b0, tile, t0, bias, jc, nc, mlo, mc, (kc + 1) // 2, S,
                           blockmode, along_rows)
@@ -534,7 +563,7 @@ def set_kernel(name):
     else:
         if name not in _GEMMS:
             _GEMMS[name] = _fp32._Gemm(name, base="avx512", fma=_dpbf16, core_source=_CORE_SOURCE_BF16,
-                                       env_extra=dict(bits=_bits, np=np, pairs_along=_pairs_along,
+                                       env_extra=dict(bits=_bits_daz, np=np, pairs_along=_pairs_along,
                                                       words_along=_words_along, words_across=_words_across),
                                        **_bf16_blocking())
         _gemm = _GEMMS[name]
