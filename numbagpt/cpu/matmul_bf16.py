@@ -69,27 +69,28 @@ bit-identical run to run and across thread counts, as the fp32 GEMM; the two ker
 error of an fp32 sum, not bit for bit.
 
 Speed (bench/bench_matmul.py, d12 shapes, BT = 256, AMD Zen 4, 2 threads, wall clock, three runs):
-1.79x-1.81x the fp32 avx512 GEMM over the 15 products (medians 1.82x-1.87x), 1.61x-2.02x each in two
-runs (in the third a burst of load on the machine hit two products); 290-400 GF/s; 0.72-1.03 of
-torch.mm on bf16 tensors (oneDNN). What got it there, each measured in the same session as the one
-before it: 1.62x at first (1.35x-1.81x, median 1.57x). (1) The converting packs work 16 words at a
-time in vector registers: the packing of the fc forward fell from 0.48 to 0.22 ms, of its dinp from
-1.24 to 0.31 (1.62x -> 1.69x). (2) Reduction blocks four times avx512's k, so that d12's K = 768 is
-one block (_bf16_blocking). Where a task's rows fit one A block (MC, as at BT = 256) the reduction
-blocks run outside the column panels, so A is converted once per block rather than once per panel
-(forward of the LM head: 50 panels a task). The dinps still trail the rest: both threads convert the
-same rows of dout (the split that packs least), and at twice the fp32 compute speed the B panel's
-reads from L3 or memory weigh twice as much; packing a row-major A k-major by register transposes,
-so that its micro-kernel reads one cache line per k, measured no faster (dinp of the LM head slower).
-Skipping a dinp's B packing (an experiment) takes 15-25% off its time: the weight's float32 come
-from L3 or memory at about 6 GB/s a thread, where the conversion itself runs from L1 at 0.13-0.3 ns
-a word; a bf16 copy of the weights, kept by AdamW, would halve those bytes.
+1.79x-1.81x the fp32 avx512 GEMM over the 15 products (medians 1.82x-1.87x), 1.61x-2.02x each but
+for two products of one run that a burst of load on the machine slowed to half speed; 286-407 GF/s;
+0.72-1.03 of torch.mm on bf16 tensors (oneDNN) in the run that no burst touched. What got it there,
+each measured in the same session as the one before it: 1.62x at first (1.35x-1.81x, median 1.57x).
+(1) The converting packs work 16 words at a time in vector registers: the packing of the fc forward
+fell from 0.48 to 0.22 ms, of its dinp from 1.24 to 0.31 (1.62x -> 1.69x). (2) Reduction blocks
+four times avx512's k, so that d12's K = 768 is one block (_bf16_blocking). Where a task's rows fit
+one A block (MC, as at BT = 256) the reduction blocks run outside the column panels, so A is
+converted once per block rather than once per panel (forward of the LM head: 50 panels a task).
 (3) In that one-block case a forward's weight is packed one strip at a time, each strip used at once
 from L2 (qkv and fc forwards 1.09x; a dinp's weight, whose pairs lie across two rows, packs faster in
-whole-panel rows: 0.82x-1.00x strip by strip, so it keeps them), and (4) the packing converts with
-vcvtne2ps2bf16, its subnormal flush as vdpbf16ps's own (above): the forwards 1.07x-1.19x in all, the
-other products unchanged (0.93x-1.03x, noise); over the 15 products 1.01x at BT = 1024 and 1.04x at
-the seed shape (BT = 16384, C = 128). A training step shows neither beyond its noise.
+whole-panel rows: 0.82x-1.00x strip by strip, so it keeps them). (4) The packing converts with
+vcvtne2ps2bf16, its subnormal flush as vdpbf16ps's own (above): with (3) the forwards 1.07x-1.19x,
+the other products unchanged (0.93x-1.03x, noise); over the 15 products 1.01x at BT = 1024 and 1.04x
+at the seed shape (BT = 16384, C = 128). A training step shows neither beyond its noise.
+The dinps still trail the rest. Skipping a dinp's B packing (an experiment) takes 15-25% off its
+time, skipping its A packing 2-5%: the weight's float32 come from L3 or memory at about 6 GB/s a
+thread, where the conversion itself runs from L1 at 0.13-0.3 ns a word; a bf16 copy of the weights,
+kept by AdamW, would halve those bytes. Both threads also convert the same rows of dout (the split
+that packs least). Packing a row-major A k-major by register transposes, so that its micro-kernel
+reads one cache line per k, measured no faster (dinp of the LM head slower); nor did prefetching the
+weight's rows a few pairs ahead (0.98x-1.07x).
 
 Never compiled where it cannot run: nothing of avx512bf16 is compiled before set_kernel picks it,
 which it refuses on a CPU without the features (the import picks portable there); and Numba's
