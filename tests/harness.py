@@ -386,6 +386,23 @@ def cases(cpu=(), cuda=()):
     return params
 
 
+def same_bits_at_thread_counts(run, counts=(1, 2)):
+    """Call run() (it returns a sequence of arrays) at each Numba thread count of `counts` (at most
+    NUMBA_NUM_THREADS; the count in use is restored after) and assert that every call returns the
+    first call's arrays bit for bit: what a CPU kernel that sums in a fixed order must do."""
+    import numba
+    threads, results = numba.get_num_threads(), []
+    try:
+        for n in counts:
+            numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+            results.append(run())
+    finally:
+        numba.set_num_threads(threads)
+    for later in results[1:]:
+        for a, b in zip(results[0], later, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
 def rnd(rng, *shape, scale=1.0):
     """A flat float32 array of N(0, scale²) values."""
     return (rng.standard_normal(shape) * scale).astype(np.float32).reshape(-1)

@@ -4,7 +4,7 @@ layernorm_forward (the model's -r 2 recomputes the layernorm from the stored res
 import numpy as np
 import pytest
 
-from harness import cases, check, rnd, tolerance
+from harness import cases, check, rnd, same_bits_at_thread_counts, tolerance
 from reference import layernorm_backward_ref, layernorm_forward_ref, numerical_grad
 
 # (B, T, C, offset): on the CPU (3, 25, 100) is 75 rows: three row chunks of the backward (numbagpt/cpu/
@@ -76,23 +76,16 @@ def test_layernorm_reference_backward_finite_differences():
 def test_layernorm_backward_same_bits_at_any_thread_count():
     """The CPU backward sums dweight/dbias per chunk of rows, then the chunks in order: the bits must not
     depend on how many threads ran the chunks (75 rows: three chunks)."""
-    import numba
-
     from numbagpt.cpu import layernorm_backward
     rng = np.random.default_rng(4)
     B, T, C = 3, 25, 100
     x, w, _ = _data(rng, B, T, C, 5.0)
     _, mean, rstd = layernorm_forward_ref(x.reshape(B, T, C), w, np.zeros(C))
     dout = rnd(rng, B, T, C)
-    threads, results = numba.get_num_threads(), []
-    try:
-        for n in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
-            numba.set_num_threads(n)
-            got = [np.zeros(B * T * C, np.float32), np.zeros(C, np.float32), np.zeros(C, np.float32)]
-            layernorm_backward(*got, dout, x, w, mean.astype(np.float32).ravel(), rstd.astype(np.float32).ravel(),
-                               B, T, C)
-            results.append(got)
-    finally:
-        numba.set_num_threads(threads)
-    for a, b in zip(*results):
-        np.testing.assert_array_equal(a, b)
+
+    def run():
+        got = [np.zeros(B * T * C, np.float32), np.zeros(C, np.float32), np.zeros(C, np.float32)]
+        layernorm_backward(*got, dout, x, w, mean.astype(np.float32).ravel(), rstd.astype(np.float32).ravel(),
+                           B, T, C)
+        return got
+    same_bits_at_thread_counts(run)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import numbagpt.cpu as CPU
-from harness import check, tolerance
+from harness import check, same_bits_at_thread_counts, tolerance
 from numbagpt.cpu import matmul as mm
 from numbagpt.cpu import matmul_bf16 as mb
 from reference import bf16_round_ref, matmul_backward_ref, matmul_forward_ref
@@ -128,20 +128,14 @@ def test_matmul_bf16_is_deterministic_across_thread_counts():
     rng = np.random.default_rng(4)
     x, w, b = (a.reshape(-1) for a in _data(rng, B, T, C, OC))
     dout = rng.standard_normal(B * T * OC).astype(np.float32)
-    results = []
-    threads = numba.get_num_threads()
-    try:
-        for n in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
-            numba.set_num_threads(n)
-            out, dx, dw = (np.empty(B * T * OC, np.float32), np.zeros(B * T * C, np.float32),
-                           np.zeros(OC * C, np.float32))
-            CPU.matmul_forward_bf16(out, x, w, b, B, T, C, OC)
-            CPU.matmul_backward_bf16(dx, dw, None, dout, x, w, B, T, C, OC)
-            results.append((out, dx, dw))
-    finally:
-        numba.set_num_threads(threads)
-    for a, b_ in zip(*results):
-        np.testing.assert_array_equal(a, b_)
+
+    def run():
+        out, dx, dw = (np.empty(B * T * OC, np.float32), np.zeros(B * T * C, np.float32),
+                       np.zeros(OC * C, np.float32))
+        CPU.matmul_forward_bf16(out, x, w, b, B, T, C, OC)
+        CPU.matmul_backward_bf16(dx, dw, None, dout, x, w, B, T, C, OC)
+        return out, dx, dw
+    same_bits_at_thread_counts(run)
 
 
 def test_matmul_bf16_on_views_with_the_written_mode():
