@@ -137,10 +137,11 @@ def _is_word_array(a):
             and a.dtype in (types.float32, types.uint32))
 
 
-def _words_ptr(context, builder, sig, args, a, i):
-    """Pointer to 16 words at array args[a], index args[i] (no bounds check: the caller's guarantee)."""
+def _words_ptr(context, builder, sig, args, a, i, vec=_LL_I):
+    """Pointer to 16 words (as `vec`, <16 x i32> or <16 x float>) at array args[a], index args[i]
+    (no bounds check: the caller's guarantee)."""
     p = _element_ptr(context, builder, sig.args[a], args[a], sig.args[i], args[i])
-    return builder.bitcast(p, _LL_I.as_pointer())
+    return builder.bitcast(p, vec.as_pointer())
 
 
 def _cvt(builder, lo, hi):
@@ -153,10 +154,6 @@ def _cvt(builder, lo, hi):
     return builder.call(f, [hi, lo])   # the instruction's first operand goes to the high half
 
 
-def _f32_ptr(context, builder, sig, args, a, i):
-    return builder.bitcast(_words_ptr(context, builder, sig, args, a, i), _LL_F.as_pointer())
-
-
 @intrinsic
 def _pairs_along(typingctx, dst, d, src, s):
     """dst[d + c] = bf16(src[s + 2c]) | bf16(src[s + 2c + 1]) << 16 for c < 16, bf16 as _bits_daz:
@@ -167,7 +164,7 @@ def _pairs_along(typingctx, dst, d, src, s):
         return None
 
     def codegen(context, builder, sig, args):
-        p = _f32_ptr(context, builder, sig, args, 2, 3)
+        p = _words_ptr(context, builder, sig, args, 2, 3, _LL_F)
         lo = builder.load(p, align=4)
         hi = builder.load(builder.gep(p, [ir.Constant(ir.IntType(64), 1)]), align=4)
         builder.store(builder.bitcast(_cvt(builder, lo, hi), _LL_I), _words_ptr(context, builder, sig, args, 0, 1),
@@ -185,7 +182,8 @@ def _pairs_across(typingctx, dst, d, src, lo, hi):
         return None
 
     def codegen(context, builder, sig, args):
-        t = _cvt(builder, *(builder.load(_f32_ptr(context, builder, sig, args, 2, i), align=4) for i in (3, 4)))
+        rows = (builder.load(_words_ptr(context, builder, sig, args, 2, i, _LL_F), align=4) for i in (3, 4))
+        t = _cvt(builder, *rows)
         mix = ir.Constant(ir.VectorType(ir.IntType(32), 32), [j for c in range(16) for j in (c, 16 + c)])
         w = builder.bitcast(builder.shuffle_vector(t, t, mix), _LL_I)
         builder.store(w, _words_ptr(context, builder, sig, args, 0, 1), align=4)
@@ -216,8 +214,8 @@ def _bits_daz(u):
 @njit(inline="always")
 def _words_along(dst, d, src, s0, n, w):
     """dst[d + c] = bf16(src[s0 + 2c]) | bf16(src[s0 + 2c + 1]) << 16 for the ⌈n/2⌉ words of n
-    consecutive floats (an odd n's last high half 0), then zero words up to w (uint32 views): 16
-    words at a time in registers (_pairs_along), the rest one by one."""
+    consecutive floats (an odd n's last high half 0), then zero words up to w (uint32 views), bf16 as
+    _bits_daz: 16 words at a time in registers (_pairs_along), the rest one by one."""
     n2 = n // 2
     for c in range(0, n2 - 15, 16):
         _pairs_along(dst, d + c, src, s0 + 2 * c)
@@ -234,8 +232,8 @@ def _words_along(dst, d, src, s0, n, w):
 @njit(inline="always")
 def _words_across(dst, d, src, lo, hi, n, w):
     """dst[d + i] = bf16(src[lo + i]) | bf16(src[hi + i]) << 16 for i < n (the high half 0 when hi < 0:
-    an odd K's last pair), then zero words up to w (uint32 views): 16 words at a time in registers
-    (_pairs_across), the rest one by one."""
+    an odd K's last pair), then zero words up to w (uint32 views), bf16 as _bits_daz: 16 words at a
+    time in registers (_pairs_across), the rest one by one."""
     dd = dst[d:d + w]
     x = src[lo:lo + n]
     if hi >= 0:
@@ -368,9 +366,8 @@ def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, mparts, n
 ''' + _fp32.TASK_SPLIT + '''        if mhi - mlo <= MC:
             # the task's rows are one A block: converted and packed once per reduction block and
             # used by every column panel (pc outside jc: each element still sums its blocks in
-            # order, so the same bits as the other order)
-            # a forward's weight strip by strip where the tiles go so (W = NR): each strip packed is
-            # used at once, from L2, rather than after the whole panel has passed through L2
+            # order, so the same bits as the other order); a forward's weight is packed a strip at
+            # a time (W = NR) where the tiles go strip by strip, each strip used at once from L2
             mc = mhi - mlo
             S = (mc + MR - 1) // MR * MR
             W = NR if b_kmaj and not along_rows else NC
@@ -534,6 +531,7 @@ def _bf16_blocking():
     b = _fp32._BLOCKING["avx512"]
     return dict(KC=4 * b["KC"], KC_Y=4 * b["KC_Y"], KC_S=2 * b["KC_S"], NC=b["NC_Y"], IN_PLACE_N=0,
                 IN_PLACE_ROWS=False)
+
 
 KERNELS = ("avx512bf16", "portable")
 _NEEDS = {"avx512bf16": ("avx512f", "avx512bf16"), "portable": ()}
