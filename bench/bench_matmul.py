@@ -20,7 +20,7 @@ ratio to it and to the faster of it and OpenBLAS (/best), and our bf16 GEMM's ra
 (time_torch / time_ours, across processes: noisier ratios than the others).
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_matmul.py [--threads 2]
-        [--reps 5] [--block-ms 25] [--shapes tiny,d12] [--kernels avx512,portable] [--quick] [--clock cpu]
+        [--reps 5] [--block-ms 25] [--shapes tiny,d12,seed] [--kernels avx512,portable] [--quick] [--clock cpu]
         [--bf16-kernels avx512bf16,portable|none] [--torch]
 
 OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, where set, can pin OpenBLAS to a slower kernel: unset them for
@@ -39,7 +39,7 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--block-ms", type=float, default=25.0,
                     help="each round's block of calls lasts about this long (default 25 ms)")
-    ap.add_argument("--shapes", default="tiny,d12", help="comma list of: tiny, d12")
+    ap.add_argument("--shapes", default="tiny,d12", help="comma list of: tiny, d12, seed (tiny at B·T = 16384)")
     ap.add_argument("--kernels", default=None,
                     help="comma list of numbagpt matmul kernels (avx512, avx2, portable) to time; "
                          "default: the one this CPU runs, then portable")
@@ -213,6 +213,10 @@ def bench_shapes(args):
         shapes += [("d12 qkv", 256, 768, 2304), ("d12 attproj", 256, 768, 768),
                    ("d12 fc", 256, 768, 3072), ("d12 fcproj", 256, 3072, 768),
                    ("d12 lm_head", 256, 768, 50304)]
+    if "seed" in args.shapes:  # README's seed run: tiny at B=64 T=256
+        shapes += [("seed lm_head", 16384, 128, 50304), ("seed qkv", 16384, 128, 384),
+                   ("seed attproj", 16384, 128, 128), ("seed fc", 16384, 128, 512),
+                   ("seed fcproj", 16384, 512, 128)]
     if args.quick:
         shapes = [s for s in shapes if "lm_head" in s[0]]
     return shapes

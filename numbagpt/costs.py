@@ -69,9 +69,14 @@ def _matmul_forward(out, inp, weight, bias, B, T, C, OC):
 def _matmul_backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, accumulate=True):
     # dinp += dout·W (2·BT·OC·C); dweight += doutᵀ·inp (2·OC·BT·C); dbias += Σ_bt dout (BT·OC).
     # dinp accumulates; dweight and dbias too, unless accumulate is false (then written once).
+    return _matmul_backward_bf16(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, accumulate)
+
+
+def _matmul_backward_bf16(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, accumulate=True, dout_bf16=False):
+    # matmul_backward's; a dout in bf16 rows (dout_bf16) is 2 bytes an element
     has_bias = dbias is not None
     flops = 4 * B * T * C * OC + (B * T * OC if has_bias else 0)
-    reads = B * T * OC + B * T * C + OC * C           # dout, inp, weight
+    reads = B * T * OC / (2 if dout_bf16 else 1) + B * T * C + OC * C           # dout, inp, weight
     grads = (2 if accumulate else 1) * (OC * C + (OC if has_bias else 0))
     return flops, F32 * (reads + 2 * B * T * C + grads)
 
@@ -112,15 +117,16 @@ def _crossentropy_forward(losses, logits, targets, B, T, V, Vp):
     return 3 * B * T * V, F32 * (B * T * V + B * T + B * T)
 
 
-def _crossentropy_backward(dlogits, dlosses, logits, targets, B, T, V, Vp):
+def _crossentropy_backward(dlogits, dlosses, logits, targets, B, T, V, Vp, dlogits_bf16=False):
     # softmax again 3 per logit, then (p − [i=target])·dloss: ·(1/Σ) 1, ·dloss 1 → 5 per logit i < V.
-    # Reads the first V logits, targets, dlosses; writes all Vp columns of dlogits (padding = 0).
-    return 5 * B * T * V, F32 * (B * T * V + 2 * B * T + B * T * Vp)
+    # Reads the first V logits, targets, dlosses; writes all Vp columns of dlogits (padding = 0), 2 bytes
+    # each in bf16 rows (dlogits_bf16).
+    return 5 * B * T * V, F32 * (B * T * V + 2 * B * T + B * T * Vp / (2 if dlogits_bf16 else 1))
 
 
-def _crossentropy_forward_backward(losses, dlogits, dlosses, logits, targets, B, T, V, Vp):
+def _crossentropy_forward_backward(losses, dlogits, dlosses, logits, targets, B, T, V, Vp, dlogits_bf16=False):
     # the backward's 5 per logit (the loss from its max and sum: not counted); one read of the logits
-    return 5 * B * T * V, F32 * (B * T * V + 3 * B * T + B * T * Vp)
+    return 5 * B * T * V, F32 * (B * T * V + 3 * B * T + B * T * Vp / (2 if dlogits_bf16 else 1))
 
 
 def _adamw_update(params, m, v, grads, lr, beta1, beta2, eps, weight_decay, grad_scale, t, N):
@@ -134,7 +140,8 @@ def _global_norm_squared(out, grads, N):
 
 
 # kernel name -> its cost function (the contract's `cost`): every kernel a training step runs (a bf16
-# step's matmul pair counts as the fp32 one: the same FLOPs, the same float32 buffers read and written).
+# step's matmul pair counts as the fp32 one: the same FLOPs, the same float32 buffers read and written,
+# but for the LM head's dout in bf16 rows).
 KERNEL_COSTS = {k.name: globals()["_" + cost_function_name(k)] for k in CONTRACT if k.role != "generation"}
 
 # The backends' buffer helpers (docs/kernels.md, "Memory helpers"): timed too, with 0 FLOPs and the

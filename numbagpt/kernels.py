@@ -77,7 +77,11 @@ CONTRACT = (
     # rounded inputs: a product of two bf16 values is exact in float32, so the only error is the float32
     # sum's, as for the fp32 kernels: the same tolerances; the same costs (FLOPs, float32 buffers)
     Kernel("matmul_forward_bf16", role="bf16", cost="matmul_forward", **_MATMUL_FORWARD),
-    Kernel("matmul_backward_bf16", role="bf16", cost="matmul_backward", **_MATMUL_BACKWARD),
+    # dout_bf16: dout given in bf16 rows (the LM head's dlogits as crossentropy_*(..., dlogits_bf16=True)
+    # writes them), used as they are
+    Kernel("matmul_backward_bf16", role="bf16",
+           **dict(_MATMUL_BACKWARD, args=_MATMUL_BACKWARD["args"] + ("dout_bf16",),
+                  defaults={"accumulate": True, "dout_bf16": False})),
     # lse is the natural log of a sum of exps of scores ~ sqrt(hs): the tolerance of the preatt it replaced
     Kernel("attention_forward", "attention", _args("out, lse, inp, B, T, C, NH"), written=("out", "lse"),
            tol={"out": (1e-5, 1e-6), "lse": (1e-5, 1e-6)}),
@@ -87,12 +91,16 @@ CONTRACT = (
     Kernel("gelu_backward", "gelu", _args("dinp, dout, inp, N"), accumulated=("dinp",), tol=(1e-5, 2e-6)),
     Kernel("crossentropy_forward", "crossentropy", _args("losses, logits, targets, B, T, V, Vp"),
            written=("losses",), tol=(1e-5, 1e-6)),
-    Kernel("crossentropy_backward", "crossentropy", _args("dlogits, dlosses, logits, targets, B, T, V, Vp"),
-           written=("dlogits",), tol={"dlogits": (1e-5, 1e-7), "rowsum": (0, 1e-7)}),
+    # dlogits_bf16 (--precision bf16): dlogits written in bf16 rows (docs/kernels.md), for the LM head's
+    # matmul_backward_bf16(..., dout_bf16=True)
+    Kernel("crossentropy_backward", "crossentropy",
+           _args("dlogits, dlosses, logits, targets, B, T, V, Vp, dlogits_bf16"), written=("dlogits",),
+           tol={"dlogits": (1e-5, 1e-7), "rowsum": (0, 1e-7)}, defaults={"dlogits_bf16": False}),
     # both of the above from one read of the logits (a training step: its backward follows)
     Kernel("crossentropy_forward_backward", "crossentropy",
-           _args("losses, dlogits, dlosses, logits, targets, B, T, V, Vp"), written=("losses", "dlogits"),
-           tol={"losses": (1e-5, 1e-6), "dlogits": (1e-5, 1e-7)}),
+           _args("losses, dlogits, dlosses, logits, targets, B, T, V, Vp, dlogits_bf16"),
+           written=("losses", "dlogits"), tol={"losses": (1e-5, 1e-6), "dlogits": (1e-5, 1e-7)},
+           defaults={"dlogits_bf16": False}),
     Kernel("adamw_update", "adamw",
            _args("params, m, v, grads, lr, beta1, beta2, eps, weight_decay, grad_scale, t, N"),
            updated=("params", "m", "v"), tol={"m": (1e-5, 1e-12), "v": (1e-5, 1e-15), "params": (1e-6, 1e-7)}),

@@ -61,6 +61,9 @@ class GPT2:
         # (the kernels are looked up on the backend at each call, so a profiler wrapping it sees them).
         self.precision = precision
         self._matmul_forward, self._matmul_backward = PRECISIONS[precision]
+        # in bf16 the classifier writes dlogits already rounded, in bf16 rows, and the LM head's backward
+        # reads them as they lie (docs/kernels.md, "bf16 rows"): the same products, half the bytes
+        self._dlogits_bf16 = precision == "bf16"
         # llm.c's -r: 1 keeps one layer's GELU output and recomputes it in backward, 2 also the
         # layernorm outputs; the gradients are the same bit for bit, the activations take less memory.
         self.recompute = recompute
@@ -244,7 +247,7 @@ class GPT2:
         if train:   # the losses, and dlogits over the logits (backward() starts from them)
             dlosses = self._dlosses(B, T)
             k.crossentropy_forward_backward(a["losses"], a["logits"], dlosses, a["logits"], self.targets,
-                                            B, T, V, Vp)                                          # (B, T)
+                                            B, T, V, Vp, self._dlogits_bf16)                      # (B, T)
             self.dlogits_ready = True
         else:
             k.crossentropy_forward(a["losses"], a["logits"], self.targets, B, T, V, Vp)           # (B, T)
@@ -326,10 +329,11 @@ class GPT2:
         # The logits buffer is overwritten by dlogits: the two are never needed at once.
         if not self.dlogits_ready:   # else forward(train=True) computed them with the loss
             k.crossentropy_backward(a["logits"], self._dlosses(B, T), a["logits"], self.targets,
-                                    B, T, V, Vp)                                                  # (B, T, Vp)
+                                    B, T, V, Vp, self._dlogits_bf16)                              # (B, T, Vp)
             self.dlogits_ready = True
         dlogits = a["logits"]
-        matmul_backward(ga["lnf"], g["wte"], None, dlogits, a["lnf"], p["wte"], B, T, C, Vp, acc)  # (B, T, C)
+        bf16_rows = (True,) if self._dlogits_bf16 else ()   # matmul_backward_bf16's dout_bf16
+        matmul_backward(ga["lnf"], g["wte"], None, dlogits, a["lnf"], p["wte"], B, T, C, Vp, acc, *bf16_rows)
         # The residual stream's gradient is one buffer (llm.c's train_gpt2.cu): each layernorm
         # backward adds its dinp to it, and each residual projection's backward reads it as its dout;
         # no residual_backward copies it. It ends as the gradient of `encoded`.

@@ -154,9 +154,11 @@ def _matmul_forward_bf16(a):
 
 
 def _matmul_backward_bf16(a):
-    # the GEMMs on bf16-rounded operands; dbias (a column sum, not a GEMM) of the float32 dout
+    # the GEMMs on bf16-rounded operands (a dout in bf16 rows: its values); dbias (a column sum, not a
+    # GEMM) of the float32 dout
     C, OC = a["C"], a["OC"]
-    dinp, dweight, _ = ref.matmul_backward_ref(ref.bf16_round_ref(a["dout"]).reshape(-1, OC),
+    dout = ref.from_bf16_rows(a["dout"], OC) if a.get("dout_bf16") else ref.bf16_round_ref(a["dout"])
+    dinp, dweight, _ = ref.matmul_backward_ref(dout.reshape(-1, OC),
                                                ref.bf16_round_ref(a["inp"]).reshape(-1, C),
                                                ref.bf16_round_ref(a["weight"]).reshape(OC, C))
     return {"dinp": dinp, "dweight": dweight, "dbias": a["dout"].reshape(-1, OC).astype(np.float64).sum(axis=0)}

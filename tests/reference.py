@@ -97,6 +97,25 @@ def bf16_round_ref(x):
     return out
 
 
+def to_bf16_rows(x, W):
+    """float32 array x of rows of W (W even) in the kernels' bf16 rows: each row's W values rounded
+    (bf16_round_ref), two to a word in its first W/2 float32 slots (element j in the low half of word
+    j // 2 for even j, the high half for odd j), the rest of the row NaN (the kernels never read it)."""
+    r = bf16_round_ref(x).astype(np.float32).reshape(-1, W).view(np.uint32) >> 16
+    out = np.full(r.shape, np.nan, np.float32)
+    out.view(np.uint32)[:, :W // 2] = r[:, 0::2] | (r[:, 1::2] << 16)
+    return out.reshape(-1)
+
+
+def from_bf16_rows(x, W):
+    """The values of bf16 rows of W (to_bf16_rows' layout) as float64, rows × W, flat."""
+    u = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, W).view(np.uint32)[:, :W // 2]
+    out = np.empty(u.shape[:1] + (W,), np.uint32)
+    out[:, 0::2] = u << 16
+    out[:, 1::2] = u & 0xFFFF0000
+    return out.view(np.float32).astype(np.float64).reshape(-1)
+
+
 def matmul_backward_ref(dout, inp, weight):
     dout, inp, weight = _f64(dout), _f64(inp), _f64(weight)
     OC, C = weight.shape

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from harness import cases, check, tolerance
-from reference import crossentropy_backward_ref, crossentropy_forward_ref, numerical_grad
+from reference import crossentropy_backward_ref, crossentropy_forward_ref, numerical_grad, to_bf16_rows
 
 # (B, T, V, Vp, scale of the logits, shift). CPU: exp would overflow/underflow unshifted. CUDA: rows
 # longer than the 256-thread block, large logits (online max rescaling).
@@ -75,6 +75,35 @@ def test_crossentropy_forward_backward(backend, B, T, V, Vp, scale, shift):
     for name in ("losses", "dlogits"):
         np.testing.assert_array_equal(inplace[name], out[name])
         np.testing.assert_array_equal(out[name], separate[name])
+
+
+def _words(x, Vp):
+    """The bf16 words of bf16 rows of Vp (each row's first Vp/2 float32 slots), as uint32."""
+    return np.ascontiguousarray(x, np.float32).reshape(-1, Vp)[:, :Vp // 2].view(np.uint32)
+
+
+@pytest.mark.parametrize("backend,B,T,V,Vp,scale,shift",
+                         cases(cpu=CPU_CASES + [(1, 3, 37, 46, 3.0, 0.0), (1, 2, 50257, 50304, 3.0, 0.0)],
+                               cuda=CUDA_CASES + [(1, 3, 37, 46, 3.0, 0.0)]))
+def test_crossentropy_dlogits_in_bf16_rows(backend, B, T, V, Vp, scale, shift):
+    # dlogits_bf16=True (--precision bf16), from the fused and the backward kernel, out of place and in
+    # place: bit for bit the same kernel's float32 dlogits rounded to nearest even (reference.to_bf16_rows,
+    # by float64 arithmetic) in bf16 rows, whatever the row length (Vp 46: not a multiple of the CPU's
+    # 16-lane conversion); the losses as in float32
+    logits, targets, dlosses = _data(np.random.default_rng(6), B, T, V, Vp, scale, shift)
+    sizes = dict(targets=targets, B=B, T=T, V=V, Vp=Vp, case="shifted" if shift else None)
+    fused = "crossentropy_forward_backward"
+    fp32 = check(backend, fused, losses=B * T, dlogits=B * T * Vp, dlosses=dlosses, logits=logits, **sizes)
+    want = _words(to_bf16_rows(fp32["dlogits"], Vp), Vp)
+    for inplace in ({}, {"dlogits": "logits"}):
+        dl = None if inplace else B * T * Vp
+        got = check(backend, fused, losses=B * T, dlogits=dl, dlosses=dlosses, logits=logits, inplace=inplace,
+                    dlogits_bf16=True, only=("losses",), **sizes)
+        np.testing.assert_array_equal(got["losses"], fp32["losses"])
+        np.testing.assert_array_equal(_words(got["dlogits"], Vp), want)
+        got = check(backend, "crossentropy_backward", dlogits=dl, dlosses=dlosses, logits=logits, inplace=inplace,
+                    dlogits_bf16=True, only=(), **sizes)
+        np.testing.assert_array_equal(_words(got["dlogits"], Vp), want)
 
 
 def test_crossentropy_reference_backward_finite_differences():

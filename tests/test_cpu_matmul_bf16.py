@@ -22,7 +22,7 @@ import numbagpt.cpu as CPU
 from harness import check, same_bits_at_thread_counts, tolerance
 from numbagpt.cpu import matmul as mm
 from numbagpt.cpu import matmul_bf16 as mb
-from reference import bf16_round_ref, matmul_backward_ref, matmul_forward_ref
+from reference import bf16_round_ref, matmul_backward_ref, matmul_forward_ref, to_bf16_rows
 
 
 @pytest.fixture(params=mb.supported_kernels(), autouse=True)
@@ -83,6 +83,39 @@ def test_matmul_backward_bf16(shape, with_dbias, accumulate):
           dout=dout, inp=x, weight=w, B=B, T=T, C=C, OC=OC, accumulate=accumulate)
 
 
+# even OC (a bf16 row holds two values a word): BT odd (dweight's last pair half empty), ragged
+# panels and blocks, a wide LM head; rows of A read in place on avx512bf16 with a ragged last panel
+DOUT_BF16_SHAPES = [(1, 1, 1, 2), (1, 97, 131, 62), (2, 101, 257, 262), (3, 7, 33, 70), (1, 300, 96, 2050),
+                    (4, 64, 32, 1100)]
+
+
+@pytest.mark.parametrize("accumulate", [True, False])
+@pytest.mark.parametrize("shape", DOUT_BF16_SHAPES, ids=_ids)
+def test_matmul_backward_bf16_dout_in_bf16_rows(shape, accumulate):
+    """dout_bf16=True (the LM head's dlogits in bf16 rows, as crossentropy writes them with
+    dlogits_bf16): against float64 of the rows' values; and bit for bit the float32 dout's products,
+    which round it to the same values (no subnormals in it)."""
+    B, T, C, OC = shape
+    rng = np.random.default_rng(3)
+    x, w, _ = _data(rng, B, T, C, OC)
+    dout = (rng.standard_normal((B, T, OC)) / np.sqrt(OC)).astype(np.float32)
+    rows = to_bf16_rows(dout, OC)
+    got = check(CPU, "matmul_backward_bf16", dinp=B * T * C, dweight=OC * C, dbias=None, dout=rows, inp=x,
+                weight=w, B=B, T=T, C=C, OC=OC, accumulate=accumulate, dout_bf16=True, seed=4)
+    want = check(CPU, "matmul_backward_bf16", dinp=B * T * C, dweight=OC * C, dbias=None, dout=dout, inp=x,
+                 weight=w, B=B, T=T, C=C, OC=OC, accumulate=accumulate, seed=4)
+    for name in ("dinp", "dweight"):
+        np.testing.assert_array_equal(got[name], want[name])
+
+
+def test_bf16_dout_needs_an_even_oc_and_no_dbias():
+    x, w, b = _data(np.random.default_rng(0), 1, 2, 3, 5)
+    for OC, dbias in ((5, None), (4, np.zeros(4, np.float32))):
+        with pytest.raises(ValueError, match="bf16 dout"):
+            CPU.matmul_backward_bf16(np.zeros(6, np.float32), np.zeros(3 * OC, np.float32), dbias,
+                                     np.zeros(2 * OC, np.float32), x, w[:OC], 1, 2, 3, OC, True, True)
+
+
 @pytest.mark.parametrize("shape", [SHAPES[3], SHAPES[6], SHAPES[9]], ids=_ids)
 def test_portable_in_chunks(kernel, shape, monkeypatch):
     """The portable kernel rounds the activation-sized operands a chunk of rows (of K for dweight) at
@@ -93,6 +126,7 @@ def test_portable_in_chunks(kernel, shape, monkeypatch):
     test_matmul_forward_bf16(shape, True)
     test_matmul_backward_bf16(shape, True, False)
     test_matmul_backward_bf16(shape, False, True)
+    test_matmul_backward_bf16_dout_in_bf16_rows(DOUT_BF16_SHAPES[3], False)
 
 
 @pytest.mark.parametrize("threshold", ["BIG_Y", "SMALL_Y", "KC"])
@@ -110,6 +144,7 @@ def test_avx512bf16_big_and_small_y_blocking(kernel, threshold, monkeypatch):
         test_matmul_forward_bf16(shape, True)
         test_matmul_backward_bf16(shape, False, True)
         test_matmul_backward_bf16(shape, True, False)
+        test_matmul_backward_bf16_dout_in_bf16_rows(shape[:3] + (shape[3] + shape[3] % 2,), False)   # OC even
 
 
 def test_bf16_is_not_fp32():

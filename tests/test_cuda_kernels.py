@@ -117,6 +117,25 @@ if RUN_HERE:
             check(backend, "matmul_backward_bf16", dinp=B * T * C, dweight=OC * C, dbias=OC if use_bias else None,
                   dout=dout, inp=inp, weight=w, B=B, T=T, C=C, OC=OC, accumulate=accumulate)
 
+    # dout in bf16 rows (the LM head's dlogits in a bf16 step): OC even; (2, 37, 21, 68) several tiles,
+    # (1, 3, 8, 520) split-K in dinp, (1, 520, 8, 20) split-K in dweight; against float64 of the rows'
+    # values, and bit for bit the float32 dout's bf16 products where no sum order differs (unsplit)
+    @pytest.mark.parametrize("backend,B,T,C,OC", cases(cuda=[(1, 3, 5, 6), (2, 37, 21, 68), (1, 3, 8, 520),
+                                                             (1, 520, 8, 20)]))
+    def test_matmul_bf16_dout_in_bf16_rows(backend, B, T, C, OC):
+        from reference import to_bf16_rows
+        rng = np.random.default_rng(9)
+        inp, w = rnd(rng, B, T, C), rnd(rng, OC, C, scale=C ** -0.5)
+        dout = rnd(rng, B, T, OC, scale=OC ** -0.5)
+        for accumulate in (True, False):
+            args = dict(dinp=B * T * C, dweight=OC * C, dbias=None, inp=inp, weight=w, B=B, T=T, C=C, OC=OC,
+                        accumulate=accumulate, seed=2)
+            got = check(backend, "matmul_backward_bf16", dout=to_bf16_rows(dout, OC), dout_bf16=True, **args)
+            want = check(backend, "matmul_backward_bf16", dout=dout, **args)
+            if max(B * T, OC) < 256:
+                for name in ("dinp", "dweight"):
+                    np.testing.assert_array_equal(got[name], want[name])
+
     def test_bf16_round_device_function():
         """runtime.bf16_round in a kernel: the reference's round to nearest even, subnormals rounded
         (not flushed), overflow to inf, inf kept, NaN a NaN."""

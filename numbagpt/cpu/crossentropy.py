@@ -10,6 +10,12 @@ losses, dlosses (B, T) float32. Columns V..Vp−1 are padding: they take no part
                dlogits is WRITTEN (=), not accumulated, and may be the logits buffer itself.
     forward_backward: both, bit for bit, from one read of each row (a training step's forward, whose
                backward follows: llm.c's fused classifier); dlogits may be logits.
+    dlogits_bf16=True (backward, forward_backward; --precision bf16): dlogits is written in bf16 rows,
+               each row's Vp values rounded to bfloat16 (matmul_bf16.bf16_bits: to nearest even) in the
+               first Vp/2 words of its Vp float32 slots, two to a word (the even column in the low
+               half), for the LM head's matmul_backward_bf16(..., dout_bf16=True) to read as they lie
+               (the rest of the row is scratch): the float32 row of dlogits_bf16=False, then rounded
+               in place, 16 values at a time in vector registers (matmul_bf16._row_to_bf16). Vp even.
 
 Both subtract the row max before exp (exp never overflows), with
   - the row max on integer keys (fastmath.max_f32: exact, vectorised);
@@ -26,6 +32,7 @@ import numpy as np
 from numba import njit, prange
 
 from .fastmath import exp_nonpos, max_f32
+from .matmul_bf16 import _row_to_bf16
 
 _FASTMATH = {'reassoc', 'contract'}
 _CHUNK = 512
@@ -67,12 +74,13 @@ def crossentropy_forward(losses, logits, targets, B, T, V, Vp):
 
 
 @njit(fastmath=_FASTMATH, inline='always')
-def _softmax_grad_row(d, z, target, dloss, buf, V, Vp):
-    """d[:V] = (softmax(z[:V]) − onehot(target))·dloss, d[V:Vp] = 0 (d may be z); returns (max z,
-    Σ exp(z − max)) for the loss. Parks exp(z_i − max) in d while summing: one exp per element; the
-    row (Vp·4 bytes) stays in cache for the scaling pass. The exps go through `buf`, a chunk buffer
-    of the thread's own: with d = z (the model's in-place call) a loop that reads z and writes d
-    fails LLVM's runtime overlap check and runs its scalar version (~5x slower)."""
+def _softmax_grad_row(d, z, target, dloss, buf, V, Vp, bf16):
+    """d[:V] = (softmax(z[:V]) − onehot(target))·dloss, d[V:Vp] = 0 (d may be z), in bf16 rows if
+    bf16 (see the module docstring); returns (max z, Σ exp(z − max)) for the loss. Parks
+    exp(z_i − max) in d while summing: one exp per element; the row (Vp·4 bytes) stays in cache for
+    the scaling pass. The exps go through `buf`, a chunk buffer of the thread's own: with d = z (the
+    model's in-place call) a loop that reads z and writes d fails LLVM's runtime overlap check and
+    runs its scalar version (~5x slower)."""
     maxval = max_f32(z, V)
     s = 0.0
     for c0 in range(0, V, _CHUNK):
@@ -88,24 +96,27 @@ def _softmax_grad_row(d, z, target, dloss, buf, V, Vp):
     for i in range(V, Vp):
         d[i] = 0.0
     d[target] -= dloss
+    if bf16:   # the float32 row, then rounded in place (from L2: Vp·4 bytes)
+        _row_to_bf16(d, Vp)
     return maxval, s
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def crossentropy_backward(dlogits, dlosses, logits, targets, B, T, V, Vp):
+def crossentropy_backward(dlogits, dlosses, logits, targets, B, T, V, Vp, dlogits_bf16=False):
     for bt in prange(B * T):
         buf = np.empty(_CHUNK, np.float32)
         _softmax_grad_row(dlogits[bt * Vp:bt * Vp + Vp], logits[bt * Vp:bt * Vp + V], targets[bt], dlosses[bt],
-                          buf, V, Vp)
+                          buf, V, Vp, dlogits_bf16)
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def crossentropy_forward_backward(losses, dlogits, dlosses, logits, targets, B, T, V, Vp):
+def crossentropy_forward_backward(losses, dlogits, dlosses, logits, targets, B, T, V, Vp, dlogits_bf16=False):
     for bt in prange(B * T):
         # the forward and the backward from one read of the row (llm.c's fused_classifier): the
         # target's logit is read before the row is overwritten (dlogits may be logits)
         z = logits[bt * Vp:bt * Vp + V]
         zt = z[targets[bt]]
         buf = np.empty(_CHUNK, np.float32)
-        maxval, s = _softmax_grad_row(dlogits[bt * Vp:bt * Vp + Vp], z, targets[bt], dlosses[bt], buf, V, Vp)
+        maxval, s = _softmax_grad_row(dlogits[bt * Vp:bt * Vp + Vp], z, targets[bt], dlosses[bt], buf, V, Vp,
+                                      dlogits_bf16)
         losses[bt] = math.log(s) + maxval - zt

@@ -381,7 +381,9 @@ class _Gemm:
         self.Bp = np.empty(nt * max(b["NC"] * max(b["KC"], b["KC_S"]), b["NC_Y"] * b["KC_Y"]), np.float32)
         self.tile = np.empty(nt * b["MR"] * b["NR"], np.float32)
 
-    def __call__(self, Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode):
+    def __call__(self, Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, *extra):
+        """Y (M,N) (+)= op(A) · op(B) in `mode`; `extra`: the core's further arguments (the bf16
+        core's a_bf16)."""
         mparts, nparts = self.split(M, N)
         b = self.b
         big = b["BIG_Y"] is not None and M * N > b["BIG_Y"]
@@ -389,7 +391,7 @@ class _Gemm:
         KC, NC = (b["KC_Y"], b["NC_Y"]) if big else (b["KC_S"] if small else b["KC"], b["NC"])
         in_place = (a_kmaj and b["IN_PLACE_ROWS"]) or _ceil(N, nparts) <= b["IN_PLACE_N"]
         self.core(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, self.Ap, self.Bp, self.tile,
-                  mparts, nparts, b["MC"], KC, NC, big, in_place)
+                  mparts, nparts, b["MC"], KC, NC, big, in_place, *extra)
 
     def split(self, M, N):
         """The task grid (mparts, nparts), one task per thread: of the ways to factor the thread

@@ -91,6 +91,15 @@ kept by AdamW, would halve those bytes. Both threads also convert the same rows 
 that packs least). Packing a row-major A k-major by register transposes, so that its micro-kernel
 reads one cache line per k, measured no faster (dinp of the LM head slower); nor did prefetching the
 weight's rows a few pairs ahead (0.98x-1.07x).
+(5) A dout in bf16 rows (`dout_bf16`: the LM head's dlogits, which a bf16 step's classifier writes
+rounded, docs/kernels.md) has nothing to convert: a row-major one (dinp) is read in place, its whole
+MR-row panels where they lie and only a ragged last one packed, as the fp32 GEMM reads a row-major A;
+a k-major one (dweight) is packed by interleaving two rows' bf16 (_pairs_interleaved: two 32-byte
+loads, one shuffle). At the seed shape (B·T = 16384: 3.3 GB of float32 dout, which the packing had
+read from memory at ~8 GB/s a thread) its dinp 678 -> 521 ms (1.30x), its dweight 615 -> 569 (1.08x),
+the same bits (interleaved in one process, best of 5); at d12, B·T = 256: 1.07x, 1.09x; at B·T =
+1024: 0.98x, 1.01x (noise). An experiment that skipped the A packing altogether had measured its
+cost first: 30% of the seed dinp, 25% of its dweight.
 
 Never compiled where it cannot run: nothing of avx512bf16 is compiled before set_kernel picks it,
 which it refuses on a CPU without the features (the import picks portable there); and Numba's
@@ -113,6 +122,7 @@ _VEC16 = F32Vec(16)
 _LL_F = ir.VectorType(ir.FloatType(), 16)
 _LL_I = ir.VectorType(ir.IntType(32), 16)
 _LL_H = ir.VectorType(ir.IntType(16), 32)
+_LL_H16 = ir.VectorType(ir.IntType(16), 16)
 
 
 @intrinsic
@@ -154,6 +164,13 @@ def _cvt(builder, lo, hi):
     return builder.call(f, [hi, lo])   # the instruction's first operand goes to the high half
 
 
+def _interleave(builder, x, y):
+    """<16 x i32>: word c = element c of the 16-bit vector x | element c of y << 16 (x, y <16 x i16>,
+    or both the same <32 x i16>, whose halves then pair up), one vpermw."""
+    mix = ir.Constant(ir.VectorType(ir.IntType(32), 32), [j for c in range(16) for j in (c, 16 + c)])
+    return builder.bitcast(builder.shuffle_vector(x, y, mix), _LL_I)
+
+
 @intrinsic
 def _pairs_along(typingctx, dst, d, src, s):
     """dst[d + c] = bf16(src[s + 2c]) | bf16(src[s + 2c + 1]) << 16 for c < 16, bf16 as _bits_daz:
@@ -184,9 +201,23 @@ def _pairs_across(typingctx, dst, d, src, lo, hi):
     def codegen(context, builder, sig, args):
         rows = (builder.load(_words_ptr(context, builder, sig, args, 2, i, _LL_F), align=4) for i in (3, 4))
         t = _cvt(builder, *rows)
-        mix = ir.Constant(ir.VectorType(ir.IntType(32), 32), [j for c in range(16) for j in (c, 16 + c)])
-        w = builder.bitcast(builder.shuffle_vector(t, t, mix), _LL_I)
-        builder.store(w, _words_ptr(context, builder, sig, args, 0, 1), align=4)
+        builder.store(_interleave(builder, t, t), _words_ptr(context, builder, sig, args, 0, 1), align=4)
+        return context.get_dummy_value()
+
+    return types.void(dst, d, src, lo, hi), codegen
+
+
+@intrinsic
+def _pairs_interleaved(typingctx, dst, d, src, lo, hi):
+    """dst[d + c] = x[c] | y[c] << 16 for c < 16, where x and y are the 16 bf16 from word lo and from
+    word hi of src (bf16 held two to a word, the even element in the low half): two 32-byte loads
+    interleaved (a k-major A in bf16 rows, whose pairs lie across two rows)."""
+    if not (_is_word_array(dst) and _is_word_array(src) and all(isinstance(i, types.Integer) for i in (d, lo, hi))):
+        return None
+
+    def codegen(context, builder, sig, args):
+        x, y = (builder.load(_words_ptr(context, builder, sig, args, 2, i, _LL_H16), align=2) for i in (3, 4))
+        builder.store(_interleave(builder, x, y), _words_ptr(context, builder, sig, args, 0, 1), align=4)
         return context.get_dummy_value()
 
     return types.void(dst, d, src, lo, hi), codegen
@@ -202,6 +233,43 @@ def _bits(u):
     v = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
     n = (u >> np.uint32(16)) | np.uint32(0x40)
     return n if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000) else v
+
+
+@intrinsic
+def _to_bf16(typingctx, dst, d, src, s):
+    """dst[d + c] = _bits(src[s + c]) for c < 16 (dst uint16, src float32 or its uint32 view): to
+    nearest even, NaN quieted, in vector registers on any CPU (LLVM splits the 16 lanes where vectors
+    are narrower). All 16 are loaded before any is stored, so dst may overlap src below s + 16 (a row
+    rounded in place, front to back)."""
+    if not (isinstance(dst, types.Array) and dst.dtype == types.uint16 and dst.layout == "C"
+            and _is_word_array(src) and isinstance(d, types.Integer) and isinstance(s, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        u = builder.load(_words_ptr(context, builder, sig, args, 2, 3), align=4)
+
+        def c(v):
+            return ir.Constant(_LL_I, [v] * 16)
+        r = builder.lshr(builder.add(builder.add(u, c(0x7FFF)), builder.and_(builder.lshr(u, c(16)), c(1))), c(16))
+        nan = builder.icmp_unsigned(">", builder.and_(u, c(0x7FFFFFFF)), c(0x7F800000))
+        w = builder.select(nan, builder.or_(builder.lshr(u, c(16)), c(0x40)), r)
+        builder.store(builder.trunc(w, _LL_H16), _words_ptr(context, builder, sig, args, 0, 1, _LL_H16), align=2)
+        return context.get_dummy_value()
+
+    return types.void(dst, d, src, s), codegen
+
+
+@njit(inline="always")
+def _row_to_bf16(row, n):
+    """The n float32 of `row` rounded to bf16 in place (as _bits): bf16 i in the low (i even) or high
+    half of word i // 2, the words in the row's first ⌈n/2⌉ float32 slots; front to back, 16 at a
+    time (_to_bf16), so that every value is read before its slot is written."""
+    h = row.view(np.uint16)
+    u = row.view(np.uint32)
+    for i in range(0, n - 15, 16):
+        _to_bf16(h, i, u, i)
+    for i in range(n // 16 * 16, n):
+        h[i] = np.uint16(_bits(u[i]))
 
 
 @njit(inline="always")
@@ -249,6 +317,27 @@ def _words_across(dst, d, src, lo, hi, n, w):
         dd[i] = 0
 
 
+@njit(inline="always")
+def _half(src, row, e):
+    """Element e of the bf16 row that starts at word `row` of src (uint32): its 16 bits."""
+    return (src[row + e // 2] >> np.uint32(16 * (e % 2))) & np.uint32(0xFFFF)
+
+
+@njit(inline="always")
+def _words_interleaved(dst, d, src, lo, hi, e0, n, w):
+    """dst[d + i] = x[e0 + i] | y[e0 + i] << 16 for i < n, where x, y are the bf16 rows from words lo
+    and hi of src (y = 0 when hi < 0: an odd K's last pair), then zero words up to w (uint32 views):
+    16 words at a time (_pairs_interleaved) where e0 is even, the rest one by one."""
+    dd = dst[d:d + w]
+    nv = n // 16 * 16 if hi >= 0 and e0 % 2 == 0 else 0
+    for i in range(0, nv, 16):
+        _pairs_interleaved(dst, d + i, src, lo + (e0 + i) // 2, hi + (e0 + i) // 2)
+    for i in range(nv, n):
+        dd[i] = _half(src, lo, e0 + i) | (_half(src, hi, e0 + i) << np.uint32(16) if hi >= 0 else np.uint32(0))
+    for i in range(n, w):
+        dd[i] = 0
+
+
 @njit(parallel=True, cache=True)
 def _bits_array(dst, src, n):
     """dst (uint16) = the bf16 bits of src (uint32 view of float32), n elements."""
@@ -283,25 +372,37 @@ def round_to_bf16(x):
 # blocking, tile order, edges; K, KC in elements, KC even; where a task's rows fit one A block, pc
 # outside jc so that A is converted once per reduction block) with packing that converts: A and B are
 # float32 (read as their uint32 bits), the packed panels are bf16 pair words (in the float32 Ap, Bp,
-# as bits), kc' = ⌈kc/2⌉ words per panel row, the last one's high half 0 for an odd kc. A is always
-# packed (a_in_place is ignored: A must be converted). Forward's weight (B(k, n) = B[n·ldb + k]) is
-# converted 16 columns × 16 words at a time into the task's scratch tile, row by row (contiguous
-# pairs), then moved into the strip by one 16 × 16 register transpose.
+# as bits), kc' = ⌈kc/2⌉ words per panel row, the last one's high half 0 for an odd kc. A float32 A
+# is always packed (a_in_place is ignored: A must be converted); a_bf16 (a further argument): A is
+# given in bf16 rows, a row-major one read in place, a k-major one packed by interleaving. Forward's
+# weight (B(k, n) = B[n·ldb + k]) is converted 16 columns × 16 words at a time into the task's scratch
+# tile, row by row (contiguous pairs), then moved into the strip by one 16 × 16 register transpose.
 _CORE_SOURCE_BF16 = '''
 @njit(inline="always")
-def pack_a(Ap, a0, A, a_kmaj, lda, ic, mc, pc, kc, S):
+def pack_a(Ap, a0, A, a_kmaj, a_bf16, lda, ic, mc, pc, kc, S):
     # the MC x KC block of A as words: row by row (row stride kc2) from a row-major A, else pair of
-    # k by pair of k (row stride S, the block's rows rounded up to MR); zero rows pad it
+    # k by pair of k (row stride S, the block's rows rounded up to MR); zero rows pad it. An A in
+    # bf16 rows (a_bf16; pc even) is copied as it lies, its k-major pairs interleaved; a float32 A
+    # is converted
     kc2 = (kc + 1) // 2
     Au = A.view(np.uint32)
     Apu = Ap.view(np.uint32)
     if a_kmaj:
         for i in range(S):
-            words_along(Apu, a0 + i * kc2, Au, (ic + min(i, mc - 1)) * lda + pc, kc if i < mc else 0, kc2)
+            r = (ic + min(i, mc - 1)) * lda
+            if a_bf16:
+                for c in range(kc2):
+                    Apu[a0 + i * kc2 + c] = Au[r + pc // 2 + c] if i < mc else 0
+            else:
+                words_along(Apu, a0 + i * kc2, Au, r + pc, kc if i < mc else 0, kc2)
     else:
         for k in range(kc2):
-            l0 = (pc + 2 * k) * lda + ic
-            words_across(Apu, a0 + k * S, Au, l0, l0 + lda if 2 * k + 1 < kc else -1, mc, S)
+            l0 = (pc + 2 * k) * lda
+            l1 = l0 + lda if 2 * k + 1 < kc else -1
+            if a_bf16:
+                words_interleaved(Apu, a0 + k * S, Au, l0, l1, ic, mc, S)
+            else:
+                words_across(Apu, a0 + k * S, Au, l0 + ic, l1 + ic if l1 >= 0 else -1, mc, S)
 
 
 @njit(inline="always")
@@ -350,11 +451,16 @@ def pack_b(Bp, b0, B, b_kmaj, ldb, jc, nc, pc, kc, tile, t0):
 
 
 @njit(inline="always")
-def tiles(Y, N, Ap, a0, a_kmaj, Bp, b0, tile, t0, bias, jc, nc, ic, mc, kc2, S, blockmode, along_rows):
+def tiles(Y, N, Ap, a0, A, ai, lda, a_kmaj, Bp, b0, tile, t0, bias, jc, nc, ic, mc, kc2, S, blockmode,
+          along_rows):
     # the micro-kernels of one packed A block (rows ic.., mc of them) against one packed B panel
-    # (columns jc.., nc of them), kc2 words deep
-''' + textwrap.indent(_fp32.TILE_LOOP, ' ' * 4) + '''        if a_kmaj:
-            UKR(kc2, Ap, a0 + p * MR * kc2, kc2, Bp, b0 + s * NR * kc2, Yt, yt, ldt, tmode, bias, n0)
+    # (columns jc.., nc of them), kc2 words deep; ai >= 0: the block's whole panels read in place,
+    # from word ai of A (row stride lda), and only a ragged last one from Ap (packed as its panel 0)
+''' + textwrap.indent(_fp32.TILE_LOOP, ' ' * 4) + '''        if a_kmaj and ai >= 0 and (p + 1) * MR <= mc:
+            UKR(kc2, A, ai + p * MR * lda, lda, Bp, b0 + s * NR * kc2, Yt, yt, ldt, tmode, bias, n0)
+        elif a_kmaj:
+            q = 0 if ai >= 0 else p * MR * kc2
+            UKR(kc2, Ap, a0 + q, kc2, Bp, b0 + s * NR * kc2, Yt, yt, ldt, tmode, bias, n0)
         else:
             UKK(kc2, Ap, a0 + p * MR, S, Bp, b0 + s * NR * kc2, Yt, yt, ldt, tmode, bias, n0)
         if not full:
@@ -362,8 +468,10 @@ def tiles(Y, N, Ap, a0, a_kmaj, Bp, b0, tile, t0, bias, jc, nc, ic, mc, kc2, S, 
 
 
 def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, mparts, nparts, MC, KC, NC, along_rows,
-           a_in_place):
-''' + _fp32.TASK_SPLIT + '''        if mhi - mlo <= MC:
+           a_in_place, a_bf16):
+''' + _fp32.TASK_SPLIT + '''        # a row-major A in bf16 rows: its whole panels read where they lie
+        in_place = a_bf16 and a_kmaj
+        if mhi - mlo <= MC:
             # the task's rows are one A block: converted and packed once per reduction block and
             # used by every column panel (pc outside jc: each element still sums its blocks in
             # order, so the same bits as the other order); a forward's weight is packed a strip at
@@ -374,13 +482,14 @@ def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, mparts, n
             for pc in range(0, K, KC):
                 kc = min(KC, K - pc)
                 blockmode = mode if pc == 0 else 0
-                if mc > 0:
-                    pack_a(Ap, a0, A, a_kmaj, lda, mlo, mc, pc, kc, S)
+                p0 = mc // MR * MR if in_place else 0
+                if p0 < mc:
+                    pack_a(Ap, a0, A, a_kmaj, a_bf16, lda, mlo + p0, mc - p0, pc, kc, S - p0)
                 for jc in range(nlo, nhi, W):
                     nc = min(W, nhi - jc)
                     pack_b(Bp, b0, B, b_kmaj, ldb, jc, nc, pc, kc, tile, t0)
-                    tiles(Y, N, Ap, a0, a_kmaj, Bp, b0, tile, t0, bias, jc, nc, mlo, mc, (kc + 1) // 2, S,
-                          blockmode, along_rows)
+                    tiles(Y, N, Ap, a0, A, mlo * lda + pc // 2 if in_place else -1, lda, a_kmaj, Bp, b0, tile,
+                          t0, bias, jc, nc, mlo, mc, (kc + 1) // 2, S, blockmode, along_rows)
         else:
             for jc in range(nlo, nhi, NC):
                 nc = min(NC, nhi - jc)
@@ -391,9 +500,11 @@ def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, mparts, n
                     for ic in range(mlo, mhi, MC):
                         mc = min(MC, mhi - ic)
                         S = (mc + MR - 1) // MR * MR
-                        pack_a(Ap, a0, A, a_kmaj, lda, ic, mc, pc, kc, S)
-                        tiles(Y, N, Ap, a0, a_kmaj, Bp, b0, tile, t0, bias, jc, nc, ic, mc, (kc + 1) // 2, S,
-                              blockmode, along_rows)
+                        p0 = mc // MR * MR if in_place else 0
+                        if p0 < mc:
+                            pack_a(Ap, a0, A, a_kmaj, a_bf16, lda, ic + p0, mc - p0, pc, kc, S - p0)
+                        tiles(Y, N, Ap, a0, A, ic * lda + pc // 2 if in_place else -1, lda, a_kmaj, Bp, b0,
+                              tile, t0, bias, jc, nc, ic, mc, (kc + 1) // 2, S, blockmode, along_rows)
 '''
 
 
@@ -413,6 +524,19 @@ def _round_both(da, sa, na, db, sb, nb):
             d, s = db[(t - ca) * CH:min(nb, (t - ca + 1) * CH)], sb[(t - ca) * CH:min(nb, (t - ca + 1) * CH)]
         for i in range(d.size):
             d[i] = _bits(s[i]) << np.uint32(16)
+
+
+@njit(parallel=True, cache=True)
+def _widen_rows(dst, src, rows, W):
+    """dst (rows × W, uint32 view of float32) = the bf16 rows of src widened to float32 (exact): row r
+    of src is W float32 slots whose first W/2 words hold its W bf16, the even element in the low
+    half (uint32 view)."""
+    for r in prange(rows):
+        d = dst[r * W:(r + 1) * W]
+        x = src[r * W:r * W + W // 2]
+        for c in range(W // 2):
+            d[2 * c] = x[c] << np.uint32(16)
+            d[2 * c + 1] = x[c] & np.uint32(0xFFFF0000)
 
 
 class _Scratch:
@@ -435,9 +559,13 @@ def _u32(a):
     return a.view(np.uint32)
 
 
-def _rounded(a, na, b, nb, slots=("a", "b")):
-    """The first na floats of a and nb of b rounded to bf16, in scratch `slots` (portable)."""
+def _rounded(a, na, b, nb, slots=("a", "b"), a_rows=0):
+    """The first na floats of a and nb of b rounded to bf16, in scratch `slots` (portable); a_rows > 0:
+    a holds that many bf16 rows of na // a_rows floats, widened instead (_widen_rows)."""
     da, db = _scratch.get(slots[0], na), _scratch.get(slots[1], nb)
+    if a_rows:
+        _widen_rows(_u32(da), _u32(a[:na]), a_rows, na // a_rows)
+        na = 0
     _round_both(_u32(da), _u32(a[:na]), na, _u32(db), _u32(b[:nb]), nb)
     return da, db
 
@@ -454,11 +582,13 @@ def _chunks(rows, width):
     return [(r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
 
 
-def _portable_rows(gemm, Y, ldy, A, K, weight, nw, BT):
-    """gemm(Y rows, rounded A rows, rounded weight, rows) over chunks of A's (BT, K) rows."""
+def _portable_rows(gemm, Y, ldy, A, K, weight, nw, BT, a_bf16=False):
+    """gemm(Y rows, rounded A rows, rounded weight, rows) over chunks of A's (BT, K) rows (a_bf16: A
+    in bf16 rows, widened)."""
     w = None
     for r0, r1 in _chunks(BT, K):
-        a, w_ = _rounded(A[r0 * K:], (r1 - r0) * K, weight, 0 if w is not None else nw)
+        a, w_ = _rounded(A[r0 * K:], (r1 - r0) * K, weight, 0 if w is not None else nw,
+                         a_rows=(r1 - r0) * a_bf16)
         if w is None:
             w = w_
         gemm(Y[r0 * ldy:r1 * ldy], a, w, r1 - r0)
@@ -474,12 +604,12 @@ def matmul_forward_bf16(out, inp, weight, bias, B, T, C, OC):
                        out, OC, inp, C, weight, OC * C, BT)
         return
     if bias is None:
-        _gemm(out, inp, True, weight, True, _fp32._NO_BIAS, BT, OC, C, _fp32._OVERWRITE)
+        _gemm(out, inp, True, weight, True, _fp32._NO_BIAS, BT, OC, C, _fp32._OVERWRITE, False)
     else:
-        _gemm(out, inp, True, weight, True, bias, BT, OC, C, _fp32._BIAS)
+        _gemm(out, inp, True, weight, True, bias, BT, OC, C, _fp32._BIAS, False)
 
 
-def matmul_backward_bf16(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, accumulate=True):
+def matmul_backward_bf16(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, accumulate=True, dout_bf16=False):
     """The gradients of out = bf16(inp) · bf16(weight)ᵀ + bias (shapes as matmul_forward_bf16):
 
         dinp (B,T,C) += bf16(dout) · bf16(weight)
@@ -487,33 +617,37 @@ def matmul_backward_bf16(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, a
         dbias (OC) += Σ_bt dout[bt, :]                     (= when not accumulate; skipped when None)
 
     As matmul_backward: dinp always accumulates; accumulate=False writes dweight and dbias without
-    reading them (bit for bit the sums accumulate=True adds to zeros).
+    reading them (bit for bit the sums accumulate=True adds to zeros). dout_bf16: dout holds bf16
+    rows, as crossentropy_*(..., dlogits_bf16=True) writes the LM head's (docs/kernels.md): its
+    values are used as they are, no rounding; OC even, dbias None.
     """
     BT = B * T
-    _backward_dinp(dinp, dout, weight, BT, C, OC)
-    _backward_dweight(dweight, dout, inp, BT, C, OC, accumulate)
+    if dout_bf16 and (OC % 2 or dbias is not None):
+        raise ValueError(f"matmul_backward_bf16: a bf16 dout needs an even OC (got {OC}) and no dbias")
+    _backward_dinp(dinp, dout, weight, BT, C, OC, dout_bf16)
+    _backward_dweight(dweight, dout, inp, BT, C, OC, accumulate, dout_bf16)
     if dbias is not None:
         _fp32._column_sum(dbias, dout, BT, OC, accumulate)
 
 
-def _backward_dinp(dinp, dout, weight, BT, C, OC):
+def _backward_dinp(dinp, dout, weight, BT, C, OC, dout_bf16):
     """dinp (BT,C) += bf16(dout) (BT,OC) · bf16(weight) (OC,C)."""
     if _gemm is None:
         _portable_rows(lambda y, d, w, rows: _fp32._backward_dinp(y, d, w, rows, C, OC),
-                       dinp, C, dout, OC, weight, OC * C, BT)
+                       dinp, C, dout, OC, weight, OC * C, BT, dout_bf16)
     else:
-        _gemm(dinp, dout, True, weight, False, _fp32._NO_BIAS, BT, C, OC, _fp32._ACCUMULATE)
+        _gemm(dinp, dout, True, weight, False, _fp32._NO_BIAS, BT, C, OC, _fp32._ACCUMULATE, dout_bf16)
 
 
-def _backward_dweight(dweight, dout, inp, BT, C, OC, accumulate):
+def _backward_dweight(dweight, dout, inp, BT, C, OC, accumulate, dout_bf16):
     """dweight (OC,C) (+)= bf16(dout) (BT,OC)ᵀ · bf16(inp) (BT,C)."""
     if _gemm is None:   # K = BT in chunks: the first writes (unless accumulate), the others add
         for k0, k1 in _chunks(BT, max(OC, C)):
-            d, x = _rounded(dout[k0 * OC:], (k1 - k0) * OC, inp[k0 * C:], (k1 - k0) * C)
+            d, x = _rounded(dout[k0 * OC:], (k1 - k0) * OC, inp[k0 * C:], (k1 - k0) * C, a_rows=(k1 - k0) * dout_bf16)
             _fp32._backward_dweight(dweight, d, x, k1 - k0, C, OC, accumulate or k0 > 0)
     else:
         _gemm(dweight, dout, False, inp, False, _fp32._NO_BIAS, OC, C, BT,
-              _fp32._ACCUMULATE if accumulate else _fp32._OVERWRITE)
+              _fp32._ACCUMULATE if accumulate else _fp32._OVERWRITE, dout_bf16)
 
 
 # ---- dispatch ------------------------------------------------------------------------------------
@@ -563,7 +697,8 @@ def set_kernel(name):
         if name not in _GEMMS:
             _GEMMS[name] = _fp32._Gemm(name, base="avx512", fma=_dpbf16, core_source=_CORE_SOURCE_BF16,
                                        env_extra=dict(bits=_bits_daz, np=np, pairs_along=_pairs_along,
-                                                      words_along=_words_along, words_across=_words_across),
+                                                      words_along=_words_along, words_across=_words_across,
+                                                      words_interleaved=_words_interleaved),
                                        **_bf16_blocking())
         _gemm = _GEMMS[name]
         b = _gemm.b

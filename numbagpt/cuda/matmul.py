@@ -23,7 +23,9 @@ bf16 (matmul_forward_bf16 / matmul_backward_bf16, the model's precision="bf16"):
 make_gemm(..., bf16=True), which rounds every A and B element to bfloat16 (runtime.bf16_round: nearest, ties
 to even, the CPU's rule) as it is loaded into shared memory; products of two bf16 are exact in float32, so the
 sums, the bias and the output are the fp32 kernels' float32. (Tensor-core bf16 MMA would be the fast way on a
-GPU; these kernels give the numerics, at the fp32 kernels' speed.)
+GPU; these kernels give the numerics, at the fp32 kernels' speed.) matmul_backward_bf16(..., dout_bf16=True):
+the backward GEMMs built with a_bf16=True, which read A (dout) as bf16 rows (docs/kernels.md) and widen each
+value as they load it.
 
 dbias (matmul_backward_dbias_kernel): block (32 columns × 8 row-lanes), grid (ceil(OC/32), R) with
 R = min(ceil(M/256), 64); per-block shared-memory combine in a fixed order, then a float32
@@ -36,7 +38,7 @@ row chunks add partial sums with atomics, a fill_zero launch zeroes the output f
 import numpy as np
 
 from .launch import Launch, column_chunks, fill_zero_launch
-from .runtime import F32A, I64, bf16_round, cdiv, cuda, float32, i64, sm_count
+from .runtime import F32A, I64, _bits_f32, _f32_bits, bf16_round, cdiv, cuda, float32, i64, sm_count
 
 BM = 64          # block tile rows (M)
 BN = 64          # block tile columns (N)
@@ -56,7 +58,7 @@ B_LOADS = BN * BK // THREADS
 _ZERO = np.float32(0.0)
 
 
-def make_gemm(a_km, b_nk, has_bias, accumulate, split_k=False, bf16=False):
+def make_gemm(a_km, b_nk, has_bias, accumulate, split_k=False, bf16=False, a_bf16=False):
     """A GEMM kernel  c[m, n] (+)= Σ_k A[m, k]·B[k, n] (+ bias[n])  for one operand layout.
 
     a_km: A is stored K×M (A[m, k] = a[k·lda + m]); else M×K (A[m, k] = a[m·lda + k]).
@@ -65,6 +67,8 @@ def make_gemm(a_km, b_nk, has_bias, accumulate, split_k=False, bf16=False):
     each block adds its partial tile into c with float32 atomics (unsplit: one slice, kchunk = K).
     bf16: every A and B element is rounded to bfloat16 (runtime.bf16_round) as it is loaded into shared
     memory (the bf16 matmul: products of bf16 values, exact in float32, summed in float32).
+    a_bf16 (with bf16): A is held in bf16 rows (docs/kernels.md) of lda values (lda even), A[m, k] the
+    value at row m, column k (k, m if a_km): read from its word and widened, not rounded again.
     The flags are compile-time constants of the returned kernel (closure variables).
     """
     if split_k and not (accumulate and not has_bias):
@@ -105,12 +109,13 @@ def make_gemm(a_km, b_nk, has_bias, accumulate, split_k=False, bf16=False):
                 gk = k0 + kk
                 val = _ZERO
                 if gm < M and gk < k_end:
-                    if a_km:
-                        val = a[gk * lda + gm]
+                    row, col = (gk, gm) if a_km else (gm, gk)
+                    if a_bf16:   # the half of word col // 2 of the row, widened
+                        val = _bits_f32(((_f32_bits(a[row * lda + col // 2]) >> (16 * (col % 2))) & 0xFFFF) << 16)
+                    elif bf16:
+                        val = bf16_round(a[row * lda + col])
                     else:
-                        val = a[gm * lda + gk]
-                    if bf16:
-                        val = bf16_round(val)
+                        val = a[row * lda + col]
                 As[kk, mm] = val
             for l in range(B_LOADS):
                 e = tid + l * THREADS
@@ -219,15 +224,18 @@ def launch_gemm(launch, c, a, b, bias, M, N, K, lda, ldb, ldc):
     launch(c, a, b, bias, i64(M), i64(N), i64(K), i64(lda), i64(ldb), i64(ldc), i64(launch.param))
 
 
-def _matmul_gemms(bf16):
-    """The GEMM kernels of matmul_forward / matmul_backward (bf16: of their bf16 variants), by role."""
+def _matmul_gemms(bf16, dout_bf16=False):
+    """The GEMM kernels of matmul_forward / matmul_backward (bf16: of their bf16 variants; dout_bf16: the
+    backward's, with dout in bf16 rows), by role."""
     def gemm(a_km, b_nk, has_bias, accumulate, split_k=False):
         return make_gemm(a_km=a_km, b_nk=b_nk, has_bias=has_bias, accumulate=accumulate, split_k=split_k,
-                         bf16=bf16)
-    return dict(
+                         bf16=bf16, a_bf16=dout_bf16)
+    forward = {} if dout_bf16 else dict(
         # out = inp·Wᵀ (+ bias): A = inp (M×K), B[k, n] = W[n, k] (N×K storage)
         forward_bias=gemm(False, True, True, False),
-        forward_nobias=gemm(False, True, False, False),
+        forward_nobias=gemm(False, True, False, False))
+    return dict(
+        **forward,
         # dinp += dout·W: A = dout (M×OC), B = W (OC×C, K×N storage)
         backward_dinp=gemm(False, False, False, True),
         backward_dinp_splitk=gemm(False, False, False, True, split_k=True),
@@ -239,12 +247,15 @@ def _matmul_gemms(bf16):
     )
 
 
-_GEMMS = {False: _matmul_gemms(False), True: _matmul_gemms(True)}
-# as module names (tests/test_cuda_ptx.py compiles every kernel it finds): gemm_<role>, gemm_<role>_bf16
-for _bf16, _gemms in _GEMMS.items():
+# by the key: fp32 (False), bf16 (True), bf16 with dout in bf16 rows ("dout_bf16", the backward's only)
+_GEMMS = {False: _matmul_gemms(False), True: _matmul_gemms(True), "dout_bf16": _matmul_gemms(True, True)}
+_SUFFIX = {False: "", True: "_bf16", "dout_bf16": "_bf16_dout"}
+# as module names (tests/test_cuda_ptx.py compiles every kernel it finds): gemm_<role>, gemm_<role>_bf16,
+# gemm_<role>_bf16_dout
+for _key, _gemms in _GEMMS.items():
     for _role, _kernel in _gemms.items():
-        globals()[f"gemm_{_role}" + ("_bf16" if _bf16 else "")] = _kernel
-del _bf16, _gemms, _role, _kernel
+        globals()[f"gemm_{_role}" + _SUFFIX[_key]] = _kernel
+del _key, _gemms, _role, _kernel
 
 COLS = 32
 ROW_LANES = 8
@@ -285,7 +296,7 @@ matmul_backward_dbias_write_kernel = make_dbias_kernel(accumulate=False)
 
 
 SIGNATURES = {
-    **{f"gemm_{role}" + ("_bf16" if bf16 else ""): [GEMM_SIGNATURE] for bf16 in _GEMMS for role in _GEMMS[bf16]},
+    **{f"gemm_{role}" + _SUFFIX[key]: [GEMM_SIGNATURE] for key in _GEMMS for role in _GEMMS[key]},
     "matmul_backward_dbias_kernel": [(F32A, F32A, I64, I64, I64)],
     "matmul_backward_dbias_write_kernel": [(F32A, F32A, I64, I64, I64)],
 }
@@ -301,7 +312,8 @@ def matmul_backward_launches(B, T, C, OC, has_bias=True, accumulate=True, sms=No
     """[dinp GEMM, dweight GEMM (each split over K when its tiles cannot fill the GPU), then the dbias column
     reduction (param = rows per chunk) when has_bias]. Not accumulating, dweight and dbias are written: by the
     unsplit non-accumulating GEMM and a one-chunk reduction's plain store, or, where split-K slices or several
-    row chunks combine with atomics, by a fill_zero launch (on the output, just before) and the atomic kernel."""
+    row chunks combine with atomics, by a fill_zero launch (on the output, just before) and the atomic kernel.
+    bf16: a key of _GEMMS (True, or "dout_bf16": dout in bf16 rows)."""
     dinp, dweight, dbias = _backward_plan(B, T, C, OC, has_bias, accumulate, sms, bf16)
     return [dinp] + dweight + dbias
 
@@ -311,15 +323,16 @@ def matmul_forward_bf16_launches(B, T, C, OC, has_bias=True):
     return matmul_forward_launches(B, T, C, OC, has_bias, bf16=True)
 
 
-def matmul_backward_bf16_launches(B, T, C, OC, has_bias=True, accumulate=True, sms=None):
-    """matmul_backward_launches of the bf16 kernels."""
-    return matmul_backward_launches(B, T, C, OC, has_bias, accumulate, sms, bf16=True)
+def matmul_backward_bf16_launches(B, T, C, OC, has_bias=True, accumulate=True, sms=None, dout_bf16=False):
+    """matmul_backward_launches of the bf16 kernels (dout_bf16: those reading dout in bf16 rows)."""
+    return matmul_backward_launches(B, T, C, OC, has_bias, accumulate, sms, bf16="dout_bf16" if dout_bf16 else True)
 
 
 def _backward_plan(B, T, C, OC, has_bias, accumulate, sms=None, bf16=False):
     """(dinp launch, [dweight launches], [dbias launches]): the two lists as matmul_backward_launches
-    says, a leading fill_zero launch in a list zeroing that list's output. bf16: the GEMMs round their
-    operands to bfloat16 (dbias sums the float32 dout, as in fp32)."""
+    says, a leading fill_zero launch in a list zeroing that list's output. bf16 (a key of _GEMMS): the
+    GEMMs round their operands to bfloat16, or read dout in bf16 rows ("dout_bf16"); dbias sums the
+    float32 dout, as in fp32."""
     g = _GEMMS[bf16]
     M = B * T
     s1 = split_k_count(M, C, OC, sms)
@@ -360,8 +373,8 @@ def _forward(out, inp, weight, bias, B, T, C, OC, bf16):
 
 
 def _backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, accumulate, bf16):
-    """matmul_backward; bf16: the GEMMs' operands rounded to bfloat16 as they are loaded (dbias sums the
-    float32 dout)."""
+    """matmul_backward; bf16 (a key of _GEMMS): the GEMMs' operands rounded to bfloat16 as they are loaded,
+    or dout read in bf16 rows ("dout_bf16"); dbias sums the float32 dout."""
     M = B * T
     dinp_launch, dweight_launches, dbias_launches = _backward_plan(B, T, C, OC, dbias is not None, accumulate,
                                                                    bf16=bf16)
@@ -386,7 +399,10 @@ def matmul_forward_bf16(out, inp, weight, bias, B, T, C, OC):
     _forward(out, inp, weight, bias, B, T, C, OC, True)
 
 
-def matmul_backward_bf16(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, accumulate=True):
+def matmul_backward_bf16(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, accumulate=True, dout_bf16=False):
     """matmul_backward with dout, inp and weight rounded to bfloat16 as the two GEMMs load them; dbias
-    is the column sum of the float32 dout."""
-    _backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, accumulate, True)
+    is the column sum of the float32 dout. dout_bf16: dout is in bf16 rows (docs/kernels.md), its values
+    used as they are; OC even, dbias None."""
+    if dout_bf16 and (OC % 2 or dbias is not None):
+        raise ValueError(f"matmul_backward_bf16: a bf16 dout needs an even OC (got {OC}) and no dbias")
+    _backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, accumulate, "dout_bf16" if dout_bf16 else True)
