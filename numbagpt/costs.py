@@ -6,7 +6,8 @@ Counting conventions (the formulas are in each cost function; tests/test_profile
 - FLOPs: each +, −, ×, ÷, exp, tanh and sqrt of the kernel's math as written in docs/kernels.md counts
   1 (a multiply-add is 2); comparisons (max) and per-row constants (one division per row) are not
   counted. Causal attention counts only the T(T+1)/2 (query, key) pairs it computes.
-- Bytes: every input is read once and every output written once (4 bytes a float32 or int32 element);
+- Bytes: every input is read once and every output written once (4 bytes a float32 or int32 element,
+  2 a bf16 value of a bf16 step's dlogits, which it keeps in bf16 rows);
   an accumulating output (`+=`, every backward but crossentropy's, and matmul_backward's dweight and
   dbias only with accumulate) is read and written (2×). This is
   the compulsory traffic of a perfect cache; a kernel that re-reads its inputs moves more.
