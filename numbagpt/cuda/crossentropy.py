@@ -87,30 +87,30 @@ def crossentropy_forward_kernel(losses, logits, targets, B, T, V, Vp):
 
 
 @cuda.jit(device=True, inline=True)
+def _grad(logits, row, i, m, scale, target, dloss, V):
+    """dlogits' column i: exp(z_i − m)·scale − [i = target]·dloss (scale = dloss/s), 0 for i ≥ V."""
+    d = _ZERO
+    if i < V:
+        d = math.exp(logits[row + i] - m) * scale
+        if i == target:
+            d -= dloss
+    return d
+
+
+@cuda.jit(device=True, inline=True)
 def _write_grad_row(dlogits, dlosses, logits, targets, bt, row, m, s, V, Vp):
     """dlogits[row + i] = (exp(z_i − m)/s − [i = target])·dlosses[bt], 0 in the padding."""
     dloss = dlosses[bt]
     scale = dloss / s
     target = targets[bt]
     for i in range(cuda.threadIdx.x, Vp, BLOCK):
-        d = _ZERO
-        if i < V:
-            d = math.exp(logits[row + i] - m) * scale
-            if i == target:
-                d -= dloss
-        dlogits[row + i] = d
+        dlogits[row + i] = _grad(logits, row, i, m, scale, target, dloss, V)
 
 
 @cuda.jit(device=True, inline=True)
 def _grad_bf16(logits, row, i, m, scale, target, dloss, V):
-    """The 16 bits of bf16((exp(z_i − m)·scale − [i = target]·dloss), as _write_grad_row's value), 0
-    for i ≥ V."""
-    d = _ZERO
-    if i < V:
-        d = math.exp(logits[row + i] - m) * scale
-        if i == target:
-            d -= dloss
-    return _f32_bits(bf16_round(d)) >> 16
+    """The 16 bits of bf16(_grad(...)), rounded as runtime.bf16_round."""
+    return _f32_bits(bf16_round(_grad(logits, row, i, m, scale, target, dloss, V))) >> 16
 
 
 @cuda.jit(device=True, inline=True)
