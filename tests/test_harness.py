@@ -1,4 +1,5 @@
 """tests/harness.py can fail: broken kernels on a fake backend are caught by check()."""
+import re
 import types
 
 import numpy as np
@@ -93,3 +94,33 @@ def test_the_lab_checks_each_variant_before_timing_it():
     assert "residual_forward" in lab.validate(kernel, nothing, args)
     (best,) = lab.race(kernel, [("good", good_forward)], args, 2, time.perf_counter)
     assert best > 0
+
+
+def test_the_matmul_lab_checks_each_blocking_before_timing_it(capsys, monkeypatch):
+    """dev/matmul/matmul_cpu.py --blocking: each blocking of the GEMM core (fp32, and the bf16 one where
+    the CPU runs it) is checked against float64 before the products are timed; a wrong core stops it."""
+    import argparse
+    import os
+    import sys
+
+    from numbagpt.cpu import matmul as mm
+    from numbagpt.cpu import matmul_bf16 as mb
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dev", "matmul"))
+    import matmul_cpu
+    kernels = [k for k, ok in (("avx512", "avx512" in mm.supported_kernels()),
+                               ("avx512bf16", "avx512bf16" in mb.supported_kernels())) if ok]
+    if not kernels:
+        pytest.skip("the lab's packed GEMMs need AVX-512")
+    for kernel in kernels:
+        args = argparse.Namespace(kernel=kernel, blocking=["96,64,128,0", "96,128,256,1"], threads=1, reps=1,
+                                  shape=(67, 45, 131), op=["forward", "dinp", "dweight"])
+        matmul_cpu.run_blockings(args)
+        out = capsys.readouterr().out
+        assert out.startswith(f"{kernel}: BT=67 C=45 OC=131"), out
+        for op in args.op:
+            assert re.search(rf"^  {op}\s+[\d.]+\s+[\d.]+\s+BLAS [\d.]+ GF/s$", out, re.M), out
+    g, extra, rnd_ = matmul_cpu._blocking_gemm(kernels[0])
+    broken = types.SimpleNamespace(split=g.split, tile=g.tile, core=lambda Y, *a: Y.fill(1.0))
+    monkeypatch.setattr(matmul_cpu, "_blocking_gemm", lambda kernel: (broken, extra, rnd_))
+    with pytest.raises(SystemExit, match="wrong, not timed"):
+        matmul_cpu.run_blockings(args)

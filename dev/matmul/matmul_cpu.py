@@ -6,6 +6,9 @@ checked against NumPy float64 before it is timed next to np.dot (OpenBLAS) in th
     python dev/matmul/matmul_cpu.py --microkernel            # micro-kernels alone, in L1
     python dev/matmul/matmul_cpu.py --blocking 288,128,2048,0 288,256,512,1 --shape 2048,128,50304
                                    # v6 at other blockings MC,KC,NC,along_rows (0: strip by strip)
+    python dev/matmul/matmul_cpu.py --kernel avx512bf16 --blocking 288,1024,1024,0 288,512,1024,0
+                                   # the same for the bf16 GEMM (numbagpt/cpu/matmul_bf16.py), each
+                                   # blocking checked against float64 of the rounded operands
 
 Versions (M, N, K and the operands of each product as in numbagpt/cpu/matmul.py):
   1  dot4x4: dot-product form, 4x4 scalar accumulators, LLVM vectorises k (forward only; loops.py)
@@ -144,33 +147,58 @@ def run_versions(args):
                                       for k in fns if k != "BLAS") + f"  BLAS {flop / best['BLAS'] / 1e9:.1f}")
 
 
-def run_blockings(args):
-    """v6 (the avx512 GEMM core) at each of args.blocking (MC, KC, NC, along_rows), round-robin with
-    BLAS, median CPU time: the ratio to BLAS of each, per product."""
+def _blocking_gemm(kernel):
+    """(the GEMM of `kernel`, the core's further arguments, the rounding of its operands)."""
     import numpy as np
-    from numbagpt.cpu import matmul as mm
-    g = mm._Gemm("avx512")
+    if kernel == "avx512":
+        from numbagpt.cpu import matmul as mm
+        return mm._Gemm("avx512"), (), lambda x: x
+    from numbagpt.cpu import matmul_bf16 as mb
+    if kernel not in mb.supported_kernels():
+        sys.exit(f"--kernel {kernel}: this CPU runs the bf16 kernels {mb.supported_kernels()}")
+    return mb._make_gemm(kernel), (False,), lambda x: mb.round_to_bf16(x).astype(np.float64)
+
+
+def run_blockings(args):
+    """The packed GEMM core of --kernel (v6's avx512, or a bf16 one) at each of args.blocking (MC, KC,
+    NC, along_rows), each checked against float64 (of the bf16-rounded operands for a bf16 kernel),
+    then timed round-robin with BLAS, median CPU time: the ratio to BLAS of each, per product."""
+    import numba
+    import numpy as np
+    g, extra, rnd = _blocking_gemm(args.kernel)
     var = [tuple(int(v) for v in b.split(",")) for b in args.blocking]
     nt = args.threads
-    Ap = np.empty(nt * max(v[0] * v[1] for v in var), np.float32)
-    Bp = np.empty(nt * max(v[1] * v[2] for v in var), np.float32)
+    slots = numba.config.NUMBA_NUM_THREADS   # a packing slot for every thread id, as matmul._Gemm
+    Ap = np.empty(slots * max(v[0] * v[1] for v in var), np.float32)
+    Bp = np.empty(slots * max(v[1] * v[2] for v in var), np.float32)
     BT, C, OC = args.shape
     rng = np.random.default_rng(0)
     X, W, D = (rng.standard_normal(n, dtype=np.float32) for n in (BT * C, OC * C, BT * OC))
     none = np.zeros(1, np.float32)
-    print(f"BT={BT} C={C} OC={OC}, {nt} thread(s), ratio to BLAS of MC,KC,NC,along_rows = {args.blocking}")
+    print(f"{args.kernel}: BT={BT} C={C} OC={OC}, {nt} thread(s), ratio to BLAS of MC,KC,NC,along_rows = "
+          f"{args.blocking}")
     for op in args.op:
         Y, A, ak, B, bk, M, N, K, mode = {
             "forward": (np.empty(BT * OC, np.float32), X, True, W, True, BT, OC, C, 1),
-            "dinp": (np.zeros(BT * C, np.float32), D, True, W, False, BT, C, OC, 0),
-            "dweight": (np.zeros(OC * C, np.float32), D, False, X, False, OC, C, BT, 0)}[op]
+            "dinp": (np.zeros(BT * C, np.float32), D, True, W, False, BT, C, OC, 1),
+            "dweight": (np.zeros(OC * C, np.float32), D, False, X, False, OC, C, BT, 1)}[op]
         Yr = Y.reshape(M, N)
         blas = {"forward": lambda: np.dot(X.reshape(M, K), W.reshape(N, K).T, out=Yr),
                 "dinp": lambda: np.dot(D.reshape(M, K), W.reshape(K, N), out=Yr),
                 "dweight": lambda: np.dot(D.reshape(K, M).T, X.reshape(K, N), out=Yr)}[op]
+        ref = {"forward": lambda: rnd(X).reshape(M, K) @ rnd(W).reshape(N, K).T,
+               "dinp": lambda: rnd(D).reshape(M, K) @ rnd(W).reshape(K, N),
+               "dweight": lambda: rnd(D).reshape(K, M).T @ rnd(X).reshape(K, N)}[op]()
         mp, np_ = g.split(M, N)
-        fns = [lambda v=v: g.core(Y, A, ak, B, bk, none, M, N, K, mode, Ap, Bp, g.tile, mp, np_, *v[:3], bool(v[3]))
-               for v in var] + [blas]
+        fns = [lambda v=v: g.core(Y, A, ak, B, bk, none, M, N, K, mode, Ap, Bp, g.tile, mp, np_, *v[:3], bool(v[3]),
+                                  False, *extra)
+               for v in var]
+        for v, f in zip(var, fns):   # validate first
+            f()
+            err = np.abs(Yr - ref).max() / max(1.0, np.abs(ref).max())
+            if err > 1e-5:
+                sys.exit(f"{args.kernel} {op} at {v}: max relative error {err:.2e} against float64: wrong, not timed")
+        fns.append(blas)
         times = [[] for _ in fns]
         for _ in range(args.reps):
             for n, f in enumerate(fns):
@@ -231,7 +259,9 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--microkernel", action="store_true", help="time the micro-kernels alone instead")
     ap.add_argument("--blocking", nargs="+", metavar="MC,KC,NC,ROWS",
-                    help="time v6 at these blockings instead (ROWS 1: tiles along Y's rows)")
+                    help="time --kernel's GEMM at these blockings instead (ROWS 1: tiles along Y's rows)")
+    ap.add_argument("--kernel", default="avx512", choices=["avx512", "avx512bf16"],
+                    help="the GEMM of --blocking (default avx512: v6)")
     args = ap.parse_args()
     args.shape = tuple(int(v) for v in args.shape.split(","))
     for v in args.versions:

@@ -682,6 +682,15 @@ def supported_kernels():
     return list(_supported())
 
 
+def _make_gemm(name):
+    """The packed bf16 GEMM of kernel `name` (avx512bf16), with its own packing buffers (set_kernel
+    keeps one per kernel; dev/matmul/ builds its own to time other blockings)."""
+    return _fp32._Gemm(name, base="avx512", fma=_dpbf16, core_source=_CORE_SOURCE_BF16,
+                       env_extra=dict(bits=_bits_daz, np=np, pairs_along=_pairs_along, words_along=_words_along,
+                                      words_across=_words_across, words_interleaved=_words_interleaved),
+                       **_bf16_blocking())
+
+
 def set_kernel(name):
     """Use bf16 kernel `name` (one of KERNELS) from now on; ValueError if this CPU cannot run it.
     Nothing is compiled for a kernel before it is chosen (so never for one the CPU lacks)."""
@@ -695,11 +704,7 @@ def set_kernel(name):
         _gemm, _kernel = None, "portable"
     else:
         if name not in _GEMMS:
-            _GEMMS[name] = _fp32._Gemm(name, base="avx512", fma=_dpbf16, core_source=_CORE_SOURCE_BF16,
-                                       env_extra=dict(bits=_bits_daz, np=np, pairs_along=_pairs_along,
-                                                      words_along=_words_along, words_across=_words_across,
-                                                      words_interleaved=_words_interleaved),
-                                       **_bf16_blocking())
+            _GEMMS[name] = _make_gemm(name)
         _gemm = _GEMMS[name]
         b = _gemm.b
         _kernel = f"{name} {b['MR']}x{b['NR']}"
