@@ -260,11 +260,11 @@ def _to_bf16(typingctx, dst, d, src, s):
 
 
 @njit(inline="always")
-def _row_to_bf16(row, n):
-    """The n float32 of `row` rounded to bf16 in place (as _bits): bf16 i in the low (i even) or high
-    half of word i // 2, the words in the row's first ⌈n/2⌉ float32 slots; front to back, 16 at a
-    time (_to_bf16), so that every value is read before its slot is written."""
-    h = row.view(np.uint16)
+def _row_to_bf16(dst, row, n):
+    """The n float32 of `row` rounded to bf16 (as _bits) into dst as a bf16 row: bf16 i in the low
+    (i even) or high half of word i // 2, the words in dst's first ⌈n/2⌉ float32 slots (the rest not
+    written); 16 at a time (_to_bf16), front to back, so dst may be row itself."""
+    h = dst.view(np.uint16)
     u = row.view(np.uint32)
     for i in range(0, n - 15, 16):
         _to_bf16(h, i, u, i)
