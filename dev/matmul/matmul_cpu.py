@@ -152,6 +152,8 @@ def _blocking_gemm(kernel):
     import numpy as np
     if kernel == "avx512":
         from numbagpt.cpu import matmul as mm
+        if kernel not in mm.supported_kernels():
+            sys.exit(f"--kernel {kernel}: this CPU runs the fp32 kernels {mm.supported_kernels()}")
         return mm._Gemm("avx512"), (), lambda x: x
     from numbagpt.cpu import matmul_bf16 as mb
     if kernel not in mb.supported_kernels():
