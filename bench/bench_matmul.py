@@ -12,7 +12,8 @@ than absolute numbers.
 
 The bf16 GEMM (numbagpt/cpu/matmul_bf16.py, --precision bf16) is timed beside them (--bf16-kernels,
 default: the one this CPU runs; "none" to skip): its GF/s, its ratio to BLAS's sgemm and, column
-"xfp32", its speed-up over the first fp32 kernel (time_fp32 / time_bf16). With --torch (when torch is
+"xfp32", its speed-up over the first fp32 kernel (time_fp32 / time_bf16). Its LM-head backward reads
+a dout in bf16 rows, as a bf16 step's does (the classifier writes the dlogits so). With --torch (when torch is
 installed) `torch.mm` on float32 tensors (MKL, in PyTorch's x86 builds) and on bfloat16 tensors
 (oneDNN; bf16 out) is timed afterwards in its own process, the same way, so that its thread pool never
 shares the cores with Numba's or OpenBLAS's: a second table gives its GF/s, our first fp32 kernel's
@@ -20,7 +21,7 @@ ratio to it and to the faster of it and OpenBLAS (/best), and our bf16 GEMM's ra
 (time_torch / time_ours, across processes: noisier ratios than the others).
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_matmul.py [--threads 2]
-        [--reps 5] [--block-ms 25] [--shapes tiny,d12,seed] [--kernels avx512,portable] [--quick] [--clock cpu]
+        [--reps 5] [--block-ms 25] [--shapes tiny,d12,seed,BTxCxOC] [--kernels avx512,portable] [--quick] [--clock cpu]
         [--bf16-kernels avx512bf16,portable|none] [--torch]
 
 OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, where set, can pin OpenBLAS to a slower kernel: unset them for
@@ -29,6 +30,7 @@ runs (via threadpoolctl, when installed). OPENBLAS_NUM_THREADS is set to --threa
 """
 import argparse
 import os
+import re
 import sys
 import time
 
@@ -39,7 +41,9 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--block-ms", type=float, default=25.0,
                     help="each round's block of calls lasts about this long (default 25 ms)")
-    ap.add_argument("--shapes", default="tiny,d12", help="comma list of: tiny, d12, seed (tiny at B·T = 16384)")
+    ap.add_argument("--shapes", default="tiny,d12",
+                    help="comma list of: tiny, d12, seed (tiny at B·T = 16384), BTxCxOC (a layer with a bias), "
+                         "lm_head:BTxCxOC (no bias; in bf16 its dout in bf16 rows, as the LM head's)")
     ap.add_argument("--kernels", default=None,
                     help="comma list of numbagpt matmul kernels (avx512, avx2, portable) to time; "
                          "default: the one this CPU runs, then portable")
@@ -55,6 +59,7 @@ def main():
                          "when other jobs share the cores, exact with --threads 1 (with more threads "
                          "it also counts threads spinning at the end of a parallel loop)")
     args = ap.parse_args()
+    shapes = bench_shapes(args)
 
     os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)  # before numpy is imported
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -97,8 +102,6 @@ def main():
           f"clock {args.clock}; kernels: {', '.join(names.values())}; BLAS: {blas}; "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
 
-    shapes = bench_shapes(args)
-
     # warm-up compile on a small problem (cached after the first run)
     t0 = time.perf_counter()
     x = np.ones(6 * 5, np.float32)
@@ -124,7 +127,8 @@ def main():
     cols = "".join(f" {k + ' GF/s':>13s} {'ratio':>6s}" for k in contenders)
     if bf16:
         cols += "".join(f" {'xfp32':>6s}" for _ in bf16)
-    hdr = f"{'shape':14s} {'BT':>5s} {'C':>5s} {'OC':>6s} {'op':8s}{cols} {'BLAS GF/s':>10s}"
+    wid = name_width(shapes)
+    hdr = f"{'shape':{wid}s} {'BT':>5s} {'C':>5s} {'OC':>6s} {'op':8s}{cols} {'BLAS GF/s':>10s}"
     print(hdr)
     print("-" * len(hdr))
     totals = [0.0] * (len(contenders) + 1)
@@ -139,6 +143,10 @@ def main():
         dout = rng.standard_normal(BT * OC, dtype=np.float32)
         dinp = np.zeros(BT * C, np.float32)
         dweight = np.zeros(OC * C, np.float32)
+        # the LM head's dout: in a bf16 step the classifier writes it in bf16 rows, which the bf16
+        # GEMM reads as they lie (matmul_backward_bf16's dout_bf16); the other douts are float32
+        dout_bf16 = "lm_head" in name and OC % 2 == 0
+        bf16_dout = bf16_rows(dout, OC) if dout_bf16 else dout
         X, W, D = inp.reshape(BT, C), weight.reshape(OC, C), dout.reshape(BT, OC)
         Y, DX, DW = out.reshape(BT, OC), dinp.reshape(BT, C), dweight.reshape(OC, C)
 
@@ -153,9 +161,9 @@ def main():
                     if op == "forward":
                         mb.matmul_forward_bf16(out, inp, weight, bias, 1, BT, C, OC)
                     elif op == "dinp":
-                        mb._backward_dinp(dinp, dout, weight, BT, C, OC)
+                        mb._backward_dinp(dinp, bf16_dout, weight, BT, C, OC, dout_bf16)
                     else:
-                        mb._backward_dweight(dweight, dout, inp, BT, C, OC, True)
+                        mb._backward_dweight(dweight, bf16_dout, inp, BT, C, OC, True, dout_bf16)
                 return run
 
             def run():
@@ -188,7 +196,7 @@ def main():
                 speedups[k].append(t[0] / t[len(kernels) + n])
                 row += f" {speedups[k][-1]:6.2f}"
                 ours_times[(k, name, op)] = t[len(kernels) + n]
-            print(f"{name:14s} {BT:5d} {C:5d} {OC:6d} {op:8s}{row} {flop / t[-1] / 1e9:10.1f}", flush=True)
+            print(f"{name:{wid}s} {BT:5d} {C:5d} {OC:6d} {op:8s}{row} {flop / t[-1] / 1e9:10.1f}", flush=True)
     for n, k in enumerate(contenders):
         print(f"{k}: total {totals[n] * 1e3:.1f} ms vs BLAS {totals[-1] * 1e3:.1f} ms "
               f"(ratio {totals[-1] / totals[n]:.2f}); "
@@ -202,24 +210,50 @@ def main():
         torch_table(args, shapes, kernels[0], bf16, ours_times)
 
 
+def bf16_rows(x, W):
+    """Float32 array x of rows of W (W even) as bf16 rows, as a bf16 step's classifier writes the LM
+    head's dlogits (docs/kernels.md): row r's W values rounded to bf16 (matmul_bf16.bf16_bits), in
+    order, in the first W/2 float32 slots of row r; the rest of the row zero."""
+    import numpy as np
+
+    from numbagpt.cpu import matmul_bf16 as mb
+    out = np.zeros(x.size, np.float32)
+    out.view(np.uint16).reshape(-1, 2 * W)[:, :W] = mb.bf16_bits(x.reshape(-1, W))
+    return out
+
+
+SHAPES = {
+    "tiny": [("tiny lm_head", 2048, 128, 50304), ("tiny qkv", 2048, 128, 384), ("tiny attproj", 2048, 128, 128),
+             ("tiny fc", 2048, 128, 512), ("tiny fcproj", 2048, 512, 128)],
+    "d12": [("d12 qkv", 256, 768, 2304), ("d12 attproj", 256, 768, 768), ("d12 fc", 256, 768, 3072),
+            ("d12 fcproj", 256, 3072, 768), ("d12 lm_head", 256, 768, 50304)],
+    # README's seed run: tiny at B=64 T=256
+    "seed": [("seed lm_head", 16384, 128, 50304), ("seed qkv", 16384, 128, 384), ("seed attproj", 16384, 128, 128),
+             ("seed fc", 16384, 128, 512), ("seed fcproj", 16384, 512, 128)],
+}
+
+
 def bench_shapes(args):
-    """[(name, BT, C, OC)] of --shapes (and --quick)."""
+    """[(name, BT, C, OC)] of --shapes (and --quick): named sets, or BTxCxOC (a layer with a bias),
+    lm_head:BTxCxOC (no bias; in bf16 its dout in bf16 rows, as the LM head's)."""
     shapes = []
-    if "tiny" in args.shapes:
-        shapes += [("tiny lm_head", 2048, 128, 50304), ("tiny qkv", 2048, 128, 384),
-                   ("tiny attproj", 2048, 128, 128), ("tiny fc", 2048, 128, 512),
-                   ("tiny fcproj", 2048, 512, 128)]
-    if "d12" in args.shapes:
-        shapes += [("d12 qkv", 256, 768, 2304), ("d12 attproj", 256, 768, 768),
-                   ("d12 fc", 256, 768, 3072), ("d12 fcproj", 256, 3072, 768),
-                   ("d12 lm_head", 256, 768, 50304)]
-    if "seed" in args.shapes:  # README's seed run: tiny at B=64 T=256
-        shapes += [("seed lm_head", 16384, 128, 50304), ("seed qkv", 16384, 128, 384),
-                   ("seed attproj", 16384, 128, 128), ("seed fc", 16384, 128, 512),
-                   ("seed fcproj", 16384, 512, 128)]
+    for word in args.shapes.split(","):
+        m = re.fullmatch(r"(lm_head:)?(\d+)x(\d+)x(\d+)", word)
+        if m:
+            BT, C, OC = (int(g) for g in m.groups()[1:])
+            shapes.append(((m.group(1) or "").replace(":", " ") + f"{BT}x{C}x{OC}", BT, C, OC))
+        elif word in SHAPES:
+            shapes += SHAPES[word]
+        else:
+            sys.exit(f"bench_matmul.py: --shapes: {word!r} is neither {', '.join(SHAPES)} nor BTxCxOC")
     if args.quick:
         shapes = [s for s in shapes if "lm_head" in s[0]]
     return shapes
+
+
+def name_width(shapes):
+    """Width of the tables' shape column."""
+    return max([14] + [len(s[0]) for s in shapes])
 
 
 def timers(args):
@@ -286,7 +320,8 @@ def torch_table(args, shapes, fp32, bf16, ours_times):
             parts = line.split()
             torch_times[(parts[1], " ".join(parts[2:-2]), parts[-2])] = float(parts[-1])
     print(next((line for line in r.stdout.splitlines() if line.startswith("torch")), "torch"))
-    hdr = (f"{'shape':14s} {'op':8s} {'torch fp32':>10s} {fp32:>8s} {'ratio':>6s} {'/best':>6s}"
+    wid = name_width(shapes)
+    hdr = (f"{'shape':{wid}s} {'op':8s} {'torch fp32':>10s} {fp32:>8s} {'ratio':>6s} {'/best':>6s}"
            f" {'torch bf16':>10s}" + "".join(f" {'bf16 ' + k:>16s} {'ratio':>6s}" for k in bf16))
     print(hdr + "   (GF/s)")
     print("-" * len(hdr))
@@ -298,7 +333,7 @@ def torch_table(args, shapes, fp32, bf16, ours_times):
             ours = ours_times[("fp32", name, op)]
             best = min(tf, ours_times[("blas", name, op)])   # the faster of MKL (torch) and OpenBLAS
             worst.append(best / ours)
-            row = (f"{name:14s} {op:8s} {flop / tf / 1e9:10.1f} {flop / ours / 1e9:8.1f} {tf / ours:6.2f}"
+            row = (f"{name:{wid}s} {op:8s} {flop / tf / 1e9:10.1f} {flop / ours / 1e9:8.1f} {tf / ours:6.2f}"
                    f" {best / ours:6.2f} {flop / tb / 1e9:10.1f}")
             for k in bf16:
                 to = ours_times[(k, name, op)]
