@@ -252,3 +252,43 @@ def test_crossentropy_nan_logit_gives_nan_loss(backend):
                    targets=targets, B=B, T=T, V=V, Vp=Vp)["losses"]   # the NaN row is not compared, the others are
     assert np.isnan(losses[1 * T + 3])
     assert np.all(np.isfinite(np.delete(losses, 1 * T + 3)))
+
+
+_THREADS_CHILD = """
+import sys
+import numpy as np
+from numbagpt.cpu.crossentropy import crossentropy_backward, crossentropy_forward_backward
+from reference import crossentropy_backward_ref, crossentropy_forward_ref
+B, T, V, Vp = 1, 24, 50257, 50304
+rng = np.random.default_rng(0)
+logits = rng.standard_normal((B * T, Vp)).astype(np.float32)
+targets = rng.integers(0, V, B * T).astype(np.int32)
+dlosses = np.full(B * T, 1.0 / (B * T), np.float32)
+losses, dlogits, again = np.empty(B * T, np.float32), np.empty_like(logits), np.empty_like(logits)
+crossentropy_forward_backward(losses, dlogits.reshape(-1), dlosses, logits.reshape(-1), targets, B, T, V, Vp)
+crossentropy_backward(again.reshape(-1), dlosses, logits.reshape(-1), targets, B, T, V, Vp)
+want = crossentropy_backward_ref(dlosses, logits, targets, V)[:, :V]
+err = max(np.abs(losses - crossentropy_forward_ref(logits, targets, V)).max(),
+          np.abs(dlogits[:, :V] - want).max(), np.abs(again[:, :V] - want).max())
+print(err)
+"""
+
+
+def test_a_cached_kernel_serves_more_threads_than_its_compiler_had(tmp_path):
+    """The fused and backward kernels give each thread a row of scratch: sized at run time by the
+    threads of the call, not frozen into the cached machine code (NUMBA_NUM_THREADS read at compile
+    time was: a cache filled by a 1-thread process gave a 4-thread one a buffer of one row, which its
+    other threads wrote past). Compiled and cached with 1 thread, then loaded and run with 4."""
+    import os
+    import subprocess
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    for threads in (1, 4):
+        env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), NUMBA_NUM_THREADS=str(threads),
+                   PYTHONPATH=os.pathsep.join([here, os.path.dirname(here)]))
+        r = subprocess.run([sys.executable, "-c", _THREADS_CHILD], env=env, capture_output=True, text=True,
+                           timeout=600)
+        assert r.returncode == 0, (threads, r.returncode, r.stderr[-2000:])
+        assert float(r.stdout) < 1e-5, (threads, r.stdout)
+        for kernel in ("_backward", "_forward_backward"):   # cached (by the first), so loaded by the second
+            assert list(tmp_path.rglob(f"crossentropy.{kernel}-*.nbi")), sorted(tmp_path.rglob("*.nbi"))

@@ -80,7 +80,7 @@ def crossentropy_forward(losses, logits, targets, B, T, V, Vp):
 def _softmax_grad_row(d, z, target, dloss, buf, V, Vp, bf16):
     """d[:V] = (softmax(z[:V]) − onehot(target))·dloss, d[V:Vp] = 0 (d may be z), in bf16 rows if
     bf16 (see the module docstring); returns (max z, Σ exp(z − max)) for the loss. `buf` is the
-    thread's own row of Vp floats (_scratch). Parks exp(z_i − max) in a float32 row while summing:
+    thread's own row of Vp floats (_rows). Parks exp(z_i − max) in a float32 row while summing:
     one exp per element; the row (Vp·4 bytes) stays in L2 for the scaling pass. In float32 that row
     is d itself, the exps going through buf a chunk at a time (with d = z, the model's in-place call,
     a loop that reads z and writes d fails LLVM's runtime overlap check and runs its scalar version,
@@ -109,32 +109,41 @@ def _softmax_grad_row(d, z, target, dloss, buf, V, Vp, bf16):
     return maxval, s
 
 
-@njit(inline='always')
-def _scratch(Vp):
-    """A row of Vp float32 for every thread (the thread's own: numba.get_thread_id())."""
-    return np.empty(numba.config.NUMBA_NUM_THREADS * Vp, np.float32)
+def _rows(Vp):
+    """A row of Vp float32 for every thread of the kernel's parallel loop (the thread's own:
+    numba.get_thread_id(), below numba.get_num_threads()). Counted here, at run time: read inside the
+    kernel, NUMBA_NUM_THREADS was frozen into the cached machine code, and a cache filled by a process
+    with fewer threads gave a later one too few rows, which its other threads wrote past."""
+    return np.empty(numba.get_num_threads() * Vp, np.float32)
+
+
+def crossentropy_backward(dlogits, dlosses, logits, targets, B, T, V, Vp, dlogits_bf16=False):
+    """dlogits (B,T,Vp) = the backward above (written; may be logits), rows in parallel."""
+    _backward(dlogits, dlosses, logits, targets, B * T, V, Vp, dlogits_bf16, _rows(Vp))
+
+
+def crossentropy_forward_backward(losses, dlogits, dlosses, logits, targets, B, T, V, Vp, dlogits_bf16=False):
+    """losses (B,T) and dlogits (B,T,Vp) from one read of each row (dlogits may be logits)."""
+    _forward_backward(losses, dlogits, dlosses, logits, targets, B * T, V, Vp, dlogits_bf16, _rows(Vp))
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def crossentropy_backward(dlogits, dlosses, logits, targets, B, T, V, Vp, dlogits_bf16=False):
-    rows = _scratch(Vp)
-    for bt in prange(B * T):
+def _backward(dlogits, dlosses, logits, targets, BT, V, Vp, bf16, rows):
+    for bt in prange(BT):
         tid = numba.get_thread_id()
         buf = rows[tid * Vp:(tid + 1) * Vp]
         _softmax_grad_row(dlogits[bt * Vp:bt * Vp + Vp], logits[bt * Vp:bt * Vp + V], targets[bt], dlosses[bt],
-                          buf, V, Vp, dlogits_bf16)
+                          buf, V, Vp, bf16)
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def crossentropy_forward_backward(losses, dlogits, dlosses, logits, targets, B, T, V, Vp, dlogits_bf16=False):
-    rows = _scratch(Vp)
-    for bt in prange(B * T):
+def _forward_backward(losses, dlogits, dlosses, logits, targets, BT, V, Vp, bf16, rows):
+    for bt in prange(BT):
         # the forward and the backward from one read of the row (llm.c's fused_classifier): the
         # target's logit is read before the row is overwritten (dlogits may be logits)
         z = logits[bt * Vp:bt * Vp + V]
         zt = z[targets[bt]]
         tid = numba.get_thread_id()
         buf = rows[tid * Vp:(tid + 1) * Vp]
-        maxval, s = _softmax_grad_row(dlogits[bt * Vp:bt * Vp + Vp], z, targets[bt], dlosses[bt], buf, V, Vp,
-                                      dlogits_bf16)
+        maxval, s = _softmax_grad_row(dlogits[bt * Vp:bt * Vp + Vp], z, targets[bt], dlosses[bt], buf, V, Vp, bf16)
         losses[bt] = math.log(s) + maxval - zt
