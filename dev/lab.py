@@ -11,6 +11,7 @@ KERNEL is one of the file's kernels (default: all of them); N picks variants by 
 A variant that fails its check is reported and not timed.
 """
 import argparse
+import inspect
 import os
 import sys
 import time
@@ -37,8 +38,10 @@ class Kernel:
 def bind(fn, like, *extra):
     """fn with its trailing tuning arguments `extra` fixed, with the signature of `like` (the production
     kernel: check() reads the argument names from it)."""
+    n = len(inspect.signature(fn).parameters) - len(extra)   # a default of `like`'s beyond them is not fn's
+
     def variant(*args):
-        return fn(*args, *extra)
+        return fn(*args[:n], *extra)
     variant.__wrapped__ = like
     return variant
 
@@ -75,11 +78,12 @@ def _buffers(kernel, fn, args):
     """Positional arguments for timing: sizes become zeroed buffers; plus the accumulated outputs,
     which are zeroed again before each call."""
     from harness import SPECS
-    import inspect
     written, accumulated, updated, _ = SPECS[_spec(kernel, fn)]
-    names = list(inspect.signature(fn).parameters)
+    params = inspect.signature(fn).parameters
     call, reset = [], []
-    for name in names:
+    for name in params:
+        if name not in args and params[name].default is not inspect.Parameter.empty:
+            break   # trailing options (crossentropy's dlogits_bf16) keep their defaults
         v = args[name]
         if name in written + accumulated and isinstance(v, (int, np.integer)):
             v = np.zeros(v, np.float32)
