@@ -126,6 +126,28 @@ def test_the_matmul_lab_checks_each_blocking_before_timing_it(capsys, monkeypatc
         matmul_cpu.run_blockings(args)
 
 
+def test_the_matmul_lab_checks_each_microkernel_before_timing_it(capsys, monkeypatch):
+    """dev/matmul/matmul_cpu.py --microkernel: every micro-kernel shape, alone, is checked against float64
+    (it compiles with numbagpt/cpu/matmul.py's vector_env: the lab failed once its generator called an
+    operation the lab's own list lacked), then timed; a wrong one stops it."""
+    import argparse
+    import os
+    import sys
+
+    from numbagpt.cpu import matmul as mm
+    if "avx512" not in mm.supported_kernels():
+        pytest.skip("the lab's micro-kernels are 16-lane (AVX-512)")
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dev", "matmul"))
+    import matmul_cpu
+    matmul_cpu.run_microkernels(argparse.Namespace(reps=1))
+    rows = re.findall(r"^uk_\d+x\d+_(rows|kmajor) +[\d.]+ GF/s", capsys.readouterr().out, re.M)
+    assert len(rows) == 7, rows
+    source = mm._microkernel_source
+    monkeypatch.setattr(mm, "_microkernel_source", lambda *a: source(*a).replace("q0 + k + 1)", "q0 + k)"))
+    with pytest.raises(SystemExit, match="wrong, not timed"):
+        matmul_cpu.run_microkernels(argparse.Namespace(reps=1))
+
+
 @pytest.mark.parametrize("family,shape", [("crossentropy", "d12"), ("layernorm", "d12"), ("attention", "tiny")])
 def test_every_variant_of_the_labs_passes_its_check(family, shape, tmp_path):
     """python dev/<family>.py --shapes SHAPE --rounds 1: every variant of every kernel passes the tests'

@@ -213,17 +213,15 @@ def run_blockings(args):
 
 
 def run_microkernels(args):
-    """Each micro-kernel (production generator) alone on L1-resident panels: GF/s and stack accesses
-    in its k loop."""
+    """Each micro-kernel (production generator) alone on L1-resident panels, checked against float64
+    first: GF/s and stack accesses in its k loop."""
     import re
 
     import numpy as np
     from numba import njit
 
     from numbagpt.cpu import matmul as mm
-    from numbagpt.cpu.simd import vector_ops
-    ops = vector_ops(16)
-    env = dict(load=ops.load, store=ops.store, bcast=ops.bcast, fma=ops.fma, add=ops.add, zero=ops.zero)
+    env = mm.vector_env(16)
     kc = 256
     for MR, NR, rows in [(12, 32, False), (6, 64, False), (8, 48, False), (6, 64, True), (4, 64, True),
                          (8, 32, True), (12, 32, True)]:
@@ -240,7 +238,12 @@ def run_microkernels(args):
             for _ in range(n):
                 uk(kc, Ap, 0, sa, Bp, 0, Y, 0, NR, 0, Y, 0)
 
-        loop(1, Ap, Bp, Y)
+        loop(1, Ap, Bp, Y)   # Y = 0 + the tile: checked against float64 before it is timed
+        A = Ap.reshape(MR, kc) if rows else Ap.reshape(kc, MR).T
+        want = A.astype(np.float64) @ Bp.reshape(kc, NR).astype(np.float64)
+        err = np.abs(Y.reshape(MR, NR) - want).max() / np.abs(want).max()
+        if err > 1e-5:
+            sys.exit(f"{name}: max relative error {err:.2e} against float64: wrong, not timed")
         asm = uk.inspect_asm(uk.signatures[0])
         body = max(re.split(r"\n(?=\.?[A-Za-z_0-9.]+:)", asm), key=lambda b: len(re.findall(r"vfmadd", b)))
         n = int(2e9 / (2 * MR * NR * kc))

@@ -344,17 +344,22 @@ def {name}(Y, A, a_kmaj, B, b_kmaj, bias, M, N, K, mode, Ap, Bp, tile, mparts, n
 '''
 
 
+def vector_env(lanes, fma=None):
+    """The vector operations of L = lanes the generated micro-kernels and GEMM cores call by name
+    (simd.py's; `fma` replaces the multiply-add: see _compile). dev/matmul/ compiles with them too."""
+    ops = vector_ops(lanes)
+    return dict(load=ops.load, store=ops.store, bcast=ops.bcast, fma=fma or ops.fma, add=ops.add, zero=ops.zero,
+                prefetch=ops.prefetch, transpose=ops.transpose)
+
+
 def _compile(isa, b, fma=None, core_source=None, env_extra=None):
     """The micro-kernels and GEMM core of one kernel with blocking b, as Numba dispatchers. The
     generated source is compiled under this file's name, so Numba's on-disk cache (keyed on this
     file) keeps them. `fma` replaces the micro-kernel's multiply-add (c = fma(a, b, c) on vectors of
     L 32-bit elements), `core_source` the GEMM core (_CORE_SOURCE), env_extra adds names for it:
     numbagpt/cpu/matmul_bf16.py's vdpbf16ps on pairs of bfloat16, and its core that packs them."""
-    ops = vector_ops(b["lanes"])
-    env = dict(numba=numba, njit=njit, prange=prange, edge=_edge, transpose=ops.transpose,
-               MR=b["MR"], NR=b["NR"], L=b["lanes"], load=ops.load, store=ops.store, bcast=ops.bcast,
-               fma=fma or ops.fma, add=ops.add, zero=ops.zero, prefetch=ops.prefetch, __name__=__name__,
-               **(env_extra or {}))
+    env = dict(numba=numba, njit=njit, prange=prange, edge=_edge, MR=b["MR"], NR=b["NR"], L=b["lanes"],
+               __name__=__name__, **vector_env(b["lanes"], fma), **(env_extra or {}))
     kernels = {}
     for key, a_rows in (("UKR", True), ("UKK", False)):
         name = f"_microkernel_{isa}_{b['MR']}x{b['NR']}_{'rows' if a_rows else 'kmajor'}_{source_tag()}"
