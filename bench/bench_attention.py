@@ -120,6 +120,7 @@ def main(argv=None):
     names = args.contenders.split(",")
     best = {n: {T: [float("inf")] * 2 for T in Ts} for n in names}
     env = dict(os.environ, NUMBA_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
+    failed = set()
     for _ in range(args.rounds):
         for n in names:
             cmd = [sys.executable, os.path.abspath(__file__), "--worker", n, "--threads", str(args.threads),
@@ -127,6 +128,7 @@ def main(argv=None):
             r = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if r.returncode:
                 print(f"{n}: worker failed:\n{r.stderr[-2000:]}")
+                failed.add(n)
                 continue
             for T, (tf, tb) in json.loads(r.stdout.strip().splitlines()[-1]).items():
                 b = best[n][int(T)]
@@ -146,7 +148,8 @@ def main(argv=None):
             sdpa = f"{tot['sdpa'] / tot[n]:7.2f}" if "sdpa" in tot else "      -"
             print(f"{T:5d} {n:10s} {tf * 1e3:8.2f} {tb * 1e3:8.2f} {tot[n] * 1e3:9.2f} "
                   f"{flops / tot[n] / 1e9:8.1f} {old} {sdpa}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,5 +1,8 @@
-"""bench/bench_matmul.py runs every product on every contender (a small shape, so that a change of a
-kernel's arguments that breaks the bench fails here), and its bf16 rows are the classifier's."""
+"""Every benchmark in bench/ runs, on small shapes, and prints what it claims to measure: a change of a
+kernel's arguments, the model's or the trainer's API that breaks a bench fails here, not in the next
+measurement (bench_cuda.py's default run called the attention kernels with their (T, T) signature for
+months after flash attention replaced them). bench_matmul.py: every product on every contender, and
+its bf16 rows are the classifier's. Timings are not checked: only that they are there."""
 import importlib.util
 import os
 import re
@@ -14,9 +17,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench", "bench_matmul.py")
 
 
+TORCH = importlib.util.find_spec("torch") is not None
+NUMBER = r"[\d.]+(?:e[-+]\d+)?"
+
+
 def _bench(*args):
     return subprocess.run([sys.executable, BENCH, "--threads", "1", "--reps", "1", "--block-ms", "1", *args],
                           capture_output=True, text=True, timeout=600)
+
+
+def _run(script, *args, env=None, timeout=600):
+    """python bench/<script> ARGS from the repository root; its stdout, after asserting it exited 0."""
+    r = subprocess.run([sys.executable, os.path.join("bench", script), *args], cwd=ROOT, capture_output=True,
+                       text=True, timeout=timeout, env=dict(os.environ, **(env or {})))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout
 
 
 def test_bench_matmul_times_every_product_of_every_contender():
@@ -24,7 +39,7 @@ def test_bench_matmul_times_every_product_of_every_contender():
     kernels of each precision that run anywhere, and torch.mm where torch is installed."""
     from numbagpt.cpu import matmul as mm
     from numbagpt.cpu import matmul_bf16 as mb
-    torch = importlib.util.find_spec("torch") is not None
+    torch = TORCH
     fp32 = list(dict.fromkeys([mm.supported_kernels()[0], "portable"]))
     bf16 = list(dict.fromkeys([mb.supported_kernels()[0], "portable"]))
     r = _bench("--shapes", "24x40x38,lm_head:37x40x96", "--kernels", ",".join(fp32),
@@ -56,3 +71,79 @@ def test_bench_matmul_bf16_rows_are_the_classifiers():
     x = np.random.default_rng(0).standard_normal(5 * 14).astype(np.float32)
     x[3] = 2 ** -130   # a subnormal: the rows keep it, as the classifier's rounding does
     np.testing.assert_array_equal(from_bf16_rows(bf16_rows(x, 14), 14), from_bf16_rows(to_bf16_rows(x, 14), 14))
+
+
+def test_bench_kernels_new_kernels_agree_with_the_ones_they_replaced():
+    out = _run("bench_kernels.py", "--shapes", "tiny", "--reps", "1", "--threads", "1")
+    rows = re.findall(rf"^tiny (\S.*?) +{NUMBER} +{NUMBER} +{NUMBER}x +({NUMBER}) \((\w+)\)$", out, re.M)
+    assert [r[0] for r in rows] == ["attention_forward", "attention_backward", "crossentropy_forward",
+                                    "crossentropy_backward", "crossentropy_bwd in place"], out
+    assert all(float(r[1]) < 1e-4 for r in rows), out
+
+
+def test_bench_attention_times_every_contender():
+    names = ["flash", "old"] + (["sdpa", "sdpa_bf16"] if TORCH else [])
+    out = _run("bench_attention.py", "--T", "32,64", "--rounds", "1", "--reps", "1", "--threads", "1",
+               "--contenders", ",".join(names))
+    for T in (32, 64):
+        for n in names:
+            assert re.search(rf"^ +{T} {n} +{NUMBER} +{NUMBER} +{NUMBER} +{NUMBER} ", out, re.M), (T, n, out)
+    assert "inf" not in out and "failed" not in out, out
+
+
+def test_bench_attention_exits_1_when_a_contender_fails():
+    r = subprocess.run([sys.executable, os.path.join("bench", "bench_attention.py"), "--T", "32", "--rounds", "1",
+                        "--reps", "1", "--contenders", "flash,nosuch"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 1 and "nosuch: worker failed" in r.stdout, r.stdout + r.stderr
+
+
+def test_bench_checkpoint_writes_hashes_and_checks_a_checkpoint(tmp_path):
+    out = _run("bench_checkpoint.py", "--model", "tiny", "--rounds", "1", "--dir", str(tmp_path))
+    assert re.fullmatch(rf"tiny: checkpoint write \(model \+ state \+ DONE, hashes included\) {NUMBER} s; the "
+                        rf"hashing in it {NUMBER} s = {NUMBER}% of the write; a resume's check of the checkpoint "
+                        rf"\(read back \+ hash\) {NUMBER} s\n", out), out
+
+
+def test_bench_fma_peak_measures_a_peak():
+    out = _run("bench_fma_peak.py", "--threads", "1", "--seconds", "0.05")
+    m = re.fullmatch(rf"fp32 FMA peak: ({NUMBER}) GFLOP/s \(1 threads, \d+-lane vectors, best of 3\)\n", out)
+    assert m and float(m.group(1)) > 0, out
+
+
+def test_bench_generate_times_the_cache_against_recompute():
+    out = _run("bench_generate.py", "--model", "tiny", "--contexts", "8", "16", "--steps", "2", "--reps", "1",
+               "--threads", "1")
+    for T in (8, 16):
+        assert re.search(rf"^\| {T} \| {NUMBER} \| {NUMBER} \| {NUMBER}x \|$", out, re.M), (T, out)
+
+
+def test_bench_train_times_every_contender():
+    """numbagpt in both precisions and, where torch is installed, PyTorch eager and under autocast: a
+    worker that fails is reported and left out of the table, which this would catch."""
+    from numbagpt.cpu import matmul as mm
+    kernel = mm.supported_kernels()[0]
+    out = _run("bench_train.py", "--models", "tiny", "--rounds", "1", "--steps", "1", "--threads", "1",
+               "--no-compile", "--kernels", kernel, "--precision", "fp32,bf16", *(["--autocast"] if TORCH else []),
+               timeout=900)
+    assert "failed" not in out, out
+    for label in [f"numbagpt {kernel}", f"numbagpt {kernel} bf16"] + (["eager", "autocast"] if TORCH else []):
+        assert re.search(rf"^tiny +8 +256 {label} +\d+ ", out, re.M), (label, out)
+
+
+def test_bench_cuda_makes_every_call_under_the_simulator():
+    """Without a GPU: the bench's every call, in Numba's CUDA simulator, untimed (--simulator); without
+    --simulator the simulator is not a GPU, and the bench says so."""
+    sim = {"NUMBA_ENABLE_CUDASIM": "1"}
+    assert _run("bench_cuda.py", env=sim).startswith("no GPU: skipped")
+    out = _run("bench_cuda.py", "--simulator", "--shapes", "micro", "--iters", "1", "--model", env=sim)
+    labels = re.findall(r"^  (\S.*?) +nan ms ", out, re.M)
+    kernels = {"encoder_forward", "encoder_backward", "layernorm_forward", "layernorm_backward",
+               "fused_residual_layernorm_forward", "attention_forward", "attention_backward", "gelu_forward",
+               "gelu_backward", "crossentropy_forward", "crossentropy_backward", "crossentropy_forward_backward",
+               "global_norm_squared"}
+    assert kernels <= set(labels), out
+    for layer in ("qkv", "attproj", "fc", "fcproj", "logits"):
+        assert any(x.startswith(f"matmul_forward {layer} (") for x in labels), out
+        assert f"matmul_backward {layer}" in labels, out
+    assert "adamw_update (N=8768)" in labels and "GPT2 training step (micro)" in labels, out
