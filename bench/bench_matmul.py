@@ -35,7 +35,7 @@ import sys
 import time
 
 
-def main():
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
@@ -58,137 +58,148 @@ def main():
                     help="cpu: this process's CPU time divided by --threads; steadier than wall time "
                          "when other jobs share the cores, exact with --threads 1 (with more threads "
                          "it also counts threads spinning at the end of a parallel loop)")
-    args = ap.parse_args()
-    shapes = bench_shapes(args)
+    return ap.parse_args(argv)
 
+
+def main(argv=None):
+    args = parse_args(argv)
+    shapes = bench_shapes(args)
     os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)  # before numpy is imported
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import numba
-    import numpy as np
-
     if args.torch_child:
         return torch_child(args)
+    import numba
     numba.set_num_threads(args.threads)
     t0 = time.perf_counter()
+    kernels, bf16, names = chosen_kernels(args)
+    print(f"import numbagpt.cpu.matmul: {time.perf_counter() - t0:.2f} s; threads {args.threads}; "
+          f"clock {args.clock}; kernels: {', '.join(names)}; BLAS: {blas_name()}; "
+          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
+    t0 = time.perf_counter()
+    warm_up(kernels, bf16)
+    print(f"first calls (compile or cache load): {time.perf_counter() - t0:.2f} s")
+    ours_times = run_table(args, shapes, kernels, bf16)
+    if args.torch:
+        torch_table(args, shapes, kernels[0], bf16, ours_times)
+
+
+def chosen_kernels(args):
+    """(fp32 kernels, bf16 kernels, their names as the header prints them) of --kernels and
+    --bf16-kernels; one that this CPU does not run stops the bench in one line."""
     from numbagpt.cpu import matmul as mm
     from numbagpt.cpu import matmul_bf16 as mb
-    from numbagpt.cpu.matmul import matmul_backward, matmul_forward
     kernels = args.kernels.split(",") if args.kernels else list(dict.fromkeys([mm.supported_kernels()[0], "portable"]))
-    for k in kernels:
-        if k not in mm.supported_kernels():
-            sys.exit(f"bench_matmul.py: --kernels: {k!r} is not one this CPU runs "
-                     f"({', '.join(mm.supported_kernels())})")
-    names = {}
-    for k in kernels:
-        mm.set_kernel(k)
-        names[k] = mm.kernel()
     if args.bf16_kernels is None:
         bf16 = mb.supported_kernels()[:1]
     else:
         bf16 = [] if args.bf16_kernels == "none" else args.bf16_kernels.split(",")
-    for k in bf16:
-        if k not in mb.supported_kernels():
-            sys.exit(f"bench_matmul.py: --bf16-kernels: {k!r} is not one this CPU runs "
-                     f"({', '.join(mb.supported_kernels())})")
-        mb.set_kernel(k)
-        names["bf16 " + k] = "bf16 " + mb.kernel()
+    names = []
+    for flag, module, chosen in (("--kernels", mm, kernels), ("--bf16-kernels", mb, bf16)):
+        for k in chosen:
+            if k not in module.supported_kernels():
+                sys.exit(f"bench_matmul.py: {flag}: {k!r} is not one this CPU runs "
+                         f"({', '.join(module.supported_kernels())})")
+            module.set_kernel(k)
+            names.append(("bf16 " if module is mb else "") + module.kernel())
+    mm.set_kernel(kernels[0])
+    return kernels, bf16, names
+
+
+def blas_name():
+    """The BLAS NumPy calls, as threadpoolctl reports it (when installed)."""
     try:
         from threadpoolctl import threadpool_info
-        blas = ", ".join(f"{i['internal_api']} {i['version']} {i.get('architecture', '')} {i['num_threads']} threads"
-                         for i in threadpool_info() if i["user_api"] == "blas")
     except ImportError:
-        blas = "unknown (pip install threadpoolctl to see which)"
-    print(f"import numbagpt.cpu.matmul: {time.perf_counter() - t0:.2f} s; threads {args.threads}; "
-          f"clock {args.clock}; kernels: {', '.join(names.values())}; BLAS: {blas}; "
-          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
+        return "unknown (pip install threadpoolctl to see which)"
+    return ", ".join(f"{i['internal_api']} {i['version']} {i.get('architecture', '')} {i['num_threads']} threads"
+                     for i in threadpool_info() if i["user_api"] == "blas")
 
-    # warm-up compile on a small problem (cached after the first run)
-    t0 = time.perf_counter()
-    x = np.ones(6 * 5, np.float32)
-    w = np.ones(7 * 5, np.float32)
-    o = np.zeros(6 * 7, np.float32)
-    for k in kernels:
-        mm.set_kernel(k)
-        matmul_forward(o, x, w, np.ones(7, np.float32), 2, 3, 5, 7)
-        matmul_forward(o, x, w, None, 2, 3, 5, 7)
-        matmul_backward(np.zeros_like(x), np.zeros_like(w), np.zeros(7, np.float32), o, x, w, 2, 3, 5, 7)
-    for k in bf16:
-        mb.set_kernel(k)
-        mb.matmul_forward_bf16(o, x, w, np.ones(7, np.float32), 2, 3, 5, 7)
-        mb.matmul_forward_bf16(o, x, w, None, 2, 3, 5, 7)
-        mb.matmul_backward_bf16(np.zeros_like(x), np.zeros_like(w), np.zeros(7, np.float32), o, x, w, 2, 3, 5, 7)
+
+def warm_up(kernels, bf16):
+    """Every kernel's three products once on a small problem (compiled, or loaded from Numba's cache)."""
+    import numpy as np
+
+    from numbagpt.cpu import matmul as mm
+    from numbagpt.cpu import matmul_bf16 as mb
+    x, w, o = np.ones(6 * 5, np.float32), np.ones(7 * 5, np.float32), np.zeros(6 * 7, np.float32)
+    for module, chosen, forward, backward in ((mm, kernels, mm.matmul_forward, mm.matmul_backward),
+                                              (mb, bf16, mb.matmul_forward_bf16, mb.matmul_backward_bf16)):
+        for k in chosen:
+            module.set_kernel(k)
+            forward(o, x, w, np.ones(7, np.float32), 2, 3, 5, 7)
+            forward(o, x, w, None, 2, 3, 5, 7)
+            backward(np.zeros_like(x), np.zeros_like(w), np.zeros(7, np.float32), o, x, w, 2, 3, 5, 7)
     mm.set_kernel(kernels[0])
-    print(f"first calls (compile or cache load): {time.perf_counter() - t0:.2f} s")
 
+
+def products(name, BT, C, OC, rng):
+    """call(op, contender) -> a function that runs one product of one shape on one contender: op in
+    forward, dinp, dweight; contender an fp32 kernel ("avx512"), a bf16 one ("bf16 avx512bf16") or "blas"
+    (np.dot). The function switches to the contender's kernel first."""
+    import numpy as np
+
+    from numbagpt.cpu import matmul as mm
+    from numbagpt.cpu import matmul_bf16 as mb
+    inp = rng.standard_normal(BT * C, dtype=np.float32)
+    weight = rng.standard_normal(OC * C, dtype=np.float32) * 0.02
+    bias = rng.standard_normal(OC, dtype=np.float32) if "lm_head" not in name else None
+    out = np.empty(BT * OC, np.float32)
+    dout = rng.standard_normal(BT * OC, dtype=np.float32)
+    dinp, dweight = np.zeros(BT * C, np.float32), np.zeros(OC * C, np.float32)
+    # the LM head's dout: in a bf16 step the classifier writes it in bf16 rows, which the bf16 GEMM
+    # reads as they lie (matmul_backward_bf16's dout_bf16); the other douts are float32
+    dout_bf16 = "lm_head" in name and OC % 2 == 0
+    bf16_dout = bf16_rows(dout, OC) if dout_bf16 else dout
+    X, W, D = inp.reshape(BT, C), weight.reshape(OC, C), dout.reshape(BT, OC)
+    Y, DX, DW = out.reshape(BT, OC), dinp.reshape(BT, C), dweight.reshape(OC, C)
+    # matmul_backward does dinp and dweight in one call: each is timed through its half,
+    # _backward_dinp / _backward_dweight
+    fp32 = {"forward": lambda: mm.matmul_forward(out, inp, weight, bias, 1, BT, C, OC),
+            "dinp": lambda: mm._backward_dinp(dinp, dout, weight, BT, C, OC),
+            "dweight": lambda: mm._backward_dweight(dweight, dout, inp, BT, C, OC, True)}
+    bf16 = {"forward": lambda: mb.matmul_forward_bf16(out, inp, weight, bias, 1, BT, C, OC),
+            "dinp": lambda: mb._backward_dinp(dinp, bf16_dout, weight, BT, C, OC, dout_bf16),
+            "dweight": lambda: mb._backward_dweight(dweight, bf16_dout, inp, BT, C, OC, True, dout_bf16)}
+    blas = {"forward": ((lambda: np.dot(X, W.T, out=Y)) if bias is None
+                        else (lambda: np.add(np.dot(X, W.T, out=Y), bias, out=Y))),
+            "dinp": lambda: np.dot(D, W, out=DX),
+            "dweight": lambda: np.dot(D.T, X, out=DW)}
+
+    def call(op, k):
+        if k == "blas":
+            return blas[op]
+        module, calls, kernel = (mb, bf16, k[5:]) if k.startswith("bf16 ") else (mm, fp32, k)
+
+        def run():
+            module.set_kernel(kernel)
+            calls[op]()
+        return run
+    return call
+
+
+def run_table(args, shapes, kernels, bf16):
+    """Times every product of every shape on every contender and prints the table and its summary;
+    returns {(contender, shape, op): seconds} for torch_table (contender "fp32" (the first fp32
+    kernel), "blas" or a bf16 kernel)."""
+    import numpy as np
     median_of = timers(args)
-
     rng = np.random.default_rng(0)
     contenders = kernels + ["bf16 " + k for k in bf16]
-    cols = "".join(f" {k + ' GF/s':>13s} {'ratio':>6s}" for k in contenders)
-    if bf16:
-        cols += "".join(f" {'xfp32':>6s}" for _ in bf16)
+    cols = "".join(f" {k + ' GF/s':>13s} {'ratio':>6s}" for k in contenders) + "".join(f" {'xfp32':>6s}" for _ in bf16)
     wid = name_width(shapes)
     hdr = f"{'shape':{wid}s} {'BT':>5s} {'C':>5s} {'OC':>6s} {'op':8s}{cols} {'BLAS GF/s':>10s}"
     print(hdr)
     print("-" * len(hdr))
     totals = [0.0] * (len(contenders) + 1)
-    ratios = {k: [] for k in contenders}
-    speedups = {k: [] for k in bf16}
-    ours_times = {}
+    ratios, speedups, ours_times = {k: [] for k in contenders}, {k: [] for k in bf16}, {}
     for name, BT, C, OC in shapes:
-        inp = rng.standard_normal(BT * C, dtype=np.float32)
-        weight = rng.standard_normal(OC * C, dtype=np.float32) * 0.02
-        bias = rng.standard_normal(OC, dtype=np.float32) if "lm_head" not in name else None
-        out = np.empty(BT * OC, np.float32)
-        dout = rng.standard_normal(BT * OC, dtype=np.float32)
-        dinp = np.zeros(BT * C, np.float32)
-        dweight = np.zeros(OC * C, np.float32)
-        # the LM head's dout: in a bf16 step the classifier writes it in bf16 rows, which the bf16
-        # GEMM reads as they lie (matmul_backward_bf16's dout_bf16); the other douts are float32
-        dout_bf16 = "lm_head" in name and OC % 2 == 0
-        bf16_dout = bf16_rows(dout, OC) if dout_bf16 else dout
-        X, W, D = inp.reshape(BT, C), weight.reshape(OC, C), dout.reshape(BT, OC)
-        Y, DX, DW = out.reshape(BT, OC), dinp.reshape(BT, C), dweight.reshape(OC, C)
-
-        def ours(op, k):
-            # matmul_backward does dinp and dweight in one call: ours for "dinp"/"dweight" is timed
-            # through its two halves, _backward_dinp/_backward_dweight
-            if k.startswith("bf16 "):
-                k = k[5:]
-
-                def run():
-                    mb.set_kernel(k)
-                    if op == "forward":
-                        mb.matmul_forward_bf16(out, inp, weight, bias, 1, BT, C, OC)
-                    elif op == "dinp":
-                        mb._backward_dinp(dinp, bf16_dout, weight, BT, C, OC, dout_bf16)
-                    else:
-                        mb._backward_dweight(dweight, bf16_dout, inp, BT, C, OC, True, dout_bf16)
-                return run
-
-            def run():
-                mm.set_kernel(k)
-                if op == "forward":
-                    matmul_forward(out, inp, weight, bias, 1, BT, C, OC)
-                elif op == "dinp":
-                    mm._backward_dinp(dinp, dout, weight, BT, C, OC)
-                else:
-                    mm._backward_dweight(dweight, dout, inp, BT, C, OC, True)
-            return run
-
-        blas = {
-            "forward": ((lambda: np.dot(X, W.T, out=Y)) if bias is None
-                        else (lambda: np.add(np.dot(X, W.T, out=Y), bias, out=Y))),
-            "dinp": lambda: np.dot(D, W, out=DX),
-            "dweight": lambda: np.dot(D.T, X, out=DW),
-        }
+        call = products(name, BT, C, OC, rng)
         flop = 2.0 * BT * C * OC
         for op in ("forward", "dinp", "dweight"):
-            t = median_of([ours(op, k) for k in contenders] + [blas[op]], args.reps)
-            for n in range(len(t)):
-                totals[n] += t[n]
-            row = ""
+            t = median_of([call(op, k) for k in contenders] + [call(op, "blas")], args.reps)
+            totals = [a + b for a, b in zip(totals, t)]
             ours_times[("fp32", name, op)], ours_times[("blas", name, op)] = t[0], t[-1]
+            row = ""
             for n, k in enumerate(contenders):
                 ratios[k].append(t[-1] / t[n])
                 row += f" {flop / t[n] / 1e9:13.1f} {t[-1] / t[n]:6.2f}"
@@ -206,8 +217,7 @@ def main():
               f"worst shape {min(speedups[k]):.2f}x, median {float(np.median(speedups[k])):.2f}x")
     print("ratio = BLAS time / kernel time (>= 1: as fast as BLAS or faster); forward includes the bias add "
           "(BLAS: np.dot then np.add)" + ("; xfp32 = fp32 kernel time / bf16 kernel time" if bf16 else ""))
-    if args.torch:
-        torch_table(args, shapes, kernels[0], bf16, ours_times)
+    return ours_times
 
 
 def bf16_rows(x, W):
@@ -379,4 +389,4 @@ def torch_child(args):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
