@@ -11,8 +11,10 @@ checked against NumPy float64 before it is timed next to np.dot (OpenBLAS) in th
                                    # blocking checked against float64 of the rounded operands
 
 Versions (M, N, K and the operands of each product as in numbagpt/cpu/matmul.py):
-  1  dot4x4: dot-product form, 4x4 scalar accumulators, LLVM vectorises k (forward only; loops.py)
-  2  bcast 4x16: outer-product form on scalar accumulators, hoping for SLP (forward only; loops.py)
+  1  dot4x4: dot-product form, 4x4 scalar accumulators, LLVM vectorises k (forward only, whole tiles:
+     BT % 4 == 0, OC % 4 == 0; loops.py)
+  2  bcast 4x16: outer-product form on scalar accumulators, hoping for SLP (forward only, whole tiles:
+     BT % 4 == 0, OC % 16 == 0; loops.py)
   3  the portable loops (numbagpt/cpu/matmul_portable.py, the production fallback)
   4  packed GEMM, avx2 kernel: 6x16 on 8-lane ymm (production, numbagpt.cpu.matmul)
   5  packed GEMM, avx512 kernel with a 12x32 micro-tile (production code, blocking overridden)
@@ -83,6 +85,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 DESCRIPTIONS = {1: "dot4x4 loops", 2: "bcast 4x16 scalar", 3: "portable loops", 4: "avx2 6x16",
                 5: "avx512 12x32", 6: "avx512 6x64"}
+WHOLE_TILES = {1: (4, 4), 2: (4, 16)}   # (BT, OC) multiples: the stage-1 loops have no edge code
 
 
 def products(version, threads):
@@ -128,6 +131,10 @@ def run_versions(args):
         for v in args.versions:
             f = products(v, args.threads).get(op)
             if f is None:
+                continue
+            mr, nr = WHOLE_TILES.get(v, (1, 1))
+            if BT % mr or OC % nr:
+                print(f"  {op}: v{v} skipped: its {mr} x {nr} tiles need BT % {mr} == 0 and OC % {nr} == 0")
                 continue
             Y = np.zeros(ref[op].shape, np.float32)
             f(Y.reshape(-1), X.reshape(-1), W.reshape(-1), D.reshape(-1), BT, C, OC)  # validate first
