@@ -411,8 +411,6 @@ def products_split(shape, threads, reps=5):
 
 
 if __name__ == "__main__":
-    if "--products" in sys.argv:
-        threads = int(sys.argv[sys.argv.index("--threads") + 1]) if "--threads" in sys.argv else 2
-        products_split(SHAPES["d12_1k"], threads)
-    else:
-        lab.main(__doc__, KERNELS, SHAPES)
+    sys.exit(lab.main(__doc__, KERNELS, SHAPES, modes={"--products": (
+        "instead of the variants: flash attention at d12 T=1024 with and without its products",
+        lambda threads: products_split(SHAPES["d12_1k"], threads))}))

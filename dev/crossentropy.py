@@ -37,6 +37,7 @@ Findings (2 shared cores, load 4-7: absolute ms swing 2-3x between runs, same-ru
   Result (bench/bench_kernels.py, 2 threads): tiny fwd ~7x, bwd ~4.5x; d12 ~5.5x both.
 """
 import math
+import sys
 
 import numpy as np
 from numba import njit, prange
@@ -266,4 +267,4 @@ KERNELS = [
 ]
 
 if __name__ == "__main__":
-    lab.main(__doc__, KERNELS, SHAPES)
+    sys.exit(lab.main(__doc__, KERNELS, SHAPES))

@@ -111,8 +111,10 @@ def race(kernel, chosen, args, rounds, clock):
     return best
 
 
-def main(doc, kernels, shapes):
-    """The command line of one family's lab: `kernels` [Kernel], `shapes` {name: shape}."""
+def main(doc, kernels, shapes, modes=None):
+    """The command line of one family's lab: `kernels` [Kernel], `shapes` {name: shape}; `modes`
+    {"--flag": (help, run(threads))}: other measurements of the lab, each run instead of the variants
+    when its flag is given. Returns the exit status: 1 when a variant failed its check."""
     ap = argparse.ArgumentParser(description=doc.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n")[1])
     ap.add_argument("kernel", nargs="?", choices=[k.name for k in kernels], help="one kernel (default: all)")
@@ -121,30 +123,44 @@ def main(doc, kernels, shapes):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--cpu", action="store_true", help="process CPU time (all threads) instead of wall time")
+    for flag, (text, _) in (modes or {}).items():
+        ap.add_argument(flag, action="store_true", help=text)
     a = ap.parse_args()
     import numba
     numba.set_num_threads(min(a.threads, numba.config.NUMBA_NUM_THREADS))
+    for flag, (_, run) in (modes or {}).items():
+        if getattr(a, flag.lstrip("-").replace("-", "_")):
+            return run(a.threads)
+    unknown = [name for name in a.shapes.split(",") if name not in shapes]
+    if unknown:
+        ap.error(f"--shapes: {', '.join(map(repr, unknown))}: expected a comma list of {', '.join(shapes)}")
     clock = time.process_time if a.cpu else time.perf_counter
+    failed = False
     for shape_name in a.shapes.split(","):
-        shape = shapes[shape_name]
         for kernel in kernels:
-            if a.kernel and kernel.name != a.kernel:
-                continue
-            numbered = list(enumerate(kernel.variants, 1))
-            picked = [(n, v) for n, v in numbered if not a.variants or n in a.variants]
-            args = kernel.args(shape, np.random.default_rng(0))
-            print(f"--- {kernel.name}, {shape_name} {shape}: {a.threads} threads, "
-                  f"{'CPU' if a.cpu else 'wall'} time, best of {a.rounds}")
-            ok = []
-            for n, (label, fn) in picked:
-                failure = validate(kernel, fn, args)
-                if failure:
-                    print(f"{n:2d} {label:28s} FAILED its check, not timed: {failure}")
-                else:
-                    ok.append((n, (label, fn)))
-            if not ok:
-                continue
-            best = race(kernel, [v for _, v in ok], args, a.rounds, clock)
-            base = best[0]
-            for (n, (label, _)), t in zip(ok, best):
-                print(f"{n:2d} {label:28s} {t * 1e3:9.2f} ms  x{base / t:6.2f} (against {ok[0][0]})  checked")
+            if not a.kernel or kernel.name == a.kernel:
+                failed |= check_and_race(kernel, shape_name, shapes[shape_name], a, clock)
+    return 1 if failed else 0
+
+
+def check_and_race(kernel, shape_name, shape, a, clock):
+    """Checks the kernel's variants (all, or the numbers in a.variants) at one shape, then times those
+    that passed side by side (a.rounds, clock); prints a line per variant. Returns True when one failed
+    its check."""
+    numbered = list(enumerate(kernel.variants, 1))
+    picked = [(n, v) for n, v in numbered if not a.variants or n in a.variants]
+    args = kernel.args(shape, np.random.default_rng(0))
+    print(f"--- {kernel.name}, {shape_name} {shape}: {a.threads} threads, "
+          f"{'CPU' if a.cpu else 'wall'} time, best of {a.rounds}")
+    ok = []
+    for n, (label, fn) in picked:
+        failure = validate(kernel, fn, args)
+        if failure:
+            print(f"{n:2d} {label:28s} FAILED its check, not timed: {failure}")
+        else:
+            ok.append((n, (label, fn)))
+    if ok:
+        best = race(kernel, [v for _, v in ok], args, a.rounds, clock)
+        for (n, (label, _)), t in zip(ok, best):
+            print(f"{n:2d} {label:28s} {t * 1e3:9.2f} ms  x{best[0] / t:6.2f} (against {ok[0][0]})  checked")
+    return len(ok) < len(picked)

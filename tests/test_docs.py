@@ -142,3 +142,104 @@ def test_the_api_example_runs(tmp_path):
     out = tmp_path / "out_api"
     assert (out / "copy.bin").read_bytes() == (out / "model_00000004.bin").read_bytes()
     assert run.stdout.count("ROMEO:") == 1
+
+
+# Parses one script's command line as the script would, and stops there: argparse's parse_args is
+# wrapped to raise _Parsed after it succeeds (run in a subprocess: the scripts insert paths and import
+# their labs). Prints a JSON list of the lines the script's parser refused.
+_PARSE_ONLY = r'''
+import argparse, contextlib, io, json, os, runpy, sys
+class _Parsed(BaseException):
+    pass
+_parse = argparse.ArgumentParser.parse_args
+def parse_args(self, args=None, namespace=None):
+    _parse(self, args, namespace)
+    raise _Parsed
+argparse.ArgumentParser.parse_args = parse_args
+bad = []
+for where, script, argv in json.load(sys.stdin):
+    sys.argv = [script] + argv
+    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))   # as `python script` puts it first
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            runpy.run_path(script, run_name="__main__")
+        bad.append(f"{where}: {script} {' '.join(argv)}: parsed nothing")
+    except _Parsed:
+        pass
+    except SystemExit:
+        bad.append(f"{where}: {script} {' '.join(argv)}: {err.getvalue().strip().splitlines()[-1:]}")
+    sys.path.pop(0)
+print(json.dumps(bad))
+'''
+
+
+def _joined(text):
+    """[(line index, line)] of text, a line ending in a backslash joined with the next (at the first's index)."""
+    out, pending = [], None
+    for i, line in enumerate(text.splitlines()):
+        if pending is not None:
+            out[-1] = (out[-1][0], pending + " " + line)
+        else:
+            out.append((i, line))
+        pending = out[-1][1][:-1] if out[-1][1].endswith("\\") else None
+    return out
+
+
+def doc_script_lines():
+    """[(file:line, script, argv)]: every `python bench/X.py ...` or `python dev/...py ...` in a code
+    block or an inline code span of README.md, docs/*.md and dev/README.md, and in the docstrings of the
+    scripts in bench/ and dev/, but synopses ([--flag])."""
+    import ast
+    import shlex
+    pattern = re.compile(r"python3? ((?:bench|dev)/[\w/]+\.py)([^`\n|>;&#]*)")
+    texts = []   # (file, first line number, [(line offset, text that may hold commands)])
+    for rel in ["README.md", os.path.join("dev", "README.md")] + [
+            os.path.join("docs", f) for f in sorted(os.listdir(os.path.join(ROOT, "docs"))) if f.endswith(".md")]:
+        text = open(os.path.join(ROOT, rel), encoding="utf-8").read()
+        blocks = list(re.finditer(r"```\w*\n(.*?)```", text, re.S))
+        spans = [(text.count("\n", 0, m.start(1)) + i, line) for m in blocks for i, line in _joined(m.group(1))]
+        prose = re.sub(r"```\w*\n.*?```", lambda m: "\n" * m.group(0).count("\n"), text, flags=re.S)
+        spans += [(prose.count("\n", 0, m.start()), m.group(1).replace("\n", " "))
+                  for m in re.finditer(r"`([^`]+)`", prose)]
+        texts.append((rel, spans))
+    for folder in ("bench", "dev"):
+        for base, _, names in os.walk(os.path.join(ROOT, folder)):
+            for name in sorted(n for n in names if n.endswith(".py")):
+                path = os.path.join(base, name)
+                doc = ast.get_docstring(ast.parse(open(path, encoding="utf-8").read())) or ""
+                texts.append((os.path.relpath(path, ROOT), [(i + 1, line) for i, line in _joined(doc)]))
+    out = []
+    for rel, spans in texts:
+        for n, span in spans:
+            for m in pattern.finditer(re.sub(r"<[^<>]+>", "X", span.split(" # ")[0])):   # <a placeholder>
+                if "[" in m.group(2):
+                    continue
+                argv = [a for a in shlex.split(re.sub(r"\$\{?\w+\}?", "1", m.group(2))) if a != "..."]
+                out.append((f"{rel}:{n + 1}", m.group(1), argv))
+    return out
+
+
+def test_every_documented_bench_and_dev_command_line_parses():
+    import json
+    import sys
+    lines = doc_script_lines()
+    scripts = {s for _, s, _ in lines}
+    assert len(lines) > 20 and {"bench/bench_train.py", "bench/bench_matmul.py", "dev/attention.py"} <= scripts
+    run = subprocess.run([sys.executable, "-c", _PARSE_ONLY], input=json.dumps(lines), cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    bad = json.loads(run.stdout.strip().splitlines()[-1])
+    assert not bad, "documented command lines that the script refuses:\n" + "\n".join(bad)
+
+
+def test_a_bad_documented_bench_line_would_be_caught():
+    import json
+    import sys
+    lines = [("here:1", "bench/bench_train.py", ["--models", "tiny", "--no-such-flag"]),
+             ("here:2", "bench/bench_fma_peak.py", ["--threads", "two"])]
+    run = subprocess.run([sys.executable, "-c", _PARSE_ONLY], input=json.dumps(lines), cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    bad = json.loads(run.stdout.strip().splitlines()[-1])
+    assert [b.split(":")[:2] for b in bad] == [["here", "1"], ["here", "2"]], bad
+    assert "unrecognized arguments: --no-such-flag" in bad[0] and "invalid int value: 'two'" in bad[1], bad
