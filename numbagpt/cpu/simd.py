@@ -85,146 +85,126 @@ class _Ops:
 
     def __init__(self, lanes):
         self.lanes = lanes
-        vt = F32Vec(lanes)
-        llty = ir.VectorType(ir.FloatType(), lanes)
+        vt, llty = F32Vec(lanes), ir.VectorType(ir.FloatType(), lanes)
+        for make in (_memory_ops, _arithmetic_ops):
+            for name, op in make(lanes, vt, llty).items():
+                setattr(self, name, op)
+        self.transpose = _transpose_op(lanes, llty)
 
+
+def _memory_ops(lanes, vt, llty):
+    """load, store, bcast, prefetch on a float32 array at an index (intrinsics take no *args: fixed
+    arities below)."""
+
+    def pointer(context, builder, sig, args):   # &a[i]
+        return _element_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+
+    def reader(ret, build):   # op(a, i) -> build(context, builder, &a[i])
         @intrinsic
-        def load(typingctx, a, i):
+        def op(typingctx, a, i):
             if not (_is_f32_array(a) and isinstance(i, types.Integer)):
                 return None
+            return ret(a, i), lambda context, builder, sig, args: build(context, builder,
+                                                                        pointer(context, builder, sig, args))
+        return op
 
-            def codegen(context, builder, sig, args):
-                p = _element_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
-                return builder.load(builder.bitcast(p, llty.as_pointer()), align=4)
+    @intrinsic
+    def store(typingctx, a, i, v):
+        if not (_is_f32_array(a) and isinstance(i, types.Integer) and v == vt):
+            return None
 
-            return vt(a, i), codegen
+        def codegen(context, builder, sig, args):
+            builder.store(args[2], builder.bitcast(pointer(context, builder, sig, args), llty.as_pointer()), align=4)
+            return context.get_dummy_value()
 
+        return types.void(a, i, v), codegen
+
+    def bcast(context, builder, p):
+        v = builder.insert_element(ir.Constant(llty, ir.Undefined), builder.load(p, align=4), cgutils.int32_t(0))
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+        return builder.shuffle_vector(v, ir.Constant(llty, ir.Undefined), mask)
+
+    def prefetch(context, builder, p):
+        p = builder.bitcast(p, ir.IntType(8).as_pointer())
+        fnty = ir.FunctionType(ir.VoidType(), [p.type] + [ir.IntType(32)] * 3)
+        f = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        # write intent (Y is read and written), keep in all levels, data cache
+        builder.call(f, [p] + [ir.Constant(ir.IntType(32), v) for v in (1, 3, 1)])
+        return context.get_dummy_value()
+
+    return dict(load=reader(vt, lambda context, builder, p: builder.load(builder.bitcast(p, llty.as_pointer()),
+                                                                         align=4)),
+                store=store, bcast=reader(vt, bcast), prefetch=reader(types.void, prefetch))
+
+
+def _arithmetic_ops(lanes, vt, llty):
+    """fma, add, sub, mul, max, exp, zero on vectors (fixed arities: intrinsics take no *args)."""
+
+    def codegen(build):
+        return lambda context, builder, sig, args: build(builder, *args)
+
+    def nullary(build):
         @intrinsic
-        def store(typingctx, a, i, v):
-            if not (_is_f32_array(a) and isinstance(i, types.Integer) and v == vt):
-                return None
+        def op(typingctx):
+            return vt(), codegen(build)
+        return op
 
-            def codegen(context, builder, sig, args):
-                p = _element_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
-                builder.store(args[2], builder.bitcast(p, llty.as_pointer()), align=4)
-                return context.get_dummy_value()
-
-            return types.void(a, i, v), codegen
-
+    def unary(build):
         @intrinsic
-        def bcast(typingctx, a, i):
-            if not (_is_f32_array(a) and isinstance(i, types.Integer)):
-                return None
+        def op(typingctx, a):
+            return (vt(a), codegen(build)) if a == vt else None
+        return op
 
-            def codegen(context, builder, sig, args):
-                p = _element_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
-                x = builder.load(p, align=4)
-                v = builder.insert_element(ir.Constant(llty, ir.Undefined), x, cgutils.int32_t(0))
-                mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
-                return builder.shuffle_vector(v, ir.Constant(llty, ir.Undefined), mask)
-
-            return vt(a, i), codegen
-
+    def binary(build):
         @intrinsic
-        def fma(typingctx, a, b, c):
-            if not (a == vt and b == vt and c == vt):
-                return None
+        def op(typingctx, a, b):
+            return (vt(a, b), codegen(build)) if a == vt and b == vt else None
+        return op
 
-            def codegen(context, builder, sig, args):
-                fnty = ir.FunctionType(llty, [llty] * 3)
-                f = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.fma.v{lanes}f32")
-                return builder.call(f, args)
+    @intrinsic
+    def fma(typingctx, a, b, c):
+        def build(builder, a, b, c):
+            fnty = ir.FunctionType(llty, [llty] * 3)
+            return builder.call(cgutils.get_or_insert_function(builder.module, fnty, f"llvm.fma.v{lanes}f32"),
+                                [a, b, c])
+        return (vt(a, b, c), codegen(build)) if a == vt and b == vt and c == vt else None
 
-            return vt(a, b, c), codegen
+    return dict(fma=fma, add=binary(lambda builder, a, b: builder.fadd(a, b)),
+                sub=binary(lambda builder, a, b: builder.fsub(a, b)),
+                mul=binary(lambda builder, a, b: builder.fmul(a, b)),
+                max=binary(lambda builder, a, b: builder.select(builder.fcmp_ordered(">", a, b), a, b)),
+                exp=unary(lambda builder, a: _exp_nonpos(builder, a, lanes)),
+                zero=nullary(lambda builder: ir.Constant(llty, [0.0] * lanes)))
 
-        @intrinsic
-        def add(typingctx, a, b):
-            if not (a == vt and b == vt):
-                return None
 
-            def codegen(context, builder, sig, args):
-                return builder.fadd(args[0], args[1])
+def _transpose_op(lanes, llty):
+    """transpose(dst, d, ldd, src, s, lds): an L × L block by _transpose_stages' shuffles."""
 
-            return vt(a, b), codegen
+    @intrinsic
+    def transpose(typingctx, dst, d, ldd, src, s, lds):
+        if not (_is_f32_array(dst) and _is_f32_array(src)
+                and all(isinstance(i, types.Integer) for i in (d, ldd, s, lds))):
+            return None
 
-        def binary(build):
-            @intrinsic
-            def op(typingctx, a, b):
-                if not (a == vt and b == vt):
-                    return None
+        def codegen(context, builder, sig, args):
+            def row(a, r):  # pointer to row r of the block in array argument a (0: dst, 3: src)
+                base = _element_ptr(context, builder, sig.args[a], args[a], sig.args[a + 1], args[a + 1])
+                ld = context.cast(builder, args[a + 2], sig.args[a + 2], types.intp)
+                off = builder.mul(ld, ir.Constant(ld.type, r))
+                return builder.bitcast(builder.gep(base, [off], inbounds=True), llty.as_pointer())
 
-                def codegen(context, builder, sig, args):
-                    return build(builder, *args)
+            rows = [builder.load(row(3, r), align=4) for r in range(lanes)]
+            for h, lo, hi in _transpose_stages(lanes):
+                for i in range(lanes):
+                    if not i & h:
+                        a, b = rows[i], rows[i + h]
+                        rows[i], rows[i + h] = builder.shuffle_vector(a, b, lo), builder.shuffle_vector(a, b, hi)
+            for c in range(lanes):
+                builder.store(rows[c], row(0, c), align=4)
+            return context.get_dummy_value()
 
-                return vt(a, b), codegen
-            return op
-
-        sub = binary(lambda builder, a, b: builder.fsub(a, b))
-        mul = binary(lambda builder, a, b: builder.fmul(a, b))
-        vmax = binary(lambda builder, a, b: builder.select(builder.fcmp_ordered(">", a, b), a, b))
-
-        @intrinsic
-        def exp(typingctx, a):
-            if a != vt:
-                return None
-
-            def codegen(context, builder, sig, args):
-                return _exp_nonpos(builder, args[0], lanes)
-
-            return vt(a), codegen
-
-        @intrinsic
-        def zero(typingctx):
-            def codegen(context, builder, sig, args):
-                return ir.Constant(llty, [0.0] * lanes)
-
-            return vt(), codegen
-
-        @intrinsic
-        def prefetch(typingctx, a, i):
-            if not (_is_f32_array(a) and isinstance(i, types.Integer)):
-                return None
-
-            def codegen(context, builder, sig, args):
-                p = _element_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
-                p = builder.bitcast(p, ir.IntType(8).as_pointer())
-                fnty = ir.FunctionType(ir.VoidType(), [p.type] + [ir.IntType(32)] * 3)
-                f = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-                # write intent (Y is read and written), keep in all levels, data cache
-                builder.call(f, [p] + [ir.Constant(ir.IntType(32), v) for v in (1, 3, 1)])
-                return context.get_dummy_value()
-
-            return types.void(a, i), codegen
-
-        @intrinsic
-        def transpose(typingctx, dst, d, ldd, src, s, lds):
-            if not (_is_f32_array(dst) and _is_f32_array(src)
-                    and all(isinstance(i, types.Integer) for i in (d, ldd, s, lds))):
-                return None
-
-            def codegen(context, builder, sig, args):
-                def row(a, r):  # pointer to row r of the block in array argument a (0: dst, 3: src)
-                    base = _element_ptr(context, builder, sig.args[a], args[a], sig.args[a + 1], args[a + 1])
-                    ld = context.cast(builder, args[a + 2], sig.args[a + 2], types.intp)
-                    off = builder.mul(ld, ir.Constant(ld.type, r))
-                    return builder.bitcast(builder.gep(base, [off], inbounds=True), llty.as_pointer())
-
-                rows = [builder.load(row(3, r), align=4) for r in range(lanes)]
-                for h, lo, hi in _transpose_stages(lanes):
-                    for i in range(lanes):
-                        if not i & h:
-                            a, b = rows[i], rows[i + h]
-                            rows[i], rows[i + h] = builder.shuffle_vector(a, b, lo), builder.shuffle_vector(a, b, hi)
-                for c in range(lanes):
-                    builder.store(rows[c], row(0, c), align=4)
-                return context.get_dummy_value()
-
-            return types.void(dst, d, ldd, src, s, lds), codegen
-
-        self.load, self.store, self.bcast, self.fma, self.add, self.zero = load, store, bcast, fma, add, zero
-        self.prefetch = prefetch
-        self.sub, self.mul, self.max, self.exp = sub, mul, vmax, exp
-        self.transpose = transpose
+        return types.void(dst, d, ldd, src, s, lds), codegen
+    return transpose
 
 
 def _exp_nonpos(builder, x, lanes):
