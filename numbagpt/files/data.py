@@ -249,6 +249,49 @@ def _read_text(path):
                          f"prepare_data tokenizes UTF-8 text files") from None
 
 
+def _source_texts(source, verbose):
+    """prepare's `source` as a list of texts: the str itself, or each file's text (all must exist)."""
+    if isinstance(source, os.PathLike):
+        source = [source]
+    if isinstance(source, str):
+        _log(verbose, f"text of {len(source):,} characters")
+        return [source]
+    files = [os.fspath(p) for p in source]
+    if not files:
+        raise ValueError("no input files")
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing:
+        raise FileNotFoundError(f"input file(s) not found: {', '.join(missing)}")
+    texts = [_read_text(f) for f in files]
+    _log(verbose, f"read {len(files)} file(s), {sum(map(len, texts)):,} characters")
+    return texts
+
+
+def _documents(texts, per_paragraph):
+    """The non-empty documents: each text, or with per_paragraph each blank-line-separated section of
+    each (the separator kept at the end of the section it follows)."""
+    if not per_paragraph:
+        return [t for t in texts if t]
+    docs = []
+    for text in texts:
+        parts = text.split("\n\n")
+        docs.extend(p + "\n\n" for p in parts[:-1])
+        docs.append(parts[-1])
+    return [d for d in docs if d]
+
+
+def _token_stream(tok, docs):
+    """int64 tokens of the documents, each preceded by the EOT token (as llm.c)."""
+    encoded = tok.encode_batch(docs)
+    tokens = np.empty(sum(len(e) for e in encoded) + len(encoded), dtype=np.int64)
+    pos = 0
+    for e in encoded:
+        tokens[pos] = tok.eot_token
+        tokens[pos + 1:pos + 1 + len(e)] = e
+        pos += 1 + len(e)
+    return tokens
+
+
 def prepare(out_dir, source, tokenizer="gpt2", val_fraction=0.1, name="data", doc_per_paragraph=False,
             verbose=True):
     """Tokenize `source` and write `<name>_train.bin`, `<name>_val.bin` and `<name>_tokenizer.bin`.
@@ -266,44 +309,16 @@ def prepare(out_dir, source, tokenizer="gpt2", val_fraction=0.1, name="data", do
     t0 = time.time()
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    if isinstance(source, os.PathLike):
-        source = [source]
-    if isinstance(source, str):
-        texts = [source]
-        _log(verbose, f"text of {len(source):,} characters")
-    else:
-        files = [os.fspath(p) for p in source]
-        if not files:
-            raise ValueError("no input files")
-        missing = [f for f in files if not os.path.isfile(f)]
-        if missing:
-            raise FileNotFoundError(f"input file(s) not found: {', '.join(missing)}")
-        texts = [_read_text(f) for f in files]
-        _log(verbose, f"read {len(files)} file(s), {sum(map(len, texts)):,} characters")
-    if doc_per_paragraph:
-        docs = []
-        for text in texts:
-            parts = text.split("\n\n")
-            docs.extend(p + "\n\n" for p in parts[:-1])
-            docs.append(parts[-1])
-    else:
-        docs = texts
-    docs = [d for d in docs if d]
+    texts = _source_texts(source, verbose)
+    docs = _documents(texts, doc_per_paragraph)
     if isinstance(tokenizer, Tokenizer):
         tok = tokenizer
     else:
         tok = get_tokenizer(tokenizer, text="".join(texts) if tokenizer == "char" else None)
     _log(verbose, f"tokenizing {len(docs):,} document(s) with the {tok.name} tokenizer "
                   f"({tok.vocab_size} tokens)...")
-    encoded = tok.encode_batch(docs)
-    ntok = sum(len(e) for e in encoded) + len(encoded)
-    tokens = np.empty(ntok, dtype=np.int64)
-    pos = 0
-    for e in encoded:
-        tokens[pos] = tok.eot_token
-        tokens[pos + 1:pos + 1 + len(e)] = e
-        pos += 1 + len(e)
-    del encoded
+    tokens = _token_stream(tok, docs)
+    ntok = len(tokens)
     n_val = int(round(val_fraction * ntok))
     if n_val < 2 or ntok - n_val < 2:
         raise ValueError(f"{ntok} tokens is too little text to split with val_fraction={val_fraction}")
