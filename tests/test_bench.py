@@ -132,11 +132,13 @@ def test_bench_train_times_every_contender():
 
 
 def test_bench_cuda_makes_every_call_under_the_simulator():
-    """Without a GPU: the bench's every call, in Numba's CUDA simulator, untimed (--simulator); without
-    --simulator the simulator is not a GPU, and the bench says so."""
+    """Without a GPU: the bench's every kernel call, in Numba's CUDA simulator, untimed (--simulator);
+    without --simulator the simulator is not a GPU, and the bench says so. (--model's step, 20 s in
+    the simulator, is numbagpt.train.step.train_step, which bin/test_gpt2 runs there in
+    tests/test_cuda_model.py.)"""
     sim = {"NUMBA_ENABLE_CUDASIM": "1"}
     assert _run("bench_cuda.py", env=sim).startswith("no GPU: skipped")
-    out = _run("bench_cuda.py", "--simulator", "--shapes", "micro", "--iters", "1", "--model", env=sim)
+    out = _run("bench_cuda.py", "--simulator", "--shapes", "micro", "--iters", "1", env=sim)
     labels = re.findall(r"^  (\S.*?) +nan ms ", out, re.M)
     kernels = {"encoder_forward", "encoder_backward", "layernorm_forward", "layernorm_backward",
                "fused_residual_layernorm_forward", "attention_forward", "attention_backward", "gelu_forward",
@@ -146,4 +148,4 @@ def test_bench_cuda_makes_every_call_under_the_simulator():
     for layer in ("qkv", "attproj", "fc", "fcproj", "logits"):
         assert any(x.startswith(f"matmul_forward {layer} (") for x in labels), out
         assert f"matmul_backward {layer}" in labels, out
-    assert "adamw_update (N=8768)" in labels and "GPT2 training step (micro)" in labels, out
+    assert "adamw_update (N=8768)" in labels, out
