@@ -90,9 +90,9 @@ def parse_args(argv=None):
 def shape_config(shape):
     """(GPT2Config, B, T) of a --shapes name."""
     from numbagpt.config import GPT2Config, preset
-    if shape == "micro":
-        return GPT2Config(max_seq_len=8, vocab_size=37, num_layers=2, num_heads=2, channels=16), 2, 8
     B, T = SHAPES[shape]
+    if shape == "micro":
+        return GPT2Config(max_seq_len=T, vocab_size=37, num_layers=2, num_heads=2, channels=16), B, T
     return preset(shape), B, T
 
 
