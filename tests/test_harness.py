@@ -113,6 +113,7 @@ def test_the_matmul_lab_checks_each_blocking_before_timing_it(capsys, monkeypatc
         pytest.skip("the lab's packed GEMMs need AVX-512")
     for kernel in kernels:
         args = argparse.Namespace(kernel=kernel, blocking=["96,64,128,0", "96,128,256,1"], threads=1, reps=1,
+                                  clock="wall", block_ms=1.0,
                                   shape=(67, 45, 131), op=["forward", "dinp", "dweight"])
         matmul_cpu.run_blockings(args)
         out = capsys.readouterr().out

@@ -73,6 +73,13 @@ the same run, while other jobs loaded the cores (absolute GF/s halve under that 
     two thirds of L1 (Intel's 48 KiB), else 256 (matmul._reduction_block).
   - A small Y (the tiny model's weight gradients: 128-512 x 128, K = 2048), 2 threads, Zen 4: KC
     512 beats 128 by 5-12% on all four (256 in between), so Y <= 2^16 elements takes KC_S = 512.
+  - Timing. The lab timed single calls by process CPU time; at 2 threads on the Zen 4 VM five copies
+    of one blocking then ranged 0.62-1.00 of BLAS (d12 fc dinp, 256x768x3072, ~7 ms a call, whose
+    wall time varied 6.6-7.0 ms): the CPU time also counts the OpenMP threads that spin after a
+    parallel loop, and the spin lands in whichever call comes next. The lab now times as
+    bench/bench_matmul.py does (wall time, a block of calls of about --block-ms timed as one, the
+    median of --reps rounds taken in turn): the five copies 0.90-0.95. The 2-thread ratios above
+    (blocking, A in place) were taken the old way and may carry that error.
 """
 import argparse
 import os
@@ -123,9 +130,9 @@ def run_versions(args):
            "dinp": D.astype(np.float64) @ W.astype(np.float64),
            "dweight": D.T.astype(np.float64) @ X.astype(np.float64)}
     blas = {"forward": lambda: np.dot(X, W.T), "dinp": lambda: np.dot(D, W), "dweight": lambda: np.dot(D.T, X)}
-    clock = time.process_time
     flop = 2.0 * BT * C * OC
-    print(f"BT={BT} C={C} OC={OC}, {args.threads} thread(s), CPU time / threads, best of {args.reps} (round-robin)")
+    print(f"BT={BT} C={C} OC={OC}, {args.threads} thread(s), {args.clock} time, {timing(args)}")
+    median_of = timers(args)
     for op in args.op:
         fns = {}
         for v in args.versions:
@@ -144,14 +151,22 @@ def run_versions(args):
             fns[f"v{v} {DESCRIPTIONS[v]}"] = (lambda f=f, Y=Y: f(Y.reshape(-1), X.reshape(-1), W.reshape(-1),
                                                                  D.reshape(-1), BT, C, OC))
         fns["BLAS"] = blas[op]
-        best = {k: float("inf") for k in fns}
-        for _ in range(args.reps):
-            for k, f in fns.items():
-                t0 = clock()
-                f()
-                best[k] = min(best[k], (clock() - t0) / args.threads)
-        print(f"  {op}: " + "  ".join(f"{k} {flop / best[k] / 1e9:.1f} GF/s ({best['BLAS'] / best[k]:.2f})"
-                                      for k in fns if k != "BLAS") + f"  BLAS {flop / best['BLAS'] / 1e9:.1f}")
+        t = dict(zip(fns, median_of(list(fns.values()), args.reps)))
+        print(f"  {op}: " + "  ".join(f"{k} {flop / t[k] / 1e9:.1f} GF/s ({t['BLAS'] / t[k]:.2f})"
+                                      for k in fns if k != "BLAS") + f"  BLAS {flop / t['BLAS'] / 1e9:.1f}")
+
+
+def timers(args):
+    """median_of(fns, reps): bench/bench_matmul.py's timing, so that the lab's ratios are the bench's."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import bench_matmul
+    return bench_matmul.timers(args)
+
+
+def timing(args):
+    """How the lab times, for its headers."""
+    return (f"median of {args.reps} rounds, contenders in turn, each a block of calls of about "
+            f"{args.block_ms:g} ms timed as one")
 
 
 def _blocking_gemm(kernel):
@@ -184,8 +199,9 @@ def run_blockings(args):
     rng = np.random.default_rng(0)
     X, W, D = (rng.standard_normal(n, dtype=np.float32) for n in (BT * C, OC * C, BT * OC))
     none = np.zeros(1, np.float32)
-    print(f"{args.kernel}: BT={BT} C={C} OC={OC}, {nt} thread(s), ratio to BLAS of MC,KC,NC,along_rows = "
-          f"{args.blocking}")
+    print(f"{args.kernel}: BT={BT} C={C} OC={OC}, {nt} thread(s), {args.clock} time, {timing(args)}; "
+          f"ratio to BLAS of MC,KC,NC,along_rows = {args.blocking}")
+    median_of = timers(args)
     for op in args.op:
         Y, A, ak, B, bk, M, N, K, mode = {
             "forward": (np.empty(BT * OC, np.float32), X, True, W, True, BT, OC, C, 1),
@@ -208,13 +224,7 @@ def run_blockings(args):
             if err > 1e-5:
                 sys.exit(f"{args.kernel} {op} at {v}: max relative error {err:.2e} against float64: wrong, not timed")
         fns.append(blas)
-        times = [[] for _ in fns]
-        for _ in range(args.reps):
-            for n, f in enumerate(fns):
-                t0 = time.process_time()
-                f()
-                times[n].append((time.process_time() - t0) / nt)
-        med = [float(np.median(t)) for t in times]
+        med = median_of(fns, args.reps)
         print(f"  {op:8s}" + "".join(f" {med[-1] / m:5.2f}" for m in med[:-1])
               + f"   BLAS {2.0 * M * N * K / med[-1] / 1e9:.1f} GF/s")
 
@@ -269,6 +279,11 @@ def main():
     ap.add_argument("--shape", default="2048,128,6288", help="BT,C,OC (default: a tiny LM-head slice)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--block-ms", type=float, default=25.0,
+                    help="each round's block of back-to-back calls lasts about this long (default 25 ms)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: CPU time of the process divided by --threads (exact with one thread; with "
+                         "more it also counts threads spinning after a parallel loop: do not use it there)")
     ap.add_argument("--microkernel", action="store_true", help="time the micro-kernels alone instead")
     ap.add_argument("--blocking", nargs="+", metavar="MC,KC,NC,ROWS",
                     help="time --kernel's GEMM at these blockings instead (ROWS 1: tiles along Y's rows)")
