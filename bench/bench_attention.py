@@ -13,8 +13,8 @@ gives each contender's best over rounds. GFLOP/s use one count for all: the atte
 P = T(T+1)/2 causal pairs per head, 4·hs·P forward and 8·hs·P backward (flash attention executes
 10·hs·P in its backward: it recomputes the scores and dP; numbagpt/costs.py counts that).
 Wall time by default; --clock cpu times process CPU time (all threads), steadier on a machine loaded
-by other processes but unkind to PyTorch, whose OpenMP threads spin while they wait (its CPU time
-counts the spinning). Compare ratios of one run.
+by other processes but unkind to threads that spin while they wait (PyTorch's OpenMP threads, and
+Numba's at more than one thread: the CPU time counts the spinning). Compare ratios of one run.
 """
 import argparse
 import json
@@ -36,7 +36,9 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--contenders", default=",".join(CONTENDERS))
-    p.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="cpu: CPU time of the process ("
+                        "exact with one thread; with more it also counts threads spinning after a parallel loop)")
     p.add_argument("--worker", choices=CONTENDERS, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 

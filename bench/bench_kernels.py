@@ -10,7 +10,8 @@ difference of the outputs.
 
     python bench/bench_kernels.py [--threads 2] [--reps 5] [--shapes tiny,d12] [--cpu]
 
---cpu times process CPU time (all threads summed) instead of wall time: steadier on shared cores.
+--cpu times process CPU time (all threads summed) instead of wall time: steadier on shared cores, but
+with more than one thread it also counts the pool's threads spinning after a parallel loop.
 """
 import argparse
 import os
@@ -23,7 +24,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--shapes", default="tiny,d12", help="comma list of: tiny, d12")
-    ap.add_argument("--cpu", action="store_true", help="CPU time of the process instead of wall time")
+    ap.add_argument("--cpu", action="store_true",
+                    help="CPU time of the process instead of wall time ("
+                         "exact with one thread; with more it also counts threads spinning after a parallel loop)")
     args = ap.parse_args()
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

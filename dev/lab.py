@@ -122,7 +122,9 @@ def main(doc, kernels, shapes, modes=None):
     ap.add_argument("--shapes", default=",".join(shapes), help="comma list of: " + ", ".join(shapes))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--cpu", action="store_true", help="process CPU time (all threads) instead of wall time")
+    ap.add_argument("--cpu", action="store_true",
+                    help="process CPU time (all threads) instead of wall time ("
+                         "exact with one thread; with more it also counts threads spinning after a parallel loop)")
     for flag, (text, _) in (modes or {}).items():
         ap.add_argument(flag, action="store_true", help=text)
     a = ap.parse_args()
