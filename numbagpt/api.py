@@ -13,6 +13,7 @@ import numpy as np
 from .config import GPT2_VOCAB, is_descriptor, preset
 from .files import data
 from .files.hf import export_hf, import_hf
+from .flags import NONNEG, POSITIVE, check_value
 from .model import GPT2, SAVE_PRECISIONS
 from .train import TrainConfig, TrainResult, train
 from .train.checkpoint import resolve_model
@@ -25,6 +26,7 @@ def load_model(spec, device="cpu", recompute=0, seed=1337, vocab_size=GPT2_VOCAB
     """A GPT2 on `device` from `spec`: an llm.c model file (.bin, v3 float32 or v5 bfloat16), a
     train_gpt2 output directory (its newest complete checkpoint's model, else its newest model_*.bin),
     or a descriptor (tiny, d12, ...: built from scratch, seeded, with `vocab_size` tokens)."""
+    check_value("--seed", seed, int, NONNEG, optional=False)
     if is_descriptor(spec):
         model = GPT2(preset(spec, vocab_size), backend=device, recompute=recompute)
         model.init_weights(seed)
@@ -45,12 +47,15 @@ def sample(model, prompt="", tokens=128, *, tokenizer=None, model_file=None, tem
     """`prompt` and `tokens` new tokens after it, decoded, as bin/sample_gpt2 prints one sample (KV
     cache). `tokenizer`: a tokenizer file; by default the one found next to `model_file` (or the
     built-in ones) that fits the model's vocabulary."""
-    from .generate import generate
+    from .generate import check_sampling, generate, prompt_ids
 
+    check_value("--prompt", prompt, str)
+    check_sampling(tokens, temperature, top_k, top_p, seed)
+    prompt = prompt or ""
     tok = data.find_tokenizer(tokenizer, model_file or ".", model.config.vocab_size)
-    ids = tok.encode(prompt) if prompt else [tok.eot_token if tok.eot_token is not None else 0]
+    ids = prompt_ids(tok, prompt)
     rng = np.random.default_rng(seed)
-    new = list(generate(model, ids, tokens, rng, temperature=temperature, top_k=top_k, top_p=top_p))
+    new = list(generate(model, ids, tokens, rng, temperature=temperature, top_k=top_k or None, top_p=top_p))
     return prompt + tok.decode(new)
 
 
@@ -58,5 +63,6 @@ def evaluate(model, eval_file, batch_size=32):
     """(correct, total): acc_norm of `model` on an llm.c multiple-choice eval file (HellaSwag), as
     bin/eval_gpt2 computes it in one process."""
     from . import hellaswag
+    check_value("-b", batch_size, int, POSITIVE, optional=False)
     examples = hellaswag.read_eval_file(eval_file)
     return hellaswag.evaluate(model, examples, None, batch_size, source=eval_file)

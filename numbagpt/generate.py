@@ -19,6 +19,7 @@ same context, so the two agree token for token.
 """
 import numpy as np
 
+from .flags import NONNEG, POSITIVE, Check, check_value
 from .layout import Layout
 
 MATVEC_ROWS = 8     # up to this many rows per matmul (B sequences × 1 new position) use matvec_forward
@@ -126,6 +127,29 @@ class Decoder:
 
 
 # ------------------------------------------------------------------------------------------ sampling
+
+TOP_P = Check(low=0, high=1, low_open=True)   # --top-p's range: a probability mass, 1 keeps all ids
+
+
+def check_sampling(tokens, temperature, top_k, top_p, seed):
+    """Raise ValueError naming bin/sample_gpt2's flag unless the sampling arguments are what its flags
+    accept (numbagpt.api.sample checks its arguments so; the command's parser already has)."""
+    check_value("-g", tokens, int, POSITIVE, optional=False)
+    check_value("--temperature", temperature, float, NONNEG, optional=False)
+    check_value("--top-k", top_k, int, NONNEG)
+    check_value("--top-p", top_p, float, TOP_P)
+    check_value("--seed", seed, int, NONNEG, optional=False)
+
+
+def prompt_ids(tok, text):
+    """The token ids generation starts from: `text` encoded, or the end-of-text token (id 0 where the
+    tokenizer has none) when `text` is empty."""
+    if not text:
+        return [tok.eot_token if tok.eot_token is not None else 0]
+    if not tok.can_encode:
+        raise ValueError("this model's tokenizer can only decode: sample without a prompt (--prompt)")
+    return tok.encode(text)
+
 
 def sample_next(logits, rng, temperature=1.0, top_k=None, top_p=None):
     """One token id per row of logits (B, V) (float64 maths): softmax(logits / temperature) cut to the

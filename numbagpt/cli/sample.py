@@ -8,7 +8,8 @@ import sys
 import time
 
 from numbagpt.cli import HelpFormatter, Parser, add_flag, add_precision, check_flags, run_command, use_threads
-from numbagpt.flags import NONNEG, POSITIVE, Check
+from numbagpt.flags import NONNEG, POSITIVE
+from numbagpt.generate import TOP_P, prompt_ids
 
 
 def build_parser():
@@ -28,7 +29,7 @@ def build_parser():
              help="softmax temperature (0: always the most likely token)")
     add_flag(p, "--top-k", type=int, check=NONNEG, default=0,
              help="sample among the k most likely tokens only (0: all)")
-    add_flag(p, "--top-p", type=float, check=Check(low=0, high=1, low_open=True), default=1.0,
+    add_flag(p, "--top-p", type=float, check=TOP_P, default=1.0,
                    help="sample among the most likely tokens whose probabilities add up to p (1: all)")
     add_flag(p, "--seed", type=int, check=NONNEG, default=1337, help="seed of the sampling")
     add_precision(p, help="bf16: with --no-cache every forward's matmuls round their operands to bfloat16; "
@@ -56,11 +57,7 @@ def read_prompt(args, tok):
                 text = f.read()
         except (OSError, UnicodeDecodeError) as e:
             raise ValueError(f"{args.prompt_file}: cannot read the prompt: {e}") from None
-    if not text:
-        return "", [tok.eot_token if tok.eot_token is not None else 0]
-    if not tok.can_encode:
-        raise ValueError("this model's tokenizer can only decode: sample without --prompt")
-    return text, tok.encode(text)
+    return text or "", prompt_ids(tok, text)
 
 
 def main(argv=None):

@@ -1,0 +1,75 @@
+"""numbagpt.api refuses what the commands' flags refuse, with the one-line ValueError the command
+prints (docs/api.md), before it does any work; and sample() means what bin/sample_gpt2 means."""
+import pytest
+
+from numbagpt import api
+from numbagpt.files.tokenizer import BytesTokenizer
+from numbagpt.generate import prompt_ids
+
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A one-layer GPT-2 with GPT-2's vocabulary (so that prompts encode), seeded."""
+    from numbagpt.config import GPT2Config
+    m = api.GPT2(GPT2Config(max_seq_len=16, vocab_size=api.GPT2_VOCAB, num_layers=1, num_heads=2, channels=16))
+    m.init_weights(0)
+    return m
+
+
+BAD_SAMPLES = [
+    (dict(tokens=0), "-g must be positive, got 0"),
+    (dict(tokens=-1), "-g must be positive, got -1"),
+    (dict(tokens=2.5), "-g must be an integer, got 2.5"),
+    (dict(temperature=-1.0), "--temperature must be >= 0, got -1.0"),
+    (dict(temperature=float("nan")), "--temperature must be a finite number, got nan"),
+    (dict(top_k=-3), "--top-k must be >= 0, got -3"),
+    (dict(top_p=0.0), "--top-p must be in (0, 1], got 0.0"),
+    (dict(top_p=2.0), "--top-p must be in (0, 1], got 2.0"),
+    (dict(seed=-1), "--seed must be >= 0, got -1"),
+    (dict(prompt=7), "--prompt must be a string, got 7"),
+]
+
+
+@pytest.mark.parametrize("kwargs, message", BAD_SAMPLES, ids=[m for _, m in BAD_SAMPLES])
+def test_sample_refuses_what_sample_gpt2_refuses(model, kwargs, message):
+    with pytest.raises(ValueError) as e:
+        api.sample(model, **{"prompt": "", "tokens": 2, **kwargs})
+    assert str(e.value) == message
+
+
+def test_sample_top_k_0_and_none_prompt_mean_what_the_command_means(model):
+    """--top-k 0 is "all ids" in bin/sample_gpt2, as top_k=None; no prompt starts from end-of-text."""
+    want = api.sample(model, "", 4, seed=3)
+    assert api.sample(model, "", 4, top_k=0, seed=3) == want
+    assert api.sample(model, None, 4, seed=3) == want
+
+
+def test_prompt_ids():
+    tok = BytesTokenizer([b"a", b"b", b"<eot>"], eot_token=2)
+    assert prompt_ids(tok, "") == [2]
+    assert prompt_ids(BytesTokenizer([b"a"], eot_token=None), "") == [0]
+    with pytest.raises(ValueError, match="can only decode: sample without a prompt"):
+        prompt_ids(tok, "ab")
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m: api.evaluate(m, "/nonexistent/hellaswag_val.bin", batch_size=0), "-b must be positive, got 0"),
+    (lambda m: api.load_model("tiny", seed=-1), "--seed must be >= 0, got -1"),
+    (lambda m: api.save_model(m, "unused.bin", precision="fp16"), "precision must be one of fp32, bf16, got 'fp16'"),
+])
+def test_the_other_functions_check_their_arguments_first(model, call, message):
+    with pytest.raises(ValueError) as e:
+        call(model)
+    assert str(e.value) == message
+
+
+def test_sample_is_the_commands_sample(model, tmp_path, capsys):
+    """api.sample and bin/sample_gpt2 give the same text for the same model, prompt and seed."""
+    from numbagpt.cli import sample as cli
+    path = str(tmp_path / "m.bin")
+    api.save_model(model, path)
+    want = api.sample(model, "To be", 6, seed=11, top_k=40, temperature=0.8)
+    assert cli.main(["-e", path, "--prompt", "To be", "-g", "6", "--seed", "11", "--top-k", "40",
+                     "--temperature", "0.8"]) == 0
+    assert capsys.readouterr().out == want + "\n"
