@@ -1,5 +1,6 @@
 """numbagpt.api refuses what the commands' flags refuse, with the one-line ValueError the command
-prints (docs/api.md), before it does any work; and sample() means what bin/sample_gpt2 means."""
+prints (docs/api.md), before it does any work; sample() means what bin/sample_gpt2 means; import_hf
+names the file and what is wrong with it."""
 import pytest
 
 from numbagpt import api
@@ -73,3 +74,44 @@ def test_sample_is_the_commands_sample(model, tmp_path, capsys):
     assert cli.main(["-e", path, "--prompt", "To be", "-g", "6", "--seed", "11", "--top-k", "40",
                      "--temperature", "0.8"]) == 0
     assert capsys.readouterr().out == want + "\n"
+
+
+def _config_json(**change):
+    from numbagpt.config import GPT2Config
+    from numbagpt.files import hf
+    config = hf.hf_config(GPT2Config(max_seq_len=8, vocab_size=10, num_layers=1, num_heads=1, channels=4))
+    return {**config, **change}
+
+
+@pytest.mark.parametrize("config, message", [
+    ("[1, 2]", "config.json: not a JSON object (a model's config), but a list"),
+    (b"\xff\xfe\x00", "config.json: not valid JSON"),
+    (_config_json(n_embd="x"), "config.json: n_embd must be a positive integer, got 'x'"),
+    (_config_json(n_embd={}), "config.json: n_embd must be a positive integer, got {}"),
+    (_config_json(n_head=0), "config.json: n_head must be a positive integer, got 0"),
+    (_config_json(n_layer=True), "config.json: n_layer must be a positive integer, got True"),
+    ({k: v for k, v in _config_json().items() if k != "n_positions"}, "config.json: missing 'n_positions'"),
+    (_config_json(n_head=3), "config.json: GPT2Config: channels 4 not divisible by num_heads 3"),
+])
+def test_import_hf_names_the_config_and_what_is_wrong_with_it(tmp_path, config, message):
+    import json
+    d = tmp_path / "hf"
+    d.mkdir()
+    path = d / "config.json"
+    if isinstance(config, bytes):
+        path.write_bytes(config)
+    else:
+        path.write_text(config if isinstance(config, str) else json.dumps(config))
+    with pytest.raises(ValueError) as e:
+        api.import_hf(str(d), str(tmp_path / "m.bin"))
+    assert str(e.value).startswith(f"{path}: ") and message in str(e.value), str(e.value)
+    assert not (tmp_path / "m.bin").exists()
+
+
+@pytest.mark.parametrize("make, what", [(lambda p: p.write_bytes(b"llm.c model"), "not a directory"),
+                                        (lambda p: None, "no such directory")])
+def test_import_hf_wants_a_directory(tmp_path, make, what):
+    src = tmp_path / "model.bin"
+    make(src)
+    with pytest.raises(ValueError, match=f"^{src}: {what} \\(a Hugging Face model directory"):
+        api.import_hf(str(src), str(tmp_path / "m.bin"))

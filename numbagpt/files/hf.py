@@ -138,31 +138,44 @@ def export_hf(model_bin, out_dir, force=False):
 
 
 def _read_config(hf_dir):
+    if not os.path.isdir(hf_dir):
+        what = "no such directory" if not os.path.exists(hf_dir) else "not a directory"
+        raise HFError(f"{hf_dir}: {what} (a Hugging Face model directory: config.json, model.safetensors)")
     path = os.path.join(hf_dir, "config.json")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             hc = json.load(f)
     except FileNotFoundError:
         raise HFError(f"{path}: no such file (a Hugging Face model directory has config.json)") from None
-    except json.JSONDecodeError as e:
+    except OSError as e:
+        raise HFError(f"{path}: cannot read: {e.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise HFError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(hc, dict):
+        raise HFError(f"{path}: not a JSON object (a model's config), but a {type(hc).__name__}")
     if hc.get("model_type") != "gpt2":
         raise HFError(f"{path}: model_type is {hc.get('model_type')!r}; only GPT-2 ('gpt2') models can be imported")
+    sizes = {}
+    for key in ("n_positions", "vocab_size", "n_layer", "n_head", "n_embd"):
+        if key not in hc:
+            raise HFError(f"{path}: missing {key!r}")
+        if isinstance(hc[key], bool) or not isinstance(hc[key], int) or hc[key] <= 0:
+            raise HFError(f"{path}: {key} must be a positive integer, got {hc[key]!r}")
+        sizes[key] = hc[key]
     checks = [("activation_function", hc.get("activation_function", "gelu_new"), ("gelu_new", "gelu_pytorch_tanh")),
               ("layer_norm_epsilon", hc.get("layer_norm_epsilon", 1e-5), (1e-5,)),
               ("scale_attn_weights", hc.get("scale_attn_weights", True), (True,)),
               ("scale_attn_by_inverse_layer_idx", hc.get("scale_attn_by_inverse_layer_idx", False), (False,)),
               ("reorder_and_upcast_attn", hc.get("reorder_and_upcast_attn", False), (False, True)),
-              ("n_inner", hc.get("n_inner") or 4 * hc.get("n_embd", 0), (4 * hc.get("n_embd", 0),))]
+              ("n_inner", hc.get("n_inner") or 4 * sizes["n_embd"], (4 * sizes["n_embd"],))]
     for key, value, allowed in checks:
         if value not in allowed:
             raise HFError(f"{path}: {key} = {value!r}: numbagpt's GPT-2 needs {allowed[0]!r}")
     try:
-        return GPT2Config(max_seq_len=hc["n_positions"], vocab_size=hc["vocab_size"], num_layers=hc["n_layer"],
-                          num_heads=hc["n_head"], channels=hc["n_embd"], padded_vocab_size=pad_vocab(hc["vocab_size"]))
-    except KeyError as e:
-        raise HFError(f"{path}: missing {e.args[0]!r}") from None
-    except (TypeError, ValueError) as e:
+        return GPT2Config(max_seq_len=sizes["n_positions"], vocab_size=sizes["vocab_size"],
+                          num_layers=sizes["n_layer"], num_heads=sizes["n_head"], channels=sizes["n_embd"],
+                          padded_vocab_size=pad_vocab(sizes["vocab_size"]))
+    except ValueError as e:
         raise HFError(f"{path}: {e}") from None
 
 
