@@ -24,8 +24,13 @@ def read_log(path, notes=None):
     A last line without its newline (a run stopped while writing it: every record ends in one) is
     skipped, with a line in `notes` (a list) saying so; any unreadable line is a LogError."""
     series = {}
-    with open(path, encoding="utf-8", errors="replace") as f:
-        lines = f.readlines()
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.readlines()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file (llm.c log, e.g. a run's main.log)") from None
+    except OSError as e:
+        raise OSError(f"{path}: cannot read the log: {e.strerror}") from None
     if lines and not lines[-1].endswith("\n"):
         if notes is not None:
             notes.append(f"{path}:{len(lines)}: skipped an incomplete last line {lines[-1].strip()[:40]!r} "

@@ -166,6 +166,11 @@ def test_prepare_files_char_and_cli(tmp_path, capsys):
         prepare_main(["-o", str(out), str(tmp_path / "nope.txt")])
     with pytest.raises(SystemExit, match="val-fraction"):
         prepare_main(["--val-fraction", "1.5", str(f1)])
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(SystemExit) as e:
+        prepare_main(["-o", str(out), str(tmp_path / "empty.txt")])
+    assert str(e.value) == (f"prepare_data: error: {tmp_path / 'empty.txt'}: 0 tokens is too little text to split "
+                            "into a val and a train shard (at least 2 tokens each) with --val-fraction 0.1")
 
 
 def test_ensure_builtin_data_gpt2(tmp_path, shakespeare):

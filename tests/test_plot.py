@@ -53,7 +53,9 @@ def test_malformed_line_names_file_and_line(tmp_path, capsys):
     assert err.startswith(f"plot_log: error: {log}:8: not an llm.c log record: 's:5 trl:nan-ish'")
     assert not (tmp_path / "x.png").exists()
     assert main([str(tmp_path / "missing.log")]) == 1
-    assert "missing.log" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith(f"plot_log: error: {tmp_path / 'missing.log'}: no such file (llm.c log")
+    assert main([str(tmp_path)]) == 1
+    assert capsys.readouterr().err == f"plot_log: error: {tmp_path}: cannot read the log: Is a directory\n"
     (tmp_path / "empty.log").write_text("")
     assert main([str(tmp_path / "empty.log")]) == 1
     assert "no loss records" in capsys.readouterr().err

@@ -321,7 +321,9 @@ def prepare(out_dir, source, tokenizer="gpt2", val_fraction=0.1, name="data", do
     ntok = len(tokens)
     n_val = int(round(val_fraction * ntok))
     if n_val < 2 or ntok - n_val < 2:
-        raise ValueError(f"{ntok} tokens is too little text to split with val_fraction={val_fraction}")
+        where = "the text" if isinstance(source, str) else ", ".join(map(str, source))
+        raise ValueError(f"{where}: {ntok} tokens is too little text to split into a val and a train shard "
+                         f"(at least 2 tokens each) with --val-fraction {val_fraction:g}")
     _log(verbose, f"{ntok:,} tokens: val {n_val:,} (the first {val_fraction:.0%}), train {ntok - n_val:,} "
                   f"({time.time() - t0:.1f} s)")
     os.makedirs(out_dir, exist_ok=True)
