@@ -186,7 +186,7 @@ def _blocking_gemm(kernel):
 def run_blockings(args):
     """The packed GEMM core of --kernel (v6's avx512, or a bf16 one) at each of args.blocking (MC, KC,
     NC, along_rows), each checked against float64 (of the bf16-rounded operands for a bf16 kernel),
-    then timed round-robin with BLAS, median CPU time: the ratio to BLAS of each, per product."""
+    then timed with BLAS as bench/bench_matmul.py times (timers): the ratio to BLAS of each, per product."""
     import numba
     import numpy as np
     g, extra, rnd = _blocking_gemm(args.kernel)
