@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .files import formats
 from .files.atomic import atomic_write
 
 MAGIC = 20240522
@@ -62,10 +63,9 @@ def write_eval_file(path, examples):
 def read_eval_file(path):
     """The examples of an llm.c eval file, checked field by field."""
     path = os.fspath(path)
-    try:
-        raw = open(path, "rb").read()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file (HellaSwag eval file)") from None
+    formats.file_size(path, "HellaSwag eval file")   # a missing file or a directory: one line
+    with open(path, "rb") as f:
+        raw = f.read()
     if len(raw) < 4 * HEADER_INTS:
         raise EvalFileError(f"{path}: truncated eval file: the header alone is {4 * HEADER_INTS} bytes, "
                             f"the file has {len(raw)}")

@@ -2,7 +2,9 @@
 import numpy as np
 import pytest
 
+from numbagpt import hellaswag
 from numbagpt.config import GPT2Config
+from numbagpt.files import formats
 from numbagpt.files.formats import (
     HEADER_BYTES, FormatError, open_shard, read_debug_state, read_model, read_shard_header, read_state,
     read_tokenizer_file, write_debug_state, write_model, write_shard, write_state, write_tokenizer_file)
@@ -319,3 +321,19 @@ def test_state_round_trip(tmp_path):
     _patch_int(p, 0, 7)
     with pytest.raises(FormatError, match="expected 20240527, found 7"):
         read_state(p)
+
+
+@pytest.mark.parametrize("read, what", [
+    (formats.read_model, "model file"), (formats.read_debug_state_header, "debug state file"),
+    (formats.read_tokenizer_file, "tokenizer file"), (formats.read_shard_header, "data shard"),
+    (formats.read_state_header, "train state file"), (hellaswag.read_eval_file, "HellaSwag eval file"),
+])
+def test_every_reader_names_a_directory_or_a_missing_file(tmp_path, read, what):
+    """A directory (a glob or a flag pointing at one) or a missing path: one line naming it and what it
+    should have been (a directory was '[Errno 21] Is a directory: ...')."""
+    with pytest.raises(IsADirectoryError) as e:
+        read(str(tmp_path))
+    assert str(e.value) == f"{tmp_path}: a directory, not a {what}"
+    with pytest.raises(FileNotFoundError) as e:
+        read(str(tmp_path / "missing.bin"))
+    assert str(e.value) == f"{tmp_path / 'missing.bin'}: no such file ({what})"

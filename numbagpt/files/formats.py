@@ -62,17 +62,35 @@ def _get_u64(header, slot):
     return int(header[slot:slot + 2].copy().view("<u8")[0])
 
 
-def _read_header(path, magic, versions, what):
-    """The 256-int32 header of `path` after checking the file is long enough and the magic/version."""
+def file_size(path, what):
+    """The size of the file at `path`; a missing file or a directory is an OSError whose one line names
+    the path and what it should have been (`what`: "model file", ...)."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path}: a directory, not a {what}")
     try:
-        size = os.path.getsize(path)
+        return os.path.getsize(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file ({what})") from None
+
+
+def _header_ints(path, what):
+    """(the 256-int32 header of `path`, its size), after checking the file is long enough."""
+    path = os.fspath(path)
+    size = file_size(path, what)
     if size < HEADER_BYTES:
         raise FormatError(f"{path}: truncated {what}: the header alone is {HEADER_BYTES} bytes, "
                           f"the file has {size}")
-    header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
+    try:
+        return np.fromfile(path, dtype="<i4", count=HEADER_INTS), size
+    except OSError as e:
+        raise OSError(f"{path}: cannot read the {what}: {e.strerror}") from None
+
+
+def _read_header(path, magic, versions, what):
+    """The 256-int32 header of `path` after checking the file is long enough and the magic/version."""
+    path = os.fspath(path)
+    header, size = _header_ints(path, what)
     if header[0] != magic:
         raise FormatError(f"{path}: bad magic number for a {what}: expected {magic}, found {int(header[0])}")
     if int(header[1]) not in versions:
@@ -314,14 +332,7 @@ def write_shard(path, tokens):
 
 def _shard_header(path):
     path = os.fspath(path)
-    try:
-        size = os.path.getsize(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file (data shard)") from None
-    if size < HEADER_BYTES:
-        raise FormatError(f"{path}: truncated data shard: the header alone is {HEADER_BYTES} bytes, "
-                          f"the file has {size}")
-    header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
+    header, size = _header_ints(path, "data shard")
     magic = int(header[0])
     if magic not in _SHARD_KINDS:
         raise FormatError(f"{path}: bad magic number for a data shard: expected {SHARD_MAGIC} "
