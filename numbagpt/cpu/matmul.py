@@ -552,10 +552,12 @@ def requested_kernel(kernels):
     return next((w for w in reversed(entries) if w in kernels), "")
 
 
-def _set_default_kernel():
-    want = requested_kernel(KERNELS)
+def set_requested_kernel(kernels, set_kernel, supported):
+    """Call `set_kernel` with what NUMBAGPT_MATMUL asks of `kernels`, else the first `supported`
+    kernel: the import-time choice of this GEMM and of the bf16 one (numbagpt/cpu/matmul_bf16.py)."""
+    want = requested_kernel(kernels)
     try:
-        set_kernel(want or supported_kernels()[0])
+        set_kernel(want or supported[0])
     except ValueError as e:
         raise ValueError(f"NUMBAGPT_MATMUL={os.environ.get('NUMBAGPT_MATMUL', '').strip()}: {e}") from None
 
@@ -563,4 +565,4 @@ def _set_default_kernel():
 _GEMMS = {}
 _gemm = None
 _kernel = "portable"
-_set_default_kernel()
+set_requested_kernel(KERNELS, set_kernel, supported_kernels())

@@ -715,15 +715,7 @@ def kernel():
     return _kernel
 
 
-def _set_default_kernel():
-    want = _fp32.requested_kernel(KERNELS)
-    try:
-        set_kernel(want or supported_kernels()[0])
-    except ValueError as e:
-        raise ValueError(f"NUMBAGPT_MATMUL={want}: {e}") from None
-
-
 _GEMMS = {}
 _gemm = None
 _kernel = "portable"
-_set_default_kernel()
+_fp32.set_requested_kernel(KERNELS, set_kernel, supported_kernels())
