@@ -84,42 +84,54 @@ def main(argv=None):
 
 
 def run(args):
-    import numpy as np
-
-    from numbagpt.files import formats
     from numbagpt.backend import get_backend
-    from numbagpt.layout import PARAMETER_NAMES
+    from numbagpt.files import formats
     from numbagpt.model import GPT2
-    from numbagpt.train.step import train_step
+    from numbagpt.train.checkpoint import resolve_model
 
     if args.omp_threads is not None:
         use_threads(args.omp_threads)
-    from numbagpt.train.checkpoint import resolve_model
     path = resolve_model(args.model, "-e")
     expected = read_losses(args.expected_losses) if args.expected_losses else None
     backend = get_backend(args.device)
     if not args.no_memory_check:  # before anything big is allocated (on the device, for a GPU)
-        from numbagpt import memory
-        from numbagpt.layout import memory_estimate
-        cfg = formats.read_model_header(path)[0]
-        B, T, _ = formats.read_debug_state_header(args.state)
-        # the model's buffers for the state's batch, and the state itself (logits and gradients)
-        state_bytes = os.path.getsize(args.state)
-        memory.check_fits(lambda b: memory_estimate(cfg, b, T)["total"] + state_bytes, B,
-                          f"{path} with the state's B={B} T={T}", flag="B", backend=backend)
+        check_memory(path, args.state, backend)
     model = GPT2.from_file(path, backend=backend, precision=args.precision)
     cfg = model.config
     state = formats.read_debug_state(args.state, cfg)
-    B, T, V = state["B"], state["T"], cfg.vocab_size
+    B, T = state["B"], state["T"]
     print(f"model {path}: {cfg.describe()} | state {args.state}: B={B} T={T} | device {args.device}")
     x, y = state["x"].reshape(B, T), state["y"].reshape(B, T)
-
-    okay = True
-    loss = model.forward(x, y)
-    logits = model.logits_host()[:, :, :V]
     tol = BF16_TOLERANCES if args.precision == "bf16" else TOLERANCES
     rel = {key: args.precision == "bf16" and key in RELATIVE_BF16 for key in tol}
-    okay &= compare("logits", logits, state["logits"].reshape(B, T, V), tol["logits"], rel["logits"])
+    okay = compare_state(model, state, x, y, tol, rel)
+    okay &= compare_steps(model, x, y, expected, args.steps, tol)
+    print(f"overall okay: {int(bool(okay))}")
+    return 0 if okay else 1
+
+
+def check_memory(path, state_path, backend):
+    """Refuse, in one line, a model and state whose step would not fit the memory (numbagpt.memory)."""
+    from numbagpt import memory
+    from numbagpt.files import formats
+    from numbagpt.layout import memory_estimate
+    cfg = formats.read_model_header(path)[0]
+    B, T, _ = formats.read_debug_state_header(state_path)
+    # the model's buffers for the state's batch, and the state itself (logits and gradients)
+    state_bytes = os.path.getsize(state_path)
+    memory.check_fits(lambda b: memory_estimate(cfg, b, T)["total"] + state_bytes, B,
+                      f"{path} with the state's B={B} T={T}", flag="B", backend=backend)
+
+
+def compare_state(model, state, x, y, tol, rel):
+    """One forward and backward of the state's batch against its logits, loss and gradients."""
+    import numpy as np
+
+    from numbagpt.layout import PARAMETER_NAMES
+    B, T, V = state["B"], state["T"], model.config.vocab_size
+    loss = model.forward(x, y)
+    logits = model.logits_host()[:, :, :V]
+    okay = compare("logits", logits, state["logits"].reshape(B, T, V), tol["logits"], rel["logits"])
     okay &= compare("loss", [loss], [state["loss"]], tol["loss"])
     model.zero_grad()
     model.backward()
@@ -127,9 +139,17 @@ def run(args):
     refs = model.param_layout.views(np.asarray(state["grads"], dtype=np.float32))
     for name in PARAMETER_NAMES:
         okay &= compare(f"d{name}", ours[name], refs[name], tol["grads"], rel["grads"])
+    return okay
 
-    steps = len(expected) if expected is not None else args.steps
-    for step in range(steps):
+
+def compare_steps(model, x, y, expected, steps, tol):
+    """Training steps on the state's batch (llm.c's AdamW settings), their losses against `expected`
+    (a list) where given, else `steps` of them printed."""
+    import numpy as np
+
+    from numbagpt.train.step import train_step
+    okay = True
+    for step in range(len(expected) if expected is not None else steps):
         loss = train_step(model, [(x, y)], t=step + 1, **ADAMW).loss
         line = f"step {step:2d}: loss {loss:.6f}"
         if expected is not None:
@@ -140,8 +160,7 @@ def run(args):
         print(line)
     if expected is None:
         print("(no --expected-losses file: step losses printed, not compared)")
-    print(f"overall okay: {int(bool(okay))}")
-    return 0 if okay else 1
+    return okay
 
 
 if __name__ == "__main__":
