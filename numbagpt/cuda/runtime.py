@@ -60,8 +60,8 @@ def require():
         "Run on a machine with an NVIDIA GPU and driver (check `nvidia-smi` and "
         "`python -c 'from numba import cuda; cuda.detect()'`), install numba-cuda with the CUDA "
         "toolkit wheels (`pip install \"numba-cuda[cu12]\"` or `[cu13]`), "
-        "use the CPU backend (backend='cpu'), or set NUMBA_ENABLE_CUDASIM=1 before starting Python "
-        "to run the CUDA kernels in Numba's (very slow) simulator.")
+        "use the CPU backend (--device cpu; backend='cpu' in Python), or set NUMBA_ENABLE_CUDASIM=1 "
+        "before starting Python to run the CUDA kernels in Numba's (very slow) simulator.")
 
 
 _sm_count = None
