@@ -75,7 +75,7 @@ the same run, while other jobs loaded the cores (absolute GF/s halve under that 
     512 beats 128 by 5-12% on all four (256 in between), so Y <= 2^16 elements takes KC_S = 512.
   - Timing. The lab timed single calls by process CPU time; at 2 threads on the Zen 4 VM five copies
     of one blocking then ranged 0.62-1.00 of BLAS (d12 fc dinp, 256x768x3072, ~7 ms a call, whose
-    wall time varied 6.6-7.0 ms): the CPU time also counts the OpenMP threads that spin after a
+    wall time was 6.6-7.9 ms but once 9.4): the CPU time also counts the OpenMP threads that spin after a
     parallel loop, and the spin lands in whichever call comes next. The lab now times as
     bench/bench_matmul.py does (wall time, a block of calls of about --block-ms timed as one, the
     median of --reps rounds taken in turn): the five copies 0.90-0.95. The 2-thread ratios above
