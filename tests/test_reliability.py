@@ -210,3 +210,30 @@ def test_ctrl_c_while_starting_is_one_line(delay, tmp_path):
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "ImportError" not in err
     assert len(err.strip().splitlines()) == 1 and "interrupted" in err
+
+
+@pytest.mark.parametrize("command, argv, missing", [
+    ("train_gpt2", ["-x", "1"], "xxhash"),          # imported with the command's module
+    ("train_gpt2", ["-x", "1"], "numba"),           # imported once the flags are read
+    ("prepare_data", ["t.txt"], "numpy"),
+])
+def test_a_dependency_that_is_not_installed_is_one_line(command, argv, missing, tmp_path):
+    """A clone run without `pip install`: the command names the missing module and how to install it, in
+    one line and status 1 (it was a traceback ending in ModuleNotFoundError). The module is made
+    missing by a stand-in on PYTHONPATH that raises what Python raises for a missing module."""
+    (tmp_path / f"{missing}.py").write_text(f"raise ModuleNotFoundError(\"No module named '{missing}'\", "
+                                            f"name='{missing}')\n")
+    (tmp_path / "t.txt").write_text("To be, or not to be\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, os.path.join(BIN, command), *argv], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr == (f"{command}: error: numbagpt needs the module '{missing}', which is not installed: "
+                           f"`pip install -e {ROOT}` installs numbagpt's dependencies\n")
+
+
+def test_a_missing_module_of_numbagpt_itself_keeps_its_traceback(tmp_path, monkeypatch):
+    """A broken checkout (a module of numbagpt's own missing) is not told as a dependency to install."""
+    from numbagpt.cli.launch import launch
+    with pytest.raises(ModuleNotFoundError, match="numbagpt.cli.nosuch"):
+        launch("nosuch_gpt2", "nosuch")
