@@ -4,7 +4,7 @@ For each GPT-2 shape: forward (out = inp·Wᵀ + b), dinp (dout·W) and dweight 
 2·BT·C·OC FLOP; prints GFLOP/s of each numbagpt kernel (--kernels, default: the one this CPU runs,
 and the portable loops it replaced) and of BLAS, and each kernel's ratio to BLAS (time_BLAS /
 time_ours: >= 1 is as fast as BLAS or faster). Timings are medians of --reps rounds, each round
-a block of back-to-back calls lasting about --block-ms (at least 3 calls) timed as one, the rounds taken
+a block of back-to-back calls lasting about --block-ms (at least one call) timed as one, the rounds taken
 in turn (kernel 1, kernel 2, BLAS, kernel 1, ...) so that load from other processes hits all alike; with
 more than one thread each contender's calls come after a pause, so that neither runs against the other's
 thread pool spinning on the same cores (median_of). On a shared machine compare the ratio columns rather
@@ -34,13 +34,13 @@ import re
 import sys
 import time
 
+import timing
+
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--block-ms", type=float, default=25.0,
-                    help="each round's block of calls lasts about this long (default 25 ms)")
+    timing.add_flags(ap)
     ap.add_argument("--shapes", default="tiny,d12",
                     help="comma list of: tiny, d12, seed (tiny at B·T = 16384), BTxCxOC (a layer with a bias), "
                          "lm_head:BTxCxOC (no bias; in bf16 its dout in bf16 rows, as the LM head's)")
@@ -54,10 +54,6 @@ def parse_args(argv=None):
                     help="also time torch.mm on fp32 (MKL) and bf16 tensors (own process)")
     ap.add_argument("--torch-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="LM-head shapes only")
-    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                    help="cpu: this process's CPU time divided by --threads; steadier than wall time "
-                         "when other jobs share the cores, exact with --threads 1 (with more threads "
-                         "it also counts threads spinning at the end of a parallel loop)")
     return ap.parse_args(argv)
 
 
@@ -182,7 +178,7 @@ def run_table(args, shapes, kernels, bf16):
     returns {(contender, shape, op): seconds} for torch_table (contender "fp32" (the first fp32
     kernel), "blas" or a bf16 kernel)."""
     import numpy as np
-    median_of = timers(args)
+    median_of = timing.timers(args)
     rng = np.random.default_rng(0)
     contenders = kernels + ["bf16 " + k for k in bf16]
     cols = "".join(f" {k + ' GF/s':>13s} {'ratio':>6s}" for k in contenders) + "".join(f" {'xfp32':>6s}" for _ in bf16)
@@ -266,52 +262,6 @@ def name_width(shapes):
     return max([14] + [len(s[0]) for s in shapes])
 
 
-def timers(args):
-    """median_of(fns, reps) of this bench (see below), on --clock."""
-    import numpy as np
-
-    if args.clock == "cpu":
-        def clock():
-            return time.process_time() / args.threads
-    else:
-        clock = time.perf_counter
-
-    def median_of(fns, reps, pause=0.2):
-        """Median time of one call of each of fns over `reps` rounds. A round takes the functions in
-        turn (so that load from other processes hits all alike), each as one untimed call and then
-        a block of calls back to back, as a training step makes them, lasting about --block-ms and
-        timed as one (single calls of 0.3-1 ms at 2 threads swung 0.6-1.3 of BLAS between runs of
-        this bench: the block's mean is steady). With more than one thread a round first waits
-        `pause` seconds: after a call, the other pool's threads (OpenBLAS's, Numba's OpenMP
-        workers) spin a while before they sleep, and taking turns call by call would time each
-        contender against the other's spinning threads on the same cores, which a training step
-        never meets."""
-        calls = [max(3, int(args.block_ms / 1000 / fastest_call(f))) for f in fns]
-        times = [[] for _ in fns]
-        for _ in range(reps):
-            for n, f in enumerate(fns):
-                if args.threads > 1:
-                    time.sleep(pause)
-                f()
-                t = clock()
-                for _ in range(calls[n]):
-                    f()
-                times[n].append((clock() - t) / calls[n])
-        return [float(np.median(t)) for t in times]
-
-    def fastest_call(f):
-        """The fastest of 5 calls of f (sizes its block: a first call after a pause can be 10x
-        slower, while the pool's threads wake)."""
-        best = float("inf")
-        for _ in range(5):
-            t = clock()
-            f()
-            best = min(best, clock() - t)
-        return max(best, 1e-6)
-
-    return median_of
-
-
 def torch_table(args, shapes, fp32, bf16, ours_times):
     """Run this script with --torch-child (torch.mm on float32 tensors, MKL in PyTorch's x86 builds, and
     on bf16 tensors, oneDNN; same shapes and timing) in its own process, and print its GF/s beside our
@@ -361,7 +311,7 @@ def torch_child(args):
     import numpy as np
     import torch
     torch.set_num_threads(args.threads)
-    median_of = timers(args)
+    median_of = timing.timers(args)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 mm (MKL: "
           f"{torch.backends.mkl.is_available()}), bf16 mm (oneDNN: {torch.backends.mkldnn.is_available()})",
           flush=True)

@@ -77,7 +77,7 @@ the same run, while other jobs loaded the cores (absolute GF/s halve under that 
     of one blocking then ranged 0.62-1.00 of BLAS (d12 fc dinp, 256x768x3072, ~7 ms a call, whose
     wall time was 6.6-7.9 ms but once 9.4): the CPU time also counts the OpenMP threads that spin after a
     parallel loop, and the spin lands in whichever call comes next. The lab now times as
-    bench/bench_matmul.py does (wall time, a block of calls of about --block-ms timed as one, the
+    bench/bench_matmul.py does (bench/timing.py: wall time, a block of calls of about --block-ms timed as one, the
     median of --reps rounds taken in turn): the five copies 0.90-0.95. The 2-thread ratios above
     (blocking, A in place) were taken the old way and may carry that error.
 """
@@ -89,6 +89,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import timing  # noqa: E402  (bench/timing.py: the lab times as the benchmarks do)
 
 DESCRIPTIONS = {1: "dot4x4 loops", 2: "bcast 4x16 scalar", 3: "portable loops", 4: "avx2 6x16",
                 5: "avx512 12x32", 6: "avx512 6x64"}
@@ -131,8 +133,8 @@ def run_versions(args):
            "dweight": D.T.astype(np.float64) @ X.astype(np.float64)}
     blas = {"forward": lambda: np.dot(X, W.T), "dinp": lambda: np.dot(D, W), "dweight": lambda: np.dot(D.T, X)}
     flop = 2.0 * BT * C * OC
-    print(f"BT={BT} C={C} OC={OC}, {args.threads} thread(s), {args.clock} time, {timing(args)}")
-    median_of = timers(args)
+    print(f"BT={BT} C={C} OC={OC}, {args.threads} thread(s), {timing.describe(args)}")
+    median_of = timing.timers(args)
     for op in args.op:
         fns = {}
         for v in args.versions:
@@ -156,19 +158,6 @@ def run_versions(args):
                                       for k in fns if k != "BLAS") + f"  BLAS {flop / t['BLAS'] / 1e9:.1f}")
 
 
-def timers(args):
-    """median_of(fns, reps): bench/bench_matmul.py's timing, so that the lab's ratios are the bench's."""
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
-    import bench_matmul
-    return bench_matmul.timers(args)
-
-
-def timing(args):
-    """How the lab times, for its headers."""
-    return (f"median of {args.reps} rounds, contenders in turn, each a block of calls of about "
-            f"{args.block_ms:g} ms timed as one")
-
-
 def _blocking_gemm(kernel):
     """(the GEMM of `kernel`, the core's further arguments, the rounding of its operands)."""
     import numpy as np
@@ -186,7 +175,7 @@ def _blocking_gemm(kernel):
 def run_blockings(args):
     """The packed GEMM core of --kernel (v6's avx512, or a bf16 one) at each of args.blocking (MC, KC,
     NC, along_rows), each checked against float64 (of the bf16-rounded operands for a bf16 kernel),
-    then timed with BLAS as bench/bench_matmul.py times (timers): the ratio to BLAS of each, per product."""
+    then timed with BLAS as the benchmarks time (bench/timing.py): the ratio to BLAS of each, per product."""
     import numba
     import numpy as np
     g, extra, rnd = _blocking_gemm(args.kernel)
@@ -199,9 +188,9 @@ def run_blockings(args):
     rng = np.random.default_rng(0)
     X, W, D = (rng.standard_normal(n, dtype=np.float32) for n in (BT * C, OC * C, BT * OC))
     none = np.zeros(1, np.float32)
-    print(f"{args.kernel}: BT={BT} C={C} OC={OC}, {nt} thread(s), {args.clock} time, {timing(args)}; "
+    print(f"{args.kernel}: BT={BT} C={C} OC={OC}, {nt} thread(s), {timing.describe(args)}; "
           f"ratio to BLAS of MC,KC,NC,along_rows = {args.blocking}")
-    median_of = timers(args)
+    median_of = timing.timers(args)
     for op in args.op:
         Y, A, ak, B, bk, M, N, K, mode = {
             "forward": (np.empty(BT * OC, np.float32), X, True, W, True, BT, OC, C, 1),
@@ -278,12 +267,7 @@ def main():
     ap.add_argument("--op", nargs="+", default=["forward", "dinp", "dweight"], choices=["forward", "dinp", "dweight"])
     ap.add_argument("--shape", default="2048,128,6288", help="BT,C,OC (default: a tiny LM-head slice)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--block-ms", type=float, default=25.0,
-                    help="each round's block of back-to-back calls lasts about this long (default 25 ms)")
-    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                    help="cpu: CPU time of the process divided by --threads (exact with one thread; with "
-                         "more it also counts threads spinning after a parallel loop: do not use it there)")
+    timing.add_flags(ap)
     ap.add_argument("--microkernel", action="store_true", help="time the micro-kernels alone instead")
     ap.add_argument("--blocking", nargs="+", metavar="MC,KC,NC,ROWS",
                     help="time --kernel's GEMM at these blockings instead (ROWS 1: tiles along Y's rows)")

@@ -1,0 +1,79 @@
+"""How the benchmarks time a call: bench_matmul.py, bench_kernels.py and dev/matmul/matmul_cpu.py take
+their figures through this module, so that their ratios are taken alike.
+
+    add_flags(ap)        --reps, --block-ms and --clock on an argparse parser
+    timers(args)         median_of(fns, reps): the median time of one call of each of fns
+    describe(args)       the method in words, for a table's header
+
+A call of a kernel at 2 threads lasts 0.3-10 ms. Timed alone it swings: single calls of 0.3-1 ms
+ranged 0.6-1.3 of BLAS between runs of bench_matmul, and the process's CPU time (--clock cpu) also
+counts the OpenMP threads that spin after a parallel loop, a spin that lands in whichever call comes
+next (one blocking of the matmul lab, 5 copies in one run, measured 0.62-1.00 of BLAS so; by this
+module's wall-clock blocks, 0.90-0.95).
+"""
+import time
+
+
+def add_flags(ap, reps=5):
+    """The timing flags of a benchmark: --reps (rounds), --block-ms, --clock."""
+    ap.add_argument("--reps", type=int, default=reps, help="rounds: each figure is the median of this many")
+    ap.add_argument("--block-ms", type=float, default=25.0,
+                    help="each round's block of back-to-back calls lasts about this long (default 25 ms)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: this process's CPU time divided by --threads; steadier than wall time "
+                         "when other jobs share the cores, exact with --threads 1 (with more threads "
+                         "it also counts threads spinning at the end of a parallel loop)")
+
+
+def describe(args):
+    """How median_of times, for a table's header."""
+    return (f"{args.clock} time, median of {args.reps} rounds, contenders in turn, each a block of calls of "
+            f"about {args.block_ms:g} ms timed as one")
+
+
+def timers(args):
+    """median_of(fns, reps), on --clock (args also has threads and block_ms)."""
+    import numpy as np
+
+    if args.clock == "cpu":
+        def clock():
+            return time.process_time() / args.threads
+    else:
+        clock = time.perf_counter
+
+    def median_of(fns, reps, pause=0.2):
+        """Median time of one call of each of fns over `reps` rounds. A round takes the functions in
+        turn (so that load from other processes hits all alike), each as one untimed call and then
+        a block of calls back to back, as a training step makes them, lasting about --block-ms and
+        timed as one (the block's mean is steady where single calls are not). With more than one
+        thread a round first waits `pause` seconds: after a call, the other pool's threads
+        (OpenBLAS's, Numba's OpenMP workers) spin a while before they sleep, and taking turns call
+        by call would time each contender against the other's spinning threads on the same cores,
+        which a training step never meets."""
+        calls = [max(1, round(args.block_ms / 1000 / fastest_call(f))) for f in fns]
+        times = [[] for _ in fns]
+        for _ in range(reps):
+            for n, f in enumerate(fns):
+                if args.threads > 1:
+                    time.sleep(pause)
+                f()
+                t = clock()
+                for _ in range(calls[n]):
+                    f()
+                times[n].append((clock() - t) / calls[n])
+        return [float(np.median(t)) for t in times]
+
+    def fastest_call(f):
+        """The fastest of 5 calls of f, or of those made in the first --block-ms (sizes its block: a
+        first call after a pause can be 10x slower, while the pool's threads wake)."""
+        best, spent = float("inf"), 0.0
+        for _ in range(5):
+            t = clock()
+            f()
+            took = clock() - t
+            best, spent = min(best, took), spent + took
+            if spent > args.block_ms / 1000:
+                break
+        return max(best, 1e-6)
+
+    return median_of
