@@ -1,5 +1,7 @@
-"""How the benchmarks time a call: bench_matmul.py, bench_kernels.py and dev/matmul/matmul_cpu.py take
-their figures through this module, so that their ratios are taken alike.
+"""How the benchmarks time a kernel's call: bench_matmul.py, bench_kernels.py and the labs (dev/lab.py's
+families, dev/matmul/matmul_cpu.py) take their figures through this module, so that their ratios are
+taken alike. (bench_train.py and bench_attention.py time whole steps or layers, each contender in
+its own process.)
 
     add_flags(ap)        --reps, --block-ms and --clock on an argparse parser
     timers(args)         median_of(fns, reps): the median time of one call of each of fns

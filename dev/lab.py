@@ -2,10 +2,13 @@
 (1: the baseline the production kernel replaced, the last: the production kernel, imported from
 numbagpt.cpu), and `main` validates every chosen variant against the NumPy float64 reference with
 the tests' own check (tests/harness.py: reference, tolerances, `+=` semantics, padding) before it
-times them side by side: round-robin over the variants, best of --rounds, so that load from other
-processes hits all alike.
+times them side by side as the benchmarks time (bench/timing.py: the median of --reps rounds, the
+variants in turn, each a block of back-to-back calls of about --block-ms timed as one; an
+accumulated output keeps accumulating within a block: no kernel's time depends on the values).
+Until December 2026 the lab took the best of single calls (--rounds); the findings in the families'
+docstrings from before then were measured so.
 
-    python dev/<family>.py [KERNEL] [N ...] [--shapes tiny,d12] [--threads 2] [--rounds 5] [--cpu]
+    python dev/<family>.py [KERNEL] [N ...] [--shapes tiny,d12] [--threads 2] [--reps 5] [--block-ms 25] [--clock cpu]
 
 KERNEL is one of the file's kernels (default: all of them); N picks variants by number (default: all).
 A variant that fails its check is reported and not timed.
@@ -14,13 +17,14 @@ import argparse
 import inspect
 import os
 import sys
-import time
 import types
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]   # numbagpt, and tests/harness.py + reference.py
+# numbagpt, tests/harness.py + reference.py, bench/timing.py
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.join(ROOT, "bench")]
 
 import numpy as np  # noqa: E402
+import timing  # noqa: E402
 
 from harness import check  # noqa: E402
 
@@ -75,40 +79,27 @@ def validate(kernel, fn, args):
 
 
 def _buffers(kernel, fn, args):
-    """Positional arguments for timing: sizes become zeroed buffers; plus the accumulated outputs,
-    which are zeroed again before each call."""
+    """Positional arguments for timing: sizes become zeroed buffers."""
     from harness import SPECS
     written, accumulated, updated, _ = SPECS[_spec(kernel, fn)]
     params = inspect.signature(fn).parameters
-    call, reset = [], []
+    call = []
     for name in params:
         if name not in args and params[name].default is not inspect.Parameter.empty:
             break   # trailing options (crossentropy's dlogits_bf16) keep their defaults
         v = args[name]
         if name in written + accumulated and isinstance(v, (int, np.integer)):
             v = np.zeros(v, np.float32)
-            if name in accumulated:
-                reset.append(v)
         elif isinstance(v, np.ndarray):
             v = np.ascontiguousarray(v).reshape(-1).copy()
         call.append(v)
-    return call, reset
+    return call
 
 
-def race(kernel, chosen, args, rounds, clock):
-    """Best time (s) of each chosen variant, round-robin after one untimed call each."""
-    prepared = [_buffers(kernel, fn, args) + (fn,) for _, fn in chosen]
-    for call, _, fn in prepared:
-        fn(*call)
-    best = [float("inf")] * len(prepared)
-    for _ in range(rounds):
-        for i, (call, reset, fn) in enumerate(prepared):
-            for buf in reset:
-                buf.fill(0)
-            t0 = clock()
-            fn(*call)
-            best[i] = min(best[i], clock() - t0)
-    return best
+def race(kernel, chosen, args, median_of, reps):
+    """The time (s) of a call of each chosen variant: median_of (bench/timing.py) over `reps` rounds."""
+    calls = [(fn, _buffers(kernel, fn, args)) for _, fn in chosen]
+    return median_of([lambda fn=fn, call=call: fn(*call) for fn, call in calls], reps)
 
 
 def main(doc, kernels, shapes, modes=None):
@@ -121,10 +112,7 @@ def main(doc, kernels, shapes, modes=None):
     ap.add_argument("variants", nargs="*", type=int, help="variant numbers (default: all)")
     ap.add_argument("--shapes", default=",".join(shapes), help="comma list of: " + ", ".join(shapes))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--cpu", action="store_true",
-                    help="process CPU time (all threads) instead of wall time ("
-                         "exact with one thread; with more it also counts threads spinning after a parallel loop)")
+    timing.add_flags(ap)
     for flag, (text, _) in (modes or {}).items():
         ap.add_argument(flag, action="store_true", help=text)
     a = ap.parse_args()
@@ -136,24 +124,22 @@ def main(doc, kernels, shapes, modes=None):
     unknown = [name for name in a.shapes.split(",") if name not in shapes]
     if unknown:
         ap.error(f"--shapes: {', '.join(map(repr, unknown))}: expected a comma list of {', '.join(shapes)}")
-    clock = time.process_time if a.cpu else time.perf_counter
     failed = False
     for shape_name in a.shapes.split(","):
         for kernel in kernels:
             if not a.kernel or kernel.name == a.kernel:
-                failed |= check_and_race(kernel, shape_name, shapes[shape_name], a, clock)
+                failed |= check_and_race(kernel, shape_name, shapes[shape_name], a)
     return 1 if failed else 0
 
 
-def check_and_race(kernel, shape_name, shape, a, clock):
+def check_and_race(kernel, shape_name, shape, a):
     """Checks the kernel's variants (all, or the numbers in a.variants) at one shape, then times those
-    that passed side by side (a.rounds, clock); prints a line per variant. Returns True when one failed
-    its check."""
+    that passed side by side (bench/timing.py, as a's flags say); prints a line per variant. Returns
+    True when one failed its check."""
     numbered = list(enumerate(kernel.variants, 1))
     picked = [(n, v) for n, v in numbered if not a.variants or n in a.variants]
     args = kernel.args(shape, np.random.default_rng(0))
-    print(f"--- {kernel.name}, {shape_name} {shape}: {a.threads} threads, "
-          f"{'CPU' if a.cpu else 'wall'} time, best of {a.rounds}")
+    print(f"--- {kernel.name}, {shape_name} {shape}: {a.threads} threads, {timing.describe(a)}")
     ok = []
     for n, (label, fn) in picked:
         failure = validate(kernel, fn, args)
@@ -162,7 +148,7 @@ def check_and_race(kernel, shape_name, shape, a, clock):
         else:
             ok.append((n, (label, fn)))
     if ok:
-        best = race(kernel, [v for _, v in ok], args, a.rounds, clock)
-        for (n, (label, _)), t in zip(ok, best):
-            print(f"{n:2d} {label:28s} {t * 1e3:9.2f} ms  x{best[0] / t:6.2f} (against {ok[0][0]})  checked")
+        times = race(kernel, [v for _, v in ok], args, timing.timers(a), a.reps)
+        for (n, (label, _)), t in zip(ok, times):
+            print(f"{n:2d} {label:28s} {t * 1e3:9.2f} ms  x{times[0] / t:6.2f} (against {ok[0][0]})  checked")
     return len(ok) < len(picked)

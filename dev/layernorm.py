@@ -10,7 +10,8 @@ then timed side by side (dev/lab.py).
     2 production: row views, fastmath 'reassoc' (the float64 sums vectorise); the backward in one
                pass, dweight/dbias summed per chunk of 32 rows into float64 partials
 
-Findings (`python dev/layernorm.py --rounds 7`, the 2-core AMD EPYC (Zen 4), 2 threads, wall ms):
+Findings (this lab, when it timed the best of single calls: of 7; the 2-core AMD EPYC (Zen 4), 2 threads,
+wall ms):
 
     |               | seed B64 T256 C128 | d12 B4 T64   | d12 B1 T1024 |
     |---------------|--------------------|--------------|--------------|

@@ -82,18 +82,20 @@ def test_a_backward_that_overwrites_fails():
 
 def test_the_lab_checks_each_variant_before_timing_it():
     """dev/lab.py validates a variant with check() (a broken one is reported) and times the rest."""
+    import argparse
     import os
     import sys
-    import time
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dev"))
     import lab
+    import timing
     rng = np.random.default_rng(0)
     args = dict(out=N, inp1=rnd(rng, N), inp2=rnd(rng, N), N=N)
     kernel = lab.Kernel("residual_forward", [("good", good_forward), ("nothing", nothing)], lambda shape, r: args)
     assert lab.validate(kernel, good_forward, args) is None
     assert "residual_forward" in lab.validate(kernel, nothing, args)
-    (best,) = lab.race(kernel, [("good", good_forward)], args, 2, time.perf_counter)
-    assert best > 0
+    timers = timing.timers(argparse.Namespace(clock="wall", threads=1, block_ms=1.0))
+    (seconds,) = lab.race(kernel, [("good", good_forward)], args, timers, 2)
+    assert seconds > 0
 
 
 def test_the_matmul_lab_checks_each_blocking_before_timing_it(capsys, monkeypatch):
@@ -151,7 +153,7 @@ def test_the_matmul_lab_checks_each_microkernel_before_timing_it(capsys, monkeyp
 
 @pytest.mark.parametrize("family,shape", [("crossentropy", "d12"), ("layernorm", "d12"), ("attention", "tiny")])
 def test_every_variant_of_the_labs_passes_its_check(family, shape, tmp_path):
-    """python dev/<family>.py --shapes SHAPE --rounds 1: every variant of every kernel passes the tests'
+    """python dev/<family>.py --shapes SHAPE --reps 1: every variant of every kernel passes the tests'
     check and is timed (a lab whose variants no longer take the contract's arguments fails here, not in
     the next measurement: the crossentropy lab did, after the kernels' dlogits_bf16 option). Numba's cache in
     tmp_path: nothing compiled here is left for the labs' own runs."""
@@ -159,7 +161,8 @@ def test_every_variant_of_the_labs_passes_its_check(family, shape, tmp_path):
     import subprocess
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run([sys.executable, os.path.join("dev", f"{family}.py"), "--shapes", shape, "--rounds", "1"],
+    r = subprocess.run([sys.executable, os.path.join("dev", f"{family}.py"), "--shapes", shape, "--reps", "1",
+                        "--block-ms", "1"],
                        cwd=root, env=dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path)), capture_output=True, text=True,
                        timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
