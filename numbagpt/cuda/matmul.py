@@ -74,6 +74,53 @@ def make_gemm(a_km, b_nk, has_bias, accumulate, split_k=False, bf16=False, a_bf1
     if split_k and not (accumulate and not has_bias):
         raise ValueError("split_k needs an accumulating GEMM without bias")
 
+    @cuda.jit(device=True, inline=True)
+    def load_a_tile(As, a, M, lda, m0, k0, k_end, tid):
+        """As[kk, mm] = A[m0 + mm, k0 + kk] (bf16-rounded or widened as the flags say), 0 outside M or K."""
+        for l in range(A_LOADS):
+            e = tid + l * THREADS
+            if a_km:   # consecutive threads along m, contiguous in memory
+                mm = e % BM
+                kk = e // BM
+            else:
+                mm = e // BK
+                kk = e % BK
+            gm = m0 + mm
+            gk = k0 + kk
+            val = _ZERO
+            if gm < M and gk < k_end:
+                row, col = (gk, gm) if a_km else (gm, gk)
+                if a_bf16:   # the half of word col // 2 of the row, widened
+                    val = _bits_f32(((_f32_bits(a[row * lda + col // 2]) >> (16 * (col % 2))) & 0xFFFF) << 16)
+                elif bf16:
+                    val = bf16_round(a[row * lda + col])
+                else:
+                    val = a[row * lda + col]
+            As[kk, mm] = val
+
+    @cuda.jit(device=True, inline=True)
+    def load_b_tile(Bs, b, N, ldb, n0, k0, k_end, tid):
+        """Bs[kk, nn] = B[k0 + kk, n0 + nn] (bf16-rounded if bf16), 0 outside N or K."""
+        for l in range(B_LOADS):
+            e = tid + l * THREADS
+            if b_nk:   # consecutive threads along k, contiguous in memory
+                nn = e // BK
+                kk = e % BK
+            else:
+                nn = e % BN
+                kk = e // BN
+            gn = n0 + nn
+            gk = k0 + kk
+            val = _ZERO
+            if gn < N and gk < k_end:
+                if b_nk:
+                    val = b[gn * ldb + gk]
+                else:
+                    val = b[gk * ldb + gn]
+                if bf16:
+                    val = bf16_round(val)
+            Bs[kk, nn] = val
+
     def gemm(c, a, b, bias, M, N, K, lda, ldb, ldc, kchunk):
         As = cuda.shared.array((BK, AS_W), float32)
         Bs = cuda.shared.array((BK, BS_W), float32)
@@ -97,47 +144,10 @@ def make_gemm(a_km, b_nk, has_bias, accumulate, split_k=False, bf16=False, a_bf1
         br = cuda.local.array(TN, float32)
 
         for k0 in range(k_begin, k_end, BK):
-            for l in range(A_LOADS):
-                e = tid + l * THREADS
-                if a_km:
-                    mm = e % BM
-                    kk = e // BM
-                else:
-                    mm = e // BK
-                    kk = e % BK
-                gm = m0 + mm
-                gk = k0 + kk
-                val = _ZERO
-                if gm < M and gk < k_end:
-                    row, col = (gk, gm) if a_km else (gm, gk)
-                    if a_bf16:   # the half of word col // 2 of the row, widened
-                        val = _bits_f32(((_f32_bits(a[row * lda + col // 2]) >> (16 * (col % 2))) & 0xFFFF) << 16)
-                    elif bf16:
-                        val = bf16_round(a[row * lda + col])
-                    else:
-                        val = a[row * lda + col]
-                As[kk, mm] = val
-            for l in range(B_LOADS):
-                e = tid + l * THREADS
-                if b_nk:
-                    nn = e // BK
-                    kk = e % BK
-                else:
-                    nn = e % BN
-                    kk = e // BN
-                gn = n0 + nn
-                gk = k0 + kk
-                val = _ZERO
-                if gn < N and gk < k_end:
-                    if b_nk:
-                        val = b[gn * ldb + gk]
-                    else:
-                        val = b[gk * ldb + gn]
-                    if bf16:
-                        val = bf16_round(val)
-                Bs[kk, nn] = val
+            load_a_tile(As, a, M, lda, m0, k0, k_end, tid)
+            load_b_tile(Bs, b, N, ldb, n0, k0, k_end, tid)
             cuda.syncthreads()
-            for kk in range(BK):
+            for kk in range(BK):   # the thread's TM×TN outer products of this K step
                 for i in range(TM):
                     ar[i] = As[kk, ty + TY * i]
                 for j in range(TN):
