@@ -71,6 +71,40 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def numbagpt_step(model, x, y, train_step):
+    """A function making one training step of numbagpt's model on the batch (x, y)."""
+    t = [0]
+
+    def step():
+        t[0] += 1
+        train_step(model, [(x, y)], lr=1e-4, t=t[0], weight_decay=0.0)
+    return step
+
+
+def torch_step(args, model, x, y):
+    """A function making one training step on (x, y) of the PyTorch GPT-2 holding `model`'s weights, in
+    --worker's mode (eager, compile, under autocast): forward, backward, clip, fused AdamW."""
+    import numpy as np
+    import torch
+    m = torch_gpt(torch, model.config, model.param_layout.host_views(model.parameters_host()))
+    if args.worker.startswith("compile"):
+        m = torch.compile(m)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=0.0, fused=True)
+    xt, yt = torch.from_numpy(x.astype(np.int64)), torch.from_numpy(y.astype(np.int64))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        if args.worker.endswith("autocast"):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = m(xt, yt)
+        else:
+            loss = m(xt, yt)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+        opt.step()
+    return step
+
+
 def torch_gpt(torch, cfg, params):
     """Idiomatic GPT-2 (nanoGPT's shape) with numbagpt's weights copied in."""
     nn, F = torch.nn, torch.nn.functional
@@ -151,29 +185,10 @@ def worker(args):
     tokens = np.random.default_rng(0).integers(0, model.config.vocab_size, (B, T + 1)).astype(np.int32)
     x, y = tokens[:, :-1], tokens[:, 1:]
     if args.worker == "numbagpt":
-        t = [0]
-
-        def step():
-            t[0] += 1
-            train_step(model, [(x, y)], lr=1e-4, t=t[0], weight_decay=0.0)
+        step = numbagpt_step(model, x, y, train_step)
     else:
-        m = torch_gpt(torch, model.config, model.param_layout.host_views(model.parameters_host()))
-        del model
-        if args.worker.startswith("compile"):
-            m = torch.compile(m)
-        opt = torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=0.0, fused=True)
-        xt, yt = torch.from_numpy(x.astype(np.int64)), torch.from_numpy(y.astype(np.int64))
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            if args.worker.endswith("autocast"):
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    loss = m(xt, yt)
-            else:
-                loss = m(xt, yt)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
-            opt.step()
+        step = torch_step(args, model, x, y)
+        del model   # numbagpt's buffers: PyTorch's step runs without them in memory
     try:
         step()  # warm-up: JIT compilation or cache load; torch.compile tracing
     except Exception as e:  # torch.compile without a working C compiler, unsupported platform, ...
@@ -213,8 +228,6 @@ def main():
     args = parse_args()
     if args.worker:
         return worker(args)
-    import numpy as np
-
     sys.path.insert(0, ROOT)
     from numbagpt.cpu import matmul as mm
     supported = mm.supported_kernels()
@@ -232,30 +245,46 @@ def main():
         print("PyTorch not installed (pip install torch): numbagpt timings only")
     print(f"threads {args.threads}, {args.rounds} rounds x {args.steps} steps per contender, one process "
           f"each; torch {version}", flush=True)
-    rows = []
-    for name in args.models:
-        contenders = [(f"numbagpt {k}" + ("" if p == "fp32" else f" {p}"), "numbagpt", k, p, ROOT)
-                      for p in args.precision.split(",") for k in kernels]
-        if args.before:   # the other checkout at each precision asked for (fp32 only: a checkout before bf16)
-            contenders += [(f"before {kernels[0]}" + ("" if p == "fp32" else f" {p}"), "numbagpt", kernels[0], p,
-                            os.path.abspath(args.before)) for p in args.precision.split(",")]
-        contenders += [(m, m, None, "fp32", ROOT) for m in torch_modes]
-        times = {c[0]: {"wall": [], "cpu": []} for c in contenders}
-        for r in range(args.rounds):
-            done = []
-            for label, who, kernel, precision, root in contenders:
-                if label not in times:
-                    continue  # failed in an earlier round
-                out = run_worker(args, name, who, kernel, precision, root)
-                if isinstance(out, str):
-                    print(f"  {name} {label} failed ({out}): skipped", flush=True)
-                    del times[label]
-                    continue
-                for clock in out:
-                    times[label][clock] += out[clock]
-                done.append(f"{label} {np.median(out['wall']):.0f}/{np.median(out['cpu']):.0f}")
-            print(f"  {name} round {r + 1} (wall/cpu ms): " + ", ".join(done), flush=True)
-        rows.append((name, {label: {c: float(np.median(ts)) for c, ts in t.items()} for label, t in times.items()}))
+    rows = [(name, time_model(args, name, list_contenders(args, kernels, torch_modes))) for name in args.models]
+    print_table(args, rows)
+
+
+def list_contenders(args, kernels, torch_modes):
+    """[(label, who, kernel, precision, checkout)]: numbagpt at every kernel and precision, the --before
+    checkout, the PyTorch modes."""
+    precisions = args.precision.split(",")
+    out = [(f"numbagpt {k}" + ("" if p == "fp32" else f" {p}"), "numbagpt", k, p, ROOT)
+           for p in precisions for k in kernels]
+    if args.before:   # the other checkout at each precision asked for (fp32 only: a checkout before bf16)
+        out += [(f"before {kernels[0]}" + ("" if p == "fp32" else f" {p}"), "numbagpt", kernels[0], p,
+                 os.path.abspath(args.before)) for p in precisions]
+    return out + [(m, m, None, "fp32", ROOT) for m in torch_modes]
+
+
+def time_model(args, name, contenders):
+    """{label: {"wall": ms, "cpu": ms}}: the medians of each contender's steps over --rounds rounds, the
+    contenders in turn within a round, each in its own process; one that fails is dropped, saying so."""
+    import numpy as np
+    times = {c[0]: {"wall": [], "cpu": []} for c in contenders}
+    for r in range(args.rounds):
+        done = []
+        for label, who, kernel, precision, root in contenders:
+            if label not in times:
+                continue  # failed in an earlier round
+            out = run_worker(args, name, who, kernel, precision, root)
+            if isinstance(out, str):
+                print(f"  {name} {label} failed ({out}): skipped", flush=True)
+                del times[label]
+                continue
+            for clock in out:
+                times[label][clock] += out[clock]
+            done.append(f"{label} {np.median(out['wall']):.0f}/{np.median(out['cpu']):.0f}")
+        print(f"  {name} round {r + 1} (wall/cpu ms): " + ", ".join(done), flush=True)
+    return {label: {c: float(np.median(ts)) for c, ts in t.items()} for label, t in times.items()}
+
+
+def print_table(args, rows):
+    """The table of [(model, time_model's medians)]: ms a step and numbagpt's ratio to each PyTorch mode."""
     heads = [m for m in TORCH_MODES if any(m in med for _, med in rows)]
     widths = {m: max(11, len(m) + 3) for m in heads}   # a ratio column, wide enough for its heading
     ratios = "".join(f"{'/ ' + m:>{widths[m]}}" for m in heads)
