@@ -138,7 +138,7 @@ def train_compare(out_dir, steps, B, T, compare_batch, compare_steps, seed=1337,
     return 0 if ok_cmp and ok_fall else 1
 
 
-def main(argv=None):
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=None, help="output directory (default: gpu_check-<date>)")
     ap.add_argument("--steps", type=int, default=20, help="GPU training steps of d12")
@@ -146,8 +146,12 @@ def main(argv=None):
     ap.add_argument("--seq-len", type=int, default=1024, help="T")
     ap.add_argument("--compare-batch", type=int, default=2, help="B of the CPU-vs-GPU comparison")
     ap.add_argument("--compare-steps", type=int, default=3, help="steps compared with the CPU")
-    ap.add_argument("--train-only", action="store_true", help=argparse.SUPPRESS)  # part 4's own process
-    args = ap.parse_args(argv)
+    ap.add_argument("--train-only", action="store_true", help=argparse.SUPPRESS)  # part 6 in its own process
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     out = args.out or os.path.join(ROOT, time.strftime("gpu_check-%Y%m%d-%H%M%S"))
     os.makedirs(out, exist_ok=True)
     if args.train_only:
@@ -164,43 +168,52 @@ def main(argv=None):
         return 0
     summary.append(f"device: {what}")
     print(summary[-1], flush=True)
-    py = sys.executable
-    with open(os.path.join(out, "device.txt"), "w") as f:
-        for cmd in (["nvidia-smi"], [py, "-c", "from numba import cuda; cuda.detect()"]):
-            try:
-                f.write(subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout + "\n")
-            except Exception as e:  # nvidia-smi missing: not fatal, numba found the GPU
-                f.write(f"{cmd[0]}: {e}\n")
-    fx = os.path.join("tests", "fixtures")
-    train = (f"d12 B={args.batch} T={args.seq_len}: {args.steps} steps, CPU compare",
-             [py, os.path.abspath(__file__), "--train-only", "--out", out, "--steps", str(args.steps),
-              "--batch", str(args.batch), "--seq-len", str(args.seq_len), "--compare-batch",
-              str(args.compare_batch), "--compare-steps", str(args.compare_steps)], "train.log", 240)
-    parts = [  # (name, command, log, cap in s); the whole run stops at BUDGET_S, the heaviest part last
-        ("CUDA kernel + model tests on the GPU", [py, "-m", "pytest", "-q", "-x", "-k", "not under_simulator",
-                                                  "tests/test_cuda_kernels.py", "tests/test_cuda_model.py"],
-         "kernel_tests.log", 120),
-        ("test_gpt2 --device cuda (micro)", [py, "bin/test_gpt2", "--device", "cuda",
-                                             "-e", f"{fx}/micro_model.bin", "-s", f"{fx}/micro_debug_state.bin",
-                                             "--expected-losses", f"{fx}/micro_losses.txt"], "test_gpt2_micro.log", 60),
-        ("test_gpt2 --device cuda (nano)", [py, "bin/test_gpt2", "--device", "cuda",
-                                            "-e", f"{fx}/nano_model.bin", "-s", f"{fx}/nano_debug_state.bin",
-                                            "--expected-losses", f"{fx}/nano_losses.txt"], "test_gpt2_nano.log", 60),
-        ("profile_gpt2 --device cuda (d12)", [py, "bin/profile_gpt2", "--device", "cuda", "-e", "d12",
-                                              "-b", str(args.batch), "-t", str(args.seq_len), "--steps", "3",
-                                              "--json", os.path.join(out, "profile.json")], "profile.log", 90),
-        ("matmul vs cuBLAS", [py, "bench/bench_cuda.py", "--matmul-only", "--shapes", "d12", "tiny"],
-         "matmul.log", 60),
-        train,
-    ]
+    write_device_info(out)
     t0 = time.time()
     results = [run_part(name, cmd, out, log, min(cap, t_start + BUDGET_S - time.time()), summary)
-               for name, cmd, log, cap in parts]
+               for name, cmd, log, cap in parts(args, out)]
     summary.append(f"{sum(results)}/{len(results)} parts ok in {time.time() - t0:.0f} s")
     print(summary[-1])
     with open(os.path.join(out, "summary.txt"), "w") as f:
         f.write("\n".join(summary) + "\n")
     return 0 if all(results) else 1
+
+
+def write_device_info(out):
+    """out/device.txt: nvidia-smi's table and Numba's cuda.detect()."""
+    with open(os.path.join(out, "device.txt"), "w") as f:
+        for cmd in (["nvidia-smi"], [sys.executable, "-c", "from numba import cuda; cuda.detect()"]):
+            try:
+                f.write(subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout + "\n")
+            except Exception as e:  # nvidia-smi missing: not fatal, numba found the GPU
+                f.write(f"{cmd[0]}: {e}\n")
+
+
+def parts(args, out):
+    """[(name, command, log, cap in s)]: the check's parts in order; the whole run stops at BUDGET_S,
+    the heaviest part (d12 training, against the CPU) last."""
+    py = sys.executable
+    fx = os.path.join("tests", "fixtures")
+
+    def test_gpt2(fixture):
+        return [py, "bin/test_gpt2", "--device", "cuda", "-e", f"{fx}/{fixture}_model.bin",
+                "-s", f"{fx}/{fixture}_debug_state.bin", "--expected-losses", f"{fx}/{fixture}_losses.txt"]
+    return [
+        ("CUDA kernel + model tests on the GPU", [py, "-m", "pytest", "-q", "-x", "-k", "not under_simulator",
+                                                  "tests/test_cuda_kernels.py", "tests/test_cuda_model.py"],
+         "kernel_tests.log", 120),
+        ("test_gpt2 --device cuda (micro)", test_gpt2("micro"), "test_gpt2_micro.log", 60),
+        ("test_gpt2 --device cuda (nano)", test_gpt2("nano"), "test_gpt2_nano.log", 60),
+        ("profile_gpt2 --device cuda (d12)", [py, "bin/profile_gpt2", "--device", "cuda", "-e", "d12",
+                                              "-b", str(args.batch), "-t", str(args.seq_len), "--steps", "3",
+                                              "--json", os.path.join(out, "profile.json")], "profile.log", 90),
+        ("matmul vs cuBLAS", [py, "bench/bench_cuda.py", "--matmul-only", "--shapes", "d12", "tiny"],
+         "matmul.log", 60),
+        (f"d12 B={args.batch} T={args.seq_len}: {args.steps} steps, CPU compare",
+         [py, os.path.abspath(__file__), "--train-only", "--out", out, "--steps", str(args.steps),
+          "--batch", str(args.batch), "--seq-len", str(args.seq_len), "--compare-batch",
+          str(args.compare_batch), "--compare-steps", str(args.compare_steps)], "train.log", 240),
+    ]
 
 
 if __name__ == "__main__":

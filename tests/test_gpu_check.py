@@ -53,3 +53,24 @@ def test_parts_run_under_the_budget(tmp_path):
     assert not run_part("late part", [sys.executable, "-c", "pass"], str(tmp_path), "d.log", 2, summary)
     assert [s.split()[2] for s in summary] == ["ok", "FAILED", "FAILED", "SKIPPED"]
     assert "exit 3" in summary[1] and "5 s limit" in summary[2] and not (tmp_path / "d.log").exists()
+
+
+def test_every_part_names_files_that_exist_and_flags_its_command_takes(tmp_path):
+    """The parts a GPU session runs, checked here where there is none: each file a part names exists,
+    and each command's parser takes its flags (a flag renamed in a command would otherwise surface
+    only on a GPU, in a session that rarely comes)."""
+    from bench import bench_cuda, gpu_check
+    from numbagpt.cli import profile, test
+    parsers = {"bin/test_gpt2": test.build_parser().parse_args, "bin/profile_gpt2": profile.build_parser().parse_args,
+               "bench/bench_cuda.py": bench_cuda.parse_args, os.path.abspath(gpu_check.__file__): gpu_check.parse_args}
+    parts = gpu_check.parts(gpu_check.parse_args([]), str(tmp_path))
+    assert len(parts) == 6
+    for name, cmd, _log, _cap in parts:
+        named = [a for a in cmd[1:] if a.endswith((".py", ".bin", ".txt")) or a.startswith(("bin/", "tests/"))]
+        missing = [a for a in named if not os.path.exists(os.path.join(ROOT, a))]
+        assert named and not missing, (name, missing)
+        script = cmd[1] if cmd[1] != "-m" else None
+        if script in parsers:
+            parsers[script](cmd[2:])   # argparse exits on a flag it does not take
+        else:
+            assert cmd[1:4] == ["-m", "pytest", "-q"], name
