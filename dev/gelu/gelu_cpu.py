@@ -1,7 +1,7 @@
 """The CPU GELU lab: numbered versions of gelu_forward / gelu_backward, each checked against NumPy
-float64 before it is timed, side by side in one process.
+float64 before it is timed, side by side in one process, as the benchmarks time (bench/timing.py).
 
-    python dev/gelu/gelu_cpu.py [--n 8388608] [--threads 2] [--reps 7]
+    python dev/gelu/gelu_cpu.py [--n 8388608] [--threads 2] [--reps 7] [--block-ms 25] [--clock cpu]
 
 Versions:
   1  libm tanhf (math.tanh on float32): the first kernel. A call per element: the loop stays scalar.
@@ -17,9 +17,10 @@ import argparse
 import math
 import os
 import sys
-import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "bench")]
+import timing  # noqa: E402  (bench/timing.py)
 
 
 def libm_versions():
@@ -48,7 +49,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=8 * 1024 * 1024)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=7)
+    timing.add_flags(ap, reps=7)
     args = ap.parse_args()
     import numba
     import numpy as np
@@ -76,14 +77,9 @@ def main():
         print(f"v{v}: max abs error forward {ef:.2e}, backward {eb:.2e}")
         fns[f"v{v} forward"] = lambda fwd=fwd, out=out: fwd(out, x, N)
         fns[f"v{v} backward"] = lambda bwd=bwd, dinp=dinp: bwd(dinp, dout, x, N)
-    times = {k: [] for k in fns}
-    for _ in range(args.reps):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-    for k, ts in times.items():
-        print(f"{k:12s} {1e3 * float(np.median(ts)):8.2f} ms (median of {args.reps}, {args.threads} threads, N={N})")
+    print(f"{args.threads} threads, N={N}, {timing.describe(args)}")
+    for k, t in zip(fns, timing.timers(args)(list(fns.values()), args.reps)):
+        print(f"{k:12s} {1e3 * t:8.2f} ms")
 
 
 if __name__ == "__main__":
