@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from reference import from_bf16_rows, to_bf16_rows
 
@@ -150,3 +151,35 @@ def test_bench_cuda_makes_every_call_under_the_simulator():
         assert any(x.startswith(f"matmul_forward {layer} (") for x in labels), out
         assert f"matmul_backward {layer}" in labels, out
     assert "adamw_update (N=8768)" in labels, out
+
+
+def test_the_benchmarks_timing_takes_blocks_of_calls_and_their_median(monkeypatch):
+    """bench/timing.py on a fake clock that each call moves on by the call's own duration: a 2 ms call
+    is timed in blocks of round(25 / 2) = 12 calls, a 60 ms one alone; the figure is the median of
+    the rounds' block means, and with more than one thread each round first pauses (the other pool's
+    spinning threads), which a single thread does not."""
+    import argparse
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import timing
+    now, sleeps, calls = [0.0], [], {"short": 0, "long": 0}
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(timing.time, "sleep", sleeps.append)
+    durations = {}
+
+    def call(name):
+        def f():
+            calls[name] += 1
+            now[0] += next(durations[name])
+        return f
+    for threads, pauses in ((1, 0), (2, 3)):
+        now[0], calls["short"], calls["long"] = 0.0, 0, 0
+        durations["short"] = iter([0.002] * 200)
+        durations["long"] = iter([0.060, 0.060, 0.050, 0.060, 0.090, 0.060, 0.060, 0.070, 0.060])
+        sleeps.clear()
+        median_of = timing.timers(argparse.Namespace(clock="wall", threads=threads, block_ms=25.0))
+        short, long = median_of([call("short"), call("long")], 3)
+        assert short == pytest.approx(0.002) and long == pytest.approx(0.060)
+        # short: 5 sizing calls (its first ones took 10 ms in all: under --block-ms), then per round one
+        # untimed call and a block of 12; long: 1 sizing call (over --block-ms at once), 1 + 1 a round
+        assert calls == {"short": 5 + 3 * 13, "long": 1 + 3 * 2}
+        assert len(sleeps) == pauses * 2
