@@ -58,21 +58,9 @@ B_LOADS = BN * BK // THREADS
 _ZERO = np.float32(0.0)
 
 
-def make_gemm(a_km, b_nk, has_bias, accumulate, split_k=False, bf16=False, a_bf16=False):
-    """A GEMM kernel  c[m, n] (+)= Σ_k A[m, k]·B[k, n] (+ bias[n])  for one operand layout.
-
-    a_km: A is stored K×M (A[m, k] = a[k·lda + m]); else M×K (A[m, k] = a[m·lda + k]).
-    b_nk: B is stored N×K (B[k, n] = b[n·ldb + k]); else K×N (B[k, n] = b[k·ldb + n]).
-    split_k (accumulating kernels without bias only): blockIdx.z is a slice of K of `kchunk` elements, and
-    each block adds its partial tile into c with float32 atomics (unsplit: one slice, kchunk = K).
-    bf16: every A and B element is rounded to bfloat16 (runtime.bf16_round) as it is loaded into shared
-    memory (the bf16 matmul: products of bf16 values, exact in float32, summed in float32).
-    a_bf16 (with bf16): A is held in bf16 rows (docs/kernels.md) of lda values (lda even), A[m, k] the
-    value at row m, column k (k, m if a_km): read from its word and widened, not rounded again.
-    The flags are compile-time constants of the returned kernel (closure variables).
-    """
-    if split_k and not (accumulate and not has_bias):
-        raise ValueError("split_k needs an accumulating GEMM without bias")
+def _tile_loaders(a_km, b_nk, bf16, a_bf16):
+    """(load_a_tile, load_b_tile): device functions that fill a block's shared-memory tiles of A and B
+    for one K step, for make_gemm's operand layout and rounding flags (compile-time constants)."""
 
     @cuda.jit(device=True, inline=True)
     def load_a_tile(As, a, M, lda, m0, k0, k_end, tid):
@@ -120,6 +108,27 @@ def make_gemm(a_km, b_nk, has_bias, accumulate, split_k=False, bf16=False, a_bf1
                 if bf16:
                     val = bf16_round(val)
             Bs[kk, nn] = val
+
+    return load_a_tile, load_b_tile
+
+
+def make_gemm(a_km, b_nk, has_bias, accumulate, split_k=False, bf16=False, a_bf16=False):
+    """A GEMM kernel  c[m, n] (+)= Σ_k A[m, k]·B[k, n] (+ bias[n])  for one operand layout.
+
+    a_km: A is stored K×M (A[m, k] = a[k·lda + m]); else M×K (A[m, k] = a[m·lda + k]).
+    b_nk: B is stored N×K (B[k, n] = b[n·ldb + k]); else K×N (B[k, n] = b[k·ldb + n]).
+    split_k (accumulating kernels without bias only): blockIdx.z is a slice of K of `kchunk` elements, and
+    each block adds its partial tile into c with float32 atomics (unsplit: one slice, kchunk = K).
+    bf16: every A and B element is rounded to bfloat16 (runtime.bf16_round) as it is loaded into shared
+    memory (the bf16 matmul: products of bf16 values, exact in float32, summed in float32).
+    a_bf16 (with bf16): A is held in bf16 rows (docs/kernels.md) of lda values (lda even), A[m, k] the
+    value at row m, column k (k, m if a_km): read from its word and widened, not rounded again.
+    The flags are compile-time constants of the returned kernel (closure variables).
+    """
+    if split_k and not (accumulate and not has_bias):
+        raise ValueError("split_k needs an accumulating GEMM without bias")
+
+    load_a_tile, load_b_tile = _tile_loaders(a_km, b_nk, bf16, a_bf16)
 
     def gemm(c, a, b, bias, M, N, K, lda, ldb, ldc, kchunk):
         As = cuda.shared.array((BK, AS_W), float32)
