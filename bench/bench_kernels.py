@@ -40,9 +40,9 @@ def parse_args(argv=None):
 def race(median_of, reps, label, new, base, outputs):
     """One row: new() and base() once each, the largest difference of their outputs (a pair of arrays,
     named outputs[2]), then both timed."""
+    import numpy as np
     new()
     base()
-    import numpy as np
     err = float(np.abs(outputs[0] - outputs[1]).max())
     tn, tb = median_of([new, base], reps)
     print(f"{label:32s} {tn * 1e3:9.2f} {tb * 1e3:9.2f} {tb / tn:8.1f}x   {err:.1e} ({outputs[2]})")
