@@ -417,7 +417,8 @@ def test_dispatch_follows_the_target_cpu(kernel):
 
 
 def test_environment_forces_a_kernel(kernel):
-    """NUMBAGPT_MATMUL: one name forces the GEMM(s) it names; a comma list names one of each."""
+    """NUMBAGPT_MATMUL: one name forces the GEMM(s) it names; a pair names the fp32 GEMM's kernel, then
+    the bf16 GEMM's (any other list is refused)."""
     if kernel != mb.supported_kernels()[0]:
         pytest.skip("a subprocess test: run once")
     assert _child(dict(NUMBAGPT_MATMUL="portable")).startswith("portable | portable |")
@@ -429,6 +430,15 @@ def test_environment_forces_a_kernel(kernel):
     bad = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, NUMBAGPT_MATMUL="avx512,bf17"),
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "NUMBAGPT_MATMUL=avx512,bf17: unknown matmul kernel 'bf17'" in bad.stderr
+    if "avx2" in mm.supported_kernels():   # the pair of the docs: avx2 for fp32, portable for bf16
+        assert _child(dict(NUMBAGPT_MATMUL="avx2,portable")).startswith("avx2 6x16 | portable |")
+    for want, why in (("portable,avx2", "'avx2' is not a bf16 kernel"),
+                      ("avx512bf16,portable", "'avx512bf16' is not an fp32 kernel"),
+                      ("avx2,portable,portable", "3 names given")):
+        bad = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, NUMBAGPT_MATMUL=want),
+                             capture_output=True, text=True, timeout=600)
+        assert bad.returncode != 0 and f"NUMBAGPT_MATMUL={want}: a list is the fp32 GEMM's kernel" in bad.stderr
+        assert why in bad.stderr, bad.stderr
 
 
 def test_unknown_kernel_is_refused(kernel):

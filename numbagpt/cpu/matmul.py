@@ -67,7 +67,7 @@ Which kernel runs is chosen once, at import, from the features of the CPU that N
     portable   numbagpt/cpu/matmul_portable.py: plain loops, vectorised by LLVM (anything else, e.g. ARM)
 
 NUMBAGPT_MATMUL=avx512|avx2|portable overrides the choice (an error if the CPU lacks the features;
-a comma list may also name the bf16 GEMM's kernel, numbagpt/cpu/matmul_bf16.py, e.g. avx2,portable);
+a pair names this GEMM's kernel, then the bf16 GEMM's, numbagpt/cpu/matmul_bf16.py, e.g. avx2,portable);
 `set_kernel(name)` switches at run time (the tests use it). `kernel()` names the one in use; bin/train_gpt2
 prints it at start-up and the profiler in its header. Numbers: bench/bench_matmul.py (against OpenBLAS,
 same process), dev/matmul/ (the variants tried).
@@ -539,23 +539,35 @@ def kernel():
 BF16_ONLY_KERNELS = ("avx512bf16",)
 
 
-def requested_kernel(kernels):
-    """The entry of NUMBAGPT_MATMUL (one kernel name, or a comma list of them) that names one of
-    `kernels` (the last such: "portable,avx512bf16" is everything portable, then the bf16 GEMM on
-    avx512bf16), '' if none does; ValueError for an entry that names no kernel of either GEMM."""
+def requested_kernel(kernels, bf16=False):
+    """The kernel NUMBAGPT_MATMUL asks of a GEMM whose kernels are `kernels` (the bf16 GEMM's when
+    bf16), '' if it asks none. One name forces each GEMM that has it ("portable": both); a pair names
+    the fp32 GEMM's kernel, then the bf16 GEMM's ("avx2,portable": avx2 for fp32, portable for bf16).
+    ValueError for a name no GEMM has, more than two names, or a pair whose names are not of that
+    order."""
     want = os.environ.get("NUMBAGPT_MATMUL", "").strip()
     entries = [w.strip() for w in want.split(",") if w.strip()]
     for w in entries:
         if w not in KERNELS + BF16_ONLY_KERNELS:
             raise ValueError(f"NUMBAGPT_MATMUL={want}: unknown matmul kernel {w!r}: expected one of "
                              f"{', '.join(KERNELS + BF16_ONLY_KERNELS)}")
-    return next((w for w in reversed(entries) if w in kernels), "")
+    if len(entries) <= 1:
+        return next((w for w in entries if w in kernels), "")
+    pair = "a list is the fp32 GEMM's kernel, then the bf16 GEMM's (e.g. avx2,avx512bf16)"
+    if len(entries) > 2:
+        raise ValueError(f"NUMBAGPT_MATMUL={want}: {pair}: {len(entries)} names given")
+    for w, gemm, names in ((entries[0], "an fp32", KERNELS), (entries[1], "a bf16", BF16_ONLY_KERNELS + ("portable",))):
+        if w not in names:
+            raise ValueError(f"NUMBAGPT_MATMUL={want}: {pair}: {w!r} is not {gemm} kernel "
+                             f"({', '.join(names)})")
+    return entries[bf16]
 
 
-def set_requested_kernel(kernels, set_kernel, supported):
-    """Call `set_kernel` with what NUMBAGPT_MATMUL asks of `kernels`, else the first `supported`
-    kernel: the import-time choice of this GEMM and of the bf16 one (numbagpt/cpu/matmul_bf16.py)."""
-    want = requested_kernel(kernels)
+def set_requested_kernel(kernels, set_kernel, supported, bf16=False):
+    """Call `set_kernel` with what NUMBAGPT_MATMUL asks of `kernels` (the bf16 GEMM's when bf16), else
+    the first `supported` kernel: the import-time choice of this GEMM and of the bf16 one
+    (numbagpt/cpu/matmul_bf16.py)."""
+    want = requested_kernel(kernels, bf16)
     try:
         set_kernel(want or supported[0])
     except ValueError as e:

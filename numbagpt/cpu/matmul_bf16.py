@@ -33,8 +33,8 @@ only the float32s just below 2^-126 (bits 0x007F8000-0x007FFFFF, either sign), w
 to the smallest normal bf16, multiply differently: as zero there, as ±2^-126 on the portable path.
 
 Two kernels, chosen once at import from the CPU's features (matmul.cpu_features, as the fp32
-kernels), NUMBAGPT_MATMUL naming one overrides (an error if the CPU lacks its features; a comma list
-may name an fp32 kernel and a bf16 one, e.g. avx2,portable), set_kernel() switches at run time:
+kernels), NUMBAGPT_MATMUL naming one overrides (an error if the CPU lacks its features; a pair names
+the fp32 GEMM's kernel, then the bf16 one's, e.g. avx2,portable), set_kernel() switches at run time:
 
     avx512bf16   the packed GEMM of matmul.py with vdpbf16ps for vfmadd231ps          (AVX512-BF16)
     portable     round copies of the operands, then the fp32 GEMM in use (any CPU: the same numbers
@@ -718,4 +718,4 @@ def kernel():
 _GEMMS = {}
 _gemm = None
 _kernel = "portable"
-_fp32.set_requested_kernel(KERNELS, set_kernel, supported_kernels())
+_fp32.set_requested_kernel(KERNELS, set_kernel, supported_kernels(), bf16=True)
