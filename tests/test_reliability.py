@@ -160,6 +160,20 @@ def test_done_records_checksums_and_a_flipped_bit_is_passed_over(two_checkpoints
     assert checkpoint.resolve_model(str(run)).endswith("model_00000002.bin")   # -e DIR
 
 
+def test_e_dir_takes_the_final_model_of_a_run_that_ends_between_checkpoints(two_checkpoints, tmp_path):
+    """-e DIR: the newest whole model_*.bin, the final model of a run whose last step is no checkpoint
+    step (-x 5 -n 2), not the checkpoint before it; a model file cut short is passed over."""
+    import shutil
+    out, _ = two_checkpoints
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    shutil.copy(run / "model_00000004.bin", run / "model_00000005.bin")   # a final model: no DONE, no state
+    assert checkpoint.resolve_model(str(run)).endswith("model_00000005.bin")
+    data = (run / "model_00000004.bin").read_bytes()
+    (run / "model_00000006.bin").write_bytes(data[:len(data) // 2])
+    assert checkpoint.resolve_model(str(run)).endswith("model_00000005.bin")
+
+
 def test_resume_refuses_shape_flags_the_checkpoint_contradicts(two_checkpoints, tmp_path):
     import shutil
     out, argv = two_checkpoints

@@ -16,7 +16,7 @@ Under mpirun/srun the examples are split over the processes."""
 def build_parser():
     p = Parser(prog="eval_gpt2", description=DESCRIPTION, formatter_class=HelpFormatter)
     p.add_argument("-e", "--model", default="out",
-                   help="model .bin file, or a train_gpt2 output directory (its latest model)")
+                   help="model .bin file, or a train_gpt2 output directory (its newest model_*.bin: the final model, else the latest checkpoint's)")
     p.add_argument("--hellaswag", required=True, metavar="FILE",
                    help="eval file (magic 20240522), e.g. hellaswag_val.bin")
     add_flag(p, "-b", "--batch-size", type=int, check=POSITIVE, default=32,

@@ -24,7 +24,7 @@ def build_parser():
                     "the measured RSS. See docs/profiling.md.",
         formatter_class=HelpFormatter)
     p.add_argument("-e", "--model", default="tiny",
-                   help="model .bin file or train_gpt2 output directory (its latest checkpoint's model), or a "
+                   help="model .bin file or train_gpt2 output directory (its newest model_*.bin: the final model, else the latest checkpoint's), or a "
                         "descriptor built from scratch: " + DESCRIPTOR_HELP)
     add_flag(p, "-b", "--batch-size", type=int, check=POSITIVE, default=8, help="B, sequences per step")
     add_flag(p, "-t", "--seq-len", type=int, check=POSITIVE, default=256, help="T, tokens per sequence")

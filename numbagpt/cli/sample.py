@@ -19,8 +19,7 @@ def build_parser():
                     "import_hf made from a Hugging Face GPT-2). The continuation is printed as it is generated.",
         formatter_class=HelpFormatter)
     p.add_argument("-e", "--model", default="out",
-                   help="model .bin file, or a train_gpt2 output directory (its latest checkpoint, else its "
-                        "newest model_*.bin)")
+                   help="model .bin file, or a train_gpt2 output directory (its newest model_*.bin: the final model, else the latest checkpoint's)")
     p.add_argument("--prompt", default=None, help="text to continue (default: start from the end-of-text token)")
     p.add_argument("--prompt-file", default=None, help="read the prompt from this UTF-8 file")
     add_flag(p, "-g", "--gen-tokens", type=int, check=POSITIVE, default=128, help="tokens to generate per sample")

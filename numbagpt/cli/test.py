@@ -33,7 +33,8 @@ def build_parser():
                     "betas 0.9/0.999, eps 1e-8, weight decay 0.01). Exits 1 when anything is off.",
         formatter_class=HelpFormatter)
     p.add_argument("-e", "--model", required=True,
-                   help="llm.c model file (.bin, v3 or v5), or a train_gpt2 output directory (its latest model)")
+                   help="llm.c model file (.bin, v3 or v5), or a train_gpt2 output directory "
+                        "(its newest model_*.bin: the final model, else the latest checkpoint's)")
     p.add_argument("-s", "--state", required=True, help="llm.c debug state file (magic 20240327, v2)")
     p.add_argument("--expected-losses", default=None,
                    help="text file, one loss per line: the loss before each AdamW step")

@@ -127,19 +127,28 @@ def select(out_dir):
 
 def resolve_model(path, flag="-e"):
     """The model file `path` names (-e of every command): a model file itself, or a train_gpt2 output
-    directory's model: its newest complete checkpoint's, else its newest model_*.bin."""
+    directory's newest model: its newest model_*.bin that is whole (header and length; every file a
+    checkpoint's DONE records, where it has one), so the final model of a run that did not end on a
+    checkpoint step, not the checkpoint before it. Where none is whole, the newest model_*.bin (its
+    reader then says what is wrong)."""
     if not os.path.isdir(path):
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: no such model file or directory ({flag})")
         return path
-    step = select(path)[0]
-    if step is not None:
-        return model_path(path, step)
-    models = sorted(glob.glob(os.path.join(glob.escape(path), "model_*.bin")))
-    if not models:
+    steps = _steps(path, r"model_(\d{8})\.bin")
+    if not steps:
         raise FileNotFoundError(f"{path}: no model_*.bin in this directory ({flag} takes a model file or a "
                                 f"train_gpt2 output directory)")
-    return models[-1]
+    for step in reversed(steps):
+        try:
+            if os.path.exists(done_path(path, step)):
+                verify(path, step)
+            else:   # the final model, or a checkpoint's model written before the run stopped
+                formats.read_model_header(model_path(path, step))
+            return model_path(path, step)
+        except (formats.FormatError, OSError):
+            continue
+    return model_path(path, steps[-1])
 
 
 def save(out_dir, step, model, world, loader, seed, run=None, guard=None, dtype="float32"):
