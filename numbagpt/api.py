@@ -22,16 +22,17 @@ __all__ = ["TrainConfig", "TrainResult", "train", "load_model", "save_model", "s
            "export_hf", "import_hf", "resolve_model"]
 
 
-def load_model(spec, device="cpu", recompute=0, seed=1337, vocab_size=GPT2_VOCAB):
+def load_model(spec, device="cpu", recompute=0, seed=1337, vocab_size=GPT2_VOCAB, precision="fp32"):
     """A GPT2 on `device` from `spec`: an llm.c model file (.bin, v3 float32 or v5 bfloat16), a
-    train_gpt2 output directory (its newest complete checkpoint's model, else its newest model_*.bin),
-    or a descriptor (tiny, d12, ...: built from scratch, seeded, with `vocab_size` tokens)."""
+    train_gpt2 output directory (its newest whole model_*.bin: the final model, else the latest
+    checkpoint's), or a descriptor (tiny, d12, ...: built from scratch, seeded, with `vocab_size`
+    tokens). `precision` "bf16": its matmuls round their operands to bfloat16 (--precision)."""
     check_value("--seed", seed, int, NONNEG, optional=False)
     if is_descriptor(spec):
-        model = GPT2(preset(spec, vocab_size), backend=device, recompute=recompute)
+        model = GPT2(preset(spec, vocab_size), backend=device, recompute=recompute, precision=precision)
         model.init_weights(seed)
         return model
-    return GPT2.from_file(resolve_model(spec), backend=device, recompute=recompute)
+    return GPT2.from_file(resolve_model(spec), backend=device, recompute=recompute, precision=precision)
 
 
 def save_model(model, path, precision="fp32"):

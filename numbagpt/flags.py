@@ -48,7 +48,8 @@ def check_value(flag, value, kind=None, check=None, choices=None, optional=True)
     if value is None:
         if optional:
             return
-        raise ValueError(f"{flag} must be given")
+        raise ValueError(f"{flag} must be one of {', '.join(map(str, choices))}, got None" if choices is not None
+                         else f"{flag} must be given")
     if kind is bool:
         if not isinstance(value, bool):
             raise ValueError(f"{flag} must be true or false, got {value!r}")

@@ -58,11 +58,26 @@ def test_prompt_ids():
     (lambda m: api.evaluate(m, "/nonexistent/hellaswag_val.bin", batch_size=0), "-b must be positive, got 0"),
     (lambda m: api.load_model("tiny", seed=-1), "--seed must be >= 0, got -1"),
     (lambda m: api.save_model(m, "unused.bin", precision="fp16"), "precision must be one of fp32, bf16, got 'fp16'"),
+    (lambda m: api.load_model("tiny", precision="fp16"), "precision must be one of fp32, bf16, got 'fp16'"),
 ])
 def test_the_other_functions_check_their_arguments_first(model, call, message):
     with pytest.raises(ValueError) as e:
         call(model)
     assert str(e.value) == message
+
+
+def test_load_model_takes_the_precision_of_the_commands(model, tmp_path):
+    """load_model(..., precision="bf16") is -e FILE --precision bf16: the same weights, bf16 matmuls
+    (the loss of a batch as GPT2.from_file's in bf16, not as fp32's)."""
+    import numpy as np
+    path = str(tmp_path / "m.bin")
+    api.save_model(model, path)
+    tokens = np.arange(2 * 8, dtype=np.int32).reshape(2, 8) % 50
+    losses = {}
+    for name, m in (("api", api.load_model(path, precision="bf16")),
+                    ("bf16", api.GPT2.from_file(path, precision="bf16")), ("fp32", api.GPT2.from_file(path))):
+        losses[name] = m.forward(tokens, np.roll(tokens, -1, axis=1))
+    assert losses["api"] == losses["bf16"] != losses["fp32"]
 
 
 def test_sample_is_the_commands_sample(model, tmp_path, capsys):

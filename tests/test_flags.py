@@ -111,3 +111,18 @@ def test_train_combinations():
         TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="-b must be an integer"):
         TrainConfig(batch_size=2.5)
+
+
+def test_none_only_where_it_is_the_default():
+    """TrainConfig(field=None) is refused, naming the flag, unless None is the field's default (a flag
+    not given, e.g. --layers: the model's)."""
+    for f in dataclasses.fields(TrainConfig):
+        if f.default is None:
+            assert getattr(TrainConfig(**{f.name: None}), f.name) is None
+            continue
+        with pytest.raises(ValueError) as e:
+            TrainConfig(**{f.name: None})
+        flag = f.metadata["flags"]
+        assert any(str(e.value).startswith(name + " must be ") for name in flag), (f.name, str(e.value))
+    with pytest.raises(ValueError, match=r"^--precision must be one of fp32, bf16, got None$"):
+        TrainConfig(precision=None)

@@ -132,7 +132,9 @@ class TrainConfig:
         """Every field's type and range, then the combinations; a ValueError naming the flag."""
         for f in dataclasses.fields(self):
             meta = f.metadata
-            check_value(flag_of(meta["flags"]), getattr(self, f.name), f.type, meta["check"], meta["choices"])
+            # None only where it is the default (a flag not given: e.g. --layers, -e's)
+            check_value(flag_of(meta["flags"]), getattr(self, f.name), f.type, meta["check"], meta["choices"],
+                        optional=f.default is None)
         if not self.output_dir and self.checkpoint_every > 0:
             raise ValueError(f"-n {self.checkpoint_every} writes checkpoints to the output dir, but -o is '' (none)")
         if not self.output_dir and self.resume:
