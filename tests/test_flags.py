@@ -126,3 +126,24 @@ def test_none_only_where_it_is_the_default():
         assert any(str(e.value).startswith(name + " must be ") for name in flag), (f.name, str(e.value))
     with pytest.raises(ValueError, match=r"^--precision must be one of fp32, bf16, got None$"):
         TrainConfig(precision=None)
+
+
+def test_help_states_every_default():
+    """Each command's --help gives the default of every option that has one (docs/training.md: "--help
+    states every default"), whatever else its help text says (it once hid --save-precision's because
+    that text says "by default" of llm.c's trainer)."""
+    import argparse
+
+    from numbagpt.cli import hf, train
+    parsers = {name: module.build_parser() for name, module in commands().items()}
+    parsers.update(train_gpt2=train.build_parser(), export_hf=hf.build_export_parser(),
+                   import_hf=hf.build_import_parser())
+    for name, parser in parsers.items():
+        formatter = parser._get_formatter()
+        for a in parser._actions:
+            if not a.option_strings or a.default in (None, argparse.SUPPRESS) or a.help == argparse.SUPPRESS:
+                continue
+            if isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._HelpAction)):
+                continue
+            text = formatter._get_help_string(a) % dict(default=a.default)
+            assert "(default" in text, (name, a.option_strings, text)

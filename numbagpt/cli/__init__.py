@@ -29,10 +29,11 @@ class Parser(argparse.ArgumentParser):
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default, except where there is none (None) or the help already says it."""
+    """Shows each option's default, except where there is none (None) or the help already says it
+    ("(default ...": a help may say "default" of something else)."""
 
     def _get_help_string(self, action):
-        if action.default is None or "default" in (action.help or ""):
+        if action.default is None or "(default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
