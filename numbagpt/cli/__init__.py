@@ -82,6 +82,11 @@ def add_precision(parser, help=PRECISION_HELP):
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help=help)
 
 
+def add_device(parser):
+    """--device: the backend that runs the kernels (cpu, the default, or cuda)."""
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="backend that runs the kernels")
+
+
 def add_flag(parser, *names, check=None, **kwargs):
     """parser.add_argument(*names, **kwargs), and the flag's Check (numbagpt.flags) kept on the parser
     for check_flags: every int or float flag of a command is checked there, a float also for being

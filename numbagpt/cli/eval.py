@@ -2,7 +2,7 @@
 import sys
 import time
 
-from numbagpt.cli import (HelpFormatter, Parser, add_flag, add_precision, check_flags, reserve_threads,
+from numbagpt.cli import (HelpFormatter, Parser, add_device, add_flag, add_precision, check_flags, reserve_threads,
                           take_interrupts, use_threads)
 from numbagpt.flags import POSITIVE
 
@@ -16,13 +16,14 @@ Under mpirun/srun the examples are split over the processes."""
 def build_parser():
     p = Parser(prog="eval_gpt2", description=DESCRIPTION, formatter_class=HelpFormatter)
     p.add_argument("-e", "--model", default="out",
-                   help="model .bin file, or a train_gpt2 output directory (its newest model_*.bin: the final model, else the latest checkpoint's)")
+                   help="model .bin file, or a train_gpt2 output directory "
+                        "(its newest model_*.bin: the final model, else the latest checkpoint's)")
     p.add_argument("--hellaswag", required=True, metavar="FILE",
                    help="eval file (magic 20240522), e.g. hellaswag_val.bin")
     add_flag(p, "-b", "--batch-size", type=int, check=POSITIVE, default=32,
              help="sequences per forward (4 per example)")
     add_precision(p)
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="backend that runs the kernels")
+    add_device(p)
     add_flag(p, "--omp-threads", type=int, check=POSITIVE, default=None,
                    help="Numba threads per process (default: all cores, divided among the ranks)")
     return p

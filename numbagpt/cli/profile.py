@@ -8,8 +8,8 @@ measurements (`build_report`; its JSON schema is REPORT_KEYS) and prints it (`fo
 docs/profiling.md explains the columns and the formulas.
 """
 
-from numbagpt.cli import (HelpFormatter, Parser, add_flag, add_precision, check_flags, model_config, open_model,
-                          run_command, use_threads)
+from numbagpt.cli import (HelpFormatter, Parser, add_device, add_flag, add_precision, check_flags, model_config,
+                          open_model, run_command, use_threads)
 from numbagpt.flags import NONNEG, POSITIVE
 from numbagpt.config import DESCRIPTOR_HELP
 from numbagpt.layout import memory_estimate
@@ -24,7 +24,8 @@ def build_parser():
                     "the measured RSS. See docs/profiling.md.",
         formatter_class=HelpFormatter)
     p.add_argument("-e", "--model", default="tiny",
-                   help="model .bin file or train_gpt2 output directory (its newest model_*.bin: the final model, else the latest checkpoint's), or a "
+                   help="model .bin file or train_gpt2 output directory "
+                        "(its newest model_*.bin: the final model, else the latest checkpoint's), or a "
                         "descriptor built from scratch: " + DESCRIPTOR_HELP)
     add_flag(p, "-b", "--batch-size", type=int, check=POSITIVE, default=8, help="B, sequences per step")
     add_flag(p, "-t", "--seq-len", type=int, check=POSITIVE, default=256, help="T, tokens per sequence")
@@ -32,7 +33,7 @@ def build_parser():
                    help="as train_gpt2's: 0 stores every activation; 1 recomputes GELU's output in the backward "
                         "pass; 2 also the layernorm outputs")
     add_precision(p)
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="backend that runs the kernels")
+    add_device(p)
     add_flag(p, "--omp-threads", type=int, check=POSITIVE, default=None, help="Numba threads (default: all cores)")
     add_flag(p, "--steps", type=int, check=POSITIVE, default=3, help="timed training steps")
     add_flag(p, "--warmup", type=int, check=POSITIVE, default=1,

@@ -7,7 +7,8 @@ import codecs
 import sys
 import time
 
-from numbagpt.cli import HelpFormatter, Parser, add_flag, add_precision, check_flags, run_command, use_threads
+from numbagpt.cli import (HelpFormatter, Parser, add_device, add_flag, add_precision, check_flags, run_command,
+                          use_threads)
 from numbagpt.flags import NONNEG, POSITIVE
 from numbagpt.generate import TOP_P, prompt_ids
 
@@ -19,7 +20,8 @@ def build_parser():
                     "import_hf made from a Hugging Face GPT-2). The continuation is printed as it is generated.",
         formatter_class=HelpFormatter)
     p.add_argument("-e", "--model", default="out",
-                   help="model .bin file, or a train_gpt2 output directory (its newest model_*.bin: the final model, else the latest checkpoint's)")
+                   help="model .bin file, or a train_gpt2 output directory "
+                        "(its newest model_*.bin: the final model, else the latest checkpoint's)")
     p.add_argument("--prompt", default=None, help="text to continue (default: start from the end-of-text token)")
     p.add_argument("--prompt-file", default=None, help="read the prompt from this UTF-8 file")
     add_flag(p, "-g", "--gen-tokens", type=int, check=POSITIVE, default=128, help="tokens to generate per sample")
@@ -33,7 +35,7 @@ def build_parser():
     add_flag(p, "--seed", type=int, check=NONNEG, default=1337, help="seed of the sampling")
     add_precision(p, help="bf16: with --no-cache every forward's matmuls round their operands to bfloat16; "
                            "the KV-cache decoding's one-position matmuls are float32 either way")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="backend that runs the kernels")
+    add_device(p)
     add_flag(p, "--omp-threads", type=int, check=POSITIVE, default=None, help="Numba threads (default: all cores)")
     p.add_argument("--tokenizer", default=None,
                    help="llm.c tokenizer .bin (default: a tokenizer .bin next to the model that fits its "

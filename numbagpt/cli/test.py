@@ -7,7 +7,8 @@ step's loss with the expected losses, when given.
 import math
 import os
 
-from numbagpt.cli import HelpFormatter, Parser, add_flag, add_precision, check_flags, run_command, use_threads
+from numbagpt.cli import (HelpFormatter, Parser, add_device, add_flag, add_precision, check_flags, run_command,
+                          use_threads)
 from numbagpt.flags import NONNEG, POSITIVE
 
 # The tolerances, max absolute difference, in one place. llm.c's own test accepts 1e-2 on logits and
@@ -39,7 +40,7 @@ def build_parser():
     p.add_argument("--expected-losses", default=None,
                    help="text file, one loss per line: the loss before each AdamW step")
     add_flag(p, "--steps", type=int, check=NONNEG, default=10, help="AdamW steps when no losses file is given")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    add_device(p)
     add_precision(p, help="bf16: the model's matmuls round their operands to bfloat16 (compared under the bf16 "
                           "tolerances: docs/training.md)")
     add_flag(p, "--omp-threads", type=int, check=POSITIVE, default=None, help="Numba threads (default: all cores)")

@@ -12,7 +12,6 @@ exists is never written again (the final model of a run that ends on a checkpoin
 checkpoint's model file). Resume (`select`) takes the newest checkpoint whose files all verify —
 header, length from the header, and the checksums DONE records — and says why it skipped any newer one.
 """
-import glob
 import json
 import os
 import re

@@ -45,9 +45,9 @@ class TrainConfig:
                              "glob of train shards (.bin); default: built-in Shakespeare")
     val_data: str = option(None, ("-j", "--val-data"), "glob of val shards; default: the built-in Shakespeare "
                            "val split when -i is not given, else no val")
-    model: str = option("tiny", ("-e", "--model"), "model .bin file or train_gpt2 output directory ("
-                        "its newest model_*.bin: the final model, else the latest checkpoint's) to start from, or a descriptor built from scratch: "
-                        + DESCRIPTOR_HELP)
+    model: str = option("tiny", ("-e", "--model"), "model .bin file or train_gpt2 output directory (its newest "
+                        "model_*.bin: the final model, else the latest checkpoint's) to start from, or a descriptor "
+                        "built from scratch: " + DESCRIPTOR_HELP)
     layers: int = option(None, ("--layers",), "transformer layers (default: -e's)", POSITIVE, metavar="L",
                          group=SHAPE_GROUP)
     heads: int = option(None, ("--heads",), "attention heads, must divide C (default: -e's)", POSITIVE,
