@@ -68,6 +68,7 @@ def build_report(model, B, T, m, model_name=None):
         "batch": {"B": B, "T": T, "tokens": tokens},
         "device": m["device"],
         "device_name": m["device_name"],
+        "precision": getattr(model, "precision", "fp32"),
         "timer": m["timer"],
         "threads": m["threads"],
         "threading_layer": m["threading_layer"],
@@ -119,7 +120,7 @@ def build_report(model, B, T, m, model_name=None):
 
 # The exact top-level keys of a report and of each kernel row: the JSON's stable schema.
 REPORT_KEYS = frozenset((
-    "schema", "model", "config", "num_parameters", "batch", "device", "device_name", "timer", "threads",
+    "schema", "model", "config", "num_parameters", "batch", "device", "device_name", "precision", "timer", "threads",
     "threading_layer", "load_average", "warmup", "steps", "compile_ms", "warmup_ms", "compile_by_kernel", "step_ms",
     "step_ms_all", "step_ms_unprofiled", "step_ms_unprofiled_all", "kernel_ms", "kernel_ms_all",
     "host_ms", "tokens_per_s", "tokens_per_s_basis", "flops_per_token", "flops_per_token_formula",
@@ -146,7 +147,8 @@ def _header(r):
     lines = [f"numbagpt profile | model {r['model']} | L={cfg['num_layers']} NH={cfg['num_heads']} "
              f"C={cfg['channels']} maxT={cfg['max_seq_len']} V={cfg['vocab_size']} "
              f"Vp={cfg['padded_vocab_size']} | {r['num_parameters']:,} parameters",
-             f"device {r['device']} ({r['device_name']}) | {r['threads']} threads ({r['threading_layer']}) "
+             f"device {r['device']} ({r['device_name']}) | precision {r['precision']} | {r['threads']} threads "
+             f"({r['threading_layer']}) "
              f"| B={r['batch']['B']} T={r['batch']['T']} ({r['batch']['tokens']} tokens/step) | warm-up "
              f"{r['warmup']}, timed steps {r['steps']} | timer {r['timer']}"]
     first = r["compile_ms"]

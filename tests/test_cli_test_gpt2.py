@@ -93,5 +93,6 @@ def test_bf16_passes_its_own_tolerances_and_not_fp32s(capsys):
                 os.path.join(FIXTURES, f"{fixture}_losses.txt"), "--precision", "bf16"]
         code, out = run(capsys, *args)
         assert code == 0 and "overall okay: 1" in out, out
+        assert "| precision bf16" in out.splitlines()[0], out   # the header says which mode it compared
         logits_abs = float(out.split("logits")[1].split("max abs diff")[1].split()[0])
         assert logits_abs > test_gpt2.TOLERANCES["logits"]   # the matmuls did round

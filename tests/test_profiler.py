@@ -235,14 +235,23 @@ def test_profile_totals_are_consistent(report):
 
 
 REPORT_KEYS = {
-    "schema", "model", "config", "num_parameters", "batch", "device", "device_name", "timer", "threads",
-    "threading_layer", "load_average", "warmup", "steps", "compile_ms", "warmup_ms", "compile_by_kernel",
+    "schema", "model", "config", "num_parameters", "batch", "device", "device_name", "precision", "timer",
+    "threads", "threading_layer", "load_average", "warmup", "steps", "compile_ms", "warmup_ms", "compile_by_kernel",
     "step_ms", "step_ms_all", "step_ms_unprofiled", "step_ms_unprofiled_all", "kernel_ms", "kernel_ms_all",
     "host_ms", "tokens_per_s", "tokens_per_s_basis", "flops_per_token", "flops_per_token_formula",
     "flops_per_token_llmc", "flops_per_token_llmc_formula", "kernel_flops_per_token", "achieved_gflops",
     "peak_gflops", "peak_source", "calibration_shape", "reference_peaks", "mfu", "mfu_llmc", "overhead",
     "losses", "kernels", "families", "memory"}
 KERNEL_KEYS = {"name", "phase", "calls", "ms", "pct", "flops", "bytes", "gflops", "gbps"}
+
+
+def test_the_header_and_the_json_say_the_precision(report):
+    """The issue's "the profiler header says the precision": the model's, in the JSON and the header
+    line (device_name names both GEMMs' kernels whatever the precision)."""
+    assert report["precision"] == "fp32"
+    header = profiler.format_report(report).splitlines()[1]
+    assert header.startswith("device ") and "| precision fp32 |" in header
+    assert "| precision bf16 |" in profiler.format_report({**report, "precision": "bf16"}).splitlines()[1]
 
 
 def test_json_schema_is_stable(report):

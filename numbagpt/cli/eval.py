@@ -68,7 +68,8 @@ def run(args, world):
     path = resolve_model(args.model)
     model = GPT2.from_file(path, backend=backend, precision=args.precision)
     say = (lambda *a, **k: print(*a, **k, flush=True)) if world.is_master else (lambda *a, **k: None)
-    say(f"model {path} | {model.config.describe()} | {len(examples)} examples | {world.size} processes",
+    say(f"model {path} | {model.config.describe()} | precision {args.precision} | {len(examples)} examples | "
+        f"{world.size} processes",
         file=sys.stderr)
     t0 = time.perf_counter()
 

@@ -83,6 +83,7 @@ def sample(args):
     tok = find_tokenizer(args.tokenizer, path, model.config.vocab_size)
     text, prompt = read_prompt(args, tok)
     print(f"model {path} | {model.config.describe()} | tokenizer {tok.name} | device {args.device} | "
+          f"precision {args.precision}{'' if args.no_cache else ' (KV cache: float32 matmuls)'} | "
           f"prompt {len(prompt)} tokens", file=sys.stderr, flush=True)
     rng = np.random.default_rng(args.seed)
     decoder = None if args.no_cache else Decoder(model, 1)

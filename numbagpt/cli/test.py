@@ -102,7 +102,8 @@ def run(args):
     cfg = model.config
     state = formats.read_debug_state(args.state, cfg)
     B, T = state["B"], state["T"]
-    print(f"model {path}: {cfg.describe()} | state {args.state}: B={B} T={T} | device {args.device}")
+    print(f"model {path}: {cfg.describe()} | state {args.state}: B={B} T={T} | device {args.device} | "
+          f"precision {args.precision}")
     x, y = state["x"].reshape(B, T), state["y"].reshape(B, T)
     tol = BF16_TOLERANCES if args.precision == "bf16" else TOLERANCES
     rel = {key: args.precision == "bf16" and key in RELATIVE_BF16 for key in tol}
