@@ -130,10 +130,11 @@ def test_model_shaped_from_the_command_line_with_the_data_vocabulary(tmp_path, c
     (["--max-seq-len", "8", "-t", "16"], "-t/--seq-len 16 exceeds the model's max_seq_len 8 (--max-seq-len)"),
     (["-e", "d7"], "unsupported GPT-2 depth d7"),
     (["-e", "MODEL", "--layers", "3"], "is a model file, whose shape is fixed: drop --layers"),
+    (["-e", "RUNDIR", "--layers", "3"], "is a train_gpt2 output directory, whose model's shape is fixed: drop --layers"),
     (["-d", "100"], "-d/--total-batch-size 100 is not a multiple of B*T*processes = 2*16*1 = 32"),
 ])
 def test_bad_shapes_give_clear_errors(tmp_path, capsys, corpus, extra, msg):
-    extra = [corpus["model"] if a == "MODEL" else a for a in extra]
+    extra = [{"MODEL": corpus["model"], "RUNDIR": str(corpus["dir"])}.get(a, a) for a in extra]
     code, _, err = run(capsys, ["-i", corpus["train"], "-o", "", "-b", "2", "-t", "16", "-x", "1"] + extra + FAST)
     assert code == 1 and msg in err and "Traceback" not in err
 
@@ -144,7 +145,8 @@ def test_help_states_every_default():
     for action in parser._actions:
         if action.dest == "help":
             continue
-        assert "default" in fmt._get_help_string(action), action.option_strings
+        text = fmt._get_help_string(action)
+        assert "(default" in text or "; default: " in text, action.option_strings
     text = parser.format_help()
     for flag in ("-d", "--total-batch-size", "-k", "--lr-scheduler", "-sl", "--skip-update-lossz", "-sg",
                  "--skip-update-gradz", "-a", "--overfit-single-batch", "-r", "--recompute", "--layers",

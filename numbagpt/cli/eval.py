@@ -21,7 +21,8 @@ def build_parser():
     p.add_argument("--hellaswag", required=True, metavar="FILE",
                    help="eval file (magic 20240522), e.g. hellaswag_val.bin")
     add_flag(p, "-b", "--batch-size", type=int, check=POSITIVE, default=32,
-             help="sequences per forward (4 per example)")
+             help="sequences per forward: whole examples of 4 sequences each, at least one example (so 1-7 "
+                  "run 4 a forward)")
     add_precision(p)
     add_device(p)
     add_flag(p, "--omp-threads", type=int, check=POSITIVE, default=None,

@@ -315,7 +315,8 @@ def load_model(config, world, backend, tok_path, say, resume_step):
                    if getattr(c, n) is not None]
     scratch = is_descriptor(c.model)
     if shape_flags and not scratch:
-        raise ValueError(f"-e {c.model} is a model file, whose shape is fixed: drop {', '.join(shape_flags)} "
+        what = "a train_gpt2 output directory, whose model's" if os.path.isdir(c.model) else "a model file, whose"
+        raise ValueError(f"-e {c.model} is {what} shape is fixed: drop {', '.join(shape_flags)} "
                          f"(they shape a model built from scratch from a descriptor)")
     # The config from the descriptor or the file's header: the checks below run before any allocation.
     if resume_step is not None:
