@@ -130,7 +130,7 @@ def test_model_shaped_from_the_command_line_with_the_data_vocabulary(tmp_path, c
     (["--max-seq-len", "8", "-t", "16"], "-t/--seq-len 16 exceeds the model's max_seq_len 8 (--max-seq-len)"),
     (["-e", "d7"], "unsupported GPT-2 depth d7"),
     (["-e", "MODEL", "--layers", "3"], "is a model file, whose shape is fixed: drop --layers"),
-    (["-e", "RUNDIR", "--layers", "3"], "is a train_gpt2 output directory, whose model's shape is fixed: drop --layers"),
+    (["-e", "RUNDIR", "--layers", "3"], "a train_gpt2 output directory, whose model's shape is fixed: drop --layers"),
     (["-d", "100"], "-d/--total-batch-size 100 is not a multiple of B*T*processes = 2*16*1 = 32"),
 ])
 def test_bad_shapes_give_clear_errors(tmp_path, capsys, corpus, extra, msg):
