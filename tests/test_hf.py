@@ -127,6 +127,26 @@ def test_import_errors_name_the_file(tmp_path, capsys):
     assert "missing.bin: no such file" in capsys.readouterr().err
 
 
+def test_import_refuses_an_existing_file_and_export_a_file_for_its_dir(tmp_path, capsys):
+    """import_hf replaces MODEL_BIN only with --force (as export_hf an earlier export); export_hf names
+    OUT_DIR when it is a file or cannot be made (it printed Python's "[Errno 17] File exists")."""
+    model = random_model(tmp_path / "m.bin", V=100)
+    hf.export_hf(tmp_path / "m.bin", tmp_path / "hf")
+    (tmp_path / "keep.bin").write_bytes(b"a trained model")
+    assert import_main([str(tmp_path / "hf"), str(tmp_path / "keep.bin")]) == 1
+    assert f"{tmp_path / 'keep.bin'}: exists: write a new file, or --force to replace it" in capsys.readouterr().err
+    assert (tmp_path / "keep.bin").read_bytes() == b"a trained model"
+    assert import_main([str(tmp_path / "hf"), str(tmp_path / "keep.bin"), "--force"]) == 0
+    np.testing.assert_array_equal(GPT2.from_file(tmp_path / "keep.bin").parameters_host(), model.parameters_host())
+    capsys.readouterr()
+    assert export_main([str(tmp_path / "m.bin"), str(tmp_path / "keep.bin")]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'keep.bin'}: not a directory" in err and "Errno" not in err
+    assert export_main([str(tmp_path / "m.bin"), str(tmp_path / "keep.bin" / "sub")]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'keep.bin' / 'sub'}: cannot create the directory" in err and "Errno" not in err
+
+
 def test_import_reads_the_original_gpt2_key_names(tmp_path):
     # OpenAI's GPT-2 on the Hugging Face hub stores GPT2Model keys (no "transformer." prefix) and the
     # causal-mask buffers h.N.attn.bias; lm_head.weight, when present, must be the tied wte

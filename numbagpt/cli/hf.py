@@ -42,6 +42,7 @@ def build_import_parser():
     p.add_argument("--save-precision", choices=tuple(SAVE_PRECISIONS), default="fp32",
                    help="fp32: llm.c version 3; bf16: version 5, the weights rounded to bfloat16 (what "
                         "llm.c's CUDA trainer reads by default) (default: fp32)")
+    p.add_argument("--force", action="store_true", help="replace MODEL_BIN if it exists")
     return p
 
 
@@ -61,6 +62,6 @@ def export_main(argv=None):
 def import_main(argv=None):
     def run(args):
         from ..files.hf import import_hf
-        cfg = import_hf(args.hf_dir, args.model, SAVE_PRECISIONS[args.save_precision])
+        cfg = import_hf(args.hf_dir, args.model, SAVE_PRECISIONS[args.save_precision], force=args.force)
         return f"wrote {args.model} ({args.save_precision}): {cfg.describe()}"
     return _command("import_hf", build_import_parser(), argv, run)

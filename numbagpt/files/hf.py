@@ -116,10 +116,15 @@ def export_hf(model_bin, out_dir, force=False):
     mixes two models' files."""
     st = _safetensors()
     cfg, params = formats.read_model(model_bin)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise HFError(f"{out_dir}: not a directory (the export writes a directory of files)")
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not force:
         raise HFError(f"{out_dir}: not empty ({', '.join(sorted(os.listdir(out_dir))[:4])}...): "
                       f"export into a new directory, or --force to replace an earlier export there")
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise HFError(f"{out_dir}: cannot create the directory: {e.strerror}") from None
     if cfg.vocab_size != GPT2_VOCAB:   # no tokenizer files of ours: an earlier export's would not fit
         for name in TOKENIZER_FILES:
             if os.path.exists(os.path.join(out_dir, name)):
@@ -219,9 +224,10 @@ def from_hf_tensors(cfg, tensors, path="model.safetensors"):
     return flat
 
 
-def import_hf(hf_dir, model_bin, dtype="float32"):
+def import_hf(hf_dir, model_bin, dtype="float32", force=False):
     """Write an llm.c model file from a transformers GPT-2 directory, float32 (version 3) or, with
-    dtype="bfloat16", version 5; returns its config."""
+    dtype="bfloat16", version 5; returns its config. An existing model_bin is refused unless `force`
+    (as export_hf refuses a directory that holds files)."""
     st = _safetensors()
     cfg = _read_config(hf_dir)
     path = os.path.join(hf_dir, "model.safetensors")
@@ -235,5 +241,8 @@ def import_hf(hf_dir, model_bin, dtype="float32"):
         tensors = st.load_file(path)
     except Exception as e:  # safetensors raises its own error types for a bad header
         raise HFError(f"{path}: not a readable safetensors file: {e}") from None
-    formats.write_model(model_bin, cfg, from_hf_tensors(cfg, tensors, path), dtype)
+    params = from_hf_tensors(cfg, tensors, path)
+    if os.path.exists(model_bin) and not force:
+        raise HFError(f"{model_bin}: exists: write a new file, or --force to replace it")
+    formats.write_model(model_bin, cfg, params, dtype)
     return cfg
