@@ -363,6 +363,18 @@ def test_cli_prints_the_table_and_writes_json(tmp_path, capsys, report):
     assert data["batch"] == {"B": 2, "T": 8, "tokens": 16}
 
 
+def test_cli_refuses_a_json_path_it_cannot_write_before_profiling(tmp_path, capsys, monkeypatch):
+    """--json into a missing directory, or onto a directory: one line naming the path and the flag,
+    before any step runs (it failed after the whole profile)."""
+    from numbagpt import profiler as prof
+    from numbagpt.cli.profile import main
+    monkeypatch.setattr(prof, "profile_model", lambda *a, **k: pytest.fail("profiled before checking --json"))
+    for path, why in ((tmp_path / "missing" / "p.json", "no such directory"), (tmp_path, "is a directory")):
+        assert main(["-b", "2", "-t", "8", "--steps", "1", "--json", str(path)]) == 1
+        err = capsys.readouterr().err
+        assert f"{path}: cannot write it (--json): {why}" in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_cli_bad_arguments_give_clear_errors(tmp_path, capsys):
     from numbagpt.cli.profile import main
     with pytest.raises(SystemExit) as e:

@@ -68,6 +68,8 @@ def run(args):
     from numbagpt.files import atomic
     from numbagpt.layout import format_memory
 
+    if args.json:
+        atomic.check_writable(args.json, "--json")
     if args.omp_threads is not None:
         use_threads(args.omp_threads)
     rss_before = profiler.process_memory()["rss_bytes"]

@@ -176,6 +176,19 @@ def atomic_write(path):
     fsync_dir(directory)
 
 
+def check_writable(path, flag):
+    """Raise WriteError naming `path` and `flag` where a file could not be written there (a directory
+    by that name, no such directory above it, or one this process may not write in): checked before
+    the long work whose result goes there, not after it."""
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    why = ("is a directory" if os.path.isdir(path) else
+           f"no such directory: {parent}" if not os.path.isdir(parent) else
+           f"no permission to write in {parent}" if not os.access(parent, os.W_OK) else None)
+    if why:
+        raise WriteError(f"{path}: cannot write it ({flag}): {why}")
+
+
 def write_bytes(path, data=b""):
     """Atomically replace `path` with `data` (bytes); an empty file by default (DONE markers)."""
     with atomic_write(path) as f:
