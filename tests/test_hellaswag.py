@@ -14,6 +14,7 @@ import pytest
 from numbagpt import hellaswag as hs
 from numbagpt.cli.eval import main
 from numbagpt.config import GPT2Config
+from numbagpt.files import formats
 from numbagpt.model import GPT2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -140,6 +141,23 @@ def test_eval_gpt2_command(tmp_path, capsys):
     hs.write_eval_file(tmp_path / "big.bin", [(0, [1], [[V + 3], [2]])])
     assert main(["-e", str(tmp_path / "m.bin"), "--hellaswag", str(tmp_path / "big.bin")]) == 1
     assert "example 0: token id 19 is outside the model's vocabulary of 16" in capsys.readouterr().err
+
+
+def test_a_model_with_nan_or_inf_weights_is_refused_by_eval_and_sample(tmp_path, capsys):
+    """eval_gpt2 and sample_gpt2 on a model that diverged: one line naming the file and the first
+    tensor (eval scored such a model 0.25-like and sample printed end-of-text over and over, exit 0)."""
+    from numbagpt.cli.sample import main as sample_main
+    model = repeat_model()
+    params = model.parameters_host()
+    params[-3] = np.inf   # the last tensor: lnfb
+    params[-7] = np.nan
+    formats.write_model(tmp_path / "nan.bin", model.config, params)
+    hs.write_eval_file(tmp_path / "e.bin", make_examples(np.random.default_rng(4), 3, 2))
+    assert main(["-e", str(tmp_path / "nan.bin"), "--hellaswag", str(tmp_path / "e.bin")]) == 1
+    want = f"{tmp_path / 'nan.bin'}: 2 parameters are NaN or infinite (the first in lnfb): a model that diverged"
+    assert capsys.readouterr().err == f"eval_gpt2: error: {want}\n"
+    assert sample_main(["-e", str(tmp_path / "nan.bin"), "-g", "2"]) == 1
+    assert want in capsys.readouterr().err
 
 
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")

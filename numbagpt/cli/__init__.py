@@ -115,6 +115,24 @@ def check_flags(prog, parser, args):
             raise SystemExit(f"{prog}: error: {e}") from None
 
 
+def check_finite(model, path):
+    """ValueError naming `path` where a parameter of `model` is NaN or infinite (the first tensor that
+    holds one): a model that diverged samples end-of-text over and over and scores like a guess, with
+    no sign of why (sample_gpt2, eval_gpt2; training says so at its first loss)."""
+    import numpy as np
+
+    from numbagpt.layout import parameter_layout
+    params = model.parameters_host()
+    if np.isfinite(params.sum(dtype=np.float64)):   # one pass, no mask: a float32 sum cannot overflow float64
+        return
+    bad = ~np.isfinite(params)
+    views = parameter_layout(model.config).views(bad)
+    first = next(name for name, v in views.items() if v.any())
+    n = int(bad.sum())
+    raise ValueError(f"{path}: {n:,} parameter{'s are' if n > 1 else ' is'} NaN or infinite (the first in {first}): "
+                     f"a model that diverged")
+
+
 def model_config(spec, vocab_size=None):
     """(config, path): what -e names, from the file header alone (nothing allocated): a descriptor
     (path None: built from scratch, with GPT-2's vocabulary or `vocab_size`), a model file, or a

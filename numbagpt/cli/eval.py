@@ -2,8 +2,8 @@
 import sys
 import time
 
-from numbagpt.cli import (HelpFormatter, Parser, add_device, add_flag, add_precision, check_flags, reserve_threads,
-                          take_interrupts, use_threads)
+from numbagpt.cli import (HelpFormatter, Parser, add_device, add_flag, add_precision, check_finite, check_flags,
+                          reserve_threads, take_interrupts, use_threads)
 from numbagpt.flags import POSITIVE
 
 DESCRIPTION = """\
@@ -68,6 +68,7 @@ def run(args, world):
     examples = hellaswag.read_eval_file(args.hellaswag)
     path = resolve_model(args.model)
     model = GPT2.from_file(path, backend=backend, precision=args.precision)
+    check_finite(model, path)
     say = (lambda *a, **k: print(*a, **k, flush=True)) if world.is_master else (lambda *a, **k: None)
     say(f"model {path} | {model.config.describe()} | precision {args.precision} | {len(examples)} examples | "
         f"{world.size} processes",

@@ -7,8 +7,8 @@ import codecs
 import sys
 import time
 
-from numbagpt.cli import (HelpFormatter, Parser, add_device, add_flag, add_precision, check_flags, run_command,
-                          use_threads)
+from numbagpt.cli import (HelpFormatter, Parser, add_device, add_flag, add_precision, check_finite, check_flags,
+                          run_command, use_threads)
 from numbagpt.flags import NONNEG, POSITIVE
 from numbagpt.generate import TOP_P, prompt_ids
 
@@ -80,6 +80,7 @@ def sample(args):
     use_threads(args.omp_threads or numba.config.NUMBA_NUM_THREADS)
     path = resolve_model(args.model, "-e")
     model = GPT2.from_file(path, backend=args.device, precision=args.precision)
+    check_finite(model, path)
     tok = find_tokenizer(args.tokenizer, path, model.config.vocab_size)
     text, prompt = read_prompt(args, tok)
     print(f"model {path} | {model.config.describe()} | tokenizer {tok.name} | device {args.device} | "
