@@ -100,6 +100,28 @@ def test_bf16_model_files_keep_master_weights_and_resume_exactly(tmp_path, capsy
     assert formats.read_model_header(str(tmp_path / "final" / "model_00000002.bin"))[1] == 5
 
 
+def test_a_bf16_checkpoint_without_master_weights_resumes_saying_so(tmp_path, capsys, corpus):
+    """A bf16 model file whose state keeps no float32 parameters (llm.c's, whose DONE is empty): the
+    resume goes on from the rounded weights and says so, once; with master weights, no such note."""
+    flags = ("-x", "4", "-v", "0", "-g", "0", "--save-precision", "bf16", "-n", "2")
+    out = tmp_path / "run"
+    code, cap = run(capsys, corpus, out, *flags)
+    assert code == 0, cap.err
+    for p in out.glob("*00000004*"):
+        p.unlink()
+    code, cap = run(capsys, corpus, out, *flags, "-y", "1")
+    assert code == 0 and "resumed from step 2" in cap.out and "master weights" not in cap.out, cap.out
+    for p in out.glob("*00000004*"):
+        p.unlink()
+    state = formats.read_state(str(out / "state_00000002_00000.bin"))
+    keep = {k: state[k] for k in ("shard_index", "sample_index", "epoch", "seed", "run", "detectors")}
+    formats.write_state(str(out / "state_00000002_00000.bin"), 2, 1, 0, state["m"], state["v"], **keep)
+    (out / "DONE_00000002").write_bytes(b"")   # llm.c's: no checksums to check
+    code, cap = run(capsys, corpus, out, *flags, "-y", "1")
+    assert code == 0, cap.err
+    assert cap.out.count("keeps no float32 master weights") == 1 and "bf16-rounded weights" in cap.out
+
+
 def test_bad_input_gives_clear_errors(tmp_path, capsys, corpus):
     code, cap = run(capsys, corpus, tmp_path, "-x", "1", "-t", "64")
     assert code == 1 and "max_seq_len" in cap.err

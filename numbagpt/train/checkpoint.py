@@ -206,7 +206,8 @@ def load_state(out_dir, step, model, world, loader, guard=None):
     the float32 parameters when the state keeps them (a bf16 model file: the caller then gathers the
     shards, DataParallel.gather_parameters), and the spike guard's windows into `guard` when given.
     Returns (step, whether the guard's were there: a state of llm.c's or an older numbagpt's has none,
-    and the guard starts empty)."""
+    and the guard starts empty, whether the parameters are the model file's bf16-rounded ones: a bf16
+    model file whose state keeps no float32 ones, as llm.c's)."""
     import numpy as np
     start, end = model.optimizer_shard
     path = state_path(out_dir, step, world.rank)
@@ -230,4 +231,6 @@ def load_state(out_dir, step, model, world, loader, guard=None):
             guard.set_state(state["detectors"])
         except ValueError as e:   # not two detectors of the guard's window
             raise formats.FormatError(f"{path}: the spike guard's windows don't fit: {e}") from None
-    return state["step"], bool(state["detectors"])
+    version = formats.read_model_header(model_path(out_dir, step))[1]
+    rounded = "master" not in state and version == formats.MODEL_VERSION_BF16
+    return state["step"], bool(state["detectors"]), rounded

@@ -156,10 +156,13 @@ class Run:
 
     def resume(self, resume_step):
         c = self.config
-        self.start_step, windows = checkpoint.load_state(c.output_dir, resume_step, self.model, self.world,
-                                                         self.train_loader, self.guard)
+        self.start_step, windows, rounded = checkpoint.load_state(c.output_dir, resume_step, self.model, self.world,
+                                                                  self.train_loader, self.guard)
         self.dp.gather_parameters()   # ZeRO-1: each rank restored its shard's master weights (if kept)
         self.say(f"resumed from step {self.start_step} of {c.output_dir}")
+        if rounded:
+            self.say("note: the checkpoint's model file is bf16 and its state keeps no float32 master weights "
+                     "(llm.c's): training goes on from the bf16-rounded weights, not exactly where it stopped")
         if not windows and (c.skip_update_lossz or c.skip_update_gradz):
             self.say("note: the checkpoint holds no spike-guard windows (llm.c's, or an older numbagpt's): "
                      "-sl/-sg score nothing until they have refilled")
