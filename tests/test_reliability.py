@@ -207,6 +207,24 @@ def test_ranks_with_different_flags_stop_together():
     check_ranks_agree(a, FakeWorld([a, a.replace(omp_threads=4)]))   # threads are each rank's own
 
 
+def test_ranks_on_other_kernels_than_rank_0s_are_named():
+    """An MPMD launch with NUMBAGPT_MATMUL on one rank, or ranks on different CPUs: a note names each
+    rank whose kernels differ (the startup line shows rank 0's alone); none when they agree."""
+    from types import SimpleNamespace
+
+    from numbagpt.train.trainer import describe_ranks
+
+    def lines(kernels_of_rank_1):
+        world = SimpleNamespace(rank=0, host="h", local_rank=0, device="cpu", is_master=True)
+        world.gather = lambda row: [row, (1, "h", 1) + row[3:6] + (kernels_of_rank_1,)]
+        said = []
+        describe_ranks(world, 1, said.append, "EPYC, matmul avx512 6x64 (bf16: avx512bf16 6x64)")
+        return said
+    assert not any("note" in line for line in lines("EPYC, matmul avx512 6x64 (bf16: avx512bf16 6x64)"))
+    notes = [line for line in lines("EPYC, matmul portable (bf16: portable)") if line.startswith("note")]
+    assert len(notes) == 1 and "rank 1: EPYC, matmul portable (bf16: portable)" in notes[0], notes
+
+
 @pytest.mark.parametrize("delay", [0.05, 0.1, 0.2, 0.4])
 def test_ctrl_c_while_starting_is_one_line(delay, tmp_path):
     """SIGINT in the first fraction of a second (Python loading NumPy, Numba, the command): one line and

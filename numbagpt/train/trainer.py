@@ -246,7 +246,7 @@ def setup_device(config, world, say):
         f"processes {world.size} | threads/process {numba.get_num_threads()}")
     if world.size > 1:
         say(f"MPI: {world.describe_mpi()} | ZeRO stage {config.zero_stage} | buffers: {world.transport}")
-        describe_ranks(world, numba.get_num_threads(), say)
+        describe_ranks(world, numba.get_num_threads(), say, backend.device_name())
         # Numba's on-disk cache (cache=True) is shared by the ranks. Rank 0 compiles every kernel
         # first; the others wait at a barrier, then load the compiled code from the cache, instead
         # of compiling the same functions N times at once and racing to write the same cache files.
@@ -255,19 +255,25 @@ def setup_device(config, world, say):
     return backend
 
 
-def describe_ranks(world, threads, say):
-    """One line per rank (gathered to rank 0), and a warning for hosts running more threads than cores."""
+def describe_ranks(world, threads, say, kernels=""):
+    """One line per rank (gathered to rank 0), a warning for hosts running more threads than cores, and
+    a note naming the ranks whose `kernels` (backend.device_name(): the CPU and its matmul kernels)
+    are not rank 0's, as NUMBAGPT_MATMUL or another CPU makes them."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count()
-    rows = world.gather((world.rank, world.host, world.local_rank, threads, cores, world.device))
+    rows = world.gather((world.rank, world.host, world.local_rank, threads, cores, world.device, kernels))
     if not world.is_master:
         return
-    for rank, host, local_rank, t, c, device in rows:
+    for rank, host, local_rank, t, c, device, _ in rows:
         say(f"  rank {rank}: host {host} | local rank {local_rank} | threads {t} (of {c} usable cores) | {device}")
+    other = [f"rank {row[0]}: {row[6]}" for row in rows if row[6] != rows[0][6]]
+    if other:
+        say(f"note: ranks run other kernels than rank 0's ({rows[0][6]}): {'; '.join(other)}; their sums "
+            f"differ in order, so the run is not bit for bit one on rank 0's kernels")
     by_host = {}
-    for _, host, _, t, c, _ in rows:
+    for _, host, _, t, c, _, _ in rows:
         used, _ = by_host.get(host, (0, c))
         by_host[host] = (used + t, c)
     for host, (used, c) in by_host.items():
