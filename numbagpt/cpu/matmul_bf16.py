@@ -100,6 +100,17 @@ read from memory at ~8 GB/s a thread) its dinp 678 -> 521 ms (1.30x), its dweigh
 the same bits (interleaved in one process, best of 5); at d12, B·T = 256: 1.07x, 1.09x; at B·T =
 1024: 0.98x, 1.01x (noise). An experiment that skipped the A packing altogether had measured its
 cost first: 30% of the seed dinp, 25% of its dweight.
+(6) Measured, not built (AMD Zen 4, 2 threads, d12 products at B·T = 256, December 2026). In a step
+the weights come from memory, not from the caches as in bench/bench_matmul.py's back-to-back calls:
+cycling each product through 96 MB of weight copies, the bf16 forwards ran 5-9% and the dinps 12-16%
+slower than on one warm copy (fp32: 2-8%). Software prefetch of the next panel's float32 weight rows,
+spread over the current panel's micro-tiles (prefetcht0 or prefetcht1; whole panels, or the dinp's
+weight packed strip by strip as the forward's) changed nothing beyond the ±5% noise. The weight given
+in bf16 rows (an experiment standing in for a bf16 copy AdamW would write: packing then only moves
+words) gave the cold forwards +3-10% and dinps +7-17%, the same bits: about 4% of a d12 B=4 T=64 bf16
+step, 1% at B·T = 1024, for 2 bytes a parameter more memory, an AdamW that writes the copy in both
+backends and a copy that must never go stale; left for when AMX, whose tiles leave the conversion a
+larger share, makes it worth that.
 
 Never compiled where it cannot run: nothing of avx512bf16 is compiled before set_kernel picks it,
 which it refuses on a CPU without the features (the import picks portable there); and Numba's
