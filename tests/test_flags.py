@@ -107,6 +107,11 @@ def test_train_combinations():
     assert any("never reaches -l" in w for w in TrainConfig(max_steps=5).warnings())
     assert not any("never reaches" in w for w in TrainConfig(max_steps=50).warnings())
     assert any("cores" in w for w in TrainConfig(omp_threads=1000).warnings())
+    def rounded_alone(**flags):   # --save-precision bf16 and no checkpoint at the last step
+        return any("final weights are kept rounded to bf16 alone" in w
+                   for w in TrainConfig(save_precision="bf16", **flags).warnings())
+    assert rounded_alone() and rounded_alone(max_steps=10, checkpoint_every=3)
+    assert not rounded_alone(max_steps=10, checkpoint_every=5) and not rounded_alone(output_dir="")
     with pytest.raises(ValueError, match="-b must be positive, got 0"):
         TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="-b must be an integer"):

@@ -149,6 +149,11 @@ class TrainConfig:
         if self.lr_scheduler != "constant" and self.warmup_iters >= self.max_steps:
             out.append(f"-u {self.warmup_iters} warmup steps >= -x {self.max_steps} steps: the learning rate "
                        f"never reaches -l {self.lr:g}, and the -k {self.lr_scheduler} decay never starts")
+        if (self.output_dir and self.save_precision == "bf16"
+                and (self.checkpoint_every == 0 or self.max_steps % self.checkpoint_every)):
+            out.append(f"--save-precision bf16: step {self.max_steps} is no checkpoint step (-n "
+                       f"{self.checkpoint_every}), so the run's final weights are kept rounded to bf16 alone, "
+                       f"not in float32 (a checkpoint's state keeps them: -n dividing -x)")
         cores = usable_cores()
         if self.omp_threads is not None and self.omp_threads > cores:
             out.append(f"--omp-threads {self.omp_threads} is more than the {cores} cores this process may "
