@@ -193,6 +193,61 @@ def test_a_fresh_run_on_a_used_directory(corpus, tmp_path):
     assert checkpoint.run_files(str(tmp_path)) == ["DONE_00000003", "model_00000003.bin", "state_00000003_00000.bin"]
 
 
+def test_overwrite_never_deletes_the_model_e_names(corpus, tmp_path):
+    """Fine-tuning a run's model into the same -o: --overwrite would delete it before reading it, so it
+    is refused, naming the file, and every file stays."""
+    code, _, err = run(args_for(corpus, tmp_path, steps=2, every=0))
+    assert code == 0, err
+    before = checkpoint.run_files(str(tmp_path))
+    for e in (str(tmp_path), str(tmp_path / "model_00000002.bin")):
+        argv = args_for(corpus, tmp_path, "--overwrite", steps=2, every=0)
+        argv[argv.index("-e") + 1] = e
+        code, _, err = run(argv)
+        assert code == 1 and err.strip() == (
+            f"train_gpt2: error: -e {e}: {tmp_path}/model_00000002.bin is a file of the earlier run in {tmp_path}, "
+            f"which --overwrite would delete before it is read: copy it out of {tmp_path} first, or train into "
+            f"another -o"), err
+        assert checkpoint.run_files(str(tmp_path)) == before
+
+
+def test_y_1_without_a_checkpoint_keeps_an_earlier_runs_files(corpus, tmp_path):
+    """-y 1 where no checkpoint is complete starts afresh, so, as any fresh run, it refuses to write over an
+    earlier run's files without --overwrite (it replaced the final model and main.log)."""
+    code, _, err = run(args_for(corpus, tmp_path, steps=2, every=0))
+    assert code == 0, err
+    model = (tmp_path / "model_00000002.bin").read_bytes()
+    code, _, err = run(args_for(corpus, tmp_path, "-y", "1", steps=2, every=0))
+    assert code == 1 and err.strip() == (
+        f"train_gpt2: error: {tmp_path}: holds the files of an earlier run (model_00000002.bin); no complete "
+        f"checkpoint to resume (-y 1), --overwrite to delete them and start over, or another -o"), err
+    assert (tmp_path / "model_00000002.bin").read_bytes() == model
+    code, out, err = run(args_for(corpus, tmp_path, "-y", "1", "--overwrite", steps=2, every=0))
+    assert code == 0 and "--overwrite: removed 1 files" in out, err
+
+
+def test_a_resume_to_a_smaller_x_needs_steps_left_and_no_later_model(corpus, tmp_path):
+    """--allow-changes with -x at or below the checkpoint's step: nothing to train, refused (it wrote the
+    checkpoint's weights as model_<-x>.bin); with steps left but the earlier run's final model past the
+    new -x: refused, as -e DIR would take that model for this run's."""
+    code, _, err = run(args_for(corpus, tmp_path, steps=5, every=4))   # checkpoint 4, final model 5
+    assert code == 0, err
+    for x in (3, 4):
+        code, _, err = run(args_for(corpus, tmp_path, "-y", "1", "--allow-changes", steps=x, every=4))
+        assert code == 1 and f"the checkpoint is at step 4 and -x is {x}: no step left to train" in err, err
+    assert not (tmp_path / "model_00000003.bin").exists()
+    out = tmp_path / "b"
+    code, _, err = run(args_for(corpus, out, steps=5, every=3))        # checkpoint 3, final model 5
+    assert code == 0, err
+    code, _, err = run(args_for(corpus, out, "-y", "1", "--allow-changes", steps=4, every=3))
+    assert code == 1 and err.strip().endswith(
+        f"{out}/model_00000005.bin: the earlier run's model at step 5, past -x 4: this run would not replace it, "
+        f"and -e {out} would take it for this run's final model: move it out of {out} first"), err
+    (out / "model_00000005.bin").rename(tmp_path / "kept.bin")
+    code, stdout, err = run(args_for(corpus, out, "-y", "1", "--allow-changes", steps=4, every=3))
+    assert code == 0 and "resumed from step 3" in stdout, err
+    assert checkpoint.resolve_model(str(out)) == str(out / "model_00000004.bin")
+
+
 def test_a_resume_with_another_batch_size(corpus, tmp_path):
     code, _, err = run(args_for(corpus, tmp_path, steps=2))
     assert code == 0, err

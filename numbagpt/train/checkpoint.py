@@ -44,6 +44,11 @@ def done_steps(out_dir):
     return _steps(out_dir, r"DONE_(\d{8})")
 
 
+def model_steps(out_dir):
+    """The steps with a model_*.bin in out_dir, ascending."""
+    return _steps(out_dir, r"model_(\d{8})\.bin")
+
+
 def latest_step(out_dir):
     """The highest step with a DONE file in out_dir, or None (whether its files verify or not)."""
     steps = done_steps(out_dir)
@@ -134,7 +139,7 @@ def resolve_model(path, flag="-e"):
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: no such model file or directory ({flag})")
         return path
-    steps = _steps(path, r"model_(\d{8})\.bin")
+    steps = model_steps(path)
     if not steps:
         raise FileNotFoundError(f"{path}: no model_*.bin in this directory ({flag} takes a model file or a "
                                 f"train_gpt2 output directory)")

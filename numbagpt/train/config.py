@@ -118,8 +118,9 @@ class TrainConfig:
                             "model built from scratch, and the decoder of the samples (default: "
                             "NAME_tokenizer.bin beside the train shards, else none: GPT-2's vocabulary, "
                             "samples not decoded)")
-    overwrite: bool = option(False, ("--overwrite",), "let a fresh run (no -y 1) delete an earlier run's "
-                             "checkpoints and models in the output dir (without it, such a dir is refused)")
+    overwrite: bool = option(False, ("--overwrite",), "let a fresh run (no -y 1, or -y 1 with no complete "
+                             "checkpoint) delete an earlier run's checkpoints and models in the output dir "
+                             "(without it, such a dir is refused)")
     allow_changes: bool = option(False, ("--allow-changes",), "resume even where B, T, the data, the seed or "
                                  "the schedule differ from the checkpoint's run (each difference is printed)")
     no_memory_check: bool = option(False, ("--no-memory-check",),

@@ -83,19 +83,38 @@ def _summary(names):
     return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
 
 
-def check_fresh(directory, overwrite):
-    """For a run that starts from scratch (no -y 1): refuse a directory holding another run's files,
-    or, with `overwrite`, delete them (DONE files first, so no checkpoint looks complete on the way).
-    Returns the names deleted."""
+def check_fresh(directory, overwrite, model=None, resuming=False):
+    """For a run that starts from scratch (no -y 1, or -y 1 with no checkpoint to resume): refuse a
+    directory holding another run's files, or, with `overwrite`, delete them (DONE files first, so no
+    checkpoint looks complete on the way), but never the model file -e names (`model`), which is read
+    after this. Returns the names deleted."""
     names = checkpoint.run_files(directory)
     if not names:
         return []
     if not overwrite:
+        hint = ("no complete checkpoint to resume (-y 1)" if resuming else "give -y 1 to resume it")
         raise RunDirError(f"{directory}: holds the files of an earlier run ({_summary(names)}); "
-                          f"give -y 1 to resume it, --overwrite to delete them and start over, "
-                          f"or another -o")
+                          f"{hint}, --overwrite to delete them and start over, or another -o")
+    source = _model_file(model)
+    for name in names:
+        if source and os.path.abspath(os.path.join(directory, name)) == source:
+            raise RunDirError(f"-e {model}: {source} is a file of the earlier run in {directory}, which "
+                              f"--overwrite would delete before it is read: copy it out of {directory} "
+                              f"first, or train into another -o")
     discard_files(directory, names)
     return names
+
+
+def _model_file(model):
+    """The absolute path of the model file -e `model` names, or None (a descriptor, or nothing there:
+    the model's loading says so)."""
+    from ..config import is_descriptor
+    if not model or is_descriptor(model):
+        return None
+    try:
+        return os.path.abspath(checkpoint.resolve_model(model))
+    except OSError:
+        return None
 
 
 def discard_files(directory, names):
@@ -247,25 +266,40 @@ def open_run(out_dir, resume, overwrite, record, allow_changes, world, say):
 
 
 def _pick(out_dir, resume, overwrite, record, allow_changes, say):
-    if not resume:
-        removed = check_fresh(out_dir, overwrite)
+    step, notes = None, []
+    if resume:
+        step, header, notes = checkpoint.select(out_dir)
+        for line in notes:
+            say(line)
+        for s in checkpoint.done_steps(out_dir):
+            if step is None or s > step:
+                checkpoint.discard(out_dir, s)   # broken: its files are rewritten when the run gets there
+    if step is None:   # a fresh run, -y 1 or not: an earlier run's files are kept unless --overwrite
+        removed = check_fresh(out_dir, overwrite, record.get("model"), resuming=resume)
         if removed:
             say(f"--overwrite: removed {len(removed)} files of an earlier run from {out_dir}")
-        return None
-    step, header, notes = checkpoint.select(out_dir)
-    for line in notes:
-        say(line)
-    for s in checkpoint.done_steps(out_dir):
-        if step is None or s > step:
-            checkpoint.discard(out_dir, s)   # broken: its files are rewritten when the run gets there
-    if step is None:
         return None
     changes = check_resume(header.get("run"), record, allow_changes, checkpoint.state_path(out_dir, step, 0))
     for line in changes:
         say(f"warning: resuming with a change (--allow-changes): {line}")
+    check_steps_left(out_dir, step, record["max_steps"])
     if notes:
         say(f"resuming from the checkpoint at step {step} instead")
     return step
+
+
+def check_steps_left(out_dir, step, max_steps):
+    """A resume from `step` (a -x changed by --allow-changes) must have steps left, and leave no model
+    file of the earlier run past -x: the run would never replace it, and -e DIR (the newest model) would
+    take it for this run's final model."""
+    if step >= max_steps:
+        raise RunDirError(f"{out_dir}: the checkpoint is at step {step} and -x is {max_steps}: no step left to "
+                          f"train (a larger -x trains on from it; sample_gpt2 -e {out_dir} uses its model)")
+    past = [s for s in checkpoint.model_steps(out_dir) if s > max_steps]
+    if past:
+        raise RunDirError(f"{checkpoint.model_path(out_dir, past[-1])}: the earlier run's model at step {past[-1]}, "
+                          f"past -x {max_steps}: this run would not replace it, and -e {out_dir} would take it "
+                          f"for this run's final model: move it out of {out_dir} first")
 
 
 # ----------------------------------------------------------------------------------------------
