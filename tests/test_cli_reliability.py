@@ -161,6 +161,10 @@ def test_the_final_model_of_a_checkpoint_step_is_that_checkpoint(corpus, tmp_pat
     code, out, err = run(args_for(corpus, tmp_path, steps=4))
     assert code == 0, err
     assert f"final model: {tmp_path}/model_00000004.bin (the checkpoint at step 4)" in out
+    argv = args_for(corpus, tmp_path, steps=1, every=0)   # fine-tune it: the startup line names the file
+    argv[argv.index("-e") + 1], argv[argv.index("-o") + 1] = str(tmp_path), ""
+    code, out, err = run(argv + ["-v", "0"])
+    assert code == 0 and f"model: {tmp_path} ({tmp_path}/model_00000004.bin) |" in out, err
 
 
 def test_two_runs_on_one_directory(corpus, tmp_path):

@@ -341,7 +341,8 @@ def load_model(config, world, backend, tok_path, say, resume_step):
     n = num_parameters(cfg)
     start, end = dist.partition(n, world.size)[world.rank] if c.zero_stage == 1 else (0, n)
     shaped = "".join(f" {flag} {getattr(c, flag[2:].replace('-', '_'))}" for flag in shape_flags)
-    what = f"{path} (resumed; the run started from -e {c.model})" if resume_step is not None else c.model
+    what = (f"{path} (resumed; the run started from -e {c.model})" if resume_step is not None else
+            f"{c.model} ({path})" if path and os.path.abspath(path) != os.path.abspath(c.model) else c.model)
     say(f"model: {what}{' +' + shaped if shaped else ''} | {cfg.describe()} | parameters {n:,}")
     say(format_memory(memory_estimate(cfg, c.batch_size, c.seq_len, optimizer_params=end - start,
                                       recompute=c.recompute)) + f" | -r {c.recompute}")
