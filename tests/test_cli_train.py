@@ -122,6 +122,23 @@ def test_a_bf16_checkpoint_without_master_weights_resumes_saying_so(tmp_path, ca
     assert cap.out.count("keeps no float32 master weights") == 1 and "bf16-rounded weights" in cap.out
 
 
+def test_samples_without_a_tokenizer_are_token_ids(tmp_path, capsys, corpus):
+    """No tokenizer beside the shards and no --tokenizer: -s still samples, and prints the token ids, as
+    llm.c does (it printed nothing, and said nothing of why)."""
+    import shutil
+    paths, model_path = corpus
+    for split in ("train", "val"):
+        shutil.copy(paths[split], tmp_path / f"bare_{split}.bin")
+    V = formats.read_model_header(model_path)[0].vocab_size
+    code = train.main(["-i", str(tmp_path / "bare_train.bin"), "-j", str(tmp_path / "bare_val.bin"), "-e", model_path,
+                       "-o", "", "-b", "4", "-t", "16", "-x", "2", "-v", "0", "-s", "2", "-g", "7",
+                       "--omp-threads", "1"])
+    out = capsys.readouterr().out
+    assert code == 0 and "--- sample at step 2 (token ids: no tokenizer, --tokenizer) ---" in out, out
+    ids = out.split("--- sample at step 2 (token ids: no tokenizer, --tokenizer) ---\n")[1].split("\n")[0].split()
+    assert len(ids) == 7 and all(0 <= int(i) < V for i in ids)
+
+
 def test_bad_input_gives_clear_errors(tmp_path, capsys, corpus):
     code, cap = run(capsys, corpus, tmp_path, "-x", "1", "-t", "64")
     assert code == 1 and "max_seq_len" in cap.err

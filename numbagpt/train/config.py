@@ -117,7 +117,7 @@ class TrainConfig:
     tokenizer: str = option(None, ("--tokenizer",), "llm.c tokenizer .bin of the data: the vocabulary of a "
                             "model built from scratch, and the decoder of the samples (default: "
                             "NAME_tokenizer.bin beside the train shards, else none: GPT-2's vocabulary, "
-                            "samples not decoded)")
+                            "samples printed as token ids)")
     overwrite: bool = option(False, ("--overwrite",), "let a fresh run (no -y 1, or -y 1 with no complete "
                              "checkpoint) delete an earlier run's checkpoints and models in the output dir "
                              "(without it, such a dir is refused)")

@@ -208,7 +208,7 @@ class Run:
             evaluate_hellaswag(self.model, self.hellaswag, max(4, c.batch_size), self.world, self.log, step,
                                self.say, c.hellaswag_file)
         if c.gen_tokens > 0 and c.sample_every > 0 and (step > 0 and step % c.sample_every == 0 or last):
-            if self.tok is not None and self.world.is_master:
+            if self.world.is_master:
                 sample(self.model, self.tok, c.gen_tokens, self.rng, step, self.say)
 
     def step(self, step, on_step):
@@ -456,11 +456,20 @@ def evaluate(model, val_loader, batches, world, log, step, say):
 
 
 def sample(model, tok, gen_tokens, rng, step, say):
-    """A sample from the end-of-text token, as bin/sample_gpt2 makes it (numbagpt.generate, KV cache)."""
+    """A sample from the end-of-text token, as bin/sample_gpt2 makes it (numbagpt.generate, KV cache);
+    without a tokenizer (None) its token ids, as llm.c prints them, from GPT-2's end-of-text where the
+    vocabulary has it, else from id 0."""
+    from ..files.tokenizer import GPT2_EOT
     from ..generate import generate
-    prompt = [tok.eot_token] if tok.eot_token is not None else [0]
+    if tok is not None:
+        prompt = [tok.eot_token] if tok.eot_token is not None else [0]
+    else:
+        prompt = [GPT2_EOT] if model.config.vocab_size > GPT2_EOT else [0]
     ids = list(generate(model, prompt, gen_tokens, rng))
-    say(f"--- sample at step {step} ---\n{tok.decode(ids)}\n---")
+    if tok is None:
+        say(f"--- sample at step {step} (token ids: no tokenizer, --tokenizer) ---\n{' '.join(map(str, ids))}\n---")
+    else:
+        say(f"--- sample at step {step} ---\n{tok.decode(ids)}\n---")
 
 
 def evaluate_hellaswag(model, examples, rows, world, log, step, say, source):
