@@ -154,6 +154,23 @@ def test_help_states_every_default():
         assert re.search(rf"(^|[ ,]){re.escape(flag)}[ ,\n]", text), flag
 
 
+def test_m_past_the_val_split_counts_each_batch_once(tmp_path, capsys, corpus):
+    """-m larger than the val split's batches: the val loss is the mean over the split's batches, each
+    once, with a note (it wrapped around and counted some twice: -m 100 and the split's size gave
+    different losses)."""
+    from numbagpt.files.data import DataLoader
+    n = DataLoader(corpus["val"], 2, 16).batches_per_epoch
+    losses = []
+    for m in (n, n + 1, 10 * n):
+        code, out, err = run(capsys, ["-i", corpus["train"], "-j", corpus["val"], "-e", corpus["model"], "-o", "",
+                                      "-b", "2", "-t", "16", "-x", "1", "-v", "1", "-m", str(m), "-s", "0",
+                                      "--omp-threads", "1"])
+        assert code == 0, err
+        assert (f"note: -m {m}: the val split holds {n} batches" in out) == (m > n), out
+        losses.append(re.findall(r"val loss (\d+\.\d+)", out))
+    assert losses[0] == losses[1] == losses[2] and losses[0], losses
+
+
 def test_a_tokenizer_smaller_than_the_model_is_not_used_to_decode(tmp_path, capsys, corpus):
     big = GPT2(GPT2Config(max_seq_len=16, vocab_size=200, num_layers=1, num_heads=2, channels=16))
     big.init_weights(0)
@@ -162,6 +179,7 @@ def test_a_tokenizer_smaller_than_the_model_is_not_used_to_decode(tmp_path, caps
             "-s", "2", "-g", "20", "--omp-threads", "1", "-v", "0"]
     code, out, err = run(capsys, argv)  # the tokenizer found beside the shards: a note, no decoding
     assert code == 0, err
-    assert f"has {corpus['vocab']} tokens, the model V=200: samples are not decoded" in out
+    assert f"has {corpus['vocab']} tokens, the model V=200: samples are printed as token ids" in out
+    assert "--- sample at step 2 (token ids: no tokenizer, --tokenizer) ---" in out
     code, out, err = run(capsys, argv + ["--tokenizer", corpus["tokenizer"]])  # named: an error
     assert code == 1 and "fewer than the model's vocabulary V=200" in err

@@ -137,6 +137,12 @@ class Run:
         self.guard = SpikeGuard(c.skip_update_lossz, c.skip_update_gradz)
         self.model, self.dp = load_model(c, world, backend, self.tok_path, say, resume_step)
         self.train_loader, self.val_loader, self.tok = open_data(c, world, self.model.config, paths, say)
+        self.val_batches = c.val_batches
+        if self.val_loader is not None and c.val_batches > self.val_loader.batches_per_epoch:
+            # more would wrap around and count some windows twice
+            self.val_batches = self.val_loader.batches_per_epoch
+            say(f"note: -m {c.val_batches}: the val split holds {self.val_batches} batches of B={c.batch_size} "
+                f"T={c.seq_len}{' per process' if world.size > 1 else ''}: the val loss is the mean over those")
         self.tokens_per_step = micro_steps * world.size * c.batch_size * c.seq_len
         say(f"train: {self.train_glob} | val: {self.val_glob} | B={c.batch_size} T={c.seq_len} | "
             f"processes {world.size} | micro-steps {micro_steps} | tokens/step {self.tokens_per_step:,}")
@@ -202,7 +208,7 @@ class Run:
         """The val loss, HellaSwag and a sample, each at its interval and at the end."""
         c, last = self.config, step == self.config.max_steps
         if self.val_loader and (step % c.val_every == 0 or last):
-            self.val_loss = evaluate(self.model, self.val_loader, c.val_batches, self.world, self.log, step,
+            self.val_loss = evaluate(self.model, self.val_loader, self.val_batches, self.world, self.log, step,
                                      self.say)
         if self.hellaswag and (c.val_every > 0 and step > 0 and step % c.val_every == 0 or last):
             evaluate_hellaswag(self.model, self.hellaswag, max(4, c.batch_size), self.world, self.log, step,
@@ -390,7 +396,8 @@ def open_data(config, world, cfg, paths, say):
         if c.tokenizer:
             raise ValueError(f"--tokenizer {tok_path} has {tok.vocab_size} tokens, fewer than the model's "
                              f"vocabulary V={cfg.vocab_size}")
-        say(f"note: {tok_path} has {tok.vocab_size} tokens, the model V={cfg.vocab_size}: samples are not decoded")
+        say(f"note: {tok_path} has {tok.vocab_size} tokens, the model V={cfg.vocab_size}: samples are printed "
+            f"as token ids")
         tok = None
     return train_loader, val_loader, tok
 
