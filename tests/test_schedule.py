@@ -85,3 +85,16 @@ def test_bad_arguments(kw, msg):
     args.update(kw)
     with pytest.raises(ValueError, match=msg):
         LRSchedule(**args)
+
+
+def test_the_startup_line_counts_steps_as_the_step_lines():
+    """describe() counts steps from 1, as the step lines (internal step s is line s + 1): wsd holds the
+    peak through the line before its first lower lr, and the last line's lr is the schedule's at -x - 1
+    (llm.c's decay reaches its floor one step after the last), worked by hand for -x 10, -u 2, -q 0.5."""
+    s = LRSchedule("wsd", lr=1.0, warmup=2, steps=10, final_frac=0.5)
+    first_lower = next(i for i in range(2, 10) if s(i) < 1.0)        # internal 9: 20% of 10 steps is 2
+    assert first_lower == 9 and f"held through step {first_lower} (" in s.describe()   # line 9 = internal 8
+    want = 0.5 + (1 - math.sqrt(0.5)) * 0.5                          # r = (9 - 8) / 2 at the last line
+    assert f"(the last step, 10, at lr {want:.3g})" in s.describe()
+    c = LRSchedule("cosine", lr=1.0, warmup=2, steps=10, final_frac=0.5)
+    assert f"at lr {0.5 + 0.25 * (1 + math.cos(math.pi * 7 / 8)):.3g})" in c.describe()   # r = 7/8

@@ -70,7 +70,9 @@ class TrainConfig:
                                "last 20%% of the steps)", choices=SCHEDULES)
     warmup_iters: int = option(10, ("-u", "--warmup-iters"), "linear warmup steps", NONNEG)
     final_lr_frac: float = option(0.1, ("-q", "--final-lr-frac"),
-                                  "the schedule decays to this fraction of the peak lr at the last step",
+                                  "the schedule decays toward this fraction of the peak lr, which, as in llm.c, "
+                                  "it would reach one step after the last (the startup line gives the last "
+                                  "step's lr)",
                                   Check(low=0, high=1))
     weight_decay: float = option(0.0, ("-c", "--weight-decay"), "AdamW weight decay (all parameters)", NONNEG)
     grad_clip: float = option(1.0, ("--grad-clip",), "clip the global grad norm to this (0: off)", NONNEG)

@@ -51,6 +51,8 @@ class LRSchedule:
         """One line for the startup log."""
         if self.kind == "constant":
             return f"constant lr {self.lr:g}" + (f" (no warmup: -u {self.warmup} is ignored)" if self.warmup else "")
-        decay = (f"from step {self.decay_start} (last 20%) " if self.kind == "wsd" else "") + \
-            f"to {self.final_frac:g} x lr = {self.lr * self.final_frac:g} at step {self.steps}"
-        return f"{self.kind}: warmup {self.warmup} steps to lr {self.lr:g}, decay {decay}"
+        # steps counted from 1, as the step lines count them (internal step s is line s + 1); as in
+        # llm.c the decay would reach its floor at internal step -x, one past the last
+        hold = f", held through step {self.decay_start + 1} (the last 20% decay)" if self.kind == "wsd" else ""
+        return (f"{self.kind}: warmup {self.warmup} steps to lr {self.lr:g}{hold}, decay toward {self.final_frac:g} "
+                f"x lr = {self.lr * self.final_frac:g} (the last step, {self.steps}, at lr {self(self.steps - 1):.3g})")
