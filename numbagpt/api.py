@@ -5,7 +5,8 @@
     model = load_model("out_api")                                      # a run directory, a file or a descriptor
     print(sample(model, "ROMEO:", tokens=40, seed=7))                  # bin/sample_gpt2 -e out_api ...
 
-Every function takes what its command's flags take and raises a ValueError (OSError for a file) with
+Every function takes what its command's flags take and raises a ValueError (OSError for a file;
+train: numbagpt.train.rundir.RunDirError, a RuntimeError, for an output directory it may not use) with
 the one-line message the command prints.
 """
 import numpy as np
@@ -53,7 +54,7 @@ def sample(model, prompt="", tokens=128, *, tokenizer=None, model_file=None, tem
     check_value("--prompt", prompt, str)
     check_sampling(tokens, temperature, top_k, top_p, seed)
     prompt = prompt or ""
-    tok = data.find_tokenizer(tokenizer, model_file or ".", model.config.vocab_size)
+    tok = data.find_tokenizer(tokenizer, model_file, model.config.vocab_size, flag="tokenizer=")
     ids = prompt_ids(tok, prompt)
     rng = np.random.default_rng(seed)
     new = list(generate(model, ids, tokens, rng, temperature=temperature, top_k=top_k or None, top_p=top_p))

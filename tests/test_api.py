@@ -66,6 +66,16 @@ def test_the_other_functions_check_their_arguments_first(model, call, message):
     assert str(e.value) == message
 
 
+def test_sample_without_a_tokenizer_for_the_model_says_how_to_give_one():
+    """The API's words, not the command's: tokenizer=, and no "next to ." where no model file was given."""
+    from numbagpt.config import GPT2Config
+    m = api.GPT2(GPT2Config(max_seq_len=8, vocab_size=17, num_layers=1, num_heads=1, channels=8))
+    m.init_weights(0)
+    with pytest.raises(ValueError) as e:
+        api.sample(m, "", 2)
+    assert str(e.value) == "no tokenizer for a 17-token vocabulary: pass tokenizer= FILE"
+
+
 def test_load_model_takes_the_precision_of_the_commands(model, tmp_path):
     """load_model(..., precision="bf16") is -e FILE --precision bf16: the same weights, bf16 matmuls
     (the loss of a batch as GPT2.from_file's in bf16, not as fp32's)."""

@@ -16,7 +16,8 @@ def build_parser():
     p.add_argument("--labels", default=None,
                    help="comma-separated legend names, one per log (default: each log's directory)")
     add_flag(p, "--tokens-per-step", type=int, check=POSITIVE, default=None,
-                   help="tokens per training step (B*T*processes), for a second x axis in tokens")
+                   help="tokens per training step (train_gpt2's tokens/step: -d, else B*T*processes), for a "
+                        "second x axis in tokens")
     p.add_argument("--title", default=None, help="title of the loss panel")
     return p
 

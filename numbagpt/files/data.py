@@ -373,17 +373,19 @@ __all__ = ["DataLoader", "builtin_play_files", "builtin_text", "prepare", "defau
            "builtin_data_dir", "ensure_builtin_data", "find_tokenizer"]
 
 
-def find_tokenizer(explicit, model_path, vocab_size):
+def find_tokenizer(explicit, model_path, vocab_size, flag="--tokenizer"):
     """The tokenizer to decode a model of vocab_size tokens: `explicit` (a tokenizer file, which must
-    fit), else a tokenizer .bin next to the model file that fits, else GPT-2's BPE for a 50257-token
-    model, else the built-in char data's."""
+    fit), else a tokenizer .bin next to the model file that fits (`model_path` None: none), else GPT-2's
+    BPE for a 50257-token model, else the built-in char data's. `flag` names the way to give one, in the
+    error where none fits."""
     from . import tokenizer
     if explicit:
         tok = tokenizer.load_tokenizer(explicit)
         if tok.vocab_size != vocab_size:
             raise ValueError(f"{explicit}: a {tok.vocab_size}-token tokenizer, the model has {vocab_size} tokens")
         return tok
-    near = sorted(globlib.glob(os.path.join(os.path.dirname(os.path.abspath(model_path)), "*tokenizer*.bin")))
+    near = sorted(globlib.glob(os.path.join(os.path.dirname(os.path.abspath(model_path)), "*tokenizer*.bin"))
+                  ) if model_path else []
     builtin = [os.path.join(builtin_data_dir(tokenizer=name), f"{BUILTIN_NAME}_tokenizer.bin")
                for name in ("char",)]
     for path in near + (["gpt2"] if vocab_size == tokenizer.GPT2_VOCAB_SIZE else []) + builtin:
@@ -393,4 +395,5 @@ def find_tokenizer(explicit, model_path, vocab_size):
             tok = tokenizer.load_tokenizer(path)
             if tok.vocab_size == vocab_size:
                 return tok
-    raise ValueError(f"no tokenizer for a {vocab_size}-token vocabulary next to {model_path}: pass --tokenizer FILE")
+    where = f" next to {model_path}" if model_path else ""
+    raise ValueError(f"no tokenizer for a {vocab_size}-token vocabulary{where}: pass {flag} FILE")
