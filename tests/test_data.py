@@ -169,8 +169,42 @@ def test_prepare_files_char_and_cli(tmp_path, capsys):
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(SystemExit) as e:
         prepare_main(["-o", str(out), str(tmp_path / "empty.txt")])
-    assert str(e.value) == (f"prepare_data: error: {tmp_path / 'empty.txt'}: 0 tokens is too little text to split "
-                            "into a val and a train shard (at least 2 tokens each) with --val-fraction 0.1")
+    assert str(e.value) == (f"prepare_data: error: {tmp_path / 'empty.txt'}: 0 tokens split by --val-fraction 0.1 "
+                            "into 0 val and 0 train tokens; each shard needs at least 2 (a larger --val-fraction, "
+                            "or more text)")
+    for i in range(5):   # many files: the first named, the rest counted
+        (tmp_path / f"s{i}.txt").write_text("abc")
+    with pytest.raises(SystemExit) as e:
+        prepare_main(["-o", str(out), "--tokenizer", "char", "--val-fraction", "0.01"]
+                     + [str(tmp_path / f"s{i}.txt") for i in range(5)])
+    assert str(e.value) == (f"prepare_data: error: {tmp_path / 's0.txt'} and 4 more files: 20 tokens split by "
+                            "--val-fraction 0.01 into 0 val and 20 train tokens; each shard needs at least 2 (a "
+                            "larger --val-fraction, or more text)")
+    with pytest.raises(SystemExit) as e:
+        prepare_main(["-o", str(f1), str(f1)])
+    assert str(e.value) == (f"prepare_data: error: {f1}: not a directory (-o names the directory the shards are "
+                            f"written to)")
+    with pytest.raises(SystemExit) as e:
+        prepare_main(["-o", str(out), "--name", "a/b", str(f1)])
+    assert str(e.value) == ("prepare_data: error: --name 'a/b': a file name prefix, without a directory (-o names "
+                            "the directory)")
+
+
+def test_prepare_reads_text_as_pythons_text_mode(tmp_path):
+    """A Windows file (CRLF, byte-order mark) gives the tokens of its "\n" text: the mark is no character,
+    and a blank line separates its paragraphs as in a Unix file (it gave one document, '\ufeff' and '\r'
+    in the char vocabulary)."""
+    unix = "Speech one.\n\nSpeech two,\nin two lines.\n"
+    (tmp_path / "unix.txt").write_text(unix, encoding="utf-8", newline="")
+    (tmp_path / "win.txt").write_bytes(b"\xef\xbb\xbf" + unix.replace("\n", "\r\n").encode())
+    shards, vocab = {}, {}
+    for name in ("unix", "win"):
+        paths = prepare(tmp_path / name, [tmp_path / f"{name}.txt"], tokenizer="char", val_fraction=0.2,
+                        name=name, doc_per_paragraph=True, verbose=False)
+        shards[name] = list(open_shard(paths["val"])) + list(open_shard(paths["train"]))
+        vocab[name] = read_tokenizer_file(paths["tokenizer"])
+    assert vocab["win"] == vocab["unix"]
+    assert shards["win"] == shards["unix"] and shards["unix"].count(shards["unix"][0]) == 2   # two documents
 
 
 def test_ensure_builtin_data_gpt2(tmp_path, shakespeare):

@@ -239,14 +239,18 @@ def _atomic_paths(out_dir, name):
 
 
 def _read_text(path):
-    """The text of a UTF-8 file; a file that is not UTF-8 text raises ValueError naming it and the byte."""
+    """The text of a UTF-8 file, as Python's text mode reads it (llm.c's data scripts): line ends as
+    "\n" (Windows' "\r\n" and old Macs' "\r" too, so blank lines separate paragraphs there as well), and
+    a leading byte-order mark dropped (not a character of the text). A file that is not UTF-8 text
+    raises ValueError naming it and the byte."""
     with open(path, "rb") as fh:
         raw = fh.read()
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start:,}); "
                          f"prepare_data tokenizes UTF-8 text files") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _source_texts(source, verbose):
@@ -309,6 +313,10 @@ def prepare(out_dir, source, tokenizer="gpt2", val_fraction=0.1, name="data", do
     t0 = time.time()
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if not name or os.sep in name or (os.altsep and os.altsep in name):
+        raise ValueError(f"--name {name!r}: a file name prefix, without a directory (-o names the directory)")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"{out_dir}: not a directory (-o names the directory the shards are written to)")
     texts = _source_texts(source, verbose)
     docs = _documents(texts, doc_per_paragraph)
     if isinstance(tokenizer, Tokenizer):
@@ -321,9 +329,12 @@ def prepare(out_dir, source, tokenizer="gpt2", val_fraction=0.1, name="data", do
     ntok = len(tokens)
     n_val = int(round(val_fraction * ntok))
     if n_val < 2 or ntok - n_val < 2:
-        where = "the text" if isinstance(source, str) else ", ".join(map(str, source))
-        raise ValueError(f"{where}: {ntok} tokens is too little text to split into a val and a train shard "
-                         f"(at least 2 tokens each) with --val-fraction {val_fraction:g}")
+        files = [] if isinstance(source, str) else [os.fspath(p) for p in source]
+        where = ("the text" if not files else files[0] if len(files) == 1 else
+                 f"{files[0]} and {len(files) - 1} more file{'s' if len(files) > 2 else ''}")
+        fix = "a larger --val-fraction, or more text" if n_val < 2 else "a smaller --val-fraction, or more text"
+        raise ValueError(f"{where}: {ntok:,} tokens split by --val-fraction {val_fraction:g} into {n_val:,} val and "
+                         f"{ntok - n_val:,} train tokens; each shard needs at least 2 ({fix})")
     _log(verbose, f"{ntok:,} tokens: val {n_val:,} (the first {val_fraction:.0%}), train {ntok - n_val:,} "
                   f"({time.time() - t0:.1f} s)")
     os.makedirs(out_dir, exist_ok=True)
