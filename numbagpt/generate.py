@@ -158,11 +158,15 @@ def sample_next(logits, rng, temperature=1.0, top_k=None, top_p=None):
     logits = np.asarray(logits, dtype=np.float64)
     if temperature == 0:
         return logits.argmax(axis=-1)
-    z = logits / temperature
+    with np.errstate(over="ignore"):
+        z = logits / temperature
     B, V = z.shape
     out = np.empty(B, dtype=np.int64)
     for b in range(B):
         zb = z[b]
+        if not np.isfinite(zb).all():   # a temperature so small that logits / it overflows: its limit, the argmax
+            out[b] = logits[b].argmax()
+            continue
         if top_k and top_k < V:  # the k largest, then in descending order
             part = np.argpartition(-zb, top_k - 1)[:top_k]
             order = part[np.argsort(-zb[part], kind="stable")]
@@ -178,6 +182,12 @@ def sample_next(logits, rng, temperature=1.0, top_k=None, top_p=None):
         cdf = np.cumsum(p)
         out[b] = order[min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), len(p) - 1)]
     return out
+
+
+def prompt_seen(length, capacity):
+    """How many of a prompt's `length` tokens the first token's context holds: all of a prompt shorter
+    than the model's context (`capacity`, maxT), else its last capacity/2 (context_start)."""
+    return length - context_start(length, 0, capacity)
 
 
 def context_start(length, start, capacity):

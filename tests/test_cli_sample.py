@@ -60,6 +60,29 @@ def test_char_model_finds_its_tokenizer_next_to_it(tmp_path, capsys):
     assert "tokenizer char" in err
 
 
+def test_a_prompt_that_fills_the_context_is_cut_saying_so(gpt2_model, capsys):
+    """maxT = 16: a 40-token prompt is seen as its last 8 tokens (as a full context restarts), and a note
+    says so; a short one gets no note."""
+    rc, out, err = run(capsys, "-e", gpt2_model, "--prompt", " word" * 40, "-g", 2)
+    assert rc == 0 and "note: the prompt's 40 tokens fill the model's context (maxT=16): it sees the last 8" in err
+    rc, out, err = run(capsys, "-e", gpt2_model, "--prompt", " word" * 3, "-g", 2)
+    assert rc == 0 and "note:" not in err
+
+
+def test_a_reader_that_leaves_ends_the_sample_quietly(gpt2_model, tmp_path):
+    """`sample_gpt2 ... | head -c 20`: no 'error: [Errno 32] Broken pipe' line, status 141 as a Unix
+    tool's killed by SIGPIPE."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = (f"{sys.executable} {os.path.join(root, 'bin', 'sample_gpt2')} -e {gpt2_model} -g 400 --omp-threads 1 "
+           f"2> {tmp_path / 'err'} | head -c 20; s=${{PIPESTATUS[0]}}; echo; echo $s")
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=300)
+    assert proc.stdout.splitlines()[-1] == "141", proc.stdout
+    assert "error" not in (tmp_path / "err").read_text() and "Traceback" not in (tmp_path / "err").read_text()
+
+
 def test_errors_are_one_line(tmp_path, gpt2_model, capsys):
     rc, _, err = run(capsys, "-e", tmp_path / "nope.bin")
     assert rc == 1

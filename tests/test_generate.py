@@ -77,6 +77,23 @@ def test_context_start():
     assert gen.context_start(12, 4, 8) == 8
 
 
+def test_prompt_seen():
+    """A prompt shorter than maxT is seen whole; one that fills it, its last maxT/2 (context_start)."""
+    assert gen.prompt_seen(7, 8) == 7
+    assert gen.prompt_seen(8, 8) == 4 and gen.prompt_seen(52, 16) == 8
+
+
+def test_a_temperature_so_small_that_logits_overflow_is_the_argmax():
+    """logits / 1e-310 overflows float64: the limit of the softmax, the argmax (it was NaN probabilities,
+    so a meaningless id, with NumPy's overflow warnings)."""
+    logits = np.array([[0.5, 3.0, -1.0, 2.9], [7.0, 0.0, 1.0, 6.5]])
+    rng = np.random.default_rng(0)
+    with np.errstate(over="raise", invalid="raise"):   # and no overflow or NaN on the way
+        for t in (1e-310, 1e-300):
+            assert list(gen.sample_next(logits, rng, temperature=t)) == [1, 0]
+            assert list(gen.sample_next(logits, rng, temperature=t, top_k=2, top_p=0.5)) == [1, 0]
+
+
 def test_greedy_is_the_argmax_of_the_full_forward():
     model = tiny_model()
     prompt = [3, 1, 4, 1, 5]

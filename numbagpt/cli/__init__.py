@@ -65,6 +65,9 @@ def run_command(prog, run, args, errors=(ValueError, OSError, RuntimeError)):
     try:
         take_interrupts()
         return run(args)
+    except BrokenPipeError:   # the reader left (`| head`): stop quietly, as Unix tools do (128 + SIGPIPE)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no second error at exit's flush
+        return 141
     except errors as e:
         print(f"{prog}: error: {error_text(e)}", file=sys.stderr)
         return 1

@@ -10,7 +10,7 @@ import time
 from numbagpt.cli import (HelpFormatter, Parser, add_device, add_flag, add_precision, check_finite, check_flags,
                           run_command, use_threads)
 from numbagpt.flags import NONNEG, POSITIVE
-from numbagpt.generate import TOP_P, prompt_ids
+from numbagpt.generate import TOP_P, prompt_ids, prompt_seen
 
 
 def build_parser():
@@ -86,6 +86,10 @@ def sample(args):
     print(f"model {path} | {model.config.describe()} | tokenizer {tok.name} | device {args.device} | "
           f"precision {args.precision}{'' if args.no_cache else ' (KV cache: float32 matmuls)'} | "
           f"prompt {len(prompt)} tokens", file=sys.stderr, flush=True)
+    seen = prompt_seen(len(prompt), model.config.max_seq_len)
+    if seen < len(prompt):
+        print(f"note: the prompt's {len(prompt)} tokens fill the model's context (maxT={model.config.max_seq_len}): "
+              f"it sees the last {seen}, as when a sample fills it (docs/use.md)", file=sys.stderr, flush=True)
     rng = np.random.default_rng(args.seed)
     decoder = None if args.no_cache else Decoder(model, 1)
     out = sys.stdout
