@@ -61,7 +61,8 @@ def descriptor_shape(name):
         if f"d{depth}" in PRESETS:
             return PRESETS[f"d{depth}"]
         raise ValueError(f"unsupported GPT-2 depth d{depth}; llm.c's depths are "
-                         f"{', '.join(f'd{d}' for d in GPT2_DEPTHS)} (or give --layers/--heads/--channels)")
+                         f"{', '.join(f'd{d}' for d in GPT2_DEPTHS)} (train_gpt2 reshapes one with --layers/--heads/"
+                         f"--channels)")
     m = re.fullmatch(r"gpt3:c(\d+)", name)
     if m:
         C = int(m.group(1))
