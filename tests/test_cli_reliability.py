@@ -425,6 +425,11 @@ def test_test_gpt2_messages(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"test_gpt2: error: {state}: debug state does not match the model (L=1 NH=1 C=16")
     assert err.count("\n") == 1
+    losses = os.path.join(FIXTURES, "micro_losses.txt")   # --steps with a losses file: it was ignored
+    assert test_cli.main(["-e", str(tmp_path / "other.bin"), "-s", state, "--steps", "3", "--expected-losses",
+                          losses]) == 1
+    assert capsys.readouterr().err == ("test_gpt2: error: --steps 3 and --expected-losses: give one (the losses "
+                                       "file sets the steps, one a loss)\n")
 
 
 def test_test_gpt2_and_profile_gpt2_check_memory_first(monkeypatch, capsys):

@@ -39,7 +39,8 @@ def build_parser():
     p.add_argument("-s", "--state", required=True, help="llm.c debug state file (magic 20240327, v2)")
     p.add_argument("--expected-losses", default=None,
                    help="text file, one loss per line: the loss before each AdamW step")
-    add_flag(p, "--steps", type=int, check=NONNEG, default=10, help="AdamW steps when no losses file is given")
+    add_flag(p, "--steps", type=int, check=NONNEG, default=None,
+             help="AdamW steps when no losses file is given (default: 10; with --expected-losses, one a loss)")
     add_device(p)
     add_precision(p, help="bf16: the model's matmuls round their operands to bfloat16 (compared under the bf16 "
                           "tolerances: docs/training.md)")
@@ -93,6 +94,9 @@ def run(args):
 
     if args.omp_threads is not None:
         use_threads(args.omp_threads)
+    if args.expected_losses and args.steps is not None:
+        raise ValueError(f"--steps {args.steps} and --expected-losses: give one (the losses file sets the steps, "
+                         f"one a loss)")
     path = resolve_model(args.model, "-e")
     expected = read_losses(args.expected_losses) if args.expected_losses else None
     backend = get_backend(args.device)
@@ -108,7 +112,7 @@ def run(args):
     tol = BF16_TOLERANCES if args.precision == "bf16" else TOLERANCES
     rel = {key: args.precision == "bf16" and key in RELATIVE_BF16 for key in tol}
     okay = compare_state(model, state, x, y, tol, rel)
-    okay &= compare_steps(model, x, y, expected, args.steps, tol)
+    okay &= compare_steps(model, x, y, expected, 10 if args.steps is None else args.steps, tol)
     print(f"overall okay: {int(bool(okay))}")
     return 0 if okay else 1
 
