@@ -168,12 +168,13 @@ def _header(r):
 
 def _kernel_table(r):
     step = r["step_ms"]
-    hdr = (f"{'kernel':<22} {'phase':<9} {'calls':>6} {'ms/step':>10} {'%step':>6} {'GFLOP':>10} "
+    w = max([22] + [len(k["name"]) for k in r["kernels"]])   # the name column fits the longest name
+    hdr = (f"{'kernel':<{w}} {'phase':<9} {'calls':>6} {'ms/step':>10} {'%step':>6} {'GFLOP':>10} "
            f"{'MB':>10} {'GFLOP/s':>8} {'GB/s':>7}")
     lines = [hdr, "-" * len(hdr)]
     for k in r["kernels"]:
         calls = f"{k['calls']:d}" if isinstance(k["calls"], int) else f"{k['calls']:.1f}"
-        lines.append(f"{k['name']:<22} {k['phase']:<9} {calls:>6} {k['ms']:>10.3f} {k['pct']:>5.1f}% "
+        lines.append(f"{k['name']:<{w}} {k['phase']:<9} {calls:>6} {k['ms']:>10.3f} {k['pct']:>5.1f}% "
                      f"{k['flops'] / 1e9:>10.4f} {k['bytes'] / 1e6:>10.2f} {k['gflops']:>8.2f} {k['gbps']:>7.2f}")
     lines.append("-" * len(hdr))
     tot_flops = sum(k["flops"] for k in r["kernels"])
@@ -181,11 +182,12 @@ def _kernel_table(r):
     ksec = r["kernel_ms"] / 1e3
     kg = tot_flops / ksec / 1e9 if ksec else 0.0
     kb = tot_bytes / ksec / 1e9 if ksec else 0.0
-    lines.append(f"{'sum of kernels':<22} {'':<9} {r['overhead']['calls_per_step']:>6.0f} {r['kernel_ms']:>10.3f} "
+    lines.append(f"{'sum of kernels':<{w}} {'':<9} {r['overhead']['calls_per_step']:>6.0f} {r['kernel_ms']:>10.3f} "
                  f"{100 * r['kernel_ms'] / step:>5.1f}% {tot_flops / 1e9:>10.4f} {tot_bytes / 1e6:>10.2f} "
                  f"{kg:>8.2f} {kb:>7.2f}")
-    lines.append(f"{'host / Python gap':<22} {'':<9} {'':>6} {r['host_ms']:>10.3f} {100 * r['host_ms'] / step:>5.1f}%")
-    lines.append(f"{'measured step':<22} {'':<9} {'':>6} {step:>10.3f} {100.0:>5.1f}%")
+    lines.append(f"{'host / Python gap':<{w}} {'':<9} {'':>6} {r['host_ms']:>10.3f} "
+                 f"{100 * r['host_ms'] / step:>5.1f}%")
+    lines.append(f"{'measured step':<{w}} {'':<9} {'':>6} {step:>10.3f} {100.0:>5.1f}%")
     return lines
 
 

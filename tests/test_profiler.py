@@ -254,6 +254,17 @@ def test_the_header_and_the_json_say_the_precision(report):
     assert "| precision bf16 |" in profiler.format_report({**report, "precision": "bf16"}).splitlines()[1]
 
 
+def test_the_kernel_table_keeps_its_columns_for_long_names(report):
+    """Every kernel row as wide as the header, the longest names included (crossentropy_forward_backward,
+    fused_residual_layernorm_forward pushed their rows' columns out of line)."""
+    lines = profiler.format_report(report).splitlines()
+    top = next(i for i, line in enumerate(lines) if line.startswith("kernel "))
+    end = lines.index(lines[top + 1], top + 2)   # the dashes under the header, again under the rows
+    rows = lines[top + 2:end]
+    assert max(len(k["name"]) for k in report["kernels"]) > 22 and rows
+    assert {len(line) for line in rows} == {len(lines[top])}, rows
+
+
 def test_json_schema_is_stable(report):
     data = json.loads(profiler.report_to_json(report))
     assert set(data) == REPORT_KEYS

@@ -82,7 +82,8 @@ def run(args):
     print(f"profile_gpt2: {args.model} ({config.describe()}), B={args.batch_size} T={args.seq_len}, "
           f"device {args.device}, precision {args.precision}, {numba.get_num_threads()} threads")
     saved = memory_estimate(config, args.batch_size, args.seq_len)["total"] - est["total"]
-    print(format_memory(est) + f" | -r {args.recompute}: {saved / 2**20:.1f} MiB less than -r 0")
+    print(format_memory(est) + (f" | -r {args.recompute}: {saved / 2**20:.1f} MiB less than -r 0" if args.recompute
+                                else ""))
     model = open_model(args.model, source, proxy, args.batch_size, args.seq_len, recompute=args.recompute,
                        seed=args.seed, memory_check=not args.no_memory_check, precision=args.precision)
     print(f"warm-up {args.warmup} step(s), the first compiles; then {args.steps} timed step(s)...", flush=True)
