@@ -23,6 +23,8 @@ import subprocess
 import sys
 import time
 
+import timing
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONTENDERS = ("flash", "old", "sdpa", "sdpa_bf16")
 C, NH = 768, 12
@@ -30,7 +32,7 @@ C, NH = 768, 12
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", type=int, default=2)
+    timing.add_threads(p)
     p.add_argument("--T", default="64,256,1024")
     p.add_argument("--B", type=int, default=1)
     p.add_argument("--rounds", type=int, default=3)

@@ -30,6 +30,8 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
     args = p.parse_args()
+    if args.dir is not None and not os.path.isdir(args.dir):
+        p.error(f"--dir {args.dir}: no such directory")
     root = tempfile.mkdtemp(dir=args.dir)
     try:
         model = GPT2.from_preset(args.model)

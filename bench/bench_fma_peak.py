@@ -18,6 +18,8 @@ from numba import njit, prange
 from numbagpt.cpu.matmul import cpu_features
 from numbagpt.cpu.simd import vector_ops
 
+import timing
+
 LANES = 16 if "avx512f" in cpu_features() else 8
 _ops = vector_ops(LANES)
 load, store, fma, add = _ops.load, _ops.store, _ops.fma, _ops.add
@@ -42,7 +44,7 @@ def _chains(a, n, threads):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", type=int, default=2)
+    timing.add_threads(p)
     p.add_argument("--seconds", type=float, default=2.0, help="about how long each of the 3 runs lasts")
     args = p.parse_args(argv)
     numba.set_num_threads(args.threads)

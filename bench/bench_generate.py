@@ -16,13 +16,15 @@ import os
 import sys
 import time
 
+import timing
+
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="d12", help="preset (tiny, d12, ...) or a model .bin file")
     p.add_argument("--contexts", type=int, nargs="+", default=[64, 256, 1024])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--threads", type=int, default=2)
+    timing.add_threads(p)
     p.add_argument("--steps", type=int, default=4, help="decoding steps per timed round with the cache")
     p.add_argument("--reps", type=int, default=3, help="timed rounds per contender and context")
     return p.parse_args()

@@ -26,7 +26,7 @@ SHAPES = {"tiny": (8, 256, 128, 4), "d12": (4, 64, 768, 12)}   # B, T, C, NH
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--threads", type=int, default=2)
+    timing.add_threads(ap)
     timing.add_flags(ap)
     ap.add_argument("--shapes", default="tiny,d12", help="comma list of: tiny, d12")
     args = ap.parse_args(argv)

@@ -39,7 +39,7 @@ import timing
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--threads", type=int, default=2)
+    timing.add_threads(ap)
     timing.add_flags(ap)
     ap.add_argument("--shapes", default="tiny,d12",
                     help="comma list of: tiny, d12, seed (tiny at B·T = 16384), BTxCxOC (a layer with a bias), "

@@ -42,6 +42,8 @@ import subprocess
 import sys
 import time
 
+import timing
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # model -> (B, T); "seed" is the README's seed run (llm.c's first from-scratch run: tiny at B=64, T=256)
 SHAPES = {"tiny": (8, 256), "d12": (4, 64), "d12_1k": (1, 1024), "d12_b4_1k": (4, 1024), "seed": (64, 256)}
@@ -53,7 +55,7 @@ TORCH_MODES = ("eager", "compile", "autocast", "compile_autocast")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(SHAPES))
-    p.add_argument("--threads", type=int, default=2)
+    timing.add_threads(p)
     p.add_argument("--rounds", type=int, default=3, help="worker processes per contender (alternating)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per worker")
     p.add_argument("--kernels", default=None,

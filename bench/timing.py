@@ -3,6 +3,7 @@ families, dev/matmul/matmul_cpu.py) take their figures through this module, so t
 taken alike. (bench_train.py and bench_attention.py time whole steps or layers, each contender in
 its own process.)
 
+    add_threads(ap)      --threads, checked against the cores
     add_flags(ap)        --reps, --block-ms and --clock on an argparse parser
     timers(args)         median_of(fns, reps): the median time of one call of each of fns
     describe(args)       the method in words, for a table's header
@@ -13,7 +14,24 @@ counts the OpenMP threads that spin after a parallel loop, a spin that lands in 
 next (one blocking of the matmul lab, 5 copies in one run, measured 0.62-1.00 of BLAS so; by this
 module's wall-clock blocks, 0.90-0.95).
 """
+import argparse
+import os
 import time
+
+
+def add_threads(ap, default=2):
+    """--threads, Numba's threads for the run: 1 to the cores this process may use, checked as argparse
+    parses it (one line, not the traceback of numba.set_num_threads); by default `default`, or all the
+    cores where there are fewer."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+    def threads(text):
+        n = int(text)   # argparse says "invalid threads value" for a non-integer
+        if not 1 <= n <= cores:
+            raise argparse.ArgumentTypeError(f"must be 1 to {cores} (the cores this process may use), got {n}")
+        return n
+    ap.add_argument("--threads", type=threads, default=min(default, cores),
+                    help=f"Numba threads, 1 to {cores} (default: {min(default, cores)})")
 
 
 def add_flags(ap, reps=5):

@@ -111,7 +111,7 @@ def main(doc, kernels, shapes, modes=None):
     ap.add_argument("kernel", nargs="?", choices=[k.name for k in kernels], help="one kernel (default: all)")
     ap.add_argument("variants", nargs="*", type=int, help="variant numbers (default: all)")
     ap.add_argument("--shapes", default=",".join(shapes), help="comma list of: " + ", ".join(shapes))
-    ap.add_argument("--threads", type=int, default=2)
+    timing.add_threads(ap)
     timing.add_flags(ap)
     for flag, (text, _) in (modes or {}).items():
         ap.add_argument(flag, action="store_true", help=text)

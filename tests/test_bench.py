@@ -74,6 +74,26 @@ def test_bench_matmul_bf16_rows_are_the_classifiers():
     np.testing.assert_array_equal(from_bf16_rows(bf16_rows(x, 14), 14), from_bf16_rows(to_bf16_rows(x, 14), 14))
 
 
+def test_threads_flag_takes_1_to_the_usable_cores(capsys):
+    """bench/timing.py's --threads (every benchmark and lab): outside 1..cores, one argparse line naming the
+    range (it was numba.set_num_threads' traceback, after the imports); the default fits the machine."""
+    import argparse
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    try:
+        import timing
+    finally:
+        sys.path.pop(0)
+    cores = len(os.sched_getaffinity(0))
+    ap = argparse.ArgumentParser(prog="b")
+    timing.add_threads(ap)
+    assert ap.parse_args([]).threads == min(2, cores) and ap.parse_args(["--threads", "1"]).threads == 1
+    for bad in ("0", str(cores + 1)):
+        with pytest.raises(SystemExit):
+            ap.parse_args(["--threads", bad])
+        assert f"argument --threads: must be 1 to {cores} (the cores this process may use), got {bad}" in \
+            capsys.readouterr().err
+
+
 def test_bench_kernels_new_kernels_agree_with_the_ones_they_replaced():
     # d12: its B·T = 256 logits rows are 8x fewer than tiny's
     out = _run("bench_kernels.py", "--shapes", "d12", "--reps", "1", "--block-ms", "1", "--threads", "1")

@@ -48,7 +48,7 @@ def libm_versions():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=8 * 1024 * 1024)
-    ap.add_argument("--threads", type=int, default=2)
+    timing.add_threads(ap)
     timing.add_flags(ap, reps=7)
     args = ap.parse_args()
     import numba

@@ -266,7 +266,7 @@ def main():
     ap.add_argument("versions", nargs="*", type=int, default=[3, 6], help="versions to time (1-6; default 3 6)")
     ap.add_argument("--op", nargs="+", default=["forward", "dinp", "dweight"], choices=["forward", "dinp", "dweight"])
     ap.add_argument("--shape", default="2048,128,6288", help="BT,C,OC (default: a tiny LM-head slice)")
-    ap.add_argument("--threads", type=int, default=1)
+    timing.add_threads(ap, default=1)
     timing.add_flags(ap)
     ap.add_argument("--microkernel", action="store_true", help="time the micro-kernels alone instead")
     ap.add_argument("--blocking", nargs="+", metavar="MC,KC,NC,ROWS",
