@@ -331,6 +331,18 @@ def test_a_device_is_checked_against_its_free_memory(corpus, tmp_path, monkeypat
     assert train.main(args_for(corpus, tmp_path / "c", "--device", "cuda", "--no-memory-check", steps=1, every=0)) == 0
 
 
+def test_a_device_that_cannot_run_leaves_no_output_dir(corpus, tmp_path):
+    """--device cuda where no GPU can run: the one-line error before -o is made (it left the directory
+    behind, holding only its lock file)."""
+    from numba import cuda
+    if cuda.is_available():
+        pytest.skip("a GPU is here")
+    code, _, err = run(args_for(corpus, tmp_path / "out", "--device", "cuda"),
+                       env={"NUMBA_ENABLE_CUDASIM": "0"})
+    assert code == 1 and err.startswith("train_gpt2: error: numbagpt.cuda: no usable CUDA GPU") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_device_memory_figures(monkeypatch):
     from numbagpt import memory
     monkeypatch.delenv("NUMBAGPT_MEMORY_LIMIT", raising=False)

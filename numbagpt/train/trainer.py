@@ -73,6 +73,7 @@ def train(config: TrainConfig, *, world=None, on_step=None, say=None, progress=N
         paths = data_paths(config, world)
         record = run_record(config, world, micro_steps, paths[0], paths[1])
         resume_step = None
+        require_device(config.device)   # a device that cannot run here is said before the output dir is made
         if config.output_dir:  # the lock first: a second run on the dir is refused before any work
             lock, resume_step = rundir.open_run(config.output_dir, config.resume, config.overwrite, record,
                                                 config.allow_changes, world, say)
@@ -235,6 +236,12 @@ class Run:
 
 
 # ---------------------------------------------------------------------------------------------- set-up
+
+def require_device(name):
+    """RuntimeError with instructions where the backend `name` cannot run here (backend.get_backend)."""
+    from ..backend import get_backend
+    get_backend(name)
+
 
 def setup_device(config, world, say):
     """Threads, this rank's device, the banner; with several ranks also the MPI lines, and the
