@@ -161,6 +161,8 @@ def test_the_final_model_of_a_checkpoint_step_is_that_checkpoint(corpus, tmp_pat
     code, out, err = run(args_for(corpus, tmp_path, steps=4))
     assert code == 0, err
     assert f"final model: {tmp_path}/model_00000004.bin (the checkpoint at step 4)" in out
+    code, out, err = run(args_for(corpus, tmp_path, "-y", "1", steps=4))   # a finished run resumed: nothing to do
+    assert code == 0 and f"final model: {tmp_path}/model_00000004.bin (the checkpoint at step 4)" in out, err
     argv = args_for(corpus, tmp_path, steps=1, every=0)   # fine-tune it: the startup line names the file
     argv[argv.index("-e") + 1], argv[argv.index("-o") + 1] = str(tmp_path), ""
     code, out, err = run(argv + ["-v", "0"])
@@ -235,10 +237,11 @@ def test_a_resume_to_a_smaller_x_needs_steps_left_and_no_later_model(corpus, tmp
     new -x: refused, as -e DIR would take that model for this run's."""
     code, _, err = run(args_for(corpus, tmp_path, steps=5, every=4))   # checkpoint 4, final model 5
     assert code == 0, err
-    for x in (3, 4):
-        code, _, err = run(args_for(corpus, tmp_path, "-y", "1", "--allow-changes", steps=x, every=4))
-        assert code == 1 and f"the checkpoint is at step 4 and -x is {x}: no step left to train" in err, err
+    code, _, err = run(args_for(corpus, tmp_path, "-y", "1", "--allow-changes", steps=3, every=4))
+    assert code == 1 and "the checkpoint is at step 4, past -x 3: no step left to train" in err, err
     assert not (tmp_path / "model_00000003.bin").exists()
+    code, _, err = run(args_for(corpus, tmp_path, "-y", "1", "--allow-changes", steps=4, every=4))
+    assert code == 1 and "model_00000005.bin: the earlier run's model at step 5, past -x 4" in err, err
     out = tmp_path / "b"
     code, _, err = run(args_for(corpus, out, steps=5, every=3))        # checkpoint 3, final model 5
     assert code == 0, err

@@ -289,11 +289,12 @@ def _pick(out_dir, resume, overwrite, record, allow_changes, say):
 
 
 def check_steps_left(out_dir, step, max_steps):
-    """A resume from `step` (a -x changed by --allow-changes) must have steps left, and leave no model
-    file of the earlier run past -x: the run would never replace it, and -e DIR (the newest model) would
-    take it for this run's final model."""
-    if step >= max_steps:
-        raise RunDirError(f"{out_dir}: the checkpoint is at step {step} and -x is {max_steps}: no step left to "
+    """A resume from `step` (a -x changed by --allow-changes) must not start past -x (the run would write
+    the checkpoint's weights as the model of step -x), and must leave no model file of the earlier run
+    past -x: the run would never replace it, and -e DIR (the newest model) would take it for this run's
+    final model. A resume at -x itself, a finished run's, does nothing and says so."""
+    if step > max_steps:
+        raise RunDirError(f"{out_dir}: the checkpoint is at step {step}, past -x {max_steps}: no step left to "
                           f"train (a larger -x trains on from it; sample_gpt2 -e {out_dir} uses its model)")
     past = [s for s in checkpoint.model_steps(out_dir) if s > max_steps]
     if past:
