@@ -246,4 +246,4 @@ def test_a_bad_documented_bench_line_would_be_caught():
                          text=True, timeout=300)
     bad = json.loads(run.stdout.strip().splitlines()[-1])
     assert [b.split(":")[:2] for b in bad] == [["here", "1"], ["here", "2"]], bad
-    assert "unrecognized arguments: --no-such-flag" in bad[0] and "invalid int value: 'two'" in bad[1], bad
+    assert "unrecognized arguments: --no-such-flag" in bad[0] and "invalid threads value: 'two'" in bad[1], bad
