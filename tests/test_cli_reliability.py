@@ -346,6 +346,19 @@ def test_a_device_that_cannot_run_leaves_no_output_dir(corpus, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_numba_num_threads_that_numba_cannot_use(corpus, tmp_path):
+    """NUMBA_NUM_THREADS=abc (or empty) with --omp-threads: --omp-threads decides, the run goes on (it
+    was a traceback from int()); =0 without it: Numba's refusal, naming the variable."""
+    for value in ("abc", ""):
+        code, _, err = run(args_for(corpus, tmp_path / f"r{value}", steps=1, every=0),   # --omp-threads 1
+                           env={"NUMBA_NUM_THREADS": value})
+        assert code == 0 and "Traceback" not in err, err
+    argv = args_for(corpus, tmp_path / "z", steps=1, every=0)
+    i = argv.index("--omp-threads")
+    code, _, err = run(argv[:i] + argv[i + 2:], env={"NUMBA_NUM_THREADS": "0"})
+    assert code == 1 and err.count("\n") == 1 and "(NUMBA_NUM_THREADS='0': unset it, or --omp-threads N)" in err, err
+
+
 def test_device_memory_figures(monkeypatch):
     from numbagpt import memory
     monkeypatch.delenv("NUMBAGPT_MEMORY_LIMIT", raising=False)

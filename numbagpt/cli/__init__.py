@@ -11,7 +11,11 @@ def reserve_threads(n):
     numba is imported; when numba already is (a command called in-process), leave it: changing it
     then makes Numba refuse to compile anything."""
     if n is not None and "numba" not in sys.modules:
-        os.environ["NUMBA_NUM_THREADS"] = str(max(n, int(os.environ.get("NUMBA_NUM_THREADS", 0))))
+        try:   # a value Numba could not use is replaced all the same: --omp-threads decides
+            current = int(os.environ.get("NUMBA_NUM_THREADS", "0"))
+        except ValueError:
+            current = 0
+        os.environ["NUMBA_NUM_THREADS"] = str(max(n, current))
 
 
 def use_threads(n):
@@ -41,6 +45,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def error_text(e):
     """The one-line message for an error a command reports (its str, with a hint where one helps)."""
     text = str(e)
+    if "Number of threads specified must be > 0" in text and "NUMBA_NUM_THREADS" in os.environ:
+        text += f" (NUMBA_NUM_THREADS={os.environ['NUMBA_NUM_THREADS']!r}: unset it, or --omp-threads N)"
     if isinstance(e, RuntimeError) and "no locator available" in text:
         text += ("; Numba can write its compiled-kernel cache neither next to numbagpt's sources nor in "
                  "the user cache directory: set NUMBA_CACHE_DIR to a writable directory")
