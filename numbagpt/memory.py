@@ -9,6 +9,7 @@ memory.limit_in_bytes, on this cgroup and its parents). Either way $NUMBAGPT_MEM
 with the exact estimate of the buffers a model allocates and refuses with the estimate, the available
 amount and the largest batch size that fits.
 """
+import math
 import os
 
 LIMIT_ENV = "NUMBAGPT_MEMORY_LIMIT"
@@ -27,7 +28,9 @@ def parse_size(text, name=LIMIT_ENV):
     try:
         value = float(t[:-1] if unit else t)
     except ValueError:
-        raise ValueError(f"{name}={text!r}: expected a size in bytes, e.g. 512M or 2G") from None
+        value = math.nan
+    if not math.isfinite(value * _SUFFIX[unit]):   # nan, inf, 1e400: no size
+        raise ValueError(f"{name}={text!r}: expected a size in bytes, e.g. 512M or 2G")
     if value < 0:
         raise ValueError(f"{name}={text!r}: a size can't be negative")
     return int(value * _SUFFIX[unit])
@@ -157,10 +160,12 @@ def largest_fitting(need, B, available):
     return lo
 
 
-def check_fits(need, B, what, flag="-b", override="--no-memory-check", available=None, backend=None):
+def check_fits(need, B, what, flag="-b", override="--no-memory-check", available=None, backend=None, takes=None):
     """Raise MemoryCheckError if need(B) bytes (need: batch size -> bytes, the exact estimate of what
     will be allocated) exceed the memory available to `backend`'s buffers (available_memory);
-    `what` says what is being sized. Returns (need(B), available bytes, where that figure comes from)."""
+    `what` says what is being sized. `takes` = (predicate, words): the batch sizes another flag allows
+    (-d: those dividing it), which the hint keeps to. Returns (need(B), available bytes, where that
+    figure comes from)."""
     where = "given"
     if available is None:
         available, where = available_memory(backend)
@@ -170,15 +175,20 @@ def check_fits(need, B, what, flag="-b", override="--no-memory-check", available
     fit = largest_fitting(need, B, available)
     hint = (f"the largest {flag} that fits is {fit}" if fit else
             f"even {flag} 1 needs {format_bytes(need(1))}: use a smaller model or a machine with more memory")
+    if fit and takes and not takes[0](fit):
+        allowed = next((b for b in range(fit, 0, -1) if takes[0](b)), 0)
+        hint += (f", and the largest that {takes[1]} also takes is {allowed}" if allowed else
+                 f", but {takes[1]} takes none of 1..{fit}")
     raise MemoryCheckError(f"not enough memory for {what}: it needs {format_bytes(total)}, "
                            f"{format_bytes(available)} is available ({where}); {hint}; "
                            f"{override} to try anyway")
 
 
-def check_model_fits(cfg, B, T, backend, name, ranks=1, extra=0, **estimate):
+def check_model_fits(cfg, B, T, backend, name, ranks=1, extra=0, takes=None, **estimate):
     """check_fits for a GPT-2 of `cfg` training on batches of (B, T) (memory_estimate's buffers, with
     `estimate`'s keywords: optimizer_params, recompute), plus `extra` bytes; `ranks` processes on
-    this host share its memory when the buffers are in host memory. `name` says which model (-e)."""
+    this host share its memory when the buffers are in host memory. `name` says which model (-e);
+    `takes`: as check_fits'."""
     from .layout import memory_estimate
 
     ranks = ranks if host_buffers(backend) else 1   # else a device per rank
@@ -186,4 +196,4 @@ def check_model_fits(cfg, B, T, backend, name, ranks=1, extra=0, **estimate):
     def need(b):
         return ranks * memory_estimate(cfg, b, T, **estimate)["total"] + extra
     on_host = f" x {ranks} ranks on this host" if ranks > 1 else ""
-    return check_fits(need, B, f"{name} with B={B} T={T}{on_host}", backend=backend)
+    return check_fits(need, B, f"{name} with B={B} T={T}{on_host}", backend=backend, takes=takes)

@@ -157,7 +157,14 @@ def test_memory_limit_env_and_the_refusal_message(monkeypatch):
     with pytest.raises(memory.MemoryCheckError, match="even -b 1 needs 1.0 GiB"):
         memory.check_fits(lambda b: 2**30, 4, "d48")
     assert memory.largest_fitting(need, 512, 10 * 2**20) == 0
+    # -d takes only some B: the hint keeps to them (it named a -b that -d then refused)
+    with pytest.raises(memory.MemoryCheckError, match="the largest -b that fits is 90, and the largest that "
+                                                      "-d 64 also takes is 64;"):
+        memory.check_fits(need, 512, "d12 B=512", takes=(lambda b: 64 % b == 0, "-d 64"))
+    with pytest.raises(memory.MemoryCheckError, match="fits is 90, but -d 7 takes none of 1..90;"):
+        memory.check_fits(need, 512, "d12 B=512", takes=(lambda b: b > 100, "-d 7"))
     sizes = [memory.parse_size(s) for s in ("1024", "2K", "1.5G", "3MiB", "1gb")]
     assert sizes == [1024, 2048, 3 * 2**29, 3 * 2**20, 2**30]
-    with pytest.raises(ValueError, match="NUMBAGPT_MEMORY_LIMIT='lots': expected a size"):
-        memory.parse_size("lots")
+    for bad in ("lots", "inf", "nan", "1e400", "1e300G"):   # inf was an OverflowError's traceback, nan an int()'s words
+        with pytest.raises(ValueError, match=f"NUMBAGPT_MEMORY_LIMIT='{bad}': expected a size"):
+            memory.parse_size(bad)

@@ -361,7 +361,10 @@ def load_model(config, world, backend, tok_path, say, resume_step):
                                       recompute=c.recompute)) + f" | -r {c.recompute}")
     if not c.no_memory_check:  # before the parameters, gradients, AdamW moments and activations exist
         ranks = world.local_size   # the ranks on this host, when the buffers are in host memory
-        check_model_fits(cfg, c.batch_size, c.seq_len, backend, f"{c.model}", ranks=ranks,
+        per_b = c.seq_len * world.size   # -d must stay a multiple of B*T*processes
+        takes = ((lambda b: c.total_batch_size % (b * per_b) == 0), f"-d {c.total_batch_size}"
+                 ) if c.total_batch_size else None
+        check_model_fits(cfg, c.batch_size, c.seq_len, backend, f"{c.model}", ranks=ranks, takes=takes,
                          optimizer_params=end - start, recompute=c.recompute)
     if path is None:
         model = GPT2(cfg, backend=backend, recompute=c.recompute, precision=c.precision)
