@@ -57,13 +57,21 @@ def read_log(path, notes=None):
 
 
 def _pyplot():
+    """matplotlib.pyplot on the Agg backend, or RuntimeError: not installed, or an install that fails
+    to import (its message then says what failed)."""
     try:
         import matplotlib
-    except ImportError:
+        matplotlib.use("Agg")  # files only: no display needed
+        import matplotlib.pyplot as plt
+    except ModuleNotFoundError as e:
+        if e.name not in ("matplotlib", "matplotlib.pyplot"):
+            raise RuntimeError(f"matplotlib cannot be imported: {e} (a broken install? reinstall it: "
+                               f"pip install --force-reinstall matplotlib)") from None
         raise RuntimeError("plotting needs matplotlib: pip install matplotlib "
                            "(or pip install 'numbagpt[plot]')") from None
-    matplotlib.use("Agg")  # files only: no display needed
-    import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise RuntimeError(f"matplotlib cannot be imported: {e} (a broken install? reinstall it: "
+                           f"pip install --force-reinstall matplotlib)") from None
     return plt
 
 

@@ -61,15 +61,39 @@ def test_malformed_line_names_file_and_line(tmp_path, capsys):
     assert "no loss records" in capsys.readouterr().err
 
 
-def test_missing_matplotlib_is_one_clear_line(tmp_path, monkeypatch, capsys):
-    log = write_log(tmp_path / "main.log", steps=5)
+def _imports_failing(monkeypatch, fail):
+    """import raises fail(name) for the modules it returns an error for."""
     real_import = builtins.__import__
 
-    def no_matplotlib(name, *args, **kwargs):
-        if name.startswith("matplotlib"):
-            raise ImportError(name)
+    def importer(name, *args, **kwargs):
+        error = fail(name)
+        if error:
+            raise error
         return real_import(name, *args, **kwargs)
-    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    monkeypatch.setattr(builtins, "__import__", importer)
+
+
+def test_missing_matplotlib_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    log = write_log(tmp_path / "main.log", steps=5)
+    _imports_failing(monkeypatch, lambda name: name.startswith("matplotlib") and
+                     ModuleNotFoundError(f"No module named {name!r}", name=name))
     assert main([str(log), "-o", str(tmp_path / "x.png")]) == 1
     assert capsys.readouterr().err == "plot_log: error: plotting needs matplotlib: pip install matplotlib " \
                                       "(or pip install 'numbagpt[plot]')\n"
+
+
+def test_a_broken_matplotlib_and_an_unwritable_png_leave_a_training_run_whole(tmp_path, monkeypatch):
+    """The end of a training run (trainer.plot_log): a matplotlib whose pyplot fails to import, or a
+    loss.png that cannot be written, is a note, not the run's failure (it was a traceback, and an error
+    exit after the model had been written)."""
+    from numbagpt.train.trainer import plot_log
+    log = write_log(tmp_path / "main.log", steps=5)
+    said = []
+    (tmp_path / "loss.png").mkdir()
+    plot_log(str(log), said.append)
+    assert said == [f"no loss.png: {tmp_path / 'loss.png'}: cannot put the written file in its place: Is a directory"]
+    _imports_failing(monkeypatch, lambda name: name == "matplotlib.pyplot" and ImportError("libfreetype.so.6"))
+    said.clear()
+    plot_log(str(log), said.append)
+    assert said == ["no loss.png: matplotlib cannot be imported: libfreetype.so.6 (a broken install? reinstall "
+                    "it: pip install --force-reinstall matplotlib)"]

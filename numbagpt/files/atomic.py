@@ -146,7 +146,7 @@ def atomic_write(path):
     directory = os.path.dirname(path)
     tmp = temp_path(path)
     crash = _crash_point(path)
-    writer = None
+    writer, renaming = None, False
     try:
         with open(tmp, "wb") as f:
             writer = _Writer(f, crash)
@@ -157,6 +157,7 @@ def atomic_write(path):
             os.fsync(f.fileno())
         if crash is not None and crash[0] == "end":
             _crash(crash[1])
+        renaming = True
         os.replace(tmp, path)
     except OSError as e:
         with contextlib.suppress(OSError):
@@ -164,7 +165,9 @@ def atomic_write(path):
         if isinstance(e, WriteError):
             raise
         done = f" after {writer.written:,} bytes" if writer is not None and writer.written else ""
-        err = WriteError(f"{path}: cannot write{done}: {describe_os_error(e)}")
+        # every byte written and synced, the rename onto the name refused (a directory there, say)
+        what = "cannot put the written file in its place" if renaming else f"cannot write{done}"
+        err = WriteError(f"{path}: {what}: {describe_os_error(e)}")
         err.errno = e.errno
         raise err from None
     except BaseException:

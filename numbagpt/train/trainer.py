@@ -446,14 +446,19 @@ def open_hellaswag(config):
 
 
 def plot_log(log_path, say):
-    """loss.png next to main.log, when matplotlib is installed."""
+    """loss.png next to main.log, when matplotlib is installed. Never fails the run: the model and
+    main.log are written by then, so a picture that cannot be drawn or written is a note."""
     from .. import plot
     png = os.path.join(os.path.dirname(log_path), "loss.png")
     try:
         plot.plot_logs([log_path], png)
-    except RuntimeError:
-        say("(pip install matplotlib, and the next run also draws its loss curve into loss.png)")
-    except plot.LogError as e:
+    except RuntimeError as e:
+        if "needs matplotlib" in str(e):
+            say("(pip install matplotlib, or 'numbagpt[plot]', and the next run also draws its loss curve "
+                "into loss.png)")
+        else:
+            say(f"no loss.png: {e}")
+    except (plot.LogError, OSError) as e:
         say(f"no loss.png: {e}")
     else:
         say(f"wrote {png}")
