@@ -190,6 +190,19 @@ def test_prepare_files_char_and_cli(tmp_path, capsys):
                             "the directory)")
 
 
+def test_an_unusable_cache_is_named_before_the_tokenizing(tmp_path, monkeypatch):
+    """NUMBAGPT_CACHE under a file: the error names the directory and the variable, before the corpus is
+    tokenized (it was a bare [Errno 20] after it)."""
+    import numbagpt.files.data as data
+    (tmp_path / "f").write_text("x")
+    monkeypatch.setenv("NUMBAGPT_CACHE", str(tmp_path / "f" / "c"))
+    monkeypatch.setattr(data, "_token_stream", lambda *a: pytest.fail("tokenized before the directory check"))
+    with pytest.raises(OSError) as e:
+        ensure_builtin_data(verbose=False)
+    assert str(e.value) == (f"{tmp_path}/f/c/shakespeare-v1/gpt2: cannot make the directory: Not a directory (the "
+                            f"built-in data's cache: set NUMBAGPT_CACHE to a writable directory; it is {tmp_path}/f/c)")
+
+
 def test_prepare_reads_text_as_pythons_text_mode(tmp_path):
     """A Windows file (CRLF, byte-order mark) gives the tokens of its "\n" text: the mark is no character,
     and a blank line separates its paragraphs as in a Unix file (it gave one document, '\ufeff' and '\r'

@@ -317,6 +317,7 @@ def prepare(out_dir, source, tokenizer="gpt2", val_fraction=0.1, name="data", do
         raise ValueError(f"--name {name!r}: a file name prefix, without a directory (-o names the directory)")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"{out_dir}: not a directory (-o names the directory the shards are written to)")
+    _make_dir(out_dir)   # before the tokenizing, not after it
     texts = _source_texts(source, verbose)
     docs = _documents(texts, doc_per_paragraph)
     if isinstance(tokenizer, Tokenizer):
@@ -337,7 +338,6 @@ def prepare(out_dir, source, tokenizer="gpt2", val_fraction=0.1, name="data", do
                          f"{ntok - n_val:,} train tokens; each shard needs at least 2 ({fix})")
     _log(verbose, f"{ntok:,} tokens: val {n_val:,} (the first {val_fraction:.0%}), train {ntok - n_val:,} "
                   f"({time.time() - t0:.1f} s)")
-    os.makedirs(out_dir, exist_ok=True)
     paths = _atomic_paths(out_dir, name)
     write_shard(paths["val"], tokens[:n_val])
     write_shard(paths["train"], tokens[n_val:])
@@ -346,6 +346,16 @@ def prepare(out_dir, source, tokenizer="gpt2", val_fraction=0.1, name="data", do
         _log(verbose, f"wrote {paths[k]} ({os.path.getsize(paths[k]):,} bytes)")
     _log(verbose, f"done in {time.time() - t0:.1f} s")
     return paths
+
+
+def _make_dir(directory, hint=""):
+    """os.makedirs(directory), or OSError naming it and why, with `hint`."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"{directory}: cannot make the directory: {e.strerror}{hint}") from None
+    if not os.access(directory, os.W_OK):
+        raise OSError(f"{directory}: the directory is not writable{hint}")
 
 
 def default_cache_dir():
@@ -374,6 +384,8 @@ def ensure_builtin_data(cache_dir=None, tokenizer="gpt2", force=False, verbose=T
     if ready:
         _log(verbose, f"using the prepared built-in Shakespeare in {out_dir}")
     else:
+        _make_dir(out_dir, hint=f" (the built-in data's cache: set NUMBAGPT_CACHE to a writable directory; "
+                               f"it is {default_cache_dir()})")
         _log(verbose, f"preparing the built-in Shakespeare ({tokenizer}) into {out_dir}")
         prepare(out_dir, builtin_text(), tokenizer=tokenizer, name=BUILTIN_NAME, doc_per_paragraph=True,
                 verbose=verbose)
