@@ -124,7 +124,18 @@ def test_import_errors_name_the_file(tmp_path, capsys):
     assert "'wte.weight' has shape (10, 5), config.json says (10, 4)" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "m.bin")
     assert export_main([str(tmp_path / "missing.bin"), str(d)]) == 1
-    assert "missing.bin: no such file" in capsys.readouterr().err
+    assert "missing.bin: no such model file or directory (MODEL_BIN)" in capsys.readouterr().err
+
+
+def test_export_takes_a_run_directory_as_every_commands_e(tmp_path, capsys):
+    """export_hf RUN_DIR: the run's newest model, as -e of the other commands, named in the wrote line
+    (it said 'a directory, not a model file')."""
+    (tmp_path / "run").mkdir()
+    model = random_model(tmp_path / "run" / "model_00000007.bin", V=100)
+    assert export_main([str(tmp_path / "run"), str(tmp_path / "hf")]) == 0
+    assert f"from {tmp_path / 'run' / 'model_00000007.bin'}:" in capsys.readouterr().out
+    hf.import_hf(tmp_path / "hf", tmp_path / "back.bin")
+    np.testing.assert_array_equal(GPT2.from_file(tmp_path / "back.bin").parameters_host(), model.parameters_host())
 
 
 def test_import_refuses_an_existing_file_and_export_a_file_for_its_dir(tmp_path, capsys):

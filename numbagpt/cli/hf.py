@@ -16,7 +16,8 @@ Face transformers GPT-2 directory (config.json + model.safetensors, e.g. one wri
 or by export_hf), to sample from it or fine-tune it: bin/train_gpt2 -e MODEL_BIN ..."""
 
 
-EXPORT_ARGS = [("model", "MODEL_BIN", "llm.c model file (float32 or bfloat16)"),
+EXPORT_ARGS = [("model", "MODEL_BIN", "llm.c model file (float32 or bfloat16), or a train_gpt2 output directory "
+                                      "(its newest model_*.bin: the final model, else the latest checkpoint's)"),
                ("out_dir", "OUT_DIR", "directory to write (created if needed)")]
 IMPORT_ARGS = [("hf_dir", "DIR", "Hugging Face GPT-2 directory (config.json, model.safetensors)"),
                ("model", "MODEL_BIN", "llm.c model file to write")]
@@ -55,7 +56,10 @@ def _command(prog, parser, argv, run):
 def export_main(argv=None):
     def run(args):
         from ..files.hf import export_hf
-        return f"wrote {args.out_dir}: {', '.join(export_hf(args.model, args.out_dir, force=args.force))}"
+        from ..train.checkpoint import resolve_model
+        model = resolve_model(args.model, "MODEL_BIN")
+        files = export_hf(model, args.out_dir, force=args.force)
+        return f"wrote {args.out_dir} from {model}: {', '.join(files)}"
     return _command("export_hf", build_export_parser(), argv, run)
 
 
