@@ -52,9 +52,14 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+
+try:
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+except ModuleNotFoundError as e:
+    raise SystemExit(f"pytorch_reference.py: needs PyTorch ({e}): pip install torch==2.13.0 (the README's "
+                     f"version)") from None
 
 MODEL_MAGIC = 20240326
 STATE_MAGIC = 20240327

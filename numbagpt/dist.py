@@ -324,8 +324,8 @@ def init_world(expect_size=None):
                 world = World(None)
             else:
                 err = WorldSizeError(f"an MPI launcher started this process ({sizes}) but mpi4py can't be "
-                                     f"imported by {sys.executable} ({e}): pip install mpi4py (and an MPI "
-                                     f"library, e.g. mpich), or launch the Python that has it")
+                                     f"imported by {sys.executable} ({e}): pip install -e '.[mpi]' (mpi4py "
+                                     f"and mpich) in numbagpt's checkout, or launch the Python that has it")
                 err.rank = _launcher_rank()
                 raise err from None
         else:

@@ -59,7 +59,8 @@ def require():
         "numbagpt.cuda: no usable CUDA GPU/driver found" + reason + ". "
         "Run on a machine with an NVIDIA GPU and driver (check `nvidia-smi` and "
         "`python -c 'from numba import cuda; cuda.detect()'`), install numba-cuda with the CUDA "
-        "toolkit wheels (`pip install \"numba-cuda[cu12]\"` or `[cu13]`), "
+        "toolkit wheels (`pip install -e '.[cuda]'` in numbagpt's checkout, or `pip install \"numba-cuda[cu12]\"` "
+        "for CUDA 12), "
         "use the CPU backend (--device cpu; backend='cpu' in Python), or set NUMBA_ENABLE_CUDASIM=1 "
         "before starting Python to run the CUDA kernels in Numba's (very slow) simulator.")
 
