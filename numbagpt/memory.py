@@ -160,12 +160,13 @@ def largest_fitting(need, B, available):
     return lo
 
 
-def check_fits(need, B, what, flag="-b", override="--no-memory-check", available=None, backend=None, takes=None):
+def check_fits(need, B, what, flag="-b", override="--no-memory-check", available=None, backend=None, takes=None,
+               hint=None):
     """Raise MemoryCheckError if need(B) bytes (need: batch size -> bytes, the exact estimate of what
     will be allocated) exceed the memory available to `backend`'s buffers (available_memory);
     `what` says what is being sized. `takes` = (predicate, words): the batch sizes another flag allows
-    (-d: those dividing it), which the hint keeps to. Returns (need(B), available bytes, where that
-    figure comes from)."""
+    (-d: those dividing it), which the hint keeps to; `hint`: the advice, where B is not the user's to
+    change. Returns (need(B), available bytes, where that figure comes from)."""
     where = "given"
     if available is None:
         available, where = available_memory(backend)
@@ -173,9 +174,9 @@ def check_fits(need, B, what, flag="-b", override="--no-memory-check", available
     if available is None or total <= available:
         return total, available, where
     fit = largest_fitting(need, B, available)
-    hint = (f"the largest {flag} that fits is {fit}" if fit else
+    hint = hint or (f"the largest {flag} that fits is {fit}" if fit else
             f"even {flag} 1 needs {format_bytes(need(1))}: use a smaller model or a machine with more memory")
-    if fit and takes and not takes[0](fit):
+    if fit and takes and not takes[0](fit) and hint.startswith("the largest"):
         allowed = next((b for b in range(fit, 0, -1) if takes[0](b)), 0)
         hint += (f", and the largest that {takes[1]} also takes is {allowed}" if allowed else
                  f", but {takes[1]} takes none of 1..{fit}")

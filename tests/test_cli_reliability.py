@@ -467,6 +467,7 @@ def test_test_gpt2_and_profile_gpt2_check_memory_first(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"test_gpt2: error: not enough memory for {model} with the state's B=")
     assert "100.0 KiB is available ($NUMBAGPT_MEMORY_LIMIT)" in err
+    assert "; the state fixes B and T: a machine with more memory, or a state dumped with a smaller B;" in err
     assert err.endswith("--no-memory-check to try anyway\n")
     from numbagpt.cli import profile
     assert profile.main(["-e", "d12", "-b", "4", "-t", "64", "--no-calibrate"]) == 1

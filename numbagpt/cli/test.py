@@ -127,7 +127,8 @@ def check_memory(path, state_path, backend):
     # the model's buffers for the state's batch, and the state itself (logits and gradients)
     state_bytes = os.path.getsize(state_path)
     memory.check_fits(lambda b: memory_estimate(cfg, b, T)["total"] + state_bytes, B,
-                      f"{path} with the state's B={B} T={T}", flag="B", backend=backend)
+                      f"{path} with the state's B={B} T={T}", backend=backend,
+                      hint="the state fixes B and T: a machine with more memory, or a state dumped with a smaller B")
 
 
 def compare_state(model, state, x, y, tol, rel):
