@@ -295,6 +295,17 @@ def test_buffer_collectives(device, nprocs):
 
 
 @needs_mpi
+def test_a_memory_refusal_under_mpiexec_is_one_line(shards, tmp_path):
+    """Every rank's memory check, one verdict: rank 0 prints the refusal once and every rank exits
+    normally (each rank printed it, then MPI_Abort)."""
+    proc, _ = run(train_args(shards, tmp_path / "m", 2), nprocs=2, env={"NUMBAGPT_MEMORY_LIMIT": "100K"})
+    assert proc.returncode == 1, proc.stdout
+    assert proc.stderr.count("not enough memory") == 1 and "Abort" not in proc.stderr, proc.stderr
+    assert "train_gpt2: error: rank 0: not enough memory for " in proc.stderr
+    assert " x 2 ranks on this host" in proc.stderr
+
+
+@needs_mpi
 def test_ranks_started_with_different_flags_stop_at_once(shards, tmp_path):
     """An MPMD launch whose ranks have different -x: every rank ends with one line naming -x (it
     hung before: the rank with fewer steps finished and the other waited in a collective)."""

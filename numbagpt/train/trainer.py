@@ -92,6 +92,24 @@ def train(config: TrainConfig, *, world=None, on_step=None, say=None, progress=N
 PER_RANK = ("omp_threads",)
 
 
+def check_together(world, check):
+    """check() on every rank, one verdict for all: with several ranks, the first failing rank's error
+    becomes a dist.CollectiveError on every rank (rank 0 says it once, all exit normally), not one
+    error per rank and an MPI_Abort. One process: check() as it is."""
+    if world.size == 1:
+        return check()
+    try:
+        check()
+        mine = None
+    except (ValueError, RuntimeError) as e:
+        mine = str(e)
+    everyone = world.gather(mine)
+    first = next(((r, v) for r, v in enumerate(everyone) if v), None) if world.is_master else None
+    first = world.bcast(first)
+    if first:
+        raise dist.CollectiveError(f"rank {first[0]}: {first[1]}")
+
+
 def check_ranks_agree(config, world):
     """Every rank runs the same config (an MPMD launch `mpiexec -n 1 ... -x 10 : -n 1 ... -x 12` can
     give them different ones, and a rank whose loop ends first would leave the others waiting forever).
@@ -364,8 +382,9 @@ def load_model(config, world, backend, tok_path, say, resume_step):
         per_b = c.seq_len * world.size   # -d must stay a multiple of B*T*processes
         takes = ((lambda b: c.total_batch_size % (b * per_b) == 0), f"-d {c.total_batch_size}"
                  ) if c.total_batch_size else None
-        check_model_fits(cfg, c.batch_size, c.seq_len, backend, f"{c.model}", ranks=ranks, takes=takes,
-                         optimizer_params=end - start, recompute=c.recompute)
+        check_together(world, lambda: check_model_fits(cfg, c.batch_size, c.seq_len, backend, f"{c.model}",
+                                                       ranks=ranks, takes=takes, optimizer_params=end - start,
+                                                       recompute=c.recompute))
     if path is None:
         model = GPT2(cfg, backend=backend, recompute=c.recompute, precision=c.precision)
         model.init_weights(c.seed)
