@@ -7,6 +7,7 @@ activation buffer for their gradients), hands views of them to the kernels of `n
 `numbagpt/__init__.py`; docs/kernels.md gives each kernel's contract.
 """
 import math
+import numbers
 
 import numpy as np
 
@@ -140,7 +141,12 @@ class GPT2:
     def parameters_host(self):
         return np.array(self.backend.to_host(self.params_flat), copy=True)
 
+    def _need_grads(self, what):
+        if self.grads_flat is None:
+            raise RuntimeError(f"{what}: no gradients yet: zero_grad(), forward(inputs, targets) and backward() first")
+
     def grads_host(self):
+        self._need_grads("grads_host()")
         self.materialize_grads()
         return np.array(self.backend.to_host(self.grads_flat), copy=True)
 
@@ -277,13 +283,19 @@ class GPT2:
         return np.ascontiguousarray(tokens, dtype=np.int32)
 
     def logits_host(self):
-        """(B, T, Vp) logits of the last forward, as a NumPy array (not after forward(train=True) or
-        backward(): the buffer then holds dlogits)."""
+        """(B, T, Vp) logits of the last forward, as a read-only NumPy array: on the CPU a view of the
+        model's buffer (no copy of B·T·Vp floats), which the next forward or backward overwrites, so
+        copy it to keep it. Refused before any forward, and after forward(train=True) or backward():
+        the buffer then holds dlogits."""
+        if not self.B:
+            raise RuntimeError("logits_host(): no forward yet")
         if self.dlogits_ready:
             raise RuntimeError("the logits buffer holds dlogits (after forward(train=True) or backward()); "
                                "run forward() without train=True to read logits")
-        logits = self.backend.to_host(self.acts["logits"])
-        return logits.reshape(self.B, self.T, self.config.padded_vocab_size)
+        logits = self.backend.to_host(self.acts["logits"]).reshape(self.B, self.T, self.config.padded_vocab_size)
+        view = logits.view()
+        view.flags.writeable = False   # writing into it would change the next backward's dlogits
+        return view
 
     # ---------------------------------------------------------------- backward
 
@@ -377,6 +389,7 @@ class GPT2:
     def grad_norm_squared(self, start=0, end=None):
         """Σ g² over the gradients [start, end) (all by default), as a float."""
         end = self.num_parameters if end is None else end
+        self._need_grads("grad_norm()")
         self.materialize_grads()
         out = self.backend.zeros(1)
         self.backend.global_norm_squared(out, self.grads_flat[start:end], end - start)
@@ -389,6 +402,12 @@ class GPT2:
     def update(self, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, t=1, grad_scale=1.0):
         """One AdamW step (t counts from 1) of the optimizer shard's parameters (all by default),
         on the gradients times grad_scale (clipping, averaging over ranks)."""
+        self._need_grads("update()")
+        for name, value in (("lr", lr), ("grad_scale", grad_scale)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"update(): {name} must be a finite number >= 0, got {value!r}")
+        if isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 1:
+            raise ValueError(f"update(): t (the AdamW step, counted from 1) must be an integer >= 1, got {t!r}")
         self._ensure_optimizer()
         self.materialize_grads()
         start, end = self.optimizer_shard

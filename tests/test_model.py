@@ -222,6 +222,36 @@ def test_bad_inputs_are_refused(batch):
         model.backward()
 
 
+def test_methods_out_of_order_and_bad_update_arguments_say_so(batch):
+    """A notebook's mistakes: gradients or an update before any backward, logits before any forward, an
+    update with t = 0 or a NaN lr: a RuntimeError or ValueError saying what to do (they were None
+    arrays, TypeErrors, a ZeroDivisionError, or every parameter NaN)."""
+    from numbagpt.train.step import train_step
+    x, y = batch
+    model, _ = random_model()
+    for call in (model.grads_host, model.grad_norm, lambda: model.update(1e-3)):
+        with pytest.raises(RuntimeError, match=r"no gradients yet: zero_grad\(\), forward\(inputs, targets\)"):
+            call()
+    with pytest.raises(RuntimeError, match=r"logits_host\(\): no forward yet"):
+        model.logits_host()
+    model.forward(x, y)
+    logits = model.logits_host()
+    with pytest.raises(ValueError, match="read-only"):   # a write would change the next backward's dlogits
+        logits[0, 0, 0] = 1.0
+    model.zero_grad()
+    model.backward()
+    before = model.parameters_host()
+    for kw, said in ((dict(lr=float("nan")), "lr must be a finite number >= 0, got nan"),
+                     (dict(lr=-1e-3), "lr must be a finite number >= 0"), (dict(lr="a"), "lr must be"),
+                     (dict(lr=1e-3, t=0), r"t \(the AdamW step, counted from 1\) must be an integer >= 1, got 0"),
+                     (dict(lr=1e-3, grad_scale=float("inf")), "grad_scale must be a finite number")):
+        with pytest.raises(ValueError, match=said):
+            model.update(**kw)
+    np.testing.assert_array_equal(model.parameters_host(), before)
+    with pytest.raises(ValueError, match="train_step: no batches"):
+        train_step(model, [], lr=1e-3, t=1)
+
+
 def test_smaller_batch_after_larger_reuses_buffers(batch):
     x, y = batch
     model, _ = random_model()

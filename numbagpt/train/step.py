@@ -37,6 +37,8 @@ def train_step(model, batches, *, lr, t, dp=None, grad_clip=1.0, weight_decay=0.
     "zero_grad", "backward", "update" as the step enters each, and with None at the end (the
     profiler's timing proxy). Returns a StepResult; raises dist.CollectiveError, on every rank alike,
     if the loss or the norm is not finite."""
+    if not batches:
+        raise ValueError("train_step: no batches (a step needs at least one (inputs, targets))")
     mark = phase or (lambda name: None)
     losses = []
     for i, (inputs, targets) in enumerate(batches):
