@@ -59,6 +59,12 @@ def test_prompt_ids():
     (lambda m: api.load_model("tiny", seed=-1), "--seed must be >= 0, got -1"),
     (lambda m: api.save_model(m, "unused.bin", precision="fp16"), "precision must be one of fp32, bf16, got 'fp16'"),
     (lambda m: api.load_model("tiny", precision="fp16"), "precision must be one of fp32, bf16, got 'fp16'"),
+    (lambda m: api.load_model(None), "-e must be given"),
+    (lambda m: api.load_model(123), "-e must be a string, got 123"),
+    (lambda m: api.TrainConfig(heads=3, channels=16),
+     "channels C=16 (--channels) is not divisible by heads NH=3 (--heads)"),
+    (lambda m: api.TrainConfig(seq_len=64, max_seq_len=32),
+     "-t/--seq-len 64 exceeds the model's max_seq_len 32 (--max-seq-len)"),
 ])
 def test_the_other_functions_check_their_arguments_first(model, call, message):
     with pytest.raises(ValueError) as e:
@@ -74,6 +80,16 @@ def test_sample_without_a_tokenizer_for_the_model_says_how_to_give_one():
     with pytest.raises(ValueError) as e:
         api.sample(m, "", 2)
     assert str(e.value) == "no tokenizer for a 17-token vocabulary: pass tokenizer= FILE"
+
+
+def test_paths_may_be_pathlib_paths(model, tmp_path):
+    """load_model and TrainConfig take a pathlib.Path where a flag takes a path (load_model raised
+    AttributeError: 'PosixPath' object has no attribute 'endswith'; TrainConfig refused it)."""
+    from pathlib import Path
+    api.save_model(model, tmp_path / "m.bin")
+    assert api.load_model(Path(tmp_path / "m.bin")).num_parameters == model.num_parameters
+    cfg = api.TrainConfig(output_dir=Path(tmp_path / "o"), model=Path(tmp_path / "m.bin"))
+    assert cfg.output_dir == str(tmp_path / "o") and cfg.model == str(tmp_path / "m.bin")
 
 
 def test_load_model_takes_the_precision_of_the_commands(model, tmp_path):

@@ -132,9 +132,12 @@ class TrainConfig:
         self.check()
 
     def check(self):
-        """Every field's type and range, then the combinations; a ValueError naming the flag."""
+        """Every field's type and range, then the combinations; a ValueError naming the flag. A path
+        given as a pathlib.Path (os.PathLike) is kept as its str, as a flag gives it."""
         for f in dataclasses.fields(self):
             meta = f.metadata
+            if f.type is str and isinstance(getattr(self, f.name), os.PathLike):
+                object.__setattr__(self, f.name, os.fspath(getattr(self, f.name)))
             # None only where it is the default (a flag not given: e.g. --layers, -e's)
             check_value(flag_of(meta["flags"]), getattr(self, f.name), f.type, meta["check"], meta["choices"],
                         optional=f.default is None)
@@ -145,6 +148,12 @@ class TrainConfig:
         if self.val_every > 0 and self.val_batches == 0:
             raise ValueError(f"-v {self.val_every} asks for the val loss every {self.val_every} steps, but -m 0 "
                              f"evaluates no batches (-v 0: no val loss)")
+        if self.channels is not None and self.heads is not None and self.channels % self.heads:
+            raise ValueError(f"channels C={self.channels} (--channels) is not divisible by heads NH={self.heads} "
+                             f"(--heads)")
+        if self.max_seq_len is not None and self.seq_len > self.max_seq_len:
+            raise ValueError(f"-t/--seq-len {self.seq_len} exceeds the model's max_seq_len {self.max_seq_len} "
+                             f"(--max-seq-len)")
 
     def warnings(self):
         """Lines about values that are allowed but probably not meant (the trainer prints them)."""

@@ -354,7 +354,7 @@ def load_model(config, world, backend, tok_path, say, resume_step):
     shape_flags = [f"--{n.replace('_', '-')}" for n in ("layers", "heads", "channels", "max_seq_len")
                    if getattr(c, n) is not None]
     scratch = is_descriptor(c.model)
-    if shape_flags and not scratch:
+    if shape_flags and not scratch and os.path.exists(c.model):
         what = "a train_gpt2 output directory, whose model's" if os.path.isdir(c.model) else "a model file, whose"
         raise ValueError(f"-e {c.model} is {what} shape is fixed: drop {', '.join(shape_flags)} "
                          f"(they shape a model built from scratch from a descriptor)")
