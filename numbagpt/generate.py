@@ -74,15 +74,14 @@ class Decoder:
     def forward(self, tokens, logits="last"):
         """Run tokens (B, T) at positions pos .. pos+T−1 and add them to the cache. logits: "last" →
         (B, Vp) NumPy logits of the last position; "all" → (B, T, Vp); None → nothing returned."""
-        tokens = np.ascontiguousarray(tokens, dtype=np.int32)
-        if tokens.ndim != 2 or tokens.shape[0] != self.B or tokens.shape[1] == 0:
+        if logits not in ("last", "all", None):
+            raise ValueError(f"logits must be 'last', 'all' or None, got {logits!r}")
+        tokens = self.model._tokens(tokens, "tokens")   # integers in [0, V), checked before any cast
+        if tokens.shape[0] != self.B:
             raise ValueError(f"tokens must be ({self.B}, T>0), got shape {tokens.shape}")
         T = tokens.shape[1]
         if self.pos + T > self.capacity:
             raise ValueError(f"{self.pos} cached + {T} new positions exceed the model's maxT {self.capacity}")
-        V = self.model.config.vocab_size
-        if tokens.min() < 0 or tokens.max() >= V:
-            raise ValueError(f"token id out of range [0, {V})")
         if T > PREFILL_CHUNK or (logits == "last" and T > 1):
             # the last position alone makes the logits: (B, 1, C) rows are contiguous, (B, T, C) not
             split = min(PREFILL_CHUNK, T - 1) if logits == "last" else PREFILL_CHUNK
@@ -139,6 +138,16 @@ def check_sampling(tokens, temperature, top_k, top_p, seed):
     check_value("--top-k", top_k, int, NONNEG)
     check_value("--top-p", top_p, float, TOP_P)
     check_value("--seed", seed, int, NONNEG, optional=False)
+
+
+def check_generation(max_new_tokens, rng, temperature, top_k, top_p):
+    """Raise ValueError naming generate()'s argument unless it is what sample_next can use."""
+    check_value("generate: max_new_tokens", max_new_tokens, int, NONNEG, optional=False)
+    check_value("generate: temperature", temperature, float, NONNEG, optional=False)
+    check_value("generate: top_k", top_k, int, NONNEG)
+    check_value("generate: top_p", top_p, float, TOP_P)
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"generate: rng must be a numpy Generator (np.random.default_rng(seed)), got {rng!r}")
 
 
 def prompt_ids(tok, text):
@@ -201,10 +210,15 @@ def generate(model, prompt, max_new_tokens, rng, temperature=1.0, top_k=None, to
     """Yield `max_new_tokens` ids sampled after `prompt` (a non-empty list of ids, or B lists of one
     length: then each step yields B ids). use_cache=False runs model.forward over the whole context
     per token, llm.c's way (the same context, so the same logits up to float32 rounding)."""
-    single = np.ndim(prompt) == 1
-    batch = np.atleast_2d(np.asarray(prompt, dtype=np.int32))
+    check_generation(max_new_tokens, rng, temperature, top_k, top_p)
+    try:
+        single = np.ndim(prompt) == 1
+        batch = np.atleast_2d(np.asarray(prompt))
+    except ValueError:   # ragged lists
+        raise ValueError("generate: the prompt is a list of token ids, or B lists of one length") from None
     if batch.shape[1] == 0:
         raise ValueError("generate: the prompt needs at least one token (e.g. the end-of-text token)")
+    batch = model._tokens(batch, "generate: the prompt")   # integers in [0, V), no silent cast
     B, cap, Vp = batch.shape[0], model.config.max_seq_len, model.config.padded_vocab_size
     V = model.config.vocab_size
     tokens = [list(row) for row in batch]

@@ -1,5 +1,7 @@
 """Generation with the key/value cache: the decoder's logits are the full forward's at every position,
 and sampling draws from the distribution it says."""
+import re
+
 import numpy as np
 import pytest
 
@@ -136,3 +138,28 @@ def test_decoder_rejects_bad_tokens():
         dec.forward(np.zeros((2, 3), np.int32))
     with pytest.raises(ValueError, match="at least one token"):
         list(gen.generate(dec.model, [], 3, np.random.default_rng(0)))
+    # what model.forward refuses, the decoder refuses too: no silent cast of 1.9 or 2**32 + 3
+    with pytest.raises(ValueError, match="token ids must be integers"):
+        dec.forward(np.array([[1.9]]))
+    with pytest.raises(ValueError, match="out of range"):
+        dec.forward(np.array([[2**32 + 3]]))
+    with pytest.raises(ValueError, match="logits must be 'last', 'all' or None, got 'bogus'"):
+        dec.forward(np.array([[1]]), logits="bogus")
+
+
+@pytest.mark.parametrize("kwargs, said", [
+    (dict(prompt=[1.7, 2.2]), "token ids must be integers"),
+    (dict(prompt=[[1, 2], [3]]), "a list of token ids, or B lists of one length"),
+    (dict(temperature=-1), "generate: temperature must be >= 0, got -1"),
+    (dict(top_k=-3), "generate: top_k must be >= 0, got -3"),
+    (dict(top_p=2.0), "generate: top_p must be in (0, 1], got 2.0"),
+    (dict(max_new_tokens=2.5), "generate: max_new_tokens must be an integer, got 2.5"),
+    (dict(rng=42), "generate: rng must be a numpy Generator"),
+], ids=lambda v: str(v)[:30])
+def test_generate_refuses_what_it_cannot_use(kwargs, said):
+    """generate() checks its arguments as api.sample does (a negative temperature sampled the inverted
+    distribution; floats were truncated to ids; an int rng raised AttributeError)."""
+    args = dict(prompt=[1, 2], max_new_tokens=3, rng=np.random.default_rng(0))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=re.escape(said)):
+        list(gen.generate(tiny_model(), args.pop("prompt"), args.pop("max_new_tokens"), args.pop("rng"), **args))
