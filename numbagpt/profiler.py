@@ -333,7 +333,14 @@ def profile_model(model, proxy, B, T, *, steps=3, warmup=1, baseline_steps=None,
                   peak_gflops=None, calibrate=True, calibration_shape=CALIBRATION_SHAPE,
                   model_name=None, rss_before=None):
     """Profile training steps of `model`, built with backend=`proxy` (a TimingBackend), on random
-    tokens (seeded). Returns the report dict (see docs/profiling.md; `report_to_json` is its JSON)."""
+    tokens (seeded). Returns the report dict (see docs/profiling.md; `report_to_json` is its JSON).
+    The steps are real AdamW steps: they change the model's weights (profile a copy of a model you
+    want to keep: GPT2.from_file of its file)."""
+    if not isinstance(proxy, TimingBackend):
+        raise ValueError(f"proxy must be a TimingBackend (TimingBackend(get_backend('cpu'))), got {proxy!r}")
+    if getattr(model, "backend", None) is not proxy:
+        raise ValueError("the model must be built on the proxy (GPT2(config, backend=proxy)): its kernels "
+                         "would run untimed and the report be empty")
     if rss_before is None:
         rss_before = process_memory()["rss_bytes"]
     m = measure(model, proxy, B, T, steps=steps, warmup=warmup, baseline_steps=baseline_steps, seed=seed)

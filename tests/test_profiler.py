@@ -254,6 +254,18 @@ def test_the_header_and_the_json_say_the_precision(report):
     assert "| precision bf16 |" in profiler.format_report({**report, "precision": "bf16"}).splitlines()[1]
 
 
+def test_profile_model_needs_the_model_on_the_proxy():
+    """A model built without backend=proxy ran untimed and gave an empty report (0 calls, a 100% host
+    gap); now a ValueError saying how to build it."""
+    proxy = profiler.TimingBackend(cpu)
+    plain = GPT2(CFG)
+    plain.init_weights(1)
+    with pytest.raises(ValueError, match=r"the model must be built on the proxy \(GPT2\(config, backend=proxy\)\)"):
+        profiler.profile_model(plain, proxy, B, T, steps=1, baseline_steps=0, calibrate=False, peak_gflops=10.0)
+    with pytest.raises(ValueError, match="proxy must be a TimingBackend"):
+        profiler.profile_model(plain, cpu, B, T, steps=1)
+
+
 def test_the_kernel_table_keeps_its_columns_for_long_names(report):
     """Every kernel row as wide as the header, the longest names included (crossentropy_forward_backward,
     fused_residual_layernorm_forward pushed their rows' columns out of line)."""
