@@ -40,9 +40,22 @@ def load_model(spec, device="cpu", recompute=0, seed=1337, vocab_size=GPT2_VOCAB
     return GPT2.from_file(resolve_model(spec), backend=device, recompute=recompute, precision=precision)
 
 
+def _check_model(model):
+    if not isinstance(model, GPT2):
+        raise ValueError(f"model must be a GPT2 (load_model(...) makes one), got {type(model).__name__}")
+
+
+def _check_path(what, path):
+    path = os.fspath(path) if isinstance(path, os.PathLike) else path
+    check_value(what, path, str, optional=False)
+    return path
+
+
 def save_model(model, path, precision="fp32"):
     """Write `model`'s parameters as an llm.c model file, atomically: `precision` "fp32" (version 3) or
     "bf16" (version 5, the parameters rounded to bfloat16 as llm.c's train_gpt2.py writes them)."""
+    _check_model(model)
+    path = _check_path("path", path)
     if precision not in SAVE_PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(SAVE_PRECISIONS)}, got {precision!r}")
     model.save(path, SAVE_PRECISIONS[precision])
@@ -55,6 +68,7 @@ def sample(model, prompt="", tokens=128, *, tokenizer=None, model_file=None, tem
     built-in ones) that fits the model's vocabulary."""
     from .generate import check_sampling, generate, prompt_ids
 
+    _check_model(model)
     check_value("--prompt", prompt, str)
     check_sampling(tokens, temperature, top_k, top_p, seed)
     prompt = prompt or ""
@@ -69,6 +83,8 @@ def evaluate(model, eval_file, batch_size=32):
     """(correct, total): acc_norm of `model` on an llm.c multiple-choice eval file (HellaSwag), as
     bin/eval_gpt2 computes it in one process."""
     from . import hellaswag
+    _check_model(model)
+    eval_file = _check_path("eval_file", eval_file)
     check_value("-b", batch_size, int, POSITIVE, optional=False)
     examples = hellaswag.read_eval_file(eval_file)
     return hellaswag.evaluate(model, examples, None, batch_size, source=eval_file)
