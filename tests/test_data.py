@@ -199,7 +199,7 @@ def test_an_unusable_cache_is_named_before_the_tokenizing(tmp_path, monkeypatch)
     monkeypatch.setattr(data, "_token_stream", lambda *a: pytest.fail("tokenized before the directory check"))
     with pytest.raises(OSError) as e:
         ensure_builtin_data(verbose=False)
-    assert str(e.value) == (f"{tmp_path}/f/c/shakespeare-v1/gpt2: cannot make the directory: Not a directory (the "
+    assert str(e.value) == (f"{tmp_path}/f/c/shakespeare-v1/gpt2: cannot create the directory: Not a directory (the "
                             f"built-in data's cache: set NUMBAGPT_CACHE to a writable directory; it is {tmp_path}/f/c)")
 
 

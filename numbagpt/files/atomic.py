@@ -179,6 +179,17 @@ def atomic_write(path):
     fsync_dir(directory)
 
 
+def make_dir(directory, what="directory", error=OSError, hint=""):
+    """os.makedirs(directory) and a check that this process may write in it, or `error` naming the
+    directory as `what` and why, with `hint` after it."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        raise error(f"{directory}: cannot create the {what}: {describe_os_error(e)}{hint}") from None
+    if not os.access(directory, os.W_OK):
+        raise error(f"{directory}: the {what} is not writable{hint}")
+
+
 def check_writable(path, flag):
     """Raise WriteError naming `path` and `flag` where a file could not be written there (a directory
     by that name, no such directory above it, or one this process may not write in): checked before

@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from .atomic import make_dir
 from .formats import FormatError, check_tokens, open_shard, read_shard_header, write_shard
 from .tokenizer import Tokenizer, get_tokenizer
 
@@ -317,7 +318,7 @@ def prepare(out_dir, source, tokenizer="gpt2", val_fraction=0.1, name="data", do
         raise ValueError(f"--name {name!r}: a file name prefix, without a directory (-o names the directory)")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"{out_dir}: not a directory (-o names the directory the shards are written to)")
-    _make_dir(out_dir)   # before the tokenizing, not after it
+    make_dir(out_dir)   # before the tokenizing, not after it
     texts = _source_texts(source, verbose)
     docs = _documents(texts, doc_per_paragraph)
     if isinstance(tokenizer, Tokenizer):
@@ -348,16 +349,6 @@ def prepare(out_dir, source, tokenizer="gpt2", val_fraction=0.1, name="data", do
     return paths
 
 
-def _make_dir(directory, hint=""):
-    """os.makedirs(directory), or OSError naming it and why, with `hint`."""
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError as e:
-        raise OSError(f"{directory}: cannot make the directory: {e.strerror}{hint}") from None
-    if not os.access(directory, os.W_OK):
-        raise OSError(f"{directory}: the directory is not writable{hint}")
-
-
 def default_cache_dir():
     """$NUMBAGPT_CACHE, else ~/.cache/numbagpt."""
     return os.environ.get("NUMBAGPT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "numbagpt")
@@ -384,7 +375,7 @@ def ensure_builtin_data(cache_dir=None, tokenizer="gpt2", force=False, verbose=T
     if ready:
         _log(verbose, f"using the prepared built-in Shakespeare in {out_dir}")
     else:
-        _make_dir(out_dir, hint=f" (the built-in data's cache: set NUMBAGPT_CACHE to a writable directory; "
+        make_dir(out_dir, hint=f" (the built-in data's cache: set NUMBAGPT_CACHE to a writable directory; "
                                f"it is {default_cache_dir()})")
         _log(verbose, f"preparing the built-in Shakespeare ({tokenizer}) into {out_dir}")
         prepare(out_dir, builtin_text(), tokenizer=tokenizer, name=BUILTIN_NAME, doc_per_paragraph=True,

@@ -70,12 +70,7 @@ def _read_holder(fd):
 
 def lock_dir(directory):
     """Create `directory` if needed and lock it for this process (DirLock), or raise RunDirError."""
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError as e:
-        raise RunDirError(f"{directory}: cannot create the output directory: {atomic.describe_os_error(e)}") from None
-    if not os.access(directory, os.W_OK):
-        raise RunDirError(f"{directory}: the output directory is not writable")
+    atomic.make_dir(directory, "output directory", RunDirError)
     return DirLock(directory).acquire()
 
 
