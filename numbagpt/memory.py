@@ -173,16 +173,24 @@ def check_fits(need, B, what, flag="-b", override="--no-memory-check", available
     total = need(B)
     if available is None or total <= available:
         return total, available, where
-    fit = largest_fitting(need, B, available)
-    hint = hint or (f"the largest {flag} that fits is {fit}" if fit else
-            f"even {flag} 1 needs {format_bytes(need(1))}: use a smaller model or a machine with more memory")
-    if fit and takes and not takes[0](fit) and hint.startswith("the largest"):
-        allowed = next((b for b in range(fit, 0, -1) if takes[0](b)), 0)
-        hint += (f", and the largest that {takes[1]} also takes is {allowed}" if allowed else
-                 f", but {takes[1]} takes none of 1..{fit}")
+    if hint is None:
+        hint = _batch_hint(need, B, available, flag, takes)
     raise MemoryCheckError(f"not enough memory for {what}: it needs {format_bytes(total)}, "
                            f"{format_bytes(available)} is available ({where}); {hint}; "
                            f"{override} to try anyway")
+
+
+def _batch_hint(need, B, available, flag, takes):
+    """The largest batch size up to B that fits (and that `takes` allows), as advice."""
+    fit = largest_fitting(need, B, available)
+    if not fit:
+        return f"even {flag} 1 needs {format_bytes(need(1))}: use a smaller model or a machine with more memory"
+    hint = f"the largest {flag} that fits is {fit}"
+    if takes and not takes[0](fit):
+        allowed = next((b for b in range(fit, 0, -1) if takes[0](b)), 0)
+        hint += (f", and the largest that {takes[1]} also takes is {allowed}" if allowed else
+                 f", but {takes[1]} takes none of 1..{fit}")
+    return hint
 
 
 def check_model_fits(cfg, B, T, backend, name, ranks=1, extra=0, takes=None, **estimate):

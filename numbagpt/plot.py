@@ -56,6 +56,10 @@ def read_log(path, notes=None):
     return series
 
 
+class NoMatplotlib(RuntimeError):
+    """matplotlib is not installed (an optional extra: numbagpt[plot])."""
+
+
 def _pyplot():
     """matplotlib.pyplot on the Agg backend, or RuntimeError: not installed, or an install that fails
     to import (its message then says what failed)."""
@@ -67,7 +71,7 @@ def _pyplot():
         if e.name not in ("matplotlib", "matplotlib.pyplot"):
             raise RuntimeError(f"matplotlib cannot be imported: {e} (a broken install? reinstall it: "
                                f"pip install --force-reinstall matplotlib)") from None
-        raise RuntimeError("plotting needs matplotlib: pip install matplotlib "
+        raise NoMatplotlib("plotting needs matplotlib: pip install matplotlib "
                            "(or pip install 'numbagpt[plot]')") from None
     except ImportError as e:
         raise RuntimeError(f"matplotlib cannot be imported: {e} (a broken install? reinstall it: "

@@ -97,3 +97,9 @@ def test_a_broken_matplotlib_and_an_unwritable_png_leave_a_training_run_whole(tm
     plot_log(str(log), said.append)
     assert said == ["no loss.png: matplotlib cannot be imported: libfreetype.so.6 (a broken install? reinstall "
                     "it: pip install --force-reinstall matplotlib)"]
+    _imports_failing(monkeypatch, lambda name: name.startswith("matplotlib") and
+                     ModuleNotFoundError(f"No module named {name!r}", name=name))   # not installed: the hint
+    said.clear()
+    plot_log(str(log), said.append)
+    assert said == ["(pip install matplotlib, or 'numbagpt[plot]', and the next run also draws its loss curve "
+                    "into loss.png)"]

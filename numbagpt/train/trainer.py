@@ -471,13 +471,10 @@ def plot_log(log_path, say):
     png = os.path.join(os.path.dirname(log_path), "loss.png")
     try:
         plot.plot_logs([log_path], png)
-    except RuntimeError as e:
-        if "needs matplotlib" in str(e):
-            say("(pip install matplotlib, or 'numbagpt[plot]', and the next run also draws its loss curve "
-                "into loss.png)")
-        else:
-            say(f"no loss.png: {e}")
-    except (plot.LogError, OSError) as e:
+    except plot.NoMatplotlib:
+        say("(pip install matplotlib, or 'numbagpt[plot]', and the next run also draws its loss curve "
+            "into loss.png)")
+    except (plot.LogError, OSError, RuntimeError) as e:
         say(f"no loss.png: {e}")
     else:
         say(f"wrote {png}")
