@@ -131,7 +131,7 @@ def check_finite(model, path):
     import numpy as np
 
     from numbagpt.layout import parameter_layout
-    params = model.parameters_host()
+    params = np.asarray(model.backend.to_host(model.params_flat))   # on the CPU the buffer itself: no copy
     if np.isfinite(params.sum(dtype=np.float64)):   # one pass, no mask: a float32 sum cannot overflow float64
         return
     bad = ~np.isfinite(params)
