@@ -32,7 +32,7 @@ import os
 import numpy as np
 
 from . import formats
-from .atomic import write_bytes, write_text
+from .atomic import make_dir, write_bytes, write_text
 from ..config import GPT2Config, pad_vocab
 from ..layout import parameter_layout
 
@@ -121,10 +121,7 @@ def export_hf(model_bin, out_dir, force=False):
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not force:
         raise HFError(f"{out_dir}: not empty ({', '.join(sorted(os.listdir(out_dir))[:4])}...): "
                       f"export into a new directory, or --force to replace an earlier export there")
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as e:
-        raise HFError(f"{out_dir}: cannot create the directory: {e.strerror}") from None
+    make_dir(out_dir, "directory", HFError)
     if cfg.vocab_size != GPT2_VOCAB:   # no tokenizer files of ours: an earlier export's would not fit
         for name in TOKENIZER_FILES:
             if os.path.exists(os.path.join(out_dir, name)):
