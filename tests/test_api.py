@@ -161,3 +161,22 @@ def test_import_hf_wants_a_directory(tmp_path, make, what):
     make(src)
     with pytest.raises(ValueError, match=f"^{src}: {what} \\(a Hugging Face model directory"):
         api.import_hf(str(src), str(tmp_path / "m.bin"))
+
+
+def test_train_says_the_prepare_lines_where_say_says(tmp_path, monkeypatch, capsys):
+    """train(config, say=...) takes every line, the built-in data's `[prepare]` lines too (they were
+    printed whatever `say` was)."""
+    from numbagpt.dist import World
+    from numbagpt.files import data, formats
+    from numbagpt.train import trainer
+    monkeypatch.setenv("NUMBAGPT_CACHE", str(tmp_path))
+    paths = {k: f"{data.builtin_data_dir()}/shakespeare_{k}.bin" for k in ("train", "val", "tokenizer")}
+    data.make_dir(data.builtin_data_dir())
+    formats.write_shard(paths["train"], [50256, 1, 2])
+    formats.write_shard(paths["val"], [50256, 3, 4])
+    formats.write_tokenizer_file(paths["tokenizer"], [b"x"] * 50257, 50256)
+    lines = []
+    assert trainer.data_paths(api.TrainConfig(), World(None), lines.append) == (
+        paths["train"], paths["val"], paths["tokenizer"])
+    assert lines == [f"[prepare] using the prepared built-in Shakespeare in {data.builtin_data_dir()}"]
+    assert capsys.readouterr().out == ""

@@ -235,8 +235,10 @@ def test_ensure_builtin_data_gpt2(tmp_path, shakespeare):
     assert GPT2Tokenizer().decode(v[1:40]).startswith(shakespeare[:20])
     mtime = os.path.getmtime(train)
     t0 = time.time()
-    assert ensure_builtin_data(cache_dir=tmp_path, tokenizer="gpt2", verbose=False) == (train, val, tok_path)
+    lines = []   # train(say=...) takes the [prepare] lines too
+    assert ensure_builtin_data(cache_dir=tmp_path, tokenizer="gpt2", verbose=lines.append) == (train, val, tok_path)
     assert os.path.getmtime(train) == mtime and time.time() - t0 < min(1.0, first)
+    assert lines == [f"[prepare] using the prepared built-in Shakespeare in {os.path.dirname(train)}"]
     dl = DataLoader(train, B=4, T=64, vocab_size=50257)
     x, y = dl.next_batch()
     assert x.shape == (4, 64) and x.max() < 50257

@@ -230,9 +230,12 @@ def builtin_text():
 # ----------------------------------------------------------------------------------------------
 # prepare: text -> shards + tokenizer file
 
-def _log(verbose, *args):
-    if verbose:
-        print("[prepare]", *args, flush=True)
+def _log(verbose, text):
+    """Say `text` as a `[prepare]` line: verbose True prints it, a callable (train's `say`) takes it."""
+    if callable(verbose):
+        verbose(f"[prepare] {text}")
+    elif verbose:
+        print("[prepare]", text, flush=True)
 
 
 def _atomic_paths(out_dir, name):
@@ -309,6 +312,7 @@ def prepare(out_dir, source, tokenizer="gpt2", val_fraction=0.1, name="data", do
     as llm.c's tinyshakespeare.py (its first 32768 tokens, about 10%).
     tokenizer: 'gpt2', 'char' (vocabulary = the characters of the text) or a Tokenizer.
     Each file is written atomically (numbagpt.files.atomic), so a file that exists is complete.
+    verbose: print `[prepare]` lines of progress (True), or hand each to a callable, or neither.
     Returns {'train': path, 'val': path, 'tokenizer': path}.
     """
     t0 = time.time()

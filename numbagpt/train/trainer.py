@@ -70,7 +70,7 @@ def train(config: TrainConfig, *, world=None, on_step=None, say=None, progress=N
     lock = None
     try:
         micro_steps = micro_steps_per_step(config, world)
-        paths = data_paths(config, world)
+        paths = data_paths(config, world, say)
         record = run_record(config, world, micro_steps, paths[0], paths[1])
         resume_step = None
         require_device(config.device)   # a device that cannot run here is said before the output dir is made
@@ -323,7 +323,7 @@ def micro_steps_per_step(config, world):
     return total // per_micro
 
 
-def data_paths(config, world):
+def data_paths(config, world, say):
     """(train glob, val glob, tokenizer path): the flags, else the built-in Shakespeare. The
     tokenizer: --tokenizer, else the NAME_tokenizer.bin beside the train shards, else None."""
     if config.train_data is not None:
@@ -331,7 +331,7 @@ def data_paths(config, world):
                 config.tokenizer or tokenizer.tokenizer_next_to(config.train_data))
     # Rank 0 prepares the data once; the others wait, then find it in the cache.
     with world.rank0_first():
-        train_glob, val_glob, tok_path = data.ensure_builtin_data(verbose=world.is_master)
+        train_glob, val_glob, tok_path = data.ensure_builtin_data(verbose=world.is_master and say)
     return train_glob, config.val_data or val_glob, config.tokenizer or tok_path
 
 
