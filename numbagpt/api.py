@@ -9,14 +9,12 @@ Every function takes what its command's flags take and raises a ValueError (OSEr
 train: numbagpt.train.rundir.RunDirError, a RuntimeError, for an output directory it may not use) with
 the one-line message the command prints.
 """
-import os
-
 import numpy as np
 
 from .config import GPT2_VOCAB, is_descriptor, preset
 from .files import data
 from .files.hf import export_hf, import_hf
-from .flags import NONNEG, POSITIVE, check_value
+from .flags import NONNEG, POSITIVE, check_path, check_value
 from .model import GPT2, SAVE_PRECISIONS
 from .train import TrainConfig, TrainResult, train
 from .train.checkpoint import resolve_model
@@ -31,7 +29,7 @@ def load_model(spec, device="cpu", recompute=0, seed=1337, vocab_size=GPT2_VOCAB
     checkpoint's), or a descriptor (tiny, d12, ...: built from scratch, seeded, with `vocab_size`
     tokens). `precision` "bf16": its matmuls round their operands to bfloat16 (--precision)."""
     check_value("--seed", seed, int, NONNEG, optional=False)
-    spec = _check_path("-e", spec)
+    spec = check_path("-e", spec)
     if is_descriptor(spec):
         model = GPT2(preset(spec, vocab_size), backend=device, recompute=recompute, precision=precision)
         model.init_weights(seed)
@@ -44,17 +42,11 @@ def _check_model(model):
         raise ValueError(f"model must be a GPT2 (load_model(...) makes one), got {type(model).__name__}")
 
 
-def _check_path(what, path):
-    path = os.fspath(path) if isinstance(path, os.PathLike) else path
-    check_value(what, path, str, optional=False)
-    return path
-
-
 def save_model(model, path, precision="fp32"):
     """Write `model`'s parameters as an llm.c model file, atomically: `precision` "fp32" (version 3) or
     "bf16" (version 5, the parameters rounded to bfloat16 as llm.c's train_gpt2.py writes them)."""
     _check_model(model)
-    path = _check_path("path", path)
+    path = check_path("path", path)
     if precision not in SAVE_PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(SAVE_PRECISIONS)}, got {precision!r}")
     model.save(path, SAVE_PRECISIONS[precision])
@@ -83,7 +75,7 @@ def evaluate(model, eval_file, batch_size=32):
     bin/eval_gpt2 computes it in one process."""
     from . import hellaswag
     _check_model(model)
-    eval_file = _check_path("eval_file", eval_file)
+    eval_file = check_path("eval_file", eval_file)
     check_value("-b", batch_size, int, POSITIVE, optional=False)
     examples = hellaswag.read_eval_file(eval_file)
     return hellaswag.evaluate(model, examples, None, batch_size, source=eval_file)

@@ -9,6 +9,7 @@ its Check's range and among its choices. None passes for an optional value (a fi
 None). The message is one line that names the flag, so the commands print it as it is.
 """
 import math
+import os
 import numbers
 from dataclasses import dataclass
 
@@ -67,6 +68,13 @@ def check_value(flag, value, kind=None, check=None, choices=None, optional=True)
         raise ValueError(f"{flag} must be one of {', '.join(map(str, choices))}, got {value!r}")
     if check is not None and not check.holds(value):
         raise ValueError(f"{flag} must be {check.describe()}, got {value}")
+
+
+def check_path(flag, path):
+    """`path` as a str (a pathlib path too), or ValueError("FLAG must be given" / "... a string")."""
+    path = os.fspath(path) if isinstance(path, os.PathLike) else path
+    check_value(flag, path, str, optional=False)
+    return path
 
 
 POSITIVE = Check(low=0, low_open=True)

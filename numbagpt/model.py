@@ -50,6 +50,9 @@ class GPT2:
     """
 
     def __init__(self, config: GPT2Config, backend="cpu", recompute=0, precision="fp32"):
+        if not isinstance(config, GPT2Config):
+            raise ValueError(f"config must be a GPT2Config (numbagpt.config.preset makes one), got "
+                             f"{type(config).__name__}")
         if recompute not in (0, 1, 2):
             raise ValueError(f"recompute must be 0, 1 or 2, got {recompute}")
         if precision not in PRECISIONS:

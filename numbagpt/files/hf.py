@@ -34,6 +34,7 @@ import numpy as np
 from . import formats
 from .atomic import make_dir, write_bytes, write_text
 from ..config import GPT2Config, pad_vocab
+from ..flags import check_path
 from ..layout import parameter_layout
 
 PREFIX = "transformer."
@@ -114,6 +115,7 @@ def export_hf(model_bin, out_dir, force=False):
     A directory that already holds files is refused unless `force`: then the files an earlier export
     wrote and this one does not (another model's tokenizer files) are removed, so the directory never
     mixes two models' files."""
+    model_bin, out_dir = check_path("model_bin", model_bin), check_path("out_dir", out_dir)
     st = _safetensors()
     cfg, params = formats.read_model(model_bin)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
@@ -225,6 +227,7 @@ def import_hf(hf_dir, model_bin, dtype="float32", force=False):
     """Write an llm.c model file from a transformers GPT-2 directory, float32 (version 3) or, with
     dtype="bfloat16", version 5; returns its config. An existing model_bin is refused unless `force`
     (as export_hf refuses a directory that holds files)."""
+    hf_dir, model_bin = check_path("hf_dir", hf_dir), check_path("model_bin", model_bin)
     st = _safetensors()
     cfg = _read_config(hf_dir)
     path = os.path.join(hf_dir, "model.safetensors")
