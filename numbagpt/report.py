@@ -144,7 +144,8 @@ def _fmt_bytes(n):
 
 def _header(r):
     cfg, step = r["config"], r["step_ms"]
-    lines = [f"numbagpt profile | model {r['model']} | L={cfg['num_layers']} NH={cfg['num_heads']} "
+    model = f"model {r['model']} | " if r["model"] else ""   # profile_model(..., model_name=None): unnamed
+    lines = [f"numbagpt profile | {model}L={cfg['num_layers']} NH={cfg['num_heads']} "
              f"C={cfg['channels']} maxT={cfg['max_seq_len']} V={cfg['vocab_size']} "
              f"Vp={cfg['padded_vocab_size']} | {r['num_parameters']:,} parameters",
              f"device {r['device']} ({r['device_name']}) | precision {r['precision']} | {r['threads']} threads "

@@ -254,6 +254,12 @@ def test_the_header_and_the_json_say_the_precision(report):
     assert "| precision bf16 |" in profiler.format_report({**report, "precision": "bf16"}).splitlines()[1]
 
 
+def test_an_unnamed_model_is_not_called_none(report):
+    """profile_model(...) without model_name: the header leaves the name out (it said "model None")."""
+    assert profiler.format_report(report).startswith("numbagpt profile | model micro | L=")
+    assert profiler.format_report({**report, "model": None}).startswith("numbagpt profile | L=")
+
+
 def test_profile_model_needs_the_model_on_the_proxy():
     """A model built without backend=proxy ran untimed and gave an empty report (0 calls, a 100% host
     gap); now a ValueError saying how to build it."""
