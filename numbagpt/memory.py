@@ -161,12 +161,13 @@ def largest_fitting(need, B, available):
 
 
 def check_fits(need, B, what, flag="-b", override="--no-memory-check", available=None, backend=None, takes=None,
-               hint=None):
+               hint=None, instead="a smaller model or a machine with more memory"):
     """Raise MemoryCheckError if need(B) bytes (need: batch size -> bytes, the exact estimate of what
     will be allocated) exceed the memory available to `backend`'s buffers (available_memory);
     `what` says what is being sized. `takes` = (predicate, words): the batch sizes another flag allows
     (-d: those dividing it), which the hint keeps to; `hint`: the advice, where B is not the user's to
-    change. Returns (need(B), available bytes, where that figure comes from)."""
+    change; `instead`: what to use where even a batch of 1 does not fit. Returns (need(B), available
+    bytes, where that figure comes from)."""
     where = "given"
     if available is None:
         available, where = available_memory(backend)
@@ -174,17 +175,17 @@ def check_fits(need, B, what, flag="-b", override="--no-memory-check", available
     if available is None or total <= available:
         return total, available, where
     if hint is None:
-        hint = _batch_hint(need, B, available, flag, takes)
+        hint = _batch_hint(need, B, available, flag, takes, instead)
     raise MemoryCheckError(f"not enough memory for {what}: it needs {format_bytes(total)}, "
                            f"{format_bytes(available)} is available ({where}); {hint}; "
                            f"{override} to try anyway")
 
 
-def _batch_hint(need, B, available, flag, takes):
+def _batch_hint(need, B, available, flag, takes, instead):
     """The largest batch size up to B that fits (and that `takes` allows), as advice."""
     fit = largest_fitting(need, B, available)
     if not fit:
-        return f"even {flag} 1 needs {format_bytes(need(1))}: use a smaller model or a machine with more memory"
+        return f"even {flag} 1 needs {format_bytes(need(1))}: use {instead}"
     hint = f"the largest {flag} that fits is {fit}"
     if takes and not takes[0](fit):
         allowed = next((b for b in range(fit, 0, -1) if takes[0](b)), 0)
@@ -205,4 +206,6 @@ def check_model_fits(cfg, B, T, backend, name, ranks=1, extra=0, takes=None, **e
     def need(b):
         return ranks * memory_estimate(cfg, b, T, **estimate)["total"] + extra
     on_host = f" x {ranks} ranks on this host" if ranks > 1 else ""
-    return check_fits(need, B, f"{name} with B={B} T={T}{on_host}", backend=backend, takes=takes)
+    instead = ("fewer ranks on this host, a smaller model or a machine with more memory" if ranks > 1 else
+               "a smaller model or a machine with more memory")
+    return check_fits(need, B, f"{name} with B={B} T={T}{on_host}", backend=backend, takes=takes, instead=instead)

@@ -303,6 +303,7 @@ def test_a_memory_refusal_under_mpiexec_is_one_line(shards, tmp_path):
     assert proc.stderr.count("not enough memory") == 1 and "Abort" not in proc.stderr, proc.stderr
     assert "train_gpt2: error: rank 0: not enough memory for " in proc.stderr
     assert " x 2 ranks on this host" in proc.stderr
+    assert "use fewer ranks on this host, a smaller model or a machine with more memory" in proc.stderr
 
 
 @needs_mpi

@@ -168,3 +168,16 @@ def test_memory_limit_env_and_the_refusal_message(monkeypatch):
     for bad in ("lots", "inf", "nan", "1e400", "1e300G"):   # inf was an OverflowError's traceback, nan an int()'s words
         with pytest.raises(ValueError, match=f"NUMBAGPT_MEMORY_LIMIT='{bad}': expected a size"):
             memory.parse_size(bad)
+
+
+def test_ranks_that_share_a_host_are_advice_where_even_b_1_does_not_fit(monkeypatch):
+    """Several ranks on this host share its memory: fewer of them is advice too (the hint said only "a
+    smaller model or a machine with more memory")."""
+    from numbagpt.backend import get_backend
+    from numbagpt.config import preset
+    monkeypatch.setenv(memory.LIMIT_ENV, "1M")
+    with pytest.raises(memory.MemoryCheckError, match="x 2 ranks on this host: .*; even -b 1 needs .*: use fewer "
+                                                      "ranks on this host, a smaller model or a machine with more"):
+        memory.check_model_fits(preset("tiny"), 4, 64, get_backend("cpu"), "tiny", ranks=2)
+    with pytest.raises(memory.MemoryCheckError, match="; even -b 1 needs .*: use a smaller model or a machine with"):
+        memory.check_model_fits(preset("tiny"), 4, 64, get_backend("cpu"), "tiny", ranks=1)
