@@ -20,7 +20,7 @@ same context, so the two agree token for token.
 import numpy as np
 
 from .flags import NONNEG, POSITIVE, Check, check_value
-from .layout import Layout
+from .layout import F32, Layout, memory_estimate
 
 MATVEC_ROWS = 8     # up to this many rows per matmul (B sequences × 1 new position) use matvec_forward
 PREFILL_CHUNK = 256  # positions per prefill call: bounds the scratch (att is B·NH·chunk·maxT floats)
@@ -34,6 +34,20 @@ def scratch_shapes(config, B, T, logit_rows):
             ("qkv", (B, T, 3 * C)), ("atty", (B, T, C)), ("att", (B, NH, T, maxT)), ("attproj", (B, T, C)),
             ("fch", (B, T, 4 * C)), ("fch_gelu", (B, T, 4 * C)), ("fcproj", (B, T, C)),
             ("logits", (logit_rows, Vp))]
+
+
+def sampling_bytes(config, use_cache=True):
+    """Bytes that sampling one sequence of up to maxT positions allocates: the parameters, and the
+    key/value cache with the scratch of a prefill chunk (at most PREFILL_CHUNK positions, no logits)
+    or of a decoding step (one position and its logits), whichever is larger (use_cache), else the
+    activations of a whole forward at T = maxT."""
+    est = memory_estimate(config, 1, config.max_seq_len, training=False)
+    if not use_cache:
+        return est["total"]
+    L, C, maxT = config.num_layers, config.channels, config.max_seq_len
+    scratch = max(Layout(scratch_shapes(config, 1, min(PREFILL_CHUNK, maxT), 0)).total,
+                  Layout(scratch_shapes(config, 1, 1, 1)).total)
+    return est["parameters"] + F32 * (2 * L * maxT * C + scratch)
 
 
 class Decoder:

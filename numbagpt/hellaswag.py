@@ -131,6 +131,21 @@ def _rows(example, max_len):
     return out
 
 
+def examples_per_batch(examples, rows_per_batch):
+    """Whole examples a forward takes: as many as fit `rows_per_batch` rows (a row a completion), at least one."""
+    return max(1, rows_per_batch // max(1, max((len(ex.completions) for ex in examples), default=1)))
+
+
+def batch_rows(examples, rows_per_batch):
+    """The most rows a forward of evaluate() takes: its examples' completions, at most."""
+    return examples_per_batch(examples, rows_per_batch) * max((len(ex.completions) for ex in examples), default=1)
+
+
+def longest_row(examples, max_len):
+    """The longest row of these examples: context + completion, the context cut to fit max_len."""
+    return max((len(tokens) for ex in examples for tokens, _, _ in _rows(ex, max_len)), default=1)
+
+
 def completion_losses(model, examples):
     """[[mean loss of each completion] per example]: one forward of all the rows of these examples."""
     cfg = model.config
@@ -166,7 +181,7 @@ def evaluate(model, examples, world=None, rows_per_batch=32, progress=None, sour
         if max(ids) >= V:
             raise ValueError(f"{source}: example {ex.index}: token id {max(ids)} is outside the model's "
                              f"vocabulary of {V} (a file tokenized for another model?)")
-    per_batch = max(1, rows_per_batch // max(1, max((len(ex.completions) for ex in mine), default=1)))
+    per_batch = examples_per_batch(mine, rows_per_batch)
     correct = 0
     for i in range(0, len(mine), per_batch):
         batch = mine[i:i + per_batch]

@@ -101,3 +101,24 @@ def test_errors_are_one_line(tmp_path, gpt2_model, capsys):
         main(["-e", str(gpt2_model), "--prompt", "a", "--prompt-file", "b"])
     rc, _, err = run(capsys, "-e", gpt2_model, "--prompt-file", tmp_path / "missing.txt")
     assert rc == 1 and "missing.txt: cannot read the prompt" in err
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_a_model_that_does_not_fit_is_refused_before_it_is_read(gpt2_model, capsys, monkeypatch, cache):
+    """sample_gpt2 checks the memory that sampling takes (generate.sampling_bytes) as train_gpt2 does,
+    before reading the parameters; --no-memory-check overrides it."""
+    from numbagpt.files.formats import read_model_header
+    from numbagpt.generate import sampling_bytes
+    from numbagpt.memory import format_bytes
+    path = gpt2_model / "model_00000010.bin"
+    need = sampling_bytes(read_model_header(path)[0], cache)
+    flags = () if cache else ("--no-cache",)
+    monkeypatch.setenv("NUMBAGPT_MEMORY_LIMIT", str(need - 1))
+    rc, out, err = run(capsys, "-e", path, "-g", 2, *flags)
+    assert rc == 1 and out == ""
+    assert err == (f"sample_gpt2: error: not enough memory for sampling {path}: it needs {format_bytes(need)}, "
+                   f"{format_bytes(need - 1)} is available ($NUMBAGPT_MEMORY_LIMIT); use a smaller model or a "
+                   f"machine with more memory; --no-memory-check to try anyway\n")
+    assert run(capsys, "-e", path, "-g", 2, "--no-memory-check", *flags)[0] == 0
+    monkeypatch.setenv("NUMBAGPT_MEMORY_LIMIT", str(need))
+    assert run(capsys, "-e", path, "-g", 2, *flags)[0] == 0

@@ -72,6 +72,25 @@ def test_generate_with_and_without_cache_agree_beyond_max_seq_len():
     assert [int(ids[1]) for ids in batch] == alone
 
 
+@pytest.mark.parametrize("chunk", [5, 256])
+def test_sampling_bytes_are_what_sampling_allocates(monkeypatch, chunk):
+    """sampling_bytes (sample_gpt2's memory check) = the buffers sampling holds at most: the parameters,
+    and the caches with the scratch of a whole context's prefill (in chunks) or of a decoding step,
+    or else a whole forward's activations and tokens at maxT."""
+    from numbagpt.layout import allocated_bytes
+    monkeypatch.setattr(gen, "PREFILL_CHUNK", chunk)
+    model = tiny_model()
+    dec = gen.Decoder(model, 1)
+    dec.forward(np.ones((1, 16), np.int32), None)   # chunks of min(chunk, maxT) positions
+    dec.reset()
+    dec.forward(np.ones((1, 1), np.int32), "last")  # a decoding step
+    held = model.params_flat.nbytes + dec.kcache.nbytes + dec.vcache.nbytes + dec.scratch_flat.nbytes
+    assert gen.sampling_bytes(model.config, use_cache=True) == held
+    model.forward(np.ones((1, 16), np.int32))   # --no-cache's forward of a full context
+    held = sum(n for n in allocated_bytes(model).values() if n)
+    assert gen.sampling_bytes(model.config, use_cache=False) == held
+
+
 def test_context_start():
     assert gen.context_start(7, 0, 8) == 0
     assert gen.context_start(8, 0, 8) == 4       # full: restart from the last 4

@@ -143,6 +143,30 @@ def test_eval_gpt2_command(tmp_path, capsys):
     assert "example 0: token id 19 is outside the model's vocabulary of 16" in capsys.readouterr().err
 
 
+def test_eval_gpt2_refuses_a_batch_that_does_not_fit(tmp_path, capsys, monkeypatch):
+    """eval_gpt2 checks the memory of its largest forward (-b's rows of whole examples, by the
+    longest row) before reading the model, and names the largest -b that fits."""
+    from numbagpt.layout import memory_estimate
+    from numbagpt.memory import format_bytes
+    model = repeat_model()
+    model.save(tmp_path / "m.bin")
+    hs.write_eval_file(tmp_path / "e.bin", make_examples(np.random.default_rng(4), 10, 7))
+    T = max(min(len(ctx) + len(c), 12) for _, ctx, comps in make_examples(np.random.default_rng(4), 10, 7)
+            for c in comps)
+
+    def need(rows):
+        return memory_estimate(model.config, rows, T, training=False)["total"]
+    monkeypatch.setenv("NUMBAGPT_MEMORY_LIMIT", str(need(8)))   # two examples a forward
+    argv = ["-e", str(tmp_path / "m.bin"), "--hellaswag", str(tmp_path / "e.bin")]
+    assert main(argv + ["-b", "32"]) == 1
+    assert capsys.readouterr().err == (
+        f"eval_gpt2: error: not enough memory for {tmp_path / 'm.bin'} with 32 rows of up to {T} tokens a forward: "
+        f"it needs {format_bytes(need(32))}, {format_bytes(need(8))} is available ($NUMBAGPT_MEMORY_LIMIT); the "
+        f"largest -b that fits is 11; --no-memory-check to try anyway\n")
+    assert main(argv + ["-b", "11"]) == 0 and "7/10" in capsys.readouterr().out   # 11 rows: 2 examples, 8 rows
+    assert main(argv + ["-b", "32", "--no-memory-check"]) == 0
+
+
 def test_a_model_with_nan_or_inf_weights_is_refused_by_eval_and_sample(tmp_path, capsys):
     """eval_gpt2 and sample_gpt2 on a model that diverged: one line naming the file and the first
     tensor (eval scored such a model 0.25-like and sample printed end-of-text over and over, exit 0)."""

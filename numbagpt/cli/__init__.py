@@ -53,6 +53,13 @@ def error_text(e):
     return text
 
 
+def stop_quietly():
+    """Exit status 141 (128 + SIGPIPE), as a Unix tool's whose reader left (`| head`), with stdout
+    sent to /dev/null so that the flush at exit raises no second error."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141
+
+
 def take_interrupts():
     """From here on Ctrl-C raises KeyboardInterrupt (bin/*'s stubs exit quietly on it while Python
     loads): after NumPy is loaded, which turns an interrupt during its import into a bogus
@@ -71,9 +78,8 @@ def run_command(prog, run, args, errors=(ValueError, OSError, RuntimeError)):
     try:
         take_interrupts()
         return run(args)
-    except BrokenPipeError:   # the reader left (`| head`): stop quietly, as Unix tools do (128 + SIGPIPE)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no second error at exit's flush
-        return 141
+    except BrokenPipeError:   # the reader left (`| head`): launch() ends the process quietly
+        raise
     except errors as e:
         print(f"{prog}: error: {error_text(e)}", file=sys.stderr)
         return 1
@@ -140,6 +146,12 @@ def check_finite(model, path):
     n = int(bad.sum())
     raise ValueError(f"{path}: {n:,} parameter{'s are' if n > 1 else ' is'} NaN or infinite (the first in {first}): "
                      f"a model that diverged")
+
+
+def add_memory_check(parser):
+    """--no-memory-check: the commands refuse, in one line, buffers larger than the memory available."""
+    parser.add_argument("--no-memory-check", action="store_true",
+                        help="allocate even when the memory estimate exceeds the memory available")
 
 
 def model_config(spec, vocab_size=None):

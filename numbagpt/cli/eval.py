@@ -2,8 +2,8 @@
 import sys
 import time
 
-from numbagpt.cli import (HelpFormatter, Parser, add_device, add_flag, add_precision, check_finite, check_flags,
-                          reserve_threads, take_interrupts, use_threads)
+from numbagpt.cli import (HelpFormatter, Parser, add_device, add_flag, add_memory_check, add_precision, check_finite,
+                          check_flags, reserve_threads, take_interrupts, use_threads)
 from numbagpt.flags import POSITIVE
 
 DESCRIPTION = """\
@@ -27,6 +27,7 @@ def build_parser():
     add_device(p)
     add_flag(p, "--omp-threads", type=int, check=POSITIVE, default=None,
                    help="Numba threads per process (default: all cores, divided among the ranks)")
+    add_memory_check(p)
     return p
 
 
@@ -47,6 +48,8 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("eval_gpt2: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:   # the reader left (`| head`): launch() ends the process quietly
+        raise
     except (ValueError, OSError, RuntimeError) as e:
         if world.size > 1:
             world.abort(e, prog="eval_gpt2")
@@ -67,6 +70,8 @@ def run(args, world):
     world.setup_device(backend)  # a GPU: this rank's, before anything is allocated on it
     examples = hellaswag.read_eval_file(args.hellaswag)
     path = resolve_model(args.model)
+    if not args.no_memory_check:  # before the parameters are read (on the device, for a GPU)
+        check_memory(path, examples, args.batch_size, backend, world)
     model = GPT2.from_file(path, backend=backend, precision=args.precision)
     check_finite(model, path)
     say = (lambda *a, **k: print(*a, **k, flush=True)) if world.is_master else (lambda *a, **k: None)
@@ -82,6 +87,23 @@ def run(args, world):
     say(f"\n{time.perf_counter() - t0:.1f} s", file=sys.stderr)
     say(f"HellaSwag: {correct}/{total} = {correct / total:.4f} acc_norm")
     return 0
+
+
+def check_memory(path, examples, rows_per_batch, backend, world):
+    """Refuse, in one line, a model whose largest eval forward would not fit the memory (on every
+    rank alike: each checks the whole file's largest batch)."""
+    from numbagpt import hellaswag, memory
+    from numbagpt.files import formats
+    from numbagpt.layout import memory_estimate
+    cfg = formats.read_model_header(path)[0]
+    T = hellaswag.longest_row(examples, cfg.max_seq_len)
+    B = hellaswag.batch_rows(examples, rows_per_batch)
+    ranks = world.local_size if memory.host_buffers(backend) else 1
+
+    def need(b):   # -b b: whole examples, at least one, so the rows are not quite b
+        return ranks * memory_estimate(cfg, hellaswag.batch_rows(examples, b), T, training=False)["total"]
+    memory.check_fits(need, rows_per_batch, f"{path} with {B} rows of up to {T} tokens a forward"
+                      + (f" x {ranks} ranks on this host" if ranks > 1 else ""), backend=backend)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ measurements (`build_report`; its JSON schema is REPORT_KEYS) and prints it (`fo
 docs/profiling.md explains the columns and the formulas.
 """
 
-from numbagpt.cli import (HelpFormatter, Parser, add_device, add_flag, add_precision, check_flags, model_config,
-                          open_model, run_command, use_threads)
+from numbagpt.cli import (HelpFormatter, Parser, add_device, add_flag, add_memory_check, add_precision, check_flags,
+                          model_config, open_model, run_command, use_threads)
 from numbagpt.flags import NONNEG, POSITIVE
 from numbagpt.config import DESCRIPTOR_HELP
 from numbagpt.layout import memory_estimate
@@ -48,8 +48,7 @@ def build_parser():
     p.add_argument("--no-calibrate", action="store_true",
                    help="skip the peak calibration matmuls (no MFU unless --peak-gflops is given)")
     add_flag(p, "--seed", type=int, check=NONNEG, default=1337, help="seed of the init and of the random tokens")
-    p.add_argument("--no-memory-check", action="store_true",
-                   help="allocate even when the memory estimate exceeds the memory available")
+    add_memory_check(p)
     return p
 
 

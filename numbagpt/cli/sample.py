@@ -7,8 +7,8 @@ import codecs
 import sys
 import time
 
-from numbagpt.cli import (HelpFormatter, Parser, add_device, add_flag, add_precision, check_finite, check_flags,
-                          run_command, use_threads)
+from numbagpt.cli import (HelpFormatter, Parser, add_device, add_flag, add_memory_check, add_precision, check_finite,
+                          check_flags, run_command, use_threads)
 from numbagpt.flags import NONNEG, POSITIVE
 from numbagpt.generate import TOP_P, prompt_ids, prompt_seen
 
@@ -41,6 +41,7 @@ def build_parser():
                    help="llm.c tokenizer .bin (default: a tokenizer .bin next to the model that fits its "
                         "vocabulary, else GPT-2's BPE for a 50257-token model, else the built-in char data's)")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context for every token (slow)")
+    add_memory_check(p)
     return p
 
 
@@ -72,14 +73,22 @@ def sample(args):
     import numba
     import numpy as np
 
+    from numbagpt import memory
+    from numbagpt.backend import get_backend
+    from numbagpt.files import formats
     from numbagpt.files.data import find_tokenizer
-    from numbagpt.generate import Decoder, generate
+    from numbagpt.generate import Decoder, generate, sampling_bytes
     from numbagpt.model import GPT2
     from numbagpt.train.checkpoint import resolve_model
 
     use_threads(args.omp_threads or numba.config.NUMBA_NUM_THREADS)
     path = resolve_model(args.model, "-e")
-    model = GPT2.from_file(path, backend=args.device, precision=args.precision)
+    backend = get_backend(args.device)
+    if not args.no_memory_check:  # before the parameters are read (on the device, for a GPU)
+        cfg = formats.read_model_header(path)[0]
+        memory.check_fits(lambda b: sampling_bytes(cfg, not args.no_cache), 1, f"sampling {path}", backend=backend,
+                          hint="use a smaller model or a machine with more memory")
+    model = GPT2.from_file(path, backend=backend, precision=args.precision)
     check_finite(model, path)
     tok = find_tokenizer(args.tokenizer, path, model.config.vocab_size)
     text, prompt = read_prompt(args, tok)

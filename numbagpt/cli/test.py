@@ -7,8 +7,8 @@ step's loss with the expected losses, when given.
 import math
 import os
 
-from numbagpt.cli import (HelpFormatter, Parser, add_device, add_flag, add_precision, check_flags, run_command,
-                          use_threads)
+from numbagpt.cli import (HelpFormatter, Parser, add_device, add_flag, add_memory_check, add_precision, check_flags,
+                          run_command, use_threads)
 from numbagpt.flags import NONNEG, POSITIVE
 
 # The tolerances, max absolute difference, in one place. llm.c's own test accepts 1e-2 on logits and
@@ -45,8 +45,7 @@ def build_parser():
     add_precision(p, help="bf16: the model's matmuls round their operands to bfloat16 (compared under the bf16 "
                           "tolerances: docs/training.md)")
     add_flag(p, "--omp-threads", type=int, check=POSITIVE, default=None, help="Numba threads (default: all cores)")
-    p.add_argument("--no-memory-check", action="store_true",
-                   help="allocate even when the memory estimate exceeds the memory available")
+    add_memory_check(p)
     return p
 
 
