@@ -511,3 +511,36 @@ def test_a_signal_to_mpiexec_stops_every_rank_after_the_same_step(corpus, tmp_pa
     assert int(step) >= int(ckpt) >= 40
     last = [ln for ln in stdout.splitlines() if ln.startswith("step ")][-1]   # both ranks ran it, rank 0 logged it
     assert last.startswith(f"step {int(step):4d}/100000 ")
+
+
+def test_a_reader_that_left_ends_every_command_quietly(corpus, tmp_path):
+    """A command whose stdout is a pipe nobody reads any more (`| head` that has exited): status 141,
+    as a Unix tool's ended by SIGPIPE, and no error line or traceback. It was `error: [Errno 32] Broken
+    pipe` (train, eval, plot, status 1) or a traceback (prepare's last lines; the numbagpt-* console
+    scripts, which bypassed bin/*'s launch)."""
+    from numbagpt import hellaswag
+    paths, model_path = corpus
+    (tmp_path / "text.txt").write_text("To be or not to be.\n\nThat is the question.\n" * 20)
+    hellaswag.write_eval_file(tmp_path / "e.bin", [(0, [1, 2], [[3], [4]])])
+    (tmp_path / "main.log").write_text("s:0 trl:5.0\ns:1 trl:4.0\n")
+    scripts = os.path.dirname(sys.executable)
+    commands = {
+        "train": [sys.executable, TRAIN] + args_for(corpus, tmp_path / "out", steps=1),
+        "eval": [sys.executable, os.path.join(ROOT, "bin", "eval_gpt2"), "-e", model_path, "--hellaswag",
+                 str(tmp_path / "e.bin"), "--omp-threads", "1"],
+        "prepare": [sys.executable, os.path.join(ROOT, "bin", "prepare_data"), str(tmp_path / "text.txt"),
+                    "-o", str(tmp_path / "data"), "--tokenizer", "char"],
+        "plot": [sys.executable, os.path.join(ROOT, "bin", "plot_log"), str(tmp_path / "main.log"), "-o",
+                 str(tmp_path / "loss.png")],
+        "console script": [os.path.join(scripts, "numbagpt-prepare"), str(tmp_path / "text.txt"), "-o",
+                           str(tmp_path / "data2"), "--tokenizer", "char"],
+    }
+    for name, cmd in commands.items():
+        if not os.path.exists(cmd[0]):
+            continue   # numbagpt-* exist where numbagpt is pip-installed
+        read, write = os.pipe()
+        os.close(read)   # the reader has left before the first line
+        proc = subprocess.run(cmd, stdout=write, stderr=subprocess.PIPE, text=True, timeout=300)
+        os.close(write)
+        assert proc.returncode == 141, (name, proc.stderr)
+        assert "error" not in proc.stderr and "Traceback" not in proc.stderr, (name, proc.stderr)

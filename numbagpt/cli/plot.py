@@ -37,6 +37,8 @@ def main(argv=None):
                   notes=notes)
         for note in notes:
             print(f"plot_log: note: {note}", file=sys.stderr)
+    except BrokenPipeError:   # the reader left (`| head`): launch() ends the process quietly
+        raise
     except (ValueError, OSError, RuntimeError) as e:
         print(f"plot_log: error: {e}", file=sys.stderr)
         return 1

@@ -72,6 +72,8 @@ def main(argv=None):
             paths = prepare(args.out_dir or "data", args.files, tokenizer=args.tokenizer,
                             val_fraction=args.val_fraction, name=name,
                             doc_per_paragraph=args.eot_per_paragraph)
+    except BrokenPipeError:   # the reader left (`| head`): launch() ends the process quietly
+        raise
     except (ValueError, OSError, UnicodeDecodeError) as e:
         sys.exit(f"prepare_data: error: {e}")
     print(f"train: {paths['train']}\nval: {paths['val']}\ntokenizer: {paths['tokenizer']}")

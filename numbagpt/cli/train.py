@@ -81,7 +81,7 @@ def main(argv=None):
         if world is not None and world.size > 1:
             # This rank alone failed; the others would wait for it in the next collective forever.
             world.abort(e)  # prints "train_gpt2: rank R: error: ..." and ends every rank of the job
-        if isinstance(e, (ValueError, OSError, RuntimeError)):
+        if isinstance(e, (ValueError, OSError, RuntimeError)) and not isinstance(e, BrokenPipeError):
             print(f"{PROG}: error: {error_text(e)}", file=sys.stderr)
             return 1
         raise
