@@ -15,7 +15,8 @@ from .config import GPT2_VOCAB, is_descriptor, preset
 from .files import data
 from .files.hf import export_hf, import_hf
 from .flags import NONNEG, POSITIVE, check_path, check_value
-from .model import GPT2, SAVE_PRECISIONS
+from .files.formats import save_dtype
+from .model import GPT2
 from .train import TrainConfig, TrainResult, train
 from .train.checkpoint import resolve_model
 
@@ -47,9 +48,7 @@ def save_model(model, path, precision="fp32"):
     "bf16" (version 5, the parameters rounded to bfloat16 as llm.c's train_gpt2.py writes them)."""
     _check_model(model)
     path = check_path("path", path)
-    if precision not in SAVE_PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(SAVE_PRECISIONS)}, got {precision!r}")
-    model.save(path, SAVE_PRECISIONS[precision])
+    model.save(path, save_dtype(precision))
 
 
 def sample(model, prompt="", tokens=128, *, tokenizer=None, model_file=None, temperature=1.0, top_k=None,

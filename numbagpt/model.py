@@ -19,8 +19,6 @@ from .layout import GRAD_ACTIVATIONS, activation_grad_layout, activation_layout,
 # precision -> the matmul pair (backend kernel names) every GEMM of a step runs
 PRECISIONS = {"fp32": ("matmul_forward", "matmul_backward"),
               "bf16": ("matmul_forward_bf16", "matmul_backward_bf16")}
-# --save-precision: the dtype of the model files written (formats.write_model's name for it)
-SAVE_PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
 
 # The activation gradients that backward kernels accumulate into (+=), so backward() zeroes them
 # first. The activation-gradient buffer holds only these and dlosses (layout.GRAD_ACTIVATIONS), which

@@ -68,6 +68,8 @@ def test_prompt_ids():
     (lambda m: api.load_model(123), "-e must be a string, got 123"),
     (lambda m: api.export_hf(None, "hf_out"), "model_bin must be given"),
     (lambda m: api.import_hf("hf_dir", None), "model_bin must be given"),
+    (lambda m: api.import_hf("hf_dir", "m.bin", precision="bfloat16"),
+     "precision must be one of fp32, bf16, got 'bfloat16'"),
     (lambda m: api.GPT2(None), "config must be a GPT2Config (numbagpt.config.preset makes one), got NoneType"),
     (lambda m: api.TrainConfig(heads=3, channels=16),
      "channels C=16 (--channels) is not divisible by heads NH=3 (--heads)"),

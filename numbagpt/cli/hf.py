@@ -2,7 +2,7 @@
 import argparse
 
 from numbagpt.cli import Parser, run_command
-from numbagpt.model import SAVE_PRECISIONS
+from numbagpt.files.formats import SAVE_PRECISIONS
 
 EXPORT_DESCRIPTION = """\
 Write a Hugging Face transformers GPT-2 directory from an llm.c/numbagpt model file: model.safetensors
@@ -66,6 +66,6 @@ def export_main(argv=None):
 def import_main(argv=None):
     def run(args):
         from ..files.hf import import_hf
-        cfg = import_hf(args.hf_dir, args.model, SAVE_PRECISIONS[args.save_precision], force=args.force)
+        cfg = import_hf(args.hf_dir, args.model, args.save_precision, force=args.force)
         return f"wrote {args.model} ({args.save_precision}): {cfg.describe()}"
     return _command("import_hf", build_import_parser(), argv, run)

@@ -162,6 +162,15 @@ def read_model(path):
 
 
 MODEL_DTYPES = {"float32": MODEL_VERSION_FP32, "bfloat16": MODEL_VERSION_BF16}   # llm.c's names
+# --save-precision (llm.c's --precision words): the dtype of the model files written
+SAVE_PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
+
+
+def save_dtype(precision):
+    """The model file dtype of `precision` ("fp32" or "bf16"), or ValueError naming the choices."""
+    if precision not in SAVE_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(SAVE_PRECISIONS)}, got {precision!r}")
+    return SAVE_PRECISIONS[precision]
 
 
 def write_model(path, config, params, dtype="float32"):

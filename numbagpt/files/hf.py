@@ -223,11 +223,13 @@ def from_hf_tensors(cfg, tensors, path="model.safetensors"):
     return flat
 
 
-def import_hf(hf_dir, model_bin, dtype="float32", force=False):
+def import_hf(hf_dir, model_bin, precision="fp32", force=False):
     """Write an llm.c model file from a transformers GPT-2 directory, float32 (version 3) or, with
-    dtype="bfloat16", version 5; returns its config. An existing model_bin is refused unless `force`
-    (as export_hf refuses a directory that holds files)."""
+    precision "bf16" (save_model's and --save-precision's word), bfloat16 (version 5); returns its
+    config. An existing model_bin is refused unless `force` (as export_hf refuses a directory that
+    holds files)."""
     hf_dir, model_bin = check_path("hf_dir", hf_dir), check_path("model_bin", model_bin)
+    dtype = formats.save_dtype(precision)
     st = _safetensors()
     cfg = _read_config(hf_dir)
     path = os.path.join(hf_dir, "model.safetensors")

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from ..config import DESCRIPTOR_HELP
 from ..flags import NONNEG, POSITIVE, Check, check_value, flag_of
-from ..model import PRECISIONS, SAVE_PRECISIONS
+from ..files.formats import SAVE_PRECISIONS
+from ..model import PRECISIONS
 from .schedule import SCHEDULES
 
 HELLASWAG_FILE = "dev/data/hellaswag/hellaswag_val.bin"

@@ -17,7 +17,8 @@ from .. import dist
 from ..config import GPT2_VOCAB, build_config, is_descriptor
 from ..files import data, tokenizer
 from ..layout import format_memory, memory_estimate, num_parameters
-from ..model import GPT2, SAVE_PRECISIONS
+from ..files.formats import SAVE_PRECISIONS
+from ..model import GPT2
 from . import checkpoint, rundir
 from .config import TrainConfig
 from .outlier import SpikeGuard
