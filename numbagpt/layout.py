@@ -16,6 +16,16 @@ F32 = 4  # bytes per float32 (and per int32 token)
 PARAMETER_NAMES = ("wte", "wpe", "ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb",
                    "ln2w", "ln2b", "fcw", "fcb", "fcprojw", "fcprojb", "lnfw", "lnfb")
 
+# The tensors AdamW's weight decay applies to: the matrices (wte, wpe and the four matmuls' weights),
+# as llm.c's train_gpt2.cu and PyTorch's GPT-2 trainers (tensors of dim >= 2); not the biases and the
+# layernorms' weights and biases.
+DECAYED_PARAMETERS = ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw")
+
+# The tensors AdamW's weight decay applies to: the matrices (wte, wpe and the four matmuls' weights),
+# as in llm.c's train_gpt2.cu and PyTorch's GPT-2 trainers (the tensors of dim >= 2), not the biases
+# and the layernorms' weights and biases.
+DECAYED_PARAMETERS = ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw")
+
 # The tensors with a leading L axis: one slice per transformer layer.
 LAYER_PARAMETERS = PARAMETER_NAMES[2:14]
 LAYER_ACTIVATIONS = ("ln1", "ln1_mean", "ln1_rstd", "qkv", "atty", "lse", "attproj", "residual2",

@@ -14,7 +14,8 @@ import numpy as np
 from .files import formats
 from .backend import get_backend
 from .config import GPT2Config, preset
-from .layout import GRAD_ACTIVATIONS, activation_grad_layout, activation_layout, parameter_layout
+from .layout import (DECAYED_PARAMETERS, GRAD_ACTIVATIONS, activation_grad_layout, activation_layout,
+                     parameter_layout)
 
 # precision -> the matmul pair (backend kernel names) every GEMM of a step runs
 PRECISIONS = {"fp32": ("matmul_forward", "matmul_backward"),
@@ -400,9 +401,11 @@ class GPT2:
         """The global L2 norm of the gradients."""
         return math.sqrt(self.grad_norm_squared())
 
-    def update(self, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, t=1, grad_scale=1.0):
+    def update(self, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, t=1, grad_scale=1.0, decay_all=False):
         """One AdamW step (t counts from 1) of the optimizer shard's parameters (all by default),
-        on the gradients times grad_scale (clipping, averaging over ranks)."""
+        on the gradients times grad_scale (clipping, averaging over ranks). weight_decay applies to
+        the matrices (layout.DECAYED_PARAMETERS: llm.c's train_gpt2.cu, PyTorch's GPT-2 trainers),
+        with decay_all to every parameter (llm.c's train_gpt2.c and test_gpt2.c)."""
         self._need_grads("update()")
         for name, value in (("lr", lr), ("grad_scale", grad_scale)):
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
@@ -412,6 +415,25 @@ class GPT2:
         self._ensure_optimizer()
         self.materialize_grads()
         start, end = self.optimizer_shard
-        self.backend.adamw_update(self.params_flat[start:end], self.m_flat, self.v_flat,
-                                  self.grads_flat[start:end], lr, beta1, beta2, eps, weight_decay,
-                                  grad_scale, t, end - start)
+        for a, b, decay in self._decay_segments(weight_decay, decay_all):
+            self.backend.adamw_update(self.params_flat[a:b], self.m_flat[a - start:b - start],
+                                      self.v_flat[a - start:b - start], self.grads_flat[a:b], lr, beta1, beta2,
+                                      eps, decay, grad_scale, t, b - a)
+
+    def _decay_segments(self, weight_decay, decay_all):
+        """[(start, end, decay)]: the optimizer shard cut where the weight decay changes: `weight_decay`
+        on the decayed tensors' offsets (all, with decay_all), 0 elsewhere; one segment where all agree."""
+        start, end = self.optimizer_shard
+        if weight_decay == 0 or decay_all:
+            return [(start, end, weight_decay)]
+        out, pos = [], start
+        for a, b in self.param_layout.runs(lambda name: name in DECAYED_PARAMETERS):
+            a, b = max(a, start), min(b, end)
+            if a < b:
+                if pos < a:
+                    out.append((pos, a, 0.0))
+                out.append((a, b, weight_decay))
+                pos = b
+        if pos < end:
+            out.append((pos, end, 0.0))
+        return out

@@ -112,6 +112,28 @@ def test_overfit_single_batch_drives_the_loss_near_zero(tmp_path, capsys, corpus
     assert "overfitting a single batch" in out
 
 
+def test_the_trainers_adamw_is_llmcs(tmp_path, capsys, corpus):
+    """train_gpt2's AdamW is llm.c's train_gpt2.cu's: betas 0.9 / 0.95, and -c decays the matrices alone
+    (it ran PyTorch's 0.999 and decayed every parameter, biases and layernorms too). Two steps on one
+    batch (-a 1) against the model's primitives by hand, bit for bit; --beta2 changes them."""
+    argv = ["-i", corpus["train"], "-e", corpus["model"], "-b", "2", "-t", "8", "-x", "2", "-a", "1", "-l", "1e-2",
+            "-k", "constant", "-c", "0.5", "--grad-clip", "0"] + FAST
+    tokens = formats.open_shard(corpus["train"])[:2 * 8 + 1].astype(np.int32)
+    x, y = tokens[:-1].reshape(2, 8), tokens[1:].reshape(2, 8)
+    for beta2, flags in ((0.95, []), (0.999, ["--beta2", "0.999"])):
+        out = tmp_path / str(beta2)
+        code, _, err = run(capsys, argv + ["-o", str(out)] + flags)
+        assert code == 0, err
+        model = GPT2.from_file(corpus["model"])
+        for t in (1, 2):
+            model.forward(x, y)
+            model.zero_grad()
+            model.backward()
+            model.update(1e-2, beta1=0.9, beta2=beta2, eps=1e-8, weight_decay=0.5, t=t)
+        np.testing.assert_array_equal(formats.read_model(str(out / "model_00000002.bin"))[1],
+                                      model.parameters_host())
+
+
 def test_model_shaped_from_the_command_line_with_the_data_vocabulary(tmp_path, capsys, corpus):
     code, out, err = run(capsys, ["-i", corpus["train"], "-o", str(tmp_path), "--layers", "2", "--heads", "2",
                                   "--channels", "32", "--max-seq-len", "16", "-b", "2", "-t", "16", "-x", "2",

@@ -180,6 +180,40 @@ def test_training_steps_lower_the_loss(batch):
     assert losses[-1] < 0.5 * losses[0]
 
 
+@pytest.mark.parametrize("decay_all", [False, True])
+@pytest.mark.parametrize("shard", [None, (100, 1900)])   # a ZeRO-1 shard that cuts through tensors
+def test_weight_decay_applies_to_the_matrices_unless_decay_all(batch, decay_all, shard):
+    """update(weight_decay=...) decays wte, wpe and the matmuls' weights (llm.c's train_gpt2.cu, PyTorch's
+    GPT-2 trainers), not the biases and layernorms; decay_all decays every parameter (llm.c's
+    test_gpt2.c): each tensor against NumPy float64 AdamW with its decay."""
+    from reference import adamw_update_ref
+    from numbagpt.layout import DECAYED_PARAMETERS
+    model, flat = random_model()
+    model.forward(*batch)
+    model.zero_grad()
+    model.backward()
+    grads = model.grads_host()
+    start, end = shard or (0, model.num_parameters)
+    if shard:
+        model.set_optimizer_shard(start, end)
+    model.update(lr=0.1, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.5, t=1, decay_all=decay_all)
+    got = model.parameters_host()
+    layout = model.param_layout
+    decayed = 0
+    for name in PARAMETER_NAMES:
+        a, b = max(layout.offsets[name], start), min(layout.offsets[name] + layout.sizes[name], end)
+        if a >= b:
+            continue
+        wd = 0.5 if decay_all or name in DECAYED_PARAMETERS else 0.0
+        want, _, _ = adamw_update_ref(flat[a:b], np.zeros(b - a), np.zeros(b - a), grads[a:b], 0.1, 0.9, 0.95, 1e-8,
+                                      wd, 1.0, 1)
+        np.testing.assert_allclose(got[a:b], want, rtol=1e-6, atol=1e-7, err_msg=name)
+        decayed += wd > 0
+    assert 0 < decayed < (len(PARAMETER_NAMES) if not decay_all else 99)
+    np.testing.assert_array_equal(got[:start], flat[:start])   # outside the shard: untouched
+    np.testing.assert_array_equal(got[end:], flat[end:])
+
+
 def test_init_weights_is_seeded_and_llmc_shaped():
     a, b, c = GPT2(CFG), GPT2(CFG), GPT2(CFG)
     a.init_weights(7)

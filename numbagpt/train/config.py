@@ -75,7 +75,11 @@ class TrainConfig:
                                   "it would reach one step after the last (the startup line gives the last "
                                   "step's lr)",
                                   Check(low=0, high=1))
-    weight_decay: float = option(0.0, ("-c", "--weight-decay"), "AdamW weight decay (all parameters)", NONNEG)
+    weight_decay: float = option(0.0, ("-c", "--weight-decay"), "AdamW weight decay of the matrices (wte, wpe and "
+                                 "the matmuls' weights; not the biases and layernorms), as llm.c", NONNEG)
+    beta1: float = option(0.9, ("--beta1",), "AdamW's beta1", Check(low=0, high=1, high_open=True))
+    beta2: float = option(0.95, ("--beta2",), "AdamW's beta2 (llm.c's train_gpt2.cu: 0.95; PyTorch's default: "
+                          "0.999)", Check(low=0, high=1, high_open=True))
     grad_clip: float = option(1.0, ("--grad-clip",), "clip the global grad norm to this (0: off)", NONNEG)
     skip_update_lossz: float = option(0.0, ("-sl", "--skip-update-lossz"),
                                       "skip the update of a step whose loss z-score over the last 128 steps "

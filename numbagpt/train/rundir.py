@@ -129,8 +129,8 @@ RUN_FIELDS = {
     "B": "-b", "T": "-t", "total_batch": "tokens per step", "seed": "--seed", "train_data": "-i",
     "val_data": "-j", "world_size": "number of processes", "zero_stage": "-z", "shuffle": "--shuffle",
     "lr": "-l", "warmup": "-u", "max_steps": "-x", "final_lr_frac": "-q", "schedule": "lr schedule",
-    "weight_decay": "-c", "grad_clip": "--grad-clip", "model": "-e", "layers": "--layers", "heads": "--heads",
-    "channels": "--channels", "max_seq_len": "--max-seq-len",
+    "weight_decay": "-c", "beta1": "--beta1", "beta2": "--beta2", "grad_clip": "--grad-clip", "model": "-e",
+    "layers": "--layers", "heads": "--heads", "channels": "--channels", "max_seq_len": "--max-seq-len",
 }
 # A resume can't honour these however it is told to: each rank's state holds its shard of AdamW state,
 # and the checkpoint's model has its shape.

@@ -27,16 +27,17 @@ def clip_scale(norm, grad_clip):
     return grad_clip / norm if grad_clip > 0 and norm > grad_clip else 1.0
 
 
-def train_step(model, batches, *, lr, t, dp=None, grad_clip=1.0, weight_decay=0.0,
+def train_step(model, batches, *, lr, t, dp=None, grad_clip=1.0, weight_decay=0.0, decay_all=False,
                beta1=0.9, beta2=0.999, eps=1e-8, skip=None, phase=None):
     """One AdamW step (number t, from 1) on `batches`, a list of (inputs, targets) int32 (B, T) arrays,
-    one micro-batch each. `dp`: a numbagpt.dist.DataParallel over the ranks (None: this process
-    alone). `skip(loss, norm)`, when given, decides before the update: a true value (the reason)
-    leaves the parameters and AdamW state as they were (the spike guard; loss and norm are the same
-    on every rank, so every rank decides alike). `phase(name)`, when given, is called with "forward",
-    "zero_grad", "backward", "update" as the step enters each, and with None at the end (the
-    profiler's timing proxy). Returns a StepResult; raises dist.CollectiveError, on every rank alike,
-    if the loss or the norm is not finite."""
+    one micro-batch each; the AdamW settings as GPT2.update takes them. `dp`: a
+    numbagpt.dist.DataParallel over the ranks (None: this process alone). `skip(loss, norm)`, when
+    given, decides before the update: a true value (the reason) leaves the parameters and AdamW state
+    as they were (the spike guard; loss and norm are the same on every rank, so every rank decides
+    alike). `phase(name)`, when given, is called with "forward", "zero_grad", "backward", "update" as
+    the step enters each, and with None at the end (the profiler's timing proxy). Returns a
+    StepResult; raises dist.CollectiveError, on every rank alike, if the loss or the norm is not
+    finite."""
     if not batches:
         raise ValueError("train_step: no batches (a step needs at least one (inputs, targets))")
     mark = phase or (lambda name: None)
@@ -65,7 +66,7 @@ def train_step(model, batches, *, lr, t, dp=None, grad_clip=1.0, weight_decay=0.
     skipped = skip(loss, norm) if skip is not None else None
     if not skipped:
         model.update(lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, t=t,
-                     grad_scale=scale / n)
+                     grad_scale=scale / n, decay_all=decay_all)
         if dp is not None:
             dp.gather_parameters()
     mark(None)

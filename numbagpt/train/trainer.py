@@ -142,8 +142,8 @@ def run_record(config, world, micro_steps, train_glob, val_glob):
         seed=c.seed, train_data=str(train_glob), val_data=str(val_glob or ""), world_size=world.size,
         zero_stage=c.zero_stage, shuffle=c.shuffle, lr=c.lr, warmup=c.warmup_iters,
         max_steps=c.max_steps, final_lr_frac=c.final_lr_frac, schedule=c.lr_scheduler,
-        weight_decay=c.weight_decay, grad_clip=c.grad_clip, model=c.model, layers=c.layers, heads=c.heads,
-        channels=c.channels, max_seq_len=c.max_seq_len)
+        weight_decay=c.weight_decay, beta1=c.beta1, beta2=c.beta2, grad_clip=c.grad_clip, model=c.model,
+        layers=c.layers, heads=c.heads, channels=c.channels, max_seq_len=c.max_seq_len)
 
 
 class Run:
@@ -245,7 +245,8 @@ class Run:
             self.train_loader.reset()
         batches = [self.train_loader.next_batch() for _ in range(self.micro_steps)]
         result = train_step(self.model, batches, lr=self.schedule(step), t=step + 1, dp=self.dp,
-                            grad_clip=c.grad_clip, weight_decay=c.weight_decay, skip=self.guard.check)
+                            grad_clip=c.grad_clip, weight_decay=c.weight_decay, beta1=c.beta1, beta2=c.beta2,
+                            skip=self.guard.check)
         dt = time.perf_counter() - t0
         log_step(result, step, c.max_steps, dt, self.tokens_per_step, self.world.size, self.log, self.say,
                  self.guard)
