@@ -128,7 +128,7 @@ def test_matmul_with_the_big_y_reduction_blocks(kernel, monkeypatch):
     on a small shape: the threshold lowered to 0, so every product takes that path."""
     if kernel == "portable":
         pytest.skip("the packed GEMM's blocking")
-    monkeypatch.setitem(mm._GEMMS[kernel].b, "BIG_Y", 0)
+    monkeypatch.setitem(mm._choice.gemms[kernel].b, "BIG_Y", 0)
     test_matmul_forward((2, 101, 257, 263), True)
     test_matmul_backward((2, 101, 257, 263), False, True)
     test_matmul_backward((2, 101, 257, 263), True, False)
@@ -139,7 +139,7 @@ def test_matmul_with_the_small_y_reduction_blocks(kernel, monkeypatch):
     product takes them: BT = 600, so the dweight sums a whole block of 512 terms and a ragged 88."""
     if kernel == "portable":
         pytest.skip("the packed GEMM's blocking")
-    monkeypatch.setitem(mm._GEMMS[kernel].b, "SMALL_Y", 1 << 40)
+    monkeypatch.setitem(mm._choice.gemms[kernel].b, "SMALL_Y", 1 << 40)
     test_matmul_forward((4, 150, 33, 70), True)
     test_matmul_backward((4, 150, 33, 70), True, True)
     test_matmul_backward((4, 150, 33, 70), False, False)
@@ -270,7 +270,7 @@ def test_avx512_microkernel_is_zmm_fmas_with_no_spills(kernel, variant):
     if kernel != "avx512":
         pytest.skip("checked once, under the avx512 kernel")
     # a fresh, uncached copy: Numba has no assembly for code loaded from its cache
-    uk = numba.njit(mm._GEMMS["avx512"].microkernels[variant].py_func)
+    uk = numba.njit(mm._choice.gemms["avx512"].microkernels[variant].py_func)
     kc, MR, NR = 8, 6, 64
     Ap = np.ones(kc * MR, np.float32)
     Bp = np.ones(kc * NR, np.float32)
@@ -362,8 +362,8 @@ def test_generated_kernels_are_named_after_their_sources(tmp_path, monkeypatch):
     from numbagpt.cpu import attention, simd
     tag = simd.source_tag()
     assert re.fullmatch(r"[0-9a-f]{8}", tag)
-    if mm._gemm is not None:
-        assert mm._gemm.core.py_func.__name__.endswith("_" + tag)
+    if mm._choice.gemm is not None:
+        assert mm._choice.gemm.core.py_func.__name__.endswith("_" + tag)
     assert all(f.py_func.__name__.endswith("_" + tag) for f in attention._impl())
     for name in simd._GENERATED_FROM:   # a copy of the sources with one file changed: another tag
         src = os.path.join(os.path.dirname(simd.__file__), name)

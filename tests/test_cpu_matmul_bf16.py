@@ -136,7 +136,7 @@ def test_avx512bf16_big_and_small_y_blocking(kernel, threshold, monkeypatch):
     which d12's shapes no longer have: KC is 1024 there), each forced on every product."""
     if kernel != "avx512bf16":
         pytest.skip("the packed GEMM's blocking")
-    monkeypatch.setitem(mb._GEMMS[kernel].b, threshold, {"BIG_Y": 0, "SMALL_Y": 1 << 40, "KC": 64}[threshold])
+    monkeypatch.setitem(mb._choice.gemms[kernel].b, threshold, {"BIG_Y": 0, "SMALL_Y": 1 << 40, "KC": 64}[threshold])
     # (KC: rows in one A block, and more rows than MC)
     shapes = {"BIG_Y": [(2, 101, 1030, 263)], "SMALL_Y": [(4, 150, 33, 70)],
               "KC": [(2, 101, 257, 263), (2, 150, 97, 333)]}[threshold]
@@ -361,7 +361,7 @@ def test_avx512bf16_microkernel_is_vdpbf16ps_with_no_spills(kernel, variant):
     unrolled) and no `vfmadd`, touching no stack slot; and it computes pair dot products."""
     if kernel != "avx512bf16":
         pytest.skip("checked once, under the avx512bf16 kernel")
-    uk = numba.njit(mb._GEMMS["avx512bf16"].microkernels[variant].py_func)  # fresh: cached code has no asm
+    uk = numba.njit(mb._choice.gemms["avx512bf16"].microkernels[variant].py_func)  # fresh: cached code has no asm
     kc, MR, NR = 8, 6, 64                                     # 8 pair words = 16 k
     pair = np.uint32(0x3F80 | (0x4000 << 16))                 # (1.0, 2.0)
     Ap = np.full(kc * MR, pair, np.uint32).view(np.float32)
@@ -382,7 +382,7 @@ def test_avx512bf16_microkernel_is_vdpbf16ps_with_no_spills(kernel, variant):
 _CHILD = """
 import numpy as np
 from numbagpt.cpu import matmul as mm, matmul_bf16 as mb
-print(mm.kernel(), "|", mb.kernel(), "|", sorted(mb._GEMMS))
+print(mm.kernel(), "|", mb.kernel(), "|", sorted(mb._choice.gemms))
 x = np.arange(7 * 5, dtype=np.float32) / 10
 w = np.arange(9 * 5, dtype=np.float32)[::-1].copy() / 10
 out = np.empty(7 * 9, np.float32)

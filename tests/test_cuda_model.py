@@ -69,7 +69,7 @@ if RUN_HERE:
             assert abs(cpu.grad_norm() - gpu.grad_norm()) <= 1e-4 * cpu.grad_norm()
             lr = 1e-3
             for m in (cpu, gpu):
-                m.update(lr=lr, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, t=step)   # decayed and not: 11 slices
+                m.update(lr=lr, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, t=step)   # 11 slices
             p_c, p_g = cpu.parameters_host(), gpu.parameters_host()
             # AdamW divides by sqrt(v): where a gradient is rounding noise (e.g. the key biases, whose
             # exact gradient is 0 because softmax ignores a per-row shift) the two backends' noise is

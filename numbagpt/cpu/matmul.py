@@ -424,12 +424,13 @@ _NO_BIAS = np.zeros(1, dtype=np.float32)
 
 def matmul_forward(out, inp, weight, bias, B, T, C, OC):
     """out (B,T,OC) = inp (B,T,C) · weight (OC,C)ᵀ + bias (OC); bias may be None. Writes out."""
-    if _gemm is None:
+    gemm = _choice.gemm
+    if gemm is None:
         matmul_portable.forward(out, inp, weight, bias, B * T, C, OC)
     elif bias is None:
-        _gemm(out, inp, True, weight, True, _NO_BIAS, B * T, OC, C, _OVERWRITE)
+        gemm(out, inp, True, weight, True, _NO_BIAS, B * T, OC, C, _OVERWRITE)
     else:
-        _gemm(out, inp, True, weight, True, bias, B * T, OC, C, _BIAS)
+        gemm(out, inp, True, weight, True, bias, B * T, OC, C, _BIAS)
 
 
 def matmul_backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, accumulate=True):
@@ -451,19 +452,21 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, accumu
 
 def _backward_dinp(dinp, dout, weight, BT, C, OC):
     """dinp (BT,C) += dout (BT,OC) · weight (OC,C)."""
-    if _gemm is None:
+    gemm = _choice.gemm
+    if gemm is None:
         matmul_portable.backward_dinp(dinp, dout, weight, BT, C, OC)
     else:
-        _gemm(dinp, dout, True, weight, False, _NO_BIAS, BT, C, OC, _ACCUMULATE)
+        gemm(dinp, dout, True, weight, False, _NO_BIAS, BT, C, OC, _ACCUMULATE)
 
 
 def _backward_dweight(dweight, dout, inp, BT, C, OC, accumulate):
     """dweight (OC,C) (+)= dout (BT,OC)ᵀ · inp (BT,C): += if accumulate, else = (the GEMM's first
     reduction block writes the tile, the later ones add to it)."""
-    if _gemm is None:
+    gemm = _choice.gemm
+    if gemm is None:
         matmul_portable.backward_dweight(dweight, dout, inp, BT, C, OC, accumulate)
     else:
-        _gemm(dweight, dout, False, inp, False, _NO_BIAS, OC, C, BT, _ACCUMULATE if accumulate else _OVERWRITE)
+        gemm(dweight, dout, False, inp, False, _NO_BIAS, OC, C, BT, _ACCUMULATE if accumulate else _OVERWRITE)
 
 
 @njit(parallel=True, fastmath={"contract"}, cache=True)
@@ -498,40 +501,56 @@ def cpu_features():
     return {k for k, on in llvm.get_host_cpu_features().items() if on}
 
 
-@functools.cache
-def _supported():
-    have = cpu_features()
-    return tuple(k for k in KERNELS if all(f in have for f in _NEEDS[k]))
+class KernelChoice:
+    """A GEMM's kernels, fastest first, and the one in use (this GEMM's and matmul_bf16.py's).
+
+    `needs[name]`: the CPU features kernel `name` needs; `make(name)`: its packed GEMM, built when the
+    kernel is first chosen (so never for one the CPU lacks), "portable" none (the plain-loop path);
+    `denied(name)`: why a kernel whose features are there may still not run here, or None. `gemm` is
+    the GEMM in use (None: portable); `name` names it as bin/train_gpt2 and the profiler print it,
+    e.g. 'avx512 6x64'. The kernels this CPU runs are asked of llvmlite once (a query costs ~0.3 ms,
+    which every switch would otherwise pay)."""
+
+    def __init__(self, what, kernels, needs, make, denied=lambda name: None):
+        self.what, self.kernels, self.needs, self.make, self.denied = what, kernels, needs, make, denied
+        self.gemms = {}
+        self.gemm, self.name = None, "portable"
+
+    @functools.cached_property
+    def supported(self):
+        have = cpu_features()
+        return tuple(k for k in self.kernels if all(f in have for f in self.needs[k]) and not self.denied(k))
+
+    def set(self, name):
+        """Use kernel `name` from now on; ValueError if it is none of `kernels` or cannot run here."""
+        if name not in self.kernels:
+            raise ValueError(f"unknown {self.what} {name!r}: expected one of {', '.join(self.kernels)}")
+        if name not in self.supported:
+            lacks = any(f not in cpu_features() for f in self.needs[name])
+            why = f"needs CPU features {', '.join(self.needs[name])}" if lacks else self.denied(name)
+            raise ValueError(f"{self.what} {name!r} {why}; this CPU runs: {', '.join(self.supported)}")
+        if name == "portable":
+            self.gemm, self.name = None, "portable"
+            return
+        if name not in self.gemms:
+            self.gemms[name] = self.make(name)
+        self.gemm = self.gemms[name]
+        self.name = f"{name} {self.gemm.b['MR']}x{self.gemm.b['NR']}"
 
 
 def supported_kernels():
-    """The kernels this CPU can run, fastest first (asked of llvmlite once: a query costs ~0.3 ms,
-    which set_kernel would otherwise pay on every switch)."""
-    return list(_supported())
+    """The kernels this CPU can run, fastest first."""
+    return list(_choice.supported)
 
 
 def set_kernel(name):
     """Use kernel `name` (one of KERNELS) from now on; ValueError if this CPU cannot run it."""
-    global _gemm, _kernel
-    if name not in KERNELS:
-        raise ValueError(f"unknown matmul kernel {name!r}: expected one of {', '.join(KERNELS)}")
-    if name not in supported_kernels():
-        raise ValueError(f"matmul kernel {name!r} needs CPU features {', '.join(_NEEDS[name])}; "
-                         f"this CPU runs: {', '.join(supported_kernels())}")
-    if name == "portable":
-        _gemm = None
-        _kernel = "portable"
-    else:
-        if name not in _GEMMS:
-            _GEMMS[name] = _Gemm(name)
-        _gemm = _GEMMS[name]
-        b = _BLOCKING[name]
-        _kernel = f"{name} {b['MR']}x{b['NR']}"
+    _choice.set(name)
 
 
 def kernel():
     """The kernel in use, as bin/train_gpt2 and the profiler print it, e.g. 'avx512 6x64'."""
-    return _kernel
+    return _choice.name
 
 
 # The kernels of the bf16 GEMM (numbagpt/cpu/matmul_bf16.py) that are not also fp32 ones:
@@ -574,7 +593,5 @@ def set_requested_kernel(kernels, set_kernel, supported, bf16=False):
         raise ValueError(f"NUMBAGPT_MATMUL={os.environ.get('NUMBAGPT_MATMUL', '').strip()}: {e}") from None
 
 
-_GEMMS = {}
-_gemm = None
-_kernel = "portable"
+_choice = KernelChoice("matmul kernel", KERNELS, _NEEDS, _Gemm)
 set_requested_kernel(KERNELS, set_kernel, supported_kernels())

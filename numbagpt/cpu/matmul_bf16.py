@@ -117,7 +117,6 @@ which it refuses on a CPU without the features (the import picks portable there)
 on-disk cache keys every entry on the target's CPU name and features (codegen.magic_tuple), so
 machine code cached on an AVX512-BF16 host is never loaded on another CPU sharing the directory.
 """
-import functools
 import textwrap
 
 import numpy as np
@@ -610,14 +609,15 @@ def _portable_rows(gemm, Y, ldy, A, K, weight, nw, BT, a_bf16=False):
 def matmul_forward_bf16(out, inp, weight, bias, B, T, C, OC):
     """out (B,T,OC) = bf16(inp) · bf16(weight)ᵀ + bias (OC); bias may be None. Writes out."""
     BT = B * T
-    if _gemm is None:
+    gemm = _choice.gemm
+    if gemm is None:
         _portable_rows(lambda y, x, w, rows: _fp32.matmul_forward(y, x, w, bias, 1, rows, C, OC),
                        out, OC, inp, C, weight, OC * C, BT)
         return
     if bias is None:
-        _gemm(out, inp, True, weight, True, _fp32._NO_BIAS, BT, OC, C, _fp32._OVERWRITE, False)
+        gemm(out, inp, True, weight, True, _fp32._NO_BIAS, BT, OC, C, _fp32._OVERWRITE, False)
     else:
-        _gemm(out, inp, True, weight, True, bias, BT, OC, C, _fp32._BIAS, False)
+        gemm(out, inp, True, weight, True, bias, BT, OC, C, _fp32._BIAS, False)
 
 
 def matmul_backward_bf16(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, accumulate=True, dout_bf16=False):
@@ -643,21 +643,23 @@ def matmul_backward_bf16(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, a
 
 def _backward_dinp(dinp, dout, weight, BT, C, OC, dout_bf16):
     """dinp (BT,C) += bf16(dout) (BT,OC) · bf16(weight) (OC,C)."""
-    if _gemm is None:
+    gemm = _choice.gemm
+    if gemm is None:
         _portable_rows(lambda y, d, w, rows: _fp32._backward_dinp(y, d, w, rows, C, OC),
                        dinp, C, dout, OC, weight, OC * C, BT, dout_bf16)
     else:
-        _gemm(dinp, dout, True, weight, False, _fp32._NO_BIAS, BT, C, OC, _fp32._ACCUMULATE, dout_bf16)
+        gemm(dinp, dout, True, weight, False, _fp32._NO_BIAS, BT, C, OC, _fp32._ACCUMULATE, dout_bf16)
 
 
 def _backward_dweight(dweight, dout, inp, BT, C, OC, accumulate, dout_bf16):
     """dweight (OC,C) (+)= bf16(dout) (BT,OC)ᵀ · bf16(inp) (BT,C)."""
-    if _gemm is None:   # K = BT in chunks: the first writes (unless accumulate), the others add
+    gemm = _choice.gemm
+    if gemm is None:   # K = BT in chunks: the first writes (unless accumulate), the others add
         for k0, k1 in _chunks(BT, max(OC, C)):
             d, x = _rounded(dout[k0 * OC:], (k1 - k0) * OC, inp[k0 * C:], (k1 - k0) * C, a_rows=(k1 - k0) * dout_bf16)
             _fp32._backward_dweight(dweight, d, x, k1 - k0, C, OC, accumulate or k0 > 0)
     else:
-        _gemm(dweight, dout, False, inp, False, _fp32._NO_BIAS, OC, C, BT,
+        gemm(dweight, dout, False, inp, False, _fp32._NO_BIAS, OC, C, BT,
               _fp32._ACCUMULATE if accumulate else _fp32._OVERWRITE, dout_bf16)
 
 
@@ -682,17 +684,6 @@ KERNELS = ("avx512bf16", "portable")
 _NEEDS = {"avx512bf16": ("avx512f", "avx512bf16"), "portable": ()}
 
 
-@functools.cache
-def _supported():
-    have = _fp32.cpu_features()
-    return tuple(k for k in KERNELS if all(f in have for f in _NEEDS[k]))
-
-
-def supported_kernels():
-    """The bf16 kernels this CPU can run, fastest first."""
-    return list(_supported())
-
-
 def _make_gemm(name):
     """The packed bf16 GEMM of kernel `name` (avx512bf16), with its own packing buffers (set_kernel
     keeps one per kernel; dev/matmul/ builds its own to time other blockings)."""
@@ -702,31 +693,21 @@ def _make_gemm(name):
                        **_bf16_blocking())
 
 
+def supported_kernels():
+    """The bf16 kernels this CPU can run, fastest first."""
+    return list(_choice.supported)
+
+
 def set_kernel(name):
     """Use bf16 kernel `name` (one of KERNELS) from now on; ValueError if this CPU cannot run it.
     Nothing is compiled for a kernel before it is chosen (so never for one the CPU lacks)."""
-    global _gemm, _kernel
-    if name not in KERNELS:
-        raise ValueError(f"unknown bf16 matmul kernel {name!r}: expected one of {', '.join(KERNELS)}")
-    if name not in supported_kernels():
-        raise ValueError(f"bf16 matmul kernel {name!r} needs CPU features {', '.join(_NEEDS[name])}; "
-                         f"this CPU runs: {', '.join(supported_kernels())}")
-    if name == "portable":
-        _gemm, _kernel = None, "portable"
-    else:
-        if name not in _GEMMS:
-            _GEMMS[name] = _make_gemm(name)
-        _gemm = _GEMMS[name]
-        b = _gemm.b
-        _kernel = f"{name} {b['MR']}x{b['NR']}"
+    _choice.set(name)
 
 
 def kernel():
     """The bf16 kernel in use, e.g. 'avx512bf16 6x64' or 'portable'."""
-    return _kernel
+    return _choice.name
 
 
-_GEMMS = {}
-_gemm = None
-_kernel = "portable"
+_choice = _fp32.KernelChoice("bf16 matmul kernel", KERNELS, _NEEDS, _make_gemm)
 _fp32.set_requested_kernel(KERNELS, set_kernel, supported_kernels(), bf16=True)
