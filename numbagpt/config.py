@@ -86,6 +86,7 @@ def preset(name, vocab_size=GPT2_VOCAB):
     return GPT2Config(max_seq_len=maxT, vocab_size=vocab_size, num_layers=L, num_heads=NH, channels=C)
 
 
+# bin/train_gpt2's shape flags: (TrainConfig field, GPT2Config field); the flag is --<field with dashes>
 SHAPE_FLAGS = (("layers", "num_layers"), ("heads", "num_heads"), ("channels", "channels"),
                ("max_seq_len", "max_seq_len"))
 

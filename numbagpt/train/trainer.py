@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from .. import dist
-from ..config import GPT2_VOCAB, build_config, is_descriptor
+from ..config import GPT2_VOCAB, SHAPE_FLAGS, build_config, is_descriptor
 from ..files import data, tokenizer
 from ..layout import format_memory, memory_estimate, num_parameters
 from ..files.formats import SAVE_PRECISIONS
@@ -353,8 +353,7 @@ def load_model(config, world, backend, tok_path, say, resume_step):
     from ..memory import check_model_fits
 
     c = config
-    shape_flags = [f"--{n.replace('_', '-')}" for n in ("layers", "heads", "channels", "max_seq_len")
-                   if getattr(c, n) is not None]
+    shape_flags = [f"--{n.replace('_', '-')}" for n, _ in SHAPE_FLAGS if getattr(c, n) is not None]
     scratch = is_descriptor(c.model)
     if shape_flags and not scratch and os.path.exists(c.model):
         what = "a train_gpt2 output directory, whose model's" if os.path.isdir(c.model) else "a model file, whose"
@@ -402,9 +401,8 @@ def load_model(config, world, backend, tok_path, say, resume_step):
 
 def check_shape_flags(config, cfg, path):
     """Refuse shape flags that contradict the model a resume loads (the checkpoint's, whatever they say)."""
-    for flag, field, value in (("--layers", "num_layers", config.layers), ("--heads", "num_heads", config.heads),
-                               ("--channels", "channels", config.channels),
-                               ("--max-seq-len", "max_seq_len", config.max_seq_len)):
+    for name, field in SHAPE_FLAGS:
+        value, flag = getattr(config, name), f"--{name.replace('_', '-')}"
         if value is not None and value != getattr(cfg, field):
             raise ValueError(f"{flag} {value} contradicts the checkpoint's model {path} ({cfg.describe()}): a "
                              f"resume trains that model; drop {flag}, or start a fresh run without -y 1")
