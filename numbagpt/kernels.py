@@ -1,7 +1,8 @@
 """The kernel contract, in one table: for every kernel both backends provide (numbagpt/cpu/<family>.py
 and numbagpt/cuda/<family>.py, the same name), its arguments in order (outputs first, then inputs,
 then sizes), which outputs it writes (=), accumulates into (+=) or updates in place, its role, its cost
-function (numbagpt/costs.py) and its tolerance against the float64 reference (tests/harness.py).
+function (numbagpt/costs.py: every kernel but the generation ones, which no training step runs and
+the profiler does not time) and its tolerance against the float64 reference (tests/harness.py).
 
 Everything else derives from this table or is tested against it: the backend interface
 (numbagpt/backend.py), the cost model and the profiler's families (costs.py), the test harness's
@@ -19,7 +20,8 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class Kernel:
     name: str
-    family: str             # the file it lives in, in numbagpt/cpu/ and numbagpt/cuda/
+    family: str             # the file it lives in, in numbagpt/cpu/ and numbagpt/cuda/ (but the CPU's bf16
+    #                         matmuls: cpu/matmul_bf16.py, the bf16 GEMM's own file; docs/kernels.md)
     args: tuple             # the arguments, in order
     written: tuple = ()     # outputs the kernel writes (their contents on entry don't matter)
     accumulated: tuple = ()     # outputs it adds into (+=)

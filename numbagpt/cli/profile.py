@@ -3,8 +3,8 @@
 Builds a model (a preset from scratch, or a model file), draws seeded random tokens, runs warm-up steps
 (the first compiles every kernel; its time is reported apart), then timed steps — forward, zero_grad,
 backward, grad norm, AdamW update: numbagpt.train.step.train_step, as bin/train_gpt2 takes it — with every
-kernel call timed through numbagpt.profiler.TimingBackend. Then builds the report from those
-measurements (`build_report`; its JSON schema is REPORT_KEYS) and prints it (`format_report`).
+kernel call timed through numbagpt.profiler.TimingBackend. numbagpt.report then builds the report from
+those measurements (`build_report`; its JSON schema is REPORT_KEYS) and this prints it (`format_report`).
 docs/profiling.md explains the columns and the formulas.
 """
 

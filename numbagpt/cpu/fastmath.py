@@ -18,8 +18,8 @@ place of the float32 result; tests/test_cpu_crossentropy.py checks it):
 Both functions here are `inline='always'`: they are compiled into each kernel that calls them, with
 that kernel's fastmath flags (the kernels use 'reassoc' and 'contract'; the accuracy above is
 measured so). Numba's on-disk cache (cache=True) keys a kernel on its own file only: after editing
-this file, touch the callers that are plain @njit kernels (crossentropy.py; attention.py for its
-KV-cache attention) or clear their __pycache__; the generated kernels (attention.py's, through
+this file, touch the callers that are plain @njit kernels (crossentropy.py; gelu.py for tanh;
+attention.py for its KV-cache attention) or clear their __pycache__; the generated kernels (attention.py's, through
 simd.py's vector exp) carry a hash of this file in their names (simd.source_tag) and compile anew
 by themselves.
 """
@@ -58,7 +58,7 @@ _ZERO = np.float32(0.0)
 
 @njit(inline='always')
 def exp_nonpos(x):
-    """exp(x) for float32 x ≤ 0 (see the module docstring: < 1 ulp on [−87, 0], 0 below −87)."""
+    """exp(x) for float32 x ≤ 0 (see the module docstring: ≤ 1.01 ulp on [−87, 0], 0 below −87)."""
     xc = x if x > _LO else _LO  # clamp so that 2^n stays a normal float (n ≥ −126); NaN → −87
     n = np.floor(xc * _LOG2E + _HALF)  # x = n·ln2 + r, |r| ≤ ln2/2
     r = xc - n * _LN2_HI - n * _LN2_LO
