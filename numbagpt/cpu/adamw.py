@@ -20,6 +20,7 @@ _NCHUNKS = 256
 
 @njit(parallel=True, cache=True)
 def adamw_update(params, m, v, grads, lr, beta1, beta2, eps, weight_decay, grad_scale, t, N):
+    """One AdamW step over N parameters (t ≥ 1); updates params, m, v in place."""
     # Scalars arrive as Python floats (float64); each element is updated in float64 and rounded
     # once on store (the loop is memory-bound, so the wider arithmetic costs nothing). The bias
     # corrections become multipliers: one divide per element instead of three.
@@ -47,6 +48,7 @@ def adamw_update(params, m, v, grads, lr, beta1, beta2, eps, weight_decay, grad_
 # compiled code, not by the thread count.
 @njit(parallel=True, cache=True, fastmath={'reassoc', 'contract'})
 def global_norm_squared(out, grads, N):
+    """out[0] = Σ grads[:N]² (out: a 1-element float32 array, overwritten)."""
     partial = np.zeros(_NCHUNKS, dtype=np.float64)
     chunk = (N + _NCHUNKS - 1) // _NCHUNKS
     for c in prange(_NCHUNKS):

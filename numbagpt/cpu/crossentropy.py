@@ -64,6 +64,7 @@ def _store_sum_exp(d, z, n, m):
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def crossentropy_forward(losses, logits, targets, B, T, V, Vp):
+    """losses (B,T) = logsumexp(logits[b,t,:V]) − logits[b,t,target]."""
     for bt in prange(B * T):
         # Row views indexed from 0: flat `logits[row + i]` indexing keeps Numba's negative-index
         # wraparound select, which blocks vectorisation.

@@ -16,6 +16,7 @@ _CBLOCK = 16
 
 @njit(parallel=True, cache=True)
 def encoder_forward(out, inp, wte, wpe, B, T, C):
+    """out (B,T,C) = wte[inp] + wpe[t]."""
     for bt in prange(B * T):
         t = bt % T
         out_bt = bt * C
@@ -27,6 +28,7 @@ def encoder_forward(out, inp, wte, wpe, B, T, C):
 
 @njit(parallel=True, cache=True)
 def encoder_backward(dwte, dwpe, dout, inp, B, T, C):
+    """dwte[inp[b,t]] += dout[b,t]; dwpe[t] += dout[b,t] (accumulates)."""
     # The same token id can appear at many (b, t), so a scatter parallel over (b, t) would race on
     # dwte rows. Parallel over blocks of channels instead: each iteration owns columns
     # [c0, c1) of dwte and dwpe and walks all (b, t) in llm.c's order.

@@ -25,6 +25,7 @@ _ONE = np.float32(1.0)
 
 @njit(parallel=True, fastmath={"contract"}, cache=True)
 def gelu_forward(out, inp, N):
+    """out (N) = gelu(inp (N))."""
     for i in prange(N):
         x = inp[i]
         cube = _K * x * x * x
@@ -33,6 +34,7 @@ def gelu_forward(out, inp, N):
 
 @njit(parallel=True, fastmath={"contract"}, cache=True)
 def gelu_backward(dinp, dout, inp, N):
+    """dinp (N) += gelu'(inp)·dout."""
     for i in prange(N):
         x = inp[i]
         cube = _K * x * x * x

@@ -57,6 +57,7 @@ def _normalize_row(out, x, weight, bias, total):
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def layernorm_forward(out, mean, rstd, inp, weight, bias, B, T, C):
+    """out (B,T,C) = (inp − mean)·rstd·weight + bias; writes mean, rstd (B,T)."""
     for bt in prange(B * T):
         x = inp[bt * C:(bt + 1) * C]
         mean[bt], rstd[bt] = _normalize_row(out[bt * C:(bt + 1) * C], x, weight, bias, _row_sum(x))
@@ -64,6 +65,7 @@ def layernorm_forward(out, mean, rstd, inp, weight, bias, B, T, C):
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def fused_residual_layernorm_forward(residual, ln, mean, rstd, inp1, inp2, weight, bias, B, T, C):
+    """residual (B,T,C) = inp1 + inp2; ln, mean, rstd = layernorm_forward(residual), bit for bit."""
     # One parallel loop instead of residual_forward's and layernorm_forward's: the normalisation
     # re-reads the row it has just written from L1. Its statistics are those of the float32 residual,
     # summed by the same code, so the bits equal layernorm_forward(residual).
@@ -97,6 +99,7 @@ def _backward_row(dx, pw, pb, dy, x, weight, m, s):
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, B, T, C):
+    """dinp (B,T,C), dweight, dbias (C) += the LayerNorm gradients (accumulate)."""
     # One pass over the rows: chunks of _ROWS rows in parallel, each row's dinp written as it is read,
     # its dweight/dbias terms summed into the chunk's float64 partials; then the partials in order.
     BT = B * T

@@ -9,5 +9,6 @@ from numba import njit, prange
 
 @njit(parallel=True, cache=True)
 def residual_forward(out, inp1, inp2, N):
+    """out (N) = inp1 + inp2."""
     for i in prange(N):
         out[i] = inp1[i] + inp2[i]
