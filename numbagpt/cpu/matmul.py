@@ -253,10 +253,11 @@ assert not any(c in TASK_SPLIT + TILE_LOOP for c in "{}")
 # panels: A is packed as it lies, so packing A is always a plain copy; MR × NR the tile). Arguments:
 # Y (M,N) row-major; A, B and their layouts (a_kmaj: K is A's leading dimension, lda = K, A[m·K + k]:
 # a row-major (M,K), k contiguous, packed into the "rows" micro-kernel's panels; else A[k·M + m], the
-# "k-major" panels, k the slow index; b_kmaj: B[n·K + k], else B[k·N + n]); bias (N) for mode 2; Ap, Bp, tile the per-thread packing buffers;
-# mparts × nparts the task grid; MC, KC, NC the blocking; along_rows: a block's tiles along Y's
-# rows, else strip by strip (see _BLOCKING). One parallel region per call: each task
-# owns a rectangle of Y and runs the whole blocked loop nest on it with its own buffers, so the
+# "k-major" panels, k the slow index; b_kmaj: B[n·K + k], else B[k·N + n]); bias (N) for mode 2;
+# Ap, Bp, tile the per-thread packing buffers; mparts × nparts the task grid; MC, KC, NC the
+# blocking; along_rows: a block's tiles along Y's rows, else strip by strip (see _BLOCKING). One
+# parallel region per call: each task owns a rectangle of Y and runs the whole blocked loop nest on
+# it with its own buffers, so the
 # threads never wait on each other inside a call (a barrier per block costs dearly when the cores
 # are shared and a thread gets descheduled).
 _CORE_SOURCE = '''
