@@ -399,6 +399,21 @@ def test_ctrl_c_or_sigterm_ends_with_one_line(corpus, tmp_path, signum, status):
     assert not [n for n in os.listdir(out) if n.endswith(".tmp")] and not (out / "model_00000004.bin").exists()
 
 
+def test_ctrl_c_under_a_pipe_that_the_same_ctrl_c_ended(corpus, tmp_path):
+    """`train_gpt2 ... 2>&1 | tee log` and Ctrl-C to the group: tee is gone before the line is
+    printed. The status is still Ctrl-C's, 130 (it was a broken pipe's, 141)."""
+    marker = tmp_path / "paused"
+    read, write = os.pipe()
+    e = dict(os.environ, NUMBAGPT_TEST_CRASH="model_00000004.bin@2000:pause", NUMBAGPT_TEST_PAUSED=str(marker))
+    proc = subprocess.Popen([sys.executable, TRAIN] + args_for(corpus, tmp_path / "out"), env=e, stdout=write,
+                            stderr=write)
+    os.close(write)
+    wait_paused(proc, marker)
+    os.close(read)   # tee died of the Ctrl-C
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+
+
 def test_no_writable_numba_cache_hints_numba_cache_dir(corpus, tmp_path):
     """A copy of the package whose __pycache__ can't be a directory, and a HOME that can't hold one."""
     shutil.copytree(os.path.join(ROOT, "numbagpt"), tmp_path / "pkg" / "numbagpt",

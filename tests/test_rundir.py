@@ -181,3 +181,26 @@ def test_ranks_that_share_a_host_are_advice_where_even_b_1_does_not_fit(monkeypa
         memory.check_model_fits(preset("tiny"), 4, 64, get_backend("cpu"), "tiny", ranks=2)
     with pytest.raises(memory.MemoryCheckError, match="; even -b 1 needs .*: use a smaller model or a machine with"):
         memory.check_model_fits(preset("tiny"), 4, 64, get_backend("cpu"), "tiny", ranks=1)
+
+
+@pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["INT", "TERM"])
+def test_a_signal_whose_interrupted_python_drops_stops_the_run_at_the_step_end(signum, status, capsys):
+    """A Ctrl-C that lands while Python runs a ctypes callback (Numba's compiler calls back into it):
+    Python drops the Interrupted the handler raises there. check() at the end of the step raises it
+    again, once per process too (the run went on, deaf to every later signal, until kill -9), and
+    the dropped one prints nothing."""
+    import ctypes
+    stop = rundir.StopRequest()
+    try:
+        @ctypes.CFUNCTYPE(None)
+        def compiler_callback():
+            os.kill(os.getpid(), signum)
+            sum(range(1000))   # the handler runs here, inside the callback
+        compiler_callback()
+        assert stop.got == signum
+        with pytest.raises(rundir.Interrupted) as e:
+            stop.check()
+        assert e.value.exit_status == status
+    finally:
+        stop.close()
+    assert "Exception ignored" not in capsys.readouterr().err

@@ -5,6 +5,7 @@ this module parses them into a TrainConfig, runs numbagpt.train.train, and turns
 one line. With no data flags it trains the `tiny` preset on the built-in Shakespeare.
 """
 import dataclasses
+import os
 import sys
 
 from numbagpt.cli import error_text, HelpFormatter, Parser, reserve_threads
@@ -67,9 +68,7 @@ def main(argv=None):
         # same step and returns normally: a rank that ended without MPI_Finalize would make the
         # launcher kill the others before rank 0 has printed)
         if world is None or world.is_master:
-            if config.output_dir:  # the directory's word: the signal may have come just after a DONE
-                progress.checkpoint = checkpoint.select(config.output_dir)[0]
-            print(progress.interrupted_line(), file=sys.stderr, flush=True)
+            say_interrupted(config, progress, checkpoint)
         return e.exit_status
     except (dist.CollectiveError, rundir.RunDirError) as e:
         # Every rank detected it alike (a NaN mean loss, rank 0's verdict on the output dir):
@@ -78,6 +77,10 @@ def main(argv=None):
             print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
     except BaseException as e:
+        if stop.got is not None and (world is None or world.size == 1):
+            # the error of a step a signal broke (Numba's compiler, interrupted inside its callback)
+            say_interrupted(config, progress, checkpoint)
+            return 128 + stop.got
         if world is not None and world.size > 1:
             # This rank alone failed; the others would wait for it in the next collective forever.
             world.abort(e)  # prints "train_gpt2: rank R: error: ..." and ends every rank of the job
@@ -87,6 +90,19 @@ def main(argv=None):
         raise
     finally:
         stop.close()
+
+
+def say_interrupted(config, progress, checkpoint):
+    """The line a signal ends a run with, naming the last complete checkpoint. A reader of stderr
+    that the same Ctrl-C ended (`2>&1 | tee log`) does not turn the exit status into a broken pipe's."""
+    if config.output_dir:  # the directory's word: the signal may have come just after a DONE
+        progress.checkpoint = checkpoint.select(config.output_dir)[0]
+    try:
+        print(progress.interrupted_line(), file=sys.stderr, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):   # no second error at exit's flush
+            os.dup2(devnull, stream.fileno())
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import fcntl
 import os
 import signal
 import socket
+import sys
 import time
 
 from ..files import atomic
@@ -333,7 +334,9 @@ class StopRequest:
     Interrupted at once. With several ranks it must stop them all at the same step, not each inside
     a different collective: the first signal only sets a flag that `check()` combines over the
     ranks once a step; a second one raises at once. (The handler runs between two kernels: a running
-    Numba kernel holds the interpreter until it returns.)"""
+    Numba kernel holds the interpreter until it returns.) An Interrupted raised where Python drops it
+    (inside a ctypes callback: Numba's compiler calls back into Python) is raised again by `check()`
+    at the end of the step, and `got` tells the commands that a signal came, whatever error follows."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -342,6 +345,8 @@ class StopRequest:
         self.signum = None     # the first signal, while it waits for the end of the step
         self.raised = False    # Interrupted is on its way: the run is printing its line and ending
         self.previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
+        self.unraisable = sys.unraisablehook
+        sys.unraisablehook = self._dropped
 
     def attach(self, world):
         self.world = world
@@ -349,9 +354,21 @@ class StopRequest:
     def _handler(self, signum, frame):
         if self.raised:   # a second Ctrl-C while the line is being written must not cut it short
             return
-        if self.world is None or self.world.size == 1 or self.signum is not None:
+        first = self.signum is None
+        self.signum = self.signum or signum
+        if self.world is None or self.world.size == 1 or not first:
             self._raise(signum)
-        self.signum = signum
+
+    def _dropped(self, unraisable):
+        """An Interrupted that Python dropped (raised in a callback) is no error to print: check()
+        raises it again; anything else goes to the hook there was."""
+        if not isinstance(unraisable.exc_value, Interrupted):
+            self.unraisable(unraisable)
+
+    @property
+    def got(self):
+        """The signal that asked the run to stop, or None."""
+        return self.signum
 
     def _raise(self, signum):
         self.raised = True
@@ -361,6 +378,8 @@ class StopRequest:
         """Raise Interrupted on every rank alike when any rank got a signal (one tiny allreduce per
         step). The exit status is alike too: SIGTERM's if any rank got SIGTERM, else SIGINT's."""
         if self.world is None or self.world.size == 1:
+            if self.signum is not None:   # its Interrupted was dropped (raised inside a ctypes callback)
+                self._raise(self.signum)
             return
         size = self.world.size
         n = self.world.sum({signal.SIGINT: 1, signal.SIGTERM: size + 1}.get(self.signum, 0))
@@ -371,3 +390,4 @@ class StopRequest:
         for s, handler in self.previous.items():
             signal.signal(s, handler)
         self.previous = {}
+        sys.unraisablehook = self.unraisable
