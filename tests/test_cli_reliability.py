@@ -96,9 +96,11 @@ def test_kill_9_then_resume_equals_the_uninterrupted_run(corpus, reference, tmp_
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]   # the killed writer's, removed
 
 
-def step_lines(stdout):
-    """The step lines (loss, lr, norm, the z-scores), without their timings."""
-    return [ln.split(" | ")[:4] for ln in stdout.splitlines() if ln.startswith("step ")]
+def step_lines(stdout, after=0):
+    """The step lines (loss, lr, norm, the z-scores; a skip's line) of the steps past `after`, without
+    their timings."""
+    return [ln.split(" | ")[:4] for ln in stdout.splitlines()
+            if ln.startswith("step ") and int(ln.split()[1].split("/")[0].rstrip(":")) > after]
 
 
 def test_a_resume_with_the_spike_guard_equals_the_uninterrupted_run(corpus, tmp_path):
@@ -116,7 +118,7 @@ def test_a_resume_with_the_spike_guard_equals_the_uninterrupted_run(corpus, tmp_
     assert code == -signal.SIGKILL
     code, stdout, err = run(argv(out, "-y", "1"))
     assert code == 0 and "resumed from step 130 of" in stdout and "spike-guard" not in stdout, err
-    assert step_lines(stdout) == step_lines(ref_out)[130:]   # the z-scores too
+    assert step_lines(stdout) == step_lines(ref_out, after=130)   # the z-scores too
     assert (out / "main.log").read_text() == ref_log
     np.testing.assert_array_equal(formats.read_model(str(out / "model_00000140.bin"))[1],
                                   formats.read_model(str(tmp_path / "ref" / "model_00000140.bin"))[1])
@@ -127,6 +129,7 @@ def test_a_resume_with_the_spike_guard_equals_the_uninterrupted_run(corpus, tmp_
         f.write(bytes(4))
         f.truncate(os.path.getsize(state) - 2 * (40 + 8 * 128))
     open(checkpoint.done_path(str(out), 130), "wb").close()   # llm.c's DONE is empty: no hashes
+    os.remove(out / "model_00000140.bin")   # else the run is finished: nothing to train
     code, stdout, err = run(argv(out, "-y", "1"))
     assert code == 0 and "resumed from step 130 of" in stdout, err
     assert "note: the checkpoint holds no spike-guard windows (llm.c's, or an older numbagpt's)" in stdout
@@ -150,6 +153,7 @@ def test_a_damaged_newest_checkpoint_falls_back_saying_why(corpus, reference, tm
     assert code == 0, err
     with open(tmp_path / "state_00000004_00000.bin", "r+b") as f:
         f.truncate(5000)
+    os.remove(tmp_path / "model_00000005.bin")   # the run was killed before its end (else it is finished)
     code, out, err = run(args_for(corpus, tmp_path, "-y", "1"))
     assert code == 0, err
     assert "checkpoint at step 4 skipped: " in out and "state_00000004_00000.bin: truncated train state" in out
@@ -222,13 +226,65 @@ def test_y_1_without_a_checkpoint_keeps_an_earlier_runs_files(corpus, tmp_path):
     code, _, err = run(args_for(corpus, tmp_path, steps=2, every=0))
     assert code == 0, err
     model = (tmp_path / "model_00000002.bin").read_bytes()
-    code, _, err = run(args_for(corpus, tmp_path, "-y", "1", steps=2, every=0))
+    code, _, err = run(args_for(corpus, tmp_path, "-y", "1", steps=3, every=0))
     assert code == 1 and err.strip() == (
         f"train_gpt2: error: {tmp_path}: holds the files of an earlier run (model_00000002.bin); no complete "
         f"checkpoint to resume (-y 1), --overwrite to delete them and start over, or another -o"), err
     assert (tmp_path / "model_00000002.bin").read_bytes() == model
-    code, out, err = run(args_for(corpus, tmp_path, "-y", "1", "--overwrite", steps=2, every=0))
-    assert code == 0 and "--overwrite: removed 1 files" in out, err
+    code, out, err = run(args_for(corpus, tmp_path, "-y", "1", "--overwrite", steps=3, every=0))
+    assert code == 0 and "--overwrite: removed 1 file of an earlier run" in out, err
+
+
+@pytest.mark.parametrize("every", [0, 2], ids=["no checkpoints", "a checkpoint before the end"])
+def test_a_finished_run_resumed_with_its_own_x_trains_nothing(corpus, tmp_path, every):
+    """A run that ended past its last checkpoint (or had none), resumed with -y 1 and its own -x: its final
+    model is the run's, nothing is trained or deleted, even with --overwrite (a scheduler restarting a
+    finished job). It retrained from the last checkpoint, or, with none, -y 1 --overwrite deleted the
+    final model and trained the whole run again."""
+    code, _, err = run(args_for(corpus, tmp_path, steps=3, every=every))
+    assert code == 0, err
+    def files():
+        return {n: (tmp_path / n).read_bytes() for n in os.listdir(tmp_path) if n not in ("loss.png", ".lock")}
+    before = files()
+    for extra in ([], ["--overwrite"]):
+        code, out, err = run(args_for(corpus, tmp_path, "-y", "1", *extra, steps=3, every=every))
+        assert code == 0, err
+        assert f"nothing to train: {tmp_path} holds the finished run's final model {tmp_path}/model_00000003.bin" in out
+        assert "\nstep " not in out and "removed" not in out
+        assert files() == before
+
+
+def test_a_refused_command_deletes_nothing(corpus, tmp_path):
+    """--overwrite deletes the earlier run's files once the run is sure to start: a command refused for its
+    data or its memory deletes nothing (it deleted every model and checkpoint first), and -y 1 leaves
+    the DONE files of checkpoints that do not verify as they were (a read error, a newer format: it
+    deleted them, and the run could not be resumed once they were readable again)."""
+    code, _, err = run(args_for(corpus, tmp_path, steps=5, every=2))
+    assert code == 0, err
+    before = sorted(os.listdir(tmp_path))
+    argv = args_for(corpus, tmp_path, "--overwrite", steps=5, every=2)
+    argv[argv.index("-i") + 1] = str(tmp_path / "typo_train.bin")
+    code, _, err = run(argv)
+    assert code == 1 and "typo_train.bin" in err and sorted(os.listdir(tmp_path)) == before, err
+    code, _, err = run(args_for(corpus, tmp_path, "--overwrite", steps=5, every=2),
+                       env={"NUMBAGPT_MEMORY_LIMIT": "10K"})
+    assert code == 1 and "not enough memory" in err and sorted(os.listdir(tmp_path)) == before, err
+    with open(tmp_path / "state_00000004_00000.bin", "r+b") as f:   # a newer format's version, as read
+        f.seek(4)
+        version = f.read(4)
+        f.seek(4)
+        f.write(bytes([99, 0, 0, 0]))
+    os.remove(tmp_path / "model_00000005.bin")
+    code, _, err = run(args_for(corpus, tmp_path, "-y", "1", steps=5, every=2), env={"NUMBAGPT_MEMORY_LIMIT": "10K"})
+    assert code == 1 and (tmp_path / "DONE_00000004").exists(), err
+    with open(tmp_path / "state_00000004_00000.bin", "r+b") as f:
+        f.seek(4)
+        f.write(version)
+    code, out, err = run(args_for(corpus, tmp_path, "-y", "1", steps=5, every=2))
+    assert code == 0 and "resumed from step 4 of" in out, err
+    argv = args_for(corpus, tmp_path / "new", steps=5, every=2)   # a directory the run made, the run refused:
+    argv[argv.index("-i") + 1] = str(tmp_path / "typo_train.bin")
+    assert run(argv)[0] == 1 and not (tmp_path / "new").exists()   # not left behind, holding a lock file
 
 
 def test_a_resume_to_a_smaller_x_needs_steps_left_and_no_later_model(corpus, tmp_path):

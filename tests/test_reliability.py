@@ -158,6 +158,8 @@ def test_done_records_checksums_and_a_flipped_bit_is_passed_over(two_checkpoints
     step, _, notes = checkpoint.select(str(run))
     assert step == 2 and "checksum mismatch" in notes[0] and "state_00000004_00000.bin" in notes[0]
     assert checkpoint.resolve_model(str(run)).endswith("model_00000002.bin")   # -e DIR
+    checkpoint.discard(str(run), 4)   # as -y 1 does, when its run starts: the files are rewritten at step 4
+    assert checkpoint.resolve_model(str(run)).endswith("model_00000002.bin")   # a checkpoint's model still
 
 
 def test_e_dir_takes_the_final_model_of_a_run_that_ends_between_checkpoints(two_checkpoints, tmp_path):

@@ -70,8 +70,11 @@ def test_a_fresh_run_refuses_a_used_dir_unless_overwrite(tmp_path):
                                                  r"; give -y 1 to resume it, --overwrite"):
         rundir.check_fresh(str(tmp_path), overwrite=False)
     removed = rundir.check_fresh(str(tmp_path), overwrite=True)
-    assert len(removed) == 6
+    assert len(removed) == 6 and len(os.listdir(tmp_path)) == 8   # deleted once the run starts:
+    said = []
+    rundir.Cleanup(str(tmp_path), removed).apply(said.append)
     assert sorted(os.listdir(tmp_path)) == ["main.log", "notes.txt"]
+    assert said == [f"--overwrite: removed 6 files of an earlier run from {tmp_path}"]
 
 
 RECORD = rundir.run_record(B=4, T=16, total_batch=64, seed=1337, train_data="d/train_*.bin", val_data="d/val.bin",

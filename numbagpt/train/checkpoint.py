@@ -129,12 +129,26 @@ def select(out_dir):
     return None, None, notes
 
 
+def final_model(out_dir, step):
+    """model_<step>.bin when it is a final model, whole (header and length): no checkpoint's (no DONE,
+    no state file of that step: an unfinished or broken checkpoint's model is no final model). Else
+    None."""
+    path = model_path(out_dir, step)
+    if os.path.exists(done_path(out_dir, step)) or _steps(out_dir, rf"state_({step:08d})_\d{{5}}\.bin"):
+        return None
+    try:
+        formats.read_model_header(path)
+    except (formats.FormatError, OSError):
+        return None
+    return path
+
+
 def resolve_model(path, flag="-e"):
     """The model file `path` names (-e of every command): a model file itself, or a train_gpt2 output
-    directory's newest model: its newest model_*.bin that is whole (header and length; every file a
-    checkpoint's DONE records, where it has one), so the final model of a run that did not end on a
-    checkpoint step, not the checkpoint before it. Where none is whole, the newest model_*.bin (its
-    reader then says what is wrong)."""
+    directory's newest model: its newest model_*.bin that is whole, a checkpoint's that verifies
+    (every file its DONE records) or a final model (final_model), so the final model of a run that did
+    not end on a checkpoint step, not the checkpoint before it. Where none is, the newest model_*.bin
+    (its reader then says what is wrong)."""
     if not os.path.isdir(path):
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: no such model file or directory ({flag})")
@@ -144,11 +158,10 @@ def resolve_model(path, flag="-e"):
         raise FileNotFoundError(f"{path}: no model_*.bin in this directory ({flag} takes a model file or a "
                                 f"train_gpt2 output directory)")
     for step in reversed(steps):
+        if final_model(path, step):
+            return model_path(path, step)
         try:
-            if os.path.exists(done_path(path, step)):
-                verify(path, step)
-            else:   # the final model, or a checkpoint's model written before the run stopped
-                formats.read_model_header(model_path(path, step))
+            verify(path, step)   # a checkpoint's (without DONE: unfinished, or broken and discarded)
             return model_path(path, step)
         except (formats.FormatError, OSError):
             continue

@@ -5,6 +5,7 @@
   a second run on the directory is refused at once, naming the holder's pid.
 - `check_fresh`: a run that does not resume refuses a directory holding an earlier run's files
   (checkpoints, models) unless told to overwrite them, so old DONE markers never vouch for new files.
+  What a run deletes (`Cleanup`) it deletes once it is sure to start: a refused command deletes nothing.
 - `run_record` / `compare_runs`: what the run was (batch, sequence length, data, seed, processes,
   ZeRO stage, schedule), kept in every train state header; resume names each difference.
 - `keep_log_until`: main.log rewritten (atomically) without the lines past the step resumed from.
@@ -81,9 +82,8 @@ def _summary(names):
 
 def check_fresh(directory, overwrite, model=None, resuming=False):
     """For a run that starts from scratch (no -y 1, or -y 1 with no checkpoint to resume): refuse a
-    directory holding another run's files, or, with `overwrite`, delete them (DONE files first, so no
-    checkpoint looks complete on the way), but never the model file -e names (`model`), which is read
-    after this. Returns the names deleted."""
+    directory holding another run's files, or, with `overwrite`, return their names, for Cleanup to
+    delete once the run starts; never the model file -e names (`model`), which is read before."""
     names = checkpoint.run_files(directory)
     if not names:
         return []
@@ -97,7 +97,6 @@ def check_fresh(directory, overwrite, model=None, resuming=False):
             raise RunDirError(f"-e {model}: {source} is a file of the earlier run in {directory}, which "
                               f"--overwrite would delete before it is read: copy it out of {directory} "
                               f"first, or train into another -o")
-    discard_files(directory, names)
     return names
 
 
@@ -111,6 +110,33 @@ def _model_file(model):
         return os.path.abspath(checkpoint.resolve_model(model))
     except OSError:
         return None
+
+
+class Cleanup:
+    """What a run deletes from its output directory (rank 0), once its data, its model and the memory
+    check have passed (`apply`), so that a command refused on the way deletes nothing: an earlier
+    run's files (`names`, --overwrite) and the DONE files of newer checkpoints that did not verify
+    (`broken`: their files are rewritten when the run gets there). `finished`: the final model of a
+    finished run resumed with its own -x (nothing to train)."""
+
+    def __init__(self, directory, names=(), broken=(), finished=None):
+        self.directory, self.names, self.broken, self.finished = directory, list(names), list(broken), finished
+        self.created = False   # the run made the directory: one that never started leaves none behind
+
+    def remove_unused(self):
+        """Remove the directory the run made, where the run never started (its lock file alone)."""
+        if self.created and os.listdir(self.directory) in ([], [LOCK_NAME]):
+            for name in os.listdir(self.directory):
+                os.remove(os.path.join(self.directory, name))
+            os.rmdir(self.directory)
+
+    def apply(self, say):
+        for step in self.broken:
+            checkpoint.discard(self.directory, step)
+        if self.names:
+            discard_files(self.directory, self.names)
+            n = len(self.names)
+            say(f"--overwrite: removed {n} file{'s' if n != 1 else ''} of an earlier run from {self.directory}")
 
 
 def discard_files(directory, names):
@@ -241,16 +267,19 @@ def keep_log_until(path, step):
 
 def open_run(out_dir, resume, overwrite, record, allow_changes, world, say):
     """Rank 0 locks `out_dir` for the run, removes killed writers' temporaries and picks the
-    checkpoint to resume from (the newest that verifies, saying why it skipped newer ones, whose DONE
-    files it removes so they are rewritten), then checks its run record against `record`; a fresh run
-    refuses (or, with `overwrite`, clears) an earlier run's files. Every rank gets the outcome:
-    (lock or None, resume step or None), or the same RunDirError."""
+    checkpoint to resume from (the newest that verifies, saying why it skipped newer ones), then
+    checks its run record against `record`; a fresh run refuses (or, with `overwrite`, will clear) an
+    earlier run's files. Every rank gets the outcome: (lock or None, resume step or None, Cleanup), or
+    the same RunDirError."""
     outcome, lock = None, None
     if world.is_master:
+        created = not os.path.isdir(out_dir)
         try:
             lock = lock_dir(out_dir)
             atomic.remove_stale_temps(out_dir)
-            outcome = ("ok", _pick(out_dir, resume, overwrite, record, allow_changes, say))
+            step, cleanup = _pick(out_dir, resume, overwrite, record, allow_changes, say)
+            cleanup.created = created
+            outcome = ("ok", (step, cleanup))
         except (RunDirError, OSError) as e:
             if lock:
                 lock.release()
@@ -258,30 +287,29 @@ def open_run(out_dir, resume, overwrite, record, allow_changes, world, say):
     outcome = world.bcast(outcome)
     if outcome[0] == "error":
         raise RunDirError(outcome[1])
-    return lock, outcome[1]
+    return (lock, *outcome[1])
 
 
 def _pick(out_dir, resume, overwrite, record, allow_changes, say):
-    step, notes = None, []
+    """(resume step or None, Cleanup): open_run's choice, on rank 0."""
+    step, notes, broken = None, [], []
     if resume:
         step, header, notes = checkpoint.select(out_dir)
         for line in notes:
             say(line)
-        for s in checkpoint.done_steps(out_dir):
-            if step is None or s > step:
-                checkpoint.discard(out_dir, s)   # broken: its files are rewritten when the run gets there
+        broken = [s for s in checkpoint.done_steps(out_dir) if step is None or s > step]
+        finished = checkpoint.final_model(out_dir, record["max_steps"])
+        if finished and (step is None or step < record["max_steps"]):   # the run ended past its last checkpoint
+            return None, Cleanup(out_dir, finished=finished)
     if step is None:   # a fresh run, -y 1 or not: an earlier run's files are kept unless --overwrite
-        removed = check_fresh(out_dir, overwrite, record.get("model"), resuming=resume)
-        if removed:
-            say(f"--overwrite: removed {len(removed)} files of an earlier run from {out_dir}")
-        return None
+        return None, Cleanup(out_dir, check_fresh(out_dir, overwrite, record.get("model"), resuming=resume), broken)
     changes = check_resume(header.get("run"), record, allow_changes, checkpoint.state_path(out_dir, step, 0))
     for line in changes:
         say(f"warning: resuming with a change (--allow-changes): {line}")
     check_steps_left(out_dir, step, record["max_steps"])
     if notes:
         say(f"resuming from the checkpoint at step {step} instead")
-    return step
+    return step, Cleanup(out_dir, broken=broken)
 
 
 def check_steps_left(out_dir, step, max_steps):

@@ -68,7 +68,7 @@ def train(config: TrainConfig, *, world=None, on_step=None, say=None, progress=N
     for line in config.warnings():
         say(f"warning: {line}")
     progress = progress or rundir.Progress()
-    lock = None
+    lock, cleanup, started = None, None, False
     try:
         micro_steps = micro_steps_per_step(config, world)
         paths = data_paths(config, world, say)
@@ -76,17 +76,34 @@ def train(config: TrainConfig, *, world=None, on_step=None, say=None, progress=N
         resume_step = None
         require_device(config.device)   # a device that cannot run here is said before the output dir is made
         if config.output_dir:  # the lock first: a second run on the dir is refused before any work
-            lock, resume_step = rundir.open_run(config.output_dir, config.resume, config.overwrite, record,
-                                                config.allow_changes, world, say)
+            lock, resume_step, cleanup = rundir.open_run(config.output_dir, config.resume, config.overwrite, record,
+                                                         config.allow_changes, world, say)
+            if cleanup.finished:
+                return finished_run(config, world, say, cleanup.finished)
             if config.resume and resume_step is None:
                 say(f"no complete checkpoint in {config.output_dir!r}: starting from -e {config.model}")
         progress.checkpoint = resume_step
         backend = setup_device(config, world, say)
         run = Run(config, world, say, backend, micro_steps, paths, record, resume_step)
+        started = True   # the data, the model and the memory check have passed: now what it replaces goes
+        if cleanup and world.is_master:
+            cleanup.apply(say)
         return run.loop(progress, stop, on_step)
     finally:
         if lock:
             lock.release()
+        if cleanup and not started and world.is_master:
+            cleanup.remove_unused()
+
+
+def finished_run(config, world, say, model_file):
+    """The TrainResult of a run resumed (-y 1) with the -x it has finished: its final model, loaded;
+    nothing is trained or deleted (a scheduler that restarts a finished job with -y 1 --overwrite)."""
+    say(f"nothing to train: {config.output_dir} holds the finished run's final model {model_file} (step "
+        f"{config.max_steps} = -x); a larger -x trains on from its last checkpoint")
+    backend = setup_device(config, world, say)
+    model = GPT2.from_file(model_file, backend=backend, precision=config.precision)
+    return TrainResult(model=model, steps=config.max_steps, model_file=model_file)
 
 
 # Flags a rank may set for itself: the threads of its host's cores.
