@@ -121,6 +121,9 @@ def test_keep_log_until_drops_the_lines_after_the_resume_step(tmp_path):
     assert rundir.keep_log_until(str(log), 2) == 3
     assert log.read_text() == "s:0 tel:3.0\ns:0 trl:3.1 lr:0.1 norm:1.00\ns:1 trl:3.0 lr:0.1 norm:1.00\n"
     assert rundir.keep_log_until(str(tmp_path / "none.log"), 2) == 0
+    log.write_text("s:0 trl:3.1 lr:0.1 norm:1.00\ns:1 trl:3.0 lr:0.1 norm:1.00\ns:2 trl:2.9 lr")   # torn at a crash
+    assert rundir.keep_log_until(str(log), 5) == 1   # the next record would be glued to it
+    assert log.read_text() == "s:0 trl:3.1 lr:0.1 norm:1.00\ns:1 trl:3.0 lr:0.1 norm:1.00\n"
 
 
 # ---------------------------------------------------------------------------------------------- memory

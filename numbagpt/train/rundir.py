@@ -250,13 +250,14 @@ class RunLog:
 
 def keep_log_until(path, step):
     """Rewrite main.log (atomically) keeping only the lines of steps before `step`, the step resumed
-    from: the lines a killed run wrote after its last checkpoint are repeated by the resumed run."""
+    from: the lines a killed run wrote after its last checkpoint are repeated by the resumed run. A
+    torn last line (no newline: a crash mid-write) goes too: the next record would be glued to it."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             lines = f.readlines()
     except FileNotFoundError:
         return 0
-    kept = [ln for ln in lines if (s := _log_step(ln)) is None or s < step]
+    kept = [ln for ln in lines if ((s := _log_step(ln)) is None or s < step) and ln.endswith("\n")]
     if len(kept) != len(lines):
         atomic.write_text(path, "".join(kept))
     return len(lines) - len(kept)
