@@ -4,6 +4,7 @@ checkpoint write and the final save, then -y 1, gives the uninterrupted run's lo
 bit; one run per directory; no fresh run over a used one; a resume that changes B is refused; the
 memory check; Ctrl-C; and the one-line messages of docs/reliability.md."""
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -146,6 +147,23 @@ def test_kill_9_from_outside_mid_checkpoint_then_resume(corpus, reference, tmp_p
     code, stdout, err = run(args_for(corpus, out, "-y", "1"))
     assert code == 0 and "resumed from step 2 of" in stdout, err
     assert (out / "main.log").read_text() == reference[0]
+
+
+def test_a_resumed_run_samples_what_the_uninterrupted_one_did(corpus, tmp_path):
+    """The samples are seeded by (--seed, step), so a run killed after a checkpoint and resumed prints
+    the samples the uninterrupted run printed (the sampler's generator started over from --seed)."""
+    def samples(stdout):
+        return re.findall(r"--- sample at step (\d+) ---\n(.*?)\n---", stdout, re.S)
+    argv = lambda out, *extra: args_for(corpus, out, "-s", "1", "-g", "12", *extra, steps=4)   # noqa: E731
+    code, ref_out, err = run(argv(tmp_path / "ref"))
+    assert code == 0, err
+    code, _, _ = run(argv(tmp_path / "out"), crash="DONE_00000002@renamed")
+    assert code == -signal.SIGKILL
+    code, out, err = run(argv(tmp_path / "out", "-y", "1"))
+    assert code == 0 and "resumed from step 2 of" in out, err
+    assert [step for step, _ in samples(ref_out)] == ["1", "2", "3", "4"]
+    assert samples(out) == samples(ref_out)[1:]
+    assert len({text for _, text in samples(ref_out)}) == 4   # the samples differ from step to step
 
 
 def test_a_damaged_newest_checkpoint_falls_back_saying_why(corpus, reference, tmp_path):

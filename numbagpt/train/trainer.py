@@ -194,7 +194,6 @@ class Run:
         self.log = open_log(c, world, resume_step=self.start_step if resume_step is not None else None)
         keep_tokenizer(c, world, self.tok_path)
         self.hellaswag = open_hellaswag(c)
-        self.rng = np.random.default_rng(c.seed)
         self.val_loss = None
 
     def resume(self, resume_step):
@@ -252,7 +251,8 @@ class Run:
                                self.say, c.hellaswag_file)
         if c.gen_tokens > 0 and c.sample_every > 0 and (step > 0 and step % c.sample_every == 0 or last):
             if self.world.is_master:
-                sample(self.model, self.tok, c.gen_tokens, self.rng, step, self.say)
+                # seeded by (--seed, step): a resumed run samples what the uninterrupted one did
+                sample(self.model, self.tok, c.gen_tokens, np.random.default_rng([c.seed, step]), step, self.say)
 
     def step(self, step, on_step):
         """One optimizer step over micro_steps batches; its line, its main.log record, on_step."""
