@@ -134,6 +134,43 @@ def test_the_trainers_adamw_is_llmcs(tmp_path, capsys, corpus):
                                       model.parameters_host())
 
 
+def test_resuming_an_older_numbagpts_checkpoint_says_its_adamw_changed(tmp_path, capsys, corpus, monkeypatch):
+    """A checkpoint whose run record has no betas (numbagpt before --beta1/--beta2: betas 0.9 / 0.999, -c
+    on every parameter): the resume says what changes (it resumed silently); the checkpoint of a
+    record that has them says nothing."""
+    from numbagpt.train import trainer
+    real = trainer.run_record
+    argv = ["-i", corpus["train"], "-e", corpus["model"], "-o", str(tmp_path), "-b", "2", "-t", "8", "-x", "4",
+            "-n", "2"] + FAST
+    monkeypatch.setattr(trainer, "run_record", lambda *a: {k: v for k, v in real(*a).items()
+                                                            if k not in ("beta1", "beta2", "overfit_single_batch")})
+    assert run(capsys, argv)[0] == 0
+    monkeypatch.undo()
+    for name in ("DONE_00000004", "model_00000004.bin", "state_00000004_00000.bin"):   # killed after step 2's
+        (tmp_path / name).unlink()
+    code, out, err = run(capsys, argv + ["-y", "1"])
+    assert code == 0 and "resumed from step 2" in out, err
+    assert ("note: the checkpoint is an older numbagpt's, whose AdamW ran betas 0.9 / 0.999 and -c on every "
+            "parameter; this run goes on with --beta1 0.9 --beta2 0.95 and -c on the matrices alone") in out
+    code, out, err = run(capsys, argv + ["-y", "1"])   # from the checkpoint at 4 this run wrote
+    assert code == 0 and "resumed from step 4" in out and "older numbagpt" not in out, err
+
+
+def test_a_resume_onto_less_train_data_says_so(tmp_path, capsys, corpus):
+    """--allow-changes with an -i shorter than the checkpoint's position in it: one line that says so
+    (it was "sample_index 15 is not in [0, 7] for shard ...")."""
+    argv = ["-i", corpus["train"], "-e", corpus["model"], "-o", str(tmp_path), "-b", "2", "-t", "8", "-x", "12",
+            "-n", "10", "--shuffle", "0"] + FAST
+    assert run(capsys, argv)[0] == 0
+    (tmp_path / "model_00000012.bin").unlink()
+    small = tmp_path / "small_train.bin"
+    write_shard(str(small), formats.open_shard(corpus["train"])[:40])
+    argv[1] = str(small)
+    code, _, err = run(capsys, argv + ["-y", "1", "--allow-changes"])
+    assert code == 1 and ("the checkpoint's position in the train data (shard 0, window 10) is past the end of "
+                          "-i's data now") in err, err
+
+
 def test_model_shaped_from_the_command_line_with_the_data_vocabulary(tmp_path, capsys, corpus):
     code, out, err = run(capsys, ["-i", corpus["train"], "-o", str(tmp_path), "--layers", "2", "--heads", "2",
                                   "--channels", "32", "--max-seq-len", "16", "-b", "2", "-t", "16", "-x", "2",

@@ -98,6 +98,18 @@ def test_resume_names_every_change_and_the_override(tmp_path):
     assert rundir.check_resume(None, now, False, "out") == []  # llm.c's state: nothing recorded
 
 
+def test_resume_compares_the_data_files_not_their_spelling_and_a_1():
+    """The same file named relative or absolute, or through "..", is the same -i (it was refused); -a
+    is in the record (it trains on another stream of batches: it resumed silently)."""
+    here = os.path.abspath("d/train_*.bin")
+    for spelled in (here, os.path.abspath("d/../d/train_*.bin"), "./d/train_*.bin"):
+        assert rundir.compare_runs(RECORD, dict(RECORD, train_data=spelled)) == []
+    assert [k for k, _ in rundir.compare_runs(RECORD, dict(RECORD, train_data="e/train_*.bin"))] == ["train_data"]
+    a = dict(RECORD, overfit_single_batch=0)
+    assert rundir.compare_runs(a, dict(a, overfit_single_batch=1)) == [
+        ("overfit_single_batch", "-a: 0 in the checkpoint, 1 now")]
+
+
 def test_the_run_record_lives_in_the_state_header_and_llmc_slots_are_unchanged(tmp_path):
     p = tmp_path / "state_00000010_00000.bin"
     m = np.arange(10, dtype=np.float32)

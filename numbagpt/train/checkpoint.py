@@ -243,7 +243,12 @@ def load_state(out_dir, step, model, world, loader, guard=None):
     model._ensure_optimizer()
     b.copy_to_device(model.m_flat, np.ascontiguousarray(state["m"]))
     b.copy_to_device(model.v_flat, np.ascontiguousarray(state["v"]))
-    loader.set_state(state["shard_index"], state["sample_index"], state["epoch"])
+    try:
+        loader.set_state(state["shard_index"], state["sample_index"], state["epoch"])
+    except ValueError:   # other train data (--allow-changes): the position is past it
+        raise ValueError(f"{path}: the checkpoint's position in the train data (shard {state['shard_index']}, "
+                         f"window {state['sample_index']}) is past the end of -i's data now: resume with the "
+                         f"checkpoint's -i, or train a new run on this data from its model (-e {out_dir})") from None
     if guard is not None and state["detectors"]:
         try:
             guard.set_state(state["detectors"])

@@ -156,6 +156,7 @@ RUN_FIELDS = {
     "B": "-b", "T": "-t", "total_batch": "tokens per step", "seed": "--seed", "train_data": "-i",
     "val_data": "-j", "world_size": "number of processes", "zero_stage": "-z", "shuffle": "--shuffle",
     "lr": "-l", "warmup": "-u", "max_steps": "-x", "final_lr_frac": "-q", "schedule": "lr schedule",
+    "overfit_single_batch": "-a",
     "weight_decay": "-c", "beta1": "--beta1", "beta2": "--beta2", "grad_clip": "--grad-clip", "model": "-e",
     "layers": "--layers", "heads": "--heads", "channels": "--channels", "max_seq_len": "--max-seq-len",
 }
@@ -176,6 +177,8 @@ def _same(key, old, new):
     from ..files.formats import hash_text
     if isinstance(old, str) and isinstance(new, str) and old.startswith("sha256:") and not new.startswith("sha256:"):
         return old == hash_text(new)
+    if key in ("train_data", "val_data") and old and new:   # one file, however it was spelled
+        return os.path.abspath(old) == os.path.abspath(new)
     if isinstance(old, (int, float)) and isinstance(new, (int, float)):
         return float(old) == float(new)
     return old == new
@@ -307,6 +310,10 @@ def _pick(out_dir, resume, overwrite, record, allow_changes, say):
     changes = check_resume(header.get("run"), record, allow_changes, checkpoint.state_path(out_dir, step, 0))
     for line in changes:
         say(f"warning: resuming with a change (--allow-changes): {line}")
+    if header.get("run") and "beta2" not in header["run"]:
+        say(f"note: the checkpoint is an older numbagpt's, whose AdamW ran betas 0.9 / 0.999 and -c on every "
+            f"parameter; this run goes on with --beta1 {record['beta1']:g} --beta2 {record['beta2']:g} and -c on "
+            f"the matrices alone (llm.c's train_gpt2.cu)")
     check_steps_left(out_dir, step, record["max_steps"])
     if notes:
         say(f"resuming from the checkpoint at step {step} instead")

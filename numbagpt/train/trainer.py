@@ -156,7 +156,8 @@ def run_record(config, world, micro_steps, train_glob, val_glob):
     c = config
     return rundir.run_record(
         B=c.batch_size, T=c.seq_len, total_batch=micro_steps * world.size * c.batch_size * c.seq_len,
-        seed=c.seed, train_data=str(train_glob), val_data=str(val_glob or ""), world_size=world.size,
+        seed=c.seed, train_data=os.path.abspath(train_glob), val_data=os.path.abspath(val_glob) if val_glob else "",
+        world_size=world.size, overfit_single_batch=c.overfit_single_batch,
         zero_stage=c.zero_stage, shuffle=c.shuffle, lr=c.lr, warmup=c.warmup_iters,
         max_steps=c.max_steps, final_lr_frac=c.final_lr_frac, schedule=c.lr_scheduler,
         weight_decay=c.weight_decay, beta1=c.beta1, beta2=c.beta2, grad_clip=c.grad_clip, model=c.model,
