@@ -106,8 +106,10 @@ def test_main_log_keeps_whole_lines_on_a_full_disk(tmp_path, monkeypatch):
             return real(fd, data[:len(data) // 2])
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(os, "write", half_then_full)
-    with pytest.raises(OSError, match="main.log: No space left on device"):
+    with pytest.raises(OSError) as e:
         log.write("s:1 trl:2.0 lr:0.1 norm:1.0\n")
+    assert str(e.value) == (f"{tmp_path / 'main.log'}: cannot write: No space left on device (the disk or quota "
+                            f"is full); the log keeps its whole lines")   # as the other files' (no [Errno 28])
     monkeypatch.setattr(os, "write", real)
     log.close()
     assert (tmp_path / "main.log").read_text() == "s:0 trl:1.0 lr:0.1 norm:1.0\n"
@@ -271,3 +273,19 @@ def test_a_missing_module_of_numbagpt_itself_keeps_its_traceback(tmp_path, monke
     from numbagpt.cli.launch import launch
     with pytest.raises(ModuleNotFoundError, match="numbagpt.cli.nosuch"):
         launch("nosuch_gpt2", "nosuch")
+
+
+def test_a_failed_write_of_the_progress_lines_names_stdout(monkeypatch):
+    """stdout redirected to a file over `ulimit -f` (or a full disk): the error names stdout (it was
+    "[Errno 27] File too large", naming nothing)."""
+    import builtins
+    from numbagpt.dist import World
+    from numbagpt.train.trainer import printer
+    say = printer(World(None))
+
+    def over_the_limit(*args, **kwargs):
+        raise OSError(errno.EFBIG, "File too large")
+    monkeypatch.setattr(builtins, "print", over_the_limit)
+    with pytest.raises(OSError) as e:
+        say("step 1/2")
+    assert str(e.value) == "stdout: cannot write: File too large (over the file size limit, ulimit -f)"

@@ -243,7 +243,8 @@ class RunLog:
                 os.ftruncate(self.fd, start)   # no partial line left behind
             except OSError:
                 pass
-            raise OSError(e.errno, f"{self.name}: {e.strerror} (the log keeps its whole lines)") from None
+            raise OSError(f"{self.name}: cannot write: {atomic.describe_os_error(e)}; the log keeps its whole "
+                          f"lines") from None
 
     def close(self):
         if self.fd is not None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import dist
 from ..config import GPT2_VOCAB, SHAPE_FLAGS, build_config, is_descriptor
-from ..files import data, tokenizer
+from ..files import atomic, data, tokenizer
 from ..layout import format_memory, memory_estimate, num_parameters
 from ..files.formats import SAVE_PRECISIONS
 from ..model import GPT2
@@ -47,11 +47,19 @@ class TrainResult:
 
 
 def printer(world):
-    """print() on rank 0, flushing every line (under a launcher stdout is a block-buffered pipe);
-    a no-op on the other ranks."""
-    if world.is_master:
-        return lambda *a, **k: print(*a, **k, flush=True)
-    return lambda *a, **k: None
+    """print() on rank 0, flushing every line (under a launcher stdout is a block-buffered pipe), a
+    failed write named (a full disk under `> file`); a no-op on the other ranks."""
+    if not world.is_master:
+        return lambda *a, **k: None
+
+    def say(*args, **kwargs):
+        try:
+            print(*args, **kwargs, flush=True)
+        except BrokenPipeError:   # the reader left: the command ends quietly
+            raise
+        except OSError as e:
+            raise OSError(f"stdout: cannot write: {atomic.describe_os_error(e)}") from None
+    return say
 
 
 def train(config: TrainConfig, *, world=None, on_step=None, say=None, progress=None, stop=None):
