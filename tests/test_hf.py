@@ -174,3 +174,37 @@ def test_import_reads_the_original_gpt2_key_names(tmp_path):
     st.save_file(old, str(tmp_path / "hf" / "model.safetensors"))
     with pytest.raises(hf.HFError, match="lm_head.weight differs from wte.weight"):
         hf.import_hf(tmp_path / "hf", tmp_path / "back.bin")
+
+
+@pytest.mark.parametrize("crash", ["model.safetensors@100", "config.json@end", "vocab.json@10"])
+def test_an_export_over_another_cut_short_never_mixes_two_models(tmp_path, crash):
+    """export_hf --force over an earlier export (a GPT-2 vocabulary's), killed on the way: every file
+    there is the new export's (it left the new config.json beside the old model.safetensors, and the
+    killed writer's temporary for good); the next export clears the temporary."""
+    import subprocess
+    import sys
+    from safetensors.numpy import load_file
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    random_model(tmp_path / "a.bin")
+    small = GPT2(GPT2Config(max_seq_len=8, vocab_size=11, num_layers=1, num_heads=2, channels=8))
+    small.init_weights(1)
+    small.save(tmp_path / "b.bin")
+    export = [sys.executable, os.path.join(root, "bin", "export_hf")]
+    assert subprocess.run(export + [str(tmp_path / "a.bin"), str(tmp_path / "hf")], capture_output=True).returncode == 0
+    assert "vocab.json" in os.listdir(tmp_path / "hf")
+    if crash.startswith("vocab"):   # b has GPT-2's vocabulary too: its tokenizer files are written
+        random_model(tmp_path / "b.bin", seed=9)
+    proc = subprocess.run(export + [str(tmp_path / "b.bin"), str(tmp_path / "hf"), "--force"], capture_output=True,
+                          env=dict(os.environ, NUMBAGPT_TEST_CRASH=crash))
+    assert proc.returncode == -9, proc.stderr
+    hf_dir = tmp_path / "hf"
+    b = hf.to_hf_tensors(*formats.read_model(str(tmp_path / "b.bin")))
+    if (hf_dir / "config.json").exists():
+        assert json.loads((hf_dir / "config.json").read_text())["n_embd"] == b["transformer.wte.weight"].shape[1]
+    if (hf_dir / "model.safetensors").exists():
+        got = load_file(str(hf_dir / "model.safetensors"))
+        np.testing.assert_array_equal(got["transformer.wte.weight"], b["transformer.wte.weight"])
+    assert not ((hf_dir / "vocab.json").exists() and crash == "vocab.json@10")   # cut short: not there
+    proc = subprocess.run(export + [str(tmp_path / "b.bin"), str(hf_dir), "--force"], capture_output=True)
+    assert proc.returncode == 0, proc.stderr
+    assert not [n for n in os.listdir(hf_dir) if n.startswith(".")]

@@ -26,13 +26,14 @@ GPT-2 in transformers computes what llm.c computes with activation "gelu_new" (t
 layer_norm_epsilon 1e-5 and attention scaled by 1/sqrt(hs); import refuses a config that says otherwise.
 Only numpy and the `safetensors` package are needed (pip install 'numbagpt[hf]').
 """
+import contextlib
 import json
 import os
 
 import numpy as np
 
 from . import formats
-from .atomic import make_dir, write_bytes, write_text
+from .atomic import make_dir, remove_stale_temps, write_bytes, write_text
 from ..config import GPT2Config, pad_vocab
 from ..flags import check_path
 from ..layout import parameter_layout
@@ -113,8 +114,9 @@ TOKENIZER_FILES = ("vocab.json", "merges.txt", "special_tokens_map.json", "token
 def export_hf(model_bin, out_dir, force=False):
     """Write a transformers GPT-2 directory from an llm.c model file; returns the files written.
     A directory that already holds files is refused unless `force`: then the files an earlier export
-    wrote and this one does not (another model's tokenizer files) are removed, so the directory never
-    mixes two models' files."""
+    wrote (and temporaries a killed one left) are removed first, config.json first, so the directory
+    never mixes two models' files: an export cut short leaves it incomplete (no config.json or no
+    model.safetensors), which transformers refuses to load."""
     model_bin, out_dir = check_path("model_bin", model_bin), check_path("out_dir", out_dir)
     st = _safetensors()
     cfg, params = formats.read_model(model_bin)
@@ -124,10 +126,10 @@ def export_hf(model_bin, out_dir, force=False):
         raise HFError(f"{out_dir}: not empty ({', '.join(sorted(os.listdir(out_dir))[:4])}...): "
                       f"export into a new directory, or --force to replace an earlier export there")
     make_dir(out_dir, "directory", HFError)
-    if cfg.vocab_size != GPT2_VOCAB:   # no tokenizer files of ours: an earlier export's would not fit
-        for name in TOKENIZER_FILES:
-            if os.path.exists(os.path.join(out_dir, name)):
-                os.remove(os.path.join(out_dir, name))
+    for name in ("config.json", "model.safetensors", "generation_config.json", *TOKENIZER_FILES):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(out_dir, name))
+    remove_stale_temps(out_dir)
     written = ["model.safetensors", "config.json", "generation_config.json"]
     # safetensors writes the bytes; the file appears complete under its name or not at all
     write_bytes(os.path.join(out_dir, "model.safetensors"),
