@@ -242,3 +242,29 @@ def test_ensure_builtin_data_gpt2(tmp_path, shakespeare):
     dl = DataLoader(train, B=4, T=64, vocab_size=50257)
     x, y = dl.next_batch()
     assert x.shape == (4, 64) and x.max() < 50257
+
+
+@pytest.mark.parametrize("crash", ["d_tokenizer.bin@end", "d_val.bin@20", "d_train.bin@100"])
+def test_a_prepare_over_another_cut_short_never_mixes_two_texts(tmp_path, crash):
+    """prepare_data over an earlier set of the same name, killed on the way: no train shard (the last
+    written), so nothing trains on the half-made set (it kept the old train shard and tokenizer beside
+    the new val shard, and trained on them silently); the next run clears the killed writer's
+    temporary."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    (tmp_path / "a.txt").write_text("abc abc abc\n\n" * 300)
+    (tmp_path / "c.txt").write_text("xyz, xyz!\n\n" * 300)
+    cmd = lambda text: [sys.executable, os.path.join(root, "bin", "prepare_data"), str(tmp_path / text),   # noqa: E731
+                        "-o", str(tmp_path / "out"), "--name", "d", "--tokenizer", "char"]
+    assert subprocess.run(cmd("a.txt"), capture_output=True).returncode == 0
+    proc = subprocess.run(cmd("c.txt"), capture_output=True, env=dict(os.environ, NUMBAGPT_TEST_CRASH=crash))
+    assert proc.returncode == -9, proc.stderr
+    left = sorted(os.listdir(tmp_path / "out"))
+    assert "d_train.bin" not in left, left
+    for name in ("d_val.bin", "d_tokenizer.bin"):   # whatever is there is c's
+        if name in left and name == "d_tokenizer.bin":
+            assert sorted(read_tokenizer_file(str(tmp_path / "out" / name))[0][:-1]) == sorted(
+                t.encode() for t in set("xyz, !\n"))
+    assert subprocess.run(cmd("c.txt"), capture_output=True).returncode == 0
+    assert sorted(os.listdir(tmp_path / "out")) == ["d_tokenizer.bin", "d_train.bin", "d_val.bin"]

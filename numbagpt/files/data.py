@@ -9,6 +9,7 @@ With shuffle=True, each epoch visits the shards in a random order and each shard
 random order, both drawn from `seed` and the epoch only (never the rank), so R processes with batch B
 read exactly the tokens, in the same order, that one process with batch R*B would.
 """
+import contextlib
 import glob as globlib
 import os
 import re
@@ -16,7 +17,7 @@ import time
 
 import numpy as np
 
-from .atomic import make_dir
+from .atomic import is_temp_name, make_dir
 from .formats import FormatError, check_tokens, open_shard, read_shard_header, write_shard
 from .tokenizer import Tokenizer, get_tokenizer
 
@@ -311,7 +312,9 @@ def prepare(out_dir, source, tokenizer="gpt2", val_fraction=0.1, name="data", do
     Split: the validation shard is the FIRST round(val_fraction * N) tokens, the train shard the rest,
     as llm.c's tinyshakespeare.py (its first 32768 tokens, about 10%).
     tokenizer: 'gpt2', 'char' (vocabulary = the characters of the text) or a Tokenizer.
-    Each file is written atomically (numbagpt.files.atomic), so a file that exists is complete.
+    Each file is written atomically (numbagpt.files.atomic), so a file that exists is complete; an
+    earlier set of the three is removed first and the train shard is written last, so a prepare cut
+    short leaves an incomplete set (no train shard), never one that mixes two texts.
     verbose: print `[prepare]` lines of progress (True), or hand each to a callable, or neither.
     Returns {'train': path, 'val': path, 'tokenizer': path}.
     """
@@ -344,13 +347,27 @@ def prepare(out_dir, source, tokenizer="gpt2", val_fraction=0.1, name="data", do
     _log(verbose, f"{ntok:,} tokens: val {n_val:,} (the first {val_fraction:.0%}), train {ntok - n_val:,} "
                   f"({time.time() - t0:.1f} s)")
     paths = _atomic_paths(out_dir, name)
-    write_shard(paths["val"], tokens[:n_val])
-    write_shard(paths["train"], tokens[n_val:])
+    _remove_set(out_dir, name, paths)
     tok.save(paths["tokenizer"])
+    write_shard(paths["val"], tokens[:n_val])
+    write_shard(paths["train"], tokens[n_val:])   # last: a set cut short has no train shard to train on
     for k in ("train", "val", "tokenizer"):
         _log(verbose, f"wrote {paths[k]} ({os.path.getsize(paths[k]):,} bytes)")
     _log(verbose, f"done in {time.time() - t0:.1f} s")
     return paths
+
+
+def _remove_set(out_dir, name, paths):
+    """Remove an earlier set of these three files (and a killed writer's temporaries of them) before the
+    new one is written: a prepare cut short leaves an incomplete set, never one that mixes two texts'
+    shards or tokenizers."""
+    for k in ("train", "val", "tokenizer"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(paths[k])
+    for temp in os.listdir(out_dir):
+        if is_temp_name(temp) and temp.startswith(f".{name}_"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(out_dir, temp))
 
 
 def default_cache_dir():
