@@ -270,6 +270,11 @@ def test_a_finished_run_resumed_with_its_own_x_trains_nothing(corpus, tmp_path, 
         assert f"nothing to train: {tmp_path} holds the finished run's final model {tmp_path}/model_00000003.bin" in out
         assert "\nstep " not in out and "removed" not in out
         assert files() == before
+    if every:   # other flags than the checkpoint's are refused, as for any resume
+        argv = args_for(corpus, tmp_path, "-y", "1", steps=3, every=every)
+        argv[argv.index("-l") + 1] = "3e-2"
+        code, _, err = run(argv)
+        assert code == 1 and "-l: 0.01 in the checkpoint, 0.03 now" in err and files() == before, err
 
 
 def test_a_refused_command_deletes_nothing(corpus, tmp_path):

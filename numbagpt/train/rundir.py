@@ -305,6 +305,8 @@ def _pick(out_dir, resume, overwrite, record, allow_changes, say):
         broken = [s for s in checkpoint.done_steps(out_dir) if step is None or s > step]
         finished = checkpoint.final_model(out_dir, record["max_steps"])
         if finished and (step is None or step < record["max_steps"]):   # the run ended past its last checkpoint
+            if step is not None:   # other flags are refused as for any resume
+                check_resume(header.get("run"), record, allow_changes, checkpoint.state_path(out_dir, step, 0))
             return None, Cleanup(out_dir, finished=finished)
     if step is None:   # a fresh run, -y 1 or not: an earlier run's files are kept unless --overwrite
         return None, Cleanup(out_dir, check_fresh(out_dir, overwrite, record.get("model"), resuming=resume), broken)
