@@ -375,3 +375,24 @@ def test_generated_kernels_are_named_after_their_sources(tmp_path, monkeypatch):
         assert simd.source_tag() != tag
     finally:
         simd.source_tag.cache_clear()
+
+
+def test_generated_kernels_have_no_source_lines_for_inspect():
+    """The generated kernels (GEMM cores and micro-kernels, attention's) are numbered past the end of the
+    file they are compiled under, so inspect, which Numba asks for their source when it caches them,
+    raises the OSError Numba expects. They were numbered from 1: on Python 3.13 inspect tokenized the
+    module's own lines from the middle of its docstring and raised TokenError, which ended the first
+    compile of every kernel (no training ran on 3.13)."""
+    import inspect
+    from numbagpt.cpu import attention, matmul_bf16, simd
+    env = {}
+    exec(simd.compile_source("def f(x):\n    return x\n", mm.__file__), env)
+    generated = [env["f"]]
+    for gemm in (mm._choice.gemm, matmul_bf16._choice.gemm):
+        if gemm is not None:
+            generated += [gemm.core.py_func] + [k.py_func for k in gemm.microkernels.values()]
+    generated += [k.py_func for k in attention._impl()]   # its forward and backward
+    for f in generated:
+        assert f.__code__.co_firstlineno >= simd.GENERATED_LINE, f.__name__
+        with pytest.raises(OSError, match="out of bounds"):
+            inspect.getsourcelines(f)

@@ -58,7 +58,7 @@ from numba import njit, prange
 
 from . import matmul as _matmul
 from .fastmath import exp_nonpos, max_f32
-from .simd import source_tag, vector_ops
+from .simd import compile_source, source_tag, vector_ops
 
 _FASTMATH = {'reassoc', 'contract'}
 
@@ -379,11 +379,11 @@ def _compile(isa, product=None):
                __name__=__name__)
     for key, a_rows in (("_mkr", True), ("_mkk", False)):
         name = f"{key}_{isa}_{source_tag()}"
-        exec(compile(_microkernel_source(name, b["MR"], a_rows), __file__, "exec"), env)
+        exec(compile_source(_microkernel_source(name, b["MR"], a_rows), __file__), env)
         env[key] = product or njit(cache=True, fastmath=_FASTMATH)(env[name])
     fwd_name, bwd_name = f"_forward_{isa}_{source_tag()}", f"_backward_{isa}_{source_tag()}"
     core = _CORE_SOURCE.replace("def _forward(", f"def {fwd_name}(").replace("def _backward(", f"def {bwd_name}(")
-    exec(compile(core, __file__, "exec"), env)
+    exec(compile_source(core, __file__), env)
     cache = product is None
     fwd = njit(parallel=True, cache=cache, fastmath=_FASTMATH)(env[fwd_name])
     bwd = njit(parallel=True, cache=cache, fastmath=_FASTMATH)(env[bwd_name])

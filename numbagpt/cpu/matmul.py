@@ -82,7 +82,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import matmul_portable
-from .simd import source_tag, vector_ops
+from .simd import compile_source, source_tag, vector_ops
 
 # Blocking per kernel: lanes L, micro-tile MR × NR, and the cache blocks, set from the caches the
 # CPU reports (_cache_bytes). Inside a block the tiles go strip by strip (each KC × NR strip of B,
@@ -365,10 +365,10 @@ def _compile(isa, b, fma=None, core_source=None, env_extra=None):
     kernels = {}
     for key, a_rows in (("UKR", True), ("UKK", False)):
         name = f"_microkernel_{isa}_{b['MR']}x{b['NR']}_{'rows' if a_rows else 'kmajor'}_{source_tag()}"
-        exec(compile(_microkernel_source(name, b["MR"], b["NR"], b["lanes"], a_rows), __file__, "exec"), env)
+        exec(compile_source(_microkernel_source(name, b["MR"], b["NR"], b["lanes"], a_rows), __file__), env)
         kernels[key] = env[key] = njit(cache=True)(env[name])
     core = f"_gemm_{isa}_{b['MR']}x{b['NR']}_{source_tag()}"
-    exec(compile((core_source or _CORE_SOURCE).format(name=core), __file__, "exec"), env)
+    exec(compile_source((core_source or _CORE_SOURCE).format(name=core), __file__), env)
     return kernels, njit(parallel=True, cache=True)(env[core])
 
 

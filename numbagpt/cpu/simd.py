@@ -262,6 +262,20 @@ def vector_ops(lanes):
 _GENERATED_FROM = ("simd.py", "fastmath.py", "matmul.py", "matmul_bf16.py", "attention.py")
 
 
+# The line a generated kernel's source starts at in its module's file (see compile_source).
+GENERATED_LINE = 1_000_000
+
+
+def compile_source(source, filename):
+    """compile() of a generated kernel's source, under the name of the module that generates it
+    (`filename`: Numba's on-disk cache keys on a real file) and numbered from line GENERATED_LINE, past
+    that file's end. Why: when Numba caches a kernel it asks inspect for the kernel's source lines;
+    past the end inspect finds none (OSError, which Numba expects), where Python 3.13's inspect
+    tokenized the module's own lines from the middle of a string and raised TokenError, which ended
+    the first compile of every generated kernel."""
+    return compile("\n" * (GENERATED_LINE - 1) + source, filename, "exec")
+
+
 @functools.cache
 def source_tag():
     """8 hex digits of a hash of _GENERATED_FROM, which the generated kernels carry in their names.
