@@ -1,7 +1,9 @@
-"""Benchmark numbagpt.cpu's attention and crossentropy kernels against the kernels they replaced, in
-the same process: flash attention against the per-head (T, T) kernels (variant 2 of dev/attention.py;
-bench/bench_attention.py adds PyTorch's SDPA and longer sequences), crossentropy against the per-row,
-libm-exp kernel (variant 1 of dev/crossentropy.py).
+"""Benchmark numbagpt.cpu's attention, crossentropy and matvec kernels against the kernels they
+replaced, in the same process: flash attention against the per-head (T, T) kernels (variant 2 of
+dev/attention.py; bench/bench_attention.py adds PyTorch's SDPA and longer sequences), crossentropy
+against the per-row, libm-exp kernel (variant 1 of dev/crossentropy.py), and a decoding step's LM
+head (one row through wte, Vp × C) by matvec_forward against the tiled matmul_forward that ran it
+before.
 
 Shapes: tiny (L=4, NH=4, C=128, B=8, T=256) and d12 (NH=12, C=768, B=4, T=64); crossentropy at
 B·T rows of Vp=50304 logits (V=50257). Each pair is first run once from the same inputs and the
@@ -97,6 +99,19 @@ def crossentropy_rows(name, B, T, median_of, reps):
          lambda: bwd_base(d[1], dl, d[1], targets, B, T, V, Vp), (*d, "dlogits"))
 
 
+def matvec_rows(name, C, median_of, reps):
+    """A decoding step's LM head, one row of C through wte (Vp, C): matvec_forward against matmul_forward."""
+    import numpy as np
+
+    from numbagpt.cpu import matmul_forward, matvec_forward
+    rng = np.random.default_rng(0)
+    inp = rng.standard_normal(C).astype(np.float32)
+    wte = (0.02 * rng.standard_normal(Vp * C)).astype(np.float32)
+    out = [np.zeros(Vp, np.float32) for _ in range(2)]
+    race(median_of, reps, f"{name} matvec_forward (LM head)", lambda: matvec_forward(out[0], inp, wte, None, 1, C, Vp),
+         lambda: matmul_forward(out[1], inp, wte, None, 1, 1, C, Vp), (*out, "logits"))
+
+
 def main(argv=None):
     args = parse_args(argv)
     sys.path.insert(0, ROOT)
@@ -110,6 +125,7 @@ def main(argv=None):
         B, T, C, NH = SHAPES[name]
         attention_rows(name, B, T, C, NH, median_of, args.reps)
         crossentropy_rows(name, B, T, median_of, args.reps)
+        matvec_rows(name, C, median_of, args.reps)
 
 
 if __name__ == "__main__":
