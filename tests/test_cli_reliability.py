@@ -465,7 +465,8 @@ def test_the_cuda_simulator_is_checked_against_host_memory(corpus, tmp_path):
     assert err.count("\n") == 1
 
 
-@pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["INT", "TERM"])
+@pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)],
+                         ids=["INT", "TERM", "HUP"])
 def test_ctrl_c_or_sigterm_ends_with_one_line(corpus, tmp_path, signum, status):
     marker = tmp_path / "paused"
     out = tmp_path / "out"

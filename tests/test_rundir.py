@@ -222,3 +222,41 @@ def test_a_signal_whose_interrupted_python_drops_stops_the_run_at_the_step_end(s
     finally:
         stop.close()
     assert "Exception ignored" not in capsys.readouterr().err
+
+
+class _Ranks:
+    """A world of `size` ranks whose other ranks got `others` (signal numbers, None for none)."""
+
+    def __init__(self, others):
+        self.size = len(others) + 1
+        self.others = others
+
+    def sum(self, mine):
+        return mine + sum(rundir.signal_weight(s, self.size) for s in self.others)
+
+
+@pytest.mark.parametrize("mine,others,expected", [
+    (None, [None, None], None),
+    (signal.SIGINT, [signal.SIGINT, signal.SIGINT], signal.SIGINT),
+    (None, [signal.SIGINT, None], signal.SIGINT),
+    (signal.SIGINT, [signal.SIGHUP, signal.SIGINT], signal.SIGHUP),
+    (signal.SIGHUP, [signal.SIGHUP, signal.SIGHUP], signal.SIGHUP),
+    (signal.SIGINT, [signal.SIGHUP, signal.SIGTERM], signal.SIGTERM),
+    (None, [signal.SIGTERM, signal.SIGHUP, signal.SIGHUP, signal.SIGINT], signal.SIGTERM),
+    (signal.SIGTERM, [None], signal.SIGTERM),
+])
+def test_ranks_stop_with_the_most_serious_signal_any_of_them_got(mine, others, expected):
+    """check() combines the ranks' signals in one sum: every rank raises alike, SIGTERM over SIGHUP
+    over SIGINT, whatever the mix."""
+    stop = rundir.StopRequest()
+    try:
+        stop.attach(_Ranks(others))
+        stop.signum = mine
+        if expected is None:
+            stop.check()
+            return
+        with pytest.raises(rundir.Interrupted) as e:
+            stop.check()
+        assert e.value.signum == expected
+    finally:
+        stop.close()

@@ -51,7 +51,7 @@ def main(argv=None):
     from numbagpt import dist  # imports mpi4py only under an MPI launcher; numba not yet
     from numbagpt.train import checkpoint, rundir, trainer
     progress = rundir.Progress()
-    stop = rundir.StopRequest()  # from here on SIGINT and SIGTERM end the run with one line
+    stop = rundir.StopRequest()  # from here on SIGINT, SIGTERM and SIGHUP end the run with one line
     world = None
     try:
         try:
@@ -64,7 +64,7 @@ def main(argv=None):
         trainer.train(config, world=world, progress=progress, stop=stop)
         return 0
     except rundir.Interrupted as e:
-        # Ctrl-C or SIGTERM: one line, no traceback (with several ranks, every rank stops after the
+        # Ctrl-C, SIGTERM or SIGHUP: one line, no traceback (with several ranks, every rank stops after the
         # same step and returns normally: a rank that ended without MPI_Finalize would make the
         # launcher kill the others before rank 0 has printed)
         if world is None or world.is_master:

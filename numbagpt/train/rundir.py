@@ -339,7 +339,7 @@ def check_steps_left(out_dir, step, max_steps):
 
 
 # ----------------------------------------------------------------------------------------------
-# Ctrl-C and SIGTERM
+# Ctrl-C, SIGTERM and SIGHUP
 
 class Progress:
     """Where a run is, for the line a signal ends it with."""
@@ -355,8 +355,9 @@ class Progress:
 
 
 class Interrupted(KeyboardInterrupt):
-    """A run stopped by a signal: SIGINT (Ctrl-C) or SIGTERM (kill, Slurm's scancel, a launcher
-    passing either on). `signum` makes the exit status, 128 + signum: 130 for Ctrl-C, 143 for SIGTERM."""
+    """A run stopped by a signal: SIGINT (Ctrl-C), SIGTERM (kill, Slurm's scancel, a launcher
+    passing either on) or SIGHUP (the terminal that started it closed). `signum` makes the exit
+    status, 128 + signum: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP."""
 
     def __init__(self, signum=signal.SIGINT):
         super().__init__(signal.Signals(signum).name)
@@ -368,8 +369,9 @@ class Interrupted(KeyboardInterrupt):
 
 
 class StopRequest:
-    """SIGINT and SIGTERM end a run with one line, whichever arrives (a terminal's Ctrl-C, `kill`,
-    the launcher forwarding either). Alone (or before `attach` gives the world), a signal raises
+    """SIGINT, SIGTERM and SIGHUP end a run with one line, whichever arrives (a terminal's Ctrl-C,
+    `kill`, the launcher forwarding either, the terminal closing: the line then goes wherever stderr
+    was sent, a log file, and main.log keeps every step the run finished). Alone (or before `attach` gives the world), a signal raises
     Interrupted at once. With several ranks it must stop them all at the same step, not each inside
     a different collective: the first signal only sets a flag that `check()` combines over the
     ranks once a step; a second one raises at once. (The handler runs between two kernels: a running
@@ -377,7 +379,7 @@ class StopRequest:
     (inside a ctypes callback: Numba's compiler calls back into Python) is raised again by `check()`
     at the end of the step, and `got` tells the commands that a signal came, whatever error follows."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def __init__(self):
         self.world = None
@@ -415,18 +417,27 @@ class StopRequest:
 
     def check(self):
         """Raise Interrupted on every rank alike when any rank got a signal (one tiny allreduce per
-        step). The exit status is alike too: SIGTERM's if any rank got SIGTERM, else SIGINT's."""
+        step). The exit status is alike too: the most serious signal's of any rank (SIGTERM, then
+        SIGHUP, then SIGINT)."""
         if self.world is None or self.world.size == 1:
             if self.signum is not None:   # its Interrupted was dropped (raised inside a ctypes callback)
                 self._raise(self.signum)
             return
         size = self.world.size
-        n = self.world.sum({signal.SIGINT: 1, signal.SIGTERM: size + 1}.get(self.signum, 0))
-        if n:   # one SIGTERM outweighs the SIGINTs of every rank
-            self._raise(signal.SIGTERM if n > size else signal.SIGINT)
+        n = self.world.sum(signal_weight(self.signum, size))
+        if n:
+            self._raise(max((s for s in self.SIGNALS if signal_weight(s, size) <= n),
+                            key=lambda s: signal_weight(s, size)))
 
     def close(self):
         for s, handler in self.previous.items():
             signal.signal(s, handler)
         self.previous = {}
         sys.unraisablehook = self.unraisable
+
+
+def signal_weight(signum, size):
+    """What a rank of `size` adds to StopRequest.check()'s sum for its signal (None: none): one
+    SIGTERM outweighs the SIGHUPs and SIGINTs of every rank, one SIGHUP their SIGINTs, so the sum
+    names the most serious signal any rank got."""
+    return {signal.SIGINT: 1, signal.SIGHUP: size + 1, signal.SIGTERM: (size + 1) ** 2}.get(signum, 0)
