@@ -44,7 +44,7 @@ _ONE = np.float32(1.0)
 
 
 @cuda.jit(device=True, inline=True)
-def row_mean_minus(inp, x, k, lane, C):
+def _row_mean_minus(inp, x, k, lane, C):
     """mean over the row inp[x : x+C] of (inp − k), summed in float32 by the warp's lanes (every lane
     gets it); with k near the row's mean the sum sees the row's spread, not its offset."""
     s = _ZERO
@@ -62,7 +62,7 @@ def normalize_row(out, mean, rstd, inp, k, weight, bias, row, lane, C):
     # see the row's spread, not its offset (a row at 5 ± 0.1 would lose 1 ulp of 5 = 5e-6 of its
     # spread in a plain sum), and the output is normalised with (x − k) − d, never with the
     # rounded mean. Only the saved mean k + d is rounded.
-    d = row_mean_minus(inp, x, k, lane, C)
+    d = _row_mean_minus(inp, x, k, lane, C)
     v = _ZERO
     for i in range(lane, C, 32):
         e = (inp[x + i] - k) - d
@@ -110,7 +110,7 @@ def layernorm_backward_dinp_kernel(dinp, dout, inp, weight, mean, rstd, B, T, C)
         # The saved mean is rounded to float32 (up to 1/2 ulp of the row's offset): recover the
         # remainder c = mean(x − m) (each x − m is exact near the mean, their sum is small) and
         # normalise with (x − m) − c, else a row of tiny spread gets norm shifted by ulp(m)·rstd.
-        c = row_mean_minus(inp, x, m, lane, C)
+        c = _row_mean_minus(inp, x, m, lane, C)
         a = _ZERO
         b = _ZERO
         for i in range(lane, C, 32):

@@ -49,12 +49,6 @@ def model_steps(out_dir):
     return _steps(out_dir, r"model_(\d{8})\.bin")
 
 
-def latest_step(out_dir):
-    """The highest step with a DONE file in out_dir, or None (whether its files verify or not)."""
-    steps = done_steps(out_dir)
-    return steps[-1] if steps else None
-
-
 def run_files(out_dir):
     """The names of the files in out_dir that a training run writes (checkpoints, models, DONE)."""
     names = os.listdir(out_dir) if out_dir and os.path.isdir(out_dir) else []
