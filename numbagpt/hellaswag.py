@@ -118,14 +118,28 @@ def rank_range(num_examples, rank, size):
     return min(per * rank, num_examples), min(per * (rank + 1), num_examples)
 
 
+def check_examples(examples, vocab_size, max_len, source="the eval file"):
+    """ValueError, naming `source`, for the first example a model of this vocabulary and maxT cannot
+    score: a token id outside the vocabulary (a file tokenized for another model), or a completion
+    that leaves no room for a token of context. Checked whole before any scoring, so that a run
+    with -h 1 finds out at start-up, not at its first eval."""
+    for ex in examples:
+        ids = ex.context + [t for c in ex.completions for t in c]
+        if max(ids) >= vocab_size:
+            raise ValueError(f"{source}: example {ex.index}: token id {max(ids)} is outside the model's "
+                             f"vocabulary of {vocab_size} (a file tokenized for another model?)")
+        longest = max(len(c) for c in ex.completions)
+        if longest + 1 > max_len:
+            raise ValueError(f"{source}: example {ex.index}: a completion of {longest} tokens does not fit the "
+                             f"model's maxT {max_len} (with one token of context)")
+
+
 def _rows(example, max_len):
     """(tokens, first, last) per completion: context + completion (the context cut from the left to
-    fit max_len), and the range [first, last) of positions whose targets are the completion."""
+    fit max_len; check_examples has made sure each fits), and the range [first, last) of positions
+    whose targets are the completion."""
     out = []
     for comp in example.completions:
-        if len(comp) + 1 > max_len:
-            raise ValueError(f"example {example.index}: a completion of {len(comp)} tokens does not fit the "
-                             f"model's maxT {max_len}")
         context = example.context[-(max_len - len(comp)):]
         out.append((context + comp, len(context) - 1, len(context) + len(comp) - 1))
     return out
@@ -174,13 +188,8 @@ def evaluate(model, examples, world=None, rows_per_batch=32, progress=None, sour
         raise ValueError(f"{source}: no examples to evaluate")
     rank, size = (world.rank, world.size) if world is not None else (0, 1)
     start, end = rank_range(len(examples), rank, size)
-    V = model.config.vocab_size
+    check_examples(examples, model.config.vocab_size, model.config.max_seq_len, source)   # every rank alike
     mine = examples[start:end]
-    for ex in mine:
-        ids = ex.context + [t for c in ex.completions for t in c]
-        if max(ids) >= V:
-            raise ValueError(f"{source}: example {ex.index}: token id {max(ids)} is outside the model's "
-                             f"vocabulary of {V} (a file tokenized for another model?)")
     per_batch = examples_per_batch(mine, rows_per_batch)
     correct = 0
     for i in range(0, len(mine), per_batch):

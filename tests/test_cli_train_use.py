@@ -64,3 +64,24 @@ def test_hellaswag_file_missing_is_one_line(tmp_path, capsys, corpus):
     with pytest.raises(SystemExit):
         train.main(["--help"])
     assert "--hellaswag" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("example,why", [
+    ((0, [1], [[2], [99]]), "example 0: token id 99 is outside the model's vocabulary of"),
+    ((0, [1], [[2], [3] * 40]), "example 0: a completion of 40 tokens does not fit the model's maxT 32"),
+], ids=["vocabulary", "maxT"])
+def test_a_hellaswag_file_the_model_cannot_score_is_refused_before_the_first_step(tmp_path, capsys, corpus,
+                                                                                 example, why):
+    """-h 1 checks every example against the model at start-up: the run used to train up to its
+    first eval (-v steps) and die there, with no model written."""
+    paths, model_path, _ = corpus
+    bad = tmp_path / "bad.bin"
+    hellaswag.write_eval_file(bad, [(0, [1], [[2], [3]]), example])
+    out = tmp_path / "out"
+    code = train.main(["-i", paths["train"], "-e", model_path, "-o", str(out), "-x", "4", "-v", "2", "-t", "16",
+                       "-b", "2", "--omp-threads", "1", "-h", "1", "--hellaswag-file", str(bad)])
+    cap = capsys.readouterr()
+    assert code == 1
+    assert cap.err.startswith(f"train_gpt2: error: -h 1: {bad}: {why.replace('example 0', 'example 1')}")
+    assert cap.err.count("\n") == 1
+    assert "step 1/" not in cap.out   # no step trained

@@ -140,7 +140,13 @@ def test_eval_gpt2_command(tmp_path, capsys):
     assert capsys.readouterr().err == f"eval_gpt2: error: {tmp_path / 'nope.bin'}: no such file (HellaSwag eval file)\n"
     hs.write_eval_file(tmp_path / "big.bin", [(0, [1], [[V + 3], [2]])])
     assert main(["-e", str(tmp_path / "m.bin"), "--hellaswag", str(tmp_path / "big.bin")]) == 1
-    assert "example 0: token id 19 is outside the model's vocabulary of 16" in capsys.readouterr().err
+    assert capsys.readouterr().err == (f"eval_gpt2: error: {tmp_path / 'big.bin'}: example 0: token id 19 is outside "
+                                       f"the model's vocabulary of 16 (a file tokenized for another model?)\n")
+    hs.write_eval_file(tmp_path / "long.bin", [(0, [1], [[2], [3]]), (1, [1], [[2], [3] * 12])])
+    for check in ([], ["--no-memory-check"]):   # the memory check's rows need it first
+        assert main(["-e", str(tmp_path / "m.bin"), "--hellaswag", str(tmp_path / "long.bin")] + check) == 1
+        assert capsys.readouterr().err == (f"eval_gpt2: error: {tmp_path / 'long.bin'}: example 1: a completion of 12 "
+                                           f"tokens does not fit the model's maxT 12 (with one token of context)\n")
 
 
 def test_eval_gpt2_refuses_a_batch_that_does_not_fit(tmp_path, capsys, monkeypatch):

@@ -62,6 +62,7 @@ def run(args, world):
 
     from numbagpt import hellaswag
     from numbagpt.backend import get_backend
+    from numbagpt.files import formats
     from numbagpt.model import GPT2
     from numbagpt.train.checkpoint import resolve_model
 
@@ -70,6 +71,8 @@ def run(args, world):
     world.setup_device(backend)  # a GPU: this rank's, before anything is allocated on it
     examples = hellaswag.read_eval_file(args.hellaswag)
     path = resolve_model(args.model)
+    cfg = formats.read_model_header(path)[0]   # examples it cannot score: refused before it is read
+    hellaswag.check_examples(examples, cfg.vocab_size, cfg.max_seq_len, args.hellaswag)
     if not args.no_memory_check:  # before the parameters are read (on the device, for a GPU)
         check_memory(path, examples, args.batch_size, backend, world)
     model = GPT2.from_file(path, backend=backend, precision=args.precision)

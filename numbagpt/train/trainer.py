@@ -202,7 +202,7 @@ class Run:
             self.resume(resume_step)
         self.log = open_log(c, world, resume_step=self.start_step if resume_step is not None else None)
         keep_tokenizer(c, world, self.tok_path)
-        self.hellaswag = open_hellaswag(c)
+        self.hellaswag = open_hellaswag(c, self.model.config)
         self.val_loss = None
 
     def resume(self, resume_step):
@@ -479,15 +479,19 @@ def keep_tokenizer(config, world, tok_path):
             atomic.write_bytes(dst, f.read())   # complete or absent, like every file of the run
 
 
-def open_hellaswag(config):
-    """The HellaSwag examples for -h 1 (None for -h 0)."""
+def open_hellaswag(config, model_config):
+    """The HellaSwag examples for -h 1 (None for -h 0), checked against the model now: a file it
+    cannot score is refused before the first step, not at the first eval."""
     from .. import hellaswag
     if not config.hellaswag:
         return None
     if not os.path.isfile(config.hellaswag_file):
         raise FileNotFoundError(f"-h 1: no HellaSwag eval file at {config.hellaswag_file} (llm.c's "
                                 f"dev/data/hellaswag.py writes it; --hellaswag-file FILE, docs/use.md)")
-    return hellaswag.read_eval_file(config.hellaswag_file)
+    examples = hellaswag.read_eval_file(config.hellaswag_file)
+    hellaswag.check_examples(examples, model_config.vocab_size, model_config.max_seq_len,
+                             f"-h 1: {config.hellaswag_file}")
+    return examples
 
 
 def plot_log(log_path, say):
