@@ -89,8 +89,10 @@ def read_eval_file(path):
             raise bad(f"expected the start marker {START}, found {s[pos]}")
         nbytes, index, label, ncomp, nctx = (int(x) for x in s[pos + 1:pos + 6])
         end = pos + nbytes // 2
-        if nbytes % 2 or end > s.size or nbytes < 12:
+        if nbytes % 2 or nbytes < 12:
             raise bad(f"bad length {nbytes} bytes")
+        if end > s.size:
+            raise bad(f"the file ends {2 * (end - s.size)} bytes into it (truncated; the header says {n} examples)")
         if index != i:
             raise bad(f"its index field says {index}")
         if not 0 <= label < ncomp:

@@ -79,6 +79,7 @@ def test_file_round_trip(tmp_path):
     (lambda b: b[:4] + b"\x00" * 4 + b[8:], "unsupported eval file version: expected 1, found 0"),
     (lambda b: b"\x01" + b[1:], "bad magic number"),
     (lambda b: b[:-2], "example 2 (at uint16"),
+    (lambda b: b[:-4], "the file ends 4 bytes into it (truncated; the header says 3 examples)"),
     (lambda b: b + b"\x00\x00", "2 bytes after the 3 examples"),
     (lambda b: b[:1024] + b"\x00" + b[1025:], "example 0 (at uint16 0): expected the start marker 65535"),
 ])
