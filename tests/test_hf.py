@@ -158,6 +158,71 @@ def test_import_refuses_an_existing_file_and_export_a_file_for_its_dir(tmp_path,
     assert f"{tmp_path / 'keep.bin' / 'sub'}: cannot create the directory" in err and "Errno" not in err
 
 
+def _saved(tmp_path, **kwargs):
+    """A small transformers GPT-2 saved by save_pretrained(**kwargs), and its float32 state dict."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=300, n_positions=16, n_embd=24, n_layer=2, n_head=3)
+    hfm = transformers.GPT2LMHeadModel(config)
+    if kwargs.pop("bf16", False):
+        hfm = hfm.to(torch.bfloat16)
+    hfm.save_pretrained(tmp_path / "hf", **kwargs)
+    return {k: v.detach().float().numpy() for k, v in hfm.state_dict().items()}
+
+
+@pytest.mark.parametrize("save", [dict(bf16=True), dict(max_shard_size="20KB"), dict(bf16=True, max_shard_size="10KB")],
+                         ids=["bf16", "sharded", "bf16-sharded"])
+def test_import_reads_bfloat16_and_sharded_saves(tmp_path, save):
+    """A model saved in bfloat16 (safetensors' numpy reader has no type for it: import_hf called the
+    file unreadable) or in shards (model.safetensors.index.json and its files: 'no such file'): the
+    imported weights are the saved ones, a bfloat16's widened exactly."""
+    sd = _saved(tmp_path, **save)
+    names = os.listdir(tmp_path / "hf")
+    assert ("model.safetensors.index.json" in names) == ("max_shard_size" in save)
+    assert import_main([str(tmp_path / "hf"), str(tmp_path / "m.bin")]) == 0
+    views = GPT2.from_file(tmp_path / "m.bin").param_layout.host_views(
+        GPT2.from_file(tmp_path / "m.bin").parameters_host())
+    np.testing.assert_array_equal(views["wte"][:300], sd["transformer.wte.weight"])
+    np.testing.assert_array_equal(views["fcprojw"][1], sd["transformer.h.1.mlp.c_proj.weight"].T)
+    np.testing.assert_array_equal(views["lnfb"], sd["transformer.ln_f.bias"])
+    if save.get("bf16"):
+        assert not (views["qkvw"].view(np.uint32) & 0xFFFF).any()   # every value a bfloat16
+        assert np.abs(views["qkvw"]).max() > 0
+
+
+def test_a_sharded_save_with_a_missing_or_bad_shard_is_one_line(tmp_path, capsys):
+    _saved(tmp_path, max_shard_size="20KB")
+    capsys.readouterr()   # transformers' progress bar
+    d = tmp_path / "hf"
+    index = json.loads((d / "model.safetensors.index.json").read_text())
+    shard = sorted(set(index["weight_map"].values()))[-1]
+    (d / shard).rename(d / "elsewhere")
+    assert import_main([str(d), str(tmp_path / "m.bin")]) == 1
+    assert capsys.readouterr().err == (f"import_hf: error: {d / shard}: no such file "
+                                       f"(model.safetensors.index.json names it)\n")
+    (d / shard).write_bytes(b"garbage")
+    assert import_main([str(d), str(tmp_path / "m.bin")]) == 1
+    assert capsys.readouterr().err.startswith(f"import_hf: error: {d / shard}: not a readable safetensors file")
+    (d / "model.safetensors.index.json").write_text("[1, 2]")
+    assert import_main([str(d), str(tmp_path / "m.bin")]) == 1
+    assert "model.safetensors.index.json: not a safetensors index" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "m.bin")
+
+
+def test_export_force_removes_what_save_pretrained_left(tmp_path):
+    """--force over a directory that save_pretrained wrote (tokenizer.json, a sharded index): a small
+    model's export there loads as itself, not with GPT-2's tokenizer or the earlier weights."""
+    _saved(tmp_path, max_shard_size="20KB")
+    hf_dir = tmp_path / "hf"
+    (hf_dir / "tokenizer.json").write_text("{}")
+    (hf_dir / "added_tokens.json").write_text("{}")
+    random_model(tmp_path / "m.bin", V=100)
+    hf.export_hf(tmp_path / "m.bin", hf_dir, force=True)
+    left = set(os.listdir(hf_dir))
+    assert not left & {"tokenizer.json", "added_tokens.json", "model.safetensors.index.json"}, left
+    hfm = transformers.GPT2LMHeadModel.from_pretrained(hf_dir)
+    assert hfm.config.vocab_size == 100
+
+
 def test_import_reads_the_original_gpt2_key_names(tmp_path):
     # OpenAI's GPT-2 on the Hugging Face hub stores GPT2Model keys (no "transformer." prefix) and the
     # causal-mask buffers h.N.attn.bias; lm_head.weight, when present, must be the tied wte

