@@ -1,6 +1,7 @@
 """Model descriptors (llm.c's table), custom shapes over them, vocabulary padding, tokenizer lookup."""
 import os
 
+import numpy as np
 import pytest
 
 from numbagpt.config import GPT2_VOCAB, build_config, descriptor_shape, is_descriptor, pad_vocab, preset
@@ -69,3 +70,21 @@ def test_tokenizer_next_to_the_shards(tmp_path):
     os.remove(tmp_path / "play_tokenizer.bin")
     assert tokenizer_next_to(str(tmp_path / "play_train.bin")) is None
     assert tokenizer_next_to(str(tmp_path / "nothing_*.bin")) is None
+
+
+def test_shards_and_tokenizer_named_with_glob_characters(tmp_path):
+    """prepare_data names the shards after the text file: `my[1].txt` gives `my[1]_train.bin`, which
+    -i must open as the file it is (as a glob it matched nothing: 'no data shard matches', and the
+    tokenizer beside it was missed, so the model took GPT-2's vocabulary)."""
+    from numbagpt.files.data import DataLoader
+    from numbagpt.files.formats import write_shard
+    d = tmp_path / "run [a]"
+    d.mkdir()
+    write_shard(d / "my[1]_train.bin", np.arange(100) % 9)
+    CharTokenizer.from_text("hello world").save(str(d / "my[1]_tokenizer.bin"))
+    assert DataLoader(str(d / "my[1]_train.bin"), 2, 4).files == [str(d / "my[1]_train.bin")]
+    assert tokenizer_next_to(str(d / "my[1]_train.bin")) == str(d / "my[1]_tokenizer.bin")
+    write_shard(d / "my1_train.bin", np.arange(100) % 9)   # the glob still globs where no file has its name
+    assert DataLoader(str(d / "my[1]_train.bin"), 2, 4).files == [str(d / "my[1]_train.bin")]
+    glob_dir = str(d).replace("[", "[[]")   # the directory's own brackets escaped, as a user would
+    assert DataLoader(glob_dir + "/my[0-9]_train.bin", 2, 4).files == [str(d / "my1_train.bin")]

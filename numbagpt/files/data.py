@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from .atomic import is_temp_name, make_dir
-from .formats import FormatError, check_tokens, open_shard, read_shard_header, write_shard
+from .formats import FormatError, check_tokens, open_shard, read_shard_header, shard_files, write_shard
 from .tokenizer import Tokenizer, get_tokenizer
 
 # bump when builtin_text() or prepare() would produce different files, so caches are rebuilt
@@ -48,7 +48,7 @@ class DataLoader:
         files = []
         for p in patterns:
             p = os.fspath(p)
-            matched = sorted(globlib.glob(p))
+            matched = shard_files(p)
             if not matched:
                 raise FileNotFoundError(f"no data shard matches {p!r}")
             files.extend(matched)
@@ -419,7 +419,8 @@ def find_tokenizer(explicit, model_path, vocab_size, flag="--tokenizer"):
         if tok.vocab_size != vocab_size:
             raise ValueError(f"{explicit}: a {tok.vocab_size}-token tokenizer, the model has {vocab_size} tokens")
         return tok
-    near = sorted(globlib.glob(os.path.join(os.path.dirname(os.path.abspath(model_path)), "*tokenizer*.bin"))
+    near = sorted(globlib.glob(os.path.join(globlib.escape(os.path.dirname(os.path.abspath(model_path))),
+                                            "*tokenizer*.bin"))
                   ) if model_path else []
     builtin = [os.path.join(builtin_data_dir(tokenizer=name), f"{BUILTIN_NAME}_tokenizer.bin")
                for name in ("char",)]

@@ -8,6 +8,7 @@ Big arrays are read with `np.fromfile(..., offset=...)` straight into their fina
 copy). Every writer goes through `atomic.atomic_write`: the file appears complete under its name or
 not at all, and a failed write (disk full, ...) raises an OSError naming the file.
 """
+import glob
 import hashlib
 import json
 import os
@@ -354,6 +355,14 @@ def _shard_header(path):
         raise FormatError(f"{path}: bad data shard header: negative token count {ntok}")
     _check_size(path, f"data shard ({ntok} tokens)", HEADER_BYTES + dtype.itemsize * ntok, size)
     return ntok, dtype
+
+
+def shard_files(pattern):
+    """The files `pattern` names, sorted: the file itself when one has that very name (a name with
+    glob characters, `my[1]_train.bin`, as prepare_data writes it from `my[1].txt`), else the glob's
+    matches."""
+    pattern = os.fspath(pattern)
+    return [pattern] if os.path.isfile(pattern) else sorted(glob.glob(pattern))
 
 
 def read_shard_header(path):

@@ -18,7 +18,7 @@ import json
 import os
 import re
 
-from .formats import read_tokenizer_file, write_tokenizer_file
+from .formats import read_tokenizer_file, shard_files, write_tokenizer_file
 
 EOT_TEXT = "<|endoftext|>"
 GPT2_EOT = 50256
@@ -239,7 +239,7 @@ def tokenizer_next_to(data_glob):
     """The tokenizer file that prepare_data (and llm.c's dev/data scripts) write beside the shards:
     NAME_tokenizer.bin for NAME_train*.bin / NAME_val*.bin; else the directory's only *_tokenizer.bin.
     None when there is none."""
-    files = sorted(glob.glob(os.fspath(data_glob)))
+    files = shard_files(data_glob)
     if not files:
         return None
     first = files[0]
@@ -249,7 +249,7 @@ def tokenizer_next_to(data_glob):
         candidate = os.path.join(folder, f"{m.group(1)}_tokenizer.bin")
         if os.path.isfile(candidate):
             return candidate
-    found = sorted(glob.glob(os.path.join(folder or ".", "*_tokenizer.bin")))
+    found = sorted(glob.glob(os.path.join(glob.escape(folder or "."), "*_tokenizer.bin")))
     return found[0] if len(found) == 1 else None
 
 
