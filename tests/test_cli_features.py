@@ -3,6 +3,7 @@ in main.log, the spike guard on a planted spike, -a 1 overfitting one batch, mod
 command line with the data's vocabulary, the startup lines, and the help's defaults."""
 import math
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -238,11 +239,17 @@ def test_a_tokenizer_smaller_than_the_model_is_not_used_to_decode(tmp_path, caps
     big = GPT2(GPT2Config(max_seq_len=16, vocab_size=200, num_layers=1, num_heads=2, channels=16))
     big.init_weights(0)
     big.save(str(tmp_path / "v200.bin"))
-    argv = ["-i", corpus["train"], "-e", str(tmp_path / "v200.bin"), "-o", "", "-b", "2", "-t", "8", "-x", "2",
-            "-s", "2", "-g", "20", "--omp-threads", "1", "-v", "0"]
-    code, out, err = run(capsys, argv)  # the tokenizer found beside the shards: a note, no decoding
+    # shards that are not prepare_data's NAME_train.bin: the directory's only tokenizer is a guess
+    shutil.copy(corpus["train"], tmp_path / "shard_train_a.bin")
+    shutil.copy(corpus["tokenizer"], tmp_path / "other_tokenizer.bin")
+    argv = ["-i", str(tmp_path / "shard_train_a.bin"), "-e", str(tmp_path / "v200.bin"), "-o", "", "-b", "2", "-t",
+            "8", "-x", "2", "-s", "2", "-g", "20", "--omp-threads", "1", "-v", "0"]
+    code, out, err = run(capsys, argv)  # a note, no decoding
     assert code == 0, err
     assert f"has {corpus['vocab']} tokens, the model V=200: samples are printed as token ids" in out
     assert "--- sample at step 2 (token ids: no tokenizer, --tokenizer) ---" in out
-    code, out, err = run(capsys, argv + ["--tokenizer", corpus["tokenizer"]])  # named: an error
+    code, out, err = run(capsys, argv + ["--tokenizer", str(tmp_path / "other_tokenizer.bin")])  # named: an error
     assert code == 1 and "fewer than the model's vocabulary V=200" in err
+    argv[1] = corpus["train"]   # the shards' own tokenizer (prepare_data's): tokenized for another model
+    code, out, err = run(capsys, argv)
+    assert code == 1 and "the shards were tokenized for another vocabulary" in err

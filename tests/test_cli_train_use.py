@@ -85,3 +85,38 @@ def test_a_hellaswag_file_the_model_cannot_score_is_refused_before_the_first_ste
     assert cap.err.startswith(f"train_gpt2: error: -h 1: {bad}: {why.replace('example 0', 'example 1')}")
     assert cap.err.count("\n") == 1
     assert "step 1/" not in cap.out   # no step trained
+
+
+def test_shards_tokenized_for_another_vocabulary_are_refused(tmp_path, capsys, corpus):
+    """A model whose V is not the vocabulary of the shards' own tokenizer (prepare_data's
+    NAME_tokenizer.bin), e.g. GPT-2 fine-tuned on char shards: it trained on ids that mean other
+    tokens, with a note about samples. Now one line, before the first step."""
+    paths, _, _ = corpus
+    other = GPT2(GPT2Config(max_seq_len=32, vocab_size=100, num_layers=1, num_heads=2, channels=16))
+    other.init_weights(0)
+    other.save(str(tmp_path / "v100.bin"))
+    code = train.main(["-i", paths["train"], "-e", str(tmp_path / "v100.bin"), "-o", "", "-x", "1", "-t", "16",
+                       "-b", "2", "--omp-threads", "1"])
+    cap = capsys.readouterr()
+    assert code == 1
+    assert cap.err.startswith(f"train_gpt2: error: {paths['tokenizer']}, the tokenizer of the train shards, has ")
+    assert "the model -e " in cap.err and "V=100: the shards were tokenized for another vocabulary" in cap.err
+    assert "step 1/" not in cap.out
+
+
+def test_two_prepared_sets_with_different_tokenizers_in_one_glob_are_refused(tmp_path, capsys):
+    """prepare_data twice into one directory (two texts, char tokenizers of different characters), then
+    -i "dir/*_train.bin": the shards' ids meant different characters and the run trained on the mix
+    with the first set's tokenizer. Sets tokenized alike (same tokenizer bytes) still mix."""
+    d = tmp_path / "data"
+    data.prepare(str(d), "abcdefgh " * 200, tokenizer="char", val_fraction=0.1, name="one", verbose=False)
+    data.prepare(str(d), "stuvwxyz " * 200, tokenizer="char", val_fraction=0.1, name="two", verbose=False)
+    argv = ["-i", str(d / "*_train.bin"), "-o", "", "-x", "1", "-t", "16", "-b", "2", "--omp-threads", "1",
+            "--layers", "1", "--heads", "2", "--channels", "16", "--max-seq-len", "16", "-s", "0"]
+    assert train.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err == (f"train_gpt2: error: {d / 'two_train.bin'} and {d / 'one_train.bin'} were tokenized differently "
+                   f"({d / 'two_tokenizer.bin'} and {d / 'one_tokenizer.bin'} differ): give -i/-j globs that "
+                   f"match one prepared set\n")
+    data.prepare(str(d), "abcdefgh " * 300, tokenizer="char", val_fraction=0.1, name="two", verbose=False)
+    assert train.main(argv) == 0, capsys.readouterr().err

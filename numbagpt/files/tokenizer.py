@@ -235,6 +235,40 @@ def load_tokenizer(path):
     return BytesTokenizer(table, eot)
 
 
+def _named_tokenizer(shard):
+    """NAME_tokenizer.bin beside a NAME_train*.bin / NAME_val*.bin shard, if there is one, else None."""
+    folder, base = os.path.split(shard)
+    m = re.match(r"(.*?)_(train|val)(?:_?\d+)?\.bin$", base)
+    candidate = m and os.path.join(folder, f"{m.group(1)}_tokenizer.bin")
+    return candidate if candidate and os.path.isfile(candidate) else None
+
+
+def named_tokenizers(data_glob):
+    """{NAME_tokenizer.bin: the first shard it belongs to} over the shards data_glob matches."""
+    out = {}
+    for shard in shard_files(data_glob):
+        tok = _named_tokenizer(shard)
+        if tok is not None:
+            out.setdefault(tok, shard)
+    return out
+
+
+def check_one_tokenization(*data_globs):
+    """ValueError when the shards these globs match carry tokenizer files that differ (two sets that
+    prepare_data wrote into one directory, `-i "data/*_train.bin"` matching both): their token ids
+    mean different things, and a model trained on the mix learns nothing of either."""
+    first = None
+    for data_glob in data_globs:
+        for tok, shard in named_tokenizers(data_glob).items() if data_glob else ():
+            with open(tok, "rb") as f:
+                content = f.read()
+            if first is None:
+                first = (tok, shard, content)
+            elif content != first[2]:
+                raise ValueError(f"{shard} and {first[1]} were tokenized differently ({tok} and {first[0]} "
+                                 f"differ): give -i/-j globs that match one prepared set")
+
+
 def tokenizer_next_to(data_glob):
     """The tokenizer file that prepare_data (and llm.c's dev/data scripts) write beside the shards:
     NAME_tokenizer.bin for NAME_train*.bin / NAME_val*.bin; else the directory's only *_tokenizer.bin.
@@ -242,13 +276,10 @@ def tokenizer_next_to(data_glob):
     files = shard_files(data_glob)
     if not files:
         return None
-    first = files[0]
-    folder, base = os.path.split(first)
-    m = re.match(r"(.*?)_(train|val)(?:_?\d+)?\.bin$", base)
-    if m:
-        candidate = os.path.join(folder, f"{m.group(1)}_tokenizer.bin")
-        if os.path.isfile(candidate):
-            return candidate
+    folder = os.path.dirname(files[0])
+    named = _named_tokenizer(files[0])
+    if named:
+        return named
     found = sorted(glob.glob(os.path.join(glob.escape(folder or "."), "*_tokenizer.bin")))
     return found[0] if len(found) == 1 else None
 

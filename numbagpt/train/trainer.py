@@ -446,7 +446,13 @@ def open_data(config, world, cfg, paths, say):
     if val_glob and c.val_every > 0 and c.val_batches > 0:
         val_loader = data.DataLoader(val_glob, B, T, rank=world.rank, world_size=world.size,
                                      vocab_size=cfg.vocab_size, model=c.model)
+    tokenizer.check_one_tokenization(train_glob, val_glob)
     tok = tokenizer.load_tokenizer(tok_path) if tok_path else None
+    if tok is not None and tok.vocab_size != cfg.vocab_size and tok_path in tokenizer.named_tokenizers(train_glob):
+        # the shards' own tokenizer (prepare_data's NAME_tokenizer.bin): they were made for another model
+        raise ValueError(f"{tok_path}, the tokenizer of the train shards, has {tok.vocab_size} tokens, the model "
+                         f"-e {c.model} V={cfg.vocab_size}: the shards were tokenized for another vocabulary "
+                         f"(prepare_data --tokenizer gpt2 makes GPT-2's)")
     if tok is not None and tok.vocab_size < cfg.vocab_size:  # it could not decode every sampled id
         if c.tokenizer:
             raise ValueError(f"--tokenizer {tok_path} has {tok.vocab_size} tokens, fewer than the model's "
