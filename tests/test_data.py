@@ -168,10 +168,9 @@ def test_prepare_files_char_and_cli(tmp_path, capsys):
         prepare_main(["--val-fraction", "1.5", str(f1)])
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(SystemExit) as e:
-        prepare_main(["-o", str(out), str(tmp_path / "empty.txt")])
-    assert str(e.value) == (f"prepare_data: error: {tmp_path / 'empty.txt'}: 0 tokens split by --val-fraction 0.1 "
-                            "into 0 val and 0 train tokens; each shard needs at least 2 (a larger --val-fraction, "
-                            "or more text)")
+        prepare_main(["-o", str(tmp_path / "new"), str(tmp_path / "empty.txt")])
+    assert str(e.value) == f"prepare_data: error: {tmp_path / 'empty.txt'}: no text to tokenize (empty)"
+    assert not (tmp_path / "new").exists()   # the directory it made for the refused text is gone again
     for i in range(5):   # many files: the first named, the rest counted
         (tmp_path / f"s{i}.txt").write_text("abc")
     with pytest.raises(SystemExit) as e:
@@ -268,3 +267,15 @@ def test_a_prepare_over_another_cut_short_never_mixes_two_texts(tmp_path, crash)
                 t.encode() for t in set("xyz, !\n"))
     assert subprocess.run(cmd("c.txt"), capture_output=True).returncode == 0
     assert sorted(os.listdir(tmp_path / "out")) == ["d_tokenizer.bin", "d_train.bin", "d_val.bin"]
+
+
+def test_a_refused_text_leaves_the_earlier_set_in_place(tmp_path):
+    """A char text of more than 65,536 distinct characters cannot be a uint16 shard: the refusal came
+    after the earlier set of that name had been removed (and a new tokenizer written)."""
+    out = tmp_path / "out"
+    paths = prepare(str(out), "an earlier text " * 50, tokenizer="char", name="many", verbose=False)
+    before = {k: open(p, "rb").read() for k, p in paths.items()}
+    text = "".join(chr(c) for c in range(0x20000, 0x20000 + 70000)) * 2
+    with pytest.raises(ValueError, match=r"many_val.bin: token \d+ does not fit a uint16 shard"):
+        prepare(str(out), text, tokenizer="char", name="many", verbose=False)
+    assert {k: open(p, "rb").read() for k, p in paths.items()} == before

@@ -18,7 +18,8 @@ import time
 import numpy as np
 
 from .atomic import is_temp_name, make_dir
-from .formats import FormatError, check_tokens, open_shard, read_shard_header, shard_files, write_shard
+from .formats import (FormatError, check_shard_tokens, check_tokens, open_shard, read_shard_header, shard_files,
+                      write_shard)
 from .tokenizer import Tokenizer, get_tokenizer
 
 # bump when builtin_text() or prepare() would produce different files, so caches are rebuilt
@@ -312,9 +313,10 @@ def prepare(out_dir, source, tokenizer="gpt2", val_fraction=0.1, name="data", do
     Split: the validation shard is the FIRST round(val_fraction * N) tokens, the train shard the rest,
     as llm.c's tinyshakespeare.py (its first 32768 tokens, about 10%).
     tokenizer: 'gpt2', 'char' (vocabulary = the characters of the text) or a Tokenizer.
-    Each file is written atomically (numbagpt.files.atomic), so a file that exists is complete; an
-    earlier set of the three is removed first and the train shard is written last, so a prepare cut
-    short leaves an incomplete set (no train shard), never one that mixes two texts.
+    Each file is written atomically (numbagpt.files.atomic), so a file that exists is complete; once
+    the tokens are known to fit llm.c's shards, an earlier set of the three is removed and the train
+    shard is written last, so a prepare cut short leaves an incomplete set (no train shard), never
+    one that mixes two texts, and a refused text leaves the earlier set as it was.
     verbose: print `[prepare]` lines of progress (True), or hand each to a callable, or neither.
     Returns {'train': path, 'val': path, 'tokenizer': path}.
     """
@@ -325,7 +327,23 @@ def prepare(out_dir, source, tokenizer="gpt2", val_fraction=0.1, name="data", do
         raise ValueError(f"--name {name!r}: a file name prefix, without a directory (-o names the directory)")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"{out_dir}: not a directory (-o names the directory the shards are written to)")
+    made = not os.path.isdir(out_dir)
     make_dir(out_dir)   # before the tokenizing, not after it
+    try:
+        paths = _prepare_into(out_dir, source, tokenizer, val_fraction, name, doc_per_paragraph, verbose)
+    except BaseException:
+        if made:   # a directory this call made and never used (a refused text) is removed again
+            with contextlib.suppress(OSError):
+                os.rmdir(out_dir)
+        raise
+    _log(verbose, f"done in {time.time() - t0:.1f} s")
+    return paths
+
+
+def _prepare_into(out_dir, source, tokenizer, val_fraction, name, doc_per_paragraph, verbose):
+    """prepare()'s work once its arguments are checked and out_dir exists. Everything that could
+    refuse the text is checked before an earlier set there is removed."""
+    t0 = time.time()
     texts = _source_texts(source, verbose)
     docs = _documents(texts, doc_per_paragraph)
     if isinstance(tokenizer, Tokenizer):
@@ -337,23 +355,26 @@ def prepare(out_dir, source, tokenizer="gpt2", val_fraction=0.1, name="data", do
     tokens = _token_stream(tok, docs)
     ntok = len(tokens)
     n_val = int(round(val_fraction * ntok))
+    files = [] if isinstance(source, str) else [os.fspath(p) for p in source]
+    where = ("the text" if not files else files[0] if len(files) == 1 else
+             f"{files[0]} and {len(files) - 1} more file{'s' if len(files) > 2 else ''}")
+    if not any(texts):
+        raise ValueError(f"{where}: no text to tokenize (empty)")
     if n_val < 2 or ntok - n_val < 2:
-        files = [] if isinstance(source, str) else [os.fspath(p) for p in source]
-        where = ("the text" if not files else files[0] if len(files) == 1 else
-                 f"{files[0]} and {len(files) - 1} more file{'s' if len(files) > 2 else ''}")
         fix = "a larger --val-fraction, or more text" if n_val < 2 else "a smaller --val-fraction, or more text"
         raise ValueError(f"{where}: {ntok:,} tokens split by --val-fraction {val_fraction:g} into {n_val:,} val and "
                          f"{ntok - n_val:,} train tokens; each shard needs at least 2 ({fix})")
+    paths = _atomic_paths(out_dir, name)
+    check_shard_tokens(paths["val"], tokens[:n_val])
+    check_shard_tokens(paths["train"], tokens[n_val:])
     _log(verbose, f"{ntok:,} tokens: val {n_val:,} (the first {val_fraction:.0%}), train {ntok - n_val:,} "
                   f"({time.time() - t0:.1f} s)")
-    paths = _atomic_paths(out_dir, name)
     _remove_set(out_dir, name, paths)
     tok.save(paths["tokenizer"])
     write_shard(paths["val"], tokens[:n_val])
     write_shard(paths["train"], tokens[n_val:])   # last: a set cut short has no train shard to train on
     for k in ("train", "val", "tokenizer"):
         _log(verbose, f"wrote {paths[k]} ({os.path.getsize(paths[k]):,} bytes)")
-    _log(verbose, f"done in {time.time() - t0:.1f} s")
     return paths
 
 

@@ -327,14 +327,21 @@ def write_tokenizer_file(path, token_bytes, eot_id):
 # ----------------------------------------------------------------------------------------------
 # data shards
 
-def write_shard(path, tokens):
-    """Write a GPT-2 data shard: magic 20240520, version 1, N, then N uint16 tokens."""
+def check_shard_tokens(path, tokens):
+    """ValueError, naming path, where write_shard could not write these tokens: one outside uint16,
+    or 2**31 of them or more (the header's int32 count)."""
     tokens = np.asarray(tokens)
     if tokens.size and (tokens.min() < 0 or tokens.max() >= 65536):
         bad = int(tokens.max()) if tokens.max() >= 65536 else int(tokens.min())
         raise ValueError(f"{os.fspath(path)}: token {bad} does not fit a uint16 shard (0..65535)")
     if tokens.size >= 2 ** 31:
-        raise ValueError(f"{os.fspath(path)}: {tokens.size} tokens; a shard holds fewer than 2**31")
+        raise ValueError(f"{os.fspath(path)}: {tokens.size:,} tokens; a shard holds fewer than 2**31")
+
+
+def write_shard(path, tokens):
+    """Write a GPT-2 data shard: magic 20240520, version 1, N, then N uint16 tokens."""
+    tokens = np.asarray(tokens)
+    check_shard_tokens(path, tokens)
     header = _new_header(SHARD_MAGIC, SHARD_VERSION)
     header[2] = tokens.size
     _write_file(path, header, tokens.reshape(-1).astype("<u2"))
