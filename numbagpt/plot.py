@@ -4,10 +4,12 @@ A log has one record per line, `s:STEP` followed by `key:value` fields:
     s:12 trl:4.5312 lr:0.003000 norm:1.20     train loss after step 12 (and lr, grad norm)
     s:50 tel:4.2210                           val loss at step 50
     s:50 eval:0.2950                          HellaSwag accuracy at step 50 (train_gpt2 -h 1)
-Blank lines are skipped; anything else is an error naming the file and the line.
+Blank lines are skipped; anything else is an error naming the file and the line. A log that llm.c
+appended to after a restart repeats steps: a record for a step at or before the last one of its key
+replaces the records from that step on (the restarted run's say).
 
     read_log(path) -> {"trl": (steps, values), "tel": ..., "eval": ...}
-    plot_logs(paths, out_png, labels=None, tokens_per_step=None)
+    plot_logs(paths, out, labels=None, tokens_per_step=None)     out: .png, .pdf, .svg, ...
 """
 import math
 import os
@@ -51,6 +53,9 @@ def read_log(path, notes=None):
                            f"(expected 's:STEP key:value ...', e.g. 's:10 trl:4.5')") from None
         for key, value in values:
             steps, vals = series.setdefault(key, ([], []))
+            if steps and step <= steps[-1]:   # a restart: the later records of the key are replaced
+                keep = next(i for i, s in enumerate(steps) if s >= step)
+                del steps[keep:], vals[keep:]
             steps.append(step)
             vals.append(value)
     return series
@@ -85,47 +90,66 @@ def default_label(path):
     return parent if os.path.basename(path) == "main.log" and parent else os.path.basename(path)
 
 
-def plot_logs(paths, out_png, labels=None, tokens_per_step=None, title=None, notes=None):
-    """Draw train and val loss against step for each log (one colour per run, legends), with a
-    HellaSwag panel when a log has eval records; a second x axis in tokens when tokens_per_step is given.
-    Writes out_png and returns it."""
+def plot_logs(paths, out, labels=None, tokens_per_step=None, title=None, notes=None):
+    """Draw train and val loss against step for each log (one colour per run, legends), and a
+    HellaSwag panel when a log has eval records (alone when none has a loss); a second x axis in
+    tokens when tokens_per_step is given. Writes `out` in the format its extension names (png
+    without one) and returns it."""
     runs = [(label, read_log(p, notes)) for label, p in zip(labels or [default_label(p) for p in paths], paths)]
     if not any(key in s for _, s in runs for key in KEYS):
         raise LogError(f"{', '.join(map(str, paths))}: no loss records (trl/tel/eval) to plot")
     plt = _pyplot()
-    has_eval = any("eval" in s for _, s in runs)
-    fig, axes = plt.subplots(1, 2 if has_eval else 1, figsize=(11 if has_eval else 7, 4.5), squeeze=False)
-    loss_ax = axes[0][0]
+    fmt = _image_format(out, plt)
+    panels = [k for k, has in (("loss", ("trl", "tel")), ("eval", ("eval",)))
+              if any(key in s for _, s in runs for key in has)]
+    fig, axes = plt.subplots(1, len(panels), figsize=((7, 11)[len(panels) - 1], 4.5), squeeze=False)
+    ax = dict(zip(panels, axes[0]))
     for i, (label, s) in enumerate(runs):
         color = f"C{i % 10}"
-        if "trl" in s:
-            loss_ax.plot(*s["trl"], color=color, alpha=0.6, lw=1, label=f"{label} train")
-        if "tel" in s:
-            loss_ax.plot(*s["tel"], color=color, lw=2, marker="o", ms=4, label=f"{label} val")
-        if "eval" in s:
-            axes[0][1].plot(*s["eval"], color=color, lw=2, marker="o", ms=4, label=label)
-    loss_ax.set(xlabel="step", ylabel="loss", title=title or "loss")
-    finite = [v for _, s in runs for k in ("trl", "tel") if k in s for v in s[k][1] if math.isfinite(v)]
-    if finite:  # the first few steps' losses dwarf the rest: cut the y axis a little above the 95th percentile
-        finite.sort()
-        top = min(finite[-1], finite[int(0.95 * (len(finite) - 1))] * 1.15)
-        loss_ax.set_ylim(finite[0] - 0.05 * (top - finite[0]), top + 0.02 * (top - finite[0]) + 1e-9)
-    if has_eval:
-        axes[0][1].set(xlabel="step", ylabel="acc_norm", title="HellaSwag")
-        axes[0][1].legend()
-    for ax in axes[0]:
-        ax.grid(alpha=0.3)
+        for key, panel, name, style in (("trl", "loss", f"{label} train", dict(alpha=0.6, lw=1)),
+                                        ("tel", "loss", f"{label} val", dict(lw=2, marker="o", ms=4)),
+                                        ("eval", "eval", label, dict(lw=2, marker="o", ms=4))):
+            if key in s:
+                if len(s[key][0]) == 1:   # a lone point needs a marker to be seen
+                    style = dict(dict(marker="o", ms=4), **style)
+                ax[panel].plot(*s[key], color=color, label=name, **style)
+    if "loss" in ax:
+        ax["loss"].set(xlabel="step", ylabel="loss", title=title or "loss")
+        _clip_losses(ax["loss"], [v for _, s in runs for k in ("trl", "tel") if k in s for v in s[k][1]])
+    if "eval" in ax:
+        ax["eval"].set(xlabel="step", ylabel="acc_norm", title="HellaSwag")
+    for a in axes[0]:
+        a.grid(alpha=0.3)
+        a.legend()
         if tokens_per_step:
-            top = ax.secondary_xaxis("top", functions=(lambda x: x * tokens_per_step / 1e6,
-                                                       lambda t: t * 1e6 / tokens_per_step))
+            top = a.secondary_xaxis("top", functions=(lambda x: x * tokens_per_step / 1e6,
+                                                      lambda t: t * 1e6 / tokens_per_step))
             top.set_xlabel("tokens (M)")
-    loss_ax.legend()
     fig.tight_layout()
     import io
 
     from .files.atomic import write_bytes
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=100)
+    image = io.BytesIO()
+    fig.savefig(image, format=fmt, dpi=100)
     plt.close(fig)
-    write_bytes(out_png, png.getvalue())   # complete or absent, like every file numbagpt writes
-    return out_png
+    write_bytes(out, image.getvalue())   # complete or absent, like every file numbagpt writes
+    return out
+
+
+def _image_format(out, plt):
+    """The format `out`'s extension names (png without one); ValueError for one matplotlib cannot write."""
+    ext = os.path.splitext(os.fspath(out))[1][1:].lower() or "png"
+    supported = plt.figure().canvas.get_supported_filetypes()
+    plt.close("all")
+    if ext not in supported:
+        raise ValueError(f"{out}: matplotlib cannot write a .{ext} picture (it writes "
+                         f"{', '.join('.' + e for e in sorted(supported))})")
+    return ext
+
+
+def _clip_losses(ax, values):
+    """The first few steps' losses dwarf the rest: cut the y axis a little above the 95th percentile."""
+    finite = sorted(v for v in values if math.isfinite(v))
+    if finite:
+        top = min(finite[-1], finite[int(0.95 * (len(finite) - 1))] * 1.15)
+        ax.set_ylim(finite[0] - 0.05 * (top - finite[0]), top + 0.02 * (top - finite[0]) + 1e-9)

@@ -29,6 +29,45 @@ def test_read_log(tmp_path):
     assert series["trl"][0] == list(range(41)) and len(series["lr"][1]) == 41
 
 
+def test_a_log_that_llmc_appended_to_after_a_restart(tmp_path):
+    """llm.c appends to main.log when it resumes, so steps repeat: the records from the repeated step
+    on are the resumed run's (the curve went back from step 3 to step 2)."""
+    log = tmp_path / "resumed.log"
+    log.write_text("s:0 trl:10.4\ns:1 trl:10.3\ns:2 trl:10.1\ns:2 tel:10.2\ns:3 trl:9.9\n"
+                   "s:2 trl:10.15\ns:3 trl:9.95\ns:4 trl:9.8\ns:4 tel:9.9\n")
+    series = plot.read_log(log)
+    assert series["trl"] == ([0, 1, 2, 3, 4], [10.4, 10.3, 10.15, 9.95, 9.8])
+    assert series["tel"] == ([2, 4], [10.2, 9.9])
+
+
+def test_the_picture_format_follows_the_extension(tmp_path, capsys):
+    """-o loss.pdf wrote PNG bytes under that name; an extension matplotlib has no writer for is one line."""
+    pytest.importorskip("matplotlib")
+    log = write_log(tmp_path / "main.log", steps=5)
+    assert main([str(log), "-o", str(tmp_path / "loss.pdf")]) == 0
+    assert (tmp_path / "loss.pdf").read_bytes()[:5] == b"%PDF-"
+    assert main([str(log), "-o", str(tmp_path / "loss.svg")]) == 0
+    assert b"<svg" in (tmp_path / "loss.svg").read_bytes()[:1000]
+    capsys.readouterr()
+    assert main([str(log), "-o", str(tmp_path / "loss.docx")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"plot_log: error: {tmp_path / 'loss.docx'}: matplotlib cannot write a .docx picture "
+                          f"(it writes ") and ".png" in err and err.count("\n") == 1
+    assert not (tmp_path / "loss.docx").exists()
+
+
+def test_a_log_of_hellaswag_records_alone_is_one_panel(tmp_path, capsys):
+    """No loss records: the HellaSwag panel alone (an empty loss panel and matplotlib's warning about
+    a legend with nothing in it, before)."""
+    pytest.importorskip("matplotlib")
+    log = tmp_path / "main.log"
+    log.write_text("s:10 eval:0.2500\ns:20 eval:0.2600\n")
+    assert main([str(log), "-o", str(tmp_path / "e.png")]) == 0
+    from matplotlib.image import imread
+    assert imread(tmp_path / "e.png").shape[:2] == (450, 700)
+    assert capsys.readouterr().err == ""
+
+
 def test_png_of_several_runs(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     a = write_log(tmp_path / "run_a" / "main.log")

@@ -1,4 +1,4 @@
-"""bin/plot_log: loss curves of one or more training runs (their llm.c-format main.log) as a PNG."""
+"""bin/plot_log: loss curves of one or more training runs (their llm.c-format main.log) as a picture."""
 import sys
 
 from numbagpt.cli import add_flag, check_flags, Parser
@@ -12,7 +12,9 @@ def build_parser():
                     "main.log files of one or more train_gpt2 / llm.c runs, overlaid with a legend. "
                     "Needs matplotlib (pip install matplotlib).")
     p.add_argument("logs", nargs="+", metavar="LOG", help="log files (e.g. out/main.log)")
-    p.add_argument("-o", "--output", default="loss.png", help="PNG to write (default: %(default)s)")
+    p.add_argument("-o", "--output", default="loss.png",
+                   help="picture to write, in the format its extension names: .png, .pdf, .svg, ... "
+                        "(default: %(default)s)")
     p.add_argument("--labels", default=None,
                    help="comma-separated legend names, one per log (default: each log's directory)")
     add_flag(p, "--tokens-per-step", type=int, check=POSITIVE, default=None,
