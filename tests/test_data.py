@@ -149,6 +149,38 @@ def test_prepare_text_gpt2(tmp_path):
     assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
 
 
+@pytest.mark.parametrize("tokenizer", ["gpt2", "char"])
+@pytest.mark.parametrize("batch_chars", [1 << 22, 40, 1])
+def test_prepare_tokens_whatever_the_batching(tmp_path, monkeypatch, tokenizer, batch_chars):
+    """Documents go to the tokenizer in batches of about BATCH_CHARS characters, one of that size or
+    more alone, straight into an array (encode_array: no list of Python ints, so that a large file's
+    tokens fit the memory): the tokens are encode()'s of each document after its EOT, however the
+    documents fall into batches, in files read one at a time."""
+    from numbagpt.files import data
+    monkeypatch.setattr(data, "BATCH_CHARS", batch_chars)
+    texts = ["A:\nHello world. <|endoftext|> ok\n\nB:\nGood night, sweet prince.\n\n\n", "",
+             "C:\nÆther — ünïcode 𝄞, tabs\tand  spaces.\n\nD:\n1234 5678\n"]
+    files = []
+    for i, t in enumerate(texts):
+        (tmp_path / f"{i}.txt").write_text(t, encoding="utf-8")
+        files.append(str(tmp_path / f"{i}.txt"))
+    paths = prepare(tmp_path / "out", files, tokenizer=tokenizer, val_fraction=0.25, name="t",
+                    doc_per_paragraph=True, verbose=False)
+    enc = CharTokenizer.from_text("".join(texts)) if tokenizer == "char" else GPT2Tokenizer()
+    docs = [d for t in texts for d in data._documents([t], True)]
+    expected = [t for d in docs for t in [enc.eot_token] + list(enc.encode(d))]
+    assert list(open_shard(paths["val"])) + list(open_shard(paths["train"])) == expected
+
+
+def test_char_encode_array_names_a_character_outside_the_vocabulary():
+    tok = CharTokenizer.from_text("abc")
+    assert tok.encode_array("cab").tolist() == [2, 0, 1]
+    for text in ("abz", "`", "abc\U0001d11e"):
+        with pytest.raises(ValueError, match="is not in this character vocabulary"):
+            tok.encode_array(text)
+    assert CharTokenizer([]).encode_array("").tolist() == []
+
+
 def test_prepare_files_char_and_cli(tmp_path, capsys):
     f1, f2 = tmp_path / "a.txt", tmp_path / "b.txt"
     f1.write_text("to be or not to be\n" * 5)

@@ -20,7 +20,7 @@ import numpy as np
 from .atomic import is_temp_name, make_dir
 from .formats import (FormatError, check_shard_tokens, check_tokens, open_shard, read_shard_header, shard_files,
                       write_shard)
-from .tokenizer import Tokenizer, get_tokenizer
+from .tokenizer import CharTokenizer, Tokenizer, get_tokenizer
 
 # bump when builtin_text() or prepare() would produce different files, so caches are rebuilt
 BUILTIN_VERSION = 1
@@ -259,12 +259,11 @@ def _read_text(path):
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def _source_texts(source, verbose):
-    """prepare's `source` as a list of texts: the str itself, or each file's text (all must exist)."""
+def _sources(source):
+    """prepare's `source` as a list of file paths (all must exist), or [text] for a str."""
     if isinstance(source, os.PathLike):
         source = [source]
     if isinstance(source, str):
-        _log(verbose, f"text of {len(source):,} characters")
         return [source]
     files = [os.fspath(p) for p in source]
     if not files:
@@ -272,9 +271,14 @@ def _source_texts(source, verbose):
     missing = [f for f in files if not os.path.isfile(f)]
     if missing:
         raise FileNotFoundError(f"input file(s) not found: {', '.join(missing)}")
-    texts = [_read_text(f) for f in files]
-    _log(verbose, f"read {len(files)} file(s), {sum(map(len, texts)):,} characters")
-    return texts
+    return files
+
+
+def _texts(source, sources):
+    """The texts of the sources, one at a time (a file's is read when it is reached, so that one
+    file's text is in memory at a time)."""
+    for item in sources:
+        yield item if isinstance(source, str) else _read_text(item)
 
 
 def _documents(texts, per_paragraph):
@@ -290,16 +294,56 @@ def _documents(texts, per_paragraph):
     return [d for d in docs if d]
 
 
-def _token_stream(tok, docs):
-    """int64 tokens of the documents, each preceded by the EOT token (as llm.c)."""
+def _token_array(tok, docs):
+    """int32 tokens of the documents, each preceded by the EOT token (as llm.c)."""
     encoded = tok.encode_batch(docs)
-    tokens = np.empty(sum(len(e) for e in encoded) + len(encoded), dtype=np.int64)
+    tokens = np.empty(sum(len(e) for e in encoded) + len(encoded), dtype=np.int32)
     pos = 0
     for e in encoded:
         tokens[pos] = tok.eot_token
         tokens[pos + 1:pos + 1 + len(e)] = e
         pos += 1 + len(e)
     return tokens
+
+
+# Documents are tokenized in batches of about this many characters: the tokenizer's lists of Python
+# ints (36 bytes a token) live for one batch, the tokens then kept as int32 (4 bytes).
+BATCH_CHARS = 1 << 22
+
+
+def _token_stream(tok, source, sources, per_paragraph, verbose):
+    """(int32 tokens of every document, characters read): one text and one batch of documents in
+    memory at a time beside the tokens (a document of a batch's size or more is encoded alone,
+    straight into an array), with a progress line every 10 s on long work."""
+    chunks, batch, size, chars = [], [], 0, 0
+    t0 = last = time.time()
+    for i, text in enumerate(_texts(source, sources)):
+        chars += len(text)
+        for doc in _documents([text], per_paragraph):
+            if len(doc) >= BATCH_CHARS:
+                chunks += [_token_array(tok, batch), np.array([tok.eot_token], np.int32), tok.encode_array(doc)]
+                batch, size = [], 0
+                continue
+            batch.append(doc)
+            size += len(doc)
+            if size >= BATCH_CHARS:
+                chunks.append(_token_array(tok, batch))
+                batch, size = [], 0
+        del text
+        if time.time() - last > 10:
+            last = time.time()
+            _log(verbose, f"tokenized {i + 1:,} of {len(sources):,} source(s): {chars:,} characters, "
+                          f"{sum(map(len, chunks)):,} tokens so far ({last - t0:.0f} s)")
+    chunks.append(_token_array(tok, batch))
+    return np.concatenate(chunks), chars
+
+
+def _char_tokenizer(source, sources):
+    """The char tokenizer of the sources' characters (a first pass over the files, one at a time)."""
+    chars = set()
+    for text in _texts(source, sources):
+        chars.update(text)
+    return CharTokenizer(sorted(chars))
 
 
 def prepare(out_dir, source, tokenizer="gpt2", val_fraction=0.1, name="data", doc_per_paragraph=False,
@@ -317,6 +361,7 @@ def prepare(out_dir, source, tokenizer="gpt2", val_fraction=0.1, name="data", do
     the tokens are known to fit llm.c's shards, an earlier set of the three is removed and the train
     shard is written last, so a prepare cut short leaves an incomplete set (no train shard), never
     one that mixes two texts, and a refused text leaves the earlier set as it was.
+    Memory: the files are read one at a time and their tokens kept as int32 (docs/how-it-works.md).
     verbose: print `[prepare]` lines of progress (True), or hand each to a callable, or neither.
     Returns {'train': path, 'val': path, 'tokenizer': path}.
     """
@@ -344,21 +389,21 @@ def _prepare_into(out_dir, source, tokenizer, val_fraction, name, doc_per_paragr
     """prepare()'s work once its arguments are checked and out_dir exists. Everything that could
     refuse the text is checked before an earlier set there is removed."""
     t0 = time.time()
-    texts = _source_texts(source, verbose)
-    docs = _documents(texts, doc_per_paragraph)
+    sources = _sources(source)
     if isinstance(tokenizer, Tokenizer):
         tok = tokenizer
     else:
-        tok = get_tokenizer(tokenizer, text="".join(texts) if tokenizer == "char" else None)
-    _log(verbose, f"tokenizing {len(docs):,} document(s) with the {tok.name} tokenizer "
-                  f"({tok.vocab_size} tokens)...")
-    tokens = _token_stream(tok, docs)
+        tok = _char_tokenizer(source, sources) if tokenizer == "char" else get_tokenizer(tokenizer)
+    what = (f"a text of {len(source):,} characters" if isinstance(source, str) else
+            f"{len(sources):,} file(s)")
+    _log(verbose, f"tokenizing {what} with the {tok.name} tokenizer ({tok.vocab_size} tokens)...")
+    tokens, chars = _token_stream(tok, source, sources, doc_per_paragraph, verbose)
     ntok = len(tokens)
     n_val = int(round(val_fraction * ntok))
-    files = [] if isinstance(source, str) else [os.fspath(p) for p in source]
+    files = [] if isinstance(source, str) else sources
     where = ("the text" if not files else files[0] if len(files) == 1 else
              f"{files[0]} and {len(files) - 1} more file{'s' if len(files) > 2 else ''}")
-    if not any(texts):
+    if not chars:
         raise ValueError(f"{where}: no text to tokenize (empty)")
     if n_val < 2 or ntok - n_val < 2:
         fix = "a larger --val-fraction, or more text" if n_val < 2 else "a smaller --val-fraction, or more text"
@@ -367,8 +412,8 @@ def _prepare_into(out_dir, source, tokenizer, val_fraction, name, doc_per_paragr
     paths = _atomic_paths(out_dir, name)
     check_shard_tokens(paths["val"], tokens[:n_val])
     check_shard_tokens(paths["train"], tokens[n_val:])
-    _log(verbose, f"{ntok:,} tokens: val {n_val:,} (the first {val_fraction:.0%}), train {ntok - n_val:,} "
-                  f"({time.time() - t0:.1f} s)")
+    _log(verbose, f"{chars:,} characters, {ntok:,} tokens: val {n_val:,} (the first {val_fraction:.0%}), "
+                  f"train {ntok - n_val:,} ({time.time() - t0:.1f} s)")
     _remove_set(out_dir, name, paths)
     tok.save(paths["tokenizer"])
     write_shard(paths["val"], tokens[:n_val])

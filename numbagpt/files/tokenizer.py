@@ -18,6 +18,8 @@ import json
 import os
 import re
 
+import numpy as np
+
 from .formats import read_tokenizer_file, shard_files, write_tokenizer_file
 
 EOT_TEXT = "<|endoftext|>"
@@ -109,6 +111,11 @@ class Tokenizer:
     def encode_batch(self, texts):
         return [self.encode(t) for t in texts]
 
+    def encode_array(self, text):
+        """encode(text) as an int32 array (the subclasses' without a list of Python ints between:
+        36 bytes a token, where a long text's tokens must fit the memory)."""
+        return np.asarray(self.encode(text), dtype=np.int32)
+
     def decode_bytes(self, ids):
         table = self.token_bytes()
         return b"".join(table[i] for i in ids)
@@ -142,6 +149,10 @@ class GPT2Tokenizer(Tokenizer):
 
     def encode_batch(self, texts, num_threads=2):
         return self.enc.encode_ordinary_batch(list(texts), num_threads=num_threads)
+
+    def encode_array(self, text):
+        # encode_ordinary's tokens (special tokens' text encoded as text), straight into an array
+        return self.enc.encode_to_numpy(text, allowed_special=set(), disallowed_special=()).astype(np.int32)
 
     def decode_bytes(self, ids):
         return self.enc.decode_bytes([int(i) for i in ids])
@@ -179,6 +190,19 @@ class CharTokenizer(Tokenizer):
         except KeyError as e:
             raise ValueError(f"character {e.args[0]!r} is not in this character vocabulary "
                              f"({self.vocab_size - 1} characters)") from None
+
+    def encode_array(self, text, piece=1 << 22):
+        # the characters' code points looked up in the sorted table, `piece` characters at a time
+        table = np.array([ord(c) for c in self.chars], dtype=np.uint32)
+        out = np.empty(len(text), dtype=np.int32)
+        for i in range(0, len(text), piece):
+            cps = np.frombuffer(text[i:i + piece].encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+            ids = np.minimum(np.searchsorted(table, cps), len(table) - 1)
+            bad = np.flatnonzero(table[ids] != cps) if len(table) else np.arange(cps.size)
+            if bad.size:
+                self.encode(chr(cps[bad[0]]))   # raises encode()'s error, naming the character
+            out[i:i + cps.size] = ids
+        return out
 
     def decode(self, ids):
         eot = self.eot_token
