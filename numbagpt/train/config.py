@@ -44,8 +44,8 @@ class TrainConfig:
                             "and every other kernel stay float32", choices=tuple(PRECISIONS))
     train_data: str = option(None, ("-i", "--train-data"),
                              "train shards (.bin): a file, or a glob; default: built-in Shakespeare")
-    val_data: str = option(None, ("-j", "--val-data"), "val shards: a file, or a glob; default: the built-in Shakespeare "
-                           "val split when -i is not given, else no val")
+    val_data: str = option(None, ("-j", "--val-data"), "val shards: a file, or a glob; default: the built-in "
+                           "Shakespeare val split when -i is not given, else no val")
     model: str = option("tiny", ("-e", "--model"), "model .bin file or train_gpt2 output directory (its newest "
                         "model_*.bin: the final model, else the latest checkpoint's) to start from, or a descriptor "
                         "built from scratch: " + DESCRIPTOR_HELP)
