@@ -369,15 +369,16 @@ class Interrupted(KeyboardInterrupt):
 
 
 class StopRequest:
-    """SIGINT, SIGTERM and SIGHUP end a run with one line, whichever arrives (a terminal's Ctrl-C,
-    `kill`, the launcher forwarding either, the terminal closing: the line then goes wherever stderr
-    was sent, a log file, and main.log keeps every step the run finished). Alone (or before `attach`
+    """SIGINT, SIGTERM and SIGHUP end a run with one line, whichever arrives (a terminal's Ctrl-C, `kill`,
+    the launcher forwarding either, the terminal closing: the line then goes wherever stderr was
+    sent, a log file, and main.log keeps every step the run finished). Alone (or before `attach`
     gives the world), a signal raises Interrupted at once. With several ranks it must stop them all
     at the same step, not each inside a different collective: the first signal only sets a flag that
-    `check()` combines over the ranks once a step; a second one raises at once. (The handler runs between two kernels: a running
-    Numba kernel holds the interpreter until it returns.) An Interrupted raised where Python drops it
-    (inside a ctypes callback: Numba's compiler calls back into Python) is raised again by `check()`
-    at the end of the step, and `got` tells the commands that a signal came, whatever error follows."""
+    `check()` combines over the ranks once a step; a second one raises at once. (The handler runs
+    between two kernels: a running Numba kernel holds the interpreter until it returns.) An
+    Interrupted raised where Python drops it (inside a ctypes callback: Numba's compiler calls back
+    into Python) is raised again by `check()` at the end of the step, and `got` tells the commands
+    that a signal came, whatever error follows."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
