@@ -448,7 +448,8 @@ def open_data(config, world, cfg, paths, say):
                                      vocab_size=cfg.vocab_size, model=c.model)
     tokenizer.check_one_tokenization(train_glob, val_glob)
     tok = tokenizer.load_tokenizer(tok_path) if tok_path else None
-    if tok is not None and tok.vocab_size != cfg.vocab_size and tok_path in tokenizer.named_tokenizers(train_glob):
+    own = {os.path.abspath(t) for t in tokenizer.named_tokenizers(train_glob)}
+    if tok is not None and tok.vocab_size != cfg.vocab_size and os.path.abspath(tok_path) in own:
         # the shards' own tokenizer (prepare_data's NAME_tokenizer.bin): they were made for another model
         raise ValueError(f"{tok_path}, the tokenizer of the train shards, has {tok.vocab_size} tokens, the model "
                          f"-e {c.model} V={cfg.vocab_size}: the shards were tokenized for another vocabulary "
