@@ -425,6 +425,25 @@ def test_a_device_that_cannot_run_leaves_no_output_dir(corpus, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_refused_run_removes_its_new_dir_before_it_lets_go_of_the_lock(corpus, tmp_path, capsys, monkeypatch):
+    """A run refused on an -o it made removes the directory while it still holds the lock: it released
+    first, so a run that locked the directory in between lost its lock file to the removal and a third
+    run could share the directory with it. A removal that fails never hides the refusal."""
+    from numbagpt.train import rundir
+    out = tmp_path / "out"
+    seen = []
+    real = rundir.DirLock.release
+    monkeypatch.setattr(rundir.DirLock, "release", lambda self: seen.append(out.exists()) or real(self))
+    monkeypatch.setenv(memory.LIMIT_ENV, "1000")
+    assert train.main(args_for(corpus, out)) == 1
+    assert "not enough memory" in capsys.readouterr().err
+    assert seen == [False] and not out.exists()
+    monkeypatch.setattr(os, "rmdir", lambda *a: (_ for _ in ()).throw(OSError(39, "Directory not empty")))
+    assert train.main(args_for(corpus, out)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("train_gpt2: error: not enough memory") and err.count("\n") == 1
+
+
 def test_numba_num_threads_that_numba_cannot_use(corpus, tmp_path):
     """NUMBA_NUM_THREADS=abc (or empty) with --omp-threads: --omp-threads decides, the run goes on (it
     was a traceback from int()); =0 without it: Numba's refusal, naming the variable."""

@@ -298,7 +298,7 @@ def test_a_prepare_over_another_cut_short_never_mixes_two_texts(tmp_path, crash)
             assert sorted(read_tokenizer_file(str(tmp_path / "out" / name))[0][:-1]) == sorted(
                 t.encode() for t in set("xyz, !\n"))
     assert subprocess.run(cmd("c.txt"), capture_output=True).returncode == 0
-    assert sorted(os.listdir(tmp_path / "out")) == ["d_tokenizer.bin", "d_train.bin", "d_val.bin"]
+    assert sorted(os.listdir(tmp_path / "out")) == [".d.lock", "d_tokenizer.bin", "d_train.bin", "d_val.bin"]
 
 
 def test_a_refused_text_leaves_the_earlier_set_in_place(tmp_path):
@@ -311,3 +311,48 @@ def test_a_refused_text_leaves_the_earlier_set_in_place(tmp_path):
     with pytest.raises(ValueError, match=r"many_val.bin: token \d+ does not fit a uint16 shard"):
         prepare(str(out), text, tokenizer="char", name="many", verbose=False)
     assert {k: open(p, "rb").read() for k, p in paths.items()} == before
+
+
+def test_a_shard_replaced_while_a_run_reads_the_others_is_refused(tmp_path):
+    """A shard is opened again at each pass: one prepared again (another text or tokenizer) while the
+    run read the other shards was read as if it were the one checked at the start, its ids taken
+    for the old vocabulary's (or a shorter one gave a reshape error). Now one line naming it."""
+    pattern, paths = _shards(tmp_path, [50, 41])
+    loader = DataLoader(pattern, 2, 4)
+    _epoch(loader)   # both shards read once: unchanged, fine
+    write_shard(paths[1], np.arange(41) % 7)   # another file under the name (prepare_data writes atomically)
+    with pytest.raises(FormatError, match=r"d_train_000001.bin: the data shard changed since the run started "
+                                          r"\(.* bytes then, .* now: prepared again or replaced while training\)"):
+        _epoch(loader)
+    loader = DataLoader(pattern, 2, 4)
+    os.remove(paths[0])
+    _epoch(loader)   # shard 0 was open already
+    with pytest.raises(FormatError, match="d_train_000000.bin: the data shard is gone since the run started"):
+        loader.next_batch()   # the next pass opens it again
+
+
+def test_a_second_prepare_of_a_set_waits_for_the_first(tmp_path):
+    """Two runs started on a fresh cache both prepared the built-in data, each deleting the other's
+    files and temporaries (errors, or a set read while rewritten). The set is locked while it is
+    checked and written: the second waits, then uses what the first wrote."""
+    import threading
+    from numbagpt.files import data
+    out = data.builtin_data_dir(str(tmp_path), "char")
+    os.makedirs(out)
+    lines, result = [], []
+    with data._set_lock(out, data.BUILTIN_NAME, False):   # the first process, preparing
+        waiter = threading.Thread(target=lambda: result.append(
+            ensure_builtin_data(str(tmp_path), tokenizer="char", verbose=lines.append)))
+        waiter.start()
+        time.sleep(1.0)
+        assert waiter.is_alive() and not result
+        assert lines == [f"[prepare] waiting for another process that prepares shakespeare in {out}..."]
+        paths = data._atomic_paths(out, data.BUILTIN_NAME)
+        CharTokenizer.from_text("ab").save(paths["tokenizer"])
+        write_shard(paths["val"], [0, 1, 2])
+        write_shard(paths["train"], [1, 0, 2, 1])
+        inodes = {k: os.stat(p).st_ino for k, p in paths.items()}
+    waiter.join(60)
+    assert result == [(paths["train"], paths["val"], paths["tokenizer"])]
+    assert lines[-1] == f"[prepare] using the built-in Shakespeare another process prepared in {out}"
+    assert {k: os.stat(p).st_ino for k, p in paths.items()} == inodes   # used, not written again

@@ -10,6 +10,7 @@ random order, both drawn from `seed` and the epoch only (never the rank), so R p
 read exactly the tokens, in the same order, that one process with batch R*B would.
 """
 import contextlib
+import fcntl
 import glob as globlib
 import os
 import re
@@ -29,6 +30,12 @@ BUILTIN_NAME = "shakespeare"
 
 # ----------------------------------------------------------------------------------------------
 # DataLoader
+
+def _identity(path):
+    """What tells one file from another written under the same name: device, inode, size, mtime."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
 
 class DataLoader:
     """Batches of (inputs, targets), each (B, T) int32, from the shards matching `pattern` (a glob,
@@ -58,6 +65,7 @@ class DataLoader:
         self.shuffle, self.seed, self.vocab_size = bool(shuffle), seed, vocab_size
         self.model = model   # what vocab_size is the vocabulary of (the -e model), for the message
         self.window = world_size * B * T          # tokens one step consumes, all ranks together
+        self.identity = [_identity(f) for f in files]   # each shard is checked to be this file when opened
         self.ntokens = [read_shard_header(f) for f in files]
         for f, n in zip(files, self.ntokens):
             if n < self.window + 1:
@@ -84,13 +92,30 @@ class DataLoader:
         shard = int(self.order[self.shard_index])
         if self._loaded != shard:
             path = self.files[shard]
+            self._check_unchanged(shard)
             self._tokens = open_shard(path, None)
+            self._check_unchanged(shard)   # and not replaced while it was being opened
             if self.vocab_size is not None and shard not in self._checked:
                 check_tokens(path, self._tokens, self.vocab_size, self.model)
                 self._checked.add(shard)
             self._loaded = shard
         self.windows = self._window_order(self.epoch, shard)
         self.current_shard = shard
+
+    def _check_unchanged(self, shard):
+        """A shard is opened again at every pass over the data: refuse one that is no longer the file
+        whose header was checked at the start (prepare_data re-run into the directory, another text
+        or tokenizer: its ids would mean other tokens, or its windows would not be there)."""
+        path, was = self.files[shard], self.identity[shard]
+        try:
+            now = _identity(path)
+        except OSError as e:
+            raise FormatError(f"{path}: the data shard is gone since the run started ({e.strerror}): "
+                              f"restore it and resume (-y 1)") from None
+        if now != was:
+            raise FormatError(f"{path}: the data shard changed since the run started ({was[2]:,} bytes then, "
+                              f"{now[2]:,} now: prepared again or replaced while training): restore it and "
+                              f"resume (-y 1), or start a new run on the new data")
 
     # -- public ------------------------------------------------------------------------------
     @property
@@ -375,10 +400,12 @@ def prepare(out_dir, source, tokenizer="gpt2", val_fraction=0.1, name="data", do
     made = not os.path.isdir(out_dir)
     make_dir(out_dir)   # before the tokenizing, not after it
     try:
-        paths = _prepare_into(out_dir, source, tokenizer, val_fraction, name, doc_per_paragraph, verbose)
+        with _set_lock(out_dir, name, verbose):
+            paths = _prepare_into(out_dir, source, tokenizer, val_fraction, name, doc_per_paragraph, verbose)
     except BaseException:
         if made:   # a directory this call made and never used (a refused text) is removed again
             with contextlib.suppress(OSError):
+                os.remove(_lock_path(out_dir, name))
                 os.rmdir(out_dir)
         raise
     _log(verbose, f"done in {time.time() - t0:.1f} s")
@@ -423,6 +450,31 @@ def _prepare_into(out_dir, source, tokenizer, val_fraction, name, doc_per_paragr
     return paths
 
 
+def _lock_path(out_dir, name):
+    return os.path.join(out_dir, f".{name}.lock")
+
+
+@contextlib.contextmanager
+def _set_lock(out_dir, name, verbose):
+    """An exclusive flock on out_dir/.NAME.lock while the set NAME is checked or written: a second
+    process preparing the same set (two runs started on a fresh cache, two prepare_data -o DIR) waits,
+    then finds it ready or writes its own after the first, instead of deleting the first's files and
+    temporaries under it. The kernel drops the lock when the process ends, however it ends."""
+    try:
+        fd = os.open(_lock_path(out_dir, name), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise OSError(f"{_lock_path(out_dir, name)}: cannot create the lock file: {e.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _log(verbose, f"waiting for another process that prepares {name} in {out_dir}...")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _remove_set(out_dir, name, paths):
     """Remove an earlier set of these three files (and a killed writer's temporaries of them) before the
     new one is written: a prepare cut short leaves an incomplete set, never one that mixes two texts'
@@ -452,22 +504,30 @@ def ensure_builtin_data(cache_dir=None, tokenizer="gpt2", force=False, verbose=T
         raise ValueError(f"unknown tokenizer {tokenizer!r}; choose 'gpt2' or 'char'")
     out_dir = builtin_data_dir(cache_dir, tokenizer)
     paths = _atomic_paths(out_dir, BUILTIN_NAME)
-    ready = not force and all(os.path.isfile(p) for p in paths.values())
-    if ready:
-        try:
-            read_shard_header(paths["train"])
-            read_shard_header(paths["val"])
-        except (FormatError, OSError):
-            ready = False
-    if ready:
+    if not force and _ready(paths):   # a cache that is ready is only read: it may be read-only
         _log(verbose, f"using the prepared built-in Shakespeare in {out_dir}")
-    else:
-        make_dir(out_dir, hint=f" (the built-in data's cache: set NUMBAGPT_CACHE to a writable directory; "
-                               f"it is {default_cache_dir()})")
-        _log(verbose, f"preparing the built-in Shakespeare ({tokenizer}) into {out_dir}")
-        prepare(out_dir, builtin_text(), tokenizer=tokenizer, name=BUILTIN_NAME, doc_per_paragraph=True,
-                verbose=verbose)
+        return paths["train"], paths["val"], paths["tokenizer"]
+    make_dir(out_dir, hint=f" (the built-in data's cache: set NUMBAGPT_CACHE to a writable directory; "
+                           f"it is {default_cache_dir()})")
+    with _set_lock(out_dir, BUILTIN_NAME, verbose):
+        if not force and _ready(paths):   # another process prepared it while this one waited
+            _log(verbose, f"using the built-in Shakespeare another process prepared in {out_dir}")
+        else:
+            _log(verbose, f"preparing the built-in Shakespeare ({tokenizer}) into {out_dir}")
+            _prepare_into(out_dir, builtin_text(), tokenizer, 0.1, BUILTIN_NAME, True, verbose)
     return paths["train"], paths["val"], paths["tokenizer"]
+
+
+def _ready(paths):
+    """The three files of a set are there and the shards' headers read."""
+    if not all(os.path.isfile(p) for p in paths.values()):
+        return False
+    try:
+        read_shard_header(paths["train"])
+        read_shard_header(paths["val"])
+    except (FormatError, OSError):
+        return False
+    return True
 
 
 __all__ = ["DataLoader", "builtin_play_files", "builtin_text", "prepare", "default_cache_dir",

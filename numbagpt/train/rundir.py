@@ -10,6 +10,7 @@
   ZeRO stage, schedule), kept in every train state header; resume names each difference.
 - `keep_log_until`: main.log rewritten (atomically) without the lines past the step resumed from.
 """
+import contextlib
 import errno
 import fcntl
 import os
@@ -124,11 +125,14 @@ class Cleanup:
         self.created = False   # the run made the directory: one that never started leaves none behind
 
     def remove_unused(self):
-        """Remove the directory the run made, where the run never started (its lock file alone)."""
-        if self.created and os.listdir(self.directory) in ([], [LOCK_NAME]):
-            for name in os.listdir(self.directory):
-                os.remove(os.path.join(self.directory, name))
-            os.rmdir(self.directory)
+        """Remove the directory the run made, where the run never started (its lock file alone). Called
+        with the lock held; a failure (another process put a file there) leaves the directory and
+        never hides the error that refused the run."""
+        with contextlib.suppress(OSError):
+            if self.created and os.listdir(self.directory) in ([], [LOCK_NAME]):
+                for name in os.listdir(self.directory):
+                    os.remove(os.path.join(self.directory, name))
+                os.rmdir(self.directory)
 
     def apply(self, say):
         for step in self.broken:

@@ -98,10 +98,10 @@ def train(config: TrainConfig, *, world=None, on_step=None, say=None, progress=N
             cleanup.apply(say)
         return run.loop(progress, stop, on_step)
     finally:
+        if cleanup and not started and world.is_master:
+            cleanup.remove_unused()   # while the lock is held: a run that locks the dir next keeps its lock file
         if lock:
             lock.release()
-        if cleanup and not started and world.is_master:
-            cleanup.remove_unused()
 
 
 def finished_run(config, world, say, model_file):
