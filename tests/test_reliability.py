@@ -229,14 +229,25 @@ def test_ranks_on_other_kernels_than_rank_0s_are_named():
     assert len(notes) == 1 and "rank 1: EPYC, matmul portable (bf16: portable)" in notes[0], notes
 
 
+CONSOLE_TRAIN = os.path.join(os.path.dirname(sys.executable), "numbagpt-train")
+
+
+@pytest.mark.parametrize("command", ["bin", "console script"])
 @pytest.mark.parametrize("delay", [0.05, 0.1, 0.2, 0.4])
-def test_ctrl_c_while_starting_is_one_line(delay, tmp_path):
+def test_ctrl_c_while_starting_is_one_line(delay, command, tmp_path):
     """SIGINT in the first fraction of a second (Python loading NumPy, Numba, the command): one line and
-    status 130, never a KeyboardInterrupt traceback or NumPy's "bad install" ImportError. (Before the
-    interpreter has run its own `site` module, some 20 ms, the signal is Python's: no code of ours runs.)"""
+    status 130, never a KeyboardInterrupt traceback or NumPy's "bad install" ImportError (the console
+    script printed importlib's traceback). (Before the interpreter has run its own `site` module, some
+    20 ms, the signal is Python's: no code of ours runs.)"""
     import signal
     import time
-    proc = subprocess.Popen([sys.executable, os.path.join(BIN, "train_gpt2"), "-o", str(tmp_path / "o"), "-x", "1"],
+    if command == "bin":
+        argv = [sys.executable, os.path.join(BIN, "train_gpt2")]
+    elif os.access(CONSOLE_TRAIN, os.X_OK):
+        argv = [CONSOLE_TRAIN]
+    else:
+        pytest.skip(f"no {CONSOLE_TRAIN}: numbagpt is not installed in this Python")
+    proc = subprocess.Popen(argv + ["-o", str(tmp_path / "o"), "-x", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
@@ -266,6 +277,22 @@ def test_a_dependency_that_is_not_installed_is_one_line(command, argv, missing, 
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr == (f"{command}: error: numbagpt needs the module '{missing}', which is not installed: "
                            f"`pip install -e {ROOT}` installs numbagpt's dependencies\n")
+
+
+def test_a_missing_dependency_of_an_installed_numbagpt_names_the_module_to_install(monkeypatch, capsys):
+    """Installed (no setup.cfg above the package): `pip install -e <site-packages>`, the hint for a
+    clone, cannot work there; the module itself is what to install."""
+    import importlib
+    from numbagpt.cli import launch as launcher
+
+    def missing(name):
+        raise ModuleNotFoundError("No module named 'xxhash'", name="xxhash")
+    monkeypatch.setattr(importlib, "import_module", missing)
+    real_isfile = os.path.isfile
+    monkeypatch.setattr(os.path, "isfile", lambda p: False if p.endswith("setup.cfg") else real_isfile(p))
+    assert launcher.launch("train_gpt2", "train") == 1
+    assert capsys.readouterr().err == ("train_gpt2: error: numbagpt needs the module 'xxhash', which is not "
+                                       "installed: pip install xxhash\n")
 
 
 def test_a_missing_module_of_numbagpt_itself_keeps_its_traceback(tmp_path, monkeypatch):

