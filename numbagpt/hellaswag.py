@@ -92,7 +92,8 @@ def read_eval_file(path):
         if nbytes % 2 or nbytes < 12:
             raise bad(f"bad length {nbytes} bytes")
         if end > s.size:
-            raise bad(f"the file ends {2 * (end - s.size)} bytes into it (truncated; the header says {n} examples)")
+            raise bad(f"the file ends {2 * (s.size - pos)} bytes into its {nbytes} (truncated; the header says "
+                      f"{n} examples)")
         if index != i:
             raise bad(f"its index field says {index}")
         if not 0 <= label < ncomp:

@@ -139,8 +139,9 @@ def plot_logs(paths, out, labels=None, tokens_per_step=None, title=None, notes=N
 def _image_format(out, plt):
     """The format `out`'s extension names (png without one); ValueError for one matplotlib cannot write."""
     ext = os.path.splitext(os.fspath(out))[1][1:].lower() or "png"
-    supported = plt.figure().canvas.get_supported_filetypes()
-    plt.close("all")
+    probe = plt.figure()
+    supported = probe.canvas.get_supported_filetypes()
+    plt.close(probe)   # the caller's own figures (a notebook's) stay open
     if ext not in supported:
         raise ValueError(f"{out}: matplotlib cannot write a .{ext} picture (it writes "
                          f"{', '.join('.' + e for e in sorted(supported))})")

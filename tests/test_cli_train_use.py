@@ -104,6 +104,22 @@ def test_shards_tokenized_for_another_vocabulary_are_refused(tmp_path, capsys, c
     assert "step 1/" not in cap.out
 
 
+def test_gpt2_shards_fine_tune_a_model_whose_vocabulary_extends_gpt2s(tmp_path, capsys):
+    """Added tokens after GPT-2's 50257 (V = 50260): the GPT-2 shards' ids are the model's own, so the
+    run trains (the samples are token ids: GPT-2's tokenizer cannot decode the added ones)."""
+    d = tmp_path / "data"
+    data.prepare(str(d), "To be, or not to be, that is the question. " * 40, tokenizer="gpt2", val_fraction=0.1,
+                 name="play", verbose=False)
+    model = GPT2(GPT2Config(max_seq_len=16, vocab_size=50260, num_layers=1, num_heads=2, channels=16))
+    model.init_weights(0)
+    model.save(str(tmp_path / "v50260.bin"))
+    code = train.main(["-i", str(d / "play_train.bin"), "-e", str(tmp_path / "v50260.bin"), "-o", "", "-x", "1",
+                       "-t", "16", "-b", "2", "--omp-threads", "1", "-s", "0", "-v", "0"])
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    assert "has 50257 tokens, the model V=50260: samples are printed as token ids" in cap.out
+
+
 def test_two_prepared_sets_with_different_tokenizers_in_one_glob_are_refused(tmp_path, capsys):
     """prepare_data twice into one directory (two texts, char tokenizers of different characters), then
     -i "dir/*_train.bin": the shards' ids meant different characters and the run trained on the mix

@@ -179,6 +179,8 @@ def test_char_encode_array_names_a_character_outside_the_vocabulary():
         with pytest.raises(ValueError, match="is not in this character vocabulary"):
             tok.encode_array(text)
     assert CharTokenizer([]).encode_array("").tolist() == []
+    unsorted = CharTokenizer(list("ba\n"))   # a tokenizer file may list its characters in any order
+    assert unsorted.encode_array("abba\n").tolist() == unsorted.encode("abba\n") == [1, 0, 0, 1, 2]
 
 
 def test_prepare_files_char_and_cli(tmp_path, capsys):
@@ -356,3 +358,37 @@ def test_a_second_prepare_of_a_set_waits_for_the_first(tmp_path):
     assert result == [(paths["train"], paths["val"], paths["tokenizer"])]
     assert lines[-1] == f"[prepare] using the built-in Shakespeare another process prepared in {out}"
     assert {k: os.stat(p).st_ino for k, p in paths.items()} == inodes   # used, not written again
+
+
+def test_the_set_lock_survives_a_removed_lock_file_and_a_file_system_without_locks(tmp_path, monkeypatch):
+    """A process waiting on the lock while the holder removes the directory it made (a refused text)
+    takes the lock again on the new file, not the removed one (it shared the set with a third
+    process); a file system without flock (NFS without lockd) gets a note, and the set is prepared."""
+    import errno
+    import threading
+    from numbagpt.files import data
+    out = str(tmp_path / "out")
+    os.makedirs(out)
+    got = []
+    with data._set_lock(out, "d", False):
+        waiter = threading.Thread(target=lambda: got.append(_held(data, out)))
+        waiter.start()
+        time.sleep(0.5)
+        os.remove(data._lock_path(out, "d"))
+        os.rmdir(out)
+    waiter.join(30)
+    assert got == [True]   # it locked the file that is at the path now
+    lines = []
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(data.fcntl, "flock", no_locks)
+    paths = prepare(str(tmp_path / "nfs"), "some text " * 20, tokenizer="char", name="t", verbose=lines.append)
+    assert os.path.isfile(paths["train"])
+    assert (f"[prepare] note: {tmp_path / 'nfs' / '.t.lock'}: cannot lock (No locks available): preparing "
+            f"without a lock") in lines
+
+
+def _held(data, out):
+    """Inside data._set_lock(out, 'd'): whether the locked descriptor is the file at the lock's path."""
+    with data._set_lock(out, "d", False) as fd:
+        return os.fstat(fd).st_ino == os.stat(data._lock_path(out, "d")).st_ino

@@ -79,13 +79,16 @@ def test_file_round_trip(tmp_path):
     (lambda b: b[:4] + b"\x00" * 4 + b[8:], "unsupported eval file version: expected 1, found 0"),
     (lambda b: b"\x01" + b[1:], "bad magic number"),
     (lambda b: b[:-2], "example 2 (at uint16"),
-    (lambda b: b[:-4], "the file ends 4 bytes into it (truncated; the header says 3 examples)"),
+    (lambda b: b[:-4], "the file ends {last_minus_4} bytes into its {last} (truncated; the header says 3 examples)"),
     (lambda b: b + b"\x00\x00", "2 bytes after the 3 examples"),
     (lambda b: b[:1024] + b"\x00" + b[1025:], "example 0 (at uint16 0): expected the start marker 65535"),
 ])
 def test_bad_files_name_file_and_example(tmp_path, damage, message):
     path = tmp_path / "e.bin"
     hs.write_eval_file(path, make_examples(np.random.default_rng(1), 3, 3))
+    stream = np.fromfile(path, dtype="<u2", offset=1024)
+    last = int(stream[np.flatnonzero(stream == 65535)[-1] + 1])   # the last example's length in bytes
+    message = message.format(last=last, last_minus_4=last - 4)
     path.write_bytes(damage(path.read_bytes()))
     with pytest.raises(hs.EvalFileError, match=re.escape(message)) as e:
         hs.read_eval_file(path)

@@ -219,6 +219,7 @@ def test_export_force_removes_what_save_pretrained_left(tmp_path):
     hf.export_hf(tmp_path / "m.bin", hf_dir, force=True)
     left = set(os.listdir(hf_dir))
     assert not left & {"tokenizer.json", "added_tokens.json", "model.safetensors.index.json"}, left
+    assert not [n for n in left if n.startswith("model-")], left   # the sharded save's shards too
     hfm = transformers.GPT2LMHeadModel.from_pretrained(hf_dir)
     assert hfm.config.vocab_size == 100
 

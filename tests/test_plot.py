@@ -44,8 +44,12 @@ def test_the_picture_format_follows_the_extension(tmp_path, capsys):
     """-o loss.pdf wrote PNG bytes under that name; an extension matplotlib has no writer for is one line."""
     pytest.importorskip("matplotlib")
     log = write_log(tmp_path / "main.log", steps=5)
+    import matplotlib.pyplot as plt
+    mine = plt.figure()   # a notebook's figure: plot_logs must not close it
     assert main([str(log), "-o", str(tmp_path / "loss.pdf")]) == 0
     assert (tmp_path / "loss.pdf").read_bytes()[:5] == b"%PDF-"
+    assert plt.fignum_exists(mine.number)
+    plt.close(mine)
     assert main([str(log), "-o", str(tmp_path / "loss.svg")]) == 0
     assert b"<svg" in (tmp_path / "loss.svg").read_bytes()[:1000]
     capsys.readouterr()

@@ -260,3 +260,19 @@ def test_ranks_stop_with_the_most_serious_signal_any_of_them_got(mine, others, e
         assert e.value.signum == expected
     finally:
         stop.close()
+
+
+def test_a_signal_the_process_ignores_stays_ignored():
+    """`nohup bin/train_gpt2 ...` ignores SIGHUP so that the run outlives its terminal: the handler
+    that ends a run on SIGHUP must not replace that (the run then died when the terminal closed)."""
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        stop = rundir.StopRequest()
+        try:
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) == stop._handler
+        finally:
+            stop.close()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)

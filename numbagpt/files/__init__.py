@@ -2,7 +2,6 @@
 tokenizers (tokenizer.py), Hugging Face interop (hf.py) and the atomic writes every writer goes
 through (atomic.py)."""
 import importlib.util
-import os
 
 
 def package_data_dir(package, pip_name, what):

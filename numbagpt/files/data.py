@@ -339,23 +339,28 @@ def _token_stream(tok, source, sources, per_paragraph, verbose):
     straight into an array), with a progress line every 10 s on long work."""
     chunks, batch, size, chars = [], [], 0, 0
     t0 = last = time.time()
+
+    def progress(i):
+        nonlocal last
+        if time.time() - last > 10:
+            last = time.time()
+            _log(verbose, f"tokenizing source {i + 1:,} of {len(sources):,}: {chars:,} characters read, "
+                          f"{sum(map(len, chunks)):,} tokens so far ({last - t0:.0f} s)")
     for i, text in enumerate(_texts(source, sources)):
         chars += len(text)
         for doc in _documents([text], per_paragraph):
             if len(doc) >= BATCH_CHARS:
                 chunks += [_token_array(tok, batch), np.array([tok.eot_token], np.int32), tok.encode_array(doc)]
                 batch, size = [], 0
+                progress(i)
                 continue
             batch.append(doc)
             size += len(doc)
             if size >= BATCH_CHARS:
                 chunks.append(_token_array(tok, batch))
                 batch, size = [], 0
+                progress(i)
         del text
-        if time.time() - last > 10:
-            last = time.time()
-            _log(verbose, f"tokenized {i + 1:,} of {len(sources):,} source(s): {chars:,} characters, "
-                          f"{sum(map(len, chunks)):,} tokens so far ({last - t0:.0f} s)")
     chunks.append(_token_array(tok, batch))
     return np.concatenate(chunks), chars
 
@@ -387,7 +392,6 @@ def prepare(out_dir, source, tokenizer="gpt2", val_fraction=0.1, name="data", do
     verbose: print `[prepare]` lines of progress (True), or hand each to a callable, or neither.
     Returns {'train': path, 'val': path, 'tokenizer': path}.
     """
-    t0 = time.time()
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if not name or os.sep in name or (os.altsep and os.altsep in name):
@@ -396,16 +400,17 @@ def prepare(out_dir, source, tokenizer="gpt2", val_fraction=0.1, name="data", do
         raise ValueError(f"{out_dir}: not a directory (-o names the directory the shards are written to)")
     made = not os.path.isdir(out_dir)
     make_dir(out_dir)   # before the tokenizing, not after it
-    try:
-        with _set_lock(out_dir, name, verbose):
+    with _set_lock(out_dir, name, verbose):
+        try:
             paths = _prepare_into(out_dir, source, tokenizer, val_fraction, name, doc_per_paragraph, verbose)
-    except BaseException:
-        if made:   # a directory this call made and never used (a refused text) is removed again
-            with contextlib.suppress(OSError):
-                os.remove(_lock_path(out_dir, name))
-                os.rmdir(out_dir)
-        raise
-    _log(verbose, f"done in {time.time() - t0:.1f} s")
+        except BaseException:
+            if made:   # a directory this call made and never used (a refused text) is removed again,
+                # the lock still held: a process waiting on it then finds its file gone and starts over
+                with contextlib.suppress(OSError):
+                    os.remove(_lock_path(out_dir, name))
+                with contextlib.suppress(OSError):
+                    os.rmdir(out_dir)
+            raise
     return paths
 
 
@@ -444,6 +449,7 @@ def _prepare_into(out_dir, source, tokenizer, val_fraction, name, doc_per_paragr
     write_shard(paths["train"], tokens[n_val:])   # last: a set cut short has no train shard to train on
     for k in ("train", "val", "tokenizer"):
         _log(verbose, f"wrote {paths[k]} ({os.path.getsize(paths[k]):,} bytes)")
+    _log(verbose, f"done in {time.time() - t0:.1f} s")
     return paths
 
 
@@ -456,20 +462,52 @@ def _set_lock(out_dir, name, verbose):
     """An exclusive flock on out_dir/.NAME.lock while the set NAME is checked or written: a second
     process preparing the same set (two runs started on a fresh cache, two prepare_data -o DIR) waits,
     then finds it ready or writes its own after the first, instead of deleting the first's files and
-    temporaries under it. The kernel drops the lock when the process ends, however it ends."""
-    try:
-        fd = os.open(_lock_path(out_dir, name), os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise OSError(f"{_lock_path(out_dir, name)}: cannot create the lock file: {e.strerror}") from None
-    try:
+    temporaries under it. The kernel drops the lock when the process ends, however it ends. A lock
+    whose file was removed while this process waited (a refused prepare removing the directory it
+    made) is taken again on a new file; a file system without locks (NFS without lockd) gets a note,
+    and the set is prepared without one, as before there was a lock."""
+    path = _lock_path(out_dir, name)
+    while True:
+        os.makedirs(out_dir, exist_ok=True)
+        try:   # read-only is enough for flock: a lock file of another user's in a shared cache will do
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise OSError(f"{path}: cannot create the lock file: {e.strerror}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            _log(verbose, f"waiting for another process that prepares {name} in {out_dir}...")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+            if not _flock(fd, path, name, out_dir, verbose):
+                break
+            if _same_file(fd, path):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)   # the file was removed while this process waited: lock the one there now
+    try:
+        yield fd
     finally:
         os.close(fd)
+
+
+def _flock(fd, path, name, out_dir, verbose):
+    """Lock fd exclusively, waiting (with a line) while another process holds it; False where the file
+    system has no locks."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        _log(verbose, f"waiting for another process that prepares {name} in {out_dir}...")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as e:
+        _log(verbose, f"note: {path}: cannot lock ({e.strerror}): preparing without a lock")
+        return False
+    return True
+
+
+def _same_file(fd, path):
+    """fd is the file now at path."""
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _remove_set(out_dir, name, paths):

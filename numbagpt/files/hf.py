@@ -30,6 +30,7 @@ Only numpy and the `safetensors` package are needed (pip install 'numbagpt[hf]')
 import contextlib
 import json
 import os
+import re
 
 import numpy as np
 
@@ -113,7 +114,8 @@ TOKENIZER_FILES = ("vocab.json", "merges.txt", "special_tokens_map.json", "token
 # what transformers' save_pretrained may have written beside them: an export with --force removes these
 # too, so that AutoTokenizer never loads an earlier model's tokenizer (tokenizer.json wins over
 # vocab.json) or its weights (a sharded save's index wins over nothing)
-OTHER_FILES = ("tokenizer.json", "added_tokens.json", "pytorch_model.bin", "model.safetensors.index.json")
+INDEX = "model.safetensors.index.json"   # a sharded save's: which model-0000k-of-0000n.safetensors holds each tensor
+OTHER_FILES = ("tokenizer.json", "added_tokens.json", "pytorch_model.bin", INDEX)
 
 
 def export_hf(model_bin, out_dir, force=False):
@@ -131,7 +133,9 @@ def export_hf(model_bin, out_dir, force=False):
         raise HFError(f"{out_dir}: not empty ({', '.join(sorted(os.listdir(out_dir))[:4])}...): "
                       f"export into a new directory, or --force to replace an earlier export there")
     make_dir(out_dir, "directory", HFError)
-    for name in ("config.json", "model.safetensors", "generation_config.json", *TOKENIZER_FILES, *OTHER_FILES):
+    shards = [n for n in os.listdir(out_dir) if re.fullmatch(r"model-\d+-of-\d+\.safetensors", n)]
+    for name in ("config.json", "model.safetensors", "generation_config.json", *TOKENIZER_FILES, *OTHER_FILES,
+                 *shards):
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(out_dir, name))
     remove_stale_temps(out_dir)
@@ -230,9 +234,6 @@ def from_hf_tensors(cfg, tensors, path="model.safetensors"):
     return flat
 
 
-INDEX = OTHER_FILES[3]
-
-
 def _read_tensors(hf_dir):
     """({name: array}, what to call their source in messages) of hf_dir's weights: model.safetensors,
     or the shards a sharded save's index (model.safetensors.index.json) names."""
@@ -269,20 +270,18 @@ def _read_safetensors(path):
     to float32 exactly, bit by bit. The safetensors package checks the header and the offsets."""
     from safetensors import safe_open
     try:
-        with safe_open(path, framework="numpy") as f:
-            names = list(f.keys())
-            bf16 = {n for n in names if f.get_slice(n).get_dtype() == "BF16"}
-            tensors = {n: f.get_tensor(n) for n in names if n not in bf16}
+        with safe_open(path, framework="numpy") as f:   # checks the header and every tensor's offsets
+            with open(path, "rb") as raw:
+                n = int.from_bytes(raw.read(8), "little")
+                header = json.loads(raw.read(n))
+            bf16 = {k for k, v in header.items() if k != "__metadata__" and v["dtype"] == "BF16"}
+            tensors = {k: f.get_tensor(k) for k in f.keys() if k not in bf16}
     except Exception as e:  # safetensors raises its own error types for a bad header
         raise HFError(f"{path}: not a readable safetensors file: {e}") from None
-    if bf16:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(n))
-        for name in bf16:
-            begin, end = header[name]["data_offsets"]
-            raw = np.fromfile(path, dtype="<u2", count=(end - begin) // 2, offset=8 + n + begin)
-            tensors[name] = (raw.astype(np.uint32) << 16).view(np.float32).reshape(header[name]["shape"])
+    for name in bf16:
+        begin, end = header[name]["data_offsets"]
+        bits = np.fromfile(path, dtype="<u2", count=(end - begin) // 2, offset=8 + n + begin)
+        tensors[name] = (bits.astype(np.uint32) << 16).view(np.float32).reshape(header[name]["shape"])
     return tensors
 
 

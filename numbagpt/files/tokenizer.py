@@ -185,20 +185,25 @@ class CharTokenizer(Tokenizer):
         try:
             return [self.stoi[c] for c in text]
         except KeyError as e:
-            raise ValueError(f"character {e.args[0]!r} is not in this character vocabulary "
-                             f"({self.vocab_size - 1} characters)") from None
+            raise self._unknown(e.args[0]) from None
+
+    def _unknown(self, c):
+        return ValueError(f"character {c!r} is not in this character vocabulary ({self.vocab_size - 1} characters)")
 
     def encode_array(self, text, piece=1 << 22):
-        # the characters' code points looked up in the sorted table, `piece` characters at a time
-        table = np.array([ord(c) for c in self.chars], dtype=np.uint32)
+        # the characters' code points looked up in a sorted table (a tokenizer file may list them in
+        # any order: `order` maps back to the ids), `piece` characters at a time
+        codes = np.array([ord(c) for c in self.chars], dtype=np.uint32)
+        order = np.argsort(codes, kind="stable")
+        table = codes[order]
         out = np.empty(len(text), dtype=np.int32)
         for i in range(0, len(text), piece):
             cps = np.frombuffer(text[i:i + piece].encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-            ids = np.minimum(np.searchsorted(table, cps), len(table) - 1)
-            bad = np.flatnonzero(table[ids] != cps) if len(table) else np.arange(cps.size)
+            at = np.minimum(np.searchsorted(table, cps), max(len(table) - 1, 0))
+            bad = np.flatnonzero(table[at] != cps) if len(table) else np.arange(cps.size)
             if bad.size:
-                self.encode(chr(cps[bad[0]]))   # raises encode()'s error, naming the character
-            out[i:i + cps.size] = ids
+                raise self._unknown(chr(cps[bad[0]]))
+            out[i:i + cps.size] = order[at]
         return out
 
     def decode(self, ids):
@@ -281,11 +286,10 @@ def check_one_tokenization(*data_globs):
     first = None
     for data_glob in data_globs:
         for tok, shard in named_tokenizers(data_glob).items() if data_glob else ():
-            with open(tok, "rb") as f:
-                content = f.read()
+            vocabulary = read_tokenizer_file(tok)   # (tokens, EOT): the file's version may differ
             if first is None:
-                first = (tok, shard, content)
-            elif content != first[2]:
+                first = (tok, shard, vocabulary)
+            elif vocabulary != first[2]:
                 raise ValueError(f"{shard} and {first[1]} were tokenized differently ({tok} and {first[0]} "
                                  f"differ): give -i/-j globs that match one prepared set")
 

@@ -390,7 +390,10 @@ class StopRequest:
         self.world = None
         self.signum = None     # the first signal, while it waits for the end of the step
         self.raised = False    # Interrupted is on its way: the run is printing its line and ending
-        self.previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
+        # a signal the process was told to ignore stays ignored: `nohup` ignores SIGHUP so that the run
+        # outlives its terminal
+        self.previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS
+                         if signal.getsignal(s) is not signal.SIG_IGN}
         self.unraisable = sys.unraisablehook
         sys.unraisablehook = self._dropped
 

@@ -448,8 +448,10 @@ def open_data(config, world, cfg, paths, say):
                                      vocab_size=cfg.vocab_size, model=c.model)
     tokenizer.check_one_tokenization(train_glob, val_glob)
     tok = tokenizer.load_tokenizer(tok_path) if tok_path else None
-    own = {os.path.abspath(t) for t in tokenizer.named_tokenizers(train_glob)}
-    if tok is not None and tok.vocab_size != cfg.vocab_size and os.path.abspath(tok_path) in own:
+    own = {os.path.realpath(t) for t in tokenizer.named_tokenizers(train_glob)}
+    # GPT-2's BPE shards fine-tune a model whose vocabulary extends GPT-2's (added tokens after 50256)
+    extends = isinstance(tok, tokenizer.GPT2Tokenizer) and cfg.vocab_size > tok.vocab_size
+    if tok is not None and tok.vocab_size != cfg.vocab_size and not extends and os.path.realpath(tok_path) in own:
         # the shards' own tokenizer (prepare_data's NAME_tokenizer.bin): they were made for another model
         raise ValueError(f"{tok_path}, the tokenizer of the train shards, has {tok.vocab_size} tokens, the model "
                          f"-e {c.model} V={cfg.vocab_size}: the shards were tokenized for another vocabulary "
