@@ -362,7 +362,13 @@ def _token_stream(tok, source, sources, per_paragraph, verbose):
                 progress(i)
         del text
     chunks.append(_token_array(tok, batch))
-    return np.concatenate(chunks), chars
+    tokens = np.empty(sum(map(len, chunks)), dtype=np.int32)
+    pos = 0
+    for i in range(len(chunks)):   # each chunk freed once copied: the tokens are in memory once, not twice
+        tokens[pos:pos + len(chunks[i])] = chunks[i]
+        pos += len(chunks[i])
+        chunks[i] = None
+    return tokens, chars
 
 
 def _char_tokenizer(source, sources):
