@@ -102,10 +102,15 @@ def test_no_import_cycles():
     assert cycles(graph()) == []
 
 
+# the commands: numbagpt.cli, and numbagpt.console, the console scripts' entry points (outside
+# numbagpt.cli so that loading one imports nothing before it takes Ctrl-C over)
+COMMANDS = ("numbagpt.cli", "numbagpt.console")
+
+
 def test_no_library_module_imports_the_commands():
     g = graph()
     offenders = {m: sorted(d for d in deps if d.startswith("numbagpt.cli"))
-                 for m, deps in g.items() if not m.startswith("numbagpt.cli")}
+                 for m, deps in g.items() if not m.startswith(COMMANDS)}
     assert {m: d for m, d in offenders.items() if d} == {}
 
 

@@ -1,7 +1,6 @@
 """What bin/* run: a command's main, with a missing dependency told in one line."""
 import importlib
 import os
-import signal
 import sys
 
 
@@ -26,23 +25,3 @@ def launch(prog, module, entry="main"):
               f"{fix}", file=sys.stderr)
         return 1
 
-
-def console_script(prog, module, entry="main"):
-    """setup.cfg's console script for bin/<prog> (numbagpt-train, ...): as bin/*'s stubs, a Ctrl-C
-    while Python loads the command is one line (the command takes over the signal), then launch."""
-    def run():
-        signal.signal(signal.SIGINT, lambda *_: (sys.stderr.write(f"{prog}: interrupted\n"), os._exit(130)))
-        return launch(prog, module, entry)
-    run.__name__ = prog
-    return run
-
-
-train = console_script("train_gpt2", "train")
-test = console_script("test_gpt2", "test")
-profile = console_script("profile_gpt2", "profile")
-prepare = console_script("prepare_data", "prepare")
-sample = console_script("sample_gpt2", "sample")
-plot = console_script("plot_log", "plot")
-evaluate = console_script("eval_gpt2", "eval")
-export_hf = console_script("export_hf", "hf", "export_main")
-import_hf = console_script("import_hf", "hf", "import_main")

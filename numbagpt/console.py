@@ -1,0 +1,29 @@
+"""setup.cfg's console scripts (numbagpt-train, ...): what bin/<prog> runs, with bin/*'s first line.
+
+Their wrapper imports this module before anything runs, so it imports nothing but what Python has
+loaded already: a Ctrl-C while Python then loads the command (NumPy, Numba) is one line and status
+130, as from bin/* (the command takes the signal over once it is loaded), not importlib's traceback.
+"""
+import os
+import signal
+import sys
+
+
+def _script(prog, module, entry="main"):
+    def run():
+        signal.signal(signal.SIGINT, lambda *_: (sys.stderr.write(f"{prog}: interrupted\n"), os._exit(130)))
+        from numbagpt.cli.launch import launch
+        return launch(prog, module, entry)
+    run.__name__ = prog
+    return run
+
+
+train = _script("train_gpt2", "train")
+test = _script("test_gpt2", "test")
+profile = _script("profile_gpt2", "profile")
+prepare = _script("prepare_data", "prepare")
+sample = _script("sample_gpt2", "sample")
+plot = _script("plot_log", "plot")
+evaluate = _script("eval_gpt2", "eval")
+export_hf = _script("export_hf", "hf", "export_main")
+import_hf = _script("import_hf", "hf", "import_main")
