@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 
+from . import kernel_cache  # noqa: F401  (first: the kernels below are cached through its locators)
 from .adamw import adamw_update, global_norm_squared
 from .attention import attention_backward, attention_forward, attention_forward_cached
 from .crossentropy import crossentropy_backward, crossentropy_forward, crossentropy_forward_backward

@@ -17,11 +17,8 @@ place of the float32 result; tests/test_cpu_crossentropy.py checks it):
 
 Both functions here are `inline='always'`: they are compiled into each kernel that calls them, with
 that kernel's fastmath flags (the kernels use 'reassoc' and 'contract'; the accuracy above is
-measured so). Numba's on-disk cache (cache=True) keys a kernel on its own file only: after editing
-this file, touch the callers that are plain @njit kernels (crossentropy.py; gelu.py for tanh;
-attention.py for its KV-cache attention) or clear their __pycache__; the generated kernels (attention.py's, through
-simd.py's vector exp) carry a hash of this file in their names (simd.source_tag) and compile anew
-by themselves.
+measured so). An edit here compiles its callers anew (crossentropy.py, gelu.py, attention.py): their
+cache entries also key on the files they import (numbagpt/cpu/kernel_cache.py).
 """
 import numpy as np
 from llvmlite import ir
