@@ -265,6 +265,30 @@ def test_rounding_matches_torch(kernel):
     assert np.all((got[nan] & 0x7F80) == 0x7F80) and np.all(got[nan] & 0x7F)
 
 
+@numba.njit
+def _rows_to_bf16(dst, src, n):
+    for r in range(src.size // n):
+        mb._row_to_bf16(dst[r * n:(r + 1) * n], src[r * n:(r + 1) * n], n)
+
+
+@pytest.mark.parametrize("n", [64, 37])  # 16 at a time only; and one by one for the ragged 5 of each row
+def test_bf16_rows_round_to_nearest_even_bit_for_bit(kernel, n):
+    """_row_to_bf16, the conversion of crossentropy's dlogits to bf16 rows (--precision bf16): bit for
+    bit bf16_bits (tested above against float64 and torch) on every special float32, ties among them,
+    whether 16 at a time (_to_bf16) or one by one converts a value; a NaN stays a NaN."""
+    if kernel != mb.supported_kernels()[0]:
+        pytest.skip("kernel-independent: run once")
+    x = _special_bits().view(np.float32)
+    x = x[:x.size // n * n]
+    dst = np.full(x.size, np.nan, np.float32)
+    _rows_to_bf16(dst, x, n)
+    got = dst.view(np.uint16).reshape(-1, 2 * n)[:, :n].reshape(-1)
+    want = mb.bf16_bits(x)
+    nan = np.isnan(x)
+    np.testing.assert_array_equal(got[~nan], want[~nan])
+    assert np.all((got[nan] & 0x7F80) == 0x7F80) and np.all(got[nan] & 0x7F)
+
+
 def _flush_subnormals(u):
     """uint32 bits u with every subnormal replaced by the zero of its sign."""
     u = u.copy()

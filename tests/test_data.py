@@ -75,6 +75,15 @@ def test_shuffle(tmp_path):
     assert order(e0) != order(plain) and order(e0) != order(e1)
     for x, y in e0:
         assert np.array_equal(y.ravel(), x.ravel() + 1)
+    # both orders are drawn anew each epoch: the shards' and each shard's windows'
+    def visits(dl):
+        return [(dl.current_shard, int(x[0, 0])) for x, _ in (dl.next_batch() for _ in range(dl.batches_per_epoch))]
+    dl = DataLoader(pattern, B=2, T=8, shuffle=True, seed=3)
+    v0, v1 = visits(dl), visits(dl)
+    shards = lambda v: list(dict.fromkeys(s for s, _ in v))          # noqa: E731
+    windows = lambda v, k: [w for s, w in v if s == k]                # noqa: E731
+    assert shards(v0) != shards(v1)
+    assert all(windows(v0, k) != windows(v1, k) for k in range(4))
     # the same seed gives the same order; another seed another
     assert order(_epoch(DataLoader(pattern, B=2, T=8, shuffle=True, seed=3))) == order(e0)
     assert order(_epoch(DataLoader(pattern, B=2, T=8, shuffle=True, seed=4))) != order(e0)

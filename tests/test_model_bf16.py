@@ -3,6 +3,7 @@ operands with float32 sums, everything else float32 (numbagpt/model.py, numbagpt
 
 - the forward against a float64 model whose every matmul rounds its two inputs to bf16 (a model that
   left one GEMM in fp32 would be off by bf16's ~2^-9 relative error there);
+- the backward: every GEMM is the bf16 one, each against float64 products of its operands rounded;
 - 20 AdamW steps in bf16 against fp32 from the same weights and data: the losses stay within
   LOSS_BOUND (measured: at most 3.3e-4 apart over 4 seeds of this setup, 1.1e-4 relative; see below);
 - the parameters, gradients and optimizer state are float32 buffers either way.
@@ -10,7 +11,8 @@ operands with float32 sums, everything else float32 (numbagpt/model.py, numbagpt
 import numpy as np
 import pytest
 from reference import (attention_forward_ref, bf16_round_ref, crossentropy_forward_ref, encoder_forward_ref,
-                       gelu_forward_ref, layernorm_forward_ref, matmul_forward_ref)
+                       from_bf16_rows, gelu_forward_ref, layernorm_forward_ref, matmul_backward_ref,
+                       matmul_forward_ref)
 
 from numbagpt.config import GPT2Config
 from numbagpt.layout import parameter_layout
@@ -50,6 +52,32 @@ def reference_logits_bf16(cfg, flat, x):
     return _mm_bf16(layernorm_forward_ref(h, p["lnfw"], p["lnfb"])[0], p["wte"])
 
 
+class _GemmRecorder:
+    """The model's backend, recording each matmul call: its kernel's name and, for a backward, its
+    operands as they were and the dinp, dweight it added or wrote."""
+
+    def __init__(self, backend):
+        self.backend, self.calls = backend, []
+
+    def __getattr__(self, name):
+        fn = getattr(self.backend, name)
+        if not name.startswith("matmul_"):
+            return fn
+
+        def record(*args):
+            if "backward" not in name:
+                self.calls.append((name, None))
+                return fn(*args)
+            dinp, dweight, _, dout, inp, weight, B, T, C, OC, acc, *bf16_rows = args
+            before = dinp.copy(), dweight.copy() if acc else np.zeros_like(dweight)
+            # copies: the buffers change after the call (dout is the residual stream's gradient)
+            dout = (from_bf16_rows(dout, OC) if bf16_rows and bf16_rows[0] else dout.copy()).reshape(-1, OC)
+            operands = dout, inp.reshape(-1, C).copy(), weight.reshape(OC, C).copy()
+            fn(*args)
+            self.calls.append((name, (*operands, dinp - before[0], dweight - before[1])))
+        return record
+
+
 def test_bf16_forward_rounds_every_gemm():
     x, y = _batch()
     model = GPT2(CFG, precision="bf16")
@@ -67,6 +95,29 @@ def test_bf16_forward_rounds_every_gemm():
     fp32.load_parameters(flat)
     fp32.forward(x, y)
     assert np.abs(fp32.logits_host()[..., :CFG.vocab_size] - got).max() > 2e-3   # bf16 is not fp32
+
+
+def test_bf16_backward_rounds_every_gemm():
+    # every GEMM of the step is the bf16 kernel, and each backward one gives the float64 products of
+    # its operands rounded to bf16 (a backward GEMM left in fp32 would be off by bf16's ~2^-9 there;
+    # the model's gradients as a whole cannot tell: the float32 and float64 models round their
+    # activations to bf16 differently here and there, and that difference grows toward the input)
+    x, y = _batch()
+    model = GPT2(CFG, precision="bf16")
+    model.init_weights(seed=3)
+    model.backend = rec = _GemmRecorder(model.backend)
+    model.forward(x, y)
+    model.zero_grad()
+    model.backward()
+    gemms = 4 * CFG.num_layers + 1
+    assert [name for name, _ in rec.calls] == ["matmul_forward_bf16"] * gemms + ["matmul_backward_bf16"] * gemms
+    # the gradients here are ~1e-3 and smaller: relative errors of each tensor, float32 sums' ~1e-6
+    # against ~1e-3 for operands left unrounded
+    for i, (_, (dout, inp, weight, dinp, dweight)) in enumerate(rec.calls[gemms:]):
+        want = matmul_backward_ref(bf16_round_ref(dout), bf16_round_ref(inp), bf16_round_ref(weight))[:2]
+        for name, got, w in zip(("dinp", "dweight"), (dinp, dweight), want):
+            err = np.linalg.norm(got.reshape(w.shape) - w) / np.linalg.norm(w)
+            assert err < 2e-5, (i, name, err)
 
 
 def test_bf16_training_tracks_fp32():
