@@ -1,5 +1,8 @@
 """bench/gpu_check.sh without a GPU: it must say clearly that there is none, write that to its output
-directory and exit 0 (on a machine with a GPU it runs the real checks, minutes: not a unit test)."""
+directory and exit 0 (on a machine with a GPU it runs the real checks, minutes: not a unit test); a missing
+module is an error, not "no GPU". And what it would run on a GPU, checked here: the headline part first,
+caps within the budget, every CUDA test case selected (collected as if a GPU were present)."""
+import glob
 import os
 import subprocess
 import sys
@@ -39,6 +42,8 @@ def test_train_compare_logic(tmp_path):
     assert rc == 0 and r["ok_compare"] and r["ok_loss_falls"], r
     assert len(r["losses"]) == 8 and [c["step"] for c in r["compare"]] == [1, 2, 3]
     assert all(c["diff"] == 0.0 for c in r["compare"])  # same backend, same weights, same batches
+    from bench.gpu_check import train_figures   # the line summary.txt gets
+    assert train_figures(str(tmp_path)).startswith("  train: max |loss cpu - cuda| 0.00e+00 over 3 steps at B=2")
 
 
 def test_parts_run_under_the_budget(tmp_path):
@@ -65,7 +70,7 @@ def test_every_part_names_files_that_exist_and_flags_its_command_takes(tmp_path)
                "bench/bench_cuda.py": bench_cuda.parse_args, os.path.abspath(gpu_check.__file__): gpu_check.parse_args}
     parts = gpu_check.parts(gpu_check.parse_args([]), str(tmp_path))
     assert len(parts) == 6
-    for name, cmd, _log, _cap in parts:
+    for name, cmd in ((p.name, p.cmd) for p in parts):
         named = [a for a in cmd[1:] if a.endswith((".py", ".bin", ".txt")) or a.startswith(("bin/", "tests/"))]
         missing = [a for a in named if not os.path.exists(os.path.join(ROOT, a))]
         assert named and not missing, (name, missing)
@@ -74,3 +79,109 @@ def test_every_part_names_files_that_exist_and_flags_its_command_takes(tmp_path)
             parsers[script](cmd[2:])   # argparse exits on a flag it does not take
         else:
             assert cmd[1:4] == ["-m", "pytest", "-q"], name
+
+
+def test_the_headline_runs_first_and_the_caps_fit_the_budget(tmp_path):
+    from bench import gpu_check as g
+    parts = g.parts(g.parse_args([]), str(tmp_path))
+    assert [p.key for p in parts] == ["train", "tests", "test_gpt2_micro", "test_gpt2_nano", "profile", "matmul"]
+    assert "--train-only" in parts[0].cmd and parts[0].log == "train.log"
+    assert g.BUDGET_S <= 420   # with its command's timeout, well within a 600 s command and ~15 min of device
+    for budget in (g.BUDGET_S, 200, 540):
+        caps = [p.cap for p in g.parts(g.parse_args(["--budget", str(budget)]), str(tmp_path))]
+        assert sum(caps) <= budget * (1 - g.PROBE_S / g.BUDGET_S) + 1e-6, (budget, caps)
+    # a part gets its cap, or more when the parts before it left time; never more than is left
+    assert g.part_limit(140, [90, 30], 400) == 280
+    assert g.part_limit(140, [90, 30], 200) == 140
+    assert g.part_limit(140, [90], 100) == 100
+    assert [p.key for p in g.parts(g.parse_args(["--parts", "matmul,test_gpt2"]), str(tmp_path))] == \
+        ["test_gpt2_micro", "test_gpt2_nano", "matmul"]
+
+
+def test_main_runs_the_parts_in_order_and_names_those_not_reached(tmp_path, monkeypatch):
+    from bench import gpu_check as g
+    monkeypatch.setattr(g, "gpu_status", lambda: (True, "a pretend GPU"))
+    monkeypatch.setattr(g, "write_device_info", lambda out: None)
+    py = sys.executable
+    parts = [g.Part("train", "first", [py, "-c", "print('one')"], "a.log", 5),
+             g.Part("tests", "second", [py, "-c", "import time; time.sleep(4)"], "b.log", 5),
+             g.Part("matmul", "third", [py, "-c", "pass"], "c.log", 5)]
+    monkeypatch.setattr(g, "parts", lambda args, out: parts)
+    assert g.main([str(tmp_path), "--budget", "8"]) == 1
+    lines = (tmp_path / "summary.txt").read_text().splitlines()
+    assert [ln.split()[0] for ln in lines if ln.split()[0] in ("first", "second", "third")] == \
+        ["first", "second", "third"]
+    assert [ln.split()[1] for ln in lines if ln.split()[0] in ("first", "second")] == ["ok", "ok"]
+    assert "SKIPPED" in next(ln for ln in lines if ln.startswith("third"))
+    assert lines[-1].startswith("not reached (time budget spent): matmul") and "--parts matmul" in lines[-1]
+    assert not (tmp_path / "c.log").exists()
+
+
+@pytest.mark.parametrize("module", ["numba", "numba_cuda", "numbagpt"])
+def test_a_missing_module_is_an_error_not_no_gpu(tmp_path, module):
+    # sys.modules[m] = None: `import m` raises ModuleNotFoundError, as where m is not installed
+    code = (f"import sys, runpy; sys.modules[{module!r}] = None; sys.argv = ['gpu_check.py', {str(tmp_path)!r}]; "
+            f"runpy.run_path({os.path.join(ROOT, 'bench', 'gpu_check.py')!r}, run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, NUMBA_ENABLE_CUDASIM="0"))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "no NVIDIA GPU" not in proc.stdout + proc.stderr
+    err = proc.stderr.strip()
+    assert "\n" not in err and err.startswith("gpu_check: error: Python module") and module in err, err
+    assert "pip install" in err
+
+
+def test_the_script_takes_help_and_passes_arguments_on(tmp_path):
+    sh = os.path.join(ROOT, "bench", "gpu_check.sh")
+    env = dict(os.environ, PYTHON=sys.executable, NUMBA_ENABLE_CUDASIM="0")
+
+    def run(*args):
+        return subprocess.run(["bash", sh, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=120)
+    proc = run("--help")
+    assert proc.returncode == 0 and "usage:" in proc.stdout and "--budget" in proc.stdout, proc.stdout + proc.stderr
+    proc = run(str(tmp_path / "a"), "--no-such-flag")   # refused, not dropped
+    assert proc.returncode == 2 and "--no-such-flag" in proc.stderr, proc.stdout + proc.stderr
+    proc = run("b", "--budget", "100", "--parts", "tests")   # no GPU here: says so; OUT_DIR relative to the cwd
+    assert proc.returncode == 0 and "no NVIDIA GPU here" in proc.stdout, proc.stdout + proc.stderr
+    assert (tmp_path / "b" / "summary.txt").exists()
+
+
+# collect as if a GPU were present: simulator.gpu_present() is True, RUN_HERE set, the simulator off
+_AS_ON_A_GPU = ("import sys; sys.path[:0] = ['tests', '.']; import simulator; simulator.gpu_present = lambda: True; "
+                "simulator.RUN_HERE = True; import pytest; sys.exit(pytest.main(sys.argv[1:]))")
+
+
+def _collect(args, simulator="0", gpu=False):
+    cmd = [sys.executable] + (["-c", _AS_ON_A_GPU] if gpu else ["-m", "pytest"])
+    proc = subprocess.run(cmd + ["--collect-only", "-p", "no:cacheprovider", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, NUMBA_ENABLE_CUDASIM=simulator))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {line.strip() for line in proc.stdout.splitlines() if "::" in line}
+
+
+def test_the_device_tests_are_every_cuda_case_and_nothing_else(tmp_path):
+    """The tests part on a GPU runs every case the simulator run has (the `cuda` cases of the kernel test
+    files tests/test_cpu_*.py, and tests/test_cuda_*.py), and none the run without a GPU has already."""
+    import ast
+    from bench import gpu_check as g
+    cmd = next(c for part in g.parts(g.parse_args([]), str(tmp_path)) for c in part if isinstance(c, list)
+               and "pytest" in c)
+    args = cmd[cmd.index("pytest") + 1:]
+    files = [a for a in args if a.startswith("tests/")]
+    on_gpu = _collect(args, gpu=True)
+    tree = ast.parse(open(os.path.join(ROOT, "tests", "test_cuda_kernels.py")).read())
+    kernel_files = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                        and getattr(n.targets[0], "id", None) == "KERNEL_FILES")
+    want_files = set(kernel_files) | {"test_cuda_kernels.py", "test_cuda_model.py", "test_cuda_flash_attention.py",
+                                      "test_cuda_generate.py"}
+    assert want_files <= {os.path.basename(i.split("::")[0]) for i in on_gpu}, sorted(on_gpu)
+    every = sorted(os.path.relpath(f, ROOT) for pattern in ("test_cpu_*.py", "test_cuda_*.py")
+                   for f in glob.glob(os.path.join(ROOT, "tests", pattern)))
+    without_gpu = _collect(["-q"] + every)   # the normal run's: CPU cases, simulator re-runs, NumPy references
+    simulated = {i for i in _collect(["-q"] + every, simulator="1") if not i.endswith("[NOTSET]")}
+    missed = simulated - without_gpu - on_gpu
+    assert len(simulated - without_gpu) > 50 and not missed, sorted(missed)
+    rerun = on_gpu & without_gpu
+    assert not rerun, sorted(rerun)
+    assert set(files) <= set(every)
