@@ -30,14 +30,29 @@ CONTENDERS = ("flash", "old", "sdpa", "sdpa_bf16")
 C, NH = 768, 12
 
 
+def lengths(text):
+    """argparse type of --T: a comma list of sequence lengths, each >= 1."""
+    return [timing.positive_int(t) for t in text.split(",")]
+
+
+def contenders(text):
+    """argparse type of --contenders: checked here, not in a worker's usage message after the fact."""
+    names = text.split(",")
+    unknown = [n for n in names if n not in CONTENDERS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{', '.join(map(repr, unknown))}: expected a comma list of "
+                                         f"{', '.join(CONTENDERS)}")
+    return names
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     timing.add_threads(p)
-    p.add_argument("--T", default="64,256,1024")
-    p.add_argument("--B", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--contenders", default=",".join(CONTENDERS))
+    p.add_argument("--T", type=lengths, default="64,256,1024", help="comma list of sequence lengths")
+    p.add_argument("--B", type=timing.positive_int, default=1)
+    p.add_argument("--rounds", type=timing.positive_int, default=3)
+    p.add_argument("--reps", type=timing.positive_int, default=5)
+    p.add_argument("--contenders", type=contenders, default=",".join(CONTENDERS))
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="cpu: CPU time of the process ("
                         "exact with one thread; with more it also counts threads spinning after a parallel loop)")
@@ -62,7 +77,7 @@ def best_of(reps, setup, call):
 
 def worker(args):
     """Times one contender at every T; prints {T: [fwd_s, bwd_s]} as JSON."""
-    Ts = [int(t) for t in args.T.split(",")]
+    Ts = args.T
     B = args.B
     CLOCK[0] = time.process_time if args.clock == "cpu" else time.perf_counter
     res = {}
@@ -120,15 +135,14 @@ def main(argv=None):
     args = parse_args(argv)
     if args.worker:
         return worker(args)
-    Ts = [int(t) for t in args.T.split(",")]
-    names = args.contenders.split(",")
+    Ts, names = args.T, args.contenders
     best = {n: {T: [float("inf")] * 2 for T in Ts} for n in names}
     env = dict(os.environ, NUMBA_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
     failed = set()
     for _ in range(args.rounds):
         for n in names:
             cmd = [sys.executable, os.path.abspath(__file__), "--worker", n, "--threads", str(args.threads),
-                   "--T", args.T, "--B", str(args.B), "--reps", str(args.reps), "--clock", args.clock]
+                   "--T", ",".join(map(str, Ts)), "--B", str(args.B), "--reps", str(args.reps), "--clock", args.clock]
             r = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if r.returncode:
                 print(f"{n}: worker failed:\n{r.stderr[-2000:]}")
@@ -137,6 +151,7 @@ def main(argv=None):
             for T, (tf, tb) in json.loads(r.stdout.strip().splitlines()[-1]).items():
                 b = best[n][int(T)]
                 b[0], b[1] = min(b[0], tf), min(b[1], tb)
+    names = [n for n in names if n not in failed]   # no row of inf for a worker that failed
     hs = C // NH
     print(f"attention, d12 heads (C={C}, NH={NH}, hs={hs}), B={args.B}, {args.threads} threads, {args.clock} time, "
           f"best of {args.rounds} rounds x {args.reps}")

@@ -17,7 +17,9 @@ import xxhash
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+import timing  # noqa: E402  (bench/timing.py)
 from numbagpt import dist  # noqa: E402
+from numbagpt.config import PRESETS  # noqa: E402
 from numbagpt.files.data import DataLoader  # noqa: E402
 from numbagpt.files.formats import write_shard  # noqa: E402
 from numbagpt.model import GPT2  # noqa: E402
@@ -26,8 +28,8 @@ from numbagpt.train import checkpoint  # noqa: E402
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="d12")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--model", default="d12", choices=list(PRESETS), help="preset (default d12)")
+    p.add_argument("--rounds", type=timing.positive_int, default=3, help="rounds (default 3): the best of them")
     p.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
     args = p.parse_args()
     if args.dir is not None and not os.path.isdir(args.dir):

@@ -22,12 +22,16 @@ import timing
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="d12", help="preset (tiny, d12, ...) or a model .bin file")
-    p.add_argument("--contexts", type=int, nargs="+", default=[64, 256, 1024])
+    p.add_argument("--contexts", type=timing.positive_int, nargs="+", default=[64, 256, 1024],
+                   help="context lengths T, each at least 2 (default 64 256 1024)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     timing.add_threads(p)
-    p.add_argument("--steps", type=int, default=4, help="decoding steps per timed round with the cache")
-    p.add_argument("--reps", type=int, default=3, help="timed rounds per contender and context")
-    return p.parse_args()
+    p.add_argument("--steps", type=timing.positive_int, default=4, help="decoding steps per timed round with the cache")
+    p.add_argument("--reps", type=timing.positive_int, default=3, help="timed rounds per contender and context")
+    args = p.parse_args()
+    if min(args.contexts) < 2:   # a timed step decodes after at least one cached token
+        p.error(f"argument --contexts: a context length is at least 2, got {min(args.contexts)}")
+    return args
 
 
 def main():
@@ -37,13 +41,17 @@ def main():
     import numpy as np
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    from numbagpt.cli import error_text
     from numbagpt.config import PRESETS
     from numbagpt.generate import Decoder
     from numbagpt.model import GPT2
 
     numba.set_num_threads(args.threads)
-    model = (GPT2.from_preset(args.model, backend=args.device) if args.model in PRESETS
-             else GPT2.from_file(args.model, backend=args.device))
+    try:
+        model = (GPT2.from_preset(args.model, backend=args.device) if args.model in PRESETS
+                 else GPT2.from_file(args.model, backend=args.device))
+    except (ValueError, OSError, RuntimeError) as e:   # the commands' errors (numbagpt/cli: run_command)
+        sys.exit(f"bench_generate.py: error: --model {args.model} --device {args.device}: {error_text(e)}")
     cfg, k = model.config, model.backend
     rng = np.random.default_rng(0)
     print(f"{args.model}: {cfg.describe()} | device {args.device} | threads {numba.get_num_threads()}")

@@ -3,7 +3,9 @@
 For each GPT-2 shape: forward (out = inp·Wᵀ + b), dinp (dout·W) and dweight (doutᵀ·inp), each
 2·BT·C·OC FLOP; prints GFLOP/s of each numbagpt kernel (--kernels, default: the one this CPU runs,
 and the portable loops it replaced) and of BLAS, and each kernel's ratio to BLAS (time_BLAS /
-time_ours: >= 1 is as fast as BLAS or faster). Timings are medians of --reps rounds, each round
+time_ours: >= 1 is as fast as BLAS or faster). Before a kernel is timed on a shape, each of its
+products is run once and checked against float64 (of the bf16-rounded operands for a bf16 kernel):
+a wrong one stops the bench in one line (check_product). Timings are medians of --reps rounds, each round
 a block of back-to-back calls lasting about --block-ms (at least one call) timed as one, the rounds taken
 in turn (kernel 1, kernel 2, BLAS, kernel 1, ...) so that load from other processes hits all alike; with
 more than one thread each contender's calls come after a pause, so that neither runs against the other's
@@ -129,9 +131,10 @@ def warm_up(kernels, bf16):
 
 
 def products(name, BT, C, OC, rng):
-    """call(op, contender) -> a function that runs one product of one shape on one contender: op in
-    forward, dinp, dweight; contender an fp32 kernel ("avx512"), a bf16 one ("bf16 avx512bf16") or "blas"
-    (np.dot). The function switches to the contender's kernel first."""
+    """(call, check): call(op, contender) -> a function that runs one product of one shape on one
+    contender: op in forward, dinp, dweight; contender an fp32 kernel ("avx512"), a bf16 one ("bf16
+    avx512bf16") or "blas" (np.dot). The function switches to the contender's kernel first.
+    check(op, contender): that product run once and checked (check_product)."""
     import numpy as np
 
     from numbagpt.cpu import matmul as mm
@@ -170,7 +173,34 @@ def products(name, BT, C, OC, rng):
             module.set_kernel(kernel)
             calls[op]()
         return run
-    return call
+
+    def check(op, k):
+        # dinp and dweight accumulate: from zero; the forward writes: from NaN, so that an element it
+        # skips fails
+        output, rows = {"forward": (Y, X), "dinp": (DX, D), "dweight": (DW, D.T)}[op]
+        output.fill(np.nan if op == "forward" else 0.0)
+        call(op, k)()
+        other = {"forward": W.T, "dinp": W, "dweight": X}[op]
+        check_product(f"{k} on {name} ({BT}x{C}x{OC}) {op}", output, rows, other, bias if op == "forward" else None,
+                      mb.round_to_bf16 if k.startswith("bf16 ") else None)
+    return call, check
+
+
+def check_product(what, got, a, b, bias=None, rounding=None):
+    """got (M, N) against a (M, K) · b (K, N) (+ bias) in float64, of the operands rounded by
+    `rounding` where given (a bf16 kernel's), row block by row block (an LM head's float64 product is
+    GBs), each block within tol of its largest magnitude (bench/timing.py's checked: one line naming
+    `what` and the error, and the bench stops). tol grows as sqrt(K): the float32 sum's rounding errors
+    add up as a random walk. A product of two bf16 values is exact in float32: a bf16 kernel is held to
+    the same tolerance against its rounded operands."""
+    import numpy as np
+    rounding = rounding or (lambda x: x)
+    tol = 1e-6 * max(16.0, np.sqrt(a.shape[1]))
+    b64 = rounding(b).astype(np.float64)
+    step = max(1, (1 << 22) // b.shape[1])
+    for r in range(0, a.shape[0], step):
+        want = rounding(a[r:r + step]).astype(np.float64) @ b64
+        timing.checked(f"bench_matmul.py: {what}", got[r:r + step], want if bias is None else want + bias, tol)
 
 
 def run_table(args, shapes, kernels, bf16):
@@ -189,9 +219,11 @@ def run_table(args, shapes, kernels, bf16):
     totals = [0.0] * (len(contenders) + 1)
     ratios, speedups, ours_times = {k: [] for k in contenders}, {k: [] for k in bf16}, {}
     for name, BT, C, OC in shapes:
-        call = products(name, BT, C, OC, rng)
+        call, check = products(name, BT, C, OC, rng)
         flop = 2.0 * BT * C * OC
         for op in ("forward", "dinp", "dweight"):
+            for k in contenders:
+                check(op, k)
             t = median_of([call(op, k) for k in contenders] + [call(op, "blas")], args.reps)
             totals = [a + b for a, b in zip(totals, t)]
             ours_times[("fp32", name, op)], ours_times[("blas", name, op)] = t[0], t[-1]
@@ -212,7 +244,8 @@ def run_table(args, shapes, kernels, bf16):
         print(f"bf16 {k} over fp32 {kernels[0]}: total {totals[0] / totals[len(kernels) + n]:.2f}x; "
               f"worst shape {min(speedups[k]):.2f}x, median {float(np.median(speedups[k])):.2f}x")
     print("ratio = BLAS time / kernel time (>= 1: as fast as BLAS or faster); forward includes the bias add "
-          "(BLAS: np.dot then np.add)" + ("; xfp32 = fp32 kernel time / bf16 kernel time" if bf16 else ""))
+          "(BLAS: np.dot then np.add)" + ("; xfp32 = fp32 kernel time / bf16 kernel time" if bf16 else "")
+          + "; every kernel's products checked against float64 first")
     return ours_times
 
 
@@ -244,16 +277,18 @@ def bench_shapes(args):
     lm_head:BTxCxOC (no bias; in bf16 its dout in bf16 rows, as the LM head's)."""
     shapes = []
     for word in args.shapes.split(","):
-        m = re.fullmatch(r"(lm_head:)?(\d+)x(\d+)x(\d+)", word)
+        m = re.fullmatch(r"(lm_head:)?([1-9]\d*)x([1-9]\d*)x([1-9]\d*)", word)
         if m:
             BT, C, OC = (int(g) for g in m.groups()[1:])
             shapes.append(((m.group(1) or "").replace(":", " ") + f"{BT}x{C}x{OC}", BT, C, OC))
         elif word in SHAPES:
             shapes += SHAPES[word]
         else:
-            sys.exit(f"bench_matmul.py: --shapes: {word!r} is neither {', '.join(SHAPES)} nor BTxCxOC")
+            sys.exit(f"bench_matmul.py: --shapes: {word!r} is neither {', '.join(SHAPES)} nor BTxCxOC (sizes >= 1)")
     if args.quick:
         shapes = [s for s in shapes if "lm_head" in s[0]]
+        if not shapes:
+            sys.exit(f"bench_matmul.py: --quick: no LM-head shape in --shapes {args.shapes} to time")
     return shapes
 
 

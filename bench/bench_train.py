@@ -56,21 +56,37 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(SHAPES))
     timing.add_threads(p)
-    p.add_argument("--rounds", type=int, default=3, help="worker processes per contender (alternating)")
-    p.add_argument("--steps", type=int, default=3, help="timed steps per worker")
+    p.add_argument("--rounds", type=timing.positive_int, default=3, help="worker processes per contender (alternating)")
+    p.add_argument("--steps", type=timing.positive_int, default=3, help="timed steps per worker")
     p.add_argument("--kernels", default=None,
                    help="comma list of numbagpt matmul kernels (avx512, avx2, portable); default: this "
                         "CPU's, then portable")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     p.add_argument("--autocast", action="store_true",
                    help="also PyTorch under bf16 autocast: eager, and compiled unless --no-compile")
-    p.add_argument("--precision", default="fp32", help="comma list of numbagpt precisions (fp32, bf16)")
+    p.add_argument("--precision", default="fp32", type=precision_list,
+                   help="comma list of numbagpt precisions (fp32, bf16)")
     p.add_argument("--before", default=None, metavar="DIR",
                    help="also numbagpt from the checkout in DIR (this CPU's kernel, at each --precision)")
     p.add_argument("--root", default=ROOT, help=argparse.SUPPRESS)   # the worker's numbagpt checkout
     p.add_argument("--worker", choices=("numbagpt",) + TORCH_MODES, help=argparse.SUPPRESS)
     p.add_argument("--model", choices=list(SHAPES), help=argparse.SUPPRESS)  # the worker's model
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # a worker given a directory that holds no numbagpt imports the one beside this script: it would
+    # time this checkout as "before"
+    if args.before is not None:
+        if not os.path.isfile(os.path.join(args.before, "numbagpt", "model.py")):
+            p.error(f"argument --before: {args.before}: not a numbagpt checkout (no numbagpt/model.py in it)")
+        args.before = os.path.abspath(args.before)
+    return args
+
+
+def precision_list(text):
+    """argparse type of --precision: refused as it is parsed, not by the first worker minutes later."""
+    unknown = [w for w in text.split(",") if w not in ("fp32", "bf16")]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{', '.join(map(repr, unknown))}: expected a comma list of fp32, bf16")
+    return text
 
 
 def numbagpt_step(model, x, y, train_step):
@@ -259,7 +275,7 @@ def list_contenders(args, kernels, torch_modes):
            for p in precisions for k in kernels]
     if args.before:   # the other checkout at each precision asked for (fp32 only: a checkout before bf16)
         out += [(f"before {kernels[0]}" + ("" if p == "fp32" else f" {p}"), "numbagpt", kernels[0], p,
-                 os.path.abspath(args.before)) for p in precisions]
+                 args.before) for p in precisions]
     return out + [(m, m, None, "fp32", ROOT) for m in torch_modes]
 
 

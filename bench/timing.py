@@ -5,6 +5,8 @@ its own process.)
 
     add_threads(ap)      --threads, checked against the cores
     add_flags(ap)        --reps, --block-ms and --clock on an argparse parser
+    positive_int         the argparse type of a count or a size (--reps, --steps, -B, ...)
+    checked(what, ...)   a kernel's output against its reference, before the kernel is timed
     timers(args)         median_of(fns, reps): the median time of one call of each of fns
     describe(args)       the method in words, for a table's header
 
@@ -16,7 +18,31 @@ module's wall-clock blocks, 0.90-0.95).
 """
 import argparse
 import os
+import sys
 import time
+
+
+def positive_int(text):
+    """argparse type of a count or a size: an integer >= 1, refused in argparse's one line naming the
+    flag (a 0 gave NaN tables or a traceback far from the flag). argparse says "invalid positive_int
+    value" for a non-integer."""
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {n}")
+    return n
+
+
+def checked(what, got, want, tol):
+    """The largest |got − want| of a kernel's output against its reference (float64), relative to
+    want's largest magnitude where that is above 1; stops the run in one line naming `what` when it is
+    above tol. A NaN fails too (`err > tol` is False for one, and a kernel that writes nothing over a
+    NaN-filled output must not pass). Returns the error."""
+    import numpy as np
+    want = np.asarray(want, np.float64)
+    err = float(np.abs(np.asarray(got, np.float64) - want).max() / max(1.0, float(np.abs(want).max())))
+    if not err <= tol:
+        sys.exit(f"{what}: max relative error {err:.2e} against the reference (tolerance {tol:.2g}): wrong, not timed")
+    return err
 
 
 def add_threads(ap, default=2):
@@ -24,11 +50,15 @@ def add_threads(ap, default=2):
     parses it (one line, not the traceback of numba.set_num_threads); by default `default`, or all the
     cores where there are fewer."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    what = "the cores this process may use"
+    pool = os.environ.get("NUMBA_NUM_THREADS", "")
+    if pool.isdigit() and 1 <= int(pool) < cores:   # Numba's pool is no larger: set_num_threads refuses more
+        cores, what = int(pool), "NUMBA_NUM_THREADS"
 
     def threads(text):
         n = int(text)   # argparse says "invalid threads value" for a non-integer
         if not 1 <= n <= cores:
-            raise argparse.ArgumentTypeError(f"must be 1 to {cores} (the cores this process may use), got {n}")
+            raise argparse.ArgumentTypeError(f"must be 1 to {cores} ({what}), got {n}")
         return n
     ap.add_argument("--threads", type=threads, default=min(default, cores),
                     help=f"Numba threads, 1 to {cores} (default: {min(default, cores)})")
@@ -36,7 +66,7 @@ def add_threads(ap, default=2):
 
 def add_flags(ap, reps=5):
     """The timing flags of a benchmark: --reps (rounds), --block-ms, --clock."""
-    ap.add_argument("--reps", type=int, default=reps, help="rounds: each figure is the median of this many")
+    ap.add_argument("--reps", type=positive_int, default=reps, help="rounds: each figure is the median of this many")
     ap.add_argument("--block-ms", type=float, default=25.0,
                     help="each round's block of back-to-back calls lasts about this long (default 25 ms)")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",

@@ -570,6 +570,9 @@ def main(argv=None):
     ap.add_argument("--roofline", action="store_true",
                     help="only the roofline estimate of a d12 step (B=16 T=1024 unless --B/--T) on H100 and H200")
     args = ap.parse_args(argv)
+    for flag, v in (("--B", args.B), ("--T", args.T)):
+        if v is not None and v < 1:   # not taken for "not given" (B or default) nor a negative table
+            ap.error(f"{flag} must be positive, got {v}")
     if args.roofline:
         from numbagpt.config import preset
         b, t = args.B or SHAPES["d12"][1], args.T or SHAPES["d12"][2]

@@ -74,6 +74,10 @@ def main():
     p.add_argument("--mpiexec", default=os.path.join(os.path.dirname(sys.executable), "mpiexec"))
     p.add_argument("--ranks", type=int, default=2)
     args = p.parse_args()
+    if shutil.which(args.mpiexec) is None:   # else Popen's FileNotFoundError traceback
+        p.error(f"--mpiexec {args.mpiexec}: not an executable (give the path of MPICH's mpiexec)")
+    if args.ranks < 1:
+        p.error(f"--ranks must be positive, got {args.ranks}")
     work = tempfile.mkdtemp(prefix="hydra_signals_")
     try:
         with open(os.path.join(work, "rank.py"), "w") as f:

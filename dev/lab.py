@@ -8,9 +8,10 @@ accumulated output keeps accumulating within a block: no kernel's time depends o
 Until December 2026 the lab took the best of single calls (--rounds); the findings in the families'
 docstrings from before then were measured so.
 
-    python dev/<family>.py [KERNEL] [N ...] [--shapes tiny,d12] [--threads 2] [--reps 5] [--block-ms 25] [--clock cpu]
+    python dev/<family>.py [KERNEL] [N ...] [--shapes NAME,...] [--threads 2] [--reps 5] [--block-ms 25] [--clock cpu]
 
-KERNEL is one of the file's kernels (default: all of them); N picks variants by number (default: all).
+KERNEL is one of the file's kernels (default: all of them); N picks variants by number (default: all);
+--shapes names the family's shapes (its help lists them).
 A variant that fails its check is reported and not timed.
 """
 import argparse
@@ -106,7 +107,7 @@ def main(doc, kernels, shapes, modes=None):
     """The command line of one family's lab: `kernels` [Kernel], `shapes` {name: shape}; `modes`
     {"--flag": (help, run(threads))}: other measurements of the lab, each run instead of the variants
     when its flag is given. Returns the exit status: 1 when a variant failed its check."""
-    ap = argparse.ArgumentParser(description=doc.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n")[1])
     ap.add_argument("kernel", nargs="?", choices=[k.name for k in kernels], help="one kernel (default: all)")
     ap.add_argument("variants", nargs="*", type=int, help="variant numbers (default: all)")
@@ -116,20 +117,35 @@ def main(doc, kernels, shapes, modes=None):
     for flag, (text, _) in (modes or {}).items():
         ap.add_argument(flag, action="store_true", help=text)
     a = ap.parse_args()
-    import numba
-    numba.set_num_threads(min(a.threads, numba.config.NUMBA_NUM_THREADS))
     for flag, (_, run) in (modes or {}).items():
         if getattr(a, flag.lstrip("-").replace("-", "_")):
+            # a mode measures its own way: the variants' flags would be ignored
+            ignored = [name for name, given in (("KERNEL", a.kernel), ("N", a.variants)) if given] + \
+                [f"--{d.replace('_', '-')}" for d in ("shapes", "reps", "block_ms", "clock")
+                 if getattr(a, d) != ap.get_default(d)]
+            if ignored:
+                ap.error(f"{flag} takes --threads alone, not {', '.join(ignored)}")
+            _set_threads(a.threads)
             return run(a.threads)
     unknown = [name for name in a.shapes.split(",") if name not in shapes]
     if unknown:
         ap.error(f"--shapes: {', '.join(map(repr, unknown))}: expected a comma list of {', '.join(shapes)}")
+    chosen = [k for k in kernels if not a.kernel or k.name == a.kernel]
+    for kernel in chosen:
+        missing = [n for n in a.variants if not 1 <= n <= len(kernel.variants)]
+        if missing:
+            ap.error(f"variant {missing[0]}: {kernel.name} has variants 1 to {len(kernel.variants)}")
+    _set_threads(a.threads)
     failed = False
     for shape_name in a.shapes.split(","):
-        for kernel in kernels:
-            if not a.kernel or kernel.name == a.kernel:
-                failed |= check_and_race(kernel, shape_name, shapes[shape_name], a)
+        for kernel in chosen:
+            failed |= check_and_race(kernel, shape_name, shapes[shape_name], a)
     return 1 if failed else 0
+
+
+def _set_threads(n):
+    import numba
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
 
 
 def check_and_race(kernel, shape_name, shape, a):

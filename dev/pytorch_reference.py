@@ -384,17 +384,25 @@ def parse_args(argv=None):
             p.error("give --preset, or all of -L/--layers, --heads, --channels (or --model-in)")
     if args.B <= 0 or args.T <= 0 or args.steps < 0 or args.threads <= 0:
         p.error("-B, -T and --threads must be positive, --steps non-negative")
+    for flag, v in (("--layers", args.layers), ("--heads", args.heads), ("--channels", args.channels),
+                    ("--max-seq-len", args.max_seq_len), ("--vocab", args.vocab),
+                    ("--padded-vocab", args.padded_vocab)):
+        if v is not None and v <= 0:
+            p.error(f"{flag} must be positive, got {v}")
     return args
 
 
 def config_from_args(args):
     L, NH, C, maxT = PRESETS[args.preset] if args.preset else (None, None, None, 1024)
-    return Config(max_seq_len=args.max_seq_len or maxT,
-                  vocab_size=args.vocab or GPT2_VOCAB,
-                  num_layers=args.layers or L,
-                  num_heads=args.heads or NH,
-                  channels=args.channels or C,
-                  padded_vocab_size=args.padded_vocab or 0)
+
+    def given(value, default):   # `value or default` took a 0 given for not given
+        return default if value is None else value
+    return Config(max_seq_len=given(args.max_seq_len, maxT),
+                  vocab_size=given(args.vocab, GPT2_VOCAB),
+                  num_layers=given(args.layers, L),
+                  num_heads=given(args.heads, NH),
+                  channels=given(args.channels, C),
+                  padded_vocab_size=given(args.padded_vocab, 0))
 
 
 def main(argv=None):

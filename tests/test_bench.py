@@ -3,6 +3,7 @@ kernel's arguments, the model's or the trainer's API that breaks a bench fails h
 measurement (bench_cuda.py's default run called the attention kernels with their (T, T) signature for
 months after flash attention replaced them). bench_matmul.py: every product on every contender, and
 its bf16 rows are the classifier's. Timings are not checked: only that they are there."""
+import importlib
 import importlib.util
 import os
 import re
@@ -25,6 +26,15 @@ NUMBER = r"[\d.]+(?:e[-+]\d+)?"
 def _bench(*args):
     return subprocess.run([sys.executable, BENCH, "--threads", "1", "--reps", "1", "--block-ms", "1", *args],
                           capture_output=True, text=True, timeout=600)
+
+
+def _bench_module(name):
+    """bench/<name>.py imported (with bench/timing.py, which it imports)."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
 
 
 def _run(script, *args, env=None, timeout=600):
@@ -59,16 +69,74 @@ def test_bench_matmul_times_every_product_of_every_contender():
 def test_bench_matmul_refuses_an_unknown_shape_in_one_line():
     r = _bench("--shapes", "tiny,7x8")
     assert r.returncode != 0 and r.stdout == ""
-    assert r.stderr.strip() == "bench_matmul.py: --shapes: '7x8' is neither tiny, d12, seed nor BTxCxOC"
+    assert r.stderr.strip() == "bench_matmul.py: --shapes: '7x8' is neither tiny, d12, seed nor BTxCxOC (sizes >= 1)"
+
+
+def test_bench_matmul_stops_on_a_kernel_that_computes_wrong(monkeypatch):
+    """Each product of each kernel is checked against float64 before it is timed: a dinp that adds
+    nothing, a forward that leaves its output unwritten (NaN), stop the bench in one line naming the
+    kernel, the shape and the product; the right ones pass, bf16 against its rounded operands."""
+    from numbagpt.cpu import matmul as mm
+    bench_matmul = _bench_module("bench_matmul")
+    call, check = bench_matmul.products("lm_head 24x40x38", 24, 40, 38, np.random.default_rng(0))
+    for op in ("forward", "dinp", "dweight"):
+        check(op, "portable")
+        check(op, "bf16 portable")
+    monkeypatch.setattr(mm, "_backward_dinp", lambda *args: None)
+    monkeypatch.setattr(mm, "matmul_forward", lambda *args: None)
+    for op in ("dinp", "forward"):
+        with pytest.raises(SystemExit) as e:
+            check(op, "portable")
+        assert re.fullmatch(rf"bench_matmul.py: portable on lm_head 24x40x38 \(24x40x38\) {op}: max relative "
+                            rf"error (nan|{NUMBER}) against the reference \(tolerance 1.6e-05\): wrong, not timed",
+                            str(e.value))
+
+
+def test_a_check_before_timing_fails_on_nan():
+    """bench/timing.py's checked, the labs' and the benchmarks' check of a kernel's output: `err > tol`
+    let a NaN through."""
+    timing = _bench_module("timing")
+    want = np.array([1.0, -3.0])
+    # relative to want's largest magnitude, 3
+    assert timing.checked("k", np.float32([1.0, -3.0 + 2 ** -20]), want, 1e-6) == 2 ** -20 / 3
+    for got in ([np.nan, -3.0], [1.0, -2.9]):
+        with pytest.raises(SystemExit) as e:
+            timing.checked("version 2 forward", np.float32(got), want, 1e-5)
+        assert str(e.value).startswith("version 2 forward: max relative error ") and "\n" not in str(e.value)
+
+
+BAD_INPUTS = [   # (script, arguments, what the one line says)
+    ("bench/bench_matmul.py", ["--reps", "0"], "argument --reps: must be a positive integer, got 0"),
+    ("bench/bench_generate.py", ["--contexts", "1"], "argument --contexts: a context length is at least 2, got 1"),
+    ("bench/bench_generate.py", ["--steps", "-5"], "argument --steps: must be a positive integer, got -5"),
+    ("bench/bench_attention.py", ["--T", "abc"], "argument --T: invalid lengths value: 'abc'"),
+    ("bench/bench_attention.py", ["--contenders", "flash,foo"], "argument --contenders: 'foo': expected a comma"),
+    ("bench/bench_checkpoint.py", ["--rounds", "0"], "argument --rounds: must be a positive integer, got 0"),
+    ("bench/bench_train.py", ["--precision", "foo"], "argument --precision: 'foo': expected a comma list of fp32"),
+    ("bench/bench_train.py", ["--before", "/nonexistent"], "argument --before: /nonexistent: not a numbagpt checkout"),
+    ("dev/gelu/gelu_cpu.py", ["--n", "0"], "argument --n: must be a positive integer, got 0"),
+    ("dev/matmul/matmul_cpu.py", ["--shape", "64,32"], "argument --shape: '64,32': expected BT,C,OC, 3 integers"),
+    ("dev/matmul/matmul_cpu.py", ["--blocking", "0,0,0,0"], "argument --blocking: '0,0,0,0': MC, KC and NC must be"),
+    ("dev/matmul/matmul_cpu.py", ["--kernel", "avx512bf16", "3"], "--kernel: only --blocking runs it"),
+    ("dev/layernorm.py", ["layernorm_forward", "9"], "variant 9: layernorm_forward has variants 1 to 2"),
+    ("dev/attention.py", ["--products", "--reps", "2"], "--products takes --threads alone, not --reps"),
+]
+
+
+@pytest.mark.parametrize("script, args, says", BAD_INPUTS,
+                         ids=[f"{s.split('/')[-1]} {' '.join(a)}" for s, a, _ in BAD_INPUTS])
+def test_a_bad_flag_is_refused_in_one_line(script, args, says):
+    """A bad value stops the script as argparse does (status 2, `prog: error: ...` naming the flag),
+    before any work: not a traceback, a NaN table, a worker's usage message or a silent default."""
+    r = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    prog = os.path.basename(script)
+    assert (r.returncode, r.stdout) == (2, ""), r.stdout + r.stderr
+    assert r.stderr.splitlines()[-1].startswith(f"{prog}: error: {says}") and "Traceback" not in r.stderr, r.stderr
 
 
 def test_bench_matmul_bf16_rows_are_the_classifiers():
     """The bench's LM-head dout in bf16 rows holds what the classifier writes (tests/reference.py)."""
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
-    try:
-        from bench_matmul import bf16_rows
-    finally:
-        sys.path.pop(0)
+    bf16_rows = _bench_module("bench_matmul").bf16_rows
     x = np.random.default_rng(0).standard_normal(5 * 14).astype(np.float32)
     x[3] = 2 ** -130   # a subnormal: the rows keep it, as the classifier's rounding does
     np.testing.assert_array_equal(from_bf16_rows(bf16_rows(x, 14), 14), from_bf16_rows(to_bf16_rows(x, 14), 14))
@@ -78,11 +146,7 @@ def test_threads_flag_takes_1_to_the_usable_cores(capsys):
     """bench/timing.py's --threads (every benchmark and lab): outside 1..cores, one argparse line naming the
     range (it was numba.set_num_threads' traceback, after the imports); the default fits the machine."""
     import argparse
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
-    try:
-        import timing
-    finally:
-        sys.path.pop(0)
+    timing = _bench_module("timing")
     cores = len(os.sched_getaffinity(0))
     ap = argparse.ArgumentParser(prog="b")
     timing.add_threads(ap)
@@ -114,11 +178,20 @@ def test_bench_attention_times_every_contender():
     assert "inf" not in out and "failed" not in out, out
 
 
-def test_bench_attention_exits_1_when_a_contender_fails():
-    r = subprocess.run([sys.executable, os.path.join("bench", "bench_attention.py"), "--T", "32", "--rounds", "1",
-                        "--reps", "1", "--contenders", "flash,nosuch"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode == 1 and "nosuch: worker failed" in r.stdout, r.stdout + r.stderr
+def test_bench_attention_exits_1_when_a_contender_fails(monkeypatch, capsys):
+    """A worker that fails is reported and left out of the table (it was a row of inf), and the bench
+    exits 1. (A contender of no such name is refused as the flags are parsed: BAD_INPUTS.)"""
+    bench_attention = _bench_module("bench_attention")
+
+    def run(cmd, **kwargs):   # the workers: "old" fails
+        if cmd[cmd.index("--worker") + 1] == "old":
+            return subprocess.CompletedProcess(cmd, 1, "", "MemoryError")
+        return subprocess.CompletedProcess(cmd, 0, '{"32": [0.001, 0.002]}\n', "")
+    monkeypatch.setattr(bench_attention.subprocess, "run", run)
+    assert bench_attention.main(["--T", "32", "--rounds", "1", "--contenders", "flash,old"]) == 1
+    out = capsys.readouterr().out
+    assert "old: worker failed" in out and re.search(r"^ +32 flash +1.00 +2.00 +3.00 ", out, re.M), out
+    assert not re.search(r"^ +32 old ", out, re.M) and "inf" not in out, out
 
 
 def test_bench_checkpoint_writes_hashes_and_checks_a_checkpoint(tmp_path):
@@ -180,8 +253,7 @@ def test_the_benchmarks_timing_takes_blocks_of_calls_and_their_median(monkeypatc
     the rounds' block means, and with more than one thread each round first pauses (the other pool's
     spinning threads), which a single thread does not."""
     import argparse
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
-    import timing
+    timing = _bench_module("timing")
     now, sleeps, calls = [0.0], [], {"short": 0, "long": 0}
     monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
     monkeypatch.setattr(timing.time, "sleep", sleeps.append)

@@ -145,13 +145,14 @@ def run_versions(args):
             if BT % mr or OC % nr:
                 print(f"  {op}: v{v} skipped: its {mr} x {nr} tiles need BT % {mr} == 0 and OC % {nr} == 0")
                 continue
-            Y = np.zeros(ref[op].shape, np.float32)
+            Y = np.zeros(ref[op].shape, np.float32)   # zeros: v3's dinp and dweight accumulate
             f(Y.reshape(-1), X.reshape(-1), W.reshape(-1), D.reshape(-1), BT, C, OC)  # validate first
-            err = np.abs(Y - ref[op]).max() / max(1.0, np.abs(ref[op]).max())
-            if err > 1e-5:
-                sys.exit(f"version {v} {op}: max relative error {err:.2e} against float64: wrong, not timed")
+            timing.checked(f"version {v} {op}", Y, ref[op], 1e-5)
             fns[f"v{v} {DESCRIPTIONS[v]}"] = (lambda f=f, Y=Y: f(Y.reshape(-1), X.reshape(-1), W.reshape(-1),
                                                                  D.reshape(-1), BT, C, OC))
+        if not fns:   # BLAS alone would be a line of no comparison
+            print(f"  {op}: no version of {' '.join(map(str, args.versions))} timed")
+            continue
         fns["BLAS"] = blas[op]
         t = dict(zip(fns, median_of(list(fns.values()), args.reps)))
         print(f"  {op}: " + "  ".join(f"{k} {flop / t[k] / 1e9:.1f} GF/s ({t['BLAS'] / t[k]:.2f})"
@@ -179,7 +180,7 @@ def run_blockings(args):
     import numba
     import numpy as np
     g, extra, rnd = _blocking_gemm(args.kernel)
-    var = [tuple(int(v) for v in b.split(",")) for b in args.blocking]
+    var = [BLOCKING(b) for b in args.blocking]
     nt = args.threads
     slots = numba.config.NUMBA_NUM_THREADS   # a packing slot for every thread id, as matmul._Gemm
     Ap = np.empty(slots * max(v[0] * v[1] for v in var), np.float32)
@@ -208,10 +209,9 @@ def run_blockings(args):
                                   False, *extra)
                for v in var]
         for v, f in zip(var, fns):   # validate first
+            Y.fill(np.nan)   # Y is every blocking's: one that writes nothing must not pass on the last one's
             f()
-            err = np.abs(Yr - ref).max() / max(1.0, np.abs(ref).max())
-            if err > 1e-5:
-                sys.exit(f"{args.kernel} {op} at {v}: max relative error {err:.2e} against float64: wrong, not timed")
+            timing.checked(f"{args.kernel} {op} at {v}", Yr, ref, 1e-5)
         fns.append(blas)
         med = median_of(fns, args.reps)
         print(f"  {op:8s}" + "".join(f" {med[-1] / m:5.2f}" for m in med[:-1])
@@ -247,9 +247,7 @@ def run_microkernels(args):
         loop(1, Ap, Bp, Y)   # Y = 0 + the tile: checked against float64 before it is timed
         A = Ap.reshape(MR, kc) if rows else Ap.reshape(kc, MR).T
         want = A.astype(np.float64) @ Bp.reshape(kc, NR).astype(np.float64)
-        err = np.abs(Y.reshape(MR, NR) - want).max() / np.abs(want).max()
-        if err > 1e-5:
-            sys.exit(f"{name}: max relative error {err:.2e} against float64: wrong, not timed")
+        timing.checked(name, Y.reshape(MR, NR), want, 1e-5)
         asm = uk.inspect_asm(uk.signatures[0])
         body = max(re.split(r"\n(?=\.?[A-Za-z_0-9.]+:)", asm), key=lambda b: len(re.findall(r"vfmadd", b)))
         n = int(2e9 / (2 * MR * NR * kc))
@@ -261,23 +259,54 @@ def run_microkernels(args):
         print(f"{name:20s} {best:6.1f} GF/s   stack accesses in the k loop: {len(re.findall('rsp', body))}")
 
 
+def ints(names, check):
+    """argparse type of a comma list of the integers `names` (e.g. "BT,C,OC") that pass check, which
+    returns None or what is wrong with them: one argparse line, not a traceback."""
+    def parse(text):
+        try:
+            values = tuple(int(v) for v in text.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != len(names.split(",")):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {names}, {len(names.split(','))} integers")
+        problem = check(values)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{text!r}: {problem}")
+        return values
+    return parse
+
+
+BLOCKING = ints("MC,KC,NC,ROWS", lambda v: (min(v[:3]) < 1 and "MC, KC and NC must be positive")
+                or (v[3] not in (0, 1) and "ROWS must be 0 or 1"))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("versions", nargs="*", type=int, default=[3, 6], help="versions to time (1-6; default 3 6)")
+    ap.add_argument("versions", nargs="*", type=int, help="versions to time (1-6; default 3 6)")
     ap.add_argument("--op", nargs="+", default=["forward", "dinp", "dweight"], choices=["forward", "dinp", "dweight"])
-    ap.add_argument("--shape", default="2048,128,6288", help="BT,C,OC (default: a tiny LM-head slice)")
+    ap.add_argument("--shape", default=(2048, 128, 6288),
+                    type=ints("BT,C,OC", lambda v: min(v) < 1 and "every size must be positive"),
+                    help="BT,C,OC (default: a tiny LM-head slice)")
     timing.add_threads(ap, default=1)
     timing.add_flags(ap)
     ap.add_argument("--microkernel", action="store_true", help="time the micro-kernels alone instead")
-    ap.add_argument("--blocking", nargs="+", metavar="MC,KC,NC,ROWS",
+    # checked as parsed; kept as text, run_blockings' argument (the tests call it with text)
+    ap.add_argument("--blocking", nargs="+", metavar="MC,KC,NC,ROWS", type=lambda text: BLOCKING(text) and text,
                     help="time --kernel's GEMM at these blockings instead (ROWS 1: tiles along Y's rows)")
-    ap.add_argument("--kernel", default="avx512", choices=["avx512", "avx512bf16"],
-                    help="the GEMM of --blocking (default avx512: v6)")
+    ap.add_argument("--kernel", choices=["avx512", "avx512bf16"], help="the GEMM of --blocking (default avx512: v6)")
     args = ap.parse_args()
-    args.shape = tuple(int(v) for v in args.shape.split(","))
     for v in args.versions:
         if v not in DESCRIPTIONS:
             ap.error(f"version {v}: expected one of {sorted(DESCRIPTIONS)}")
+    # the modes time other things than the versions: a flag of another mode would be ignored
+    if args.versions and (args.blocking or args.microkernel):
+        ap.error(f"versions {' '.join(map(str, args.versions))}: --blocking and --microkernel time no version")
+    if args.kernel and not args.blocking:
+        ap.error("--kernel: only --blocking runs it (a version number picks the GEMM otherwise)")
+    if args.microkernel and args.blocking:
+        ap.error("--microkernel and --blocking: one at a time")
+    args.versions = args.versions or [3, 6]
+    args.kernel = args.kernel or "avx512"
     os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)
     import numba
     numba.set_num_threads(args.threads)
