@@ -48,23 +48,37 @@ def test_training_lowers_the_loss_and_writes_llmc_files(tmp_path, capsys, corpus
     assert "parameters" in cap.out and "memory (MiB)" in cap.out
 
 
-def test_checkpoint_and_resume_continue_the_same_run(tmp_path, capsys, corpus):
+# from the first pass over the data, and from the second (-b 64: 12 batches a pass), shuffled anew
+@pytest.mark.parametrize("steps,every,batch,epoch", [(6, 3, 4, 0), (30, 15, 64, 1)])
+def test_checkpoint_and_resume_continue_the_same_run(tmp_path, capsys, corpus, steps, every, batch, epoch):
+    x = ("-x", str(steps), "-v", "0", "-g", "0", "-b", str(batch))
     straight = tmp_path / "straight"
-    code, cap = run(capsys, corpus, straight, "-x", "6", "-v", "0", "-g", "0")
+    code, cap = run(capsys, corpus, straight, *x)
     assert code == 0, cap.err
     resumed = tmp_path / "resumed"
-    code, cap = run(capsys, corpus, resumed, "-x", "6", "-v", "0", "-g", "0", "-n", "3")
+    code, cap = run(capsys, corpus, resumed, *x, "-n", str(every))
     assert code == 0, cap.err
-    assert sorted(p.name for p in resumed.glob("DONE_*")) == ["DONE_00000003", "DONE_00000006"]
-    # drop the last checkpoint, resume from step 3, and land where the uninterrupted run did
-    for p in resumed.glob("*00000006*"):
+    last = f"{steps:08d}"
+    assert sorted(p.name for p in resumed.glob("DONE_*")) == [f"DONE_{every:08d}", f"DONE_{last}"]
+    assert formats.read_state(str(resumed / f"state_{every:08d}_00000.bin"))["epoch"] == epoch
+    # drop the last checkpoint, resume from the one before, and land where the uninterrupted run did
+    for p in resumed.glob(f"*{last}*"):
         p.unlink()
-    code, cap = run(capsys, corpus, resumed, "-x", "6", "-v", "0", "-g", "0", "-y", "1")
+    code, cap = run(capsys, corpus, resumed, *x, "-y", "1")
     assert code == 0, cap.err
-    assert "resumed from step 3" in cap.out
-    _, a = formats.read_model(str(straight / "model_00000006.bin"))
-    _, b = formats.read_model(str(resumed / "model_00000006.bin"))
+    assert f"resumed from step {every}" in cap.out
+    _, a = formats.read_model(str(straight / f"model_{last}.bin"))
+    _, b = formats.read_model(str(resumed / f"model_{last}.bin"))
     np.testing.assert_array_equal(a, b)
+
+
+def test_every_val_loss_reads_the_same_first_batches(tmp_path, capsys, corpus):
+    # -l 0: the model never changes, so each val loss (-m 2 of the val split's 22 batches, from its
+    # start every time, as llm.c) is the same number
+    code, cap = run(capsys, corpus, tmp_path, "-x", "3", "-v", "1", "-m", "2", "-l", "0", "-g", "0")
+    assert code == 0, cap.err
+    val = [line.split("tel:")[1] for line in (tmp_path / "main.log").read_text().splitlines() if " tel:" in line]
+    assert len(val) == 4 and len(set(val)) == 1, val
 
 
 def test_bf16_model_files_keep_master_weights_and_resume_exactly(tmp_path, capsys, corpus):

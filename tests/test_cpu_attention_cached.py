@@ -60,7 +60,8 @@ def test_cache_built_one_row_at_a_time_equals_the_full_attention(backend):
 
 
 # (B, t0, T, C, NH, maxT): a decoding row, a prefill, a row of more than 32 keys (the CUDA lanes loop)
-RANDOM_CACHE = [(2, 3, 1, 12, 3, 6), (1, 0, 5, 8, 2, 7), (1, 36, 1, 4, 1, 40)]
+RANDOM_CACHE = [(2, 3, 1, 12, 3, 6), (1, 0, 5, 8, 2, 7), (1, 36, 1, 4, 1, 40),
+                (1, 5, 2, 128, 2, 8), (1, 3, 1, 66, 2, 8)]   # hs 64 (GPT-2's) and 33: past a warp's 32 lanes
 
 
 @pytest.mark.parametrize("backend,B,t0,T,C,NH,maxT", cases(cpu=RANDOM_CACHE, cuda=RANDOM_CACHE))

@@ -35,6 +35,18 @@ def test_encoder_backward_accumulates(backend, B, T, C):
     np.testing.assert_array_equal(got["dwpe"].reshape(maxT, C)[T:], dwpe0.reshape(maxT, C)[T:])
 
 
+@pytest.mark.parametrize("backend", cases(cpu=[()]))
+def test_encoder_backward_one_token_everywhere(backend):
+    # 512 positions of one token id, with the threads the process has: a scatter over (b, t) in
+    # parallel would lose some of the adds into its dwte row (and dwpe's across b). dout ~ 0.01:
+    # 512-term float32 sums within the contract's tolerance; a lost add is ~0.01
+    B, T, C = 8, 64, 16
+    rng = np.random.default_rng(4)
+    inp = np.zeros(B * T, np.int32)
+    check(backend, "encoder_backward", dwte=rnd(rng, Vp, C), dwpe=rnd(rng, T, C), dout=rnd(rng, B, T, C, scale=0.01),
+          inp=inp, B=B, T=T, C=C)
+
+
 def test_encoder_reference_backward_finite_differences():
     rng = np.random.default_rng(2)
     rtol, atol = tolerance("encoder_backward", case="reference")

@@ -10,7 +10,9 @@ Checked for each kernel, signature and target:
 - it compiles (typing errors, unsupported features, constant shared-memory shapes, ...);
 - no `.f64` instruction or register appears: a Python float literal or an int·float32 mix would have
   promoted the arithmetic to float64, which is ~64x slower on consumer GPUs and not llm.c's numerics;
-- no `.local` state space: per-thread arrays (the GEMM's register tile) were promoted to registers.
+- no `.local` state space: per-thread arrays (the GEMM's register tile) were promoted to registers;
+- the kernels whose threads add into the same element (SCATTER_ADDS) do it with a global float32
+  atomic: a plain `+=` there is a race the simulator cannot show (it runs the threads one by one).
 
 Skipped (with the reason) only when the simulator is on (NUMBA_ENABLE_CUDASIM=1, no compiler) or NVVM
 cannot be found/loaded. (tests/test_backend.py checks that numbagpt.cuda provides the same interface
@@ -33,6 +35,11 @@ import numbagpt.cuda as GPU  # noqa: E402
 from dev import cuda_resources  # noqa: E402
 
 CCS = [(8, 0), (9, 0)]
+# kernels whose threads add into shared outputs: repeated tokens into one dwte row; the row chunks of
+# a column into dweight, dbias; the K splits of a GEMM into one output
+SCATTER_ADDS = {"encoder_backward_wte_kernel", "layernorm_backward_dwdb_kernel", "matmul_backward_dbias_kernel",
+                "gemm_backward_dinp_splitk", "gemm_backward_dweight_splitk"}
+ATOMIC_ADD = re.compile(r"\b(atom|red)(\.relaxed)?(\.gpu)?\.global\.add\.f32\b")
 F64 = re.compile(r"\.f64\b")
 LOCAL = re.compile(r"\.local\b")
 
@@ -108,6 +115,12 @@ def test_compiles_to_ptx_without_f64(mod, name, disp, sig, cc):
     local = [ln.strip() for ln in body if LOCAL.search(ln)]
     assert not local, f"{mod.__name__}.{name} sm_{cc[0]}{cc[1]}: local memory in PTX:\n" + "\n".join(local[:20])
     assert f".target sm_{cc[0]}{cc[1]}" in ptx
+    if name in SCATTER_ADDS:
+        assert ATOMIC_ADD.search(ptx), f"{mod.__name__}.{name} sm_{cc[0]}{cc[1]}: no global float32 atomic add"
+
+
+def test_every_scatter_add_kernel_exists():
+    assert SCATTER_ADDS <= {name for _, name, _ in KERNELS}
 
 
 def test_no_gpu_gives_actionable_error(monkeypatch):
