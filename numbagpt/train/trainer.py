@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from .. import dist
+from ..compiling import compile_notice
 from ..config import GPT2_VOCAB, SHAPE_FLAGS, build_config, is_descriptor
 from ..files import atomic, data, tokenizer
 from ..layout import format_memory, memory_estimate, num_parameters
@@ -223,19 +224,16 @@ class Run:
         c = self.config
         progress.step = self.start_step
         t_start = time.perf_counter()
-        for step in range(self.start_step, c.max_steps + 1):
-            self.between_steps(step)
-            if step == c.max_steps:
-                break
-            self.step(step, on_step)
-            progress.step = step + 1
-            if stop is not None:
-                stop.check()  # a signal on some rank: every rank stops here, after the same step
-            if c.output_dir and c.checkpoint_every > 0 and (step + 1) % c.checkpoint_every == 0:
-                if checkpoint.save(c.output_dir, step + 1, self.model, self.world, self.train_loader, c.seed,
-                                   run=self.record, guard=self.guard, dtype=SAVE_PRECISIONS[c.save_precision]):
-                    self.say(f"checkpoint at step {step + 1} in {c.output_dir}")
-                progress.checkpoint = step + 1
+        with compile_notice(self.say):   # a cold cache compiles in the first step and the first sample
+            for step in range(self.start_step, c.max_steps + 1):
+                self.between_steps(step)
+                if step == c.max_steps:
+                    break
+                self.step(step, on_step)
+                progress.step = step + 1
+                if stop is not None:
+                    stop.check()  # a signal on some rank: every rank stops here, after the same step
+                self.checkpoint(step + 1, progress)
         model_file = None
         if c.output_dir and self.world.is_master:
             model_file, written = checkpoint.save_final(c.output_dir, c.max_steps, self.model,
@@ -248,6 +246,15 @@ class Run:
             plot_log(self.log.name, self.say)
         self.say(f"done in {time.perf_counter() - t_start:.1f} s")
         return TrainResult(model=self.model, steps=c.max_steps, val_loss=self.val_loss, model_file=model_file)
+
+    def checkpoint(self, step, progress):
+        """The checkpoint after `step` steps, at -n's interval."""
+        c = self.config
+        if c.output_dir and c.checkpoint_every > 0 and step % c.checkpoint_every == 0:
+            if checkpoint.save(c.output_dir, step, self.model, self.world, self.train_loader, c.seed,
+                               run=self.record, guard=self.guard, dtype=SAVE_PRECISIONS[c.save_precision]):
+                self.say(f"checkpoint at step {step} in {c.output_dir}")
+            progress.checkpoint = step
 
     def between_steps(self, step):
         """The val loss, HellaSwag and a sample, each at its interval and at the end."""
@@ -309,7 +316,7 @@ def setup_device(config, world, say):
         # Numba's on-disk cache (cache=True) is shared by the ranks. Rank 0 compiles every kernel
         # first; the others wait at a barrier, then load the compiled code from the cache, instead
         # of compiling the same functions N times at once and racing to write the same cache files.
-        with world.rank0_first():
+        with world.rank0_first(), compile_notice(say):
             warm_up(backend)
     return backend
 
