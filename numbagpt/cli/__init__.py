@@ -70,14 +70,19 @@ def take_interrupts():
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def run_command(prog, run, args, errors=(ValueError, OSError, RuntimeError)):
+def run_command(prog, run, args, errors=(ValueError, OSError, RuntimeError), compiles=False):
     """Exit status of run(args), with the commands' error handling: `prog: error: ...` in one line
     (status 1) for the errors a user can act on, `prog: interrupted` (130) on Ctrl-C. Numba may
-    run --omp-threads threads (reserve_threads) before anything imports it."""
+    run --omp-threads threads (reserve_threads) before anything imports it. `compiles`: a command that
+    runs the kernels, whose stdout is not streamed text: a line on stderr while they compile long."""
     reserve_threads(getattr(args, "omp_threads", None))
     try:
         take_interrupts()
-        return run(args)
+        if not compiles:
+            return run(args)
+        from numbagpt.compiling import compile_notice
+        with compile_notice(lambda text: print(f"{prog}: {text}", file=sys.stderr, flush=True)):
+            return run(args)
     except BrokenPipeError:   # the reader left (`| head`): launch() ends the process quietly
         raise
     except errors as e:

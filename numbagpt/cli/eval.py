@@ -43,8 +43,10 @@ def main(argv=None):
     except dist.WorldSizeError as e:
         print(f"eval_gpt2: error: {e}", file=sys.stderr)
         return 1
+    from numbagpt.compiling import compile_notice
     try:
-        return run(args, world)
+        with compile_notice(lambda text: print(f"eval_gpt2: {text}", file=sys.stderr, flush=True)):
+            return run(args, world)
     except KeyboardInterrupt:
         print("eval_gpt2: interrupted", file=sys.stderr)
         return 130

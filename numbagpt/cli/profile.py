@@ -56,7 +56,8 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     check_flags("profile_gpt2", parser, args)
-    return run_command("profile_gpt2", run, args, errors=(ValueError, OSError, RuntimeError, ImportError))
+    return run_command("profile_gpt2", run, args, errors=(ValueError, OSError, RuntimeError, ImportError),
+                       compiles=True)
 
 
 def run(args):

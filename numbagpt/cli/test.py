@@ -82,7 +82,7 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     check_flags("test_gpt2", parser, args)
-    return run_command("test_gpt2", run, args)
+    return run_command("test_gpt2", run, args, compiles=True)
 
 
 def run(args):
