@@ -116,15 +116,21 @@ def test_load_model_takes_the_precision_of_the_commands(model, tmp_path):
     assert losses["api"] == losses["bf16"] != losses["fp32"]
 
 
-def test_sample_is_the_commands_sample(model, tmp_path, capsys):
+@pytest.mark.parametrize("flags, kwargs", [
+    (["--seed", "11", "--top-k", "40", "--temperature", "0.8"], dict(seed=11, top_k=40, temperature=0.8)),
+    (["--top-p", "0.05"], dict(top_p=0.05)),
+    ([], {}),   # the defaults: the same seed, temperature, top-k and top-p
+])
+def test_sample_is_the_commands_sample(model, tmp_path, capsys, flags, kwargs):
     """api.sample and bin/sample_gpt2 give the same text for the same model, prompt and seed."""
     from numbagpt.cli import sample as cli
     path = str(tmp_path / "m.bin")
     api.save_model(model, path)
-    want = api.sample(model, "To be", 6, seed=11, top_k=40, temperature=0.8)
-    assert cli.main(["-e", path, "--prompt", "To be", "-g", "6", "--seed", "11", "--top-k", "40",
-                     "--temperature", "0.8"]) == 0
+    want = api.sample(model, "To be", 6, **kwargs)
+    assert cli.main(["-e", path, "--prompt", "To be", "-g", "6"] + flags) == 0
     assert capsys.readouterr().out == want + "\n"
+    if kwargs.get("top_p"):   # a nucleus this small changes the text
+        assert want != api.sample(model, "To be", 6)
 
 
 def _config_json(**change):

@@ -122,3 +122,18 @@ def test_a_model_that_does_not_fit_is_refused_before_it_is_read(gpt2_model, caps
     assert run(capsys, "-e", path, "-g", 2, "--no-memory-check", *flags)[0] == 0
     monkeypatch.setenv("NUMBAGPT_MEMORY_LIMIT", str(need))
     assert run(capsys, "-e", path, "-g", 2, *flags)[0] == 0
+
+
+def test_characters_split_over_tokens_are_printed_whole(tmp_path, capsys):
+    # "é" is the two tokens b"\xc3" + b"\xa9": the stream decodes bytes across tokens, as the whole
+    # text decodes (api.sample: every new token decoded at once), not token by token ("\ufffd\ufffd")
+    from numbagpt import api
+    from numbagpt.files.formats import write_tokenizer_file
+    tok = tmp_path / "tok.bin"
+    write_tokenizer_file(tok, [b"\xc3", b"\xa9", b"<|endoftext|>"], 2)
+    model = make_model(tmp_path / "m.bin", 3)
+    rc, out, err = run(capsys, "-e", tmp_path / "m.bin", "--tokenizer", tok, "-g", 40, "--seed", 5,
+                       "--temperature", 50)   # about even odds: both tokens, in turns
+    assert rc == 0, err
+    want = api.sample(model, "", 40, tokenizer=str(tok), seed=5, temperature=50)
+    assert "é" in want and out == want + "\n"

@@ -70,6 +70,9 @@ def test_checkpoint_and_resume_continue_the_same_run(tmp_path, capsys, corpus, s
     _, a = formats.read_model(str(straight / f"model_{last}.bin"))
     _, b = formats.read_model(str(resumed / f"model_{last}.bin"))
     np.testing.assert_array_equal(a, b)
+    # and the log: the resumed run's records replace those past the checkpoint, none lost or doubled
+    log = (straight / "main.log").read_text()
+    assert (resumed / "main.log").read_text() == log and log.startswith("s:0 trl:")
 
 
 def test_every_val_loss_reads_the_same_first_batches(tmp_path, capsys, corpus):

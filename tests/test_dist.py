@@ -152,9 +152,9 @@ def final_params(out):
     return read_model(os.path.join(out, "model_00000003.bin"))[1]
 
 
-def train_losses(out):
+def train_losses(out, record="trl:"):
     with open(os.path.join(out, "main.log")) as f:
-        return [line.split()[1] for line in f if "trl:" in line]
+        return [line.split()[1] for line in f if record in line]
 
 
 def assert_close(a, b):
@@ -181,13 +181,17 @@ def runs(shards, tmp_path_factory):
 @needs_mpi
 @pytest.mark.parametrize("shuffle", [0, 1])
 def test_two_ranks_equal_one_process_with_twice_the_batch(runs, shuffle):
-    one, _ = runs(1, 4, shuffle)
+    one, proc1 = runs(1, 4, shuffle)
     two, proc = runs(2, 2, shuffle)
     assert "processes 2" in proc.stdout and "| 2 proc |" in proc.stdout
     # rank 0 prints, one line per rank
     assert proc.stdout.count("step    3/3") == 1 and proc.stdout.count("\n  rank ") == 2
-    # same tokens read (the logged mean loss of the ranks is the loss of the 2B batch), same parameters
+    # the tokens of a step are all the ranks' (and tok/s with them)
+    assert "tokens/step 32" in proc.stdout and "tokens/step 32" in proc1.stdout
+    # same tokens read (the logged mean loss of the ranks is the loss of the 2B batch), same parameters;
+    # the val loss is the mean over the ranks too
     assert train_losses(two) == train_losses(one)
+    assert len(train_losses(two, "tel:")) == 2 and train_losses(two, "tel:") == train_losses(one, "tel:")
     assert_close(final_params(one), final_params(two))
     start = read_model(MICRO)[1]
     assert np.abs(final_params(two) - start).max() > 1e-4   # it did train

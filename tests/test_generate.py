@@ -125,6 +125,22 @@ def test_greedy_is_the_argmax_of_the_full_forward():
         ctx.append(t)
 
 
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_never_a_padding_id(use_cache):
+    # every real logit -8, the padded vocabulary's (zero rows of wte) 0: still only ids < V
+    model = tiny_model()
+    flat = model.parameters_host()
+    p = model.param_layout.host_views(flat)
+    p["lnfw"][:], p["lnfb"][:] = 0.0, 1.0   # the final layernorm's output: all ones
+    p["wte"][:50], p["wte"][50:] = -1.0, 0.0
+    model.load_parameters(flat)
+    assert model.config.padded_vocab_size > 50
+    for temperature in (0, 1.0):
+        ids = list(gen.generate(model, [3, 1], 20, np.random.default_rng(0), temperature=temperature,
+                                use_cache=use_cache))
+        assert max(ids) < 50, ids
+
+
 def _empirical(logits, n, **kw):
     rng = np.random.default_rng(0)
     draws = np.concatenate([gen.sample_next(np.tile(logits, (1000, 1)), rng, **kw) for _ in range(n // 1000)])

@@ -127,6 +127,30 @@ def test_import_errors_name_the_file(tmp_path, capsys):
     assert "missing.bin: no such model file or directory (MODEL_BIN)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("key, value", [("layer_norm_epsilon", 1e-6), ("scale_attn_weights", False),
+                                        ("scale_attn_by_inverse_layer_idx", True), ("n_inner", 8)])
+def test_import_refuses_a_config_numbagpt_would_compute_otherwise(tmp_path, capsys, key, value):
+    # GPT-2 variants whose forward is not GPT-2's (another eps, unscaled or layer-scaled attention, an
+    # MLP other than 4C): refused by name before the weights are read, not imported as if GPT-2's
+    d = tmp_path / "hf"
+    d.mkdir()
+    config = hf.hf_config(GPT2Config(max_seq_len=8, vocab_size=10, num_layers=1, num_heads=1, channels=4))
+    (d / "config.json").write_text(json.dumps(dict(config, **{key: value})))
+    assert import_main([str(d), str(tmp_path / "m.bin")]) == 1
+    assert f"{key} = {value!r}" in capsys.readouterr().err
+
+
+def test_a_char_vocabulary_exports_its_own_end_of_text(tmp_path):
+    # a char model's EOT is its last id (numbagpt's CharTokenizer), not GPT-2's 50256
+    from numbagpt.files.tokenizer import CharTokenizer
+    tok = CharTokenizer(list("abcdefg"))
+    random_model(tmp_path / "m.bin", V=tok.vocab_size)
+    assert export_main([str(tmp_path / "m.bin"), str(tmp_path / "hf")]) == 0
+    for name in ("config.json", "generation_config.json"):
+        c = json.loads((tmp_path / "hf" / name).read_text())
+        assert c["eos_token_id"] == c["bos_token_id"] == tok.eot_token == tok.vocab_size - 1, name
+
+
 def test_export_takes_a_run_directory_as_every_commands_e(tmp_path, capsys):
     """export_hf RUN_DIR: the run's newest model, as -e of the other commands, named in the wrote line
     (it said 'a directory, not a model file')."""

@@ -95,3 +95,16 @@ def test_lone_spike_in_a_flat_window_scores_sqrt_window_minus_one():
     for _ in range(WINDOW):
         det.update(2.0)
     assert det.update(7.0) == pytest.approx(math.sqrt(WINDOW - 1))
+
+
+@pytest.mark.parametrize("which", ["loss", "grad"])
+def test_a_z_score_at_the_threshold_is_not_a_spike(which):
+    # window 2: [1, 1] then 3 gives the window [3, 1], mean 2, std 1: z = 1 exactly. llm.c skips
+    # only above the threshold
+    def third(threshold):
+        guard = SpikeGuard(**{f"{which}_z": threshold}, window=2)
+        for v in (1.0, 1.0):
+            guard.check(v, v)
+        return guard.check(3.0, 3.0)
+    assert third(1.0) is None
+    assert third(0.99) is not None and third(0.99).z == 1.0

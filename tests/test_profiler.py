@@ -219,6 +219,11 @@ def test_profile_totals_are_consistent(report):
     assert r["compile_ms"] == r["warmup_ms"][0] > 0
     assert r["peak_gflops"] > 0 and r["mfu"] > 0
     assert r["mfu"] == pytest.approx(r["flops_per_token"] * r["tokens_per_s"] / 1e9 / r["peak_gflops"])
+    assert r["mfu_llmc"] == pytest.approx(r["flops_per_token_llmc"] * r["tokens_per_s"] / 1e9 / r["peak_gflops"])
+    assert r["kernel_flops_per_token"] == pytest.approx(sum(k["flops"] for k in r["kernels"]) / (B * T))
+    for k in r["kernels"]:   # a kernel's rates are of its time per step (ms), its flops and bytes per step
+        assert k["gflops"] == pytest.approx(k["flops"] / (k["ms"] / 1e3) / 1e9), k
+        assert k["gbps"] == pytest.approx(k["bytes"] / (k["ms"] / 1e3) / 1e9), k
     assert r["overhead"]["proxy_ns_per_call"] >= 0
     assert all(math.isfinite(x) for x in r["losses"])
     # The matmuls' counted FLOPs are the 6·N of the matmul weights (and biases) per token: a check
