@@ -98,6 +98,27 @@ def test_resume_names_every_change_and_the_override(tmp_path):
     assert rundir.check_resume(None, now, False, "out") == []  # llm.c's state: nothing recorded
 
 
+def test_the_trainers_run_record_is_the_config_it_ran():
+    # every RUN_FIELDS key, each from its own flag's field (values all different from the defaults and
+    # from each other, so a field left out or taken from another shows)
+    from types import SimpleNamespace
+
+    from numbagpt.train import trainer
+    from numbagpt.train.config import TrainConfig, fields
+    cfg = TrainConfig(batch_size=3, seq_len=5, seed=7, train_data="x/train.bin", val_data="x/val.bin", zero_stage=1,
+                      shuffle=0, lr=0.002, warmup_iters=4, max_steps=9, final_lr_frac=0.3, lr_scheduler="wsd",
+                      overfit_single_batch=1, weight_decay=0.05, beta1=0.8, beta2=0.97, grad_clip=0.6, model="d12",
+                      layers=2, heads=4, channels=64, max_seq_len=32)
+    record = trainer.run_record(cfg, SimpleNamespace(size=2), 6, cfg.train_data, cfg.val_data)
+    assert set(record) == set(rundir.RUN_FIELDS)
+    by_flag = {flag: f.name for f in fields() for flag in f.metadata["flags"]}
+    derived = {"total_batch": 6 * 2 * 3 * 5, "world_size": 2, "schedule": "wsd",
+               "train_data": os.path.abspath("x/train.bin"), "val_data": os.path.abspath("x/val.bin")}
+    for key, flag in rundir.RUN_FIELDS.items():
+        want = derived[key] if key in derived else getattr(cfg, by_flag[flag])
+        assert record[key] == want, (key, record[key], want)
+
+
 def test_resume_compares_the_data_files_not_their_spelling_and_a_1():
     """The same file named relative or absolute, or through "..", is the same -i (it was refused); -a
     is in the record (it trains on another stream of batches: it resumed silently)."""
