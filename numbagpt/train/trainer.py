@@ -233,7 +233,7 @@ class Run:
                 progress.step = step + 1
                 if stop is not None:
                     stop.check()  # a signal on some rank: every rank stops here, after the same step
-                self.checkpoint(step + 1, progress)
+                self.save_checkpoint(step + 1, progress)
         model_file = None
         if c.output_dir and self.world.is_master:
             model_file, written = checkpoint.save_final(c.output_dir, c.max_steps, self.model,
@@ -247,7 +247,7 @@ class Run:
         self.say(f"done in {time.perf_counter() - t_start:.1f} s")
         return TrainResult(model=self.model, steps=c.max_steps, val_loss=self.val_loss, model_file=model_file)
 
-    def checkpoint(self, step, progress):
+    def save_checkpoint(self, step, progress):
         """The checkpoint after `step` steps, at -n's interval."""
         c = self.config
         if c.output_dir and c.checkpoint_every > 0 and step % c.checkpoint_every == 0:
