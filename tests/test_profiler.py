@@ -239,6 +239,19 @@ def test_profile_totals_are_consistent(report):
         assert word in text
 
 
+def test_the_llmc_mfu_is_of_llmcs_flops():
+    # T = 4: L·T != maxT, so llm.c's 6N + 6·L·C·T and PaLM's 6N' + 12·L·C·T differ (at the report
+    # fixture's T = 8 they coincide)
+    proxy = profiler.TimingBackend(cpu)
+    model = GPT2(CFG, backend=proxy)
+    model.init_weights(1)
+    r = profiler.profile_model(model, proxy, B, 4, steps=1, warmup=1, baseline_steps=1,
+                               calibration_shape=(64, 64, 64), model_name="micro")
+    assert r["flops_per_token_llmc"] != r["flops_per_token"]
+    assert r["mfu_llmc"] == pytest.approx(r["flops_per_token_llmc"] * r["tokens_per_s"] / 1e9 / r["peak_gflops"])
+    assert r["mfu"] == pytest.approx(r["flops_per_token"] * r["tokens_per_s"] / 1e9 / r["peak_gflops"])
+
+
 REPORT_KEYS = {
     "schema", "model", "config", "num_parameters", "batch", "device", "device_name", "precision", "timer",
     "threads", "threading_layer", "load_average", "warmup", "steps", "compile_ms", "warmup_ms", "compile_by_kernel",
