@@ -7,7 +7,9 @@ with --worker), torch imported before Numba (as bench/bench_train.py: the two th
 
     python bench/bench_attention.py [--threads 2] [--T 64,256,1024] [--B 1] [--rounds 3] [--reps 5] [--clock cpu]
 
-A worker times forward and backward separately (best of --reps, after a warm-up call) and prints
+A worker first checks its contender's output and input gradient against float64 NumPy (on the
+bf16-rounded inputs for sdpa_bf16), at every T, and stops in one line where one is off; then it times
+forward and backward separately (best of --reps, after a warm-up call) and prints
 JSON; a round starts one worker per contender in turn (flash, old, sdpa, flash, ...), and the table
 gives each contender's best over rounds. GFLOP/s use one count for all: the attention's math over the
 P = T(T+1)/2 causal pairs per head, 4·hs·P forward and 8·hs·P backward (flash attention executes
@@ -61,6 +63,29 @@ def parse_args(argv=None):
 
 
 CLOCK = [time.perf_counter]
+# timing.checked's tolerance of each contender against float64: float32 (2e-6 seen), bf16 tensors (7e-3)
+TOL = {"flash": 2e-5, "old": 2e-5, "sdpa": 2e-5, "sdpa_bf16": 2e-2}
+
+
+def reference(q, k, v, do):
+    """Causal attention in float64 over q, k, v, do (B, NH, T, hs): out = softmax(q·kᵀ/√hs, causal)·v
+    and the gradients dq, dk, dv of Σ out·do."""
+    import numpy as np
+    q, k, v, do = (np.asarray(x, np.float64) for x in (q, k, v, do))
+    T, hs = q.shape[-2:]
+    s = q @ k.swapaxes(-1, -2) / np.sqrt(hs)
+    s[..., np.triu(np.ones((T, T), bool), 1)] = -np.inf
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    dp = do @ v.swapaxes(-1, -2)
+    ds = p * (dp - (dp * p).sum(-1, keepdims=True)) / np.sqrt(hs)
+    return p @ v, ds @ k, ds.swapaxes(-1, -2) @ q, p.swapaxes(-1, -2) @ do
+
+
+def check(name, T, got, want):
+    """got, want: (out, dq, dk, dv); timing.checked on each, before anything is timed."""
+    for what, g, w in zip(("out", "dq", "dk", "dv"), got, want):
+        timing.checked(f"bench_attention.py: {name} at T={T}: {what}", g, w, TOL[name])
 
 
 def best_of(reps, setup, call):
@@ -75,60 +100,77 @@ def best_of(reps, setup, call):
     return best
 
 
+def numbagpt_calls(name, out, dinp, qkv, dout, B, T):
+    """The forward and backward calls of numbagpt's flash attention or of the (T, T) kernels it
+    replaced (dev/attention.py), over the layout of numbagpt/cpu/attention.py."""
+    import numpy as np
+    if name == "flash":
+        from numbagpt.cpu import attention_backward, attention_forward
+        lse = np.zeros(B * NH * T, np.float32)
+        return (lambda: attention_forward(out, lse, qkv, B, T, C, NH),
+                lambda: attention_backward(dinp, dout, qkv, out, lse, B, T, C, NH))
+    from attention import bwd_head, fwd_head
+    preatt, att, dpre, datt = (np.zeros(B * NH * T * T, np.float32) for _ in range(4))
+    return (lambda: fwd_head(out, preatt, att, qkv, B, T, C, NH),
+            lambda: bwd_head(dinp, dpre, datt, dout, qkv, att, B, T, C, NH))
+
+
+def sdpa_times(args, T):
+    """PyTorch's SDPA at T, in float32 or on bfloat16 tensors: checked, then [fwd_s, bwd_s]."""
+    import torch
+    F = torch.nn.functional
+    dtype = torch.bfloat16 if args.worker == "sdpa_bf16" else torch.float32
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(args.B, NH, T, C // NH, generator=g).to(dtype).requires_grad_() for _ in range(3))
+    do = torch.randn(args.B, NH, T, C // NH, generator=g).to(dtype)
+    o = [None]
+
+    def fwd():
+        o[0] = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    def bwd():
+        o[0].backward(do)
+
+    fwd()
+    bwd()
+    check(args.worker, T, [x.detach().float().numpy() for x in (o[0], q.grad, k.grad, v.grad)],
+          reference(*(x.detach().float().numpy() for x in (q, k, v, do))))
+    return [best_of(args.reps, lambda: None, fwd),
+            best_of(args.reps, lambda: (fwd(), [x.grad.zero_() for x in (q, k, v)]), bwd)]
+
+
+def numbagpt_times(args, T):
+    """numbagpt's flash attention or the old (T, T) kernels at T: checked, then [fwd_s, bwd_s]."""
+    import numpy as np
+    B = args.B
+    rng = np.random.default_rng(0)
+    qkv = rng.standard_normal(B * T * 3 * C).astype(np.float32)
+    dout = rng.standard_normal(B * T * C).astype(np.float32)
+    out = np.full(B * T * C, np.nan, np.float32)   # a kernel that writes nothing fails the check
+    dinp = np.zeros(B * T * 3 * C, np.float32)      # the backward adds to it
+    fwd, bwd = numbagpt_calls(args.worker, out, dinp, qkv, dout, B, T)
+    fwd()
+    bwd()
+
+    def heads(x, n):   # (B, T, n·C) -> (n, B, NH, T, hs)
+        return x.reshape(B, T, n, NH, C // NH).transpose(2, 0, 3, 1, 4)
+    check(args.worker, T, [heads(out, 1)[0], *heads(dinp, 3)], reference(*heads(qkv, 3), heads(dout, 1)[0]))
+    return [best_of(args.reps, lambda: None, fwd), best_of(args.reps, lambda: dinp.fill(0), bwd)]
+
+
 def worker(args):
     """Times one contender at every T; prints {T: [fwd_s, bwd_s]} as JSON."""
-    Ts = args.T
-    B = args.B
     CLOCK[0] = time.process_time if args.clock == "cpu" else time.perf_counter
-    res = {}
     if args.worker in ("sdpa", "sdpa_bf16"):
         import torch   # before Numba (see the module docstring)
         torch.set_num_threads(args.threads)
-        F = torch.nn.functional
-        hs = C // NH
-        dtype = torch.bfloat16 if args.worker == "sdpa_bf16" else torch.float32
-        for T in Ts:
-            g = torch.Generator().manual_seed(0)
-            q, k, v = (torch.randn(B, NH, T, hs, generator=g).to(dtype).requires_grad_() for _ in range(3))
-            do = torch.randn(B, NH, T, hs, generator=g).to(dtype)
-            o = [None]
-
-            def fwd():
-                o[0] = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-
-            def bwd():
-                o[0].backward(do)
-
-            tf = best_of(args.reps, lambda: None, fwd)
-            tb = best_of(args.reps, lambda: (fwd(), [x.grad.zero_() for x in (q, k, v) if x.grad is not None]), bwd)
-            res[T] = [tf, tb]
-        print(json.dumps(res))
-        return
-    import numba
-    import numpy as np
-    sys.path[:0] = [ROOT, os.path.join(ROOT, "dev")]
-    numba.set_num_threads(args.threads)
-    for T in Ts:
-        rng = np.random.default_rng(0)
-        qkv = rng.standard_normal(B * T * 3 * C).astype(np.float32)
-        dout = rng.standard_normal(B * T * C).astype(np.float32)
-        out = np.zeros(B * T * C, np.float32)
-        dinp = np.zeros(B * T * 3 * C, np.float32)
-        if args.worker == "flash":
-            from numbagpt.cpu import attention_backward, attention_forward
-            lse = np.zeros(B * NH * T, np.float32)
-            tf = best_of(args.reps, lambda: None, lambda: attention_forward(out, lse, qkv, B, T, C, NH))
-            tb = best_of(args.reps, lambda: dinp.fill(0),
-                         lambda: attention_backward(dinp, dout, qkv, out, lse, B, T, C, NH))
-        else:
-            from attention import bwd_head, fwd_head
-            N = B * NH * T * T
-            preatt, att, dpre, datt = (np.zeros(N, np.float32) for _ in range(4))
-            tf = best_of(args.reps, lambda: None, lambda: fwd_head(out, preatt, att, qkv, B, T, C, NH))
-            tb = best_of(args.reps, lambda: dinp.fill(0),
-                         lambda: bwd_head(dinp, dpre, datt, dout, qkv, att, B, T, C, NH))
-        res[T] = [tf, tb]
-    print(json.dumps(res))
+        times = sdpa_times
+    else:
+        import numba
+        sys.path[:0] = [ROOT, os.path.join(ROOT, "dev")]
+        numba.set_num_threads(args.threads)
+        times = numbagpt_times
+    print(json.dumps({T: times(args, T) for T in args.T}))
 
 
 def main(argv=None):

@@ -30,7 +30,9 @@ in: a random N(0,1) init would fill the softmax with denormals and slow PyTorch 
 same batch, sets --threads (NUMBA_NUM_THREADS, numba.set_num_threads, OMP_NUM_THREADS,
 torch.set_num_threads), runs a warm-up step untimed (JIT / cache load, torch.compile tracing), then
 times --steps steps (glibc told to keep freed memory: run_worker), printing their wall and CPU times
-(process_time: all its threads) as JSON. The
+(process_time: all its threads) and every step's loss as JSON. The losses, step by step, must match
+the reference's (PyTorch eager where it ran) within check_losses' bounds: a contender that computes
+wrong is said so and left out of the table, and the bench exits 1, as it does when a worker fails. The
 table gives each contender's medians over rounds x steps and the ratios numbagpt / PyTorch of the
 medians (lower is better, 1.0 = parity). On a machine loaded by other processes wall time counts
 their turns too, CPU time mostly not: compare the cpu columns there.
@@ -95,7 +97,8 @@ def numbagpt_step(model, x, y, train_step):
 
     def step():
         t[0] += 1
-        train_step(model, [(x, y)], lr=1e-4, t=t[0], weight_decay=0.0)
+        result = train_step(model, [(x, y)], lr=1e-4, t=t[0], weight_decay=0.0)
+        return getattr(result, "loss", result)   # a float from a checkout before StepResult (--before)
     return step
 
 
@@ -120,6 +123,7 @@ def torch_step(args, model, x, y):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
         opt.step()
+        return loss.detach()   # read after the timing (.item() would wait here under compile)
     return step
 
 
@@ -208,17 +212,17 @@ def worker(args):
         step = torch_step(args, model, x, y)
         del model   # numbagpt's buffers: PyTorch's step runs without them in memory
     try:
-        step()  # warm-up: JIT compilation or cache load; torch.compile tracing
+        losses = [step()]  # warm-up: JIT compilation or cache load; torch.compile tracing
     except Exception as e:  # torch.compile without a working C compiler, unsupported platform, ...
         print(json.dumps({"error": f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:150]}"}))
         return
     wall, cpu = [], []
     for _ in range(args.steps):
         t0, c0 = time.perf_counter(), time.process_time()
-        step()
+        losses.append(step())
         wall.append(1000 * (time.perf_counter() - t0))
         cpu.append(1000 * (time.process_time() - c0))
-    print(json.dumps({"wall": wall, "cpu": cpu}))
+    print(json.dumps({"wall": wall, "cpu": cpu, "loss": [float(v) for v in losses]}))
 
 
 def run_worker(args, model, who, kernel, precision="fp32", root=ROOT):
@@ -263,8 +267,10 @@ def main():
         print("PyTorch not installed (pip install torch): numbagpt timings only")
     print(f"threads {args.threads}, {args.rounds} rounds x {args.steps} steps per contender, one process "
           f"each; torch {version}", flush=True)
-    rows = [(name, time_model(args, name, list_contenders(args, kernels, torch_modes))) for name in args.models]
+    contenders = list_contenders(args, kernels, torch_modes)
+    rows = [(name, time_model(args, name, contenders)) for name in args.models]
     print_table(args, rows)
+    return 1 if any(len(med) < len(contenders) for _, med in rows) else 0   # a contender failed or was wrong
 
 
 def list_contenders(args, kernels, torch_modes):
@@ -281,9 +287,11 @@ def list_contenders(args, kernels, torch_modes):
 
 def time_model(args, name, contenders):
     """{label: {"wall": ms, "cpu": ms}}: the medians of each contender's steps over --rounds rounds, the
-    contenders in turn within a round, each in its own process; one that fails is dropped, saying so."""
+    contenders in turn within a round, each in its own process; one that fails, or whose losses
+    disagree with the reference's (check_losses), is dropped, saying so."""
     import numpy as np
     times = {c[0]: {"wall": [], "cpu": []} for c in contenders}
+    losses = {}
     for r in range(args.rounds):
         done = []
         for label, who, kernel, precision, root in contenders:
@@ -294,11 +302,47 @@ def time_model(args, name, contenders):
                 print(f"  {name} {label} failed ({out}): skipped", flush=True)
                 del times[label]
                 continue
+            losses.setdefault(label, out.pop("loss"))
             for clock in out:
                 times[label][clock] += out[clock]
             done.append(f"{label} {np.median(out['wall']):.0f}/{np.median(out['cpu']):.0f}")
         print(f"  {name} round {r + 1} (wall/cpu ms): " + ", ".join(done), flush=True)
+    for label in check_losses(name, losses, {c[0]: c for c in contenders}):
+        del times[label]
     return {label: {c: float(np.median(ts)) for c, ts in t.items()} for label, t in times.items()}
+
+
+# The largest relative difference of a step's loss from the reference's, over the 1 + --steps steps
+# (the same weights, batch and AdamW): float32 contenders differ by their sums' order (up to 1e-7
+# seen), bf16 ones (numbagpt's --precision bf16, PyTorch's autocast) by their operands' rounding (up to
+# 6e-5 seen: autocast on d12). A GELU backward off by half in float32 was 3e-4 off on tiny.
+LOSS_TOL = {"fp32": 1e-5, "bf16": 5e-4}
+
+
+def check_losses(name, losses, contenders):
+    """The labels whose losses step by step differ from the reference contender's beyond LOSS_TOL, each
+    said in a line; the reference is PyTorch eager in float32 where it ran, else numbagpt's first
+    float32 contender (else the first). A kernel that computes a wrong gradient trains a different
+    model, whose losses part from the others' from the second step on."""
+    import numpy as np
+    fp32 = [k for k in losses if contenders[k][3] == "fp32" and not k.endswith("autocast")]
+    ref = "eager" if "eager" in losses else (fp32 or list(losses) or [None])[0]
+    wrong, worst = [], {}
+    for label, got in losses.items():
+        bf16 = contenders[label][3] == "bf16" or label.endswith("autocast") or ref not in fp32
+        tol = LOSS_TOL["bf16" if bf16 else "fp32"]
+        err = float(np.max(np.abs(np.subtract(got, losses[ref])) / np.abs(losses[ref])))   # NaN stays NaN
+        if not err <= tol:   # a NaN loss fails too
+            print(f"  {name} {label}: losses {', '.join(f'{v:.5f}' for v in got)} against {ref}'s "
+                  f"{', '.join(f'{v:.5f}' for v in losses[ref])} (relative {err:.1e} > {tol:g}): wrong, not "
+                  f"in the table", flush=True)
+            wrong.append(label)
+        elif label != ref:
+            worst[label] = err
+    if worst:
+        print(f"  {name}: every step's loss as {ref}'s within " +
+              ", ".join(f"{k} {v:.0e}" for k, v in worst.items()) + " (relative)", flush=True)
+    return wrong
 
 
 def print_table(args, rows):
@@ -324,4 +368,4 @@ def print_table(args, rows):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

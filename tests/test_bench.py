@@ -178,6 +178,25 @@ def test_bench_attention_times_every_contender():
     assert "inf" not in out and "failed" not in out, out
 
 
+def test_bench_attention_stops_on_a_contender_that_computes_wrong(monkeypatch):
+    """A worker checks its contender's out, dq, dk, dv against float64 before it times: flash attention
+    passes; a backward that adds nothing, a forward that leaves its output unwritten (NaN), stop it in
+    one line naming the contender, T and the tensor."""
+    import numbagpt.cpu
+    bench_attention = _bench_module("bench_attention")
+    args = bench_attention.parse_args(["--worker", "flash", "--reps", "1", "--threads", "1"])
+    assert len(bench_attention.numbagpt_times(args, 16)) == 2
+    monkeypatch.setattr(numbagpt.cpu, "attention_backward", lambda *a: None)
+    with pytest.raises(SystemExit) as e:
+        bench_attention.numbagpt_times(args, 16)
+    assert re.fullmatch(rf"bench_attention.py: flash at T=16: dq: max relative error {NUMBER} against the "
+                        r"reference \(tolerance 2e-05\): wrong, not timed", str(e.value)), str(e.value)
+    monkeypatch.setattr(numbagpt.cpu, "attention_forward", lambda *a: None)
+    with pytest.raises(SystemExit) as e:
+        bench_attention.numbagpt_times(args, 16)
+    assert str(e.value).startswith("bench_attention.py: flash at T=16: out: max relative error nan "), str(e.value)
+
+
 def test_bench_attention_exits_1_when_a_contender_fails(monkeypatch, capsys):
     """A worker that fails is reported and left out of the table (it was a row of inf), and the bench
     exits 1. (A contender of no such name is refused as the flags are parsed: BAD_INPUTS.)"""
@@ -225,6 +244,29 @@ def test_bench_train_times_every_contender():
     assert "failed" not in out, out
     for label in [f"numbagpt {kernel}", f"numbagpt {kernel} bf16"] + (["eager", "autocast"] if TORCH else []):
         assert re.search(rf"^tiny +8 +256 {label} +\d+ ", out, re.M), (label, out)
+
+
+def test_bench_train_leaves_out_a_contender_whose_losses_disagree(monkeypatch, capsys):
+    """Every worker's loss step by step against PyTorch eager's, float32 within 1e-5, bf16 (numbagpt's
+    and autocast) within 5e-4: one off by more, or NaN, is said and left out of the table."""
+    bench_train = _bench_module("bench_train")
+    args = bench_train.parse_args(["--models", "tiny", "--rounds", "1", "--steps", "2", "--precision", "fp32,bf16"])
+    contenders = bench_train.list_contenders(args, ["avx512", "portable"], ("eager", "autocast"))
+    off = {("numbagpt", "avx512", "fp32"): 5e-6, ("numbagpt", "portable", "fp32"): 2e-5,
+           ("numbagpt", "avx512", "bf16"): 4e-4, ("numbagpt", "portable", "bf16"): np.nan,
+           ("eager", None, "fp32"): 0.0, ("autocast", None, "fp32"): 6e-4}
+
+    def run_worker(args, name, who, kernel, precision, root):
+        last = 10.74 * (1 + off[who, kernel, precision])
+        return {"wall": [1.0, 1.0], "cpu": [1.0, 1.0], "loss": [10.85, 10.79, last]}
+    monkeypatch.setattr(bench_train, "run_worker", run_worker)
+    medians = bench_train.time_model(args, "tiny", contenders)
+    assert sorted(medians) == ["eager", "numbagpt avx512", "numbagpt avx512 bf16"]
+    out = capsys.readouterr().out
+    for label in ("numbagpt portable", "numbagpt portable bf16", "autocast"):
+        assert re.search(rf"^  tiny {label}: losses 10.85000, 10.79000, \S+ against eager's 10.85000, 10.79000, "
+                         rf"10.74000 \(relative \S+ > \S+\): wrong, not in the table$", out, re.M), (label, out)
+    assert "tiny: every step's loss as eager's within numbagpt avx512 5e-06, numbagpt avx512 bf16 4e-04" in out
 
 
 def test_bench_cuda_makes_every_call_under_the_simulator():
