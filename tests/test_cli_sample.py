@@ -137,3 +137,36 @@ def test_characters_split_over_tokens_are_printed_whole(tmp_path, capsys):
     assert rc == 0, err
     want = api.sample(model, "", 40, tokenizer=str(tok), seed=5, temperature=50)
     assert "é" in want and out == want + "\n"
+
+
+def test_the_kernels_run_before_the_sample_starts_and_the_compile_notice_is_on_stderr(gpt2_model, capsys,
+                                                                                      monkeypatch):
+    """A cold cache compiles sampling's kernels at the prompt's forward and the first one-position
+    step: both run before anything is on stdout, so that the compile notice (stderr, from a thread)
+    does not land inside the sample's text on a terminal."""
+    import contextlib
+
+    import numbagpt.compiling
+    from numbagpt.generate import Decoder
+    stdout_at_forward = []   # at each forward of the cache: the prompt's two (all but its last position,
+    forward = Decoder._forward   # then its last), then one a token
+
+    stderr = []
+
+    def recorded(self, *args, **kwargs):
+        out, err = capsys.readouterr()
+        stdout_at_forward.append(out)
+        stderr.append(err)
+        return forward(self, *args, **kwargs)
+
+    @contextlib.contextmanager
+    def notice(say, after=3.0):
+        say("compiling")
+        yield
+    monkeypatch.setattr(Decoder, "_forward", recorded)
+    monkeypatch.setattr(numbagpt.compiling, "compile_notice", notice)
+    rc, _, err = run(capsys, "-e", gpt2_model, "--prompt", "O Romeo", "-g", 5)
+    assert rc == 0, err
+    assert stdout_at_forward[:3] == [""] * 3 and stdout_at_forward[3].startswith("O Romeo"), stdout_at_forward
+    err = "".join(stderr) + err
+    assert len(stdout_at_forward) == 6 and err.startswith("sample_gpt2: compiling\nmodel "), err

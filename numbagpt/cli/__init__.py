@@ -74,7 +74,8 @@ def run_command(prog, run, args, errors=(ValueError, OSError, RuntimeError), com
     """Exit status of run(args), with the commands' error handling: `prog: error: ...` in one line
     (status 1) for the errors a user can act on, `prog: interrupted` (130) on Ctrl-C. Numba may
     run --omp-threads threads (reserve_threads) before anything imports it. `compiles`: a command that
-    runs the kernels, whose stdout is not streamed text: a line on stderr while they compile long."""
+    runs the kernels: a line on stderr while they compile long (sample_gpt2 compiles before its text
+    starts on stdout, so that the line does not land inside it)."""
     reserve_threads(getattr(args, "omp_threads", None))
     try:
         take_interrupts()

@@ -4,6 +4,7 @@ Generation uses the key/value cache of numbagpt.generate (one row per layer and 
 attention per new token); --no-cache recomputes the whole context per token, as llm.c does.
 """
 import codecs
+import itertools
 import sys
 import time
 
@@ -66,7 +67,22 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)
-    return run_command("sample_gpt2", sample, args)
+    return run_command("sample_gpt2", sample, args, compiles=True)
+
+
+def write_sample(out, text, tokens, tok):
+    """The prompt's text, then each of the token ids as it comes (a character whose UTF-8 bytes span
+    two tokens printed whole, once its last byte has come), then a newline; returns the tokens' count."""
+    out.write(text)
+    out.flush()
+    utf8, n = codecs.getincrementaldecoder("utf-8")(errors="replace"), 0
+    for token in tokens:
+        out.write(utf8.decode(tok.decode_bytes([token])))
+        out.flush()
+        n += 1
+    out.write(utf8.decode(b"", final=True) + "\n")
+    out.flush()
+    return n
 
 
 def sample(args):
@@ -104,19 +120,15 @@ def sample(args):
     out = sys.stdout
     total, t0 = 0, time.perf_counter()
     for i in range(args.num_samples):
+        tokens = generate(model, prompt, args.gen_tokens, rng, temperature=args.temperature,
+                          top_k=args.top_k or None, top_p=args.top_p, use_cache=not args.no_cache, decoder=decoder)
+        # The first two tokens run the prompt's forward and the first one-position step: every kernel
+        # sampling calls, compiled there on a cold cache, before the sample starts on stdout, so that
+        # the compile notice (stderr) does not land inside its text on a terminal.
+        head = list(itertools.islice(tokens, 2))
         if args.num_samples > 1:
             out.write(f"{'' if i == 0 else chr(10)}--- sample {i + 1}/{args.num_samples} ---\n")
-        out.write(text)
-        out.flush()
-        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        for token in generate(model, prompt, args.gen_tokens, rng, temperature=args.temperature,
-                              top_k=args.top_k or None, top_p=args.top_p, use_cache=not args.no_cache,
-                              decoder=decoder):
-            out.write(utf8.decode(tok.decode_bytes([token])))
-            out.flush()
-            total += 1
-        out.write(utf8.decode(b"", final=True) + "\n")
-        out.flush()
+        total += write_sample(out, text, itertools.chain(head, tokens), tok)
     dt = time.perf_counter() - t0
     print(f"{total} tokens in {dt:.2f} s ({total / dt:.1f} tokens/s, {'no cache' if args.no_cache else 'KV cache'})",
           file=sys.stderr)
