@@ -17,11 +17,6 @@ PARAMETER_NAMES = ("wte", "wpe", "ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "at
                    "ln2w", "ln2b", "fcw", "fcb", "fcprojw", "fcprojb", "lnfw", "lnfb")
 
 # The tensors AdamW's weight decay applies to: the matrices (wte, wpe and the four matmuls' weights),
-# as llm.c's train_gpt2.cu and PyTorch's GPT-2 trainers (tensors of dim >= 2); not the biases and the
-# layernorms' weights and biases.
-DECAYED_PARAMETERS = ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw")
-
-# The tensors AdamW's weight decay applies to: the matrices (wte, wpe and the four matmuls' weights),
 # as in llm.c's train_gpt2.cu and PyTorch's GPT-2 trainers (the tensors of dim >= 2), not the biases
 # and the layernorms' weights and biases.
 DECAYED_PARAMETERS = ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw")

@@ -29,3 +29,29 @@ def test_said_once_while_numba_compiles_and_not_otherwise():
         f(np.int64(3))     # compiles, but for less than a minute
         time.sleep(0.6)
     assert said == []
+
+
+def test_the_seconds_of_separate_compilations_add_up(monkeypatch):
+    """Two compilations of 2 s and 1.5 s, apart, are 3.5 s of compiling (a nested one, a kernel's
+    callee, counts once): the notice at 3 s is said, though neither alone lasts 3 s."""
+    from numba.core import event
+
+    import numbagpt.compiling as compiling
+    now = [0.0]
+    monkeypatch.setattr(compiling.time, "monotonic", lambda: now[0])
+    said = []
+    with compile_notice(said.append, after=3.0):
+        for start, nested, end in ((0.0, 1.0, 2.0), (10.0, 10.5, 11.5)):
+            now[0] = start
+            event.start_event("numba:compile")
+            now[0] = nested
+            event.start_event("numba:compile")
+            event.end_event("numba:compile")
+            now[0] = end
+            event.end_event("numba:compile")
+            if start == 0.0:
+                time.sleep(0.6)   # the watcher looks 4 times a second: 2 s so far, nothing said
+                assert said == []
+        now[0] = 50.0             # long after the compilations: still 3.5 s of them
+        time.sleep(0.6)
+    assert said == [NOTICE]

@@ -33,6 +33,25 @@ def test_vocab_padding_is_llmc_multiple_of_128():
     assert [pad_vocab(v) for v in (1, 66, 128, 129, 50257)] == [128, 128, 128, 256, 50304]
 
 
+def test_a_vocabulary_needs_no_padding_where_it_is_a_multiple_or_the_file_says_so(tmp_path):
+    """Vp = V is a model (V a multiple of 128, or a model file whose header says Vp = V, as an
+    unpadded export's); Vp < V and C not a multiple of NH are not."""
+    from numbagpt.config import GPT2Config
+    from numbagpt.model import GPT2
+    assert GPT2Config(16, 128, 1, 2, 16).padded_vocab_size == 128
+    cfg = GPT2Config(16, 40, 1, 2, 16, padded_vocab_size=40)
+    model = GPT2(cfg)
+    model.init_weights(0)
+    model.save(tmp_path / "m.bin")
+    loaded = GPT2.from_file(tmp_path / "m.bin")
+    assert loaded.config == cfg and np.array_equal(loaded.parameters_host(), model.parameters_host())
+    assert np.isfinite(loaded.forward(np.zeros((1, 4), np.int32), np.ones((1, 4), np.int32)))
+    with pytest.raises(ValueError, match="padded_vocab_size 39 < vocab_size 40"):
+        GPT2Config(16, 40, 1, 2, 16, padded_vocab_size=39)
+    with pytest.raises(ValueError, match="channels 16 not divisible by num_heads 3"):
+        GPT2Config(16, 40, 1, 3, 16)
+
+
 def test_custom_shape_alone_and_over_a_preset():
     cfg = build_config(layers=4, heads=4, channels=64, max_seq_len=32, vocab_size=66)
     assert cfg.describe() == "L=4 NH=4 C=64 maxT=32 V=66 Vp=128"

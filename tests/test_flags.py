@@ -92,6 +92,24 @@ def test_command_flags(command, value, capsys):
             refused_in_one_line(capsys, module.main, argv, flag)
 
 
+@pytest.mark.parametrize("low_open", [False, True])
+@pytest.mark.parametrize("high_open", [False, True])
+def test_the_check_holds_inside_and_at_a_closed_bound_only(low_open, high_open):
+    """[0, 1], (0, 1], [0, 1), (0, 1) at both bounds, inside and outside; their words."""
+    check = Check(low=0, high=1, low_open=low_open, high_open=high_open)
+    assert [check.holds(v) for v in (-0.5, 0, 0.5, 1, 1.5)] == [False, not low_open, True, not high_open, False]
+    assert check.describe() == f"in {'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+    assert Check(high=1, high_open=high_open).holds(1) is not high_open
+
+
+def test_betas_are_refused_at_one():
+    """AdamW's betas lie in [0, 1): at 1, m or v never forget and the bias correction divides by 0."""
+    assert TrainConfig(beta1=0.0, beta2=0.0)
+    for flag, kwargs in (("--beta1", dict(beta1=1.0)), ("--beta2", dict(beta2=1.0))):
+        with pytest.raises(ValueError, match=rf"^{flag} must be in \[0, 1\), got 1.0$"):
+            TrainConfig(**kwargs)
+
+
 def test_the_check_itself():
     assert Check(low=0, high=1, low_open=True).holds(1) and not Check(low=0, low_open=True).holds(0)
     with pytest.raises(ValueError, match="-l must be a finite number, got nan"):

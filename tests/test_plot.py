@@ -146,3 +146,18 @@ def test_a_broken_matplotlib_and_an_unwritable_png_leave_a_training_run_whole(tm
     plot_log(str(log), said.append)
     assert said == ["(pip install matplotlib, or 'numbagpt[plot]', and the next run also draws its loss curve "
                     "into loss.png)"]
+
+
+def test_the_loss_axis_leaves_out_the_first_steps_spike_and_shows_the_rest():
+    """A first loss of 10 over fifty between 3 and 3.5: the axis shows all fifty, closely, and not
+    the 10 (it would flatten them into a line); NaN and inf are left out of the limits."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rest = [3.0 + 0.01 * i for i in range(51)]
+    for values in ([10.0] + rest, rest, [math.nan, math.inf, 10.0] + rest):
+        fig, ax = plt.subplots()
+        plot._clip_losses(ax, values)
+        low, top = ax.get_ylim()
+        plt.close(fig)
+        assert low < 3.0 and 3.5 <= top < 3.5 * 1.2, (values[:3], low, top)

@@ -98,3 +98,10 @@ def test_the_startup_line_counts_steps_as_the_step_lines():
     assert f"(the last step, 10, at lr {want:.3g})" in s.describe()
     c = LRSchedule("cosine", lr=1.0, warmup=2, steps=10, final_frac=0.5)
     assert f"at lr {0.5 + 0.25 * (1 + math.cos(math.pi * 7 / 8)):.3g})" in c.describe()   # r = 7/8
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear", "wsd"])
+def test_past_the_last_step_the_rate_stays_at_its_floor(kind):
+    """A step at or past `steps` (a run continued past its schedule) is at min_lr, not past it."""
+    s = LRSchedule(kind, lr=1.0, warmup=10, steps=100, final_frac=0.1)
+    assert [s(step) for step in (100, 120, 1000)] == pytest.approx([0.1] * 3)

@@ -5,7 +5,8 @@
                                                          (NUMBA_ENABLE_CUDASIM=1 runs it without a GPU)
 
 Every rank checks its own results and prints `rank R ok`; any failure raises (mpi4py's
-`python -m mpi4py` aborts the job, and the test sees the non-zero exit).
+`python -m mpi4py` aborts the job, and the test sees the non-zero exit). Last, DataParallel's
+broadcast of a model's parameters from rank 0.
 """
 import os
 import sys
@@ -13,8 +14,10 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from numbagpt.dist import init_world, partition  # noqa: E402
+from numbagpt.dist import DataParallel, init_world, partition  # noqa: E402
 from numbagpt.backend import get_backend  # noqa: E402
+from numbagpt.config import GPT2Config  # noqa: E402
+from numbagpt.model import GPT2  # noqa: E402
 
 
 def main(device):
@@ -50,6 +53,15 @@ def main(device):
 
     assert world.mean(float(r)) == (R - 1) / 2
     assert world.bcast(r) == 0
+
+    # a model whose ranks loaded different weights (another seed each) starts from rank 0's
+    model = GPT2(GPT2Config(8, 40, 1, 2, 8), backend=device)
+    model.init_weights(r)
+    rank0 = GPT2(GPT2Config(8, 40, 1, 2, 8))
+    rank0.init_weights(0)
+    assert r == 0 or not np.array_equal(model.parameters_host(), rank0.parameters_host())
+    DataParallel(world, model).broadcast_parameters()
+    np.testing.assert_array_equal(model.parameters_host(), rank0.parameters_host())
     print(f"rank {r} of {R} ok ({device}: {world.transport})", flush=True)
 
 
