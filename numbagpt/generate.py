@@ -213,6 +213,20 @@ def prompt_seen(length, capacity):
     return length - context_start(length, 0, capacity)
 
 
+def warm_up(model, decoder=None):
+    """Run every kernel that sampling from `model` calls, once, on dummy tokens: on a cold Numba cache
+    they compile here (sample_gpt2 does this before it prints the sample, so that the compile notice
+    on stderr does not land inside the text). With `decoder` (the KV cache): a prefill of up to
+    MATVEC_ROWS + 2 positions (the tiled matmul, as a prefill after the context slides) and a decoding
+    step (matvec), the cache emptied after; without: one forward of the model."""
+    if decoder is None:
+        model.forward(np.zeros((1, 1), np.int32))
+        return
+    decoder.reset()
+    decoder.forward(np.zeros((decoder.B, min(MATVEC_ROWS + 2, decoder.capacity)), np.int32), "last")
+    decoder.reset()
+
+
 def context_start(length, start, capacity):
     """Where the context of the next token starts: `start` until the context (length − start) fills
     the capacity, then the last capacity/2 tokens."""

@@ -9,8 +9,8 @@ from numbagpt.model import GPT2
 from numbagpt.files.tokenizer import CharTokenizer, GPT2Tokenizer
 
 
-def make_model(path, V, seed=0):
-    cfg = GPT2Config(max_seq_len=16, vocab_size=V, num_layers=1, num_heads=2, channels=16)
+def make_model(path, V, seed=0, max_seq_len=16):
+    cfg = GPT2Config(max_seq_len=max_seq_len, vocab_size=V, num_layers=1, num_heads=2, channels=16)
     model = GPT2(cfg)
     model.init_weights(seed)
     model.load_parameters(model.parameters_host() * 10)
@@ -139,34 +139,41 @@ def test_characters_split_over_tokens_are_printed_whole(tmp_path, capsys):
     assert "é" in want and out == want + "\n"
 
 
-def test_the_kernels_run_before_the_sample_starts_and_the_compile_notice_is_on_stderr(gpt2_model, capsys,
-                                                                                      monkeypatch):
-    """A cold cache compiles sampling's kernels at the prompt's forward and the first one-position
-    step: both run before anything is on stdout, so that the compile notice (stderr, from a thread)
-    does not land inside the sample's text on a terminal."""
+@pytest.mark.parametrize("cache", [[], ["--no-cache"]])
+def test_every_kernel_runs_before_the_sample_starts_and_the_compile_notice_is_on_stderr(tmp_path, capsys,
+                                                                                       monkeypatch, cache):
+    """A cold cache compiles a kernel at its first call: every kernel the sample calls has run before
+    anything is on stdout (the tiled matmul of the prefill after the context slides too: 48 tokens
+    from a model of maxT 32), so that the compile notice (stderr, from a thread) does not land inside
+    the sample's text on a terminal."""
     import contextlib
 
     import numbagpt.compiling
-    from numbagpt.generate import Decoder
-    stdout_at_forward = []   # at each forward of the cache: the prompt's two (all but its last position,
-    forward = Decoder._forward   # then its last), then one a token
+    from numbagpt import cpu
+    from numbagpt.backend import KERNELS
+    make_model(tmp_path / "m.bin", 50257, max_seq_len=32)
+    written, calls = [], []   # the stdout so far; (kernel, whether stdout had text when it was called)
 
-    stderr = []
-
-    def recorded(self, *args, **kwargs):
-        out, err = capsys.readouterr()
-        stdout_at_forward.append(out)
-        stderr.append(err)
-        return forward(self, *args, **kwargs)
+    def recorded(name, kernel):
+        def call(*args):
+            written.append(capsys.readouterr())
+            calls.append((name, any(out for out, _ in written)))
+            return kernel(*args)
+        return call
+    for name in KERNELS:
+        monkeypatch.setattr(cpu, name, recorded(name, getattr(cpu, name)))
 
     @contextlib.contextmanager
     def notice(say, after=3.0):
         say("compiling")
         yield
-    monkeypatch.setattr(Decoder, "_forward", recorded)
     monkeypatch.setattr(numbagpt.compiling, "compile_notice", notice)
-    rc, _, err = run(capsys, "-e", gpt2_model, "--prompt", "O Romeo", "-g", 5)
+    rc, out, err = run(capsys, "-e", tmp_path / "m.bin", "--prompt", "O Romeo", "-g", 45, *cache)
     assert rc == 0, err
-    assert stdout_at_forward[:3] == [""] * 3 and stdout_at_forward[3].startswith("O Romeo"), stdout_at_forward
-    err = "".join(stderr) + err
-    assert len(stdout_at_forward) == 6 and err.startswith("sample_gpt2: compiling\nmodel "), err
+    before = {name for name, started in calls if not started}
+    after = {name for name, started in calls if started}
+    assert after and after <= before, after - before
+    if not cache:
+        assert {"matmul_forward", "matvec_forward", "attention_forward_cached"} <= after
+    err = "".join(e for _, e in written) + err
+    assert err.startswith("sample_gpt2: compiling\nmodel "), err

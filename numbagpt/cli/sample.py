@@ -4,7 +4,6 @@ Generation uses the key/value cache of numbagpt.generate (one row per layer and 
 attention per new token); --no-cache recomputes the whole context per token, as llm.c does.
 """
 import codecs
-import itertools
 import sys
 import time
 
@@ -93,7 +92,7 @@ def sample(args):
     from numbagpt.backend import get_backend
     from numbagpt.files import formats
     from numbagpt.files.data import find_tokenizer
-    from numbagpt.generate import Decoder, generate, sampling_bytes
+    from numbagpt.generate import Decoder, generate, sampling_bytes, warm_up
     from numbagpt.model import GPT2
     from numbagpt.train.checkpoint import resolve_model
 
@@ -117,18 +116,15 @@ def sample(args):
               f"it sees the last {seen}, as when a sample fills it (docs/use.md)", file=sys.stderr, flush=True)
     rng = np.random.default_rng(args.seed)
     decoder = None if args.no_cache else Decoder(model, 1)
+    warm_up(model, decoder)   # every kernel compiled (a cold cache) before the sample starts on stdout
     out = sys.stdout
     total, t0 = 0, time.perf_counter()
     for i in range(args.num_samples):
-        tokens = generate(model, prompt, args.gen_tokens, rng, temperature=args.temperature,
-                          top_k=args.top_k or None, top_p=args.top_p, use_cache=not args.no_cache, decoder=decoder)
-        # The first two tokens run the prompt's forward and the first one-position step: every kernel
-        # sampling calls, compiled there on a cold cache, before the sample starts on stdout, so that
-        # the compile notice (stderr) does not land inside its text on a terminal.
-        head = list(itertools.islice(tokens, 2))
         if args.num_samples > 1:
             out.write(f"{'' if i == 0 else chr(10)}--- sample {i + 1}/{args.num_samples} ---\n")
-        total += write_sample(out, text, itertools.chain(head, tokens), tok)
+        tokens = generate(model, prompt, args.gen_tokens, rng, temperature=args.temperature,
+                          top_k=args.top_k or None, top_p=args.top_p, use_cache=not args.no_cache, decoder=decoder)
+        total += write_sample(out, text, tokens, tok)
     dt = time.perf_counter() - t0
     print(f"{total} tokens in {dt:.2f} s ({total / dt:.1f} tokens/s, {'no cache' if args.no_cache else 'KV cache'})",
           file=sys.stderr)
