@@ -39,7 +39,8 @@ class GPT2Config:
 # llm.c's GPT-2 depth descriptors dN (also written gpt2:dN): depth -> (C, NH), maxT 1024.
 GPT2_DEPTHS = {6: (384, 6), 12: (768, 12), 24: (1024, 16), 36: (1280, 20), 48: (1600, 25),
                60: (1920, 30), 72: (2880, 30), 84: (3456, 36)}
-# llm.c's GPT-3 descriptors gpt3:cN: channels -> (L, head size), maxT 2048.
+# llm.c's GPT-3 descriptors gpt3:cN: channels -> (L, head size), maxT 2048. c5140 (GPT-3 13B's width as
+# the GPT-3 paper prints it) is not whole heads of 128: llm.c stops on its assert, numbagpt says so.
 GPT3_CHANNELS = {384: (6, 64), 768: (12, 64), 1024: (24, 64), 1536: (24, 96), 2048: (24, 128),
                  2560: (32, 80), 4096: (32, 128), 5140: (40, 128), 12288: (96, 128)}
 
@@ -48,7 +49,8 @@ PRESETS = {"tiny": (4, 4, 128, 256)}
 PRESETS.update({f"d{L}": (L, NH, C, 1024) for L, (C, NH) in GPT2_DEPTHS.items()})
 
 DESCRIPTOR_HELP = ("tiny, dN (llm.c's GPT-2 depths: " + ", ".join(f"d{d}" for d in GPT2_DEPTHS) +
-                   "; also gpt2:dN) or gpt3:cN (" + ", ".join(f"c{c}" for c in GPT3_CHANNELS) + ")")
+                   "; also gpt2:dN) or gpt3:cN (" +
+                   ", ".join(f"c{c}" for c, (_, hs) in GPT3_CHANNELS.items() if c % hs == 0) + ")")
 
 
 def descriptor_shape(name):
@@ -70,6 +72,10 @@ def descriptor_shape(name):
             raise ValueError(f"unsupported GPT-3 channels c{C}; choose one of "
                              f"{', '.join(f'c{c}' for c in GPT3_CHANNELS)}")
         L, head_size = GPT3_CHANNELS[C]
+        if C % head_size:
+            raise ValueError(f"gpt3:c{C}: {C} channels are not whole heads of {head_size} (llm.c's table has it "
+                             f"and stops on its assert); its shape with whole heads: -e gpt3:c4096 --layers {L} "
+                             f"--heads {C // head_size} --channels {C // head_size * head_size}")
         return L, C // head_size, C, 2048
     raise ValueError(f"unknown model {name!r}: neither a model file nor a descriptor ({DESCRIPTOR_HELP})")
 

@@ -23,10 +23,25 @@ def test_descriptors_follow_llmc(name, L, NH, C, maxT):
 
 
 @pytest.mark.parametrize("name, msg", [("d7", "unsupported GPT-2 depth d7"), ("gpt3:c100", "unsupported GPT-3"),
-                                       ("big", "neither a model file nor a descriptor")])
+                                       ("big", "neither a model file nor a descriptor"),
+                                       ("gpt3:c5140", "5140 channels are not whole heads of 128")])
 def test_bad_descriptors(name, msg):
     with pytest.raises(ValueError, match=msg):
         descriptor_shape(name)
+
+
+def test_the_help_offers_every_descriptor_that_builds_and_no_other():
+    from numbagpt.config import DESCRIPTOR_HELP, GPT2_DEPTHS, GPT3_CHANNELS
+    offered = [f"gpt3:{c}" for c in DESCRIPTOR_HELP.split("gpt3:cN (")[1].rstrip(")").split(", ")]
+    builds = []
+    for name in ["tiny"] + [f"d{d}" for d in GPT2_DEPTHS] + [f"gpt3:c{c}" for c in GPT3_CHANNELS]:
+        try:
+            preset(name)
+            builds.append(name)
+        except ValueError:
+            pass
+    assert offered == [n for n in builds if n.startswith("gpt3:")] and "gpt3:c5140" not in builds
+    assert all(n in DESCRIPTOR_HELP for n in builds if not n.startswith("gpt3:"))
 
 
 def test_vocab_padding_is_llmc_multiple_of_128():
