@@ -22,6 +22,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.timing import positive_int  # noqa: E402  (run as a script or imported as bench.bench_cuda)
 
 SHAPES = {"tiny": (8, 256), "d12": (4, 64), "micro": (2, 8)}  # model preset (micro: shape_config): (B, T)
 
@@ -77,8 +78,8 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shapes", nargs="+", default=["tiny", "d12"], choices=list(SHAPES),
                     help="model presets at their (B, T); micro: a 2-layer C=16 model at B=2 T=8 (a smoke "
-                         "test of every call, cheap enough for the simulator)")
-    ap.add_argument("--iters", type=int, default=20)
+                         "test of every call, cheap enough for the simulator; default: tiny d12)")
+    ap.add_argument("--iters", type=positive_int, default=20, help="timed calls of each kernel (default: 20)")
     ap.add_argument("--model", action="store_true", help="also time a full GPT2 training step")
     ap.add_argument("--matmul-only", action="store_true", help="only the matmuls (and their cuBLAS reference)")
     ap.add_argument("--simulator", action="store_true",

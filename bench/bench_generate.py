@@ -21,13 +21,15 @@ import timing
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="d12", help="preset (tiny, d12, ...) or a model .bin file")
+    p.add_argument("--model", default="d12", help="preset (tiny, d12, ...) or a model .bin file (default: d12)")
     p.add_argument("--contexts", type=timing.positive_int, nargs="+", default=[64, 256, 1024],
                    help="context lengths T, each at least 2 (default 64 256 1024)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     timing.add_threads(p)
-    p.add_argument("--steps", type=timing.positive_int, default=4, help="decoding steps per timed round with the cache")
-    p.add_argument("--reps", type=timing.positive_int, default=3, help="timed rounds per contender and context")
+    p.add_argument("--steps", type=timing.positive_int, default=4,
+                   help="decoding steps per timed round with the cache (default: 4)")
+    p.add_argument("--reps", type=timing.positive_int, default=3,
+                   help="timed rounds per contender and context (default: 3)")
     args = p.parse_args()
     if min(args.contexts) < 2:   # a timed step decodes after at least one cached token
         p.error(f"argument --contexts: a context length is at least 2, got {min(args.contexts)}")

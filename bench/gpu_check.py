@@ -46,6 +46,7 @@ from collections import namedtuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from bench.timing import positive_int  # noqa: E402  (run as a script or imported as bench.gpu_check)
 
 LOSS_TOL = 1e-3
 BUDGET_S = 360      # the whole check by default, device probing included (--budget)
@@ -220,11 +221,13 @@ def parse_args(argv=None):
                     help=f"seconds for the whole check (default {BUDGET_S}); the parts' caps scale with it")
     ap.add_argument("--parts", default=",".join(PART_GROUPS), metavar="KEY,...",
                     help=f"the parts to run, of {','.join(PART_GROUPS)} (default: all; they run in that order)")
-    ap.add_argument("--steps", type=int, default=20, help="GPU training steps of d12")
-    ap.add_argument("--batch", type=int, default=8, help="B of the GPU training steps")
-    ap.add_argument("--seq-len", type=int, default=1024, help="T")
-    ap.add_argument("--compare-batch", type=int, default=2, help="B of the CPU-vs-GPU comparison")
-    ap.add_argument("--compare-steps", type=int, default=3, help="steps compared with the CPU")
+    ap.add_argument("--steps", type=positive_int, default=20, help="GPU training steps of d12 (default: 20)")
+    ap.add_argument("--batch", type=positive_int, default=8, help="B of the GPU training steps (default: 8)")
+    ap.add_argument("--seq-len", type=positive_int, default=1024, help="T (default: 1024)")
+    ap.add_argument("--compare-batch", type=positive_int, default=2,
+                    help="B of the CPU-vs-GPU comparison (default: 2)")
+    ap.add_argument("--compare-steps", type=positive_int, default=3,
+                    help="steps compared with the CPU (default: 3)")
     ap.add_argument("--train-only", action="store_true", help=argparse.SUPPRESS)  # part 1 in its own process
     args = ap.parse_args(argv)
     if args.out_dir is not None and args.out is not None and args.out_dir != args.out:

@@ -112,6 +112,7 @@ BAD_INPUTS = [   # (script, arguments, what the one line says)
     ("bench/bench_attention.py", ["--T", "abc"], "argument --T: invalid lengths value: 'abc'"),
     ("bench/bench_attention.py", ["--contenders", "flash,foo"], "argument --contenders: 'foo': expected a comma"),
     ("bench/bench_checkpoint.py", ["--rounds", "0"], "argument --rounds: must be a positive integer, got 0"),
+    ("bench/bench_cuda.py", ["--iters", "0"], "argument --iters: must be a positive integer, got 0"),
     ("bench/bench_train.py", ["--precision", "foo"], "argument --precision: 'foo': expected a comma list of fp32"),
     ("bench/bench_train.py", ["--before", "/nonexistent"], "argument --before: /nonexistent: not a numbagpt checkout"),
     ("dev/gelu/gelu_cpu.py", ["--n", "0"], "argument --n: must be a positive integer, got 0"),

@@ -186,3 +186,20 @@ def test_bad_kernels_are_caught(arch):
     assert res.spills and res.local + res.stack >= 2048 * 4  # the array, on the stack (local memory)
     with pytest.raises(R.LinkError, match="too much shared data"):  # static shared memory > 48 KB
         R.resources(_big_shared_kernel, sig, arch)
+
+
+def test_the_per_kernel_table_of_docs_cuda_md_is_what_ptxas_reports():
+    """docs/cuda.md's "Per kernel" table: a row for every kernel, none for a kernel that is gone, each
+    with ptxas's registers (sm_80, sm_90) and static shared memory (its 7 bf16 kernels were missing)."""
+    import os
+    import re
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "cuda.md")
+    with open(path, encoding="utf-8") as f:
+        text = f.read().split("### Per kernel", 1)[1]
+    doc = {m[0]: (int(m[1]), int(m[2]), int(m[3])) for m in
+           re.findall(r"^\| `(\w+)` \| [^|]+ \| \d+ \| (\d+) \|[^|]+\|[^|]+\| (\d+) \|[^|]+\|[^|]+\| (\d+) \|$",
+                      text, re.M)}
+    table = R.kernel_table(ARCHS)
+    ptxas = {name: (table[name, "sm_80"].registers, table[name, "sm_90"].registers, table[name, "sm_80"].shared)
+             for name, _ in table}
+    assert doc == ptxas

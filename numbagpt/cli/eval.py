@@ -26,7 +26,8 @@ def build_parser():
     add_precision(p)
     add_device(p)
     add_flag(p, "--omp-threads", type=int, check=POSITIVE, default=None,
-                   help="Numba threads per process (default: all cores, divided among the ranks)")
+                   help="Numba threads per process (default: NUMBA_NUM_THREADS, all cores unless set, divided "
+                        "among the ranks on this host)")
     add_memory_check(p)
     return p
 

@@ -1,6 +1,6 @@
 """Checkpoints as llm.c writes them, in the output directory:
 
-    model_%08d.bin        the parameters (rank 0; an llm.c v3 model file)
+    model_%08d.bin        the parameters (rank 0; an llm.c v3 model file, v5 with --save-precision bf16)
     state_%08d_%05d.bin   AdamW m and v of this rank's parameters, the data loader position and the
                           run record (every rank)
     DONE_%08d             written last: the checkpoint is complete; it holds the XXH3-64 hash of

@@ -37,8 +37,8 @@ SHAPE_GROUP = ("model shape", "a custom model from scratch: any of these over -e
 class TrainConfig:
     """A training run: bin/train_gpt2's flags as fields (the flag names are in each field's metadata)."""
     device: str = option("cpu", ("--device",), "backend that runs the kernels", choices=("cpu", "cuda"))
-    omp_threads: int = option(None, ("--omp-threads",), "Numba threads per process (default: all cores, "
-                              "divided among the ranks)", POSITIVE)
+    omp_threads: int = option(None, ("--omp-threads",), "Numba threads per process (default: NUMBA_NUM_THREADS, "
+                              "all cores unless set, divided among the ranks on this host)", POSITIVE)
     precision: str = option("fp32", ("--precision",), "bf16: every matmul rounds its two operands to bfloat16 and "
                             "sums in float32 (PyTorch autocast's matmuls); the weights, gradients, AdamW state "
                             "and every other kernel stay float32", choices=tuple(PRECISIONS))
