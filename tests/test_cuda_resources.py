@@ -188,6 +188,29 @@ def test_bad_kernels_are_caught(arch):
         R.resources(_big_shared_kernel, sig, arch)
 
 
+def test_the_launch_count_docs_cuda_md_gives_is_the_tools():
+    """docs/cuda.md's kernel-function calls and launches of a d12 step at B=16, T=1024 (it said 528
+    launches where the tool counts 468), and the zeroing launches among them."""
+    import os
+    import re
+
+    from numbagpt.config import preset
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "cuda.md")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    cfg = preset("d12")
+    calls = sum(count for _, _, count in R.step_calls(cfg, 16, 1024))
+    training = [(fn, launch, count) for fn, launch, count in R.step_launches(cfg, 16, 1024, R.ARCHS["sm_90"]["sms"])
+                if fn not in ("attention_forward_cached", "matvec_forward")]   # generation's, listed after
+    launches = sum(count for *_, count in training)
+    zeroing = sum(count for fn, launch, count in training if fn == "matmul_backward" and
+                  launch.kernel.py_func.__name__ == "fill_zero_kernel")
+    said = re.findall(r"(\d+) kernel-function calls, (\d+) launches \((\d+) of them the zeroing", text)
+    assert said == [(str(calls), str(launches), str(zeroing))]
+    assert re.findall(r"(\d+) kernel-function calls, 17 a layer and 9 more,\s+and (\d+) launches", text) == \
+        [(str(calls), str(launches))]
+
+
 def test_the_per_kernel_table_of_docs_cuda_md_is_what_ptxas_reports():
     """docs/cuda.md's "Per kernel" table: a row for every kernel, none for a kernel that is gone, each
     with ptxas's registers (sm_80, sm_90) and static shared memory (its 7 bf16 kernels were missing)."""
