@@ -102,6 +102,32 @@ def test_paths_may_be_pathlib_paths(model, tmp_path):
     assert cfg.output_dir == str(tmp_path / "o") and cfg.model == str(tmp_path / "m.bin")
 
 
+def test_a_descriptor_is_built_from_the_seed_given_and_save_model_writes_the_precision_given(model, tmp_path):
+    """load_model("tiny", seed=s) is the preset initialised from s (as train_gpt2 -e tiny --seed s);
+    save_model(..., precision="bf16") writes llm.c's version 5, the parameters rounded to bfloat16
+    (half the bytes of version 3), and "fp32" version 3 exactly."""
+    import numpy as np
+
+    from numbagpt.config import preset
+    from numbagpt.files import formats
+    seeded = api.GPT2(preset("tiny"))
+    seeded.init_weights(7)
+    loaded = api.load_model("tiny", seed=7)
+    assert np.array_equal(loaded.parameters_host(), seeded.parameters_host())
+    assert not np.array_equal(api.load_model("tiny").parameters_host(), seeded.parameters_host())
+    for precision, version in (("fp32", 3), ("bf16", 5)):
+        path = tmp_path / f"{precision}.bin"
+        api.save_model(model, path, precision=precision)
+        assert formats.read_model_header(str(path))[1] == version
+        _, params = formats.read_model(str(path))
+        want = model.parameters_host()
+        if precision == "bf16":   # round to nearest even, as llm.c's writer
+            bits = want.view(np.uint32).astype(np.uint64)
+            want = (((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16).astype(np.uint32).view(np.float32)
+        np.testing.assert_array_equal(params, want)
+    assert (tmp_path / "bf16.bin").stat().st_size < 0.6 * (tmp_path / "fp32.bin").stat().st_size
+
+
 def test_load_model_takes_the_precision_of_the_commands(model, tmp_path):
     """load_model(..., precision="bf16") is -e FILE --precision bf16: the same weights, bf16 matmuls
     (the loss of a batch as GPT2.from_file's in bf16, not as fp32's)."""

@@ -177,3 +177,31 @@ def test_every_kernel_runs_before_the_sample_starts_and_the_compile_notice_is_on
         assert {"matmul_forward", "matvec_forward", "attention_forward_cached"} <= after
     err = "".join(e for _, e in written) + err
     assert err.startswith("sample_gpt2: compiling\nmodel "), err
+
+
+def test_a_sample_that_ends_inside_a_character_ends_in_one_replacement_character():
+    """The bytes of a character cut off by the end of the sample (2 of the euro sign's 3): one U+FFFD,
+    then the newline; the whole character when its last byte comes."""
+    import io
+
+    from numbagpt.cli.sample import write_sample
+
+    class Tokens:
+        def decode_bytes(self, ids):
+            return b"".join([b"\xe2", b"\x82", b"\xac"][i] for i in ids)
+    for ids, text in (([0, 1], "x\ufffd\n"), ([0, 1, 2], "x\u20ac\n")):
+        out = io.StringIO()
+        assert write_sample(out, "x", ids, Tokens()) == len(ids)
+        assert out.getvalue() == text
+
+
+def test_samples_follow_one_another_from_one_seed(gpt2_model, capsys):
+    """-n 2 draws the second sample after the first from the one seeded generator: not the first
+    again, and the first is what -n 1 gives."""
+    args = ["-e", gpt2_model, "--prompt", "O Romeo", "-g", 12, "--temperature", 2]
+    rc, one, err = run(capsys, *args)
+    assert rc == 0, err
+    rc, two, err = run(capsys, *args, "-n", 2)
+    assert rc == 0, err
+    first, second = (part.split("\n", 1)[1].rstrip("\n") for part in two.split("--- sample ")[1:])
+    assert first == one.rstrip("\n") and second != first

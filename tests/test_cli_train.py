@@ -67,6 +67,8 @@ def test_checkpoint_and_resume_continue_the_same_run(tmp_path, capsys, corpus, s
     code, cap = run(capsys, corpus, resumed, *x, "-y", "1")
     assert code == 0, cap.err
     assert f"resumed from step {every}" in cap.out
+    # the checkpoint resumed from stays whole (a crash before the next one resumes from it again)
+    assert sorted(p.name for p in resumed.glob("DONE_*")) == [f"DONE_{every:08d}"]
     _, a = formats.read_model(str(straight / f"model_{last}.bin"))
     _, b = formats.read_model(str(resumed / f"model_{last}.bin"))
     np.testing.assert_array_equal(a, b)

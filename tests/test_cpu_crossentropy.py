@@ -142,7 +142,7 @@ def _ulp_error(x):
     return np.abs(got.astype(np.float64) - ex) / ulp
 
 
-def test_exp_nonpos_within_2_ulp_on_minus87_to_0():
+def test_exp_nonpos_within_1_02_ulp_on_minus87_to_0():
     # Every 61st float32 bit pattern between -0.0 and -87.0 (18M of the 1.1e9; an exhaustive scan,
     # 30 s, measured 1.01 ulp at most), and every float32 near the ends of the range.
     bits = np.arange(0x80000000, 0xC2AE0001, 61, dtype=np.uint64).astype(np.uint32)
@@ -153,7 +153,7 @@ def test_exp_nonpos_within_2_ulp_on_minus87_to_0():
     for xs in (x, near0, near87, small):
         assert xs.min() >= -87.0 and xs.max() <= 0.0
         err = _ulp_error(xs)
-        assert err.max() <= 1.5, (err.max(), xs[err.argmax()])  # documented: 1.01; asked: <= 2
+        assert err.max() <= 1.02, (err.max(), xs[err.argmax()])  # documented: 1.01 (IEEE arithmetic: any CPU)
 
 
 def test_exp_nonpos_special_values():

@@ -101,6 +101,16 @@ def test_resume_state(tmp_path):
     assert all(np.array_equal(fresh.next_batch()[0], e) for e in expected)
     with pytest.raises(ValueError, match="shard_index 2"):
         fresh.set_state(2, 0)
+    # from the state after every batch of a pass: at a shard's end too (sample_index = its windows)
+    dl = DataLoader(pattern, B=1, T=6, shuffle=True, seed=5)
+    for _ in range(dl.batches_per_epoch + 1):
+        state = dl.get_state()
+        expected = [dl.next_batch()[0] for _ in range(3)]
+        fresh = DataLoader(pattern, B=1, T=6, shuffle=True, seed=5)
+        fresh.set_state(**state)
+        assert all(np.array_equal(fresh.next_batch()[0], e) for e in expected), state
+        dl.set_state(**state)
+        dl.next_batch()
 
 
 def test_loader_errors(tmp_path):
@@ -209,6 +219,11 @@ def test_prepare_files_char_and_cli(tmp_path, capsys):
         prepare_main(["-o", str(out), str(tmp_path / "nope.txt")])
     with pytest.raises(SystemExit, match="val-fraction"):
         prepare_main(["--val-fraction", "1.5", str(f1)])
+    # the built-in corpus's cached set is split at 0.1: another split needs a directory of its own
+    with pytest.raises(SystemExit) as e:
+        prepare_main(["--val-fraction", "0.2"])
+    assert str(e.value) == ("prepare_data: the cached built-in corpus uses --val-fraction 0.1; give -o OUT_DIR "
+                            "to prepare it with another split")
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(SystemExit) as e:
         prepare_main(["-o", str(tmp_path / "new"), str(tmp_path / "empty.txt")])

@@ -261,8 +261,20 @@ def test_one_failing_rank_ends_the_job(runs, shards, tmp_path):
     proc, seconds = run(train_args(shards, tmp_path, 2, zero=1, extra=("-y", "1")), nprocs=2, timeout=60)
     assert proc.returncode != 0
     assert "rank 1: error:" in proc.stderr and "state_00000002_00001.bin" in proc.stderr, proc.stderr
-    assert "rank 0: error" not in proc.stderr
+    assert "rank 0: error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert seconds < 60
+
+
+@pytest.mark.parametrize("exc, traceback", [(ValueError("bad -b"), False), (OSError("disk"), False),
+                                             (KeyError("bug"), True)])
+def test_abort_says_an_expected_error_in_one_line_and_a_bug_with_its_traceback(capsys, exc, traceback):
+    from numbagpt.dist import World
+    try:
+        raise exc
+    except Exception as e:
+        World(None).abort(e, prog="eval_gpt2")
+    err = capsys.readouterr().err
+    assert err.endswith(f"eval_gpt2: rank 0: error: {exc}\n") and ("Traceback" in err) == traceback, err
 
 
 @needs_mpi

@@ -102,7 +102,7 @@ def test_accuracy_of_a_model_that_knows_the_answer():
     for ex, ls in zip(examples, losses):
         good = [c for c in range(4) if ex.completions[c] == [ex.context[-1]] * len(ex.completions[c])][0]
         assert ls[good] < 1e-3 and all(ls[c] > 10 for c in range(4) if c != good)
-    for rows in (4, 8, 40):  # one example per forward, two, all
+    for rows in (1, 2, 4, 8, 40):  # fewer rows than an example's 4 (still one example), one, two, all
         assert hs.evaluate(model, examples, rows_per_batch=rows) == (9, 13)
     # over 4 ranks (llm.c's blocks of ceil(13/4) = 4): the parts add up to the whole
     parts = [hs.evaluate(model, examples, FakeWorld(r, 4))[0] for r in range(4)]
@@ -151,6 +151,22 @@ def test_eval_gpt2_command(tmp_path, capsys):
         assert main(["-e", str(tmp_path / "m.bin"), "--hellaswag", str(tmp_path / "long.bin")] + check) == 1
         assert capsys.readouterr().err == (f"eval_gpt2: error: {tmp_path / 'long.bin'}: example 1: a completion of 12 "
                                            f"tokens does not fit the model's maxT 12 (with one token of context)\n")
+
+
+def test_eval_gpt2_at_minus_b_1_and_its_ctrl_c(tmp_path, capsys, monkeypatch):
+    """-b 1 (fewer rows than an example's completions) scores as -b 32; a Ctrl-C while it evaluates is
+    one line and status 130, as every command's."""
+    repeat_model().save(tmp_path / "m.bin")
+    hs.write_eval_file(tmp_path / "e.bin", make_examples(np.random.default_rng(4), 10, 7))
+    for b in ("1", "32"):
+        assert main(["-e", str(tmp_path / "m.bin"), "--hellaswag", str(tmp_path / "e.bin"), "-b", b]) == 0
+        assert capsys.readouterr().out == "HellaSwag: 7/10 = 0.7000 acc_norm\n"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(hs, "evaluate", interrupted)
+    assert main(["-e", str(tmp_path / "m.bin"), "--hellaswag", str(tmp_path / "e.bin")]) == 130
+    assert capsys.readouterr().err.endswith("eval_gpt2: interrupted\n")
 
 
 def test_eval_gpt2_refuses_a_batch_that_does_not_fit(tmp_path, capsys, monkeypatch):

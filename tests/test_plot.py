@@ -161,3 +161,21 @@ def test_the_loss_axis_leaves_out_the_first_steps_spike_and_shows_the_rest():
         low, top = ax.get_ylim()
         plt.close(fig)
         assert low < 3.0 and 3.5 <= top < 3.5 * 1.2, (values[:3], low, top)
+
+
+def test_labels_name_every_log_and_notes_go_to_stderr(tmp_path, capsys):
+    """--labels with fewer (or more) names than logs is refused (zip would drop a run's curve); a
+    note (a torn last line, skipped) is on stderr, stdout is the one line naming the picture."""
+    pytest.importorskip("matplotlib")
+    a = write_log(tmp_path / "a" / "main.log")
+    b = write_log(tmp_path / "b" / "main.log", seed=1)
+    out = str(tmp_path / "x.png")
+    for labels in ("one", "one,two,three"):
+        assert main([str(a), str(b), "-o", out, "--labels", labels]) == 1
+        n = len(labels.split(","))
+        assert capsys.readouterr().err == f"plot_log: error: --labels has {n} names for 2 logs\n"
+    with open(b, "a") as f:
+        f.write("s:60 trl:3.9")   # a run killed mid-write
+    assert main([str(a), str(b), "-o", out, "--labels", "one,two"]) == 0
+    cap = capsys.readouterr()
+    assert cap.out == f"wrote {out}\n" and cap.err.startswith(f"plot_log: note: {b}:")

@@ -441,6 +441,24 @@ def test_cli_bad_arguments_give_clear_errors(tmp_path, capsys):
     assert "exceeds the model's max_seq_len 16" in capsys.readouterr().err
 
 
+def test_cli_profiles_the_model_it_was_given(tmp_path, capsys, monkeypatch):
+    """-t at the model's maxT is taken (maxT + 1 is refused, above); -r reaches the model profiled."""
+    from numbagpt import profiler as prof
+    from numbagpt.cli.profile import main
+    model_file = tmp_path / "micro.bin"
+    formats.write_model(model_file, CFG, np.zeros(30080, dtype=np.float32))
+    profiled = []
+
+    def profile_model(model, proxy, B, T, **kwargs):
+        profiled.append((model.recompute, B, T))
+        raise RuntimeError("profiled")
+    monkeypatch.setattr(prof, "profile_model", profile_model)
+    for r in ("0", "2"):
+        assert main(["-e", str(model_file), "-b", "2", "-t", str(CFG.max_seq_len), "-r", r]) == 1
+        assert capsys.readouterr().err == "profile_gpt2: error: profiled\n"
+    assert profiled == [(0, 2, CFG.max_seq_len), (2, 2, CFG.max_seq_len)]
+
+
 def test_bin_wrapper_runs():
     res = subprocess.run([sys.executable, os.path.join(ROOT, "bin", "profile_gpt2"), "--help"],
                          capture_output=True, text=True, timeout=60)

@@ -77,6 +77,19 @@ def test_a_fresh_run_refuses_a_used_dir_unless_overwrite(tmp_path):
     assert said == [f"--overwrite: removed 6 files of an earlier run from {tmp_path}"]
 
 
+def test_a_refused_open_run_releases_the_directory(tmp_path):
+    """A fresh run refused on an earlier run's files leaves the directory unlocked: the same process
+    (a notebook's next call) can then open it with overwrite, as a new process can."""
+    from numbagpt.dist import World
+    _files(tmp_path, "DONE_00000002", "model_00000002.bin")
+    record = dict(RECORD, max_steps=2)
+    with pytest.raises(rundir.RunDirError, match="holds the files of an earlier run"):
+        rundir.open_run(str(tmp_path), False, False, record, False, World(None), print)
+    lock, step, cleanup = rundir.open_run(str(tmp_path), False, True, record, False, World(None), print)
+    assert step is None and sorted(cleanup.names) == ["DONE_00000002", "model_00000002.bin"]
+    lock.release()
+
+
 RECORD = rundir.run_record(B=4, T=16, total_batch=64, seed=1337, train_data="d/train_*.bin", val_data="d/val.bin",
                            world_size=1, zero_stage=0, shuffle=1, lr=3e-3, warmup=10, max_steps=20,
                            final_lr_frac=0.1, schedule="cosine", weight_decay=0.0, grad_clip=1.0)
@@ -95,6 +108,8 @@ def test_resume_names_every_change_and_the_override(tmp_path):
     assert len(rundir.check_resume(RECORD, now, True, "out")) == 3
     with pytest.raises(rundir.RunDirError, match="cannot resume: number of processes: 1 in the checkpoint, 2 now"):
         rundir.check_resume(RECORD, dict(RECORD, world_size=2), True, "out")
+    with pytest.raises(rundir.RunDirError, match="cannot resume: -z: 0 in the checkpoint, 1 now"):
+        rundir.check_resume(RECORD, dict(RECORD, zero_stage=1), True, "out")   # each rank's state is its shard's
     assert rundir.check_resume(None, now, False, "out") == []  # llm.c's state: nothing recorded
 
 
