@@ -109,7 +109,7 @@ def test_model_v5_round_trip(tmp_path):
     p, q = tmp_path / "a.bin", tmp_path / "b.bin"
     write_model(p, CONFIG, params, dtype="bfloat16")
     assert p.stat().st_size == HEADER_BYTES + 2 * params.size
-    config, got = read_model(p)
+    config, got = read_model(p, finite=False)   # a NaN read as it is stored
     assert config == CONFIG
     with np.errstate(invalid="ignore"):
         want = bf16_round_ref(params)
@@ -120,6 +120,25 @@ def test_model_v5_round_trip(tmp_path):
     assert p.read_bytes() == q.read_bytes()
     with pytest.raises(ValueError, match="dtype must be one of float32, bfloat16, got 'float16'"):
         write_model(q, CONFIG, params, dtype="float16")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_model_with_a_nan_or_an_inf_is_refused_naming_the_file_and_tensor(tmp_path, dtype):
+    """Every command reads a model through read_model: a NaN or an inf in it (a model that diverged,
+    a damaged file whose DONE hash was made after the damage, an llm.c file) is refused, naming the
+    file, the count and the first tensor; finite=False reads it as stored."""
+    from numbagpt.layout import parameter_layout
+    params = _params()
+    offsets = parameter_layout(CONFIG).offsets
+    params[offsets["qkvb"] + 3] = np.inf
+    params[offsets["lnfw"]] = np.nan
+    p = tmp_path / "m.bin"
+    write_model(p, CONFIG, params, dtype=dtype)
+    with pytest.raises(ValueError) as e:
+        read_model(p)
+    assert str(e.value) == (f"{p}: 2 parameters are NaN or infinite (the first in qkvb): a model that diverged, "
+                            f"or a damaged file")
+    assert np.isinf(read_model(p, finite=False)[1][offsets["qkvb"] + 3])
 
 
 def test_model_errors(tmp_path):

@@ -193,21 +193,33 @@ def test_eval_gpt2_refuses_a_batch_that_does_not_fit(tmp_path, capsys, monkeypat
     assert main(argv + ["-b", "32", "--no-memory-check"]) == 0
 
 
-def test_a_model_with_nan_or_inf_weights_is_refused_by_eval_and_sample(tmp_path, capsys):
-    """eval_gpt2 and sample_gpt2 on a model that diverged: one line naming the file and the first
-    tensor (eval scored such a model 0.25-like and sample printed end-of-text over and over, exit 0)."""
+def test_a_model_with_nan_or_inf_weights_is_refused_by_every_command(tmp_path, capsys):
+    """Every command on a model that diverged: one line naming the file and the first tensor, before
+    anything is written (eval scored such a model 0.25-like and sample printed end-of-text over and
+    over, exit 0; train_gpt2 made -o and trained to "step 1: loss nan ... lower the learning rate";
+    export_hf wrote the NaNs out)."""
+    from numbagpt.cli.hf import export_main
+    from numbagpt.cli.profile import main as profile_main
     from numbagpt.cli.sample import main as sample_main
+    from numbagpt.cli.test import main as test_main
+    from numbagpt.cli.train import main as train_main
     model = repeat_model()
     params = model.parameters_host()
     params[-3] = np.inf   # the last tensor: lnfb
     params[-7] = np.nan
-    formats.write_model(tmp_path / "nan.bin", model.config, params)
+    nan = str(tmp_path / "nan.bin")
+    formats.write_model(nan, model.config, params)
     hs.write_eval_file(tmp_path / "e.bin", make_examples(np.random.default_rng(4), 3, 2))
-    assert main(["-e", str(tmp_path / "nan.bin"), "--hellaswag", str(tmp_path / "e.bin")]) == 1
-    want = f"{tmp_path / 'nan.bin'}: 2 parameters are NaN or infinite (the first in lnfb): a model that diverged"
-    assert capsys.readouterr().err == f"eval_gpt2: error: {want}\n"
-    assert sample_main(["-e", str(tmp_path / "nan.bin"), "-g", "2"]) == 1
-    assert want in capsys.readouterr().err
+    want = f"{nan}: 2 parameters are NaN or infinite (the first in lnfb): a model that diverged, or a damaged file"
+    fixtures = os.path.join(os.path.dirname(__file__), "fixtures")
+    for prog, main_of, argv in (
+            ("eval_gpt2", main, ["--hellaswag", str(tmp_path / "e.bin")]), ("sample_gpt2", sample_main, ["-g", "2"]),
+            ("train_gpt2", train_main, ["-o", str(tmp_path / "out"), "-x", "1", "-b", "1", "-t", "4"]),
+            ("test_gpt2", test_main, ["-s", os.path.join(fixtures, "micro_debug_state.bin")]),
+            ("profile_gpt2", profile_main, ["-b", "1", "-t", "4"]), ("export_hf", export_main, [str(tmp_path / "hf")])):
+        assert main_of((["-e", nan] if prog != "export_hf" else [nan]) + argv) == 1, prog
+        assert capsys.readouterr().err.endswith(f"{prog}: error: {want}\n"), prog
+    assert sorted(os.listdir(tmp_path)) == ["e.bin", "nan.bin"]   # no -o, no HF directory
 
 
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")

@@ -136,24 +136,6 @@ def check_flags(prog, parser, args):
             raise SystemExit(f"{prog}: error: {e}") from None
 
 
-def check_finite(model, path):
-    """ValueError naming `path` where a parameter of `model` is NaN or infinite (the first tensor that
-    holds one): a model that diverged samples end-of-text over and over and scores like a guess, with
-    no sign of why (sample_gpt2, eval_gpt2; training says so at its first loss)."""
-    import numpy as np
-
-    from numbagpt.layout import parameter_layout
-    params = np.asarray(model.backend.to_host(model.params_flat))   # on the CPU the buffer itself: no copy
-    if np.isfinite(params.sum(dtype=np.float64)):   # one pass, no mask: a float32 sum cannot overflow float64
-        return
-    bad = ~np.isfinite(params)
-    views = parameter_layout(model.config).views(bad)
-    first = next(name for name, v in views.items() if v.any())
-    n = int(bad.sum())
-    raise ValueError(f"{path}: {n:,} parameter{'s are' if n > 1 else ' is'} NaN or infinite (the first in {first}): "
-                     f"a model that diverged")
-
-
 def add_memory_check(parser):
     """--no-memory-check: the commands refuse, in one line, buffers larger than the memory available."""
     parser.add_argument("--no-memory-check", action="store_true",

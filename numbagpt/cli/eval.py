@@ -2,7 +2,7 @@
 import sys
 import time
 
-from numbagpt.cli import (HelpFormatter, Parser, add_device, add_flag, add_memory_check, add_precision, check_finite,
+from numbagpt.cli import (HelpFormatter, Parser, add_device, add_flag, add_memory_check, add_precision,
                           check_flags, reserve_threads, take_interrupts, use_threads)
 from numbagpt.flags import POSITIVE
 
@@ -79,7 +79,6 @@ def run(args, world):
     if not args.no_memory_check:  # before the parameters are read (on the device, for a GPU)
         check_memory(path, examples, args.batch_size, backend, world)
     model = GPT2.from_file(path, backend=backend, precision=args.precision)
-    check_finite(model, path)
     say = (lambda *a, **k: print(*a, **k, flush=True)) if world.is_master else (lambda *a, **k: None)
     say(f"model {path} | {model.config.describe()} | precision {args.precision} | {len(examples)} examples | "
         f"{world.size} processes",

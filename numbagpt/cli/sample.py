@@ -7,7 +7,7 @@ import codecs
 import sys
 import time
 
-from numbagpt.cli import (HelpFormatter, Parser, add_device, add_flag, add_memory_check, add_precision, check_finite,
+from numbagpt.cli import (HelpFormatter, Parser, add_device, add_flag, add_memory_check, add_precision,
                           check_flags, run_command, use_threads)
 from numbagpt.flags import NONNEG, POSITIVE
 from numbagpt.generate import TOP_P, prompt_ids, prompt_seen
@@ -104,7 +104,6 @@ def sample(args):
         memory.check_fits(lambda b: sampling_bytes(cfg, not args.no_cache), 1, f"sampling {path}", backend=backend,
                           hint="use a smaller model or a machine with more memory")
     model = GPT2.from_file(path, backend=backend, precision=args.precision)
-    check_finite(model, path)
     tok = find_tokenizer(args.tokenizer, path, model.config.vocab_size)
     text, prompt = read_prompt(args, tok)
     print(f"model {path} | {model.config.describe()} | tokenizer {tok.name} | device {args.device} | "

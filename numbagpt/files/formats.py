@@ -17,7 +17,7 @@ import numpy as np
 
 from .atomic import atomic_write
 from ..config import GPT2Config
-from ..layout import num_parameters
+from ..layout import num_parameters, parameter_layout
 
 HEADER_INTS = 256
 HEADER_BYTES = 4 * HEADER_INTS
@@ -145,10 +145,13 @@ def read_model_header(path):
     return config, version
 
 
-def read_model(path):
+def read_model(path, finite=True):
     """(GPT2Config, params) of an llm.c model file; params is a flat float32 array of
     `num_parameters(config)` elements in llm.c order. Reads version 3 (float32) and version 5
-    (bfloat16, widened exactly to float32 by putting its 16 bits in the upper half)."""
+    (bfloat16, widened exactly to float32 by putting its 16 bits in the upper half). `finite`: a
+    parameter that is NaN or infinite is a ValueError naming the file and the first tensor that
+    holds one (a model that diverged, or a damaged file: every command refuses it, before it trains,
+    samples, scores or exports it)."""
     path = os.fspath(path)
     config, version = read_model_header(path)
     n = num_parameters(config)
@@ -159,7 +162,21 @@ def read_model(path):
         bits = np.fromfile(path, dtype="<u2", count=n, offset=HEADER_BYTES).astype(np.uint32)
         np.left_shift(bits, 16, out=bits)
         params = bits.view(np.float32)
-    return config, params.astype(np.float32, copy=False)
+    params = params.astype(np.float32, copy=False)
+    if finite:
+        check_finite(path, config, params)
+    return config, params
+
+
+def check_finite(path, config, params):
+    """ValueError naming `path` where a parameter of the flat `params` is NaN or infinite."""
+    if np.isfinite(params.sum(dtype=np.float64)):   # one pass, no mask: a float32 sum cannot overflow float64
+        return
+    bad = ~np.isfinite(params)
+    first = next(name for name, v in parameter_layout(config).views(bad).items() if v.any())
+    n = int(bad.sum())
+    raise ValueError(f"{path}: {n:,} parameter{'s are' if n > 1 else ' is'} NaN or infinite (the first in {first}): "
+                     f"a model that diverged, or a damaged file")
 
 
 MODEL_DTYPES = {"float32": MODEL_VERSION_FP32, "bfloat16": MODEL_VERSION_BF16}   # llm.c's names
