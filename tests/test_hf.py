@@ -128,7 +128,8 @@ def test_import_errors_name_the_file(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("key, value", [("layer_norm_epsilon", 1e-6), ("scale_attn_weights", False),
-                                        ("scale_attn_by_inverse_layer_idx", True), ("n_inner", 8)])
+                                        ("scale_attn_by_inverse_layer_idx", True), ("n_inner", 8),
+                                        ("tie_word_embeddings", False)])
 def test_import_refuses_a_config_numbagpt_would_compute_otherwise(tmp_path, capsys, key, value):
     # GPT-2 variants whose forward is not GPT-2's (another eps, unscaled or layer-scaled attention, an
     # MLP other than 4C): refused by name before the weights are read, not imported as if GPT-2's
@@ -138,6 +139,41 @@ def test_import_refuses_a_config_numbagpt_would_compute_otherwise(tmp_path, caps
     (d / "config.json").write_text(json.dumps(dict(config, **{key: value})))
     assert import_main([str(d), str(tmp_path / "m.bin")]) == 1
     assert f"{key} = {value!r}" in capsys.readouterr().err
+
+
+def _exported(tmp_path):
+    """An exported HF directory of a random model, its config and tensors."""
+    random_model(tmp_path / "m.bin")
+    d = tmp_path / "hf"
+    assert export_main([str(tmp_path / "m.bin"), str(d)]) == 0
+    return d, json.loads((d / "config.json").read_text()), st.load_file(str(d / "model.safetensors"))
+
+
+@pytest.mark.parametrize("change, says", [
+    (dict(config=dict(n_layer=10 ** 9)), "tensor 'h.999999999.ln_1.weight' is missing"),
+    (dict(config=dict(n_positions=2 ** 62)), "tensor 'wpe.weight' has shape (24, 32), config.json says "
+                                               "(4611686018427387904, 32)"),
+    (dict(tensor=("transformer.h.1.attn.c_attn.bias", np.int32)), "tensor 'h.1.attn.c_attn.bias' holds int32, "
+                                                                   "not floating-point weights"),
+    (dict(tensor=("transformer.ln_f.bias", bool)), "tensor 'ln_f.bias' holds bool, not floating-point weights"),
+    (dict(nan="transformer.h.0.mlp.c_fc.weight"), "1 parameter is NaN or infinite (the first in fcw): a model "
+                                                   "that diverged, or a damaged file"),
+])
+def test_import_refuses_what_does_not_make_the_model_before_allocating_it(tmp_path, capsys, change, says):
+    """A config that asks for more than the tensors hold (a billion layers: a MemoryError's
+    traceback), integer or boolean tensors (cast silently), a NaN (imported and written): one line
+    naming the file, and no model written."""
+    d, config, tensors = _exported(tmp_path)
+    (d / "config.json").write_text(json.dumps(dict(config, **change.get("config", {}))))
+    if "tensor" in change:
+        name, dtype = change["tensor"]
+        tensors[name] = tensors[name].astype(dtype)
+    if "nan" in change:
+        tensors[change["nan"]][3, 5] = np.nan
+    st.save_file(tensors, str(d / "model.safetensors"))
+    assert import_main([str(d), str(tmp_path / "new.bin")]) == 1
+    assert capsys.readouterr().err == f"import_hf: error: {d / 'model.safetensors'}: {says}\n"
+    assert not (tmp_path / "new.bin").exists()
 
 
 def test_a_char_vocabulary_exports_its_own_end_of_text(tmp_path):

@@ -182,7 +182,8 @@ def _read_config(hf_dir):
               ("scale_attn_weights", hc.get("scale_attn_weights", True), (True,)),
               ("scale_attn_by_inverse_layer_idx", hc.get("scale_attn_by_inverse_layer_idx", False), (False,)),
               ("reorder_and_upcast_attn", hc.get("reorder_and_upcast_attn", False), (False, True)),
-              ("n_inner", hc.get("n_inner") or 4 * sizes["n_embd"], (4 * sizes["n_embd"],))]
+              ("n_inner", hc.get("n_inner") or 4 * sizes["n_embd"], (4 * sizes["n_embd"],)),
+              ("tie_word_embeddings", hc.get("tie_word_embeddings", True), (True,))]
     for key, value, allowed in checks:
         if value not in allowed:
             raise HFError(f"{path}: {key} = {value!r}: numbagpt's GPT-2 needs {allowed[0]!r}")
@@ -196,42 +197,51 @@ def _read_config(hf_dir):
 
 def from_hf_tensors(cfg, tensors, path="model.safetensors"):
     """The flat float32 parameters of config cfg from {HF name: array} (with or without the
-    "transformer." prefix; lm_head.weight, if stored, must be wte: numbagpt ties them)."""
+    "transformer." prefix; lm_head.weight, if stored, must be wte: numbagpt ties them). Every tensor
+    is checked (there, its shape, floating point) before the parameters are allocated, so a config
+    that does not describe the tensors is named, not tried; then every value (finite)."""
     t = {k[len(PREFIX):] if k.startswith(PREFIX) else k: v for k, v in tensors.items()}
-    layout = parameter_layout(cfg)
-    flat = np.zeros(layout.total, dtype=np.float32)
-    views = layout.host_views(flat)
-    used = set()
-
-    def get(name, shape):
-        if name not in t:
-            raise HFError(f"{path}: tensor {name!r} is missing")
-        a = np.asarray(t[name])
-        if a.shape != shape:
-            raise HFError(f"{path}: tensor {name!r} has shape {a.shape}, config.json says {shape}")
-        used.add(name)
-        return a.astype(np.float32)
-
     C, V = cfg.channels, cfg.vocab_size
-    views["wte"][:V] = get("wte.weight", (V, C))
-    views["wpe"][...] = get("wpe.weight", (cfg.max_seq_len, C))
-    views["lnfw"][...] = get("ln_f.weight", (C,))
-    views["lnfb"][...] = get("ln_f.bias", (C,))
+    plan = [("wte", None, "wte.weight", (V, C), False), ("wpe", None, "wpe.weight", (cfg.max_seq_len, C), False),
+            ("lnfw", None, "ln_f.weight", (C,), False), ("lnfb", None, "ln_f.bias", (C,), False)]
+    shapes = parameter_layout(cfg).shapes
+
+    def layer(l):
+        return ([(name, l, f"h.{l}.{hf}", shapes[name][1:], False) for name, hf in PLAIN.items()] +
+                [(name, l, f"h.{l}.{hf}", shapes[name][1:][::-1], True) for name, hf in TRANSPOSED.items()])
+    _check_tensors(t, plan + layer(cfg.num_layers - 1), path)   # a config of more layers than stored: here
     for l in range(cfg.num_layers):
-        for name, hf in PLAIN.items():
-            views[name][l] = get(f"h.{l}.{hf}", views[name][l].shape)
-        for name, hf in TRANSPOSED.items():
-            views[name][l] = get(f"h.{l}.{hf}", views[name][l].T.shape).T
+        plan += layer(l)
+    _check_tensors(t, plan, path)
+    flat = np.zeros(parameter_layout(cfg).total, dtype=np.float32)
+    views = parameter_layout(cfg).host_views(flat)
+    for name, l, hf, _, transposed in plan:
+        a = np.asarray(t[hf], dtype=np.float32)
+        dst = views[name] if l is None else views[name][l]
+        (dst[:V] if name == "wte" else dst)[...] = a.T if transposed else a
     if "lm_head.weight" in t:
         if not np.array_equal(np.asarray(t["lm_head.weight"]), views["wte"][:V]):
             raise HFError(f"{path}: lm_head.weight differs from wte.weight; numbagpt's GPT-2 ties them")
-        used.add("lm_head.weight")
+    used = {hf for _, _, hf, _, _ in plan} | {"lm_head.weight"}
     # the causal-mask buffers older transformers versions stored are not parameters
     unknown = sorted(k for k in t if k not in used and not k.endswith((".attn.bias", ".attn.masked_bias")))
     if unknown:
         raise HFError(f"{path}: tensors numbagpt's GPT-2 has no place for: {', '.join(unknown[:5])}"
                       + (" ..." if len(unknown) > 5 else ""))
+    formats.check_finite(path, cfg, flat)
     return flat
+
+
+def _check_tensors(t, plan, path):
+    """HFError naming the first tensor of `plan` that is missing, of another shape or not floating point."""
+    for _, _, hf, shape, _ in plan:
+        if hf not in t:
+            raise HFError(f"{path}: tensor {hf!r} is missing")
+        a = t[hf]
+        if tuple(a.shape) != tuple(shape):
+            raise HFError(f"{path}: tensor {hf!r} has shape {tuple(a.shape)}, config.json says {tuple(shape)}")
+        if np.dtype(a.dtype).kind != "f":
+            raise HFError(f"{path}: tensor {hf!r} holds {np.dtype(a.dtype)}, not floating-point weights")
 
 
 def _read_tensors(hf_dir):
