@@ -153,6 +153,75 @@ def test_select_checks_every_rank_and_the_step_in_each_header(tmp_path):
     assert checkpoint.done_steps(out)[-1] == 4
 
 
+def _rewrite_state(out, step, **changes):
+    """Step's rank-0 state written again with `changes` (write_state's arguments), and its DONE's hash
+    of it made anew: a damage that the checksum cannot see (made before the hash, or an llm.c file)."""
+    import json
+    path = checkpoint.state_path(out, step, 0)
+    st = formats.read_state(path)
+    kwargs = dict(m=st["m"], v=st["v"], shard_index=st["shard_index"], sample_index=st["sample_index"],
+                  shuffle=st["shuffle"], epoch=st["epoch"], seed=st["seed"], run=st["run"], detectors=st["detectors"])
+    world_size = changes.pop("world_size", st["world_size"])
+    kwargs.update(changes)
+    new_hash = formats.write_state(path, step, world_size, 0, **kwargs)
+    done = json.loads(open(checkpoint.done_path(out, step)).read())
+    done[checkpoint.HASH][os.path.basename(path)] = new_hash
+    open(checkpoint.done_path(out, step), "w").write(json.dumps(done))
+    return path
+
+
+def test_a_state_that_cannot_be_resumed_is_skipped_or_refused_saying_why(tmp_path):
+    """Checksums that match but a state no run wrote: no processes, a run record that is not an
+    object (a resume compared nothing), spike-guard windows with a NaN (the guard silently off for
+    the rest of the run): the checkpoint is skipped with a line why; AdamW's m with a NaN, v
+    negative: refused as it is read (both trained silently into NaN weights, exit 0)."""
+    out = _complete_run(tmp_path)
+    guard = drv.guard_at(200).get_state()
+    guard[0]["sum"] = float("nan")
+    _rewrite_state(out, 6, world_size=0)
+    _rewrite_state(out, 4, detectors=guard)
+    step, _, notes = checkpoint.select(out)
+    assert step == 2 and len(notes) == 2, notes
+    assert notes[0].endswith("state_00000006_00000.bin: bad train state header: rank 0 of 0 processes")
+    assert notes[1].endswith("state_00000004_00000.bin: bad train state file: outlier detector 1 after the "
+                             "arrays holds a value that is NaN, infinite or (its sum of squares) negative")
+    p = str(tmp_path / "state.bin")
+    m, v = drv.values(200, 1), drv.values(200, 2)
+    for name, (mm, vv) in {"AdamW's m holds NaN or infinite values": (np.where(m > 0, np.nan, m), v),
+                           "AdamW's v holds negative values": (m, -v)}.items():
+        formats.write_state(p, 200, 1, 0, mm, vv)
+        with pytest.raises(formats.FormatError, match=f"{p}: bad train state file: {name}"):
+            formats.read_state(p)
+    formats.write_state(p, 200, 1, 0, m, v)
+    with open(p, "r+b") as f:
+        f.seek(4 * 40)
+        f.write(np.array([7], "<i4").tobytes() + b"[1,2,3]")
+    with pytest.raises(formats.FormatError, match="the run record .* is a JSON list, not an object"):
+        formats.read_state_header(p)   # the checkpoint's verify reads it: skipped, as above
+
+
+def test_a_done_that_is_a_directory_or_names_a_missing_file_is_said_so(tmp_path):
+    """select skips them in words, not in errno's ("[Errno 21] Is a directory"), and a run that would
+    discard such a DONE (a newer checkpoint than the one it resumes) stops saying what to do, instead
+    of training and failing to write it."""
+    import json
+    out = _complete_run(tmp_path)
+    done = json.loads(open(checkpoint.done_path(out, 4)).read())
+    done[checkpoint.HASH]["gone.bin"] = "0" * 16
+    open(checkpoint.done_path(out, 4), "w").write(json.dumps(done))
+    os.remove(checkpoint.done_path(out, 6))
+    os.mkdir(checkpoint.done_path(out, 6))
+    step, _, notes = checkpoint.select(out)
+    assert step == 2 and notes == [
+        f"checkpoint at step 6 skipped: {out}/DONE_00000006: not a file (a DONE file marks a complete checkpoint)",
+        f"checkpoint at step 4 skipped: {out}/gone.bin: no such file (DONE_00000004 records its checksum)"]
+    with pytest.raises(formats.FormatError, match=f"{out}/DONE_00000006: a directory where the checkpoint's DONE "
+                                                  f"file belongs: remove it, then resume"):
+        checkpoint.discard(out, 6)
+    checkpoint.discard(out, 4)
+    assert checkpoint.done_steps(out) == [2, 6]
+
+
 def test_the_state_keeps_the_spike_guard_windows_after_llmc_arrays(tmp_path):
     """The windows after m and v, their length in slot 11: llm.c's reader (header, m, v at their
     offsets, nothing after them read) sees its file; numbagpt's reads back every float64 exactly."""

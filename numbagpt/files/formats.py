@@ -453,6 +453,10 @@ def _decode_detectors(path, raw):
                               f"(slot {DETECTORS_SLOT}: {len(raw)} bytes) don't parse at byte {pos} of them")
         total, total_sq = np.frombuffer(raw, dtype="<f8", count=2, offset=pos + 24)
         values = np.frombuffer(raw, dtype="<f8", count=window, offset=pos + DETECTOR_HEAD)
+        if not (np.all(np.isfinite(values)) and np.isfinite(total) and np.isfinite(total_sq) and total_sq >= 0):
+            # a NaN sum would stay NaN: every later z-score NaN, the guard silently off for the run
+            raise FormatError(f"{path}: bad train state file: outlier detector {len(out) + 1} after the arrays "
+                              f"holds a value that is NaN, infinite or (its sum of squares) negative")
         out.append(dict(buffer=values.tolist(), count=count, index=index, sum=float(total), sum_sq=float(total_sq)))
         pos = end
     return out
@@ -533,7 +537,7 @@ def read_state_header(path):
     """The header fields of a train state file (read_state without m and v), after checking the file's
     length: from the header's m length when numbagpt wrote it, else (llm.c's files) that the bytes after
     the header are whole arrays of equal length. Adds `num_parameters`, `run` (dict or None) and
-    `detectors_bytes` (the length of the outlier detectors after the arrays)."""
+    `detectors` (the outlier detectors' states after the arrays, parsed: [] when there are none)."""
     path = os.fspath(path)
     header, size = _read_header(path, STATE_MAGIC, (STATE_VERSION,), "train state file")
     mw = int(header[4])
@@ -551,6 +555,9 @@ def read_state_header(path):
     what = f"train state file ({narrays} arrays of {n} floats" + (f", {trailer} bytes of outlier detectors)"
                                                                    if trailer else ")")
     _check_size(path, what, HEADER_BYTES + 4 * narrays * n + trailer, size)
+    world_size, rank = int(header[2]), int(header[3])
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise FormatError(f"{path}: bad train state header: rank {rank} of {world_size} processes")
     run = None
     nrun = int(header[RUN_RECORD_SLOT])
     if nrun:
@@ -560,11 +567,18 @@ def read_state_header(path):
         except (UnicodeDecodeError, ValueError):
             raise FormatError(f"{path}: bad train state header: the run record (slots {RUN_RECORD_SLOT}..) "
                               f"is not valid JSON of at most {RUN_RECORD_MAX} bytes") from None
-    return dict(step=int(header[10]), world_size=int(header[2]), rank=int(header[3]), use_master_weights=mw,
+        if not isinstance(run, dict):   # a resume would compare nothing with it
+            raise FormatError(f"{path}: bad train state header: the run record (slots {RUN_RECORD_SLOT}..) is a "
+                              f"JSON {type(run).__name__}, not an object")
+    detectors = []
+    if trailer:   # a few hundred bytes: parsed here, so that a checkpoint whose detectors don't is skipped
+        raw = np.fromfile(path, dtype=np.uint8, count=trailer, offset=HEADER_BYTES + 4 * narrays * n).tobytes()
+        detectors = _decode_detectors(path, raw)
+    return dict(step=int(header[10]), world_size=world_size, rank=rank, use_master_weights=mw,
                 shuffle=bool(header[5]), rng_state=_get_u64(header, 20),
                 rng_state_last_update=_get_u64(header, 22), shard_index=_get_u64(header, 30),
                 sample_index=_get_u64(header, 32), epoch=_get_u64(header, 34), seed=_get_u64(header, 36),
-                num_parameters=n, narrays=narrays, run=run, detectors_bytes=trailer)
+                num_parameters=n, narrays=narrays, run=run, detectors=detectors)
 
 
 def read_state(path, num_parameters=None):
@@ -574,15 +588,22 @@ def read_state(path, num_parameters=None):
     `num_parameters`, when given, is this rank's shard size that the file must hold."""
     path = os.fspath(path)
     out = read_state_header(path)
-    n, narrays, trailer = out["num_parameters"], out.pop("narrays"), out.pop("detectors_bytes")
+    n, narrays = out["num_parameters"], out.pop("narrays")
     if num_parameters is not None and num_parameters != n:
         kind = "truncated" if num_parameters > n else "too long"
         raise FormatError(f"{path}: {kind} train state file: expected {narrays} arrays of {num_parameters} "
                           f"floats, it holds {n}")
     arrays = [np.fromfile(path, dtype="<f4", count=n, offset=HEADER_BYTES + 4 * i * n) for i in range(narrays)]
     out.update(m=arrays[0], v=arrays[1])
-    raw = np.fromfile(path, dtype=np.uint8, count=trailer, offset=HEADER_BYTES + 4 * narrays * n).tobytes()
-    out["detectors"] = _decode_detectors(path, raw)
     if narrays == 3:
         out["master"] = arrays[2]
+    for name, what in _STATE_ARRAYS.items():   # one pass each, no mask: a float32 sum cannot overflow float64
+        if name in out and not np.isfinite(out[name].sum(dtype=np.float64)):
+            raise FormatError(f"{path}: bad train state file: {what} holds NaN or infinite values")
+    if n and out["v"].min() < 0:
+        raise FormatError(f"{path}: bad train state file: {_STATE_ARRAYS['v']} holds negative values (a mean of "
+                          f"squares)")
     return out
+
+
+_STATE_ARRAYS = {"m": "AdamW's m", "v": "AdamW's v", "master": "the float32 master weights"}

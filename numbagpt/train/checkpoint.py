@@ -84,6 +84,9 @@ def check_checksums(out_dir, step):
     """Raise FormatError naming the first file of the checkpoint whose bytes differ from the hash its
     DONE file recorded (a bit flipped on disk, a file changed after the checkpoint)."""
     for name, expected in sorted(recorded_checksums(out_dir, step).items()):
+        if not os.path.isfile(os.path.join(out_dir, name)):
+            raise formats.FormatError(f"{os.path.join(out_dir, name)}: no such file (DONE_{step:08d} records "
+                                      f"its checksum)")
         actual = file_hash(os.path.join(out_dir, name))
         if actual != expected:
             raise formats.FormatError(f"{os.path.join(out_dir, name)}: checksum mismatch: {HASH} {actual}, "
@@ -97,6 +100,8 @@ def verify(out_dir, step):
     saying which file is wrong. Reads the headers, then every file for its checksum."""
     if not os.path.exists(done_path(out_dir, step)):
         raise FileNotFoundError(f"{done_path(out_dir, step)}: no such file (the checkpoint is incomplete)")
+    if not os.path.isfile(done_path(out_dir, step)):
+        raise formats.FormatError(f"{done_path(out_dir, step)}: not a file (a DONE file marks a complete checkpoint)")
     formats.read_model_header(model_path(out_dir, step))
     first = formats.read_state_header(state_path(out_dir, step, 0))
     for rank in range(first["world_size"]):
@@ -211,6 +216,9 @@ def discard(out_dir, step):
         os.remove(done_path(out_dir, step))
     except FileNotFoundError:
         pass
+    except IsADirectoryError:   # not numbagpt's doing: said, not removed with what it may hold
+        raise formats.FormatError(f"{done_path(out_dir, step)}: a directory where the checkpoint's DONE file "
+                                  f"belongs: remove it, then resume") from None
 
 
 def load_state(out_dir, step, model, world, loader, guard=None):
