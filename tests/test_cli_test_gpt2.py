@@ -102,6 +102,27 @@ def test_bad_files_give_clear_errors(tmp_path, capsys):
     assert code == 1 and "state.bin" in err
 
 
+def test_a_state_of_another_model_is_named_before_its_sizes_are_used(tmp_path, capsys):
+    """A state whose header says B = 2^31 - 1 is a length mismatch (it was "not enough memory ...
+    --no-memory-check to try anyway"); token ids outside the vocabulary name the file and x or y; a
+    losses file that is not UTF-8 names the file."""
+    raw = bytearray(open(STATE, "rb").read())
+    cases = {"huge.bin": (8, np.int32(2 ** 31 - 1), "debug state does not match the model"),
+             "ids.bin": (1024, np.int32(97), "its x holds token id 97, outside the model's vocabulary [0, 97)")}
+    for name, (offset, value, says) in cases.items():
+        bad = bytearray(raw)
+        bad[offset:offset + 4] = value.tobytes()
+        (tmp_path / name).write_bytes(bytes(bad))
+        for flags in ([], ["--no-memory-check"]):
+            assert test_gpt2.main(["-e", MODEL, "-s", str(tmp_path / name), *flags]) == 1
+            err = capsys.readouterr().err
+            assert err.startswith(f"test_gpt2: error: {tmp_path / name}: {says}") and err.count("\n") == 1, err
+    (tmp_path / "losses.txt").write_bytes(b"10.5\n\xff\xfe\n")
+    assert test_gpt2.main(["-e", MODEL, "-s", STATE, "--expected-losses", str(tmp_path / "losses.txt")]) == 1
+    assert capsys.readouterr().err == (f"test_gpt2: error: {tmp_path / 'losses.txt'}: not UTF-8 text "
+                                       f"(--expected-losses: one loss per line)\n")
+
+
 def test_bf16_passes_its_own_tolerances_and_not_fp32s(capsys):
     """--precision bf16 on both fixtures: within the documented bf16 tolerances, and visibly bf16 (its
     logits are further from PyTorch's float32 than the fp32 tolerance allows)."""

@@ -64,8 +64,11 @@ def compare(name, ours, ref, tol, relative=False):
 
 
 def read_losses(path):
-    with open(path) as f:
-        values = [line.strip() for line in f if line.strip()]
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text (--expected-losses: one loss per line)") from None
     try:
         losses = [float(v) for v in values]
     except ValueError as e:
@@ -122,7 +125,7 @@ def check_memory(path, state_path, backend):
     from numbagpt.files import formats
     from numbagpt.layout import memory_estimate
     cfg = formats.read_model_header(path)[0]
-    B, T, _ = formats.read_debug_state_header(state_path)
+    B, T, _ = formats.read_debug_state_header(state_path, cfg)   # its length first: B and T are the file's
     # the model's buffers for the state's batch, and the state itself (logits and gradients)
     state_bytes = os.path.getsize(state_path)
     memory.check_fits(lambda b: memory_estimate(cfg, b, T)["total"] + state_bytes, B,

@@ -229,32 +229,36 @@ def bf16_bits(x, chunk=1 << 20):
 # ----------------------------------------------------------------------------------------------
 # debug state (what llm.c's test_gpt2 compares against)
 
-def read_debug_state_header(path):
-    """(B, T, file size) of a debug state file, after checking its magic, version and B, T > 0."""
+def read_debug_state_header(path, config=None):
+    """(B, T, file size) of a debug state file, after checking its magic, version and B, T > 0, and,
+    with `config`, that its length is the one the model and its B, T imply and T fits the model (a
+    FormatError saying it does not match the model): before anything is sized by its B and T."""
     path = os.fspath(path)
     header, size = _read_header(path, DEBUG_STATE_MAGIC, (DEBUG_STATE_VERSION,), "debug state file")
     B, T = int(header[2]), int(header[3])
     if B <= 0 or T <= 0:
         raise FormatError(f"{path}: bad debug state header: B and T must be positive, found B={B} T={T}")
+    if config is not None:
+        P = num_parameters(config)
+        expected = HEADER_BYTES + 4 * (2 * B * T + B * T * config.vocab_size + 1 + P)
+        if size != expected or T > config.max_seq_len:
+            why = (f"its T={T} exceeds the model's max_seq_len {config.max_seq_len}" if T > config.max_seq_len
+                   else f"for B={B} T={T} and this model it should be {expected:,} bytes, it is {size:,}")
+            raise FormatError(f"{path}: debug state does not match the model ({config.describe()}, {P:,} "
+                              f"parameters): {why} (a state dumped for another model, or a truncated file)")
     return B, T, size
 
 
 def read_debug_state(path, config):
     """dict(B, T, x (B,T) int32, y (B,T) int32, logits (B,T,V) float32, loss float, grads) where grads is
     the flat float32 gradient of all parameters in the padded layout of `config`. A file whose length
-    is not the one `config` and its B, T imply (or whose T exceeds the model's) raises a FormatError
-    saying it does not match the model."""
+    is not the one `config` and its B, T imply (or whose T exceeds the model's), or whose x or y hold a
+    token id outside the model's vocabulary, raises a FormatError."""
     path = os.fspath(path)
-    B, T, size = read_debug_state_header(path)
+    B, T, _ = read_debug_state_header(path, config)
     V = config.vocab_size
     P = num_parameters(config)
     BT = B * T
-    expected = HEADER_BYTES + 4 * (2 * BT + BT * V + 1 + P)
-    if size != expected or T > config.max_seq_len:
-        why = (f"its T={T} exceeds the model's max_seq_len {config.max_seq_len}" if T > config.max_seq_len else
-               f"for B={B} T={T} and this model it should be {expected:,} bytes, it is {size:,}")
-        raise FormatError(f"{path}: debug state does not match the model ({config.describe()}, {P:,} "
-                          f"parameters): {why} (a state dumped for another model, or a truncated file)")
     off = HEADER_BYTES
     x = np.fromfile(path, dtype="<i4", count=BT, offset=off).reshape(B, T)
     off += 4 * BT
@@ -265,6 +269,11 @@ def read_debug_state(path, config):
     loss = float(np.fromfile(path, dtype="<f4", count=1, offset=off)[0])
     off += 4
     grads = np.fromfile(path, dtype="<f4", count=P, offset=off)
+    for name, ids in (("x", x), ("y", y)):
+        if ids.size and not 0 <= ids.min() <= ids.max() < V:
+            bad = ids.min() if ids.min() < 0 else ids.max()
+            raise FormatError(f"{path}: its {name} holds token id {bad}, outside the model's vocabulary [0, {V}) "
+                              f"(a state dumped for another model, or a damaged file)")
     return dict(B=B, T=T, x=x, y=y, logits=logits, loss=loss, grads=grads)
 
 
