@@ -85,6 +85,7 @@ def test_a_hellaswag_file_the_model_cannot_score_is_refused_before_the_first_ste
     assert cap.err.startswith(f"train_gpt2: error: -h 1: {bad}: {why.replace('example 0', 'example 1')}")
     assert cap.err.count("\n") == 1
     assert "step 1/" not in cap.out   # no step trained
+    assert not out.exists()   # refused before main.log and the tokenizer were written there: no -o left
 
 
 def test_shards_tokenized_for_another_vocabulary_are_refused(tmp_path, capsys, corpus):

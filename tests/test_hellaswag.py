@@ -82,13 +82,16 @@ def test_file_round_trip(tmp_path):
     (lambda b: b[:-4], "the file ends {last_minus_4} bytes into its {last} (truncated; the header says 3 examples)"),
     (lambda b: b + b"\x00\x00", "2 bytes after the 3 examples"),
     (lambda b: b[:1024] + b"\x00" + b[1025:], "example 0 (at uint16 0): expected the start marker 65535"),
+    (lambda b: b[:12] + np.int32(10).tobytes() + b[16:], "the header says the longest example is 10 bytes, one is "
+                                                          "{longest}"),   # llm.c sizes its buffer by it
 ])
 def test_bad_files_name_file_and_example(tmp_path, damage, message):
     path = tmp_path / "e.bin"
     hs.write_eval_file(path, make_examples(np.random.default_rng(1), 3, 3))
     stream = np.fromfile(path, dtype="<u2", offset=1024)
     last = int(stream[np.flatnonzero(stream == 65535)[-1] + 1])   # the last example's length in bytes
-    message = message.format(last=last, last_minus_4=last - 4)
+    longest = int(np.fromfile(path, dtype="<i4", count=4)[3])
+    message = message.format(last=last, last_minus_4=last - 4, longest=longest)
     path.write_bytes(damage(path.read_bytes()))
     with pytest.raises(hs.EvalFileError, match=re.escape(message)) as e:
         hs.read_eval_file(path)
@@ -215,7 +218,7 @@ def test_a_model_with_nan_or_inf_weights_is_refused_by_every_command(tmp_path, c
     for prog, main_of, argv in (
             ("eval_gpt2", main, ["--hellaswag", str(tmp_path / "e.bin")]), ("sample_gpt2", sample_main, ["-g", "2"]),
             ("train_gpt2", train_main, ["-o", str(tmp_path / "out"), "-x", "1", "-b", "1", "-t", "4"]),
-            ("test_gpt2", test_main, ["-s", os.path.join(fixtures, "micro_debug_state.bin")]),
+            ("test_gpt2", test_main, ["-s", os.path.join(fixtures, "micro_debug_state.bin"), "--no-memory-check"]),
             ("profile_gpt2", profile_main, ["-b", "1", "-t", "4"]), ("export_hf", export_main, [str(tmp_path / "hf")])):
         assert main_of((["-e", nan] if prog != "export_hf" else [nan]) + argv) == 1, prog
         assert capsys.readouterr().err.endswith(f"{prog}: error: {want}\n"), prog

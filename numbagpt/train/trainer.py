@@ -184,6 +184,7 @@ class Run:
         self.guard = SpikeGuard(c.skip_update_lossz, c.skip_update_gradz)
         self.model, self.dp = load_model(c, world, backend, self.tok_path, say, resume_step)
         self.train_loader, self.val_loader, self.tok = open_data(c, world, self.model.config, paths, say)
+        self.hellaswag = open_hellaswag(c, self.model.config)   # a bad eval file: refused before -o is written
         self.val_batches = c.val_batches
         if self.val_loader is not None and c.val_batches > self.val_loader.batches_per_epoch:
             # more would wrap around and count some windows twice
@@ -203,7 +204,6 @@ class Run:
             self.resume(resume_step)
         self.log = open_log(c, world, resume_step=self.start_step if resume_step is not None else None)
         keep_tokenizer(c, world, self.tok_path)
-        self.hellaswag = open_hellaswag(c, self.model.config)
         self.val_loss = None
 
     def resume(self, resume_step):
