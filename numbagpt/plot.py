@@ -13,8 +13,10 @@ replaces the records from that step on (the restarted run's say).
 """
 import math
 import os
+import re
 
 KEYS = {"trl": "train loss", "tel": "val loss", "eval": "HellaSwag acc_norm"}
+RECORD_STEP, RECORD_KEY = re.compile(r"\d+"), re.compile(r"[a-z]+")
 
 
 class LogError(ValueError):
@@ -45,6 +47,11 @@ def read_log(path, notes=None):
         try:
             pairs = [field.split(":", 1) for field in fields]
             if pairs[0][0] != "s" or len(pairs) < 2 or any(len(p) != 2 for p in pairs):
+                raise ValueError
+            # llm.c writes a step in digits, a key in letters, a value as %f: Python's int() and float()
+            # also take "1_0", "-5", "+3" and a key mangled by a non-UTF-8 byte would be dropped silently
+            if not RECORD_STEP.fullmatch(pairs[0][1]) or any(not RECORD_KEY.fullmatch(k) or "_" in v
+                                                             for k, v in pairs[1:]):
                 raise ValueError
             step = int(pairs[0][1])
             values = [(key, float(value)) for key, value in pairs[1:]]

@@ -58,6 +58,13 @@ def test_char_model_finds_its_tokenizer_next_to_it(tmp_path, capsys):
     body = out[3:-1].replace("<|endoftext|>", "#")  # 30 tokens of one character each (EOT as #)
     assert out.startswith("abc") and len(body) == 30 and set(body) <= set("abcdefgh \n#")
     assert "tokenizer char" in err
+    # a prompt with a character the vocabulary lacks: the flag and the tokenizer named
+    (tmp_path / "p.txt").write_text("abz", encoding="utf-8")
+    for flags, flag in ((["--prompt", "abz"], "--prompt"), (["--prompt-file", tmp_path / "p.txt"],
+                                                              f"--prompt-file {tmp_path / 'p.txt'}")):
+        rc, out, err = run(capsys, "-e", tmp_path / "m.bin", *flags)
+        assert (rc, out) == (1, "") and err == (f"sample_gpt2: error: {flag}: character 'z' is not in this character "
+                                                f"vocabulary (10 characters) (tokenizer char)\n"), err
 
 
 def test_a_prompt_that_fills_the_context_is_cut_saying_so(gpt2_model, capsys):

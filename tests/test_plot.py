@@ -179,3 +179,14 @@ def test_labels_name_every_log_and_notes_go_to_stderr(tmp_path, capsys):
     assert main([str(a), str(b), "-o", out, "--labels", "one,two"]) == 0
     cap = capsys.readouterr()
     assert cap.out == f"wrote {out}\n" and cap.err.startswith(f"plot_log: note: {b}:")
+
+
+@pytest.mark.parametrize("line", ["s:1_0 trl:4.5", "s:10 trl:4_5", "s:-5 trl:4.5", "s:+5 trl:4.5",
+                                  "s:10 tr\ufffdl:4.5", "s:10 TRL:4.5"])
+def test_a_record_llmc_would_not_write_is_refused(tmp_path, line):
+    """Python's int() and float() take underscores and signs, and a key mangled by a byte that is not
+    UTF-8 was dropped silently: a step in digits, a key in lowercase letters, a value without '_'."""
+    log = tmp_path / "main.log"
+    log.write_text(f"s:0 trl:5.0\n{line}\n", encoding="utf-8")
+    with pytest.raises(plot.LogError, match=rf"{log}:2: not an llm.c log record"):
+        plot.read_log(log)

@@ -59,7 +59,11 @@ def read_prompt(args, tok):
                 text = f.read()
         except (OSError, UnicodeDecodeError) as e:
             raise ValueError(f"{args.prompt_file}: cannot read the prompt: {e}") from None
-    return text or "", prompt_ids(tok, text)
+    try:
+        return text or "", prompt_ids(tok, text)
+    except ValueError as e:   # a character the tokenizer has no token for
+        flag = f"--prompt-file {args.prompt_file}" if args.prompt_file is not None else "--prompt"
+        raise ValueError(f"{flag}: {e} (tokenizer {tok.name})") from None
 
 
 def main(argv=None):
