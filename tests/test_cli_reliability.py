@@ -658,3 +658,30 @@ def test_a_reader_that_left_ends_every_command_quietly(corpus, tmp_path):
         os.close(write)
         assert proc.returncode == 141, (name, proc.stderr)
         assert "error" not in proc.stderr and "Traceback" not in proc.stderr, (name, proc.stderr)
+
+
+def test_a_signal_names_no_checkpoint_where_the_run_writes_none(corpus, capsys, monkeypatch):
+    """-o '': no checkpoint is written, and a Ctrl-C after step 2 says none (not step 2)."""
+    from numbagpt.train import rundir, trainer
+    log_step = trainer.log_step
+
+    def interrupted_at_step_3(result, step, *args):
+        if step == 2:
+            raise rundir.Interrupted(signal.SIGINT)
+        return log_step(result, step, *args)
+    monkeypatch.setattr(trainer, "log_step", interrupted_at_step_3)
+    assert train.main(args_for(corpus, "", every=0)) == 130
+    assert capsys.readouterr().err.endswith("interrupted at step 2; last complete checkpoint: none\n")
+
+
+def test_the_error_of_a_step_a_signal_broke_exits_as_the_signal(corpus, capsys, monkeypatch):
+    """A SIGTERM inside Numba's compiler (a ctypes callback: Python drops the exception) surfaces as the
+    compile's error: the run ends with the signal's line and status, 143, not the error's 1."""
+    from numbagpt.train import trainer
+
+    def broken(config, world, progress, stop):
+        stop.signum = signal.SIGTERM   # what its handler records (the exception it raised, dropped)
+        raise RuntimeError("the compile failed")
+    monkeypatch.setattr(trainer, "train", broken)
+    assert train.main(args_for(corpus, "", every=0)) == 143
+    assert capsys.readouterr().err == "interrupted at start-up; last complete checkpoint: none\n"

@@ -1,6 +1,7 @@
 """bin/train_gpt2 end to end on a small char-level corpus and a micro model: the loss falls, main.log is
 in llm.c's format, the written model is a valid llm.c v3 file, samples are decoded text, checkpoints
 resume, and bad input gives a clear error."""
+import os
 import re
 
 import numpy as np
@@ -75,6 +76,55 @@ def test_checkpoint_and_resume_continue_the_same_run(tmp_path, capsys, corpus, s
     # and the log: the resumed run's records replace those past the checkpoint, none lost or doubled
     log = (straight / "main.log").read_text()
     assert (resumed / "main.log").read_text() == log and log.startswith("s:0 trl:")
+
+
+def test_the_api_reports_each_step_and_the_run_and_takes_the_last_val_loss_at_the_end(tmp_path, corpus):
+    """api.train's on_step records and TrainResult: steps 1..x, ms and tokens/s of one step (-d of
+    two micro-steps: tokens/step is -d), the final model file, and the val loss at -x when -x is no
+    multiple of -v (val at 0, 2, 4 and at the end, 5), which is the result's."""
+    import time
+
+    from numbagpt import api
+    paths, model_path = corpus
+    config = api.TrainConfig(train_data=paths["train"], val_data=paths["val"], tokenizer=paths["tokenizer"],
+                             model=model_path, output_dir=str(tmp_path), batch_size=4, seq_len=16,
+                             total_batch_size=128, lr=1e-2, warmup_iters=2, omp_threads=1, gen_tokens=0,
+                             max_steps=5, val_every=2, val_batches=2)
+    records = []
+    t0 = time.perf_counter()
+    result = api.train(config, on_step=records.append, say=lambda *a, **k: None)
+    wall_ms = 1000 * (time.perf_counter() - t0)
+    assert [r.step for r in records] == [1, 2, 3, 4, 5]
+    for r in records:
+        assert 0 < r.ms < wall_ms and r.tokens_per_s == pytest.approx(128 / (r.ms / 1000), rel=1e-9)
+    log = (tmp_path / "main.log").read_text().splitlines()
+    assert [line.split()[0] for line in log if " tel:" in line] == ["s:0", "s:2", "s:4", "s:5"]
+    assert [line.split("trl:")[1].split()[0] for line in log if " trl:" in line] == [f"{r.loss:.4f}" for r in records]
+    assert f"{result.val_loss:.4f}" == log[-1].split("tel:")[1] and log[-1].startswith("s:5 tel:")
+    assert result.model_file == str(tmp_path / "model_00000005.bin") and os.path.isfile(result.model_file)
+    assert result.steps == 5
+
+
+def test_each_sample_draws_anew(tmp_path, capsys, corpus):
+    """-l 0: the model never changes, so the samples of steps 1..4 differ only by their generator's
+    seed, (--seed, step): seeded by --seed alone they were one text four times."""
+    code, cap = run(capsys, corpus, tmp_path, "-x", "4", "-v", "0", "-l", "0", "-s", "1", "-g", "24")
+    assert code == 0, cap.err
+    samples = re.findall(r"--- sample at step (\d+) ---\n(.*?)\n---", cap.out + "\n---", re.S)
+    assert [int(s) for s, _ in samples] == [1, 2, 3, 4]
+    assert len({text for _, text in samples}) == 4, samples
+
+
+def test_a_run_over_an_earlier_one_starts_a_new_log(tmp_path, capsys, corpus):
+    """--overwrite (and -y 1 where no checkpoint is complete) starts main.log anew: it is the log of
+    the same run into an empty directory, not the earlier run's with this one's after it."""
+    x = ("-v", "0", "-g", "0")
+    assert run(capsys, corpus, tmp_path / "fresh", "-x", "2", *x)[0] == 0
+    for flags in (["--overwrite"], ["-y", "1", "--overwrite"]):
+        assert run(capsys, corpus, tmp_path / "over", "-x", "3", *x, "--overwrite")[0] == 0
+        code, cap = run(capsys, corpus, tmp_path / "over", "-x", "2", *x, *flags)
+        assert code == 0, cap.err
+        assert (tmp_path / "over" / "main.log").read_text() == (tmp_path / "fresh" / "main.log").read_text()
 
 
 def test_every_val_loss_reads_the_same_first_batches(tmp_path, capsys, corpus):

@@ -122,6 +122,20 @@ def test_model_v5_round_trip(tmp_path):
         write_model(q, CONFIG, params, dtype="float16")
 
 
+def test_model_v5_keeps_a_nans_sign_and_upper_payload(tmp_path):
+    """A NaN written as bf16 keeps its sign and the upper 7 bits of its payload, with the quiet bit
+    (0x0040) set so that a payload only in the lower bits stays a NaN: (bits >> 16) | 0x0040,
+    worked out here in Python ints (every NaN was written as 0x7FC0, a -NaN turned positive)."""
+    nans = [0xFFC00000, 0x7F812345, 0xFFA5A5A5, 0x7F800001, 0x7FC00000]
+    params = _params()
+    params[:len(nans)] = np.array(nans, np.uint32).view(np.float32)
+    p = tmp_path / "nan.bin"
+    write_model(p, CONFIG, params, dtype="bfloat16")
+    got = np.fromfile(p, dtype="<u2", offset=HEADER_BYTES, count=len(nans))
+    assert [int(x) for x in got] == [0xFFC0, 0x7FC1, 0xFFE5, 0x7FC0, 0x7FC0]
+    assert [int(x) for x in got] == [(b >> 16) | 0x0040 for b in nans]
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_a_model_with_a_nan_or_an_inf_is_refused_naming_the_file_and_tensor(tmp_path, dtype):
     """Every command reads a model through read_model: a NaN or an inf in it (a model that diverged,
@@ -340,6 +354,18 @@ def test_state_round_trip(tmp_path):
     _patch_int(p, 0, 7)
     with pytest.raises(FormatError, match="expected 20240527, found 7"):
         read_state(p)
+
+
+def test_state_keeps_an_rng_state_at_the_last_update_of_its_own(tmp_path):
+    """rng_state_last_update given (llm.c's slot 22..23, apart from the rng state in 20..21): written
+    and read back as given (the rng state was written in its place)."""
+    p = tmp_path / "state_00000001_00000.bin"
+    m = np.zeros(4, np.float32)
+    write_state(p, 1, 1, 0, m, m, rng_state=1, rng_state_last_update=2)
+    s = read_state(p)
+    assert (s["rng_state"], s["rng_state_last_update"]) == (1, 2)
+    header = np.fromfile(p, dtype="<i4", count=256)
+    assert int(header[20:22].view("<u8")[0]) == 1 and int(header[22:24].view("<u8")[0]) == 2
 
 
 @pytest.mark.parametrize("read, what", [

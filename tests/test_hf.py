@@ -129,7 +129,7 @@ def test_import_errors_name_the_file(tmp_path, capsys):
 
 @pytest.mark.parametrize("key, value", [("layer_norm_epsilon", 1e-6), ("scale_attn_weights", False),
                                         ("scale_attn_by_inverse_layer_idx", True), ("n_inner", 8),
-                                        ("tie_word_embeddings", False)])
+                                        ("tie_word_embeddings", False), ("activation_function", "gelu")])
 def test_import_refuses_a_config_numbagpt_would_compute_otherwise(tmp_path, capsys, key, value):
     # GPT-2 variants whose forward is not GPT-2's (another eps, unscaled or layer-scaled attention, an
     # MLP other than 4C): refused by name before the weights are read, not imported as if GPT-2's
@@ -292,14 +292,18 @@ def test_import_reads_the_original_gpt2_key_names(tmp_path):
     tensors = st.load_file(str(tmp_path / "hf" / "model.safetensors"))
     old = {k[len("transformer."):]: v for k, v in tensors.items()}
     old["h.0.attn.bias"] = np.tril(np.ones((1, 1, 24, 24), np.float32))
+    old["h.1.attn.masked_bias"] = np.array(-1e4, np.float32)   # older transformers' buffer
     old["lm_head.weight"] = old["wte.weight"]
     st.save_file(old, str(tmp_path / "hf" / "model.safetensors"))
     hf.import_hf(tmp_path / "hf", tmp_path / "back.bin")
     np.testing.assert_array_equal(GPT2.from_file(tmp_path / "back.bin").parameters_host(), model.parameters_host())
-    old["lm_head.weight"] = old["wte.weight"] * 2
-    st.save_file(old, str(tmp_path / "hf" / "model.safetensors"))
-    with pytest.raises(hf.HFError, match="lm_head.weight differs from wte.weight"):
-        hf.import_hf(tmp_path / "hf", tmp_path / "back.bin")
+    for off in (old["wte.weight"] * 2, old["wte.weight"].copy()):   # and one value one ulp off
+        off.flat[7] = np.nextafter(off.flat[7], np.float32(np.inf)) if off.flat[7] == old["wte.weight"].flat[7] \
+            else off.flat[7]
+        old["lm_head.weight"] = off
+        st.save_file(old, str(tmp_path / "hf" / "model.safetensors"))
+        with pytest.raises(hf.HFError, match="lm_head.weight differs from wte.weight"):
+            hf.import_hf(tmp_path / "hf", tmp_path / "back.bin")
 
 
 @pytest.mark.parametrize("crash", ["model.safetensors@100", "config.json@end", "vocab.json@10"])

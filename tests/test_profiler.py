@@ -252,6 +252,19 @@ def test_the_llmc_mfu_is_of_llmcs_flops():
     assert r["mfu"] == pytest.approx(r["flops_per_token"] * r["tokens_per_s"] / 1e9 / r["peak_gflops"])
 
 
+def test_the_families_table_is_slowest_first(report):
+    """report["families"]: each family's ms the sum of its kernels', the slowest family first (the
+    table put the fastest first)."""
+    sums = {}
+    for k in report["kernels"]:
+        sums[profiler.family(k["name"])] = sums.get(profiler.family(k["name"]), 0.0) + k["ms"]
+    want = sorted(sums, key=lambda f: sums[f], reverse=True)
+    assert len(set(sums.values())) == len(sums) > 2   # no ties: one order only
+    assert [f["family"] for f in report["families"]] == want
+    for f in report["families"]:
+        assert f["ms"] == pytest.approx(sums[f["family"]])
+
+
 REPORT_KEYS = {
     "schema", "model", "config", "num_parameters", "batch", "device", "device_name", "precision", "timer",
     "threads", "threading_layer", "load_average", "warmup", "steps", "compile_ms", "warmup_ms", "compile_by_kernel",
@@ -341,6 +354,40 @@ def test_proxy_passes_through_and_records_only_in_a_phase():
         profiler.TimingBackend(cpu, timer="sundial")
     overhead = profiler.measure_proxy_overhead(n=2000)
     assert 0 <= overhead < 1e5   # ns per call
+
+
+def test_proxy_overhead_is_the_median_of_the_rounds(monkeypatch):
+    """measure_proxy_overhead: per round (proxied - direct) / n ns, and the median of the 5 rounds (the
+    fastest round was taken). A clock that advances only when measure_proxy_overhead reads it, by
+    amounts set here: direct d, proxied p per round."""
+    rounds = [(100, 200), (100, 120), (300, 390), (100, 160), (50, 90)]   # (p - d) / 2: 50, 10, 45, 30, 20
+    steps = iter([x for d, p in rounds for x in (7, d, p)])
+    now = [0]
+
+    def clock():
+        if sys._getframe(1).f_code.co_name == "measure_proxy_overhead":
+            now[0] += next(steps)
+        return now[0]
+    monkeypatch.setattr(profiler.time, "perf_counter_ns", clock)
+    got = profiler.measure_proxy_overhead(n=2)
+    assert next(steps, None) is None   # every round's three readings taken
+    assert got == sorted([50.0, 10.0, 45.0, 30.0, 20.0])[2] == 30.0
+
+
+def test_calibrate_matmul_counts_the_gemm_and_the_bias(monkeypatch):
+    """GFLOP/s = (2·BT·C·OC multiply-adds + BT·OC bias adds) / the best time / 1e9, the FLOPs counted
+    here by hand for a call timed at 0.5 s (the count left out the factor 2 of the multiply-adds)."""
+    calls = []
+
+    def half_a_second(fn, repeats):
+        fn()
+        calls.append(repeats)
+        return 0.5
+    monkeypatch.setattr(profiler, "_best_seconds", half_a_second)
+    got = profiler.calibrate_matmul(cpu, shape=(4, 8, 16), repeats=3)
+    flops = 2 * 4 * 8 * 16 + 4 * 16   # BT=4, C=8, OC=16: 1024 + 64
+    assert calls == [3] and flops == 1088
+    assert got == pytest.approx(flops / 0.5 / 1e9, rel=1e-12)
 
 
 def test_gpu_timers_with_a_fake_device():

@@ -295,6 +295,24 @@ def test_a_missing_dependency_of_an_installed_numbagpt_names_the_module_to_insta
                                        "installed: pip install xxhash\n")
 
 
+def test_a_missing_submodule_names_its_package_to_install(monkeypatch, capsys):
+    """An installed numbagpt whose command imports safetensors.numpy without safetensors: the package
+    to install is the dotted name's first part (`pip install safetensors.numpy` was the hint, which
+    names no package)."""
+    import importlib
+    import types
+    from numbagpt.cli import launch as launcher
+
+    def main():
+        raise ModuleNotFoundError("No module named 'safetensors.numpy'", name="safetensors.numpy")
+    monkeypatch.setattr(importlib, "import_module", lambda name: types.SimpleNamespace(main=main))
+    real_isfile = os.path.isfile
+    monkeypatch.setattr(os.path, "isfile", lambda p: False if p.endswith("setup.cfg") else real_isfile(p))
+    assert launcher.launch("export_hf", "export_hf") == 1
+    assert capsys.readouterr().err == ("export_hf: error: numbagpt needs the module 'safetensors', which is not "
+                                       "installed: pip install safetensors\n")
+
+
 def test_a_missing_module_of_numbagpt_itself_keeps_its_traceback(tmp_path, monkeypatch):
     """A broken checkout (a module of numbagpt's own missing) is not told as a dependency to install."""
     from numbagpt.cli.launch import launch

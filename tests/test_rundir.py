@@ -198,6 +198,23 @@ def test_cgroup_v2_and_v1_limits(tmp_path):
     assert memory.cgroup_room(str(cg), str(v1)) == (None, None)
 
 
+def test_nested_cgroup_limits_take_the_tightest(tmp_path):
+    """A job (8 GiB) whose step has a limit of its own (4 GiB): the room is under the step's limit,
+    the tighter one (the looser, the job's, was taken: a run the step's limit then kills)."""
+    v2 = tmp_path / "v2"
+    (v2 / "job" / "step").mkdir(parents=True)
+    (v2 / "job" / "memory.max").write_text(f"{8 * 2**30}\n")
+    (v2 / "job" / "memory.current").write_text(f"{2**30}\n")
+    (v2 / "job" / "step" / "memory.max").write_text(f"{4 * 2**30}\n")
+    (v2 / "job" / "step" / "memory.current").write_text(f"{2**30}\n")
+    cg = tmp_path / "cgroup2"
+    cg.write_text("0::/job/step\n")
+    room, where = memory.cgroup_room(str(cg), str(v2))
+    # by hand: job 8 - 1 = 7 GiB left, step 4 - 1 = 3 GiB left; the least of them
+    assert room == 3 * 2**30 < 4 * 2**30
+    assert "4.0 GiB" in where and where.endswith(os.path.join("job", "step"))
+
+
 def test_memory_limit_env_and_the_refusal_message(monkeypatch):
     monkeypatch.setenv(memory.LIMIT_ENV, "100M")
     avail, where = memory.available_memory()
@@ -235,6 +252,24 @@ def test_ranks_that_share_a_host_are_advice_where_even_b_1_does_not_fit(monkeypa
         memory.check_model_fits(preset("tiny"), 4, 64, get_backend("cpu"), "tiny", ranks=2)
     with pytest.raises(memory.MemoryCheckError, match="; even -b 1 needs .*: use a smaller model or a machine with"):
         memory.check_model_fits(preset("tiny"), 4, 64, get_backend("cpu"), "tiny", ranks=1)
+
+
+def test_ranks_share_the_simulators_host_memory_under_the_cuda_backend(monkeypatch):
+    """The CUDA simulator's device arrays are NumPy arrays in host memory (memory.host_buffers): 2 ranks
+    on this host need twice one rank's buffers (they were counted as one, a device per rank)."""
+    import numbagpt.cuda as cuda_backend
+    from numbagpt.config import preset
+    from numbagpt.layout import memory_estimate
+    monkeypatch.setattr(cuda_backend, "SIMULATOR", True)
+    assert cuda_backend.memory_info() is None and memory.host_buffers(cuda_backend)
+    monkeypatch.setenv(memory.LIMIT_ENV, "1M")
+    one = memory_estimate(preset("tiny"), 4, 64)["total"]
+    with pytest.raises(memory.MemoryCheckError) as e:
+        memory.check_model_fits(preset("tiny"), 4, 64, cuda_backend, "tiny", ranks=2)
+    msg = str(e.value)
+    assert msg.startswith(f"not enough memory for tiny with B=4 T=64 x 2 ranks on this host: it needs "
+                          f"{memory.format_bytes(2 * one)}, 1.0 MiB is available"), msg
+    assert "use fewer ranks on this host" in msg
 
 
 @pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["INT", "TERM"])

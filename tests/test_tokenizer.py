@@ -3,7 +3,9 @@ import pytest
 
 from numbagpt.files.formats import read_tokenizer_file, write_tokenizer_file
 from numbagpt.files.tokenizer import (
-    BytesTokenizer, CharTokenizer, GPT2Tokenizer, get_tokenizer, gpt2_encoding, load_tokenizer)
+    BytesTokenizer, CharTokenizer, GPT2Tokenizer, get_tokenizer, gpt2_encoding, load_tokenizer, named_tokenizers,
+    tokenizer_next_to)
+
 
 SAMPLE = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
           "It's 2024 -- we'll see: naïve café, 日本語, emoji 🎉!  Tabs\tand   spaces \n\n\n")
@@ -83,6 +85,30 @@ def test_other_tokenizer_file_is_decode_only(tmp_path):
     assert tok.decode([2]) == "\ufffd"
     with pytest.raises(NotImplementedError):
         tok.encode("x")
+
+
+def test_a_table_with_a_character_twice_is_not_a_char_tokenizer(tmp_path):
+    """Every token one character, but "a" twice: no CharTokenizer (its ids are distinct characters;
+    loading the file raised CharTokenizer's ValueError), the decode-only tokenizer of the table."""
+    p = tmp_path / "dup_tokenizer.bin"
+    write_tokenizer_file(p, [b"a", b"a", b"<|endoftext|>"], 2)
+    tok = load_tokenizer(p)
+    assert isinstance(tok, BytesTokenizer) and not tok.can_encode
+    assert tok.token_bytes() == [b"a", b"a", b"<|endoftext|>"] and tok.eot_token == 2
+    assert tok.decode([0, 1, 2]) == "aa<|endoftext|>"
+
+
+def test_shards_numbered_without_an_underscore_find_their_tokenizer(tmp_path):
+    """NAME_train000001.bin (the digits right after train/val) belongs to NAME_tokenizer.bin, found by
+    name even beside another set's tokenizer (it was found only as a directory's only tokenizer)."""
+    for name in ("tiny_train000001.bin", "tiny_train000002.bin", "tiny_val000000.bin"):
+        (tmp_path / name).write_bytes(b"")
+    write_tokenizer_file(tmp_path / "tiny_tokenizer.bin", [b"a", b"<|endoftext|>"], 1)
+    write_tokenizer_file(tmp_path / "other_tokenizer.bin", [b"b", b"<|endoftext|>"], 1)
+    want = str(tmp_path / "tiny_tokenizer.bin")
+    assert tokenizer_next_to(str(tmp_path / "tiny_train*.bin")) == want
+    assert tokenizer_next_to(str(tmp_path / "tiny_val000000.bin")) == want
+    assert named_tokenizers(str(tmp_path / "tiny_*.bin")) == {want: str(tmp_path / "tiny_train000001.bin")}
 
 
 def test_unknown_tokenizer():
