@@ -77,7 +77,7 @@ def read_eval_file(path):
     if (len(raw) - 4 * HEADER_INTS) % 2:
         raise EvalFileError(f"{path}: the data after the header is not a whole number of uint16")
     s = np.frombuffer(raw, dtype="<u2", offset=4 * HEADER_INTS)
-    n, pos, examples, starts = int(header[2]), 0, [], []
+    n, pos, examples, longest = int(header[2]), 0, [], 0
     if n <= 0:
         raise EvalFileError(f"{path}: the header says {n} examples: nothing to evaluate")
     for i in range(n):
@@ -109,11 +109,10 @@ def read_eval_file(path):
         if q != end or nctx == 0 or any(len(c) == 0 for c in completions):
             raise bad("its context and completions do not add up to its length (or one is empty)")
         examples.append(Example(index, label, context, completions))
-        starts.append(pos)
+        longest = max(longest, nbytes)
         pos = end
     if pos != s.size:
         raise EvalFileError(f"{path}: {2 * (s.size - pos)} bytes after the {n} examples the header announces")
-    longest = max(int(s[q + 1]) for q in starts)
     if header[3] < longest:   # llm.c sizes its example buffer by it
         raise EvalFileError(f"{path}: the header says the longest example is {header[3]} bytes, one is {longest}")
     return examples

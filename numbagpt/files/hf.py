@@ -204,7 +204,8 @@ def from_hf_tensors(cfg, tensors, path="model.safetensors"):
     C, V = cfg.channels, cfg.vocab_size
     plan = [("wte", None, "wte.weight", (V, C), False), ("wpe", None, "wpe.weight", (cfg.max_seq_len, C), False),
             ("lnfw", None, "ln_f.weight", (C,), False), ("lnfb", None, "ln_f.bias", (C,), False)]
-    shapes = parameter_layout(cfg).shapes
+    layout = parameter_layout(cfg)
+    shapes = layout.shapes
 
     def layer(l):
         return ([(name, l, f"h.{l}.{hf}", shapes[name][1:], False) for name, hf in PLAIN.items()] +
@@ -213,8 +214,8 @@ def from_hf_tensors(cfg, tensors, path="model.safetensors"):
     for l in range(cfg.num_layers):
         plan += layer(l)
     _check_tensors(t, plan, path)
-    flat = np.zeros(parameter_layout(cfg).total, dtype=np.float32)
-    views = parameter_layout(cfg).host_views(flat)
+    flat = np.zeros(layout.total, dtype=np.float32)
+    views = layout.host_views(flat)
     for name, l, hf, _, transposed in plan:
         a = np.asarray(t[hf], dtype=np.float32)
         dst = views[name] if l is None else views[name][l]
