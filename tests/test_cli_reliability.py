@@ -172,6 +172,13 @@ def test_a_damaged_newest_checkpoint_falls_back_saying_why(corpus, reference, tm
     with open(tmp_path / "state_00000004_00000.bin", "r+b") as f:
         f.truncate(5000)
     os.remove(tmp_path / "model_00000005.bin")   # the run was killed before its end (else it is finished)
+    argv = args_for(corpus, tmp_path, steps=1, every=0)   # -e DIR takes the checkpoint before, saying why
+    argv[argv.index("-e") + 1], argv[argv.index("-o") + 1] = str(tmp_path), ""
+    code, out, err = run(argv + ["-v", "0"])
+    assert code == 0 and (f"-e {tmp_path}: model_00000004.bin passed over ({tmp_path}/state_00000004_00000.bin: "
+                          f"truncated train state") in out, err
+    assert f"); taking {tmp_path}/model_00000002.bin\nmodel: {tmp_path} ({tmp_path}/model_00000002.bin) |" in out
+    assert out.count("passed over") == 1 and "passed over" not in err   # once, where the run's lines go
     code, out, err = run(args_for(corpus, tmp_path, "-y", "1"))
     assert code == 0, err
     assert "checkpoint at step 4 skipped: " in out and "state_00000004_00000.bin: truncated train state" in out

@@ -159,9 +159,16 @@ def test_done_records_checksums_and_a_flipped_bit_is_passed_over(two_checkpoints
         f.write(bytes([byte ^ 0x10]))
     step, _, notes = checkpoint.select(str(run))
     assert step == 2 and "checksum mismatch" in notes[0] and "state_00000004_00000.bin" in notes[0]
-    assert checkpoint.resolve_model(str(run)).endswith("model_00000002.bin")   # -e DIR
+    said = []
+    assert checkpoint.resolve_model(str(run), say=said.append).endswith("model_00000002.bin")   # -e DIR
+    assert said == [f"-e {run}: model_00000004.bin passed over ({notes[0].split(': ', 1)[1]}); taking "
+                    f"{run}/model_00000002.bin"]
     checkpoint.discard(str(run), 4)   # as -y 1 does, when its run starts: the files are rewritten at step 4
-    assert checkpoint.resolve_model(str(run)).endswith("model_00000002.bin")   # a checkpoint's model still
+    said = []
+    # a checkpoint's model still
+    assert checkpoint.resolve_model(str(run), "MODEL", said.append).endswith("model_00000002.bin")
+    assert said == [f"MODEL {run}: model_00000004.bin passed over ({run}/DONE_00000004: no such file (the "
+                    f"checkpoint is incomplete)); taking {run}/model_00000002.bin"]
 
 
 def test_e_dir_takes_the_final_model_of_a_run_that_ends_between_checkpoints(two_checkpoints, tmp_path):
@@ -172,10 +179,19 @@ def test_e_dir_takes_the_final_model_of_a_run_that_ends_between_checkpoints(two_
     run = tmp_path / "run"
     shutil.copytree(out, run)
     shutil.copy(run / "model_00000004.bin", run / "model_00000005.bin")   # a final model: no DONE, no state
-    assert checkpoint.resolve_model(str(run)).endswith("model_00000005.bin")
+    said = []
+    assert checkpoint.resolve_model(str(run), say=said.append).endswith("model_00000005.bin") and said == []
     data = (run / "model_00000004.bin").read_bytes()
     (run / "model_00000006.bin").write_bytes(data[:len(data) // 2])
-    assert checkpoint.resolve_model(str(run)).endswith("model_00000005.bin")
+    assert checkpoint.resolve_model(str(run), say=said.append).endswith("model_00000005.bin")
+    assert len(said) == 1
+    assert said[0].startswith(f"-e {run}: model_00000006.bin passed over ({run}/model_00000006.bin: ")
+    assert said[0].endswith(f"); taking {run}/model_00000005.bin")
+    for step in (4, 5):   # none whole: the newest, nothing said (its reader says what is wrong)
+        (run / f"model_0000000{step}.bin").write_bytes(data[:100])
+    os.remove(run / "model_00000002.bin")
+    said = []
+    assert checkpoint.resolve_model(str(run), say=said.append).endswith("model_00000006.bin") and said == []
 
 
 def test_resume_refuses_shape_flags_the_checkpoint_contradicts(two_checkpoints, tmp_path):

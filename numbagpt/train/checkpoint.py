@@ -15,6 +15,7 @@ header, length from the header, and the checksums DONE records — and says why 
 import json
 import os
 import re
+import sys
 
 import xxhash
 
@@ -132,21 +133,40 @@ def final_model(out_dir, step):
     """model_<step>.bin when it is a final model, whole (header and length): no checkpoint's (no DONE,
     no state file of that step: an unfinished or broken checkpoint's model is no final model). Else
     None."""
-    path = model_path(out_dir, step)
-    if os.path.exists(done_path(out_dir, step)) or _steps(out_dir, rf"state_({step:08d})_\d{{5}}\.bin"):
+    if _checkpoint_step(out_dir, step):
         return None
     try:
-        formats.read_model_header(path)
+        formats.read_model_header(model_path(out_dir, step))
     except (formats.FormatError, OSError):
         return None
-    return path
+    return model_path(out_dir, step)
 
 
-def resolve_model(path, flag="-e"):
+def _checkpoint_step(out_dir, step):
+    """Whether a checkpoint of `step` was begun in out_dir: its DONE or a state file of it is there."""
+    return os.path.exists(done_path(out_dir, step)) or bool(_steps(out_dir, rf"state_({step:08d})_\d{{5}}\.bin"))
+
+
+def check_model(out_dir, step):
+    """Raise FormatError/OSError saying why model_<step>.bin is no whole model of the run in out_dir:
+    a checkpoint's that does not verify (verify: unfinished, or a file of it damaged), or a final
+    model (no checkpoint of its step) whose header or length is wrong."""
+    if _checkpoint_step(out_dir, step):
+        verify(out_dir, step)
+    else:
+        formats.read_model_header(model_path(out_dir, step))
+
+
+def _stderr(line):
+    print(line, file=sys.stderr, flush=True)
+
+
+def resolve_model(path, flag="-e", say=_stderr):
     """The model file `path` names (-e of every command): a model file itself, or a train_gpt2 output
-    directory's newest model: its newest model_*.bin that is whole, a checkpoint's that verifies
-    (every file its DONE records) or a final model (final_model), so the final model of a run that did
-    not end on a checkpoint step, not the checkpoint before it. Where none is, the newest model_*.bin
+    directory's newest model: its newest model_*.bin that is whole (check_model): a checkpoint's that
+    verifies (every file its DONE records) or a final model, so the final model of a run that did not
+    end on a checkpoint step, not the checkpoint before it. Each newer model passed over is said, one
+    line why, to `say` (stderr by default). Where none is whole, the newest model_*.bin, nothing said
     (its reader then says what is wrong)."""
     if not os.path.isdir(path):
         if not os.path.exists(path):
@@ -156,14 +176,16 @@ def resolve_model(path, flag="-e"):
     if not steps:
         raise FileNotFoundError(f"{path}: no model_*.bin in this directory ({flag} takes a model file or a "
                                 f"train_gpt2 output directory)")
+    skipped = []
     for step in reversed(steps):
-        if final_model(path, step):
-            return model_path(path, step)
         try:
-            verify(path, step)   # a checkpoint's (without DONE: unfinished, or broken and discarded)
-            return model_path(path, step)
-        except (formats.FormatError, OSError):
+            check_model(path, step)
+        except (formats.FormatError, OSError) as e:
+            skipped.append(f"{flag} {path}: model_{step:08d}.bin passed over ({e})")
             continue
+        for line in skipped:
+            say(f"{line}; taking {model_path(path, step)}")
+        return model_path(path, step)
     return model_path(path, steps[-1])
 
 

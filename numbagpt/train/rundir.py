@@ -108,7 +108,7 @@ def _model_file(model):
     if not model or is_descriptor(model):
         return None
     try:
-        return os.path.abspath(checkpoint.resolve_model(model))
+        return os.path.abspath(checkpoint.resolve_model(model, say=lambda line: None))
     except OSError:
         return None
 

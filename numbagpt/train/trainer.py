@@ -396,7 +396,7 @@ def load_model(config, world, backend, tok_path, say, resume_step):
     if resume_step is not None:
         path = checkpoint.model_path(c.output_dir, resume_step)
     else:
-        path = None if scratch else checkpoint.resolve_model(c.model, "-e")
+        path = None if scratch else checkpoint.resolve_model(c.model, "-e", say)
     cfg = model_config(c, tok_path) if path is None else formats.read_model_header(path)[0]
     if resume_step is not None:
         check_shape_flags(c, cfg, path)
