@@ -25,8 +25,8 @@ import pytest
 from numbagpt import dist
 from numbagpt.train import checkpoint
 from numbagpt.files.data import DataLoader
-from numbagpt.files.formats import (DETECTORS_SLOT, bf16_bits, read_model, read_state, read_state_header, write_shard,
-                                    write_state)
+from numbagpt.files.formats import (DETECTORS_SLOT, bf16_bits, read_model, read_state, read_state_header, write_model,
+                                    write_shard, write_state)
 
 from micro_data import token_shards
 
@@ -320,6 +320,33 @@ def test_a_memory_refusal_under_mpiexec_is_one_line(shards, tmp_path):
     assert "train_gpt2: error: rank 0: not enough memory for " in proc.stderr
     assert " x 2 ranks on this host" in proc.stderr
     assert "use fewer ranks on this host, a smaller model or a machine with more memory" in proc.stderr
+
+
+def nan_model(path):
+    """MICRO with one parameter NaN (a model every command refuses as it reads it)."""
+    config, params = read_model(MICRO)
+    params[7] = np.nan
+    write_model(str(path), config, params)
+    return str(path)
+
+
+@needs_mpi
+@pytest.mark.parametrize("flag, value, said", [
+    ("-d", "40", "-d/--total-batch-size 40 is not a multiple of B*T*processes = 2*8*2 = 32"),
+    ("-e", "missing.bin", "missing.bin: no such model file or directory (-e)"),
+    ("-e", nan_model, "1 parameter is NaN or infinite (the first in wte)"),
+    ("-i", "typo_train.bin", "no data shard matches 'typo_train.bin'"),
+])
+def test_an_input_every_rank_refuses_is_one_line(shards, tmp_path, flag, value, said):
+    """A flag or file every rank finds wrong before the first step: rank 0 says it once and every
+    rank exits with status 1 (every rank printed it, the lines run together, then MPI_Abort)."""
+    args = train_args(shards, tmp_path / "out", 2)
+    if flag not in args:
+        args += [flag, ""]
+    args[args.index(flag) + 1] = value(tmp_path / "nan.bin") if callable(value) else value
+    proc, _ = run(args, nprocs=2, timeout=60)
+    assert proc.returncode == 1 and proc.stderr.count(said) == 1, proc.stderr
+    assert "train_gpt2: error: rank 0: " in proc.stderr and "Abort" not in proc.stderr, proc.stderr
 
 
 @needs_mpi

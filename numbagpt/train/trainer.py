@@ -79,11 +79,12 @@ def train(config: TrainConfig, *, world=None, on_step=None, say=None, progress=N
     progress = progress or rundir.Progress()
     lock, cleanup, started = None, None, False
     try:
-        micro_steps = micro_steps_per_step(config, world)
+        micro_steps = check_together(world, lambda: micro_steps_per_step(config, world))
         paths = data_paths(config, world, say)
         record = run_record(config, world, micro_steps, paths[0], paths[1])
         resume_step = None
-        require_device(config.device)   # a device that cannot run here is said before the output dir is made
+        # a device that cannot run here is said before the output dir is made
+        check_together(world, lambda: require_device(config.device))
         if config.output_dir:  # the lock first: a second run on the dir is refused before any work
             lock, resume_step, cleanup = rundir.open_run(config.output_dir, config.resume, config.overwrite, record,
                                                          config.allow_changes, world, say)
@@ -120,21 +121,24 @@ PER_RANK = ("omp_threads",)
 
 
 def check_together(world, check):
-    """check() on every rank, one verdict for all: with several ranks, the first failing rank's error
+    """check()'s value on every rank, one verdict for all: with several ranks, the first failing
+    rank's error (a bad flag, a file that is missing or wrong: every rank usually finds the same)
     becomes a dist.CollectiveError on every rank (rank 0 says it once, all exit normally), not one
-    error per rank and an MPI_Abort. One process: check() as it is."""
+    error per rank and an MPI_Abort. One process: check() as it is. check() must hold no collective
+    (a rank that failed before it would leave the others waiting there)."""
     if world.size == 1:
         return check()
+    value, mine = None, None
     try:
-        check()
-        mine = None
-    except (ValueError, RuntimeError) as e:
-        mine = str(e)
+        value = check()
+    except (ValueError, OSError, RuntimeError) as e:
+        mine = str(e) or type(e).__name__
     everyone = world.gather(mine)
     first = next(((r, v) for r, v in enumerate(everyone) if v), None) if world.is_master else None
     first = world.bcast(first)
     if first:
         raise dist.CollectiveError(f"rank {first[0]}: {first[1]}")
+    return value
 
 
 def check_ranks_agree(config, world):
@@ -183,8 +187,9 @@ class Run:
         self.schedule = LRSchedule(c.lr_scheduler, c.lr, c.warmup_iters, c.max_steps, c.final_lr_frac)
         self.guard = SpikeGuard(c.skip_update_lossz, c.skip_update_gradz)
         self.model, self.dp = load_model(c, world, backend, self.tok_path, say, resume_step)
-        self.train_loader, self.val_loader, self.tok = open_data(c, world, self.model.config, paths, say)
-        self.hellaswag = open_hellaswag(c, self.model.config)   # a bad eval file: refused before -o is written
+        # a bad shard or eval file: refused before -o is written
+        self.train_loader, self.val_loader, self.tok, self.hellaswag = check_together(
+            world, lambda: (*open_data(c, world, self.model.config, paths, say), open_hellaswag(c, self.model.config)))
         self.val_batches = c.val_batches
         if self.val_loader is not None and c.val_batches > self.val_loader.batches_per_epoch:
             # more would wrap around and count some windows twice
@@ -378,21 +383,23 @@ def model_config(config, tok_path):
                         max_seq_len=config.max_seq_len)
 
 
-def load_model(config, world, backend, tok_path, say, resume_step):
-    """The model (built from scratch, a model file, or the checkpoint at `resume_step`), on every
-    rank rank 0's weights, with this rank's optimizer shard, once the memory check has passed.
-    Returns (model, DataParallel)."""
+def given_shape_flags(config):
+    """The shape flags given (--layers, ...), as flags."""
+    return [f"--{n.replace('_', '-')}" for n, _ in SHAPE_FLAGS if getattr(config, n) is not None]
+
+
+def model_source(config, tok_path, say, resume_step):
+    """(model file or None, GPT2Config): what load_model loads, from -e's descriptor with the shape
+    flags or a file's header alone, checked against the flags before anything is allocated."""
     from ..files import formats
-    from ..memory import check_model_fits
 
     c = config
-    shape_flags = [f"--{n.replace('_', '-')}" for n, _ in SHAPE_FLAGS if getattr(c, n) is not None]
+    shape_flags = given_shape_flags(c)
     scratch = is_descriptor(c.model)
     if shape_flags and not scratch and os.path.exists(c.model):
         what = "a train_gpt2 output directory, whose model's" if os.path.isdir(c.model) else "a model file, whose"
         raise ValueError(f"-e {c.model} is {what} shape is fixed: drop {', '.join(shape_flags)} "
                          f"(they shape a model built from scratch from a descriptor)")
-    # The config from the descriptor or the file's header: the checks below run before any allocation.
     if resume_step is not None:
         path = checkpoint.model_path(c.output_dir, resume_step)
     else:
@@ -403,6 +410,18 @@ def load_model(config, world, backend, tok_path, say, resume_step):
     if c.seq_len > cfg.max_seq_len:
         raise ValueError(f"-t/--seq-len {c.seq_len} exceeds the model's max_seq_len {cfg.max_seq_len}"
                          + (" (--max-seq-len)" if scratch else ""))
+    return path, cfg
+
+
+def load_model(config, world, backend, tok_path, say, resume_step):
+    """The model (built from scratch, a model file, or the checkpoint at `resume_step`), on every
+    rank rank 0's weights, with this rank's optimizer shard, once the memory check has passed.
+    Returns (model, DataParallel)."""
+    from ..memory import check_model_fits
+
+    c = config
+    path, cfg = check_together(world, lambda: model_source(c, tok_path, say, resume_step))
+    shape_flags = given_shape_flags(c)
     n = num_parameters(cfg)
     start, end = dist.partition(n, world.size)[world.rank] if c.zero_stage == 1 else (0, n)
     shaped = "".join(f" {flag} {getattr(c, flag[2:].replace('-', '_'))}" for flag in shape_flags)
@@ -422,8 +441,9 @@ def load_model(config, world, backend, tok_path, say, resume_step):
     if path is None:
         model = GPT2(cfg, backend=backend, recompute=c.recompute, precision=c.precision)
         model.init_weights(c.seed)
-    else:
-        model = GPT2.from_file(path, backend=backend, recompute=c.recompute, precision=c.precision)
+    else:   # a file that reads wrong (its values: NaN, ...) is said once, as the header's checks are
+        model = check_together(world, lambda: GPT2.from_file(path, backend=backend, recompute=c.recompute,
+                                                              precision=c.precision))
     dp = dist.DataParallel(world, model, c.zero_stage)
     dp.broadcast_parameters()  # every rank starts from rank 0's weights, whatever it initialised or loaded
     model.set_optimizer_shard(*dp.shard)   # the parameters whose AdamW moments and update this rank owns
