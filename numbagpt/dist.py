@@ -310,6 +310,27 @@ class World:
             os._exit(1)  # MPICH's MPI_Abort can return before the launcher's kill arrives
 
 
+def check_together(world, check):
+    """check()'s value on every rank, one verdict for all: with several ranks, the first failing
+    rank's error (a bad flag, a file that is missing or wrong: every rank usually finds the same)
+    becomes a CollectiveError on every rank (rank 0 says it once, all exit normally), not one
+    error per rank and an MPI_Abort. One process: check() as it is. check() must hold no collective
+    (a rank that failed before it would leave the others waiting there)."""
+    if world.size == 1:
+        return check()
+    value, mine = None, None
+    try:
+        value = check()
+    except (ValueError, OSError, RuntimeError) as e:
+        mine = str(e) or type(e).__name__
+    everyone = world.gather(mine)
+    first = next(((r, v) for r, v in enumerate(everyone) if v), None) if world.is_master else None
+    first = world.bcast(first)
+    if first:
+        raise CollectiveError(f"rank {first[0]}: {first[1]}")
+    return value
+
+
 def init_world(expect_size=None):
     """The World of this process: mpi4py's COMM_WORLD under an MPI launcher, else a single process.
     Checks the size against the launcher's variables and `expect_size` (see check_world_size)."""

@@ -240,3 +240,9 @@ def test_eval_gpt2_over_two_ranks(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "HellaSwag: 4/9 = 0.4444 acc_norm\n"
     assert "2 processes" in proc.stderr
+    proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, os.path.join(ROOT, "bin", "eval_gpt2"),
+                           "-e", str(tmp_path / "m.bin"), "--hellaswag", str(tmp_path / "x.bin"), "--omp-threads", "1"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    # a file every rank refuses: one line from rank 0 (a line from each rank, run together, and MPI_Abort)
+    assert proc.returncode == 1 and proc.stderr == f"eval_gpt2: error: rank 0: {tmp_path}/x.bin: no such file " \
+                                                   f"(HellaSwag eval file)\n", proc.stderr

@@ -53,6 +53,10 @@ def main(argv=None):
         return 130
     except BrokenPipeError:   # the reader left (`| head`): launch() ends the process quietly
         raise
+    except dist.CollectiveError as e:   # every rank refused alike: rank 0 says it, all exit
+        if world.is_master:
+            print(f"eval_gpt2: error: {e}", file=sys.stderr)
+        return 1
     except (ValueError, OSError, RuntimeError) as e:
         if world.size > 1:
             world.abort(e, prog="eval_gpt2")
@@ -63,23 +67,16 @@ def main(argv=None):
 def run(args, world):
     import numba
 
-    from numbagpt import hellaswag
+    from numbagpt import dist, hellaswag
     from numbagpt.backend import get_backend
-    from numbagpt.files import formats
-    from numbagpt.model import GPT2
-    from numbagpt.train.checkpoint import resolve_model
 
     use_threads(args.omp_threads or max(1, numba.config.NUMBA_NUM_THREADS // world.local_size))
     backend = get_backend(args.device)
     world.setup_device(backend)  # a GPU: this rank's, before anything is allocated on it
-    examples = hellaswag.read_eval_file(args.hellaswag)
-    path = resolve_model(args.model)
-    cfg = formats.read_model_header(path)[0]   # examples it cannot score: refused before it is read
-    hellaswag.check_examples(examples, cfg.vocab_size, cfg.max_seq_len, args.hellaswag)
-    if not args.no_memory_check:  # before the parameters are read (on the device, for a GPU)
-        check_memory(path, examples, args.batch_size, backend, world)
-    model = GPT2.from_file(path, backend=backend, precision=args.precision)
     say = (lambda *a, **k: print(*a, **k, flush=True)) if world.is_master else (lambda *a, **k: None)
+    # every rank alike: a file every rank refuses is said once, by rank 0
+    examples, path, model = dist.check_together(
+        world, lambda: load(args, world, backend, lambda line: say(line, file=sys.stderr)))
     say(f"model {path} | {model.config.describe()} | precision {args.precision} | {len(examples)} examples | "
         f"{world.size} processes",
         file=sys.stderr)
@@ -92,6 +89,23 @@ def run(args, world):
     say(f"\n{time.perf_counter() - t0:.1f} s", file=sys.stderr)
     say(f"HellaSwag: {correct}/{total} = {correct / total:.4f} acc_norm")
     return 0
+
+
+def load(args, world, backend, note):
+    """(examples, model file, GPT2): the eval file and the model -e names, checked against each other
+    and the memory before the parameters are read. `note`: lines about -e's directory."""
+    from numbagpt import hellaswag
+    from numbagpt.files import formats
+    from numbagpt.model import GPT2
+    from numbagpt.train.checkpoint import resolve_model
+
+    examples = hellaswag.read_eval_file(args.hellaswag)
+    path = resolve_model(args.model, say=note)
+    cfg = formats.read_model_header(path)[0]   # examples it cannot score: refused before it is read
+    hellaswag.check_examples(examples, cfg.vocab_size, cfg.max_seq_len, args.hellaswag)
+    if not args.no_memory_check:  # before the parameters are read (on the device, for a GPU)
+        check_memory(path, examples, args.batch_size, backend, world)
+    return examples, path, GPT2.from_file(path, backend=backend, precision=args.precision)
 
 
 def check_memory(path, examples, rows_per_batch, backend, world):

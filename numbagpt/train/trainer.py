@@ -79,12 +79,12 @@ def train(config: TrainConfig, *, world=None, on_step=None, say=None, progress=N
     progress = progress or rundir.Progress()
     lock, cleanup, started = None, None, False
     try:
-        micro_steps = check_together(world, lambda: micro_steps_per_step(config, world))
+        micro_steps = dist.check_together(world, lambda: micro_steps_per_step(config, world))
         paths = data_paths(config, world, say)
         record = run_record(config, world, micro_steps, paths[0], paths[1])
         resume_step = None
         # a device that cannot run here is said before the output dir is made
-        check_together(world, lambda: require_device(config.device))
+        dist.check_together(world, lambda: require_device(config.device))
         if config.output_dir:  # the lock first: a second run on the dir is refused before any work
             lock, resume_step, cleanup = rundir.open_run(config.output_dir, config.resume, config.overwrite, record,
                                                          config.allow_changes, world, say)
@@ -118,27 +118,6 @@ def finished_run(config, world, say, model_file):
 
 # Flags a rank may set for itself: the threads of its host's cores.
 PER_RANK = ("omp_threads",)
-
-
-def check_together(world, check):
-    """check()'s value on every rank, one verdict for all: with several ranks, the first failing
-    rank's error (a bad flag, a file that is missing or wrong: every rank usually finds the same)
-    becomes a dist.CollectiveError on every rank (rank 0 says it once, all exit normally), not one
-    error per rank and an MPI_Abort. One process: check() as it is. check() must hold no collective
-    (a rank that failed before it would leave the others waiting there)."""
-    if world.size == 1:
-        return check()
-    value, mine = None, None
-    try:
-        value = check()
-    except (ValueError, OSError, RuntimeError) as e:
-        mine = str(e) or type(e).__name__
-    everyone = world.gather(mine)
-    first = next(((r, v) for r, v in enumerate(everyone) if v), None) if world.is_master else None
-    first = world.bcast(first)
-    if first:
-        raise dist.CollectiveError(f"rank {first[0]}: {first[1]}")
-    return value
 
 
 def check_ranks_agree(config, world):
@@ -188,7 +167,7 @@ class Run:
         self.guard = SpikeGuard(c.skip_update_lossz, c.skip_update_gradz)
         self.model, self.dp = load_model(c, world, backend, self.tok_path, say, resume_step)
         # a bad shard or eval file: refused before -o is written
-        self.train_loader, self.val_loader, self.tok, self.hellaswag = check_together(
+        self.train_loader, self.val_loader, self.tok, self.hellaswag = dist.check_together(
             world, lambda: (*open_data(c, world, self.model.config, paths, say), open_hellaswag(c, self.model.config)))
         self.val_batches = c.val_batches
         if self.val_loader is not None and c.val_batches > self.val_loader.batches_per_epoch:
@@ -420,7 +399,7 @@ def load_model(config, world, backend, tok_path, say, resume_step):
     from ..memory import check_model_fits
 
     c = config
-    path, cfg = check_together(world, lambda: model_source(c, tok_path, say, resume_step))
+    path, cfg = dist.check_together(world, lambda: model_source(c, tok_path, say, resume_step))
     shape_flags = given_shape_flags(c)
     n = num_parameters(cfg)
     start, end = dist.partition(n, world.size)[world.rank] if c.zero_stage == 1 else (0, n)
@@ -435,15 +414,15 @@ def load_model(config, world, backend, tok_path, say, resume_step):
         per_b = c.seq_len * world.size   # -d must stay a multiple of B*T*processes
         takes = ((lambda b: c.total_batch_size % (b * per_b) == 0), f"-d {c.total_batch_size}"
                  ) if c.total_batch_size else None
-        check_together(world, lambda: check_model_fits(cfg, c.batch_size, c.seq_len, backend, f"{c.model}",
-                                                       ranks=ranks, takes=takes, optimizer_params=end - start,
-                                                       recompute=c.recompute))
+        dist.check_together(world, lambda: check_model_fits(cfg, c.batch_size, c.seq_len, backend, f"{c.model}",
+                                                            ranks=ranks, takes=takes, optimizer_params=end - start,
+                                                            recompute=c.recompute))
     if path is None:
         model = GPT2(cfg, backend=backend, recompute=c.recompute, precision=c.precision)
         model.init_weights(c.seed)
     else:   # a file that reads wrong (its values: NaN, ...) is said once, as the header's checks are
-        model = check_together(world, lambda: GPT2.from_file(path, backend=backend, recompute=c.recompute,
-                                                              precision=c.precision))
+        model = dist.check_together(world, lambda: GPT2.from_file(path, backend=backend, recompute=c.recompute,
+                                                                   precision=c.precision))
     dp = dist.DataParallel(world, model, c.zero_stage)
     dp.broadcast_parameters()  # every rank starts from rank 0's weights, whatever it initialised or loaded
     model.set_optimizer_shard(*dp.shard)   # the parameters whose AdamW moments and update this rank owns
