@@ -48,9 +48,10 @@ GPT3_CHANNELS = {384: (6, 64), 768: (12, 64), 1024: (24, 64), 1536: (24, 96), 20
 PRESETS = {"tiny": (4, 4, 128, 256)}
 PRESETS.update({f"d{L}": (L, NH, C, 1024) for L, (C, NH) in GPT2_DEPTHS.items()})
 
+# the widths that are models: whole heads
+GPT3_WIDTHS = ", ".join(f"c{c}" for c, (_, hs) in GPT3_CHANNELS.items() if c % hs == 0)
 DESCRIPTOR_HELP = ("tiny, dN (llm.c's GPT-2 depths: " + ", ".join(f"d{d}" for d in GPT2_DEPTHS) +
-                   "; also gpt2:dN) or gpt3:cN (" +
-                   ", ".join(f"c{c}" for c, (_, hs) in GPT3_CHANNELS.items() if c % hs == 0) + ")")
+                   "; also gpt2:dN) or gpt3:cN (" + GPT3_WIDTHS + ")")
 
 
 def descriptor_shape(name):
@@ -69,8 +70,7 @@ def descriptor_shape(name):
     if m:
         C = int(m.group(1))
         if C not in GPT3_CHANNELS:
-            raise ValueError(f"unsupported GPT-3 channels c{C}; choose one of "
-                             f"{', '.join(f'c{c}' for c in GPT3_CHANNELS)}")
+            raise ValueError(f"unsupported GPT-3 channels c{C}; choose one of {GPT3_WIDTHS}")
         L, head_size = GPT3_CHANNELS[C]
         if C % head_size:
             raise ValueError(f"gpt3:c{C}: {C} channels are not whole heads of {head_size} (llm.c's table has it "

@@ -41,6 +41,9 @@ def test_the_help_offers_every_descriptor_that_builds_and_no_other():
         except ValueError:
             pass
     assert offered == [n for n in builds if n.startswith("gpt3:")] and "gpt3:c5140" not in builds
+    with pytest.raises(ValueError) as refused:   # a width that is no model offers the same
+        preset("gpt3:c999")
+    assert [f"gpt3:{c}" for c in str(refused.value).split("choose one of ")[1].split(", ")] == offered
     assert all(n in DESCRIPTOR_HELP for n in builds if not n.startswith("gpt3:"))
 
 
