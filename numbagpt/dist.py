@@ -36,6 +36,9 @@ _LAUNCHER_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRA
                   "HYDRA_CONTROL_FD", "PMI_RANK")
 # ... and the ones that say how many processes it started (Open MPI, MPICH/Intel MPI/srun --mpi=pmi2, Slurm).
 _SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "SLURM_NPROCS")
+# ... of those, the ones that count the processes of this launch alone (a Slurm batch script, one
+# process, has the job's SLURM_NTASKS too)
+STEP_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS")
 CUDA_AWARE_ENV = "NUMBAGPT_CUDA_AWARE_MPI"
 
 
@@ -68,7 +71,7 @@ def launcher_sizes(environ=None):
     return out
 
 
-def _launcher_rank(environ=None):
+def launcher_rank(environ=None):
     """This process's rank as the launcher's variables say (0 when they don't)."""
     env = os.environ if environ is None else environ
     for name in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"):
@@ -347,7 +350,7 @@ def init_world(expect_size=None):
                 err = WorldSizeError(f"an MPI launcher started this process ({sizes}) but mpi4py can't be "
                                      f"imported by {sys.executable} ({e}): pip install -e '.[mpi]' (mpi4py "
                                      f"and mpich) in numbagpt's checkout, or launch the Python that has it")
-                err.rank = _launcher_rank()
+                err.rank = launcher_rank()
                 raise err from None
         else:
             world = World(MPI.COMM_WORLD)

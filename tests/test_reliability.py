@@ -336,6 +336,32 @@ def test_a_missing_module_of_numbagpt_itself_keeps_its_traceback(tmp_path, monke
         launch("nosuch_gpt2", "nosuch")
 
 
+@pytest.mark.parametrize("env, said", [
+    ({}, None), ({"PMI_SIZE": "1", "PMI_RANK": "0"}, None),
+    ({"SLURM_NTASKS": "4", "SLURM_PROCID": "0"}, None),   # a Slurm batch script: one process of a 4-task job
+    ({"PMI_SIZE": "2", "PMI_RANK": "0"}, "sample_gpt2: error: it runs as one process, and the launcher started 2 "
+     "(PMI_SIZE=2): each would run the whole command alone; run it without mpiexec/srun (train_gpt2 and eval_gpt2 "
+     "split their work over processes)"),
+    ({"PMI_SIZE": "2", "PMI_RANK": "1"}, True), ({"OMPI_COMM_WORLD_SIZE": "3", "OMPI_COMM_WORLD_RANK": "2"}, True),
+    ({"SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": "0"}, "launcher started 2 (SLURM_STEP_NUM_TASKS=2)"),
+])
+def test_a_one_process_command_under_a_launcher_of_several_is_refused_once(env, said):
+    from numbagpt.cli.launch import SPLIT_OVER_PROCESSES, one_process_only
+    got = one_process_only("sample_gpt2", env)
+    assert (said in got) if isinstance(said, str) else (got is said), got
+    assert SPLIT_OVER_PROCESSES == ("train_gpt2", "eval_gpt2")
+
+
+@pytest.mark.skipif(not os.access(os.path.join(os.path.dirname(sys.executable), "mpiexec"), os.X_OK),
+                    reason="needs the venv's mpiexec")
+def test_mpiexec_of_a_one_process_command_is_one_line():
+    mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    proc = subprocess.run([mpiexec, "-n", "2", sys.executable, os.path.join(ROOT, "bin", "profile_gpt2"), "-x", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("profile_gpt2: error: it runs as one process, and the launcher started 2 ")
+
+
 def test_a_failed_write_of_the_progress_lines_names_stdout(monkeypatch):
     """stdout redirected to a file over `ulimit -f` (or a full disk): the error names stdout (it was
     "[Errno 27] File too large", naming nothing)."""

@@ -10,6 +10,10 @@ def launch(prog, module, entry="main"):
     traceback, wherever the command imports it; a missing module of numbagpt's own is a broken
     checkout, and keeps its traceback. A reader of stdout that left ends the command quietly (141)."""
     try:
+        if prog not in SPLIT_OVER_PROCESSES and (refusal := one_process_only(prog)):
+            if refusal is not True:
+                print(refusal, file=sys.stderr)
+            return 1
         return getattr(importlib.import_module(f"numbagpt.cli.{module}"), entry)()
     except BrokenPipeError:   # the reader of stdout left (`| head`): stop quietly, as Unix tools do
         from numbagpt.cli import stop_quietly
@@ -25,3 +29,24 @@ def launch(prog, module, entry="main"):
               f"{fix}", file=sys.stderr)
         return 1
 
+
+
+# The commands that split their work over the processes of an MPI launch (mpiexec, srun).
+SPLIT_OVER_PROCESSES = ("train_gpt2", "eval_gpt2")
+
+
+def one_process_only(prog, environ=None):
+    """None for a command started alone (or as the one process of a launch); else the refusal: its
+    line on the launcher's rank 0, True (refused, nothing said) on the other ranks. Under
+    `mpiexec -n N` every process would run the whole command by itself, N reports or samples."""
+    from numbagpt import dist
+    env = os.environ if environ is None else environ
+    sizes = {k: v for k, v in dist.launcher_sizes(env).items() if k in dist.STEP_SIZE_VARS and v > 1}
+    if not sizes:
+        return None
+    if dist.launcher_rank(env) != 0:
+        return True
+    name, n = next(iter(sizes.items()))
+    return (f"{prog}: error: it runs as one process, and the launcher started {n} ({name}={n}): each would run "
+            f"the whole command alone; run it without mpiexec/srun ({' and '.join(SPLIT_OVER_PROCESSES)} split "
+            f"their work over processes)")
