@@ -30,6 +30,7 @@ def load_model(spec, device="cpu", recompute=0, seed=1337, vocab_size=GPT2_VOCAB
     checkpoint's), or a descriptor (tiny, d12, ...: built from scratch, seeded, with `vocab_size`
     tokens). `precision` "bf16": its matmuls round their operands to bfloat16 (--precision)."""
     check_value("--seed", seed, int, NONNEG, optional=False)
+    check_value("vocab_size", vocab_size, int, POSITIVE, optional=False)
     spec = check_path("-e", spec)
     if is_descriptor(spec):
         model = GPT2(preset(spec, vocab_size), backend=device, recompute=recompute, precision=precision)

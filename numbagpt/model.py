@@ -14,6 +14,7 @@ import numpy as np
 from .files import formats
 from .backend import get_backend
 from .config import GPT2Config, preset
+from .flags import check_value
 from .layout import (DECAYED_PARAMETERS, GRAD_ACTIVATIONS, activation_grad_layout, activation_layout,
                      parameter_layout)
 
@@ -52,8 +53,7 @@ class GPT2:
         if not isinstance(config, GPT2Config):
             raise ValueError(f"config must be a GPT2Config (numbagpt.config.preset makes one), got "
                              f"{type(config).__name__}")
-        if recompute not in (0, 1, 2):
-            raise ValueError(f"recompute must be 0, 1 or 2, got {recompute}")
+        check_value("recompute", recompute, int, choices=(0, 1, 2), optional=False)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.config = config

@@ -1,6 +1,8 @@
 """numbagpt.api refuses what the commands' flags refuse, with the one-line ValueError the command
 prints (docs/api.md), before it does any work; sample() means what bin/sample_gpt2 means; import_hf
 names the file and what is wrong with it."""
+import os
+
 import pytest
 
 from numbagpt import api
@@ -66,6 +68,9 @@ def test_prompt_ids():
     (lambda m: api.evaluate(m, None), "eval_file must be given"),
     (lambda m: api.save_model(m, None), "path must be given"),
     (lambda m: api.load_model(123), "-e must be a string, got 123"),
+    (lambda m: api.load_model("tiny", vocab_size=65.0), "vocab_size must be an integer, got 65.0"),
+    (lambda m: api.load_model("tiny", recompute="1"), "recompute must be an integer, got '1'"),
+    (lambda m: api.resolve_model(None), "-e must be given"),
     (lambda m: api.export_hf(None, "hf_out"), "model_bin must be given"),
     (lambda m: api.import_hf("hf_dir", None), "model_bin must be given"),
     (lambda m: api.import_hf("hf_dir", "m.bin", precision="bfloat16"),
@@ -217,3 +222,77 @@ def test_train_says_the_prepare_lines_where_say_says(tmp_path, monkeypatch, caps
         paths["train"], paths["val"], paths["tokenizer"])
     assert lines == [f"[prepare] using the prepared built-in Shakespeare in {data.builtin_data_dir()}"]
     assert capsys.readouterr().out == ""
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from micro_data import play_corpus
+    paths, model_path, _ = play_corpus(tmp_path_factory.mktemp("corpus"))
+    return paths, model_path
+
+
+def tiny_run(corpus, out, **changes):
+    paths, model_path = corpus
+    return api.TrainConfig(**{**dict(train_data=paths["train"], val_data=paths["val"], model=model_path,
+                                     output_dir=str(out), batch_size=4, seq_len=16, max_steps=2, val_every=0,
+                                     sample_every=0, warmup_iters=0, omp_threads=1), **changes})
+
+
+def test_numpy_numbers_and_bools_are_kept_as_the_flags_give_them(corpus, tmp_path):
+    """np.int64 / np.float32 values passed the checks and the run trained, then died writing its
+    first checkpoint ("Object of type int64 is not JSON serializable"), leaving a directory it
+    refused to resume; True for -y was refused, 1 for --overwrite too."""
+    import json
+
+    import numpy as np
+    from numbagpt.files.formats import read_state_header
+    config = tiny_run(corpus, tmp_path / "out", seed=np.int64(7), lr=np.float32(1e-2), checkpoint_every=np.int32(2),
+                      resume=True, shuffle=np.bool_(False), overwrite=1)
+    assert (type(config.seed), type(config.lr), config.resume, config.shuffle, config.overwrite) == (
+        int, float, 1, 0, True)
+    assert api.train(config, say=lambda line: None).steps == 2
+    run = read_state_header(str(tmp_path / "out" / "state_00000002_00000.bin"))["run"]
+    assert run["seed"] == 7 and json.loads(json.dumps(run)) == run
+    for bad, message in [(dict(batch_size=True), "-b must be an integer, got True"),
+                         (dict(overwrite=2), "--overwrite must be true or false, got 2"),
+                         (dict(max_steps=2.0), "-x must be an integer, got 2.0")]:
+        with pytest.raises(ValueError) as e:
+            tiny_run(corpus, tmp_path, **bad)
+        assert str(e.value) == message
+
+
+def test_train_leaves_the_callers_threads_and_no_open_file(corpus, tmp_path):
+    """train() set Numba's threads for its run (--omp-threads) and left them so; a run that raised
+    (from on_step, a KeyboardInterrupt in a notebook) left main.log's descriptor open."""
+    import numba
+    threads = numba.get_num_threads()
+    numba.set_num_threads(2 if numba.config.NUMBA_NUM_THREADS >= 2 else 1)
+    before = numba.get_num_threads()
+    fds = set(os.listdir("/proc/self/fd"))
+
+    def boom(record):
+        raise KeyboardInterrupt
+    try:
+        for _ in range(3):
+            with pytest.raises(KeyboardInterrupt):
+                api.train(tiny_run(corpus, tmp_path / "out", overwrite=True), on_step=boom, say=lambda line: None)
+            assert numba.get_num_threads() == before
+        assert set(os.listdir("/proc/self/fd")) == fds
+        api.train(tiny_run(corpus, tmp_path / "out", overwrite=True), say=lambda line: None)
+        assert numba.get_num_threads() == before and set(os.listdir("/proc/self/fd")) == fds
+    finally:
+        numba.set_num_threads(threads)
+
+
+def test_a_stop_request_gives_the_signals_back_when_closed():
+    """StopRequest takes SIGINT, SIGTERM and SIGHUP; closed (or at the end of its `with`), a notebook's
+    Ctrl-C is a KeyboardInterrupt again (after one signal it ignored every later one)."""
+    import signal
+    from numbagpt.train.rundir import Interrupted, StopRequest
+    before = {s: signal.getsignal(s) for s in StopRequest.SIGNALS}
+    with StopRequest():
+        with pytest.raises(Interrupted):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert {s: signal.getsignal(s) for s in StopRequest.SIGNALS} == before
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)

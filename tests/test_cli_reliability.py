@@ -282,6 +282,10 @@ def test_a_finished_run_resumed_with_its_own_x_trains_nothing(corpus, tmp_path, 
         argv[argv.index("-l") + 1] = "3e-2"
         code, _, err = run(argv)
         assert code == 1 and "-l: 0.01 in the checkpoint, 0.03 now" in err and files() == before, err
+        # what the line advises: a larger -x with --allow-changes trains on from the last checkpoint
+        assert "; a larger -x with --allow-changes trains on from its last checkpoint\n" in out
+        code, out, err = run(args_for(corpus, tmp_path, "-y", "1", "--allow-changes", steps=5, every=every))
+        assert code == 0 and "resumed from step 2 of" in out and (tmp_path / "model_00000005.bin").exists(), err
 
 
 def test_a_refused_command_deletes_nothing(corpus, tmp_path):

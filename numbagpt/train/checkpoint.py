@@ -21,6 +21,7 @@ import xxhash
 
 from ..files import formats
 from ..files.atomic import write_bytes
+from ..flags import check_path
 
 
 def model_path(out_dir, step):
@@ -168,6 +169,7 @@ def resolve_model(path, flag="-e", say=_stderr):
     end on a checkpoint step, not the checkpoint before it. Each newer model passed over is said, one
     line why, to `say` (stderr by default). Where none is whole, the newest model_*.bin, nothing said
     (its reader then says what is wrong)."""
+    path = check_path(flag, path)
     if not os.path.isdir(path):
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: no such model file or directory ({flag})")

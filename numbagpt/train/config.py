@@ -10,8 +10,11 @@ into a config. Every value is checked by `check()` (numbagpt.flags), which raise
 line that names the flag: `-b must be positive, got 0`.
 """
 import dataclasses
+import numbers
 import os
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from ..config import DESCRIPTOR_HELP
 from ..flags import NONNEG, POSITIVE, Check, check_value, flag_of
@@ -137,12 +140,11 @@ class TrainConfig:
         self.check()
 
     def check(self):
-        """Every field's type and range, then the combinations; a ValueError naming the flag. A path
-        given as a pathlib.Path (os.PathLike) is kept as its str, as a flag gives it."""
+        """Every field's type and range, then the combinations; a ValueError naming the flag. A value
+        is kept as a flag gives it (`plain`): a pathlib.Path as its str, NumPy's numbers as Python's."""
         for f in dataclasses.fields(self):
             meta = f.metadata
-            if f.type is str and isinstance(getattr(self, f.name), os.PathLike):
-                object.__setattr__(self, f.name, os.fspath(getattr(self, f.name)))
+            object.__setattr__(self, f.name, plain(getattr(self, f.name), f.type, meta["choices"]))
             # None only where it is the default (a flag not given: e.g. --layers, -e's)
             check_value(flag_of(meta["flags"]), getattr(self, f.name), f.type, meta["check"], meta["choices"],
                         optional=f.default is None)
@@ -185,6 +187,25 @@ class TrainConfig:
     def replace(self, **changes):
         """A copy with some fields changed (checked again)."""
         return dataclasses.replace(self, **changes)
+
+
+def plain(value, kind, choices=None):
+    """`value` as the Python type of its field, where it is one by another name: a path
+    (os.PathLike) as its str, a NumPy integer or float (np.int64(8), np.float32(1e-3): the run record
+    is JSON) as int or float, True/False for a 0/1 field (-y, --shuffle, ...), 0/1 for a true/false
+    one (--overwrite). Anything else as it is (check_value then refuses what is wrong)."""
+    if isinstance(value, os.PathLike) and kind is str:
+        return os.fspath(value)
+    is_bool = isinstance(value, (bool, np.bool_))
+    if kind is int and is_bool and choices == (0, 1):
+        return int(value)
+    if kind is bool and (is_bool or (isinstance(value, numbers.Integral) and value in (0, 1))):
+        return bool(value)
+    if kind is int and isinstance(value, numbers.Integral) and not is_bool:
+        return int(value)
+    if kind is float and isinstance(value, numbers.Real) and not is_bool:
+        return float(value)
+    return value
 
 
 def usable_cores():

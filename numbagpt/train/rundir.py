@@ -438,10 +438,18 @@ class StopRequest:
                             key=lambda s: signal_weight(s, size)))
 
     def close(self):
+        """Put back the signal handlers (and the unraisable hook) there were: a signal is then what it
+        was before, a notebook's Ctrl-C a KeyboardInterrupt again."""
         for s, handler in self.previous.items():
             signal.signal(s, handler)
         self.previous = {}
         sys.unraisablehook = self.unraisable
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def signal_weight(signum, size):

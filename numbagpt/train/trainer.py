@@ -69,7 +69,10 @@ def train(config: TrainConfig, *, world=None, on_step=None, say=None, progress=N
     the progress lines go (default: stdout on rank 0); `progress` (rundir.Progress) keeps the step and
     the last checkpoint for the line a signal ends the run with; `stop` (rundir.StopRequest) says
     when a signal asks every rank to stop. Errors raise (ValueError, OSError, RuntimeError and
-    dist.CollectiveError alike on every rank); bin/train_gpt2 turns them into one line."""
+    dist.CollectiveError alike on every rank); bin/train_gpt2 turns them into one line. Numba's
+    threads are the caller's again when it returns."""
+    import numba
+
     config.check()
     world = world or dist.init_world(expect_size=config.expect_world_size)
     check_ranks_agree(config, world)
@@ -77,7 +80,8 @@ def train(config: TrainConfig, *, world=None, on_step=None, say=None, progress=N
     for line in config.warnings():
         say(f"warning: {line}")
     progress = progress or rundir.Progress()
-    lock, cleanup, started = None, None, False
+    lock, cleanup, started, run = None, None, False, None
+    threads = numba.get_num_threads()   # the caller's, put back at the end (a notebook goes on with it)
     try:
         micro_steps = dist.check_together(world, lambda: micro_steps_per_step(config, world))
         paths = data_paths(config, world, say)
@@ -102,15 +106,18 @@ def train(config: TrainConfig, *, world=None, on_step=None, say=None, progress=N
     finally:
         if cleanup and not started and world.is_master:
             cleanup.remove_unused()   # while the lock is held: a run that locks the dir next keeps its lock file
+        if run is not None and run.log:   # a run that raised: main.log's descriptor is not left open
+            run.log.close()
         if lock:
             lock.release()
+        numba.set_num_threads(threads)
 
 
 def finished_run(config, world, say, model_file):
     """The TrainResult of a run resumed (-y 1) with the -x it has finished: its final model, loaded;
     nothing is trained or deleted (a scheduler that restarts a finished job with -y 1 --overwrite)."""
     say(f"nothing to train: {config.output_dir} holds the finished run's final model {model_file} (step "
-        f"{config.max_steps} = -x); a larger -x trains on from its last checkpoint")
+        f"{config.max_steps} = -x); a larger -x with --allow-changes trains on from its last checkpoint")
     backend = setup_device(config, world, say)
     model = GPT2.from_file(model_file, backend=backend, precision=config.precision)
     return TrainResult(model=model, steps=config.max_steps, model_file=model_file)
@@ -186,8 +193,8 @@ class Run:
         self.start_step = 0
         if resume_step is not None:
             self.resume(resume_step)
-        self.log = open_log(c, world, resume_step=self.start_step if resume_step is not None else None)
         keep_tokenizer(c, world, self.tok_path)
+        self.log = open_log(c, world, resume_step=self.start_step if resume_step is not None else None)
         self.val_loss = None
 
     def resume(self, resume_step):
