@@ -17,6 +17,7 @@ import types
 import numpy as np
 
 # The cost model and the memory accounting, importable from here too (numbagpt.profiler.kernel_cost).
+from .flags import NONNEG, POSITIVE, check_value
 from .costs import HELPERS, KERNEL_COSTS, family, kernel_cost, model_flops_per_token  # noqa: F401
 from .layout import allocated_bytes  # noqa: F401
 from .model import PRECISIONS
@@ -341,6 +342,11 @@ def profile_model(model, proxy, B, T, *, steps=3, warmup=1, baseline_steps=None,
     if getattr(model, "backend", None) is not proxy:
         raise ValueError("the model must be built on the proxy (GPT2(config, backend=proxy)): its kernels "
                          "would run untimed and the report be empty")
+    for flag, value, check in (("-b", B, POSITIVE), ("-t", T, POSITIVE), ("--steps", steps, POSITIVE),
+                               ("--warmup", warmup, POSITIVE), ("--baseline-steps", baseline_steps, NONNEG),
+                               ("--seed", seed, NONNEG)):   # the flags' checks, for a caller from Python
+        check_value(flag, value, int, check, optional=flag == "--baseline-steps")
+    check_value("--peak-gflops", peak_gflops, float, POSITIVE)
     if rss_before is None:
         rss_before = process_memory()["rss_bytes"]
     m = measure(model, proxy, B, T, steps=steps, warmup=warmup, baseline_steps=baseline_steps, seed=seed)

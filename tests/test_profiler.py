@@ -303,6 +303,23 @@ def test_profile_model_needs_the_model_on_the_proxy():
         profiler.profile_model(plain, cpu, B, T, steps=1)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(B=2.5), "-b must be an integer, got 2.5"), (dict(T="4"), "-t must be an integer, got '4'"),
+    (dict(steps=None), "--steps must be given"), (dict(steps=0), "--steps must be positive, got 0"),
+    (dict(warmup=0), "--warmup must be positive, got 0"),
+    (dict(baseline_steps=-1), "--baseline-steps must be >= 0, got -1"),
+    (dict(seed=-2), "--seed must be >= 0, got -2"), (dict(peak_gflops=0.0), "--peak-gflops must be positive, got 0.0"),
+])
+def test_profile_model_checks_what_profile_gpt2_checks(kwargs, message):
+    """From Python, the flags' checks with their messages (B=2.5 was a TypeError deep in the step)."""
+    proxy = profiler.TimingBackend(cpu)
+    model = GPT2(CFG, backend=proxy)
+    args = {"B": B, "T": T, **kwargs}
+    with pytest.raises(ValueError) as e:
+        profiler.profile_model(model, proxy, args.pop("B"), args.pop("T"), **{"calibrate": False, **args})
+    assert str(e.value) == message
+
+
 def test_the_kernel_table_keeps_its_columns_for_long_names(report):
     """Every kernel row as wide as the header, the longest names included (crossentropy_forward_backward,
     fused_residual_layernorm_forward pushed their rows' columns out of line)."""
