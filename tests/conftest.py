@@ -20,3 +20,16 @@ def pytest_collection_modifyitems(config, items):
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+def pytest_collection_finish(session):
+    """The CUDA simulator's runs start now, in the background (tests/simulator.py, Background)."""
+    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") in ("", "0"):
+        from simulator import start_in_background
+        start_in_background(session.items)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") in ("", "0"):
+        from simulator import stop_background
+        stop_background()

@@ -11,6 +11,7 @@ Every simulated GPU thread is a Python thread, so these tests use tiny shapes an
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -31,22 +32,86 @@ def gpu_present():
 RUN_HERE = SIM or gpu_present()
 
 
-def run_module_under_simulator(modules, what):
-    """pytest tests/<module> (one name, or several) in a subprocess with NUMBA_ENABLE_CUDASIM=1; fail
-    with its output."""
-    modules = (modules,) if isinstance(modules, str) else tuple(modules)
+def _simulate(modules, started=lambda proc: None):
+    """pytest tests/<modules> in a subprocess with NUMBA_ENABLE_CUDASIM=1: the CompletedProcess, or the
+    TimeoutExpired of a run over 20 minutes. `started` gets the Popen."""
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     # faulthandler dumps every thread's stack if one test runs over 5 minutes (a hang)
     cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider",
            "-o", "faulthandler_timeout=300"] + [os.path.join("tests", m) for m in modules]
+    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        started(proc)
+        try:
+            out, err = proc.communicate(timeout=1200)
+        except subprocess.TimeoutExpired as e:
+            proc.kill()
+            e.stdout, e.stderr = proc.communicate()
+            return e
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+class Background:
+    """The simulator runs of a pytest session, started as its collection ends and run one after
+    another in a thread while the session's other tests run (conftest.py): the simulator is
+    single-threaded Python, and most of the other tests keep one core busy, not two, so on a 2-core
+    machine the runs cost little of the session's time. A test then waits for its run's result."""
+
+    def __init__(self, runs):
+        self.results = {modules: None for modules in runs}
+        self.done = {modules: threading.Event() for modules in runs}
+        self.stopped, self.proc = False, None
+        threading.Thread(target=self._work, daemon=True).start()
+
+    def _work(self):
+        for modules in self.results:
+            if not self.stopped:
+                self.results[modules] = _simulate(modules, started=self._started)
+            self.done[modules].set()
+
+    def _started(self, proc):
+        self.proc = proc
+        if self.stopped:
+            proc.kill()
+
+    def result(self, modules):
+        self.done[modules].wait()
+        return self.results[modules]
+
+    def stop(self):
+        """No run starts after this, and the one running is killed (the session is over)."""
+        self.stopped = True
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+
+
+_background = None
+
+
+def start_in_background(items):
+    """Start the simulator runs of the collected tests `items` that are under_simulator's (conftest.py)."""
+    global _background
+    runs = [item.function.simulator_modules for item in items if hasattr(item.function, "simulator_modules")]
+    if runs and _background is None:
+        _background = Background(runs)
+
+
+def stop_background():
+    if _background is not None:
+        _background.stop()
+
+
+def run_module_under_simulator(modules, what):
+    """pytest tests/<module> (one name, or several) in a subprocess with NUMBA_ENABLE_CUDASIM=1 (or that
+    run's result, when it was started in the background); fail with its output."""
+    modules = (modules,) if isinstance(modules, str) else tuple(modules)
     rerun = f"rerun: NUMBA_ENABLE_CUDASIM=1 {sys.executable} -m pytest " + " ".join(f"tests/{m}" for m in modules)
-    try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
-    except subprocess.TimeoutExpired as e:
-        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
-        pytest.fail(f"{what} under the simulator timed out after {e.timeout} s ({rerun})\n"
+    ahead = _background is not None and modules in _background.results
+    proc = _background.result(modules) if ahead else _simulate(modules)
+    if isinstance(proc, subprocess.TimeoutExpired):
+        out = proc.stdout.decode(errors="replace") if isinstance(proc.stdout, bytes) else (proc.stdout or "")
+        err = proc.stderr.decode(errors="replace") if isinstance(proc.stderr, bytes) else (proc.stderr or "")
+        pytest.fail(f"{what} under the simulator timed out after {proc.timeout} s ({rerun})\n"
                     + out[-30000:] + "\n" + err[-30000:], pytrace=False)
     if proc.returncode != 0:
         pytest.fail(f"{what} under the simulator failed ({rerun})\n"
@@ -58,6 +123,7 @@ def under_simulator(modules, what):
     """The normal run's one test of a CUDA test module: `run_module_under_simulator(modules, what)`."""
     def test_under_simulator():
         run_module_under_simulator(modules, what)
+    test_under_simulator.simulator_modules = (modules,) if isinstance(modules, str) else tuple(modules)
     return test_under_simulator
 
 
