@@ -113,3 +113,12 @@ def test_prepare_data_on_a_binary_file_names_it(tmp_path, capsys):
     assert str(e.value) == (f"prepare_data: error: {binary}: not UTF-8 text (byte 0x80 at offset 5); "
                             f"prepare_data tokenizes UTF-8 text files")
     assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+
+
+def test_permission_denied_says_the_directory_is_not_writable():
+    """EACCES (like EROFS and EPERM) gets the hint that the directory is not writable (it was left
+    out: a bare "Permission denied")."""
+    import errno
+    for code, words in ((errno.EACCES, "Permission denied"), (errno.EROFS, "Read-only file system"),
+                        (errno.EPERM, "Operation not permitted")):
+        assert atomic.describe_os_error(OSError(code, words)) == f"{words} (the directory is not writable)"

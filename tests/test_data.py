@@ -416,3 +416,132 @@ def _held(data, out):
     """Inside data._set_lock(out, 'd'): whether the locked descriptor is the file at the lock's path."""
     with data._set_lock(out, "d", False) as fd:
         return os.fstat(fd).st_ino == os.stat(data._lock_path(out, "d")).st_ino
+
+
+def _all_tokens(paths):
+    return list(open_shard(paths["val"])) + list(open_shard(paths["train"]))
+
+
+def test_a_shard_of_one_token_is_refused(tmp_path):
+    """A split leaving 1 val or 1 train token is refused (each shard needs a token and its target: a
+    test of < 1 wrote a shard no loader can read)."""
+    text = "abcdefghi"   # 9 characters + the EOT: 10 tokens
+    with pytest.raises(ValueError) as e:
+        prepare(str(tmp_path / "v"), text, tokenizer="char", val_fraction=0.1, verbose=False)
+    assert str(e.value) == ("the text: 10 tokens split by --val-fraction 0.1 into 1 val and 9 train tokens; each "
+                            "shard needs at least 2 (a larger --val-fraction, or more text)")
+    with pytest.raises(ValueError) as e:
+        prepare(str(tmp_path / "t"), text, tokenizer="char", val_fraction=0.9, verbose=False)
+    assert str(e.value) == ("the text: 10 tokens split by --val-fraction 0.9 into 9 val and 1 train tokens; each "
+                            "shard needs at least 2 (a smaller --val-fraction, or more text)")
+    assert not (tmp_path / "v").exists() and not (tmp_path / "t").exists()
+
+
+def test_no_tokenizer_is_guessed_for_a_padded_vocabulary(tmp_path, monkeypatch):
+    """GPT-2's BPE decodes a model of exactly 50257 tokens: a 50304-token vocabulary (a padded size)
+    has no tokenizer to guess (a >= test handed it GPT-2's)."""
+    from numbagpt.files.data import find_tokenizer
+    monkeypatch.setenv("NUMBAGPT_CACHE", str(tmp_path))   # no built-in char tokenizer to find either
+    with pytest.raises(ValueError) as e:
+        find_tokenizer(None, None, 50304)
+    assert str(e.value) == "no tokenizer for a 50304-token vocabulary: pass --tokenizer FILE"
+    assert isinstance(find_tokenizer(None, None, 50257), GPT2Tokenizer)
+
+
+def test_an_explicit_tokenizer_larger_than_the_model_is_refused(tmp_path):
+    """--tokenizer FILE of 40 tokens for a 30-token model: refused (a test of only "smaller" took it,
+    and decoded the model's ids with another vocabulary)."""
+    from numbagpt.files.data import find_tokenizer
+    path = str(tmp_path / "t_tokenizer.bin")
+    CharTokenizer([chr(ord("0") + i) for i in range(39)]).save(path)   # 39 characters + EOT
+    with pytest.raises(ValueError) as e:
+        find_tokenizer(path, None, 30)
+    assert str(e.value) == f"{path}: a 40-token tokenizer, the model has 30 tokens"
+    assert find_tokenizer(path, None, 40).vocab_size == 40
+
+
+def test_a_shard_replaced_while_it_is_opened_is_refused(tmp_path, monkeypatch):
+    """The check after open_shard: a shard replaced between the check before the open and the open
+    itself is refused (without the second check the loader read the new file's tokens unnoticed)."""
+    from numbagpt.files import data
+    pattern, paths = _shards(tmp_path, [50, 41])
+    loader = DataLoader(pattern, 2, 4)   # shard 0 opened; shard 1 next, at the sixth batch
+    real = data.open_shard
+
+    def open_then_replace(path, vocab_size):
+        tokens = real(path, vocab_size)
+        if os.fspath(path) == str(paths[1]):
+            write_shard(paths[1], np.arange(41) % 7)   # another file under the name, while it was opened
+        return tokens
+    monkeypatch.setattr(data, "open_shard", open_then_replace)
+    with pytest.raises(FormatError, match=r"d_train_000001.bin: the data shard changed since the run started"):
+        _epoch(loader)
+
+
+def test_a_damaged_cached_shard_is_prepared_again(tmp_path, monkeypatch):
+    """ensure_builtin_data reads the cached shards' headers: a train shard of 10 junk bytes is rebuilt,
+    the same bytes as the first time (a cache taken as ready when its files merely existed kept it)."""
+    from numbagpt.files import data
+    monkeypatch.setattr(data, "builtin_text", lambda: "First speech, a few words.\n\nSecond speech.\n\n" * 10)
+    train, val, tok = ensure_builtin_data(cache_dir=tmp_path, tokenizer="char", verbose=False)
+    first = open(train, "rb").read()
+    with open(train, "wb") as f:
+        f.write(b"0123456789")
+    assert ensure_builtin_data(cache_dir=tmp_path, tokenizer="char", verbose=False) == (train, val, tok)
+    assert open(train, "rb").read() == first
+
+
+def test_a_train_shard_outside_uint16_is_refused_before_the_earlier_set_goes(tmp_path):
+    """Both shards' tokens are checked before an earlier set is removed: a text whose train part (not its
+    val part) has ids over 65,535 leaves the earlier set as it was (the train shard went unchecked, so
+    the refusal came from write_shard, after the earlier set was gone)."""
+    out = str(tmp_path / "out")
+    paths = prepare(out, "an earlier text " * 50, tokenizer="char", name="many", verbose=False)
+    before = {k: open(p, "rb").read() for k, p in paths.items()}
+    text = "abc " * 2500 + "".join(chr(c) for c in range(0x20000, 0x20000 + 70000))   # 80,001 tokens with the EOT
+    tok = CharTokenizer(sorted(set(text)))   # ids: " abc" 0..3, the others 4..70003
+    tok.eot_token = 0   # an EOT inside uint16: only the train part (from token 8,000 on) is out of range
+    with pytest.raises(ValueError, match=r"many_train.bin: token 70003 does not fit a uint16 shard"):
+        prepare(out, text, tokenizer=tok, val_fraction=0.1, name="many", verbose=False)
+    assert {k: open(p, "rb").read() for k, p in paths.items()} == before
+
+
+def test_prepare_data_writes_to_data_by_default(tmp_path, monkeypatch):
+    """prepare_data FILE without -o writes ./data/NAME_*.bin (the default the help gives)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.txt").write_text("to be or not to be\n" * 5)
+    assert prepare_main(["--tokenizer", "char", "a.txt"]) == 0
+    assert sorted(f for f in os.listdir(tmp_path / "data") if not f.startswith(".")) == [
+        "a_tokenizer.bin", "a_train.bin", "a_val.bin"]
+    assert not (tmp_path / "a_train.bin").exists()
+
+
+def test_prepare_data_eot_per_paragraph(tmp_path):
+    """--eot-per-paragraph makes each blank-line-separated section a document (an EOT before each); without
+    it the file is one document."""
+    f = tmp_path / "a.txt"
+    f.write_text("First paragraph, some words.\n\nSecond paragraph, more words.\n")
+    for flag, docs in ((["--eot-per-paragraph"], 2), ([], 1)):
+        out = tmp_path / f"out{docs}"
+        assert prepare_main(["--tokenizer", "char", "-o", str(out), *flag, str(f)]) == 0
+        tokens = _all_tokens({k: out / f"a_{k}.bin" for k in ("train", "val")})
+        assert tokens.count(load_tokenizer(out / "a_tokenizer.bin").eot_token) == docs
+
+
+def test_prepare_data_of_the_builtin_corpus_into_a_directory_is_one_document_a_speech(tmp_path, monkeypatch):
+    """prepare_data -o DIR (the built-in corpus) splits it into speeches, as the cached set is: an EOT
+    before each blank-line-separated speech."""
+    from numbagpt.files import data
+    monkeypatch.setattr(data, "builtin_text", lambda: "ONE. A speech.\n\nTWO. Another one.\n\nONE. The last.\n")
+    out = tmp_path / "out"
+    assert prepare_main(["-o", str(out), "--tokenizer", "char"]) == 0
+    tokens = _all_tokens({k: out / f"shakespeare_{k}.bin" for k in ("train", "val")})
+    assert tokens.count(load_tokenizer(out / "shakespeare_tokenizer.bin").eot_token) == 3
+
+
+def test_prepare_data_refuses_a_directory_as_a_file(tmp_path):
+    """A directory among FILES: one line saying so (it was "input file(s) not found")."""
+    with pytest.raises(SystemExit) as e:
+        prepare_main([str(tmp_path)])
+    assert str(e.value) == (f"prepare_data: error: {tmp_path} is a directory: give the text files in it "
+                            f"(FILES are UTF-8 text files; -o names the output directory)")

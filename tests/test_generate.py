@@ -198,3 +198,29 @@ def test_generate_refuses_what_it_cannot_use(kwargs, said):
     args.update(kwargs)
     with pytest.raises(ValueError, match=re.escape(said)):
         list(gen.generate(tiny_model(), args.pop("prompt"), args.pop("max_new_tokens"), args.pop("rng"), **args))
+
+
+def test_top_p_keeps_the_smallest_set_that_reaches_it():
+    """Two equal logits (probabilities exactly .5 and .5, whatever exp's last bit) with top_p = 0.5: the
+    first id in the sorted order alone reaches it, so one id is ever drawn (a right-sided search kept
+    the second too)."""
+    draws = gen.sample_next(np.zeros((1000, 2)), np.random.default_rng(0), top_p=0.5)
+    assert len(set(draws.tolist())) == 1
+
+
+def test_a_context_of_one_token_slides_by_one():
+    """maxT = 1: the context restarts at the last token (capacity // 2 = 0 started it past the end,
+    an empty context); generating with and without the cache agrees."""
+    assert gen.context_start(5, 0, 1) == 4 and gen.context_start(5, 4, 1) == 4
+    assert gen.prompt_seen(3, 1) == 1
+    model = tiny_model(maxT=1)
+    a = list(gen.generate(model, [1, 2, 3], 6, np.random.default_rng(5), temperature=3.0))
+    b = list(gen.generate(model, [1, 2, 3], 6, np.random.default_rng(5), temperature=3.0, use_cache=False))
+    assert a == b
+
+
+def test_top_k_one_less_than_the_vocabulary_cuts_the_least_likely_id():
+    """V = 4, top_k = 3: the least likely id is never drawn (a test of k < V - 1 left it in)."""
+    logits = np.tile([2.0, 1.0, 0.5, 0.0], (2000, 1))   # id 3 has probability 0.09 without the cut
+    draws = gen.sample_next(logits, np.random.default_rng(0), top_k=3)
+    assert 3 not in draws and set(draws.tolist()) == {0, 1, 2}

@@ -44,3 +44,16 @@ def test_docs_show_every_kernel_with_its_signature():
     assert set(shown) == set(BY_NAME), f"missing from docs/kernels.md: {set(BY_NAME) - set(shown)}"
     wrong = [f"{shown[k.name]} (contract: {k.signature})" for k in CONTRACT if shown[k.name] != f"`{k.signature}`"]
     assert not wrong, "docs/kernels.md disagrees with numbagpt/kernels.py:\n" + "\n".join(wrong)
+
+
+@pytest.mark.parametrize("accumulate", [True, False])
+def test_matmul_backward_counts_its_gradients_twice_only_when_it_accumulates(accumulate):
+    """dweight and dbias are read and written (2×) with accumulate, written once without (they were
+    counted twice always); dinp accumulates either way."""
+    B, T, C, OC = 2, 3, 4, 5
+    x = object()   # the cost functions look at sizes only (and at whether dbias is None)
+    flops, nbytes = costs.kernel_cost("matmul_backward", x, x, x, x, x, x, B, T, C, OC, accumulate=accumulate)
+    reads = B * T * OC + B * T * C + OC * C        # dout, inp, weight
+    dinp = 2 * B * T * C                           # += : read and written
+    grads = (2 if accumulate else 1) * (OC * C + OC)
+    assert (flops, nbytes) == (4 * B * T * C * OC + B * T * OC, 4 * (reads + dinp + grads))

@@ -108,3 +108,23 @@ def test_a_z_score_at_the_threshold_is_not_a_spike(which):
         return guard.check(3.0, 3.0)
     assert third(1.0) is None
     assert third(0.99) is not None and third(0.99).z == 1.0
+
+
+def test_a_window_of_one_is_refused():
+    """One value has no spread, so no z-score: window 1 is refused as window 0 is (a test of < 1 took it)."""
+    for window in (0, 1):
+        with pytest.raises(ValueError) as e:
+            OutlierDetector(window)
+        assert str(e.value) == f"the outlier window needs at least 2 values, got {window}"
+
+
+def test_a_sharp_drop_in_the_grad_norm_is_not_skipped():
+    """llm.c skips an update only for a positive grad norm z-score (a spike): a drop as far below the
+    mean is applied (a test of abs(z) skipped it)."""
+    guard = SpikeGuard(grad_z=3.0, window=16)
+    for _ in range(16):
+        guard.check(2.0, 1.0)
+    window = np.array([0.0] + [1.0] * 15)   # the drop replaces the oldest 1.0
+    assert guard.check(2.0, 0.0) is None
+    assert guard.zgrad == pytest.approx((0.0 - window.mean()) / window.std())
+    assert guard.zgrad < -3.0

@@ -190,3 +190,11 @@ def test_a_record_llmc_would_not_write_is_refused(tmp_path, line):
     log.write_text(f"s:0 trl:5.0\n{line}\n", encoding="utf-8")
     with pytest.raises(plot.LogError, match=rf"{log}:2: not an llm.c log record"):
         plot.read_log(log)
+
+
+def test_a_repeated_step_replaces_the_earlier_record(tmp_path):
+    """A restart at the last step logged (s:2 again) replaces that record, as one from an earlier step
+    does (a test of < kept both, two values at step 2)."""
+    log = tmp_path / "main.log"
+    log.write_text("s:1 trl:5\ns:2 trl:4\ns:2 trl:3\n")
+    assert plot.read_log(log)["trl"] == ([1, 2], [5.0, 3.0])

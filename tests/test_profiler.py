@@ -527,3 +527,20 @@ def test_bin_wrapper_runs():
     res = subprocess.run([sys.executable, os.path.join(ROOT, "bin", "profile_gpt2"), "--help"],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "--peak-gflops" in res.stdout
+
+
+def test_the_jit_time_is_the_first_step_less_the_mean_step(report):
+    """The header's JIT estimate is first step − mean timed step (it said the whole first step)."""
+    header = profiler.format_report({**report, "compile_ms": 650.0, "step_ms": 250.0}).splitlines()[2]
+    assert header.startswith("first step: 0.65 s, of which about 0.40 s JIT compile or cache load"), header
+
+
+def test_a_load_average_over_the_cores_is_a_warning(report):
+    """A 1-minute load above the core count warns that the timings are noisy (at 2× the cores only, it
+    said nothing at 1.25×)."""
+    def warned(load):
+        text = profiler.format_report({**report, "load_average": {**report["load_average"], "1min": load, "cores": 4}})
+        return [line for line in text.splitlines() if line.startswith("WARNING: load average")]
+    assert warned(5.0) == ["WARNING: load average 5.0 on 4 cores: other processes compete for the CPU, the timings "
+                           "are noisy (compare the min step with the mean)"]
+    assert warned(3.0) == [] and warned(4.0) == []

@@ -347,3 +347,36 @@ def test_a_signal_the_process_ignores_stays_ignored():
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGHUP, before)
+
+
+def test_a_negative_memory_limit_is_refused():
+    """$NUMBAGPT_MEMORY_LIMIT below 0, however little below, is no size (a test of < -1 took -1 and -0.5M)."""
+    for bad in ("-1", "-0.5M"):
+        with pytest.raises(ValueError) as e:
+            memory.parse_size(bad)
+        assert str(e.value) == f"NUMBAGPT_MEMORY_LIMIT='{bad}': a size can't be negative"
+
+
+def test_ranks_on_a_device_need_one_ranks_memory_each(monkeypatch):
+    """On a device backend (buffers in device memory, a device per rank) 2 ranks need one rank's
+    estimate on each device, not twice it (ranks are multiplied only where they share host memory)."""
+    import types
+    from numbagpt.config import preset
+    from numbagpt.layout import memory_estimate
+    monkeypatch.delenv(memory.LIMIT_ENV, raising=False)
+    one = memory_estimate(preset("tiny"), 4, 64)["total"]
+    free = one * 3 // 2   # one rank's buffers fit, two ranks' would not
+    device = types.SimpleNamespace(HOST_MEMORY=False, SIMULATOR=False, memory_info=lambda: (1000, free + 1000),
+                                   device_name=lambda: "a fake GPU")
+    need, available, where = memory.check_model_fits(preset("tiny"), 4, 64, device, "tiny", ranks=2)
+    assert (need, available) == (one, free) and where.startswith("free on a fake GPU")
+
+
+def test_the_batch_hint_can_be_1():
+    """-d takes only B = 1 of the batch sizes that fit: the hint names 1 (a range stopping at 2 said
+    "-d 7 takes none of 1..5")."""
+    with pytest.raises(memory.MemoryCheckError) as e:
+        memory.check_fits(lambda b: b * 2**20, 8, "x", available=5 * 2**20, takes=(lambda b: 7 % b == 0, "-d 7"))
+    assert str(e.value) == ("not enough memory for x: it needs 8.0 MiB, 5.0 MiB is available (given); the largest "
+                            "-b that fits is 5, and the largest that -d 7 also takes is 1; --no-memory-check to "
+                            "try anyway")
