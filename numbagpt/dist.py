@@ -24,6 +24,7 @@ import contextlib
 import ctypes
 import math
 import os
+import signal
 import socket
 import sys
 import time
@@ -44,8 +45,10 @@ CUDA_AWARE_ENV = "NUMBAGPT_CUDA_AWARE_MPI"
 
 class WorldSizeError(RuntimeError):
     """The communicator's size is not what the launcher (or --expect-world-size) says. Every rank
-    detects it; `rank` says which one this is (only rank 0 need print it)."""
+    detects it; `rank` says which one this is (only rank 0 need print it), unless `alone`: this rank's
+    own trouble (its Python lacks mpi4py), which it says itself."""
     rank = 0
+    alone = False
 
 
 class CollectiveError(RuntimeError):
@@ -334,6 +337,24 @@ def check_together(world, check):
     return value
 
 
+@contextlib.contextmanager
+def signals_kill():
+    """SIGINT, SIGTERM and SIGHUP end the process at once (their default action) inside the block, then
+    the handlers there were are back. For MPI_Init: a rank inside it waits for every rank to arrive and
+    runs no Python signal handler until it returns, so a Ctrl-C that ended another rank first (one still
+    starting Python) left it waiting there forever; killed by the signal, it ends with the others."""
+    signums = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.getsignal(s) for s in signums}
+    for s, handler in previous.items():
+        if handler is not signal.SIG_IGN:   # nohup's SIGHUP stays ignored
+            signal.signal(s, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+
 def init_world(expect_size=None):
     """The World of this process: mpi4py's COMM_WORLD under an MPI launcher, else a single process.
     Checks the size against the launcher's variables and `expect_size` (see check_world_size)."""
@@ -341,7 +362,8 @@ def init_world(expect_size=None):
         world = World(None)
     else:
         try:
-            from mpi4py import MPI
+            with signals_kill():
+                from mpi4py import MPI   # MPI_Init_thread
         except ImportError as e:
             sizes = launcher_sizes()
             if expect_size in (None, 1) and all(v == 1 for v in sizes.values()):
@@ -351,6 +373,7 @@ def init_world(expect_size=None):
                                      f"imported by {sys.executable} ({e}): pip install -e '.[mpi]' (mpi4py "
                                      f"and mpich) in numbagpt's checkout, or launch the Python that has it")
                 err.rank = launcher_rank()
+                err.alone = True   # this rank's Python: the others may have mpi4py, and rank 0 say nothing
                 raise err from None
         else:
             world = World(MPI.COMM_WORLD)

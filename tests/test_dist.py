@@ -362,3 +362,78 @@ def test_ranks_started_with_different_flags_stop_at_once(shards, tmp_path):
     assert proc.returncode != 0, proc.stdout
     assert "different flags: rank 1 has -x 4, rank 0 3" in proc.stderr, proc.stderr
     assert time.perf_counter() - t0 < 120
+
+
+class TwoRanks:
+    """Rank 0 of a world of 2 whose other rank found `theirs` (None: nothing wrong): the collectives
+    check_together takes, without MPI."""
+    rank, size, is_master = 0, 2, True
+
+    def __init__(self, theirs=None):
+        self.theirs = theirs
+
+    def gather(self, mine):
+        return [mine, self.theirs]
+
+    def bcast(self, value):
+        return value
+
+
+def test_check_together_gives_one_verdict_naming_the_first_rank():
+    assert dist.check_together(TwoRanks(), lambda: 42) == 42
+    with pytest.raises(dist.CollectiveError, match=r"^rank 1: x.bin: no such file$"):
+        dist.check_together(TwoRanks("x.bin: no such file"), lambda: 42)
+
+    def missing():
+        raise FileNotFoundError("-i typo.bin: no such file")   # an OSError too, not only ValueError
+    with pytest.raises(dist.CollectiveError, match=r"^rank 0: -i typo.bin: no such file$"):
+        dist.check_together(TwoRanks("another"), missing)
+
+
+def test_a_shard_every_rank_finds_changed_stops_the_step_together():
+    """The step's batches are read under check_together: a shard changed on disk mid-run is one
+    CollectiveError on every rank (each rank printed it, run together, then MPI_Abort)."""
+    import types
+    from numbagpt.files.formats import FormatError
+    from numbagpt.train.trainer import Run
+
+    class Changed:
+        def next_batch(self):
+            raise FormatError("d_train_000001.bin: the data shard changed since the run started")
+    run = types.SimpleNamespace(config=types.SimpleNamespace(overfit_single_batch=0), train_loader=Changed(),
+                                micro_steps=2, world=TwoRanks())
+    with pytest.raises(dist.CollectiveError, match="^rank 0: d_train_000001.bin: the data shard changed"):
+        Run.step(run, 3, None)
+
+
+def test_signals_end_the_process_inside_mpi_init():
+    """Inside signals_kill (around MPI_Init, where no Python handler runs) SIGINT kills the process, as a
+    rank waiting there for a rank that a Ctrl-C already ended must end too (it waited forever); the
+    handlers come back after it, and an ignored SIGHUP (nohup) stays ignored."""
+    import signal
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with dist.signals_kill():
+            assert signal.getsignal(signal.SIGINT) == signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+        assert {s: signal.getsignal(s) for s in before} == before
+    finally:
+        signal.signal(signal.SIGHUP, hup)
+    code = ("import os, signal, time\nfrom numbagpt import dist\nwith dist.signals_kill():\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n    time.sleep(5)\nprint('survived')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGINT and "survived" not in proc.stdout, proc
+
+
+@pytest.mark.parametrize("rank, alone, said", [(0, False, "train_gpt2: error: bad\n"), (1, False, ""),
+                                               (0, True, "train_gpt2: error: bad\n"),
+                                               (1, True, "train_gpt2: error: rank 1: bad\n")])
+def test_a_world_size_error_is_said_once(capsys, rank, alone, said):
+    """What every rank found, rank 0 says; a rank's own (its Python lacks mpi4py), that rank (rank 1's
+    went unsaid: only rank 0 printed, and its mpi4py was fine)."""
+    from numbagpt.cli import world_size_error
+    e = dist.WorldSizeError("bad")
+    e.rank, e.alone = rank, alone
+    world_size_error("train_gpt2", e)
+    assert capsys.readouterr().err == said

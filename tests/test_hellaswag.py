@@ -246,3 +246,17 @@ def test_eval_gpt2_over_two_ranks(tmp_path):
     # a file every rank refuses: one line from rank 0 (a line from each rank, run together, and MPI_Abort)
     assert proc.returncode == 1 and proc.stderr == f"eval_gpt2: error: rank 0: {tmp_path}/x.bin: no such file " \
                                                    f"(HellaSwag eval file)\n", proc.stderr
+
+
+def test_an_interrupted_eval_ends_its_progress_line_first(tmp_path, monkeypatch, capsys):
+    """Ctrl-C during the eval: the progress line ends, then `eval_gpt2: interrupted` on a line of its own
+    (it was glued to "evaluating: 504/1500 examples of rank 0")."""
+    repeat_model().save(tmp_path / "m.bin")
+    hs.write_eval_file(tmp_path / "e.bin", make_examples(np.random.default_rng(5), 9, 4))
+
+    def interrupted(model, examples, world, batch_size, progress, source):
+        progress(4, 9)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(hs, "evaluate", interrupted)
+    assert main(["-e", str(tmp_path / "m.bin"), "--hellaswag", str(tmp_path / "e.bin"), "--omp-threads", "1"]) == 130
+    assert capsys.readouterr().err.endswith("\revaluating: 4/9 examples of rank 0\neval_gpt2: interrupted\n")

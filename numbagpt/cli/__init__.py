@@ -53,6 +53,15 @@ def error_text(e):
     return text
 
 
+def world_size_error(prog, e):
+    """Say a dist.WorldSizeError once: rank 0 says what every rank found; a rank's own trouble (its
+    Python lacks mpi4py) that rank says, naming itself."""
+    if e.alone:
+        print(f"{prog}: error: {f'rank {e.rank}: ' if e.rank else ''}{e}", file=sys.stderr)
+    elif e.rank == 0:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+
+
 def stop_quietly():
     """Exit status 141 (128 + SIGPIPE), as a Unix tool's whose reader left (`| head`), with stdout
     sent to /dev/null so that the flush at exit raises no second error."""

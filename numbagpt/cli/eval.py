@@ -3,7 +3,7 @@ import sys
 import time
 
 from numbagpt.cli import (HelpFormatter, Parser, add_device, add_flag, add_memory_check, add_precision,
-                          check_flags, reserve_threads, take_interrupts, use_threads)
+                          check_flags, reserve_threads, take_interrupts, use_threads, world_size_error)
 from numbagpt.flags import POSITIVE
 
 DESCRIPTION = """\
@@ -42,14 +42,15 @@ def main(argv=None):
     try:
         world = dist.init_world()
     except dist.WorldSizeError as e:
-        print(f"eval_gpt2: error: {e}", file=sys.stderr)
+        world_size_error("eval_gpt2", e)
         return 1
     from numbagpt.compiling import compile_notice
     try:
         with compile_notice(lambda text: print(f"eval_gpt2: {text}", file=sys.stderr, flush=True)):
             return run(args, world)
-    except KeyboardInterrupt:
-        print("eval_gpt2: interrupted", file=sys.stderr)
+    except KeyboardInterrupt:   # every rank got the signal: rank 0 says it
+        if world.is_master:
+            print("eval_gpt2: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:   # the reader left (`| head`): launch() ends the process quietly
         raise
@@ -84,8 +85,12 @@ def run(args, world):
 
     def progress(done, total):
         say(f"\revaluating: {done}/{total} examples of rank 0", end="", file=sys.stderr)
-    correct, total = hellaswag.evaluate(model, examples, world, args.batch_size, progress,
-                                        source=args.hellaswag)
+    try:
+        correct, total = hellaswag.evaluate(model, examples, world, args.batch_size, progress,
+                                            source=args.hellaswag)
+    except KeyboardInterrupt:
+        say(file=sys.stderr)   # the progress line ends before the line that says so
+        raise
     say(f"\n{time.perf_counter() - t0:.1f} s", file=sys.stderr)
     say(f"HellaSwag: {correct}/{total} = {correct / total:.4f} acc_norm")
     return 0

@@ -8,7 +8,7 @@ import dataclasses
 import os
 import sys
 
-from numbagpt.cli import error_text, HelpFormatter, Parser, reserve_threads
+from numbagpt.cli import error_text, HelpFormatter, Parser, reserve_threads, world_size_error
 from numbagpt.train.config import TrainConfig
 
 PROG = "train_gpt2"
@@ -57,8 +57,7 @@ def main(argv=None):
         try:
             world = dist.init_world(expect_size=config.expect_world_size)
         except dist.WorldSizeError as e:  # every rank found the same: rank 0 says it, all exit
-            if e.rank == 0:
-                print(f"{PROG}: error: {e}", file=sys.stderr)
+            world_size_error(PROG, e)
             return 1
         stop.attach(world)
         trainer.train(config, world=world, progress=progress, stop=stop)
@@ -67,7 +66,7 @@ def main(argv=None):
         # Ctrl-C, SIGTERM or SIGHUP: one line, no traceback (with several ranks, every rank stops after the
         # same step and returns normally: a rank that ended without MPI_Finalize would make the
         # launcher kill the others before rank 0 has printed)
-        if world is None or world.is_master:
+        if world.is_master if world is not None else dist.launcher_rank() == 0:   # before MPI: the launcher's word
             say_interrupted(config, progress, checkpoint)
         return e.exit_status
     except (dist.CollectiveError, rundir.RunDirError) as e:

@@ -267,7 +267,9 @@ class Run:
         t0 = time.perf_counter()
         if c.overfit_single_batch:
             self.train_loader.reset()
-        batches = [self.train_loader.next_batch() for _ in range(self.micro_steps)]
+        # a shard that changed on disk since the run started: every rank finds it at the same step
+        batches = dist.check_together(self.world, lambda: [self.train_loader.next_batch()
+                                                           for _ in range(self.micro_steps)])
         result = train_step(self.model, batches, lr=self.schedule(step), t=step + 1, dp=self.dp,
                             grad_clip=c.grad_clip, weight_decay=c.weight_decay, beta1=c.beta1, beta2=c.beta2,
                             skip=self.guard.check)
