@@ -59,8 +59,11 @@ def test_d12_saving():
 
 
 def test_bad_recompute():
-    with pytest.raises(ValueError, match="recompute must be 0, 1 or 2"):
-        GPT2(CFG, recompute=3)
+    for bad, message in ((3, "recompute must be one of 0, 1, 2, got 3"), (True, "recompute must be an integer, got True"),
+                         ("1", "recompute must be an integer, got '1'")):
+        with pytest.raises(ValueError) as e:
+            GPT2(CFG, recompute=bad)
+        assert str(e.value) == message
 
 
 def test_startup_lines_show_the_saving(capsys):
