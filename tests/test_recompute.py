@@ -59,7 +59,8 @@ def test_d12_saving():
 
 
 def test_bad_recompute():
-    for bad, message in ((3, "recompute must be one of 0, 1, 2, got 3"), (True, "recompute must be an integer, got True"),
+    for bad, message in ((3, "recompute must be one of 0, 1, 2, got 3"),
+                         (True, "recompute must be an integer, got True"),
                          ("1", "recompute must be an integer, got '1'")):
         with pytest.raises(ValueError) as e:
             GPT2(CFG, recompute=bad)
