@@ -296,3 +296,10 @@ def test_a_stop_request_gives_the_signals_back_when_closed():
     assert {s: signal.getsignal(s) for s in StopRequest.SIGNALS} == before
     with pytest.raises(KeyboardInterrupt):
         os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_float_field_refuses_a_bool():
+    """TrainConfig(lr=True) is refused, not taken as the number 1.0 (a bool is no learning rate)."""
+    with pytest.raises(ValueError) as e:
+        api.TrainConfig(lr=True)
+    assert str(e.value) == "-l must be a number, got True"

@@ -135,3 +135,33 @@ def test_bf16_passes_its_own_tolerances_and_not_fp32s(capsys):
         assert "| precision bf16" in out.splitlines()[0], out   # the header says which mode it compared
         logits_abs = float(out.split("logits")[1].split("max abs diff")[1].split()[0])
         assert logits_abs > test_gpt2.TOLERANCES["logits"]   # the matmuls did round
+
+
+def test_fp32_compares_logits_absolutely_not_relatively(tmp_path, capsys):
+    """In fp32 the logits' tolerance is absolute (1e-5): a logit 2e-5 off is NOT OK even where the
+    logits reach ~4, so that it is inside 1e-5 relative to their magnitude (bf16's relative rule)."""
+    from numbagpt.model import GPT2
+    config, _ = formats.read_model(MODEL)
+    state = formats.read_debug_state(STATE, config)
+    model = GPT2.from_file(MODEL)
+    flat = model.parameters_host()
+    views = model.param_layout.host_views(flat)
+    views["lnfw"] *= 8   # logits x 8, exactly (powers of two): up to ~4.7
+    views["lnfb"] *= 8
+    model.load_parameters(flat)
+    model.save(str(tmp_path / "m.bin"))
+    B, T, V = state["B"], state["T"], config.vocab_size
+    x, y = state["x"].reshape(B, T), state["y"].reshape(B, T)
+    loss = model.forward(x, y)
+    logits = np.array(model.logits_host()[:, :, :V], dtype=np.float32)
+    model.zero_grad()
+    model.backward()
+    scale = float(np.abs(logits).max())
+    small = np.unravel_index(np.argmin(np.abs(logits)), logits.shape)
+    logits[small] += 2e-5
+    assert scale > 4 and 2e-5 / scale < 1e-5
+    path = str(tmp_path / "state.bin")
+    formats.write_debug_state(path, B, T, state["x"], state["y"], logits, loss, model.grads_host())
+    code, out = run(capsys, "-e", str(tmp_path / "m.bin"), "-s", path, "--steps", "0")
+    assert code == 1, out
+    assert [line.split()[0] for line in out.splitlines() if line.endswith("NOT OK")] == ["logits"]

@@ -396,3 +396,11 @@ def test_generated_kernels_have_no_source_lines_for_inspect():
         assert f.__code__.co_firstlineno >= simd.GENERATED_LINE, f.__name__
         with pytest.raises(OSError, match="out of bounds"):
             inspect.getsourcelines(f)
+
+
+def test_cpu_features_drops_the_disabled_ones(monkeypatch):
+    """With NUMBA_CPU_NAME set, NUMBA_CPU_FEATURES' "-feat" entries are features the CPU lacks: only the
+    "+feat" ones count, so avx512f is absent from "+avx2,+fma,-avx512f"."""
+    monkeypatch.setattr(numba.config, "CPU_NAME", "generic")
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", "+avx2,+fma,-avx512f,-avx512bw")
+    assert mm.cpu_features() == {"avx2", "fma"}

@@ -437,3 +437,55 @@ def test_a_world_size_error_is_said_once(capsys, rank, alone, said):
     e.rank, e.alone = rank, alone
     world_size_error("train_gpt2", e)
     assert capsys.readouterr().err == said
+
+
+def test_launcher_rank_reads_slurm_procid():
+    """Under srun only SLURM_PROCID gives the rank: rank 3 is 3, and a one-process command on rank 1
+    of a 2-task step is refused silently (True), not run as a second rank 0."""
+    from numbagpt.cli.launch import one_process_only
+    assert dist.launcher_rank({"SLURM_PROCID": "3"}) == 3
+    assert dist.launcher_rank({}) == 0
+    assert one_process_only("sample_gpt2", {"SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": "1"}) is True
+    assert one_process_only("sample_gpt2", {"SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": "0"}).startswith(
+        "sample_gpt2: error: it runs as one process")
+
+
+@pytest.mark.skipif(not HAVE_MPI, reason="needs mpi4py (MPI.IN_PLACE)")
+def test_a_step_over_two_ranks_averages_over_them_as_one_process_with_their_batches():
+    """train_step over 2 ranks x B=2 divides the summed gradient by micro-batches x ranks: with
+    clipping on, its logged norm and its parameters are those of 1 process x B=4 (both halves).
+    The 2 ranks are one process whose communicator sums as if the other rank had the same batch."""
+    from mpi4py import MPI
+
+    from numbagpt.model import GPT2
+    from numbagpt.train.step import train_step
+
+    class TwinComm:   # the other rank holds the same batch: every sum over ranks doubles
+        def Allreduce(self, inplace, buf, op):
+            assert inplace is MPI.IN_PLACE and op is MPI.SUM
+            buf *= 2
+
+        def allreduce(self, value):
+            return 2 * value
+
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 97, (2, 8)).astype(np.int32)
+    y = rng.integers(0, 97, (2, 8)).astype(np.int32)
+    ref = GPT2.from_file(MICRO)   # the reference norm: the gradient of the one batch's mean loss
+    ref.forward(x, y)
+    ref.zero_grad()
+    ref.backward()
+    want_norm = ref.grad_norm()
+    clip = want_norm / 3
+    one = GPT2.from_file(MICRO)
+    r1 = train_step(one, [(np.concatenate([x, x]), np.concatenate([y, y]))], lr=1e-3, t=1, grad_clip=clip)
+    two = GPT2.from_file(MICRO)
+    world = dist.World()
+    world.comm, world.size = TwinComm(), 2
+    r2 = train_step(two, [(x, y)], lr=1e-3, t=1, grad_clip=clip, dp=dist.DataParallel(world, two))
+    for r in (r1, r2):
+        assert r.norm == pytest.approx(want_norm, rel=1e-5)
+        assert r.scale == pytest.approx(1 / 3, rel=1e-5)
+    assert r2.loss == pytest.approx(r1.loss, rel=1e-6)
+    assert_close(two.parameters_host(), one.parameters_host())
+    assert not np.array_equal(one.parameters_host(), GPT2.from_file(MICRO).parameters_host())

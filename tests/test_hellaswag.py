@@ -260,3 +260,21 @@ def test_an_interrupted_eval_ends_its_progress_line_first(tmp_path, monkeypatch,
     monkeypatch.setattr(hs, "evaluate", interrupted)
     assert main(["-e", str(tmp_path / "m.bin"), "--hellaswag", str(tmp_path / "e.bin"), "--omp-threads", "1"]) == 130
     assert capsys.readouterr().err.endswith("\revaluating: 4/9 examples of rank 0\neval_gpt2: interrupted\n")
+
+
+def test_an_example_with_an_empty_context_is_refused(tmp_path):
+    """An eval file (written here by hand, in llm.c's layout) whose example has 0 context tokens is
+    refused by the reader: a completion must follow some context."""
+    ex = [65535, 20, 0, 0, 2, 0, 1, 5, 1, 6]   # start, bytes, index, label, 2 completions, 0 context tokens
+    header = np.zeros(256, dtype="<i4")
+    header[:4] = (hs.MAGIC, hs.VERSION, 1, 20)
+    path = tmp_path / "e.bin"
+    path.write_bytes(header.tobytes() + np.array(ex, dtype="<u2").tobytes())
+    with pytest.raises(hs.EvalFileError) as e:
+        hs.read_eval_file(path)
+    assert str(e.value) == (f"{path}: example 0 (at uint16 0): its context and completions do not add up to "
+                            f"its length (or one is empty)")
+    ex = [65535, 22, 0, 0, 2, 1, 3, 1, 5, 1, 6]   # the same with a 1-token context reads
+    header[3] = 22
+    path.write_bytes(header.tobytes() + np.array(ex, dtype="<u2").tobytes())
+    assert [(e.label, e.context, e.completions) for e in hs.read_eval_file(path)] == [(0, [3], [[5], [6]])]

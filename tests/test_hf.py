@@ -338,3 +338,40 @@ def test_an_export_over_another_cut_short_never_mixes_two_models(tmp_path, crash
     proc = subprocess.run(export + [str(tmp_path / "b.bin"), str(hf_dir), "--force"], capture_output=True)
     assert proc.returncode == 0, proc.stderr
     assert not [n for n in os.listdir(hf_dir) if n.startswith(".")]
+
+
+def test_export_into_an_existing_empty_directory_needs_no_force(tmp_path):
+    """An existing but empty directory is no earlier export: export_hf writes there without force."""
+    random_model(tmp_path / "m.bin")
+    (tmp_path / "hf").mkdir()
+    hf.export_hf(tmp_path / "m.bin", tmp_path / "hf")
+    assert {"config.json", "model.safetensors"} <= set(os.listdir(tmp_path / "hf"))
+
+
+def test_exported_tokenizer_config_has_the_models_max_length(tmp_path):
+    """tokenizer_config.json's model_max_length is the model's max_seq_len (24 here), not GPT-2's 1024."""
+    d, config, _ = _exported(tmp_path)
+    tok = json.loads((d / "tokenizer_config.json").read_text())
+    assert config["n_positions"] == 24
+    assert tok["model_max_length"] == 24
+
+
+@pytest.mark.parametrize("shard", ["sub/model-00001-of-00002.safetensors", "../x.safetensors"])
+def test_a_sharded_index_naming_a_file_outside_its_directory_is_refused(tmp_path, capsys, shard):
+    """A weight_map entry with a directory part (a subdirectory, or ..) is refused by name, not read."""
+    _saved(tmp_path, max_shard_size="20KB")
+    capsys.readouterr()
+    d = tmp_path / "hf"
+    index_path = d / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    first = sorted(set(index["weight_map"].values()))[0]
+    (d / "sub").mkdir()
+    for target in (d / "sub" / os.path.basename(shard), tmp_path / "x.safetensors"):
+        target.write_bytes((d / first).read_bytes())
+    key = next(iter(index["weight_map"]))
+    index["weight_map"][key] = shard
+    index_path.write_text(json.dumps(index))
+    assert import_main([str(d), str(tmp_path / "m.bin")]) == 1
+    assert capsys.readouterr().err == (f"import_hf: error: {index_path}: weight_map names {shard!r}, "
+                                       f"not a file beside it\n")
+    assert not os.path.exists(tmp_path / "m.bin")

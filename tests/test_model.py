@@ -343,3 +343,64 @@ def test_train_forward_fuses_the_loss_gradient_bit_for_bit(batch, recompute):
     model, _ = random_model()
     with pytest.raises(ValueError, match="needs targets"):
         model.forward(x, train=True)
+
+
+def test_decayed_parameters_are_the_tensors_of_two_or_more_dimensions():
+    """DECAYED_PARAMETERS is every tensor with dim >= 2 per layer (as llm.c and PyTorch), none dropped
+    (wpe included): the expected set comes from the layout's shapes, less the layer axis."""
+    from numbagpt.layout import DECAYED_PARAMETERS
+    layout = parameter_layout(CFG)
+    want = {name for name in PARAMETER_NAMES
+            if len(layout.shapes[name]) - (name in layout.layered) >= 2}
+    assert want == {"wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw"}
+    assert set(DECAYED_PARAMETERS) == want
+    assert len(DECAYED_PARAMETERS) == len(want)
+
+
+def test_layout_views_refuse_a_buffer_of_the_wrong_size():
+    """Layout.views refuses a buffer one element too long as well as one too short."""
+    layout = parameter_layout(CFG)
+    assert layout.views(np.zeros(layout.total, np.float32))["lnfb"].size == CFG.channels
+    for n in (layout.total + 1, layout.total - 1):
+        with pytest.raises(ValueError, match="layout needs"):
+            layout.views(np.zeros(n, np.float32))
+
+
+def test_optimizer_shard_past_the_last_parameter_is_refused():
+    """set_optimizer_shard refuses an end past num_parameters (and accepts num_parameters itself)."""
+    model = GPT2(CFG)
+    n = model.num_parameters
+    model.set_optimizer_shard(0, n)
+    with pytest.raises(ValueError, match="bad optimizer shard"):
+        model.set_optimizer_shard(0, n + 1)
+
+
+def test_optimizer_shard_ending_one_past_a_decayed_tensor_updates_its_last_parameter(batch):
+    """A ZeRO shard ending one element after wpe (a 1-element no-decay tail, ln1w's first) updates
+    every parameter of its range as the unsharded update does, that last one included."""
+    x, y = batch
+    full, flat = random_model()
+    shard, _ = random_model()
+    layout = full.param_layout
+    end = layout.offsets["wpe"] + layout.sizes["wpe"] + 1
+    start = end - 50
+    shard.set_optimizer_shard(start, end)
+    for m in (full, shard):
+        m.forward(x, y)
+        m.zero_grad()
+        m.backward()
+        m.update(lr=1e-2, weight_decay=0.1, t=1)
+    after, sharded = full.parameters_host(), shard.parameters_host()
+    assert after[end - 1] != flat[end - 1]
+    np.testing.assert_array_equal(sharded[start:end], after[start:end])
+    np.testing.assert_array_equal(np.delete(sharded, np.s_[start:end]), np.delete(flat, np.s_[start:end]))
+
+
+def test_format_memory_shows_adamw_m_plus_v():
+    """format_memory's "AdamW m+v" is the sum of the m and v buffers in MiB (not m alone)."""
+    from numbagpt.layout import format_memory, memory_estimate
+    cfg = GPT2Config(max_seq_len=1024, vocab_size=50257, num_layers=12, num_heads=12, channels=768,
+                     padded_vocab_size=50304)
+    n = sum(int(np.prod(s)) for s in parameter_layout(cfg).shapes.values())
+    assert f"AdamW m+v {2 * 4 * n / 2**20:.1f}," in format_memory(memory_estimate(cfg, 4, 64))
+    assert "AdamW m+v 76.3," in format_memory(memory_estimate(cfg, 4, 64, optimizer_params=10_000_000))

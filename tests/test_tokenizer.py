@@ -116,3 +116,15 @@ def test_unknown_tokenizer():
         get_tokenizer("bpe")
     with pytest.raises(ValueError, match="pass text="):
         get_tokenizer("char")
+
+
+def test_two_unrelated_tokenizers_beside_unmatched_shards_give_none(tmp_path):
+    """With two *_tokenizer.bin files of other names beside the shards, neither is "the directory's
+    only tokenizer": tokenizer_next_to gives None (not the first by name); with one, that one."""
+    for name in ("mydata_train000001.bin", "mydata_val000000.bin"):
+        (tmp_path / name).write_bytes(b"")
+    write_tokenizer_file(tmp_path / "aaa_tokenizer.bin", [b"a", b"<|endoftext|>"], 1)
+    assert tokenizer_next_to(str(tmp_path / "mydata_train*.bin")) == str(tmp_path / "aaa_tokenizer.bin")
+    write_tokenizer_file(tmp_path / "bbb_tokenizer.bin", [b"b", b"<|endoftext|>"], 1)
+    assert tokenizer_next_to(str(tmp_path / "mydata_train*.bin")) is None
+    assert tokenizer_next_to(str(tmp_path / "mydata_val000000.bin")) is None
