@@ -2,6 +2,10 @@
 the step equals forward/zero_grad/backward/update by hand, micro-batches average like one batch of
 all their rows, clipping scales the update to the clip norm, and a diverged step stops before it
 updates anything."""
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
@@ -70,3 +74,44 @@ def test_a_diverged_step_updates_nothing():
     with pytest.raises(CollectiveError, match="step 7: loss nan"):
         train_step(a, [batch(4)], lr=1e-2, t=7)
     assert a.m_flat is None   # AdamW never ran
+
+
+# In a fresh process (the kernels not yet loaded): warm_up loads or compiles kernels, then a step of
+# another model, in the same precision, with every recompute, must find each kernel it calls ready
+# (Dispatcher.compile is where Numba both loads from its cache and compiles). Under MPI, rank 0 warms
+# up alone before the others start, so a kernel it misses is compiled by every rank at once.
+WARM_UP_THEN_STEP = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from numba.core import dispatcher
+    from numbagpt.config import GPT2Config
+    from numbagpt.model import GPT2
+    from numbagpt.train.step import train_step, warm_up
+    precision = sys.argv[1]
+    calls = []
+    compile_ = dispatcher.Dispatcher.compile
+    def recorded(self, sig):
+        calls.append(self.py_func.__name__)
+        return compile_(self, sig)
+    dispatcher.Dispatcher.compile = recorded
+    warm_up("cpu", precision)
+    print("warm-up:", len(calls))
+    calls.clear()
+    cfg = GPT2Config(max_seq_len=16, vocab_size=60, num_layers=2, num_heads=2, channels=32, padded_vocab_size=64)
+    x = np.random.default_rng(0).integers(0, 60, (2, 16)).astype(np.int32)
+    for recompute in (0, 1, 2):
+        m = GPT2(cfg, backend="cpu", precision=precision, recompute=recompute)
+        m.init_weights(1)
+        train_step(m, [(x, x)], lr=1e-3, t=1)
+    print("step:", sorted(set(calls)))
+""")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_warm_up_readies_every_kernel_of_a_step(precision):
+    out = subprocess.run([sys.executable, "-c", WARM_UP_THEN_STEP, precision], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    warmed, stepped = out.stdout.splitlines()
+    assert int(warmed.split()[1]) > 0   # the recorder sees kernels being readied
+    assert stepped == "step: []"

@@ -488,7 +488,7 @@ def _combo(o, c, rows, n, hs):
 
 @njit(fastmath=_FASTMATH, inline='always')
 def _causal_softmax(a, p, scale, n, width):
-    """p[:n] *= scale (the scores, kept as preatt), then a[:n] = softmax(p[:n]) and a[n:width] = 0
+    """p[:n] *= scale, then a[:n] = softmax(p[:n]) and a[n:width] = 0
     (a may be p). The max is subtracted so exp never overflows; the row's own key t2 = t is always
     among the n, so the sum is ≥ exp(0) = 1. The zeros make att a full causal matrix."""
     for t2 in range(n):

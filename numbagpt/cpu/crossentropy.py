@@ -119,7 +119,9 @@ def _rows(Vp):
 
 
 def crossentropy_backward(dlogits, dlosses, logits, targets, B, T, V, Vp, dlogits_bf16=False):
-    """dlogits (B,T,Vp) = the backward above (written; may be logits), rows in parallel."""
+    """dlogits (B,T,Vp) = (softmax − onehot)·dlosses over the first V columns, 0 in the padding
+    (dlogits_bf16: rounded to bf16, in bf16 rows; Vp even). Writes (=); dlogits may be logits (in
+    place). Rows in parallel."""
     _backward(dlogits, dlosses, logits, targets, B * T, V, Vp, dlogits_bf16, _rows(Vp))
 
 

@@ -21,7 +21,8 @@ All three products are one GEMM, Y (M,N) [+]= op(A) (M,K) · op(B) (K,N), Y row-
 written in the GotoBLAS/BLIS structure (loops from the outside in):
 
     prange over tasks, one per thread: Y cut into mparts × nparts equal rectangles (in whole
-                                       micro-tiles), split along N or M, whichever packs less
+                                       micro-tiles), the factorisation of the thread count that
+                                       packs least (split)
       for jc in the task's columns by NC:
         for pc in K by KC:                     a reduction block
           pack B[pc:pc+KC, jc:jc+NC] -> Bp     NR-wide strips, each KC × NR contiguous, zero-padded

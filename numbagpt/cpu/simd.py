@@ -20,9 +20,9 @@ the code below compiles to what a BLAS author would write by hand.
     ops.transpose(dst, d, ldd, src, s, lds)   # an L × L block: dst[d + c·ldd + r] = src[s + r·lds + c]
 
 `a` is a 1-D C-contiguous float32 array and `i` an integer index. There is **no bounds check**:
-the caller guarantees that i..i+L-1 lies inside the array (the GEMM only loads from its own padded
-packing buffers and stores to full tiles; its edges go through a scratch tile), and for transpose
-that all L rows of the block lie inside src and dst.
+the caller guarantees that i..i+L-1 lies inside the array (the GEMM loads from its padded packing
+buffers, or from whole panels of A where they lie, and stores to full tiles; its edges go through a
+scratch tile), and for transpose that all L rows of the block lie inside src and dst.
 """
 import functools
 import hashlib

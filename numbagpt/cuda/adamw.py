@@ -5,11 +5,11 @@
         params_i −= lr·(m̂/(sqrt(v̂)+eps) + weight_decay·params_i),  m̂ = m_i/(1−β1ᵗ), v̂ = v_i/(1−β2ᵗ)
       The bias corrections 1−β1ᵗ, 1−β2ᵗ are computed on the host in float64 and passed as float32;
       all device arithmetic is float32 (the CPU backend uses float64 per element: results agree to
-      float32 rounding). Reads 16N bytes, writes 12N, ~15 FLOPs per element.
+      float32 rounding). Reads 16N bytes, writes 12N, 17 FLOPs per element (costs.py).
     global_norm_squared: out[0] = Σ grads_i²  (overwritten), deterministic two-stage reduction:
-        stage 1: grid min(ceil(N/(256·16)), 512) blocks of 256 threads, grid-stride loop (≥ 16 elements
-                 per thread), per-thread float32 sums, warp-shuffle + shared-memory block reduction,
-                 partial[block] written;
+        stage 1: grid min(ceil(N/(256·16)), 512) blocks of 256 threads, grid-stride loop (at most 16
+                 elements per thread until the 512 blocks cap the grid, more after), per-thread
+                 float32 sums, warp-shuffle + shared-memory block reduction, partial[block] written;
         stage 2: one warp sums the ≤ 512 partials (strided, then a shuffle butterfly) into out[0].
       Reads 4N bytes, 2N FLOPs.
       The partials live in a 512-float scratch buffer allocated once per process (first call).

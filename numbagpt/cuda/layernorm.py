@@ -15,7 +15,7 @@ mean, rstd (B, T). eps 1e-5, biased variance; N = B·T rows.
               12·N·C read + 8·N·C written).
     backward  dinp (layernorm_backward_dinp_kernel): one warp per row as above; a warp-reduced
               correction of the float32-rounded saved mean, two warp-reduced means (dnorm,
-              dnorm·norm), then dinp += ... (accumulates). 4 passes over the row.
+              dnorm·norm), then dinp += ... (accumulates). 3 passes over the row.
               dweight/dbias (layernorm_backward_dwdb_kernel): a column reduction over the N rows,
               block (32 columns × 8 row-lanes = 256 threads), grid (ceil(C/32), R) with
               R = min(ceil(N/256), 64) row chunks. Each block sums its chunk per column in registers,

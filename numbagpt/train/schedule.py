@@ -1,6 +1,6 @@
 """Learning-rate schedules, as llm.c's llmc/schedulers.h defines them.
 
-All four warm up linearly over the first `warmup` steps, lr * (step + 1) / warmup, then:
+All but constant warm up linearly over the first `warmup` steps, lr * (step + 1) / warmup, then:
     cosine    min_lr + (lr - min_lr) * (1 + cos(pi * r)) / 2,   r = (step - warmup) / (steps - warmup)
     linear    lr - r * (lr - min_lr)
     constant  lr (and no warmup: llm.c's constant schedule ignores -u)

@@ -74,15 +74,16 @@ def train_step(model, batches, *, lr, t, dp=None, grad_clip=1.0, weight_decay=0.
     return StepResult(loss=loss, norm=norm, lr=lr, scale=scale, skipped=skipped)
 
 
-def warm_up(backend):
-    """Compile (or load from Numba's cache) every kernel a step runs: one train_step of a throwaway
-    micro model. The kernels' argument types don't depend on the sizes."""
+def warm_up(backend, precision="fp32"):
+    """Compile (or load from Numba's cache) every kernel a step in `precision` runs: one train_step of
+    a throwaway micro model in that precision (bf16 runs its own GEMM). The kernels' argument types
+    don't depend on the sizes."""
     import numpy as np
 
     from ..config import GPT2Config
     from ..model import GPT2
     cfg = GPT2Config(max_seq_len=4, vocab_size=8, num_layers=1, num_heads=1, channels=4, padded_vocab_size=8)
-    model = GPT2(cfg, backend=backend)
+    model = GPT2(cfg, backend=backend, precision=precision)
     model.init_weights(0)
     tokens = np.zeros((1, 4), dtype=np.int32)
     train_step(model, [(tokens, tokens)], lr=1e-3, t=1)

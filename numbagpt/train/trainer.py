@@ -310,7 +310,7 @@ def setup_device(config, world, say):
         # first; the others wait at a barrier, then load the compiled code from the cache, instead
         # of compiling the same functions N times at once and racing to write the same cache files.
         with world.rank0_first(), compile_notice(say):
-            warm_up(backend)
+            warm_up(backend, config.precision)
     return backend
 
 
