@@ -30,10 +30,12 @@ TIMER = "cpu"        # the kernels are synchronous: a clock around the call time
 # ---------------------------------------------------------------- device
 
 def available():
+    """True: kernels can always run on the CPU (no driver or device to check, unlike CUDA's)."""
     return True
 
 
 def require():
+    """Nothing to check: `available()` is always True on the CPU, so this never raises."""
     pass
 
 
@@ -82,24 +84,33 @@ class HostEvent:
 
 
 def event():
+    """A HostEvent that records host timestamps (time.perf_counter_ns): record(), synchronize() (a no-op),
+    elapsed_time(end) in ms."""
     return HostEvent()
 
 
 # ---------------------------------------------------------------- buffers
 
 def zeros(n, dtype=np.float32):
+    """A zero-filled 1-D NumPy array of n elements."""
     return np.zeros(n, dtype=dtype)
 
 
 def to_device(host_array):
+    """Always a new NumPy array copying the host array (np.array(copy=True), never the same object); its
+    shape is kept, not flattened to 1-D as on CUDA."""
     return np.array(host_array, copy=True)
 
 
 def to_host(array):
+    """`array` itself, not a copy (np.asarray of a NumPy array: it shares memory with the buffer, unlike CUDA's
+    copy); anything else is converted to a NumPy array."""
     return np.asarray(array)
 
 
 def copy_to_device(dst, host_array):
+    """Copy a host array into the existing array `dst` (dst[:] = host_array: cast to dst's dtype; the shapes
+    must broadcast: a host array of another shape is not flattened as on CUDA, NumPy raises a ValueError)."""
     dst[:] = host_array
 
 
@@ -109,8 +120,10 @@ def copy(dst, src):
 
 
 def fill_zero(array):
+    """Zero an array, or a view of one, in place (array[:] = 0; done when it returns, no kernel)."""
     array[:] = 0
 
 
 def synchronize():
+    """Nothing to wait for: the CPU kernels return when they are done (a no-op)."""
     pass

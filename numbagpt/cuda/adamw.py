@@ -30,6 +30,9 @@ _ONE = np.float32(1.0)
 
 @cuda.jit(fastmath=False)
 def adamw_kernel(params, m, v, grads, lr, beta1, beta2, eps, weight_decay, grad_scale, bc1, bc2, N):
+    """params, m, v (N) updated in place, one thread per i < N: g = grad_scale·grads_i,
+    m_i = β1·m_i + (1−β1)·g, v_i = β2·v_i + (1−β2)·g², params_i −= lr·(m̂/(sqrt(v̂)+eps) + weight_decay·params_i)
+    with m̂ = m_i/bc1, v̂ = v_i/bc2 (bc1 = 1−β1ᵗ, bc2 = 1−β2ᵗ from the host); float32 arithmetic."""
     i = cuda.grid(1)
     if i < N:
         g = grad_scale * grads[i]

@@ -482,6 +482,10 @@ def kv_cache_write_kernel(kcache, vcache, inp, B, T, t0, C, NH, maxT):
 
 @cuda.jit(fastmath=False)
 def attention_cached_kernel(out, att, kcache, vcache, inp, B, T, t0, C, NH, maxT, scale):
+    """One warp per query row (b·NH + h)·T + t (4 per block), q read from inp (B,T,3C):
+    att[b,h,t,t2] = softmax over t2 < n = t0+t+1 of scale·q·kcache[b,h,t2] (lanes over keys), 0 for n ≤ t2 < maxT;
+    out[b,t,h·hs + i] = Σ_{t2<n} att[b,h,t,t2]·vcache[b,h,t2,i] (lanes over the hs channels). Both written (=);
+    the cache must already hold rows ..t0+T−1 (kv_cache_write_kernel)."""
     lane = cuda.threadIdx.x % 32
     row = cuda.blockIdx.x * WARPS + cuda.threadIdx.x // 32
     if row < B * NH * T:

@@ -77,6 +77,8 @@ def _row_max_sum(logits, row, V, sm_m, sm_s):
 
 @cuda.jit(fastmath=False)
 def crossentropy_forward_kernel(losses, logits, targets, B, T, V, Vp):
+    """One block of 256 threads per (b, t) row, grid B·T: losses[b,t] = log S + M − logits[b,t,target] (=),
+    (M, S) = max_{i<V} z_i and Σ_{i<V} exp(z_i − M) (_row_max_sum); thread 0 writes."""
     sm_m = cuda.shared.array(NWARPS, np.float32)
     sm_s = cuda.shared.array(NWARPS, np.float32)
     bt = cuda.blockIdx.x

@@ -18,6 +18,7 @@ BLOCK = 256
 
 @cuda.jit(fastmath=False)
 def encoder_forward_kernel(out, inp, wte, wpe, B, T, C):
+    """out[b,t,c] = wte[inp[b,t], c] + wpe[t, c] (=); one thread per (b, t, c), c fastest (coalesced)."""
     idx = cuda.grid(1)
     if idx < B * T * C:
         bt = idx // C
@@ -28,6 +29,8 @@ def encoder_forward_kernel(out, inp, wte, wpe, B, T, C):
 
 @cuda.jit(fastmath=False)
 def encoder_backward_wte_kernel(dwte, dout, inp, B, T, C):
+    """dwte[inp[b,t], c] += dout[b,t,c] with a float32 `cuda.atomic.add`; one thread per (b, t, c) (the
+    adds of a repeated token land in no fixed order)."""
     idx = cuda.grid(1)
     if idx < B * T * C:
         bt = idx // C
@@ -37,6 +40,7 @@ def encoder_backward_wte_kernel(dwte, dout, inp, B, T, C):
 
 @cuda.jit(fastmath=False)
 def encoder_backward_wpe_kernel(dwpe, dout, B, T, C):
+    """dwpe[t, c] += Σ_b dout[b,t,c], summed over b in order (deterministic, no atomics); one thread per (t, c)."""
     idx = cuda.grid(1)
     if idx < T * C:
         s = dout[idx]

@@ -24,6 +24,7 @@ _ONE = np.float32(1.0)
 
 @cuda.jit(fastmath=False)
 def gelu_forward_kernel(out, inp, N):
+    """out[i] = 0.5·x·(1 + tanh(s·(x + k·x³))), x = inp[i] (=); one thread per element i < N."""
     i = cuda.grid(1)
     if i < N:
         x = inp[i]
@@ -33,6 +34,8 @@ def gelu_forward_kernel(out, inp, N):
 
 @cuda.jit(fastmath=False)
 def gelu_backward_kernel(dinp, dout, inp, N):
+    """dinp[i] += gelu'(x)·dout[i], x = inp[i] (accumulates), gelu'(x) = 0.5·(1 + u) + 0.5·x·(1 − u²)·s·(1 + 3k·x²)
+    with u = tanh(s·(x + k·x³)); one thread per element i < N."""
     i = cuda.grid(1)
     if i < N:
         x = inp[i]

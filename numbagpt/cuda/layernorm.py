@@ -78,6 +78,9 @@ def normalize_row(out, mean, rstd, inp, k, weight, bias, row, lane, C):
 
 @cuda.jit(fastmath=False)
 def layernorm_forward_kernel(out, mean, rstd, inp, weight, bias, B, T, C):
+    """One warp per row r = b·T + t (4 per block): out[r,:] = (inp[r,:] − mean[r])·rstd[r]·weight + bias, mean[r]
+    = the row's mean, rstd[r] = 1/sqrt(var + 1e-5) (biased var), all written (=) by normalize_row (sums shifted
+    by the row's first element)."""
     lane = cuda.threadIdx.x % 32
     row = cuda.blockIdx.x * WARPS + cuda.threadIdx.x // 32
     if row < B * T:  # uniform across the warp
@@ -86,6 +89,8 @@ def layernorm_forward_kernel(out, mean, rstd, inp, weight, bias, B, T, C):
 
 @cuda.jit(fastmath=False)
 def fused_residual_layernorm_forward_kernel(residual, ln, mean, rstd, inp1, inp2, weight, bias, B, T, C):
+    """One warp per row r (4 per block): residual[r,:] = inp1 + inp2 (=), each lane writing the elements it
+    then normalises; ln, mean, rstd (=) as layernorm_forward_kernel of that residual, bit for bit."""
     lane = cuda.threadIdx.x % 32
     row = cuda.blockIdx.x * WARPS + cuda.threadIdx.x // 32
     if row < B * T:
@@ -100,6 +105,8 @@ def fused_residual_layernorm_forward_kernel(residual, ln, mean, rstd, inp1, inp2
 
 @cuda.jit(fastmath=False)
 def layernorm_backward_dinp_kernel(dinp, dout, inp, weight, mean, rstd, B, T, C):
+    """One warp per row r (4 per block): dinp[r,i] += (dn_i − mean(dn) − n_i·mean(dn·n))·rstd (accumulates),
+    dn = weight·dout, n = ((inp − mean) − c)·rstd, c = mean(inp − mean) (the saved float32 mean's rounding)."""
     lane = cuda.threadIdx.x % 32
     row = cuda.blockIdx.x * WARPS + cuda.threadIdx.x // 32
     if row < B * T:
@@ -128,6 +135,9 @@ def layernorm_backward_dinp_kernel(dinp, dout, inp, weight, mean, rstd, B, T, C)
 
 @cuda.jit(fastmath=False)
 def layernorm_backward_dwdb_kernel(dweight, dbias, dout, inp, mean, rstd, B, T, C, chunk):
+    """dweight[c] += Σ_r (inp[r,c] − mean[r])·rstd[r]·dout[r,c], dbias[c] += Σ_r dout[r,c] over the rows r of
+    chunk blockIdx.y (r from blockIdx.y·chunk, < B·T): block 32 columns × 8 row-lanes, grid (ceil(C/32), chunks);
+    the row-lanes combined in shared memory in a fixed order, then one float32 `cuda.atomic.add` per column."""
     sw = cuda.shared.array((ROW_LANES, COLS), np.float32)
     sb = cuda.shared.array((ROW_LANES, COLS), np.float32)
     tx = cuda.threadIdx.x % COLS

@@ -19,6 +19,9 @@ _ZERO = np.float32(0.0)
 
 @cuda.jit(fastmath=False)
 def matvec_kernel(out, inp, weight, bias, has_bias, M, C, OC):
+    """One warp per output column o = 4·blockIdx.x + threadIdx.x // 32 (4 warps per block): out[m, o] =
+    Σ_c inp[m, c]·weight[o, c] (+ bias[o] if has_bias) for every m < M (=); lanes stride over c, warp_sum adds
+    them, lane 0 writes. bias is unread when has_bias is 0 (the launcher then passes out)."""
     lane = cuda.threadIdx.x % 32
     o = cuda.blockIdx.x * WARPS + cuda.threadIdx.x // 32
     if o < OC:  # whole warps take the same branch: the reduction below needs all 32 lanes

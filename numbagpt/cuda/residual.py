@@ -12,6 +12,7 @@ BLOCK = 256
 
 @cuda.jit(fastmath=False)
 def residual_forward_kernel(out, inp1, inp2, N):
+    """out[i] = inp1[i] + inp2[i] (=); one thread per element i < N."""
     i = cuda.grid(1)
     if i < N:
         out[i] = inp1[i] + inp2[i]
