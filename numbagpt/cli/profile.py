@@ -44,7 +44,8 @@ def build_parser():
                         "--steps; 0: none)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the whole profile as JSON here")
     add_flag(p, "--peak-gflops", type=float, check=POSITIVE, default=None,
-                   help="peak GFLOP/s for the MFU (default: measured with numbagpt's own matmul_forward)")
+                   help="peak GFLOP/s for the MFU (default: measured with numbagpt's own matmul_forward, "
+                        "matmul_forward_bf16 under --precision bf16)")
     p.add_argument("--no-calibrate", action="store_true",
                    help="skip the peak calibration matmuls (no MFU unless --peak-gflops is given)")
     add_flag(p, "--seed", type=int, check=NONNEG, default=1337, help="seed of the init and of the random tokens")

@@ -14,10 +14,11 @@ from numbagpt.flags import NONNEG, POSITIVE
 # The tolerances, max absolute difference, in one place. llm.c's own test accepts 1e-2 on logits and
 # loss and 2e-2 on gradients; float32 kernels land far closer to PyTorch, so numbagpt asks for that.
 TOLERANCES = {"logits": 1e-5, "loss": 1e-5, "grads": 1e-5, "step_loss": 1e-4}
-# --precision bf16: the matmuls' operands carry 8 significant bits (a relative rounding of up to 2^-9),
+# --precision bf16: the matmuls' operands carry 8 significant bits (a relative rounding of up to 2^-8),
 # so logits and gradients are compared relative to the reference's largest magnitude ("max rel diff"),
 # the losses absolutely. Measured on the two fixtures: logits 2.0e-3, gradients 6.1e-3 (dln2w), loss
-# 1.5e-5, step losses 6.8e-5; the tolerances leave 3-5x of room, as llm.c's bf16 test does.
+# 1.5e-5, step losses 6.8e-5; the tolerances leave 5x and 3x of room on logits and gradients, as
+# llm.c's bf16 test does, and take llm.c's loss tolerance (1e-3: 15x and more).
 BF16_TOLERANCES = {"logits": 1e-2, "loss": 1e-3, "grads": 2e-2, "step_loss": 1e-3}
 RELATIVE_BF16 = ("logits", "grads")
 # llm.c's test_gpt2 optimizer settings (no gradient clipping; its gpt2_update decays every parameter).

@@ -509,7 +509,8 @@ def write_state(path, step, world_size, rank, m, v, rng_state=0, shard_index=0, 
     then `detectors` (a list of outlier detector states: the spike guard's windows of losses and
     gradient norms; _encode_detectors).
     numbagpt's loader rebuilds its permutations from (seed, epoch), so unlike llm.c it writes no
-    permutation trailer; llm.c reads what it knows and ignores the bytes after the arrays.
+    permutation trailer: llm.c reads a state written without shuffling (slot 5 = 0) and ignores the
+    bytes after its arrays, but with shuffling it would read them as its permutation (docs/formats.md).
     Returns the file's XXH3-64 hash (hex).
     """
     m = np.asarray(m).reshape(-1)

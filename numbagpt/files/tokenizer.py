@@ -262,7 +262,8 @@ def load_tokenizer(path):
 
 
 def _named_tokenizer(shard):
-    """NAME_tokenizer.bin beside a NAME_train*.bin / NAME_val*.bin shard, if there is one, else None."""
+    """NAME_tokenizer.bin beside a NAME_train.bin / NAME_val.bin shard (or NAME_train_000001.bin: digits
+    after train or val), if there is one, else None."""
     folder, base = os.path.split(shard)
     m = re.match(r"(.*?)_(train|val)(?:_?\d+)?\.bin$", base)
     candidate = m and os.path.join(folder, f"{m.group(1)}_tokenizer.bin")
@@ -296,7 +297,7 @@ def check_one_tokenization(*data_globs):
 
 def tokenizer_next_to(data_glob):
     """The tokenizer file that prepare_data (and llm.c's dev/data scripts) write beside the shards:
-    NAME_tokenizer.bin for NAME_train*.bin / NAME_val*.bin; else the directory's only *_tokenizer.bin.
+    NAME_tokenizer.bin for NAME_train[_N].bin / NAME_val[_N].bin; else the directory's only *_tokenizer.bin.
     None when there is none."""
     files = shard_files(data_glob)
     if not files:

@@ -166,8 +166,10 @@ class TrainConfig:
         """Lines about values that are allowed but probably not meant (the trainer prints them)."""
         out = []
         if self.lr_scheduler != "constant" and self.warmup_iters >= self.max_steps:
+            reaches = (f"reaches -l {self.lr:g} only at the last step" if self.warmup_iters == self.max_steps
+                       else f"never reaches -l {self.lr:g}")
             out.append(f"-u {self.warmup_iters} warmup steps >= -x {self.max_steps} steps: the learning rate "
-                       f"never reaches -l {self.lr:g}, and the -k {self.lr_scheduler} decay never starts")
+                       f"{reaches}, and the -k {self.lr_scheduler} decay never starts")
         if (self.output_dir and self.save_precision == "bf16"
                 and (self.checkpoint_every == 0 or self.max_steps % self.checkpoint_every)):
             out.append(f"--save-precision bf16: step {self.max_steps} is no checkpoint step (-n "

@@ -155,7 +155,7 @@ def discard_files(directory, names):
 # ----------------------------------------------------------------------------------------------
 # the run record
 
-# key: (what the user changes to change it, kept in the record as); the order of the messages
+# record key: what the user changes to change it (a flag, or what it stands for); the order of the messages
 RUN_FIELDS = {
     "B": "-b", "T": "-t", "total_batch": "tokens per step", "seed": "--seed", "train_data": "-i",
     "val_data": "-j", "world_size": "number of processes", "zero_stage": "-z", "shuffle": "--shuffle",
@@ -199,8 +199,8 @@ def compare_runs(recorded, current):
 
 def check_resume(recorded, current, allow_changes, where):
     """Raise RunDirError naming every change between the checkpoint's run and this one, unless
-    `allow_changes` (then return the lines, to print as warnings). Processes and ZeRO stage can't
-    change, whatever the flag."""
+    `allow_changes` (then return the lines, to print as warnings). HARD_FIELDS (processes, ZeRO stage
+    and the model's shape) can't change, whatever the flag."""
     changes = compare_runs(recorded or {}, current)
     hard = [line for key, line in changes if key in HARD_FIELDS]
     if hard:
