@@ -2,7 +2,7 @@
 """numbagpt against llm.c's own programs: its C trainer and test, and its PyTorch writer.
 
     git clone https://github.com/karpathy/llm.c ../llm.c      # once, anywhere; nothing is downloaded here
-    python dev/llmc_check.py ../llm.c                          # all three checks (~3 minutes on 2 cores)
+    python dev/llmc_check.py ../llm.c                          # every check (about 2 minutes on 2 cores)
     python dev/llmc_check.py ../llm.c --only c-train --steps 10 --threads 4
 
 The checks, each on files one side writes and the other reads:
@@ -24,8 +24,13 @@ The checks, each on files one side writes and the other reads:
             again, byte for byte the same file, writes the same tokenizer file, and bin/test_gpt2
             passes on llm.c's debug state. tiktoken would download GPT-2's BPE: the script is given
             numbagpt's offline encoding in its place (the same ranks; tests/test_tokenizer.py).
+  py-data   llm.c's dev/data/data_common.py writes a GPT-2 data shard (numbagpt's built-in train
+            tokens), a llama-3 one (uint32 tokens) and a multiple-choice eval file (as its
+            hellaswag.py: random examples of 4 completions); numbagpt writes the same GPT-2 shard and
+            eval file byte for byte and reads all three back to the same tokens and examples.
 
-c-test and py-write need torch (`pip install torch==2.13.0`). Exits 1 if a check fails.
+c-test and py-write need torch (`pip install torch==2.13.0`): without it they are skipped, saying so.
+Exits 1 if a check fails.
 """
 import argparse
 import contextlib
@@ -47,7 +52,8 @@ C_TRAIN = "dev/data/tinyshakespeare/tiny_shakespeare_train.bin"
 C_VAL = "dev/data/tinyshakespeare/tiny_shakespeare_val.bin"
 C_B, C_T, C_VAL_EVERY, C_VAL_BATCHES = 4, 64, 10, 5
 SHUFFLE_ON = "dataloader_init(&train_loader, train_tokens, B, T, 0, 1, 1);"
-CHECKS = ("c-train", "c-test", "py-write")
+CHECKS = ("c-train", "c-test", "py-write", "py-data")
+NEED_TORCH = ("c-test", "py-write")
 
 
 def run(cmd, cwd, threads, **kw):
@@ -190,6 +196,53 @@ def check_py_write(llmc, work, args):
                 f"; numbagpt's test_gpt2 on llm.c's debug state: {'passed' if test.returncode == 0 else 'FAILED'}")
 
 
+def llmc_data_common(llmc):
+    """llm.c's dev/data/data_common.py as a module (its download helper's imports stubbed if absent)."""
+    import importlib.util
+    import types
+    for name in ("requests", "tqdm"):   # used only by download_file, which is not called
+        try:
+            __import__(name)
+        except ImportError:
+            sys.modules[name] = types.SimpleNamespace(tqdm=None)
+    spec = importlib.util.spec_from_file_location("data_common", os.path.join(llmc, "dev", "data", "data_common.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_py_data(llmc, work, args):
+    from numbagpt.files.data import ensure_builtin_data
+    from numbagpt.files.formats import open_shard, write_shard
+    from numbagpt.hellaswag import read_eval_file, write_eval_file
+    common = llmc_data_common(llmc)
+    out = os.path.join(work, "data")
+    os.makedirs(out, exist_ok=True)
+    path = lambda name: os.path.join(out, name)   # noqa: E731
+    rng = np.random.default_rng(0)
+    gpt2 = np.array(open_shard(ensure_builtin_data(verbose=False)[0]))
+    llama = rng.integers(0, 128256, 100_000)
+    examples = [(int(rng.integers(4)), rng.integers(0, 50257, rng.integers(1, 40)).tolist(),
+                 [rng.integers(0, 50257, rng.integers(1, 20)).tolist() for _ in range(4)]) for _ in range(300)]
+    with contextlib.redirect_stdout(open(os.devnull, "w")):   # its "writing ..." lines
+        common.write_datafile(path("llmc_gpt2.bin"), gpt2.tolist())
+        common.write_datafile(path("llmc_llama3.bin"), llama.tolist(), model_desc="llama-3")
+        common.write_evalfile(path("llmc_eval.bin"), [dict(label=label, ctx_tokens=context, ending_tokens=endings)
+                                                      for label, context, endings in examples])
+    write_shard(path("numbagpt_gpt2.bin"), gpt2)
+    write_eval_file(path("numbagpt_eval.bin"), examples)
+    same = lambda a, b: open(path(a), "rb").read() == open(path(b), "rb").read()   # noqa: E731
+    read = read_eval_file(path("llmc_eval.bin"))
+    checks = [
+        (f"GPT-2 shard ({gpt2.size:,} tokens): the same bytes", same("llmc_gpt2.bin", "numbagpt_gpt2.bin")),
+        ("read back", np.array_equal(open_shard(path("llmc_gpt2.bin")), gpt2)),
+        ("llama-3 shard read back", np.array_equal(open_shard(path("llmc_llama3.bin")), llama)),
+        (f"eval file ({len(examples)} examples): the same bytes", same("llmc_eval.bin", "numbagpt_eval.bin")),
+        ("read back", [(e.label, e.context, e.completions) for e in read] == examples),
+    ]
+    return all(ok for _, ok in checks), ", ".join(f"{what} {'yes' if ok else 'NO'}" for what, ok in checks)
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -211,8 +264,9 @@ def main(argv=None):
     args = parse_args(argv)
     try:   # torch before Numba starts its thread pool (c-test and py-write run PyTorch)
         import torch  # noqa: F401
+        have_torch = True
     except ImportError:
-        pass
+        have_torch = False
     import numba
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     work = args.keep or tempfile.mkdtemp(prefix="llmc_check_")
@@ -222,6 +276,9 @@ def main(argv=None):
     try:
         setup_run_dir(work)
         for check in args.only or CHECKS:
+            if check in NEED_TORCH and not have_torch:
+                print(f"{check:9} skip needs torch (pip install torch==2.13.0)", flush=True)
+                continue
             ok, said = globals()[f"check_{check.replace('-', '_')}"](llmc, work, args)
             print(f"{check:9} {'ok  ' if ok else 'FAIL'} {said}", flush=True)
             failed += not ok
