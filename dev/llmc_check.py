@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """numbagpt against llm.c's own programs: its C trainer and test, and its PyTorch writer.
 
-    git clone https://github.com/karpathy/llm.c ../llm.c      # once, anywhere; nothing is downloaded here
-    python dev/llmc_check.py ../llm.c                          # every check (about 2 minutes on 2 cores)
+    python dev/llmc_check.py ../llm.c      # a checkout of karpathy/llm.c; every check (~2 min on 2 cores)
     python dev/llmc_check.py ../llm.c --only c-train --steps 10 --threads 4
+
+Nothing is downloaded: the checkout is yours to make (GitHub's karpathy/llm.c).
 
 The checks, each on files one side writes and the other reads:
   c-train   llm.c's train_gpt2.c, compiled here (cc -O3 -fopenmp), trains numbagpt's `tiny` model
