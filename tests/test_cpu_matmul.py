@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import numbagpt.cpu as CPU
+from asm import inner_loop, stack_accesses
 from harness import check, same_bits_at_thread_counts, tolerance
 from numbagpt.cpu import matmul as mm
 from numbagpt.cpu.matmul import matmul_backward, matmul_forward
@@ -250,18 +251,6 @@ def test_matmul_backward_matches_finite_differences_of_forward():
     np.testing.assert_allclose(db, num_db, rtol=rtol, atol=atol)
 
 
-def _inner_loop(asm):
-    """The micro-kernel's k loop in the assembly: the shortest loop (text from a label to the branch
-    back to it) with at least 24 FMAs, so that the single-k tail, which LLVM may lay out around the
-    two-k main loop, is not taken for it."""
-    loops = []
-    for m in re.finditer(r"^(\.?[A-Za-z_0-9.]+):", asm, re.M):
-        back = re.search(r"^\s*j\w+\s+" + re.escape(m.group(1)) + r"\s*$", asm[m.end():], re.M)
-        if back:
-            loops.append(asm[m.start():m.end() + back.end()])
-    return min((blk for blk in loops if len(re.findall(r"vfmadd\w*ps", blk)) >= 24), key=len)
-
-
 @pytest.mark.skipif("avx512" not in mm.supported_kernels(), reason="the CPU has no AVX-512")
 @pytest.mark.parametrize("variant", ["UKR", "UKK"])  # A panel row by row / k-major
 def test_avx512_microkernel_is_zmm_fmas_with_no_spills(kernel, variant):
@@ -277,11 +266,28 @@ def test_avx512_microkernel_is_zmm_fmas_with_no_spills(kernel, variant):
     Y = np.zeros(MR * NR, np.float32)
     uk(kc, Ap, 0, kc if variant == "UKR" else MR, Bp, 0, Y, 0, NR, 1, Y, 0)
     np.testing.assert_array_equal(Y, kc)  # it ran: every tile entry is the sum of kc ones
-    loop = _inner_loop(uk.inspect_asm(uk.signatures[0]))
+    asm = uk.inspect_asm(uk.signatures[0])
+    loop = inner_loop(asm, r"vfmadd\w*ps", 24)
     fmas = re.findall(r"vfmadd\w*ps\s+[^\n]*", loop)
     assert len(fmas) >= 24 and len(fmas) % 24 == 0, loop
     assert all(f.count("%zmm") == 3 or "{1to16}" in f for f in fmas), loop
-    assert "rsp" not in loop and "rbp)" not in loop, "spills in the k loop:\n" + loop
+    assert not stack_accesses(asm, loop), "spills in the k loop:\n" + loop
+
+
+
+@pytest.mark.skipif("avx512" not in mm.supported_kernels(), reason="the CPU has no AVX-512")
+def test_a_micro_kernel_that_spills_is_seen_to():
+    """The check above can fail: a 12 × 64 tile (48 accumulators, 32 zmm registers) must keep some
+    of them on the stack, and stack_accesses finds them in its k loop."""
+    env = mm.vector_env(16)
+    exec(mm._microkernel_source("uk_12x64", 12, 64, 16, True), env)
+    uk = numba.njit(env["uk_12x64"])
+    kc, MR, NR = 8, 12, 64
+    Y = np.zeros(MR * NR, np.float32)
+    uk(kc, np.ones(kc * MR, np.float32), 0, kc, np.ones(kc * NR, np.float32), 0, Y, 0, NR, 1, Y, 0)
+    np.testing.assert_array_equal(Y, kc)
+    asm = uk.inspect_asm(uk.signatures[0])
+    assert len(stack_accesses(asm, inner_loop(asm, r"vfmadd\w*ps", 48))) >= 16
 
 
 _CHILD = """

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import numbagpt.cpu as CPU
+from asm import inner_loop, stack_accesses
 from harness import check, same_bits_at_thread_counts, tolerance
 from numbagpt.cpu import matmul as mm
 from numbagpt.cpu import matmul_bf16 as mb
@@ -368,16 +369,6 @@ def test_subnormal_operands_as_each_kernel_converts_them(kernel, operand):
 
 # ---------------------------------------------------------------------------- machine code
 
-def _inner_loop(asm, op, n):
-    """The shortest loop (a label to the branch back to it) with at least n `op` instructions."""
-    loops = []
-    for m in re.finditer(r"^(\.?[A-Za-z_0-9.]+):", asm, re.M):
-        back = re.search(r"^\s*j\w+\s+" + re.escape(m.group(1)) + r"\s*$", asm[m.end():], re.M)
-        if back:
-            loops.append(asm[m.start():m.end() + back.end()])
-    return min((blk for blk in loops if len(re.findall(op, blk)) >= n), key=len)
-
-
 @pytest.mark.skipif("avx512bf16" not in mb.supported_kernels(), reason="the CPU has no AVX512-BF16")
 @pytest.mark.parametrize("variant", ["UKR", "UKK"])  # A panel row by row / k-major
 def test_avx512bf16_microkernel_is_vdpbf16ps_with_no_spills(kernel, variant):
@@ -393,12 +384,13 @@ def test_avx512bf16_microkernel_is_vdpbf16ps_with_no_spills(kernel, variant):
     Y = np.zeros(MR * NR, np.float32)
     uk(kc, Ap, 0, kc if variant == "UKR" else MR, Bp, 0, Y, 0, NR, 1, Y, 0)
     np.testing.assert_array_equal(Y, kc * (1 * 1 + 2 * 2))
-    loop = _inner_loop(uk.inspect_asm(uk.signatures[0]), r"vdpbf16ps", 24)
+    asm = uk.inspect_asm(uk.signatures[0])
+    loop = inner_loop(asm, r"vdpbf16ps", 24)
     dps = re.findall(r"vdpbf16ps\s+[^\n]*", loop)
     assert len(dps) >= 24 and len(dps) % 24 == 0, loop
     assert all(d.count("%zmm") == 3 or "{1to16}" in d for d in dps), loop
     assert "vfmadd" not in loop, loop
-    assert "rsp" not in loop and "rbp)" not in loop, "spills in the k loop:\n" + loop
+    assert not stack_accesses(asm, loop), "spills in the k loop:\n" + loop
 
 
 # ---------------------------------------------------------------------------- dispatch
