@@ -32,7 +32,7 @@ import pytest
 
 import reference as ref
 from numbagpt.kernels import CONTRACT
-from simulator import SIM, gpu_present
+from simulator import NUMBA_CUDA, SIM, gpu_present
 
 PAD = 3
 PAD_VALUE = np.float32(-12345.0)
@@ -371,7 +371,7 @@ def backends():
     if not SIM:
         import numbagpt.cpu
         out["cpu"] = numbagpt.cpu
-    if SIM or gpu_present():
+    if NUMBA_CUDA and (SIM or gpu_present()):
         import numbagpt.cuda
         out["cuda"] = numbagpt.cuda
     return out

@@ -8,6 +8,7 @@ present (`RUN_HERE`). To run such a module directly:
     NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/test_cuda_model.py -q
 Every simulated GPU thread is a Python thread, so these tests use tiny shapes and few launches.
 """
+import importlib.util
 import os
 import subprocess
 import sys
@@ -18,9 +19,15 @@ import pytest
 
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The CUDA backend needs the numba-cuda package (numbagpt[cuda]); without it numba.cuda is Numba's own
+# deprecated target, which numbagpt refuses (numbagpt/cuda/runtime.py): its tests are skipped then.
+NUMBA_CUDA = importlib.util.find_spec("numba_cuda") is not None
+NO_NUMBA_CUDA = "numba-cuda is not installed (pip install -e '.[cuda]')"
 
 
 def gpu_present():
+    if not NUMBA_CUDA:
+        return False
     try:
         from numba import cuda
         return bool(cuda.is_available())
@@ -29,7 +36,7 @@ def gpu_present():
 
 
 # A CUDA module's real tests run in this process under the simulator, or directly on a real GPU.
-RUN_HERE = SIM or gpu_present()
+RUN_HERE = NUMBA_CUDA and (SIM or gpu_present())
 
 
 def _simulate(modules, started=lambda proc: None):
@@ -91,6 +98,8 @@ _background = None
 def start_in_background(items):
     """Start the simulator runs of the collected tests `items` that are under_simulator's (conftest.py)."""
     global _background
+    if not NUMBA_CUDA:
+        return
     runs = [item.function.simulator_modules for item in items if hasattr(item.function, "simulator_modules")]
     if runs and _background is None:
         _background = Background(runs)
@@ -105,6 +114,8 @@ def run_module_under_simulator(modules, what):
     """pytest tests/<module> (one name, or several) in a subprocess with NUMBA_ENABLE_CUDASIM=1 (or that
     run's result, when it was started in the background); fail with its output."""
     modules = (modules,) if isinstance(modules, str) else tuple(modules)
+    if not NUMBA_CUDA:
+        pytest.skip(NO_NUMBA_CUDA)
     rerun = f"rerun: NUMBA_ENABLE_CUDASIM=1 {sys.executable} -m pytest " + " ".join(f"tests/{m}" for m in modules)
     ahead = _background is not None and modules in _background.results
     proc = _background.result(modules) if ahead else _simulate(modules)

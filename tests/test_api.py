@@ -183,6 +183,7 @@ def _config_json(**change):
 ])
 def test_import_hf_names_the_config_and_what_is_wrong_with_it(tmp_path, config, message):
     import json
+    pytest.importorskip("safetensors")   # import_hf first asks for the package (numbagpt[hf])
     d = tmp_path / "hf"
     d.mkdir()
     path = d / "config.json"
@@ -199,6 +200,7 @@ def test_import_hf_names_the_config_and_what_is_wrong_with_it(tmp_path, config, 
 @pytest.mark.parametrize("make, what", [(lambda p: p.write_bytes(b"llm.c model"), "not a directory"),
                                         (lambda p: None, "no such directory")])
 def test_import_hf_wants_a_directory(tmp_path, make, what):
+    pytest.importorskip("safetensors")
     src = tmp_path / "model.bin"
     make(src)
     with pytest.raises(ValueError, match=f"^{src}: {what} \\(a Hugging Face model directory"):

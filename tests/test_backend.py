@@ -64,6 +64,22 @@ def test_cpu_device_and_event():
     assert dst.tolist() == [0, 1, 2, 0]
 
 
+def test_the_cuda_backend_needs_numba_cuda(monkeypatch):
+    """numba.cuda is numba-cuda's where that package is installed; Numba's own deprecated target (numba
+    0.60-0.68 keep one) lacks what the kernels use: without the package, no kernel runs and require()
+    says to install it, before it looks for a GPU."""
+    import importlib.util
+
+    from numbagpt.cuda import runtime
+    assert runtime.NUMBA_CUDA == (importlib.util.find_spec("numba_cuda") is not None)
+    monkeypatch.setattr(runtime, "NUMBA_CUDA", False)
+    monkeypatch.setattr(runtime, "SIMULATOR", True)   # even the simulator: Numba's own lacks warp shuffles
+    assert not runtime.available()
+    with pytest.raises(RuntimeError, match=r"^numbagpt.cuda needs the numba-cuda package, which is not installed .*"
+                                           r"pip install -e '\.\[cuda\]'"):
+        runtime.require()
+
+
 def test_unknown_device_is_refused():
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         backend.get_backend("tpu")

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from reference import from_bf16_rows, to_bf16_rows
+from simulator import NO_NUMBA_CUDA, NUMBA_CUDA
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench", "bench_matmul.py")
@@ -270,6 +271,7 @@ def test_bench_train_leaves_out_a_contender_whose_losses_disagree(monkeypatch, c
     assert "tiny: every step's loss as eager's within numbagpt avx512 5e-06, numbagpt avx512 bf16 4e-04" in out
 
 
+@pytest.mark.skipif(not NUMBA_CUDA, reason=NO_NUMBA_CUDA)
 def test_bench_cuda_makes_every_call_under_the_simulator():
     """Without a GPU: the bench's every kernel call, in Numba's CUDA simulator, untimed (--simulator);
     without --simulator the simulator is not a GPU, and the bench says so. (--model's step, 20 s in

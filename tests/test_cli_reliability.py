@@ -3,6 +3,7 @@ subprocess of this worktree, so Numba's cache compiled once serves all): kill -9
 checkpoint write and the final save, then -y 1, gives the uninterrupted run's log and model bit for
 bit; one run per directory; no fresh run over a used one; a resume that changes B is refused; the
 memory check; Ctrl-C; and the one-line messages of docs/reliability.md."""
+import importlib.util
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ from numbagpt.cli import train
 from numbagpt import memory
 from numbagpt.config import GPT2Config
 from numbagpt.layout import memory_estimate
+from simulator import NO_NUMBA_CUDA, NUMBA_CUDA
 from numbagpt.model import GPT2
 
 from micro_data import play_corpus
@@ -424,6 +426,7 @@ def test_a_device_is_checked_against_its_free_memory(corpus, tmp_path, monkeypat
     assert train.main(args_for(corpus, tmp_path / "c", "--device", "cuda", "--no-memory-check", steps=1, every=0)) == 0
 
 
+@pytest.mark.skipif(not NUMBA_CUDA, reason=NO_NUMBA_CUDA)
 def test_a_device_that_cannot_run_leaves_no_output_dir(corpus, tmp_path):
     """--device cuda where no GPU can run: the one-line error before -o is made (it left the directory
     behind, holding only its lock file)."""
@@ -483,6 +486,7 @@ def test_device_memory_figures(monkeypatch):
     assert memory.available_memory(silent) == memory.available_memory()
 
 
+@pytest.mark.skipif(not NUMBA_CUDA, reason=NO_NUMBA_CUDA)
 def test_the_cuda_simulator_is_checked_against_host_memory(corpus, tmp_path):
     """The simulator's memory_info says nothing (Numba's reports inf): its arrays are the host's."""
     cfg = formats.read_model_header(corpus[1])[0]
@@ -660,6 +664,8 @@ def test_a_reader_that_left_ends_every_command_quietly(corpus, tmp_path):
         "console script": [os.path.join(scripts, "numbagpt-prepare"), str(tmp_path / "text.txt"), "-o",
                            str(tmp_path / "data2"), "--tokenizer", "char"],
     }
+    if importlib.util.find_spec("matplotlib") is None:
+        del commands["plot"]   # plot_log needs it: refused before it writes (test_plot.py)
     for name, cmd in commands.items():
         if not os.path.exists(cmd[0]):
             continue   # numbagpt-* exist where numbagpt is pip-installed

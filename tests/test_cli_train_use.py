@@ -1,6 +1,7 @@
 """What bin/train_gpt2 leaves for using the model: HellaSwag at the val interval (-h 1, logged as llm.c's
 `eval`), loss.png next to main.log, tokenizer.bin for bin/sample_gpt2, in-training samples made by
 numbagpt.generate (the KV-cache decoder)."""
+import importlib.util
 import re
 
 import numpy as np
@@ -47,7 +48,8 @@ def test_hellaswag_plot_tokenizer_and_samples(tmp_path, capsys, corpus, monkeypa
         assert re.fullmatch(r"s:\d+ eval:\d\.\d{4}", line)
     assert re.search(r"HellaSwag: \d/6 = \d\.\d{4}", cap.out)
     assert calls == [True, True]  # the samples at steps 3 and 6, with the cache
-    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG" and f"wrote {out / 'loss.png'}" in cap.out
+    if importlib.util.find_spec("matplotlib") is not None:   # without it, a note says how to get the picture
+        assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG" and f"wrote {out / 'loss.png'}" in cap.out
     assert (out / "tokenizer.bin").read_bytes() == open(paths["tokenizer"], "rb").read()
     # bin/sample_gpt2 finds the run's last model and its tokenizer from the output directory alone
     assert sample.main(["-e", str(out), "-g", "10", "--prompt", "KING:"]) == 0

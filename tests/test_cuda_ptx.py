@@ -19,6 +19,7 @@ cannot be found/loaded. (tests/test_backend.py checks that numbagpt.cuda provide
 as numbagpt.cpu.)
 """
 import importlib
+import importlib.util
 import os
 import pkgutil
 import re
@@ -28,6 +29,8 @@ import pytest
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 if SIM:
     pytest.skip("NUMBA_ENABLE_CUDASIM=1: the simulator has no PTX compiler", allow_module_level=True)
+if importlib.util.find_spec("numba_cuda") is None:
+    pytest.skip("numba-cuda is not installed (pip install -e '.[cuda]')", allow_module_level=True)
 
 from numba.cuda.dispatcher import CUDADispatcher  # noqa: E402
 

@@ -3,6 +3,7 @@ repository, and no tracked text file points outside it (no URL, no path above th
 import os
 import re
 import subprocess
+import sys
 
 import pytest
 
@@ -135,7 +136,7 @@ def test_the_api_example_runs(tmp_path):
     text = open(os.path.join(ROOT, "docs", "api.md"), encoding="utf-8").read()
     code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
     env = dict(os.environ, PYTHONPATH=ROOT, NUMBA_NUM_THREADS="1")
-    run = subprocess.run(["python", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "4 steps, val loss" in run.stdout

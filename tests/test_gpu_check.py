@@ -8,13 +8,17 @@ import subprocess
 import sys
 
 import pytest
-from simulator import gpu_present
+from simulator import NO_NUMBA_CUDA, NUMBA_CUDA, gpu_present
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 pytestmark = pytest.mark.skipif(gpu_present(), reason="a GPU is present: run bash bench/gpu_check.sh itself")
+# gpu_check.py stops on a missing numba-cuda (an error, test_a_missing_module_is_an_error_not_no_gpu):
+# the tests that run it through need the package
+needs_numba_cuda = pytest.mark.skipif(not NUMBA_CUDA, reason=NO_NUMBA_CUDA)
 
 
+@needs_numba_cuda
 @pytest.mark.parametrize("simulator", ["0", "1"])
 def test_no_gpu_says_so_and_exits_0(tmp_path, simulator):
     out = tmp_path / "out"
@@ -98,6 +102,7 @@ def test_the_headline_runs_first_and_the_caps_fit_the_budget(tmp_path):
         ["test_gpt2_micro", "test_gpt2_nano", "matmul"]
 
 
+@needs_numba_cuda
 def test_main_runs_the_parts_in_order_and_names_those_not_reached(tmp_path, monkeypatch):
     from bench import gpu_check as g
     monkeypatch.setattr(g, "gpu_status", lambda: (True, "a pretend GPU"))
@@ -131,6 +136,7 @@ def test_a_missing_module_is_an_error_not_no_gpu(tmp_path, module):
     assert "pip install" in err
 
 
+@needs_numba_cuda
 def test_the_script_takes_help_and_passes_arguments_on(tmp_path):
     sh = os.path.join(ROOT, "bench", "gpu_check.sh")
     env = dict(os.environ, PYTHON=sys.executable, NUMBA_ENABLE_CUDASIM="0")
@@ -160,6 +166,7 @@ def _collect(args, simulator="0", gpu=False):
     return {line.strip() for line in proc.stdout.splitlines() if "::" in line}
 
 
+@needs_numba_cuda
 def test_the_device_tests_are_every_cuda_case_and_nothing_else(tmp_path):
     """The tests part on a GPU runs every case the simulator run has (the `cuda` cases of the kernel test
     files tests/test_cpu_*.py, and tests/test_cuda_*.py), and none the run without a GPU has already."""

@@ -129,6 +129,7 @@ def test_a_broken_matplotlib_and_an_unwritable_png_leave_a_training_run_whole(tm
     """The end of a training run (trainer.plot_log): a matplotlib whose pyplot fails to import, or a
     loss.png that cannot be written, is a note, not the run's failure (it was a traceback, and an error
     exit after the model had been written)."""
+    pytest.importorskip("matplotlib")
     from numbagpt.train.trainer import plot_log
     log = write_log(tmp_path / "main.log", steps=5)
     said = []
@@ -151,7 +152,7 @@ def test_a_broken_matplotlib_and_an_unwritable_png_leave_a_training_run_whole(tm
 def test_the_loss_axis_leaves_out_the_first_steps_spike_and_shows_the_rest():
     """A first loss of 10 over fifty between 3 and 3.5: the axis shows all fifty, closely, and not
     the 10 (it would flatten them into a line); NaN and inf are left out of the limits."""
-    import matplotlib
+    matplotlib = pytest.importorskip("matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     rest = [3.0 + 0.01 * i for i in range(51)]

@@ -3,20 +3,25 @@
 - `cuda`: `numba.cuda` (provided by the numba-cuda package). Kernel files do `from .runtime import cuda`
   and always write `cuda.xxx` inside kernels (the simulator swaps module globals that *are* `numba.cuda`).
 - `SIMULATOR`: True when `NUMBA_ENABLE_CUDASIM=1` was set before numba.cuda was first imported.
-- `available()` / `require()`: is there a usable GPU (or the simulator)? `require` raises a RuntimeError
-  that says what to do.
+- `NUMBA_CUDA`: `numba.cuda` is the numba-cuda package's. Without that package Numba falls back to its
+  own deprecated CUDA target, which lacks what the kernels use (warp shuffles in its simulator among them).
+- `available()` / `require()`: is there a usable GPU (or the simulator), and numba-cuda? `require`
+  raises a RuntimeError that says what to do.
 - Launch helpers (`cdiv`, `i64`, `f32`) and shared device functions (warp reductions).
 - Under the simulator (only), numbagpt/cuda/simulator.py is loaded: it adds the warp intrinsics the
   simulator lacks and makes two of its hot spots cheaper.
 """
+import os
+
 import numpy as np
 from numba import cuda, float32, int32, int64  # noqa: F401  (re-exported for kernel files)
+
+NUMBA_CUDA = f"{os.sep}numba_cuda{os.sep}" in (getattr(cuda, "__file__", None) or "")
 
 try:
     from numba.cuda.core import config as _cuda_config
     SIMULATOR = bool(_cuda_config.ENABLE_CUDASIM)
 except Exception:  # older numba-cuda layouts
-    import os
     SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 
 # Argument types of the kernels as the launchers call them, for the per-module SIGNATURES tables
@@ -34,8 +39,11 @@ _checked = None
 
 
 def available():
-    """True if kernels can run: the CUDA simulator is on, or a CUDA driver and a GPU are present."""
+    """True if kernels can run: numba-cuda is installed, and the CUDA simulator is on or a CUDA driver
+    and a GPU are present."""
     global _checked
+    if not NUMBA_CUDA:
+        return False
     if SIMULATOR:
         return True
     if _checked is None:
@@ -50,6 +58,11 @@ def require():
     """Raise a RuntimeError with an actionable message unless `available()`."""
     if available():
         return
+    if not NUMBA_CUDA:
+        raise RuntimeError(
+            "numbagpt.cuda needs the numba-cuda package, which is not installed (numba.cuda is Numba's own "
+            "deprecated CUDA target, which lacks what the kernels use): pip install -e '.[cuda]' in "
+            "numbagpt's checkout, or pip install \"numba-cuda[cu13]\" (cu12 for CUDA 12); or --device cpu")
     reason = ""
     try:
         cuda.current_context()  # raises with the driver's own explanation
