@@ -117,6 +117,52 @@ def test_an_uninterrupted_run_and_the_final_model_of_a_checkpoint_step(tmp_path)
     check_dir(tmp_path, 4)
 
 
+def test_a_model_of_an_unfinished_checkpoint_is_no_final_model(tmp_path):
+    """A run killed while writing its checkpoint at step 5 leaves model_00000005.bin (whole) and a state
+    file of step 5, but no DONE_00000005: that model is an unfinished checkpoint's, not the final model
+    of a run that ended at step 5 (the state file says so, the missing DONE alone does not tell), so
+    final_model is None, check_model says the checkpoint is incomplete, and resolve_model passes over
+    it to step 4's checkpoint, saying why."""
+    proc = run_driver(tmp_path, steps=4, every=2)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    out = str(tmp_path)
+    model = drv.Model()
+    model.step = 5
+    model.save(checkpoint.model_path(out, 5))
+    formats.write_state(checkpoint.state_path(out, 5, 0), 5, 1, 0, model.m_flat, model.v_flat)
+    assert not os.path.exists(checkpoint.done_path(out, 5))
+    assert checkpoint.final_model(out, 5) is None
+    with pytest.raises(FileNotFoundError, match=f"{out}/DONE_00000005: no such file \\(the checkpoint is "
+                                                 f"incomplete\\)"):
+        checkpoint.check_model(out, 5)
+    said = []
+    assert checkpoint.resolve_model(out, say=said.append) == checkpoint.model_path(out, 4)
+    assert said == [f"-e {out}: model_00000005.bin passed over ({out}/DONE_00000005: no such file (the "
+                    f"checkpoint is incomplete)); taking {out}/model_00000004.bin"]
+    os.remove(checkpoint.state_path(out, 5, 0))   # no checkpoint of step 5 begun: the final model
+    assert checkpoint.final_model(out, 5) == checkpoint.model_path(out, 5)
+
+
+def test_save_final_replaces_a_stale_model_unless_a_done_checkpoint_holds_it(tmp_path):
+    """save_final decides on DONE, not on the model file being there: a model_00000005.bin left by an
+    unfinished checkpoint (here zeros, of the right size) is written over with the final parameters;
+    with DONE_00000005 the checkpoint's model is kept, byte for byte."""
+    out = str(tmp_path)
+    path = checkpoint.model_path(out, 5)
+    stale = bytes(MODEL_BYTES)
+    open(path, "wb").write(stale)
+    model = drv.Model()
+    model.step = 5
+    assert checkpoint.save_final(out, 5, model) == (path, True)
+    _, params = formats.read_model(path)
+    np.testing.assert_array_equal(params, drv.values(5, 0))
+    open(path, "wb").write(stale)
+    open(checkpoint.done_path(out, 5), "wb").close()
+    assert checkpoint.save_final(out, 5, model) == (path, False)
+    assert open(path, "rb").read() == stale
+
+
 def _complete_run(tmp_path):
     proc = run_driver(tmp_path, steps=6, every=2)
     proc.communicate(timeout=60)

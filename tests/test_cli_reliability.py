@@ -109,7 +109,8 @@ def step_lines(stdout, after=0):
 def test_a_resume_with_the_spike_guard_equals_the_uninterrupted_run(corpus, tmp_path):
     """-sl/-sg: the windows of the last 128 losses and norms are in the checkpoint, so the resumed run
     scores and skips every step as the uninterrupted one (without them it would score nothing for
-    128 steps, and skip none)."""
+    128 steps, and skip none). A checkpoint without them (llm.c's) is resumed saying so, with -sl and
+    -sg or -sg alone."""
     argv = lambda out, *extra: args_for(corpus, out, "-sl", "3", "-sg", "0.3", "-v", "0", *extra,  # noqa: E731
                                         steps=140, every=130)
     code, ref_out, err = run(argv(tmp_path / "ref"))
@@ -137,6 +138,11 @@ def test_a_resume_with_the_spike_guard_equals_the_uninterrupted_run(corpus, tmp_
     assert code == 0 and "resumed from step 130 of" in stdout, err
     assert "note: the checkpoint holds no spike-guard windows (llm.c's, or an older numbagpt's)" in stdout
     assert step_lines(stdout)[0][1].endswith("(+nanz)")
+    # -sg alone scores the norms from the same empty windows: said too
+    os.remove(out / "model_00000140.bin")
+    code, stdout, err = run(args_for(corpus, out, "-sg", "0.3", "-v", "0", "-y", "1", steps=140, every=130))
+    assert code == 0 and "resumed from step 130 of" in stdout, err
+    assert "note: the checkpoint holds no spike-guard windows (llm.c's, or an older numbagpt's)" in stdout
 
 
 def test_kill_9_from_outside_mid_checkpoint_then_resume(corpus, reference, tmp_path):

@@ -221,6 +221,20 @@ def test_debug_state_round_trip(tmp_path):
         read_debug_state(p, other)
 
 
+def test_a_debug_state_longer_than_the_models_context_is_refused(tmp_path):
+    """A debug state of T=9 for a model of max_seq_len 8, its length the one B=1, T=9 and the model
+    imply: refused before anything is sized by it, saying T exceeds the context (the length check alone
+    passes it)."""
+    p = tmp_path / "d.bin"
+    B, T, V = 1, 9, CONFIG.vocab_size
+    x = np.zeros((B, T), np.int32)
+    write_debug_state(p, B, T, x, x, np.zeros((B, T, V), np.float32), 3.25, _params(3))
+    assert p.stat().st_size == HEADER_BYTES + 4 * (2 * B * T + B * T * V + 1 + num_parameters(CONFIG))
+    with pytest.raises(FormatError, match=r"d\.bin: debug state does not match the model .*: its T=9 exceeds "
+                                          r"the model's max_seq_len 8 \(a state dumped for another model"):
+        read_debug_state(p, CONFIG)
+
+
 # ------------------------------------------------------------------------------------ tokenizer
 
 def test_tokenizer_file_round_trip(tmp_path):
@@ -366,6 +380,36 @@ def test_state_keeps_an_rng_state_at_the_last_update_of_its_own(tmp_path):
     assert (s["rng_state"], s["rng_state_last_update"]) == (1, 2)
     header = np.fromfile(p, dtype="<i4", count=256)
     assert int(header[20:22].view("<u8")[0]) == 1 and int(header[22:24].view("<u8")[0]) == 2
+
+
+@pytest.mark.parametrize("world_size, rank", [(0, 0), (1, 1), (2, 2), (2, -1)])
+def test_a_state_whose_rank_is_not_one_of_its_processes_is_refused(tmp_path, world_size, rank):
+    """The header's rank must be one of its world_size processes, 0 <= rank < world_size (rank 1 of 1
+    is past the last); the last rank of 2 reads back."""
+    p = tmp_path / "state_00000001_00000.bin"
+    m = np.zeros(4, np.float32)
+    write_state(p, 1, world_size, rank, m, m)
+    with pytest.raises(FormatError, match=rf"bad train state header: rank {rank} of {world_size} processes"):
+        read_state(p)
+    write_state(p, 1, 2, 1, m, m)   # the last rank of 2: read back
+    assert (read_state(p)["world_size"], read_state(p)["rank"]) == (2, 1)
+
+
+@pytest.mark.parametrize("index", [4, -1])
+def test_a_spike_guard_window_whose_index_is_outside_it_is_refused(tmp_path, index):
+    """A detector's index (its oldest value, the next one replaced) must lie in its window,
+    0 <= index < W: index W would stop the resumed run with an IndexError at its first full-window
+    step, -1 would replace the newest value instead of the oldest. Refused as the header is read, so a
+    checkpoint holding it is skipped; the last slot, W - 1, reads back."""
+    p = tmp_path / "state_00000001_00000.bin"
+    m = np.zeros(4, np.float32)
+    detector = dict(buffer=[1.0, 2.0, 3.0, 4.0], count=4, index=index, sum=10.0, sum_sq=30.0)
+    write_state(p, 1, 1, 0, m, m, detectors=[detector])
+    with pytest.raises(FormatError, match=rf"{p}: bad train state file: the outlier detectors after the arrays "
+                                          rf"\(slot 11: 72 bytes\) don't parse at byte 0 of them"):
+        formats.read_state_header(p)
+    write_state(p, 1, 1, 0, m, m, detectors=[dict(detector, index=3)])
+    assert read_state(p)["detectors"] == [dict(detector, index=3)]
 
 
 @pytest.mark.parametrize("read, what", [

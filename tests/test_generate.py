@@ -224,3 +224,13 @@ def test_top_k_one_less_than_the_vocabulary_cuts_the_least_likely_id():
     logits = np.tile([2.0, 1.0, 0.5, 0.0], (2000, 1))   # id 3 has probability 0.09 without the cut
     draws = gen.sample_next(logits, np.random.default_rng(0), top_k=3)
     assert 3 not in draws and set(draws.tolist()) == {0, 1, 2}
+
+
+def test_top_k_one_is_the_argmax_and_top_k_two_the_two_largest():
+    """top_k = 1 draws the argmax only, however close the other logits (a cut that skipped k = 1
+    sampled all four ids); top_k = 2 draws the two largest, both of them, nothing else."""
+    logits = np.array([[1.8, 2.0, 1.7, 1.9]])   # without a cut each id has probability 0.21 to 0.29
+    draws = gen.sample_next(np.tile(logits, (50, 1)), np.random.default_rng(0), top_k=1)
+    assert set(draws.tolist()) == {1}
+    draws = gen.sample_next(np.tile(logits, (200, 1)), np.random.default_rng(0), top_k=2)
+    assert set(draws.tolist()) == {1, 3}

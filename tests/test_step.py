@@ -66,6 +66,17 @@ def test_clipping_scales_the_gradient_to_the_clip_norm():
     np.testing.assert_array_equal(a.parameters_host(), b.parameters_host())
 
 
+def test_the_skip_guard_sees_the_reported_mean_gradient_norm():
+    """skip(loss, norm) decides on the step's own numbers: with 2 micro-batches the gradient buffer holds
+    their sum, and the guard must see the norm the step reports (the mean gradient's), not twice it
+    (the spike guard's gradient z-score would compare numbers of another scale)."""
+    a = model()
+    seen = []
+    r = train_step(a, [batch(1), batch(2)], lr=1e-2, t=1, skip=lambda l, n: seen.append((l, n)))
+    assert seen == [(r.loss, r.norm)]
+    assert r.skipped is None
+
+
 def test_a_diverged_step_updates_nothing():
     a = model()
     params = a.parameters_host()
