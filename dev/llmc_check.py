@@ -114,6 +114,12 @@ def numbagpt_losses(work, steps, precision="fp32"):
     return np.array(train_losses), np.array(val_losses)
 
 
+def same_bytes(a, b):
+    """Whether files a and b hold the same bytes."""
+    with open(a, "rb") as f, open(b, "rb") as g:
+        return f.read() == g.read()
+
+
 def worst(a, b):
     return float(np.max(np.abs(np.asarray(a, np.float64) - b) / np.abs(b)))
 
@@ -186,9 +192,9 @@ def check_py_write(llmc, work, args):
     for name, precision in (("gpt2_d12.bin", "fp32"), ("gpt2_d12_bf16.bin", "bf16")):
         mine = os.path.join(py, f"numbagpt_{name}")
         api.save_model(api.load_model(os.path.join(py, name)), mine, precision=precision)
-        same[name] = open(mine, "rb").read() == open(os.path.join(py, name), "rb").read()
-    same["gpt2_tokenizer.bin"] = (open(ensure_builtin_data(verbose=False)[2], "rb").read()
-                                  == open(os.path.join(py, "gpt2_tokenizer.bin"), "rb").read())
+        same[name] = same_bytes(mine, os.path.join(py, name))
+    tokenizer = ensure_builtin_data(verbose=False)[2]
+    same["gpt2_tokenizer.bin"] = same_bytes(tokenizer, os.path.join(py, "gpt2_tokenizer.bin"))
     test = subprocess.run([sys.executable, os.path.join(ROOT, "bin", "test_gpt2"), "-e", "gpt2_d12.bin",
                            "-s", "gpt2_d12_debug_state.bin", "--steps", "0", "--omp-threads", str(args.threads)],
                           cwd=py, capture_output=True, text=True)
@@ -219,26 +225,29 @@ def check_py_data(llmc, work, args):
     common = llmc_data_common(llmc)
     out = os.path.join(work, "data")
     os.makedirs(out, exist_ok=True)
-    path = lambda name: os.path.join(out, name)   # noqa: E731
+
+    def path(name):
+        return os.path.join(out, name)
     rng = np.random.default_rng(0)
     gpt2 = np.array(open_shard(ensure_builtin_data(verbose=False)[0]))
     llama = rng.integers(0, 128256, 100_000)
     examples = [(int(rng.integers(4)), rng.integers(0, 50257, rng.integers(1, 40)).tolist(),
                  [rng.integers(0, 50257, rng.integers(1, 20)).tolist() for _ in range(4)]) for _ in range(300)]
-    with contextlib.redirect_stdout(open(os.devnull, "w")):   # its "writing ..." lines
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):   # its "writing ..." lines
         common.write_datafile(path("llmc_gpt2.bin"), gpt2.tolist())
         common.write_datafile(path("llmc_llama3.bin"), llama.tolist(), model_desc="llama-3")
         common.write_evalfile(path("llmc_eval.bin"), [dict(label=label, ctx_tokens=context, ending_tokens=endings)
                                                       for label, context, endings in examples])
     write_shard(path("numbagpt_gpt2.bin"), gpt2)
     write_eval_file(path("numbagpt_eval.bin"), examples)
-    same = lambda a, b: open(path(a), "rb").read() == open(path(b), "rb").read()   # noqa: E731
     read = read_eval_file(path("llmc_eval.bin"))
     checks = [
-        (f"GPT-2 shard ({gpt2.size:,} tokens): the same bytes", same("llmc_gpt2.bin", "numbagpt_gpt2.bin")),
+        (f"GPT-2 shard ({gpt2.size:,} tokens): the same bytes",
+         same_bytes(path("llmc_gpt2.bin"), path("numbagpt_gpt2.bin"))),
         ("read back", np.array_equal(open_shard(path("llmc_gpt2.bin")), gpt2)),
         ("llama-3 shard read back", np.array_equal(open_shard(path("llmc_llama3.bin")), llama)),
-        (f"eval file ({len(examples)} examples): the same bytes", same("llmc_eval.bin", "numbagpt_eval.bin")),
+        (f"eval file ({len(examples)} examples): the same bytes",
+         same_bytes(path("llmc_eval.bin"), path("numbagpt_eval.bin"))),
         ("read back", [(e.label, e.context, e.completions) for e in read] == examples),
     ]
     return all(ok for _, ok in checks), ", ".join(f"{what} {'yes' if ok else 'NO'}" for what, ok in checks)

@@ -19,18 +19,18 @@ cannot be found/loaded. (tests/test_backend.py checks that numbagpt.cuda provide
 as numbagpt.cpu.)
 """
 import importlib
-import importlib.util
 import os
 import pkgutil
 import re
 
 import pytest
+from simulator import NO_NUMBA_CUDA, NUMBA_CUDA
 
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 if SIM:
     pytest.skip("NUMBA_ENABLE_CUDASIM=1: the simulator has no PTX compiler", allow_module_level=True)
-if importlib.util.find_spec("numba_cuda") is None:
-    pytest.skip("numba-cuda is not installed (pip install -e '.[cuda]')", allow_module_level=True)
+if not NUMBA_CUDA:
+    pytest.skip(NO_NUMBA_CUDA, allow_module_level=True)
 
 from numba.cuda.dispatcher import CUDADispatcher  # noqa: E402
 
