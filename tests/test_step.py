@@ -88,9 +88,10 @@ def test_a_diverged_step_updates_nothing():
 
 
 # In a fresh process (the kernels not yet loaded): warm_up loads or compiles kernels, then a step of
-# another model, in the same precision, with every recompute, must find each kernel it calls ready
-# (Dispatcher.compile is where Numba both loads from its cache and compiles). Under MPI, rank 0 warms
-# up alone before the others start, so a kernel it misses is compiled by every rank at once.
+# another model, in the same precision, with every recompute (or, training=False, the forwards with
+# targets that eval_gpt2 runs), must find each kernel it calls ready (Dispatcher.compile is where
+# Numba both loads from its cache and compiles). Under MPI, rank 0 warms up alone before the others
+# start, so a kernel it misses is compiled by every rank at once.
 WARM_UP_THEN_STEP = textwrap.dedent("""
     import sys
     import numpy as np
@@ -98,14 +99,14 @@ WARM_UP_THEN_STEP = textwrap.dedent("""
     from numbagpt.config import GPT2Config
     from numbagpt.model import GPT2
     from numbagpt.train.step import train_step, warm_up
-    precision = sys.argv[1]
+    precision, training = sys.argv[1], sys.argv[2] == "train"
     calls = []
     compile_ = dispatcher.Dispatcher.compile
     def recorded(self, sig):
         calls.append(self.py_func.__name__)
         return compile_(self, sig)
     dispatcher.Dispatcher.compile = recorded
-    warm_up("cpu", precision)
+    warm_up("cpu", precision, training=training)
     print("warm-up:", len(calls))
     calls.clear()
     cfg = GPT2Config(max_seq_len=16, vocab_size=60, num_layers=2, num_heads=2, channels=32, padded_vocab_size=64)
@@ -113,14 +114,18 @@ WARM_UP_THEN_STEP = textwrap.dedent("""
     for recompute in (0, 1, 2):
         m = GPT2(cfg, backend="cpu", precision=precision, recompute=recompute)
         m.init_weights(1)
-        train_step(m, [(x, x)], lr=1e-3, t=1)
+        if training:
+            train_step(m, [(x, x)], lr=1e-3, t=1)
+        else:
+            for rows in (x, x[:1, :5], np.repeat(x, 4, axis=0)):   # eval_gpt2's batches: any rows, any T
+                m.forward(rows, rows)
     print("step:", sorted(set(calls)))
 """)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_warm_up_readies_every_kernel_of_a_step(precision):
-    out = subprocess.run([sys.executable, "-c", WARM_UP_THEN_STEP, precision], capture_output=True, text=True,
+@pytest.mark.parametrize("precision, what", [("fp32", "train"), ("bf16", "train"), ("fp32", "eval"), ("bf16", "eval")])
+def test_warm_up_readies_every_kernel_of_a_step(precision, what):
+    out = subprocess.run([sys.executable, "-c", WARM_UP_THEN_STEP, precision, what], capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0, out.stderr
     warmed, stepped = out.stdout.splitlines()

@@ -74,6 +74,10 @@ def run(args, world):
     use_threads(args.omp_threads or max(1, numba.config.NUMBA_NUM_THREADS // world.local_size))
     backend = get_backend(args.device)
     world.setup_device(backend)  # a GPU: this rank's, before anything is allocated on it
+    if world.size > 1:   # rank 0 compiles into Numba's shared cache, the others then load (as train_gpt2)
+        from numbagpt.train.step import warm_up
+        with world.rank0_first():
+            warm_up(backend, args.precision, training=False)
     say = (lambda *a, **k: print(*a, **k, flush=True)) if world.is_master else (lambda *a, **k: None)
     # every rank alike: a file every rank refuses is said once, by rank 0
     examples, path, model = dist.check_together(

@@ -74,10 +74,11 @@ def train_step(model, batches, *, lr, t, dp=None, grad_clip=1.0, weight_decay=0.
     return StepResult(loss=loss, norm=norm, lr=lr, scale=scale, skipped=skipped)
 
 
-def warm_up(backend, precision="fp32"):
+def warm_up(backend, precision="fp32", training=True):
     """Compile (or load from Numba's cache) every kernel a step in `precision` runs: one train_step of
-    a throwaway micro model in that precision (bf16 runs its own GEMM). The kernels' argument types
-    don't depend on the sizes."""
+    a throwaway micro model in that precision (bf16 runs its own GEMM); training=False: every kernel
+    of a forward with targets (the losses, as eval_gpt2 scores), one such forward. The kernels'
+    argument types don't depend on the sizes."""
     import numpy as np
 
     from ..config import GPT2Config
@@ -86,4 +87,7 @@ def warm_up(backend, precision="fp32"):
     model = GPT2(cfg, backend=backend, precision=precision)
     model.init_weights(0)
     tokens = np.zeros((1, 4), dtype=np.int32)
-    train_step(model, [(tokens, tokens)], lr=1e-3, t=1)
+    if training:
+        train_step(model, [(tokens, tokens)], lr=1e-3, t=1)
+    else:
+        model.forward(tokens, tokens)
