@@ -1,17 +1,26 @@
-"""setup.cfg's console scripts (numbagpt-train, ...): what bin/<prog> runs, with bin/*'s first line.
+"""The commands' entry points: bin/<prog> and setup.cfg's console scripts (numbagpt-train, ...) call
+these.
 
-Their wrapper imports this module before anything runs, so it imports nothing but what Python has
-loaded already: a Ctrl-C while Python then loads the command (NumPy, Numba) is one line and status
-130, as from bin/* (the command takes the signal over once it is loaded), not importlib's traceback.
+They import this module before anything runs, so it imports nothing but what Python has loaded
+already (and numbagpt.launcher, which reads the environment): a Ctrl-C while Python then loads the
+command (NumPy, Numba) is one line and status 130 (the command takes the signal over once it is
+loaded), not importlib's traceback; under mpiexec only rank 0 says it, as every rank gets the signal.
 """
 import os
 import signal
 import sys
 
+from numbagpt.launcher import other_rank
+
 
 def _script(prog, module, entry="main"):
+    def interrupted(*_):
+        if not other_rank():
+            sys.stderr.write(f"{prog}: interrupted\n")
+        os._exit(130)
+
     def run():
-        signal.signal(signal.SIGINT, lambda *_: (sys.stderr.write(f"{prog}: interrupted\n"), os._exit(130)))
+        signal.signal(signal.SIGINT, interrupted)
         from numbagpt.cli.launch import launch
         return launch(prog, module, entry)
     run.__name__ = prog

@@ -32,14 +32,8 @@ import traceback
 
 import numpy as np
 
-# Environment variables a launcher sets in each process it starts: with any of them, we are in an MPI job.
-_LAUNCHER_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS", "SLURM_STEP_NUM_TASKS",
-                  "HYDRA_CONTROL_FD", "PMI_RANK")
-# ... and the ones that say how many processes it started (Open MPI, MPICH/Intel MPI/srun --mpi=pmi2, Slurm).
-_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "SLURM_NPROCS")
-# ... of those, the ones that count the processes of this launch alone (a Slurm batch script, one
-# process, has the job's SLURM_NTASKS too)
-STEP_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS")
+from .launcher import STEP_SIZE_VARS, launched_by_mpi, launcher_rank, launcher_sizes  # noqa: F401 (dist.*)
+
 CUDA_AWARE_ENV = "NUMBAGPT_CUDA_AWARE_MPI"
 
 
@@ -54,33 +48,6 @@ class WorldSizeError(RuntimeError):
 class CollectiveError(RuntimeError):
     """An error every rank detects at the same point of the same step (e.g. a NaN mean loss), so the
     ranks can stop together and exit normally instead of aborting the job."""
-
-
-def launched_by_mpi(environ=None):
-    """True when an MPI launcher started this process (or mpi4py is already imported)."""
-    env = os.environ if environ is None else environ
-    return "mpi4py.MPI" in sys.modules or any(v in env for v in _LAUNCHER_VARS)
-
-
-def launcher_sizes(environ=None):
-    """{variable: int} of the process-count variables the launcher set."""
-    env = os.environ if environ is None else environ
-    out = {}
-    for name in _SIZE_VARS:
-        try:
-            out[name] = int(env[name])
-        except (KeyError, ValueError):
-            pass
-    return out
-
-
-def launcher_rank(environ=None):
-    """This process's rank as the launcher's variables say (0 when they don't)."""
-    env = os.environ if environ is None else environ
-    for name in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"):
-        if env.get(name, "").isdigit():
-            return int(env[name])
-    return 0
 
 
 def check_world_size(size, expect=None, environ=None):

@@ -350,6 +350,50 @@ def test_an_input_every_rank_refuses_is_one_line(shards, tmp_path, flag, value, 
 
 
 @needs_mpi
+@pytest.mark.parametrize("prog, args, status, said", [
+    ("train_gpt2", ["--bogus"], 2, "train_gpt2: error: unrecognized arguments: --bogus (--help lists the flags)\n"),
+    ("train_gpt2", ["-b", "0"], 1, "train_gpt2: error: -b must be positive, got 0\n"),
+    ("train_gpt2", ["--heads", "3", "--channels", "64"], 1,
+     "train_gpt2: error: channels C=64 (--channels) is not divisible by heads NH=3 (--heads)\n"),
+    ("eval_gpt2", ["--hellaswag", "e.bin", "-b", "-1"], 1, "eval_gpt2: error: -b must be positive, got -1\n"),
+])
+def test_a_flag_error_under_mpiexec_is_said_once(prog, args, status, said):
+    """Every rank reads the same command line before MPI starts: rank 0 alone says what is wrong with it
+    (each rank said it, one line per rank)."""
+    proc, _ = run([os.path.join(ROOT, "bin", prog)] + args, nprocs=2, timeout=60)
+    assert (proc.returncode, proc.stderr) == (status, said)
+    proc, _ = run([os.path.join(ROOT, "bin", prog), "--help"], nprocs=2, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.count("usage:") == 1, proc.stdout
+
+
+@pytest.mark.parametrize("env, other", [
+    ({}, False),
+    ({"PMI_SIZE": "2", "PMI_RANK": "1"}, True),
+    ({"PMI_SIZE": "2", "PMI_RANK": "0"}, False),
+    ({"OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_RANK": "3"}, True),
+    ({"SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": "1"}, True),
+    ({"SLURM_NTASKS": "2", "SLURM_PROCID": "1"}, False),   # a batch script's own process: the job's count
+    ({"PMI_SIZE": "1", "PMI_RANK": "1"}, False),
+])
+def test_other_rank_reads_the_launchers_variables(env, other, capsys):
+    """launcher.other_rank: a process of a launch of several that is not its rank 0. There a flag's error
+    exits with its status and says nothing (rank 0 says it)."""
+    from numbagpt.cli.train import parse_config
+    from numbagpt.launcher import other_rank
+    assert other_rank(env) is other
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        with pytest.raises(SystemExit) as e:
+            parse_config(["-b", "0"])
+        assert (e.value.code == 1) if other else (e.value.code == "train_gpt2: error: -b must be positive, got 0")
+        with pytest.raises(SystemExit) as e:
+            parse_config(["--bogus"])
+        assert e.value.code == 2
+        assert ("unrecognized arguments: --bogus" in capsys.readouterr().err) is not other
+
+
+@needs_mpi
 def test_ranks_started_with_different_flags_stop_at_once(shards, tmp_path):
     """An MPMD launch whose ranks have different -x: every rank ends with one line naming -x (it
     hung before: the rank with fewer steps finished and the other waited in a collective)."""

@@ -275,6 +275,26 @@ def test_ctrl_c_while_starting_is_one_line(delay, command, tmp_path):
     assert len(err.strip().splitlines()) == 1 and "interrupted" in err
 
 
+@pytest.mark.parametrize("command", ["bin", "console script"])
+def test_ctrl_c_while_starting_is_said_by_rank_0_alone(command, tmp_path):
+    """Under mpiexec every rank gets the Ctrl-C: a rank other than 0 (as the launcher's variables say)
+    exits with status 130 and says nothing, so the line is said once (it was said by every rank)."""
+    import signal
+    import time
+    argv = [sys.executable, os.path.join(BIN, "train_gpt2")] if command == "bin" else [CONSOLE_TRAIN]
+    if command != "bin" and not os.access(CONSOLE_TRAIN, os.X_OK):
+        pytest.skip(f"no {CONSOLE_TRAIN}: numbagpt is not installed in this Python")
+    env = dict(os.environ, PMI_SIZE="2", PMI_RANK="1")
+    proc = subprocess.Popen(argv + ["-o", str(tmp_path / "o"), "-x", "1"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if "init_import_site" in err:   # a loaded machine: the signal came before any code of ours ran
+        pytest.skip("SIGINT arrived while the interpreter was still starting")
+    assert (proc.returncode, err) == (130, "")
+
+
 @pytest.mark.parametrize("command, argv, missing", [
     ("train_gpt2", ["-x", "1"], "xxhash"),          # imported with the command's module
     ("train_gpt2", ["-x", "1"], "numba"),           # imported once the flags are read

@@ -3,6 +3,8 @@ import argparse
 import os
 import sys
 
+from numbagpt.launcher import other_rank
+
 
 def reserve_threads(n):
     """Let Numba run `n` threads (--omp-threads), even more than the cores it sees.
@@ -26,10 +28,21 @@ def use_threads(n):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse's parser, whose errors are one line that names the flag (no usage block)."""
+    """argparse's parser, whose errors are one line that names the flag (no usage block). Under
+    mpiexec every rank parses the same flags: rank 0 alone says the error or prints --help."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (--help lists the flags)\n")
+        self.exit(2, None if other_rank() else f"{self.prog}: error: {message} (--help lists the flags)\n")
+
+    def print_help(self, file=None):
+        if not other_rank():
+            super().print_help(file)
+
+
+def flag_error(text):
+    """Exit with status 1 and `text` (a flag's one-line error) on stderr, said by rank 0 alone under
+    mpiexec (before MPI starts: every rank finds the same)."""
+    raise SystemExit(1 if other_rank() else text)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -142,7 +155,7 @@ def check_flags(prog, parser, args):
         try:
             check_value(action.option_strings[0], getattr(args, action.dest), action.type, check)
         except ValueError as e:
-            raise SystemExit(f"{prog}: error: {e}") from None
+            flag_error(f"{prog}: error: {e}")
 
 
 def add_memory_check(parser):

@@ -39,12 +39,12 @@ def one_process_only(prog, environ=None):
     """None for a command started alone (or as the one process of a launch); else the refusal: its
     line on the launcher's rank 0, True (refused, nothing said) on the other ranks. Under
     `mpiexec -n N` every process would run the whole command by itself, N reports or samples."""
-    from numbagpt import dist
+    from numbagpt import launcher
     env = os.environ if environ is None else environ
-    sizes = {k: v for k, v in dist.launcher_sizes(env).items() if k in dist.STEP_SIZE_VARS and v > 1}
+    sizes = {k: v for k, v in launcher.launcher_sizes(env).items() if k in launcher.STEP_SIZE_VARS and v > 1}
     if not sizes:
         return None
-    if dist.launcher_rank(env) != 0:
+    if launcher.launcher_rank(env) != 0:
         return True
     name, n = next(iter(sizes.items()))
     return (f"{prog}: error: it runs as one process, and the launcher started {n} ({name}={n}): each would run "

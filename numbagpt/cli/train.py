@@ -8,7 +8,7 @@ import dataclasses
 import os
 import sys
 
-from numbagpt.cli import error_text, HelpFormatter, Parser, reserve_threads, world_size_error
+from numbagpt.cli import error_text, flag_error, HelpFormatter, Parser, reserve_threads, world_size_error
 from numbagpt.train.config import TrainConfig
 
 PROG = "train_gpt2"
@@ -42,7 +42,7 @@ def parse_config(argv=None):
     try:
         return TrainConfig.from_args(args)
     except ValueError as e:
-        raise SystemExit(f"{PROG}: error: {e}") from None
+        flag_error(f"{PROG}: error: {e}")
 
 
 def main(argv=None):
