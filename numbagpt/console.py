@@ -14,17 +14,25 @@ from numbagpt.launcher import other_rank
 
 
 def _script(prog, module, entry="main"):
+    """The entry point of bin/`prog`, which runs numbagpt.cli.`module`.`entry`. Started as a console
+    script (numbagpt-train), the command calls itself by that name."""
     def interrupted(*_):
         if not other_rank():
-            sys.stderr.write(f"{prog}: interrupted\n")
+            sys.stderr.write(f"{started_as(prog)}: interrupted\n")
         os._exit(130)
 
     def run():
         signal.signal(signal.SIGINT, interrupted)
         from numbagpt.cli.launch import launch
-        return launch(prog, module, entry)
+        return launch(prog, module, entry, shown=started_as(prog))
     run.__name__ = prog
     return run
+
+
+def started_as(prog):
+    """The name the command bin/`prog` was started as: its console script's (numbagpt-*), else `prog`."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return name if name.startswith("numbagpt-") else prog
 
 
 train = _script("train_gpt2", "train")

@@ -266,7 +266,7 @@ class World:
             backend.copy_to_device(buf, host)
 
     # -- failure ---------------------------------------------------------------------------------
-    def abort(self, exc, prog="train_gpt2"):
+    def abort(self, exc, prog):
         """Print `prog: rank r: error: ...` (with the traceback for anything but the expected
         ValueError/OSError/RuntimeError) and end every rank of the job: the others may be waiting in
         a collective this rank will never join."""

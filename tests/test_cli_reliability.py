@@ -683,6 +683,45 @@ def test_a_reader_that_left_ends_every_command_quietly(corpus, tmp_path):
         assert "error" not in proc.stderr and "Traceback" not in proc.stderr, (name, proc.stderr)
 
 
+def console_scripts():
+    """[(console script, bin/ name)] of setup.cfg: numbagpt-train runs what bin/train_gpt2 runs."""
+    import configparser
+    import numbagpt.console
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(ROOT, "setup.cfg"))
+    out = []
+    for line in cfg["options.entry_points"]["console_scripts"].strip().splitlines():
+        script, target = (x.strip() for x in line.split("="))
+        out.append((script, getattr(numbagpt.console, target.split(":")[1]).__name__))
+    return out
+
+
+@pytest.mark.parametrize("script, prog", console_scripts())
+def test_a_console_script_calls_itself_by_its_own_name(script, prog, tmp_path):
+    """numbagpt-train's errors and --help say numbagpt-train (they said train_gpt2, a command the user
+    had not typed); bin/train_gpt2's say train_gpt2. A missing model or text file is refused after the
+    flags are read, in the command's own words."""
+    path = os.path.join(os.path.dirname(sys.executable), script)
+    if not os.access(path, os.X_OK):
+        pytest.skip(f"no {path}: numbagpt is not installed in this Python")
+    for argv0, name in ((path, script), (os.path.join(ROOT, "bin", prog), prog)):
+        cmd = [argv0] if argv0 == path else [sys.executable, argv0]
+        proc = subprocess.run(cmd + ["--bogus"], capture_output=True, text=True, timeout=120)
+        # "unrecognized arguments: --bogus", or first the positional arguments a command requires
+        assert proc.returncode == 2 and proc.stderr.startswith(f"{name}: error: "), proc.stderr
+        assert proc.stderr.endswith(" (--help lists the flags)\n") and proc.stderr.count("\n") == 1, proc.stderr
+        proc = subprocess.run(cmd + ["--help"], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and proc.stdout.startswith(f"usage: {name} "), proc.stdout[:200]
+    missing = str(tmp_path / "missing.bin")
+    argv = {"train_gpt2": ["-e", missing, "-o", ""], "sample_gpt2": ["-e", missing], "test_gpt2": ["-e", missing, "-s", missing],
+            "profile_gpt2": ["-e", missing], "eval_gpt2": ["-e", missing, "--hellaswag", missing],
+            "prepare_data": [missing], "plot_log": [missing], "export_hf": [missing, str(tmp_path / "hf")],
+            "import_hf": [missing, str(tmp_path / "m.bin")]}[prog]
+    proc = subprocess.run([path] + argv, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and proc.stderr.startswith(f"{script}: error: ") and missing in proc.stderr, \
+        proc.stderr
+
+
 def test_a_signal_names_no_checkpoint_where_the_run_writes_none(corpus, capsys, monkeypatch):
     """-o '': no checkpoint is written, and a Ctrl-C after step 2 says none (not step 2)."""
     from numbagpt.train import rundir, trainer

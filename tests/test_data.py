@@ -227,7 +227,7 @@ def test_prepare_files_char_and_cli(tmp_path, capsys):
     # the built-in corpus's cached set is split at 0.1: another split needs a directory of its own
     with pytest.raises(SystemExit) as e:
         prepare_main(["--val-fraction", "0.2"])
-    assert str(e.value) == ("prepare_data: the cached built-in corpus uses --val-fraction 0.1; give -o OUT_DIR "
+    assert str(e.value) == ("prepare_data: error: the cached built-in corpus uses --val-fraction 0.1; give -o OUT_DIR "
                             "to prepare it with another split")
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(SystemExit) as e:

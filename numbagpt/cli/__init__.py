@@ -27,9 +27,23 @@ def use_threads(n):
     return numba.get_num_threads()
 
 
+# The names the commands go by in what they print (`prog: error: ...`, --help's usage): bin/'s
+# (train_gpt2), or, started as a console script, that script's (numbagpt-train): launch() records it.
+_SHOWN = {}
+
+
+def shown(prog):
+    """The name the command bin/`prog` calls itself: the name it was started as."""
+    return _SHOWN.get(prog, prog)
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse's parser, whose errors are one line that names the flag (no usage block). Under
-    mpiexec every rank parses the same flags: rank 0 alone says the error or prints --help."""
+    """argparse's parser, whose errors are one line that names the flag (no usage block). `prog` is
+    bin/'s name of the command (shown as the name it was started as). Under mpiexec every rank parses
+    the same flags: rank 0 alone says the error or prints --help."""
+
+    def __init__(self, prog, **kwargs):
+        super().__init__(prog=shown(prog), **kwargs)
 
     def error(self, message):
         self.exit(2, None if other_rank() else f"{self.prog}: error: {message} (--help lists the flags)\n")
@@ -69,6 +83,7 @@ def error_text(e):
 def world_size_error(prog, e):
     """Say a dist.WorldSizeError once: rank 0 says what every rank found; a rank's own trouble (its
     Python lacks mpi4py) that rank says, naming itself."""
+    prog = shown(prog)
     if e.alone:
         print(f"{prog}: error: {f'rank {e.rank}: ' if e.rank else ''}{e}", file=sys.stderr)
     elif e.rank == 0:
@@ -98,6 +113,7 @@ def run_command(prog, run, args, errors=(ValueError, OSError, RuntimeError), com
     run --omp-threads threads (reserve_threads) before anything imports it. `compiles`: a command that
     runs the kernels: a line on stderr while they compile long (sample_gpt2 compiles before its text
     starts on stdout, so that the line does not land inside it)."""
+    prog = shown(prog)
     reserve_threads(getattr(args, "omp_threads", None))
     try:
         take_interrupts()
@@ -155,7 +171,7 @@ def check_flags(prog, parser, args):
         try:
             check_value(action.option_strings[0], getattr(args, action.dest), action.type, check)
         except ValueError as e:
-            flag_error(f"{prog}: error: {e}")
+            flag_error(f"{shown(prog)}: error: {e}")
 
 
 def add_memory_check(parser):

@@ -3,7 +3,7 @@ import sys
 import time
 
 from numbagpt.cli import (HelpFormatter, Parser, add_device, add_flag, add_memory_check, add_precision,
-                          check_flags, reserve_threads, take_interrupts, use_threads, world_size_error)
+                          check_flags, reserve_threads, shown, take_interrupts, use_threads, world_size_error)
 from numbagpt.flags import POSITIVE
 
 DESCRIPTION = """\
@@ -11,10 +11,11 @@ Score a model on a multiple-choice eval file in llm.c's format (HellaSwag: llm.c
 dev/data/hellaswag.py writes the 10,042-example val split as hellaswag_val.bin). Each completion
 is scored by the mean loss of its tokens after the context; the lowest wins (acc_norm).
 Under mpirun/srun the examples are split over the processes."""
+PROG = "eval_gpt2"
 
 
 def build_parser():
-    p = Parser(prog="eval_gpt2", description=DESCRIPTION, formatter_class=HelpFormatter)
+    p = Parser(prog=PROG, description=DESCRIPTION, formatter_class=HelpFormatter)
     p.add_argument("-e", "--model", default="out",
                    help="model .bin file, or a train_gpt2 output directory "
                         "(its newest model_*.bin: the final model, else the latest checkpoint's)")
@@ -35,33 +36,34 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    check_flags("eval_gpt2", parser, args)
+    check_flags(PROG, parser, args)
     reserve_threads(args.omp_threads)
     take_interrupts()
     from numbagpt import dist
     try:
         world = dist.init_world()
     except dist.WorldSizeError as e:
-        world_size_error("eval_gpt2", e)
+        world_size_error(PROG, e)
         return 1
     from numbagpt.compiling import compile_notice
+    prog = shown(PROG)
     try:
-        with compile_notice(lambda text: print(f"eval_gpt2: {text}", file=sys.stderr, flush=True)):
+        with compile_notice(lambda text: print(f"{prog}: {text}", file=sys.stderr, flush=True)):
             return run(args, world)
     except KeyboardInterrupt:   # every rank got the signal: rank 0 says it
         if world.is_master:
-            print("eval_gpt2: interrupted", file=sys.stderr)
+            print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:   # the reader left (`| head`): launch() ends the process quietly
         raise
     except dist.CollectiveError as e:   # every rank refused alike: rank 0 says it, all exit
         if world.is_master:
-            print(f"eval_gpt2: error: {e}", file=sys.stderr)
+            print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     except (ValueError, OSError, RuntimeError) as e:
         if world.size > 1:
-            world.abort(e, prog="eval_gpt2")
-        print(f"eval_gpt2: error: {e}", file=sys.stderr)
+            world.abort(e, prog=prog)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
 
 

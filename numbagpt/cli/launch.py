@@ -4,11 +4,14 @@ import os
 import sys
 
 
-def launch(prog, module, entry="main"):
-    """bin/<prog>: the exit status of numbagpt.cli.<module>.<entry>(). A package numbagpt needs that is
+def launch(prog, module, entry="main", shown=None):
+    """bin/<prog>: the exit status of numbagpt.cli.<module>.<entry>(), the command calling itself
+    `shown` (its console script's name) or `prog` in what it prints. A package numbagpt needs that is
     not installed (numba, xxhash, ...: the clone was not `pip install`ed) is one line naming it, not a
     traceback, wherever the command imports it; a missing module of numbagpt's own is a broken
     checkout, and keeps its traceback. A reader of stdout that left ends the command quietly (141)."""
+    from numbagpt import cli
+    cli._SHOWN[prog] = shown or prog
     try:
         if prog not in SPLIT_OVER_PROCESSES and (refusal := one_process_only(prog)):
             if refusal is not True:
@@ -16,8 +19,7 @@ def launch(prog, module, entry="main"):
             return 1
         return getattr(importlib.import_module(f"numbagpt.cli.{module}"), entry)()
     except BrokenPipeError:   # the reader of stdout left (`| head`): stop quietly, as Unix tools do
-        from numbagpt.cli import stop_quietly
-        return stop_quietly()
+        return cli.stop_quietly()
     except ModuleNotFoundError as e:
         if not e.name or e.name.split(".")[0] == "numbagpt":
             raise
@@ -25,7 +27,7 @@ def launch(prog, module, entry="main"):
         # a clone that was not installed: install it; an installed numbagpt: the module alone
         fix = (f"`pip install -e {root}` installs numbagpt's dependencies"
                if os.path.isfile(os.path.join(root, "setup.cfg")) else f"pip install {e.name.split('.')[0]}")
-        print(f"{prog}: error: numbagpt needs the module {e.name.split('.')[0]!r}, which is not installed: "
+        print(f"{cli.shown(prog)}: error: numbagpt needs the module {e.name.split('.')[0]!r}, which is not installed: "
               f"{fix}", file=sys.stderr)
         return 1
 
@@ -47,6 +49,7 @@ def one_process_only(prog, environ=None):
     if launcher.launcher_rank(env) != 0:
         return True
     name, n = next(iter(sizes.items()))
-    return (f"{prog}: error: it runs as one process, and the launcher started {n} ({name}={n}): each would run "
+    from numbagpt.cli import shown
+    return (f"{shown(prog)}: error: it runs as one process, and the launcher started {n} ({name}={n}): each would run "
             f"the whole command alone; run it without mpiexec/srun ({' and '.join(SPLIT_OVER_PROCESSES)} split "
             f"their work over processes)")

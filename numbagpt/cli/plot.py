@@ -31,7 +31,7 @@ def main(argv=None):
     check_flags("plot_log", parser, args)
     labels = args.labels.split(",") if args.labels else None
     if labels is not None and len(labels) != len(args.logs):
-        print(f"plot_log: error: --labels has {len(labels)} names for {len(args.logs)} logs", file=sys.stderr)
+        print(f"{parser.prog}: error: --labels has {len(labels)} names for {len(args.logs)} logs", file=sys.stderr)
         return 1
     try:
         from ..plot import plot_logs
@@ -39,11 +39,11 @@ def main(argv=None):
         plot_logs(args.logs, args.output, labels=labels, tokens_per_step=args.tokens_per_step, title=args.title,
                   notes=notes)
         for note in notes:
-            print(f"plot_log: note: {note}", file=sys.stderr)
+            print(f"{parser.prog}: note: {note}", file=sys.stderr)
     except BrokenPipeError:   # the reader left (`| head`): launch() ends the process quietly
         raise
     except (ValueError, OSError, RuntimeError) as e:
-        print(f"plot_log: error: {e}", file=sys.stderr)
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {args.output}")
     return 0

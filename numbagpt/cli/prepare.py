@@ -56,7 +56,7 @@ def main(argv=None):
             from ..files.data import builtin_text
             if args.out_dir is None and args.name is None:
                 if args.val_fraction != 0.1:
-                    sys.exit("prepare_data: the cached built-in corpus uses --val-fraction 0.1; "
+                    sys.exit(f"{parser.prog}: error: the cached built-in corpus uses --val-fraction 0.1; "
                              "give -o OUT_DIR to prepare it with another split")
                 train, val, tok = ensure_builtin_data(tokenizer=args.tokenizer, force=args.force)
                 paths = dict(train=train, val=val, tokenizer=tok)
@@ -67,11 +67,11 @@ def main(argv=None):
         else:
             dirs = [f for f in args.files if os.path.isdir(f)]
             if dirs:
-                sys.exit(f"prepare_data: error: {dirs[0]} is a directory: give the text files in it "
+                sys.exit(f"{parser.prog}: error: {dirs[0]} is a directory: give the text files in it "
                          f"(FILES are UTF-8 text files; -o names the output directory)")
             missing = [f for f in args.files if not os.path.isfile(f)]
             if missing:
-                sys.exit(f"prepare_data: error: input file(s) not found: {', '.join(missing)}")
+                sys.exit(f"{parser.prog}: error: input file(s) not found: {', '.join(missing)}")
             name = args.name or os.path.splitext(os.path.basename(args.files[0]))[0]
             paths = prepare(args.out_dir or "data", args.files, tokenizer=args.tokenizer,
                             val_fraction=args.val_fraction, name=name,
@@ -79,7 +79,7 @@ def main(argv=None):
     except BrokenPipeError:   # the reader left (`| head`): launch() ends the process quietly
         raise
     except (ValueError, OSError, UnicodeDecodeError) as e:
-        sys.exit(f"prepare_data: error: {e}")
+        sys.exit(f"{parser.prog}: error: {e}")
     print(f"train: {paths['train']}\nval: {paths['val']}\ntokenizer: {paths['tokenizer']}")
     return 0
 

@@ -9,7 +9,7 @@ docs/profiling.md explains the columns and the formulas.
 """
 
 from numbagpt.cli import (HelpFormatter, Parser, add_device, add_flag, add_memory_check, add_precision, check_flags,
-                          model_config, open_model, run_command, use_threads)
+                          model_config, open_model, run_command, shown, use_threads)
 from numbagpt.flags import NONNEG, POSITIVE
 from numbagpt.config import DESCRIPTOR_HELP
 from numbagpt.layout import memory_estimate
@@ -80,7 +80,7 @@ def run(args):
     source = model_config(args.model)   # read (and a run directory's checkpoint verified) once
     config = source[0]
     est = memory_estimate(config, args.batch_size, args.seq_len, recompute=args.recompute)
-    print(f"profile_gpt2: {args.model} ({config.describe()}), B={args.batch_size} T={args.seq_len}, "
+    print(f"{shown('profile_gpt2')}: {args.model} ({config.describe()}), B={args.batch_size} T={args.seq_len}, "
           f"device {args.device}, precision {args.precision}, {numba.get_num_threads()} threads")
     saved = memory_estimate(config, args.batch_size, args.seq_len)["total"] - est["total"]
     print(format_memory(est) + (f" | -r {args.recompute}: {saved / 2**20:.1f} MiB less than -r 0" if args.recompute

@@ -48,7 +48,7 @@ def build_parser():
 def check_args(parser, args):
     check_flags("sample_gpt2", parser, args)
     if args.prompt is not None and args.prompt_file is not None:
-        raise SystemExit("sample_gpt2: error: give --prompt or --prompt-file, not both")
+        raise SystemExit(f"{parser.prog}: error: give --prompt or --prompt-file, not both")
 
 
 def read_prompt(args, tok):

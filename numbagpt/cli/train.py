@@ -8,7 +8,7 @@ import dataclasses
 import os
 import sys
 
-from numbagpt.cli import error_text, flag_error, HelpFormatter, Parser, reserve_threads, world_size_error
+from numbagpt.cli import error_text, flag_error, HelpFormatter, Parser, reserve_threads, shown, world_size_error
 from numbagpt.train.config import TrainConfig
 
 PROG = "train_gpt2"
@@ -42,7 +42,7 @@ def parse_config(argv=None):
     try:
         return TrainConfig.from_args(args)
     except ValueError as e:
-        flag_error(f"{PROG}: error: {e}")
+        flag_error(f"{shown(PROG)}: error: {e}")
 
 
 def main(argv=None):
@@ -73,7 +73,7 @@ def main(argv=None):
         # Every rank detected it alike (a NaN mean loss, rank 0's verdict on the output dir):
         # stop together, exit normally.
         if world.is_master:
-            print(f"{PROG}: error: {e}", file=sys.stderr)
+            print(f"{shown(PROG)}: error: {e}", file=sys.stderr)
         return 1
     except BaseException as e:
         if stop.got is not None and (world is None or world.size == 1):
@@ -82,9 +82,9 @@ def main(argv=None):
             return 128 + stop.got
         if world is not None and world.size > 1:
             # This rank alone failed; the others would wait for it in the next collective forever.
-            world.abort(e)  # prints "train_gpt2: rank R: error: ..." and ends every rank of the job
+            world.abort(e, prog=shown(PROG))  # "train_gpt2: rank R: error: ..." and ends every rank of the job
         if isinstance(e, (ValueError, OSError, RuntimeError)) and not isinstance(e, BrokenPipeError):
-            print(f"{PROG}: error: {error_text(e)}", file=sys.stderr)
+            print(f"{shown(PROG)}: error: {error_text(e)}", file=sys.stderr)
             return 1
         raise
     finally:
