@@ -714,7 +714,8 @@ def test_a_console_script_calls_itself_by_its_own_name(script, prog, tmp_path):
         assert proc.returncode == 0 and proc.stdout.startswith(f"usage: {name} "), proc.stdout[:200]
     missing = str(tmp_path / "missing.bin")
     argv = {"train_gpt2": ["-e", missing, "-o", ""], "sample_gpt2": ["-e", missing],
-            "test_gpt2": ["-e", missing, "-s", missing], "profile_gpt2": ["-e", missing], "eval_gpt2": ["-e", missing, "--hellaswag", missing],
+            "test_gpt2": ["-e", missing, "-s", missing], "profile_gpt2": ["-e", missing],
+            "eval_gpt2": ["-e", missing, "--hellaswag", missing],
             "prepare_data": [missing], "plot_log": [missing], "export_hf": [missing, str(tmp_path / "hf")],
             "import_hf": [missing, str(tmp_path / "m.bin")]}[prog]
     proc = subprocess.run([path] + argv, capture_output=True, text=True, timeout=300)
