@@ -31,6 +31,7 @@ def load_model(spec, device="cpu", recompute=0, seed=1337, vocab_size=GPT2_VOCAB
     tokens). `precision` "bf16": its matmuls round their operands to bfloat16 (--precision)."""
     check_value("--seed", seed, int, NONNEG, optional=False)
     check_value("vocab_size", vocab_size, int, POSITIVE, optional=False)
+    check_value("--device", device, str, optional=False)
     spec = check_path("-e", spec)
     if is_descriptor(spec):
         model = GPT2(preset(spec, vocab_size), backend=device, recompute=recompute, precision=precision)
@@ -55,13 +56,16 @@ def save_model(model, path, precision="fp32"):
 def sample(model, prompt="", tokens=128, *, tokenizer=None, model_file=None, temperature=1.0, top_k=None,
            top_p=1.0, seed=1337):
     """`prompt` and `tokens` new tokens after it, decoded, as bin/sample_gpt2 prints one sample (KV
-    cache). `tokenizer`: a tokenizer file; by default the one found next to `model_file` (or the
-    built-in ones) that fits the model's vocabulary."""
+    cache). `tokenizer`: a tokenizer file; by default the one found next to `model_file` (a model file
+    or a run directory, as load_model's spec: its newest model's) or the built-in ones that fits the
+    model's vocabulary."""
     from .generate import check_sampling, generate, prompt_ids
 
     _check_model(model)
     check_value("--prompt", prompt, str)
     check_sampling(tokens, temperature, top_k, top_p, seed)
+    tokenizer = None if tokenizer is None else check_path("tokenizer", tokenizer)
+    model_file = None if model_file is None else resolve_model(model_file, "model_file")
     prompt = prompt or ""
     tok = data.find_tokenizer(tokenizer, model_file, model.config.vocab_size, flag="tokenizer=")
     ids = prompt_ids(tok, prompt)

@@ -71,9 +71,12 @@ def check_value(flag, value, kind=None, check=None, choices=None, optional=True)
 
 
 def check_path(flag, path):
-    """`path` as a str (a pathlib path too), or ValueError("FLAG must be given" / "... a string")."""
+    """`path` as a str (a pathlib path too), or ValueError("FLAG must be given" / "... a string" / "...
+    a path, got ''")."""
     path = os.fspath(path) if isinstance(path, os.PathLike) else path
     check_value(flag, path, str, optional=False)
+    if not path:
+        raise ValueError(f"{flag} must be a path, got ''")
     return path
 
 

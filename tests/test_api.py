@@ -80,6 +80,17 @@ def test_prompt_ids():
      "channels C=16 (--channels) is not divisible by heads NH=3 (--heads)"),
     (lambda m: api.TrainConfig(seq_len=64, max_seq_len=32),
      "-t/--seq-len 64 exceeds the model's max_seq_len 32 (--max-seq-len)"),
+    # a wrong type or an empty path: one line naming the argument (they were tracebacks, and messages
+    # that began with ": no such file")
+    (lambda m: api.load_model("tiny", device=None), "--device must be given"),
+    (lambda m: api.load_model("tiny", device=5), "--device must be a string, got 5"),
+    (lambda m: api.sample(m, "A", 3, tokenizer=5), "tokenizer must be a string, got 5"),
+    (lambda m: api.sample(m, "A", 3, model_file=5), "model_file must be a string, got 5"),
+    (lambda m: api.train({"max_steps": 4}), "config must be a TrainConfig (TrainConfig(**fields) makes one), got dict"),
+    (lambda m: api.load_model(""), "-e must be a path, got ''"),
+    (lambda m: api.save_model(m, ""), "path must be a path, got ''"),
+    (lambda m: api.evaluate(m, ""), "eval_file must be a path, got ''"),
+    (lambda m: api.export_hf("", "hf_out"), "model_bin must be a path, got ''"),
 ])
 def test_the_other_functions_check_their_arguments_first(model, call, message):
     with pytest.raises(ValueError) as e:
@@ -305,3 +316,77 @@ def test_a_float_field_refuses_a_bool():
     with pytest.raises(ValueError) as e:
         api.TrainConfig(lr=True)
     assert str(e.value) == "-l must be a number, got True"
+
+
+def test_sample_finds_the_tokenizer_of_a_run_directory(corpus, tmp_path):
+    """model_file= takes a run directory, as load_model's spec and sample_gpt2's -e do: the tokenizer
+    beside its newest model (it looked in the directory's parent and found none); a model file that
+    does not exist is refused (it fell back to the built-in tokenizers)."""
+    import shutil
+    paths, model_path = corpus
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(model_path, run / "model_00000001.bin")
+    shutil.copy(paths["tokenizer"], run / "tokenizer.bin")
+    m = api.load_model(str(run))
+    assert api.sample(m, "", 4, model_file=str(run), seed=3) == api.sample(m, "", 4, tokenizer=paths["tokenizer"],
+                                                                           seed=3)
+    with pytest.raises(FileNotFoundError) as e:
+        api.sample(m, "", 4, model_file=str(tmp_path / "gone.bin"))
+    assert str(e.value) == f"{tmp_path / 'gone.bin'}: no such model file or directory (model_file)"
+
+
+def test_a_finished_run_resumed_is_the_model_its_flags_make(corpus, tmp_path):
+    """-y 1 on a run that finished without a checkpoint: its final model comes back (with -r), and
+    flags that make another model are refused (the old model came back whatever they said)."""
+    from numbagpt.train.rundir import RunDirError
+    paths, _ = corpus
+    made = dict(model="tiny", layers=1, heads=2, channels=16, max_seq_len=16)
+    first = api.train(tiny_run(corpus, tmp_path / "out", **made), say=lambda line: None)
+    again = api.train(tiny_run(corpus, tmp_path / "out", resume=1, recompute=2, **made), say=lambda line: None)
+    assert (again.model_file, again.steps, again.val_loss, again.model.recompute) == (first.model_file, 2, None, 2)
+    assert (again.model.params_flat == first.model.params_flat).all()
+    for change, said in [(dict(channels=32), "L=1 NH=2 C=32 maxT=16"), (dict(model="d12", layers=None, heads=None,
+                          channels=None, max_seq_len=None), "L=12 NH=12 C=768 maxT=1024")]:
+        with pytest.raises(RunDirError) as e:
+            api.train(tiny_run(corpus, tmp_path / "out", resume=1, **{**made, **change}), say=lambda line: None)
+        assert f"its finished run's final model {first.model_file} is L=1 NH=2 C=16 maxT=16" in str(e.value)
+        assert said in str(e.value) and "resume with the run's own flags, or give another -o" in str(e.value)
+
+
+def test_one_stop_request_serves_run_after_run(corpus, tmp_path):
+    """A StopRequest whose run a signal ended takes signals again for the next run (it stopped the next
+    run after its first step, and ignored a real Ctrl-C); train() gives it the run's ranks."""
+    import signal
+    from numbagpt.train.rundir import Interrupted, StopRequest
+    with StopRequest() as stop:
+        with pytest.raises(Interrupted):
+            api.train(tiny_run(corpus, "", checkpoint_every=0, max_steps=3), stop=stop, say=lambda line: None,
+                      on_step=lambda r: r.step == 2 and os.kill(os.getpid(), signal.SIGINT))
+        steps = []
+        try:   # (an Interrupted let through would end pytest's whole session, as a Ctrl-C)
+            api.train(tiny_run(corpus, "", checkpoint_every=0, max_steps=3), stop=stop, say=lambda line: None,
+                      on_step=lambda r: steps.append(r.step))
+        except Interrupted:
+            pytest.fail(f"the second run was stopped after steps {steps}, with no signal sent")
+        assert steps == [1, 2, 3] and stop.world is not None
+        with pytest.raises(Interrupted):
+            api.train(tiny_run(corpus, "", checkpoint_every=0, max_steps=3), stop=stop, say=lambda line: None,
+                      on_step=lambda r: os.kill(os.getpid(), signal.SIGINT))
+
+
+def test_expect_world_size_is_checked_against_a_world_given(corpus):
+    from numbagpt import dist
+    with pytest.raises(dist.WorldSizeError) as e:
+        api.train(tiny_run(corpus, "", expect_world_size=3), world=dist.init_world(), say=lambda line: None)
+    assert "this process sees an MPI world of 1 process, but --expect-world-size=3" in str(e.value)
+
+
+def test_omp_threads_past_numbas_cap_is_said_as_capped():
+    """In a process that imported Numba, at most its NUMBA_NUM_THREADS threads run: the warning says the
+    run takes that many (it said the threads would take turns on the cores, and ran fewer, silently)."""
+    import numba
+    cap = numba.config.NUMBA_NUM_THREADS
+    assert api.TrainConfig(omp_threads=cap + 1).warnings() == [
+        f"--omp-threads {cap + 1}: Numba runs at most {cap} threads in this process (NUMBA_NUM_THREADS, read "
+        f"when Numba was imported; set it before, as bin/train_gpt2 does): the run takes {cap}"]

@@ -366,6 +366,41 @@ def test_a_flag_error_under_mpiexec_is_said_once(prog, args, status, said):
     assert proc.returncode == 0 and proc.stdout.count("usage:") == 1, proc.stdout
 
 
+STOP_ON_RANK_1 = """
+import os, signal, sys
+from numbagpt import api, dist
+from numbagpt.train.rundir import Interrupted, StopRequest
+shards, micro = sys.argv[1], sys.argv[2]
+config = api.TrainConfig(model=micro, train_data=os.path.join(shards, "train.bin"), output_dir="", batch_size=2,
+                         seq_len=8, max_steps=6, val_every=0, sample_every=0, omp_threads=1)
+rank, steps = dist.launcher_rank(), []
+
+def on_step(record):
+    steps.append(record.step)
+    if rank == 1 and record.step == 2:
+        os.kill(os.getpid(), signal.SIGINT)
+with StopRequest() as stop:
+    try:
+        api.train(config, stop=stop, on_step=on_step, say=lambda line: None)
+    except Interrupted as e:   # a file per rank: two ranks' lines on one stdout may run together
+        with open(os.path.join(sys.argv[3], f"rank{rank}.txt"), "w") as f:
+            f.write(f"{e} after steps {steps}")
+"""
+
+
+@needs_mpi
+def test_the_apis_stop_request_stops_every_rank(shards, tmp_path):
+    """docs/api.md's `with StopRequest() as stop: train(config, stop=stop)` under mpiexec: a signal on
+    rank 1 stops both ranks after the same step (train gives the request the ranks; without them rank 1
+    stopped alone and rank 0 waited in the next collective forever)."""
+    (tmp_path / "stop.py").write_text(STOP_ON_RANK_1)
+    proc, _ = run([str(tmp_path / "stop.py"), str(shards), MICRO, str(tmp_path)], nprocs=2, timeout=120,
+                  env={"PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    assert proc.returncode == 0, proc.stderr
+    for rank in (0, 1):
+        assert (tmp_path / f"rank{rank}.txt").read_text() == "SIGINT after steps [1, 2]"
+
+
 @pytest.mark.parametrize("env, other", [
     ({}, False),
     ({"PMI_SIZE": "2", "PMI_RANK": "1"}, True),

@@ -107,10 +107,11 @@ def load(args, world, backend, note):
     and the memory before the parameters are read. `note`: lines about -e's directory."""
     from numbagpt import hellaswag
     from numbagpt.files import formats
+    from numbagpt.flags import check_path
     from numbagpt.model import GPT2
     from numbagpt.train.checkpoint import resolve_model
 
-    examples = hellaswag.read_eval_file(args.hellaswag)
+    examples = hellaswag.read_eval_file(check_path("--hellaswag", args.hellaswag))
     path = resolve_model(args.model, say=note)
     cfg = formats.read_model_header(path)[0]   # examples it cannot score: refused before it is read
     hellaswag.check_examples(examples, cfg.vocab_size, cfg.max_seq_len, args.hellaswag)

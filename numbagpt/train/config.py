@@ -12,6 +12,7 @@ line that names the flag: `-b must be positive, got 0`.
 import dataclasses
 import numbers
 import os
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -175,8 +176,12 @@ class TrainConfig:
             out.append(f"--save-precision bf16: step {self.max_steps} is no checkpoint step (-n "
                        f"{self.checkpoint_every}), so the run's final weights are kept rounded to bf16 alone, "
                        f"not in float32 (a checkpoint's state keeps them: -n dividing -x)")
-        cores = usable_cores()
-        if self.omp_threads is not None and self.omp_threads > cores:
+        cores, cap = usable_cores(), thread_cap()
+        if self.omp_threads is not None and cap is not None and self.omp_threads > cap:
+            out.append(f"--omp-threads {self.omp_threads}: Numba runs at most {cap} threads in this process "
+                       f"(NUMBA_NUM_THREADS, read when Numba was imported; set it before, as bin/train_gpt2 "
+                       f"does): the run takes {cap}")
+        elif self.omp_threads is not None and self.omp_threads > cores:
             out.append(f"--omp-threads {self.omp_threads} is more than the {cores} cores this process may "
                        f"use: the threads take turns on them, and every step is slower")
         return out
@@ -208,6 +213,13 @@ def plain(value, kind, choices=None):
     if kind is float and isinstance(value, numbers.Real) and not is_bool:
         return float(value)
     return value
+
+
+def thread_cap():
+    """The most threads Numba runs in this process (its NUMBA_NUM_THREADS, fixed at its import), or
+    None before Numba is imported (a command raises it then: cli.reserve_threads)."""
+    numba = sys.modules.get("numba")
+    return numba.config.NUMBA_NUM_THREADS if numba is not None else None
 
 
 def usable_cores():

@@ -400,6 +400,15 @@ class StopRequest:
     def attach(self, world):
         self.world = world
 
+    def start_run(self, world):
+        """A run begins under this request (train() calls it): the ranks its signals stop, unless
+        attach() gave them, and a signal an earlier run already ended on (its Interrupted raised)
+        forgotten, so the request serves run after run; a signal not yet acted on stays pending."""
+        if self.world is None:
+            self.world = world
+        if self.raised:
+            self.signum, self.raised = None, False
+
     def _handler(self, signum, frame):
         if self.raised:   # a second Ctrl-C while the line is being written must not cut it short
             return

@@ -43,7 +43,8 @@ class StepRecord:
 class TrainResult:
     model: GPT2
     steps: int                  # the last step (config.max_steps)
-    val_loss: float = None      # the last val loss, when there was val data
+    val_loss: float = None      # the last val loss, when there was val data (None for a finished run
+                                # resumed: nothing trained or evaluated)
     model_file: str = None      # the final model file, when there is an output dir
 
 
@@ -73,8 +74,15 @@ def train(config: TrainConfig, *, world=None, on_step=None, say=None, progress=N
     threads are the caller's again when it returns."""
     import numba
 
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"config must be a TrainConfig (TrainConfig(**fields) makes one), got {type(config).__name__}")
     config.check()
-    world = world or dist.init_world(expect_size=config.expect_world_size)
+    if world is None:
+        world = dist.init_world(expect_size=config.expect_world_size)
+    elif config.expect_world_size is not None:
+        dist.check_world_size(world.size, config.expect_world_size)
+    if stop is not None:
+        stop.start_run(world)
     check_ranks_agree(config, world)
     say = say or printer(world)
     for line in config.warnings():
@@ -93,7 +101,7 @@ def train(config: TrainConfig, *, world=None, on_step=None, say=None, progress=N
             lock, resume_step, cleanup = rundir.open_run(config.output_dir, config.resume, config.overwrite, record,
                                                          config.allow_changes, world, say)
             if cleanup.finished:
-                return finished_run(config, world, say, cleanup.finished)
+                return finished_run(config, world, say, cleanup.finished, paths[2])
             if config.resume and resume_step is None:
                 say(f"no complete checkpoint in {config.output_dir!r}: starting from -e {config.model}")
         progress.checkpoint = resume_step
@@ -113,14 +121,34 @@ def train(config: TrainConfig, *, world=None, on_step=None, say=None, progress=N
         numba.set_num_threads(threads)
 
 
-def finished_run(config, world, say, model_file):
-    """The TrainResult of a run resumed (-y 1) with the -x it has finished: its final model, loaded;
-    nothing is trained or deleted (a scheduler that restarts a finished job with -y 1 --overwrite)."""
+def finished_run(config, world, say, model_file, tok_path):
+    """The TrainResult of a run resumed (-y 1) with the -x it has finished: its final model, loaded
+    (with -r and --precision), once it is known to be the model -e and the shape flags make; nothing
+    is trained, evaluated (val_loss None) or deleted (a scheduler that restarts a finished job with
+    -y 1 --overwrite)."""
+    dist.check_together(world, lambda: check_finished_model(config, model_file, tok_path))
     say(f"nothing to train: {config.output_dir} holds the finished run's final model {model_file} (step "
         f"{config.max_steps} = -x); a larger -x with --allow-changes trains on from its last checkpoint")
     backend = setup_device(config, world, say)
-    model = GPT2.from_file(model_file, backend=backend, precision=config.precision)
+    model = GPT2.from_file(model_file, backend=backend, recompute=config.recompute, precision=config.precision)
     return TrainResult(model=model, steps=config.max_steps, model_file=model_file)
+
+
+def check_finished_model(config, model_file, tok_path):
+    """Refuse a finished run's final model that is not the model -e and the shape flags make (a run that
+    wrote no checkpoint left no record of its flags to compare; a checkpoint's record allows other
+    models with --allow-changes). An -e file gone since the run is not compared."""
+    from ..files import formats
+
+    c = config
+    if not (is_descriptor(c.model) or os.path.exists(c.model)):
+        return
+    made = model_source(c, tok_path, lambda line: None, None)[1]
+    cfg = formats.read_model_header(model_file)[0]
+    if made != cfg:
+        raise rundir.RunDirError(f"{c.output_dir}: its finished run's final model {model_file} is {cfg.describe()}, "
+                                 f"not the model of -e {c.model}{shape_flags_text(c)} ({made.describe()}): "
+                                 f"resume with the run's own flags, or give another -o")
 
 
 # Flags a rank may set for itself: the threads of its host's cores.
@@ -376,6 +404,11 @@ def given_shape_flags(config):
     return [f"--{n.replace('_', '-')}" for n, _ in SHAPE_FLAGS if getattr(config, n) is not None]
 
 
+def shape_flags_text(config):
+    """The shape flags given, with their values: " --layers 2 --heads 2" (or "")."""
+    return "".join(f" {flag} {getattr(config, flag[2:].replace('-', '_'))}" for flag in given_shape_flags(config))
+
+
 def model_source(config, tok_path, say, resume_step):
     """(model file or None, GPT2Config): what load_model loads, from -e's descriptor with the shape
     flags or a file's header alone, checked against the flags before anything is allocated."""
@@ -409,10 +442,9 @@ def load_model(config, world, backend, tok_path, say, resume_step):
 
     c = config
     path, cfg = dist.check_together(world, lambda: model_source(c, tok_path, say, resume_step))
-    shape_flags = given_shape_flags(c)
     n = num_parameters(cfg)
     start, end = dist.partition(n, world.size)[world.rank] if c.zero_stage == 1 else (0, n)
-    shaped = "".join(f" {flag} {getattr(c, flag[2:].replace('-', '_'))}" for flag in shape_flags)
+    shaped = shape_flags_text(c)
     what = (f"{path} (resumed; the run started from -e {c.model})" if resume_step is not None else
             f"{c.model} ({path})" if path and os.path.abspath(path) != os.path.abspath(c.model) else c.model)
     say(f"model: {what}{' +' + shaped if shaped else ''} | {cfg.describe()} | parameters {n:,}")
