@@ -198,6 +198,40 @@ def _scores_dp(s, dp, W, kv, inp, dout, qbase, obase, C, T, hs, q0, k0, kcol, ti
         cuda.syncthreads()
 
 
+@cuda.jit(device=True, inline=True)
+def _online_softmax(s, Ps, m, l, acc, scale, q0, k0, T, rg, cl):
+    """The forward's online softmax over key tile k0.. for this thread's rows r = rg + RG·a: s scaled,
+    the running max m[a] and this thread's share l[a] of the row sum updated, P = exp(s − m) into
+    Ps[r, :] (0 for keys t2 > t or ≥ T), acc rescaled by exp(m_old − m_new). Every row has key 0
+    (< T, ≤ t) in key tile 0, so m is finite from then on."""
+    for a in range(RPT):
+        r = rg + RG * a
+        nk = q0 + r + 1 - k0  # keys t2 = k0 + c of this tile with t2 ≤ t and t2 < T: c < nk
+        if T - k0 < nk:
+            nk = T - k0
+        mt = _NEG_INF
+        for j in range(NCOL):
+            s[a, j] *= scale
+            if cl + TPR * j < nk and s[a, j] > mt:
+                mt = s[a, j]
+        mt = _group_max(mt)
+        m_new = m[a]
+        if mt > m_new:
+            m_new = mt
+        alpha = math.exp(m[a] - m_new)  # 0 at the first key tile (m = −inf)
+        psum = _ZERO
+        for j in range(NCOL):
+            p = _ZERO
+            if cl + TPR * j < nk:
+                p = math.exp(s[a, j] - m_new)
+            Ps[r, cl + TPR * j] = p
+            psum += p
+        l[a] = l[a] * alpha + psum
+        m[a] = m_new
+        for i in range(FWD_NACC):
+            acc[a, i] *= alpha
+
+
 @cuda.jit(fastmath=False)
 def flash_attention_forward_kernel(out, lse, inp, B, T, C, NH, scale):
     """out, lse of query tile (gridDim.y − 1 − blockIdx.y) of head blockIdx.x = b·NH + h, output channels
@@ -229,33 +263,7 @@ def flash_attention_forward_kernel(out, lse, inp, B, T, C, NH, scale):
             cuda.syncthreads()
             _scores(s, W, kv, rg, cl, min(HC, hs - c0))
             cuda.syncthreads()
-        # online softmax; every row has key 0 (< T, ≤ t) in key tile 0, so m is finite from then on
-        for a in range(RPT):
-            r = rg + RG * a
-            nk = q0 + r + 1 - k0  # keys t2 = k0 + c of this tile with t2 ≤ t and t2 < T: c < nk
-            if T - k0 < nk:
-                nk = T - k0
-            mt = _NEG_INF
-            for j in range(NCOL):
-                s[a, j] *= scale
-                if cl + TPR * j < nk and s[a, j] > mt:
-                    mt = s[a, j]
-            mt = _group_max(mt)
-            m_new = m[a]
-            if mt > m_new:
-                m_new = mt
-            alpha = math.exp(m[a] - m_new)  # 0 at the first key tile (m = −inf)
-            psum = _ZERO
-            for j in range(NCOL):
-                p = _ZERO
-                if cl + TPR * j < nk:
-                    p = math.exp(s[a, j] - m_new)
-                Ps[r, cl + TPR * j] = p
-                psum += p
-            l[a] = l[a] * alpha + psum
-            m[a] = m_new
-            for i in range(FWD_NACC):
-                acc[a, i] *= alpha
+        _online_softmax(s, Ps, m, l, acc, scale, q0, k0, T, rg, cl)
         # acc += P·v over this block's HO channels (keys past T: P = 0)
         _key_product(acc, Ps, W, inp, qbase + 2 * C, C3, k0, T, o0, hs, tid, rg, cl)
     for a in range(RPT):
@@ -270,6 +278,58 @@ def flash_attention_forward_kernel(out, lse, inp, B, T, C, NH, scale):
                     out[obase + c] = acc[a, i] * inv
             if o0 == 0 and cl == 0:
                 lse[bh * T + t] = m[a] + math.log(la)
+
+
+@cuda.jit(device=True, inline=True)
+def _stage_d_lse(Ds, Ls, dout, out, lse, obase, lbase, q0, T, C, hs, rq, cq):
+    """Ds[rq] = D = Σ_c dout·out and Ls[rq] = lse of query q0 + rq (0 past T), 4 lanes (cq) a row: the
+    dk/dv kernel's per-query-tile constants."""
+    tq = q0 + rq
+    d = _ZERO
+    if tq < T:
+        for c in range(cq, hs, 4):
+            d += dout[obase + tq * C + c] * out[obase + tq * C + c]
+    d = _quad_sum(d)
+    if cq == 0:
+        Ds[rq] = d
+        Ls[rq] = lse[lbase + tq] if tq < T else _ZERO
+
+
+@cuda.jit(device=True, inline=True)
+def _p_ds_transposed(Ps, dSs, s, dp, Ds, Ls, scale, k0, q0, T, rg, cl):
+    """Pᵀ = exp(scale·sᵀ − lse) and dSᵀ = Pᵀ∘(dPᵀ − D) of this thread's keys r = rg + RG·a (rows, from
+    k0) and queries tc = cl + TPR·j (columns, from q0) into Ps[r, tc], dSs[r, tc]; 0 where the key is
+    past the query (t2 > t) or the query past T."""
+    for a in range(RPT):
+        r = rg + RG * a
+        for j in range(NCOL):
+            tc = cl + TPR * j
+            p = _ZERO
+            ds = _ZERO
+            if k0 + r <= q0 + tc and q0 + tc < T:
+                p = math.exp(s[a, j] * scale - Ls[tc])
+                ds = p * (dp[a, j] - Ds[tc])
+            Ps[r, tc] = p
+            dSs[r, tc] = ds
+
+
+@cuda.jit(device=True, inline=True)
+def _dkdv_product(dk, dv, Ps, dSs, W, n, rg, cl):
+    """dv[a, i] += Σ_{k<n} Pᵀ[rg + RG·a, k]·dout[k, cl + TPR·i] and dk likewise of dSᵀ and q: the query
+    tile's dout staged in W[:, :64], its q in W[:, 64:128]."""
+    for k0_ in range(n):
+        k = k0_ & (BR - 1)
+        p0 = Ps[rg, k]
+        p1 = Ps[rg + RG, k]
+        e0 = dSs[rg, k]
+        e1 = dSs[rg + RG, k]
+        for i in range(BWD_NACC):
+            g = W[k, cl + TPR * i]
+            q = W[k, BWD_HO + cl + TPR * i]
+            dv[0, i] += p0 * g
+            dv[1, i] += p1 * g
+            dk[0, i] += e0 * q
+            dk[1, i] += e1 * q
 
 
 @cuda.jit(fastmath=False)
@@ -310,46 +370,15 @@ def flash_attention_dkdv_kernel(dinp, dout, inp, out, lse, B, T, C, NH, scale):
             dv[a, i] = _ZERO
     for qt in range(kt, nt):
         q0 = qt * BR
-        # D and lse of the tile's 32 queries (row rq: 4 lanes over the channels)
-        tq = q0 + rq
-        d = _ZERO
-        if tq < T:
-            for c in range(cq, hs, 4):
-                d += dout[obase + tq * C + c] * out[obase + tq * C + c]
-        d = _quad_sum(d)
-        if cq == 0:
-            Ds[rq] = d
-            Ls[rq] = lse[bh * T + tq] if tq < T else _ZERO
+        _stage_d_lse(Ds, Ls, dout, out, lse, obase, bh * T, q0, T, C, hs, rq, cq)
         # sᵀ = k·qᵀ and dpᵀ = v·doutᵀ
         _scores_dp(s, dp, W, kv, inp, dout, qbase, obase, C, T, hs, q0, k0, 0, tid, rg, cl)
-        for a in range(RPT):
-            r = rg + RG * a
-            for j in range(NCOL):
-                tc = cl + TPR * j
-                p = _ZERO
-                ds = _ZERO
-                if k0 + r <= q0 + tc and q0 + tc < T:
-                    p = math.exp(s[a, j] * scale - Ls[tc])
-                    ds = p * (dp[a, j] - Ds[tc])
-                Ps[r, tc] = p
-                dSs[r, tc] = ds
+        _p_ds_transposed(Ps, dSs, s, dp, Ds, Ls, scale, k0, q0, T, rg, cl)
         # dv += Pᵀ·dout, dk += dSᵀ·q over this block's HO channels: dout in W[:, :64], q in W[:, 64:128]
         _stage(W, 0, BWD_SHIFT, dout, obase, C, q0, T, o0, hs, tid)
         _stage(W, BWD_HO, BWD_SHIFT, inp, qbase, C3, q0, T, o0, hs, tid)
         cuda.syncthreads()
-        for k0_ in range(min(BR, T - q0)):  # queries past T: P = dS = 0
-            k = k0_ & (BR - 1)
-            p0 = Ps[rg, k]
-            p1 = Ps[rg + RG, k]
-            e0 = dSs[rg, k]
-            e1 = dSs[rg + RG, k]
-            for i in range(BWD_NACC):
-                g = W[k, cl + TPR * i]
-                q = W[k, BWD_HO + cl + TPR * i]
-                dv[0, i] += p0 * g
-                dv[1, i] += p1 * g
-                dk[0, i] += e0 * q
-                dk[1, i] += e1 * q
+        _dkdv_product(dk, dv, Ps, dSs, W, min(BR, T - q0), rg, cl)   # queries past T: P = dS = 0
         cuda.syncthreads()
     for a in range(RPT):
         t2 = k0 + rg + RG * a
