@@ -91,10 +91,11 @@ def _strip(Y, yi, mr, yj0, yj1, A, ai, ak, Bm, bj0, bk, kn):
         Y[yi+r, yj] += Σ_{k<kn} A[ai+r, ak+k] · Bm[bj0+yj-yj0, bk+k]
 
     for r < mr <= 4, yj0 <= yj < yj1. Y, A, Bm are 2-D C-contiguous views. The micro-kernel is the
-    4×4 block: 16 accumulators
-    in registers, k innermost and contiguous in both operands, so per k it loads 4 + 4 values for
-    16 FMAs; LLVM vectorises the k loop as 16 lane-wise partial sums ('reassoc') and adds up the
-    lanes once per output at the end.
+    4×4 block (`_block4x4`): 16 accumulators in registers, k innermost and contiguous in both
+    operands, so per k it loads 4 + 4 values for 16 FMAs; LLVM vectorises the k loop as 16 lane-wise
+    partial sums ('reassoc') and adds up the lanes once per output at the end. The helpers are
+    inlined into the caller's Numba IR (inline="always"): left to LLVM, it vectorised their loops
+    otherwise (the same machine code as one long function only this way).
     """
     if mr < 4:
         _generic(Y, yi, mr, yj0, yj1 - yj0, A, ai, ak, Bm, bj0, bk, kn)
@@ -113,57 +114,62 @@ def _strip(Y, yi, mr, yj0, yj1, A, ai, ak, Bm, bj0, bk, kn):
     jend = yj0 + (yj1 - yj0) // 4 * 4
     for j in range(yj0, jend, 4):
         bj = bj0 + (j - yj0)
-        b0 = Bm[bj, bk:bk + kn]
-        b1 = Bm[bj + 1, bk:bk + kn]
-        b2 = Bm[bj + 2, bk:bk + kn]
-        b3 = Bm[bj + 3, bk:bk + kn]
-        s00 = s01 = s02 = s03 = np.float32(0.0)
-        s10 = s11 = s12 = s13 = np.float32(0.0)
-        s20 = s21 = s22 = s23 = np.float32(0.0)
-        s30 = s31 = s32 = s33 = np.float32(0.0)
-        for k in range(kn):
-            x0 = a0[k]
-            x1 = a1[k]
-            x2 = a2[k]
-            x3 = a3[k]
-            w0 = b0[k]
-            w1 = b1[k]
-            w2 = b2[k]
-            w3 = b3[k]
-            s00 += x0 * w0
-            s01 += x0 * w1
-            s02 += x0 * w2
-            s03 += x0 * w3
-            s10 += x1 * w0
-            s11 += x1 * w1
-            s12 += x1 * w2
-            s13 += x1 * w3
-            s20 += x2 * w0
-            s21 += x2 * w1
-            s22 += x2 * w2
-            s23 += x2 * w3
-            s30 += x3 * w0
-            s31 += x3 * w1
-            s32 += x3 * w2
-            s33 += x3 * w3
-        y0[j] += s00
-        y0[j + 1] += s01
-        y0[j + 2] += s02
-        y0[j + 3] += s03
-        y1[j] += s10
-        y1[j + 1] += s11
-        y1[j + 2] += s12
-        y1[j + 3] += s13
-        y2[j] += s20
-        y2[j + 1] += s21
-        y2[j + 2] += s22
-        y2[j + 3] += s23
-        y3[j] += s30
-        y3[j + 1] += s31
-        y3[j + 2] += s32
-        y3[j + 3] += s33
+        _block4x4(y0, y1, y2, y3, j, a0, a1, a2, a3, Bm[bj, bk:bk + kn], Bm[bj + 1, bk:bk + kn],
+                  Bm[bj + 2, bk:bk + kn], Bm[bj + 3, bk:bk + kn], kn)
     if jend < yj1:
         _generic(Y, yi, 4, jend, yj1 - jend, A, ai, ak, Bm, bj0 + (jend - yj0), bk, kn)
+
+
+@njit(fastmath=_FASTMATH_DOT, cache=True, inline="always")
+def _block4x4(y0, y1, y2, y3, j, a0, a1, a2, a3, b0, b1, b2, b3, kn):
+    """The micro-kernel: yr[j + q] += Σ_{k<kn} ar[k]·bq[k] for r, q < 4, in 16 scalar accumulators
+    (rows y0..y3 of Y, a0..a3 of A and b0..b3 of Bm, each a slice starting at its index 0 or the
+    chunk: k is then provably >= 0, and the loads contiguous)."""
+    s00 = s01 = s02 = s03 = np.float32(0.0)
+    s10 = s11 = s12 = s13 = np.float32(0.0)
+    s20 = s21 = s22 = s23 = np.float32(0.0)
+    s30 = s31 = s32 = s33 = np.float32(0.0)
+    for k in range(kn):
+        x0 = a0[k]
+        x1 = a1[k]
+        x2 = a2[k]
+        x3 = a3[k]
+        w0 = b0[k]
+        w1 = b1[k]
+        w2 = b2[k]
+        w3 = b3[k]
+        s00 += x0 * w0
+        s01 += x0 * w1
+        s02 += x0 * w2
+        s03 += x0 * w3
+        s10 += x1 * w0
+        s11 += x1 * w1
+        s12 += x1 * w2
+        s13 += x1 * w3
+        s20 += x2 * w0
+        s21 += x2 * w1
+        s22 += x2 * w2
+        s23 += x2 * w3
+        s30 += x3 * w0
+        s31 += x3 * w1
+        s32 += x3 * w2
+        s33 += x3 * w3
+    y0[j] += s00
+    y0[j + 1] += s01
+    y0[j + 2] += s02
+    y0[j + 3] += s03
+    y1[j] += s10
+    y1[j + 1] += s11
+    y1[j + 2] += s12
+    y1[j + 3] += s13
+    y2[j] += s20
+    y2[j + 1] += s21
+    y2[j + 2] += s22
+    y2[j + 3] += s23
+    y3[j] += s30
+    y3[j + 1] += s31
+    y3[j + 2] += s32
+    y3[j + 3] += s33
 
 
 @njit(parallel=True, fastmath=_FASTMATH_DOT, cache=True)
@@ -252,32 +258,42 @@ def _panel(acc, mr, A, a_trans, ai, ak, kn, Bm, bk, bn, nn):
                 c1[j] = c1[j] + p10 * w0 + p11 * w1 + p12 * w2 + p13 * w3
                 c2[j] = c2[j] + p20 * w0 + p21 * w1 + p22 * w2 + p23 * w3
                 c3[j] = c3[j] + p30 * w0 + p31 * w1 + p32 * w2 + p33 * w3
-        for k in range(k4, kn):
-            # the last kn % 4 values of k, one at a time
+        _panel_k_tail(c0, c1, c2, c3, A, a_trans, ai, ak, k4, kn, Bm, bk, bn, nn)
+    else:
+        _panel_rows(acc, mr, A, a_trans, ai, ak, kn, Bm, bk, bn, nn)
+
+
+@njit(fastmath=_FASTMATH_AXPY, cache=True, inline="always")
+def _panel_k_tail(c0, c1, c2, c3, A, a_trans, ai, ak, k0, kn, Bm, bk, bn, nn):
+    """_panel's last kn − k0 (< 4) values of k for its 4 rows (accumulator rows c0..c3), one at a time."""
+    for k in range(k0, kn):
+        if a_trans:
+            e0 = A[ak + k, ai:ai + 4]
+            p00, p10, p20, p30 = e0[0], e0[1], e0[2], e0[3]
+        else:
+            p00, p10, p20, p30 = A[ai, ak + k], A[ai + 1, ak + k], A[ai + 2, ak + k], A[ai + 3, ak + k]
+        b0 = Bm[bk + k, bn:bn + nn]
+        for j in range(nn):
+            w0 = b0[j]
+            c0[j] = c0[j] + p00 * w0
+            c1[j] = c1[j] + p10 * w0
+            c2[j] = c2[j] + p20 * w0
+            c3[j] = c3[j] + p30 * w0
+
+
+@njit(fastmath=_FASTMATH_AXPY, cache=True, inline="always")
+def _panel_rows(acc, mr, A, a_trans, ai, ak, kn, Bm, bk, bn, nn):
+    """_panel for a ragged last strip (mr = M % 4 < 4 rows): one row, one k at a time."""
+    for r in range(mr):
+        c = acc[r, :nn]
+        for k in range(kn):
             if a_trans:
-                e0 = A[ak + k, ai:ai + 4]
-                p00, p10, p20, p30 = e0[0], e0[1], e0[2], e0[3]
+                p = A[ak + k, ai + r]
             else:
-                p00, p10, p20, p30 = A[ai, ak + k], A[ai + 1, ak + k], A[ai + 2, ak + k], A[ai + 3, ak + k]
+                p = A[ai + r, ak + k]
             b0 = Bm[bk + k, bn:bn + nn]
             for j in range(nn):
-                w0 = b0[j]
-                c0[j] = c0[j] + p00 * w0
-                c1[j] = c1[j] + p10 * w0
-                c2[j] = c2[j] + p20 * w0
-                c3[j] = c3[j] + p30 * w0
-    else:
-        # a ragged last strip (M % 4 rows): one row, one k at a time
-        for r in range(mr):
-            c = acc[r, :nn]
-            for k in range(kn):
-                if a_trans:
-                    p = A[ak + k, ai + r]
-                else:
-                    p = A[ai + r, ak + k]
-                b0 = Bm[bk + k, bn:bn + nn]
-                for j in range(nn):
-                    c[j] = c[j] + p * b0[j]
+                c[j] = c[j] + p * b0[j]
 
 
 @njit(parallel=True, fastmath=_FASTMATH_AXPY, cache=True)
