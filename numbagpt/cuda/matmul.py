@@ -129,6 +129,7 @@ def make_gemm(a_km, b_nk, has_bias, accumulate, split_k=False, bf16=False, a_bf1
         raise ValueError("split_k needs an accumulating GEMM without bias")
 
     load_a_tile, load_b_tile = _tile_loaders(a_km, b_nk, bf16, a_bf16)
+    store_tile = _tile_store(has_bias, accumulate, split_k)
 
     def gemm(c, a, b, bias, M, N, K, lda, ldb, ldc, kchunk):
         As = cuda.shared.array((BK, AS_W), float32)
@@ -165,7 +166,19 @@ def make_gemm(a_km, b_nk, has_bias, accumulate, split_k=False, bf16=False, a_bf1
                     for j in range(TN):
                         acc[i, j] += ar[i] * br[j]
             cuda.syncthreads()
+        store_tile(c, acc, bias, M, N, ldc, m0, n0, tx, ty)
 
+    return cuda.jit(fastmath=False)(gemm)
+
+
+def _tile_store(has_bias, accumulate, split_k):
+    """store_tile: the device function that writes a thread's TM×TN results into c (+ bias), for
+    make_gemm's flags (compile-time constants)."""
+
+    @cuda.jit(device=True, inline=True)
+    def store_tile(c, acc, bias, M, N, ldc, m0, n0, tx, ty):
+        """c[m, n] = (or +=, or atomically +=) acc[i, j] (+ bias[n]) at m = m0 + ty + TY·i,
+        n = n0 + tx + TX·j, inside M × N."""
         for i in range(TM):
             gm = m0 + ty + TY * i
             if gm < M:
@@ -182,8 +195,7 @@ def make_gemm(a_km, b_nk, has_bias, accumulate, split_k=False, bf16=False, a_bf1
                             c[idx] += val
                         else:
                             c[idx] = val
-
-    return cuda.jit(fastmath=False)(gemm)
+    return store_tile
 
 
 GEMM_SIGNATURE = (F32A, F32A, F32A, F32A) + (I64,) * 7
