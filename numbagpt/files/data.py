@@ -9,6 +9,7 @@ With shuffle=True, each epoch visits the shards in a random order and each shard
 random order, both drawn from `seed` and the epoch only (never the rank), so R processes with batch B
 read exactly the tokens, in the same order, that one process with batch R*B would.
 """
+import codecs
 import contextlib
 import fcntl
 import glob as globlib
@@ -20,8 +21,8 @@ import numpy as np
 
 from . import package_data_dir
 from .atomic import is_temp_name, make_dir
-from .formats import (FormatError, check_shard_tokens, check_tokens, open_shard, read_shard_header, shard_files,
-                      write_shard)
+from .formats import (FormatError, check_shard_tokens, check_tokens, open_shard, read_shard_header,
+                      read_tokenizer_file, shard_files, write_shard)
 from .tokenizer import CharTokenizer, Tokenizer, get_tokenizer
 
 # bump when builtin_text() or prepare() would produce different files, so caches are rebuilt
@@ -273,10 +274,11 @@ def _read_text(path):
     raises ValueError naming it and the byte."""
     with open(path, "rb") as fh:
         raw = fh.read()
+    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start:,}); "
+        text = raw[bom:].decode("utf-8")
+    except UnicodeDecodeError as e:   # its offsets count from after the byte-order mark
+        raise ValueError(f"{path}: not UTF-8 text (byte 0x{raw[bom + e.start]:02x} at offset {bom + e.start:,}); "
                          f"prepare_data tokenizes UTF-8 text files") from None
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
@@ -290,9 +292,17 @@ def _sources(source):
     files = [os.fspath(p) for p in source]
     if not files:
         raise ValueError("no input files")
-    missing = [f for f in files if not os.path.isfile(f)]
+    dirs = [f for f in files if os.path.isdir(f)]
+    if dirs:
+        raise ValueError(f"{dirs[0]} is a directory: give the text files in it (FILES are UTF-8 text files; -o "
+                         f"names the output directory)")
+    missing = [f for f in files if not os.path.exists(f)]
     if missing:
         raise FileNotFoundError(f"input file(s) not found: {', '.join(missing)}")
+    odd = [f for f in files if not os.path.isfile(f)]
+    if odd:   # --tokenizer char reads every file twice
+        raise ValueError(f"{odd[0]} is not a regular file (a pipe or a device): FILES are text files, read twice "
+                         f"with --tokenizer char")
     return files
 
 
@@ -560,12 +570,13 @@ def ensure_builtin_data(cache_dir=None, tokenizer="gpt2", force=False, verbose=T
 
 
 def _ready(paths):
-    """The three files of a set are there and the shards' headers read."""
+    """The three files of a set are there and read: the shards' headers, the whole tokenizer."""
     if not all(os.path.isfile(p) for p in paths.values()):
         return False
     try:
         read_shard_header(paths["train"])
         read_shard_header(paths["val"])
+        read_tokenizer_file(paths["tokenizer"])
     except (FormatError, OSError):
         return False
     return True

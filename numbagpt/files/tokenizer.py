@@ -295,6 +295,19 @@ def check_one_tokenization(*data_globs):
                                  f"differ): give -i/-j globs that match one prepared set")
 
 
+def check_given_tokenizer(path, data_glob):
+    """ValueError when the tokenizer file `path` (--tokenizer) is not the vocabulary of the tokenizer
+    file the shards data_glob matches were written with (prepare_data's NAME_tokenizer.bin): the model
+    would be built for, and the samples decoded with, another vocabulary than the tokens'."""
+    own = named_tokenizers(data_glob)
+    if not own:
+        return
+    tok, shard = next(iter(own.items()))
+    if read_tokenizer_file(path) != read_tokenizer_file(tok):
+        raise ValueError(f"--tokenizer {path} is not the vocabulary of {tok}, the tokenizer {shard} was written "
+                         f"with: leave --tokenizer out (the shards' own is the default), or give that one")
+
+
 def tokenizer_next_to(data_glob):
     """The tokenizer file that prepare_data (and llm.c's dev/data scripts) write beside the shards:
     NAME_tokenizer.bin for NAME_train[_N].bin / NAME_val[_N].bin; else the directory's only *_tokenizer.bin.

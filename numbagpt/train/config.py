@@ -126,8 +126,9 @@ class TrainConfig:
     hellaswag_file: str = option(HELLASWAG_FILE, ("--hellaswag-file",),
                                  "the eval file for -h 1 (llm.c's dev/data/hellaswag.py writes it there)")
     tokenizer: str = option(None, ("--tokenizer",), "llm.c tokenizer .bin of the data: the vocabulary of a "
-                            "model built from scratch, and the decoder of the samples (default: "
-                            "NAME_tokenizer.bin beside the train shards, else none: GPT-2's vocabulary, "
+                            "model built from scratch, and the decoder of the samples; one the train shards "
+                            "came with must be theirs (default: NAME_tokenizer.bin beside NAME_train*.bin, else "
+                            "the shards' directory's only *_tokenizer.bin, else none: GPT-2's vocabulary, "
                             "samples printed as token ids)")
     overwrite: bool = option(False, ("--overwrite",), "let a fresh run (no -y 1, or -y 1 with no complete "
                              "checkpoint) delete an earlier run's checkpoints and models in the output dir "

@@ -494,6 +494,8 @@ def open_data(config, world, cfg, paths, say):
         val_loader = data.DataLoader(val_glob, B, T, rank=world.rank, world_size=world.size,
                                      vocab_size=cfg.vocab_size, model=c.model)
     tokenizer.check_one_tokenization(train_glob, val_glob)
+    if c.tokenizer:
+        tokenizer.check_given_tokenizer(c.tokenizer, train_glob)
     tok = tokenizer.load_tokenizer(tok_path) if tok_path else None
     own = {os.path.realpath(t) for t in tokenizer.named_tokenizers(train_glob)}
     # GPT-2's BPE shards fine-tune a model whose vocabulary extends GPT-2's (added tokens after 50256)
