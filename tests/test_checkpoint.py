@@ -144,6 +144,21 @@ def test_a_model_of_an_unfinished_checkpoint_is_no_final_model(tmp_path):
     assert checkpoint.final_model(out, 5) == checkpoint.model_path(out, 5)
 
 
+@pytest.mark.parametrize("target", ["state_00000004_00000.bin@0", "model_00000004.bin@end",
+                                    "model_00000004.bin@renamed"])
+def test_a_kill_in_the_last_steps_checkpoint_leaves_no_final_model(tmp_path, target):
+    """A run whose last step is a checkpoint step, killed while writing it: the state files come before
+    the model, so its model_00000004.bin (if renamed) has a state file beside it and is no final model;
+    resume and -e DIR go back to step 2 (the model came first, and alone it read as the finished run's
+    final model: a resume said "nothing to train", -e took a model without its DONE)."""
+    proc = run_driver(tmp_path, target, steps=4, every=2)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, err
+    check_dir(tmp_path, 2)
+    assert checkpoint.final_model(str(tmp_path), 4) is None
+    assert checkpoint.resolve_model(str(tmp_path), say=lambda line: None) == checkpoint.model_path(str(tmp_path), 2)
+
+
 def test_save_final_replaces_a_stale_model_unless_a_done_checkpoint_holds_it(tmp_path):
     """save_final decides on DONE, not on the model file being there: a model_00000005.bin left by an
     unfinished checkpoint (here zeros, of the right size) is written over with the final parameters;

@@ -194,16 +194,15 @@ def resolve_model(path, flag="-e", say=_stderr):
 def save(out_dir, step, model, world, loader, seed, run=None, guard=None, dtype="float32"):
     """Every rank writes its state file (the AdamW moments of its optimizer shard, the data position,
     the spike guard's windows: `guard`, a numbagpt.train.outlier.SpikeGuard, the same on every rank); rank 0
-    the model file (`dtype` "float32" or "bfloat16": --save-precision) and then, after all are written,
-    DONE. With a bfloat16 model file each state file also keeps the float32 parameters of its rank's
-    shard (llm.c's master weights), which load_state puts back. `run` is the run record kept in every
+    then the model file (`dtype` "float32" or "bfloat16": --save-precision) and, after all are written,
+    DONE. The state before the model: a model_<step>.bin with neither a state file nor DONE of its step
+    is then a final model (final_model), never the model of a checkpoint a kill or signal cut short.
+    With a bfloat16 model file each state file also keeps the float32 parameters of its rank's shard (llm.c's master weights), which load_state puts back. `run` is the run record kept in every
     state header. A step whose DONE file exists is not rewritten: returns False then (the same on every
     rank)."""
     done = os.path.exists(done_path(out_dir, step)) if world.is_master else None
     if world.bcast(done):
         return False
-    if world.is_master:
-        model_hash = model.save(model_path(out_dir, step), dtype)
     b = model.backend
     master = None
     if dtype != "float32":   # this rank's shard of the float32 parameters
@@ -215,6 +214,8 @@ def save(out_dir, step, model, world, loader, seed, run=None, guard=None, dtype=
                         rng_state=seed, shard_index=pos["shard_index"], sample_index=pos["sample_index"],
                         shuffle=loader.shuffle, epoch=pos["epoch"], seed=seed, run=run,
                         detectors=guard.get_state() if guard is not None else None, master=master)
+    if world.is_master:
+        model_hash = model.save(model_path(out_dir, step), dtype)
     hashes = world.gather((os.path.basename(state_path(out_dir, step, world.rank)), state_hash))
     if world.is_master:   # every rank's state is written: DONE, with the hashes of the bytes written
         hashes.append((os.path.basename(model_path(out_dir, step)), model_hash))
