@@ -146,6 +146,29 @@ def test_resume_compares_the_data_files_not_their_spelling_and_a_1():
         ("overfit_single_batch", "-a: 0 in the checkpoint, 1 now")]
 
 
+def test_model_and_data_named_through_links_or_relative_are_the_same(tmp_path, monkeypatch):
+    """-e given relative where the checkpoint has it absolute, and -i through a symbolic link to its
+    directory, are the same files (both were refused as changes); another file still differs. And
+    --overwrite refuses to delete the -e model named through a link to the output dir (it deleted it)."""
+    (tmp_path / "d").mkdir()
+    os.symlink(tmp_path / "d", tmp_path / "link")
+    (tmp_path / "m.bin").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    rec = dict(RECORD, model=str(tmp_path / "m.bin"), train_data=str(tmp_path / "d" / "*_train.bin"))
+    assert rundir.compare_runs(rec, dict(rec, model="./m.bin", train_data="link/*_train.bin")) == []
+    assert [k for k, _ in rundir.compare_runs(rec, dict(rec, model="n.bin"))] == ["model"]
+    assert rundir.compare_runs(dict(rec, model="d12"), dict(rec, model="d12")) == []
+    from numbagpt.config import GPT2Config
+    from numbagpt.model import GPT2
+    out = tmp_path / "out"
+    out.mkdir()
+    micro = GPT2Config(max_seq_len=8, vocab_size=16, num_layers=1, num_heads=1, channels=8)
+    GPT2(micro).save(out / "model_00000002.bin")
+    os.symlink(out, tmp_path / "outlink")
+    with pytest.raises(rundir.RunDirError, match="is a file of the earlier run"):
+        rundir.check_fresh(str(out), overwrite=True, model=str(tmp_path / "outlink" / "model_00000002.bin"))
+
+
 def test_the_run_record_lives_in_the_state_header_and_llmc_slots_are_unchanged(tmp_path):
     p = tmp_path / "state_00000010_00000.bin"
     m = np.arange(10, dtype=np.float32)

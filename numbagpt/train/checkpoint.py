@@ -197,8 +197,9 @@ def save(out_dir, step, model, world, loader, seed, run=None, guard=None, dtype=
     then the model file (`dtype` "float32" or "bfloat16": --save-precision) and, after all are written,
     DONE. The state before the model: a model_<step>.bin with neither a state file nor DONE of its step
     is then a final model (final_model), never the model of a checkpoint a kill or signal cut short.
-    With a bfloat16 model file each state file also keeps the float32 parameters of its rank's shard (llm.c's master weights), which load_state puts back. `run` is the run record kept in every
-    state header. A step whose DONE file exists is not rewritten: returns False then (the same on every
+    With a bfloat16 model file each state file also keeps the float32 parameters of its rank's shard
+    (llm.c's master weights), which load_state puts back. `run` is the run record kept in every state
+    header. A step whose DONE file exists is not rewritten: returns False then (the same on every
     rank)."""
     done = os.path.exists(done_path(out_dir, step)) if world.is_master else None
     if world.bcast(done):

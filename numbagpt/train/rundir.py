@@ -94,7 +94,7 @@ def check_fresh(directory, overwrite, model=None, resuming=False):
                           f"{hint}, --overwrite to delete them and start over, or another -o")
     source = _model_file(model)
     for name in names:
-        if source and os.path.abspath(os.path.join(directory, name)) == source:
+        if source and os.path.realpath(os.path.join(directory, name)) == source:   # however it is spelled
             raise RunDirError(f"-e {model}: {source} is a file of the earlier run in {directory}, which "
                               f"--overwrite would delete before it is read: copy it out of {directory} "
                               f"first, or train into another -o")
@@ -102,13 +102,13 @@ def check_fresh(directory, overwrite, model=None, resuming=False):
 
 
 def _model_file(model):
-    """The absolute path of the model file -e `model` names, or None (a descriptor, or nothing there:
-    the model's loading says so)."""
+    """The real path of the model file -e `model` names (symbolic links resolved), or None (a
+    descriptor, or nothing there: the model's loading says so)."""
     from ..config import is_descriptor
     if not model or is_descriptor(model):
         return None
     try:
-        return os.path.abspath(checkpoint.resolve_model(model, say=lambda line: None))
+        return os.path.realpath(checkpoint.resolve_model(model, say=lambda line: None))
     except OSError:
         return None
 
@@ -181,11 +181,26 @@ def _same(key, old, new):
     from ..files.formats import hash_text
     if isinstance(old, str) and isinstance(new, str) and old.startswith("sha256:") and not new.startswith("sha256:"):
         return old == hash_text(new)
-    if key in ("train_data", "val_data") and old and new:   # one file, however it was spelled
-        return os.path.abspath(old) == os.path.abspath(new)
+    if key in ("train_data", "val_data", "model") and old and new:   # one file, however it was spelled
+        return _spelled_alike(old, new)
     if isinstance(old, (int, float)) and isinstance(new, (int, float)):
         return float(old) == float(new)
     return old == new
+
+
+def _spelled_alike(old, new):
+    """Paths (or globs) that name the same files: equal once absolute with their symbolic links
+    resolved (a glob's, its directory's; a descriptor, d12, is compared as it is)."""
+    from ..config import is_descriptor
+    if is_descriptor(old) or is_descriptor(new):
+        return old == new
+    return _real(old) == _real(new)
+
+
+def _real(path):
+    if os.path.exists(path):
+        return os.path.realpath(path)
+    return os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))), os.path.basename(path))
 
 
 def compare_runs(recorded, current):
