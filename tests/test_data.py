@@ -674,3 +674,23 @@ def test_a_tokenizer_given_must_be_the_shards_own(tmp_path):
     assert str(e.value) == (f"--tokenizer {gpt2['tokenizer']} is not the vocabulary of {char['tokenizer']}, the "
                             f"tokenizer {char['train']} was written with: leave --tokenizer out (the shards' own is "
                             f"the default), or give that one")
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_a_resume_with_another_b_goes_on_at_the_same_token(tmp_path, shuffle):
+    """A checkpoint's data position counts windows of its run's B·T; resumed with another -b
+    (--allow-changes), the loader goes on at the same token (it took the count as windows of the new
+    size: B 4 -> 8 skipped 2,048 tokens of 4,096 read, silently; a larger B·T was 'past the end of -i')."""
+    from numbagpt.train.checkpoint import resumed_window
+    write_shard(tmp_path / "s.bin", np.arange(3000) % 50)
+    four = DataLoader(str(tmp_path / "s.bin"), B=4, T=16, shuffle=shuffle)
+    eight = DataLoader(str(tmp_path / "s.bin"), B=8, T=16, shuffle=shuffle)
+    for _ in range(6):   # 6 windows of 64 tokens: 3 of 128
+        four.next_batch()
+    state = dict(four.get_state(), world_size=1, run=dict(B=4, T=16))
+    assert resumed_window(state, eight) == 3
+    if not shuffle:   # the same tokens next (shuffled, windows of another size are another permutation)
+        eight.set_state(state["shard_index"], resumed_window(state, eight), state["epoch"])
+        x, _ = eight.next_batch()
+        assert x.reshape(-1)[0] == (6 * 64) % 50
+    assert resumed_window(dict(state, run=None), four) == 6   # no record (llm.c's state): as it is

@@ -247,6 +247,17 @@ def discard(out_dir, step):
                                   f"belongs: remove it, then resume") from None
 
 
+def resumed_window(state, loader):
+    """The loader's window to go on from, of a state whose data position counts windows of the B·T of
+    its run record: the same token position in this run's windows (-b/-t changed with --allow-changes:
+    B=4 → 8 at one tokens/step read every second window again, or skipped half), rounded down (a
+    partial window read again, no token skipped). With --shuffle the windows are another permutation
+    then: the same share of the shard's epoch."""
+    run = state.get("run") or {}
+    was = int(run.get("B", loader.B)) * int(run.get("T", loader.T)) * state["world_size"]
+    return state["sample_index"] * was // loader.window
+
+
 def load_state(out_dir, step, model, world, loader, guard=None):
     """Restore this rank's AdamW moments and data position from the checkpoint at `step`, its shard of
     the float32 parameters when the state keeps them (a bf16 model file: the caller then gathers the
@@ -271,12 +282,14 @@ def load_state(out_dir, step, model, world, loader, guard=None):
     model._ensure_optimizer()
     b.copy_to_device(model.m_flat, np.ascontiguousarray(state["m"]))
     b.copy_to_device(model.v_flat, np.ascontiguousarray(state["v"]))
+    sample = resumed_window(state, loader)
     try:
-        loader.set_state(state["shard_index"], state["sample_index"], state["epoch"])
+        loader.set_state(state["shard_index"], sample, state["epoch"])
     except ValueError:   # other train data (--allow-changes): the position is past it
         raise ValueError(f"{path}: the checkpoint's position in the train data (shard {state['shard_index']}, "
-                         f"window {state['sample_index']}) is past the end of -i's data now: resume with the "
-                         f"checkpoint's -i, or train a new run on this data from its model (-e {out_dir})") from None
+                         f"token {sample * loader.window:,}) is past the end of the shard given now: resume "
+                         f"with the checkpoint's -i, or train a new run on this data from its model "
+                         f"(-e {out_dir})") from None
     if guard is not None and state["detectors"]:
         try:
             guard.set_state(state["detectors"])
