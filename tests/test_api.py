@@ -343,8 +343,12 @@ def test_a_finished_run_resumed_is_the_model_its_flags_make(corpus, tmp_path):
     paths, _ = corpus
     made = dict(model="tiny", layers=1, heads=2, channels=16, max_seq_len=16)
     first = api.train(tiny_run(corpus, tmp_path / "out", **made), say=lambda line: None)
-    again = api.train(tiny_run(corpus, tmp_path / "out", resume=1, recompute=2, **made), say=lambda line: None)
+    said = []
+    again = api.train(tiny_run(corpus, tmp_path / "out", resume=1, recompute=2, **made), say=said.append)
     assert (again.model_file, again.steps, again.val_loss, again.model.recompute) == (first.model_file, 2, None, 2)
+    # no checkpoint to train on from: a larger -x is a new run (it said it trained on from the last one)
+    assert said[0].endswith("(step 2 = -x); it wrote no checkpoint (-n), so a larger -x is a new run "
+                             "(--overwrite, or another -o)"), said
     assert (again.model.params_flat == first.model.params_flat).all()
     for change, said in [(dict(channels=32), "L=1 NH=2 C=32 maxT=16"), (dict(model="d12", layers=None, heads=None,
                           channels=None, max_seq_len=None), "L=12 NH=12 C=768 maxT=1024")]:

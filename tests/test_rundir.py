@@ -128,7 +128,8 @@ def test_the_trainers_run_record_is_the_config_it_ran():
     assert set(record) == set(rundir.RUN_FIELDS)
     by_flag = {flag: f.name for f in fields() for flag in f.metadata["flags"]}
     derived = {"total_batch": 6 * 2 * 3 * 5, "world_size": 2, "schedule": "wsd",
-               "train_data": os.path.abspath("x/train.bin"), "val_data": os.path.abspath("x/val.bin")}
+               "train_data": os.path.abspath("x/train.bin"), "val_data": os.path.abspath("x/val.bin"),
+               "train_shards": "0 shards of 0 bytes"}
     for key, flag in rundir.RUN_FIELDS.items():
         want = derived[key] if key in derived else getattr(cfg, by_flag[flag])
         assert record[key] == want, (key, record[key], want)
@@ -403,3 +404,23 @@ def test_the_batch_hint_can_be_1():
     assert str(e.value) == ("not enough memory for x: it needs 8.0 MiB, 5.0 MiB is available (given); the largest "
                             "-b that fits is 5, and the largest that -d 7 also takes is 1; --no-memory-check to "
                             "try anyway")
+
+
+def test_a_shard_added_under_the_glob_is_a_change(tmp_path):
+    """-i's glob matching another shard at the resume moves the data position onto other tokens (the
+    shard order is over the files): the record keeps what the glob matched, and the resume names it
+    (it resumed silently, and its losses were another run's)."""
+    from types import SimpleNamespace
+
+    from numbagpt.train import trainer
+    from numbagpt.train.config import TrainConfig
+    for name in ("a", "b"):
+        formats.write_shard(tmp_path / f"{name}_train.bin", np.arange(100))
+    cfg = TrainConfig(train_data=str(tmp_path / "*_train.bin"))
+    before = trainer.run_record(cfg, SimpleNamespace(size=1), 1, cfg.train_data, "")
+    formats.write_shard(tmp_path / "c_train.bin", np.arange(100))
+    after = trainer.run_record(cfg, SimpleNamespace(size=1), 1, cfg.train_data, "")
+    assert rundir.compare_runs(before, after) == [
+        ("train_shards", "-i's files: '2 shards of 2,448 bytes' in the checkpoint, '3 shards of 3,672 bytes' now")]
+    with pytest.raises(rundir.RunDirError, match="this run differs from the checkpoint's: -i's files"):
+        rundir.check_resume(before, after, False, "out/state_00000004_00000.bin")

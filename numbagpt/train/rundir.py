@@ -158,6 +158,7 @@ def discard_files(directory, names):
 # record key: what the user changes to change it (a flag, or what it stands for); the order of the messages
 RUN_FIELDS = {
     "B": "-b", "T": "-t", "total_batch": "tokens per step", "seed": "--seed", "train_data": "-i",
+    "train_shards": "-i's files",
     "val_data": "-j", "world_size": "number of processes", "zero_stage": "-z", "shuffle": "--shuffle",
     "lr": "-l", "warmup": "-u", "max_steps": "-x", "final_lr_frac": "-q", "schedule": "lr schedule",
     "overfit_single_batch": "-a",
@@ -324,8 +325,10 @@ def _pick(out_dir, resume, overwrite, record, allow_changes, say):
         broken = [s for s in checkpoint.done_steps(out_dir) if step is None or s > step]
         finished = checkpoint.final_model(out_dir, record["max_steps"])
         if finished and (step is None or step < record["max_steps"]):   # the run ended past its last checkpoint
-            if step is not None:   # other flags are refused as for any resume
-                check_resume(header.get("run"), record, allow_changes, checkpoint.state_path(out_dir, step, 0))
+            if step is not None:   # other flags are refused as for any resume (--allow-changes: said)
+                for line in check_resume(header.get("run"), record, allow_changes,
+                                         checkpoint.state_path(out_dir, step, 0)):
+                    say(f"warning: resuming with a change (--allow-changes): {line}")
             return None, Cleanup(out_dir, finished=finished)
     if step is None:   # a fresh run, -y 1 or not: an earlier run's files are kept unless --overwrite
         return None, Cleanup(out_dir, check_fresh(out_dir, overwrite, record.get("model"), resuming=resume), broken)

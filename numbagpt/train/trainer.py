@@ -127,8 +127,11 @@ def finished_run(config, world, say, model_file, tok_path):
     is trained, evaluated (val_loss None) or deleted (a scheduler that restarts a finished job with
     -y 1 --overwrite)."""
     dist.check_together(world, lambda: check_finished_model(config, model_file, tok_path))
+    more = ("a larger -x with --allow-changes trains on from its last checkpoint"
+            if checkpoint.done_steps(config.output_dir) else
+            "it wrote no checkpoint (-n), so a larger -x is a new run (--overwrite, or another -o)")
     say(f"nothing to train: {config.output_dir} holds the finished run's final model {model_file} (step "
-        f"{config.max_steps} = -x); a larger -x with --allow-changes trains on from its last checkpoint")
+        f"{config.max_steps} = -x); {more}")
     backend = setup_device(config, world, say)
     model = GPT2.from_file(model_file, backend=backend, recompute=config.recompute, precision=config.precision)
     return TrainResult(model=model, steps=config.max_steps, model_file=model_file)
@@ -183,12 +186,21 @@ def run_record(config, world, micro_steps, train_glob, val_glob):
     c = config
     return rundir.run_record(
         B=c.batch_size, T=c.seq_len, total_batch=micro_steps * world.size * c.batch_size * c.seq_len,
-        seed=c.seed, train_data=os.path.abspath(train_glob), val_data=os.path.abspath(val_glob) if val_glob else "",
+        seed=c.seed, train_data=os.path.abspath(train_glob), train_shards=shards_of(train_glob),
+        val_data=os.path.abspath(val_glob) if val_glob else "",
         world_size=world.size, overfit_single_batch=c.overfit_single_batch,
         zero_stage=c.zero_stage, shuffle=c.shuffle, lr=c.lr, warmup=c.warmup_iters,
         max_steps=c.max_steps, final_lr_frac=c.final_lr_frac, schedule=c.lr_scheduler,
         weight_decay=c.weight_decay, beta1=c.beta1, beta2=c.beta2, grad_clip=c.grad_clip, model=c.model,
         layers=c.layers, heads=c.heads, channels=c.channels, max_seq_len=c.max_seq_len)
+
+
+def shards_of(data_glob):
+    """What -i matches, for the run record: "2 shards of 2,618,290 bytes" (a shard added under the glob,
+    or one grown, between a checkpoint and its resume moves the data position onto other tokens)."""
+    files = data.shard_files(data_glob)
+    size = sum(os.path.getsize(f) for f in files if os.path.isfile(f))
+    return f"{len(files)} shard{'s' if len(files) != 1 else ''} of {size:,} bytes"
 
 
 class Run:
