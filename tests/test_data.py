@@ -694,3 +694,20 @@ def test_a_resume_with_another_b_goes_on_at_the_same_token(tmp_path, shuffle):
         x, _ = eight.next_batch()
         assert x.reshape(-1)[0] == (6 * 64) % 50
     assert resumed_window(dict(state, run=None), four) == 6   # no record (llm.c's state): as it is
+
+
+def test_a_set_removes_its_own_temporaries_alone_and_names_a_directory_in_its_way(tmp_path):
+    """Preparing set "b" removes a killed writer's temporaries of b's files, not those of a set "b_x"
+    being written beside it (".b_*" matched them); a directory where a file of the set goes is named
+    (it was "[Errno 21] Is a directory")."""
+    text = "to be or not to be\n\n" * 50
+    (tmp_path / ".b_train.bin.99999.tmp").write_bytes(b"killed")
+    (tmp_path / ".b_x_train.bin.99998.tmp").write_bytes(b"being written")
+    prepare(str(tmp_path), text, tokenizer="char", name="b", verbose=False)
+    left = sorted(f for f in os.listdir(tmp_path) if f.endswith(".tmp"))
+    assert left == [".b_x_train.bin.99998.tmp"]
+    (tmp_path / "c_val.bin").mkdir()
+    with pytest.raises(ValueError) as e:
+        prepare(str(tmp_path), text, tokenizer="char", name="c", verbose=False)
+    assert str(e.value) == (f"{tmp_path / 'c_val.bin'} is a directory, where the set's val file goes: give another "
+                            f"-o or --name")

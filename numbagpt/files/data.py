@@ -459,7 +459,7 @@ def _prepare_into(out_dir, source, tokenizer, val_fraction, name, doc_per_paragr
     check_shard_tokens(paths["train"], tokens[n_val:])
     _log(verbose, f"{chars:,} characters, {ntok:,} tokens: val {n_val:,} (the first {val_fraction:.0%}), "
                   f"train {ntok - n_val:,} ({time.time() - t0:.1f} s)")
-    _remove_set(out_dir, name, paths)
+    _remove_set(out_dir, paths)
     tok.save(paths["tokenizer"])
     write_shard(paths["val"], tokens[:n_val])
     write_shard(paths["train"], tokens[n_val:])   # last: a set cut short has no train shard to train on
@@ -526,15 +526,19 @@ def _same_file(fd, path):
         return False
 
 
-def _remove_set(out_dir, name, paths):
+def _remove_set(out_dir, paths):
     """Remove an earlier set of these three files (and a killed writer's temporaries of them) before the
     new one is written: a prepare cut short leaves an incomplete set, never one that mixes two texts'
     shards or tokenizers."""
     for k in ("train", "val", "tokenizer"):
+        if os.path.isdir(paths[k]):
+            raise ValueError(f"{paths[k]} is a directory, where the set's {k} file goes: give another -o or --name")
+    for k in ("train", "val", "tokenizer"):
         with contextlib.suppress(FileNotFoundError):
             os.remove(paths[k])
-    for temp in os.listdir(out_dir):
-        if is_temp_name(temp) and temp.startswith(f".{name}_"):
+    own = tuple(f".{os.path.basename(paths[k])}." for k in ("train", "val", "tokenizer"))
+    for temp in os.listdir(out_dir):   # its own files' alone: not those of a set "<name>_x" being written
+        if is_temp_name(temp) and temp.startswith(own):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(out_dir, temp))
 
