@@ -168,8 +168,8 @@ def test_a_resume_onto_less_train_data_says_so(tmp_path, capsys, corpus):
     write_shard(str(small), formats.open_shard(corpus["train"])[:40])
     argv[1] = str(small)
     code, _, err = run(capsys, argv + ["-y", "1", "--allow-changes"])
-    assert code == 1 and ("the checkpoint's position in the train data (shard 0, window 10) is past the end of "
-                          "-i's data now") in err, err
+    assert code == 1 and ("the checkpoint's position in the train data (shard 0, token 160) is past the end of "
+                          "the shard given now") in err, err
 
 
 def test_model_shaped_from_the_command_line_with_the_data_vocabulary(tmp_path, capsys, corpus):
