@@ -75,11 +75,12 @@ def run(args):
     from ..files.data import builtin_text
     if not args.files:
         out_dir, name = args.out_dir or builtin_data_dir(tokenizer=args.tokenizer), args.name or BUILTIN_NAME
-        if cache_set(out_dir, name) is None:
+        cached = cache_set(out_dir, name)
+        if cached is None:
             return prepare(out_dir, builtin_text(), tokenizer=args.tokenizer, val_fraction=args.val_fraction,
                            name=name, doc_per_paragraph=True)
-        if cache_set(out_dir, name) != args.tokenizer:
-            raise ValueError(f"{out_dir}: the cache of the built-in corpus's {cache_set(out_dir, name)} set, not "
+        if cached != args.tokenizer:
+            raise ValueError(f"{out_dir}: the cache of the built-in corpus's {cached} set, not "
                              f"--tokenizer {args.tokenizer}'s: give another -o or --name")
         if args.val_fraction != 0.1:
             raise ValueError("the cached built-in corpus uses --val-fraction 0.1; give -o OUT_DIR to prepare it "
